@@ -1,0 +1,203 @@
+"""Datasets: a MovieLens directory ingested once, content-addressed, stored as artifacts in Redis.
+
+Data flow of an ingest job (``workers.cpu.ingest_dataset``):
+
+    path (confined to the data root) ──> dataset_id = hash(input files' bytes, options, format version)
+      ├─ already stored?  yes ──> answer that id, no work redone
+      └─ no: read_catalogue ──> read_ratings (chunked) ──> artifacts under dataset/<id>/... ──> record
+
+The record (``<prefix>:dataset:<id>``, JSON) is written last, so a dataset that has a record has all its
+artifacts. Artifacts of dataset ``<id>``:
+
+    dataset/<id>/movie_ids        int32 (n,)        catalogue order
+    dataset/<id>/titles           JSON [str] (n)
+    dataset/<id>/vocabulary       JSON [str]        unique descriptor strings
+    dataset/<id>/desc_indptr      int64 (n + 1,)    descriptors of movie i: vocabulary[desc_indices[p:q]]
+    dataset/<id>/desc_indices     int32 (nnz,)
+    dataset/<id>/user_ids         int32 (u,)        ascending
+    dataset/<id>/ratings_indptr   int64 (u + 1,)    ratings of user j: rows [p:q] of the two arrays below
+    dataset/<id>/ratings_movie    int32 (r,)        catalogue index
+    dataset/<id>/ratings_value    float32 (r,)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from .artifacts import ArtifactStore
+from .errors import PathNotAllowed
+from .jobs import utcnow_iso
+from .movielens import read_catalogue, read_ratings
+
+FORMAT_VERSION = 1
+"""Bumped whenever ingestion changes what it stores, so old ids are not mistaken for new content."""
+
+INPUT_FILES = ("movies.csv", "ratings.csv", "tags.csv", "genome-scores.csv", "genome-tags.csv", "links.csv")
+MAX_TAGS_PER_MOVIE = 50
+_HASH_BLOCK = 8 << 20
+
+Progress = Callable[[float, str, str], None]
+"""progress(fraction 0..1, stage, message)"""
+
+
+def confine(path: str, *, root: Path) -> Path:
+    """``path`` resolved (symlinks included) and proven to lie inside ``root``, else ``PathNotAllowed``.
+
+    A relative path is taken from the root. The answer never says where the root is.
+    """
+    if not path or "\x00" in path:
+        raise PathNotAllowed("path must be a non-empty string without NUL bytes")
+    root = root.resolve()
+    candidate = Path(path)
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise PathNotAllowed(f"path {path!r} is outside the data root")
+    return resolved
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    tags_per_movie: int
+    genres_fix_csv: Path | None = None
+
+
+def dataset_id(directory: Path, options: DatasetOptions) -> str:
+    """Content hash of the input files that exist and of the options that change the output."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({"format": FORMAT_VERSION, "tags_per_movie": options.tags_per_movie}).encode())
+    files = [(name, directory / name) for name in INPUT_FILES]
+    if options.genres_fix_csv is not None:
+        files.append(("genres_fix", options.genres_fix_csv))
+    for name, path in files:
+        if not path.is_file():
+            continue
+        h.update(f"\x00{name}\x00{path.stat().st_size}\x00".encode())
+        with path.open("rb") as f:
+            while block := f.read(_HASH_BLOCK):
+                h.update(block)
+    return "ds-" + h.hexdigest()[:24]
+
+
+class DatasetStore:
+    """Dataset records and the artifact names that hold their arrays."""
+
+    def __init__(self, client: redis.Redis, artifacts: ArtifactStore, *, prefix: str) -> None:
+        self._r = client
+        self.artifacts = artifacts
+        self._prefix = prefix
+        self._index = f"{prefix}:datasets"
+
+    def _key(self, ds_id: str) -> str:
+        return f"{self._prefix}:dataset:{ds_id}"
+
+    def get(self, ds_id: str) -> dict[str, Any] | None:
+        raw = self._r.get(self._key(ds_id))
+        return json.loads(raw) if raw else None
+
+    def list(self) -> list[dict[str, Any]]:
+        ids = [i.decode() for i in self._r.zrevrange(self._index, 0, -1)]
+        records = [self.get(i) for i in ids]
+        return [r for r in records if r is not None]
+
+    def put(self, record: dict[str, Any]) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.set(self._key(record["id"]), json.dumps(record))
+        pipe.zadd(self._index, {record["id"]: time.time()})
+        pipe.execute()
+
+    def ingest(self, directory: Path, options: DatasetOptions, *, progress: Progress) -> tuple[dict[str, Any], bool]:
+        """Ingest ``directory`` unless its content is already stored; answers (record, reused)."""
+        started = time.perf_counter()
+        reset_peak_rss()
+        progress(0.02, "hashing", "hashing input files")
+        ds_id = dataset_id(directory, options)
+        existing = self.get(ds_id)
+        if existing is not None:
+            return existing, True
+
+        progress(0.05, "catalogue", "reading movies and tags")
+        catalogue = read_catalogue(
+            directory, tags_per_movie=options.tags_per_movie, genres_fix_csv=options.genres_fix_csv
+        )
+        ratings_path = directory / "ratings.csv"
+        total_bytes = max(1, ratings_path.stat().st_size) if ratings_path.is_file() else 1
+        approx_row_bytes = 24.0
+
+        def on_chunk(rows: int) -> None:
+            done = min(1.0, rows * approx_row_bytes / total_bytes)
+            progress(0.2 + 0.6 * done, "ratings", f"{rows:,} ratings read")
+
+        progress(0.2, "ratings", "reading ratings")
+        ratings = read_ratings(ratings_path, catalogue.movie_ids, on_chunk=on_chunk)
+
+        progress(0.85, "storing", "storing arrays")
+        a, base = self.artifacts, f"dataset/{ds_id}"
+        a.put_array(f"{base}/movie_ids", catalogue.movie_ids)
+        a.put_json(f"{base}/titles", catalogue.titles)
+        a.put_json(f"{base}/vocabulary", catalogue.vocabulary)
+        a.put_array(f"{base}/desc_indptr", catalogue.desc_indptr)
+        a.put_array(f"{base}/desc_indices", catalogue.desc_indices)
+        a.put_array(f"{base}/user_ids", ratings.user_ids)
+        a.put_array(f"{base}/ratings_indptr", ratings.indptr)
+        a.put_array(f"{base}/ratings_movie", ratings.movie_index)
+        a.put_array(f"{base}/ratings_value", ratings.values)
+
+        record = {
+            "id": ds_id,
+            "source": os.fspath(directory),
+            "options": {
+                "tags_per_movie": options.tags_per_movie,
+                "genres_fix_csv": os.fspath(options.genres_fix_csv) if options.genres_fix_csv else None,
+            },
+            "counts": {
+                "movies": len(catalogue.movie_ids),
+                "dropped": catalogue.dropped,
+                "movies_total": catalogue.movies_total,
+                "users": len(ratings.user_ids),
+                "ratings": ratings.rows_read,
+                "ratings_kept": ratings.kept,
+                "vocabulary": len(catalogue.vocabulary),
+                "descriptors": int(len(catalogue.desc_indices)),
+            },
+            "tag_source": catalogue.tag_source,
+            "created_at": utcnow_iso(),
+            "ingest": {
+                "seconds": round(time.perf_counter() - started, 3),
+                "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+            },
+            "format": FORMAT_VERSION,
+        }
+        self.put(record)
+        return record, False
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak-RSS count afresh (a prefork child runs many tasks)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux ``VmHWM``)."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(psutil.Process().memory_info().rss)
+

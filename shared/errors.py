@@ -1,0 +1,72 @@
+"""The errors movierec raises on purpose, and what a client sees of them.
+
+    MovierecError                 500 internal_error     (base; never shown with its text unless public)
+    ├── InvalidRequest            400 invalid_request
+    │   └── PathNotAllowed        400 path_not_allowed
+    ├── NotFound                  404 not_found
+    ├── Conflict                  409 conflict
+    │   └── JobNotFinished        409 job_not_finished
+    ├── ServiceUnavailable        503 unavailable
+    └── DataError                 (a job fails with it: a file is missing or malformed)
+
+Each class carries its HTTP status and a stable ``code``; the API maps them once, in ``api.errors``.
+A worker turns a ``MovierecError`` into the failed job's ``{code, message}``; any other exception becomes
+``internal_error`` with a generic message, so no traceback or exception text reaches a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MovierecError(Exception):
+    """Base class; ``message`` is safe to show to a client."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class InvalidRequest(MovierecError):
+    status = 400
+    code = "invalid_request"
+
+
+class PathNotAllowed(InvalidRequest):
+    code = "path_not_allowed"
+
+
+class NotFound(MovierecError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(MovierecError):
+    status = 409
+    code = "conflict"
+
+
+class JobNotFinished(Conflict):
+    code = "job_not_finished"
+
+
+class ServiceUnavailable(MovierecError):
+    status = 503
+    code = "unavailable"
+
+
+class DataError(MovierecError):
+    """Input data is missing or malformed; the message names the file, the line where it applies, the problem."""
+
+    status = 400
+    code = "data_error"
+
+    def __init__(self, file: str, problem: str, *, line: int | None = None) -> None:
+        where = f"{file}, line {line}" if line is not None else file
+        super().__init__(f"{where}: {problem}", details={"file": file, "line": line})
+        self.file = file
+        self.line = line

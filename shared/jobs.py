@@ -1,0 +1,226 @@
+"""The job registry: our own record of every job, in Redis, independent of Celery's result state.
+
+Celery calls an unknown task id PENDING; we never ask it. A job is a Redis hash written *before* its
+message is sent, so an id answered with 202 is always known:
+
+    <prefix>:job:<id>    hash: id kind status progress stage message created_at started_at finished_at
+                               error(JSON) result(JSON) result_artifact params(JSON)
+    <prefix>:jobs        sorted set of ids scored by creation time (newest first when listing)
+
+Status moves queued -> running -> succeeded | failed, or queued|running -> cancelled. Every move is one Lua
+script that checks the current status, so a cancelled job never turns succeeded and a late progress
+report never revives a finished job. A finished record expires after ``result_ttl_s``; its id then
+answers 404. Expired ids are pruned from the listing index as it is read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import redis
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE: tuple[Status, ...] = ("queued", "running")
+FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
+
+MAX_LIST_LIMIT = 500
+"""``GET /v1/jobs`` returns at most this many records."""
+
+# KEYS[1]: job hash. ARGV[1]: JSON list of statuses the move is allowed from; ARGV[2]: new status or "";
+# ARGV[3]: TTL in seconds or ""; ARGV[4..]: field, value pairs to set. Returns {applied, status before}.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {0, false} end
+local ok = false
+for _, s in ipairs(cjson.decode(ARGV[1])) do
+  if s == cur then ok = true end
+end
+if not ok then return {0, cur} end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[2]) end
+for i = 4, #ARGV, 2 do
+  if ARGV[i] == 'started_at' and redis.call('HEXISTS', KEYS[1], 'started_at') == 1 then
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3])) end
+return {1, cur}
+"""
+
+
+def utcnow_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    status: Status
+    progress: float
+    stage: str | None
+    message: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: dict[str, Any] | None
+    params: dict[str, Any]
+    result: Any = None
+    result_artifact: str | None = None
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[bytes, bytes]) -> Job:
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            id=f["id"],
+            kind=f["kind"],
+            status=f["status"],  # type: ignore[arg-type]
+            progress=float(f.get("progress", 0.0)),
+            stage=f.get("stage") or None,
+            message=f.get("message") or None,
+            created_at=f["created_at"],
+            started_at=f.get("started_at") or None,
+            finished_at=f.get("finished_at") or None,
+            error=json.loads(f["error"]) if f.get("error") else None,
+            params=json.loads(f.get("params", "{}")),
+            result=json.loads(f["result"]) if f.get("result") else None,
+            result_artifact=f.get("result_artifact") or None,
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def public(self, *, result_url: str | None) -> dict[str, Any]:
+        """The record as DESIGN.md's ``GET /v1/jobs/<id>`` shows it."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "progress": self.progress,
+            "stage": self.stage,
+            "message": self.message,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "result_url": result_url if self.status == "succeeded" else None,
+        }
+
+
+class JobStore:
+    """Create, move and read job records. Safe to share between threads; one per process."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str, result_ttl_s: int) -> None:
+        self._r = client
+        self._prefix = prefix
+        self._ttl = result_ttl_s
+        self._index = f"{prefix}:jobs"
+        self._transition = client.register_script(_TRANSITION)
+
+    def _key(self, job_id: str) -> str:
+        return f"{self._prefix}:job:{job_id}"
+
+    def create(self, kind: str, params: Mapping[str, Any], *, job_id: str | None = None) -> Job:
+        job_id = job_id or str(uuid.uuid4())
+        now = time.time()
+        fields = {
+            "id": job_id,
+            "kind": kind,
+            "status": "queued",
+            "progress": "0",
+            "stage": "queued",
+            "message": "",
+            "created_at": utcnow_iso(),
+            "params": json.dumps(dict(params)),
+        }
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(self._key(job_id), mapping=fields)
+        pipe.zadd(self._index, {job_id: now})
+        pipe.execute()
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self._r.hgetall(self._key(job_id))
+        return Job.from_hash(raw) if raw else None  # type: ignore[arg-type]
+
+    def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[Job]:
+        """Newest first, filtered; reads the index in pages and prunes ids whose record expired."""
+        out: list[Job] = []
+        start, page = 0, max(limit, 100)
+        while len(out) < limit:
+            ids = self._r.zrevrange(self._index, start, start + page - 1)
+            if not ids:
+                break
+            start += page
+            pipe = self._r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(self._key(job_id.decode()))
+            expired = []
+            for job_id, raw in zip(ids, pipe.execute(), strict=True):
+                if not raw:
+                    expired.append(job_id)
+                    continue
+                job = Job.from_hash(raw)
+                if (status is None or job.status == status) and (kind is None or job.kind == kind):
+                    out.append(job)
+                    if len(out) == limit:
+                        break
+            if expired:
+                self._r.zrem(self._index, *expired)
+                start -= len(expired)
+        return out
+
+    def _move(
+        self, job_id: str, *, allowed: Iterable[Status], to: Status | None, ttl: bool, fields: Mapping[str, str]
+    ) -> bool:
+        args: list[str] = [json.dumps(list(allowed)), to or "", str(self._ttl) if ttl else ""]
+        for k, v in fields.items():
+            args += [k, v]
+        applied, _ = self._transition(keys=[self._key(job_id)], args=args)
+        return bool(applied)
+
+    def start(self, job_id: str, *, stage: str, message: str = "") -> bool:
+        """Mark running (again, on a redelivery). False when the job is gone or already finished."""
+        now = utcnow_iso()
+        return self._move(
+            job_id,
+            allowed=ACTIVE,
+            to="running",
+            ttl=False,
+            fields={"started_at": now, "stage": stage, "message": message},
+        )
+
+    def progress(self, job_id: str, progress: float, *, stage: str, message: str = "") -> bool:
+        value = f"{min(max(progress, 0.0), 1.0):.4f}"
+        return self._move(
+            job_id, allowed=("running",), to=None, ttl=False, fields={"progress": value, "stage": stage, "message": message}
+        )
+
+    def succeed(self, job_id: str, result: Any, *, result_artifact: str | None = None, message: str = "") -> bool:
+        fields = {
+            "finished_at": utcnow_iso(),
+            "progress": "1",
+            "stage": "done",
+            "message": message,
+            "result": json.dumps(result),
+        }
+        if result_artifact:
+            fields["result_artifact"] = result_artifact
+        return self._move(job_id, allowed=ACTIVE, to="succeeded", ttl=True, fields=fields)
+
+    def fail(self, job_id: str, *, code: str, message: str, details: Mapping[str, Any] | None = None) -> bool:
+        error = {"code": code, "message": message, **({"details": dict(details)} if details else {})}
+        fields = {"finished_at": utcnow_iso(), "message": message, "error": json.dumps(error)}
+        return self._move(job_id, allowed=ACTIVE, to="failed", ttl=True, fields=fields)
+
+    def cancel(self, job_id: str) -> bool:
+        fields = {"finished_at": utcnow_iso(), "message": "cancelled by request", "stage": "cancelled"}
+        return self._move(job_id, allowed=ACTIVE, to="cancelled", ttl=True, fields=fields)

@@ -1,0 +1,65 @@
+"""The Redis-backed services one process uses, built from its settings.
+
+The API builds one in ``create_app``. A worker builds one lazily in each process that runs tasks, after
+the fork, so no connection is shared between a prefork parent and its children.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import redis
+
+from .artifacts import ArtifactStore
+from .datasets import DatasetStore
+from .jobs import JobStore
+from .redisconn import connect
+from .settings import Settings
+
+HEARTBEAT_TTL_S = 30
+"""A worker that has not refreshed its heartbeat for this long is taken as gone."""
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    jobs: JobStore
+    artifacts: ArtifactStore
+    datasets: DatasetStore
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        client = connect(settings.redis_url)
+        artifacts = ArtifactStore(client, prefix=settings.key_prefix, chunk_bytes=settings.chunk_bytes)
+        return cls(
+            settings=settings,
+            redis=client,
+            jobs=JobStore(client, prefix=settings.key_prefix, result_ttl_s=settings.result_ttl_s),
+            artifacts=artifacts,
+            datasets=DatasetStore(client, artifacts, prefix=settings.key_prefix),
+        )
+
+    # -- worker heartbeats, read by /readyz ------------------------------------------------------------
+    def _worker_key(self, name: str) -> str:
+        return f"{self.settings.key_prefix}:worker:{name}"
+
+    def beat(self, name: str, queues: list[str]) -> None:
+        value = ",".join(queues) + f"|{os.getpid()}|{time.time():.0f}"
+        self.redis.set(self._worker_key(name), value, ex=HEARTBEAT_TTL_S)
+
+    def forget_worker(self, name: str) -> None:
+        self.redis.delete(self._worker_key(name))
+
+    def live_queues(self) -> dict[str, int]:
+        """How many live workers consume each queue."""
+        counts: dict[str, int] = {}
+        for key in self.redis.scan_iter(match=self._worker_key("*"), count=500):
+            raw = self.redis.get(key)
+            if raw is None:
+                continue
+            for queue in raw.decode().split("|", 1)[0].split(","):
+                counts[queue] = counts.get(queue, 0) + 1
+        return counts

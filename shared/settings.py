@@ -1,0 +1,86 @@
+"""Process settings: read once at the process edge, frozen, passed down.
+
+Every variable is ``MOVIEREC_<FIELD>`` except the Redis URL, which is the conventional ``REDIS_URL``.
+Defaults are the named constants below, so tests and docs can refer to them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""Where a process looks for Redis when ``REDIS_URL`` is unset (``movierec up`` sets it for its children)."""
+
+DEFAULT_KEY_PREFIX = "movierec"
+"""Prefix of every Redis key we own, the Celery queues included (kombu ``global_keyprefix``)."""
+
+DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
+"""How long a finished job's record and result are kept."""
+
+DEFAULT_TASK_TIME_LIMIT_S = 2 * 3600
+"""Hard time limit of any task; the worker kills a child that runs past it."""
+
+DEFAULT_VISIBILITY_TIMEOUT_S = 3 * 3600
+"""Redis redelivers an unacknowledged message after this long; it must exceed the hard time limit."""
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+"""Largest request body the API reads (413 beyond)."""
+
+DEFAULT_CHUNK_BYTES = 256 << 20
+"""Artifacts larger than this are stored as several Redis strings (Redis caps a string at 512 MB)."""
+
+DEFAULT_TAGS_PER_MOVIE = 5
+"""Top-k tags that join a movie's genres as its descriptors."""
+
+DEFAULT_API_PORT = 8000
+
+
+class Settings(BaseSettings):
+    """Typed, frozen configuration of one movierec process."""
+
+    model_config = SettingsConfigDict(env_prefix="MOVIEREC_", frozen=True, extra="ignore")
+
+    redis_url: str = Field(
+        default=DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "MOVIEREC_REDIS_URL")
+    )
+    key_prefix: str = Field(default=DEFAULT_KEY_PREFIX, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    data_root: Path = Field(default_factory=Path.cwd)
+    result_ttl_s: int = Field(default=DEFAULT_RESULT_TTL_S, ge=1)
+    task_time_limit_s: int = Field(default=DEFAULT_TASK_TIME_LIMIT_S, ge=1)
+    visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1, le=DEFAULT_CHUNK_BYTES)
+    profile: Literal["local", "production"] = "local"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_time_limit(self) -> Settings:
+        # A message whose task may still be running when Redis redelivers it would run twice at once.
+        if self.task_time_limit_s >= self.visibility_timeout_s:
+            raise ValueError(
+                f"task_time_limit_s ({self.task_time_limit_s}) must be below "
+                f"visibility_timeout_s ({self.visibility_timeout_s})"
+            )
+        return self
+
+    @property
+    def soft_time_limit_s(self) -> int:
+        """The soft limit leaves a task a minute (or 10 %) to clean up before the hard kill."""
+        return max(1, self.task_time_limit_s - min(60, self.task_time_limit_s // 10))
+
+    def child_env(self) -> dict[str, str]:
+        """The environment that hands these settings to a child process."""
+        env = dict(os.environ)
+        env["REDIS_URL"] = self.redis_url
+        env["MOVIEREC_KEY_PREFIX"] = self.key_prefix
+        env["MOVIEREC_DATA_ROOT"] = str(self.data_root)
+        env["MOVIEREC_RESULT_TTL_S"] = str(self.result_ttl_s)
+        env["MOVIEREC_TASK_TIME_LIMIT_S"] = str(self.task_time_limit_s)
+        env["MOVIEREC_VISIBILITY_TIMEOUT_S"] = str(self.visibility_timeout_s)
+        env["MOVIEREC_PROFILE"] = self.profile
+        return env
