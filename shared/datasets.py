@@ -115,8 +115,13 @@ class DatasetStore:
         pipe.zadd(self._index, {record["id"]: time.time()})
         pipe.execute()
 
-    def ingest(self, directory: Path, options: DatasetOptions, *, progress: Progress) -> tuple[dict[str, Any], bool]:
-        """Ingest ``directory`` unless its content is already stored; answers (record, reused)."""
+    def ingest(
+        self, directory: Path, options: DatasetOptions, *, source: str, progress: Progress
+    ) -> tuple[dict[str, Any], bool]:
+        """Ingest ``directory`` unless its content is already stored; answers (record, reused).
+
+        ``source`` is the path as the client gave it, recorded instead of the server's absolute path.
+        """
         started = time.perf_counter()
         reset_peak_rss()
         progress(0.02, "hashing", "hashing input files")
@@ -154,10 +159,10 @@ class DatasetStore:
 
         record = {
             "id": ds_id,
-            "source": os.fspath(directory),
+            "source": source,
             "options": {
                 "tags_per_movie": options.tags_per_movie,
-                "genres_fix_csv": os.fspath(options.genres_fix_csv) if options.genres_fix_csv else None,
+                "genres_fix_csv": options.genres_fix_csv.name if options.genres_fix_csv else None,
             },
             "counts": {
                 "movies": len(catalogue.movie_ids),
@@ -167,7 +172,7 @@ class DatasetStore:
                 "ratings": ratings.rows_read,
                 "ratings_kept": ratings.kept,
                 "vocabulary": len(catalogue.vocabulary),
-                "descriptors": int(len(catalogue.desc_indices)),
+                "descriptors": len(catalogue.desc_indices),
             },
             "tag_source": catalogue.tag_source,
             "created_at": utcnow_iso(),

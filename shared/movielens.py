@@ -95,7 +95,9 @@ def _csv_chunks(
     try:
         reader = pd.read_csv(
             path,
-            usecols=lambda c: c in columns,
+            # All columns are parsed (no usecols) so that a row with too many fields is an error, not
+            # silently cut; chunks keep the cost of the unused ones small.
+            index_col=False,
             dtype={c: str for c, kind in columns.items() if kind == "str"},
             keep_default_na=False,
             na_values={c: [""] for c, kind in columns.items() if kind != "str"},
@@ -108,6 +110,7 @@ def _csv_chunks(
             missing = [c for c in columns if c not in frame.columns]
             if missing:
                 raise DataError(path.name, f"missing column(s) {', '.join(missing)}", line=1)
+            frame = frame[list(columns)]
             for name, kind in columns.items():
                 if kind != "str":
                     frame[name] = _numeric(frame[name], path=path, column=name, first_line=line, kind=kind)
@@ -125,7 +128,7 @@ def _csv_chunks(
 
 
 def _numeric(col: pd.Series, *, path: Path, column: str, first_line: int, kind: str) -> pd.Series:
-    values = pd.to_numeric(col, errors="coerce") if col.dtype == object else col
+    values = col if pd.api.types.is_numeric_dtype(col) else pd.to_numeric(col, errors="coerce")
     bad = values.isna().to_numpy()
     if kind == "int" and not bad.any():
         as_float = values.to_numpy(dtype=np.float64)

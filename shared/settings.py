@@ -43,7 +43,7 @@ DEFAULT_API_PORT = 8000
 class Settings(BaseSettings):
     """Typed, frozen configuration of one movierec process."""
 
-    model_config = SettingsConfigDict(env_prefix="MOVIEREC_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MOVIEREC_", frozen=True, extra="ignore", populate_by_name=True)
 
     redis_url: str = Field(
         default=DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "MOVIEREC_REDIS_URL")
@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1, le=DEFAULT_CHUNK_BYTES)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     profile: Literal["local", "production"] = "local"
     log_level: str = "INFO"
 
@@ -83,4 +84,5 @@ class Settings(BaseSettings):
         env["MOVIEREC_TASK_TIME_LIMIT_S"] = str(self.task_time_limit_s)
         env["MOVIEREC_VISIBILITY_TIMEOUT_S"] = str(self.visibility_timeout_s)
         env["MOVIEREC_PROFILE"] = self.profile
+        env["MOVIEREC_DEVICE"] = self.device
         return env

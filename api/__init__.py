@@ -1,0 +1,73 @@
+"""The HTTP front end: ``create_app()`` builds the Flask app; it validates, enqueues and reads, nothing more.
+
+    api/health.py     /healthz, /readyz
+    api/datasets.py   /v1/datasets
+    api/jobs.py       /v1/jobs
+    api/errors.py     every error as {"error": {"code", "message", "details"}}
+    api/schemas.py    request and response schemas, which also make /openapi.json
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from apiflask import APIFlask
+from flask import current_app, request
+
+from shared.celery_app import MovierecCelery, make_celery
+from shared.services import Services
+from shared.settings import Settings
+
+from .errors import error_response, register_error_handlers
+from .schemas import ErrorOut
+
+API_VERSION = "1.0.0"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None) -> APIFlask:
+    settings = settings or Settings()
+    app = APIFlask(
+        "movierec", title="movierec", version=API_VERSION, spec_path="/openapi.json", docs_path="/docs"
+    )
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        VALIDATION_ERROR_STATUS_CODE=400,
+        HTTP_ERROR_SCHEMA=ErrorOut,
+        VALIDATION_ERROR_SCHEMA=ErrorOut,
+        SPEC_FORMAT="json",
+        INFO={"description": "Learned movie embeddings and recommendations, computed by Celery workers."},
+    )
+    if test_config:
+        app.config.update(test_config)
+    if app.debug and settings.profile != "local":
+        raise RuntimeError("debug mode is refused outside the local profile")
+
+    app.extensions["movierec"] = Services.from_settings(settings)
+    app.extensions["celery"] = make_celery(settings)
+    register_error_handlers(app)
+
+    @app.before_request
+    def require_json() -> Any:
+        has_body = (request.content_length or 0) > 0 or "chunked" in request.headers.get("Transfer-Encoding", "")
+        if request.method in _BODY_METHODS and has_body and not request.is_json:
+            return error_response(415, "unsupported_media_type", "send the body as application/json")
+        return None
+
+    from . import datasets, health, jobs
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(datasets.bp)
+    app.register_blueprint(jobs.bp)
+    return app
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["movierec"]
+    return svc
+
+
+def celery() -> MovierecCelery:
+    app: MovierecCelery = current_app.extensions["celery"]
+    return app

@@ -1,0 +1,50 @@
+"""``/v1/datasets``: submit an ingest, list and read datasets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import APIBlueprint
+from flask import url_for
+
+from shared.datasets import confine
+from shared.errors import NotFound
+from shared.submit import INGEST_TASK, submit
+
+from . import celery, services
+from .schemas import DatasetIn, DatasetListOut, DatasetOut, JobOut
+
+bp = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", tag="datasets")
+
+
+@bp.post("")
+@bp.input(DatasetIn, arg_name="body")
+@bp.output(JobOut, status_code=202, description="the ingest job, queued")
+@bp.doc(responses={400: "invalid request or path outside the data root", 413: "body too large", 415: "not JSON"})
+def create_dataset(body: dict[str, Any]) -> Any:
+    """Ingest a MovieLens directory (an ``ingest`` job); the result names the dataset id."""
+    root = services().settings.data_root
+    confine(body["path"], root=root)
+    if body["genres_fix_csv"]:
+        confine(body["genres_fix_csv"], root=root)
+    job = submit(celery(), services().jobs, kind="ingest", task=INGEST_TASK, params=body)
+    location = url_for("jobs.get_job", job_id=job.id)
+    return job.public(result_url=None), 202, {"Location": location}
+
+
+@bp.get("")
+@bp.output(DatasetListOut)
+def list_datasets() -> dict[str, Any]:
+    """Every dataset, newest first."""
+    return {"datasets": services().datasets.list()}
+
+
+@bp.get("/<dataset_id>")
+@bp.output(DatasetOut)
+@bp.doc(responses={404: "unknown dataset"})
+def get_dataset(dataset_id: str) -> dict[str, Any]:
+    """A dataset's counts: movies kept and dropped, users, ratings, vocabulary; its source and options."""
+    record = services().datasets.get(dataset_id)
+    if record is None:
+        raise NotFound(f"dataset {dataset_id!r} does not exist")
+    return record

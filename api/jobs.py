@@ -1,0 +1,88 @@
+"""``/v1/jobs``: read, list, cancel jobs and fetch their results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import APIBlueprint
+from flask import Response, jsonify, url_for
+
+from shared.errors import Conflict, InvalidRequest, JobNotFinished, NotFound
+from shared.jobs import Job
+from shared.submit import cancel
+
+from . import celery, services
+from .schemas import JobListOut, JobListQuery, JobOut, ResultQuery
+
+bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="jobs")
+
+_RESULT_RESPONSES = {
+    200: {
+        "description": "the job's result: JSON, or with ?format=npy the array it produced",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    400: {"description": "this job's result has no array form"},
+    404: {"description": "unknown or expired job"},
+    409: {"description": "the job has not succeeded (yet)"},
+}
+
+
+def _job_or_404(job_id: str) -> Job:
+    job = services().jobs.get(job_id)
+    if job is None:
+        raise NotFound(f"job {job_id!r} does not exist or has expired")
+    return job
+
+
+def _public(job: Job) -> dict[str, Any]:
+    return job.public(result_url=url_for("jobs.get_result", job_id=job.id))
+
+
+@bp.get("")
+@bp.input(JobListQuery, location="query", arg_name="query")
+@bp.output(JobListOut)
+def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
+    """Jobs, newest first, filtered by status and kind."""
+    jobs = services().jobs.list(status=query["status"], kind=query["kind"], limit=query["limit"])
+    return {"jobs": [_public(j) for j in jobs]}
+
+
+@bp.get("/<job_id>")
+@bp.output(JobOut)
+@bp.doc(responses={404: "unknown or expired job"})
+def get_job(job_id: str) -> dict[str, Any]:
+    """A job's status, progress, stage and timing."""
+    return _public(_job_or_404(job_id))
+
+
+@bp.delete("/<job_id>")
+@bp.output(JobOut)
+@bp.doc(responses={404: "unknown or expired job", 409: "the job had already finished"})
+def cancel_job(job_id: str) -> dict[str, Any]:
+    """Cancel a queued or running job."""
+    job = _job_or_404(job_id)
+    if not cancel(celery(), services().jobs, job_id):
+        raise Conflict(f"job {job_id!r} has already finished ({job.status})")
+    return _public(_job_or_404(job_id))
+
+
+@bp.get("/<job_id>/result")
+@bp.input(ResultQuery, location="query", arg_name="query")
+@bp.doc(responses=_RESULT_RESPONSES)
+def get_result(job_id: str, query: dict[str, Any]) -> Response:
+    """The result of a succeeded job."""
+    job = _job_or_404(job_id)
+    if job.status in ("queued", "running"):
+        raise JobNotFinished(f"job {job_id!r} is {job.status}; poll /v1/jobs/{job_id}")
+    if job.status != "succeeded":
+        raise Conflict(f"job {job_id!r} {job.status}; it has no result", details={"status": job.status})
+    if query["format"] == "npy":
+        if job.result_artifact is None:
+            raise InvalidRequest(f"the result of a {job.kind} job has no array form; omit ?format=npy")
+        data = services().artifacts.get_bytes(job.result_artifact)
+        headers = {"Content-Disposition": f'attachment; filename="{job_id}.npy"'}
+        return Response(data, mimetype="application/octet-stream", headers=headers)
+    return jsonify(job.result)

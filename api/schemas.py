@@ -1,0 +1,102 @@
+"""Request and response schemas: what the API validates and what its OpenAPI spec documents.
+
+Marshmallow raises on unknown fields, so an unexpected field is a 400 like any other invalid input.
+"""
+
+from __future__ import annotations
+
+from apiflask import Schema
+from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
+from apiflask.validators import Length, OneOf, Range
+
+from shared.datasets import MAX_TAGS_PER_MOVIE
+from shared.jobs import MAX_LIST_LIMIT, STATUSES
+from shared.settings import DEFAULT_TAGS_PER_MOVIE
+
+MAX_PATH_CHARS = 4096
+
+
+class ErrorBody(Schema):
+    code = String(required=True, metadata={"description": "stable machine-readable code"})
+    message = String(required=True)
+    details = Dict(metadata={"description": "what was wrong, where it applies"})
+
+
+class ErrorOut(Schema):
+    error = Nested(ErrorBody, required=True)
+
+
+class DatasetIn(Schema):
+    path = String(required=True, validate=Length(1, MAX_PATH_CHARS), metadata={"description": "inside the data root"})
+    tags_per_movie = Integer(load_default=DEFAULT_TAGS_PER_MOVIE, validate=Range(1, MAX_TAGS_PER_MOVIE))
+    genres_fix_csv = String(load_default=None, allow_none=True, validate=Length(1, MAX_PATH_CHARS))
+
+
+class DatasetCounts(Schema):
+    movies = Integer(metadata={"description": "movies kept (with at least one descriptor)"})
+    dropped = Integer(metadata={"description": "movies dropped for having no descriptor"})
+    movies_total = Integer()
+    users = Integer()
+    ratings = Integer(metadata={"description": "rating rows read"})
+    ratings_kept = Integer(metadata={"description": "ratings of kept movies"})
+    vocabulary = Integer(metadata={"description": "unique descriptor strings"})
+    descriptors = Integer(metadata={"description": "descriptor strings over all movies"})
+
+
+class DatasetOut(Schema):
+    id = String()
+    source = String()
+    options = Dict()
+    counts = Nested(DatasetCounts)
+    tag_source = String()
+    created_at = String()
+    ingest = Dict(metadata={"description": "seconds and peak RSS of the ingest"})
+    format = Integer()
+
+
+class DatasetListOut(Schema):
+    datasets = List(Nested(DatasetOut))
+
+
+class JobError(Schema):
+    code = String()
+    message = String()
+    details = Dict()
+
+
+class JobOut(Schema):
+    id = String()
+    kind = String()
+    status = String(validate=OneOf(STATUSES))
+    progress = Float()
+    stage = String(allow_none=True)
+    message = String(allow_none=True)
+    created_at = String()
+    started_at = String(allow_none=True)
+    finished_at = String(allow_none=True)
+    error = Nested(JobError, allow_none=True)
+    result_url = String(allow_none=True)
+
+
+class JobListQuery(Schema):
+    status = String(load_default=None, validate=OneOf(STATUSES))
+    kind = String(load_default=None, validate=Length(1, 64))
+    limit = Integer(load_default=50, validate=Range(1, MAX_LIST_LIMIT))
+
+
+class JobListOut(Schema):
+    jobs = List(Nested(JobOut))
+
+
+class ResultQuery(Schema):
+    format = String(load_default="json", validate=OneOf(["json", "npy"]))
+
+
+class HealthOut(Schema):
+    status = String()
+
+
+class ReadyOut(Schema):
+    status = String()
+    redis = Boolean()
+    workers = Dict(keys=String(), values=Integer())

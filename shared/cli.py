@@ -1,0 +1,199 @@
+"""The ``movierec`` command: ``up | api | worker | demo | submit | status | synth``.
+
+Settings are read here, once, from the environment and passed down. Heavy imports (gunicorn, Celery's
+worker, the stack) happen inside the subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .settings import DEFAULT_API_PORT, Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"movierec: invalid configuration: {problems}") from None
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from .stack import Stack
+
+    embedded = "REDIS_URL" not in os.environ
+    stack = Stack(
+        _settings(),
+        data_dir=Path(args.data_dir),
+        port=args.port,
+        cpu_workers=args.cpu_workers,
+        embedded_redis=embedded,
+        log_dir=Path(args.log_dir) if args.log_dir else None,
+    )
+    stack.start()
+    where = f"embedded Redis at {stack.settings.redis_url}" if embedded else "Redis from REDIS_URL"
+    print(f"movierec: API at {stack.api_url} ({where}); Ctrl-C stops everything", flush=True)
+    return stack.run_until_signalled()
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    from api.server import serve
+
+    serve(_settings(), host=args.host, port=args.port, workers=args.workers, threads=args.threads)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from workers.main import run_worker
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = set(queues) - {"cpu", "gpu"}
+    if not queues or unknown:
+        raise SystemExit(f"movierec worker: --queues takes cpu, gpu or cpu,gpu (got {args.queues!r})")
+    return run_worker(
+        _settings(),
+        queues=queues,
+        concurrency=args.concurrency,
+        loglevel=args.loglevel,
+        device_slot=args.device_slot,
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(
+        _settings(),
+        data=Path(args.data) if args.data else None,
+        data_dir=Path(args.data_dir),
+        embedded_redis="REDIS_URL" not in os.environ,
+        cpu_workers=args.cpu_workers,
+    )
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .client import ApiError, Client
+
+    client = Client(args.api)
+    try:
+        job = client.submit_dataset(args.path, tags_per_movie=args.tags_per_movie, genres_fix_csv=args.genres_fix_csv)
+        print(f"job {job['id']} {job['status']}", flush=True)
+        if not args.wait:
+            return 0
+        return _report(client, client.wait(job["id"]))
+    except ApiError as exc:
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .client import ApiError, Client
+
+    client = Client(args.api)
+    try:
+        job = client.wait(args.job) if args.wait else client.job(args.job)
+        return _report(client, job)
+    except ApiError as exc:
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 1
+
+
+def _report(client: object, job: dict[str, object]) -> int:
+    from .client import Client
+
+    assert isinstance(client, Client)
+    print(json.dumps(job, indent=2))
+    if job["status"] == "succeeded" and job["kind"] == "ingest":
+        from .demo import print_dataset
+
+        print_dataset(client.result(str(job["id"])))
+    return 0 if job["status"] in ("succeeded", "queued", "running") else 1
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import SynthSpec, write_synthetic
+
+    spec = SynthSpec(movies=args.movies, users=args.users, ratings=args.ratings, genome=args.genome, seed=args.seed)
+    try:
+        counts = write_synthetic(Path(args.out), spec)
+    except ValueError as exc:
+        raise SystemExit(f"movierec synth: {exc}") from None
+    print(json.dumps({"out": args.out, **counts}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="movierec", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cpus = os.cpu_count() or 1
+
+    p = sub.add_parser("up", help="run Redis (embedded unless REDIS_URL is set), the API and the workers")
+    p.add_argument("--port", type=int, default=DEFAULT_API_PORT, help="API port (default %(default)s)")
+    p.add_argument("--cpu-workers", type=int, default=cpus, help="CPU worker processes (default %(default)s)")
+    p.add_argument("--data-dir", default=".movierec", help="embedded Redis data (default %(default)s)")
+    p.add_argument("--log-dir", default=None, help="write each process's log here instead of the terminal")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("api", help="serve the HTTP API with gunicorn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_API_PORT)
+    p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    p.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    p.set_defaults(func=_cmd_api)
+
+    p = sub.add_parser("worker", help="run a Celery worker for the cpu or gpu queue")
+    p.add_argument("--queues", required=True, help="cpu, gpu or cpu,gpu")
+    p.add_argument("--concurrency", type=int, default=None, help="prefork processes (cpu; default: cores)")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--device-slot", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("demo", help="start the embedded stack, ingest a MovieLens directory, print figures")
+    p.add_argument("--data", default=None, help="MovieLens directory (else MOVIEREC_DEMO_DATA, a download, a sample)")
+    p.add_argument("--data-dir", default=".movierec/demo", help="Redis data, logs, cache (default %(default)s)")
+    p.add_argument("--cpu-workers", type=int, default=cpus)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("submit", help="submit a job to a running API")
+    what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    d = what.add_parser("dataset", help="ingest a MovieLens directory (a path inside the API's data root)")
+    d.add_argument("path")
+    d.add_argument("--tags-per-movie", type=int, default=None)
+    d.add_argument("--genres-fix-csv", default=None, help="movieId,genres CSV filling '(no genres listed)'")
+    d.add_argument("--wait", action="store_true", help="wait with a progress bar and print the result")
+    d.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
+    d.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("status", help="show a job (and wait for it with --wait)")
+    p.add_argument("job")
+    p.add_argument("--wait", action="store_true")
+    p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("synth", help="write a MovieLens-format directory of generated data")
+    p.add_argument("out")
+    p.add_argument("--movies", type=int, required=True)
+    p.add_argument("--users", type=int, required=True)
+    p.add_argument("--ratings", type=int, required=True)
+    p.add_argument("--genome", action="store_true", help="also write genome-tags.csv and genome-scores.csv")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""A small HTTP client of the movierec API, used by ``movierec submit``, ``status`` and ``demo``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import requests
+from tqdm import tqdm
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+POLL_INTERVAL_S = 0.5
+
+
+class ApiError(Exception):
+    """The API answered with an error envelope (or not at all)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class Client:
+    def __init__(self, base_url: str = DEFAULT_API_URL, *, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._http = requests.Session()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, self.base_url + path, timeout=self.timeout_s, **kwargs)
+        except requests.ConnectionError:
+            raise ApiError(0, "unreachable", f"no API answers at {self.base_url}") from None
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                raise ApiError(response.status_code, error["code"], error["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(response.status_code, "http_error", response.text[:200]) from None
+        return response.json()
+
+    def submit_dataset(self, path: str, **options: Any) -> dict[str, Any]:
+        body = {"path": path, **{k: v for k, v in options.items() if v is not None}}
+        job: dict[str, Any] = self._request("POST", "/v1/datasets", json=body)
+        return job
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self._request("GET", f"/v1/jobs/{job_id}")
+        return job
+
+    def result(self, job_id: str) -> Any:
+        return self._request("GET", f"/v1/jobs/{job_id}/result")
+
+    def dataset(self, dataset_id: str) -> dict[str, Any]:
+        record: dict[str, Any] = self._request("GET", f"/v1/datasets/{dataset_id}")
+        return record
+
+    def wait(self, job_id: str, *, timeout_s: float = 3600.0, progress: bool = True) -> dict[str, Any]:
+        """Poll until the job finishes, drawing a progress bar on stderr; answers the final record."""
+        deadline = time.monotonic() + timeout_s
+        bar = tqdm(total=100, desc=job_id[:8], unit="%", file=sys.stderr, disable=not progress, leave=True)
+        try:
+            while True:
+                job = self.job(job_id)
+                bar.n = round(100 * job["progress"])
+                bar.set_postfix_str(f"{job['stage'] or ''} {job['message'] or ''}".strip()[:60])
+                bar.refresh()
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    return job
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s:.0f} s")
+                time.sleep(POLL_INTERVAL_S)
+        finally:
+            bar.close()

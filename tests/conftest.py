@@ -1,0 +1,146 @@
+"""Fixtures shared by every layer of tests.
+
+- ``redis_url``: the Redis at ``REDIS_URL`` when set, else a private embedded redis-server.
+- ``settings``: a key prefix of this session's own (every key we and Celery write carries it), a data
+  root holding a copy of ml-latest-small, short time limits. Keys under the prefix are deleted before
+  and after the session, so a shared Redis is left as it was found.
+- ``stack``: one session-scoped set of real processes: ``movierec api`` (gunicorn), a CPU worker
+  (prefork, 2 processes) and a GPU-queue worker (solo), as ``movierec up`` runs them.
+- ``app`` / ``client``: the Flask app on the same Redis, for tests that need no HTTP server of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from shared.redisconn import connect
+from shared.settings import Settings
+from shared.stack import EmbeddedRedis, Stack, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    batch = []
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            client.delete(*batch)
+            batch.clear()
+    if batch:
+        client.delete(*batch)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        except redis.ConnectionError:
+            pytest.fail(f"REDIS_URL={url} is set but does not answer")
+        yield url
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not SMALL.is_dir():
+        pytest.fail(f"the real MovieLens sample is expected at {SMALL}")
+    root = tmp_path_factory.mktemp("data-root")
+    shutil.copytree(SMALL, root / "ml-latest-small")
+    return root
+
+
+@pytest.fixture(scope="session")
+def settings(redis_url: str, data_root: Path) -> Iterator[Settings]:
+    settings = Settings(
+        redis_url=redis_url,
+        key_prefix=f"test-{uuid.uuid4().hex[:10]}",
+        data_root=data_root,
+        result_ttl_s=3600,
+        task_time_limit_s=300,
+        visibility_timeout_s=600,
+    )
+    client = connect(redis_url)
+    delete_prefix(client, settings.key_prefix)
+    yield settings
+    delete_prefix(client, settings.key_prefix)
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> redis.Redis:
+    return connect(settings.redis_url)
+
+
+@pytest.fixture
+def fresh_prefix(settings: Settings, redis_client: redis.Redis) -> Iterator[str]:
+    """A key prefix of this test's own, emptied afterwards."""
+    prefix = f"{settings.key_prefix}:{uuid.uuid4().hex[:8]}"
+    yield prefix
+    delete_prefix(redis_client, prefix)
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("logs")
+    stack = Stack(
+        settings,
+        data_dir=tmp_path_factory.mktemp("stack"),
+        port=free_port(),
+        cpu_workers=2,
+        embedded_redis=False,
+        log_dir=logs,
+    )
+    stack.start()
+    try:
+        stack.wait_ready(timeout_s=120)
+    except Exception:
+        stack.stop()
+        for log in sorted(logs.glob("*.log")):
+            print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+        raise
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(stack: Stack) -> str:
+    return stack.api_url
+
+
+@pytest.fixture
+def app(settings: Settings, stack: Stack) -> Any:
+    from api import create_app
+
+    return create_app({"TESTING": True}, settings=settings)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+def wait_for(fetch: Callable[[], dict[str, Any]], *, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Poll a job record until it is finished."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = fetch()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job still {job['status']} after {timeout_s} s: {job}")
+        time.sleep(0.1)

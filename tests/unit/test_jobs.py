@@ -1,0 +1,80 @@
+"""The job registry on a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from shared.jobs import JobStore
+
+
+@pytest.fixture
+def jobs(redis_client: redis.Redis, fresh_prefix: str) -> JobStore:
+    return JobStore(redis_client, prefix=fresh_prefix, result_ttl_s=50)
+
+
+def test_create_then_lifecycle(jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str) -> None:
+    job = jobs.create("ingest", {"path": "x"})
+    assert (job.status, job.progress, job.params, job.started_at) == ("queued", 0.0, {"path": "x"}, None)
+    assert jobs.start(job.id, stage="reading")
+    assert jobs.progress(job.id, 0.5, stage="ratings", message="half")
+    mid = jobs.get(job.id)
+    assert mid is not None
+    assert (mid.status, mid.progress, mid.stage, mid.message) == ("running", 0.5, "ratings", "half")
+    assert redis_client.ttl(f"{fresh_prefix}:job:{job.id}") == -1  # kept while active
+    assert jobs.succeed(job.id, {"dataset": "ds-1"})
+    done = jobs.get(job.id)
+    assert done is not None
+    assert (done.status, done.progress, done.result) == ("succeeded", 1.0, {"dataset": "ds-1"})
+    assert done.finished_at is not None and done.started_at == mid.started_at
+    assert 0 < redis_client.ttl(f"{fresh_prefix}:job:{job.id}") <= 50
+
+
+def test_finished_jobs_do_not_move(jobs: JobStore) -> None:
+    job = jobs.create("ingest", {})
+    assert jobs.cancel(job.id)
+    assert not jobs.start(job.id, stage="late")
+    assert not jobs.progress(job.id, 0.9, stage="late")
+    assert not jobs.succeed(job.id, {"late": True})
+    assert not jobs.fail(job.id, code="x", message="late")
+    final = jobs.get(job.id)
+    assert final is not None
+    assert (final.status, final.result, final.error) == ("cancelled", None, None)
+
+
+def test_redelivery_restarts_a_running_job_but_keeps_its_start(jobs: JobStore) -> None:
+    job = jobs.create("ingest", {})
+    jobs.start(job.id, stage="a")
+    first = jobs.get(job.id)
+    time.sleep(0.01)
+    assert jobs.start(job.id, stage="b")
+    again = jobs.get(job.id)
+    assert first is not None and again is not None
+    assert again.started_at == first.started_at and again.stage == "b"
+
+
+def test_fail_records_code_and_message(jobs: JobStore) -> None:
+    job = jobs.create("ingest", {})
+    jobs.start(job.id, stage="s")
+    jobs.fail(job.id, code="data_error", message="ratings.csv, line 3: bad", details={"file": "ratings.csv"})
+    failed = jobs.get(job.id)
+    assert failed is not None and failed.status == "failed"
+    assert failed.error == {"code": "data_error", "message": "ratings.csv, line 3: bad", "details": {"file": "ratings.csv"}}
+
+
+def test_list_newest_first_with_filters_and_expiry(jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str) -> None:
+    made = []
+    for i in range(6):
+        made.append(jobs.create("ingest" if i % 2 else "train", {"i": i}))
+        time.sleep(0.002)
+    jobs.start(made[1].id, stage="s")
+    assert [j.id for j in jobs.list(limit=10)] == [j.id for j in reversed(made)]
+    assert [j.id for j in jobs.list(kind="train", limit=10)] == [made[4].id, made[2].id, made[0].id]
+    assert [j.id for j in jobs.list(status="running")] == [made[1].id]
+    assert len(jobs.list(limit=2)) == 2
+    redis_client.delete(f"{fresh_prefix}:job:{made[5].id}")  # as if its TTL ran out
+    assert made[5].id not in [j.id for j in jobs.list(limit=10)]
+    assert redis_client.zscore(f"{fresh_prefix}:jobs", made[5].id) is None
+    assert jobs.get(made[5].id) is None

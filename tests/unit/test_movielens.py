@@ -1,0 +1,199 @@
+"""Descriptor building and ratings against slow, obvious references on small frames."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shared.errors import DataError
+from shared.movielens import NO_GENRES, read_catalogue, read_ratings
+from tests.conftest import SMALL
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(text.strip() + "\n")
+    return path
+
+
+def reference_descriptors(directory: Path, k: int, fix: dict[int, list[str]] | None = None) -> dict[int, list[str]]:
+    """The notebook's meaning in plain Python: genres, then top-k genome tags, else top-k user tags."""
+    movies = pd.read_csv(directory / "movies.csv")
+    user_tags: dict[int, Counter[str]] = {}
+    if (directory / "tags.csv").exists():
+        for row in pd.read_csv(directory / "tags.csv", keep_default_na=False).itertuples():
+            tag = str(row.tag).strip().lower()
+            if tag:
+                user_tags.setdefault(int(row.movieId), Counter())[tag] += 1
+    genome: dict[int, list[tuple[float, str]]] = {}
+    if (directory / "genome-scores.csv").exists():
+        names = dict(pd.read_csv(directory / "genome-tags.csv").itertuples(index=False))
+        for row in pd.read_csv(directory / "genome-scores.csv").itertuples():
+            genome.setdefault(int(row.movieId), []).append((float(row.relevance), names[int(row.tagId)]))
+    out = {}
+    for row in movies.itertuples():
+        genres = [g for g in str(row.genres).split("|") if g and g != NO_GENRES]
+        if not genres and fix and row.movieId in fix:
+            genres = fix[row.movieId]
+        if row.movieId in genome:
+            tags = [t for _, t in sorted(genome[row.movieId], key=lambda rt: (-rt[0], rt[1]))[:k]]
+        else:
+            counts = user_tags.get(row.movieId, Counter())
+            tags = [t for t, _ in sorted(counts.items(), key=lambda tc: (-tc[1], tc[0]))[:k]]
+        if genres + tags:
+            out[int(row.movieId)] = genres + tags
+    return out
+
+
+def as_dict(directory: Path, k: int, fix_csv: Path | None = None) -> dict[int, list[str]]:
+    c = read_catalogue(directory, tags_per_movie=k, genres_fix_csv=fix_csv)
+    return {int(m): c.descriptors(i) for i, m in enumerate(c.movie_ids)}
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    write(
+        tmp_path,
+        "movies.csv",
+        """
+movieId,title,genres
+10,"Alpha, The (1990)",Comedy|Drama
+20,Beta (1991),(no genres listed)
+30,Gamma (1992),(no genres listed)
+40,Delta (1993),Horror
+50,Epsilon (1994),Comedy
+""",
+    )
+    write(
+        tmp_path,
+        "tags.csv",
+        """
+userId,movieId,tag,timestamp
+1,10,Funny,1
+2,10,funny ,2
+3,10,dark,3
+1,10,clever,4
+1,20,Quiet,5
+1,40,zzz,6
+2,40,aaa,7
+1,50,comedy,8
+""",
+    )
+    write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,1\n1,40,3.5,2\n2,10,5.0,3\n")
+    return tmp_path
+
+
+def test_user_tags_follow_the_reference_with_ties_and_case(tiny: Path) -> None:
+    got = as_dict(tiny, 2)
+    assert got == reference_descriptors(tiny, 2)
+    # "funny" counted twice across cases; the tie between "clever" and "dark" goes to the first alphabetically
+    assert got[10] == ["Comedy", "Drama", "funny", "clever"]
+    assert got[40] == ["Horror", "aaa", "zzz"]
+    # a movie with no genres but a tag is kept; with neither it is dropped
+    assert got[20] == ["quiet"]
+    assert 30 not in got
+    # a tag repeating a genre is kept, as in the notebook
+    assert got[50] == ["Comedy", "comedy"]
+
+
+def test_dropped_movies_are_counted_and_order_is_kept(tiny: Path) -> None:
+    c = read_catalogue(tiny, tags_per_movie=5)
+    assert list(c.movie_ids) == [10, 20, 40, 50]
+    assert c.movies_total == 5 and c.dropped == 1
+    assert c.titles[0] == "Alpha, The (1990)"
+    assert c.tag_source == "tags"
+
+
+def test_genres_fix_csv_fills_missing_genres_only(tiny: Path) -> None:
+    fix = write(tiny, "fix.csv", "movieId,genres\n30,Documentary|War\n10,Western\n")
+    got = as_dict(tiny, 1, fix)
+    assert got == reference_descriptors(tiny, 1, {30: ["Documentary", "War"], 10: ["Western"]})
+    assert got[30] == ["Documentary", "War"]
+    assert got[10][:2] == ["Comedy", "Drama"]
+
+
+def test_genome_tags_win_where_a_movie_is_in_the_genome(tiny: Path) -> None:
+    write(tiny, "genome-tags.csv", "tagId,tag\n1,zombies\n2,atmospheric\n3,witty\n")
+    write(
+        tiny,
+        "genome-scores.csv",
+        "movieId,tagId,relevance\n10,1,0.2\n10,2,0.9\n10,3,0.9\n40,1,0.95\n40,2,0.1\n40,3,0.3\n",
+    )
+    got = as_dict(tiny, 2)
+    assert got == reference_descriptors(tiny, 2)
+    assert got[10] == ["Comedy", "Drama", "atmospheric", "witty"]  # tie on relevance: alphabetical
+    assert got[40] == ["Horror", "zombies", "witty"]
+    assert got[20] == ["quiet"]  # not in the genome: user tags
+    assert read_catalogue(tiny, tags_per_movie=2).tag_source == "genome+tags"
+
+
+def test_real_small_dataset_matches_the_reference_and_the_notebook_counts() -> None:
+    c = read_catalogue(SMALL, tags_per_movie=5)
+    assert {int(m): c.descriptors(i) for i, m in enumerate(c.movie_ids)} == reference_descriptors(SMALL, 5)
+    assert (c.movies_total, len(c.movie_ids)) == (9742, 9709)
+    assert len(c.desc_indices) == 24_884 and len(c.vocabulary) == 1_218
+
+
+def test_ratings_csr_matches_pandas(tiny: Path) -> None:
+    c = read_catalogue(SMALL, tags_per_movie=5)
+    r = read_ratings(SMALL / "ratings.csv", c.movie_ids, chunk_rows=7_000)
+    frame = pd.read_csv(SMALL / "ratings.csv")
+    assert r.rows_read == len(frame) == 100_836
+    assert len(r.user_ids) == frame.userId.nunique() == 610
+    kept = frame[frame.movieId.isin(set(c.movie_ids.tolist()))]
+    assert r.kept == len(kept)
+    index = {int(m): i for i, m in enumerate(c.movie_ids)}
+    for j in (0, 17, 609):
+        user = int(r.user_ids[j])
+        rows = kept[kept.userId == user]
+        lo, hi = r.indptr[j], r.indptr[j + 1]
+        assert list(r.movie_index[lo:hi]) == [index[m] for m in rows.movieId]
+        np.testing.assert_array_equal(r.values[lo:hi], rows.rating.to_numpy(np.float32))
+
+
+def test_unsorted_ratings_are_grouped_by_user(tiny: Path) -> None:
+    write(tiny, "ratings.csv", "userId,movieId,rating,timestamp\n3,10,1.0,1\n1,40,2.0,2\n3,40,3.0,3\n1,10,4.0,4\n")
+    c = read_catalogue(tiny, tags_per_movie=5)
+    r = read_ratings(tiny / "ratings.csv", c.movie_ids, chunk_rows=2)
+    assert list(r.user_ids) == [1, 3]
+    assert list(r.indptr) == [0, 2, 4]
+    assert list(r.values) == [2.0, 4.0, 1.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("movies.csv", "movieId,title\n1,A\n", "movies.csv, line 1: missing column(s) genres"),
+        ("movies.csv", "movieId,title,genres\n1,A,Drama\nx,B,Comedy\n", "movies.csv, line 3: movieId 'x' is not a number"),
+        ("movies.csv", "movieId,title,genres\n1,A,Drama\n1,B,Comedy\n", "movies.csv, line 3: movieId 1 appears twice"),
+        ("movies.csv", "movieId,title,genres\n1,A,Drama\n2,B,Comedy,extra\n", "movies.csv, line 3: expected 3 fields, saw 4"),
+        ("movies.csv", "", "movies.csv: file is empty"),
+        ("ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,1\n1,40,9.0,2\n", "ratings.csv, line 3: rating 9.0 is outside"),
+        ("ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,1\n1.5,40,3.0,2\n", "ratings.csv, line 3: userId '1.5' is not a whole number"),
+        ("ratings.csv", "userId,movieId,rating,timestamp\n1,10,,1\n", "ratings.csv, line 2: rating is missing"),
+    ],
+)
+def test_malformed_files_name_the_file_line_and_problem(tiny: Path, name: str, text: str, expected: str) -> None:
+    (tiny / name).write_text(text)
+    with pytest.raises(DataError) as err:
+        c = read_catalogue(tiny, tags_per_movie=5)
+        read_ratings(tiny / "ratings.csv", c.movie_ids, chunk_rows=1)
+    assert err.value.message.startswith(expected), err.value.message
+
+
+def test_missing_file_is_named(tiny: Path) -> None:
+    (tiny / "movies.csv").unlink()
+    with pytest.raises(DataError, match=r"^movies.csv: file not found"):
+        read_catalogue(tiny, tags_per_movie=5)
+
+
+def test_bad_line_is_found_in_a_later_chunk(tiny: Path) -> None:
+    rows = "\n".join(f"{u},10,4.0,1" for u in range(1, 12))
+    (tiny / "ratings.csv").write_text(f"userId,movieId,rating,timestamp\n{rows}\n12,abc,4.0,1\n")
+    c = read_catalogue(tiny, tags_per_movie=5)
+    with pytest.raises(DataError, match=r"ratings.csv, line 13: movieId 'abc' is not a number"):
+        read_ratings(tiny / "ratings.csv", c.movie_ids, chunk_rows=4)

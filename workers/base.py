@@ -1,0 +1,91 @@
+"""The frame every job task runs in: per-process services, status moves, progress, error mapping.
+
+A task body receives a ``JobContext`` and the job's JSON parameters, and returns the job's JSON result
+(optionally with the artifact that ``?format=npy`` serves). ``run_job`` does the rest:
+
+    start (skip when the job was cancelled or expired) -> body -> succeed
+                                                        \\-> MovierecError  -> fail with its code and message
+                                                        \\-> anything else  -> fail as internal_error, logged here
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery, current_app
+from celery.exceptions import SoftTimeLimitExceeded
+
+from shared.celery_app import settings_of
+from shared.errors import MovierecError
+from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 0.5
+"""Progress writes closer together than this are skipped unless the stage changes."""
+
+_services: dict[int, Services] = {}
+
+
+def services(app: Celery | None = None) -> Services:
+    """This process's services, built on first use after any fork."""
+    pid = os.getpid()
+    if pid not in _services:
+        _services.clear()
+        _services[pid] = Services.from_settings(settings_of(app or current_app))
+    return _services[pid]
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    services: Services
+    _last: tuple[float, str] = field(default=(0.0, ""))
+
+    def progress(self, fraction: float, stage: str, message: str = "") -> None:
+        now = time.monotonic()
+        last_time, last_stage = self._last
+        if stage == last_stage and now - last_time < PROGRESS_INTERVAL_S and fraction < 1.0:
+            return
+        self._last = (now, stage)
+        self.services.jobs.progress(self.job_id, fraction, stage=stage, message=message)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a task body hands back: the JSON result, and the artifact holding its array, if any."""
+
+    result: dict[str, Any]
+    artifact: str | None = None
+    message: str = ""
+
+
+Body = Callable[[JobContext], Outcome]
+
+
+def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
+    svc = services()
+    if not svc.jobs.start(job_id, stage=stage):
+        log.info("job %s is finished, cancelled or expired; skipping", job_id)
+        return None
+    ctx = JobContext(job_id, svc)
+    try:
+        outcome = body(ctx)
+    except MovierecError as exc:
+        svc.jobs.fail(job_id, code=exc.code, message=exc.message, details=exc.details)
+        return None
+    except SoftTimeLimitExceeded:
+        limit = svc.settings.soft_time_limit_s
+        svc.jobs.fail(job_id, code="timeout", message=f"the job ran past its time limit ({limit} s)")
+        return None
+    except Exception:
+        log.exception("job %s failed", job_id)
+        svc.jobs.fail(job_id, code="internal_error", message="the job failed unexpectedly; the worker log has details")
+        return None
+    svc.jobs.succeed(job_id, outcome.result, result_artifact=outcome.artifact, message=outcome.message)
+    return {"job": job_id, "status": "succeeded"}

@@ -1,0 +1,133 @@
+"""Starting a worker: ``movierec worker --queues cpu|gpu [--concurrency N]``.
+
+CPU workers use Celery's prefork pool. A GPU worker is one solo-pool process per visible CUDA device;
+with several devices this process becomes a small supervisor that starts one child per device (each with
+``CUDA_VISIBLE_DEVICES`` set) and never touches CUDA itself. Each worker publishes a heartbeat key that
+``/readyz`` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+
+from shared.celery_app import GPU_QUEUE, make_celery
+from shared.services import HEARTBEAT_TTL_S, Services
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def visible_cuda_devices() -> list[str]:
+    """CUDA device ids this machine exposes, found without initialising CUDA."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+
+
+class Heartbeat:
+    """Refreshes this worker's heartbeat key from a daemon thread of the worker's main process."""
+
+    def __init__(self, settings: Settings, name: str, queues: list[str]) -> None:
+        self._settings, self._name, self._queues = settings, name, queues
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, **_: Any) -> None:
+        services = Services.from_settings(self._settings)
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    services.beat(self._name, self._queues)
+                except Exception:  # Redis away: /readyz will say so; keep trying.
+                    log.warning("heartbeat to Redis failed", exc_info=True)
+                self._stop.wait(HEARTBEAT_TTL_S / 3)
+            try:
+                services.forget_worker(self._name)
+            except Exception:
+                pass
+
+        self._thread = threading.Thread(target=loop, name="movierec-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, **_: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    queues: Sequence[str],
+    concurrency: int | None = None,
+    loglevel: str = "INFO",
+    device_slot: str | None = None,
+) -> int:
+    queues = list(queues)
+    gpu = GPU_QUEUE in queues
+    if gpu and device_slot is None:
+        devices = visible_cuda_devices()
+        if len(devices) > 1:
+            return _supervise_gpu_children(devices, queues=queues, loglevel=loglevel)
+
+    app = make_celery(settings)
+    slot = f"-{device_slot}" if device_slot is not None else ""
+    name = f"{'+'.join(queues)}{slot}-{os.getpid()}@{socket.gethostname()}"
+    heartbeat = Heartbeat(settings, name, queues)
+    worker_ready.connect(heartbeat.start, weak=False)
+    worker_shutdown.connect(heartbeat.stop, weak=False)
+
+    argv = [
+        "worker",
+        f"--queues={','.join(queues)}",
+        f"--hostname={name}",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if gpu:
+        # One process owns the device: no fork after CUDA could be initialised.
+        argv += ["--pool=solo", "--concurrency=1"]
+    else:
+        argv += ["--pool=prefork"]
+        if concurrency:
+            argv.append(f"--concurrency={concurrency}")
+    app.worker_main(argv)
+    return 0
+
+
+def _supervise_gpu_children(devices: list[str], *, queues: list[str], loglevel: str) -> int:
+    children = []
+    for dev in devices:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=dev)
+        cmd = [sys.executable, "-m", "shared.cli", "worker", "--queues", ",".join(queues), "--loglevel", loglevel]
+        children.append(subprocess.Popen([*cmd, "--device-slot", dev], env=env))
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)
