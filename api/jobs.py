@@ -42,7 +42,7 @@ def _public(job: Job) -> dict[str, Any]:
 
 
 @bp.get("")
-@bp.input(JobListQuery, location="query", arg_name="query")
+@bp.input(JobListQuery, location="query", arg_name="query", unknown=None)  # None: the schema raises
 @bp.output(JobListOut)
 def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
     """Jobs, newest first, filtered by status and kind."""
@@ -70,7 +70,7 @@ def cancel_job(job_id: str) -> dict[str, Any]:
 
 
 @bp.get("/<job_id>/result")
-@bp.input(ResultQuery, location="query", arg_name="query")
+@bp.input(ResultQuery, location="query", arg_name="query", unknown=None)
 @bp.doc(responses=_RESULT_RESPONSES)
 def get_result(job_id: str, query: dict[str, Any]) -> Response:
     """The result of a succeeded job."""

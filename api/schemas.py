@@ -6,6 +6,7 @@ Marshmallow raises on unknown fields, so an unexpected field is a 400 like any o
 from __future__ import annotations
 
 from apiflask import Schema
+from marshmallow import RAISE
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range
 
@@ -79,6 +80,9 @@ class JobOut(Schema):
 
 
 class JobListQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
     status = String(load_default=None, validate=OneOf(STATUSES))
     kind = String(load_default=None, validate=Length(1, 64))
     limit = Integer(load_default=50, validate=Range(1, MAX_LIST_LIMIT))
@@ -89,6 +93,9 @@ class JobListOut(Schema):
 
 
 class ResultQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
     format = String(load_default="json", validate=OneOf(["json", "npy"]))
 
 

@@ -1,0 +1,148 @@
+"""The command line: ``up`` supervises and cleans up; ``submit``/``status`` talk HTTP; ``demo`` runs."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shared.demo import _download_small
+from shared.settings import Settings
+from shared.stack import free_port
+from tests.conftest import REPO, SMALL
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def embedded_env(settings: Settings, root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(MOVIEREC_KEY_PREFIX=settings.key_prefix + "-up", MOVIEREC_DATA_ROOT=str(root))
+    return env
+
+
+def wait_ready(port: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    raise AssertionError("movierec up never became ready")
+
+
+@pytest.fixture
+def up(settings: Settings, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--port", str(port), "--cpu-workers", "1",
+         "--data-dir", str(tmp_path / "up"), "--log-dir", str(tmp_path / "logs")],
+        env=embedded_env(settings, settings.data_root), stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        wait_ready(port)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    parent = psutil.Process(pid)
+    return [parent, *parent.children(recursive=True)]
+
+
+def test_up_serves_and_sigterm_leaves_no_process(up: tuple[subprocess.Popen[str], int], tmp_path: Path) -> None:
+    process, port = up
+    tree = _tree(process.pid)
+    names = [p.name() for p in tree]
+    assert any("redis-server" in n for n in names), names
+    assert (tmp_path / "up" / "redis" / "appendonly.aof").exists()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert process.stdout is not None
+    assert f"API at http://127.0.0.1:{port}" in process.stdout.read()
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    assert not alive, [p.name() for p in alive]
+
+
+def test_up_killed_outright_still_leaves_no_process(up: tuple[subprocess.Popen[str], int]) -> None:
+    process, _ = up
+    tree = _tree(process.pid)
+    process.kill()  # no chance to clean up: the children's PDEATHSIG must do it
+    _, alive = psutil.wait_procs(tree, timeout=45)
+    assert not alive, [p.name() for p in alive]
+
+
+def test_submit_and_status_over_http(api_url: str) -> None:
+    done = cli("submit", "dataset", "ml-latest-small", "--wait", "--api", api_url)
+    assert done.returncode == 0, done.stderr
+    assert '"status": "succeeded"' in done.stdout
+    assert "users" in done.stdout and "610" in done.stdout
+    job_id = done.stdout.split()[1]
+    status = cli("status", job_id, "--api", api_url)
+    assert status.returncode == 0 and job_id in status.stdout
+    missing = cli("status", "no-such-job", "--api", api_url)
+    assert missing.returncode == 1 and "404 not_found" in missing.stderr
+    outside = cli("submit", "dataset", "../..", "--api", api_url)
+    assert outside.returncode == 1 and "path_not_allowed" in outside.stderr
+
+
+def test_demo_runs_the_embedded_stack_and_prints_figures(settings: Settings, tmp_path: Path) -> None:
+    env = embedded_env(settings, tmp_path)
+    done = cli("demo", "--data", str(SMALL), "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "movies kept" in done.stdout and "9,709" in done.stdout and "100,836" in done.stdout
+
+
+def test_demo_offline_generates_a_sample_and_says_so(settings: Settings, tmp_path: Path) -> None:
+    env = embedded_env(settings, tmp_path)
+    env["MOVIEREC_DEMO_URL"] = f"http://127.0.0.1:{free_port()}/ml-latest-small.zip"  # nothing listens
+    env.pop("MOVIEREC_DEMO_DATA", None)
+    done = cli("demo", "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "generated sample" in done.stdout and "movies kept" in done.stdout
+
+
+def test_download_is_checked_as_a_zip_with_the_expected_files(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "good.zip", "w") as z:
+        for f in SMALL.iterdir():
+            z.write(f, f"ml-latest-small/{f.name}")
+    with zipfile.ZipFile(served / "bad.zip", "w") as z:
+        z.writestr("ml-latest-small/movies.csv", "movieId,title,genres\n")
+
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(served))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(ValueError, match="lacks ratings.csv"):
+            _download_small(f"{base}/bad.zip", tmp_path / "cache-bad")
+        got = _download_small(f"{base}/good.zip", tmp_path / "cache")
+        assert (got / "ratings.csv").read_bytes() == (SMALL / "ratings.csv").read_bytes()
+    finally:
+        server.shutdown()

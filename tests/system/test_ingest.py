@@ -1,0 +1,119 @@
+"""Ingestion end to end: real HTTP to gunicorn, real Celery worker processes, real Redis."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from shared.settings import Settings
+from tests.conftest import SMALL, wait_for
+
+
+def submit(api_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    r = requests.post(f"{api_url}/v1/datasets", json=body, timeout=10)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["kind"] == "ingest"
+    return dict(job)
+
+
+def finish(api_url: str, job_id: str) -> dict[str, Any]:
+    return wait_for(lambda: requests.get(f"{api_url}/v1/jobs/{job_id}", timeout=10).json())
+
+
+def test_ingest_ml_latest_small_matches_an_independent_count(api_url: str) -> None:
+    job = submit(api_url, {"path": "ml-latest-small"})
+    done = finish(api_url, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == 1.0 and done["result_url"] == f"/v1/jobs/{job['id']}/result"
+    result = requests.get(f"{api_url}{done['result_url']}", timeout=10).json()
+
+    movies = pd.read_csv(SMALL / "movies.csv")
+    ratings = pd.read_csv(SMALL / "ratings.csv")
+    tags = pd.read_csv(SMALL / "tags.csv")
+    no_genres = movies.genres == "(no genres listed)"
+    untagged = ~movies.movieId.isin(tags.movieId)
+    dropped = int((no_genres & untagged).sum())
+    counts = result["counts"]
+    assert counts["movies_total"] == len(movies) == 9742
+    assert counts["dropped"] == dropped and counts["movies"] == len(movies) - dropped
+    assert counts["users"] == ratings.userId.nunique() == 610
+    assert counts["ratings"] == len(ratings) == 100_836
+    kept_ids = set(movies.movieId[~(no_genres & untagged)])
+    assert counts["ratings_kept"] == int(ratings.movieId.isin(kept_ids).sum())
+    assert counts["vocabulary"] == 1_218 and counts["descriptors"] == 24_884
+
+    record = requests.get(f"{api_url}/v1/datasets/{result['dataset']}", timeout=10).json()
+    assert record["counts"] == counts and record["source"] == "ml-latest-small"
+    listed = requests.get(f"{api_url}/v1/datasets", timeout=10).json()["datasets"]
+    assert result["dataset"] in [d["id"] for d in listed]
+
+    again = finish(api_url, submit(api_url, {"path": "ml-latest-small/"})["id"])
+    second = requests.get(f"{api_url}{again['result_url']}", timeout=10).json()
+    assert second["dataset"] == result["dataset"] and second["reused"] is True
+    assert again["message"] == "dataset already ingested"
+
+
+def test_job_listing_and_npy_refusal(api_url: str) -> None:
+    done = finish(api_url, submit(api_url, {"path": "ml-latest-small", "tags_per_movie": 2})["id"])
+    jobs = requests.get(f"{api_url}/v1/jobs", params={"kind": "ingest", "status": "succeeded"}, timeout=10).json()
+    assert jobs["jobs"][0]["id"] == done["id"]
+    r = requests.get(f"{api_url}/v1/jobs/{done['id']}/result", params={"format": "npy"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+
+
+def _broken_copy(root: Path, name: str) -> Path:
+    target = root / name
+    if not target.exists():
+        shutil.copytree(SMALL, target)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: (d / "ratings.csv").unlink(), "ratings.csv: file not found"),
+        (
+            lambda d: (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,1\n1,2,x,2\n"),
+            "ratings.csv, line 3: rating 'x' is not a number",
+        ),
+        (lambda d: (d / "movies.csv").write_text("movieId,title\n1,A\n"), "movies.csv, line 1: missing column(s) genres"),
+    ],
+    ids=["missing-file", "bad-number", "missing-column"],
+)
+def test_missing_or_malformed_files_fail_the_job_with_a_reason(
+    api_url: str, settings: Settings, mutate: Any, message: str, request: pytest.FixtureRequest
+) -> None:
+    directory = _broken_copy(settings.data_root, f"broken-{request.node.callspec.id}")
+    mutate(directory)
+    done = finish(api_url, submit(api_url, {"path": directory.name})["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "data_error"
+    assert done["error"]["message"].startswith(message), done["error"]
+    assert "Traceback" not in str(done)
+    r = requests.get(f"{api_url}/v1/jobs/{done['id']}/result", timeout=10)
+    assert r.status_code == 409
+
+
+def test_a_path_that_is_not_a_directory_fails_the_job(api_url: str) -> None:
+    done = finish(api_url, submit(api_url, {"path": "no-such-directory"})["id"])
+    assert done["status"] == "failed" and done["error"]["message"] == "no-such-directory: is not a directory"
+
+
+def test_artifacts_are_readable_without_pickle(api_url: str, app: Any) -> None:
+    done = finish(api_url, submit(api_url, {"path": "ml-latest-small"})["id"])
+    ds = requests.get(f"{api_url}{done['result_url']}", timeout=10).json()["dataset"]
+    store = app.extensions["movierec"].artifacts
+    raw = store.get_bytes(f"dataset/{ds}/ratings_indptr")
+    indptr = np.load(io.BytesIO(raw), allow_pickle=False)
+    assert indptr[0] == 0 and indptr[-1] == len(store.get_array(f"dataset/{ds}/ratings_value"))
+    ids = store.get_array(f"dataset/{ds}/movie_ids")
+    assert ids.dtype == np.int32 and ids[0] == 1
