@@ -1,10 +1,10 @@
 """The HTTP front end: ``create_app()`` builds the Flask app; it validates, enqueues and reads, nothing more.
 
-    api/health.py     /healthz, /readyz
-    api/datasets.py   /v1/datasets
-    api/jobs.py       /v1/jobs
-    api/errors.py     every error as {"error": {"code", "message", "details"}}
-    api/schemas.py    request and response schemas, which also make /openapi.json
+api/health.py     /healthz, /readyz
+api/datasets.py   /v1/datasets
+api/jobs.py       /v1/jobs
+api/errors.py     every error as {"error": {"code", "message", "details"}}
+api/schemas.py    request and response schemas, which also make /openapi.json
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None) -> APIFlask:
     settings = settings or Settings()
-    app = APIFlask(
-        "movierec", title="movierec", version=API_VERSION, spec_path="/openapi.json", docs_path="/docs"
-    )
+    app = APIFlask("movierec", title="movierec", version=API_VERSION, spec_path="/openapi.json", docs_path="/docs")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         VALIDATION_ERROR_STATUS_CODE=400,

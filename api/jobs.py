@@ -16,7 +16,7 @@ from .schemas import JobListOut, JobListQuery, JobOut, ResultQuery
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="jobs")
 
-_RESULT_RESPONSES = {
+_RESULT_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
     200: {
         "description": "the job's result: JSON, or with ?format=npy the array it produced",
         "content": {

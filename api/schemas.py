@@ -6,9 +6,9 @@ Marshmallow raises on unknown fields, so an unexpected field is a 400 like any o
 from __future__ import annotations
 
 from apiflask import Schema
-from marshmallow import RAISE
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range
+from marshmallow import RAISE
 
 from shared.datasets import MAX_TAGS_PER_MOVIE
 from shared.jobs import MAX_LIST_LIMIT, STATUSES

@@ -17,7 +17,7 @@ import io
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -107,7 +107,7 @@ class ArtifactStore:
 
     # -- reading ---------------------------------------------------------------------------------------
     def manifest(self, name: str) -> Manifest | None:
-        raw = self._r.get(self._key(name))
+        raw = cast("bytes | None", self._r.get(self._key(name)))
         if raw is None:
             return None
         fields = json.loads(raw)
@@ -123,7 +123,7 @@ class ArtifactStore:
         if manifest is None:
             raise NotFound(f"artifact {name!r} does not exist")
         key = self._key(name)
-        parts = [self._r.get(f"{key}:{i}") for i in range(manifest.chunks)]
+        parts = [cast("bytes | None", self._r.get(f"{key}:{i}")) for i in range(manifest.chunks)]
         if any(p is None for p in parts):
             raise CorruptArtifact(f"artifact {name!r} is missing a chunk")
         data = b"".join(p for p in parts if p is not None)

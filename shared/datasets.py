@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import redis
@@ -101,11 +101,11 @@ class DatasetStore:
         return f"{self._prefix}:dataset:{ds_id}"
 
     def get(self, ds_id: str) -> dict[str, Any] | None:
-        raw = self._r.get(self._key(ds_id))
+        raw = cast("bytes | None", self._r.get(self._key(ds_id)))
         return json.loads(raw) if raw else None
 
     def list(self) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in self._r.zrevrange(self._index, 0, -1)]
+        ids = [i.decode() for i in cast(list[bytes], self._r.zrevrange(self._index, 0, -1))]
         records = [self.get(i) for i in ids]
         return [r for r in records if r is not None]
 
@@ -205,4 +205,3 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return int(psutil.Process().memory_info().rss)
-

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
@@ -148,15 +148,15 @@ class JobStore:
         return job
 
     def get(self, job_id: str) -> Job | None:
-        raw = self._r.hgetall(self._key(job_id))
-        return Job.from_hash(raw) if raw else None  # type: ignore[arg-type]
+        raw = cast(dict[bytes, bytes], self._r.hgetall(self._key(job_id)))
+        return Job.from_hash(raw) if raw else None
 
     def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[Job]:
         """Newest first, filtered; reads the index in pages and prunes ids whose record expired."""
         out: list[Job] = []
         start, page = 0, max(limit, 100)
         while len(out) < limit:
-            ids = self._r.zrevrange(self._index, start, start + page - 1)
+            ids = cast(list[bytes], self._r.zrevrange(self._index, start, start + page - 1))
             if not ids:
                 break
             start += page
@@ -201,7 +201,11 @@ class JobStore:
     def progress(self, job_id: str, progress: float, *, stage: str, message: str = "") -> bool:
         value = f"{min(max(progress, 0.0), 1.0):.4f}"
         return self._move(
-            job_id, allowed=("running",), to=None, ttl=False, fields={"progress": value, "stage": stage, "message": message}
+            job_id,
+            allowed=("running",),
+            to=None,
+            ttl=False,
+            fields={"progress": value, "stage": stage, "message": message},
         )
 
     def succeed(self, job_id: str, result: Any, *, result_artifact: str | None = None, message: str = "") -> bool:

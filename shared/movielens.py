@@ -106,11 +106,11 @@ def _csv_chunks(
             engine="c",
         )
         line = 2
-        for frame in reader:
-            missing = [c for c in columns if c not in frame.columns]
+        for raw in reader:
+            missing = [c for c in columns if c not in raw.columns]
             if missing:
                 raise DataError(path.name, f"missing column(s) {', '.join(missing)}", line=1)
-            frame = frame[list(columns)]
+            frame = raw[list(columns)]
             for name, kind in columns.items():
                 if kind != "str":
                     frame[name] = _numeric(frame[name], path=path, column=name, first_line=line, kind=kind)
@@ -174,8 +174,7 @@ def top_user_tags(tags: pd.DataFrame, k: int) -> dict[int, list[str]]:
     frame = frame[frame["tag"] != ""]
     counts = frame.groupby(["movieId", "tag"], sort=False).size().rename("n").reset_index()
     counts = counts.sort_values(["movieId", "n", "tag"], ascending=[True, False, True], kind="stable")
-    top = counts.groupby("movieId", sort=False).head(k)
-    return {int(m): list(g) for m, g in top.groupby("movieId", sort=False)["tag"]}
+    return _grouped_lists(counts.groupby("movieId", sort=False).head(k))
 
 
 def top_genome_tags(scores: pd.DataFrame, genome_tags: pd.DataFrame, k: int) -> dict[int, list[str]]:
@@ -189,13 +188,16 @@ def top_genome_tags(scores: pd.DataFrame, genome_tags: pd.DataFrame, k: int) -> 
         }
     ).dropna(subset=["tag"])
     frame = frame.sort_values(["movieId", "relevance", "tag"], ascending=[True, False, True], kind="stable")
-    top = frame.groupby("movieId", sort=False).head(k)
-    return {int(m): list(g) for m, g in top.groupby("movieId", sort=False)["tag"]}
+    return _grouped_lists(frame.groupby("movieId", sort=False).head(k))
 
 
-def read_catalogue(
-    directory: Path, *, tags_per_movie: int, genres_fix_csv: Path | None = None
-) -> Catalogue:
+def _grouped_lists(top: pd.DataFrame) -> dict[int, list[str]]:
+    """{movieId: its tags in row order} of a frame already sorted and cut to k rows per movie."""
+    grouped = top.groupby("movieId", sort=False)["tag"].agg(list)
+    return dict(zip(grouped.index.astype(int).tolist(), grouped.tolist(), strict=True))
+
+
+def read_catalogue(directory: Path, *, tags_per_movie: int, genres_fix_csv: Path | None = None) -> Catalogue:
     movies = read_movies(directory / "movies.csv")
     fix = read_genres_fix(genres_fix_csv) if genres_fix_csv is not None else {}
 

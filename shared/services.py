@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -57,7 +58,7 @@ class Services:
         """How many live workers consume each queue."""
         counts: dict[str, int] = {}
         for key in self.redis.scan_iter(match=self._worker_key("*"), count=500):
-            raw = self.redis.get(key)
+            raw = cast("bytes | None", self.redis.get(key))
             if raw is None:
                 continue
             for queue in raw.decode().split("|", 1)[0].split(","):

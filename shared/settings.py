@@ -45,9 +45,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MOVIEREC_", frozen=True, extra="ignore", populate_by_name=True)
 
-    redis_url: str = Field(
-        default=DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "MOVIEREC_REDIS_URL")
-    )
+    redis_url: str = Field(default=DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "MOVIEREC_REDIS_URL"))
     key_prefix: str = Field(default=DEFAULT_KEY_PREFIX, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     data_root: Path = Field(default_factory=Path.cwd)
     result_ttl_s: int = Field(default=DEFAULT_RESULT_TTL_S, ge=1)

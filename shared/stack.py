@@ -14,6 +14,7 @@ Redis stops last, after the workers, with a final AOF flush.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -195,7 +196,7 @@ class Stack:
             if dead is not None:
                 raise RuntimeError(f"{dead.name} exited with status {dead.process.returncode} while starting")
             try:
-                with urllib.request.urlopen(f"{self.api_url}/readyz", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.api_url}/readyz", timeout=2) as response:  # noqa: S310
                     if response.status == 200:
                         return
             except OSError:
@@ -241,7 +242,5 @@ class Stack:
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -44,9 +44,9 @@ class SynthSpec:
 
 
 def _zipf_weights(n: int, s: float, rng: np.random.Generator) -> np.ndarray:
-    w = 1.0 / np.arange(1, n + 1) ** s
+    w: np.ndarray = 1.0 / np.arange(1, n + 1) ** s
     rng.shuffle(w)
-    return w / w.sum()
+    return np.asarray(w / w.sum(), dtype=np.float64)
 
 
 def _tag_names(n: int) -> list[str]:
@@ -59,7 +59,19 @@ def write_synthetic(out: Path, spec: SynthSpec) -> dict[str, int]:
         raise ValueError("more ratings than (movie, user) pairs")
     rng = np.random.default_rng(spec.seed)
     out.mkdir(parents=True, exist_ok=True)
+    movie_ids = _write_movies(out, spec, rng)
+    popularity = _zipf_weights(spec.movies, 1.0, rng)
+    activity = _zipf_weights(spec.users, 0.6, rng)
+    weights = {"movie_ids": movie_ids, "popularity": popularity, "activity": activity}
+    _write_ratings(out, spec, rng, **weights)
+    n_tags = _write_tags(out, spec, rng, **weights)
+    counts = {"movies": spec.movies, "ratings": spec.ratings, "tags": n_tags}
+    if spec.genome:
+        counts["genome_movies"] = _write_genome(out, spec, rng, movie_ids)
+    return counts
 
+
+def _write_movies(out: Path, spec: SynthSpec, rng: np.random.Generator) -> np.ndarray:
     movie_ids = np.sort(rng.choice(np.arange(1, spec.movies * 3 + 1), size=spec.movies, replace=False))
     names = list(GENRE_FREQUENCIES)
     has = rng.random((spec.movies, len(names))) < np.array(list(GENRE_FREQUENCIES.values()))
@@ -67,12 +79,22 @@ def write_synthetic(out: Path, spec: SynthSpec) -> dict[str, int]:
     years = rng.integers(1902, 2019, size=spec.movies)
     titles = [f"Synthetic Movie {m} ({y})" for m, y in zip(movie_ids, years, strict=True)]
     pd.DataFrame({"movieId": movie_ids, "title": titles, "genres": genres}).to_csv(out / "movies.csv", index=False)
-    pd.DataFrame(
-        {"movieId": movie_ids, "imdbId": movie_ids + 100000, "tmdbId": movie_ids + 200000}
-    ).to_csv(out / "links.csv", index=False)
+    pd.DataFrame({"movieId": movie_ids, "imdbId": movie_ids + 100000, "tmdbId": movie_ids + 200000}).to_csv(
+        out / "links.csv", index=False
+    )
+    return movie_ids
 
-    popularity = _zipf_weights(spec.movies, 1.0, rng)
-    activity = _zipf_weights(spec.users, 0.6, rng)
+
+def _write_ratings(
+    out: Path,
+    spec: SynthSpec,
+    rng: np.random.Generator,
+    *,
+    movie_ids: np.ndarray,
+    popularity: np.ndarray,
+    activity: np.ndarray,
+) -> None:
+    # (user, movie) pairs drawn by activity x popularity, deduplicated, topped up until there are enough.
     pairs = np.zeros(0, dtype=np.int64)
     while len(pairs) < spec.ratings:
         need = int((spec.ratings - len(pairs)) * 1.1) + 16
@@ -80,7 +102,7 @@ def write_synthetic(out: Path, spec: SynthSpec) -> dict[str, int]:
         movies = rng.choice(spec.movies, size=need, p=popularity).astype(np.int64)
         pairs = np.unique(np.concatenate([pairs, users * spec.movies + movies]))
         if len(pairs) < spec.ratings:
-            # Saturated popular pairs: widen to uniform draws so the loop always ends.
+            # Saturated popular pairs: widen towards uniform draws so the loop always ends.
             popularity = 0.5 * popularity + 0.5 / spec.movies
             activity = 0.5 * activity + 0.5 / spec.users
     pairs = np.sort(rng.choice(pairs, size=spec.ratings, replace=False))
@@ -102,6 +124,16 @@ def write_synthetic(out: Path, spec: SynthSpec) -> dict[str, int]:
             )
             chunk.to_csv(f, header=False, index=False, float_format="%.1f")
 
+
+def _write_tags(
+    out: Path,
+    spec: SynthSpec,
+    rng: np.random.Generator,
+    *,
+    movie_ids: np.ndarray,
+    popularity: np.ndarray,
+    activity: np.ndarray,
+) -> int:
     n_tags = max(1, int(spec.ratings * TAGS_PER_RATING))
     vocabulary = np.array(_tag_names(TAG_VOCABULARY))
     tag_of = rng.choice(TAG_VOCABULARY, size=n_tags, p=_zipf_weights(TAG_VOCABULARY, 1.1, rng))
@@ -114,29 +146,30 @@ def write_synthetic(out: Path, spec: SynthSpec) -> dict[str, int]:
         }
     ).sort_values(["userId", "movieId"], kind="stable")
     tags.to_csv(out / "tags.csv", index=False)
-    counts = {"movies": spec.movies, "ratings": spec.ratings, "tags": n_tags}
+    return n_tags
 
-    if spec.genome:
-        genome_names = [f"genome {i:04d}" for i in range(GENOME_TAGS)]
-        pd.DataFrame({"tagId": np.arange(1, GENOME_TAGS + 1), "tag": genome_names}).to_csv(
-            out / "genome-tags.csv", index=False
-        )
-        covered = np.sort(rng.choice(movie_ids, size=max(1, int(spec.movies * GENOME_SHARE)), replace=False))
-        tag_weights = _zipf_weights(GENOME_TAGS, 1.0, rng)
-        with (out / "genome-scores.csv").open("w") as f:
-            f.write("movieId,tagId,relevance\n")
-            per_chunk = max(1, _WRITE_CHUNK // GENOME_TAGS)
-            for lo in range(0, len(covered), per_chunk):
-                block = covered[lo : lo + per_chunk]
-                relevance = rng.beta(0.6, 6.0, size=(len(block), GENOME_TAGS))
-                strong = rng.choice(GENOME_TAGS, size=(len(block), 8), p=tag_weights)
-                np.put_along_axis(relevance, strong, rng.uniform(0.7, 1.0, size=strong.shape), axis=1)
-                pd.DataFrame(
-                    {
-                        "movieId": np.repeat(block, GENOME_TAGS),
-                        "tagId": np.tile(np.arange(1, GENOME_TAGS + 1), len(block)),
-                        "relevance": relevance.ravel(),
-                    }
-                ).to_csv(f, header=False, index=False, float_format="%.5f")
-        counts["genome_movies"] = len(covered)
-    return counts
+
+def _write_genome(out: Path, spec: SynthSpec, rng: np.random.Generator, movie_ids: np.ndarray) -> int:
+    genome_names = [f"genome {i:04d}" for i in range(GENOME_TAGS)]
+    pd.DataFrame({"tagId": np.arange(1, GENOME_TAGS + 1), "tag": genome_names}).to_csv(
+        out / "genome-tags.csv", index=False
+    )
+    covered = np.sort(rng.choice(movie_ids, size=max(1, int(spec.movies * GENOME_SHARE)), replace=False))
+    tag_weights = _zipf_weights(GENOME_TAGS, 1.0, rng)
+    with (out / "genome-scores.csv").open("w") as f:
+        f.write("movieId,tagId,relevance\n")
+        per_chunk = max(1, _WRITE_CHUNK // GENOME_TAGS)
+        for lo in range(0, len(covered), per_chunk):
+            block = covered[lo : lo + per_chunk]
+            # Mostly low relevance, with a few strongly relevant tags per movie, Zipf-like across tags.
+            relevance = rng.beta(0.6, 6.0, size=(len(block), GENOME_TAGS))
+            strong = rng.choice(GENOME_TAGS, size=(len(block), 8), p=tag_weights)
+            np.put_along_axis(relevance, strong, rng.uniform(0.7, 1.0, size=strong.shape), axis=1)
+            pd.DataFrame(
+                {
+                    "movieId": np.repeat(block, GENOME_TAGS),
+                    "tagId": np.tile(np.arange(1, GENOME_TAGS + 1), len(block)),
+                    "relevance": relevance.ravel(),
+                }
+            ).to_csv(f, header=False, index=False, float_format="%.5f")
+    return len(covered)

@@ -8,6 +8,7 @@ with several devices this process becomes a small supervisor that starts one chi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from celery.signals import worker_ready, worker_shutdown
 
 from shared.celery_app import GPU_QUEUE, make_celery
@@ -40,7 +42,7 @@ def visible_cuda_devices() -> list[str]:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+    return [str(i) for i, _ in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
 
 
 class Heartbeat:
@@ -58,13 +60,11 @@ class Heartbeat:
             while not self._stop.is_set():
                 try:
                     services.beat(self._name, self._queues)
-                except Exception:  # Redis away: /readyz will say so; keep trying.
+                except redis.RedisError:  # Redis away: /readyz will say so; keep trying.
                     log.warning("heartbeat to Redis failed", exc_info=True)
                 self._stop.wait(HEARTBEAT_TTL_S / 3)
-            try:
+            with contextlib.suppress(redis.RedisError):
                 services.forget_worker(self._name)
-            except Exception:
-                pass
 
         self._thread = threading.Thread(target=loop, name="movierec-heartbeat", daemon=True)
         self._thread.start()

@@ -41,7 +41,14 @@ def test_unknown_fields_are_400(client: Any) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"path": 3}, {"path": ""}, {"path": "ml-latest-small", "tags_per_movie": 0}, {"path": "x", "tags_per_movie": 51}, [1]],
+    [
+        {},
+        {"path": 3},
+        {"path": ""},
+        {"path": "ml-latest-small", "tags_per_movie": 0},
+        {"path": "x", "tags_per_movie": 51},
+        [1],
+    ],
 )
 def test_invalid_bodies_are_400(client: Any, body: Any) -> None:
     assert error_of(client.post("/v1/datasets", json=body), 400)["code"] == "validation_error"
@@ -73,7 +80,9 @@ def test_result_of_an_unfinished_job_is_409_and_cancel_works(client: Any, app: A
     assert error_of(client.get(f"/v1/jobs/{job.id}/result"), 409)["details"] == {"status": "cancelled"}
 
 
-@pytest.mark.parametrize("path", ["..", "../..", "/etc", "/", "ml-latest-small/../../..", "escape", "escape/ratings.csv"])
+@pytest.mark.parametrize(
+    "path", ["..", "../..", "/etc", "/", "ml-latest-small/../../..", "escape", "escape/ratings.csv"]
+)
 def test_paths_outside_the_data_root_are_400_before_enqueueing(client: Any, app: Any, path: str) -> None:
     before = job_count(app)
     err = error_of(client.post("/v1/datasets", json={"path": path}), 400)

@@ -140,7 +140,7 @@ def test_download_is_checked_as_a_zip_with_the_expected_files(tmp_path: Path) ->
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        with pytest.raises(ValueError, match="lacks ratings.csv"):
+        with pytest.raises(ValueError, match=r"lacks ratings\.csv"):
             _download_small(f"{base}/bad.zip", tmp_path / "cache-bad")
         got = _download_small(f"{base}/good.zip", tmp_path / "cache")
         assert (got / "ratings.csv").read_bytes() == (SMALL / "ratings.csv").read_bytes()

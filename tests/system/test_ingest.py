@@ -85,7 +85,10 @@ def _broken_copy(root: Path, name: str) -> Path:
             lambda d: (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,1\n1,2,x,2\n"),
             "ratings.csv, line 3: rating 'x' is not a number",
         ),
-        (lambda d: (d / "movies.csv").write_text("movieId,title\n1,A\n"), "movies.csv, line 1: missing column(s) genres"),
+        (
+            lambda d: (d / "movies.csv").write_text("movieId,title\n1,A\n"),
+            "movies.csv, line 1: missing column(s) genres",
+        ),
     ],
     ids=["missing-file", "bad-number", "missing-column"],
 )

@@ -61,10 +61,16 @@ def test_fail_records_code_and_message(jobs: JobStore) -> None:
     jobs.fail(job.id, code="data_error", message="ratings.csv, line 3: bad", details={"file": "ratings.csv"})
     failed = jobs.get(job.id)
     assert failed is not None and failed.status == "failed"
-    assert failed.error == {"code": "data_error", "message": "ratings.csv, line 3: bad", "details": {"file": "ratings.csv"}}
+    assert failed.error == {
+        "code": "data_error",
+        "message": "ratings.csv, line 3: bad",
+        "details": {"file": "ratings.csv"},
+    }
 
 
-def test_list_newest_first_with_filters_and_expiry(jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str) -> None:
+def test_list_newest_first_with_filters_and_expiry(
+    jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str
+) -> None:
     made = []
     for i in range(6):
         made.append(jobs.create("ingest" if i % 2 else "train", {"i": i}))

@@ -164,24 +164,44 @@ def test_unsorted_ratings_are_grouped_by_user(tiny: Path) -> None:
     assert list(r.values) == [2.0, 4.0, 1.0, 3.0]
 
 
+def ingest_files(directory: Path) -> None:
+    c = read_catalogue(directory, tags_per_movie=5)
+    read_ratings(directory / "ratings.csv", c.movie_ids, chunk_rows=1)
+
+
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [
         ("movies.csv", "movieId,title\n1,A\n", "movies.csv, line 1: missing column(s) genres"),
-        ("movies.csv", "movieId,title,genres\n1,A,Drama\nx,B,Comedy\n", "movies.csv, line 3: movieId 'x' is not a number"),
+        (
+            "movies.csv",
+            "movieId,title,genres\n1,A,Drama\nx,B,Comedy\n",
+            "movies.csv, line 3: movieId 'x' is not a number",
+        ),
         ("movies.csv", "movieId,title,genres\n1,A,Drama\n1,B,Comedy\n", "movies.csv, line 3: movieId 1 appears twice"),
-        ("movies.csv", "movieId,title,genres\n1,A,Drama\n2,B,Comedy,extra\n", "movies.csv, line 3: expected 3 fields, saw 4"),
+        (
+            "movies.csv",
+            "movieId,title,genres\n1,A,Drama\n2,B,Comedy,extra\n",
+            "movies.csv, line 3: expected 3 fields, saw 4",
+        ),
         ("movies.csv", "", "movies.csv: file is empty"),
-        ("ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,1\n1,40,9.0,2\n", "ratings.csv, line 3: rating 9.0 is outside"),
-        ("ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,1\n1.5,40,3.0,2\n", "ratings.csv, line 3: userId '1.5' is not a whole number"),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,10,4.0,1\n1,40,9.0,2\n",
+            "ratings.csv, line 3: rating 9.0 is outside",
+        ),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,10,4.0,1\n1.5,40,3.0,2\n",
+            "ratings.csv, line 3: userId '1.5' is not a whole number",
+        ),
         ("ratings.csv", "userId,movieId,rating,timestamp\n1,10,,1\n", "ratings.csv, line 2: rating is missing"),
     ],
 )
 def test_malformed_files_name_the_file_line_and_problem(tiny: Path, name: str, text: str, expected: str) -> None:
     (tiny / name).write_text(text)
     with pytest.raises(DataError) as err:
-        c = read_catalogue(tiny, tags_per_movie=5)
-        read_ratings(tiny / "ratings.csv", c.movie_ids, chunk_rows=1)
+        ingest_files(tiny)
     assert err.value.message.startswith(expected), err.value.message
 
 

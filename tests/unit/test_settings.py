@@ -30,7 +30,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(ValidationError):
-        s.key_prefix = "other"  # type: ignore[misc]
+        s.key_prefix = "other"
 
 
 def test_time_limit_must_be_below_visibility_timeout() -> None:
