@@ -1,0 +1,91 @@
+"""docker-compose.yml is a valid Compose file whose services run real ``movierec`` commands.
+
+No Docker engine runs here, so the file is checked the way ``docker compose config`` would: variables
+interpolated as Compose does (``${VAR?err}`` refuses an unset secret), then parsed and validated by the
+compose-spec library (a full Compose-spec model), then each service's command parsed by our own CLI.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import yaml
+from compose_spec import PyCompose
+
+from shared.cli import build_parser
+from tests.conftest import REPO
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+class MissingVariable(Exception):
+    pass
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable syntax: ${V}, ${V:-default}, ${V-default}, ${V?error}, ${V:?error}, $$."""
+
+    def one(m: re.Match[str]) -> str:
+        if m[0] == "$$":
+            return "$"
+        name, op, arg = m[1], m[2], m[3]
+        value = env.get(name)
+        empty = value is None or (op is not None and op.startswith(":") and value == "")
+        if op and op.endswith("?") and empty:
+            raise MissingVariable(f"{name}: {arg}")
+        if op and op.endswith("-") and empty:
+            return arg
+        return value or ""
+
+    return _VAR.sub(one, text)
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return (REPO / "docker-compose.yml").read_text()
+
+
+@pytest.fixture(scope="module")
+def compose(text: str) -> dict[str, Any]:
+    rendered = interpolate(text, {"REDIS_PASSWORD": "s3cret"})
+    PyCompose.from_yaml(rendered).validate()
+    parsed: dict[str, Any] = yaml.safe_load(rendered)
+    return parsed
+
+
+def test_the_validator_rejects_what_compose_rejects() -> None:
+    with pytest.raises(ValueError, match="bogus_key"):
+        PyCompose.from_yaml("services:\n  a:\n    image: x\n    bogus_key: 1\n")
+
+
+def test_secrets_have_no_default(text: str) -> None:
+    with pytest.raises(MissingVariable, match="REDIS_PASSWORD: Variable not set"):
+        interpolate(text, {})
+
+
+def test_services_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"redis", "api", "cpu-worker", "gpu-worker"}
+    assert "ports" not in services["redis"]  # Redis stays inside the compose network
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    for name in ("redis", "api"):
+        assert services[name]["healthcheck"]["test"]
+    for name in ("api", "cpu-worker", "gpu-worker"):
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert services[name]["environment"]["REDIS_URL"] == "redis://:s3cret@redis:6379/0"
+    assert "container_name" not in services["cpu-worker"] and "ports" not in services["cpu-worker"]  # scalable
+    devices = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+
+
+@pytest.mark.parametrize("service", ["api", "cpu-worker", "gpu-worker"])
+def test_every_command_is_a_real_movierec_command(compose: dict[str, Any], service: str) -> None:
+    command = compose["services"][service]["command"]
+    assert command[0] == "movierec"
+    args = build_parser().parse_args(command[1:])
+    assert args.command in {"api", "worker"}
+    assert (REPO / "Dockerfile").is_file()
