@@ -131,7 +131,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="movierec", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="movierec",
+        description="Learned movie embeddings and recommendations from MovieLens, computed by Celery workers.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cpus = os.cpu_count() or 1
 
