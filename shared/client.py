@@ -59,12 +59,18 @@ class Client:
     def wait(self, job_id: str, *, timeout_s: float = 3600.0, progress: bool = True) -> dict[str, Any]:
         """Poll until the job finishes, drawing a progress bar on stderr; answers the final record."""
         deadline = time.monotonic() + timeout_s
-        bar = tqdm(total=100, desc=job_id[:8], unit="%", file=sys.stderr, disable=not progress, leave=True)
+        bar = tqdm(
+            total=100,
+            desc=job_id[:8],
+            file=sys.stderr,
+            disable=not progress,
+            bar_format="{desc} {percentage:3.0f}% |{bar:30}| {elapsed} {postfix}",
+        )
         try:
             while True:
                 job = self.job(job_id)
                 bar.n = round(100 * job["progress"])
-                bar.set_postfix_str(f"{job['stage'] or ''} {job['message'] or ''}".strip()[:60])
+                bar.set_postfix_str(str(job["message"] or job["stage"] or "")[:60])
                 bar.refresh()
                 if job["status"] in ("succeeded", "failed", "cancelled"):
                     return job
