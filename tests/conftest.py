@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 
 from shared.redisconn import connect
 from shared.settings import Settings
@@ -129,9 +130,55 @@ def app(settings: Settings, stack: Stack) -> Any:
     return create_app({"TESTING": True}, settings=settings)
 
 
-@pytest.fixture
-def client(app: Any) -> Any:
-    return app.test_client()
+class HttpResponse:
+    """A ``requests`` response with the few methods of Flask's test response that the tests use."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self._r = response
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self.is_json = response.headers.get("Content-Type", "").startswith("application/json")
+
+    def get_json(self) -> Any:
+        return self._r.json()
+
+    def get_data(self, *, as_text: bool = False) -> Any:
+        return self._r.text if as_text else self._r.content
+
+
+class HttpClient:
+    """The Flask test client's interface, spoken over real HTTP to the stack's gunicorn."""
+
+    def __init__(self, base_url: str) -> None:
+        self._base = base_url
+        self._http = requests.Session()
+
+    def open(
+        self, method: str, path: str, *, data: Any = None, json: Any = None, content_type: str | None = None
+    ) -> HttpResponse:
+        headers = {"Content-Type": content_type} if content_type else {}
+        body = data.encode() if isinstance(data, str) else data
+        return HttpResponse(
+            self._http.request(method, self._base + path, data=body, json=json, headers=headers, timeout=30)
+        )
+
+    def get(self, path: str, **kw: Any) -> HttpResponse:
+        return self.open("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> HttpResponse:
+        return self.open("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> HttpResponse:
+        return self.open("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> HttpResponse:
+        return self.open("DELETE", path, **kw)
+
+
+@pytest.fixture(params=["flask", "http"])
+def client(request: pytest.FixtureRequest, app: Any, api_url: str) -> Any:
+    """Each API test runs twice: in-process through Flask's test client, and over HTTP to gunicorn."""
+    return app.test_client() if request.param == "flask" else HttpClient(api_url)
 
 
 def wait_for(fetch: Callable[[], dict[str, Any]], *, timeout_s: float = 120.0) -> dict[str, Any]:

@@ -1,0 +1,39 @@
+"""The Celery factory: JSON only, routing by module, late acks, the visibility timeout everywhere."""
+
+from __future__ import annotations
+
+from shared.celery_app import make_celery
+from shared.settings import Settings
+
+
+def test_configuration_follows_settings() -> None:
+    settings = Settings(key_prefix="cfg", task_time_limit_s=100, visibility_timeout_s=500)
+    app = make_celery(settings)
+    conf = app.conf
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.task_track_started
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_time_limit == 100 and conf.task_soft_time_limit < 100
+    # The three places Celery and kombu read the Redis visibility timeout.
+    assert conf.visibility_timeout == 500
+    assert conf.broker_transport_options["visibility_timeout"] == 500
+    assert conf.result_backend_transport_options["visibility_timeout"] == 500
+    assert conf.broker_transport_options["global_keyprefix"] == "cfg:celery:"
+    assert app.settings is settings
+
+
+def test_tasks_are_routed_by_module() -> None:
+    app = make_celery(Settings())
+    app.loader.import_default_modules()
+    route = app.amqp.router.route
+    assert route({}, "workers.cpu.ingest_dataset")["queue"].name == "cpu"
+    assert route({}, "workers.gpu.describe_device")["queue"].name == "gpu"
+    assert {"workers.cpu.ingest_dataset", "workers.gpu.describe_device"} <= set(app.tasks)
+
+
+def test_importing_the_gpu_tasks_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, workers.gpu, workers.cpu, api; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
