@@ -64,7 +64,7 @@ class Client:
             desc=job_id[:8],
             file=sys.stderr,
             disable=not progress,
-            bar_format="{desc} {percentage:3.0f}% |{bar:30}| {elapsed} {postfix}",
+            bar_format="{desc}: {percentage:3.0f}% |{bar:30}| {elapsed}{postfix}",
         )
         try:
             while True:
