@@ -28,8 +28,7 @@ def create_dataset(body: dict[str, Any]) -> Any:
     if body["genres_fix_csv"]:
         confine(body["genres_fix_csv"], root=root)
     job = submit(celery(), services().jobs, kind="ingest", task=INGEST_TASK, params=body)
-    location = url_for("jobs.get_job", job_id=job.id)
-    return job.public(result_url=None), 202, {"Location": location}
+    return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
 
 @bp.get("")

@@ -9,10 +9,10 @@ from flask import Response, jsonify, url_for
 
 from shared.errors import Conflict, InvalidRequest, JobNotFinished, NotFound
 from shared.jobs import Job
-from shared.submit import cancel
+from shared.submit import MINE_TASK, cancel, submit
 
 from . import celery, services
-from .schemas import JobListOut, JobListQuery, JobOut, ResultQuery
+from .schemas import JobListOut, JobListQuery, JobOut, ResultQuery, TripletsIn
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="jobs")
 
@@ -39,6 +39,25 @@ def _job_or_404(job_id: str) -> Job:
 
 def _public(job: Job) -> dict[str, Any]:
     return job.public(result_url=url_for("jobs.get_result", job_id=job.id))
+
+
+def _accepted(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
+    return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+
+
+def _require_dataset(dataset_id: str) -> None:
+    if services().datasets.get(dataset_id) is None:
+        raise NotFound(f"dataset {dataset_id!r} does not exist")
+
+
+@bp.post("/triplets")
+@bp.input(TripletsIn, arg_name="body")
+@bp.output(JobOut, status_code=202, description="the mining job, queued")
+@bp.doc(responses={400: "invalid request", 404: "unknown dataset", 413: "body too large", 415: "not JSON"})
+def create_triplets(body: dict[str, Any]) -> Any:
+    """Mine (anchor, positive, negative) triplets of a dataset, sharded over the CPU workers."""
+    _require_dataset(body["dataset"])
+    return _accepted(submit(celery(), services().jobs, kind="triplets", task=MINE_TASK, params=body))
 
 
 @bp.get("")

@@ -12,7 +12,9 @@ from marshmallow import RAISE
 
 from shared.datasets import MAX_TAGS_PER_MOVIE
 from shared.jobs import MAX_LIST_LIMIT, STATUSES
+from shared.mining import STRATEGIES
 from shared.settings import DEFAULT_TAGS_PER_MOVIE
+from shared.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE
 
 MAX_PATH_CHARS = 4096
 
@@ -31,6 +33,17 @@ class DatasetIn(Schema):
     path = String(required=True, validate=Length(1, MAX_PATH_CHARS), metadata={"description": "inside the data root"})
     tags_per_movie = Integer(load_default=DEFAULT_TAGS_PER_MOVIE, validate=Range(1, MAX_TAGS_PER_MOVIE))
     genres_fix_csv = String(load_default=None, allow_none=True, validate=Length(1, MAX_PATH_CHARS))
+
+
+class TripletsIn(Schema):
+    dataset = String(required=True, validate=Length(1, 64))
+    shard_size = Integer(load_default=DEFAULT_SHARD_SIZE, validate=Range(MIN_SHARD_SIZE, MAX_SHARD_SIZE))
+    seed = Integer(load_default=DEFAULT_SEED, validate=Range(0, 2**32 - 1))
+    negatives = String(
+        load_default="uniform-min",
+        validate=OneOf(STRATEGIES),
+        metadata={"description": "uniform-min, notebook or semi-hard"},
+    )
 
 
 class DatasetCounts(Schema):

@@ -53,6 +53,20 @@ return {1, cur}
 """
 
 
+# KEYS[1]: job hash, KEYS[2]: its shard hash. ARGV: shard id, stats JSON, total, TTL.
+# Records a finished shard while the job runs; returns how many shards are done (-1: job not running).
+_SHARD_DONE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return -1 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+local done = redis.call('HLEN', KEYS[2])
+local total = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'progress', string.format('%.4f', done / total),
+           'message', done .. ' of ' .. total .. ' shards done')
+return done
+"""
+
+
 def utcnow_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -122,6 +136,7 @@ class JobStore:
         self._ttl = result_ttl_s
         self._index = f"{prefix}:jobs"
         self._transition = client.register_script(_TRANSITION)
+        self._shard_done = client.register_script(_SHARD_DONE)
 
     def _key(self, job_id: str) -> str:
         return f"{self._prefix}:job:{job_id}"
@@ -224,6 +239,16 @@ class JobStore:
         error = {"code": code, "message": message, **({"details": dict(details)} if details else {})}
         fields = {"finished_at": utcnow_iso(), "message": message, "error": json.dumps(error)}
         return self._move(job_id, allowed=ACTIVE, to="failed", ttl=True, fields=fields)
+
+    def shard_done(self, job_id: str, shard: str, stats: Mapping[str, Any], *, total: int) -> int:
+        """Record a finished shard (idempotent per shard); answers shards done, or -1 if the job is not running."""
+        keys = [self._key(job_id), f"{self._key(job_id)}:shards"]
+        # The shard hash lives as long as a finished job would, so an abandoned job leaves nothing forever.
+        return int(self._shard_done(keys=keys, args=[shard, json.dumps(dict(stats)), str(total), str(self._ttl)]))
+
+    def shard_stats(self, job_id: str) -> dict[str, dict[str, Any]]:
+        raw = cast(dict[bytes, bytes], self._r.hgetall(f"{self._key(job_id)}:shards"))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     def cancel(self, job_id: str) -> bool:
         fields = {"finished_at": utcnow_iso(), "message": "cancelled by request", "stage": "cancelled"}

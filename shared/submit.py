@@ -10,6 +10,7 @@ from .errors import ServiceUnavailable
 from .jobs import Job, JobStore
 
 INGEST_TASK = "workers.cpu.ingest_dataset"
+MINE_TASK = "workers.cpu.mine_triplets"
 DESCRIBE_DEVICE_TASK = "workers.gpu.describe_device"
 
 

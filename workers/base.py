@@ -65,7 +65,8 @@ class Outcome:
     message: str = ""
 
 
-Body = Callable[[JobContext], Outcome]
+Body = Callable[[JobContext], Outcome | None]
+"""A body answers its Outcome, or None when later tasks (shards, a join) will finish the job."""
 
 
 def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
@@ -87,5 +88,17 @@ def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
         log.exception("job %s failed", job_id)
         svc.jobs.fail(job_id, code="internal_error", message="the job failed unexpectedly; the worker log has details")
         return None
+    if outcome is None:
+        return {"job": job_id, "status": "running"}
     svc.jobs.succeed(job_id, outcome.result, result_artifact=outcome.artifact, message=outcome.message)
     return {"job": job_id, "status": "succeeded"}
+
+
+def fail_job(job_id: str, exc: BaseException, *, where: str) -> None:
+    """Fail a job from a task that is not its main one (a shard, a join), naming where it broke."""
+    svc = services()
+    if isinstance(exc, MovierecError):
+        svc.jobs.fail(job_id, code=exc.code, message=f"{where}: {exc.message}", details={"where": where})
+    else:
+        log.error("job %s: %s failed", job_id, where, exc_info=exc)
+        svc.jobs.fail(job_id, code="internal_error", message=f"{where} failed unexpectedly", details={"where": where})

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from celery import shared_task
 
 from shared.datasets import DatasetOptions, confine
-from shared.errors import DataError
+from shared.errors import DataError, NotFound
+from shared.mining import mine_range
+from shared.triplets import TripletSpec, join, load_incidence, plan_shards, shard_stats, store_part
 
-from .base import JobContext, Outcome, run_job
+from .base import JobContext, Outcome, fail_job, run_job, services
 
 
 @shared_task(name="workers.cpu.ingest_dataset")
@@ -35,3 +38,77 @@ def ingest_dataset(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None
         return Outcome({"dataset": record["id"], "reused": reused, **record}, message=message)
 
     return run_job(job_id, stage="ingest", body=body)
+
+
+def _spec(params: dict[str, Any]) -> TripletSpec:
+    return TripletSpec(dataset=params["dataset"], seed=int(params["seed"]), strategy=params["negatives"])
+
+
+@shared_task(name="workers.cpu.mine_triplets")
+def mine_triplets(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Plan the shards of a mining job and send them; the last shard to finish sends the join."""
+
+    def body(ctx: JobContext) -> Outcome | None:
+        spec = _spec(params)
+        record = ctx.services.datasets.get(spec.dataset)
+        if record is None:
+            raise NotFound(f"dataset {spec.dataset!r} does not exist")
+        if ctx.services.artifacts.exists(spec.name):
+            n = record["counts"]["movies"]
+            summary = {"dataset": spec.dataset, "triplets": spec.name, "count": n, "seed": spec.seed}
+            summary |= {"strategy": spec.strategy, "reused": True}
+            return Outcome(summary, artifact=spec.name, message="triplets already mined")
+        shards = plan_shards(record["counts"]["movies"], int(params["shard_size"]))
+        ctx.progress(0.0, "mining", f"0 of {len(shards)} shards done")
+        for lo, hi in shards:
+            mine_shard.apply_async(args=[job_id, params, lo, hi, len(shards)])
+        return None
+
+    return run_job(job_id, stage="mining", body=body)
+
+
+@shared_task(name="workers.cpu.mine_shard")
+def mine_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
+    """Mine anchors [lo, hi); idempotent: the part is written under a name fixed by (dataset, strategy, seed, lo)."""
+    svc = services()
+    job = svc.jobs.get(job_id)
+    if job is None or job.status != "running":
+        return
+    spec = _spec(params)
+    try:
+        started = time.perf_counter()
+        result = mine_range(load_incidence(svc.artifacts, spec.dataset), lo, hi, seed=spec.seed, strategy=spec.strategy)
+        store_part(svc.artifacts, spec, lo, result, ttl_s=svc.settings.result_ttl_s)
+        stats = shard_stats(lo, hi, result, time.perf_counter() - started)
+    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
+        fail_job(job_id, exc, where=f"shard {lo}-{hi}")
+        return
+    if svc.jobs.shard_done(job_id, f"{lo:09d}", stats, total=total) == total:
+        join_triplets.apply_async(args=[job_id, params])
+
+
+@shared_task(name="workers.cpu.join_triplets")
+def join_triplets(job_id: str, params: dict[str, Any]) -> None:
+    """Assemble the parts into the (n, 3) triplet array and finish the job."""
+    svc = services()
+    job = svc.jobs.get(job_id)
+    if job is None or job.status != "running":
+        return
+    spec = _spec(params)
+    try:
+        stats = [s for _, s in sorted(svc.jobs.shard_stats(job_id).items())]
+        triplets = join(svc.artifacts, spec, [tuple(s["anchors"]) for s in stats])
+    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
+        fail_job(job_id, exc, where="join")
+        return
+    summary = {
+        "dataset": spec.dataset,
+        "triplets": spec.name,
+        "count": len(triplets),
+        "seed": spec.seed,
+        "strategy": spec.strategy,
+        "shard_size": int(params["shard_size"]),
+        "reused": False,
+        "shards": stats,
+    }
+    svc.jobs.succeed(job_id, summary, result_artifact=spec.name, message=f"{len(triplets):,} triplets")

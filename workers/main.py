@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from shared.celery_app import GPU_QUEUE, make_celery
 from shared.services import HEARTBEAT_TTL_S, Services
@@ -112,6 +112,16 @@ def run_worker(
         argv += ["--pool=prefork"]
         if concurrency:
             argv.append(f"--concurrency={concurrency}")
+        processes = concurrency or os.cpu_count() or 1
+        threads = max(1, (os.cpu_count() or 1) // processes)
+
+        def limit_threads(**_: Any) -> None:
+            # N prefork children each running a BLAS with all cores would oversubscribe the machine.
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(threads)
+
+        worker_process_init.connect(limit_threads, weak=False)
     app.worker_main(argv)
     return 0
 

@@ -1,0 +1,98 @@
+"""A sharded mining job: planning the shards, storing their parts, joining them.
+
+    POST /v1/jobs/triplets ──> workers.cpu.mine_triplets  (plans shards, sends one task per shard, returns)
+                                  │ shard [lo, hi) of the anchors, each on the cpu queue, any worker
+                                  ▼
+                             workers.cpu.mine_shard ──> part artifact triplets/<ds>/<strategy>-<seed>/part/<lo>
+                                  │ records its stats in the job's shard hash (Lua: only while running);
+                                  │ the shard that completes the set sends the join
+                                  ▼
+                             workers.cpu.join_triplets ──> triplets/<ds>/<strategy>-<seed>  (n, 3) int32 movieIds
+
+Outputs are named by (dataset, strategy, seed) only, never by shard size or worker: a redelivered shard
+rewrites its own part, a second join rewrites the same array, and a job whose array already exists is
+answered from it without mining again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .artifacts import ArtifactStore
+from .errors import NotFound
+from .mining import Incidence, ShardResult, Strategy, build_incidence
+
+DEFAULT_SHARD_SIZE = 2000
+MIN_SHARD_SIZE, MAX_SHARD_SIZE = 10, 100_000
+DEFAULT_SEED = 42
+_CACHE_SIZE = 2
+
+
+@dataclass(frozen=True)
+class TripletSpec:
+    dataset: str
+    seed: int
+    strategy: Strategy
+
+    @property
+    def name(self) -> str:
+        """Artifact name of the joined triplets."""
+        return f"triplets/{self.dataset}/{self.strategy}-{self.seed}"
+
+    def part(self, lo: int) -> str:
+        return f"{self.name}/part/{lo:09d}"
+
+
+def plan_shards(n: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + shard_size, n)) for lo in range(0, n, shard_size)]
+
+
+_incidence_cache: OrderedDict[str, Incidence] = OrderedDict()
+
+
+def load_incidence(artifacts: ArtifactStore, dataset: str) -> Incidence:
+    """The dataset's descriptor incidence, built once per process and kept for the next shards."""
+    if dataset in _incidence_cache:
+        _incidence_cache.move_to_end(dataset)
+        return _incidence_cache[dataset]
+    base = f"dataset/{dataset}"
+    if not artifacts.exists(f"{base}/desc_indptr"):
+        raise NotFound(f"dataset {dataset!r} does not exist")
+    inc = build_incidence(
+        artifacts.get_array(f"{base}/desc_indptr"),
+        artifacts.get_array(f"{base}/desc_indices"),
+        artifacts.get_json(f"{base}/vocabulary"),
+    )
+    _incidence_cache[dataset] = inc
+    while len(_incidence_cache) > _CACHE_SIZE:
+        _incidence_cache.popitem(last=False)
+    return inc
+
+
+def store_part(artifacts: ArtifactStore, spec: TripletSpec, lo: int, result: ShardResult, *, ttl_s: int) -> None:
+    artifacts.put_array(spec.part(lo), result.triplets, ttl_s=ttl_s)
+
+
+def shard_stats(lo: int, hi: int, result: ShardResult, seconds: float) -> dict[str, Any]:
+    return {
+        "anchors": [lo, hi],
+        "seconds": round(seconds, 3),
+        "mean_positive_overlap": round(float(result.positive_overlap.mean()), 4) if hi > lo else 0.0,
+        "mean_negative_overlap": round(float(result.negative_overlap.mean()), 4) if hi > lo else 0.0,
+        "distinct_negatives": len(np.unique(result.triplets[:, 2])),
+    }
+
+
+def join(artifacts: ArtifactStore, spec: TripletSpec, shards: list[tuple[int, int]]) -> np.ndarray:
+    """Concatenate the parts in anchor order, as movieIds, store the result, drop the parts."""
+    rows = np.concatenate([artifacts.get_array(spec.part(lo)) for lo, _ in shards])  # (n, 3) catalogue rows
+    movie_ids = artifacts.get_array(f"dataset/{spec.dataset}/movie_ids")
+    triplets: np.ndarray = movie_ids[rows].astype(np.int32)  # (n, 3) movieIds: anchor, positive, negative
+    artifacts.put_array(spec.name, triplets)
+    for lo, _ in shards:
+        artifacts.delete(spec.part(lo))
+    return triplets
