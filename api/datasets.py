@@ -12,7 +12,7 @@ from shared.errors import NotFound
 from shared.submit import INGEST_TASK, submit
 
 from . import celery, services
-from .schemas import DatasetIn, DatasetListOut, DatasetOut, JobOut
+from .schemas import DatasetIn, DatasetListOut, DatasetOut, JobOut, MoviesOut, MoviesQuery
 
 bp = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", tag="datasets")
 
@@ -35,7 +35,7 @@ def create_dataset(body: dict[str, Any]) -> Any:
 @bp.output(DatasetListOut)
 def list_datasets() -> dict[str, Any]:
     """Every dataset, newest first."""
-    return {"datasets": services().datasets.list()}
+    return {"datasets": services().datasets.records()}
 
 
 @bp.get("/<dataset_id>")
@@ -47,3 +47,20 @@ def get_dataset(dataset_id: str) -> dict[str, Any]:
     if record is None:
         raise NotFound(f"dataset {dataset_id!r} does not exist")
     return record
+
+
+@bp.get("/<dataset_id>/movies")
+@bp.input(MoviesQuery, location="query", arg_name="query", unknown=None)
+@bp.output(MoviesOut)
+@bp.doc(responses={404: "unknown dataset"})
+def list_movies(dataset_id: str, query: dict[str, Any]) -> dict[str, Any]:
+    """The catalogue in catalogue order (the row order of every per-movie array), paged."""
+    catalogue = services().datasets.catalogue(dataset_id)
+    lo, hi = query["offset"], query["offset"] + query["limit"]
+    return {
+        "dataset": dataset_id,
+        "total": len(catalogue),
+        "offset": lo,
+        "limit": query["limit"],
+        "movies": catalogue[lo:hi],
+    }

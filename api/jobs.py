@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 from apiflask import APIBlueprint
 from flask import Response, jsonify, url_for
 
+from shared.datasets import confine
 from shared.errors import Conflict, InvalidRequest, JobNotFinished, NotFound
 from shared.jobs import Job
-from shared.submit import MINE_TASK, cancel, submit
+from shared.submit import ENCODE_TASK, MINE_TASK, cancel, submit
 
 from . import celery, services
-from .schemas import JobListOut, JobListQuery, JobOut, ResultQuery, TripletsIn
+from .schemas import EncodeIn, JobListOut, JobListQuery, JobOut, ResultQuery, TripletsIn
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="jobs")
 
@@ -60,6 +63,27 @@ def create_triplets(body: dict[str, Any]) -> Any:
     return _accepted(submit(celery(), services().jobs, kind="triplets", task=MINE_TASK, params=body))
 
 
+@bp.post("/encode")
+@bp.input(EncodeIn, arg_name="body")
+@bp.output(JobOut, status_code=202, description="the encoding job, queued (gpu queue)")
+@bp.doc(responses={400: "invalid request or limits exceeded", 404: "unknown dataset", 413: "body too large"})
+def create_encode(body: dict[str, Any]) -> Any:
+    """Encode a dataset's movies, or texts / items (lists of strings), with a BERT-family model."""
+    model = body.get("model")
+    if model and (Path(model).is_absolute() or model.startswith(".")):
+        body["model"] = str(confine(model, root=services().settings.data_root))  # local models: data root only
+    params = {k: body[k] for k in ("model", "pooling") if body.get(k)}
+    if "dataset" in body:
+        _require_dataset(body["dataset"])
+        params["dataset"] = body["dataset"]
+    else:
+        shape = "texts" if "texts" in body else "items"
+        name = f"encode-input/{uuid.uuid4()}"  # the strings travel through Redis, not in the message
+        services().artifacts.put_json(name, body[shape], ttl_s=services().settings.result_ttl_s)
+        params |= {"input": name, "shape": shape, "count": len(body[shape])}
+    return _accepted(submit(celery(), services().jobs, kind="encode", task=ENCODE_TASK, params=params))
+
+
 @bp.get("")
 @bp.input(JobListQuery, location="query", arg_name="query", unknown=None)  # None: the schema raises
 @bp.output(JobListOut)
@@ -104,4 +128,7 @@ def get_result(job_id: str, query: dict[str, Any]) -> Response:
         data = services().artifacts.get_bytes(job.result_artifact)
         headers = {"Content-Disposition": f'attachment; filename="{job_id}.npy"'}
         return Response(data, mimetype="application/octet-stream", headers=headers)
+    if job.result_inline and job.result_artifact:
+        array = services().artifacts.get_array(job.result_artifact)
+        return jsonify({**job.result, job.result_inline: array.tolist()})
     return jsonify(job.result)

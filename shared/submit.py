@@ -11,6 +11,7 @@ from .jobs import Job, JobStore
 
 INGEST_TASK = "workers.cpu.ingest_dataset"
 MINE_TASK = "workers.cpu.mine_triplets"
+ENCODE_TASK = "workers.gpu.encode"
 DESCRIBE_DEVICE_TASK = "workers.gpu.describe_device"
 
 

@@ -63,6 +63,8 @@ class Outcome:
     result: dict[str, Any]
     artifact: str | None = None
     message: str = ""
+    inline: str | None = None
+    """When set, the JSON form of the result carries the artifact's array under this key."""
 
 
 Body = Callable[[JobContext], Outcome | None]
@@ -90,7 +92,9 @@ def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
         return None
     if outcome is None:
         return {"job": job_id, "status": "running"}
-    svc.jobs.succeed(job_id, outcome.result, result_artifact=outcome.artifact, message=outcome.message)
+    svc.jobs.succeed(
+        job_id, outcome.result, result_artifact=outcome.artifact, result_inline=outcome.inline, message=outcome.message
+    )
     return {"job": job_id, "status": "succeeded"}
 
 

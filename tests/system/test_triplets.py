@@ -33,7 +33,8 @@ def dataset(api_url: str) -> str:
 def npy(api_url: str, job: dict[str, Any]) -> np.ndarray:
     r = requests.get(f"{api_url}{job['result_url']}", params={"format": "npy"}, timeout=30)
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/octet-stream"
-    return np.load(io.BytesIO(r.content), allow_pickle=False)
+    array: np.ndarray = np.load(io.BytesIO(r.content), allow_pickle=False)
+    return array
 
 
 def test_shard_sizes_and_process_counts_give_identical_bytes(api_url: str, app: Any, dataset: str) -> None:
