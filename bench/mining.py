@@ -85,7 +85,7 @@ def _time_mining(settings: Settings, root: Path, processes: int, name: str) -> t
                 if state["status"] in ("succeeded", "failed", "cancelled"):
                     assert state["status"] == "succeeded", state
                     return state, time.perf_counter() - start
-                time.sleep(0.02)
+                time.sleep(0.1)
 
         ingested, t_ingest = run("/v1/datasets", {"path": name})
         dataset = requests.get(f"{api}{ingested['result_url']}", timeout=30).json()["dataset"]

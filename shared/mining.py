@@ -22,11 +22,15 @@ Computation, per block of ``BLOCK`` anchors (a shard is a range of anchors, mine
 
     X   (n, V) binary incidence of lower-cased descriptors, split by document frequency into
         Xd  (n, K) the K most frequent columns, dense float32    Xs  (n, V - K) the rest, sparse CSR
-    O   (B, n) overlaps = Xd[block] @ Xd.T   (one GEMM)   +   Xs[block] @ Xs.T   (sparse, scattered in)
+    for each column tile of ``TILE`` movies:
+        tile (B, T) = Xd[block] @ Xd[tile].T  (one small GEMM)  +  the tile's entries of Xs[block] @ Xs.T
+        -> running first-argmax (the positive) and an int8 copy into O (B, n)
+    O   -> minimum per row, then the negative draw
 
-so the work is one small dense product and a very sparse one, never a Python loop over pairs. Memory per
-shard is bounded by the block, not the shard: about 3 x B x n x 4 bytes (for B = 256 and 58,000 movies,
-~180 MB), plus Xd (n x K x 4 bytes, 7 MB).
+so the work is a dense product and a very sparse one, never a Python loop over pairs, and each float
+tile is reduced while it is still in cache. Memory per shard is bounded by the block, not the shard:
+O is B x n bytes (128 x 58,000 = 7 MB), a tile B x T x 4 bytes (1 MB), Xd n x K x 4 bytes (7 MB) twice
+(row- and column-major), and the block's sparse product (a few hundred entries per anchor).
 """
 
 from __future__ import annotations
@@ -40,8 +44,14 @@ import scipy.sparse as sp
 Strategy = Literal["uniform-min", "notebook", "semi-hard"]
 STRATEGIES: tuple[Strategy, ...] = ("uniform-min", "notebook", "semi-hard")
 
-BLOCK = 256
-"""Anchors whose overlap rows are held at once."""
+BLOCK = 128
+"""Anchors mined together: their overlaps with every movie are held as int8, B x n bytes."""
+
+TILE = 2048
+"""Movies per column tile: a B x TILE float32 tile stays in cache while it is reduced."""
+
+EXCLUDED = np.int8(127)
+"""Overlap written for the anchor and its positive so that no minimum search picks them."""
 
 DENSE_COLUMNS = 32
 """Most frequent descriptors handled by the dense product; the long tail goes through the sparse one."""
@@ -72,6 +82,7 @@ class Incidence:
     """Lower-cased descriptor incidence, split into a dense head and a sparse tail."""
 
     dense: np.ndarray  # (n, K) float32
+    dense_t: np.ndarray  # (K, n) float32, contiguous, so column tiles are cheap to slice
     sparse: sp.csr_matrix  # (n, V - K) float32
     sparse_t: sp.csr_matrix  # (V - K, n) float32
 
@@ -94,7 +105,39 @@ def build_incidence(
     order = np.argsort(-df, kind="stable")
     head, tail = order[:dense_columns], order[dense_columns:]
     sparse = x[:, tail].tocsr()
-    return Incidence(dense=x[:, head].toarray(), sparse=sparse, sparse_t=sparse.T.tocsr())
+    if x.shape[0] and np.diff(x.indptr).max() >= EXCLUDED:
+        raise ValueError(f"a movie has {np.diff(x.indptr).max()} descriptors; overlaps must stay below {EXCLUDED}")
+    dense = x[:, head].toarray()
+    return Incidence(dense=dense, dense_t=np.ascontiguousarray(dense.T), sparse=sparse, sparse_t=sparse.T.tocsr())
+
+
+def _overlaps_and_positives(inc: Incidence, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Overlaps of anchors lo..hi-1 with every movie as int8, and each anchor's positive.
+
+    Column tile by column tile: one GEMM of the dense head, the sparse tail's entries of that tile added,
+    then the tile's argmax (first maximum, so earlier tiles win ties: the earliest movie overall) and its
+    int8 copy, all while the tile is still in cache. Memory traffic per anchor is n bytes, not 4n x 3.
+    """
+    b, n = hi - lo, inc.n
+    rows, anchors = np.arange(b), np.arange(lo, hi)
+    tail = (inc.sparse[lo:hi] @ inc.sparse_t).tocsc()  # (B, n), sliced by column tile below
+    compact = np.empty((b, n), dtype=np.int8)
+    best = np.full(b, -1.0, dtype=np.float32)
+    positive = np.zeros(b, dtype=np.int64)
+    head = inc.dense[lo:hi]  # (B, K)
+    for t0 in range(0, n, TILE):
+        t1 = min(t0 + TILE, n)
+        tile = head @ inc.dense_t[:, t0:t1]  # (B, T) float32
+        part = tail[:, t0:t1].tocoo()
+        tile[part.row, part.col] += part.data
+        own = (anchors >= t0) & (anchors < t1)
+        tile[rows[own], anchors[own] - t0] = -1.0  # the anchor is never its own positive
+        arg = tile.argmax(axis=1)
+        value = tile[rows, arg]
+        better = value > best  # strictly: on a tie the earlier tile keeps it
+        best[better], positive[better] = value[better], arg[better] + t0
+        compact[:, t0:t1] = tile
+    return compact, positive, best.astype(np.int16)
 
 
 def overlaps(inc: Incidence, lo: int, hi: int) -> np.ndarray:
@@ -115,8 +158,15 @@ class ShardResult:
 
 
 def mine_range(inc: Incidence, lo: int, hi: int, *, seed: int, strategy: Strategy, block: int = BLOCK) -> ShardResult:
-    """Mine anchors lo..hi-1 (catalogue rows); the answer does not depend on how ranges are cut."""
-    parts = [_mine_block(inc, b, min(b + block, hi), seed=seed, strategy=strategy) for b in range(lo, hi, block)]
+    """Mine anchors lo..hi-1 (catalogue rows); the answer does not depend on how ranges are cut.
+
+    One BLAS thread: the GEMMs are small (B x K by K x TILE), so threads cost more in synchronisation than
+    they gain; parallelism comes from shards running in separate worker processes.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        parts = [_mine_block(inc, b, min(b + block, hi), seed=seed, strategy=strategy) for b in range(lo, hi, block)]
     if not parts:
         empty = np.zeros(0, dtype=np.int16)
         return ShardResult(np.zeros((0, 3), dtype=np.int32), empty, empty)
@@ -130,15 +180,11 @@ def mine_range(inc: Incidence, lo: int, hi: int, *, seed: int, strategy: Strateg
 def _mine_block(inc: Incidence, lo: int, hi: int, *, seed: int, strategy: Strategy) -> ShardResult:
     n, rows = inc.n, np.arange(hi - lo)
     anchors = np.arange(lo, hi)
-    o = overlaps(inc, lo, hi)  # (B, n)
     if n < 3:
         raise ValueError(f"mining needs at least 3 movies, the catalogue has {n}")
-
-    o[rows, anchors] = -1.0  # the anchor is never its own positive
-    positive = o.argmax(axis=1)  # first maximum: the earliest movie in catalogue order
-    pos_overlap = o[rows, positive]
-    o[rows, anchors] = np.inf  # nor its own negative, nor is its positive
-    o[rows, positive] = np.inf
+    o, positive, pos_overlap = _overlaps_and_positives(inc, lo, hi)  # (B, n) int8, (B,), (B,)
+    o[rows, anchors] = EXCLUDED  # neither the anchor nor its positive can be a negative
+    o[rows, positive] = EXCLUDED
     minimum = o.min(axis=1)
 
     if strategy == "notebook":
@@ -191,7 +237,7 @@ def _first_k_pick(o: np.ndarray, minimum: np.ndarray, u: np.ndarray) -> np.ndarr
     pick = np.minimum((u * NOTEBOOK_POOL).astype(np.int64), NOTEBOOK_POOL - 1)
     chosen = np.argmax(seen >= (pick + 1)[:, None], axis=1)
     for i in np.flatnonzero(~enough):
-        finite = np.flatnonzero(np.isfinite(o[i]))
+        finite = np.flatnonzero(o[i] != EXCLUDED)
         ranked = finite[np.argsort(o[i][finite], kind="stable")]
         pool = ranked[:NOTEBOOK_POOL]
         chosen[i] = pool[min(int(u[i] * len(pool)), len(pool) - 1)]

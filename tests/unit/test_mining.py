@@ -126,3 +126,12 @@ def test_draws_are_uniform_and_independent_of_batching() -> None:
     assert abs(u.mean() - 0.5) < 0.01
     np.testing.assert_array_equal(u[500:600], draws(3, anchors[500:600], 1))
     assert not np.array_equal(u, draws(3, anchors, 2))
+
+
+def test_column_tiles_do_not_change_the_answer(generated: Catalogue, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.mining as mining
+
+    inc = build_incidence(generated.desc_indptr, generated.desc_indices, generated.vocabulary)
+    expected = mine_range(inc, 0, inc.n, seed=2, strategy="notebook").triplets
+    monkeypatch.setattr(mining, "TILE", 7)  # ties across tile borders must still go to the earliest movie
+    assert mine_range(inc, 0, inc.n, seed=2, strategy="notebook").triplets.tobytes() == expected.tobytes()
