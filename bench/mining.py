@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -69,9 +70,10 @@ def part_a(skip_notebook: bool) -> None:
           f"identical positives {same:,} of {inc.n:,}")  # fmt: skip
 
 
-def _time_mining(settings: Settings, root: Path, processes: int, name: str) -> tuple[float, float]:
-    stack = Stack(settings, data_dir=root / f"stack-{processes}", port=free_port(), cpu_workers=processes,
-                  embedded_redis=True, log_dir=root / f"logs-{processes}")  # fmt: skip
+def _time_mining(settings: Settings, root: Path, processes: int, name: str, repeat: int) -> tuple[float, float]:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"bench-stack-{processes}-"))
+    stack = Stack(settings, data_dir=run_dir, port=free_port(), cpu_workers=processes,
+                  embedded_redis=True, log_dir=run_dir / "logs")  # fmt: skip
     stack.start()
     try:
         stack.wait_ready()
@@ -89,27 +91,34 @@ def _time_mining(settings: Settings, root: Path, processes: int, name: str) -> t
 
         ingested, t_ingest = run("/v1/datasets", {"path": name})
         dataset = requests.get(f"{api}{ingested['result_url']}", timeout=30).json()["dataset"]
-        _, t_mine = run("/v1/jobs/triplets", {"dataset": dataset, "shard_size": 2000})
-        return t_mine, t_ingest
+        # A new seed each time: the same seed would be answered from the stored array.
+        times = [
+            run("/v1/jobs/triplets", {"dataset": dataset, "shard_size": 2000, "seed": s})[1] for s in range(repeat)
+        ]
+        return statistics.median(times), t_ingest
     finally:
         stack.stop()
 
 
-def part_b(movies: int) -> None:
-    root = Path(tempfile.mkdtemp(prefix="bench-mining-"))
+def part_b(movies: int, reuse: Path | None, repeat: int) -> None:
     name = f"synth-{movies}"
-    start = time.perf_counter()
-    write_synthetic(root / name, SynthSpec(movies=movies, users=20_000, ratings=3_000_000, genome=True, seed=1))
-    print(f"generated {movies:,} movies in {time.perf_counter() - start:.0f} s", flush=True)
+    if reuse is not None and (reuse / name / "movies.csv").is_file():
+        root = reuse
+    else:
+        root = reuse or Path(tempfile.mkdtemp(prefix="bench-mining-"))
+        start = time.perf_counter()
+        write_synthetic(root / name, SynthSpec(movies=movies, users=20_000, ratings=3_000_000, genome=True, seed=1))
+        print(f"generated {movies:,} movies in {time.perf_counter() - start:.0f} s", flush=True)
     catalogue = read_catalogue(root / name, tags_per_movie=5)
     print(f"catalogue: {len(catalogue.movie_ids):,} movies, {len(catalogue.desc_indices):,} descriptors, "
           f"{len(catalogue.vocabulary):,} unique, tags from {catalogue.tag_source}", flush=True)  # fmt: skip
     settings = Settings(key_prefix="bench", data_root=root)
     results = {}
     for processes in (1, 2):
-        t_mine, _ = _time_mining(settings, root, processes, name)
+        t_mine, _ = _time_mining(settings, root, processes, name, repeat)
         results[processes] = t_mine
-        print(f"{movies:,} movies, CPU worker with {processes} process(es): mining job {t_mine:.2f} s wall", flush=True)
+        print(f"{movies:,} movies, CPU worker with {processes} process(es): mining job {t_mine:.2f} s wall "
+              f"(median of {repeat})", flush=True)  # fmt: skip
     print(f"2 processes vs 1: {results[1] / results[2]:.2f}x")
 
 
@@ -118,12 +127,14 @@ def main() -> int:
     parser.add_argument("--scale-movies", type=int, default=58_000)
     parser.add_argument("--skip-notebook", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--scale-dir", type=Path, default=None, help="keep (or reuse) the generated data here")
+    parser.add_argument("--repeat", type=int, default=3, help="mining jobs per configuration (median)")
     args = parser.parse_args()
     cpu = platform.processor() or platform.machine()
     print(f"# machine: {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     part_a(args.skip_notebook)
     if not args.skip_scale:
-        part_b(args.scale_movies)
+        part_b(args.scale_movies, args.scale_dir, args.repeat)
     return 0
 
 
