@@ -95,6 +95,7 @@ def _time_mining(settings: Settings, root: Path, processes: int, name: str, repe
         times = [
             run("/v1/jobs/triplets", {"dataset": dataset, "shard_size": 2000, "seed": s})[1] for s in range(repeat)
         ]
+        print(f"  {processes} process(es), each run: {', '.join(f'{t:.2f} s' for t in times)}", flush=True)
         return statistics.median(times), t_ingest
     finally:
         stack.stop()
