@@ -41,7 +41,7 @@ def main() -> int:
     from shared.encoder import load_encoder, mean_by_rows, resolve_model
     from shared.movielens import read_catalogue
 
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.disable_progress_bar()
     AutoModel.from_pretrained(resolve_model(args.model), use_safetensors=True)  # finish lazy imports
     t_imports = time.perf_counter() - started
     cpu = platform.processor() or platform.machine()

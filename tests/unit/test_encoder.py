@@ -40,12 +40,14 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
 def direct(path: str, text: str, pooling: str) -> np.ndarray:
     """The obvious computation: one string, no padding, straight through transformers."""
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = BertModel.from_pretrained(path).eval()
+    model = BertModel.from_pretrained(path)
+    model.eval()
     batch = tokenizer(text, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state[0]  # (T, H)
     vector = hidden[0] if pooling == "cls" else hidden.mean(dim=0)
-    return vector.numpy()
+    out: np.ndarray = vector.numpy()
+    return out
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
