@@ -51,6 +51,8 @@ def plan_shards(n: int, shard_size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + shard_size, n)) for lo in range(0, n, shard_size)]
 
 
+# Filled lazily in the worker process that mines (never in a prefork parent, which runs no task), so no
+# fork ever copies it; datasets are immutable, so entries never go stale.
 _incidence_cache: OrderedDict[str, Incidence] = OrderedDict()
 
 
