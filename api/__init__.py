@@ -53,11 +53,12 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
             return error_response(415, "unsupported_media_type", "send the body as application/json")
         return None
 
-    from . import datasets, health, jobs
+    from . import datasets, health, jobs, models
 
     app.register_blueprint(health.bp)
     app.register_blueprint(datasets.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(models.bp)
     return app
 
 

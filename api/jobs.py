@@ -12,10 +12,11 @@ from flask import Response, jsonify, url_for
 from shared.datasets import confine
 from shared.errors import Conflict, InvalidRequest, JobNotFinished, NotFound
 from shared.jobs import Job
-from shared.submit import ENCODE_TASK, MINE_TASK, cancel, submit
+from shared.submit import ENCODE_TASK, MINE_TASK, TRAIN_TASK, cancel, submit
+from shared.triplets import DEFAULT_SEED, TripletSpec
 
 from . import celery, services
-from .schemas import EncodeIn, JobListOut, JobListQuery, JobOut, ResultQuery, TripletsIn
+from .schemas import EncodeIn, JobListOut, JobListQuery, JobOut, ResultQuery, TrainIn, TripletsIn
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="jobs")
 
@@ -82,6 +83,19 @@ def create_encode(body: dict[str, Any]) -> Any:
         services().artifacts.put_json(name, body[shape], ttl_s=services().settings.result_ttl_s)
         params |= {"input": name, "shape": shape, "count": len(body[shape])}
     return _accepted(submit(celery(), services().jobs, kind="encode", task=ENCODE_TASK, params=params))
+
+
+@bp.post("/train")
+@bp.input(TrainIn, arg_name="body")
+@bp.output(JobOut, status_code=202, description="the training job, queued (gpu queue)")
+@bp.doc(responses={400: "invalid request", 404: "unknown dataset", 409: "no triplets mined for it yet"})
+def create_train(body: dict[str, Any]) -> Any:
+    """Train the Siamese projection of a dataset's movie embeddings on its triplets."""
+    _require_dataset(body["dataset"])
+    body.setdefault("triplets", TripletSpec(dataset=body["dataset"], seed=DEFAULT_SEED, strategy="uniform-min").name)
+    if not services().artifacts.exists(body["triplets"]):
+        raise Conflict(f"no triplets {body['triplets']!r}: mine them first with POST /v1/jobs/triplets")
+    return _accepted(submit(celery(), services().jobs, kind="train", task=TRAIN_TASK, params=body))
 
 
 @bp.get("")

@@ -15,6 +15,7 @@ from shared.encoder import POOLINGS
 from shared.jobs import MAX_LIST_LIMIT, STATUSES
 from shared.mining import STRATEGIES
 from shared.settings import DEFAULT_TAGS_PER_MOVIE
+from shared.training import LIMITS
 from shared.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE
 
 MAX_PATH_CHARS = 4096
@@ -96,6 +97,33 @@ class MoviesOut(Schema):
     offset = Integer()
     limit = Integer()
     movies = List(Nested(MovieOut))
+
+
+def _knob(name: str, *, real: bool = False) -> Integer | Float:
+    low, high = LIMITS[name]
+    desc = {"description": f"{'(' if real else '['}{low}, {high}]"}
+    if real:
+        return Float(validate=Range(low, high, min_inclusive=False), metadata=desc)
+    return Integer(validate=Range(int(low), int(high)), metadata=desc)
+
+
+class TrainIn(Schema):
+    dataset = String(required=True, validate=Length(1, 64))
+    triplets = String(
+        validate=Length(1, 256), metadata={"description": "triplet artifact; default uniform-min, seed 42"}
+    )
+    epochs = _knob("epochs")
+    hidden_dim = _knob("hidden_dim")
+    margin = _knob("margin", real=True)
+    lr = _knob("lr", real=True)
+    batch_size = _knob("batch_size")
+    seed = Integer(validate=Range(0, 2**32 - 1))
+    model = String(validate=Length(1, MAX_MODEL_CHARS), metadata={"description": "encoder; default from settings"})
+    pooling = String(validate=OneOf(POOLINGS))
+
+
+class ModelListOut(Schema):
+    models = List(Dict())
 
 
 class DatasetCounts(Schema):

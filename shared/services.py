@@ -16,6 +16,7 @@ import redis
 from .artifacts import ArtifactStore
 from .datasets import DatasetStore
 from .jobs import JobStore
+from .models import ModelStore
 from .redisconn import connect
 from .settings import Settings
 
@@ -30,6 +31,7 @@ class Services:
     jobs: JobStore
     artifacts: ArtifactStore
     datasets: DatasetStore
+    models: ModelStore
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -41,6 +43,7 @@ class Services:
             jobs=JobStore(client, prefix=settings.key_prefix, result_ttl_s=settings.result_ttl_s),
             artifacts=artifacts,
             datasets=DatasetStore(client, artifacts, prefix=settings.key_prefix),
+            models=ModelStore(client, prefix=settings.key_prefix),
         )
 
     # -- worker heartbeats, read by /readyz ------------------------------------------------------------

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from celery import shared_task
 
-from shared.encoder import VectorCache, load_encoder, mean_by_rows
+from shared.encoder import EncodeStats, VectorCache, load_encoder, mean_by_rows
 from shared.errors import NotFound
+from shared.jobs import utcnow_iso
 
 from .base import JobContext, Outcome, run_job, services
 
@@ -100,6 +101,16 @@ def encode(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 def _encode_dataset(
     ctx: JobContext, encoder: Any, cache: VectorCache, *, dataset: str, described: dict[str, Any], on_batch: Any
 ) -> Outcome:
+    name, movies, stats, n_strings = dataset_embeddings(ctx, encoder, cache, dataset=dataset, on_batch=on_batch)
+    result = {**described, "dataset": dataset, "embeddings": name, "count": len(movies)}
+    result |= {"descriptor_strings": n_strings, **stats.__dict__}
+    return Outcome(result, artifact=name, message=f"{len(movies):,} movies, {stats.encoded:,} strings encoded")
+
+
+def dataset_embeddings(
+    ctx: JobContext, encoder: Any, cache: VectorCache, *, dataset: str, on_batch: Any = None
+) -> tuple[str, np.ndarray, EncodeStats, int]:
+    """The dataset's (n, dim) movie matrix for this encoder, stored under a name fixed by (dataset, model, pooling)."""
     artifacts = ctx.services.artifacts
     base = f"dataset/{dataset}"
     if not artifacts.exists(f"{base}/vocabulary"):
@@ -110,7 +121,83 @@ def _encode_dataset(
     movies = mean_by_rows(indptr, indices, vectors)  # (n, dim): a movie is the mean of its descriptors
     name = f"embeddings/{dataset}/{encoder.identity[:16]}-{encoder.pooling}"
     artifacts.put_array(name, movies)
+    described = {"model": encoder.name, "identity": encoder.identity, "pooling": encoder.pooling, "dim": encoder.dim}
     artifacts.put_json(f"{name}/meta", {**described, "dataset": dataset})
-    result = {**described, "dataset": dataset, "embeddings": name, "count": len(movies)}
-    result |= {"descriptor_strings": len(indices), **stats.__dict__}
-    return Outcome(result, artifact=name, message=f"{len(movies):,} movies, {stats.encoded:,} strings encoded")
+    return name, movies, stats, len(indices)
+
+
+@shared_task(name="workers.gpu.train")
+def train_model(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Train the Siamese projection on a dataset's triplets; store weights, projections and a version record."""
+
+    def body(ctx: JobContext) -> Outcome:
+        from safetensors.torch import save
+
+        from shared.models import model_version
+        from shared.training import TrainConfig, train
+
+        config = TrainConfig(**{k: params[k] for k in _TRAIN_KNOBS if params.get(k) is not None})
+        dataset, triplets_name = params["dataset"], params["triplets"]
+        artifacts, models = ctx.services.artifacts, ctx.services.models
+        encoder = _encoder_for(ctx, params)
+        cache = VectorCache(ctx.services.redis, prefix=ctx.services.settings.key_prefix)
+        version = model_version(
+            dataset=dataset,
+            triplets=triplets_name,
+            encoder_identity=encoder.identity,
+            pooling=encoder.pooling,
+            config=config.as_dict(),
+        )
+        existing = models.get(version)
+        if existing is not None:
+            return Outcome({**existing, "reused": True}, artifact=existing["artifacts"]["embeddings"])
+
+        ctx.progress(0.05, "encoding", "movie embeddings")
+        embeddings_name, vectors, _, _ = dataset_embeddings(ctx, encoder, cache, dataset=dataset)
+        if not artifacts.exists(triplets_name):
+            raise NotFound(f"triplets {triplets_name!r} do not exist; mine them first")
+        movie_ids = artifacts.get_array(f"dataset/{dataset}/movie_ids")
+        triplets = _rows_of(movie_ids, artifacts.get_array(triplets_name))  # (m, 3) catalogue rows
+
+        def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
+            ctx.progress(0.1 + 0.85 * epoch / config.epochs, "training", f"epoch {epoch}/{config.epochs}: "
+                         f"train loss {train_loss:.4f}, validation loss {val_loss:.4f}")  # fmt: skip
+
+        result = train(vectors, triplets, config, device=device(), progress=on_epoch)
+        weights, projected = f"models/{version}/weights", f"models/{version}/embeddings"
+        artifacts.put_bytes(weights, save(result.state, metadata={"version": version}))
+        artifacts.put_array(projected, result.projected)
+        record = {
+            "version": version,
+            "created_at": utcnow_iso(),
+            "dataset": dataset,
+            "triplets": triplets_name,
+            "encoder": {"model": encoder.name, "identity": encoder.identity, "pooling": encoder.pooling},
+            "input_dim": encoder.dim,
+            "config": config.as_dict(),
+            "metrics": {
+                "test_auc_before": round(result.auc_before, 6),
+                "test_auc_after": round(result.auc_after, 6),
+                "train_losses": [round(v, 6) for v in result.train_losses],
+                "val_losses": [round(v, 6) for v in result.val_losses],
+            },
+            "artifacts": {"weights": weights, "embeddings": projected, "input_embeddings": embeddings_name},
+            "device": str(device()),
+        }
+        models.put(record)
+        message = f"test AUC {result.auc_before:.4f} -> {result.auc_after:.4f}"
+        return Outcome({**record, "reused": False}, artifact=projected, message=message)
+
+    return run_job(job_id, stage="training", body=body)
+
+
+_TRAIN_KNOBS = ("epochs", "hidden_dim", "margin", "lr", "batch_size", "seed")
+
+
+def _rows_of(movie_ids: np.ndarray, triplets: np.ndarray) -> np.ndarray:
+    """(m, 3) movieIds -> catalogue rows (movie_ids is the catalogue, in order)."""
+    order = np.argsort(movie_ids)
+    rows = order[np.searchsorted(movie_ids, triplets, sorter=order)]
+    if not (movie_ids[rows] == triplets).all():
+        raise NotFound("the triplets name movies that are not in the dataset")
+    return np.asarray(rows, dtype=np.int64)

@@ -1,0 +1,187 @@
+"""The notebook's Siamese network: one linear layer to 50-d, L2-normalised, trained with a triplet loss.
+
+    vectors (n, d) float32, the encoder's movie matrix     triplets (m, 3) catalogue rows (anchor, pos, neg)
+        │                                                   │ 90/10 split by a seeded permutation
+        ▼                                                   ▼
+    X on the device (one tensor) ── batches are index tensors into X, never Python lists of vectors
+        │
+        ▼
+    SiameseNet: x (B, d) -> Linear(d, hidden) -> L2 normalise -> (B, hidden)
+    loss = mean(relu(|a - p| - |a - n| + margin)), Euclidean distances; Adam; ``epochs`` passes
+
+Metrics, as the notebook computes them: ROC AUC on the test triplets, where (anchor, positive) pairs are the
+positive class and (anchor, negative) pairs the negative class, scored by cosine similarity: on the raw
+vectors before training, on the projections after. Seeded: the same inputs and seed give the same weights
+on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import torch
+
+LIMITS: dict[str, tuple[float, float]] = {
+    "epochs": (1, 200),
+    "hidden_dim": (2, 1024),
+    "margin": (0.0, 10.0),
+    "lr": (1e-6, 1.0),
+    "batch_size": (1, 8192),
+}
+"""Accepted range of each hyper-parameter (inclusive; margin and lr must be above their lower bound)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    hidden_dim: int = 50
+    margin: float = 0.3
+    lr: float = 0.01
+    batch_size: int = 32
+    test_fraction: float = 0.1
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            strict = name in ("margin", "lr")
+            if not (low < value <= high if strict else low <= value <= high):
+                raise InvalidRequest(f"{name} must be in {'(' if strict else '['}{low}, {high}], got {value}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Progress = Callable[[int, float, float], None]
+"""progress(epoch done, train loss, validation loss)"""
+
+
+@dataclass
+class TrainResult:
+    state: dict[str, Any]  # the network's tensors, on the CPU
+    projected: np.ndarray  # (n, hidden) float32, every movie through the trained network
+    auc_before: float
+    auc_after: float
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+
+
+def build_net(in_dim: int, hidden_dim: int) -> torch.nn.Module:
+    from torch import nn
+
+    class SiameseNet(nn.Module):
+        """x (B, d) -> (B, hidden), unit length."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(in_dim, hidden_dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.normalize(self.proj(x), dim=-1)  # (B, hidden)
+
+    return SiameseNet()
+
+
+def triplet_loss(a: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean(relu(|a - p|_2 - |a - n|_2 + margin)) over the batch; a, p, n are (B, h)."""
+    import torch
+
+    return torch.relu((a - p).norm(dim=1) - (a - n).norm(dim=1) + margin).mean()
+
+
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counting half (the Mann-Whitney U)."""
+    scores = np.concatenate([positive, negative])
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    average = (starts + ends + 1) / 2.0  # 1-based mean rank of each tie group
+    ranks[order] = np.repeat(average, ends - starts)
+    n_pos, n_neg = len(positive), len(negative)
+    u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def triplet_auc(vectors: np.ndarray, triplets: np.ndarray) -> float:
+    """ROC AUC of cosine similarity: (anchor, positive) against (anchor, negative)."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    a, p, n = unit[triplets[:, 0]], unit[triplets[:, 1]], unit[triplets[:, 2]]
+    return roc_auc((a * p).sum(1), (a * n).sum(1))
+
+
+def split(m: int, *, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(m)
+    n_test = max(1, round(m * test_fraction)) if m > 1 else 0
+    return order[n_test:], order[:n_test]
+
+
+def train(
+    vectors: np.ndarray,
+    triplets: np.ndarray,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train on ``triplets`` (catalogue rows) over ``vectors``; answers weights, projections and metrics."""
+    import torch
+
+    if len(triplets) < 2:
+        raise InvalidRequest("training needs at least 2 triplets")
+    torch.manual_seed(config.seed)
+    train_idx, test_idx = split(len(triplets), test_fraction=config.test_fraction, seed=config.seed)
+    x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(device)  # (n, d)
+    trip = torch.from_numpy(triplets.astype(np.int64)).to(device)  # (m, 3)
+    train_t, test_t = trip[torch.from_numpy(train_idx).to(device)], trip[torch.from_numpy(test_idx).to(device)]
+
+    net = build_net(x.shape[1], config.hidden_dim).to(device)
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    result = TrainResult(
+        state={}, projected=np.zeros(0), auc_before=triplet_auc(vectors, triplets[test_idx]), auc_after=0.0
+    )
+
+    for epoch in range(config.epochs):
+        net.train()
+        order = torch.randperm(len(train_t), generator=generator).to(device)
+        total, batches = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = train_t[order[start : start + config.batch_size]]  # (B, 3) rows
+            a, p, n = net(x[batch[:, 0]]), net(x[batch[:, 1]]), net(x[batch[:, 2]])  # (B, hidden) each
+            loss = triplet_loss(a, p, n, config.margin)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            total += float(loss.detach())
+            batches += 1
+        result.train_losses.append(total / max(batches, 1))
+        result.val_losses.append(_loss(net, x, test_t, config.margin))
+        if progress is not None:
+            progress(epoch + 1, result.train_losses[-1], result.val_losses[-1])
+
+    net.eval()
+    with torch.inference_mode():
+        projected = net(x).float().cpu().numpy()  # (n, hidden)
+    result.projected = projected.astype(np.float32)
+    result.auc_after = triplet_auc(result.projected, triplets[test_idx])
+    result.state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    return result
+
+
+def _loss(net: torch.nn.Module, x: torch.Tensor, triplets: torch.Tensor, margin: float) -> float:
+    import torch
+
+    net.eval()
+    with torch.inference_mode():
+        a, p, n = net(x[triplets[:, 0]]), net(x[triplets[:, 1]]), net(x[triplets[:, 2]])
+        return float(triplet_loss(a, p, n, margin))
