@@ -46,7 +46,7 @@ def test_network_output_is_unit_length() -> None:
 )
 def test_hyper_parameters_out_of_range_are_refused(knobs: dict[str, float]) -> None:
     with pytest.raises(InvalidRequest):
-        TrainConfig(**knobs)  # type: ignore[arg-type]
+        TrainConfig(**knobs)
 
 
 @pytest.fixture(scope="module")
