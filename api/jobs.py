@@ -12,11 +12,11 @@ from flask import Response, jsonify, url_for
 from shared.datasets import confine
 from shared.errors import Conflict, InvalidRequest, JobNotFinished, NotFound
 from shared.jobs import Job
-from shared.submit import ENCODE_TASK, MINE_TASK, TRAIN_TASK, cancel, submit
+from shared.submit import ENCODE_TASK, INDEX_TASK, MINE_TASK, TRAIN_TASK, cancel, submit
 from shared.triplets import DEFAULT_SEED, TripletSpec
 
 from . import celery, services
-from .schemas import EncodeIn, JobListOut, JobListQuery, JobOut, ResultQuery, TrainIn, TripletsIn
+from .schemas import EncodeIn, IndexIn, JobListOut, JobListQuery, JobOut, ResultQuery, TrainIn, TripletsIn
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="jobs")
 
@@ -96,6 +96,17 @@ def create_train(body: dict[str, Any]) -> Any:
     if not services().artifacts.exists(body["triplets"]):
         raise Conflict(f"no triplets {body['triplets']!r}: mine them first with POST /v1/jobs/triplets")
     return _accepted(submit(celery(), services().jobs, kind="train", task=TRAIN_TASK, params=body))
+
+
+@bp.post("/index")
+@bp.input(IndexIn, arg_name="body")
+@bp.output(JobOut, status_code=202, description="the index job, queued (cpu queue)")
+@bp.doc(responses={400: "invalid request", 404: "unknown model version"})
+def create_index(body: dict[str, Any]) -> Any:
+    """Build the hnswlib index of a trained model version (needed before it can be activated)."""
+    if services().models.get(body["version"]) is None:
+        raise NotFound(f"model {body['version']!r} does not exist")
+    return _accepted(submit(celery(), services().jobs, kind="index", task=INDEX_TASK, params=body))
 
 
 @bp.get("")

@@ -6,8 +6,10 @@ from typing import Any
 
 from apiflask import APIBlueprint
 
+from shared.errors import Conflict, NotFound
+
 from . import services
-from .schemas import ModelListOut
+from .schemas import ActivateOut, ModelListOut
 
 bp = APIBlueprint("models", __name__, url_prefix="/v1/models", tag="models")
 
@@ -16,4 +18,17 @@ bp = APIBlueprint("models", __name__, url_prefix="/v1/models", tag="models")
 @bp.output(ModelListOut)
 def list_models() -> dict[str, Any]:
     """Every trained version, newest first: dataset, encoder, hyper-parameters, test AUC before and after."""
-    return {"models": services().models.records()}
+    return {"active": services().models.active(), "models": services().models.records()}
+
+
+@bp.post("/<version>/activate")
+@bp.output(ActivateOut)
+@bp.doc(responses={404: "unknown model version", 409: "the version has no index yet"})
+def activate(version: str) -> dict[str, Any]:
+    """Serve recommendations from this version: one atomic switch; activating an older one is a rollback."""
+    record = services().models.get(version)
+    if record is None:
+        raise NotFound(f"model {version!r} does not exist")
+    if record.get("index") is None:
+        raise Conflict(f"model {version!r} has no index yet: POST /v1/jobs/index first")
+    return {"active": version, "previous": services().models.activate(version)}

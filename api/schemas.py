@@ -122,7 +122,20 @@ class TrainIn(Schema):
     pooling = String(validate=OneOf(POOLINGS))
 
 
+class IndexIn(Schema):
+    version = String(required=True, validate=Length(1, 64))
+    m = Integer(validate=Range(2, 256), metadata={"description": "hnswlib M (graph degree), default 16"})
+    ef_construction = Integer(validate=Range(10, 4096), metadata={"description": "build beam, default 200"})
+    ef = Integer(validate=Range(10, 4096), metadata={"description": "query beam, default 100"})
+
+
+class ActivateOut(Schema):
+    active = String()
+    previous = String(allow_none=True)
+
+
 class ModelListOut(Schema):
+    active = String(allow_none=True)
     models = List(Dict())
 
 

@@ -4,6 +4,7 @@
                                pooling, dim}, config (hyper-parameters), metrics (AUC before/after, losses),
                                artifacts {weights, embeddings}
     <prefix>:models            sorted set of versions by creation time
+    <prefix>:active_model      the version recommendations use: one key, switched atomically (SET ... GET)
 
 A version id is a hash of everything that determines the weights (dataset, triplets, encoder identity and
 pooling, hyper-parameters and seed), so training the same thing again answers the existing version.
@@ -49,3 +50,21 @@ class ModelStore:
     def records(self) -> list[dict[str, Any]]:
         versions = [v.decode() for v in cast(list[bytes], self._r.zrevrange(self._index, 0, -1))]
         return [r for r in (self.get(v) for v in versions) if r is not None]
+
+    def update(self, version: str, **fields: Any) -> dict[str, Any]:
+        """Add fields to a record (its one writer at a time is the job that built that part)."""
+        record = self.get(version)
+        if record is None:
+            raise KeyError(version)
+        record.update(fields)
+        self._r.set(self._key(version), json.dumps(record))
+        return record
+
+    def activate(self, version: str) -> str | None:
+        """Point recommendations at ``version``; answers the version it replaced."""
+        previous = cast("bytes | None", self._r.set(f"{self._prefix}:active_model", version, get=True))
+        return previous.decode() if previous else None
+
+    def active(self) -> str | None:
+        raw = cast("bytes | None", self._r.get(f"{self._prefix}:active_model"))
+        return raw.decode() if raw else None

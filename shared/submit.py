@@ -11,6 +11,7 @@ from .jobs import Job, JobStore
 
 INGEST_TASK = "workers.cpu.ingest_dataset"
 MINE_TASK = "workers.cpu.mine_triplets"
+INDEX_TASK = "workers.cpu.build_index"
 ENCODE_TASK = "workers.gpu.encode"
 TRAIN_TASK = "workers.gpu.train"
 DESCRIBE_DEVICE_TASK = "workers.gpu.describe_device"

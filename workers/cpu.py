@@ -10,6 +10,7 @@ from celery import shared_task
 
 from shared.datasets import DatasetOptions, confine
 from shared.errors import DataError, NotFound
+from shared.index import IndexParams, MovieIndex
 from shared.mining import mine_range
 from shared.triplets import TripletSpec, join, load_incidence, plan_shards, shard_stats, store_part
 
@@ -112,3 +113,45 @@ def join_triplets(job_id: str, params: dict[str, Any]) -> None:
         "shards": stats,
     }
     svc.jobs.succeed(job_id, summary, result_artifact=spec.name, message=f"{len(triplets):,} triplets")
+
+
+@shared_task(name="workers.cpu.build_index")
+def build_index(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Build the hnswlib index of a model version's projected embeddings; one writer, written once."""
+
+    def body(ctx: JobContext) -> Outcome:
+        version = params["version"]
+        models, artifacts = ctx.services.models, ctx.services.artifacts
+        record = models.get(version)
+        if record is None:
+            raise NotFound(f"model {version!r} does not exist")
+        defaults = IndexParams()
+        index_params = IndexParams(
+            m=int(params.get("m") or defaults.m),
+            ef_construction=int(params.get("ef_construction") or defaults.ef_construction),
+            ef=int(params.get("ef") or defaults.ef),
+        )
+        existing = record.get("index")
+        if existing is not None and existing["params"] == index_params.as_dict():
+            return Outcome({"version": version, "index": existing, "reused": True}, message="index already built")
+        embeddings = artifacts.get_array(record["artifacts"]["embeddings"])  # (n, hidden)
+        started = time.perf_counter()
+        index = MovieIndex.build(embeddings, index_params)
+        data, sha256 = index.to_bytes()
+        name = f"models/{version}/index"
+        artifacts.put_bytes(name, data)
+        artifacts.put_array(f"{name}/group", index.group)
+        described = {
+            "artifact": name,
+            "group_artifact": f"{name}/group",
+            "distinct_vectors": index.groups,
+            "sha256": sha256,
+            "params": index_params.as_dict(),
+            "n": int(embeddings.shape[0]),
+            "dim": int(embeddings.shape[1]),
+            "build_seconds": round(time.perf_counter() - started, 3),
+        }
+        models.update(version, index=described)
+        return Outcome({"version": version, "index": described, "reused": False}, message=f"{len(embeddings):,} movies")
+
+    return run_job(job_id, stage="indexing", body=body)

@@ -1,0 +1,80 @@
+"""The hnswlib wrapper: recall against exact search, bytes round trip with checksum, filters and fewer-than-k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shared.encoder import load_encoder, mean_by_rows
+from shared.index import ChecksumMismatch, IndexParams, MovieIndex
+from shared.mining import build_incidence, mine_range
+from shared.movielens import read_catalogue
+from shared.training import TrainConfig, train
+from tests.conftest import SMALL
+
+
+@pytest.fixture(scope="module")
+def projected() -> np.ndarray:
+    """ml-latest-small's projected embeddings from a briefly trained model."""
+    catalogue = read_catalogue(SMALL, tags_per_movie=5)
+    inc = build_incidence(catalogue.desc_indptr, catalogue.desc_indices, catalogue.vocabulary)
+    triplets = mine_range(inc, 0, inc.n, seed=42, strategy="uniform-min").triplets
+    encoder = load_encoder("all-MiniLM-L6-v2", "cls", torch.device("cpu"))
+    vectors = mean_by_rows(catalogue.desc_indptr, catalogue.desc_indices, encoder.encode_uncached(catalogue.vocabulary))
+    return train(vectors, triplets, TrainConfig(epochs=1), device=torch.device("cpu")).projected
+
+
+def cosine(embeddings: np.ndarray, query: np.ndarray) -> np.ndarray:
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return np.asarray(unit @ (query / np.linalg.norm(query)))
+
+
+def exact(embeddings: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
+    scores = cosine(embeddings, query)
+    if allowed is not None:
+        scores = np.where(allowed, scores, -np.inf)
+    return np.argsort(-scores, kind="stable")[:k]
+
+
+def hits(embeddings: np.ndarray, query: np.ndarray, rows: np.ndarray, k: int, allowed: np.ndarray | None = None) -> int:
+    """Returned rows that belong in an exact top k. Movies with the same descriptors have the same vector,
+    so the exact top k is a set only up to ties: a row counts if it scores at least the k-th exact score."""
+    scores = cosine(embeddings, query)
+    kth = scores[exact(embeddings, query, k, allowed)[-1]]
+    return int((scores[rows] >= kth - 1e-5).sum())
+
+
+def test_recall_at_10_against_exact_search(projected: np.ndarray) -> None:
+    index = MovieIndex.build(projected, IndexParams())
+    queries = projected[np.random.default_rng(0).choice(len(projected), 500, replace=False)]
+    found = sum(hits(projected, q, index.query(q, 10)[0], 10) for q in queries)
+    assert found / (10 * len(queries)) >= 0.99
+
+
+def test_bytes_round_trip_is_checked(projected: np.ndarray) -> None:
+    index = MovieIndex.build(projected[:2000], IndexParams(m=8, ef_construction=100, ef=50))
+    data, sha = index.to_bytes()
+    loaded = MovieIndex.from_bytes(data, sha256=sha, group=index.group, dim=projected.shape[1], params=index.params)
+    q = projected[7]
+    assert loaded.query(q, 5)[0].tolist() == index.query(q, 5)[0].tolist()
+    broken = bytearray(data)
+    broken[100] ^= 0xFF
+    with pytest.raises(ChecksumMismatch):
+        MovieIndex.from_bytes(bytes(broken), sha256=sha, group=index.group, dim=projected.shape[1], params=index.params)
+
+
+def test_filters_and_fewer_than_k(projected: np.ndarray) -> None:
+    index = MovieIndex.build(projected, IndexParams())
+    q = projected[0]
+    allowed = np.zeros(len(projected), dtype=bool)
+    allowed[[5, 50, 500, 5000]] = True  # far fewer reachable rows than k: answer with what there is
+    rows, scores = index.query(q, 10, allowed=allowed)
+    assert sorted(rows.tolist()) == [5, 50, 500, 5000]
+    assert list(scores) == sorted(scores, reverse=True)
+    mask = np.ones(len(projected), dtype=bool)
+    mask[exact(projected, q, 30)] = False  # exclude the 30 nearest: the graph search must widen
+    rows, _ = index.query(q, 10, allowed=mask)
+    assert len(rows) == 10 and mask[rows].all()
+    assert hits(projected, q, rows, 10, mask) == 10
+    assert len(index.query(q, 10, allowed=np.zeros(len(projected), dtype=bool))[0]) == 0
