@@ -53,12 +53,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
             return error_response(415, "unsupported_media_type", "send the body as application/json")
         return None
 
-    from . import datasets, health, jobs, models
+    from . import datasets, health, jobs, models, recommendations
 
     app.register_blueprint(health.bp)
     app.register_blueprint(datasets.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(recommendations.bp)
     return app
 
 

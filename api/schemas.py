@@ -5,6 +5,8 @@ Marshmallow raises on unknown fields, so an unexpected field is a 400 like any o
 
 from __future__ import annotations
 
+from typing import Any
+
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range
@@ -132,6 +134,38 @@ class IndexIn(Schema):
 class ActivateOut(Schema):
     active = String()
     previous = String(allow_none=True)
+
+
+MAX_K = 100
+MAX_KEYWORDS = 20
+MAX_EXAMPLES = 100
+
+
+class RecommendIn(Schema):
+    user_id = Integer(validate=Range(1, 2**31 - 1))
+    keywords = List(String(validate=Length(1, 100)), validate=Length(1, MAX_KEYWORDS))
+    liked = List(Integer(validate=Range(1, 2**31 - 1)), validate=Length(0, MAX_EXAMPLES))
+    disliked = List(Integer(validate=Range(1, 2**31 - 1)), validate=Length(0, MAX_EXAMPLES))
+    k = Integer(load_default=10, validate=Range(1, MAX_K))
+    exclude_seen = Boolean(load_default=True)
+    genres = List(String(validate=Length(1, 64)), validate=Length(1, 20))
+
+    @validates_schema
+    def _one_kind_of_query(self, data: dict[str, Any], **_: object) -> None:
+        kinds = [
+            data.get("user_id") is not None,
+            bool(data.get("keywords")),
+            bool(data.get("liked") or data.get("disliked")),
+        ]
+        if sum(kinds) != 1:
+            raise ValidationError("give exactly one of user_id, keywords, liked/disliked", field_name="_schema")
+
+
+class WaitQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    wait = Float(load_default=0.0, validate=Range(0.0, 30.0), metadata={"description": "seconds to wait, max 30"})
 
 
 class ModelListOut(Schema):

@@ -12,6 +12,7 @@ from .jobs import Job, JobStore
 INGEST_TASK = "workers.cpu.ingest_dataset"
 MINE_TASK = "workers.cpu.mine_triplets"
 INDEX_TASK = "workers.cpu.build_index"
+RECOMMEND_TASK = "workers.cpu.recommend"
 ENCODE_TASK = "workers.gpu.encode"
 TRAIN_TASK = "workers.gpu.train"
 DESCRIBE_DEVICE_TASK = "workers.gpu.describe_device"

@@ -9,7 +9,7 @@ from typing import Any
 from celery import shared_task
 
 from shared.datasets import DatasetOptions, confine
-from shared.errors import DataError, NotFound
+from shared.errors import Conflict, DataError, NotFound
 from shared.index import IndexParams, MovieIndex
 from shared.mining import mine_range
 from shared.triplets import TripletSpec, join, load_incidence, plan_shards, shard_stats, store_part
@@ -155,3 +155,52 @@ def build_index(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
         return Outcome({"version": version, "index": described, "reused": False}, message=f"{len(embeddings):,} movies")
 
     return run_job(job_id, stage="indexing", body=body)
+
+
+@shared_task(name="workers.cpu.recommend")
+def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Answer a recommendation query with the model version the API pinned at submission."""
+
+    def body(ctx: JobContext) -> Outcome:
+        import numpy as np
+
+        from shared.recommend import answer, example_query, load_serving, user_profile
+
+        described: dict[str, Any]
+        record = ctx.services.models.get(params["model"])
+        if record is None:
+            raise Conflict(f"model {params['model']!r} no longer exists")
+        model = load_serving(ctx.services.artifacts, record)
+        history = None
+        if params.get("user_id") is not None:
+            query, rated = user_profile(model, int(params["user_id"]))
+            excluded, history = (rated if params["exclude_seen"] else rated[:0]), rated
+            described = {"user_id": int(params["user_id"])}
+        elif params.get("keywords"):
+            query = _keyword_query(ctx, model, params["keywords"])
+            excluded = np.zeros(0, dtype=np.int64)
+            described = {"keywords": params["keywords"]}
+        else:
+            liked, disliked = model.rows_of(params.get("liked") or []), model.rows_of(params.get("disliked") or [])
+            query = example_query(model, liked, disliked)
+            excluded = np.concatenate([liked, disliked])
+            described = {"liked": params.get("liked") or [], "disliked": params.get("disliked") or []}
+        result = answer(
+            model, query, k=int(params["k"]), excluded=excluded, genres=params.get("genres"), history=history,
+            described_query=described,
+        )  # fmt: skip
+        return Outcome(result, message=f"{len(result['items'])} items")
+
+    return run_job(job_id, stage="recommending", body=body)
+
+
+def _keyword_query(ctx: JobContext, model: Any, keywords: list[str]) -> Any:
+    """Mean of the keywords' vectors (the model's encoder and pooling, through the cache), projected."""
+    import torch
+
+    from shared.encoder import VectorCache, load_encoder
+
+    encoder_spec = model.record["encoder"]
+    encoder = load_encoder(encoder_spec["model"], encoder_spec["pooling"], torch.device("cpu"))
+    vectors, _ = VectorCache(ctx.services.redis, prefix=ctx.services.settings.key_prefix).encode(encoder, keywords)
+    return model.project(vectors.mean(axis=0, keepdims=True))[0]

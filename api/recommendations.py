@@ -1,0 +1,56 @@
+"""``/v1/recommendations``: a query answered by a CPU worker with the active model; optionally waited for."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from apiflask import APIBlueprint
+from flask import jsonify, url_for
+
+from shared.errors import Conflict
+from shared.recommend import load_serving
+from shared.submit import RECOMMEND_TASK, submit
+
+from . import celery, services
+from .schemas import JobOut, RecommendIn, WaitQuery
+
+bp = APIBlueprint("recommendations", __name__, url_prefix="/v1/recommendations", tag="recommendations")
+
+POLL_S = 0.002
+
+
+@bp.post("")
+@bp.input(RecommendIn, arg_name="body")
+@bp.input(WaitQuery, location="query", arg_name="query", unknown=None)
+@bp.output(JobOut, status_code=202, description="the recommendation job, when not ready within ?wait")
+@bp.doc(
+    responses={
+        200: "the result, ready within ?wait",
+        400: "invalid request",
+        404: "unknown user or movie id",
+        409: "no model is active",
+    }
+)
+def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
+    """Movies for a user, for keywords, or like some movies and unlike others."""
+    version = services().models.active()
+    if version is None:
+        raise Conflict("no model is active: train one, index it and activate it (or run a pipeline)")
+    record = services().models.get(version)
+    if record is None or record.get("index") is None:
+        raise Conflict(f"the active model {version!r} cannot serve")
+    model = load_serving(services().artifacts, record)  # cached per API process: ids are checked here, 404 early
+    if body.get("user_id") is not None:
+        model.user_row(body["user_id"])
+    model.rows_of([*(body.get("liked") or []), *(body.get("disliked") or [])])
+    job = submit(celery(), services().jobs, kind="recommend", task=RECOMMEND_TASK, params={**body, "model": version})
+    deadline = time.monotonic() + query["wait"]
+    while query["wait"] > 0 and time.monotonic() < deadline:
+        current = services().jobs.get(job.id)
+        if current is not None and current.status == "succeeded":
+            return jsonify(current.result)  # a Response: not reshaped by the 202 schema
+        if current is not None and current.finished:
+            break
+        time.sleep(POLL_S)
+    return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}

@@ -1,0 +1,188 @@
+"""Recommendations from the active model: queries, exclusions, filters, explanations.
+
+    active pointer ──> ServingModel (loaded once per worker process and version; the old one kept beside it)
+                         index (hnswlib over projected vectors), projection (W, b), raw movie vectors,
+                         catalogue (ids, titles, descriptors), ratings CSR
+    query ──> vector in the raw encoder space ──> projected (x W^T + b, unit length) ──> index ──> items
+
+The three kinds of query:
+
+- ``user_id``: the notebook's profile, the rating-weighted mean of the raw vectors of the movies the user
+  rated, weights rating / 5: sum(w_i v_i) / sum(w_i); then projected. Rated movies are excluded unless
+  ``exclude_seen`` is false.
+- ``keywords``: each keyword encoded with the model's encoder and pooling (through the vector cache), the
+  mean projected.
+- ``liked`` / ``disliked`` movie ids: Qdrant's "average vector" example query in the projected space,
+  q = mean(liked) + (mean(liked) - mean(disliked)); with no disliked, q = mean(liked); with no liked,
+  q = -mean(disliked). The examples themselves are excluded.
+
+``genres`` keeps movies having at least one of the listed genres (compared case-insensitively with the
+movie's descriptors). When exclusions and filters leave fewer than k movies, the answer has what there is.
+Each answer names the 10 most common descriptors among its items and, for a user, among their rated movies.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .artifacts import ArtifactStore
+from .errors import Conflict, NotFound
+from .index import IndexParams, MovieIndex
+
+TOP_DESCRIPTORS = 10
+_CACHE_SIZE = 2
+
+
+@dataclass
+class ServingModel:
+    version: str
+    record: dict[str, Any]
+    index: MovieIndex
+    weight: np.ndarray  # (hidden, d)
+    bias: np.ndarray  # (hidden,)
+    raw: np.ndarray  # (n, d) the encoder's movie vectors
+    movie_ids: np.ndarray  # (n,) int32, catalogue order
+    titles: list[str]
+    descriptors: list[list[str]]
+    user_ids: np.ndarray  # (u,) ascending
+    ratings_indptr: np.ndarray
+    ratings_movie: np.ndarray
+    ratings_value: np.ndarray
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """(q, d) raw vectors -> (q, hidden) unit vectors, as the trained network does."""
+        y = x @ self.weight.T + self.bias  # (q, hidden)
+        return np.asarray(y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+    def rows_of(self, movie_ids: list[int]) -> np.ndarray:
+        order = np.argsort(self.movie_ids)
+        pos = np.searchsorted(self.movie_ids, movie_ids, sorter=order)
+        pos = np.minimum(pos, len(order) - 1)
+        rows = order[pos]
+        unknown = [m for m, r in zip(movie_ids, rows, strict=True) if self.movie_ids[r] != m]
+        if unknown:
+            raise NotFound(f"unknown movie id(s) {unknown[:10]} in this model's dataset")
+        return np.asarray(rows, dtype=np.int64)
+
+    def user_row(self, user_id: int) -> int:
+        j = int(np.searchsorted(self.user_ids, user_id))
+        if j >= len(self.user_ids) or self.user_ids[j] != user_id:
+            raise NotFound(f"unknown user id {user_id} in this model's dataset")
+        return j
+
+
+_serving: OrderedDict[str, ServingModel] = OrderedDict()
+
+
+def load_serving(artifacts: ArtifactStore, record: dict[str, Any]) -> ServingModel:
+    """The model version ready to serve, loaded once per process; the previous one stays until evicted."""
+    version = record["version"]
+    if version in _serving:
+        _serving.move_to_end(version)
+        return _serving[version]
+    from safetensors.numpy import load
+
+    index_meta = record.get("index")
+    if index_meta is None:
+        raise Conflict(f"model {version!r} has no index")
+    index = MovieIndex.from_bytes(
+        artifacts.get_bytes(index_meta["artifact"]),
+        sha256=index_meta["sha256"],
+        group=artifacts.get_array(index_meta["group_artifact"]),
+        dim=index_meta["dim"],
+        params=IndexParams(**index_meta["params"]),
+    )
+    weights = load(artifacts.get_bytes(record["artifacts"]["weights"]))
+    base = f"dataset/{record['dataset']}"
+    vocabulary = artifacts.get_json(f"{base}/vocabulary")
+    indptr, indices = artifacts.get_array(f"{base}/desc_indptr"), artifacts.get_array(f"{base}/desc_indices")
+    serving = ServingModel(
+        version=version,
+        record=record,
+        index=index,
+        weight=weights["proj.weight"].astype(np.float32),
+        bias=weights["proj.bias"].astype(np.float32),
+        raw=artifacts.get_array(record["artifacts"]["input_embeddings"]),
+        movie_ids=artifacts.get_array(f"{base}/movie_ids"),
+        titles=artifacts.get_json(f"{base}/titles"),
+        descriptors=[[vocabulary[j] for j in indices[indptr[i] : indptr[i + 1]]] for i in range(len(indptr) - 1)],
+        user_ids=artifacts.get_array(f"{base}/user_ids"),
+        ratings_indptr=artifacts.get_array(f"{base}/ratings_indptr"),
+        ratings_movie=artifacts.get_array(f"{base}/ratings_movie"),
+        ratings_value=artifacts.get_array(f"{base}/ratings_value"),
+    )
+    _serving[version] = serving
+    while len(_serving) > _CACHE_SIZE:
+        _serving.popitem(last=False)
+    return serving
+
+
+def user_profile(model: ServingModel, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The user's projected profile (hidden,) and the rows they rated."""
+    j = model.user_row(user_id)
+    lo, hi = model.ratings_indptr[j], model.ratings_indptr[j + 1]
+    rows = model.ratings_movie[lo:hi].astype(np.int64)
+    weights = model.ratings_value[lo:hi].astype(np.float32) / 5.0  # (r,)
+    mean = (weights[:, None] * model.raw[rows]).sum(axis=0) / weights.sum()  # (d,)
+    return model.project(mean[None, :])[0], rows
+
+
+def example_query(model: ServingModel, liked: np.ndarray, disliked: np.ndarray) -> np.ndarray:
+    """mean(liked) + (mean(liked) - mean(disliked)) over projected vectors (see the module docstring)."""
+    pos = model.project(model.raw[liked]).mean(axis=0) if len(liked) else None
+    neg = model.project(model.raw[disliked]).mean(axis=0) if len(disliked) else None
+    if pos is not None and neg is not None:
+        return np.asarray(pos + (pos - neg), dtype=np.float32)
+    if pos is not None:
+        return np.asarray(pos, dtype=np.float32)
+    assert neg is not None
+    return np.asarray(-neg, dtype=np.float32)
+
+
+def genre_mask(model: ServingModel, genres: list[str]) -> np.ndarray:
+    wanted = {g.lower() for g in genres}
+    return np.array([any(d.lower() in wanted for d in ds) for ds in model.descriptors], dtype=bool)
+
+
+def answer(
+    model: ServingModel,
+    query: np.ndarray,
+    *,
+    k: int,
+    excluded: np.ndarray,
+    genres: list[str] | None,
+    history: np.ndarray | None,
+    described_query: dict[str, Any],
+) -> dict[str, Any]:
+    allowed = np.ones(model.index.n, dtype=bool)
+    allowed[excluded] = False
+    if genres:
+        allowed &= genre_mask(model, genres)
+    rows, scores = model.index.query(query, k, allowed=allowed)
+    items = [
+        {
+            "movie_id": int(model.movie_ids[r]),
+            "title": model.titles[r],
+            "descriptors": model.descriptors[r],
+            "score": round(float(s), 6),
+        }
+        for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
+    ]
+    result: dict[str, Any] = {
+        "model": model.version,
+        "query": described_query,
+        "items": items,
+        "top_descriptors": _top(d for item in items for d in item["descriptors"]),
+        "history_top_descriptors": _top(d for r in history.tolist() for d in model.descriptors[r])
+        if history is not None
+        else [],
+    }
+    return result
+
+
+def _top(descriptors: Any) -> list[list[Any]]:
+    return [[d, n] for d, n in Counter(descriptors).most_common(TOP_DESCRIPTORS)]
