@@ -111,7 +111,11 @@ def test_hot_swap_while_serving(api_url: str, versions: list[str]) -> None:
     for v in (versions[1], versions[0], versions[1]):  # activate, roll back, activate again
         r = requests.post(f"{api_url}/v1/models/{v}/activate", timeout=10)
         assert r.status_code == 200
-        wait_for(lambda v=v: {"status": "succeeded" if v in seen_models else "running"}, timeout_s=60)
+
+        def served(version: str = v) -> dict[str, Any]:
+            return {"status": "succeeded" if version in seen_models else "running"}
+
+        wait_for(served, timeout_s=60)  # until a request has been answered by the version just activated
     stop.set()
     for t in threads:
         t.join()
