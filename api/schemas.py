@@ -168,6 +168,31 @@ class WaitQuery(Schema):
     wait = Float(load_default=0.0, validate=Range(0.0, 30.0), metadata={"description": "seconds to wait, max 30"})
 
 
+class PipelineIn(Schema):
+    path = String(validate=Length(1, MAX_PATH_CHARS), metadata={"description": "a MovieLens directory to ingest"})
+    dataset = String(validate=Length(1, 64), metadata={"description": "or an ingested dataset id"})
+    tags_per_movie = Integer(validate=Range(1, MAX_TAGS_PER_MOVIE))
+    genres_fix_csv = String(validate=Length(1, MAX_PATH_CHARS))
+    shard_size = Integer(validate=Range(MIN_SHARD_SIZE, MAX_SHARD_SIZE))
+    seed = Integer(validate=Range(0, 2**32 - 1))
+    negatives = String(validate=OneOf(STRATEGIES))
+    model = String(validate=Length(1, MAX_MODEL_CHARS))
+    pooling = String(validate=OneOf(POOLINGS))
+    epochs = _knob("epochs")
+    hidden_dim = _knob("hidden_dim")
+    margin = _knob("margin", real=True)
+    lr = _knob("lr", real=True)
+    batch_size = _knob("batch_size")
+    m = Integer(validate=Range(2, 256))
+    ef_construction = Integer(validate=Range(10, 4096))
+    ef = Integer(validate=Range(10, 4096))
+
+    @validates_schema
+    def _path_or_dataset(self, data: dict[str, Any], **_: object) -> None:
+        if ("path" in data) == ("dataset" in data):
+            raise ValidationError("give exactly one of path, dataset", field_name="_schema")
+
+
 class ModelListOut(Schema):
     active = String(allow_none=True)
     models = List(Dict())

@@ -262,6 +262,21 @@ class JobStore:
         raw = cast(dict[bytes, bytes], self._r.hgetall(f"{self._key(job_id)}:shards"))
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
+    def annotate(self, job_id: str, **fields: str) -> bool:
+        """Set extra fields on a running job (a pipeline's state); False when it is not running."""
+        return self._move(job_id, allowed=("running",), to=None, ttl=False, fields=fields)
+
+    def field(self, job_id: str, name: str) -> str | None:
+        raw = cast("bytes | None", self._r.hget(self._key(job_id), name))
+        return raw.decode() if raw is not None else None
+
+    def lock(self, name: str, *, ttl_ms: int = 30_000) -> bool:
+        """A short exclusive claim (SET NX PX); released by ``unlock`` or by expiry."""
+        return bool(self._r.set(f"{self._prefix}:lock:{name}", "1", nx=True, px=ttl_ms))
+
+    def unlock(self, name: str) -> None:
+        self._r.delete(f"{self._prefix}:lock:{name}")
+
     def cancel(self, job_id: str) -> bool:
         fields = {"finished_at": utcnow_iso(), "message": "cancelled by request", "stage": "cancelled"}
         return self._move(job_id, allowed=ACTIVE, to="cancelled", ttl=True, fields=fields)

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, current_app
@@ -23,6 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from shared.celery_app import settings_of
 from shared.errors import MovierecError
 from shared.services import Services
+from shared.submit import PIPELINE_STEP_TASK
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ def services(app: Celery | None = None) -> Services:
 class JobContext:
     job_id: str
     services: Services
+    parent: dict[str, Any] | None = None  # {"id", "stage", "index", "stages"} when a pipeline runs this job
     _last: tuple[float, str] = field(default=(0.0, ""))
 
     def progress(self, fraction: float, stage: str, message: str = "") -> None:
@@ -54,6 +57,28 @@ class JobContext:
             return
         self._last = (now, stage)
         self.services.jobs.progress(self.job_id, fraction, stage=stage, message=message)
+        if self.parent is not None:
+            report_to_pipeline(self.services, self.parent, fraction, message or stage)
+
+
+def report_to_pipeline(svc: Services, parent: dict[str, Any], fraction: float, message: str) -> None:
+    """A stage's progress as the pipeline's: overall fraction, the stage's name, an ETA once measurable."""
+    overall = (parent["index"] + min(max(fraction, 0.0), 1.0)) / parent["stages"]
+    pipeline = svc.jobs.get(parent["id"])
+    eta = ""
+    if pipeline is not None and pipeline.started_at and overall > 0.05:
+        started = datetime.fromisoformat(pipeline.started_at.replace("Z", "+00:00"))
+        elapsed = (datetime.now(UTC) - started).total_seconds()
+        eta = f"; ETA {elapsed * (1 - overall) / overall:.0f} s"
+    svc.jobs.progress(parent["id"], overall, stage=parent["stage"], message=f"{message}{eta}")
+
+
+def notify_parent(job_id: str) -> None:
+    """A finished stage job tells its pipeline to take the next step."""
+    svc = services()
+    job = svc.jobs.get(job_id)
+    if job is not None and job.params.get("parent"):
+        current_app.send_task(PIPELINE_STEP_TASK, args=[job.params["parent"]["id"]])
 
 
 @dataclass(frozen=True)
@@ -76,33 +101,45 @@ def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
     if not svc.jobs.start(job_id, stage=stage):
         log.info("job %s is finished, cancelled or expired; skipping", job_id)
         return None
-    ctx = JobContext(job_id, svc)
+    job = svc.jobs.get(job_id)
+    ctx = JobContext(job_id, svc, parent=job.params.get("parent") if job is not None else None)
     try:
         outcome = body(ctx)
     except MovierecError as exc:
         svc.jobs.fail(job_id, code=exc.code, message=exc.message, details=exc.details)
-        return None
+        outcome = None
     except SoftTimeLimitExceeded:
         limit = svc.settings.soft_time_limit_s
         svc.jobs.fail(job_id, code="timeout", message=f"the job ran past its time limit ({limit} s)")
-        return None
+        outcome = None
     except Exception:
         log.exception("job %s failed", job_id)
         svc.jobs.fail(job_id, code="internal_error", message="the job failed unexpectedly; the worker log has details")
-        return None
-    if outcome is None:
-        return {"job": job_id, "status": "running"}
-    svc.jobs.succeed(
-        job_id, outcome.result, result_artifact=outcome.artifact, result_inline=outcome.inline, message=outcome.message
-    )
-    return {"job": job_id, "status": "succeeded"}
+        outcome = None
+    else:
+        if outcome is None:  # later tasks (shards, a join) finish it
+            return {"job": job_id, "status": "running"}
+        svc.jobs.succeed(
+            job_id,
+            outcome.result,
+            result_artifact=outcome.artifact,
+            result_inline=outcome.inline,
+            message=outcome.message,
+        )
+    if ctx.parent is not None:
+        notify_parent(job_id)
+    return {"job": job_id, "status": "finished"}
 
 
 def fail_job(job_id: str, exc: BaseException, *, where: str) -> None:
     """Fail a job from a task that is not its main one (a shard, a join), naming where it broke."""
     svc = services()
     if isinstance(exc, MovierecError):
-        svc.jobs.fail(job_id, code=exc.code, message=f"{where}: {exc.message}", details={"where": where})
+        failed = svc.jobs.fail(job_id, code=exc.code, message=f"{where}: {exc.message}", details={"where": where})
     else:
         log.error("job %s: %s failed", job_id, where, exc_info=exc)
-        svc.jobs.fail(job_id, code="internal_error", message=f"{where} failed unexpectedly", details={"where": where})
+        failed = svc.jobs.fail(
+            job_id, code="internal_error", message=f"{where} failed unexpectedly", details={"where": where}
+        )
+    if failed:
+        notify_parent(job_id)

@@ -14,7 +14,7 @@ from shared.index import IndexParams, MovieIndex
 from shared.mining import mine_range
 from shared.triplets import TripletSpec, join, load_incidence, plan_shards, shard_stats, store_part
 
-from .base import JobContext, Outcome, fail_job, run_job, services
+from .base import JobContext, Outcome, fail_job, notify_parent, run_job, services
 
 
 @shared_task(name="workers.cpu.ingest_dataset")
@@ -112,7 +112,8 @@ def join_triplets(job_id: str, params: dict[str, Any]) -> None:
         "reused": False,
         "shards": stats,
     }
-    svc.jobs.succeed(job_id, summary, result_artifact=spec.name, message=f"{len(triplets):,} triplets")
+    if svc.jobs.succeed(job_id, summary, result_artifact=spec.name, message=f"{len(triplets):,} triplets"):
+        notify_parent(job_id)
 
 
 @shared_task(name="workers.cpu.build_index")
@@ -204,3 +205,85 @@ def _keyword_query(ctx: JobContext, model: Any, keywords: list[str]) -> Any:
     encoder = load_encoder(encoder_spec["model"], encoder_spec["pooling"], torch.device("cpu"))
     vectors, _ = VectorCache(ctx.services.redis, prefix=ctx.services.settings.key_prefix).encode(encoder, keywords)
     return model.project(vectors.mean(axis=0, keepdims=True))[0]
+
+
+@shared_task(name="workers.cpu.pipeline_step")
+def pipeline_step(pipeline_id: str, params: dict[str, Any] | None = None) -> None:
+    """Move a pipeline on: start its next stage's job, or finish it (activating the model), or fail it."""
+    svc = services()
+    if not svc.jobs.lock(f"pipeline:{pipeline_id}"):
+        pipeline_step.apply_async(args=[pipeline_id], countdown=0.2)  # another step is moving it: look again
+        return
+    try:
+        _step(pipeline_id)
+    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
+        fail_job(pipeline_id, exc, where="pipeline")
+    finally:
+        svc.jobs.unlock(f"pipeline:{pipeline_id}")
+
+
+def _step(pipeline_id: str) -> None:
+    import json
+
+    from shared.pipeline import STAGES, first_stage, stage_job
+    from shared.submit import submit
+
+    svc = services()
+    job = svc.jobs.get(pipeline_id)
+    if job is not None and job.status == "queued":
+        svc.jobs.start(pipeline_id, stage="starting")  # the first step: the API's message
+        job = svc.jobs.get(pipeline_id)
+    if job is None or job.status != "running":
+        return
+    raw = svc.jobs.field(pipeline_id, "pipeline")
+    state: dict[str, Any] = (
+        json.loads(raw) if raw else {"stage": first_stage(job.params), "children": {}, "results": {}}
+    )
+    stage = STAGES[state["stage"]]
+    child_id = state["children"].get(stage)
+    if child_id is not None:
+        child = svc.jobs.get(child_id)
+        if child is not None and child.status in ("queued", "running"):
+            return  # not finished yet: a later notification moves it on
+        if child is None or child.status != "succeeded":
+            reason = (child.error or {}).get("message", child.status) if child is not None else "its job expired"
+            svc.jobs.fail(pipeline_id, code="stage_failed", message=f"stage {stage} failed: {reason}",
+                          details={"stage": stage, "job": child_id})  # fmt: skip
+            return
+        state["results"][stage] = child.result
+        state["stage"] += 1
+        if state["stage"] == len(STAGES):
+            _finish_pipeline(pipeline_id, state)
+            return
+        stage = STAGES[state["stage"]]
+    plan = stage_job(stage, job.params, state["results"])
+    parent = {"id": pipeline_id, "stage": stage, "index": state["stage"], "stages": len(STAGES)}
+    child = submit(current_celery(), svc.jobs, kind=plan.kind, task=plan.task, params={**plan.params, "parent": parent})
+    state["children"][stage] = child.id
+    svc.jobs.annotate(pipeline_id, pipeline=json.dumps(state))
+    svc.jobs.progress(pipeline_id, state["stage"] / len(STAGES), stage=stage, message=f"{stage} queued")
+
+
+def _finish_pipeline(pipeline_id: str, state: dict[str, Any]) -> None:
+    svc = services()
+    results = state["results"]
+    version = results["train"]["version"]
+    previous = svc.models.activate(version)
+    summary = {
+        "dataset": results["ingest"]["dataset"] if "ingest" in results else results["mine"]["dataset"],
+        "triplets": results["mine"]["triplets"],
+        "embeddings": results["encode"]["embeddings"],
+        "model": version,
+        "metrics": results["train"]["metrics"],
+        "index": results["index"]["index"],
+        "activated": version,
+        "previous": previous,
+        "stage_jobs": state["children"],
+    }
+    svc.jobs.succeed(pipeline_id, summary, message=f"model {version} active")
+
+
+def current_celery() -> Any:
+    from celery import current_app
+
+    return current_app
