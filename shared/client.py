@@ -45,6 +45,21 @@ class Client:
         job: dict[str, Any] = self._request("POST", "/v1/datasets", json=body)
         return job
 
+    def submit_pipeline(self, **body: Any) -> dict[str, Any]:
+        job: dict[str, Any] = self._request("POST", "/v1/pipelines", json=body)
+        return job
+
+    def recommend(self, *, wait_s: float = 30.0, **body: Any) -> dict[str, Any]:
+        """Ask and wait for recommendations (polling the job if ``?wait`` ran out first)."""
+        answer: dict[str, Any] = self._request("POST", f"/v1/recommendations?wait={wait_s}", json=body)
+        if "items" in answer:
+            return answer
+        final = self.wait(answer["id"], progress=False)
+        if final["status"] != "succeeded":
+            raise ApiError(200, "job_failed", str((final.get("error") or {}).get("message")))
+        result: dict[str, Any] = self.result(answer["id"])
+        return result
+
     def job(self, job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = self._request("GET", f"/v1/jobs/{job_id}")
         return job

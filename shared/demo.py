@@ -1,4 +1,4 @@
-"""``movierec demo``: the embedded stack, the pipeline on a MovieLens directory, the figures printed.
+"""``movierec demo``: the embedded stack, the pipeline on a MovieLens directory, recommendations printed.
 
 Where the data comes from, first that applies: ``--data``; ``MOVIEREC_DEMO_DATA``; ml-latest-small cached
 under the demo's data dir (downloaded once from ``MOVIEREC_DEMO_URL`` and checked as a zip holding the
@@ -15,8 +15,9 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .client import Client
+from .client import ApiError, Client
 from .settings import Settings
 from .stack import Stack, free_port
 from .synth import SynthSpec, write_synthetic
@@ -98,18 +99,51 @@ def run_demo(settings: Settings, *, data: Path | None, data_dir: Path, embedded_
         stack.wait_ready()
         print(f"API at {stack.api_url} (logs in {data_dir / 'logs'})", flush=True)
         client = Client(stack.api_url)
-        job = client.submit_dataset(path.name)
+        print("running the pipeline: ingest, mine, encode, train, index, activate", flush=True)
+        job = client.submit_pipeline(path=path.name)
         final = client.wait(job["id"])
         if final["status"] != "succeeded":
             error = final.get("error") or {}
-            print(f"ingest {final['status']}: {error.get('message', '')}", file=sys.stderr)
+            print(f"pipeline {final['status']}: {error.get('message', '')}", file=sys.stderr)
             return 1
-        result = client.result(job["id"])
-        print_dataset(result)
+        pipeline = client.result(job["id"])
+        print_dataset(client.dataset(pipeline["dataset"]))
+        print_metrics(pipeline)
+        for user in DEMO_USERS:
+            try:
+                print_recommendations(f"user {user}", client.recommend(user_id=user, k=10))
+            except ApiError as exc:
+                print(f"\nrecommendations for user {user}: {exc.message}")
+        for keywords in DEMO_KEYWORDS:
+            print_recommendations(f"keywords {keywords}", client.recommend(keywords=keywords, k=10))
         return 0
     finally:
         print("stopping ...", flush=True)
         stack.stop()
+
+
+DEMO_USERS = (1, 2, 3)
+DEMO_KEYWORDS = (["Children", "family", "animation"], ["war", "violence", "drama"])
+
+
+def print_metrics(pipeline: dict[str, Any]) -> None:
+    metrics = pipeline["metrics"]
+    print(f"\nmodel {pipeline['model']} (active)")
+    print(f"  test ROC AUC before training (cosine on encoder vectors)  {metrics['test_auc_before']:.4f}")
+    print(f"  test ROC AUC after training (cosine on projections)       {metrics['test_auc_after']:.4f}")
+    losses = ", ".join(f"{v:.4f}" for v in metrics["train_losses"])
+    print(f"  train loss per epoch: {losses}")
+
+
+def print_recommendations(title: str, answer: dict[str, Any]) -> None:
+    print(f"\nrecommendations for {title}:")
+    for item in answer["items"]:
+        print(f"  {item['score']:.3f}  {item['title']}  [{', '.join(item['descriptors'][:6])}]")
+    top = ", ".join(f"{d} ({n})" for d, n in answer["top_descriptors"])
+    print(f"  top descriptors of these: {top}")
+    if answer.get("history_top_descriptors"):
+        history = ", ".join(f"{d} ({n})" for d, n in answer["history_top_descriptors"])
+        print(f"  top descriptors of the user's history: {history}")
 
 
 def print_dataset(record: dict[str, object]) -> None:

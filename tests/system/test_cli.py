@@ -114,7 +114,18 @@ def test_demo_runs_the_embedded_stack_and_prints_figures(settings: Settings, tmp
     env = embedded_env(settings, tmp_path)
     done = cli("demo", "--data", str(SMALL), "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "movies kept" in done.stdout and "9,709" in done.stdout and "100,836" in done.stdout
+    out = done.stdout
+    assert "movies kept" in out and "9,709" in out and "100,836" in out
+    assert "test ROC AUC after training" in out
+    for title in (
+        "user 1:",
+        "user 2:",
+        "user 3:",
+        "['Children', 'family', 'animation']",
+        "['war', 'violence', 'drama']",
+    ):
+        assert f"recommendations for {title}" in out
+    assert out.count("top descriptors of these") == 5 and out.count("top descriptors of the user's history") == 3
 
 
 def test_demo_offline_generates_a_sample_and_says_so(settings: Settings, tmp_path: Path) -> None:
@@ -124,6 +135,7 @@ def test_demo_offline_generates_a_sample_and_says_so(settings: Settings, tmp_pat
     done = cli("demo", "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "generated sample" in done.stdout and "movies kept" in done.stdout
+    assert "recommendations for ['war', 'violence', 'drama']" in done.stdout
 
 
 def test_download_is_checked_as_a_zip_with_the_expected_files(tmp_path: Path) -> None:
