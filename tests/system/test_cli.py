@@ -121,8 +121,8 @@ def test_demo_runs_the_embedded_stack_and_prints_figures(settings: Settings, tmp
         "user 1:",
         "user 2:",
         "user 3:",
-        "['Children', 'family', 'animation']",
-        "['war', 'violence', 'drama']",
+        "keywords ['Children', 'family', 'animation']",
+        "keywords ['war', 'violence', 'drama']",
     ):
         assert f"recommendations for {title}" in out
     assert out.count("top descriptors of these") == 5 and out.count("top descriptors of the user's history") == 3
@@ -135,7 +135,7 @@ def test_demo_offline_generates_a_sample_and_says_so(settings: Settings, tmp_pat
     done = cli("demo", "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "generated sample" in done.stdout and "movies kept" in done.stdout
-    assert "recommendations for ['war', 'violence', 'drama']" in done.stdout
+    assert "recommendations for keywords ['war', 'violence', 'drama']" in done.stdout
 
 
 def test_download_is_checked_as_a_zip_with_the_expected_files(tmp_path: Path) -> None:
