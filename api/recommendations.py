@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from apiflask import APIBlueprint
@@ -16,8 +15,6 @@ from . import celery, services
 from .schemas import JobOut, RecommendIn, WaitQuery
 
 bp = APIBlueprint("recommendations", __name__, url_prefix="/v1/recommendations", tag="recommendations")
-
-POLL_S = 0.002
 
 
 @bp.post("")
@@ -45,12 +42,7 @@ def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
         model.user_row(body["user_id"])
     model.rows_of([*(body.get("liked") or []), *(body.get("disliked") or [])])
     job = submit(celery(), services().jobs, kind="recommend", task=RECOMMEND_TASK, params={**body, "model": version})
-    deadline = time.monotonic() + query["wait"]
-    while query["wait"] > 0 and time.monotonic() < deadline:
-        current = services().jobs.get(job.id)
-        if current is not None and current.status == "succeeded":
-            return jsonify(current.result)  # a Response: not reshaped by the 202 schema
-        if current is not None and current.finished:
-            break
-        time.sleep(POLL_S)
-    return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+    finished = services().jobs.wait_finished(job.id, query["wait"])
+    if finished is not None and finished.status == "succeeded":
+        return jsonify(finished.result)  # a Response: not reshaped by the 202 schema
+    return (finished or job).public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}

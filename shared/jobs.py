@@ -33,8 +33,9 @@ FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 MAX_LIST_LIMIT = 500
 """``GET /v1/jobs`` returns at most this many records."""
 
-# KEYS[1]: job hash. ARGV[1]: JSON list of statuses the move is allowed from; ARGV[2]: new status or "";
-# ARGV[3]: TTL in seconds or ""; ARGV[4..]: field, value pairs to set. Returns {applied, status before}.
+# KEYS[1]: job hash, KEYS[2]: its "finished" signal list. ARGV[1]: JSON list of statuses the move is allowed
+# from; ARGV[2]: new status or ""; ARGV[3]: TTL in seconds (given exactly when the move finishes the job) or "";
+# ARGV[4..]: field, value pairs to set. Returns {applied, status before}.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, false} end
@@ -48,7 +49,12 @@ for i = 4, #ARGV, 2 do
   if ARGV[i] == 'started_at' and redis.call('HEXISTS', KEYS[1], 'started_at') == 1 then
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
-if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3])) end
+if ARGV[3] ~= '' then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+  -- Finished: wake whoever waits for it (BLPOP on KEYS[2]); the signal lives a minute.
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], 60)
+end
 return {1, cur}
 """
 
@@ -160,9 +166,7 @@ class JobStore:
         pipe.hset(self._key(job_id), mapping=fields)
         pipe.zadd(self._index, {job_id: now})
         pipe.execute()
-        job = self.get(job_id)
-        assert job is not None
-        return job
+        return Job.from_hash({k.encode(): v.encode() for k, v in fields.items()})
 
     def get(self, job_id: str) -> Job | None:
         raw = cast(dict[bytes, bytes], self._r.hgetall(self._key(job_id)))
@@ -201,8 +205,17 @@ class JobStore:
         args: list[str] = [json.dumps(list(allowed)), to or "", str(self._ttl) if ttl else ""]
         for k, v in fields.items():
             args += [k, v]
-        applied, _ = self._transition(keys=[self._key(job_id)], args=args)
+        applied, _ = self._transition(keys=[self._key(job_id), f"{self._key(job_id)}:finished"], args=args)
         return bool(applied)
+
+    def wait_finished(self, job_id: str, timeout_s: float) -> Job | None:
+        """Block up to ``timeout_s`` until the job finishes (no polling); answers its record then, or None."""
+        job = self.get(job_id)
+        if job is None or job.finished or timeout_s <= 0:
+            return job if job is not None and job.finished else None
+        if self._r.blpop([f"{self._key(job_id)}:finished"], timeout=timeout_s) is None:
+            return None
+        return self.get(job_id)
 
     def start(self, job_id: str, *, stage: str, message: str = "") -> bool:
         """Mark running (again, on a redelivery). False when the job is gone or already finished."""

@@ -6,8 +6,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-SOCKET_TIMEOUT_S = 30.0
-"""A blocked read fails after this long instead of hanging a request or a task."""
+SOCKET_TIMEOUT_S = 40.0
+"""A blocked read fails after this long instead of hanging a request or a task (above the 30 s ?wait)."""
 
 CONNECT_TIMEOUT_S = 5.0
 

@@ -1,0 +1,98 @@
+"""Pipeline and serving benchmark: a fresh stack, the whole pipeline, then recommendations under load.
+
+    python -m bench.serving [--seconds 20] [--clients 8]
+
+1. A new ``movierec up`` stack (embedded Redis, API, a CPU worker with 2 processes, the GPU-queue worker)
+   and a new, empty Redis: the full pipeline on ml-latest-small, timed from POST /v1/pipelines to
+   ``succeeded`` (model loads included, nothing cached).
+2. ``--clients`` threads on this machine post ``{"user_id": u, "k": 10}`` with ``?wait=30`` for
+   ``--seconds`` (users drawn at random); every answer must be 200. Reported: answers per second and the
+   latency percentiles, load generator included on the same 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from shared.settings import Settings
+from shared.stack import Stack, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    cpu = platform.processor() or platform.machine()
+    print(f"# machine: {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    settings = Settings(key_prefix="bench", data_root=SMALL.parent)
+    stack = Stack(settings, data_dir=run_dir, port=free_port(), cpu_workers=2, embedded_redis=True,
+                  log_dir=run_dir / "logs")  # fmt: skip
+    stack.start()
+    try:
+        stack.wait_ready()
+        api = stack.api_url
+        start = time.perf_counter()
+        job = requests.post(f"{api}/v1/pipelines", json={"path": SMALL.name}, timeout=30).json()
+        while True:
+            state = requests.get(f"{api}/v1/jobs/{job['id']}", timeout=30).json()
+            if state["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.1)
+        assert state["status"] == "succeeded", state
+        print(f"pipeline on ml-latest-small, fresh stack and Redis: {time.perf_counter() - start:.1f} s wall")
+
+        users = list(range(1, 611))
+        latencies: list[float] = []
+        errors: list[str] = []
+        stop = time.monotonic() + args.seconds
+        lock = threading.Lock()
+
+        def client() -> None:
+            session = requests.Session()
+            rng = random.Random(threading.get_ident())
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                r = session.post(f"{api}/v1/recommendations?wait=30", json={"user_id": rng.choice(users)}, timeout=60)
+                took = time.perf_counter() - t
+                with lock:
+                    (latencies if r.status_code == 200 else errors).append(took if r.status_code == 200 else r.text)
+
+        for u in users[:4]:  # warm each worker process's serving model
+            requests.post(f"{api}/v1/recommendations?wait=30", json={"user_id": u}, timeout=60)
+        threads = [threading.Thread(target=client) for _ in range(args.clients)]
+        began = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - began
+        q = statistics.quantiles(latencies, n=100)
+        print(
+            f"recommendations by user id over HTTP, {args.clients} clients, {elapsed:.0f} s: "
+            f"{len(latencies) / elapsed:.0f} answers/s, p50 {q[49] * 1000:.1f} ms, p95 {q[94] * 1000:.1f} ms, "
+            f"p99 {q[98] * 1000:.1f} ms, errors {len(errors)}"
+        )
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
