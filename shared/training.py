@@ -157,8 +157,8 @@ def train(
         total, batches = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             batch = train_t[order[start : start + config.batch_size]]  # (B, 3) rows
-            a, p, n = net(x[batch[:, 0]]), net(x[batch[:, 1]]), net(x[batch[:, 2]])  # (B, hidden) each
-            loss = triplet_loss(a, p, n, config.margin)
+            out = net(x[batch.T.reshape(-1)]).view(3, len(batch), -1)  # one pass: (3, B, hidden)
+            loss = triplet_loss(out[0], out[1], out[2], config.margin)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
