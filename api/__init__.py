@@ -53,9 +53,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
             return error_response(415, "unsupported_media_type", "send the body as application/json")
         return None
 
-    from . import datasets, health, jobs, models, pipelines, recommendations
+    from . import datasets, health, jobs, metrics, models, pipelines, recommendations
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(datasets.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)

@@ -1,4 +1,4 @@
-"""The ``movierec`` command: ``up | api | worker | demo | submit | status | synth``.
+"""The ``movierec`` command: ``up | api | worker | demo | submit | status | recommend | synth``.
 
 Settings are read here, once, from the environment and passed down. Heavy imports (gunicorn, Celery's
 worker, the stack) happen inside the subcommand that needs them.
@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -106,6 +107,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from .client import ApiError, Client
+    from .demo import print_recommendations
+
+    body: dict[str, Any] = {"k": args.k}
+    if args.user is not None:
+        body["user_id"], title = args.user, f"user {args.user}"
+        body["exclude_seen"] = not args.include_seen
+    elif args.keywords:
+        body["keywords"] = [k.strip() for k in args.keywords.split(",") if k.strip()]
+        title = f"keywords {body['keywords']}"
+    else:
+        body["liked"], body["disliked"] = args.liked or [], args.disliked or []
+        title = f"liked {args.liked or []}, disliked {args.disliked or []}"
+    if args.genres:
+        body["genres"] = [g.strip() for g in args.genres.split(",") if g.strip()]
+    try:
+        print_recommendations(title, Client(args.api).recommend(**body))
+    except ApiError as exc:
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _report(client: object, job: dict[str, object]) -> int:
     from .client import Client
 
@@ -136,8 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learned movie embeddings and recommendations from MovieLens, computed by Celery workers.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cpus = os.cpu_count() or 1
+    _add_service_commands(sub)
+    _add_client_commands(sub)
+    _add_data_commands(sub)
+    return parser
 
+
+def _add_service_commands(sub: Any) -> None:
+    cpus = os.cpu_count() or 1
     p = sub.add_parser("up", help="run Redis (embedded unless REDIS_URL is set), the API and the workers")
     p.add_argument("--port", type=int, default=DEFAULT_API_PORT, help="API port (default %(default)s)")
     p.add_argument("--cpu-workers", type=int, default=cpus, help="CPU worker processes (default %(default)s)")
@@ -165,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-workers", type=int, default=cpus)
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_client_commands(sub: Any) -> None:
     p = sub.add_parser("submit", help="submit a job to a running API")
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     d = what.add_parser("dataset", help="ingest a MovieLens directory (a path inside the API's data root)")
@@ -181,6 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
     p.set_defaults(func=_cmd_status)
 
+    p = sub.add_parser("recommend", help="ask the active model for movies (a user, keywords, or liked/disliked)")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--user", type=int, help="a user id of the model's dataset")
+    query.add_argument("--keywords", help="comma-separated, e.g. 'war,violence,drama'")
+    query.add_argument("--liked", type=int, nargs="+", help="movie ids to find more of")
+    p.add_argument("--disliked", type=int, nargs="+", help="movie ids to move away from (with --liked)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--genres", help="comma-separated genres to keep")
+    p.add_argument("--include-seen", action="store_true", help="with --user: do not exclude rated movies")
+    p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
+    p.set_defaults(func=_cmd_recommend)
+
+
+def _add_data_commands(sub: Any) -> None:
     p = sub.add_parser("synth", help="write a MovieLens-format directory of generated data")
     p.add_argument("out")
     p.add_argument("--movies", type=int, required=True)
@@ -189,7 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genome", action="store_true", help="also write genome-tags.csv and genome-scores.csv")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -172,6 +172,10 @@ class JobStore:
         raw = cast(dict[bytes, bytes], self._r.hgetall(self._key(job_id)))
         return Job.from_hash(raw) if raw else None
 
+    def is_running(self, job_id: str) -> bool:
+        """What a shard or a join checks first: a job cancelled, failed or expired meanwhile is left alone."""
+        return self.field(job_id, "status") == "running"
+
     def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[Job]:
         """Newest first, filtered; reads the index in pages and prunes ids whose record expired."""
         out: list[Job] = []
@@ -200,9 +204,16 @@ class JobStore:
         return out
 
     def _move(
-        self, job_id: str, *, allowed: Iterable[Status], to: Status | None, ttl: bool, fields: Mapping[str, str]
+        self,
+        job_id: str,
+        *,
+        allowed: Iterable[Status],
+        to: Status | None,
+        ttl: bool,
+        fields: Mapping[str, str],
+        ttl_s: int | None = None,
     ) -> bool:
-        args: list[str] = [json.dumps(list(allowed)), to or "", str(self._ttl) if ttl else ""]
+        args: list[str] = [json.dumps(list(allowed)), to or "", str(ttl_s or self._ttl) if ttl else ""]
         for k, v in fields.items():
             args += [k, v]
         applied, _ = self._transition(keys=[self._key(job_id), f"{self._key(job_id)}:finished"], args=args)
@@ -246,7 +257,9 @@ class JobStore:
         result_artifact: str | None = None,
         result_inline: str | None = None,
         message: str = "",
+        ttl_s: int | None = None,
     ) -> bool:
+        """Finish with a result, kept ``ttl_s`` (default: the store's result TTL)."""
         fields = {
             "finished_at": utcnow_iso(),
             "progress": "1",
@@ -258,7 +271,7 @@ class JobStore:
             fields["result_artifact"] = result_artifact
         if result_inline:
             fields["result_inline"] = result_inline
-        return self._move(job_id, allowed=ACTIVE, to="succeeded", ttl=True, fields=fields)
+        return self._move(job_id, allowed=ACTIVE, to="succeeded", ttl=True, fields=fields, ttl_s=ttl_s)
 
     def fail(self, job_id: str, *, code: str, message: str, details: Mapping[str, Any] | None = None) -> bool:
         error = {"code": code, "message": message, **({"details": dict(details)} if details else {})}

@@ -90,6 +90,8 @@ class Outcome:
     message: str = ""
     inline: str | None = None
     """When set, the JSON form of the result carries the artifact's array under this key."""
+    ttl_s: int | None = None
+    """How long the result is kept, when not the settings' result TTL (recommendations: an hour)."""
 
 
 Body = Callable[[JobContext], Outcome | None]
@@ -125,6 +127,7 @@ def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
             result_artifact=outcome.artifact,
             result_inline=outcome.inline,
             message=outcome.message,
+            ttl_s=outcome.ttl_s,
         )
     if ctx.parent is not None:
         notify_parent(job_id)

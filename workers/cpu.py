@@ -72,8 +72,7 @@ def mine_triplets(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 def mine_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
     """Mine anchors [lo, hi); idempotent: the part is written under a name fixed by (dataset, strategy, seed, lo)."""
     svc = services()
-    job = svc.jobs.get(job_id)
-    if job is None or job.status != "running":
+    if not svc.jobs.is_running(job_id):
         return
     spec = _spec(params)
     try:
@@ -92,8 +91,7 @@ def mine_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int
 def join_triplets(job_id: str, params: dict[str, Any]) -> None:
     """Assemble the parts into the (n, 3) triplet array and finish the job."""
     svc = services()
-    job = svc.jobs.get(job_id)
-    if job is None or job.status != "running":
+    if not svc.jobs.is_running(job_id):
         return
     spec = _spec(params)
     try:
@@ -190,9 +188,13 @@ def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
             model, query, k=int(params["k"]), excluded=excluded, genres=params.get("genres"), history=history,
             described_query=described,
         )  # fmt: skip
-        return Outcome(result, message=f"{len(result['items'])} items")
+        return Outcome(result, message=f"{len(result['items'])} items", ttl_s=RECOMMENDATION_TTL_S)
 
     return run_job(job_id, stage="recommending", body=body)
+
+
+RECOMMENDATION_TTL_S = 3600
+"""Answers are for the asker, now: kept an hour, not the week other results are, so load never piles up."""
 
 
 def _keyword_query(ctx: JobContext, model: Any, keywords: list[str]) -> Any:

@@ -109,3 +109,12 @@ def test_list_query_is_validated(client: Any) -> None:
 def test_healthz(client: Any) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200 and r.get_json() == {"status": "ok"}
+
+
+def test_metrics_are_prometheus_text(client: Any) -> None:
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    text = r.get_data(as_text=True)
+    assert 'movierec_queue_length{queue="cpu"}' in text
+    assert 'movierec_workers{queue="gpu"} 1' in text
+    assert "# TYPE movierec_jobs_indexed gauge" in text

@@ -126,3 +126,22 @@ def test_hot_swap_while_serving(api_url: str, versions: list[str]) -> None:
 
 def test_activation_errors(api_url: str, versions: list[str]) -> None:
     assert requests.post(f"{api_url}/v1/models/m-nope/activate", timeout=10).status_code == 404
+
+
+def test_cli_recommend(api_url: str, versions: list[str]) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "shared.cli", "recommend", *args, "--api", api_url]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+
+    done = cli("--keywords", "war,violence,drama", "--k", "3")
+    assert done.returncode == 0, done.stderr
+    assert "recommendations for keywords ['war', 'violence', 'drama']" in done.stdout
+    assert done.stdout.count("\n  0.") == 3
+    assert cli("--user", "1").returncode == 0
+    missing = cli("--user", "999999")
+    assert missing.returncode == 1 and "404 not_found" in missing.stderr
