@@ -79,3 +79,15 @@ def test_training_is_reproducible_on_the_cpu(small_inputs: tuple[np.ndarray, np.
         assert torch.equal(tensor, two.state[name])
     other = train(vectors, sub, TrainConfig(epochs=2, seed=6), device=CPU)
     assert not torch.equal(one.state["proj.weight"], other.state["proj.weight"])
+
+
+def test_numpy_steps_match_the_autograd_loop(small_inputs: tuple[np.ndarray, np.ndarray]) -> None:
+    vectors, triplets = small_inputs
+    sub = triplets[:2000]
+    config = TrainConfig(epochs=2, seed=3)
+    by_hand = train(vectors, sub, config, device=CPU)
+    autograd = train(vectors, sub, config, device=CPU, autograd=True)
+    for name, tensor in by_hand.state.items():
+        torch.testing.assert_close(tensor, autograd.state[name], atol=2e-4, rtol=1e-3)
+    np.testing.assert_allclose(by_hand.train_losses, autograd.train_losses, rtol=1e-3, atol=1e-6)
+    assert abs(by_hand.auc_after - autograd.auc_after) < 1e-3
