@@ -18,10 +18,16 @@ pipeline answers finished stages from what is stored.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, TripletSpec
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .services import Services
 
 STAGES = ("ingest", "mine", "encode", "train", "index")
 """Activation follows the last stage, inside the step that sees the index built."""
@@ -73,3 +79,65 @@ def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> S
 def first_stage(options: dict[str, Any]) -> int:
     """A pipeline given a dataset id starts after ingestion."""
     return 0 if options.get("path") else 1
+
+
+def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
+    """One step: start the pipeline, or look at its current stage's job and start the next, finish or fail.
+
+    The caller holds the pipeline's lock. State lives in the pipeline job's ``pipeline`` field:
+    {"stage": index into STAGES, "children": {stage: job id}, "results": {stage: that job's result}}.
+    """
+    from .submit import submit
+
+    job = svc.jobs.get(pipeline_id)
+    if job is not None and job.status == "queued":
+        svc.jobs.start(pipeline_id, stage="starting")  # the first step: the API's message
+        job = svc.jobs.get(pipeline_id)
+    if job is None or job.status != "running":
+        return
+    raw = svc.jobs.field(pipeline_id, "pipeline")
+    state: dict[str, Any] = (
+        json.loads(raw) if raw else {"stage": first_stage(job.params), "children": {}, "results": {}}
+    )
+    stage = STAGES[state["stage"]]
+    child_id = state["children"].get(stage)
+    if child_id is not None:
+        child = svc.jobs.get(child_id)
+        if child is not None and child.status in ("queued", "running"):
+            return  # not finished yet: a later notification moves it on
+        if child is None or child.status != "succeeded":
+            reason = (child.error or {}).get("message", child.status) if child is not None else "its job expired"
+            svc.jobs.fail(pipeline_id, code="stage_failed", message=f"stage {stage} failed: {reason}",
+                          details={"stage": stage, "job": child_id})  # fmt: skip
+            return
+        state["results"][stage] = child.result
+        state["stage"] += 1
+        if state["stage"] == len(STAGES):
+            _finish(svc, pipeline_id, state)
+            return
+        stage = STAGES[state["stage"]]
+    plan = stage_job(stage, job.params, state["results"])
+    parent = {"id": pipeline_id, "stage": stage, "index": state["stage"], "stages": len(STAGES)}
+    child = submit(celery, svc.jobs, kind=plan.kind, task=plan.task, params={**plan.params, "parent": parent})
+    state["children"][stage] = child.id
+    svc.jobs.annotate(pipeline_id, pipeline=json.dumps(state))
+    svc.jobs.progress(pipeline_id, state["stage"] / len(STAGES), stage=stage, message=f"{stage} queued")
+
+
+def _finish(svc: Services, pipeline_id: str, state: dict[str, Any]) -> None:
+    """Activate the trained version and succeed with a summary of every stage."""
+    results = state["results"]
+    version = results["train"]["version"]
+    previous = svc.models.activate(version)
+    summary = {
+        "dataset": results["ingest"]["dataset"] if "ingest" in results else results["mine"]["dataset"],
+        "triplets": results["mine"]["triplets"],
+        "embeddings": results["encode"]["embeddings"],
+        "model": version,
+        "metrics": results["train"]["metrics"],
+        "index": results["index"]["index"],
+        "activated": version,
+        "previous": previous,
+        "stage_jobs": state["children"],
+    }
+    svc.jobs.succeed(pipeline_id, summary, message=f"model {version} active")

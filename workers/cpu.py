@@ -6,12 +6,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from celery import shared_task
+from celery import current_app, shared_task
 
 from shared.datasets import DatasetOptions, confine
 from shared.errors import Conflict, DataError, NotFound
 from shared.index import IndexParams, MovieIndex
 from shared.mining import mine_range
+from shared.pipeline import advance
 from shared.triplets import TripletSpec, join, load_incidence, plan_shards, shard_stats, store_part
 
 from .base import JobContext, Outcome, fail_job, notify_parent, run_job, services
@@ -217,75 +218,8 @@ def pipeline_step(pipeline_id: str, params: dict[str, Any] | None = None) -> Non
         pipeline_step.apply_async(args=[pipeline_id], countdown=0.2)  # another step is moving it: look again
         return
     try:
-        _step(pipeline_id)
+        advance(svc, current_app, pipeline_id)
     except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
         fail_job(pipeline_id, exc, where="pipeline")
     finally:
         svc.jobs.unlock(f"pipeline:{pipeline_id}")
-
-
-def _step(pipeline_id: str) -> None:
-    import json
-
-    from shared.pipeline import STAGES, first_stage, stage_job
-    from shared.submit import submit
-
-    svc = services()
-    job = svc.jobs.get(pipeline_id)
-    if job is not None and job.status == "queued":
-        svc.jobs.start(pipeline_id, stage="starting")  # the first step: the API's message
-        job = svc.jobs.get(pipeline_id)
-    if job is None or job.status != "running":
-        return
-    raw = svc.jobs.field(pipeline_id, "pipeline")
-    state: dict[str, Any] = (
-        json.loads(raw) if raw else {"stage": first_stage(job.params), "children": {}, "results": {}}
-    )
-    stage = STAGES[state["stage"]]
-    child_id = state["children"].get(stage)
-    if child_id is not None:
-        child = svc.jobs.get(child_id)
-        if child is not None and child.status in ("queued", "running"):
-            return  # not finished yet: a later notification moves it on
-        if child is None or child.status != "succeeded":
-            reason = (child.error or {}).get("message", child.status) if child is not None else "its job expired"
-            svc.jobs.fail(pipeline_id, code="stage_failed", message=f"stage {stage} failed: {reason}",
-                          details={"stage": stage, "job": child_id})  # fmt: skip
-            return
-        state["results"][stage] = child.result
-        state["stage"] += 1
-        if state["stage"] == len(STAGES):
-            _finish_pipeline(pipeline_id, state)
-            return
-        stage = STAGES[state["stage"]]
-    plan = stage_job(stage, job.params, state["results"])
-    parent = {"id": pipeline_id, "stage": stage, "index": state["stage"], "stages": len(STAGES)}
-    child = submit(current_celery(), svc.jobs, kind=plan.kind, task=plan.task, params={**plan.params, "parent": parent})
-    state["children"][stage] = child.id
-    svc.jobs.annotate(pipeline_id, pipeline=json.dumps(state))
-    svc.jobs.progress(pipeline_id, state["stage"] / len(STAGES), stage=stage, message=f"{stage} queued")
-
-
-def _finish_pipeline(pipeline_id: str, state: dict[str, Any]) -> None:
-    svc = services()
-    results = state["results"]
-    version = results["train"]["version"]
-    previous = svc.models.activate(version)
-    summary = {
-        "dataset": results["ingest"]["dataset"] if "ingest" in results else results["mine"]["dataset"],
-        "triplets": results["mine"]["triplets"],
-        "embeddings": results["encode"]["embeddings"],
-        "model": version,
-        "metrics": results["train"]["metrics"],
-        "index": results["index"]["index"],
-        "activated": version,
-        "previous": previous,
-        "stage_jobs": state["children"],
-    }
-    svc.jobs.succeed(pipeline_id, summary, message=f"model {version} active")
-
-
-def current_celery() -> Any:
-    from celery import current_app
-
-    return current_app
