@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -58,8 +59,30 @@ class ServingModel:
         y = x @ self.weight.T + self.bias  # (q, hidden)
         return np.asarray(y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
+    @cached_property
+    def _id_order(self) -> np.ndarray:
+        return np.argsort(self.movie_ids, kind="stable")
+
+    @cached_property
+    def _rows_by_descriptor(self) -> dict[str, np.ndarray]:
+        """Lower-cased descriptor -> the rows that have it (the genre filter's inverted index)."""
+        rows: dict[str, list[int]] = {}
+        for i, ds in enumerate(self.descriptors):
+            for d in {d.lower() for d in ds}:
+                rows.setdefault(d, []).append(i)
+        return {d: np.asarray(r, dtype=np.int64) for d, r in rows.items()}
+
+    def with_any(self, descriptors: list[str]) -> np.ndarray:
+        """(n,) bool: rows having at least one of ``descriptors``, compared case-insensitively."""
+        mask = np.zeros(len(self.movie_ids), dtype=bool)
+        for d in descriptors:
+            mask[self._rows_by_descriptor.get(d.lower(), np.zeros(0, dtype=np.int64))] = True
+        return mask
+
     def rows_of(self, movie_ids: list[int]) -> np.ndarray:
-        order = np.argsort(self.movie_ids)
+        if not movie_ids:
+            return np.zeros(0, dtype=np.int64)
+        order = self._id_order
         pos = np.searchsorted(self.movie_ids, movie_ids, sorter=order)
         pos = np.minimum(pos, len(order) - 1)
         rows = order[pos]
@@ -143,11 +166,6 @@ def example_query(model: ServingModel, liked: np.ndarray, disliked: np.ndarray) 
     return np.asarray(-neg, dtype=np.float32)
 
 
-def genre_mask(model: ServingModel, genres: list[str]) -> np.ndarray:
-    wanted = {g.lower() for g in genres}
-    return np.array([any(d.lower() in wanted for d in ds) for ds in model.descriptors], dtype=bool)
-
-
 def answer(
     model: ServingModel,
     query: np.ndarray,
@@ -161,7 +179,7 @@ def answer(
     allowed = np.ones(model.index.n, dtype=bool)
     allowed[excluded] = False
     if genres:
-        allowed &= genre_mask(model, genres)
+        allowed &= model.with_any(genres)
     rows, scores = model.index.query(query, k, allowed=allowed)
     items = [
         {
