@@ -8,7 +8,6 @@ from apiflask import APIBlueprint
 from flask import jsonify, url_for
 
 from shared.errors import Conflict
-from shared.recommend import load_serving
 from shared.submit import RECOMMEND_TASK, submit
 
 from . import celery, services
@@ -37,10 +36,12 @@ def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
     record = services().models.get(version)
     if record is None or record.get("index") is None:
         raise Conflict(f"the active model {version!r} cannot serve")
-    model = load_serving(services().artifacts, record)  # cached per API process: ids are checked here, 404 early
-    if body.get("user_id") is not None:
-        model.user_row(body["user_id"])
-    model.rows_of([*(body.get("liked") or []), *(body.get("disliked") or [])])
+    # Unknown ids are 404 here, before anything is queued; only the dataset's id arrays are needed for that.
+    services().datasets.check_ids(
+        record["dataset"],
+        user_id=body.get("user_id"),
+        movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])],
+    )
     job = submit(celery(), services().jobs, kind="recommend", task=RECOMMEND_TASK, params={**body, "model": version})
     finished = services().jobs.wait_finished(job.id, query["wait"])
     if finished is not None and finished.status == "succeeded":

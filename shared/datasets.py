@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import psutil
 import redis
 
@@ -99,6 +100,7 @@ class DatasetStore:
         self._prefix = prefix
         self._index = f"{prefix}:datasets"
         self._catalogues: dict[str, list[dict[str, Any]]] = {}
+        self._ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _key(self, ds_id: str) -> str:
         return f"{self._prefix}:dataset:{ds_id}"
@@ -111,6 +113,21 @@ class DatasetStore:
         ids = [i.decode() for i in cast(list[bytes], self._r.zrevrange(self._index, 0, -1))]
         records = [self.get(i) for i in ids]
         return [r for r in records if r is not None]
+
+    def check_ids(self, ds_id: str, *, user_id: int | None = None, movie_ids: list[int] | None = None) -> None:
+        """NotFound unless the user and every movie id belong to the dataset (ids cached per process)."""
+        if ds_id not in self._ids:
+            base = f"dataset/{ds_id}"
+            self._ids[ds_id] = (
+                self.artifacts.get_array(f"{base}/user_ids"),
+                self.artifacts.get_array(f"{base}/movie_ids"),
+            )
+        users, movies = self._ids[ds_id]
+        if user_id is not None and not np.isin(user_id, users):
+            raise NotFound(f"unknown user id {user_id} in this model's dataset")
+        unknown = [m for m in movie_ids or [] if not np.isin(m, movies)]
+        if unknown:
+            raise NotFound(f"unknown movie id(s) {unknown[:10]} in this model's dataset")
 
     def catalogue(self, ds_id: str) -> list[dict[str, Any]]:
         """[{movie_id, title, descriptors}] in catalogue order; cached per process (datasets never change)."""
