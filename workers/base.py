@@ -73,12 +73,14 @@ def report_to_pipeline(svc: Services, parent: dict[str, Any], fraction: float, m
     svc.jobs.progress(parent["id"], overall, stage=parent["stage"], message=f"{message}{eta}")
 
 
-def notify_parent(job_id: str) -> None:
-    """A finished stage job tells its pipeline to take the next step."""
-    svc = services()
-    job = svc.jobs.get(job_id)
-    if job is not None and job.params.get("parent"):
-        current_app.send_task(PIPELINE_STEP_TASK, args=[job.params["parent"]["id"]])
+def notify_parent(job_id: str, parent: dict[str, Any] | None = None) -> None:
+    """A finished stage job tells its pipeline to take the next step (its record is read only when the
+    caller does not already know the parent)."""
+    if parent is None:
+        job = services().jobs.get(job_id)
+        parent = job.params.get("parent") if job is not None else None
+    if parent:
+        current_app.send_task(PIPELINE_STEP_TASK, args=[parent["id"]])
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
             ttl_s=outcome.ttl_s,
         )
     if ctx.parent is not None:
-        notify_parent(job_id)
+        notify_parent(job_id, ctx.parent)
     return {"job": job_id, "status": "finished"}
 
 

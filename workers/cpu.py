@@ -112,7 +112,7 @@ def join_triplets(job_id: str, params: dict[str, Any]) -> None:
         "shards": stats,
     }
     if svc.jobs.succeed(job_id, summary, result_artifact=spec.name, message=f"{len(triplets):,} triplets"):
-        notify_parent(job_id)
+        notify_parent(job_id, params.get("parent"))
 
 
 @shared_task(name="workers.cpu.build_index")
