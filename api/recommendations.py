@@ -33,17 +33,17 @@ def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
     version = services().models.active()
     if version is None:
         raise Conflict("no model is active: train one, index it and activate it (or run a pipeline)")
-    record = services().models.get(version)
-    if record is None or record.get("index") is None:
+    dataset = services().models.servable_dataset(version)
+    if dataset is None:
         raise Conflict(f"the active model {version!r} cannot serve")
     # Unknown ids are 404 here, before anything is queued; only the dataset's id arrays are needed for that.
     services().datasets.check_ids(
-        record["dataset"],
+        dataset,
         user_id=body.get("user_id"),
         movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])],
     )
     job = submit(celery(), services().jobs, kind="recommend", task=RECOMMEND_TASK, params={**body, "model": version})
-    finished = services().jobs.wait_finished(job.id, query["wait"])
+    finished = services().jobs.wait_finished(job.id, query["wait"], just_submitted=True)
     if finished is not None and finished.status == "succeeded":
         return jsonify(finished.result)  # a Response: not reshaped by the 202 schema
     return (finished or job).public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -213,31 +213,52 @@ class JobStore:
         fields: Mapping[str, str],
         ttl_s: int | None = None,
     ) -> bool:
-        args: list[str] = [json.dumps(list(allowed)), to or "", str(ttl_s or self._ttl) if ttl else ""]
-        for k, v in fields.items():
-            args += [k, v]
-        applied, _ = self._transition(keys=[self._key(job_id), f"{self._key(job_id)}:finished"], args=args)
+        keys, args = self._move_args(job_id, allowed=allowed, to=to, ttl=ttl, fields=fields, ttl_s=ttl_s)
+        applied, _ = self._transition(keys=keys, args=args)
         return bool(applied)
 
-    def wait_finished(self, job_id: str, timeout_s: float) -> Job | None:
-        """Block up to ``timeout_s`` until the job finishes (no polling); answers its record then, or None."""
-        job = self.get(job_id)
-        if job is None or job.finished or timeout_s <= 0:
-            return job if job is not None and job.finished else None
-        if self._r.blpop([f"{self._key(job_id)}:finished"], timeout=timeout_s) is None:
+    def _move_args(
+        self,
+        job_id: str,
+        *,
+        allowed: Iterable[Status],
+        to: Status | None,
+        ttl: bool,
+        fields: Mapping[str, str],
+        ttl_s: int | None = None,
+    ) -> tuple[Sequence[str], Sequence[str]]:
+        """The transition script's keys and arguments (see ``_TRANSITION``)."""
+        args = [json.dumps(list(allowed)), to or "", str(ttl_s or self._ttl) if ttl else ""]
+        for k, v in fields.items():
+            args += [k, v]
+        return [self._key(job_id), f"{self._key(job_id)}:finished"], args
+
+    def wait_finished(self, job_id: str, timeout_s: float, *, just_submitted: bool = False) -> Job | None:
+        """Block up to ``timeout_s`` until the job finishes (no polling); answers its record then, or None.
+
+        ``just_submitted`` skips the first look at the record: a job this caller created a moment ago cannot
+        have finished more than a minute ago, so its finish signal is still there for BLPOP to take.
+        """
+        if not just_submitted:
+            job = self.get(job_id)
+            if job is None or job.finished or timeout_s <= 0:
+                return job if job is not None and job.finished else None
+        if timeout_s <= 0 or self._r.blpop([f"{self._key(job_id)}:finished"], timeout=timeout_s) is None:
             return None
         return self.get(job_id)
 
-    def start(self, job_id: str, *, stage: str, message: str = "") -> bool:
-        """Mark running (again, on a redelivery). False when the job is gone or already finished."""
-        now = utcnow_iso()
-        return self._move(
-            job_id,
-            allowed=ACTIVE,
-            to="running",
-            ttl=False,
-            fields={"started_at": now, "stage": stage, "message": message},
-        )
+    def start(self, job_id: str, *, stage: str, message: str = "") -> Job | None:
+        """Mark running (again, on a redelivery) and answer the record, in one round trip.
+
+        None when the job is gone or already finished.
+        """
+        pipe = self._r.pipeline(transaction=False)
+        fields = {"started_at": utcnow_iso(), "stage": stage, "message": message}
+        keys, args = self._move_args(job_id, allowed=ACTIVE, to="running", ttl=False, fields=fields)
+        self._transition(keys=keys, args=args, client=pipe)
+        pipe.hgetall(self._key(job_id))
+        (applied, _), raw = pipe.execute()
+        return Job.from_hash(raw) if applied and raw else None
 
     def progress(self, job_id: str, progress: float, *, stage: str, message: str = "") -> bool:
         value = f"{min(max(progress, 0.0), 1.0):.4f}"

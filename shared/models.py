@@ -33,6 +33,7 @@ class ModelStore:
         self._r = client
         self._prefix = prefix
         self._index = f"{prefix}:models"
+        self._servable: dict[str, str] = {}  # version -> its dataset, for versions with an index
 
     def _key(self, version: str) -> str:
         return f"{self._prefix}:model:{version}"
@@ -40,6 +41,18 @@ class ModelStore:
     def get(self, version: str) -> dict[str, Any] | None:
         raw = cast("bytes | None", self._r.get(self._key(version)))
         return json.loads(raw) if raw else None
+
+    def servable_dataset(self, version: str) -> str | None:
+        """The dataset of ``version`` when it has an index and can serve, else None.
+
+        Cached per process once true: a version's dataset never changes and its index is never removed.
+        """
+        if version not in self._servable:
+            record = self.get(version)
+            if record is None or record.get("index") is None:
+                return None
+            self._servable[version] = record["dataset"]
+        return self._servable[version]
 
     def put(self, record: dict[str, Any]) -> None:
         pipe = self._r.pipeline(transaction=True)

@@ -91,8 +91,7 @@ def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
 
     job = svc.jobs.get(pipeline_id)
     if job is not None and job.status == "queued":
-        svc.jobs.start(pipeline_id, stage="starting")  # the first step: the API's message
-        job = svc.jobs.get(pipeline_id)
+        job = svc.jobs.start(pipeline_id, stage="starting")  # the first step: the API's message
     if job is None or job.status != "running":
         return
     raw = svc.jobs.field(pipeline_id, "pipeline")

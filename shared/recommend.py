@@ -33,6 +33,7 @@ import numpy as np
 from .artifacts import ArtifactStore
 from .errors import Conflict, NotFound
 from .index import IndexParams, MovieIndex
+from .models import ModelStore
 
 TOP_DESCRIPTORS = 10
 _CACHE_SIZE = 2
@@ -101,13 +102,20 @@ class ServingModel:
 _serving: OrderedDict[str, ServingModel] = OrderedDict()
 
 
-def load_serving(artifacts: ArtifactStore, record: dict[str, Any]) -> ServingModel:
-    """The model version ready to serve, loaded once per process; the previous one stays until evicted."""
-    version = record["version"]
+def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> ServingModel:
+    """The model version ready to serve, loaded once per process; the previous one stays until evicted.
+
+    A loaded version is answered without a look at Redis: a version's weights, embeddings and dataset never
+    change, and neither does the index it was loaded with (a rebuilt index is seen by processes that load later).
+    """
     if version in _serving:
         _serving.move_to_end(version)
         return _serving[version]
     from safetensors.numpy import load
+
+    record = models.get(version)
+    if record is None:
+        raise Conflict(f"model {version!r} no longer exists")
 
     index_meta = record.get("index")
     if index_meta is None:

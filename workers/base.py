@@ -102,11 +102,11 @@ Body = Callable[[JobContext], Outcome | None]
 
 def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
     svc = services()
-    if not svc.jobs.start(job_id, stage=stage):
+    job = svc.jobs.start(job_id, stage=stage)
+    if job is None:
         log.info("job %s is finished, cancelled or expired; skipping", job_id)
         return None
-    job = svc.jobs.get(job_id)
-    ctx = JobContext(job_id, svc, parent=job.params.get("parent") if job is not None else None)
+    ctx = JobContext(job_id, svc, parent=job.params.get("parent"))
     try:
         outcome = body(ctx)
     except MovierecError as exc:

@@ -9,7 +9,7 @@ from typing import Any
 from celery import current_app, shared_task
 
 from shared.datasets import DatasetOptions, confine
-from shared.errors import Conflict, DataError, NotFound
+from shared.errors import DataError, NotFound
 from shared.index import IndexParams, MovieIndex
 from shared.mining import mine_range
 from shared.pipeline import advance
@@ -167,10 +167,7 @@ def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
         from shared.recommend import answer, example_query, load_serving, user_profile
 
         described: dict[str, Any]
-        record = ctx.services.models.get(params["model"])
-        if record is None:
-            raise Conflict(f"model {params['model']!r} no longer exists")
-        model = load_serving(ctx.services.artifacts, record)
+        model = load_serving(ctx.services.artifacts, ctx.services.models, params["model"])
         history = None
         if params.get("user_id") is not None:
             query, rated = user_profile(model, int(params["user_id"]))

@@ -18,7 +18,12 @@ def jobs(redis_client: redis.Redis, fresh_prefix: str) -> JobStore:
 def test_create_then_lifecycle(jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str) -> None:
     job = jobs.create("ingest", {"path": "x"})
     assert (job.status, job.progress, job.params, job.started_at) == ("queued", 0.0, {"path": "x"}, None)
-    assert jobs.start(job.id, stage="reading")
+    started = jobs.start(job.id, stage="reading")
+    assert started is not None and (started.status, started.stage, started.params) == (
+        "running",
+        "reading",
+        {"path": "x"},
+    )
     assert jobs.progress(job.id, 0.5, stage="ratings", message="half")
     mid = jobs.get(job.id)
     assert mid is not None
@@ -53,6 +58,19 @@ def test_redelivery_restarts_a_running_job_but_keeps_its_start(jobs: JobStore) -
     again = jobs.get(job.id)
     assert first is not None and again is not None
     assert again.started_at == first.started_at and again.stage == "b"
+
+
+def test_wait_finished_blocks_until_the_finish_signal(jobs: JobStore) -> None:
+    job = jobs.create("recommend", {})
+    assert jobs.wait_finished(job.id, 0.05) is None  # still queued: times out
+    assert jobs.wait_finished(job.id, 0.05, just_submitted=True) is None
+    jobs.start(job.id, stage="s")
+    jobs.succeed(job.id, {"items": []})
+    done = jobs.wait_finished(job.id, 5, just_submitted=True)  # the signal is taken at once
+    assert done is not None and done.result == {"items": []}
+    again = jobs.wait_finished(job.id, 5)  # signal consumed: the record says finished
+    assert again is not None and again.status == "succeeded"
+    assert jobs.wait_finished("no-such-job", 0.05) is None
 
 
 def test_fail_records_code_and_message(jobs: JobStore) -> None:
