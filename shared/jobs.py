@@ -6,11 +6,15 @@ message is sent, so an id answered with 202 is always known:
     <prefix>:job:<id>    hash: id kind status progress stage message created_at started_at finished_at
                                error(JSON) result(JSON) result_artifact result_inline params(JSON)
     <prefix>:jobs        sorted set of ids scored by creation time (newest first when listing)
+    <prefix>:jobs:active set of the ids not finished yet, which the watchdog (shared/janitor.py) looks after
+    <prefix>:jobs:expiry sorted set of finished ids scored by the time their record expires; the janitor
+                         takes them out of both indexes once that time has passed
+    <prefix>:job:<id>:shards   hash shard -> stats of a sharded job's finished shards (same TTL as the job)
 
 Status moves queued -> running -> succeeded | failed, or queued|running -> cancelled. Every move is one Lua
 script that checks the current status, so a cancelled job never turns succeeded and a late progress
 report never revives a finished job. A finished record expires after ``result_ttl_s``; its id then
-answers 404. Expired ids are pruned from the listing index as it is read.
+answers 404. Expired ids leave the indexes when the janitor runs, and listing skips any it meets first.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 MAX_LIST_LIMIT = 500
 """``GET /v1/jobs`` returns at most this many records."""
 
-# KEYS[1]: job hash, KEYS[2]: its "finished" signal list. ARGV[1]: JSON list of statuses the move is allowed
+# KEYS[1]: job hash, KEYS[2]: its "finished" signal list, KEYS[3]: the active set, KEYS[4]: the expiry index,
+# KEYS[5]: the job id. ARGV[1]: JSON list of statuses the move is allowed
 # from; ARGV[2]: new status or ""; ARGV[3]: TTL in seconds (given exactly when the move finishes the job) or "";
 # ARGV[4..]: field, value pairs to set. Returns {applied, status before}.
 _TRANSITION = """
@@ -51,6 +56,9 @@ for i = 4, #ARGV, 2 do
 end
 if ARGV[3] ~= '' then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+  redis.call('SREM', KEYS[3], KEYS[5])
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[4], tonumber(now[1]) + tonumber(ARGV[3]), KEYS[5])
   -- Finished: wake whoever waits for it (BLPOP on KEYS[2]); the signal lives a minute.
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('EXPIRE', KEYS[2], 60)
@@ -143,6 +151,8 @@ class JobStore:
         self._prefix = prefix
         self._ttl = result_ttl_s
         self._index = f"{prefix}:jobs"
+        self._active = f"{prefix}:jobs:active"
+        self._expiry = f"{prefix}:jobs:expiry"
         self._transition = client.register_script(_TRANSITION)
         self._shard_done = client.register_script(_SHARD_DONE)
 
@@ -165,6 +175,7 @@ class JobStore:
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(self._key(job_id), mapping=fields)
         pipe.zadd(self._index, {job_id: now})
+        pipe.sadd(self._active, job_id)
         pipe.execute()
         return Job.from_hash({k.encode(): v.encode() for k, v in fields.items()})
 
@@ -203,6 +214,24 @@ class JobStore:
                 start -= len(expired)
         return out
 
+    def active_ids(self) -> tuple[str, ...]:
+        """Ids of the jobs not finished yet (queued or running, or whose record vanished: see ``forget``)."""
+        return tuple(sorted(i.decode() for i in cast("set[bytes]", self._r.smembers(self._active))))
+
+    def forget(self, job_id: str) -> None:
+        """Take an id out of the active set (the janitor does this for a record that no longer exists)."""
+        self._r.srem(self._active, job_id)
+
+    def prune_expired(self, *, now: float | None = None, batch: int = 5000) -> int:
+        """Take ids whose record has expired out of the indexes; answers how many (at most ``batch``)."""
+        ids = cast("list[bytes]", self._r.zrangebyscore(self._expiry, "-inf", now or time.time(), start=0, num=batch))
+        if ids:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.zrem(self._index, *ids)
+            pipe.zrem(self._expiry, *ids)
+            pipe.execute()
+        return len(ids)
+
     def _move(
         self,
         job_id: str,
@@ -231,7 +260,7 @@ class JobStore:
         args = [json.dumps(list(allowed)), to or "", str(ttl_s or self._ttl) if ttl else ""]
         for k, v in fields.items():
             args += [k, v]
-        return [self._key(job_id), f"{self._key(job_id)}:finished"], args
+        return [self._key(job_id), f"{self._key(job_id)}:finished", self._active, self._expiry, job_id], args
 
     def wait_finished(self, job_id: str, timeout_s: float, *, just_submitted: bool = False) -> Job | None:
         """Block up to ``timeout_s`` until the job finishes (no polling); answers its record then, or None.
@@ -304,6 +333,10 @@ class JobStore:
         keys = [self._key(job_id), f"{self._key(job_id)}:shards"]
         # The shard hash lives as long as a finished job would, so an abandoned job leaves nothing forever.
         return int(self._shard_done(keys=keys, args=[shard, json.dumps(dict(stats)), str(total), str(self._ttl)]))
+
+    def shards_done(self, job_id: str) -> set[str]:
+        """The ids of a sharded job's finished shards."""
+        return {k.decode() for k in cast("list[bytes]", self._r.hkeys(f"{self._key(job_id)}:shards"))}
 
     def shard_stats(self, job_id: str) -> dict[str, dict[str, Any]]:
         raw = cast(dict[bytes, bytes], self._r.hgetall(f"{self._key(job_id)}:shards"))

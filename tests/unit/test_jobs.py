@@ -102,3 +102,22 @@ def test_list_newest_first_with_filters_and_expiry(
     assert made[5].id not in [j.id for j in jobs.list(limit=10)]
     assert redis_client.zscore(f"{fresh_prefix}:jobs", made[5].id) is None
     assert jobs.get(made[5].id) is None
+
+
+def test_active_set_and_expiry_index_follow_the_status(
+    jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str
+) -> None:
+    a, b = jobs.create("ingest", {}), jobs.create("ingest", {})
+    assert set(jobs.active_ids()) == {a.id, b.id}
+    jobs.start(a.id, stage="s")
+    jobs.succeed(a.id, {}, ttl_s=1)
+    assert jobs.active_ids() == (b.id,)
+    expires_at = redis_client.zscore(f"{fresh_prefix}:jobs:expiry", a.id)
+    assert expires_at is not None and abs(expires_at - (time.time() + 1)) < 2
+    assert jobs.prune_expired(now=time.time() - 10) == 0  # not due yet
+    time.sleep(1.1)
+    assert jobs.get(a.id) is None  # the record expired
+    assert jobs.prune_expired() == 1
+    assert redis_client.zscore(f"{fresh_prefix}:jobs", a.id) is None
+    assert redis_client.zcard(f"{fresh_prefix}:jobs:expiry") == 0
+    assert [j.id for j in jobs.list()] == [b.id]
