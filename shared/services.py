@@ -16,6 +16,7 @@ import redis
 from .artifacts import ArtifactStore
 from .datasets import DatasetStore
 from .jobs import JobStore
+from .leases import UnitGuard
 from .models import ModelStore
 from .redisconn import connect
 from .settings import Settings
@@ -32,6 +33,7 @@ class Services:
     artifacts: ArtifactStore
     datasets: DatasetStore
     models: ModelStore
+    units: UnitGuard
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -44,6 +46,9 @@ class Services:
             artifacts=artifacts,
             datasets=DatasetStore(client, artifacts, prefix=settings.key_prefix),
             models=ModelStore(client, prefix=settings.key_prefix),
+            units=UnitGuard(
+                client, prefix=settings.key_prefix, ttl_s=settings.lease_ttl_s, max_starts=settings.max_deliveries
+            ),
         )
 
     # -- worker heartbeats, read by /readyz ------------------------------------------------------------

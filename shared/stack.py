@@ -86,7 +86,7 @@ class EmbeddedRedis:
                     "protected-mode yes",
                     f"dir {self.data_dir.resolve()}",
                     "appendonly yes",
-                    "appendfsync everysec",
+                    "appendfsync always",  # a job answered 202 is on disk: see RELIABILITY.md
                     'save ""',
                     "maxmemory-policy noeviction",
                     "daemonize no",
@@ -130,6 +130,7 @@ class EmbeddedRedis:
 class Child:
     name: str
     process: subprocess.Popen[bytes]
+    args: tuple[str, ...] = ()
 
 
 class Stack:
@@ -186,7 +187,25 @@ class Stack:
         )
         if out is not None:
             out.close()
-        self.children.append(Child(name, process))
+        self.children = [c for c in self.children if c.name != name]
+        self.children.append(Child(name, process, tuple(args)))
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signal a child's whole process group (a worker and its pool), as a crash or an operator would."""
+        child = self.child(name)
+        _signal_group(child.process, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.process.wait(timeout=STOP_GRACE_S)
+
+    def respawn(self, name: str) -> None:
+        """Start a child again with its arguments (after ``kill``, or after it died)."""
+        child = self.child(name)
+        _signal_group(child.process, signal.SIGKILL)  # what is left of its group
+        child.process.wait()
+        self._spawn(name, child.args)
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         """Block until ``/readyz`` answers 200; raise if a child dies or time runs out."""

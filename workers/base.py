@@ -3,9 +3,14 @@
 A task body receives a ``JobContext`` and the job's JSON parameters, and returns the job's JSON result
 (optionally with the artifact that ``?format=npy`` serves). ``run_job`` does the rest:
 
-    start (skip when the job was cancelled or expired) -> body -> succeed
-                                                        \\-> MovierecError  -> fail with its code and message
-                                                        \\-> anything else  -> fail as internal_error, logged here
+    admit (shared/leases.py) -> start (skip when the job was cancelled or expired) -> body -> succeed
+                                                                 \\-> MovierecError -> fail with its code, message
+                                                                 \\-> anything else -> fail as internal_error, logged
+    -> release the unit
+
+``unit`` is that frame's first step alone, for the tasks that are a part of a job (a shard, a join): a
+delivery whose unit another live worker runs is dropped, and a unit that killed its worker too often fails
+the job, naming it, instead of running again.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +29,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.celery_app import settings_of
 from shared.errors import MovierecError
+from shared.leases import Admission
 from shared.services import Services
 from shared.submit import PIPELINE_STEP_TASK
 
@@ -101,6 +108,13 @@ Body = Callable[[JobContext], Outcome | None]
 
 
 def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
+    with unit(job_id, "main", where=stage) as admitted:
+        if not admitted:
+            return None
+        return _run_admitted(job_id, stage=stage, body=body)
+
+
+def _run_admitted(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
     svc = services()
     job = svc.jobs.start(job_id, stage=stage)
     if job is None:
@@ -134,6 +148,31 @@ def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
     if ctx.parent is not None:
         notify_parent(job_id, ctx.parent)
     return {"job": job_id, "status": "finished"}
+
+
+@contextmanager
+def unit(job_id: str, name: str, *, where: str) -> Iterator[bool]:
+    """Run one unit of a job under its lease: yields True when this delivery is the one to run it."""
+    svc = services()
+    admission, starts = svc.units.admit(job_id, name)
+    if admission is Admission.BUSY:
+        log.info("job %s: %s is running elsewhere; this delivery is dropped", job_id, where)
+        yield False
+        return
+    if admission is Admission.POISON:
+        svc.units.release(job_id, name)
+        message = (
+            f"{where}: started {starts} times and its worker process died each time "
+            "(killed, out of memory, or past the time limit); not retried"
+        )
+        if svc.jobs.fail(job_id, code="worker_lost", message=message, details={"where": where, "starts": starts}):
+            notify_parent(job_id)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        svc.units.release(job_id, name)
 
 
 def fail_job(job_id: str, exc: BaseException, *, where: str) -> None:

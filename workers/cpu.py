@@ -15,7 +15,7 @@ from shared.mining import mine_range
 from shared.pipeline import advance
 from shared.triplets import TripletSpec, join, load_incidence, plan_shards, shard_stats, store_part
 
-from .base import JobContext, Outcome, fail_job, notify_parent, run_job, services
+from .base import JobContext, Outcome, fail_job, notify_parent, run_job, services, unit
 
 
 @shared_task(name="workers.cpu.ingest_dataset")
@@ -72,9 +72,16 @@ def mine_triplets(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 @shared_task(name="workers.cpu.mine_shard")
 def mine_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
     """Mine anchors [lo, hi); idempotent: the part is written under a name fixed by (dataset, strategy, seed, lo)."""
+    shard = f"{lo:09d}"
+    with unit(job_id, f"shard-{shard}", where=f"shard {lo}-{hi}") as admitted:
+        if admitted:
+            _mine_admitted(job_id, params, lo, hi, total)
+
+
+def _mine_admitted(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
     svc = services()
-    if not svc.jobs.is_running(job_id):
-        return
+    if not svc.jobs.is_running(job_id) or f"{lo:09d}" in svc.jobs.shards_done(job_id):
+        return  # cancelled or failed meanwhile, or a redelivery of a shard already done
     spec = _spec(params)
     try:
         started = time.perf_counter()
@@ -91,6 +98,12 @@ def mine_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int
 @shared_task(name="workers.cpu.join_triplets")
 def join_triplets(job_id: str, params: dict[str, Any]) -> None:
     """Assemble the parts into the (n, 3) triplet array and finish the job."""
+    with unit(job_id, "join", where="join") as admitted:
+        if admitted:
+            _join_admitted(job_id, params)
+
+
+def _join_admitted(job_id: str, params: dict[str, Any]) -> None:
     svc = services()
     if not svc.jobs.is_running(job_id):
         return

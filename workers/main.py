@@ -2,8 +2,9 @@
 
 CPU workers use Celery's prefork pool. A GPU worker is one solo-pool process per visible CUDA device;
 with several devices this process becomes a small supervisor that starts one child per device (each with
-``CUDA_VISIBLE_DEVICES`` set) and never touches CUDA itself. Each worker publishes a heartbeat key that
-``/readyz`` reads.
+``CUDA_VISIBLE_DEVICES`` set) and never touches CUDA itself. Each worker's main process runs two daemon
+threads: a heartbeat, whose key ``/readyz`` reads, and the janitor (workers/janitor.py), which finds lost
+work and expired ids.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from shared.celery_app import GPU_QUEUE, make_celery
 from shared.services import HEARTBEAT_TTL_S, Services
 from shared.settings import Settings
+
+from .janitor import Janitor
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,9 @@ def run_worker(
     heartbeat = Heartbeat(settings, name, queues)
     worker_ready.connect(heartbeat.start, weak=False)
     worker_shutdown.connect(heartbeat.stop, weak=False)
+    janitor = Janitor(Services.from_settings(settings), app, worker=name)
+    worker_ready.connect(janitor.start, weak=False)
+    worker_shutdown.connect(janitor.stop, weak=False)
 
     argv = [
         "worker",

@@ -1,0 +1,166 @@
+"""Who runs what: a lease on each unit of work, renewed while it runs, and a count of its starts.
+
+A *unit* is one task's share of a job: its main task (``main``), one mining shard (``shard-000002000``),
+the join of the shards (``join``). Celery delivers a message at least once: again when a pool process dies
+under it (``task_reject_on_worker_lost``), again when a whole worker dies and the visibility timeout passes,
+and the janitor (``shared/janitor.py``) sends a unit again when it finds it lost. So before a worker runs
+a unit, ``UnitGuard.admit`` does, in one round trip:
+
+1. counts the start: ``INCR <prefix>:unit:<job>:<unit>:starts``. A unit started more than
+   ``max_deliveries`` times without finishing has killed its worker each time (a poison message): the
+   caller fails the job with the unit named instead of running it again;
+2. takes the lease: ``SET <prefix>:unit:<job>:<unit>:lease <holder> NX PX ttl``. A second delivery of a unit
+   that another live worker runs is not run (``Admission.BUSY``). When the holder was a process of this
+   host that no longer exists, its lease is taken over at once rather than waited out.
+
+While a unit runs, one renewer thread per process extends every lease the process holds, every third of the
+TTL. ``release`` (after the unit returned or raised: either way it finished) drops the lease and the count.
+A unit whose process was killed leaves both: the lease expires after its TTL, which tells the janitor the unit
+is no longer running; the count stays, so the next start sees it.
+
+Keys: ``...:lease`` lives ``ttl`` and is renewed; ``...:starts`` lives a day after its last start.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import cast
+
+import redis
+
+log = logging.getLogger(__name__)
+
+STARTS_TTL_S = 24 * 3600
+"""A start count outlives any redelivery (the visibility timeout is hours), then goes."""
+
+# KEYS[1]: lease. ARGV[1]: holder expected, ARGV[2]: new holder or "", ARGV[3]: TTL ms.
+# Renew (ARGV[2] == "") or hand over the lease, only while ARGV[1] still holds it. Returns 1 when done.
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[3]))
+else redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3])) end
+return 1
+"""
+
+# KEYS[1]: lease, KEYS[2]: start count. ARGV[1]: holder. Drops the count, and the lease if still ours.
+_RELEASE = """
+redis.call('DEL', KEYS[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
+class Admission(enum.Enum):
+    RUN = "run"
+    BUSY = "busy"  # another live worker holds the lease: this delivery is a duplicate
+    POISON = "poison"  # started too many times without finishing
+
+
+def _holder_alive(holder: str) -> bool:
+    """False only when ``holder`` names a process of this host that is gone; other hosts' are taken as alive."""
+    host, _, rest = holder.partition("|")
+    pid = rest.split("|", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class UnitGuard:
+    """Admission, leases and their renewal for the units one process runs."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str, ttl_s: float, max_starts: int) -> None:
+        self._r = client
+        self._prefix = prefix
+        self._ttl_ms = int(ttl_s * 1000)
+        self._max_starts = max_starts
+        self._swap = client.register_script(_SWAP)
+        self._release = client.register_script(_RELEASE)
+        self._held: dict[str, str] = {}  # lease key -> holder, renewed by the thread below
+        self._lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
+        self._renewer_pid = 0
+
+    def lease_key(self, job_id: str, unit: str) -> str:
+        return f"{self._prefix}:unit:{job_id}:{unit}:lease"
+
+    def starts_key(self, job_id: str, unit: str) -> str:
+        return f"{self._prefix}:unit:{job_id}:{unit}:starts"
+
+    def admit(self, job_id: str, unit: str) -> tuple[Admission, int]:
+        """Count this start and take the lease: (what to do, how many times the unit has been started)."""
+        lease, starts = self.lease_key(job_id, unit), self.starts_key(job_id, unit)
+        holder = f"{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex}"
+        pipe = self._r.pipeline(transaction=True)
+        pipe.incr(starts)
+        pipe.expire(starts, STARTS_TTL_S)
+        pipe.set(lease, holder, nx=True, px=self._ttl_ms)
+        pipe.get(lease)
+        count, _, taken, current = pipe.execute()
+        count = int(count)
+        if count > self._max_starts:
+            if taken:
+                self._r.delete(lease)
+            return Admission.POISON, count - 1
+        if not taken:
+            previous = cast("bytes | None", current)
+            if previous is not None and _holder_alive(previous.decode()):
+                self._r.decr(starts)  # not started here after all
+                return Admission.BUSY, count - 1
+            # The holder died on this host (or the lease expired in between): take it over.
+            expected = previous.decode() if previous is not None else ""
+            if previous is None:
+                taken = bool(self._r.set(lease, holder, nx=True, px=self._ttl_ms))
+            else:
+                taken = bool(self._swap(keys=[lease], args=[expected, holder, self._ttl_ms]))
+            if not taken:
+                self._r.decr(starts)
+                return Admission.BUSY, count - 1
+        with self._lock:
+            self._held[lease] = holder
+        self._ensure_renewer()
+        return Admission.RUN, count
+
+    def release(self, job_id: str, unit: str) -> None:
+        """The unit finished (returned or raised): drop its lease and its start count."""
+        lease = self.lease_key(job_id, unit)
+        with self._lock:
+            holder = self._held.pop(lease, "")
+        self._release(keys=[lease, self.starts_key(job_id, unit)], args=[holder])
+
+    def _ensure_renewer(self) -> None:
+        # Started lazily in the process that runs units (a prefork child), and again after a fork.
+        if self._renewer is not None and self._renewer_pid == os.getpid() and self._renewer.is_alive():
+            return
+        self._renewer_pid = os.getpid()
+        self._renewer = threading.Thread(target=self._renew_forever, name="movierec-lease-renewer", daemon=True)
+        self._renewer.start()
+
+    def _renew_forever(self) -> None:
+        interval = self._ttl_ms / 3000
+        while True:
+            time.sleep(interval)
+            with self._lock:
+                held = dict(self._held)
+            if not held:
+                continue
+            try:
+                pipe = self._r.pipeline(transaction=False)
+                for lease, holder in held.items():
+                    self._swap(keys=[lease], args=[holder, "", self._ttl_ms], client=pipe)
+                for (lease, _), renewed in zip(held.items(), pipe.execute(), strict=True):
+                    if not renewed and lease in self._held:  # not merely released in the meantime
+                        log.warning("lease %s was lost while its unit ran (paused past its TTL?)", lease)
+            except redis.RedisError:
+                log.warning("lease renewal failed; retrying", exc_info=True)

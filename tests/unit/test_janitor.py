@@ -1,0 +1,113 @@
+"""The janitor's sweep on a real Redis, with a real Celery app sending into its queues (no worker runs)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from shared.celery_app import make_celery
+from shared.datasets import DatasetOptions
+from shared.services import Services
+from shared.settings import Settings
+from shared.submit import INGEST_TASK, MINE_TASK
+from shared.triplets import plan_shards
+from tests.conftest import SMALL, delete_prefix
+from workers.janitor import JOIN_TRIPLETS_TASK, MAX_RESENDS, MINE_SHARD_TASK, Janitor
+
+
+@pytest.fixture
+def svc(settings: Settings, redis_client: redis.Redis) -> Iterator[Services]:
+    own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-j{uuid.uuid4().hex[:6]}"})
+    yield Services.from_settings(own)
+    delete_prefix(redis_client, own.key_prefix)
+
+
+@pytest.fixture
+def janitor(svc: Services) -> Janitor:
+    return Janitor(svc, make_celery(svc.settings), worker="test")
+
+
+def sent(svc: Services, queue: str = "cpu") -> list[tuple[str, list[Any]]]:
+    """The (task, args) of the messages waiting in a queue, oldest first."""
+    raw = svc.redis.lrange(f"{svc.settings.key_prefix}:celery:{queue}", 0, -1)
+    out = []
+    for message in reversed(raw):  # kombu LPUSHes and BRPOPs
+        m = json.loads(message)
+        args = json.loads(base64.b64decode(m["body"]))[0]
+        out.append((m["headers"]["task"], args))
+    return out
+
+
+def test_an_idle_job_is_resent_on_the_second_sweep_only(svc: Services, janitor: Janitor) -> None:
+    job = svc.jobs.create("ingest", {"path": "p"})
+    assert janitor.sweep()["resent"] == 0  # first sighting
+    assert sent(svc) == []
+    assert janitor.sweep()["resent"] == 1
+    assert sent(svc) == [(INGEST_TASK, [job.id, {"path": "p"}])]
+    svc.redis.delete(f"{svc.settings.key_prefix}:celery:cpu")
+    assert janitor.sweep()["resent"] == 0  # idle again: counted from scratch
+
+
+def test_a_leased_job_or_a_busy_queue_is_left_alone(svc: Services, janitor: Janitor) -> None:
+    job = svc.jobs.create("ingest", {"path": "p"})
+    svc.redis.set(svc.units.lease_key(job.id, "main"), "elsewhere|1|t", ex=30)
+    for _ in range(3):
+        assert janitor.sweep()["resent"] == 0
+    svc.redis.delete(svc.units.lease_key(job.id, "main"))
+    svc.redis.lpush(f"{svc.settings.key_prefix}:celery:cpu", b"{}")  # a message still waits its turn
+    for _ in range(3):
+        assert janitor.sweep()["resent"] == 0
+
+
+def test_a_mining_job_gets_its_missing_shards_then_its_join(svc: Services, janitor: Janitor) -> None:
+    record, _ = svc.datasets.ingest(SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
+    params = {"dataset": record["id"], "shard_size": 4000, "seed": 1, "negatives": "uniform-min"}
+    job = svc.jobs.create("triplets", params)
+    svc.jobs.start(job.id, stage="mining")
+    janitor.sweep()
+    janitor.sweep()
+    assert sent(svc) == [(MINE_TASK, [job.id, params])]  # nothing came back yet: plan again
+    svc.redis.delete(f"{svc.settings.key_prefix}:celery:cpu")
+    shards = plan_shards(record["counts"]["movies"], 4000)
+    assert len(shards) == 3
+    svc.jobs.shard_done(job.id, f"{shards[0][0]:09d}", {"anchors": list(shards[0])}, total=3)
+    janitor.sweep()
+    janitor.sweep()
+    assert sent(svc) == [(MINE_SHARD_TASK, [job.id, params, lo, hi, 3]) for lo, hi in shards[1:]]
+    svc.redis.delete(f"{svc.settings.key_prefix}:celery:cpu")
+    for lo, hi in shards[1:]:
+        svc.jobs.shard_done(job.id, f"{lo:09d}", {"anchors": [lo, hi]}, total=3)
+    janitor.sweep()
+    janitor.sweep()
+    assert sent(svc) == [(JOIN_TRIPLETS_TASK, [job.id, params])]
+
+
+def test_a_job_lost_too_often_fails_with_the_reason(svc: Services, janitor: Janitor) -> None:
+    job = svc.jobs.create("ingest", {"path": "p"})
+    for _ in range(MAX_RESENDS):
+        janitor.sweep()
+        assert janitor.sweep()["resent"] == 1
+        svc.redis.delete(f"{svc.settings.key_prefix}:celery:cpu")
+    janitor.sweep()
+    assert janitor.sweep()["failed"] == 1
+    final = svc.jobs.get(job.id)
+    assert final is not None and final.status == "failed" and final.error is not None
+    assert final.error["code"] == "lost" and "lost 5 times" in final.error["message"]
+    assert svc.jobs.active_ids() == ()
+
+
+def test_expired_ids_leave_the_indexes(svc: Services, janitor: Janitor) -> None:
+    job = svc.jobs.create("ingest", {"path": "p"})
+    svc.jobs.start(job.id, stage="s")
+    svc.jobs.succeed(job.id, {}, ttl_s=1)
+    time.sleep(1.1)
+    assert janitor.sweep()["pruned"] == 1
+    prefix = svc.settings.key_prefix
+    assert svc.redis.zcard(f"{prefix}:jobs") == 0 and svc.redis.zcard(f"{prefix}:jobs:expiry") == 0
