@@ -4,11 +4,11 @@ A *unit* is one task's share of a job: its main task (``main``), one mining shar
 the join of the shards (``join``). Celery delivers a message at least once: again when a pool process dies
 under it (``task_reject_on_worker_lost``), again when a whole worker dies and the visibility timeout passes,
 and the janitor (``shared/janitor.py``) sends a unit again when it finds it lost. So before a worker runs
-a unit, ``UnitGuard.admit`` does, in one round trip:
+a unit, ``UnitGuard.admit`` does, in one Lua call:
 
 1. counts the start: ``INCR <prefix>:unit:<job>:<unit>:starts``. A unit started more than
    ``max_deliveries`` times without finishing has killed its worker each time (a poison message): the
-   caller fails the job with the unit named instead of running it again;
+   caller fails the job with the unit named instead of running it again, and no lease is taken;
 2. takes the lease: ``SET <prefix>:unit:<job>:<unit>:lease <holder> NX PX ttl``. A second delivery of a unit
    that another live worker runs is not run (``Admission.BUSY``). When the holder was a process of this
    host that no longer exists, its lease is taken over at once rather than waited out.
@@ -38,6 +38,17 @@ log = logging.getLogger(__name__)
 
 STARTS_TTL_S = 24 * 3600
 """A start count outlives any redelivery (the visibility timeout is hours), then goes."""
+
+# KEYS[1]: start count, KEYS[2]: lease. ARGV: holder, lease TTL ms, most starts, count TTL s.
+# Returns {starts, 1 when the lease was taken, current holder when it was not}. Past the most starts the
+# lease is not even tried, so no process is seen holding a unit that will not run.
+_ADMIT = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+if n > tonumber(ARGV[3]) then return {n, 0, false} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then return {n, 1, false} end
+return {n, 0, redis.call('GET', KEYS[2])}
+"""
 
 # KEYS[1]: lease. ARGV[1]: holder expected, ARGV[2]: new holder or "", ARGV[3]: TTL ms.
 # Renew (ARGV[2] == "") or hand over the lease, only while ARGV[1] still holds it. Returns 1 when done.
@@ -85,6 +96,7 @@ class UnitGuard:
         self._prefix = prefix
         self._ttl_ms = int(ttl_s * 1000)
         self._max_starts = max_starts
+        self._admit = client.register_script(_ADMIT)
         self._swap = client.register_script(_SWAP)
         self._release = client.register_script(_RELEASE)
         self._held: dict[str, str] = {}  # lease key -> holder, renewed by the thread below
@@ -102,16 +114,10 @@ class UnitGuard:
         """Count this start and take the lease: (what to do, how many times the unit has been started)."""
         lease, starts = self.lease_key(job_id, unit), self.starts_key(job_id, unit)
         holder = f"{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex}"
-        pipe = self._r.pipeline(transaction=True)
-        pipe.incr(starts)
-        pipe.expire(starts, STARTS_TTL_S)
-        pipe.set(lease, holder, nx=True, px=self._ttl_ms)
-        pipe.get(lease)
-        count, _, taken, current = pipe.execute()
-        count = int(count)
+        count, taken, current = self._admit(
+            keys=[starts, lease], args=[holder, self._ttl_ms, self._max_starts, STARTS_TTL_S]
+        )
         if count > self._max_starts:
-            if taken:
-                self._r.delete(lease)
             return Admission.POISON, count - 1
         if not taken:
             previous = cast("bytes | None", current)

@@ -1,0 +1,192 @@
+"""Breaking things on purpose: workers SIGKILLed mid-work, pool processes killed, a poison unit, a warm shutdown.
+
+Each test runs its own processes (a ``Stack`` on a key prefix of its own, with short leases and a fast janitor)
+so it can kill them without touching the session's stack. RELIABILITY.md has the figures of longer runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from shared.celery_app import make_celery
+from shared.jobs import Job
+from shared.mining import mine_range
+from shared.services import Services
+from shared.settings import Settings
+from shared.stack import Stack, free_port
+from shared.submit import INGEST_TASK, MINE_TASK, submit
+from shared.synth import SynthSpec, write_synthetic
+from shared.triplets import TripletSpec, load_incidence
+from tests.conftest import delete_prefix
+
+FAST = {"lease_ttl_s": 2, "janitor_interval_s": 1.0, "task_time_limit_s": 20, "visibility_timeout_s": 30}
+"""Short enough for a test to see lost work found and resent within seconds."""
+
+
+@pytest.fixture
+def chaos_settings(settings: Settings, redis_client: redis.Redis) -> Iterator[Settings]:
+    own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-c{uuid.uuid4().hex[:6]}", **FAST})
+    yield own
+    delete_prefix(redis_client, own.key_prefix)
+
+
+@pytest.fixture
+def chaos_stack(chaos_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+    stack = Stack(chaos_settings, data_dir=tmp_path, port=free_port(), cpu_workers=2, embedded_redis=False,
+                  log_dir=tmp_path / "logs")  # fmt: skip
+    stack.start()
+    try:
+        stack.wait_ready(timeout_s=120)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def wait_all(svc: Services, ids: list[str], *, timeout_s: float, between: Callable[[], None] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = [svc.jobs.get(i) for i in ids]
+        if all(j is not None and j.finished for j in jobs):
+            return
+        if between is not None:
+            between()
+        time.sleep(0.2)
+    pending = [(i, j.status if j else None) for i, j in zip(ids, jobs, strict=True) if j is None or not j.finished]
+    raise AssertionError(f"{len(pending)} jobs unfinished after {timeout_s:.0f} s: {pending[:5]}")
+
+
+def submit_ingest(svc: Services, celery: Any, path: str, *, tags: int = 5) -> Job:
+    params = {"path": path, "tags_per_movie": tags, "genres_fix_csv": None}
+    return submit(celery, svc.jobs, kind="ingest", task=INGEST_TASK, params=params)
+
+
+def ingest(svc: Services, celery: Any, path: str) -> str:
+    job = submit_ingest(svc, celery, path)
+    wait_all(svc, [job.id], timeout_s=120)
+    done = svc.jobs.get(job.id)
+    assert done is not None and done.status == "succeeded", done
+    return str(done.result["dataset"])
+
+
+def test_sharded_mining_survives_a_worker_sigkilled_every_few_seconds(
+    chaos_stack: Stack, chaos_settings: Settings
+) -> None:
+    root = chaos_settings.data_root / "chaos-catalogue"
+    if not root.exists():
+        write_synthetic(root, SynthSpec(movies=2_000, users=300, ratings=20_000, seed=3))
+    svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
+    dataset = ingest(svc, celery, root.name)
+    seeds = range(1, 101)
+    ids = []
+    for seed in seeds:
+        params = {"dataset": dataset, "shard_size": 250, "seed": seed, "negatives": "uniform-min"}
+        ids.append(submit(celery, svc.jobs, kind="triplets", task=MINE_TASK, params=params).id)
+
+    kills: list[float] = []
+    last = [time.monotonic()]
+
+    def kill_now_and_then() -> None:
+        # SIGKILL the whole CPU worker (its main process and pool) 2.5 s after each restart, 10 times at most.
+        if len(kills) < 10 and time.monotonic() - last[0] > 2.5:
+            chaos_stack.kill("cpu-worker", signal.SIGKILL)
+            chaos_stack.respawn("cpu-worker")
+            kills.append(time.monotonic())
+            last[0] = time.monotonic()
+
+    wait_all(svc, ids, timeout_s=400, between=kill_now_and_then)
+    print(f"chaos: {len(ids)} jobs, {len(kills)} worker SIGKILLs")
+    assert len(kills) >= 3
+    finals = [svc.jobs.get(i) for i in ids]
+    failed = [(j.id, j.error) for j in finals if j is not None and j.status != "succeeded"]
+    assert not failed, failed
+    # Every triplet array equals an undisturbed computation over the whole catalogue.
+    incidence = load_incidence(svc.artifacts, dataset)
+    movie_ids = svc.artifacts.get_array(f"dataset/{dataset}/movie_ids")
+    for seed in seeds:
+        spec = TripletSpec(dataset=dataset, seed=seed, strategy="uniform-min")
+        stored = svc.artifacts.get_array(spec.name)
+        reference = movie_ids[mine_range(incidence, 0, len(movie_ids), seed=seed, strategy="uniform-min").triplets]
+        assert stored.tobytes() == reference.astype(np.int32).tobytes(), seed
+
+
+def kill_holder_of(
+    svc: Services, job_id: str, unit: str, *, times: int, stop: threading.Event, timeout_s: float = 120
+) -> list[int]:
+    """SIGKILL the process that holds the unit's lease, each time one does, ``times`` times."""
+    killed: list[int] = []
+    key = svc.units.lease_key(job_id, unit)
+    deadline = time.monotonic() + timeout_s
+    while len(killed) < times and not stop.is_set() and time.monotonic() < deadline:
+        holder = svc.redis.get(key)
+        if holder is not None:
+            pid = int(holder.decode().split("|")[1])
+            if pid not in killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        time.sleep(0.005)
+    return killed
+
+
+def slow_ingest_path(settings: Settings) -> str:
+    """A catalogue big enough that ingesting it takes a good part of a second."""
+    root = settings.data_root / "chaos-slow"
+    if not root.exists():
+        write_synthetic(root, SynthSpec(movies=20_000, users=5_000, ratings=600_000, seed=5))
+    return root.name
+
+
+def test_a_pool_process_killed_mid_task_is_redone(chaos_stack: Stack, chaos_settings: Settings) -> None:
+    svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
+    job = submit_ingest(svc, celery, slow_ingest_path(chaos_settings), tags=5)
+    stop = threading.Event()
+    killed = kill_holder_of(svc, job.id, "main", times=1, stop=stop)
+    wait_all(svc, [job.id], timeout_s=120)
+    final = svc.jobs.get(job.id)
+    assert len(killed) == 1
+    assert final is not None and final.status == "succeeded", final
+
+
+def test_a_poison_unit_fails_its_job_after_three_deliveries(chaos_stack: Stack, chaos_settings: Settings) -> None:
+    svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
+    job = submit_ingest(svc, celery, slow_ingest_path(chaos_settings), tags=4)
+    stop = threading.Event()
+    result: list[int] = []
+    killer = threading.Thread(target=lambda: result.extend(kill_holder_of(svc, job.id, "main", times=10, stop=stop)))
+    killer.start()
+    try:
+        wait_all(svc, [job.id], timeout_s=120)
+    finally:
+        stop.set()
+        killer.join()
+    final = svc.jobs.get(job.id)
+    assert final is not None and final.status == "failed" and final.error is not None
+    assert final.error["code"] == "worker_lost" and final.error["details"]["starts"] == 3, final.error
+    assert "started 3 times" in final.error["message"]
+    assert len(result) == 3  # never a fourth run: the job failed instead
+    assert chaos_stack.dead_child() is None  # the worker itself lived on (only pool processes died)
+
+
+def test_a_warm_shutdown_finishes_the_running_task(chaos_stack: Stack, chaos_settings: Settings) -> None:
+    svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
+    job = submit_ingest(svc, celery, slow_ingest_path(chaos_settings), tags=3)
+    key = svc.units.lease_key(job.id, "main")
+    deadline = time.monotonic() + 60
+    while not svc.redis.exists(key):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.005)
+    worker = chaos_stack.child("cpu-worker").process
+    os.kill(worker.pid, signal.SIGTERM)  # Celery's warm shutdown: finish what runs, take nothing new
+    assert worker.wait(timeout=60) == 0
+    final = svc.jobs.get(job.id)
+    assert final is not None and final.status == "succeeded", final
