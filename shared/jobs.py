@@ -4,7 +4,7 @@ Celery calls an unknown task id PENDING; we never ask it. A job is a Redis hash 
 message is sent, so an id answered with 202 is always known:
 
     <prefix>:job:<id>    hash: id kind status progress stage message created_at started_at finished_at
-                               error(JSON) result(JSON) result_artifact result_inline params(JSON)
+                               error(JSON) result(JSON) result_artifact result_inline params(JSON) owner
     <prefix>:jobs        sorted set of ids scored by creation time (newest first when listing)
     <prefix>:jobs:active set of the ids not finished yet, which the watchdog (shared/janitor.py) looks after
     <prefix>:jobs:expiry sorted set of finished ids scored by the time their record expires; the janitor
@@ -15,6 +15,10 @@ Status moves queued -> running -> succeeded | failed, or queued|running -> cance
 script that checks the current status, so a cancelled job never turns succeeded and a late progress
 report never revives a finished job. A finished record expires after ``result_ttl_s``; its id then
 answers 404. Expired ids leave the indexes when the janitor runs, and listing skips any it meets first.
+
+``owner`` is set when the API runs with keys: a hash of the key that created the job (``api.auth``), or
+the pipeline's owner for a pipeline's stage jobs. The store only records it and filters by it; the API
+decides what a caller may see.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class Job:
     result: Any = None
     result_artifact: str | None = None
     result_inline: str | None = None
+    owner: str | None = None
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> Job:
@@ -120,6 +125,7 @@ class Job:
             result=json.loads(f["result"]) if f.get("result") else None,
             result_artifact=f.get("result_artifact") or None,
             result_inline=f.get("result_inline") or None,
+            owner=f.get("owner") or None,
         )
 
     @property
@@ -159,7 +165,9 @@ class JobStore:
     def _key(self, job_id: str) -> str:
         return f"{self._prefix}:job:{job_id}"
 
-    def create(self, kind: str, params: Mapping[str, Any], *, job_id: str | None = None) -> Job:
+    def create(
+        self, kind: str, params: Mapping[str, Any], *, job_id: str | None = None, owner: str | None = None
+    ) -> Job:
         job_id = job_id or str(uuid.uuid4())
         now = time.time()
         fields = {
@@ -172,6 +180,8 @@ class JobStore:
             "created_at": utcnow_iso(),
             "params": json.dumps(dict(params)),
         }
+        if owner:
+            fields["owner"] = owner
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(self._key(job_id), mapping=fields)
         pipe.zadd(self._index, {job_id: now})
@@ -187,7 +197,9 @@ class JobStore:
         """What a shard or a join checks first: a job cancelled, failed or expired meanwhile is left alone."""
         return self.field(job_id, "status") == "running"
 
-    def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[Job]:
+    def list(
+        self, *, status: str | None = None, kind: str | None = None, owner: str | None = None, limit: int = 50
+    ) -> list[Job]:
         """Newest first, filtered; reads the index in pages and prunes ids whose record expired."""
         out: list[Job] = []
         start, page = 0, max(limit, 100)
@@ -205,7 +217,11 @@ class JobStore:
                     expired.append(job_id)
                     continue
                 job = Job.from_hash(raw)
-                if (status is None or job.status == status) and (kind is None or job.kind == kind):
+                if (
+                    (status is None or job.status == status)
+                    and (kind is None or job.kind == kind)
+                    and (owner is None or job.owner == owner)
+                ):
                     out.append(job)
                     if len(out) == limit:
                         break

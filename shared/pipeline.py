@@ -117,7 +117,10 @@ def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
         stage = STAGES[state["stage"]]
     plan = stage_job(stage, job.params, state["results"])
     parent = {"id": pipeline_id, "stage": stage, "index": state["stage"], "stages": len(STAGES)}
-    child = submit(celery, svc.jobs, kind=plan.kind, task=plan.task, params={**plan.params, "parent": parent})
+    # A stage job belongs to whoever owns the pipeline, so the key that started it can follow every stage.
+    child = submit(
+        celery, svc.jobs, kind=plan.kind, task=plan.task, params={**plan.params, "parent": parent}, owner=job.owner
+    )
     state["children"][stage] = child.id
     svc.jobs.annotate(pipeline_id, pipeline=json.dumps(state))
     svc.jobs.progress(pipeline_id, state["stage"] / len(STAGES), stage=stage, message=f"{stage} queued")

@@ -19,8 +19,11 @@ TRAIN_TASK = "workers.gpu.train"
 DESCRIBE_DEVICE_TASK = "workers.gpu.describe_device"
 
 
-def submit(celery: Celery, jobs: JobStore, *, kind: str, task: str, params: dict[str, Any]) -> Job:
-    job = jobs.create(kind, params)
+def submit(
+    celery: Celery, jobs: JobStore, *, kind: str, task: str, params: dict[str, Any], owner: str | None = None
+) -> Job:
+    """``owner``: who may see the job when the API runs with keys (``api.auth``); None when it is open."""
+    job = jobs.create(kind, params, owner=owner)
     try:
         celery.send_task(task, args=[job.id, params], task_id=job.id)
     except Exception as exc:

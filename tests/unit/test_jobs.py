@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 
 import pytest
 import redis
 
+from shared.celery_app import make_celery
 from shared.jobs import JobStore
+from shared.pipeline import advance
+from shared.services import Services
+from shared.settings import Settings
+from shared.submit import PIPELINE_STEP_TASK, submit
+from tests.conftest import delete_prefix
 
 
 @pytest.fixture
@@ -121,3 +129,49 @@ def test_active_set_and_expiry_index_follow_the_status(
     assert redis_client.zscore(f"{fresh_prefix}:jobs", a.id) is None
     assert redis_client.zcard(f"{fresh_prefix}:jobs:expiry") == 0
     assert [j.id for j in jobs.list()] == [b.id]
+
+
+def test_owner_is_recorded_and_filters_the_listing(
+    jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str
+) -> None:
+    mine = jobs.create("ingest", {}, owner="k-mine")
+    theirs = jobs.create("ingest", {}, owner="k-theirs")
+    nobody = jobs.create("ingest", {})
+    assert (mine.owner, theirs.owner, nobody.owner) == ("k-mine", "k-theirs", None)
+    assert redis_client.hgetall(f"{fresh_prefix}:job:{mine.id}")[b"owner"] == b"k-mine"
+    assert not redis_client.hexists(f"{fresh_prefix}:job:{nobody.id}", "owner")
+    assert [j.id for j in jobs.list(owner="k-mine")] == [mine.id]
+    assert [j.id for j in jobs.list(owner="k-theirs", kind="ingest")] == [theirs.id]
+    assert {j.id for j in jobs.list()} == {mine.id, theirs.id, nobody.id}  # None: every owner
+    jobs.start(mine.id, stage="a")
+    jobs.succeed(mine.id, {"ok": True})
+    done = jobs.get(mine.id)
+    assert done is not None and done.owner == "k-mine"  # moves keep it
+    assert "owner" not in done.public(result_url=None)  # never shown
+
+
+def test_owner_filter_pages_past_other_owners(jobs: JobStore) -> None:
+    mine = [jobs.create("ingest", {}, owner="k-mine").id for _ in range(3)]
+    for _ in range(250):  # more than one page of the index between them
+        jobs.create("ingest", {}, owner="k-theirs")
+    newest = jobs.create("ingest", {}, owner="k-mine").id
+    assert [j.id for j in jobs.list(owner="k-mine", limit=10)] == [newest, *reversed(mine)]
+
+
+def test_submit_and_pipeline_stages_carry_the_owner(settings: Settings, redis_client: redis.Redis) -> None:
+    """A stage job is created by a worker (shared.pipeline.advance) with the pipeline job's owner."""
+    prefix = f"{settings.key_prefix}-owner-{uuid.uuid4().hex[:8]}"  # no worker consumes it: messages wait
+    svc = Services.from_settings(settings.model_copy(update={"key_prefix": prefix}))
+    celery = make_celery(svc.settings)
+    try:
+        pipeline = submit(
+            celery, svc.jobs, kind="pipeline", task=PIPELINE_STEP_TASK, params={"path": "x"}, owner="k-mine"
+        )
+        assert pipeline.owner == "k-mine"
+        advance(svc, celery, pipeline.id)  # what workers.cpu.pipeline_step runs
+        state = json.loads(svc.jobs.field(pipeline.id, "pipeline") or "{}")
+        child = svc.jobs.get(state["children"]["ingest"])
+        assert child is not None and child.owner == "k-mine" and child.params["parent"]["id"] == pipeline.id
+    finally:
+        celery.close()
+        delete_prefix(redis_client, prefix)
