@@ -5,6 +5,11 @@ api/datasets.py   /v1/datasets
 api/jobs.py       /v1/jobs
 api/errors.py     every error as {"error": {"code", "message", "details"}}
 api/schemas.py    request and response schemas, which also make /openapi.json
+api/auth.py       optional bearer keys (MOVIEREC_API_KEYS) and the owner of a job
+api/jsonio.py     strict JSON: no NaN/Infinity, no lone surrogates, bounded depth
+
+Every request passes, in this order: the key check (401), the content type (415), the body's JSON
+(400, or 413 over MOVIEREC_MAX_BODY_BYTES), then the view's schema (400 naming the field and limit).
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ from apiflask import APIFlask
 from flask import current_app, request
 
 from shared.celery_app import MovierecCelery, make_celery
+from shared.jobs import Job
 from shared.services import Services
 from shared.settings import Settings
+from shared.submit import submit
 
-from .errors import error_response, register_error_handlers
+from . import auth
+from .errors import document_errors, error_response, register_error_handlers
+from .jsonio import StrictJSONProvider, check_body
 from .schemas import ErrorOut
 
 API_VERSION = "1.0.0"
@@ -29,6 +38,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None) -> APIFlask:
     settings = settings or Settings()
     app = APIFlask("movierec", title="movierec", version=API_VERSION, spec_path="/openapi.json", docs_path="/docs")
+    app.json = StrictJSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         VALIDATION_ERROR_STATUS_CODE=400,
@@ -45,6 +55,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     app.extensions["movierec"] = Services.from_settings(settings)
     app.extensions["celery"] = make_celery(settings)
     register_error_handlers(app)
+    keys = auth.install(app, settings.api_keys)  # first: a caller without a key learns nothing else
 
     @app.before_request
     def require_json() -> Any:
@@ -52,6 +63,14 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
         if request.method in _BODY_METHODS and has_body and not request.is_json:
             return error_response(415, "unsupported_media_type", "send the body as application/json")
         return None
+
+    app.before_request(check_body)
+
+    @app.spec_processor  # APIFlask keeps one spec processor
+    def complete_spec(spec: dict[Any, Any] | str) -> dict[Any, Any] | str:
+        if isinstance(spec, str):  # only with SPEC_PROCESSOR_PASS_OBJECT, which we do not set
+            return spec
+        return auth.document_security(document_errors(spec), required=keys.enabled)
 
     from . import datasets, health, jobs, metrics, models, pipelines, recommendations
 
@@ -73,3 +92,8 @@ def services() -> Services:
 def celery() -> MovierecCelery:
     app: MovierecCelery = current_app.extensions["celery"]
     return app
+
+
+def submit_job(*, kind: str, task: str, params: dict[str, Any]) -> Job:
+    """Record and enqueue a job as the caller: with API keys it belongs to the caller's key (``api.auth``)."""
+    return submit(celery(), services().jobs, kind=kind, task=task, params=params, owner=auth.current_owner())

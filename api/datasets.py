@@ -9,16 +9,16 @@ from flask import url_for
 
 from shared.datasets import confine
 from shared.errors import NotFound
-from shared.submit import INGEST_TASK, submit
+from shared.submit import INGEST_TASK
 
-from . import celery, services
+from . import services, submit_job
 from .schemas import DatasetIn, DatasetListOut, DatasetOut, JobOut, MoviesOut, MoviesQuery
 
 bp = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", tag="datasets")
 
 
 @bp.post("")
-@bp.input(DatasetIn, arg_name="body")
+@bp.input(DatasetIn, arg_name="body", example={"path": "ml-latest-small", "tags_per_movie": 5})
 @bp.output(JobOut, status_code=202, description="the ingest job, queued")
 @bp.doc(responses={400: "invalid request or path outside the data root", 413: "body too large", 415: "not JSON"})
 def create_dataset(body: dict[str, Any]) -> Any:
@@ -27,7 +27,7 @@ def create_dataset(body: dict[str, Any]) -> Any:
     confine(body["path"], root=root)
     if body["genres_fix_csv"]:
         confine(body["genres_fix_csv"], root=root)
-    job = submit(celery(), services().jobs, kind="ingest", task=INGEST_TASK, params=body)
+    job = submit_job(kind="ingest", task=INGEST_TASK, params=body)
     return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
 

@@ -3,6 +3,11 @@
 ``shared.errors`` draws the tree; here each class meets its HTTP status. Framework errors (validation,
 404, 405, 413, 415) get the same envelope. Nothing else escapes: an unexpected exception is logged and
 answered 500 with a generic message, and a Redis outage is 503.
+
+A refusal names what was wrong and the limit it broke: a validation error's message is its first field
+error (``json.k: Must be greater than or equal to 1 and less than or equal to 100.``), its details all of
+them; a 413 names ``MOVIEREC_MAX_BODY_BYTES``. ``document_errors`` writes the answers every operation can
+give (400 for a malformed body, 413, 415, 503) into /openapi.json, so the spec lists what the app answers.
 """
 
 from __future__ import annotations
@@ -38,6 +43,32 @@ def error_response(status: int, code: str, message: str, details: dict[str, Any]
     return response
 
 
+def first_problem(details: Any, path: tuple[str, ...] = ()) -> str | None:
+    """``"json.texts.3: Length must be between 1 and 1000."``: the first leaf of marshmallow's error tree."""
+    if isinstance(details, list):
+        if details and all(isinstance(m, str) for m in details):
+            where = ".".join(p for p in path if p != "_schema")
+            return f"{where}: {details[0]}" if where else str(details[0])
+        for item in details:
+            found = first_problem(item, path)
+            if found:
+                return found
+    if isinstance(details, dict):
+        for key, value in details.items():
+            found = first_problem(value, (*path, str(key)))
+            if found:
+                return found
+    return None
+
+
+def _count_problems(details: Any) -> int:
+    if isinstance(details, list):
+        return 1 if details and all(isinstance(m, str) for m in details) else sum(map(_count_problems, details))
+    if isinstance(details, dict):
+        return sum(_count_problems(v) for v in details.values())
+    return 0
+
+
 def register_error_handlers(app: APIFlask) -> None:
     @app.error_processor
     def http_error(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
@@ -45,8 +76,16 @@ def register_error_handlers(app: APIFlask) -> None:
         details = error.detail if isinstance(error.detail, dict) else {}
         code = "validation_error" if status == 400 and details else _CODES.get(status, "error")
         message = error.message
+        if code == "validation_error":
+            first, count = first_problem(details), _count_problems(details)
+            if first:
+                message = first + (f" (and {count - 1} more in details)" if count > 1 else "")
         if status == 400 and not details and request.is_json and request.get_json(silent=True) is None:
             code, message = "malformed_json", "the body is not valid JSON"
+        if status == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            message = f"the body is larger than {limit} bytes (MOVIEREC_MAX_BODY_BYTES)"
+            details = {"limit_bytes": limit}
         if status >= 500:
             message = "internal error" if status == 500 else message
         body = {"error": {"code": code, "message": message, "details": details}}
@@ -64,3 +103,40 @@ def register_error_handlers(app: APIFlask) -> None:
     def redis_down(exc: Exception) -> Response:
         log.warning("Redis unreachable: %s", exc)
         return error_response(503, "unavailable", "the job store is unreachable; try again shortly")
+
+
+ERROR_SCHEMA_REF = "#/components/schemas/ErrorOut"
+"""Where /openapi.json keeps the envelope (``schemas.ErrorOut``, the app's HTTP_ERROR_SCHEMA)."""
+
+_EVERY_BODY = {
+    "400": "invalid request: malformed JSON, an unknown or invalid field, a limit exceeded (named)",
+    "413": "body larger than MOVIEREC_MAX_BODY_BYTES",
+    "415": "body not sent as application/json",
+}
+_EVERY_QUERY = {"400": "invalid query parameter"}
+_EVERY_OPERATION = {"503": "Redis unreachable; try again shortly"}
+_NO_REDIS = frozenset({"/healthz"})
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}}}}
+
+
+def document_errors(spec: dict[Any, Any]) -> dict[Any, Any]:
+    """The answers any operation of a kind can give, added to /openapi.json where a view did not say them."""
+    for path, operations in spec.get("paths", {}).items():
+        for method, operation in operations.items():
+            if method == "parameters":
+                continue
+            responses = operation.setdefault("responses", {})
+            extra = dict(_EVERY_OPERATION) if path not in _NO_REDIS else {}
+            if "requestBody" in operation:
+                extra |= _EVERY_BODY
+            if any(p.get("in") == "query" for p in operation.get("parameters", [])):
+                extra |= _EVERY_QUERY
+            for status, description in extra.items():
+                responses.setdefault(status, _error(description))
+            for status, response in responses.items():
+                if str(status)[0] in "45" and not response.get("content"):  # a view's bare description
+                    response["content"] = _error("")["content"]
+    return spec

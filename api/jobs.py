@@ -1,9 +1,13 @@
-"""``/v1/jobs``: read, list, cancel jobs and fetch their results."""
+"""``/v1/jobs``: read, list, cancel jobs and fetch their results.
+
+With API keys a caller sees only the jobs its key created (``api.auth``): another key's job answers 404,
+exactly as an unknown id does, so ids cannot be probed.
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
-from pathlib import Path
 from typing import Any
 
 from apiflask import APIBlueprint
@@ -12,10 +16,11 @@ from flask import Response, jsonify, url_for
 from shared.datasets import confine
 from shared.errors import Conflict, InvalidRequest, JobNotFinished, NotFound
 from shared.jobs import Job
-from shared.submit import ENCODE_TASK, INDEX_TASK, MINE_TASK, TRAIN_TASK, cancel, submit
+from shared.submit import ENCODE_TASK, INDEX_TASK, MINE_TASK, TRAIN_TASK, cancel
 from shared.triplets import DEFAULT_SEED, TripletSpec
 
-from . import celery, services
+from . import celery, services, submit_job
+from .auth import current_owner, visible
 from .schemas import EncodeIn, IndexIn, JobListOut, JobListQuery, JobOut, ResultQuery, TrainIn, TripletsIn
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="jobs")
@@ -36,7 +41,7 @@ _RESULT_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] =
 
 def _job_or_404(job_id: str) -> Job:
     job = services().jobs.get(job_id)
-    if job is None:
+    if job is None or not visible(job.owner):
         raise NotFound(f"job {job_id!r} does not exist or has expired")
     return job
 
@@ -47,6 +52,21 @@ def _public(job: Job) -> dict[str, Any]:
 
 def _accepted(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
     return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
+"""A Hugging Face model id: ``name`` or ``owner/name``, no "..", nothing a path could climb with."""
+
+
+def model_source(name: str) -> str:
+    """A model name as a worker may load it: a Hugging Face id as given, anything else a local directory.
+
+    A local directory must lie inside the data root (``confine``), whatever its spelling: absolute,
+    ``./x``, ``a/../../b`` (which would otherwise be read from the worker's working directory).
+    """
+    if _HUB_NAME.match(name) and ".." not in name:
+        return name
+    return str(confine(name, root=services().settings.data_root))
 
 
 def _require_dataset(dataset_id: str) -> None:
@@ -61,18 +81,19 @@ def _require_dataset(dataset_id: str) -> None:
 def create_triplets(body: dict[str, Any]) -> Any:
     """Mine (anchor, positive, negative) triplets of a dataset, sharded over the CPU workers."""
     _require_dataset(body["dataset"])
-    return _accepted(submit(celery(), services().jobs, kind="triplets", task=MINE_TASK, params=body))
+    return _accepted(submit_job(kind="triplets", task=MINE_TASK, params=body))
 
 
 @bp.post("/encode")
-@bp.input(EncodeIn, arg_name="body")
+@bp.input(EncodeIn, arg_name="body", example={"texts": ["Children", "family", "animation"], "pooling": "cls"})
 @bp.output(JobOut, status_code=202, description="the encoding job, queued (gpu queue)")
-@bp.doc(responses={400: "invalid request or limits exceeded", 404: "unknown dataset", 413: "body too large"})
+@bp.doc(
+    responses={400: "invalid request, limits exceeded or a local model outside the data root", 404: "unknown dataset"}
+)
 def create_encode(body: dict[str, Any]) -> Any:
     """Encode a dataset's movies, or texts / items (lists of strings), with a BERT-family model."""
-    model = body.get("model")
-    if model and (Path(model).is_absolute() or model.startswith(".")):
-        body["model"] = str(confine(model, root=services().settings.data_root))  # local models: data root only
+    if body.get("model"):
+        body["model"] = model_source(body["model"])
     params = {k: body[k] for k in ("model", "pooling") if body.get(k)}
     if "dataset" in body:
         _require_dataset(body["dataset"])
@@ -82,20 +103,28 @@ def create_encode(body: dict[str, Any]) -> Any:
         name = f"encode-input/{uuid.uuid4()}"  # the strings travel through Redis, not in the message
         services().artifacts.put_json(name, body[shape], ttl_s=services().settings.result_ttl_s)
         params |= {"input": name, "shape": shape, "count": len(body[shape])}
-    return _accepted(submit(celery(), services().jobs, kind="encode", task=ENCODE_TASK, params=params))
+    return _accepted(submit_job(kind="encode", task=ENCODE_TASK, params=params))
 
 
 @bp.post("/train")
 @bp.input(TrainIn, arg_name="body")
 @bp.output(JobOut, status_code=202, description="the training job, queued (gpu queue)")
-@bp.doc(responses={400: "invalid request", 404: "unknown dataset", 409: "no triplets mined for it yet"})
+@bp.doc(
+    responses={
+        400: "invalid request or a local model outside the data root",
+        404: "unknown dataset",
+        409: "no triplets mined for it yet",
+    }
+)
 def create_train(body: dict[str, Any]) -> Any:
     """Train the Siamese projection of a dataset's movie embeddings on its triplets."""
+    if body.get("model"):
+        body["model"] = model_source(body["model"])
     _require_dataset(body["dataset"])
     body.setdefault("triplets", TripletSpec(dataset=body["dataset"], seed=DEFAULT_SEED, strategy="uniform-min").name)
     if not services().artifacts.exists(body["triplets"]):
         raise Conflict(f"no triplets {body['triplets']!r}: mine them first with POST /v1/jobs/triplets")
-    return _accepted(submit(celery(), services().jobs, kind="train", task=TRAIN_TASK, params=body))
+    return _accepted(submit_job(kind="train", task=TRAIN_TASK, params=body))
 
 
 @bp.post("/index")
@@ -106,15 +135,15 @@ def create_index(body: dict[str, Any]) -> Any:
     """Build the hnswlib index of a trained model version (needed before it can be activated)."""
     if services().models.get(body["version"]) is None:
         raise NotFound(f"model {body['version']!r} does not exist")
-    return _accepted(submit(celery(), services().jobs, kind="index", task=INDEX_TASK, params=body))
+    return _accepted(submit_job(kind="index", task=INDEX_TASK, params=body))
 
 
 @bp.get("")
 @bp.input(JobListQuery, location="query", arg_name="query", unknown=None)  # None: the schema raises
 @bp.output(JobListOut)
 def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
-    """Jobs, newest first, filtered by status and kind."""
-    jobs = services().jobs.list(status=query["status"], kind=query["kind"], limit=query["limit"])
+    """Jobs, newest first, filtered by status and kind (with API keys: the caller's jobs only)."""
+    jobs = services().jobs.list(status=query["status"], kind=query["kind"], owner=current_owner(), limit=query["limit"])
     return {"jobs": [_public(j) for j in jobs]}
 
 

@@ -8,26 +8,29 @@ from apiflask import APIBlueprint
 from flask import jsonify, url_for
 
 from shared.errors import Conflict
-from shared.submit import RECOMMEND_TASK, submit
+from shared.submit import RECOMMEND_TASK
 
-from . import celery, services
-from .schemas import JobOut, RecommendIn, WaitQuery
+from . import services, submit_job
+from .schemas import JobOut, RecommendationsOut, RecommendIn, WaitQuery
 
 bp = APIBlueprint("recommendations", __name__, url_prefix="/v1/recommendations", tag="recommendations")
 
+_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
+    200: {
+        "description": "the result, ready within ?wait",
+        "content": {"application/json": {"schema": RecommendationsOut}},
+    },
+    400: {"description": "invalid request"},
+    404: {"description": "unknown user or movie id"},
+    409: {"description": "no model is active"},
+}
+
 
 @bp.post("")
-@bp.input(RecommendIn, arg_name="body")
+@bp.input(RecommendIn, arg_name="body", example={"keywords": ["war", "violence", "drama"], "k": 5})
 @bp.input(WaitQuery, location="query", arg_name="query", unknown=None)
 @bp.output(JobOut, status_code=202, description="the recommendation job, when not ready within ?wait")
-@bp.doc(
-    responses={
-        200: "the result, ready within ?wait",
-        400: "invalid request",
-        404: "unknown user or movie id",
-        409: "no model is active",
-    }
-)
+@bp.doc(responses=_RESPONSES)
 def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
     """Movies for a user, for keywords, or like some movies and unlike others."""
     version = services().models.active()
@@ -42,7 +45,7 @@ def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
         user_id=body.get("user_id"),
         movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])],
     )
-    job = submit(celery(), services().jobs, kind="recommend", task=RECOMMEND_TASK, params={**body, "model": version})
+    job = submit_job(kind="recommend", task=RECOMMEND_TASK, params={**body, "model": version})
     finished = services().jobs.wait_finished(job.id, query["wait"], just_submitted=True)
     if finished is not None and finished.status == "succeeded":
         return jsonify(finished.result)  # a Response: not reshaped by the 202 schema

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import Schema
-from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
+from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.validators import Length, OneOf, Range
 from marshmallow import RAISE, ValidationError, validates_schema
 
@@ -159,6 +159,25 @@ class RecommendIn(Schema):
         ]
         if sum(kinds) != 1:
             raise ValidationError("give exactly one of user_id, keywords, liked/disliked", field_name="_schema")
+
+
+class RecommendedMovie(Schema):
+    movie_id = Integer()
+    title = String()
+    descriptors = List(String())
+    score = Float(metadata={"description": "cosine similarity to the query"})
+
+
+class RecommendationsOut(Schema):
+    model = String(metadata={"description": "the model version that answered"})
+    query = Dict(metadata={"description": "the query as understood"})
+    items = List(Nested(RecommendedMovie))
+    top_descriptors = List(
+        List(Raw()), metadata={"description": "[descriptor, count] pairs: the 10 most common among the items"}
+    )
+    history_top_descriptors = List(
+        List(Raw()), metadata={"description": "[descriptor, count] pairs of the user's history (user queries)"}
+    )
 
 
 class WaitQuery(Schema):
