@@ -3,7 +3,7 @@
     POST /v1/jobs/triplets ──> workers.cpu.mine_triplets  (plans shards, sends one task per shard, returns)
                                   │ shard [lo, hi) of the anchors, each on the cpu queue, any worker
                                   ▼
-                             workers.cpu.mine_shard ──> part artifact triplets/<ds>/<strategy>-<seed>/part/<lo>
+                             workers.cpu.mine_shard ──> part triplets/<ds>/<strategy>-<seed>/part/<job>/<lo>
                                   │ records its stats in the job's shard hash (Lua: only while running);
                                   │ the shard that completes the set sends the join
                                   ▼
@@ -11,7 +11,8 @@
 
 Outputs are named by (dataset, strategy, seed) only, never by shard size or worker: a redelivered shard
 rewrites its own part, a second join rewrites the same array, and a job whose array already exists is
-answered from it without mining again.
+answered from it without mining again. Parts also carry the job id: two jobs of the same spec running at
+once (two clients asking at the same moment) each join and drop their own parts, never the other's.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class TripletSpec:
         """Artifact name of the joined triplets."""
         return f"triplets/{self.dataset}/{self.strategy}-{self.seed}"
 
-    def part(self, lo: int) -> str:
-        return f"{self.name}/part/{lo:09d}"
+    def part(self, job_id: str, lo: int) -> str:
+        return f"{self.name}/part/{job_id}/{lo:09d}"
 
 
 def plan_shards(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -75,8 +76,10 @@ def load_incidence(artifacts: ArtifactStore, dataset: str) -> Incidence:
     return inc
 
 
-def store_part(artifacts: ArtifactStore, spec: TripletSpec, lo: int, result: ShardResult, *, ttl_s: int) -> None:
-    artifacts.put_array(spec.part(lo), result.triplets, ttl_s=ttl_s)
+def store_part(
+    artifacts: ArtifactStore, spec: TripletSpec, job_id: str, lo: int, result: ShardResult, *, ttl_s: int
+) -> None:
+    artifacts.put_array(spec.part(job_id, lo), result.triplets, ttl_s=ttl_s)
 
 
 def shard_stats(lo: int, hi: int, result: ShardResult, seconds: float) -> dict[str, Any]:
@@ -89,12 +92,12 @@ def shard_stats(lo: int, hi: int, result: ShardResult, seconds: float) -> dict[s
     }
 
 
-def join(artifacts: ArtifactStore, spec: TripletSpec, shards: list[tuple[int, int]]) -> np.ndarray:
-    """Concatenate the parts in anchor order, as movieIds, store the result, drop the parts."""
-    rows = np.concatenate([artifacts.get_array(spec.part(lo)) for lo, _ in shards])  # (n, 3) catalogue rows
+def join(artifacts: ArtifactStore, spec: TripletSpec, job_id: str, shards: list[tuple[int, int]]) -> np.ndarray:
+    """Concatenate the job's parts in anchor order, as movieIds, store the result, drop the parts."""
+    rows = np.concatenate([artifacts.get_array(spec.part(job_id, lo)) for lo, _ in shards])  # (n, 3) catalogue rows
     movie_ids = artifacts.get_array(f"dataset/{spec.dataset}/movie_ids")
     triplets: np.ndarray = movie_ids[rows].astype(np.int32)  # (n, 3) movieIds: anchor, positive, negative
     artifacts.put_array(spec.name, triplets)
     for lo, _ in shards:
-        artifacts.delete(spec.part(lo))
+        artifacts.delete(spec.part(job_id, lo))
     return triplets

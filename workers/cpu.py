@@ -86,7 +86,7 @@ def _mine_admitted(job_id: str, params: dict[str, Any], lo: int, hi: int, total:
     try:
         started = time.perf_counter()
         result = mine_range(load_incidence(svc.artifacts, spec.dataset), lo, hi, seed=spec.seed, strategy=spec.strategy)
-        store_part(svc.artifacts, spec, lo, result, ttl_s=svc.settings.result_ttl_s)
+        store_part(svc.artifacts, spec, job_id, lo, result, ttl_s=svc.settings.result_ttl_s)
         stats = shard_stats(lo, hi, result, time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
         fail_job(job_id, exc, where=f"shard {lo}-{hi}")
@@ -110,7 +110,7 @@ def _join_admitted(job_id: str, params: dict[str, Any]) -> None:
     spec = _spec(params)
     try:
         stats = [s for _, s in sorted(svc.jobs.shard_stats(job_id).items())]
-        triplets = join(svc.artifacts, spec, [tuple(s["anchors"]) for s in stats])
+        triplets = join(svc.artifacts, spec, job_id, [tuple(s["anchors"]) for s in stats])
     except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
         fail_job(job_id, exc, where="join")
         return

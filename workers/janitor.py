@@ -126,9 +126,9 @@ class Janitor:
         report = {"pruned": jobs.prune_expired(), "resent": 0, "failed": 0, "forgotten": 0}
         for job_id in jobs.active_ids():
             job = jobs.get(job_id)
-            if job is None or job.finished:
+            if job is None or job.finished:  # gone without finishing (deleted), or finished since the read
                 jobs.forget(job_id)
-                report["forgotten"] += 1
+                report["forgotten"] += job is None
                 continue
             if job.kind not in JOB_TASKS:
                 log.error("janitor: job %s has an unknown kind %r; left alone", job_id, job.kind)

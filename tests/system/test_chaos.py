@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import requests
 
 from shared.celery_app import make_celery
 from shared.jobs import Job
@@ -190,3 +191,80 @@ def test_a_warm_shutdown_finishes_the_running_task(chaos_stack: Stack, chaos_set
     assert worker.wait(timeout=60) == 0
     final = svc.jobs.get(job.id)
     assert final is not None and final.status == "succeeded", final
+
+
+def test_redis_sigkilled_mid_burst_loses_no_accepted_job(chaos_settings: Settings, tmp_path: Path) -> None:
+    # A Redis of this test's own (AOF, fsync on every write), killed with SIGKILL and started again on its
+    # directory while clients keep submitting over HTTP.
+    stack = Stack(chaos_settings, data_dir=tmp_path, port=free_port(), cpu_workers=2, embedded_redis=True,
+                  log_dir=tmp_path / "logs")  # fmt: skip
+    stack.start()
+    try:
+        stack.wait_ready(timeout_s=120)
+        api = stack.api_url
+        root = chaos_settings.data_root / "chaos-catalogue"
+        if not root.exists():
+            write_synthetic(root, SynthSpec(movies=2_000, users=300, ratings=20_000, seed=3))
+        ingested = requests.post(f"{api}/v1/datasets", json={"path": root.name}, timeout=30).json()
+        assert poll(api, ingested["id"])["status"] == "succeeded"
+        dataset = requests.get(f"{api}/v1/jobs/{ingested['id']}/result", timeout=30).json()["dataset"]
+
+        accepted: list[str] = []
+        answers: list[int] = []
+        stop = threading.Event()
+
+        def burst(first_seed: int) -> None:
+            seed = first_seed
+            while not stop.is_set():
+                seed += 1
+                body = {"dataset": dataset, "seed": seed, "shard_size": 1000}
+                try:
+                    r = requests.post(f"{api}/v1/jobs/triplets", json=body, timeout=30)
+                except requests.RequestException:
+                    answers.append(-1)
+                    continue
+                answers.append(r.status_code)
+                if r.status_code == 202:
+                    accepted.append(r.json()["id"])
+                else:
+                    assert r.json()["error"]["code"] == "unavailable", r.text
+                time.sleep(0.1)  # a steady stream, not a backlog the workers need minutes to clear
+
+        clients = [threading.Thread(target=burst, args=(n * 100_000,)) for n in range(2)]
+        for c in clients:
+            c.start()
+        time.sleep(2.0)
+        assert stack.redis is not None and stack.redis.process is not None
+        stack.redis.process.kill()  # SIGKILL: no AOF rewrite, no goodbye
+        stack.redis.process.wait()
+        before = len(accepted)
+        time.sleep(1.0)
+        began = time.monotonic()
+        during = requests.get(f"{api}/v1/jobs", timeout=30)
+        assert during.status_code == 503 and during.json()["error"]["code"] == "unavailable"
+        assert time.monotonic() - began < 10
+        time.sleep(1.0)
+        stack.redis.start()  # same directory, same port
+        time.sleep(3.0)
+        stop.set()
+        for c in clients:
+            c.join()
+        assert before > 0 and len(accepted) > before, (before, len(accepted))  # accepted before and after
+        assert set(answers) <= {202, 503}, sorted(set(answers))
+        for job_id in accepted:
+            final = poll(api, job_id, timeout_s=180)
+            assert final["status"] == "succeeded", final
+        print(f"chaos: Redis SIGKILLed and restarted; {len(accepted)} jobs answered 202 ({before} before the kill), "
+              f"{answers.count(503)} answered 503, all {len(accepted)} succeeded")  # fmt: skip
+    finally:
+        stack.stop()
+
+
+def poll(api: str, job_id: str, *, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = requests.get(f"{api}/v1/jobs/{job_id}", timeout=30)
+        if r.status_code == 200 and r.json()["status"] in ("succeeded", "failed", "cancelled"):
+            return dict(r.json())
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} unfinished after {timeout_s:.0f} s: {r.status_code} {r.text}")
