@@ -26,7 +26,7 @@ from shared.mining import mine_range
 from shared.services import Services
 from shared.settings import Settings
 from shared.stack import Stack, free_port
-from shared.submit import INGEST_TASK, MINE_TASK, submit
+from shared.submit import INGEST_TASK, MINE_TASK, TRAIN_TASK, submit
 from shared.synth import SynthSpec, write_synthetic
 from shared.triplets import TripletSpec, load_incidence
 from tests.conftest import delete_prefix
@@ -268,3 +268,48 @@ def poll(api: str, job_id: str, *, timeout_s: float = 120) -> dict[str, Any]:
             return dict(r.json())
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} unfinished after {timeout_s:.0f} s: {r.status_code} {r.text}")
+
+
+def test_training_survives_its_gpu_queue_worker_sigkilled_mid_epoch(
+    chaos_stack: Stack, chaos_settings: Settings
+) -> None:
+    import torch
+    from safetensors.numpy import load
+
+    from shared.training import TrainConfig, train
+    from workers.gpu import _rows_of
+
+    svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
+    dataset = ingest(svc, celery, "ml-latest-small")
+    mined = submit(celery, svc.jobs, kind="triplets", task=MINE_TASK,
+                   params={"dataset": dataset, "shard_size": 5000, "seed": 7, "negatives": "uniform-min"})  # fmt: skip
+    wait_all(svc, [mined.id], timeout_s=120)
+    done = svc.jobs.get(mined.id)
+    assert done is not None and done.status == "succeeded", done
+    params = {"dataset": dataset, "triplets": done.result["triplets"], "epochs": 40, "seed": 11}
+    job = submit(celery, svc.jobs, kind="train", task=TRAIN_TASK, params=params)
+    deadline = time.monotonic() + 180
+    while True:  # until a few epochs are done
+        state = svc.jobs.get(job.id)
+        assert state is not None and not state.finished, state
+        if state.stage == "training" and state.message and int(state.message.split("/")[0].split()[-1]) >= 3:
+            break
+        assert time.monotonic() < deadline, "training never got going"
+        time.sleep(0.02)
+    killed_at = state.message
+    chaos_stack.kill("gpu-worker", signal.SIGKILL)
+    chaos_stack.respawn("gpu-worker")
+    wait_all(svc, [job.id], timeout_s=300)
+    print(f"chaos: GPU-queue worker SIGKILLed at {killed_at!r}; the job was sent again and finished")
+    final = svc.jobs.get(job.id)
+    assert final is not None and final.status == "succeeded", final
+    # The weights equal an undisturbed run of the same training on the same inputs.
+    record = final.result
+    stored = load(svc.artifacts.get_bytes(record["artifacts"]["weights"]))
+    vectors = svc.artifacts.get_array(record["artifacts"]["input_embeddings"])
+    rows = _rows_of(
+        svc.artifacts.get_array(f"dataset/{dataset}/movie_ids"), svc.artifacts.get_array(params["triplets"])
+    )
+    reference = train(vectors, rows, TrainConfig(epochs=40, seed=11), device=torch.device("cpu"))
+    for name, tensor in reference.state.items():
+        assert stored[name].tobytes() == tensor.numpy().tobytes(), name
