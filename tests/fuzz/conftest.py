@@ -1,0 +1,80 @@
+"""The fuzzed app: in process, API keys on, on the session's real Redis under a key prefix of its own.
+
+No worker consumes that prefix, so nothing a fuzzer enqueues runs; every key under it is deleted after
+the module. Some ids exist there (``Seeded``) so that cases reach past "not found": a dataset ingested
+from the real ml-latest-small, jobs in each finished state and one queued, a model version.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from api import create_app
+from api.auth import owner_id
+from shared.datasets import DatasetOptions
+from shared.redisconn import connect
+from shared.settings import Settings
+from tests.conftest import delete_prefix
+
+KEY = "fuzz-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """Ids that exist in the fuzzed app's prefix, the jobs owned by ``KEY``."""
+
+    dataset: str
+    jobs: tuple[str, ...]
+    model: str
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(settings: Settings) -> Iterator[tuple[Any, Seeded]]:
+    """Not TESTING: an exception is answered 500 as in production, which is what the fuzzers look for."""
+    prefix = f"{settings.key_prefix}-fuzz-{uuid.uuid4().hex[:8]}"
+    fuzz_settings = Settings(
+        redis_url=settings.redis_url,
+        key_prefix=prefix,
+        data_root=settings.data_root,
+        result_ttl_s=600,
+        task_time_limit_s=300,
+        visibility_timeout_s=600,
+        api_keys=(KEY,),
+    )
+    app = create_app(settings=fuzz_settings)
+    try:
+        yield app, _seed(app, fuzz_settings.data_root)
+    finally:
+        delete_prefix(connect(settings.redis_url), prefix)
+
+
+def _seed(app: Any, data_root: Path) -> Seeded:
+    svc = app.extensions["movierec"]
+    for queue in ("cpu", "gpu"):  # heartbeats, as live workers write them: /readyz answers 200, not 503
+        svc.beat(f"fuzz-{queue}", [queue])
+    record, _ = svc.datasets.ingest(
+        data_root / "ml-latest-small",
+        DatasetOptions(tags_per_movie=5),
+        source="ml-latest-small",
+        progress=lambda *_: None,
+    )
+    owner = owner_id(KEY)
+    queued = svc.jobs.create("ingest", {"path": "ml-latest-small"}, owner=owner)
+    succeeded = svc.jobs.create("ingest", {"path": "ml-latest-small"}, owner=owner)
+    svc.jobs.succeed(succeeded.id, {"dataset": record["id"], "reused": True})
+    with_array = svc.jobs.create("triplets", {"dataset": record["id"]}, owner=owner)
+    svc.artifacts.put_array("fuzz/triplets", np.arange(12, dtype=np.int32).reshape(4, 3))
+    svc.jobs.succeed(with_array.id, {"triplets": "fuzz/triplets"}, result_artifact="fuzz/triplets")
+    failed = svc.jobs.create("ingest", {"path": "nowhere"}, owner=owner)
+    svc.jobs.fail(failed.id, code="data_error", message="nowhere: is not a directory")
+    version = "m-fuzz0000000000"
+    svc.models.put({"version": version, "dataset": record["id"], "metrics": {}, "index": {"name": "fuzz"}})
+    return Seeded(dataset=record["id"], jobs=(queued.id, succeeded.id, with_array.id, failed.id), model=version)
