@@ -52,7 +52,7 @@ MAX_TOKENS = 128
 
 DEFAULT_BATCH_SIZE = 128
 CACHE_TTL_S = 30 * 24 * 3600
-"""A (model, pooling) cache hash lives this long after its last write."""
+"""A cached string vector lives this long after it was last encoded or read."""
 
 
 def resolve_model(name: str) -> str:
@@ -186,14 +186,20 @@ class EncodeStats:
 
 
 class VectorCache:
-    """String vectors in Redis: one hash per (model identity, pooling), fields sha1(text) -> float32 bytes."""
+    """String vectors in Redis, one key each: ``<prefix>:vec:<model identity>:<pooling>:<sha1(text)>``.
+
+    Keys rather than one hash per model, so each vector carries its own TTL (refreshed when read): strings
+    users send come and go without the cache growing for ever, while a dataset's descriptors, read by every
+    training and keyword query, stay.
+    """
 
     def __init__(self, client: redis.Redis, *, prefix: str) -> None:
         self._r = client
         self._prefix = prefix
 
-    def key(self, encoder: Encoder) -> str:
-        return f"{self._prefix}:vec:{encoder.identity[:32]}:{encoder.pooling}"
+    def key(self, encoder: Encoder, text: str) -> str:
+        digest = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - a cache key, not security
+        return f"{self._prefix}:vec:{encoder.identity[:32]}:{encoder.pooling}:{digest}"
 
     def encode(
         self, encoder: Encoder, texts: list[str], *, on_batch: Progress | None = None
@@ -202,9 +208,8 @@ class VectorCache:
         started = time.perf_counter()
         passes_before = encoder.forward_passes
         unique = list(dict.fromkeys(texts))
-        fields = [hashlib.sha1(t.encode()).digest() for t in unique]  # noqa: S324 - a cache key, not security
-        key = self.key(encoder)
-        cached = cast(list[bytes | None], self._r.hmget(key, fields)) if fields else []
+        keys = [self.key(encoder, t) for t in unique]
+        cached = cast(list[bytes | None], self._r.mget(keys)) if keys else []
         vectors = np.zeros((len(unique), encoder.dim), dtype=np.float32)
         missing = []
         for i, raw in enumerate(cached):
@@ -212,13 +217,15 @@ class VectorCache:
                 vectors[i] = np.frombuffer(raw, dtype=np.float32)
             else:
                 missing.append(i)
+        pipe = self._r.pipeline(transaction=False)
         if missing:
             fresh = encoder.encode_uncached([unique[i] for i in missing], on_batch=on_batch)
             vectors[missing] = fresh
-            pipe = self._r.pipeline(transaction=False)
-            pipe.hset(key, mapping={fields[i]: fresh[j].tobytes() for j, i in enumerate(missing)})
-            pipe.expire(key, CACHE_TTL_S)
-            pipe.execute()
+            for j, i in enumerate(missing):
+                pipe.set(keys[i], fresh[j].tobytes(), ex=CACHE_TTL_S)
+        for i in sorted(set(range(len(unique))) - set(missing)):
+            pipe.expire(keys[i], CACHE_TTL_S)
+        pipe.execute()
         position = {t: i for i, t in enumerate(unique)}
         out = vectors[[position[t] for t in texts]] if texts else vectors[:0]
         stats = EncodeStats(

@@ -63,9 +63,10 @@ if ARGV[3] ~= '' then
   redis.call('SREM', KEYS[3], KEYS[5])
   local now = redis.call('TIME')
   redis.call('ZADD', KEYS[4], tonumber(now[1]) + tonumber(ARGV[3]), KEYS[5])
-  -- Finished: wake whoever waits for it (BLPOP on KEYS[2]); the signal lives a minute.
+  -- Finished: wake whoever waits for it (BLPOP on KEYS[2]); the signal lives a minute, or as long as the
+  -- record if that is shorter, so nothing outlives the job.
   redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], 60)
+  redis.call('EXPIRE', KEYS[2], math.min(60, tonumber(ARGV[3])))
 end
 return {1, cur}
 """

@@ -199,13 +199,15 @@ def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
             model, query, k=int(params["k"]), excluded=excluded, genres=params.get("genres"), history=history,
             described_query=described,
         )  # fmt: skip
-        return Outcome(result, message=f"{len(result['items'])} items", ttl_s=RECOMMENDATION_TTL_S)
+        ttl_s = min(RECOMMENDATION_TTL_S, ctx.services.settings.result_ttl_s)
+        return Outcome(result, message=f"{len(result['items'])} items", ttl_s=ttl_s)
 
     return run_job(job_id, stage="recommending", body=body)
 
 
 RECOMMENDATION_TTL_S = 3600
-"""Answers are for the asker, now: kept an hour, not the week other results are, so load never piles up."""
+"""Answers are for the asker, now: kept an hour (or the result TTL, if shorter), not the week other results are,
+so load never piles up."""
 
 
 def _keyword_query(ctx: JobContext, model: Any, keywords: list[str]) -> Any:

@@ -10,14 +10,11 @@ import os
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-import redis
 import requests
 
 from shared.celery_app import make_celery
@@ -29,29 +26,6 @@ from shared.stack import Stack, free_port
 from shared.submit import INGEST_TASK, MINE_TASK, TRAIN_TASK, submit
 from shared.synth import SynthSpec, write_synthetic
 from shared.triplets import TripletSpec, load_incidence
-from tests.conftest import delete_prefix
-
-FAST = {"lease_ttl_s": 2, "janitor_interval_s": 1.0, "task_time_limit_s": 20, "visibility_timeout_s": 30}
-"""Short enough for a test to see lost work found and resent within seconds."""
-
-
-@pytest.fixture
-def chaos_settings(settings: Settings, redis_client: redis.Redis) -> Iterator[Settings]:
-    own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-c{uuid.uuid4().hex[:6]}", **FAST})
-    yield own
-    delete_prefix(redis_client, own.key_prefix)
-
-
-@pytest.fixture
-def chaos_stack(chaos_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(chaos_settings, data_dir=tmp_path, port=free_port(), cpu_workers=2, embedded_redis=False,
-                  log_dir=tmp_path / "logs")  # fmt: skip
-    stack.start()
-    try:
-        stack.wait_ready(timeout_s=120)
-        yield stack
-    finally:
-        stack.stop()
 
 
 def wait_all(svc: Services, ids: list[str], *, timeout_s: float, between: Callable[[], None] | None = None) -> None:

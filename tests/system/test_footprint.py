@@ -1,0 +1,90 @@
+"""Bounded footprint: once results expire, the keys and their memory are back where they were."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from shared.celery_app import make_celery
+from shared.services import Services
+from shared.settings import Settings
+from shared.stack import Stack
+from shared.submit import MINE_TASK, PIPELINE_STEP_TASK, submit
+from tests.system.test_chaos import wait_all
+
+RESULT_TTL_S = 3
+
+
+@pytest.fixture
+def chaos_overrides() -> dict[str, Any]:
+    return {"result_ttl_s": RESULT_TTL_S}
+
+
+TRANSIENT = re.compile(r":janitor:lock$")
+"""The sweep lock comes and goes every interval, whatever else happens."""
+
+
+def footprint(client: redis.Redis, prefix: str) -> dict[str, int]:
+    """Every key of the prefix (but the sweep lock) and the bytes Redis holds for it."""
+    keys = (k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000))
+    return {k: int(client.memory_usage(k) or 0) for k in keys if not TRANSIENT.search(k)}
+
+
+def settle(client: redis.Redis, prefix: str, baseline: dict[str, int] | None, *, timeout_s: float) -> dict[str, int]:
+    """The footprint once results have expired and the janitor has swept (equal to ``baseline`` if given)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = footprint(client, prefix)
+        # Settled: no result left to expire (heartbeats and the vector cache live on) and no id left to prune.
+        expiring = [k for k in now if client.pttl(k) > 0 and k.split(":")[1] not in ("worker", "vec")]
+        expiring += [k for k in now if k.endswith(":jobs:expiry")]
+        if (baseline is None and not expiring) or now.keys() == (baseline or {}).keys():
+            return now
+        if time.monotonic() > deadline:
+            extra, missing = sorted(set(now) - set(baseline or {})), sorted(set(baseline or {}) - set(now))
+            raise AssertionError(f"after {timeout_s:.0f} s, {len(extra)} keys more than before: {extra[:10]}, "
+                                 f"{len(missing)} fewer: {missing[:10]}; expiring: {expiring[:5]}")  # fmt: skip
+        time.sleep(0.5)
+
+
+def test_keys_and_memory_return_to_baseline_after_results_expire(chaos_stack: Stack, chaos_settings: Settings) -> None:
+    svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
+    prefix, api, r = chaos_settings.key_prefix, chaos_stack.api_url, svc.redis
+    pipeline = submit(celery, svc.jobs, kind="pipeline", task=PIPELINE_STEP_TASK, params={"path": "ml-latest-small"})
+    wait_all(svc, [pipeline.id], timeout_s=240)
+    done = svc.jobs.get(pipeline.id)
+    assert done is not None and done.status == "succeeded", done
+    # Baseline: what stays (the dataset, the triplets, the model and its index, caches, Celery's bindings).
+    baseline = settle(r, prefix, None, timeout_s=60)
+
+    ids = []
+    for user in range(1, 101):
+        answer = requests.post(f"{api}/v1/recommendations?wait=0", json={"user_id": user, "k": 5}, timeout=30)
+        assert answer.status_code == 202, answer.text
+        ids.append(answer.json()["id"])
+    for _ in range(3):  # strings the cache already holds (descriptors): no new cache entry
+        answer = requests.post(f"{api}/v1/jobs/encode", json={"texts": ["drama", "comedy"]}, timeout=30)
+        assert answer.status_code == 202, answer.text
+        ids.append(answer.json()["id"])
+    failing = {"dataset": "ds-0000000000000000", "shard_size": 100, "seed": 1, "negatives": "uniform-min"}
+    ids.append(submit(celery, svc.jobs, kind="triplets", task=MINE_TASK, params=failing).id)
+    cancelled = submit(celery, svc.jobs, kind="triplets", task=MINE_TASK, params=failing)
+    requests.delete(f"{api}/v1/jobs/{cancelled.id}", timeout=30)
+    wait_all(svc, ids, timeout_s=120)
+    peak = footprint(r, prefix)
+    assert len(peak) > len(baseline) + 100
+
+    after = settle(r, prefix, baseline, timeout_s=RESULT_TTL_S + 30)
+    assert after.keys() == baseline.keys()
+    assert sum(after.values()) <= sum(baseline.values()) * 1.01, (sum(after.values()), sum(baseline.values()))
+    print(
+        f"footprint: baseline {len(baseline)} keys / {sum(baseline.values()):,} B; after {len(ids)} jobs "
+        f"{len(peak)} keys / {sum(peak.values()):,} B; once expired {len(after)} keys / {sum(after.values()):,} B"
+    )
+    gone = requests.get(f"{api}/v1/jobs/{ids[0]}", timeout=30)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
