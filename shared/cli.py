@@ -12,11 +12,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from .settings import DEFAULT_API_PORT, Settings
+
+if TYPE_CHECKING:
+    from .client import Client
 
 
 def _settings() -> Settings:
@@ -80,10 +83,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_submit(args: argparse.Namespace) -> int:
-    from .client import ApiError, Client
+def _client(args: argparse.Namespace) -> Client:
+    """A client of ``--api``, sending the key in ``MOVIEREC_API_KEY`` when there is one."""
+    from .client import API_KEY_ENV, Client
 
-    client = Client(args.api)
+    return Client(args.api, api_key=os.environ.get(API_KEY_ENV))
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .client import ApiError
+
+    client = _client(args)
     try:
         job = client.submit_dataset(args.path, tags_per_movie=args.tags_per_movie, genres_fix_csv=args.genres_fix_csv)
         print(f"job {job['id']} {job['status']}", flush=True)
@@ -96,9 +106,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .client import ApiError, Client
+    from .client import ApiError
 
-    client = Client(args.api)
+    client = _client(args)
     try:
         job = client.wait(args.job) if args.wait else client.job(args.job)
         return _report(client, job)
@@ -108,7 +118,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from .client import ApiError, Client
+    from .client import ApiError
     from .demo import print_recommendations
 
     body: dict[str, Any] = {"k": args.k}
@@ -124,7 +134,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     if args.genres:
         body["genres"] = [g.strip() for g in args.genres.split(",") if g.strip()]
     try:
-        print_recommendations(title, Client(args.api).recommend(**body))
+        print_recommendations(title, _client(args).recommend(**body))
     except ApiError as exc:
         print(f"movierec: {exc}", file=sys.stderr)
         return 1

@@ -11,6 +11,8 @@ from tqdm import tqdm
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 POLL_INTERVAL_S = 0.5
+API_KEY_ENV = "MOVIEREC_API_KEY"
+"""The bearer key a client sends, when the API has ``MOVIEREC_API_KEYS`` set."""
 
 
 class ApiError(Exception):
@@ -22,10 +24,12 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str = DEFAULT_API_URL, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str = DEFAULT_API_URL, *, api_key: str | None = None, timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._http = requests.Session()
+        if api_key:
+            self._http.headers["Authorization"] = f"Bearer {api_key}"
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -62,7 +62,10 @@ def confine(path: str, *, root: Path) -> Path:
         raise PathNotAllowed("path must be a non-empty string without NUL bytes")
     root = root.resolve()
     candidate = Path(path)
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    try:
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    except (UnicodeEncodeError, ValueError, OSError):  # e.g. a lone surrogate, which no filesystem name holds
+        raise PathNotAllowed(f"path {path!r} is not a usable file name") from None
     if resolved != root and root not in resolved.parents:
         raise PathNotAllowed(f"path {path!r} is outside the data root")
     return resolved

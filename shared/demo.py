@@ -98,7 +98,7 @@ def run_demo(settings: Settings, *, data: Path | None, data_dir: Path, embedded_
     try:
         stack.wait_ready()
         print(f"API at {stack.api_url} (logs in {data_dir / 'logs'})", flush=True)
-        client = Client(stack.api_url)
+        client = Client(stack.api_url, api_key=next(iter(stack.settings.api_keys), None))
         print("running the pipeline: ingest, mine, encode, train, index, activate", flush=True)
         job = client.submit_pipeline(path=path.name)
         final = client.wait(job["id"])

@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -68,11 +69,13 @@ class EmbeddedRedis:
 
     data_dir: Path
     port: int = 0
+    password: str | None = field(default=None, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -91,10 +94,12 @@ class EmbeddedRedis:
                     "maxmemory-policy noeviction",
                     "daemonize no",
                     "logfile redis.log",
+                    *([f"requirepass {self.password}"] if self.password else []),
                     "",
                 ]
             )
         )
+        conf.chmod(0o600)  # it may hold the password
         self.process = subprocess.Popen(
             [redis_server_binary(), str(conf)],
             stdin=subprocess.DEVNULL,
@@ -145,11 +150,12 @@ class Stack:
         cpu_workers: int,
         embedded_redis: bool,
         log_dir: Path | None = None,
+        redis_password: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.cpu_workers = cpu_workers
-        self.redis = EmbeddedRedis(data_dir / "redis") if embedded_redis else None
+        self.redis = EmbeddedRedis(data_dir / "redis", password=redis_password) if embedded_redis else None
         self.settings = settings
         self.log_dir = log_dir
         self.children: list[Child] = []
@@ -214,8 +220,11 @@ class Stack:
             dead = self.dead_child()
             if dead is not None:
                 raise RuntimeError(f"{dead.name} exited with status {dead.process.returncode} while starting")
+            request = urllib.request.Request(f"{self.api_url}/readyz")  # noqa: S310 - our own http:// URL
+            if self.settings.api_keys:  # /readyz needs a key like every route but /healthz
+                request.add_header("Authorization", f"Bearer {self.settings.api_keys[0]}")
             try:
-                with urllib.request.urlopen(f"{self.api_url}/readyz", timeout=2) as response:  # noqa: S310
+                with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
                     if response.status == 200:
                         return
             except OSError:

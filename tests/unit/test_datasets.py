@@ -28,7 +28,7 @@ def test_paths_inside_the_root_resolve(root: Path) -> None:
     assert confine("link-inside", root=root) == (root / "ml").resolve()
 
 
-@pytest.mark.parametrize("path", ["..", "../outside", "ml/../../outside", "/etc", "/", "", "ml\x00"])
+@pytest.mark.parametrize("path", ["..", "../outside", "ml/../../outside", "/etc", "/", "", "ml\x00", "ml\ud800"])
 def test_paths_outside_the_root_are_refused(root: Path, path: str) -> None:
     with pytest.raises(PathNotAllowed):
         confine(path, root=root)
