@@ -31,10 +31,11 @@ def readyz() -> Any:
     try:
         services().redis.ping()
         workers = services().live_queues()
+        durability = services().jobs.durability().mode
     except (redis.ConnectionError, redis.TimeoutError):
         return error_response(503, "not_ready", "Redis is unreachable", {"redis": False, "workers": {}})
     missing = [q for q in (CPU_QUEUE, GPU_QUEUE) if workers.get(q, 0) == 0]
     if missing:
         details = {"redis": True, "workers": workers, "missing_queues": missing}
         return error_response(503, "not_ready", f"no live worker on queue(s) {', '.join(missing)}", details)
-    return {"status": "ready", "redis": True, "workers": workers}
+    return {"status": "ready", "redis": True, "workers": workers, "durability": durability}

@@ -291,3 +291,8 @@ class ReadyOut(Schema):
     status = String()
     redis = Boolean()
     workers = Dict(keys=String(), values=Integer())
+    durability = String(
+        metadata={
+            "description": "how an accepted job reaches disk: waitaof, fsync-always or none (shared/durability.py)"
+        }
+    )

@@ -33,6 +33,8 @@ from typing import Any, Literal, cast
 
 import redis
 
+from .durability import Durability
+
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE: tuple[Status, ...] = ("queued", "running")
@@ -157,6 +159,7 @@ class JobStore:
         self._r = client
         self._prefix = prefix
         self._ttl = result_ttl_s
+        self._durability: Durability | None = None
         self._index = f"{prefix}:jobs"
         self._active = f"{prefix}:jobs:active"
         self._expiry = f"{prefix}:jobs:expiry"
@@ -189,6 +192,16 @@ class JobStore:
         pipe.sadd(self._active, job_id)
         pipe.execute()
         return Job.from_hash({k.encode(): v.encode() for k, v in fields.items()})
+
+    def durability(self) -> Durability:
+        """How this Redis keeps accepted jobs on disk (probed once per process)."""
+        if self._durability is None:
+            self._durability = Durability.probe(self._r)
+        return self._durability
+
+    def confirm_durable(self, job_id: str) -> None:
+        """Return once the job's record (and the message sent before this call) are on disk, else 503."""
+        self.durability().confirm(self._r, self._key(job_id))
 
     def get(self, job_id: str) -> Job | None:
         raw = cast(dict[bytes, bytes], self._r.hgetall(self._key(job_id)))

@@ -16,7 +16,8 @@ a unit, ``UnitGuard.admit`` does, in one Lua call:
 While a unit runs, one renewer thread per process extends every lease the process holds, every third of the
 TTL. ``release`` (after the unit returned or raised: either way it finished) drops the lease and the count.
 A unit whose process was killed leaves both: the lease expires after its TTL, which tells the janitor the unit
-is no longer running; the count stays, so the next start sees it.
+is no longer running; the count stays, so the next start sees it. A poison unit's count is never released,
+so every later copy of its message is refused too, without taking the lease.
 
 Keys: ``...:lease`` lives ``ttl`` and is renewed; ``...:starts`` lives a day after its last start.
 """

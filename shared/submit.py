@@ -29,6 +29,7 @@ def submit(
     except Exception as exc:
         jobs.fail(job.id, code="enqueue_failed", message="the job could not be queued")
         raise ServiceUnavailable("the job queue is unreachable; try again shortly") from exc
+    jobs.confirm_durable(job.id)  # 202 only once it is on disk: see shared/durability.py
     return job
 
 

@@ -160,7 +160,7 @@ def unit(job_id: str, name: str, *, where: str) -> Iterator[bool]:
         yield False
         return
     if admission is Admission.POISON:
-        svc.units.release(job_id, name)
+        # The start count stays (until its TTL): any later copy of this unit's message is poison too.
         message = (
             f"{where}: started {starts} times and its worker process died each time "
             "(killed, out of memory, or past the time limit); not retried"

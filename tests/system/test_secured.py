@@ -27,6 +27,8 @@ def test_password_protected_redis_and_api_keys_work_end_to_end(settings: Setting
         stack.wait_ready(timeout_s=120)  # /readyz itself needs the key
         assert password in stack.settings.redis_url
         assert requests.get(f"{stack.api_url}/readyz", timeout=10).status_code == 401
+        ready = requests.get(f"{stack.api_url}/readyz", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert ready.json()["durability"] == "fsync-always"
         job = Client(stack.api_url, api_key=key).submit_dataset("ml-latest-small")
         final = Client(stack.api_url, api_key=key).wait(job["id"], progress=False)
         assert final["status"] == "succeeded", final

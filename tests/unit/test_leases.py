@@ -53,3 +53,4 @@ def test_a_unit_that_never_finishes_is_poison_after_max_starts(guard: UnitGuard,
         redis_client.delete(guard.lease_key("j", "main"))  # its worker died: the lease lapses, the count stays
     assert guard.admit("j", "main") == (Admission.POISON, 3)
     assert not redis_client.exists(guard.lease_key("j", "main"))
+    assert guard.admit("j", "main")[0] is Admission.POISON  # any later copy of its message too
