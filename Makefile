@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The real MovieLens sample beside the checkout, when there is one.
 DEMO_DATA ?= $(firstword $(wildcard ../shared/data/ml-latest-small))
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench reliability clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,11 @@ test: lint
 
 bench: install
 	$(PY) -m bench.ingest
+
+# The longer runs behind RELIABILITY.md's figures (minutes each).
+reliability: install
+	$(PY) -m bench.chaos --jobs 300
+	$(PY) -m bench.load --seconds 180
 
 clean:
 	rm -rf $(VENV) .movierec .mypy_cache .ruff_cache .pytest_cache

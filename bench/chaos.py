@@ -15,8 +15,6 @@ computation. Reported: jobs, kills, restarts, 503s, lost, and the wall time.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import signal
 import sys
 import tempfile
@@ -30,9 +28,10 @@ import requests
 from shared.mining import mine_range
 from shared.services import Services
 from shared.settings import Settings
-from shared.stack import Stack, free_port
 from shared.synth import SynthSpec, write_synthetic
 from shared.triplets import TripletSpec, load_incidence
+
+from .common import fresh_stack, machine, wait_job
 
 
 def main() -> int:
@@ -41,23 +40,17 @@ def main() -> int:
     parser.add_argument("--worker-kill-every", type=float, default=4.0)
     parser.add_argument("--redis-kills", type=int, default=2)
     args = parser.parse_args()
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {sys.version.split()[0]}")  # fmt: skip
+    print(machine())
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
     data = run_dir / "data"
     write_synthetic(data / "catalogue", SynthSpec(movies=2_000, users=300, ratings=20_000, seed=3))
     settings = Settings(key_prefix="chaos", data_root=data, lease_ttl_s=2, janitor_interval_s=1.0,
                         task_time_limit_s=20, visibility_timeout_s=30)  # fmt: skip
-    stack = Stack(settings, data_dir=run_dir, port=free_port(), cpu_workers=2, embedded_redis=True,
-                  log_dir=run_dir / "logs")  # fmt: skip
-    stack.start()
-    try:
-        stack.wait_ready()
+    with fresh_stack(settings, run_dir) as stack:
         api = stack.api_url
         job = requests.post(f"{api}/v1/datasets", json={"path": "catalogue"}, timeout=30).json()
-        while requests.get(f"{api}/v1/jobs/{job['id']}", timeout=30).json()["status"] in ("queued", "running"):
-            time.sleep(0.2)
+        wait_job(api, job["id"])
         dataset = requests.get(f"{api}/v1/jobs/{job['id']}/result", timeout=30).json()["dataset"]
 
         accepted: dict[int, str] = {}
@@ -117,8 +110,6 @@ def main() -> int:
               f"{worker_kills} CPU-worker SIGKILLs, {redis_kills} Redis SIGKILL+restarts; "
               f"lost {lost}, results differing from an undisturbed run {differ}; {elapsed:.0f} s wall")  # fmt: skip
         return 0 if lost == 0 and differ == 0 else 1
-    finally:
-        stack.stop()
 
 
 def _unfinished(api: str, ids: list[str]) -> bool:

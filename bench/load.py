@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -35,8 +33,11 @@ from collections import defaultdict
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import requests
+
 from shared.settings import Settings
-from shared.stack import Stack, free_port
+
+from .common import fresh_stack, machine, wait_job
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -112,48 +113,19 @@ class Load:
         return requests[op]
 
 
-def _get(api: str, path: str) -> dict[str, object]:
-    where = urlsplit(api)
-    conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=60)
-    conn.request("GET", path)
-    answer: dict[str, object] = json.loads(conn.getresponse().read())
-    conn.close()
-    return answer
-
-
-def _wait(api: str, job_id: str, timeout_s: float = 600) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = _get(api, f"/v1/jobs/{job_id}")
-        if job.get("status") in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} unfinished after {timeout_s:.0f} s")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=180.0)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {sys.version.split()[0]}")  # fmt: skip
+    print(machine())
 
-    run_dir = Path(tempfile.mkdtemp(prefix="bench-load-"))
     settings = Settings(key_prefix="load", data_root=SMALL.parent)
-    stack = Stack(settings, data_dir=run_dir, port=free_port(), cpu_workers=2, embedded_redis=True,
-                  log_dir=run_dir / "logs")  # fmt: skip
-    stack.start()
-    try:
-        stack.wait_ready()
+    with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-load-"))) as stack:
         api = stack.api_url
-        where = urlsplit(api)
-        conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=60)
-        conn.request("POST", "/v1/pipelines", body=json.dumps({"path": SMALL.name}), headers=JSON)
-        pipeline = json.loads(conn.getresponse().read())
-        conn.close()
-        assert _wait(api, str(pipeline["id"]))["status"] == "succeeded"
-        datasets = _get(api, "/v1/datasets")
+        pipeline = requests.post(f"{api}/v1/pipelines", json={"path": SMALL.name}, timeout=30).json()
+        assert wait_job(api, pipeline["id"])["status"] == "succeeded"
+        datasets = requests.get(f"{api}/v1/datasets", timeout=30).json()
         dataset = str(datasets["datasets"][0]["id"])
         print(f"pipeline done; {args.clients} clients for {args.seconds:.0f} s ...", flush=True)
 
@@ -166,7 +138,7 @@ def main() -> int:
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - began
-        finals = [_wait(api, job_id) for job_id in load.accepted]
+        finals = [wait_job(api, job_id) for job_id in load.accepted]
         lost = [f for f in finals if f["status"] != "succeeded"]
 
         total = sum(len(v) for v in load.latencies.values())
@@ -187,8 +159,6 @@ def main() -> int:
             for e in errs[:3]:
                 print(f"error in {op}: {e}")
         return 0 if errors == 0 and not lost else 1
-    finally:
-        stack.stop()
 
 
 if __name__ == "__main__":

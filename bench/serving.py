@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -29,7 +27,8 @@ from urllib.parse import urlsplit
 import requests
 
 from shared.settings import Settings
-from shared.stack import Stack, free_port
+
+from .common import fresh_stack, machine, wait_job
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -77,24 +76,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
-    cpu = platform.processor() or platform.machine()
-    print(f"# machine: {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(machine())
 
-    run_dir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     settings = Settings(key_prefix="bench", data_root=SMALL.parent)
-    stack = Stack(settings, data_dir=run_dir, port=free_port(), cpu_workers=2, embedded_redis=True,
-                  log_dir=run_dir / "logs")  # fmt: skip
-    stack.start()
-    try:
-        stack.wait_ready()
+    with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-serving-"))) as stack:
         api = stack.api_url
         start = time.perf_counter()
         job = requests.post(f"{api}/v1/pipelines", json={"path": SMALL.name}, timeout=30).json()
-        while True:
-            state = requests.get(f"{api}/v1/jobs/{job['id']}", timeout=30).json()
-            if state["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(0.1)
+        state = wait_job(api, job["id"])
         assert state["status"] == "succeeded", state
         print(f"pipeline on ml-latest-small, fresh stack and Redis: {time.perf_counter() - start:.1f} s wall")
 
@@ -108,8 +97,6 @@ def main() -> int:
                 f"{len(latencies) / elapsed:.0f} answers/s, p50 {q[49] * 1000:.1f} ms, p95 {q[94] * 1000:.1f} ms, "
                 f"p99 {q[98] * 1000:.1f} ms, errors {len(errors)}"
             )
-    finally:
-        stack.stop()
     return 0
 
 

@@ -93,11 +93,22 @@ def shard_stats(lo: int, hi: int, result: ShardResult, seconds: float) -> dict[s
 
 
 def join(artifacts: ArtifactStore, spec: TripletSpec, job_id: str, shards: list[tuple[int, int]]) -> np.ndarray:
-    """Concatenate the job's parts in anchor order, as movieIds, store the result, drop the parts."""
+    """The job's parts concatenated in anchor order, as movieIds, stored under the spec's name.
+
+    Idempotent: when that array exists already (a join of this job that died before finishing it, or an
+    identical job's), it is answered as stored; it is written in one step, so it is whole if it is there.
+    The parts stay until ``drop_parts``, after the job is marked done.
+    """
+    if artifacts.exists(spec.name):
+        return artifacts.get_array(spec.name)
     rows = np.concatenate([artifacts.get_array(spec.part(job_id, lo)) for lo, _ in shards])  # (n, 3) catalogue rows
     movie_ids = artifacts.get_array(f"dataset/{spec.dataset}/movie_ids")
     triplets: np.ndarray = movie_ids[rows].astype(np.int32)  # (n, 3) movieIds: anchor, positive, negative
     artifacts.put_array(spec.name, triplets)
+    return triplets
+
+
+def drop_parts(artifacts: ArtifactStore, spec: TripletSpec, job_id: str, shards: list[tuple[int, int]]) -> None:
+    """Delete a finished job's parts (a join killed before this leaves them to their TTL)."""
     for lo, _ in shards:
         artifacts.delete(spec.part(job_id, lo))
-    return triplets

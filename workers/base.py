@@ -101,6 +101,9 @@ class Outcome:
     """When set, the JSON form of the result carries the artifact's array under this key."""
     ttl_s: int | None = None
     """How long the result is kept, when not the settings' result TTL (recommendations: an hour)."""
+    drop: tuple[str, ...] = ()
+    """Artifacts deleted once the job is marked succeeded (its inputs), not before: a run killed in between
+    must find them again."""
 
 
 Body = Callable[[JobContext], Outcome | None]
@@ -145,6 +148,8 @@ def _run_admitted(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | No
             message=outcome.message,
             ttl_s=outcome.ttl_s,
         )
+        for name in outcome.drop:
+            svc.artifacts.delete(name)
     if ctx.parent is not None:
         notify_parent(job_id, ctx.parent)
     return {"job": job_id, "status": "finished"}

@@ -13,7 +13,15 @@ from shared.errors import DataError, NotFound
 from shared.index import IndexParams, MovieIndex
 from shared.mining import mine_range
 from shared.pipeline import advance
-from shared.triplets import TripletSpec, join, load_incidence, plan_shards, shard_stats, store_part
+from shared.triplets import (
+    TripletSpec,
+    drop_parts,
+    join,
+    load_incidence,
+    plan_shards,
+    shard_stats,
+    store_part,
+)
 
 from .base import JobContext, Outcome, fail_job, notify_parent, run_job, services, unit
 
@@ -110,7 +118,8 @@ def _join_admitted(job_id: str, params: dict[str, Any]) -> None:
     spec = _spec(params)
     try:
         stats = [s for _, s in sorted(svc.jobs.shard_stats(job_id).items())]
-        triplets = join(svc.artifacts, spec, job_id, [tuple(s["anchors"]) for s in stats])
+        shards = [(int(s["anchors"][0]), int(s["anchors"][1])) for s in stats]
+        triplets = join(svc.artifacts, spec, job_id, shards)
     except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
         fail_job(job_id, exc, where="join")
         return
@@ -126,6 +135,7 @@ def _join_admitted(job_id: str, params: dict[str, Any]) -> None:
     }
     if svc.jobs.succeed(job_id, summary, result_artifact=spec.name, message=f"{len(triplets):,} triplets"):
         notify_parent(job_id, params.get("parent"))
+    drop_parts(svc.artifacts, spec, job_id, shards)
 
 
 @shared_task(name="workers.cpu.build_index")

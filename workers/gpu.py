@@ -91,9 +91,10 @@ def encode(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
         matrix = mean_by_rows(indptr, np.arange(len(flat)), vectors)  # (items, dim): an item is its strings' mean
         name = f"encoded/{job_id}"
         artifacts.put_array(name, matrix, ttl_s=ctx.services.settings.result_ttl_s)
-        artifacts.delete(params["input"])
         result = {**described, "count": len(items), **stats.__dict__}
-        return Outcome(result, artifact=name, inline="vectors", message=f"{len(items):,} vectors")
+        # The input goes once the job is marked done, so a run killed before that finds it again.
+        return Outcome(result, artifact=name, inline="vectors", message=f"{len(items):,} vectors",
+                       drop=(params["input"],))  # fmt: skip
 
     return run_job(job_id, stage="encoding", body=body)
 
