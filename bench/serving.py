@@ -1,6 +1,6 @@
 """Pipeline and serving benchmark: a fresh stack, the whole pipeline, then recommendations under load.
 
-    python -m bench.serving [--seconds 20] [--clients 8]
+    python -m bench.serving [--seconds 20] [--clients 8] [--redis-fsync always|everysec]
 
 1. A new ``movierec up`` stack (embedded Redis, API, a CPU worker with 2 processes, the GPU-queue worker)
    and a new, empty Redis: the full pipeline on ml-latest-small, timed from POST /v1/pipelines to
@@ -75,10 +75,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--redis-fsync", choices=("always", "everysec"), default="always",
+                        help="the embedded Redis's appendfsync (always: every accepted job on disk)")  # fmt: skip
     args = parser.parse_args()
     print(machine())
+    print(f"# embedded Redis: appendfsync {args.redis_fsync}")
 
-    settings = Settings(key_prefix="bench", data_root=SMALL.parent)
+    settings = Settings(key_prefix="bench", data_root=SMALL.parent, redis_fsync=args.redis_fsync)
     with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-serving-"))) as stack:
         api = stack.api_url
         start = time.perf_counter()

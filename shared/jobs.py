@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -312,12 +312,24 @@ class JobStore:
         None when the job is gone or already finished.
         """
         pipe = self._r.pipeline(transaction=False)
+        started = self.start_on(pipe, job_id, stage=stage, message=message)
+        return started(pipe.execute())
+
+    def start_on(
+        self, pipe: redis.client.Pipeline, job_id: str, *, stage: str, message: str = ""
+    ) -> Callable[[Sequence[Any]], Job | None]:
+        """``start`` queued on ``pipe`` (two commands, the last on it so far); call the answer with the
+        pipeline's results."""
         fields = {"started_at": utcnow_iso(), "stage": stage, "message": message}
         keys, args = self._move_args(job_id, allowed=ACTIVE, to="running", ttl=False, fields=fields)
         self._transition(keys=keys, args=args, client=pipe)
         pipe.hgetall(self._key(job_id))
-        (applied, _), raw = pipe.execute()
-        return Job.from_hash(raw) if applied and raw else None
+
+        def read(results: Sequence[Any]) -> Job | None:
+            (applied, _), raw = results[-2:]
+            return Job.from_hash(raw) if applied and raw else None
+
+        return read
 
     def progress(self, job_id: str, progress: float, *, stage: str, message: str = "") -> bool:
         value = f"{min(max(progress, 0.0), 1.0):.4f}"
@@ -338,8 +350,12 @@ class JobStore:
         result_inline: str | None = None,
         message: str = "",
         ttl_s: int | None = None,
+        pipe: redis.client.Pipeline | None = None,
     ) -> bool:
-        """Finish with a result, kept ``ttl_s`` (default: the store's result TTL)."""
+        """Finish with a result, kept ``ttl_s`` (default: the store's result TTL).
+
+        With ``pipe``, the move is only queued there (to share a round trip) and True is answered.
+        """
         fields = {
             "finished_at": utcnow_iso(),
             "progress": "1",
@@ -351,6 +367,10 @@ class JobStore:
             fields["result_artifact"] = result_artifact
         if result_inline:
             fields["result_inline"] = result_inline
+        if pipe is not None:
+            keys, args = self._move_args(job_id, allowed=ACTIVE, to="succeeded", ttl=True, fields=fields, ttl_s=ttl_s)
+            self._transition(keys=keys, args=args, client=pipe)
+            return True
         return self._move(job_id, allowed=ACTIVE, to="succeeded", ttl=True, fields=fields, ttl_s=ttl_s)
 
     def fail(self, job_id: str, *, code: str, message: str, details: Mapping[str, Any] | None = None) -> bool:

@@ -4,7 +4,7 @@ A *unit* is one task's share of a job: its main task (``main``), one mining shar
 the join of the shards (``join``). Celery delivers a message at least once: again when a pool process dies
 under it (``task_reject_on_worker_lost``), again when a whole worker dies and the visibility timeout passes,
 and the janitor (``shared/janitor.py``) sends a unit again when it finds it lost. So before a worker runs
-a unit, ``UnitGuard.admit`` does, in one Lua call:
+a unit, ``UnitGuard.admit`` does, in one Lua call (``admit_on`` queues it in the round trip that starts the job):
 
 1. counts the start: ``INCR <prefix>:unit:<job>:<unit>:starts``. A unit started more than
    ``max_deliveries`` times without finishing has killed its worker each time (a poison message): the
@@ -31,9 +31,11 @@ import socket
 import threading
 import time
 import uuid
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import redis
+from redis.client import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -113,24 +115,38 @@ class UnitGuard:
 
     def admit(self, job_id: str, unit: str) -> tuple[Admission, int]:
         """Count this start and take the lease: (what to do, how many times the unit has been started)."""
+        pipe = self._r.pipeline(transaction=False)
+        admitted = self.admit_on(pipe, job_id, unit)
+        return admitted(pipe.execute()[0])
+
+    def admit_on(self, pipe: Pipeline, job_id: str, unit: str) -> Callable[[Any], tuple[Admission, int]]:
+        """Queue the admission on ``pipe`` (so it shares a round trip with the job's start); call the answer
+        with the pipeline's result for it."""
         lease, starts = self.lease_key(job_id, unit), self.starts_key(job_id, unit)
         holder = f"{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex}"
-        count, taken, current = self._admit(
-            keys=[starts, lease], args=[holder, self._ttl_ms, self._max_starts, STARTS_TTL_S]
-        )
+        self._admit(keys=[starts, lease], args=[holder, self._ttl_ms, self._max_starts, STARTS_TTL_S], client=pipe)
+
+        def decide(result: Any) -> tuple[Admission, int]:
+            count, taken, current = result
+            previous = cast("bytes | None", current)
+            return self._decide(lease, starts, holder, count=int(count), taken=bool(taken), previous=previous)
+
+        return decide
+
+    def _decide(
+        self, lease: str, starts: str, holder: str, *, count: int, taken: bool, previous: bytes | None
+    ) -> tuple[Admission, int]:
         if count > self._max_starts:
             return Admission.POISON, count - 1
         if not taken:
-            previous = cast("bytes | None", current)
             if previous is not None and _holder_alive(previous.decode()):
                 self._r.decr(starts)  # not started here after all
                 return Admission.BUSY, count - 1
             # The holder died on this host (or the lease expired in between): take it over.
-            expected = previous.decode() if previous is not None else ""
             if previous is None:
                 taken = bool(self._r.set(lease, holder, nx=True, px=self._ttl_ms))
             else:
-                taken = bool(self._swap(keys=[lease], args=[expected, holder, self._ttl_ms]))
+                taken = bool(self._swap(keys=[lease], args=[previous.decode(), holder, self._ttl_ms]))
             if not taken:
                 self._r.decr(starts)
                 return Admission.BUSY, count - 1
@@ -141,10 +157,16 @@ class UnitGuard:
 
     def release(self, job_id: str, unit: str) -> None:
         """The unit finished (returned or raised): drop its lease and its start count."""
+        pipe = self._r.pipeline(transaction=False)
+        self.release_on(pipe, job_id, unit)
+        pipe.execute()
+
+    def release_on(self, pipe: Pipeline, job_id: str, unit: str) -> None:
+        """Queue the release on ``pipe`` (so it shares a round trip with the job's finish)."""
         lease = self.lease_key(job_id, unit)
         with self._lock:
             holder = self._held.pop(lease, "")
-        self._release(keys=[lease, self.starts_key(job_id, unit)], args=[holder])
+        self._release(keys=[lease, self.starts_key(job_id, unit)], args=[holder], client=pipe)
 
     def _ensure_renewer(self) -> None:
         # Started lazily in the process that runs units (a prefork child), and again after a fork.

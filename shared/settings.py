@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     encode_batch_size: int = Field(default=128, ge=1, le=4096)
     autocast: Literal["off", "fp16", "bf16"] = "off"
     profile: Literal["local", "production"] = "local"
+    redis_fsync: Literal["always", "everysec"] = "always"
     lease_ttl_s: int = Field(default=DEFAULT_LEASE_TTL_S, ge=1, le=3600)
     max_deliveries: int = Field(default=DEFAULT_MAX_DELIVERIES, ge=1, le=100)
     janitor_interval_s: float = Field(default=DEFAULT_JANITOR_INTERVAL_S, gt=0, le=3600)
@@ -119,6 +120,7 @@ class Settings(BaseSettings):
         env["MOVIEREC_ENCODER_POOLING"] = self.encoder_pooling
         env["MOVIEREC_ENCODE_BATCH_SIZE"] = str(self.encode_batch_size)
         env["MOVIEREC_AUTOCAST"] = self.autocast
+        env["MOVIEREC_REDIS_FSYNC"] = self.redis_fsync
         env["MOVIEREC_LEASE_TTL_S"] = str(self.lease_ttl_s)
         env["MOVIEREC_MAX_DELIVERIES"] = str(self.max_deliveries)
         env["MOVIEREC_JANITOR_INTERVAL_S"] = str(self.janitor_interval_s)

@@ -70,6 +70,9 @@ class EmbeddedRedis:
     data_dir: Path
     port: int = 0
     password: str | None = field(default=None, repr=False)
+    fsync: str = "always"
+    """``always``: every write on disk before Redis answers it (an accepted job survives a crash; RELIABILITY.md);
+    ``everysec``: up to a second of writes at risk, for less latency on a slow disk."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -89,7 +92,7 @@ class EmbeddedRedis:
                     "protected-mode yes",
                     f"dir {self.data_dir.resolve()}",
                     "appendonly yes",
-                    "appendfsync always",  # a job answered 202 is on disk: see RELIABILITY.md
+                    f"appendfsync {self.fsync}",
                     'save ""',
                     "maxmemory-policy noeviction",
                     "daemonize no",
@@ -155,7 +158,11 @@ class Stack:
         self.data_dir = data_dir
         self.port = port
         self.cpu_workers = cpu_workers
-        self.redis = EmbeddedRedis(data_dir / "redis", password=redis_password) if embedded_redis else None
+        self.redis = (
+            EmbeddedRedis(data_dir / "redis", password=redis_password, fsync=settings.redis_fsync)
+            if embedded_redis
+            else None
+        )
         self.settings = settings
         self.log_dir = log_dir
         self.children: list[Child] = []
