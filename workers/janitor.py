@@ -124,7 +124,8 @@ class Janitor:
         """Prune expired ids, then look after the active jobs; answers what it did."""
         jobs = self._svc.jobs
         report = {"pruned": jobs.prune_expired(), "resent": 0, "failed": 0, "forgotten": 0}
-        for job_id in jobs.active_ids():
+        active = set(jobs.active_ids())
+        for job_id in active:
             job = jobs.get(job_id)
             if job is None or job.finished:  # gone without finishing (deleted), or finished since the read
                 jobs.forget(job_id)
@@ -135,7 +136,7 @@ class Janitor:
                 continue
             units = self.pending_units(job)
             idle_key = f"{self._prefix}:janitor:idle:{job_id}"
-            if self._alive(job, units):
+            if self._alive(job, units, active=active):
                 self._svc.redis.delete(idle_key)
                 continue
             if self._svc.redis.set(idle_key, f"{time.time():.3f}", nx=True, ex=int(self._interval * 4) + 1):
@@ -168,7 +169,7 @@ class Janitor:
             return []
         return plan_shards(int(dataset["counts"]["movies"]), int(job.params["shard_size"]))
 
-    def _alive(self, job: Job, units: list[Unit]) -> bool:
+    def _alive(self, job: Job, units: list[Unit], *, active: set[str]) -> bool:
         r = self._svc.redis
         if job.kind == "pipeline":
             raw = self._svc.jobs.field(job.id, "pipeline")
@@ -177,7 +178,7 @@ class Janitor:
             state = json.loads(raw)
             stage = STAGES[state["stage"]] if state["stage"] < len(STAGES) else None
             child = state["children"].get(stage) if stage else None
-            return child is not None and child in set(self._svc.jobs.active_ids())
+            return child is not None and child in active
         leases = [self._svc.units.lease_key(job.id, name) for name in {"main", "join", *(u.name for u in units)}]
         if cast(int, r.exists(*leases)):
             return True
