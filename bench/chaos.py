@@ -78,11 +78,13 @@ def main() -> int:
         submitter = threading.Thread(target=submit_all)
         submitter.start()
         worker_kills = redis_kills = 0
+        revived: list[str] = []
         redis_every = max(1, args.jobs // (args.redis_kills + 1))
         while not done.is_set() or _unfinished(api, list(accepted.values())):
             time.sleep(args.worker_kill_every)
             stack.kill("cpu-worker", signal.SIGKILL)
             stack.respawn("cpu-worker")
+            revived += [name for name, _ in stack.revive()]  # as `movierec up` does: what exited starts again
             worker_kills += 1
             if redis_kills < args.redis_kills and len(accepted) >= redis_every * (redis_kills + 1):
                 assert stack.redis is not None and stack.redis.process is not None
@@ -107,7 +109,8 @@ def main() -> int:
             result = mine_range(incidence, 0, len(movie_ids), seed=seed, strategy="uniform-min")
             differ += stored.tobytes() != movie_ids[result.triplets].astype(np.int32).tobytes()
         print(f"{len(accepted)} jobs accepted (202), {unavailable[0]} submissions answered 503 and retried; "
-              f"{worker_kills} CPU-worker SIGKILLs, {redis_kills} Redis SIGKILL+restarts; "
+              f"{worker_kills} CPU-worker SIGKILLs, {redis_kills} Redis SIGKILL+restarts, {len(revived)} exited "
+              f"processes restarted {sorted(set(revived))}; "
               f"lost {lost}, results differing from an undisturbed run {differ}; {elapsed:.0f} s wall")  # fmt: skip
         return 0 if lost == 0 and differ == 0 else 1
 

@@ -34,6 +34,10 @@ import redis
 from .settings import Settings
 
 STOP_GRACE_S = 20.0
+
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+"""``movierec up`` starts a child that exits again, but stops when children exit more than 5 times a minute."""
 """How long a child may take to stop after SIGTERM before it is killed."""
 
 REDIS_START_TIMEOUT_S = 15.0
@@ -242,20 +246,37 @@ class Stack:
     def dead_child(self) -> Child | None:
         return next((c for c in self.children if c.process.poll() is not None), None)
 
+    def revive(self) -> list[tuple[str, int]]:
+        """Start again every child that has exited (Celery gives up for good on a broker it lost in some
+        states; a process can be OOM-killed): answers (name, exit status) of each one restarted."""
+        revived = []
+        for child in list(self.children):
+            code = child.process.poll()
+            if code is not None and not self._stopping.is_set():
+                self.respawn(child.name)
+                revived.append((child.name, code))
+        return revived
+
     def run_until_signalled(self) -> int:
-        """Supervise until SIGINT/SIGTERM (exit 0) or until a child dies (exit 1)."""
+        """Supervise until SIGINT/SIGTERM (exit 0): a child that exits is started again, unless children
+        exit more than ``MAX_RESTARTS`` times within ``RESTART_WINDOW_S`` (then everything stops, exit 1)."""
 
         def request_stop(_signum: int, _frame: object) -> None:
             self._stopping.set()
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        restarts: list[float] = []
         while not self._stopping.wait(0.5):
-            dead = self.dead_child()
-            if dead is not None:
-                print(f"movierec: {dead.name} exited with status {dead.process.returncode}; stopping", file=sys.stderr)
-                self.stop()
-                return 1
+            for name, code in self.revive():
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
+                if len(restarts) > MAX_RESTARTS:
+                    print(f"movierec: {name} exited with status {code}, {len(restarts)} exits within "
+                          f"{RESTART_WINDOW_S:.0f} s; stopping", file=sys.stderr)  # fmt: skip
+                    self.stop()
+                    return 1
+                print(f"movierec: {name} exited with status {code}; started it again", file=sys.stderr)
         self.stop()
         return 0
 
