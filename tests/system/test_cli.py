@@ -88,6 +88,33 @@ def test_up_serves_and_sigterm_leaves_no_process(up: tuple[subprocess.Popen[str]
     assert not alive, [p.name() for p in alive]
 
 
+def _cpu_workers(up_pid: int, *, besides: int = 0) -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process(up_pid).children():
+        try:
+            if child.pid != besides and "cpu" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.Error:  # a process that is going, or gone
+            continue
+    return found
+
+
+def test_up_starts_a_worker_that_died_again(up: tuple[subprocess.Popen[str], int]) -> None:
+    process, port = up
+    workers = _cpu_workers(process.pid)
+    assert len(workers) == 1
+    os.killpg(workers[0].pid, signal.SIGKILL)  # the worker and its pool, as an OOM kill or a crash would
+    deadline = time.monotonic() + 60
+    while True:
+        if _cpu_workers(process.pid, besides=workers[0].pid):
+            break
+        assert time.monotonic() < deadline, "the CPU worker was not started again"
+        time.sleep(0.2)
+    assert process.poll() is None  # `up` itself carries on
+    done = cli("submit", "dataset", "ml-latest-small", "--wait", "--api", f"http://127.0.0.1:{port}")
+    assert done.returncode == 0 and '"status": "succeeded"' in done.stdout, done.stderr  # the new worker ran it
+
+
 def test_up_killed_outright_still_leaves_no_process(up: tuple[subprocess.Popen[str], int]) -> None:
     process, _ = up
     tree = _tree(process.pid)
