@@ -3,10 +3,10 @@
 A task body receives a ``JobContext`` and the job's JSON parameters, and returns the job's JSON result
 (optionally with the artifact that ``?format=npy`` serves). ``run_job`` does the rest:
 
-    admit (shared/leases.py) -> start (skip when the job was cancelled or expired) -> body -> succeed
-                                                                 \\-> MovierecError -> fail with its code, message
-                                                                 \\-> anything else -> fail as internal_error, logged
-    -> release the unit
+    admit the unit + start (one round trip; skip when the job was cancelled or expired)
+      -> body -> succeed + release the unit (one round trip)
+              \\-> MovierecError -> fail with its code and message, release
+              \\-> anything else -> fail as internal_error (logged here), release
 
 ``unit`` is that frame's first step alone, for the tasks that are a part of a job (a shard, a join): a
 delivery whose unit another live worker runs is dropped, and a unit that killed its worker too often fails
