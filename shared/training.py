@@ -251,17 +251,20 @@ class _Adam:
         self.param, self.lr, self.t = param, lr, 0
         self.m, self.v, self.scratch = np.zeros_like(param), np.zeros_like(param), np.empty_like(param)
 
-    def step(self, grad: np.ndarray) -> None:
+    def step(self, grad: np.ndarray | None) -> None:
+        """One update; ``grad=None`` is a zero gradient (a batch with no active triplet), which still moves the
+        parameters through the moments, as torch does, but needs no arithmetic on the gradient."""
         beta1, beta2 = ADAM_BETAS
         self.t += 1
         m, v, tmp = self.m, self.v, self.scratch
         m *= beta1
-        np.multiply(grad, 1 - beta1, out=tmp)
-        m += tmp
         v *= beta2
-        np.multiply(grad, grad, out=tmp)
-        tmp *= 1 - beta2
-        v += tmp
+        if grad is not None:
+            np.multiply(grad, 1 - beta1, out=tmp)
+            m += tmp
+            np.multiply(grad, grad, out=tmp)
+            tmp *= 1 - beta2
+            v += tmp
         np.sqrt(v, out=tmp)
         tmp *= 1 / np.sqrt(1 - beta2**self.t)
         tmp += ADAM_EPS  # the denominator, as torch: sqrt(v) / sqrt(1 - beta2^t) + eps
@@ -270,9 +273,10 @@ class _Adam:
         self.param -= tmp
 
 
-def _loss_and_gradient(xs: np.ndarray, wb: np.ndarray, margin: float) -> tuple[float, np.ndarray]:
+def _loss_and_gradient(xs: np.ndarray, wb: np.ndarray, margin: float) -> tuple[float, np.ndarray | None]:
     """Triplet loss of (3B, d + 1) stacked inputs (last column ones) through normalize(x [W b]^T), and its
-    gradient in [W b]."""
+    gradient in [W b]: None when no triplet is active (the loss and its gradient are zero; once the model has
+    learnt, most batches)."""
     y = xs @ wb.T  # (3B, h)
     norm = np.maximum(np.sqrt(np.einsum("ij,ij->i", y, y)), NORM_EPS)[:, None]  # (3B, 1)
     z = y / norm
@@ -281,6 +285,8 @@ def _loss_and_gradient(xs: np.ndarray, wb: np.ndarray, margin: float) -> tuple[f
     to_p, to_n = za - zp, za - zn
     d_p, d_n = np.sqrt(np.einsum("ij,ij->i", to_p, to_p)), np.sqrt(np.einsum("ij,ij->i", to_n, to_n))  # (B,)
     hinge = d_p - d_n + margin
+    if not (hinge > 0).any():
+        return 0.0, None
     active = (hinge > 0).astype(np.float32) / len(hinge)  # d loss / d hinge_i
     g_p = (np.divide(active, d_p, out=np.zeros_like(d_p), where=d_p > 0))[:, None] * to_p  # d loss / d za via d_p
     g_n = (np.divide(active, d_n, out=np.zeros_like(d_n), where=d_n > 0))[:, None] * to_n
