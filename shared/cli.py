@@ -179,7 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_service_commands(sub: Any) -> None:
     cpus = os.cpu_count() or 1
-    p = sub.add_parser("up", help="run Redis (embedded unless REDIS_URL is set), the API and the workers")
+    p = sub.add_parser(
+        "up",
+        help="run Redis (embedded unless REDIS_URL is set), the API and the workers",
+        description="Run Redis (embedded unless REDIS_URL is set), the API and the workers, and supervise them: "
+        "a process that exits is started again (more than 5 exits a minute stop everything, exit 1). "
+        "Ctrl-C or SIGTERM stops every process, Redis last.",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_API_PORT, help="API port (default %(default)s)")
     p.add_argument("--cpu-workers", type=int, default=cpus, help="CPU worker processes (default %(default)s)")
     p.add_argument("--data-dir", default=".movierec", help="embedded Redis data (default %(default)s)")
