@@ -271,26 +271,19 @@ class JobStore:
         ttl: bool,
         fields: Mapping[str, str],
         ttl_s: int | None = None,
+        pipe: redis.client.Pipeline | None = None,
     ) -> bool:
-        keys, args = self._move_args(job_id, allowed=allowed, to=to, ttl=ttl, fields=fields, ttl_s=ttl_s)
-        applied, _ = self._transition(keys=keys, args=args)
-        return bool(applied)
-
-    def _move_args(
-        self,
-        job_id: str,
-        *,
-        allowed: Iterable[Status],
-        to: Status | None,
-        ttl: bool,
-        fields: Mapping[str, str],
-        ttl_s: int | None = None,
-    ) -> tuple[Sequence[str], Sequence[str]]:
-        """The transition script's keys and arguments (see ``_TRANSITION``)."""
+        """Run the transition script (see ``_TRANSITION``): True when the move applied. With ``pipe`` it is
+        only queued there, to share a round trip, and True is answered."""
         args = [json.dumps(list(allowed)), to or "", str(ttl_s or self._ttl) if ttl else ""]
         for k, v in fields.items():
             args += [k, v]
-        return [self._key(job_id), f"{self._key(job_id)}:finished", self._active, self._expiry, job_id], args
+        keys = [self._key(job_id), f"{self._key(job_id)}:finished", self._active, self._expiry, job_id]
+        if pipe is not None:
+            self._transition(keys=keys, args=args, client=pipe)
+            return True
+        applied, _ = self._transition(keys=keys, args=args)
+        return bool(applied)
 
     def wait_finished(self, job_id: str, timeout_s: float, *, just_submitted: bool = False) -> Job | None:
         """Block up to ``timeout_s`` until the job finishes (no polling); answers its record then, or None.
@@ -321,8 +314,7 @@ class JobStore:
         """``start`` queued on ``pipe`` (two commands, the last on it so far); call the answer with the
         pipeline's results."""
         fields = {"started_at": utcnow_iso(), "stage": stage, "message": message}
-        keys, args = self._move_args(job_id, allowed=ACTIVE, to="running", ttl=False, fields=fields)
-        self._transition(keys=keys, args=args, client=pipe)
+        self._move(job_id, allowed=ACTIVE, to="running", ttl=False, fields=fields, pipe=pipe)
         pipe.hgetall(self._key(job_id))
 
         def read(results: Sequence[Any]) -> Job | None:
@@ -367,11 +359,7 @@ class JobStore:
             fields["result_artifact"] = result_artifact
         if result_inline:
             fields["result_inline"] = result_inline
-        if pipe is not None:
-            keys, args = self._move_args(job_id, allowed=ACTIVE, to="succeeded", ttl=True, fields=fields, ttl_s=ttl_s)
-            self._transition(keys=keys, args=args, client=pipe)
-            return True
-        return self._move(job_id, allowed=ACTIVE, to="succeeded", ttl=True, fields=fields, ttl_s=ttl_s)
+        return self._move(job_id, allowed=ACTIVE, to="succeeded", ttl=True, fields=fields, ttl_s=ttl_s, pipe=pipe)
 
     def fail(self, job_id: str, *, code: str, message: str, details: Mapping[str, Any] | None = None) -> bool:
         error = {"code": code, "message": message, **({"details": dict(details)} if details else {})}
