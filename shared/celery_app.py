@@ -1,10 +1,14 @@
 """The one factory that builds the Celery app, for the API (which only sends) and the workers.
 
 Routing is by task module: everything in ``workers.cpu`` goes to the ``cpu`` queue, everything in
-``workers.gpu`` to ``gpu``. Messages are JSON only. Tasks are acknowledged late and requeued when their
-worker dies, so every task is written to be idempotent (deterministic output keys). The Redis visibility
-timeout is set in the three places Celery and kombu read it, and it exceeds the hard time limit
-(``Settings`` refuses a configuration where it does not).
+``workers.gpu`` to ``gpu``. Messages are JSON only. Tasks are acknowledged late, and requeued when the pool
+process running them dies (``task_reject_on_worker_lost``) or the worker shuts down, so every task is written
+to be idempotent (deterministic output keys).
+
+There is no result backend: a job's state and result live in our job store (``shared.jobs``), and nothing
+asks Celery for a task's result. With one, every send subscribed to the task's result channel and
+unsubscribed again, two round trips on each submission for an answer no one reads. The broker is kombu's
+Redis transport with its clients kept and submissions sent in one MULTI with their record (``shared.broker``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any, cast
 
 from celery import Celery
 
+from .broker import TRANSPORT
 from .settings import Settings
 
 CPU_QUEUE = "cpu"
@@ -27,18 +32,16 @@ class MovierecCelery(Celery):  # type: ignore[misc]
 
 
 def make_celery(settings: Settings) -> MovierecCelery:
-    app = MovierecCelery("movierec", broker=settings.redis_url, backend=settings.redis_url, include=TASK_MODULES)
+    app = MovierecCelery("movierec", broker=settings.redis_url, include=TASK_MODULES)
     app.settings = settings
     transport: dict[str, Any] = {
-        "visibility_timeout": settings.visibility_timeout_s,
         # Our prefix on the queues and bindings too, so two deployments (or test runs) share a Redis safely.
         "global_keyprefix": f"{settings.key_prefix}:celery:",
+        "visibility_timeout": settings.visibility_timeout_s,
     }
     app.conf.update(
         accept_content=["json"],
         task_serializer="json",
-        result_serializer="json",
-        result_accept_content=["json"],
         task_routes={
             "workers.cpu.*": {"queue": CPU_QUEUE},
             "workers.gpu.*": {"queue": GPU_QUEUE},
@@ -47,7 +50,6 @@ def make_celery(settings: Settings) -> MovierecCelery:
         task_create_missing_queues=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_track_started=True,
         task_ignore_result=True,
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=settings.soft_time_limit_s,
@@ -55,10 +57,8 @@ def make_celery(settings: Settings) -> MovierecCelery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options=dict(transport),
-        result_backend_transport_options=dict(transport),
-        visibility_timeout=settings.visibility_timeout_s,
-        result_expires=settings.result_ttl_s,
+        broker_transport=TRANSPORT,
+        broker_transport_options=transport,
         enable_utc=True,
     )
     return app

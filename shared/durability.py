@@ -1,6 +1,6 @@
 """When is an accepted job on disk? The API answers 202 only once Redis says so.
 
-``submit`` writes the job record and its message, then calls ``Durability.confirm``. What that does depends on
+``submit`` writes the job record and its message (one MULTI), then calls ``Durability.confirm``. What that does depends on
 the Redis it talks to, found once per process (``probe``):
 
     mode            the Redis                                   confirm
@@ -59,9 +59,10 @@ class Durability:
     def confirm(self, client: redis.Redis, record_key: str) -> None:
         """Return once the job's record and message are on disk (as far as the mode allows), else 503.
 
-        WAITAOF waits for the writes of its own connection, and the message went through Celery's. So on one
-        pooled connection: a write to the record (after the message's), then WAITAOF; the AOF is one ordered
-        file, so once that write is fsynced, everything before it is too.
+        WAITAOF waits for the writes of its own connection, and the MULTI that wrote the record and the message
+        may have had another of the pool's. So on one pooled connection: a write to the record (after the
+        MULTI), then WAITAOF; the AOF is one ordered file, so once that write is fsynced, everything before it
+        is too.
         """
         if self.mode != "waitaof":
             return

@@ -34,6 +34,7 @@ from typing import Any, Literal, cast
 import redis
 
 from .durability import Durability
+from .redisconn import Script
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -163,8 +164,8 @@ class JobStore:
         self._index = f"{prefix}:jobs"
         self._active = f"{prefix}:jobs:active"
         self._expiry = f"{prefix}:jobs:expiry"
-        self._transition = client.register_script(_TRANSITION)
-        self._shard_done = client.register_script(_SHARD_DONE)
+        self._transition = Script(client, _TRANSITION)
+        self._shard_done = Script(client, _SHARD_DONE)
 
     def _key(self, job_id: str) -> str:
         return f"{self._prefix}:job:{job_id}"
@@ -172,6 +173,25 @@ class JobStore:
     def create(
         self, kind: str, params: Mapping[str, Any], *, job_id: str | None = None, owner: str | None = None
     ) -> Job:
+        pipe = self.pipeline()
+        job = self.create_on(pipe, kind, params, job_id=job_id, owner=owner)
+        pipe.execute()
+        return job
+
+    def pipeline(self) -> redis.client.Pipeline:
+        """A MULTI on this store's Redis, for ``create_on`` and whatever must land with it (the job's message)."""
+        return self._r.pipeline(transaction=True)
+
+    def create_on(
+        self,
+        pipe: redis.client.Pipeline,
+        kind: str,
+        params: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        owner: str | None = None,
+    ) -> Job:
+        """``create`` queued on ``pipe``: the record exists once the caller executes it."""
         job_id = job_id or str(uuid.uuid4())
         now = time.time()
         fields = {
@@ -186,11 +206,9 @@ class JobStore:
         }
         if owner:
             fields["owner"] = owner
-        pipe = self._r.pipeline(transaction=True)
         pipe.hset(self._key(job_id), mapping=fields)
         pipe.zadd(self._index, {job_id: now})
         pipe.sadd(self._active, job_id)
-        pipe.execute()
         return Job.from_hash({k.encode(): v.encode() for k, v in fields.items()})
 
     def durability(self) -> Durability:

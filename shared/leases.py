@@ -37,6 +37,8 @@ from typing import Any, cast
 import redis
 from redis.client import Pipeline
 
+from .redisconn import Script
+
 log = logging.getLogger(__name__)
 
 STARTS_TTL_S = 24 * 3600
@@ -99,9 +101,9 @@ class UnitGuard:
         self._prefix = prefix
         self._ttl_ms = int(ttl_s * 1000)
         self._max_starts = max_starts
-        self._admit = client.register_script(_ADMIT)
-        self._swap = client.register_script(_SWAP)
-        self._release = client.register_script(_RELEASE)
+        self._admit = Script(client, _ADMIT)
+        self._swap = Script(client, _SWAP)
+        self._release = Script(client, _RELEASE)
         self._held: dict[str, str] = {}  # lease key -> holder, renewed by the thread below
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None

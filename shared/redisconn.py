@@ -1,9 +1,13 @@
-"""One way to open Redis, so every process gets the same timeouts and retry policy."""
+"""One way to open Redis, so every process gets the same timeouts and retry policy; one way to run Lua."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
 from redis.retry import Retry
 
 SOCKET_TIMEOUT_S = 40.0
@@ -22,3 +26,22 @@ def connect(url: str) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
+
+
+class Script:
+    """A Lua script: EVALSHA on a client (loaded again after a Redis restart), EVAL in a pipeline.
+
+    A pipeline holding one of redis-py's registered scripts asks SCRIPT EXISTS before it runs: a round trip
+    more on the paths that count them (a recommendation's start and finish each run in one pipeline). In a
+    pipeline this sends the body instead; Redis finds it by its SHA1 in its script cache, and a Redis that
+    restarted with an empty cache compiles it again, where an EVALSHA would fail.
+    """
+
+    def __init__(self, client: redis.Redis, source: str) -> None:
+        self._source = source
+        self._registered = client.register_script(source)
+
+    def __call__(self, *, keys: Sequence[Any], args: Sequence[Any], client: redis.Redis | None = None) -> Any:
+        if isinstance(client, Pipeline):
+            return client.eval(self._source, len(keys), *keys, *args)
+        return self._registered(keys=keys, args=args, client=client)

@@ -1,11 +1,19 @@
-"""Submitting a job: the record first, then the message, so an answered id is never unknown."""
+"""Submitting a job: its record and its message in one MULTI, so an answered id is never unknown.
+
+Celery builds the message; ``shared.broker.onto`` queues its ``LPUSH`` on the MULTI that writes the record,
+so both land in one round trip (one disk flush when Redis fsyncs every write), or neither does and the
+caller gets 503. A worker that takes the message always finds the record.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
+from .broker import onto
 from .errors import ServiceUnavailable
 from .jobs import Job, JobStore
 
@@ -23,11 +31,16 @@ def submit(
     celery: Celery, jobs: JobStore, *, kind: str, task: str, params: dict[str, Any], owner: str | None = None
 ) -> Job:
     """``owner``: who may see the job when the API runs with keys (``api.auth``); None when it is open."""
-    job = jobs.create(kind, params, owner=owner)
+    pipe = jobs.pipeline()
+    job = jobs.create_on(pipe, kind, params, owner=owner)
     try:
-        celery.send_task(task, args=[job.id, params], task_id=job.id)
-    except Exception as exc:
-        jobs.fail(job.id, code="enqueue_failed", message="the job could not be queued")
+        with onto(pipe):
+            # The params are in the record: the message's printable form (worker logs, events) names the job only.
+            celery.send_task(
+                task, args=[job.id, params], task_id=job.id, argsrepr=f"[{job.id!r}, ...]", kwargsrepr="{}"
+            )
+        pipe.execute()
+    except (redis.RedisError, OperationalError, OSError) as exc:
         raise ServiceUnavailable("the job queue is unreachable; try again shortly") from exc
     jobs.confirm_durable(job.id)  # 202 only once it is on disk: see shared/durability.py
     return job

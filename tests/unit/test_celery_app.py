@@ -1,4 +1,4 @@
-"""The Celery factory: JSON only, routing by module, late acks, the visibility timeout everywhere."""
+"""The Celery factory: JSON only, routing by module, late acks, no result backend."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ def test_configuration_follows_settings() -> None:
     app = make_celery(settings)
     conf = app.conf
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
-    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.task_track_started
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.task_ignore_result
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_time_limit == 100 and conf.task_soft_time_limit < 100
-    # The three places Celery and kombu read the Redis visibility timeout.
-    assert conf.visibility_timeout == 500
+    # Results live in the job store.
     assert conf.broker_transport_options["visibility_timeout"] == 500
-    assert conf.result_backend_transport_options["visibility_timeout"] == 500
+    assert conf.broker_transport == "shared.broker:Transport"
+    assert type(app.backend).__name__ == "DisabledBackend"
     assert conf.broker_transport_options["global_keyprefix"] == "cfg:celery:"
     assert app.settings is settings
 
