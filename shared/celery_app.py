@@ -5,6 +5,15 @@ Routing is by task module: everything in ``workers.cpu`` goes to the ``cpu`` que
 process running them dies (``task_reject_on_worker_lost``) or the worker shuts down, so every task is written
 to be idempotent (deterministic output keys).
 
+Redelivery after a whole worker dies is the janitor's (workers/janitor.py), not kombu's. kombu's Redis
+transport emulates acknowledgements by copying each message it hands out into an ``unacked`` hash and
+deleting it on ack, and restores what a dead worker held after the visibility timeout (3 h by default). The
+janitor finds such a job within a lease TTL and two sweeps and sends it again, so kombu's copy only ever
+arrived as a late duplicate, and it cost two writes per task (two disk flushes, on a Redis that fsyncs every
+write, one of them before the task could start). So ``ack_emulation`` is off: the broker forgets a message
+once a worker has taken it. ``visibility_timeout_s`` stays the bound after which the janitor resends a job
+that a busy queue might still be holding, and ``Settings`` still keeps the hard time limit below it.
+
 There is no result backend: a job's state and result live in our job store (``shared.jobs``), and nothing
 asks Celery for a task's result. With one, every send subscribed to the task's result channel and
 unsubscribed again, two round trips on each submission for an answer no one reads. The broker is kombu's
@@ -37,7 +46,7 @@ def make_celery(settings: Settings) -> MovierecCelery:
     transport: dict[str, Any] = {
         # Our prefix on the queues and bindings too, so two deployments (or test runs) share a Redis safely.
         "global_keyprefix": f"{settings.key_prefix}:celery:",
-        "visibility_timeout": settings.visibility_timeout_s,
+        "ack_emulation": False,  # redelivery is the janitor's (see above)
     }
     app.conf.update(
         accept_content=["json"],

@@ -1,7 +1,7 @@
 """When is an accepted job on disk? The API answers 202 only once Redis says so.
 
-``submit`` writes the job record and its message (one MULTI), then calls ``Durability.confirm``. What that does depends on
-the Redis it talks to, found once per process (``probe``):
+``submit`` writes the job record and its message (one MULTI), then calls ``Durability.confirm``. What that
+does depends on the Redis it talks to, found once per process (``probe``):
 
     mode            the Redis                                   confirm
     waitaof         7.2 or later, AOF on                        WAITAOF 1 0 <timeout>: returns once the local AOF

@@ -26,7 +26,8 @@ DEFAULT_TASK_TIME_LIMIT_S = 2 * 3600
 """Hard time limit of any task; the worker kills a child that runs past it."""
 
 DEFAULT_VISIBILITY_TIMEOUT_S = 3 * 3600
-"""Redis redelivers an unacknowledged message after this long; it must exceed the hard time limit."""
+"""The longest a job without a lease is taken to be waiting its turn behind a busy queue; past it the janitor
+sends its work again (workers/janitor.py). It must exceed the hard time limit."""
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Largest request body the API reads (413 beyond)."""
@@ -92,7 +93,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _visibility_exceeds_time_limit(self) -> Settings:
-        # A message whose task may still be running when Redis redelivers it would run twice at once.
+        # The bound after which a job's work is sent again must outlast any run of it.
         if self.task_time_limit_s >= self.visibility_timeout_s:
             raise ValueError(
                 f"task_time_limit_s ({self.task_time_limit_s}) must be below "

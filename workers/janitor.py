@@ -6,10 +6,10 @@ per interval for the whole deployment. A sweep
 1. takes the ids of expired job records out of the indexes (``JobStore.prune_expired``), so the key count
    and memory return to their baseline once results expire;
 2. watches every active job. A job is *alive* while a lease of one of its units exists (a worker runs it:
-   see shared/leases.py), while the queue its next unit goes to holds messages (it may be waiting its turn),
-   or, for a pipeline, while its current stage's job is active. A job found idle on two sweeps in a row has
-   lost its work (a worker died with a message it had taken, a child died between two steps) and the janitor
-   sends its pending units again:
+   see shared/leases.py), while the queue its next unit goes to holds messages (it may be waiting its turn;
+   for one visibility timeout at most), or, for a pipeline, while its current stage's job is active. A job
+   found idle on two sweeps in a row has lost its work (a worker died with messages it had taken, a child died
+   between two steps) and the janitor sends its pending units again:
 
        ingest, encode, train, index, recommend   the job's task
        triplets                                   the shards not done; the join once all are; the planning
@@ -20,8 +20,16 @@ per interval for the whole deployment. A sweep
    ``MAX_RESENDS`` times fails with the reason; a unit that kills its worker fails its job sooner, through
    its start count (shared/leases.py).
 
+The janitor is the only redelivery of a message whose worker died whole: the broker forgets a message once a
+worker has taken it (no kombu ack emulation, see shared/celery_app.py). While the queue holds messages the
+lost one cannot be told from one waiting its turn, so a busy queue counts as alive for at most
+``visibility_timeout_s`` without a lease, the bound kombu's restore had; then the units are sent again anyway,
+and a copy that was only waiting is dropped at admission.
+
 Keys, all with a TTL: ``<prefix>:janitor:lock`` (one interval), ``<prefix>:janitor:idle:<job>`` (the sweep that
-first found the job idle; a few intervals), ``<prefix>:janitor:resends:<job>`` (a day).
+first found the job idle; a few intervals), ``<prefix>:janitor:queued:<job>`` (the sweep that first found it
+without a lease behind a busy queue; the visibility timeout and a few intervals), ``<prefix>:janitor:resends:<job>``
+(a day).
 """
 
 from __future__ import annotations
@@ -180,10 +188,17 @@ class Janitor:
             child = state["children"].get(stage) if stage else None
             return child is not None and child in active
         leases = [self._svc.units.lease_key(job.id, name) for name in {"main", "join", *(u.name for u in units)}]
+        queued = f"{self._prefix}:janitor:queued:{job.id}"
         if cast(int, r.exists(*leases)):
+            r.delete(queued)
             return True
-        # Messages waiting in the unit's queue: this one may be among them.
-        return any(cast(int, r.llen(f"{self._prefix}:celery:{queue}")) > 0 for queue in {u.queue for u in units})
+        # Messages waiting in the unit's queue: this one may be among them, for a visibility timeout at most.
+        if not any(cast(int, r.llen(f"{self._prefix}:celery:{queue}")) > 0 for queue in {u.queue for u in units}):
+            return False
+        bound = self._svc.settings.visibility_timeout_s
+        r.set(queued, f"{time.time():.3f}", nx=True, ex=bound + int(self._interval * 4) + 1)
+        since = cast("bytes | None", r.get(queued))
+        return since is None or time.time() - float(since) < bound
 
     def _resend(self, job: Job, units: list[Unit]) -> bool:
         """Send the units again, or fail the job when it was resent too often; True when resent."""
@@ -197,6 +212,7 @@ class Janitor:
                 self._celery.send_task(PIPELINE_STEP_TASK, args=[parent["id"]])
             log.warning("janitor: job %s failed: %s", job.id, message)
             return False
+        self._svc.redis.delete(f"{self._prefix}:janitor:queued:{job.id}")
         for unit in units:
             self._celery.send_task(unit.task, args=unit.args)
         log.warning("janitor: job %s (%s) was idle with no worker on it; sent %s again", job.id, job.kind,

@@ -1,4 +1,4 @@
-"""The Celery factory: JSON only, routing by module, late acks, no result backend."""
+"""The Celery factory: JSON only, routing by module, late acks, no ack emulation, no result backend."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ def test_configuration_follows_settings() -> None:
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.task_ignore_result
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_time_limit == 100 and conf.task_soft_time_limit < 100
-    # Results live in the job store.
-    assert conf.broker_transport_options["visibility_timeout"] == 500
+    # Redelivery after a worker's death is the janitor's; results live in the job store.
+    assert conf.broker_transport_options["ack_emulation"] is False
     assert conf.broker_transport == "shared.broker:Transport"
     assert type(app.backend).__name__ == "DisabledBackend"
     assert conf.broker_transport_options["global_keyprefix"] == "cfg:celery:"

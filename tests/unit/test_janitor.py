@@ -66,6 +66,22 @@ def test_a_leased_job_or_a_busy_queue_is_left_alone(svc: Services, janitor: Jani
         assert janitor.sweep()["resent"] == 0
 
 
+def test_a_busy_queue_shields_a_job_for_one_visibility_timeout_only(svc: Services) -> None:
+    # The broker forgets a taken message, so a job lost behind a queue that never empties is still resent.
+    quick = Services.from_settings(svc.settings.model_copy(update={"visibility_timeout_s": 1, "task_time_limit_s": 0}))
+    janitor = Janitor(quick, make_celery(quick.settings), worker="test")
+    job = quick.jobs.create("ingest", {"path": "p"})
+    queue = f"{svc.settings.key_prefix}:celery:cpu"
+    svc.redis.lpush(queue, b"{}")  # someone else's message, which no worker takes
+    assert janitor.sweep()["resent"] == 0  # waiting its turn, as far as anyone can tell
+    time.sleep(1.1)
+    assert janitor.sweep()["resent"] == 0  # past the bound: idle, first sighting
+    assert janitor.sweep()["resent"] == 1
+    svc.redis.rpop(queue)  # the other message, oldest
+    assert sent(svc) == [(INGEST_TASK, [job.id, {"path": "p"}])]
+    assert janitor.sweep()["resent"] == 0  # the bound starts again from the resend
+
+
 def test_a_mining_job_gets_its_missing_shards_then_its_join(svc: Services, janitor: Janitor) -> None:
     record, _ = svc.datasets.ingest(SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
     params = {"dataset": record["id"], "shard_size": 4000, "seed": 1, "negatives": "uniform-min"}
