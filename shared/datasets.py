@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import psutil
 import redis
 
@@ -103,7 +102,7 @@ class DatasetStore:
         self._prefix = prefix
         self._index = f"{prefix}:datasets"
         self._catalogues: dict[str, list[dict[str, Any]]] = {}
-        self._ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._ids: dict[str, tuple[frozenset[int], frozenset[int]]] = {}  # (user ids, movie ids)
 
     def _key(self, ds_id: str) -> str:
         return f"{self._prefix}:dataset:{ds_id}"
@@ -122,13 +121,13 @@ class DatasetStore:
         if ds_id not in self._ids:
             base = f"dataset/{ds_id}"
             self._ids[ds_id] = (
-                self.artifacts.get_array(f"{base}/user_ids"),
-                self.artifacts.get_array(f"{base}/movie_ids"),
+                frozenset(self.artifacts.get_array(f"{base}/user_ids").tolist()),
+                frozenset(self.artifacts.get_array(f"{base}/movie_ids").tolist()),
             )
         users, movies = self._ids[ds_id]
-        if user_id is not None and not np.isin(user_id, users):
+        if user_id is not None and user_id not in users:
             raise NotFound(f"unknown user id {user_id} in this model's dataset")
-        unknown = [m for m in movie_ids or [] if not np.isin(m, movies)]
+        unknown = [m for m in movie_ids or [] if m not in movies]
         if unknown:
             raise NotFound(f"unknown movie id(s) {unknown[:10]} in this model's dataset")
 

@@ -23,7 +23,7 @@ Each answer names the 10 most common descriptors among its items and, for a user
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -32,7 +32,7 @@ import numpy as np
 
 from .artifacts import ArtifactStore
 from .errors import Conflict, NotFound
-from .index import IndexParams, MovieIndex
+from .index import IndexParams, MovieIndex, concat_ranges
 from .models import ModelStore
 
 TOP_DESCRIPTORS = 10
@@ -50,6 +50,9 @@ class ServingModel:
     movie_ids: np.ndarray  # (n,) int32, catalogue order
     titles: list[str]
     descriptors: list[list[str]]
+    vocabulary: list[str]
+    desc_indptr: np.ndarray  # (n + 1,) the descriptors of row i are desc_indices[desc_indptr[i]:desc_indptr[i + 1]]
+    desc_indices: np.ndarray  # vocabulary ids
     user_ids: np.ndarray  # (u,) ascending
     ratings_indptr: np.ndarray
     ratings_movie: np.ndarray
@@ -91,6 +94,17 @@ class ServingModel:
         if unknown:
             raise NotFound(f"unknown movie id(s) {unknown[:10]} in this model's dataset")
         return np.asarray(rows, dtype=np.int64)
+
+    def top_descriptors(self, rows: np.ndarray) -> list[list[Any]]:
+        """The 10 descriptors most common among ``rows`` with their counts; ties in order of first appearance
+        (rows in order, each row's descriptors in order), as ``Counter.most_common`` orders them."""
+        if len(rows) == 0:
+            return []
+        lo = self.desc_indptr[rows]
+        ids = self.desc_indices[concat_ranges(lo, self.desc_indptr[rows + 1] - lo)]
+        distinct, first, counts = np.unique(ids, return_index=True, return_counts=True)
+        best = np.lexsort((first, -counts))[:TOP_DESCRIPTORS]
+        return [[self.vocabulary[distinct[i]], int(counts[i])] for i in best]
 
     def user_row(self, user_id: int) -> int:
         j = int(np.searchsorted(self.user_ids, user_id))
@@ -141,6 +155,9 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
         movie_ids=artifacts.get_array(f"{base}/movie_ids"),
         titles=artifacts.get_json(f"{base}/titles"),
         descriptors=[[vocabulary[j] for j in indices[indptr[i] : indptr[i + 1]]] for i in range(len(indptr) - 1)],
+        vocabulary=vocabulary,
+        desc_indptr=indptr.astype(np.int64),
+        desc_indices=indices,
         user_ids=artifacts.get_array(f"{base}/user_ids"),
         ratings_indptr=artifacts.get_array(f"{base}/ratings_indptr"),
         ratings_movie=artifacts.get_array(f"{base}/ratings_movie"),
@@ -202,13 +219,7 @@ def answer(
         "model": model.version,
         "query": described_query,
         "items": items,
-        "top_descriptors": _top(d for item in items for d in item["descriptors"]),
-        "history_top_descriptors": _top(d for r in history.tolist() for d in model.descriptors[r])
-        if history is not None
-        else [],
+        "top_descriptors": model.top_descriptors(rows),
+        "history_top_descriptors": model.top_descriptors(history) if history is not None else [],
     }
     return result
-
-
-def _top(descriptors: Any) -> list[list[Any]]:
-    return [[d, n] for d, n in Counter(descriptors).most_common(TOP_DESCRIPTORS)]

@@ -1,0 +1,107 @@
+"""The query side of shared/recommend.py on a hand-made model: the profile, the example query, the
+descriptor counts, exclusions, the genre filter and fewer than k."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from shared.errors import NotFound
+from shared.index import IndexParams, MovieIndex, concat_ranges
+from shared.recommend import ServingModel, answer, example_query, user_profile
+
+DESCRIPTORS = [
+    ["Drama", "war"],
+    ["Comedy"],
+    ["Drama", "Comedy", "family"],
+    ["Animation", "family"],
+    ["war", "Drama"],
+    ["Horror"],
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> ServingModel:
+    rng = np.random.default_rng(0)
+    n, d, hidden = len(DESCRIPTORS), 8, 4
+    raw = rng.normal(size=(n, d)).astype(np.float32)
+    weight, bias = rng.normal(size=(hidden, d)).astype(np.float32), np.zeros(hidden, dtype=np.float32)
+    vocabulary = sorted({x for ds in DESCRIPTORS for x in ds})
+    indptr = np.cumsum([0] + [len(ds) for ds in DESCRIPTORS]).astype(np.int64)
+    indices = np.array([vocabulary.index(x) for ds in DESCRIPTORS for x in ds], dtype=np.int32)
+    projected = raw @ weight.T
+    projected /= np.linalg.norm(projected, axis=1, keepdims=True)
+    return ServingModel(
+        version="m-test",
+        record={},
+        index=MovieIndex.build(projected, IndexParams()),
+        weight=weight,
+        bias=bias,
+        raw=raw,
+        movie_ids=np.array([10, 20, 30, 40, 50, 60], dtype=np.int32),
+        titles=[f"movie {i}" for i in range(n)],
+        descriptors=DESCRIPTORS,
+        vocabulary=vocabulary,
+        desc_indptr=indptr,
+        desc_indices=indices,
+        user_ids=np.array([7], dtype=np.int32),
+        ratings_indptr=np.array([0, 3], dtype=np.int64),
+        ratings_movie=np.array([0, 2, 4], dtype=np.int32),  # user 7 rated rows 0, 2 and 4
+        ratings_value=np.array([5.0, 2.5, 1.0], dtype=np.float32),
+    )
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x / np.linalg.norm(x))
+
+
+def test_the_profile_is_the_rating_weighted_mean_of_raw_vectors_projected(model: ServingModel) -> None:
+    query, rated = user_profile(model, 7)
+    w = np.array([1.0, 0.5, 0.2])  # ratings / 5
+    mean = (w[:, None] * model.raw[[0, 2, 4]]).sum(axis=0) / w.sum()
+    np.testing.assert_allclose(query, unit(model.weight @ mean), rtol=1e-5)
+    assert rated.tolist() == [0, 2, 4]
+    with pytest.raises(NotFound, match="unknown user id 8"):
+        user_profile(model, 8)
+
+
+def test_the_example_query_moves_from_disliked_towards_liked(model: ServingModel) -> None:
+    p = model.project(model.raw)
+    liked, disliked = np.array([1, 3]), np.array([5])
+    pos, neg = p[[1, 3]].mean(axis=0), p[5]
+    np.testing.assert_allclose(example_query(model, liked, disliked), pos + (pos - neg), rtol=1e-5)
+    np.testing.assert_allclose(example_query(model, liked, disliked[:0]), pos, rtol=1e-5)
+    np.testing.assert_allclose(example_query(model, liked[:0], disliked), -neg, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [[0, 2, 4], [3, 2, 1], [5], [0, 4, 1, 2, 3, 5], []])
+def test_top_descriptors_count_as_counter_most_common_ties_in_first_seen_order(
+    model: ServingModel, rows: list[int]
+) -> None:
+    expected = [[d, n] for d, n in Counter(d for r in rows for d in DESCRIPTORS[r]).most_common(10)]
+    assert model.top_descriptors(np.array(rows, dtype=np.int64)) == expected
+
+
+def test_answers_exclude_filter_and_return_fewer_than_k_when_that_is_all(model: ServingModel) -> None:
+    query, rated = user_profile(model, 7)
+    result = answer(model, query, k=10, excluded=rated, genres=None, history=rated, described_query={"user_id": 7})
+    assert sorted(item["movie_id"] for item in result["items"]) == [20, 40, 60]  # all but the rated, not 10
+    scores = [item["score"] for item in result["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert result["history_top_descriptors"][0] == ["Drama", 3]
+
+    drama = answer(model, query, k=2, excluded=rated[:0], genres=["drama"], history=None, described_query={})
+    assert {item["movie_id"] for item in drama["items"]} <= {10, 30, 50} and len(drama["items"]) == 2
+    assert drama["history_top_descriptors"] == []
+
+    nothing = answer(model, query, k=5, excluded=np.arange(6), genres=None, history=None, described_query={})
+    assert nothing["items"] == [] and nothing["top_descriptors"] == []
+
+
+def test_concat_ranges_is_the_loop_it_replaces() -> None:
+    starts, sizes = np.array([5, 0, 9, 3]), np.array([2, 0, 3, 1])
+    loop = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes, strict=True)])
+    assert concat_ranges(starts, sizes).tolist() == loop.tolist() == [5, 6, 9, 10, 11, 3]
+    assert concat_ranges(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)).tolist() == []
