@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -45,3 +46,43 @@ class Script:
         if isinstance(client, Pipeline):
             return client.eval(self._source, len(keys), *keys, *args)
         return self._registered(keys=keys, args=args, client=client)
+
+
+@contextmanager
+def sent_ahead(pipe: Pipeline) -> Iterator[Callable[[], list[Any]]]:
+    """Send ``pipe``'s commands now; the block gets a function that reads their replies when called (once
+    the block is left, at the latest). Whatever runs in between overlaps the round trip and, on a Redis that
+    fsyncs every write, its disk flush.
+
+    Unlike ``execute`` there is no retry: a connection error raises, and the connection is dropped.
+    """
+    commands = list(pipe.command_stack)
+    pipe.reset()
+    pool = pipe.connection_pool
+    # redis-py's connection layer and the pipeline's reply parsing are untyped.
+    conn: Any = pool.get_connection()
+    parser: Any = pipe
+    replies: list[Any] | None = None
+
+    def read() -> list[Any]:
+        nonlocal replies
+        if replies is None:
+            out: list[Any] = []
+            for args, options in commands:
+                try:
+                    out.append(parser.parse_response(conn, args[0], **options))
+                except redis.ResponseError as exc:
+                    out.append(exc)
+            replies = out
+            parser.raise_first_error(commands, out)
+        return replies
+
+    try:
+        conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
+        yield read
+        read()  # every reply is drained before the connection goes back to the pool
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)

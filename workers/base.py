@@ -8,6 +8,12 @@ A task body receives a ``JobContext`` and the job's JSON parameters, and returns
               \\-> MovierecError -> fail with its code and message, release
               \\-> anything else -> fail as internal_error (logged here), release
 
+A *speculative* job (a recommendation: a millisecond of reading) sends its admission and start, runs its
+body while they travel, then reads their replies: on a Redis that fsyncs every write that takes a round
+trip and a disk flush off its path. Nothing is given up: the start is counted before any result is
+written, and when the admission or the start says no, the answer is dropped unrecorded. So a speculative
+body must write nothing but caches (the keyword vector cache), and it gets no parent to report to.
+
 ``unit`` is that frame's first step alone, for the tasks that are a part of a job (a shard, a join): a
 delivery whose unit another live worker runs is dropped, and a unit that killed its worker too often fails
 the job, naming it, instead of running again.
@@ -30,6 +36,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from shared.celery_app import settings_of
 from shared.errors import MovierecError
 from shared.leases import Admission
+from shared.redisconn import sent_ahead
 from shared.services import Services
 from shared.submit import PIPELINE_STEP_TASK
 
@@ -110,17 +117,25 @@ Body = Callable[[JobContext], Outcome | None]
 """A body answers its Outcome, or None when later tasks (shards, a join) will finish the job."""
 
 
-def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
+def run_job(job_id: str, *, stage: str, body: Body, speculative: bool = False) -> dict[str, Any] | None:
+    """Run a job's main task under its unit's lease; ``speculative`` runs the body while the admission is on
+    its way (see the module docstring): for a quick body that writes nothing but caches."""
     svc = services()
     # Admission and start share one round trip, and success and release another: on a Redis that fsyncs
     # every write, each round trip saved is a disk flush off a recommendation's path.
     pipe = svc.redis.pipeline(transaction=False)
     admitted = svc.units.admit_on(pipe, job_id, "main")
     started = svc.jobs.start_on(pipe, job_id, stage=stage)
-    results = pipe.execute()
+    attempt: Attempt | None = None
+    if speculative:
+        with sent_ahead(pipe) as replies:
+            attempt = _attempt(body, JobContext(job_id, svc))
+            results = replies()
+    else:
+        results = pipe.execute()
     admission, starts = admitted(results[0])
     if admission is not Admission.RUN:
-        _refuse(job_id, where=stage, admission=admission, starts=starts)
+        _refuse(job_id, where=stage, admission=admission, starts=starts)  # a speculative answer is dropped
         return None
     released = False
     try:
@@ -128,49 +143,59 @@ def run_job(job_id: str, *, stage: str, body: Body) -> dict[str, Any] | None:
         if job is None:
             log.info("job %s is finished, cancelled or expired; skipping", job_id)
             return None
-        answer, released = _run_started(job_id, job.params.get("parent"), body)
+        ctx = JobContext(job_id, svc, parent=job.params.get("parent"))
+        answer, released = _record(ctx, attempt if attempt is not None else _attempt(body, ctx))
         return answer
     finally:
         if not released:
             svc.units.release(job_id, "main")
 
 
-def _run_started(job_id: str, parent: dict[str, Any] | None, body: Body) -> tuple[dict[str, Any], bool]:
-    """Run the body of a started job and record how it ended: (the task's answer, whether the unit was released)."""
-    svc = services()
-    ctx = JobContext(job_id, svc, parent=parent)
-    released = False
+Attempt = Outcome | None | Exception
+"""What running a body gave: its outcome, or the exception it raised."""
+
+
+def _attempt(body: Body, ctx: JobContext) -> Attempt:
     try:
-        outcome = body(ctx)
-    except MovierecError as exc:
-        svc.jobs.fail(job_id, code=exc.code, message=exc.message, details=exc.details)
-    except SoftTimeLimitExceeded:
+        return body(ctx)
+    except Exception as exc:  # noqa: BLE001 - _record reports it on the job
+        return exc
+
+
+def _record(ctx: JobContext, attempt: Attempt) -> tuple[dict[str, Any], bool]:
+    """Record how a started job's body ended: (the task's answer, whether the unit was released)."""
+    svc, job_id = ctx.services, ctx.job_id
+    if isinstance(attempt, MovierecError):
+        svc.jobs.fail(job_id, code=attempt.code, message=attempt.message, details=attempt.details)
+    elif isinstance(attempt, SoftTimeLimitExceeded):
         limit = svc.settings.soft_time_limit_s
         svc.jobs.fail(job_id, code="timeout", message=f"the job ran past its time limit ({limit} s)")
-    except Exception:
-        log.exception("job %s failed", job_id)
+    elif isinstance(attempt, Exception):
+        log.error("job %s failed", job_id, exc_info=attempt)
         svc.jobs.fail(job_id, code="internal_error", message="the job failed unexpectedly; the worker log has details")
+    elif attempt is None:  # later tasks (shards, a join) finish it
+        return {"job": job_id, "status": "running"}, False
     else:
-        if outcome is None:  # later tasks (shards, a join) finish it
-            return {"job": job_id, "status": "running"}, False
         pipe = svc.redis.pipeline(transaction=False)
         svc.jobs.succeed(
             job_id,
-            outcome.result,
-            result_artifact=outcome.artifact,
-            result_inline=outcome.inline,
-            message=outcome.message,
-            ttl_s=outcome.ttl_s,
+            attempt.result,
+            result_artifact=attempt.artifact,
+            result_inline=attempt.inline,
+            message=attempt.message,
+            ttl_s=attempt.ttl_s,
             pipe=pipe,
         )
         svc.units.release_on(pipe, job_id, "main")
         pipe.execute()
-        released = True
-        for name in outcome.drop:
+        for name in attempt.drop:
             svc.artifacts.delete(name)
+        if ctx.parent is not None:
+            notify_parent(job_id, ctx.parent)
+        return {"job": job_id, "status": "finished"}, True
     if ctx.parent is not None:
         notify_parent(job_id, ctx.parent)
-    return {"job": job_id, "status": "finished"}, released
+    return {"job": job_id, "status": "finished"}, False
 
 
 def _refuse(job_id: str, *, where: str, admission: Admission, starts: int) -> None:

@@ -212,7 +212,8 @@ def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
         ttl_s = min(RECOMMENDATION_TTL_S, ctx.services.settings.result_ttl_s)
         return Outcome(result, message=f"{len(result['items'])} items", ttl_s=ttl_s)
 
-    return run_job(job_id, stage="recommending", body=body)
+    # Quick and read-only: its body runs while its admission travels (workers/base.py).
+    return run_job(job_id, stage="recommending", body=body, speculative=True)
 
 
 RECOMMENDATION_TTL_S = 3600
