@@ -7,7 +7,7 @@ from typing import cast
 from apiflask import APIBlueprint
 from flask import Response
 
-from shared.celery_app import CPU_QUEUE, GPU_QUEUE
+from shared.celery_app import CPU_QUEUE, GPU_QUEUE, queue_keys
 
 from . import services
 
@@ -29,7 +29,7 @@ def metrics() -> Response:
         "# TYPE movierec_queue_length gauge",
     ]
     for queue in (CPU_QUEUE, GPU_QUEUE):
-        length = cast(int, svc.redis.llen(f"{prefix}:celery:{queue}"))
+        length = sum(cast(int, svc.redis.llen(key)) for key in queue_keys(prefix, queue))  # every priority step
         lines.append(f'movierec_queue_length{{queue="{queue}"}} {length}')
     lines += ["# HELP movierec_workers Live workers consuming a queue.", "# TYPE movierec_workers gauge"]
     live = svc.live_queues()

@@ -1,13 +1,16 @@
 """Pipeline and serving benchmark: a fresh stack, the whole pipeline, then recommendations under load.
 
-    python -m bench.serving [--seconds 20] [--clients 8] [--redis-fsync always|everysec]
+    python -m bench.serving [--seconds 15] [--clients 1,8,16] [--redis-fsync always,everysec]
+
+For each ``--redis-fsync`` mode (the embedded Redis's appendfsync; ``always`` is what ``movierec up`` runs):
 
 1. A new ``movierec up`` stack (embedded Redis, API, a CPU worker with 2 processes, the GPU-queue worker)
    and a new, empty Redis: the full pipeline on ml-latest-small, timed from POST /v1/pipelines to
    ``succeeded`` (model loads included, nothing cached).
-2. One client, then ``--clients`` threads, on this machine (``http.client``, one kept-alive connection each)
-   post ``{"user_id": u}`` with ``?wait=30`` for ``--seconds`` each (users drawn at random); every answer must be
-   200. Reported: answers per second and latency percentiles, the load generator sharing the same cores.
+2. For each count in ``--clients``, that many threads on this machine (``http.client``, one kept-alive
+   connection each) post ``{"user_id": u}`` with ``?wait=30`` for ``--seconds`` (users drawn at random); every
+   answer must be 200. Reported: answers per second and latency percentiles, the load generator sharing the
+   same two cores. One client shows the latency; more clients, the throughput once the cores are busy.
 """
 
 from __future__ import annotations
@@ -73,15 +76,19 @@ def _load(api: str, *, clients: int, seconds: float) -> tuple[list[float], list[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--redis-fsync", choices=("always", "everysec"), default="always",
-                        help="the embedded Redis's appendfsync (always: every accepted job on disk)")  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--clients", default="1,8,16", help="comma-separated client counts, one phase each")
+    parser.add_argument("--redis-fsync", default="always", help="comma-separated: always, everysec")
     args = parser.parse_args()
     print(machine())
-    print(f"# embedded Redis: appendfsync {args.redis_fsync}")
+    for mode in args.redis_fsync.split(","):
+        _run(mode, clients=[int(c) for c in args.clients.split(",")], seconds=args.seconds)
+    return 0
 
-    settings = Settings(key_prefix="bench", data_root=SMALL.parent, redis_fsync=args.redis_fsync)
+
+def _run(mode: str, *, clients: list[int], seconds: float) -> None:
+    print(f"# embedded Redis: appendfsync {mode}")
+    settings = Settings(key_prefix="bench", data_root=SMALL.parent, redis_fsync=mode)
     with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-serving-"))) as stack:
         api = stack.api_url
         start = time.perf_counter()
@@ -92,15 +99,14 @@ def main() -> int:
 
         for u in range(1, 9):  # warm each worker process's serving model
             requests.post(f"{api}/v1/recommendations?wait=30", json={"user_id": u}, timeout=60)
-        for clients in (1, args.clients):
-            latencies, errors, elapsed = _load(api, clients=clients, seconds=args.seconds)
+        for n in clients:
+            latencies, errors, elapsed = _load(api, clients=n, seconds=seconds)
             q = statistics.quantiles(latencies, n=100)
             print(
-                f"recommendations by user id over HTTP, {clients} client(s), {elapsed:.0f} s: "
+                f"appendfsync {mode}, {n:2d} client(s), {elapsed:.0f} s: "
                 f"{len(latencies) / elapsed:.0f} answers/s, p50 {q[49] * 1000:.1f} ms, p95 {q[94] * 1000:.1f} ms, "
                 f"p99 {q[98] * 1000:.1f} ms, errors {len(errors)}"
             )
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The one factory that builds the Celery app, for the API (which only sends) and the workers.
 
 Routing is by task module: everything in ``workers.cpu`` goes to the ``cpu`` queue, everything in
-``workers.gpu`` to ``gpu``. Messages are JSON only. Tasks are acknowledged late, and requeued when the pool
+``workers.gpu`` to ``gpu``; within ``cpu``, recommendations go first (``SERVING_PRIORITY``). Messages are JSON
+only. Tasks are acknowledged late, and requeued when the pool
 process running them dies (``task_reject_on_worker_lost``) or the worker shuts down, so every task is written
 to be idempotent (deterministic output keys).
 
@@ -33,6 +34,21 @@ CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
 TASK_MODULES = ("workers.cpu", "workers.gpu")
 
+SERVING_PRIORITY = 0
+BATCH_PRIORITY = 6
+"""kombu's Redis transport keeps a list per priority step (0, 3, 6, 9) for each queue, and a worker takes
+from the lowest step first. Recommendations are sent at 0 and everything else at 6, so a recommendation
+overtakes the mining shards waiting in the same ``cpu`` queue instead of queueing behind them."""
+
+PRIORITY_STEPS = (0, 3, 6, 9)
+_PRIORITY_SEP = "\x06\x16"  # kombu's separator between a queue's name and its step
+
+
+def queue_keys(prefix: str, queue: str) -> list[str]:
+    """The Redis lists holding a queue's waiting messages, one per priority step."""
+    base = f"{prefix}:celery:{queue}"
+    return [base if step == 0 else f"{base}{_PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+
 
 class MovierecCelery(Celery):  # type: ignore[misc]
     """A Celery app that carries the process settings, so tasks reach them through ``self.app``."""
@@ -47,12 +63,14 @@ def make_celery(settings: Settings) -> MovierecCelery:
         # Our prefix on the queues and bindings too, so two deployments (or test runs) share a Redis safely.
         "global_keyprefix": f"{settings.key_prefix}:celery:",
         "ack_emulation": False,  # redelivery is the janitor's (see above)
+        "priority_steps": list(PRIORITY_STEPS),
     }
     app.conf.update(
         accept_content=["json"],
         task_serializer="json",
         task_routes={
-            "workers.cpu.*": {"queue": CPU_QUEUE},
+            "workers.cpu.recommend": {"queue": CPU_QUEUE, "priority": SERVING_PRIORITY},
+            "workers.cpu.*": {"queue": CPU_QUEUE, "priority": BATCH_PRIORITY},
             "workers.gpu.*": {"queue": GPU_QUEUE},
         },
         task_default_queue=CPU_QUEUE,

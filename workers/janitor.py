@@ -44,7 +44,7 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-from shared.celery_app import CPU_QUEUE, GPU_QUEUE
+from shared.celery_app import CPU_QUEUE, GPU_QUEUE, queue_keys
 from shared.jobs import Job
 from shared.pipeline import STAGES
 from shared.services import Services
@@ -193,12 +193,20 @@ class Janitor:
             r.delete(queued)
             return True
         # Messages waiting in the unit's queue: this one may be among them, for a visibility timeout at most.
-        if not any(cast(int, r.llen(f"{self._prefix}:celery:{queue}")) > 0 for queue in {u.queue for u in units}):
+        if not self._waiting({u.queue for u in units}):
             return False
         bound = self._svc.settings.visibility_timeout_s
         r.set(queued, f"{time.time():.3f}", nx=True, ex=bound + int(self._interval * 4) + 1)
         since = cast("bytes | None", r.get(queued))
         return since is None or time.time() - float(since) < bound
+
+    def _waiting(self, queues: set[str]) -> int:
+        """Messages waiting in these queues, every priority step counted."""
+        pipe = self._svc.redis.pipeline(transaction=False)
+        for queue in sorted(queues):
+            for key in queue_keys(self._prefix, queue):
+                pipe.llen(key)
+        return sum(pipe.execute())
 
     def _resend(self, job: Job, units: list[Unit]) -> bool:
         """Send the units again, or fail the job when it was resent too often; True when resent."""

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from shared.celery_app import make_celery
+from shared.celery_app import make_celery, queue_keys
 from shared.datasets import DatasetOptions
 from shared.services import Services
 from shared.settings import Settings
@@ -35,14 +35,18 @@ def janitor(svc: Services) -> Janitor:
 
 
 def sent(svc: Services, queue: str = "cpu") -> list[tuple[str, list[Any]]]:
-    """The (task, args) of the messages waiting in a queue, oldest first."""
-    raw = svc.redis.lrange(f"{svc.settings.key_prefix}:celery:{queue}", 0, -1)
+    """The (task, args) of the messages waiting in a queue, in the order a worker takes them."""
     out = []
-    for message in reversed(raw):  # kombu LPUSHes and BRPOPs
-        m = json.loads(message)
-        args = json.loads(base64.b64decode(m["body"]))[0]
-        out.append((m["headers"]["task"], args))
+    for key in queue_keys(svc.settings.key_prefix, queue):  # priority steps, first taken first
+        for message in reversed(svc.redis.lrange(key, 0, -1)):  # kombu LPUSHes and BRPOPs
+            m = json.loads(message)
+            args = json.loads(base64.b64decode(m["body"]))[0]
+            out.append((m["headers"]["task"], args))
     return out
+
+
+def clear(svc: Services, queue: str = "cpu") -> None:
+    svc.redis.delete(*queue_keys(svc.settings.key_prefix, queue))
 
 
 def test_an_idle_job_is_resent_on_the_second_sweep_only(svc: Services, janitor: Janitor) -> None:
@@ -51,7 +55,7 @@ def test_an_idle_job_is_resent_on_the_second_sweep_only(svc: Services, janitor: 
     assert sent(svc) == []
     assert janitor.sweep()["resent"] == 1
     assert sent(svc) == [(INGEST_TASK, [job.id, {"path": "p"}])]
-    svc.redis.delete(f"{svc.settings.key_prefix}:celery:cpu")
+    clear(svc)
     assert janitor.sweep()["resent"] == 0  # idle again: counted from scratch
 
 
@@ -90,14 +94,14 @@ def test_a_mining_job_gets_its_missing_shards_then_its_join(svc: Services, janit
     janitor.sweep()
     janitor.sweep()
     assert sent(svc) == [(MINE_TASK, [job.id, params])]  # nothing came back yet: plan again
-    svc.redis.delete(f"{svc.settings.key_prefix}:celery:cpu")
+    clear(svc)
     shards = plan_shards(record["counts"]["movies"], 4000)
     assert len(shards) == 3
     svc.jobs.shard_done(job.id, f"{shards[0][0]:09d}", {"anchors": list(shards[0])}, total=3)
     janitor.sweep()
     janitor.sweep()
     assert sent(svc) == [(MINE_SHARD_TASK, [job.id, params, lo, hi, 3]) for lo, hi in shards[1:]]
-    svc.redis.delete(f"{svc.settings.key_prefix}:celery:cpu")
+    clear(svc)
     for lo, hi in shards[1:]:
         svc.jobs.shard_done(job.id, f"{lo:09d}", {"anchors": [lo, hi]}, total=3)
     janitor.sweep()
@@ -110,7 +114,7 @@ def test_a_job_lost_too_often_fails_with_the_reason(svc: Services, janitor: Jani
     for _ in range(MAX_RESENDS):
         janitor.sweep()
         assert janitor.sweep()["resent"] == 1
-        svc.redis.delete(f"{svc.settings.key_prefix}:celery:cpu")
+        clear(svc)
     janitor.sweep()
     assert janitor.sweep()["failed"] == 1
     final = svc.jobs.get(job.id)
