@@ -16,6 +16,7 @@ from shared.redisconn import sent_ahead
 from shared.services import Services
 from shared.settings import Settings
 from tests.conftest import delete_prefix
+from workers import base
 from workers.base import JobContext, Outcome, run_job, services
 
 
@@ -24,7 +25,9 @@ def svc(settings: Settings, redis_client: redis.Redis) -> Iterator[Services]:
     own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-r{uuid.uuid4().hex[:6]}"})
     app = make_celery(own)
     app.set_current()
+    base._services.clear()  # the process's services are built once per pid: build this test's
     yield services(app)
+    base._services.clear()
     delete_prefix(redis_client, own.key_prefix)
 
 
