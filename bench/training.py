@@ -1,6 +1,6 @@
 """Training and per-query benchmarks against the notebook's ways, same inputs, same machine, one after the other.
 
-    python -m bench.training [--epochs 10] [--queries 20]
+    python -m bench.training [--epochs 10] [--queries 20] [--repeat 5]
 
 Inputs: ml-latest-small, its uniform-min triplets (seed 42) and the bundled all-MiniLM-L6-v2 (cls).
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -77,6 +78,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=5, help="training runs of each, alternating which goes first")
     args = parser.parse_args()
 
     import torch
@@ -98,18 +100,24 @@ def main() -> int:
     config = TrainConfig(epochs=args.epochs)
     train_idx, test_idx = split(len(triplets), test_fraction=config.test_fraction, seed=config.seed)
 
-    start = time.perf_counter()
-    ours = train(vectors, triplets, config, device=torch.device("cpu"))
-    t_ours = time.perf_counter() - start
-    start = time.perf_counter()
-    net = notebook_train(vectors, triplets, train_idx, config)
-    t_notebook = time.perf_counter() - start
-    with torch.inference_mode():
-        projected = net(torch.from_numpy(vectors)).numpy()  # (n, hidden), already unit length
-    auc_notebook = triplet_auc(projected, triplets[test_idx])
-    print(f"training, {len(triplets):,} triplets, {config.epochs} epochs, batch {config.batch_size}: "
-          f"notebook {t_notebook:.1f} s (test AUC {auc_notebook:.4f}), movierec {t_ours:.1f} s "
-          f"(test AUC {ours.auc_after:.4f}): {t_notebook / t_ours:.1f}x")  # fmt: skip
+    ratios = []
+    for run in range(args.repeat):  # alternate which goes first, so neither always meets a cold machine
+        timings = {}
+        for name in ("movierec", "notebook") if run % 2 == 0 else ("notebook", "movierec"):
+            start = time.perf_counter()
+            if name == "movierec":
+                ours = train(vectors, triplets, config, device=torch.device("cpu"))
+            else:
+                net = notebook_train(vectors, triplets, train_idx, config)
+            timings[name] = time.perf_counter() - start
+        with torch.inference_mode():
+            projected = net(torch.from_numpy(vectors)).numpy()  # (n, hidden), already unit length
+        auc_notebook = triplet_auc(projected, triplets[test_idx])
+        ratios.append(timings["notebook"] / timings["movierec"])
+        print(f"training run {run + 1}, {len(triplets):,} triplets, {config.epochs} epochs, batch {config.batch_size}: "
+              f"notebook {timings['notebook']:.2f} s (test AUC {auc_notebook:.4f}), movierec "
+              f"{timings['movierec']:.2f} s (test AUC {ours.auc_after:.4f}): {ratios[-1]:.1f}x")  # fmt: skip
+    print(f"training: median {statistics.median(ratios):.1f}x over {len(ratios)} runs, lowest {min(ratios):.1f}x")
 
     # B: recommendations for users 1..queries
     weight, bias = ours.state["proj.weight"].numpy(), ours.state["proj.bias"].numpy()
