@@ -2,8 +2,8 @@
 
 A *unit* is one task's share of a job: its main task (``main``), one mining shard (``shard-000002000``),
 the join of the shards (``join``). Celery delivers a message at least once: again when a pool process dies
-under it (``task_reject_on_worker_lost``), again when a whole worker dies and the visibility timeout passes,
-and the janitor (``shared/janitor.py``) sends a unit again when it finds it lost. So before a worker runs
+under it (``task_reject_on_worker_lost``) or its worker shuts down, and the janitor (``workers/janitor.py``)
+sends a unit again when it finds it lost (a whole worker died with it). So before a worker runs
 a unit, ``UnitGuard.admit`` does, in one Lua call (``admit_on`` queues it in the round trip that starts the job):
 
 1. counts the start: ``INCR <prefix>:unit:<job>:<unit>:starts``. A unit started more than
@@ -42,7 +42,7 @@ from .redisconn import Script
 log = logging.getLogger(__name__)
 
 STARTS_TTL_S = 24 * 3600
-"""A start count outlives any redelivery (the visibility timeout is hours), then goes."""
+"""A start count outlives any redelivery (the janitor resends within the visibility timeout, hours), then goes."""
 
 # KEYS[1]: start count, KEYS[2]: lease. ARGV: holder, lease TTL ms, most starts, count TTL s.
 # Returns {starts, 1 when the lease was taken, current holder when it was not}. Past the most starts the
