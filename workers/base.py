@@ -126,10 +126,10 @@ def run_job(job_id: str, *, stage: str, body: Body, speculative: bool = False) -
     pipe = svc.redis.pipeline(transaction=False)
     admitted = svc.units.admit_on(pipe, job_id, "main")
     started = svc.jobs.start_on(pipe, job_id, stage=stage)
-    attempt: Attempt | None = None
+    speculated: list[Attempt] = []  # the speculative body's attempt, once it has run
     if speculative:
         with sent_ahead(pipe) as replies:
-            attempt = _attempt(body, JobContext(job_id, svc))
+            speculated.append(_attempt(body, JobContext(job_id, svc)))
             results = replies()
     else:
         results = pipe.execute()
@@ -144,7 +144,7 @@ def run_job(job_id: str, *, stage: str, body: Body, speculative: bool = False) -
             log.info("job %s is finished, cancelled or expired; skipping", job_id)
             return None
         ctx = JobContext(job_id, svc, parent=job.params.get("parent"))
-        answer, released = _record(ctx, attempt if attempt is not None else _attempt(body, ctx))
+        answer, released = _record(ctx, speculated[0] if speculated else _attempt(body, ctx))
         return answer
     finally:
         if not released:
@@ -165,6 +165,7 @@ def _attempt(body: Body, ctx: JobContext) -> Attempt:
 def _record(ctx: JobContext, attempt: Attempt) -> tuple[dict[str, Any], bool]:
     """Record how a started job's body ended: (the task's answer, whether the unit was released)."""
     svc, job_id = ctx.services, ctx.job_id
+    released = False
     if isinstance(attempt, MovierecError):
         svc.jobs.fail(job_id, code=attempt.code, message=attempt.message, details=attempt.details)
     elif isinstance(attempt, SoftTimeLimitExceeded):
@@ -188,14 +189,12 @@ def _record(ctx: JobContext, attempt: Attempt) -> tuple[dict[str, Any], bool]:
         )
         svc.units.release_on(pipe, job_id, "main")
         pipe.execute()
+        released = True
         for name in attempt.drop:
             svc.artifacts.delete(name)
-        if ctx.parent is not None:
-            notify_parent(job_id, ctx.parent)
-        return {"job": job_id, "status": "finished"}, True
     if ctx.parent is not None:
         notify_parent(job_id, ctx.parent)
-    return {"job": job_id, "status": "finished"}, False
+    return {"job": job_id, "status": "finished"}, released
 
 
 def _refuse(job_id: str, *, where: str, admission: Admission, starts: int) -> None:

@@ -89,6 +89,18 @@ def test_a_speculative_answer_is_dropped_for_a_cancelled_job(svc: Services) -> N
     assert not svc.redis.exists(svc.units.lease_key(job.id, "main"))
 
 
+def test_a_speculative_body_runs_once_even_when_later_tasks_finish_its_job(svc: Services) -> None:
+    job = svc.jobs.create("triplets", {})
+    runs: list[str] = []
+
+    def body(ctx: JobContext) -> None:
+        runs.append(ctx.job_id)  # as a planning task: sends the rest, returns None
+
+    assert run_job(job.id, stage="mining", body=body, speculative=True) == {"job": job.id, "status": "running"}
+    record = svc.jobs.get(job.id)
+    assert runs == [job.id] and record is not None and record.status == "running"
+
+
 def test_a_speculative_start_is_counted_before_anything_is_recorded(svc: Services) -> None:
     job = svc.jobs.create("recommend", {})
     starts = svc.units.starts_key(job.id, "main")
