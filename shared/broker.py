@@ -17,7 +17,9 @@
                                                                     the caller's EXEC
 
 ``shared.celery_app`` selects this transport with ``broker_transport``; broker URLs stay ``redis://`` or
-``rediss://``, and what reaches Redis is what kombu's own transport writes.
+``rediss://``, and what reaches Redis is what kombu's own transport writes. It overrides private methods of
+kombu's channel, so kombu is pinned to the minor version it was written against (pyproject.toml), and
+tests/unit/test_broker.py compares a message sent onto a pipeline with one kombu sent itself.
 """
 
 from __future__ import annotations
