@@ -44,7 +44,7 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-from shared.celery_app import CPU_QUEUE, GPU_QUEUE, queue_keys
+from shared.celery_app import CPU_QUEUE, GPU_QUEUE, PRIORITY_STEPS, queue_keys
 from shared.jobs import Job
 from shared.pipeline import STAGES
 from shared.services import Services
@@ -133,6 +133,7 @@ class Janitor:
         jobs = self._svc.jobs
         report = {"pruned": jobs.prune_expired(), "resent": 0, "failed": 0, "forgotten": 0}
         active = set(jobs.active_ids())
+        waiting = self._waiting() if active else {}  # once a sweep, not once a job
         for job_id in active:
             job = jobs.get(job_id)
             if job is None or job.finished:  # gone without finishing (deleted), or finished since the read
@@ -144,7 +145,7 @@ class Janitor:
                 continue
             units = self.pending_units(job)
             idle_key = f"{self._prefix}:janitor:idle:{job_id}"
-            if self._alive(job, units, active=active):
+            if self._alive(job, units, active=active, waiting=waiting):
                 self._svc.redis.delete(idle_key)
                 continue
             if self._svc.redis.set(idle_key, f"{time.time():.3f}", nx=True, ex=int(self._interval * 4) + 1):
@@ -177,7 +178,7 @@ class Janitor:
             return []
         return plan_shards(int(dataset["counts"]["movies"]), int(job.params["shard_size"]))
 
-    def _alive(self, job: Job, units: list[Unit], *, active: set[str]) -> bool:
+    def _alive(self, job: Job, units: list[Unit], *, active: set[str], waiting: dict[str, int]) -> bool:
         r = self._svc.redis
         if job.kind == "pipeline":
             raw = self._svc.jobs.field(job.id, "pipeline")
@@ -193,20 +194,22 @@ class Janitor:
             r.delete(queued)
             return True
         # Messages waiting in the unit's queue: this one may be among them, for a visibility timeout at most.
-        if not self._waiting({u.queue for u in units}):
+        if not any(waiting[u.queue] for u in units):
             return False
         bound = self._svc.settings.visibility_timeout_s
         r.set(queued, f"{time.time():.3f}", nx=True, ex=bound + int(self._interval * 4) + 1)
         since = cast("bytes | None", r.get(queued))
         return since is None or time.time() - float(since) < bound
 
-    def _waiting(self, queues: set[str]) -> int:
-        """Messages waiting in these queues, every priority step counted."""
+    def _waiting(self) -> dict[str, int]:
+        """Messages waiting in each queue, every priority step counted (one round trip)."""
+        queues = (CPU_QUEUE, GPU_QUEUE)
         pipe = self._svc.redis.pipeline(transaction=False)
-        for queue in sorted(queues):
+        for queue in queues:
             for key in queue_keys(self._prefix, queue):
                 pipe.llen(key)
-        return sum(pipe.execute())
+        lengths = iter(cast("list[int]", pipe.execute()))
+        return {queue: sum(next(lengths) for _ in PRIORITY_STEPS) for queue in queues}
 
     def _resend(self, job: Job, units: list[Unit]) -> bool:
         """Send the units again, or fail the job when it was resent too often; True when resent."""
