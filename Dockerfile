@@ -14,6 +14,7 @@ COPY pyproject.toml README.md ./
 COPY api api
 COPY workers workers
 COPY shared shared
+COPY cli cli
 RUN pip install --extra-index-url "${TORCH_INDEX_URL}" .
 
 RUN useradd --create-home --uid 10001 movierec

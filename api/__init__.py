@@ -20,11 +20,11 @@ from typing import Any
 from apiflask import APIFlask
 from flask import current_app, request
 
-from shared.celery_app import MovierecCelery, make_celery
-from shared.jobs import Job
+from shared.infra.celery_app import MovierecCelery, make_celery
+from shared.infra.settings import Settings
+from shared.jobs.store import Job
+from shared.jobs.submit import submit
 from shared.services import Services
-from shared.settings import Settings
-from shared.submit import submit
 
 from . import auth
 from .errors import document_errors, error_response, register_error_handlers

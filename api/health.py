@@ -7,7 +7,7 @@ from typing import Any
 import redis
 from apiflask import APIBlueprint
 
-from shared.celery_app import CPU_QUEUE, GPU_QUEUE
+from shared.infra.celery_app import CPU_QUEUE, GPU_QUEUE
 
 from . import services
 from .errors import error_response

@@ -13,11 +13,11 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import Response, jsonify, url_for
 
-from shared.datasets import confine
 from shared.errors import Conflict, InvalidRequest, JobNotFinished, NotFound
-from shared.jobs import Job
-from shared.submit import ENCODE_TASK, INDEX_TASK, MINE_TASK, TRAIN_TASK, cancel
-from shared.triplets import DEFAULT_SEED, TripletSpec
+from shared.jobs.store import Job
+from shared.jobs.submit import ENCODE_TASK, INDEX_TASK, MINE_TASK, TRAIN_TASK, cancel
+from shared.store.datasets import confine
+from shared.store.triplets import DEFAULT_SEED, TripletSpec
 
 from . import celery, services, submit_job
 from .auth import current_owner, visible

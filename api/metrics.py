@@ -7,7 +7,7 @@ from typing import cast
 from apiflask import APIBlueprint
 from flask import Response
 
-from shared.celery_app import CPU_QUEUE, GPU_QUEUE, queue_keys
+from shared.infra.celery_app import CPU_QUEUE, GPU_QUEUE, queue_keys
 
 from . import services
 

@@ -7,9 +7,9 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import url_for
 
-from shared.datasets import confine
 from shared.errors import NotFound
-from shared.submit import PIPELINE_STEP_TASK
+from shared.jobs.submit import PIPELINE_STEP_TASK
+from shared.store.datasets import confine
 
 from . import services, submit_job
 from .jobs import model_source

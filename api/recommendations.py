@@ -8,7 +8,7 @@ from apiflask import APIBlueprint
 from flask import jsonify, url_for
 
 from shared.errors import Conflict
-from shared.submit import RECOMMEND_TASK
+from shared.jobs.submit import RECOMMEND_TASK
 
 from . import services, submit_job
 from .schemas import JobOut, RecommendationsOut, RecommendIn, WaitQuery

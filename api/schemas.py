@@ -12,13 +12,13 @@ from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, St
 from apiflask.validators import Length, OneOf, Range
 from marshmallow import RAISE, ValidationError, validates_schema
 
-from shared.datasets import MAX_TAGS_PER_MOVIE
-from shared.encoder import POOLINGS
-from shared.jobs import MAX_LIST_LIMIT, STATUSES
-from shared.mining import STRATEGIES
-from shared.settings import DEFAULT_TAGS_PER_MOVIE
-from shared.training import LIMITS
-from shared.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE
+from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
+from shared.jobs.store import MAX_LIST_LIMIT, STATUSES
+from shared.ml.encoder import POOLINGS
+from shared.ml.mining import STRATEGIES
+from shared.ml.training import LIMITS
+from shared.store.datasets import MAX_TAGS_PER_MOVIE
+from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE
 
 MAX_PATH_CHARS = 4096
 
@@ -291,8 +291,4 @@ class ReadyOut(Schema):
     status = String()
     redis = Boolean()
     workers = Dict(keys=String(), values=Integer())
-    durability = String(
-        metadata={
-            "description": "how an accepted job reaches disk: waitaof, fsync-always or none (shared/durability.py)"
-        }
-    )
+    durability = String(metadata={"description": "how an accepted job reaches disk: waitaof, fsync-always or none"})

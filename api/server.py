@@ -6,7 +6,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from shared.settings import Settings
+from shared.infra.settings import Settings
 
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 8

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from shared.mining import mine_range
+from cli.synth import SynthSpec, write_synthetic
+from shared.infra.settings import Settings
+from shared.ml.mining import mine_range
 from shared.services import Services
-from shared.settings import Settings
-from shared.synth import SynthSpec, write_synthetic
-from shared.triplets import TripletSpec, load_incidence
+from shared.store.triplets import TripletSpec, load_incidence
 
 from .common import fresh_stack, machine, wait_job
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import requests
 
-from shared.settings import Settings
-from shared.stack import Stack, free_port
+from cli.stack import Stack, free_port
+from shared.infra.settings import Settings
 
 FINISHED = ("succeeded", "failed", "cancelled")
 

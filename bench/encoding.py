@@ -38,8 +38,8 @@ def main() -> int:
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
-    from shared.encoder import load_encoder, mean_by_rows, resolve_model
-    from shared.movielens import read_catalogue
+    from shared.ml.encoder import load_encoder, mean_by_rows, resolve_model
+    from shared.ml.movielens import read_catalogue
 
     transformers.utils.logging.disable_progress_bar()
     AutoModel.from_pretrained(resolve_model(args.model), use_safetensors=True)  # finish lazy imports

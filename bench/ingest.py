@@ -41,9 +41,9 @@ def _peak_rss_mb() -> float:
 
 
 def _run_movierec(directory: Path, redis_url: str) -> dict[str, float]:
-    from shared.datasets import DatasetOptions
+    from shared.infra.settings import Settings
     from shared.services import Services
-    from shared.settings import Settings
+    from shared.store.datasets import DatasetOptions
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     services = Services.from_settings(Settings(redis_url=redis_url, key_prefix=prefix, data_root=directory.parent))
@@ -109,7 +109,7 @@ def main() -> int:
     server = None
     redis_url = args.redis_url
     if not redis_url:
-        from shared.stack import EmbeddedRedis
+        from cli.stack import EmbeddedRedis
 
         server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="bench-redis-")))
         redis_url = server.start()

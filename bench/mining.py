@@ -25,11 +25,11 @@ from pathlib import Path
 
 import requests
 
-from shared.mining import mine_range
-from shared.movielens import read_catalogue
-from shared.settings import Settings
-from shared.stack import Stack, free_port
-from shared.synth import SynthSpec, write_synthetic
+from cli.stack import Stack, free_port
+from cli.synth import SynthSpec, write_synthetic
+from shared.infra.settings import Settings
+from shared.ml.mining import mine_range
+from shared.ml.movielens import read_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -52,7 +52,7 @@ def notebook_exact(descriptors: list[list[str]], seed: int) -> list[tuple[int, i
 
 def part_a(skip_notebook: bool) -> None:
     catalogue = read_catalogue(SMALL, tags_per_movie=5)
-    from shared.mining import build_incidence
+    from shared.ml.mining import build_incidence
 
     start = time.perf_counter()
     inc = build_incidence(catalogue.desc_indptr, catalogue.desc_indices, catalogue.vocabulary)

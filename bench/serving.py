@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from shared.settings import Settings
+from shared.infra.settings import Settings
 
 from .common import fresh_stack, machine, wait_job
 

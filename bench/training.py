@@ -11,7 +11,7 @@ A. Training, same triplets, same split, same epochs and hyper-parameters:
 B. Recommendations for a user:
    - notebook: re-encode every movie the user rated (one descriptor string per forward pass, mean per
      movie), weight by rating / 5, project, then fit a brute-force k-NN over all movies and query it;
-   - movierec: ``shared.recommend`` on a loaded model: profile from stored vectors, hnswlib query.
+   - movierec: ``shared.ml.recommend`` on a loaded model: profile from stored vectors, hnswlib query.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.training import TrainConfig
+from shared.ml.training import TrainConfig
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,7 @@ def notebook_train(
 ) -> torch.nn.Module:
     import torch
 
-    from shared.training import build_net, triplet_loss
+    from shared.ml.training import build_net, triplet_loss
 
     torch.manual_seed(cfg.seed)
     net = build_net(vectors.shape[1], cfg.hidden_dim)
@@ -83,11 +83,11 @@ def main() -> int:
 
     import torch
 
-    from shared.encoder import load_encoder, mean_by_rows
-    from shared.index import IndexParams, MovieIndex
-    from shared.mining import build_incidence, mine_range
-    from shared.movielens import read_catalogue, read_ratings
-    from shared.training import split, train, triplet_auc
+    from shared.ml.encoder import load_encoder, mean_by_rows
+    from shared.ml.index import IndexParams, MovieIndex
+    from shared.ml.mining import build_incidence, mine_range
+    from shared.ml.movielens import read_catalogue, read_ratings
+    from shared.ml.training import split, train, triplet_auc
 
     cpu = platform.processor() or platform.machine()
     print(f"# machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -13,13 +13,13 @@ from typing import cast
 
 import redis
 
-from .artifacts import ArtifactStore
-from .datasets import DatasetStore
-from .jobs import JobStore
-from .leases import UnitGuard
-from .models import ModelStore
-from .redisconn import connect
-from .settings import Settings
+from shared.infra.redisconn import connect
+from shared.infra.settings import Settings
+from shared.jobs.leases import UnitGuard
+from shared.jobs.store import JobStore
+from shared.store.artifacts import ArtifactStore
+from shared.store.datasets import DatasetStore
+from shared.store.models import ModelStore
 
 HEARTBEAT_TTL_S = 30
 """A worker that has not refreshed its heartbeat for this long is taken as gone."""

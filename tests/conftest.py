@@ -23,9 +23,9 @@ import pytest
 import redis
 import requests
 
-from shared.redisconn import connect
-from shared.settings import Settings
-from shared.stack import EmbeddedRedis, Stack, free_port
+from cli.stack import EmbeddedRedis, Stack, free_port
+from shared.infra.redisconn import connect
+from shared.infra.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 
-from shared.cli import build_parser
+from cli.main import build_parser
 from tests.conftest import REPO
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")

@@ -33,12 +33,12 @@ from typing import Any
 from celery import Celery, current_app
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.celery_app import settings_of
 from shared.errors import MovierecError
-from shared.leases import Admission
-from shared.redisconn import sent_ahead
+from shared.infra.celery_app import settings_of
+from shared.infra.redisconn import sent_ahead
+from shared.jobs.leases import Admission
+from shared.jobs.submit import PIPELINE_STEP_TASK
 from shared.services import Services
-from shared.submit import PIPELINE_STEP_TASK
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from typing import Any
 
 from celery import current_app, shared_task
 
-from shared.datasets import DatasetOptions, confine
 from shared.errors import DataError, NotFound
-from shared.index import IndexParams, MovieIndex
-from shared.mining import mine_range
-from shared.pipeline import advance
-from shared.triplets import (
+from shared.jobs.pipeline import advance
+from shared.ml.index import IndexParams, MovieIndex
+from shared.ml.mining import mine_range
+from shared.store.datasets import DatasetOptions, confine
+from shared.store.triplets import (
     TripletSpec,
     drop_parts,
     join,
@@ -187,7 +187,7 @@ def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
     def body(ctx: JobContext) -> Outcome:
         import numpy as np
 
-        from shared.recommend import answer, example_query, load_serving, user_profile
+        from shared.ml.recommend import answer, example_query, load_serving, user_profile
 
         described: dict[str, Any]
         model = load_serving(ctx.services.artifacts, ctx.services.models, params["model"])
@@ -225,7 +225,7 @@ def _keyword_query(ctx: JobContext, model: Any, keywords: list[str]) -> Any:
     """Mean of the keywords' vectors (the model's encoder and pooling, through the cache), projected."""
     import torch
 
-    from shared.encoder import VectorCache, load_encoder
+    from shared.ml.encoder import VectorCache, load_encoder
 
     encoder_spec = model.record["encoder"]
     encoder = load_encoder(encoder_spec["model"], encoder_spec["pooling"], torch.device("cpu"))

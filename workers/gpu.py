@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from celery import shared_task
 
-from shared.encoder import EncodeStats, VectorCache, load_encoder, mean_by_rows
 from shared.errors import NotFound
-from shared.jobs import utcnow_iso
+from shared.jobs.store import utcnow_iso
+from shared.ml.encoder import EncodeStats, VectorCache, load_encoder, mean_by_rows
 
 from .base import JobContext, Outcome, run_job, services
 
@@ -134,8 +134,8 @@ def train_model(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
     def body(ctx: JobContext) -> Outcome:
         from safetensors.torch import save
 
-        from shared.models import model_version
-        from shared.training import TrainConfig, train
+        from shared.ml.training import TrainConfig, train
+        from shared.store.models import model_version
 
         config = TrainConfig(**{k: params[k] for k in _TRAIN_KNOBS if params.get(k) is not None})
         dataset, triplets_name = params["dataset"], params["triplets"]

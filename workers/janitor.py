@@ -6,7 +6,7 @@ per interval for the whole deployment. A sweep
 1. takes the ids of expired job records out of the indexes (``JobStore.prune_expired``), so the key count
    and memory return to their baseline once results expire;
 2. watches every active job. A job is *alive* while a lease of one of its units exists (a worker runs it:
-   see shared/leases.py), while the queue its next unit goes to holds messages (it may be waiting its turn;
+   see shared/jobs/leases.py), while the queue its next unit goes to holds messages (it may be waiting its turn;
    for one visibility timeout at most), or, for a pipeline, while its current stage's job is active. A job
    found idle on two sweeps in a row has lost its work (a worker died with messages it had taken, a child died
    between two steps) and the janitor sends its pending units again:
@@ -18,10 +18,10 @@ per interval for the whole deployment. A sweep
 
    Units are idempotent and leased, so a resend that meets the original delivery is dropped. A job resent
    ``MAX_RESENDS`` times fails with the reason; a unit that kills its worker fails its job sooner, through
-   its start count (shared/leases.py).
+   its start count (shared/jobs/leases.py).
 
 The janitor is the only redelivery of a message whose worker died whole: the broker forgets a message once a
-worker has taken it (no kombu ack emulation, see shared/celery_app.py). While the queue holds messages the
+worker has taken it (no kombu ack emulation, see shared/infra/celery_app.py). While the queue holds messages the
 lost one cannot be told from one waiting its turn, so a busy queue counts as alive for at most
 ``visibility_timeout_s`` without a lease, the bound kombu's restore had; then the units are sent again anyway,
 and a copy that was only waiting is dropped at admission.
@@ -44,11 +44,10 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-from shared.celery_app import CPU_QUEUE, GPU_QUEUE, PRIORITY_STEPS, queue_keys
-from shared.jobs import Job
-from shared.pipeline import STAGES
-from shared.services import Services
-from shared.submit import (
+from shared.infra.celery_app import CPU_QUEUE, GPU_QUEUE, PRIORITY_STEPS, queue_keys
+from shared.jobs.pipeline import STAGES
+from shared.jobs.store import Job
+from shared.jobs.submit import (
     DESCRIBE_DEVICE_TASK,
     ENCODE_TASK,
     INDEX_TASK,
@@ -58,7 +57,8 @@ from shared.submit import (
     RECOMMEND_TASK,
     TRAIN_TASK,
 )
-from shared.triplets import plan_shards
+from shared.services import Services
+from shared.store.triplets import plan_shards
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ JOB_TASKS = {
     "pipeline": PIPELINE_STEP_TASK,
     "device": DESCRIBE_DEVICE_TASK,
 }
-"""The task that runs each kind of job (``args=[job id, params]``), as ``shared.submit`` sends it."""
+"""The task that runs each kind of job (``args=[job id, params]``), as ``shared.jobs.submit`` sends it."""
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from typing import Any
 import redis
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from shared.celery_app import GPU_QUEUE, make_celery
+from shared.infra.celery_app import GPU_QUEUE, make_celery
+from shared.infra.settings import Settings
 from shared.services import HEARTBEAT_TTL_S, Services
-from shared.settings import Settings
 
 from .janitor import Janitor
 
@@ -136,7 +136,7 @@ def _supervise_gpu_children(devices: list[str], *, queues: list[str], loglevel: 
     children = []
     for dev in devices:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=dev)
-        cmd = [sys.executable, "-m", "shared.cli", "worker", "--queues", ",".join(queues), "--loglevel", loglevel]
+        cmd = [sys.executable, "-m", "cli.main", "worker", "--queues", ",".join(queues), "--loglevel", loglevel]
         children.append(subprocess.Popen([*cmd, "--device-slot", dev], env=env))
 
     def forward(signum: int, _frame: object) -> None:

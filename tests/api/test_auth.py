@@ -24,9 +24,9 @@ import requests
 
 from api import create_app
 from api.auth import MIN_KEY_CHARS, KeyRing, bearer_token, owner_id
-from shared.redisconn import connect
-from shared.settings import Settings
-from shared.stack import Stack, free_port
+from cli.stack import Stack, free_port
+from shared.infra.redisconn import connect
+from shared.infra.settings import Settings
 from tests.conftest import delete_prefix, wait_for
 
 KEY_A = "key-a-" + "a" * 20
@@ -96,7 +96,7 @@ def keyed_url(keyed_settings: Settings, stack: Stack, tmp_path_factory: pytest.T
     log = tmp_path_factory.mktemp("keyed-api") / "api.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "api", "--port", str(port), "--workers", "1", "--threads", "4"],
+            [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "1", "--threads", "4"],
             env=keyed_settings.child_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -247,7 +247,7 @@ def test_another_key_cannot_cancel_a_job(keyed: Caller, keyed_app: Any) -> None:
 
 
 def test_pipeline_stage_jobs_inherit_the_pipeline_owner(keyed: Caller, keyed_app: Any) -> None:
-    """The stage jobs are created by a worker (shared.pipeline), not by the API, with the pipeline's owner."""
+    """The stage jobs are created by a worker (shared.jobs.pipeline), not by the API, with the pipeline's owner."""
     r = keyed.call("POST", "/v1/pipelines", key=KEY_A, json={"path": "ml-latest-small"})
     assert r.status == 202, r
     pipeline_id = r.body["id"]

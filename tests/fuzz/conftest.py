@@ -18,9 +18,9 @@ import pytest
 
 from api import create_app
 from api.auth import owner_id
-from shared.datasets import DatasetOptions
-from shared.redisconn import connect
-from shared.settings import Settings
+from shared.infra.redisconn import connect
+from shared.infra.settings import Settings
+from shared.store.datasets import DatasetOptions
 from tests.conftest import delete_prefix
 
 KEY = "fuzz-key-0123456789abcdef"

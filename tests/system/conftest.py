@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from shared.settings import Settings
-from shared.stack import Stack, free_port
+from cli.stack import Stack, free_port
+from shared.infra.settings import Settings
 from tests.conftest import delete_prefix
 
 FAST = {"lease_ttl_s": 2, "janitor_interval_s": 1.0, "task_time_limit_s": 20, "visibility_timeout_s": 30}

@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import requests
 
-from shared.celery_app import make_celery
-from shared.jobs import Job
-from shared.mining import mine_range
+from cli.stack import Stack, free_port
+from cli.synth import SynthSpec, write_synthetic
+from shared.infra.celery_app import make_celery
+from shared.infra.settings import Settings
+from shared.jobs.store import Job
+from shared.jobs.submit import INGEST_TASK, MINE_TASK, TRAIN_TASK, submit
+from shared.ml.mining import mine_range
 from shared.services import Services
-from shared.settings import Settings
-from shared.stack import Stack, free_port
-from shared.submit import INGEST_TASK, MINE_TASK, TRAIN_TASK, submit
-from shared.synth import SynthSpec, write_synthetic
-from shared.triplets import TripletSpec, load_incidence
+from shared.store.triplets import TripletSpec, load_incidence
 
 
 def wait_all(svc: Services, ids: list[str], *, timeout_s: float, between: Callable[[int], None] | None = None) -> None:
@@ -263,7 +263,7 @@ def test_training_survives_its_gpu_queue_worker_sigkilled_mid_epoch(
     import torch
     from safetensors.numpy import load
 
-    from shared.training import TrainConfig, train
+    from shared.ml.training import TrainConfig, train
     from workers.gpu import _rows_of
 
     svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)

@@ -17,15 +17,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shared.demo import _download_small
-from shared.settings import Settings
-from shared.stack import free_port
+from cli.demo import _download_small
+from cli.stack import free_port
+from shared.infra.settings import Settings
 from tests.conftest import REPO, SMALL
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -57,7 +57,7 @@ def wait_ready(port: int, timeout_s: float = 120) -> None:
 def up(settings: Settings, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--port", str(port), "--cpu-workers", "1",
+        [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--cpu-workers", "1",
          "--data-dir", str(tmp_path / "up"), "--log-dir", str(tmp_path / "logs")],
         env=embedded_env(settings, settings.data_root), stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip

@@ -10,11 +10,11 @@ import pytest
 import redis
 import requests
 
-from shared.celery_app import make_celery
+from cli.stack import Stack
+from shared.infra.celery_app import make_celery
+from shared.infra.settings import Settings
+from shared.jobs.submit import MINE_TASK, PIPELINE_STEP_TASK, submit
 from shared.services import Services
-from shared.settings import Settings
-from shared.stack import Stack
-from shared.submit import MINE_TASK, PIPELINE_STEP_TASK, submit
 from tests.system.test_chaos import wait_all
 
 RESULT_TTL_S = 3

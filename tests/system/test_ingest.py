@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import requests
 
-from shared.settings import Settings
+from shared.infra.settings import Settings
 from tests.conftest import SMALL, wait_for
 
 

@@ -135,7 +135,7 @@ def test_cli_recommend(api_url: str, versions: list[str]) -> None:
     from tests.conftest import REPO
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "shared.cli", "recommend", *args, "--api", api_url]
+        cmd = [sys.executable, "-m", "cli.main", "recommend", *args, "--api", api_url]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
 
     done = cli("--keywords", "war,violence,drama", "--k", "3")

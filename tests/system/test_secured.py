@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.client import Client
-from shared.settings import Settings
-from shared.stack import Stack, free_port
+from cli.client import Client
+from cli.stack import Stack, free_port
+from shared.infra.settings import Settings
 
 
 def test_password_protected_redis_and_api_keys_work_end_to_end(settings: Settings, tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_password_protected_redis_and_api_keys_work_end_to_end(settings: Setting
         final = Client(stack.api_url, api_key=key).wait(job["id"], progress=False)
         assert final["status"] == "succeeded", final
         # The CLI reads its key from MOVIEREC_API_KEY.
-        cli = [sys.executable, "-m", "shared.cli", "status", job["id"], "--api", stack.api_url]
+        cli = [sys.executable, "-m", "cli.main", "status", job["id"], "--api", stack.api_url]
         env = {**own.child_env(), "MOVIEREC_API_KEY": key}
         shown = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60, check=False)
         assert shown.returncode == 0 and "succeeded" in shown.stdout, shown.stderr
@@ -53,7 +53,7 @@ def test_password_protected_redis_and_api_keys_work_end_to_end(settings: Setting
 @pytest.mark.parametrize("url", ["redis://:wrong@127.0.0.1:{port}/0", "redis://nobody:x@127.0.0.1:{port}/0"])
 def test_a_wrong_redis_password_is_a_503_not_a_500(settings: Settings, tmp_path: Path, url: str) -> None:
     from api import create_app
-    from shared.stack import EmbeddedRedis
+    from cli.stack import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "redis", password=secrets.token_urlsafe(16))
     server.start()

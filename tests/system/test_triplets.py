@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import requests
 
-from shared.mining import mine_range
-from shared.triplets import TripletSpec, load_incidence
+from shared.ml.mining import mine_range
+from shared.store.triplets import TripletSpec, load_incidence
 from tests.conftest import wait_for
 
 

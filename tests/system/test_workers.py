@@ -9,7 +9,7 @@ import psutil
 
 from api import celery as api_celery
 from api import services as api_services
-from shared.submit import DESCRIBE_DEVICE_TASK, INGEST_TASK, submit
+from shared.jobs.submit import DESCRIBE_DEVICE_TASK, INGEST_TASK, submit
 from tests.conftest import wait_for
 
 

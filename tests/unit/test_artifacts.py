@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import redis
 
-from shared.artifacts import ArtifactStore, CorruptArtifact
 from shared.errors import NotFound
+from shared.store.artifacts import ArtifactStore, CorruptArtifact
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import json
 
 import redis
 
-from shared.broker import Channel, onto
-from shared.celery_app import make_celery
-from shared.settings import Settings
+from shared.infra.broker import Channel, onto
+from shared.infra.celery_app import make_celery
+from shared.infra.settings import Settings
 
 
 def test_a_channel_keeps_one_client_per_pool(settings: Settings) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.celery_app import BATCH_PRIORITY, SERVING_PRIORITY, make_celery
-from shared.settings import Settings
+from shared.infra.celery_app import BATCH_PRIORITY, SERVING_PRIORITY, make_celery
+from shared.infra.settings import Settings
 
 
 def test_configuration_follows_settings() -> None:
@@ -16,7 +16,7 @@ def test_configuration_follows_settings() -> None:
     assert conf.task_time_limit == 100 and conf.task_soft_time_limit < 100
     # Redelivery after a worker's death is the janitor's; results live in the job store.
     assert conf.broker_transport_options["ack_emulation"] is False
-    assert conf.broker_transport == "shared.broker:Transport"
+    assert conf.broker_transport == "shared.infra.broker:Transport"
     assert type(app.backend).__name__ == "DisabledBackend"
     assert conf.broker_transport_options["global_keyprefix"] == "cfg:celery:"
     assert app.settings is settings

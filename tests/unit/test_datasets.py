@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.datasets import DatasetOptions, confine, dataset_id
 from shared.errors import PathNotAllowed
+from shared.store.datasets import DatasetOptions, confine, dataset_id
 from tests.conftest import SMALL
 
 

@@ -1,4 +1,4 @@
-"""How accepted jobs reach disk, probed from the Redis at hand (shared/durability.py)."""
+"""How accepted jobs reach disk, probed from the Redis at hand (shared/infra/durability.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import redis
 
-from shared.durability import Durability
-from shared.stack import EmbeddedRedis
+from cli.stack import EmbeddedRedis
+from shared.infra.durability import Durability
 
 
 def test_the_mode_follows_the_servers_persistence(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import redis
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from shared.encoder import VectorCache, load_encoder, mean_by_rows, resolve_model
 from shared.errors import InvalidRequest
+from shared.ml.encoder import VectorCache, load_encoder, mean_by_rows, resolve_model
 
 CPU = torch.device("cpu")
 STRINGS = ["Drama", "Children", "pixar", "atmospheric", "thought-provoking", "based on a book", "Sci-Fi", "a"]

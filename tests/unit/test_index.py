@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared.encoder import load_encoder, mean_by_rows
-from shared.index import ChecksumMismatch, IndexParams, MovieIndex
-from shared.mining import build_incidence, mine_range
-from shared.movielens import read_catalogue
-from shared.training import TrainConfig, train
+from shared.ml.encoder import load_encoder, mean_by_rows
+from shared.ml.index import ChecksumMismatch, IndexParams, MovieIndex
+from shared.ml.mining import build_incidence, mine_range
+from shared.ml.movielens import read_catalogue
+from shared.ml.training import TrainConfig, train
 from tests.conftest import SMALL
 
 

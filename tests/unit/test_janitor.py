@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import redis
 
-from shared.celery_app import make_celery, queue_keys
-from shared.datasets import DatasetOptions
+from shared.infra.celery_app import make_celery, queue_keys
+from shared.infra.settings import Settings
+from shared.jobs.submit import INGEST_TASK, MINE_TASK
 from shared.services import Services
-from shared.settings import Settings
-from shared.submit import INGEST_TASK, MINE_TASK
-from shared.triplets import plan_shards
+from shared.store.datasets import DatasetOptions
+from shared.store.triplets import plan_shards
 from tests.conftest import SMALL, delete_prefix
 from workers.janitor import JOIN_TRIPLETS_TASK, MAX_RESENDS, MINE_SHARD_TASK, Janitor
 

@@ -9,12 +9,12 @@ import uuid
 import pytest
 import redis
 
-from shared.celery_app import make_celery
-from shared.jobs import JobStore
-from shared.pipeline import advance
+from shared.infra.celery_app import make_celery
+from shared.infra.settings import Settings
+from shared.jobs.pipeline import advance
+from shared.jobs.store import JobStore
+from shared.jobs.submit import PIPELINE_STEP_TASK, submit
 from shared.services import Services
-from shared.settings import Settings
-from shared.submit import PIPELINE_STEP_TASK, submit
 from tests.conftest import delete_prefix
 
 

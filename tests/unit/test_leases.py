@@ -1,4 +1,4 @@
-"""Unit leases and start counts on a real Redis (shared/leases.py)."""
+"""Unit leases and start counts on a real Redis (shared/jobs/leases.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 
-from shared.leases import Admission, UnitGuard
+from shared.jobs.leases import Admission, UnitGuard
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.mining import NOTEBOOK_POOL, build_incidence, draws, mine_range
-from shared.movielens import Catalogue, read_catalogue
-from shared.synth import SynthSpec, write_synthetic
+from cli.synth import SynthSpec, write_synthetic
+from shared.ml.mining import NOTEBOOK_POOL, build_incidence, draws, mine_range
+from shared.ml.movielens import Catalogue, read_catalogue
 from tests.conftest import SMALL
 
 
@@ -98,7 +98,7 @@ def test_dense_and_sparse_split_does_not_change_overlaps(small: Catalogue) -> No
     indptr, indices, vocabulary = cut(small, 200)
     a = build_incidence(indptr, indices, vocabulary, dense_columns=0)
     b = build_incidence(indptr, indices, vocabulary, dense_columns=500)
-    from shared.mining import overlaps
+    from shared.ml.mining import overlaps
 
     np.testing.assert_array_equal(overlaps(a, 0, 200), overlaps(b, 0, 200))
 
@@ -129,7 +129,7 @@ def test_draws_are_uniform_and_independent_of_batching() -> None:
 
 
 def test_column_tiles_do_not_change_the_answer(generated: Catalogue, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shared.mining as mining
+    import shared.ml.mining as mining
 
     inc = build_incidence(generated.desc_indptr, generated.desc_indices, generated.vocabulary)
     expected = mine_range(inc, 0, inc.n, seed=2, strategy="notebook").triplets

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from shared.errors import DataError
-from shared.movielens import NO_GENRES, read_catalogue, read_ratings
+from shared.ml.movielens import NO_GENRES, read_catalogue, read_ratings
 from tests.conftest import SMALL
 
 

@@ -1,4 +1,4 @@
-"""The query side of shared/recommend.py on a hand-made model: the profile, the example query, the
+"""The query side of shared/ml/recommend.py on a hand-made model: the profile, the example query, the
 descriptor counts, exclusions, the genre filter and fewer than k."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from shared.errors import NotFound
-from shared.index import IndexParams, MovieIndex, concat_ranges
-from shared.recommend import ServingModel, answer, example_query, user_profile
+from shared.ml.index import IndexParams, MovieIndex, concat_ranges
+from shared.ml.recommend import ServingModel, answer, example_query, user_profile
 
 DESCRIPTORS = [
     ["Drama", "war"],

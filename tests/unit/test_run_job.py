@@ -10,11 +10,11 @@ from typing import cast
 import pytest
 import redis
 
-from shared.celery_app import make_celery
 from shared.errors import NotFound
-from shared.redisconn import sent_ahead
+from shared.infra.celery_app import make_celery
+from shared.infra.redisconn import sent_ahead
+from shared.infra.settings import Settings
 from shared.services import Services
-from shared.settings import Settings
 from tests.conftest import delete_prefix
 from workers import base
 from workers.base import JobContext, Outcome, run_job, services

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from shared.settings import DEFAULT_KEY_PREFIX, DEFAULT_RESULT_TTL_S, Settings
+from shared.infra.settings import DEFAULT_KEY_PREFIX, DEFAULT_RESULT_TTL_S, Settings
 
 
 def test_environment_is_read_with_prefix_and_redis_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

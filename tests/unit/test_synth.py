@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.movielens import read_catalogue, read_ratings
-from shared.synth import GENOME_TAGS, SynthSpec, write_synthetic
+from cli.synth import GENOME_TAGS, SynthSpec, write_synthetic
+from shared.ml.movielens import read_catalogue, read_ratings
 
 
 def test_synthetic_directory_is_ingestible_and_shaped(tmp_path: Path) -> None:

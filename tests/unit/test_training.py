@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared.encoder import load_encoder, mean_by_rows
 from shared.errors import InvalidRequest
-from shared.mining import build_incidence, mine_range
-from shared.movielens import read_catalogue
-from shared.training import TrainConfig, build_net, roc_auc, train, triplet_loss
+from shared.ml.encoder import load_encoder, mean_by_rows
+from shared.ml.mining import build_incidence, mine_range
+from shared.ml.movielens import read_catalogue
+from shared.ml.training import TrainConfig, build_net, roc_auc, train, triplet_loss
 from tests.conftest import SMALL
 
 CPU = torch.device("cpu")

@@ -23,7 +23,7 @@ from typing import Literal, cast
 
 import redis
 
-from .errors import ServiceUnavailable
+from shared.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 import redis
 
-from .errors import InvalidRequest
-from .settings import DEFAULT_ENCODER_MODEL
+from shared.errors import InvalidRequest
+from shared.infra.settings import DEFAULT_ENCODER_MODEL
 
 if TYPE_CHECKING:
     import torch

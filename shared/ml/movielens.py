@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from shared.errors import DataError
 
 NO_GENRES = "(no genres listed)"
 RATINGS_CHUNK_ROWS = 2_000_000

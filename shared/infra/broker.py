@@ -9,14 +9,14 @@
 2. **Messages onto a pipeline.** Inside ``with onto(pipe):`` a message this thread publishes is not sent:
    its final ``LPUSH`` (the exact bytes kombu would send, to the exact key) is queued on ``pipe``. The job
    store queues the job's record on the same MULTI, so a job and its message reach Redis together or not at
-   all, in one round trip and one disk flush (``shared.submit``). Celery still builds the message; only
+   all, in one round trip and one disk flush (``shared.jobs.submit``). Celery still builds the message; only
    where its last command goes changes.
 
     celery.send_task ─> kombu Producer.publish ─> Channel._put ─┬─> LPUSH now            (no ``onto``)
                                                                 └─> pipe.lpush, sent with  (inside ``onto``)
                                                                     the caller's EXEC
 
-``shared.celery_app`` selects this transport with ``broker_transport``; broker URLs stay ``redis://`` or
+``shared.infra.celery_app`` selects this transport with ``broker_transport``; broker URLs stay ``redis://`` or
 ``rediss://``, and what reaches Redis is what kombu's own transport writes. It overrides private methods of
 kombu's channel, so kombu is pinned to the minor version it was written against (pyproject.toml), and
 tests/unit/test_broker.py compares a message sent onto a pipeline with one kombu sent itself.

@@ -22,7 +22,7 @@ from typing import Any, cast
 import numpy as np
 import redis
 
-from .errors import NotFound
+from shared.errors import NotFound
 
 
 @dataclass(frozen=True)

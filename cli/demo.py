@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .client import ApiError, Client
-from .settings import Settings
-from .stack import Stack, free_port
-from .synth import SynthSpec, write_synthetic
+from cli.client import ApiError, Client
+from cli.stack import Stack, free_port
+from cli.synth import SynthSpec, write_synthetic
+from shared.infra.settings import Settings
 
 DEMO_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 DOWNLOAD_TIMEOUT_S = 20.0

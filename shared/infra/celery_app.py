@@ -15,10 +15,10 @@ write, one of them before the task could start). So ``ack_emulation`` is off: th
 once a worker has taken it. ``visibility_timeout_s`` stays the bound after which the janitor resends a job
 that a busy queue might still be holding, and ``Settings`` still keeps the hard time limit below it.
 
-There is no result backend: a job's state and result live in our job store (``shared.jobs``), and nothing
+There is no result backend: a job's state and result live in our job store (``shared.jobs.store``), and nothing
 asks Celery for a task's result. With one, every send subscribed to the task's result channel and
 unsubscribed again, two round trips on each submission for an answer no one reads. The broker is kombu's
-Redis transport with its clients kept and submissions sent in one MULTI with their record (``shared.broker``).
+Redis transport with its clients kept and submissions sent in one MULTI with their record (``shared.infra.broker``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any, cast
 
 from celery import Celery
 
-from .broker import TRANSPORT
-from .settings import Settings
+from shared.infra.broker import TRANSPORT
+from shared.infra.settings import Settings
 
 CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"

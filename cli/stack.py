@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import redis
 
-from .settings import Settings
+from shared.infra.settings import Settings
 
 STOP_GRACE_S = 20.0
 
@@ -194,7 +194,7 @@ class Stack:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "cli.main", *args],
             env=self.settings.child_env(),
             stdin=subprocess.DEVNULL,
             stdout=out,

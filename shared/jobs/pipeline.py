@@ -22,12 +22,12 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, TripletSpec
+from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, TripletSpec
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from .services import Services
+    from shared.services import Services
 
 STAGES = ("ingest", "mine", "encode", "train", "index")
 """Activation follows the last stage, inside the step that sees the index built."""
@@ -43,7 +43,7 @@ class StageJob:
 
 def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> StageJob:
     """The child job that runs ``stage``, from the pipeline's options and the earlier stages' results."""
-    from .submit import ENCODE_TASK, INDEX_TASK, INGEST_TASK, MINE_TASK, TRAIN_TASK
+    from shared.jobs.submit import ENCODE_TASK, INDEX_TASK, INGEST_TASK, MINE_TASK, TRAIN_TASK
 
     dataset = str(results.get("ingest", {}).get("dataset") or options.get("dataset") or "")
 
@@ -87,7 +87,7 @@ def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
     The caller holds the pipeline's lock. State lives in the pipeline job's ``pipeline`` field:
     {"stage": index into STAGES, "children": {stage: job id}, "results": {stage: that job's result}}.
     """
-    from .submit import submit
+    from shared.jobs.submit import submit
 
     job = svc.jobs.get(pipeline_id)
     if job is not None and job.status == "queued":

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InvalidRequest
+from shared.errors import InvalidRequest
 
 if TYPE_CHECKING:
     import torch

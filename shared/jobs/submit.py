@@ -13,9 +13,9 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from .broker import onto
-from .errors import ServiceUnavailable
-from .jobs import Job, JobStore
+from shared.errors import ServiceUnavailable
+from shared.infra.broker import onto
+from shared.jobs.store import Job, JobStore
 
 INGEST_TASK = "workers.cpu.ingest_dataset"
 MINE_TASK = "workers.cpu.mine_triplets"
@@ -42,7 +42,7 @@ def submit(
         pipe.execute()
     except (redis.RedisError, OperationalError, OSError) as exc:
         raise ServiceUnavailable("the job queue is unreachable; try again shortly") from exc
-    jobs.confirm_durable(job.id)  # 202 only once it is on disk: see shared/durability.py
+    jobs.confirm_durable(job.id)  # 202 only once it is on disk: see shared/infra/durability.py
     return job
 
 

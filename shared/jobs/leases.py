@@ -37,7 +37,7 @@ from typing import Any, cast
 import redis
 from redis.client import Pipeline
 
-from .redisconn import Script
+from shared.infra.redisconn import Script
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from typing import Any, Literal, cast
 
 import redis
 
-from .durability import Durability
-from .redisconn import Script
+from shared.infra.durability import Durability
+from shared.infra.redisconn import Script
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .settings import DEFAULT_API_PORT, Settings
+from shared.infra.settings import DEFAULT_API_PORT, Settings
 
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.client import Client
 
 
 def _settings() -> Settings:
@@ -31,7 +31,7 @@ def _settings() -> Settings:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from .stack import Stack
+    from cli.stack import Stack
 
     embedded = "REDIS_URL" not in os.environ
     stack = Stack(
@@ -72,7 +72,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from cli.demo import run_demo
 
     return run_demo(
         _settings(),
@@ -85,13 +85,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> Client:
     """A client of ``--api``, sending the key in ``MOVIEREC_API_KEY`` when there is one."""
-    from .client import API_KEY_ENV, Client
+    from cli.client import API_KEY_ENV, Client
 
     return Client(args.api, api_key=os.environ.get(API_KEY_ENV))
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from .client import ApiError
+    from cli.client import ApiError
 
     client = _client(args)
     try:
@@ -106,7 +106,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .client import ApiError
+    from cli.client import ApiError
 
     client = _client(args)
     try:
@@ -118,8 +118,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from .client import ApiError
-    from .demo import print_recommendations
+    from cli.client import ApiError
+    from cli.demo import print_recommendations
 
     body: dict[str, Any] = {"k": args.k}
     if args.user is not None:
@@ -142,19 +142,19 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _report(client: object, job: dict[str, object]) -> int:
-    from .client import Client
+    from cli.client import Client
 
     assert isinstance(client, Client)
     print(json.dumps(job, indent=2))
     if job["status"] == "succeeded" and job["kind"] == "ingest":
-        from .demo import print_dataset
+        from cli.demo import print_dataset
 
         print_dataset(client.result(str(job["id"])))
     return 0 if job["status"] in ("succeeded", "queued", "running") else 1
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import SynthSpec, write_synthetic
+    from cli.synth import SynthSpec, write_synthetic
 
     spec = SynthSpec(movies=args.movies, users=args.users, ratings=args.ratings, genome=args.genome, seed=args.seed)
     try:

@@ -34,10 +34,10 @@ from typing import Any, cast
 import psutil
 import redis
 
-from .artifacts import ArtifactStore
-from .errors import NotFound, PathNotAllowed
-from .jobs import utcnow_iso
-from .movielens import read_catalogue, read_ratings
+from shared.errors import NotFound, PathNotAllowed
+from shared.jobs.store import utcnow_iso
+from shared.ml.movielens import read_catalogue, read_ratings
+from shared.store.artifacts import ArtifactStore
 
 FORMAT_VERSION = 1
 """Bumped whenever ingestion changes what it stores, so old ids are not mistaken for new content."""

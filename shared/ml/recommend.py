@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import ArtifactStore
-from .errors import Conflict, NotFound
-from .index import IndexParams, MovieIndex, concat_ranges
-from .models import ModelStore
+from shared.errors import Conflict, NotFound
+from shared.ml.index import IndexParams, MovieIndex, concat_ranges
+from shared.store.artifacts import ArtifactStore
+from shared.store.models import ModelStore
 
 TOP_DESCRIPTORS = 10
 _CACHE_SIZE = 2

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import ArtifactStore
-from .errors import NotFound
-from .mining import Incidence, ShardResult, Strategy, build_incidence
+from shared.errors import NotFound
+from shared.ml.mining import Incidence, ShardResult, Strategy, build_incidence
+from shared.store.artifacts import ArtifactStore
 
 DEFAULT_SHARD_SIZE = 2000
 MIN_SHARD_SIZE, MAX_SHARD_SIZE = 10, 100_000

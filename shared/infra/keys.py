@@ -1,0 +1,187 @@
+"""Every Redis key and every artifact name movierec writes, named once.
+
+Redis keys carry the deployment's prefix (``MOVIEREC_KEY_PREFIX``), so deployments and test runs share one
+Redis safely; ``Keys(prefix)`` builds them. Artifact names carry no prefix (the artifact store adds
+``<prefix>:art:``); the functions at the bottom build them. No other module writes a key or an artifact name
+as an f-string (tests/unit/test_keys.py greps for it).
+
+    <prefix>:job:<id>                      hash: one job's record (shared/jobs/store.py)
+    <prefix>:job:<id>:finished             list: the finish signal a waiter BLPOPs (a minute)
+    <prefix>:job:<id>:shards               hash: shard -> stats of a sharded job's finished shards
+    <prefix>:jobs / :jobs:active / :jobs:expiry   the listing index, the unfinished ids, the expiry index
+    <prefix>:lock:<name>                   a short exclusive claim (redis-py's Lock), e.g. a pipeline's step
+    <prefix>:unit:<job>:<unit>:lease|starts  who runs a unit of work, and how often it was started
+    <prefix>:worker:<name>                 a worker's heartbeat
+    <prefix>:janitor:lock|idle:<job>|queued:<job>|resends:<job>   the janitor's sweep lock and marks
+    <prefix>:dataset:<id> / :datasets      a dataset's record, and the index of them
+    <prefix>:model:<version> / :models / :active_model   model records, their index, the serving pointer
+    <prefix>:art:<name>[:<i>|:tmp:<id>[:<i>]]   an artifact's manifest, its chunks, a write in progress
+    <prefix>:vec:<model identity>:<pooling>:<sha1(text)>   one cached string vector
+    <prefix>:celery:...                    Celery's queues (kombu's ``global_keyprefix``; kombu names the rest)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The Redis keys of one deployment."""
+
+    prefix: str
+
+    # -- jobs (shared/jobs/store.py) ----------------------------------------------------------------------
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_finished(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:finished"
+
+    def job_shards(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:shards"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def jobs_active(self) -> str:
+        return f"{self.prefix}:jobs:active"
+
+    @property
+    def jobs_expiry(self) -> str:
+        return f"{self.prefix}:jobs:expiry"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+    # -- units of work (shared/jobs/leases.py) ------------------------------------------------------------
+    def unit_lease(self, job_id: str, unit: str) -> str:
+        return f"{self.prefix}:unit:{job_id}:{unit}:lease"
+
+    def unit_starts(self, job_id: str, unit: str) -> str:
+        return f"{self.prefix}:unit:{job_id}:{unit}:starts"
+
+    # -- workers and the janitor (workers/) ---------------------------------------------------------------
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    @property
+    def workers_pattern(self) -> str:
+        """A SCAN pattern matching every worker's heartbeat."""
+        return self.worker("*")
+
+    @property
+    def janitor_lock(self) -> str:
+        return f"{self.prefix}:janitor:lock"
+
+    def janitor_idle(self, job_id: str) -> str:
+        return f"{self.prefix}:janitor:idle:{job_id}"
+
+    def janitor_queued(self, job_id: str) -> str:
+        return f"{self.prefix}:janitor:queued:{job_id}"
+
+    def janitor_resends(self, job_id: str) -> str:
+        return f"{self.prefix}:janitor:resends:{job_id}"
+
+    # -- stores (shared/store/) ---------------------------------------------------------------------------
+    def dataset(self, ds_id: str) -> str:
+        return f"{self.prefix}:dataset:{ds_id}"
+
+    @property
+    def datasets(self) -> str:
+        return f"{self.prefix}:datasets"
+
+    def model(self, version: str) -> str:
+        return f"{self.prefix}:model:{version}"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}:models"
+
+    @property
+    def active_model(self) -> str:
+        return f"{self.prefix}:active_model"
+
+    def artifact(self, name: str) -> str:
+        """An artifact's manifest; ``artifact_chunk`` and ``artifact_tmp`` derive from it."""
+        return f"{self.prefix}:art:{name}"
+
+    @staticmethod
+    def artifact_chunk(manifest_key: str, i: int) -> str:
+        return f"{manifest_key}:{i}"
+
+    @staticmethod
+    def artifact_tmp(manifest_key: str, write_id: str) -> str:
+        return f"{manifest_key}:tmp:{write_id}"
+
+    def vector(self, identity: str, pooling: str, digest: str) -> str:
+        return f"{self.prefix}:vec:{identity[:32]}:{pooling}:{digest}"
+
+    @property
+    def celery_prefix(self) -> str:
+        """kombu's ``global_keyprefix``: every key Celery writes starts with it."""
+        return f"{self.prefix}:celery:"
+
+    @property
+    def everything(self) -> str:
+        """A SCAN pattern matching every key of this deployment."""
+        return f"{self.prefix}:*"
+
+
+# -- artifact names (no prefix: the artifact store adds it) -------------------------------------------------
+DATASET_ARRAYS = (
+    "movie_ids",
+    "titles",
+    "vocabulary",
+    "desc_indptr",
+    "desc_indices",
+    "user_ids",
+    "ratings_indptr",
+    "ratings_movie",
+    "ratings_value",
+)
+"""The artifacts a dataset is stored as (shared/store/datasets.py documents each one's dtype and shape)."""
+
+
+def dataset_artifact(ds_id: str, part: str) -> str:
+    if part not in DATASET_ARRAYS:
+        raise ValueError(f"a dataset has no artifact {part!r}")
+    return f"dataset/{ds_id}/{part}"
+
+
+def triplets_artifact(ds_id: str, strategy: str, seed: int) -> str:
+    return f"triplets/{ds_id}/{strategy}-{seed}"
+
+
+def triplets_part(triplets: str, job_id: str, lo: int) -> str:
+    """One mining shard's part of ``triplets``, written by the shard and dropped by the join."""
+    return f"{triplets}/part/{job_id}/{lo:09d}"
+
+
+def embeddings_artifact(ds_id: str, identity: str, pooling: str) -> str:
+    """A dataset's (movies, dim) encoder matrix for one model identity and pooling."""
+    return f"embeddings/{ds_id}/{identity[:16]}-{pooling}"
+
+
+def meta_of(name: str) -> str:
+    """The JSON that describes an artifact, stored beside it."""
+    return f"{name}/meta"
+
+
+def model_artifact(version: str, part: str) -> str:
+    """A model version's ``weights``, ``embeddings`` (projected), ``index`` or ``index/group``."""
+    if part not in ("weights", "embeddings", "index", "index/group"):
+        raise ValueError(f"a model has no artifact {part!r}")
+    return f"models/{version}/{part}"
+
+
+def encoded_artifact(job_id: str) -> str:
+    """The vectors an encode job of texts or items answers."""
+    return f"encoded/{job_id}"
+
+
+def encode_input_artifact(request_id: str) -> str:
+    """The strings of an encode request, on their way to the worker (dropped once it succeeds)."""
+    return f"encode-input/{request_id}"
