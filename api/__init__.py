@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from apiflask import APIFlask
-from flask import current_app, request
+from flask import current_app, request, url_for
 
 from shared.infra.celery_app import MovierecCelery, make_celery
 from shared.infra.settings import Settings
@@ -94,6 +94,11 @@ def celery() -> MovierecCelery:
     return app
 
 
-def submit_job(*, kind: str, task: str, params: dict[str, Any]) -> Job:
+def submit_job(*, kind: str, params: dict[str, Any]) -> Job:
     """Record and enqueue a job as the caller: with API keys it belongs to the caller's key (``api.auth``)."""
-    return submit(celery(), services().jobs, kind=kind, task=task, params=params, owner=auth.current_owner())
+    return submit(celery(), services().jobs, kind=kind, params=params, owner=auth.current_owner())
+
+
+def accepted(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The answer to a submission: ``202``, the job as queued, and its ``Location``."""
+    return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}

@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import url_for
 
 from shared.errors import NotFound
-from shared.jobs.submit import INGEST_TASK
 from shared.store.datasets import confine
 
-from . import services, submit_job
+from . import accepted, services, submit_job
 from .schemas import DatasetIn, DatasetListOut, DatasetOut, JobOut, MoviesOut, MoviesQuery
 
 bp = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", tag="datasets")
@@ -27,8 +25,7 @@ def create_dataset(body: dict[str, Any]) -> Any:
     confine(body["path"], root=root)
     if body["genres_fix_csv"]:
         confine(body["genres_fix_csv"], root=root)
-    job = submit_job(kind="ingest", task=INGEST_TASK, params=body)
-    return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+    return accepted(submit_job(kind="ingest", params=body))
 
 
 @bp.get("")

@@ -7,7 +7,7 @@ from typing import Any
 import redis
 from apiflask import APIBlueprint
 
-from shared.infra.celery_app import CPU_QUEUE, GPU_QUEUE
+from shared.jobs.kinds import QUEUES
 
 from . import services
 from .errors import error_response
@@ -34,7 +34,7 @@ def readyz() -> Any:
         durability = services().jobs.durability().mode
     except (redis.ConnectionError, redis.TimeoutError):
         return error_response(503, "not_ready", "Redis is unreachable", {"redis": False, "workers": {}})
-    missing = [q for q in (CPU_QUEUE, GPU_QUEUE) if workers.get(q, 0) == 0]
+    missing = [q for q in QUEUES if workers.get(q, 0) == 0]
     if missing:
         details = {"redis": True, "workers": workers, "missing_queues": missing}
         return error_response(503, "not_ready", f"no live worker on queue(s) {', '.join(missing)}", details)

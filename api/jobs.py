@@ -14,12 +14,13 @@ from apiflask import APIBlueprint
 from flask import Response, jsonify, url_for
 
 from shared.errors import Conflict, InvalidRequest, JobNotFinished, NotFound
+from shared.infra.keys import encode_input_artifact
 from shared.jobs.store import Job
-from shared.jobs.submit import ENCODE_TASK, INDEX_TASK, MINE_TASK, TRAIN_TASK, cancel
+from shared.jobs.submit import cancel
 from shared.store.datasets import confine
 from shared.store.triplets import DEFAULT_SEED, TripletSpec
 
-from . import celery, services, submit_job
+from . import accepted, celery, services, submit_job
 from .auth import current_owner, visible
 from .schemas import EncodeIn, IndexIn, JobListOut, JobListQuery, JobOut, ResultQuery, TrainIn, TripletsIn
 
@@ -50,10 +51,6 @@ def _public(job: Job) -> dict[str, Any]:
     return job.public(result_url=url_for("jobs.get_result", job_id=job.id))
 
 
-def _accepted(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
-    return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
-
-
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
 """A Hugging Face model id: ``name`` or ``owner/name``, no "..", nothing a path could climb with."""
 
@@ -81,7 +78,7 @@ def _require_dataset(dataset_id: str) -> None:
 def create_triplets(body: dict[str, Any]) -> Any:
     """Mine (anchor, positive, negative) triplets of a dataset, sharded over the CPU workers."""
     _require_dataset(body["dataset"])
-    return _accepted(submit_job(kind="triplets", task=MINE_TASK, params=body))
+    return accepted(submit_job(kind="triplets", params=body))
 
 
 @bp.post("/encode")
@@ -100,10 +97,10 @@ def create_encode(body: dict[str, Any]) -> Any:
         params["dataset"] = body["dataset"]
     else:
         shape = "texts" if "texts" in body else "items"
-        name = f"encode-input/{uuid.uuid4()}"  # the strings travel through Redis, not in the message
+        name = encode_input_artifact(str(uuid.uuid4()))  # the strings travel through Redis, not in the message
         services().artifacts.put_json(name, body[shape], ttl_s=services().settings.result_ttl_s)
         params |= {"input": name, "shape": shape, "count": len(body[shape])}
-    return _accepted(submit_job(kind="encode", task=ENCODE_TASK, params=params))
+    return accepted(submit_job(kind="encode", params=params))
 
 
 @bp.post("/train")
@@ -124,7 +121,7 @@ def create_train(body: dict[str, Any]) -> Any:
     body.setdefault("triplets", TripletSpec(dataset=body["dataset"], seed=DEFAULT_SEED, strategy="uniform-min").name)
     if not services().artifacts.exists(body["triplets"]):
         raise Conflict(f"no triplets {body['triplets']!r}: mine them first with POST /v1/jobs/triplets")
-    return _accepted(submit_job(kind="train", task=TRAIN_TASK, params=body))
+    return accepted(submit_job(kind="train", params=body))
 
 
 @bp.post("/index")
@@ -135,7 +132,7 @@ def create_index(body: dict[str, Any]) -> Any:
     """Build the hnswlib index of a trained model version (needed before it can be activated)."""
     if services().models.get(body["version"]) is None:
         raise NotFound(f"model {body['version']!r} does not exist")
-    return _accepted(submit_job(kind="index", task=INDEX_TASK, params=body))
+    return accepted(submit_job(kind="index", params=body))
 
 
 @bp.get("")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from apiflask import APIBlueprint
 from flask import Response
 
-from shared.infra.celery_app import CPU_QUEUE, GPU_QUEUE, queue_keys
+from shared.infra.celery_app import queue_lengths
+from shared.jobs.kinds import QUEUES
 
-from . import services
+from . import celery, services
 
 bp = APIBlueprint("metrics", __name__, tag="metrics")
 
@@ -23,19 +22,17 @@ _TEXT: dict[int | str, dict[str, str | dict[str, dict[str, object]]]] = {
 def metrics() -> Response:
     """Queue lengths, live workers per queue, jobs in the registry, the active model."""
     svc = services()
-    prefix = svc.settings.key_prefix
     lines = [
         "# HELP movierec_queue_length Messages waiting in a Celery queue.",
         "# TYPE movierec_queue_length gauge",
     ]
-    for queue in (CPU_QUEUE, GPU_QUEUE):
-        length = sum(cast(int, svc.redis.llen(key)) for key in queue_keys(prefix, queue))  # every priority step
+    for queue, length in queue_lengths(celery(), QUEUES).items():
         lines.append(f'movierec_queue_length{{queue="{queue}"}} {length}')
     lines += ["# HELP movierec_workers Live workers consuming a queue.", "# TYPE movierec_workers gauge"]
     live = svc.live_queues()
-    for queue in (CPU_QUEUE, GPU_QUEUE):
+    for queue in QUEUES:
         lines.append(f'movierec_workers{{queue="{queue}"}} {live.get(queue, 0)}')
-    jobs = cast(int, svc.redis.zcard(f"{prefix}:jobs"))
+    jobs = svc.jobs.count()
     lines += [
         "# HELP movierec_jobs_indexed Job records in the listing index (finished ones expire).",
         "# TYPE movierec_jobs_indexed gauge",

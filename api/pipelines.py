@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import url_for
 
 from shared.errors import NotFound
-from shared.jobs.submit import PIPELINE_STEP_TASK
 from shared.store.datasets import confine
 
-from . import services, submit_job
+from . import accepted, services, submit_job
 from .jobs import model_source
 from .schemas import JobOut, PipelineIn
 
@@ -32,5 +30,4 @@ def create_pipeline(body: dict[str, Any]) -> Any:
         body["model"] = model_source(body["model"])
     if body.get("dataset") and services().datasets.get(body["dataset"]) is None:
         raise NotFound(f"dataset {body['dataset']!r} does not exist")
-    job = submit_job(kind="pipeline", task=PIPELINE_STEP_TASK, params=body)
-    return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+    return accepted(submit_job(kind="pipeline", params=body))

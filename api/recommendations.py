@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import jsonify, url_for
+from flask import jsonify
 
 from shared.errors import Conflict
-from shared.jobs.submit import RECOMMEND_TASK
 
-from . import services, submit_job
+from . import accepted, services, submit_job
 from .schemas import JobOut, RecommendationsOut, RecommendIn, WaitQuery
 
 bp = APIBlueprint("recommendations", __name__, url_prefix="/v1/recommendations", tag="recommendations")
@@ -45,8 +44,8 @@ def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
         user_id=body.get("user_id"),
         movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])],
     )
-    job = submit_job(kind="recommend", task=RECOMMEND_TASK, params={**body, "model": version})
+    job = submit_job(kind="recommend", params={**body, "model": version})
     finished = services().jobs.wait_finished(job.id, query["wait"], just_submitted=True)
     if finished is not None and finished.status == "succeeded":
         return jsonify(finished.result)  # a Response: not reshaped by the 202 schema
-    return (finished or job).public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+    return accepted(finished or job)

@@ -26,6 +26,7 @@ import numpy as np
 import requests
 
 from cli.synth import SynthSpec, write_synthetic
+from shared.infra.keys import dataset_artifact
 from shared.infra.settings import Settings
 from shared.ml.mining import mine_range
 from shared.services import Services
@@ -98,7 +99,7 @@ def main() -> int:
 
         svc = Services.from_settings(stack.settings)
         incidence = load_incidence(svc.artifacts, dataset)
-        movie_ids = svc.artifacts.get_array(f"dataset/{dataset}/movie_ids")
+        movie_ids = svc.artifacts.get_array(dataset_artifact(dataset, "movie_ids"))
         lost = differ = 0
         for seed, job_id in accepted.items():
             final = requests.get(f"{api}/v1/jobs/{job_id}", timeout=30).json()

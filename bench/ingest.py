@@ -52,7 +52,7 @@ def _run_movierec(directory: Path, redis_url: str) -> dict[str, float]:
         directory, DatasetOptions(tags_per_movie=5), source=directory.name, progress=lambda *_: None
     )
     seconds = time.perf_counter() - start
-    keys = list(services.redis.scan_iter(match=f"{prefix}:*", count=1000))
+    keys = list(services.redis.scan_iter(match=services.keys.everything, count=1000))
     sizes: list[int] = [int(cast(int, services.redis.memory_usage(k)) or 0) for k in keys]
     stored_mb = sum(sizes) / 2**20
     if keys:

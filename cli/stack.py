@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -34,11 +34,15 @@ import redis
 from shared.infra.settings import Settings
 
 STOP_GRACE_S = 20.0
+"""How long a child may take to stop after SIGTERM before it is killed."""
 
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 """``movierec up`` starts a child that exits again, but stops when children exit more than 5 times a minute."""
-"""How long a child may take to stop after SIGTERM before it is killed."""
+
+READY_TIMEOUT_S = 180.0
+"""How long ``with Stack(...)`` waits for ``/readyz`` (a cold start imports torch in two processes)."""
+LOG_TAIL_CHARS = 3000
 
 REDIS_START_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
@@ -67,9 +71,47 @@ def redis_server_binary() -> str:
     return path
 
 
+def wait_ready(
+    api_url: str,
+    *,
+    timeout_s: float = READY_TIMEOUT_S,
+    api_key: str | None = None,
+    died: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Block until ``{api_url}/readyz`` answers 200. ``died`` answers why the server cannot come up any more
+    (a process of it exited) or None; then this raises RuntimeError with that reason, and TimeoutError when
+    time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reason = died()
+        if reason is not None:
+            raise RuntimeError(reason)
+        request = urllib.request.Request(f"{api_url}/readyz")  # noqa: S310 - our own http:// URL
+        if api_key:  # /readyz needs a key like every route but /healthz
+            request.add_header("Authorization", f"Bearer {api_key}")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{api_url} was not ready within {timeout_s:.0f} s")
+
+
+def log_tails(log_dir: Path | None, chars: int = LOG_TAIL_CHARS) -> str:
+    """The last ``chars`` characters of each ``*.log`` in ``log_dir``, each under a ``--- name`` line."""
+    if log_dir is None or not log_dir.is_dir():
+        return ""
+    return "".join(
+        f"--- {log.name}\n{log.read_text(errors='replace')[-chars:]}\n" for log in sorted(log_dir.glob("*.log"))
+    )
+
+
 @dataclass
 class EmbeddedRedis:
-    """A private redis-server in ``data_dir``, listening on loopback only."""
+    """A private redis-server in ``data_dir``, listening on loopback only (``with EmbeddedRedis(...) as server:``
+    starts it and stops it at the end of the block)."""
 
     data_dir: Path
     port: int = 0
@@ -127,6 +169,13 @@ class EmbeddedRedis:
                     raise RuntimeError(f"embedded redis-server did not start:\n{tail}") from None
                 time.sleep(0.05)
 
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -146,7 +195,12 @@ class Child:
 
 
 class Stack:
-    """Start, watch and stop the processes of one machine's movierec."""
+    """Start, watch and stop the processes of one machine's movierec.
+
+    As a context manager: ``with Stack(...) as stack:`` starts every process and waits until ``/readyz``
+    answers (``ready_timeout_s``); if it does not, stops what started, prints the tail of each log to stderr
+    and raises. Leaving the block stops the stack.
+    """
 
     def __init__(
         self,
@@ -158,6 +212,7 @@ class Stack:
         embedded_redis: bool,
         log_dir: Path | None = None,
         redis_password: str | None = None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
@@ -169,6 +224,7 @@ class Stack:
         )
         self.settings = settings
         self.log_dir = log_dir
+        self.ready_timeout_s = ready_timeout_s
         self.children: list[Child] = []
         self._stopping = threading.Event()
 
@@ -187,6 +243,21 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def __enter__(self) -> Stack:
+        self.start()
+        try:
+            self.wait_ready(timeout_s=self.ready_timeout_s)
+        except BaseException:
+            self.stop()
+            tails = log_tails(self.log_dir)
+            if tails:
+                print(f"movierec: the stack did not come up; the end of its logs:\n{tails}", file=sys.stderr)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
         out = None
@@ -224,24 +295,14 @@ class Stack:
         child.process.wait()
         self._spawn(name, child.args)
 
-    def wait_ready(self, timeout_s: float = 180.0) -> None:
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Block until ``/readyz`` answers 200; raise if a child dies or time runs out."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def died() -> str | None:
             dead = self.dead_child()
-            if dead is not None:
-                raise RuntimeError(f"{dead.name} exited with status {dead.process.returncode} while starting")
-            request = urllib.request.Request(f"{self.api_url}/readyz")  # noqa: S310 - our own http:// URL
-            if self.settings.api_keys:  # /readyz needs a key like every route but /healthz
-                request.add_header("Authorization", f"Bearer {self.settings.api_keys[0]}")
-            try:
-                with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"the stack was not ready within {timeout_s:.0f} s")
+            return None if dead is None else f"{dead.name} exited with status {dead.process.returncode} while starting"
+
+        wait_ready(self.api_url, timeout_s=timeout_s, api_key=next(iter(self.settings.api_keys), None), died=died)
 
     def dead_child(self) -> Child | None:
         return next((c for c in self.children if c.process.poll() is not None), None)

@@ -13,6 +13,7 @@ from typing import cast
 
 import redis
 
+from shared.infra.keys import Keys
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
 from shared.jobs.leases import UnitGuard
@@ -51,21 +52,23 @@ class Services:
             ),
         )
 
-    # -- worker heartbeats, read by /readyz ------------------------------------------------------------
-    def _worker_key(self, name: str) -> str:
-        return f"{self.settings.key_prefix}:worker:{name}"
+    @property
+    def keys(self) -> Keys:
+        """The Redis keys of this deployment."""
+        return Keys(self.settings.key_prefix)
 
+    # -- worker heartbeats, read by /readyz ------------------------------------------------------------
     def beat(self, name: str, queues: list[str]) -> None:
         value = ",".join(queues) + f"|{os.getpid()}|{time.time():.0f}"
-        self.redis.set(self._worker_key(name), value, ex=HEARTBEAT_TTL_S)
+        self.redis.set(self.keys.worker(name), value, ex=HEARTBEAT_TTL_S)
 
     def forget_worker(self, name: str) -> None:
-        self.redis.delete(self._worker_key(name))
+        self.redis.delete(self.keys.worker(name))
 
     def live_queues(self) -> dict[str, int]:
         """How many live workers consume each queue."""
         counts: dict[str, int] = {}
-        for key in self.redis.scan_iter(match=self._worker_key("*"), count=500):
+        for key in self.redis.scan_iter(match=self.keys.workers_pattern, count=500):
             raw = cast("bytes | None", self.redis.get(key))
             if raw is None:
                 continue

@@ -6,14 +6,21 @@
   and after the session, so a shared Redis is left as it was found.
 - ``stack``: one session-scoped set of real processes: ``movierec api`` (gunicorn), a CPU worker
   (prefork, 2 processes) and a GPU-queue worker (solo), as ``movierec up`` runs them.
+- ``make_stack``: a factory of stacks of a test's own (``make_stack(settings, embedded_redis=True)``), ready
+  when it answers and stopped after the test.
 - ``app`` / ``client``: the Flask app on the same Redis, for tests that need no HTTP server of their own.
+- ``tiny_bert``: a tiny random BERT on disk (no Redis), for the encoder's tests.
+
+Polling (``wait_job``, ``wait_jobs``, ``wait_until``) and ``new_stack`` are plain functions in tests/helpers.py.
+Layout: tests/unit needs neither Redis nor processes (its conftest refuses a test that asks for Redis);
+tests/redis talks to the session's Redis; tests/api, tests/system and tests/fuzz use the running stack.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,9 +30,10 @@ import pytest
 import redis
 import requests
 
-from cli.stack import EmbeddedRedis, Stack, free_port
+from cli.stack import EmbeddedRedis, Stack
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
+from tests.helpers import new_stack
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -52,9 +60,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail(f"REDIS_URL={url} is set but does not answer")
         yield url
         return
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
-    yield server.start()
-    server.stop()
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")
@@ -97,30 +104,52 @@ def fresh_prefix(settings: Settings, redis_client: redis.Redis) -> Iterator[str]
 
 @pytest.fixture(scope="session")
 def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    logs = tmp_path_factory.mktemp("logs")
-    stack = Stack(
-        settings,
-        data_dir=tmp_path_factory.mktemp("stack"),
-        port=free_port(),
-        cpu_workers=2,
-        embedded_redis=False,
-        log_dir=logs,
-    )
-    stack.start()
-    try:
-        stack.wait_ready(timeout_s=120)
-    except Exception:
-        stack.stop()
-        for log in sorted(logs.glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text()[-3000:]}")
-        raise
-    yield stack
-    stack.stop()
+    with new_stack(settings, tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """``make_stack(settings, **new_stack_options)``: a started, ready stack of this test's own (data and logs
+    under ``tmp_path``), stopped when the test ends."""
+    made: list[Stack] = []
+    with contextlib.ExitStack() as running:
+
+        def make(settings: Settings, **options: Any) -> Stack:
+            stack = running.enter_context(new_stack(settings, tmp_path / f"stack-{len(made)}", **options))
+            made.append(stack)
+            return stack
+
+        yield make
 
 
 @pytest.fixture(scope="session")
 def api_url(stack: Stack) -> str:
     return stack.api_url
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random BERT built from a config, with the bundled model's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from shared.ml.encoder import resolve_model
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return str(out)
 
 
 @pytest.fixture
@@ -179,15 +208,3 @@ class HttpClient:
 def client(request: pytest.FixtureRequest, app: Any, api_url: str) -> Any:
     """Each API test runs twice: in-process through Flask's test client, and over HTTP to gunicorn."""
     return app.test_client() if request.param == "flask" else HttpClient(api_url)
-
-
-def wait_for(fetch: Callable[[], dict[str, Any]], *, timeout_s: float = 120.0) -> dict[str, Any]:
-    """Poll a job record until it is finished."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = fetch()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job still {job['status']} after {timeout_s} s: {job}")
-        time.sleep(0.1)

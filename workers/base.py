@@ -8,7 +8,7 @@ A task body receives a ``JobContext`` and the job's JSON parameters, and returns
               \\-> MovierecError -> fail with its code and message, release
               \\-> anything else -> fail as internal_error (logged here), release
 
-A *speculative* job (a recommendation: a millisecond of reading) sends its admission and start, runs its
+A *speculative* job (a recommendation: a short query) sends its admission and start, runs its
 body while they travel, then reads their replies: on a Redis that fsyncs every write that takes a round
 trip and a disk flush off its path. Nothing is given up: the start is counted before any result is
 written, and when the admission or the start says no, the answer is dropped unrecorded. So a speculative
@@ -22,7 +22,6 @@ the job, naming it, instead of running again.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,14 +29,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import Celery, current_app
+from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.errors import MovierecError
 from shared.infra.celery_app import settings_of
+from shared.infra.process import per_process
 from shared.infra.redisconn import sent_ahead
+from shared.jobs.kinds import PIPELINE_STEP
 from shared.jobs.leases import Admission
-from shared.jobs.submit import PIPELINE_STEP_TASK
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -45,16 +45,11 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.5
 """Progress writes closer together than this are skipped unless the stage changes."""
 
-_services: dict[int, Services] = {}
 
-
-def services(app: Celery | None = None) -> Services:
-    """This process's services, built on first use after any fork."""
-    pid = os.getpid()
-    if pid not in _services:
-        _services.clear()
-        _services[pid] = Services.from_settings(settings_of(app or current_app))
-    return _services[pid]
+@per_process(maxsize=1)
+def services() -> Services:
+    """This process's services, built on first use (again in a forked child: see shared/infra/process.py)."""
+    return Services.from_settings(settings_of(current_app))
 
 
 @dataclass
@@ -94,7 +89,7 @@ def notify_parent(job_id: str, parent: dict[str, Any] | None = None) -> None:
         job = services().jobs.get(job_id)
         parent = job.params.get("parent") if job is not None else None
     if parent:
-        current_app.send_task(PIPELINE_STEP_TASK, args=[parent["id"]])
+        current_app.send_task(PIPELINE_STEP.name, args=[parent["id"]])
 
 
 @dataclass(frozen=True)

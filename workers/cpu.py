@@ -1,18 +1,21 @@
-"""Tasks of the ``cpu`` queue."""
+"""Tasks of the ``cpu`` queue: each reads ids, calls one function in shared/, and answers a small summary."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from celery import current_app, shared_task
+from redis.exceptions import LockNotOwnedError
 
 from shared.errors import DataError, NotFound
 from shared.jobs.pipeline import advance
-from shared.ml.index import IndexParams, MovieIndex
+from shared.ml.index import IndexParams
 from shared.ml.mining import mine_range
 from shared.store.datasets import DatasetOptions, confine
+from shared.store.serving import answer_query
 from shared.store.triplets import (
     TripletSpec,
     drop_parts,
@@ -22,8 +25,11 @@ from shared.store.triplets import (
     shard_stats,
     store_part,
 )
+from shared.store.versions import index_version
 
 from .base import JobContext, Outcome, fail_job, notify_parent, run_job, services, unit
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name="workers.cpu.ingest_dataset")
@@ -143,39 +149,16 @@ def build_index(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """Build the hnswlib index of a model version's projected embeddings; one writer, written once."""
 
     def body(ctx: JobContext) -> Outcome:
-        version = params["version"]
-        models, artifacts = ctx.services.models, ctx.services.artifacts
-        record = models.get(version)
-        if record is None:
-            raise NotFound(f"model {version!r} does not exist")
-        defaults = IndexParams()
+        version, defaults = params["version"], IndexParams()
         index_params = IndexParams(
             m=int(params.get("m") or defaults.m),
             ef_construction=int(params.get("ef_construction") or defaults.ef_construction),
             ef=int(params.get("ef") or defaults.ef),
         )
-        existing = record.get("index")
-        if existing is not None and existing["params"] == index_params.as_dict():
-            return Outcome({"version": version, "index": existing, "reused": True}, message="index already built")
-        embeddings = artifacts.get_array(record["artifacts"]["embeddings"])  # (n, hidden)
-        started = time.perf_counter()
-        index = MovieIndex.build(embeddings, index_params)
-        data, sha256 = index.to_bytes()
-        name = f"models/{version}/index"
-        artifacts.put_bytes(name, data)
-        artifacts.put_array(f"{name}/group", index.group)
-        described = {
-            "artifact": name,
-            "group_artifact": f"{name}/group",
-            "distinct_vectors": index.groups,
-            "sha256": sha256,
-            "params": index_params.as_dict(),
-            "n": int(embeddings.shape[0]),
-            "dim": int(embeddings.shape[1]),
-            "build_seconds": round(time.perf_counter() - started, 3),
-        }
-        models.update(version, index=described)
-        return Outcome({"version": version, "index": described, "reused": False}, message=f"{len(embeddings):,} movies")
+        described, reused = index_version(ctx.services.artifacts, ctx.services.models, version=version,
+                                          params=index_params)  # fmt: skip
+        message = "index already built" if reused else f"{described['n']:,} movies"
+        return Outcome({"version": version, "index": described, "reused": reused}, message=message)
 
     return run_job(job_id, stage="indexing", body=body)
 
@@ -185,31 +168,9 @@ def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """Answer a recommendation query with the model version the API pinned at submission."""
 
     def body(ctx: JobContext) -> Outcome:
-        import numpy as np
-
-        from shared.ml.recommend import answer, example_query, load_serving, user_profile
-
-        described: dict[str, Any]
-        model = load_serving(ctx.services.artifacts, ctx.services.models, params["model"])
-        history = None
-        if params.get("user_id") is not None:
-            query, rated = user_profile(model, int(params["user_id"]))
-            excluded, history = (rated if params["exclude_seen"] else rated[:0]), rated
-            described = {"user_id": int(params["user_id"])}
-        elif params.get("keywords"):
-            query = _keyword_query(ctx, model, params["keywords"])
-            excluded = np.zeros(0, dtype=np.int64)
-            described = {"keywords": params["keywords"]}
-        else:
-            liked, disliked = model.rows_of(params.get("liked") or []), model.rows_of(params.get("disliked") or [])
-            query = example_query(model, liked, disliked)
-            excluded = np.concatenate([liked, disliked])
-            described = {"liked": params.get("liked") or [], "disliked": params.get("disliked") or []}
-        result = answer(
-            model, query, k=int(params["k"]), excluded=excluded, genres=params.get("genres"), history=history,
-            described_query=described,
-        )  # fmt: skip
-        ttl_s = min(RECOMMENDATION_TTL_S, ctx.services.settings.result_ttl_s)
+        svc = ctx.services
+        result = answer_query(svc.artifacts, svc.models, svc.redis, prefix=svc.settings.key_prefix, params=params)
+        ttl_s = min(RECOMMENDATION_TTL_S, svc.settings.result_ttl_s)
         return Outcome(result, message=f"{len(result['items'])} items", ttl_s=ttl_s)
 
     # Quick and read-only: its body runs while its admission travels (workers/base.py).
@@ -221,23 +182,12 @@ RECOMMENDATION_TTL_S = 3600
 so load never piles up."""
 
 
-def _keyword_query(ctx: JobContext, model: Any, keywords: list[str]) -> Any:
-    """Mean of the keywords' vectors (the model's encoder and pooling, through the cache), projected."""
-    import torch
-
-    from shared.ml.encoder import VectorCache, load_encoder
-
-    encoder_spec = model.record["encoder"]
-    encoder = load_encoder(encoder_spec["model"], encoder_spec["pooling"], torch.device("cpu"))
-    vectors, _ = VectorCache(ctx.services.redis, prefix=ctx.services.settings.key_prefix).encode(encoder, keywords)
-    return model.project(vectors.mean(axis=0, keepdims=True))[0]
-
-
 @shared_task(name="workers.cpu.pipeline_step")
 def pipeline_step(pipeline_id: str, params: dict[str, Any] | None = None) -> None:
     """Move a pipeline on: start its next stage's job, or finish it (activating the model), or fail it."""
     svc = services()
-    if not svc.jobs.lock(f"pipeline:{pipeline_id}"):
+    lock = svc.jobs.lock(f"pipeline:{pipeline_id}")
+    if not lock.acquire():
         pipeline_step.apply_async(args=[pipeline_id], countdown=0.2)  # another step is moving it: look again
         return
     try:
@@ -245,4 +195,7 @@ def pipeline_step(pipeline_id: str, params: dict[str, Any] | None = None) -> Non
     except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
         fail_job(pipeline_id, exc, where="pipeline")
     finally:
-        svc.jobs.unlock(f"pipeline:{pipeline_id}")
+        try:
+            lock.release()
+        except LockNotOwnedError:  # held past its TTL: another step may have moved the pipeline meanwhile
+            log.warning("pipeline %s: its step lock expired before the step finished", pipeline_id)

@@ -8,15 +8,18 @@ the worker's parent and the API's Celery app do) must not load it.
 from __future__ import annotations
 
 import os
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from celery import shared_task
 
-from shared.errors import NotFound
+from shared.infra.keys import encoded_artifact
+from shared.infra.process import per_process
 from shared.jobs.store import utcnow_iso
-from shared.ml.encoder import EncodeStats, VectorCache, load_encoder, mean_by_rows
+from shared.ml.encoder import Encoder, load_encoder
+from shared.ml.training import TrainConfig
+from shared.store.embeddings import describe, encode_dataset, encode_items
+from shared.store.vectors import VectorCache
+from shared.store.versions import train_version
 
 from .base import JobContext, Outcome, run_job, services
 
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
     import torch
 
 
-@cache
+@per_process(maxsize=1)
 def device() -> torch.device:
     """The device of this process, resolved once: ``MOVIEREC_DEVICE``, where "auto" prefers CUDA."""
     import torch
@@ -56,12 +59,16 @@ def describe_device(job_id: str, params: dict[str, Any]) -> dict[str, Any] | Non
     return run_job(job_id, stage="describe", body=body)
 
 
-def _encoder_for(ctx: JobContext, params: dict[str, Any]) -> Any:
+def _encoder_for(ctx: JobContext, params: dict[str, Any]) -> Encoder:
     settings = ctx.services.settings
     model = params.get("model") or settings.encoder_model
     pooling = params.get("pooling") or settings.encoder_pooling
     ctx.progress(0.01, "loading model", f"{model} ({pooling})")
     return load_encoder(model, pooling, device(), autocast=settings.autocast, batch_size=settings.encode_batch_size)
+
+
+def _vectors(ctx: JobContext) -> VectorCache:
+    return VectorCache(ctx.services.redis, prefix=ctx.services.settings.key_prefix)
 
 
 @shared_task(name="workers.gpu.encode")
@@ -70,61 +77,27 @@ def encode(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 
     def body(ctx: JobContext) -> Outcome:
         encoder = _encoder_for(ctx, params)
-        cache = VectorCache(ctx.services.redis, prefix=ctx.services.settings.key_prefix)
+        artifacts = ctx.services.artifacts
 
         def on_batch(done: int, total: int) -> None:
             ctx.progress(0.05 + 0.9 * done / max(total, 1), "encoding", f"{done:,} of {total:,} new strings")
 
-        described = {"model": encoder.name, "identity": encoder.identity, "pooling": encoder.pooling}
-        described["dim"] = encoder.dim
         if params.get("dataset"):
-            return _encode_dataset(
-                ctx, encoder, cache, dataset=params["dataset"], described=described, on_batch=on_batch
-            )
-        artifacts = ctx.services.artifacts
+            movies = encode_dataset(artifacts, _vectors(ctx), encoder, dataset=params["dataset"], on_batch=on_batch)
+            result = {**describe(encoder), "dataset": params["dataset"], "embeddings": movies.name}
+            result |= {"count": len(movies.vectors), "descriptor_strings": movies.strings, **movies.stats.__dict__}
+            message = f"{len(movies.vectors):,} movies, {movies.stats.encoded:,} strings encoded"
+            return Outcome(result, artifact=movies.name, message=message)
         inputs = artifacts.get_json(params["input"])
         items: list[list[str]] = inputs if params["shape"] == "items" else [[t] for t in inputs]
-        flat = [t for item in items for t in item]
-        vectors, stats = cache.encode(encoder, flat, on_batch=on_batch)
-        indptr = np.zeros(len(items) + 1, dtype=np.int64)
-        np.cumsum([len(i) for i in items], out=indptr[1:])
-        matrix = mean_by_rows(indptr, np.arange(len(flat)), vectors)  # (items, dim): an item is its strings' mean
-        name = f"encoded/{job_id}"
-        artifacts.put_array(name, matrix, ttl_s=ctx.services.settings.result_ttl_s)
-        result = {**described, "count": len(items), **stats.__dict__}
+        encoded = encode_items(artifacts, _vectors(ctx), encoder, items=items, name=encoded_artifact(job_id),
+                               ttl_s=ctx.services.settings.result_ttl_s, on_batch=on_batch)  # fmt: skip
+        result = {**describe(encoder), "count": len(items), **encoded.stats.__dict__}
         # The input goes once the job is marked done, so a run killed before that finds it again.
-        return Outcome(result, artifact=name, inline="vectors", message=f"{len(items):,} vectors",
+        return Outcome(result, artifact=encoded.name, inline="vectors", message=f"{len(items):,} vectors",
                        drop=(params["input"],))  # fmt: skip
 
     return run_job(job_id, stage="encoding", body=body)
-
-
-def _encode_dataset(
-    ctx: JobContext, encoder: Any, cache: VectorCache, *, dataset: str, described: dict[str, Any], on_batch: Any
-) -> Outcome:
-    name, movies, stats, n_strings = dataset_embeddings(ctx, encoder, cache, dataset=dataset, on_batch=on_batch)
-    result = {**described, "dataset": dataset, "embeddings": name, "count": len(movies)}
-    result |= {"descriptor_strings": n_strings, **stats.__dict__}
-    return Outcome(result, artifact=name, message=f"{len(movies):,} movies, {stats.encoded:,} strings encoded")
-
-
-def dataset_embeddings(
-    ctx: JobContext, encoder: Any, cache: VectorCache, *, dataset: str, on_batch: Any = None
-) -> tuple[str, np.ndarray, EncodeStats, int]:
-    """The dataset's (n, dim) movie matrix for this encoder, stored under a name fixed by (dataset, model, pooling)."""
-    artifacts = ctx.services.artifacts
-    base = f"dataset/{dataset}"
-    if not artifacts.exists(f"{base}/vocabulary"):
-        raise NotFound(f"dataset {dataset!r} does not exist")
-    vocabulary: list[str] = artifacts.get_json(f"{base}/vocabulary")
-    indptr, indices = artifacts.get_array(f"{base}/desc_indptr"), artifacts.get_array(f"{base}/desc_indices")
-    vectors, stats = cache.encode(encoder, vocabulary, on_batch=on_batch)  # (V, dim), each string once
-    movies = mean_by_rows(indptr, indices, vectors)  # (n, dim): a movie is the mean of its descriptors
-    name = f"embeddings/{dataset}/{encoder.identity[:16]}-{encoder.pooling}"
-    artifacts.put_array(name, movies)
-    described = {"model": encoder.name, "identity": encoder.identity, "pooling": encoder.pooling, "dim": encoder.dim}
-    artifacts.put_json(f"{name}/meta", {**described, "dataset": dataset})
-    return name, movies, stats, len(indices)
 
 
 @shared_task(name="workers.gpu.train")
@@ -132,73 +105,23 @@ def train_model(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """Train the Siamese projection on a dataset's triplets; store weights, projections and a version record."""
 
     def body(ctx: JobContext) -> Outcome:
-        from safetensors.torch import save
-
-        from shared.ml.training import TrainConfig, train
-        from shared.store.models import model_version
-
         config = TrainConfig(**{k: params[k] for k in _TRAIN_KNOBS if params.get(k) is not None})
-        dataset, triplets_name = params["dataset"], params["triplets"]
-        artifacts, models = ctx.services.artifacts, ctx.services.models
         encoder = _encoder_for(ctx, params)
-        cache = VectorCache(ctx.services.redis, prefix=ctx.services.settings.key_prefix)
-        version = model_version(
-            dataset=dataset,
-            triplets=triplets_name,
-            encoder_identity=encoder.identity,
-            pooling=encoder.pooling,
-            config=config.as_dict(),
-        )
-        existing = models.get(version)
-        if existing is not None:
-            return Outcome({**existing, "reused": True}, artifact=existing["artifacts"]["embeddings"])
-
-        ctx.progress(0.05, "encoding", "movie embeddings")
-        embeddings_name, vectors, _, _ = dataset_embeddings(ctx, encoder, cache, dataset=dataset)
-        if not artifacts.exists(triplets_name):
-            raise NotFound(f"triplets {triplets_name!r} do not exist; mine them first")
-        movie_ids = artifacts.get_array(f"dataset/{dataset}/movie_ids")
-        triplets = _rows_of(movie_ids, artifacts.get_array(triplets_name))  # (m, 3) catalogue rows
 
         def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
             ctx.progress(0.1 + 0.85 * epoch / config.epochs, "training", f"epoch {epoch}/{config.epochs}: "
                          f"train loss {train_loss:.4f}, validation loss {val_loss:.4f}")  # fmt: skip
 
-        result = train(vectors, triplets, config, device=device(), progress=on_epoch)
-        weights, projected = f"models/{version}/weights", f"models/{version}/embeddings"
-        artifacts.put_bytes(weights, save(result.state, metadata={"version": version}))
-        artifacts.put_array(projected, result.projected)
-        record = {
-            "version": version,
-            "created_at": utcnow_iso(),
-            "dataset": dataset,
-            "triplets": triplets_name,
-            "encoder": {"model": encoder.name, "identity": encoder.identity, "pooling": encoder.pooling},
-            "input_dim": encoder.dim,
-            "config": config.as_dict(),
-            "metrics": {
-                "test_auc_before": round(result.auc_before, 6),
-                "test_auc_after": round(result.auc_after, 6),
-                "train_losses": [round(v, 6) for v in result.train_losses],
-                "val_losses": [round(v, 6) for v in result.val_losses],
-            },
-            "artifacts": {"weights": weights, "embeddings": projected, "input_embeddings": embeddings_name},
-            "device": str(device()),
-        }
-        models.put(record)
-        message = f"test AUC {result.auc_before:.4f} -> {result.auc_after:.4f}"
-        return Outcome({**record, "reused": False}, artifact=projected, message=message)
+        ctx.progress(0.05, "encoding", "movie embeddings")
+        record, reused = train_version(
+            ctx.services.artifacts, ctx.services.models, _vectors(ctx), encoder, dataset=params["dataset"],
+            triplets=params["triplets"], config=config, device=device(), created_at=utcnow_iso(), on_epoch=on_epoch,
+        )  # fmt: skip
+        metrics = record["metrics"]
+        message = f"test AUC {metrics['test_auc_before']:.4f} -> {metrics['test_auc_after']:.4f}"
+        return Outcome({**record, "reused": reused}, artifact=record["artifacts"]["embeddings"], message=message)
 
     return run_job(job_id, stage="training", body=body)
 
 
 _TRAIN_KNOBS = ("epochs", "hidden_dim", "margin", "lr", "batch_size", "seed")
-
-
-def _rows_of(movie_ids: np.ndarray, triplets: np.ndarray) -> np.ndarray:
-    """(m, 3) movieIds -> catalogue rows (movie_ids is the catalogue, in order)."""
-    order = np.argsort(movie_ids)
-    rows = order[np.searchsorted(movie_ids, triplets, sorter=order)]
-    if not (movie_ids[rows] == triplets).all():
-        raise NotFound("the triplets name movies that are not in the dataset")
-    return np.asarray(rows, dtype=np.int64)

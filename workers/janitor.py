@@ -34,7 +34,6 @@ without a lease behind a busy queue; the visibility timeout and a few intervals)
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -44,41 +43,19 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-from shared.infra.celery_app import CPU_QUEUE, GPU_QUEUE, PRIORITY_STEPS, queue_keys
-from shared.jobs.pipeline import STAGES
+from shared.infra.celery_app import queue_lengths
+from shared.infra.keys import Keys
+from shared.jobs import kinds
+from shared.jobs.kinds import JOIN_TRIPLETS, MINE_SHARD, PIPELINE_STEP, Task
+from shared.jobs.pipeline import PipelineState
 from shared.jobs.store import Job
-from shared.jobs.submit import (
-    DESCRIBE_DEVICE_TASK,
-    ENCODE_TASK,
-    INDEX_TASK,
-    INGEST_TASK,
-    MINE_TASK,
-    PIPELINE_STEP_TASK,
-    RECOMMEND_TASK,
-    TRAIN_TASK,
-)
 from shared.services import Services
 from shared.store.triplets import plan_shards
 
 log = logging.getLogger(__name__)
 
-MINE_SHARD_TASK = "workers.cpu.mine_shard"
-JOIN_TRIPLETS_TASK = "workers.cpu.join_triplets"
-
 MAX_RESENDS = 5
 """A job whose work was lost this many times fails instead of being sent again."""
-
-JOB_TASKS = {
-    "ingest": INGEST_TASK,
-    "triplets": MINE_TASK,
-    "encode": ENCODE_TASK,
-    "train": TRAIN_TASK,
-    "index": INDEX_TASK,
-    "recommend": RECOMMEND_TASK,
-    "pipeline": PIPELINE_STEP_TASK,
-    "device": DESCRIBE_DEVICE_TASK,
-}
-"""The task that runs each kind of job (``args=[job id, params]``), as ``shared.jobs.submit`` sends it."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +63,8 @@ class Unit:
     """A part of a job that a message runs: its lease name, its task and the task's arguments."""
 
     name: str
-    task: str
+    task: Task
     args: list[Any]
-
-    @property
-    def queue(self) -> str:
-        return GPU_QUEUE if self.task.startswith("workers.gpu.") else CPU_QUEUE
 
 
 class Janitor:
@@ -99,7 +72,7 @@ class Janitor:
         self._svc = services
         self._celery = celery
         self._worker = worker
-        self._prefix = services.settings.key_prefix
+        self._keys = Keys(services.settings.key_prefix)
         self._interval = services.settings.janitor_interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -117,7 +90,7 @@ class Janitor:
     def _loop(self) -> None:
         while not self._stop.wait(self._interval / 3):
             try:
-                lock = f"{self._prefix}:janitor:lock"
+                lock = self._keys.janitor_lock
                 if self._svc.redis.set(lock, self._worker, nx=True, px=int(self._interval * 1000)):
                     report = self.sweep()
                     if any(report.values()):
@@ -133,22 +106,24 @@ class Janitor:
         jobs = self._svc.jobs
         report = {"pruned": jobs.prune_expired(), "resent": 0, "failed": 0, "forgotten": 0}
         active = set(jobs.active_ids())
-        waiting = self._waiting() if active else {}  # once a sweep, not once a job
+        waiting = queue_lengths(self._celery) if active else {}  # once a sweep, not once a job
         for job_id in active:
             job = jobs.get(job_id)
             if job is None or job.finished:  # gone without finishing (deleted), or finished since the read
                 jobs.forget(job_id)
                 report["forgotten"] += job is None
                 continue
-            if job.kind not in JOB_TASKS:
+            if job.kind not in kinds.KINDS:
                 log.error("janitor: job %s has an unknown kind %r; left alone", job_id, job.kind)
                 continue
             units = self.pending_units(job)
-            idle_key = f"{self._prefix}:janitor:idle:{job_id}"
+            idle_key = self._keys.janitor_idle(job_id)
             if self._alive(job, units, active=active, waiting=waiting):
                 self._svc.redis.delete(idle_key)
                 continue
-            if self._svc.redis.set(idle_key, f"{time.time():.3f}", nx=True, ex=int(self._interval * 4) + 1):
+            pipe = self._svc.redis.pipeline(transaction=False)
+            pipe.set(idle_key, f"{time.time():.3f}", nx=True, ex=int(self._interval * 4) + 1)
+            if self._marked(pipe, job_id)[0]:
                 continue  # idle for the first time: look again next sweep
             self._svc.redis.delete(idle_key)
             report["resent" if self._resend(job, units) else "failed"] += 1
@@ -162,15 +137,13 @@ class Janitor:
             todo = [(lo, hi) for lo, hi in shards if f"{lo:09d}" not in done]
             if done and todo:
                 total = len(shards)
-                return [
-                    Unit(f"shard-{lo:09d}", MINE_SHARD_TASK, [job.id, job.params, lo, hi, total]) for lo, hi in todo
-                ]
+                return [Unit(f"shard-{lo:09d}", MINE_SHARD, [job.id, job.params, lo, hi, total]) for lo, hi in todo]
             if done:
-                return [Unit("join", JOIN_TRIPLETS_TASK, [job.id, job.params])]
+                return [Unit("join", JOIN_TRIPLETS, [job.id, job.params])]
             # No shard came back yet: the planning task may have died before sending them all; it plans again.
         if job.kind == "pipeline":
-            return [Unit("step", PIPELINE_STEP_TASK, [job.id])]
-        return [Unit("main", JOB_TASKS[job.kind], [job.id, job.params])]
+            return [Unit("step", PIPELINE_STEP, [job.id])]
+        return [Unit("main", kinds.task_of(job.kind), [job.id, job.params])]
 
     def _shards(self, job: Job) -> list[tuple[int, int]]:
         dataset = self._svc.datasets.get(str(job.params.get("dataset")))
@@ -181,51 +154,55 @@ class Janitor:
     def _alive(self, job: Job, units: list[Unit], *, active: set[str], waiting: dict[str, int]) -> bool:
         r = self._svc.redis
         if job.kind == "pipeline":
-            raw = self._svc.jobs.field(job.id, "pipeline")
-            if raw is None:
-                return False
-            state = json.loads(raw)
-            stage = STAGES[state["stage"]] if state["stage"] < len(STAGES) else None
-            child = state["children"].get(stage) if stage else None
+            state = PipelineState.read(self._svc.jobs, job.id)
+            child = state.current_child if state is not None else None
             return child is not None and child in active
         leases = [self._svc.units.lease_key(job.id, name) for name in {"main", "join", *(u.name for u in units)}]
-        queued = f"{self._prefix}:janitor:queued:{job.id}"
+        queued = self._keys.janitor_queued(job.id)
         if cast(int, r.exists(*leases)):
             r.delete(queued)
             return True
         # Messages waiting in the unit's queue: this one may be among them, for a visibility timeout at most.
-        if not any(waiting[u.queue] for u in units):
+        if not any(waiting[u.task.queue] for u in units):
             return False
         bound = self._svc.settings.visibility_timeout_s
-        r.set(queued, f"{time.time():.3f}", nx=True, ex=bound + int(self._interval * 4) + 1)
-        since = cast("bytes | None", r.get(queued))
+        pipe = r.pipeline(transaction=False)
+        pipe.set(queued, f"{time.time():.3f}", nx=True, ex=bound + int(self._interval * 4) + 1)
+        pipe.get(queued)
+        since = cast("bytes | None", self._marked(pipe, job.id)[1])
         return since is None or time.time() - float(since) < bound
 
-    def _waiting(self) -> dict[str, int]:
-        """Messages waiting in each queue, every priority step counted (one round trip)."""
-        queues = (CPU_QUEUE, GPU_QUEUE)
-        pipe = self._svc.redis.pipeline(transaction=False)
-        for queue in queues:
-            for key in queue_keys(self._prefix, queue):
-                pipe.llen(key)
-        lengths = iter(cast("list[int]", pipe.execute()))
-        return {queue: sum(next(lengths) for _ in PRIORITY_STEPS) for queue in queues}
+    def _marked(self, pipe: redis.client.Pipeline, job_id: str) -> list[Any]:
+        """Run ``pipe``, which writes a mark of ``job_id``, and drop its marks if the job has finished.
+
+        The job's finish deletes its marks, so a mark written before it is gone with it; one written after
+        it (this sweep read the job as active a moment too early) is seen here and deleted, not left to expire.
+        """
+        pipe.sismember(self._keys.jobs_active, job_id)
+        *replies, active = pipe.execute()
+        if not active:
+            keys = self._keys
+            self._svc.redis.delete(keys.janitor_idle(job_id), keys.janitor_queued(job_id), keys.janitor_resends(job_id))
+        return replies
 
     def _resend(self, job: Job, units: list[Unit]) -> bool:
         """Send the units again, or fail the job when it was resent too often; True when resent."""
-        count = cast(int, self._svc.redis.incr(f"{self._prefix}:janitor:resends:{job.id}"))
-        self._svc.redis.expire(f"{self._prefix}:janitor:resends:{job.id}", 24 * 3600)
+        resends = self._keys.janitor_resends(job.id)
+        pipe = self._svc.redis.pipeline(transaction=False)
+        pipe.incr(resends)
+        pipe.expire(resends, 24 * 3600)
+        count = cast(int, self._marked(pipe, job.id)[0])
         if count > MAX_RESENDS:
             message = f"its work was lost {MAX_RESENDS} times (no worker finished it); not sent again"
             self._svc.jobs.fail(job.id, code="lost", message=message, details={"resends": MAX_RESENDS})
             parent = job.params.get("parent")
             if parent:
-                self._celery.send_task(PIPELINE_STEP_TASK, args=[parent["id"]])
+                self._celery.send_task(PIPELINE_STEP.name, args=[parent["id"]])
             log.warning("janitor: job %s failed: %s", job.id, message)
             return False
-        self._svc.redis.delete(f"{self._prefix}:janitor:queued:{job.id}")
+        self._svc.redis.delete(self._keys.janitor_queued(job.id))
         for unit in units:
-            self._celery.send_task(unit.task, args=unit.args)
+            self._celery.send_task(unit.task.name, args=unit.args)
         log.warning("janitor: job %s (%s) was idle with no worker on it; sent %s again", job.id, job.kind,
                     ", ".join(u.name for u in units))  # fmt: skip
         return True

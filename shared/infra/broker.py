@@ -2,10 +2,10 @@
 
 1. **Clients kept.** kombu's Redis channel builds a new ``redis.Redis`` (a ``PrefixedStrictRedis`` with our
    key prefix) for each publish, each unacked-message write and each ack (``Channel._create_client``).
-   Building one copies redis-py's table of response callbacks, about a hundred entries: under recommendation
-   load the client objects alone took an eighth of a CPU worker's main process (py-spy), and a twentieth of
-   the API. The object holds no connection (its pool does), so a channel here keeps one per pool and builds
-   another only when kombu replaces the pool (after it closes or disconnects).
+   Building one copies redis-py's table of response callbacks, about a hundred entries, a cost that shows
+   under recommendation load (BENCHMARKS.md has the profile). The object holds no connection (its pool
+   does), so a channel here keeps one per pool and builds another only when kombu replaces the pool (after
+   it closes or disconnects).
 2. **Messages onto a pipeline.** Inside ``with onto(pipe):`` a message this thread publishes is not sent:
    its final ``LPUSH`` (the exact bytes kombu would send, to the exact key) is queued on ``pipe``. The job
    store queues the job's record on the same MULTI, so a job and its message reach Redis together or not at
@@ -19,7 +19,7 @@
 ``shared.infra.celery_app`` selects this transport with ``broker_transport``; broker URLs stay ``redis://`` or
 ``rediss://``, and what reaches Redis is what kombu's own transport writes. It overrides private methods of
 kombu's channel, so kombu is pinned to the minor version it was written against (pyproject.toml), and
-tests/unit/test_broker.py compares a message sent onto a pipeline with one kombu sent itself.
+tests/redis/test_broker.py compares a message sent onto a pipeline with one kombu sent itself.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The one factory that builds the Celery app, for the API (which only sends) and the workers.
 
-Routing is by task module: everything in ``workers.cpu`` goes to the ``cpu`` queue, everything in
-``workers.gpu`` to ``gpu``; within ``cpu``, recommendations go first (``SERVING_PRIORITY``). Messages are JSON
-only. Tasks are acknowledged late, and requeued when the pool
-process running them dies (``task_reject_on_worker_lost``) or the worker shuts down, so every task is written
-to be idempotent (deterministic output keys).
+Routing is by the job-kind table (shared/jobs/kinds.py): each task to its queue (``cpu`` or ``gpu``) and
+priority (recommendations overtake batch work). Messages are JSON only. Tasks are acknowledged late, and
+requeued when the pool process running them dies (``task_reject_on_worker_lost``) or the worker shuts down,
+so every task is written to be idempotent (deterministic output keys).
 
 Redelivery after a whole worker dies is the janitor's (workers/janitor.py), not kombu's. kombu's Redis
 transport emulates acknowledgements by copying each message it hands out into an ``unacked`` hash and
@@ -23,31 +22,25 @@ Redis transport with its clients kept and submissions sent in one MULTI with the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, cast
 
 from celery import Celery
 
 from shared.infra.broker import TRANSPORT
+from shared.infra.keys import Keys
 from shared.infra.settings import Settings
-
-CPU_QUEUE = "cpu"
-GPU_QUEUE = "gpu"
-TASK_MODULES = ("workers.cpu", "workers.gpu")
-
-SERVING_PRIORITY = 0
-BATCH_PRIORITY = 6
-"""kombu's Redis transport keeps a list per priority step (0, 3, 6, 9) for each queue, and a worker takes
-from the lowest step first. Recommendations are sent at 0 and everything else at 6, so a recommendation
-overtakes the mining shards waiting in the same ``cpu`` queue instead of queueing behind them."""
-
-PRIORITY_STEPS = (0, 3, 6, 9)
-_PRIORITY_SEP = "\x06\x16"  # kombu's separator between a queue's name and its step
+from shared.jobs.kinds import CPU_QUEUE, PRIORITY_STEPS, QUEUES, TASK_MODULES, routes
 
 
-def queue_keys(prefix: str, queue: str) -> list[str]:
-    """The Redis lists holding a queue's waiting messages, one per priority step."""
-    base = f"{prefix}:celery:{queue}"
-    return [base if step == 0 else f"{base}{_PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+def queue_lengths(app: Celery, queues: Iterable[str] = QUEUES) -> dict[str, int]:
+    """Messages waiting in each queue, every priority step counted, through kombu's public API.
+
+    Declaring a queue on kombu's Redis transport writes nothing; its answer counts the waiting messages.
+    """
+    with app.pool.acquire(block=True) as conn:
+        channel = conn.default_channel
+        return {queue: int(channel.queue_declare(queue=queue).message_count) for queue in queues}
 
 
 class MovierecCelery(Celery):  # type: ignore[misc]
@@ -61,18 +54,14 @@ def make_celery(settings: Settings) -> MovierecCelery:
     app.settings = settings
     transport: dict[str, Any] = {
         # Our prefix on the queues and bindings too, so two deployments (or test runs) share a Redis safely.
-        "global_keyprefix": f"{settings.key_prefix}:celery:",
+        "global_keyprefix": Keys(settings.key_prefix).celery_prefix,
         "ack_emulation": False,  # redelivery is the janitor's (see above)
         "priority_steps": list(PRIORITY_STEPS),
     }
     app.conf.update(
         accept_content=["json"],
         task_serializer="json",
-        task_routes={
-            "workers.cpu.recommend": {"queue": CPU_QUEUE, "priority": SERVING_PRIORITY},
-            "workers.cpu.*": {"queue": CPU_QUEUE, "priority": BATCH_PRIORITY},
-            "workers.gpu.*": {"queue": GPU_QUEUE},
-        },
+        task_routes=routes(),
         task_default_queue=CPU_QUEUE,
         task_create_missing_queues=True,
         task_acks_late=True,

@@ -1,4 +1,10 @@
-"""One way to open Redis, so every process gets the same timeouts and retry policy; one way to run Lua."""
+"""One way to open Redis, so every process gets the same timeouts and retry policy; one way to run Lua.
+
+``sent_ahead`` drives redis-py's pipeline below its public API (its command stack, a pooled connection's
+packed send, the client's reply parsing): this module is the one place that does, redis-py is pinned to the
+minor series it was written against (pyproject.toml), and tests/redis/test_run_job.py checks its replies and
+errors, so an upgrade that changes those parts fails there first.
+"""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ from typing import Any, cast
 import redis
 from redis.client import Pipeline
 
+from shared.infra.keys import Keys
 from shared.infra.redisconn import Script
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class UnitGuard:
 
     def __init__(self, client: redis.Redis, *, prefix: str, ttl_s: float, max_starts: int) -> None:
         self._r = client
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._ttl_ms = int(ttl_s * 1000)
         self._max_starts = max_starts
         self._admit = Script(client, _ADMIT)
@@ -110,10 +111,10 @@ class UnitGuard:
         self._renewer_pid = 0
 
     def lease_key(self, job_id: str, unit: str) -> str:
-        return f"{self._prefix}:unit:{job_id}:{unit}:lease"
+        return self._keys.unit_lease(job_id, unit)
 
     def starts_key(self, job_id: str, unit: str) -> str:
-        return f"{self._prefix}:unit:{job_id}:{unit}:starts"
+        return self._keys.unit_starts(job_id, unit)
 
     def admit(self, job_id: str, unit: str) -> tuple[Admission, int]:
         """Count this start and take the lease: (what to do, how many times the unit has been started)."""

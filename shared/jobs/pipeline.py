@@ -19,9 +19,11 @@ pipeline answers finished stages from what is stored.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shared.jobs.store import JobStore
+from shared.jobs.submit import submit
 from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, TripletSpec
 
 if TYPE_CHECKING:
@@ -37,14 +39,11 @@ STAGES = ("ingest", "mine", "encode", "train", "index")
 class StageJob:
     stage: str
     kind: str
-    task: str
     params: dict[str, Any]
 
 
 def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> StageJob:
     """The child job that runs ``stage``, from the pipeline's options and the earlier stages' results."""
-    from shared.jobs.submit import ENCODE_TASK, INDEX_TASK, INGEST_TASK, MINE_TASK, TRAIN_TASK
-
     dataset = str(results.get("ingest", {}).get("dataset") or options.get("dataset") or "")
 
     def pick(*keys: str) -> dict[str, Any]:
@@ -53,7 +52,7 @@ def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> S
     if stage == "ingest":
         params = {"path": options["path"], "tags_per_movie": options.get("tags_per_movie", 5)}
         params["genres_fix_csv"] = options.get("genres_fix_csv")
-        return StageJob(stage, "ingest", INGEST_TASK, params)
+        return StageJob(stage, "ingest", params)
     if stage == "mine":
         params = {
             "dataset": dataset,
@@ -61,19 +60,58 @@ def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> S
             "seed": options.get("seed", DEFAULT_SEED),
             "negatives": options.get("negatives", "uniform-min"),
         }
-        return StageJob(stage, "triplets", MINE_TASK, params)
+        return StageJob(stage, "triplets", params)
     if stage == "encode":
-        return StageJob(stage, "encode", ENCODE_TASK, {"dataset": dataset, **pick("model", "pooling")})
+        return StageJob(stage, "encode", {"dataset": dataset, **pick("model", "pooling")})
     if stage == "train":
         spec = TripletSpec(
             dataset=dataset, seed=options.get("seed", DEFAULT_SEED), strategy=options.get("negatives", "uniform-min")
         )
         knobs = pick("epochs", "hidden_dim", "margin", "lr", "batch_size", "model", "pooling")
-        return StageJob(stage, "train", TRAIN_TASK, {"dataset": dataset, "triplets": spec.name, **knobs})
+        return StageJob(stage, "train", {"dataset": dataset, "triplets": spec.name, **knobs})
     if stage == "index":
         params = {"version": results["train"]["version"], **pick("m", "ef_construction", "ef")}
-        return StageJob(stage, "index", INDEX_TASK, params)
+        return StageJob(stage, "index", params)
     raise ValueError(f"unknown stage {stage!r}")
+
+
+STATE_FIELD = "pipeline"
+"""The pipeline job's record field that holds its ``PipelineState``."""
+
+
+@dataclass
+class PipelineState:
+    """Where a pipeline is: its current stage, each started stage's job, each finished stage's result.
+
+    Stored as JSON in the pipeline job's ``pipeline`` field: written by ``advance``, read by the janitor.
+    """
+
+    stage: int
+    children: dict[str, str] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, jobs: JobStore, pipeline_id: str) -> PipelineState | None:
+        """The stored state; None before the first step has stored one."""
+        raw = jobs.field(pipeline_id, STATE_FIELD)
+        if raw is None:
+            return None
+        fields = json.loads(raw)
+        return cls(stage=int(fields["stage"]), children=fields["children"], results=fields["results"])
+
+    def write(self, jobs: JobStore, pipeline_id: str) -> None:
+        state = {"stage": self.stage, "children": self.children, "results": self.results}
+        jobs.annotate(pipeline_id, **{STATE_FIELD: json.dumps(state)})
+
+    @property
+    def current(self) -> str | None:
+        """The stage running now; None once every stage is done."""
+        return STAGES[self.stage] if self.stage < len(STAGES) else None
+
+    @property
+    def current_child(self) -> str | None:
+        """The job of the current stage, once started."""
+        return self.children.get(self.current) if self.current else None
 
 
 def first_stage(options: dict[str, Any]) -> int:
@@ -84,51 +122,43 @@ def first_stage(options: dict[str, Any]) -> int:
 def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
     """One step: start the pipeline, or look at its current stage's job and start the next, finish or fail.
 
-    The caller holds the pipeline's lock. State lives in the pipeline job's ``pipeline`` field:
-    {"stage": index into STAGES, "children": {stage: job id}, "results": {stage: that job's result}}.
+    The caller holds the pipeline's lock.
     """
-    from shared.jobs.submit import submit
-
     job = svc.jobs.get(pipeline_id)
     if job is not None and job.status == "queued":
         job = svc.jobs.start(pipeline_id, stage="starting")  # the first step: the API's message
     if job is None or job.status != "running":
         return
-    raw = svc.jobs.field(pipeline_id, "pipeline")
-    state: dict[str, Any] = (
-        json.loads(raw) if raw else {"stage": first_stage(job.params), "children": {}, "results": {}}
-    )
-    stage = STAGES[state["stage"]]
-    child_id = state["children"].get(stage)
+    state = PipelineState.read(svc.jobs, pipeline_id) or PipelineState(stage=first_stage(job.params))
+    stage = STAGES[state.stage]
+    child_id = state.current_child
     if child_id is not None:
         child = svc.jobs.get(child_id)
-        if child is not None and child.status in ("queued", "running"):
+        if child is not None and not child.finished:
             return  # not finished yet: a later notification moves it on
         if child is None or child.status != "succeeded":
             reason = (child.error or {}).get("message", child.status) if child is not None else "its job expired"
             svc.jobs.fail(pipeline_id, code="stage_failed", message=f"stage {stage} failed: {reason}",
                           details={"stage": stage, "job": child_id})  # fmt: skip
             return
-        state["results"][stage] = child.result
-        state["stage"] += 1
-        if state["stage"] == len(STAGES):
+        state.results[stage] = child.result
+        state.stage += 1
+        if state.current is None:
             _finish(svc, pipeline_id, state)
             return
-        stage = STAGES[state["stage"]]
-    plan = stage_job(stage, job.params, state["results"])
-    parent = {"id": pipeline_id, "stage": stage, "index": state["stage"], "stages": len(STAGES)}
+        stage = state.current
+    plan = stage_job(stage, job.params, state.results)
+    parent = {"id": pipeline_id, "stage": stage, "index": state.stage, "stages": len(STAGES)}
     # A stage job belongs to whoever owns the pipeline, so the key that started it can follow every stage.
-    child = submit(
-        celery, svc.jobs, kind=plan.kind, task=plan.task, params={**plan.params, "parent": parent}, owner=job.owner
-    )
-    state["children"][stage] = child.id
-    svc.jobs.annotate(pipeline_id, pipeline=json.dumps(state))
-    svc.jobs.progress(pipeline_id, state["stage"] / len(STAGES), stage=stage, message=f"{stage} queued")
+    child = submit(celery, svc.jobs, kind=plan.kind, params={**plan.params, "parent": parent}, owner=job.owner)
+    state.children[stage] = child.id
+    state.write(svc.jobs, pipeline_id)
+    svc.jobs.progress(pipeline_id, state.stage / len(STAGES), stage=stage, message=f"{stage} queued")
 
 
-def _finish(svc: Services, pipeline_id: str, state: dict[str, Any]) -> None:
+def _finish(svc: Services, pipeline_id: str, state: PipelineState) -> None:
     """Activate the trained version and succeed with a summary of every stage."""
-    results = state["results"]
+    results = state.results
     version = results["train"]["version"]
     previous = svc.models.activate(version)
     summary = {
@@ -140,6 +170,6 @@ def _finish(svc: Services, pipeline_id: str, state: dict[str, Any]) -> None:
         "index": results["index"]["index"],
         "activated": version,
         "previous": previous,
-        "stage_jobs": state["children"],
+        "stage_jobs": state.children,
     }
     svc.jobs.succeed(pipeline_id, summary, message=f"model {version} active")

@@ -6,7 +6,7 @@ message is sent, so an id answered with 202 is always known:
     <prefix>:job:<id>    hash: id kind status progress stage message created_at started_at finished_at
                                error(JSON) result(JSON) result_artifact result_inline params(JSON) owner
     <prefix>:jobs        sorted set of ids scored by creation time (newest first when listing)
-    <prefix>:jobs:active set of the ids not finished yet, which the watchdog (shared/janitor.py) looks after
+    <prefix>:jobs:active set of the ids not finished yet, which the janitor (workers/janitor.py) looks after
     <prefix>:jobs:expiry sorted set of finished ids scored by the time their record expires; the janitor
                          takes them out of both indexes once that time has passed
     <prefix>:job:<id>:shards   hash shard -> stats of a sharded job's finished shards (same TTL as the job)
@@ -14,7 +14,8 @@ message is sent, so an id answered with 202 is always known:
 Status moves queued -> running -> succeeded | failed, or queued|running -> cancelled. Every move is one Lua
 script that checks the current status, so a cancelled job never turns succeeded and a late progress
 report never revives a finished job. A finished record expires after ``result_ttl_s``; its id then
-answers 404. Expired ids leave the indexes when the janitor runs, and listing skips any it meets first.
+answers 404. Expired ids leave the indexes when the janitor runs, and listing skips any it meets first. The
+move that finishes a job also deletes the janitor's marks on it, so none outlives the job.
 
 ``owner`` is set when the API runs with keys: a hash of the key that created the job (``api.auth``), or
 the pipeline's owner for a pipeline's stage jobs. The store only records it and filters by it; the API
@@ -32,8 +33,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 import redis
+from redis.lock import Lock
 
 from shared.infra.durability import Durability
+from shared.infra.keys import Keys
 from shared.infra.redisconn import Script
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -45,9 +48,9 @@ MAX_LIST_LIMIT = 500
 """``GET /v1/jobs`` returns at most this many records."""
 
 # KEYS[1]: job hash, KEYS[2]: its "finished" signal list, KEYS[3]: the active set, KEYS[4]: the expiry index,
-# KEYS[5]: the job id. ARGV[1]: JSON list of statuses the move is allowed
-# from; ARGV[2]: new status or ""; ARGV[3]: TTL in seconds (given exactly when the move finishes the job) or "";
-# ARGV[4..]: field, value pairs to set. Returns {applied, status before}.
+# KEYS[5]: the job id, KEYS[6..8]: the janitor's idle, queued and resends marks on the job. ARGV[1]: JSON list of
+# statuses the move is allowed from; ARGV[2]: new status or ""; ARGV[3]: TTL in seconds (given exactly when the
+# move finishes the job) or ""; ARGV[4..]: field, value pairs to set. Returns {applied, status before}.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, false} end
@@ -70,6 +73,8 @@ if ARGV[3] ~= '' then
   -- record if that is shorter, so nothing outlives the job.
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('EXPIRE', KEYS[2], math.min(60, tonumber(ARGV[3])))
+  -- The janitor only watches unfinished jobs: its marks would otherwise linger until their own TTL.
+  redis.call('DEL', KEYS[6], KEYS[7], KEYS[8])
 end
 return {1, cur}
 """
@@ -158,17 +163,14 @@ class JobStore:
 
     def __init__(self, client: redis.Redis, *, prefix: str, result_ttl_s: int) -> None:
         self._r = client
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._ttl = result_ttl_s
         self._durability: Durability | None = None
-        self._index = f"{prefix}:jobs"
-        self._active = f"{prefix}:jobs:active"
-        self._expiry = f"{prefix}:jobs:expiry"
         self._transition = Script(client, _TRANSITION)
         self._shard_done = Script(client, _SHARD_DONE)
 
     def _key(self, job_id: str) -> str:
-        return f"{self._prefix}:job:{job_id}"
+        return self._keys.job(job_id)
 
     def create(
         self, kind: str, params: Mapping[str, Any], *, job_id: str | None = None, owner: str | None = None
@@ -207,8 +209,8 @@ class JobStore:
         if owner:
             fields["owner"] = owner
         pipe.hset(self._key(job_id), mapping=fields)
-        pipe.zadd(self._index, {job_id: now})
-        pipe.sadd(self._active, job_id)
+        pipe.zadd(self._keys.jobs, {job_id: now})
+        pipe.sadd(self._keys.jobs_active, job_id)
         return Job.from_hash({k.encode(): v.encode() for k, v in fields.items()})
 
     def durability(self) -> Durability:
@@ -236,7 +238,7 @@ class JobStore:
         out: list[Job] = []
         start, page = 0, max(limit, 100)
         while len(out) < limit:
-            ids = cast(list[bytes], self._r.zrevrange(self._index, start, start + page - 1))
+            ids = cast(list[bytes], self._r.zrevrange(self._keys.jobs, start, start + page - 1))
             if not ids:
                 break
             start += page
@@ -258,25 +260,30 @@ class JobStore:
                     if len(out) == limit:
                         break
             if expired:
-                self._r.zrem(self._index, *expired)
+                self._r.zrem(self._keys.jobs, *expired)
                 start -= len(expired)
         return out
 
     def active_ids(self) -> tuple[str, ...]:
         """Ids of the jobs not finished yet (queued or running, or whose record vanished: see ``forget``)."""
-        return tuple(sorted(i.decode() for i in cast("set[bytes]", self._r.smembers(self._active))))
+        return tuple(sorted(i.decode() for i in cast("set[bytes]", self._r.smembers(self._keys.jobs_active))))
+
+    def count(self) -> int:
+        """Ids in the listing index: every job whose record lives, and expired ones until the janitor prunes them."""
+        return cast(int, self._r.zcard(self._keys.jobs))
 
     def forget(self, job_id: str) -> None:
         """Take an id out of the active set (the janitor does this for a record that no longer exists)."""
-        self._r.srem(self._active, job_id)
+        self._r.srem(self._keys.jobs_active, job_id)
 
     def prune_expired(self, *, now: float | None = None, batch: int = 5000) -> int:
         """Take ids whose record has expired out of the indexes; answers how many (at most ``batch``)."""
-        ids = cast("list[bytes]", self._r.zrangebyscore(self._expiry, "-inf", now or time.time(), start=0, num=batch))
+        expiry = self._keys.jobs_expiry
+        ids = cast("list[bytes]", self._r.zrangebyscore(expiry, "-inf", now or time.time(), start=0, num=batch))
         if ids:
             pipe = self._r.pipeline(transaction=True)
-            pipe.zrem(self._index, *ids)
-            pipe.zrem(self._expiry, *ids)
+            pipe.zrem(self._keys.jobs, *ids)
+            pipe.zrem(expiry, *ids)
             pipe.execute()
         return len(ids)
 
@@ -296,7 +303,17 @@ class JobStore:
         args = [json.dumps(list(allowed)), to or "", str(ttl_s or self._ttl) if ttl else ""]
         for k, v in fields.items():
             args += [k, v]
-        keys = [self._key(job_id), f"{self._key(job_id)}:finished", self._active, self._expiry, job_id]
+        schema = self._keys
+        keys = [
+            schema.job(job_id),
+            schema.job_finished(job_id),
+            schema.jobs_active,
+            schema.jobs_expiry,
+            job_id,
+            schema.janitor_idle(job_id),
+            schema.janitor_queued(job_id),
+            schema.janitor_resends(job_id),
+        ]
         if pipe is not None:
             self._transition(keys=keys, args=args, client=pipe)
             return True
@@ -313,7 +330,7 @@ class JobStore:
             job = self.get(job_id)
             if job is None or job.finished or timeout_s <= 0:
                 return job if job is not None and job.finished else None
-        if timeout_s <= 0 or self._r.blpop([f"{self._key(job_id)}:finished"], timeout=timeout_s) is None:
+        if timeout_s <= 0 or self._r.blpop([self._keys.job_finished(job_id)], timeout=timeout_s) is None:
             return None
         return self.get(job_id)
 
@@ -386,16 +403,16 @@ class JobStore:
 
     def shard_done(self, job_id: str, shard: str, stats: Mapping[str, Any], *, total: int) -> int:
         """Record a finished shard (idempotent per shard); answers shards done, or -1 if the job is not running."""
-        keys = [self._key(job_id), f"{self._key(job_id)}:shards"]
+        keys = [self._key(job_id), self._keys.job_shards(job_id)]
         # The shard hash lives as long as a finished job would, so an abandoned job leaves nothing forever.
         return int(self._shard_done(keys=keys, args=[shard, json.dumps(dict(stats)), str(total), str(self._ttl)]))
 
     def shards_done(self, job_id: str) -> set[str]:
         """The ids of a sharded job's finished shards."""
-        return {k.decode() for k in cast("list[bytes]", self._r.hkeys(f"{self._key(job_id)}:shards"))}
+        return {k.decode() for k in cast("list[bytes]", self._r.hkeys(self._keys.job_shards(job_id)))}
 
     def shard_stats(self, job_id: str) -> dict[str, dict[str, Any]]:
-        raw = cast(dict[bytes, bytes], self._r.hgetall(f"{self._key(job_id)}:shards"))
+        raw = cast(dict[bytes, bytes], self._r.hgetall(self._keys.job_shards(job_id)))
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     def annotate(self, job_id: str, **fields: str) -> bool:
@@ -406,12 +423,11 @@ class JobStore:
         raw = cast("bytes | None", self._r.hget(self._key(job_id), name))
         return raw.decode() if raw is not None else None
 
-    def lock(self, name: str, *, ttl_ms: int = 30_000) -> bool:
-        """A short exclusive claim (SET NX PX); released by ``unlock`` or by expiry."""
-        return bool(self._r.set(f"{self._prefix}:lock:{name}", "1", nx=True, px=ttl_ms))
-
-    def unlock(self, name: str) -> None:
-        self._r.delete(f"{self._prefix}:lock:{name}")
+    def lock(self, name: str, *, ttl_s: float = 30.0) -> Lock:
+        """A short exclusive claim on ``name``, not taken yet: ``acquire()`` answers at once whether it was
+        (never waits), ``release()`` frees it only while this holder still has it, and it expires after
+        ``ttl_s`` if its holder dies. Usable as ``with``, which raises ``LockError`` when it is held elsewhere."""
+        return cast(Lock, self._r.lock(self._keys.lock(name), timeout=ttl_s, blocking=False))
 
     def cancel(self, job_id: str) -> bool:
         fields = {"finished_at": utcnow_iso(), "message": "cancelled by request", "stage": "cancelled"}

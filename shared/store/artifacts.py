@@ -23,6 +23,7 @@ import numpy as np
 import redis
 
 from shared.errors import NotFound
+from shared.infra.keys import Keys
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,11 @@ class ArtifactStore:
 
     def __init__(self, client: redis.Redis, *, prefix: str, chunk_bytes: int) -> None:
         self._r = client
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._chunk_bytes = chunk_bytes
 
     def _key(self, name: str) -> str:
-        return f"{self._prefix}:art:{name}"
+        return self._keys.artifact(name)
 
     # -- writing ---------------------------------------------------------------------------------------
     def put_array(self, name: str, array: np.ndarray, *, ttl_s: int | None = None) -> Manifest:
@@ -81,23 +82,23 @@ class ArtifactStore:
         size = payload.nbytes
         n_chunks = max(1, -(-size // self._chunk_bytes))
         manifest = Manifest(kind, size, n_chunks, hashlib.sha256(payload).hexdigest(), dtype, shape)
-        tmp = f"{key}:tmp:{uuid.uuid4().hex}"
+        tmp = Keys.artifact_tmp(key, uuid.uuid4().hex)
         old = self.manifest(name)
 
         for i in range(n_chunks):
             chunk = payload[i * self._chunk_bytes : (i + 1) * self._chunk_bytes]
             # Temporary keys expire by themselves if this writer dies before the rename.
-            self._r.set(f"{tmp}:{i}", bytes(chunk), ex=3600)
+            self._r.set(Keys.artifact_chunk(tmp, i), bytes(chunk), ex=3600)
         self._r.set(tmp, json.dumps(manifest.__dict__), ex=3600)
 
         pipe = self._r.pipeline(transaction=True)
         for i in range(n_chunks):
-            pipe.rename(f"{tmp}:{i}", f"{key}:{i}")
+            pipe.rename(Keys.artifact_chunk(tmp, i), Keys.artifact_chunk(key, i))
         if old is not None:
             for i in range(n_chunks, old.chunks):
-                pipe.delete(f"{key}:{i}")
+                pipe.delete(Keys.artifact_chunk(key, i))
         pipe.rename(tmp, key)
-        for k in [key, *(f"{key}:{i}" for i in range(n_chunks))]:
+        for k in [key, *(Keys.artifact_chunk(key, i) for i in range(n_chunks))]:
             if ttl_s is None:
                 pipe.persist(k)
             else:
@@ -123,7 +124,7 @@ class ArtifactStore:
         if manifest is None:
             raise NotFound(f"artifact {name!r} does not exist")
         key = self._key(name)
-        parts = [cast("bytes | None", self._r.get(f"{key}:{i}")) for i in range(manifest.chunks)]
+        parts = [cast("bytes | None", self._r.get(Keys.artifact_chunk(key, i))) for i in range(manifest.chunks)]
         if any(p is None for p in parts):
             raise CorruptArtifact(f"artifact {name!r} is missing a chunk")
         data = b"".join(p for p in parts if p is not None)
@@ -143,4 +144,4 @@ class ArtifactStore:
         if manifest is None:
             return
         key = self._key(name)
-        self._r.delete(key, *(f"{key}:{i}" for i in range(manifest.chunks)))
+        self._r.delete(key, *(Keys.artifact_chunk(key, i) for i in range(manifest.chunks)))

@@ -35,8 +35,9 @@ import psutil
 import redis
 
 from shared.errors import NotFound, PathNotAllowed
+from shared.infra.keys import Keys, dataset_artifact
 from shared.jobs.store import utcnow_iso
-from shared.ml.movielens import read_catalogue, read_ratings
+from shared.ml.recommend import check_ids
 from shared.store.artifacts import ArtifactStore
 
 FORMAT_VERSION = 1
@@ -99,37 +100,28 @@ class DatasetStore:
     def __init__(self, client: redis.Redis, artifacts: ArtifactStore, *, prefix: str) -> None:
         self._r = client
         self.artifacts = artifacts
-        self._prefix = prefix
-        self._index = f"{prefix}:datasets"
+        self._keys = Keys(prefix)
         self._catalogues: dict[str, list[dict[str, Any]]] = {}
         self._ids: dict[str, tuple[frozenset[int], frozenset[int]]] = {}  # (user ids, movie ids)
 
-    def _key(self, ds_id: str) -> str:
-        return f"{self._prefix}:dataset:{ds_id}"
-
     def get(self, ds_id: str) -> dict[str, Any] | None:
-        raw = cast("bytes | None", self._r.get(self._key(ds_id)))
+        raw = cast("bytes | None", self._r.get(self._keys.dataset(ds_id)))
         return json.loads(raw) if raw else None
 
     def records(self) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in cast(list[bytes], self._r.zrevrange(self._index, 0, -1))]
+        ids = [i.decode() for i in cast(list[bytes], self._r.zrevrange(self._keys.datasets, 0, -1))]
         records = [self.get(i) for i in ids]
         return [r for r in records if r is not None]
 
     def check_ids(self, ds_id: str, *, user_id: int | None = None, movie_ids: list[int] | None = None) -> None:
         """NotFound unless the user and every movie id belong to the dataset (ids cached per process)."""
         if ds_id not in self._ids:
-            base = f"dataset/{ds_id}"
             self._ids[ds_id] = (
-                frozenset(self.artifacts.get_array(f"{base}/user_ids").tolist()),
-                frozenset(self.artifacts.get_array(f"{base}/movie_ids").tolist()),
+                frozenset(self.artifacts.get_array(dataset_artifact(ds_id, "user_ids")).tolist()),
+                frozenset(self.artifacts.get_array(dataset_artifact(ds_id, "movie_ids")).tolist()),
             )
         users, movies = self._ids[ds_id]
-        if user_id is not None and user_id not in users:
-            raise NotFound(f"unknown user id {user_id} in this model's dataset")
-        unknown = [m for m in movie_ids or [] if m not in movies]
-        if unknown:
-            raise NotFound(f"unknown movie id(s) {unknown[:10]} in this model's dataset")
+        check_ids(users, movies, user_id=user_id, movie_ids=movie_ids or [])
 
     def catalogue(self, ds_id: str) -> list[dict[str, Any]]:
         """[{movie_id, title, descriptors}] in catalogue order; cached per process (datasets never change)."""
@@ -137,13 +129,12 @@ class DatasetStore:
             return self._catalogues[ds_id]
         if self.get(ds_id) is None:
             raise NotFound(f"dataset {ds_id!r} does not exist")
-        a, base = self.artifacts, f"dataset/{ds_id}"
-        ids, titles, vocabulary = (
-            a.get_array(f"{base}/movie_ids"),
-            a.get_json(f"{base}/titles"),
-            a.get_json(f"{base}/vocabulary"),
-        )
-        indptr, indices = a.get_array(f"{base}/desc_indptr"), a.get_array(f"{base}/desc_indices")
+        a = self.artifacts
+        ids = a.get_array(dataset_artifact(ds_id, "movie_ids"))
+        titles = a.get_json(dataset_artifact(ds_id, "titles"))
+        vocabulary = a.get_json(dataset_artifact(ds_id, "vocabulary"))
+        indptr = a.get_array(dataset_artifact(ds_id, "desc_indptr"))
+        indices = a.get_array(dataset_artifact(ds_id, "desc_indices"))
         rows = [
             {"movie_id": int(m), "title": t, "descriptors": [vocabulary[j] for j in indices[indptr[i] : indptr[i + 1]]]}
             for i, (m, t) in enumerate(zip(ids.tolist(), titles, strict=True))
@@ -155,8 +146,8 @@ class DatasetStore:
 
     def put(self, record: dict[str, Any]) -> None:
         pipe = self._r.pipeline(transaction=True)
-        pipe.set(self._key(record["id"]), json.dumps(record))
-        pipe.zadd(self._index, {record["id"]: time.time()})
+        pipe.set(self._keys.dataset(record["id"]), json.dumps(record))
+        pipe.zadd(self._keys.datasets, {record["id"]: time.time()})
         pipe.execute()
 
     def ingest(
@@ -166,6 +157,8 @@ class DatasetStore:
 
         ``source`` is the path as the client gave it, recorded instead of the server's absolute path.
         """
+        from shared.ml.movielens import read_catalogue, read_ratings  # pandas: in workers only, not the API
+
         started = time.perf_counter()
         reset_peak_rss()
         progress(0.02, "hashing", "hashing input files")
@@ -190,16 +183,16 @@ class DatasetStore:
         ratings = read_ratings(ratings_path, catalogue.movie_ids, on_chunk=on_chunk)
 
         progress(0.85, "storing", "storing arrays")
-        a, base = self.artifacts, f"dataset/{ds_id}"
-        a.put_array(f"{base}/movie_ids", catalogue.movie_ids)
-        a.put_json(f"{base}/titles", catalogue.titles)
-        a.put_json(f"{base}/vocabulary", catalogue.vocabulary)
-        a.put_array(f"{base}/desc_indptr", catalogue.desc_indptr)
-        a.put_array(f"{base}/desc_indices", catalogue.desc_indices)
-        a.put_array(f"{base}/user_ids", ratings.user_ids)
-        a.put_array(f"{base}/ratings_indptr", ratings.indptr)
-        a.put_array(f"{base}/ratings_movie", ratings.movie_index)
-        a.put_array(f"{base}/ratings_value", ratings.values)
+        a = self.artifacts
+        a.put_array(dataset_artifact(ds_id, "movie_ids"), catalogue.movie_ids)
+        a.put_json(dataset_artifact(ds_id, "titles"), catalogue.titles)
+        a.put_json(dataset_artifact(ds_id, "vocabulary"), catalogue.vocabulary)
+        a.put_array(dataset_artifact(ds_id, "desc_indptr"), catalogue.desc_indptr)
+        a.put_array(dataset_artifact(ds_id, "desc_indices"), catalogue.desc_indices)
+        a.put_array(dataset_artifact(ds_id, "user_ids"), ratings.user_ids)
+        a.put_array(dataset_artifact(ds_id, "ratings_indptr"), ratings.indptr)
+        a.put_array(dataset_artifact(ds_id, "ratings_movie"), ratings.movie_index)
+        a.put_array(dataset_artifact(ds_id, "ratings_value"), ratings.values)
 
         record = {
             "id": ds_id,

@@ -19,6 +19,8 @@ from typing import Any, cast
 
 import redis
 
+from shared.infra.keys import Keys
+
 
 def model_version(*, dataset: str, triplets: str, encoder_identity: str, pooling: str, config: dict[str, Any]) -> str:
     key = json.dumps(
@@ -31,15 +33,11 @@ def model_version(*, dataset: str, triplets: str, encoder_identity: str, pooling
 class ModelStore:
     def __init__(self, client: redis.Redis, *, prefix: str) -> None:
         self._r = client
-        self._prefix = prefix
-        self._index = f"{prefix}:models"
+        self._keys = Keys(prefix)
         self._servable: dict[str, str] = {}  # version -> its dataset, for versions with an index
 
-    def _key(self, version: str) -> str:
-        return f"{self._prefix}:model:{version}"
-
     def get(self, version: str) -> dict[str, Any] | None:
-        raw = cast("bytes | None", self._r.get(self._key(version)))
+        raw = cast("bytes | None", self._r.get(self._keys.model(version)))
         return json.loads(raw) if raw else None
 
     def servable_dataset(self, version: str) -> str | None:
@@ -56,12 +54,12 @@ class ModelStore:
 
     def put(self, record: dict[str, Any]) -> None:
         pipe = self._r.pipeline(transaction=True)
-        pipe.set(self._key(record["version"]), json.dumps(record))
-        pipe.zadd(self._index, {record["version"]: time.time()})
+        pipe.set(self._keys.model(record["version"]), json.dumps(record))
+        pipe.zadd(self._keys.models, {record["version"]: time.time()})
         pipe.execute()
 
     def records(self) -> list[dict[str, Any]]:
-        versions = [v.decode() for v in cast(list[bytes], self._r.zrevrange(self._index, 0, -1))]
+        versions = [v.decode() for v in cast(list[bytes], self._r.zrevrange(self._keys.models, 0, -1))]
         return [r for r in (self.get(v) for v in versions) if r is not None]
 
     def update(self, version: str, **fields: Any) -> dict[str, Any]:
@@ -70,14 +68,14 @@ class ModelStore:
         if record is None:
             raise KeyError(version)
         record.update(fields)
-        self._r.set(self._key(version), json.dumps(record))
+        self._r.set(self._keys.model(version), json.dumps(record))
         return record
 
     def activate(self, version: str) -> str | None:
         """Point recommendations at ``version``; answers the version it replaced."""
-        previous = cast("bytes | None", self._r.set(f"{self._prefix}:active_model", version, get=True))
+        previous = cast("bytes | None", self._r.set(self._keys.active_model, version, get=True))
         return previous.decode() if previous else None
 
     def active(self) -> str | None:
-        raw = cast("bytes | None", self._r.get(f"{self._prefix}:active_model"))
+        raw = cast("bytes | None", self._r.get(self._keys.active_model))
         return raw.decode() if raw else None

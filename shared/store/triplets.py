@@ -17,20 +17,22 @@ once (two clients asking at the same moment) each join and drop their own parts,
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from shared.errors import NotFound
+from shared.infra.keys import dataset_artifact, triplets_artifact, triplets_part
+from shared.infra.process import per_process
 from shared.ml.mining import Incidence, ShardResult, Strategy, build_incidence
 from shared.store.artifacts import ArtifactStore
 
 DEFAULT_SHARD_SIZE = 2000
 MIN_SHARD_SIZE, MAX_SHARD_SIZE = 10, 100_000
 DEFAULT_SEED = 42
-_CACHE_SIZE = 2
+INCIDENCE_CACHE_SIZE = 2
+"""Datasets whose incidence a mining process keeps."""
 
 
 @dataclass(frozen=True)
@@ -42,37 +44,28 @@ class TripletSpec:
     @property
     def name(self) -> str:
         """Artifact name of the joined triplets."""
-        return f"triplets/{self.dataset}/{self.strategy}-{self.seed}"
+        return triplets_artifact(self.dataset, self.strategy, self.seed)
 
     def part(self, job_id: str, lo: int) -> str:
-        return f"{self.name}/part/{job_id}/{lo:09d}"
+        """Artifact name of the part that job ``job_id``'s shard starting at anchor ``lo`` mines."""
+        return triplets_part(self.name, job_id, lo)
 
 
 def plan_shards(n: int, shard_size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + shard_size, n)) for lo in range(0, n, shard_size)]
 
 
-# Filled lazily in the worker process that mines (never in a prefork parent, which runs no task), so no
-# fork ever copies it; datasets are immutable, so entries never go stale.
-_incidence_cache: OrderedDict[str, Incidence] = OrderedDict()
-
-
+@per_process(maxsize=INCIDENCE_CACHE_SIZE)
 def load_incidence(artifacts: ArtifactStore, dataset: str) -> Incidence:
-    """The dataset's descriptor incidence, built once per process and kept for the next shards."""
-    if dataset in _incidence_cache:
-        _incidence_cache.move_to_end(dataset)
-        return _incidence_cache[dataset]
-    base = f"dataset/{dataset}"
-    if not artifacts.exists(f"{base}/desc_indptr"):
+    """The dataset's descriptor incidence, built once per process and kept for the next shards (datasets
+    never change, so an entry never goes stale)."""
+    if not artifacts.exists(dataset_artifact(dataset, "desc_indptr")):
         raise NotFound(f"dataset {dataset!r} does not exist")
     inc = build_incidence(
-        artifacts.get_array(f"{base}/desc_indptr"),
-        artifacts.get_array(f"{base}/desc_indices"),
-        artifacts.get_json(f"{base}/vocabulary"),
+        artifacts.get_array(dataset_artifact(dataset, "desc_indptr")),
+        artifacts.get_array(dataset_artifact(dataset, "desc_indices")),
+        artifacts.get_json(dataset_artifact(dataset, "vocabulary")),
     )
-    _incidence_cache[dataset] = inc
-    while len(_incidence_cache) > _CACHE_SIZE:
-        _incidence_cache.popitem(last=False)
     return inc
 
 
@@ -102,7 +95,7 @@ def join(artifacts: ArtifactStore, spec: TripletSpec, job_id: str, shards: list[
     if artifacts.exists(spec.name):
         return artifacts.get_array(spec.name)
     rows = np.concatenate([artifacts.get_array(spec.part(job_id, lo)) for lo, _ in shards])  # (n, 3) catalogue rows
-    movie_ids = artifacts.get_array(f"dataset/{spec.dataset}/movie_ids")
+    movie_ids = artifacts.get_array(dataset_artifact(spec.dataset, "movie_ids"))
     triplets: np.ndarray = movie_ids[rows].astype(np.int32)  # (n, 3) movieIds: anchor, positive, negative
     artifacts.put_array(spec.name, triplets)
     return triplets

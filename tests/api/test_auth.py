@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from api.auth import MIN_KEY_CHARS, KeyRing, bearer_token, owner_id
 from cli.stack import Stack, free_port
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
-from tests.conftest import delete_prefix, wait_for
+from tests.conftest import delete_prefix
+from tests.helpers import wait_job, wait_until
 
 KEY_A = "key-a-" + "a" * 20
 KEY_B = "key-b-" + "b" * 20
@@ -103,17 +103,16 @@ def keyed_url(keyed_settings: Settings, stack: Stack, tmp_path_factory: pytest.T
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            return requests.get(f"{url}/healthz", timeout=2).status_code == 200  # the one open route
+        except requests.ConnectionError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:  # the one open route
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+        wait_until(healthy, timeout_s=60, every_s=0.2, failure=lambda: log.read_text()[-3000:])
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -210,7 +209,7 @@ def test_a_job_is_visible_only_to_the_key_that_created_it(keyed: Caller, keyed_a
     r = keyed.call("POST", "/v1/datasets", key=KEY_A, json={"path": "ml-latest-small"})
     assert r.status == 202, r
     job_id = r.body["id"]
-    job = wait_for(lambda: keyed.job(job_id, key=KEY_A))  # a real worker ran it
+    job = wait_job(lambda: keyed.job(job_id, key=KEY_A))  # a real worker ran it
     assert job["status"] == "succeeded", job
 
     assert keyed.call("GET", f"/v1/jobs/{job_id}/result", key=KEY_A).status == 200
@@ -252,10 +251,9 @@ def test_pipeline_stage_jobs_inherit_the_pipeline_owner(keyed: Caller, keyed_app
     assert r.status == 202, r
     pipeline_id = r.body["id"]
     jobs = keyed_app.extensions["movierec"].jobs
-    deadline = time.monotonic() + 60
-    while (state := jobs.field(pipeline_id, "pipeline")) is None:
-        assert time.monotonic() < deadline, keyed.job(pipeline_id)
-        time.sleep(0.1)
+    state = wait_until(
+        lambda: jobs.field(pipeline_id, "pipeline"), timeout_s=60, failure=lambda: keyed.job(pipeline_id)
+    )
     # Stop the pipeline here: its first stage is enough, and the shared workers have other tests to run.
     assert keyed.call("DELETE", f"/v1/jobs/{pipeline_id}", key=KEY_A).status == 200
     child_id = json.loads(state)["children"]["ingest"]

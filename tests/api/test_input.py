@@ -16,7 +16,7 @@ from shared.errors import PathNotAllowed
 from shared.ml.training import LIMITS
 from shared.store.triplets import MAX_SHARD_SIZE, MIN_SHARD_SIZE
 from tests.api.test_errors import error_of, job_count
-from tests.conftest import wait_for
+from tests.helpers import wait_job
 
 
 def post_raw(client: Any, path: str, raw: str | bytes) -> Any:
@@ -78,7 +78,7 @@ def test_paired_surrogates_and_any_unicode_round_trip(client: Any) -> None:
     raw = json.dumps({"path": name.replace("\x00", "")}, ensure_ascii=False).replace("\U0001f600", "\\ud83d\\ude00")
     r = post_raw(client, "/v1/datasets", raw.encode())
     assert r.status_code == 202, r.get_data(as_text=True)
-    job = wait_for(lambda: client.get(f"/v1/jobs/{r.get_json()['id']}").get_json())
+    job = wait_job(lambda: client.get(f"/v1/jobs/{r.get_json()['id']}").get_json())
     assert job["status"] == "failed"
     assert job["error"]["message"] == f"{name.replace(chr(0), '')}: is not a directory"
 
@@ -211,14 +211,14 @@ def test_lookalike_paths_stay_literal_names_inside_the_root(client: Any, path: s
     """Not decoded, expanded or normalised: a name that only looks like a way out is a missing directory."""
     r = client.post("/v1/datasets", json={"path": path})
     assert r.status_code == 202, r.get_data(as_text=True)
-    job = wait_for(lambda: client.get(f"/v1/jobs/{r.get_json()['id']}").get_json())
+    job = wait_job(lambda: client.get(f"/v1/jobs/{r.get_json()['id']}").get_json())
     assert job["status"] == "failed" and job["error"]["message"] == f"{path}: is not a directory"
 
 
 def test_a_link_that_stays_inside_the_root_is_accepted(client: Any, links: None) -> None:
     r = client.post("/v1/datasets", json={"path": "inside-link"})
     assert r.status_code == 202
-    job = wait_for(lambda: client.get(f"/v1/jobs/{r.get_json()['id']}").get_json())
+    job = wait_job(lambda: client.get(f"/v1/jobs/{r.get_json()['id']}").get_json())
     assert job["status"] == "succeeded", job
 
 

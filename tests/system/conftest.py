@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from cli.stack import Stack, free_port
+from cli.stack import Stack
 from shared.infra.settings import Settings
 from tests.conftest import delete_prefix
 
@@ -35,12 +34,5 @@ def chaos_settings(
 
 
 @pytest.fixture
-def chaos_stack(chaos_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(chaos_settings, data_dir=tmp_path, port=free_port(), cpu_workers=2, embedded_redis=False,
-                  log_dir=tmp_path / "logs")  # fmt: skip
-    stack.start()
-    try:
-        stack.wait_ready(timeout_s=120)
-        yield stack
-    finally:
-        stack.stop()
+def chaos_stack(chaos_settings: Settings, make_stack: Callable[..., Stack]) -> Stack:
+    return make_stack(chaos_settings)

@@ -11,47 +11,31 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import requests
 
-from cli.stack import Stack, free_port
+from cli.stack import Stack
 from cli.synth import SynthSpec, write_synthetic
 from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
 from shared.jobs.store import Job
-from shared.jobs.submit import INGEST_TASK, MINE_TASK, TRAIN_TASK, submit
+from shared.jobs.submit import submit
 from shared.ml.mining import mine_range
 from shared.services import Services
 from shared.store.triplets import TripletSpec, load_incidence
-
-
-def wait_all(svc: Services, ids: list[str], *, timeout_s: float, between: Callable[[int], None] | None = None) -> None:
-    """Until every job has finished; ``between`` is called with the number finished so far while waiting."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = [svc.jobs.get(i) for i in ids]
-        finished = sum(j is not None and j.finished for j in jobs)
-        if finished == len(ids):
-            return
-        if between is not None:
-            between(finished)
-        time.sleep(0.2)
-    pending = [(i, j.status if j else None) for i, j in zip(ids, jobs, strict=True) if j is None or not j.finished]
-    raise AssertionError(f"{len(pending)} jobs unfinished after {timeout_s:.0f} s: {pending[:5]}")
+from tests.helpers import wait_job, wait_jobs, wait_until
 
 
 def submit_ingest(svc: Services, celery: Any, path: str, *, tags: int = 5) -> Job:
     params = {"path": path, "tags_per_movie": tags, "genres_fix_csv": None}
-    return submit(celery, svc.jobs, kind="ingest", task=INGEST_TASK, params=params)
+    return submit(celery, svc.jobs, kind="ingest", params=params)
 
 
 def ingest(svc: Services, celery: Any, path: str) -> str:
     job = submit_ingest(svc, celery, path)
-    wait_all(svc, [job.id], timeout_s=120)
-    done = svc.jobs.get(job.id)
+    done = wait_job(lambda: svc.jobs.get(job.id), timeout_s=120)
     assert done is not None and done.status == "succeeded", done
     return str(done.result["dataset"])
 
@@ -68,7 +52,7 @@ def test_sharded_mining_survives_a_worker_sigkilled_every_few_seconds(
     ids = []
     for seed in seeds:
         params = {"dataset": dataset, "shard_size": 250, "seed": seed, "negatives": "uniform-min"}
-        ids.append(submit(celery, svc.jobs, kind="triplets", task=MINE_TASK, params=params).id)
+        ids.append(submit(celery, svc.jobs, kind="triplets", params=params).id)
 
     kills: list[int] = []
     last = [0.0]
@@ -83,10 +67,9 @@ def test_sharded_mining_survives_a_worker_sigkilled_every_few_seconds(
             kills.append(finished)
             last[0] = time.monotonic()
 
-    wait_all(svc, ids, timeout_s=400, between=kill_now_and_then)
+    finals = wait_jobs(svc.jobs.get, ids, timeout_s=400, between=kill_now_and_then)
     print(f"chaos: {len(ids)} jobs, {len(kills)} worker SIGKILLs, after {kills} jobs had finished")
     assert len(kills) >= 5
-    finals = [svc.jobs.get(i) for i in ids]
     failed = [(j.id, j.error) for j in finals if j is not None and j.status != "succeeded"]
     assert not failed, failed
     # Every triplet array equals an undisturbed computation over the whole catalogue.
@@ -130,8 +113,7 @@ def test_a_pool_process_killed_mid_task_is_redone(chaos_stack: Stack, chaos_sett
     job = submit_ingest(svc, celery, slow_ingest_path(chaos_settings), tags=5)
     stop = threading.Event()
     killed = kill_holder_of(svc, job.id, "main", times=1, stop=stop)
-    wait_all(svc, [job.id], timeout_s=120)
-    final = svc.jobs.get(job.id)
+    final = wait_job(lambda: svc.jobs.get(job.id), timeout_s=120)
     assert len(killed) == 1
     assert final is not None and final.status == "succeeded", final
 
@@ -144,11 +126,10 @@ def test_a_poison_unit_fails_its_job_after_three_deliveries(chaos_stack: Stack, 
     killer = threading.Thread(target=lambda: result.extend(kill_holder_of(svc, job.id, "main", times=10, stop=stop)))
     killer.start()
     try:
-        wait_all(svc, [job.id], timeout_s=120)
+        final = wait_job(lambda: svc.jobs.get(job.id), timeout_s=120)
     finally:
         stop.set()
         killer.join()
-    final = svc.jobs.get(job.id)
     assert final is not None and final.status == "failed" and final.error is not None
     assert final.error["code"] == "worker_lost" and final.error["details"]["starts"] == 3, final.error
     assert "started 3 times" in final.error["message"]
@@ -160,10 +141,7 @@ def test_a_warm_shutdown_finishes_the_running_task(chaos_stack: Stack, chaos_set
     svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
     job = submit_ingest(svc, celery, slow_ingest_path(chaos_settings), tags=3)
     key = svc.units.lease_key(job.id, "main")
-    deadline = time.monotonic() + 60
-    while not svc.redis.exists(key):
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.005)
+    wait_until(lambda: svc.redis.exists(key), timeout_s=60, every_s=0.005, failure="the job never started")
     worker = chaos_stack.child("cpu-worker").process
     os.kill(worker.pid, signal.SIGTERM)  # Celery's warm shutdown: finish what runs, take nothing new
     assert worker.wait(timeout=60) == 0
@@ -171,90 +149,72 @@ def test_a_warm_shutdown_finishes_the_running_task(chaos_stack: Stack, chaos_set
     assert final is not None and final.status == "succeeded", final
 
 
-def test_redis_sigkilled_mid_burst_loses_no_accepted_job(chaos_settings: Settings, tmp_path: Path) -> None:
+def test_redis_sigkilled_mid_burst_loses_no_accepted_job(
+    chaos_settings: Settings, make_stack: Callable[..., Stack]
+) -> None:
     # A Redis of this test's own (AOF, fsync on every write), killed with SIGKILL and started again on its
     # directory while clients keep submitting over HTTP.
-    stack = Stack(chaos_settings, data_dir=tmp_path, port=free_port(), cpu_workers=2, embedded_redis=True,
-                  log_dir=tmp_path / "logs")  # fmt: skip
-    stack.start()
-    try:
-        stack.wait_ready(timeout_s=120)
-        api = stack.api_url
-        root = chaos_settings.data_root / "chaos-catalogue"
-        if not root.exists():
-            write_synthetic(root, SynthSpec(movies=2_000, users=300, ratings=20_000, seed=3))
-        ingested = requests.post(f"{api}/v1/datasets", json={"path": root.name}, timeout=30).json()
-        assert poll(api, ingested["id"])["status"] == "succeeded"
-        dataset = requests.get(f"{api}/v1/jobs/{ingested['id']}/result", timeout=30).json()["dataset"]
+    stack = make_stack(chaos_settings, embedded_redis=True)
+    api = stack.api_url
+    root = chaos_settings.data_root / "chaos-catalogue"
+    if not root.exists():
+        write_synthetic(root, SynthSpec(movies=2_000, users=300, ratings=20_000, seed=3))
+    ingested = requests.post(f"{api}/v1/datasets", json={"path": root.name}, timeout=30).json()
+    assert wait_job(api, ingested["id"])["status"] == "succeeded"
+    dataset = requests.get(f"{api}/v1/jobs/{ingested['id']}/result", timeout=30).json()["dataset"]
 
-        accepted: list[str] = []
-        answers: list[int] = []
-        stop = threading.Event()
+    accepted: list[str] = []
+    answers: list[int] = []
+    stop = threading.Event()
 
-        def burst(first_seed: int) -> None:
-            seed = first_seed
-            while not stop.is_set():
-                seed += 1
-                body = {"dataset": dataset, "seed": seed, "shard_size": 1000}
-                try:
-                    r = requests.post(f"{api}/v1/jobs/triplets", json=body, timeout=30)
-                except requests.RequestException:
-                    answers.append(-1)
-                    continue
-                answers.append(r.status_code)
-                if r.status_code == 202:
-                    accepted.append(r.json()["id"])
-                else:
-                    assert r.json()["error"]["code"] == "unavailable", r.text
-                time.sleep(0.1)  # a steady stream, not a backlog the workers need minutes to clear
+    def burst(first_seed: int) -> None:
+        seed = first_seed
+        while not stop.is_set():
+            seed += 1
+            body = {"dataset": dataset, "seed": seed, "shard_size": 1000}
+            try:
+                r = requests.post(f"{api}/v1/jobs/triplets", json=body, timeout=30)
+            except requests.RequestException:
+                answers.append(-1)
+                continue
+            answers.append(r.status_code)
+            if r.status_code == 202:
+                accepted.append(r.json()["id"])
+            else:
+                assert r.json()["error"]["code"] == "unavailable", r.text
+            time.sleep(0.1)  # a steady stream, not a backlog the workers need minutes to clear
 
-        clients = [threading.Thread(target=burst, args=(n * 100_000,)) for n in range(2)]
-        for c in clients:
-            c.start()
-        time.sleep(2.0)
-        assert stack.redis is not None and stack.redis.process is not None
-        stack.redis.process.kill()  # SIGKILL: no AOF rewrite, no goodbye
-        stack.redis.process.wait()
-        before = len(accepted)
-        time.sleep(1.0)
-        began = time.monotonic()
-        during = requests.get(f"{api}/v1/jobs", timeout=30)
-        assert during.status_code == 503 and during.json()["error"]["code"] == "unavailable"
-        assert time.monotonic() - began < 10
-        time.sleep(1.0)
-        stack.redis.start()  # same directory, same port
-        # What `movierec up` does while it runs: a child that exited is started again (Celery gives up for
-        # good on a lost broker in some states: "Unrecoverable error" and exit).
-        revived = []
-        for _ in range(6):
-            time.sleep(0.5)
-            revived += stack.revive()
-        stop.set()
-        for c in clients:
-            c.join()
-        assert before > 0 and len(accepted) > before, (before, len(accepted))  # accepted before and after
-        assert set(answers) <= {202, 503}, sorted(set(answers))
-        for job_id in accepted:
-            final = poll(api, job_id, timeout_s=180, between=lambda: revived.extend(stack.revive()))
-            assert final["status"] == "succeeded", final
-        print(f"chaos: Redis SIGKILLed and restarted; {len(accepted)} jobs answered 202 ({before} before the kill), "
-              f"{answers.count(503)} answered 503, all {len(accepted)} succeeded; restarted: {revived}")  # fmt: skip
-    finally:
-        stack.stop()
-
-
-def poll(
-    api: str, job_id: str, *, timeout_s: float = 120, between: Callable[[], object] | None = None
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if between is not None:
-            between()
-        r = requests.get(f"{api}/v1/jobs/{job_id}", timeout=30)
-        if r.status_code == 200 and r.json()["status"] in ("succeeded", "failed", "cancelled"):
-            return dict(r.json())
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} unfinished after {timeout_s:.0f} s: {r.status_code} {r.text}")
+    clients = [threading.Thread(target=burst, args=(n * 100_000,)) for n in range(2)]
+    for c in clients:
+        c.start()
+    time.sleep(2.0)
+    assert stack.redis is not None and stack.redis.process is not None
+    stack.redis.process.kill()  # SIGKILL: no AOF rewrite, no goodbye
+    stack.redis.process.wait()
+    before = len(accepted)
+    time.sleep(1.0)
+    began = time.monotonic()
+    during = requests.get(f"{api}/v1/jobs", timeout=30)
+    assert during.status_code == 503 and during.json()["error"]["code"] == "unavailable"
+    assert time.monotonic() - began < 10
+    time.sleep(1.0)
+    stack.redis.start()  # same directory, same port
+    # What `movierec up` does while it runs: a child that exited is started again (Celery gives up for
+    # good on a lost broker in some states: "Unrecoverable error" and exit).
+    revived = []
+    for _ in range(6):
+        time.sleep(0.5)
+        revived += stack.revive()
+    stop.set()
+    for c in clients:
+        c.join()
+    assert before > 0 and len(accepted) > before, (before, len(accepted))  # accepted before and after
+    assert set(answers) <= {202, 503}, sorted(set(answers))
+    for job_id in accepted:
+        final = wait_job(api, job_id, timeout_s=180, between=lambda: revived.extend(stack.revive()))
+        assert final["status"] == "succeeded", final
+    print(f"chaos: Redis SIGKILLed and restarted; {len(accepted)} jobs answered 202 ({before} before the kill), "
+          f"{answers.count(503)} answered 503, all {len(accepted)} succeeded; restarted: {revived}")  # fmt: skip
 
 
 def test_training_survives_its_gpu_queue_worker_sigkilled_mid_epoch(
@@ -264,37 +224,36 @@ def test_training_survives_its_gpu_queue_worker_sigkilled_mid_epoch(
     from safetensors.numpy import load
 
     from shared.ml.training import TrainConfig, train
-    from workers.gpu import _rows_of
+    from shared.store.versions import catalogue_rows
 
     svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
     dataset = ingest(svc, celery, "ml-latest-small")
-    mined = submit(celery, svc.jobs, kind="triplets", task=MINE_TASK,
+    mined = submit(celery, svc.jobs, kind="triplets",
                    params={"dataset": dataset, "shard_size": 5000, "seed": 7, "negatives": "uniform-min"})  # fmt: skip
-    wait_all(svc, [mined.id], timeout_s=120)
-    done = svc.jobs.get(mined.id)
+    done = wait_job(lambda: svc.jobs.get(mined.id), timeout_s=120)
     assert done is not None and done.status == "succeeded", done
     params = {"dataset": dataset, "triplets": done.result["triplets"], "epochs": 40, "seed": 11}
-    job = submit(celery, svc.jobs, kind="train", task=TRAIN_TASK, params=params)
-    deadline = time.monotonic() + 180
-    while True:  # until a few epochs are done
+    job = submit(celery, svc.jobs, kind="train", params=params)
+
+    def a_few_epochs_done() -> Job | None:
         state = svc.jobs.get(job.id)
         assert state is not None and not state.finished, state
         if state.stage == "training" and state.message and int(state.message.split("/")[0].split()[-1]) >= 3:
-            break
-        assert time.monotonic() < deadline, "training never got going"
-        time.sleep(0.02)
+            return state
+        return None
+
+    state = wait_until(a_few_epochs_done, timeout_s=180, every_s=0.02, failure="training never got going")
     killed_at = state.message
     chaos_stack.kill("gpu-worker", signal.SIGKILL)
     chaos_stack.respawn("gpu-worker")
-    wait_all(svc, [job.id], timeout_s=300)
+    final = wait_job(lambda: svc.jobs.get(job.id), timeout_s=300)
     print(f"chaos: GPU-queue worker SIGKILLed at {killed_at!r}; the job was sent again and finished")
-    final = svc.jobs.get(job.id)
     assert final is not None and final.status == "succeeded", final
     # The weights equal an undisturbed run of the same training on the same inputs.
     record = final.result
     stored = load(svc.artifacts.get_bytes(record["artifacts"]["weights"]))
     vectors = svc.artifacts.get_array(record["artifacts"]["input_embeddings"])
-    rows = _rows_of(
+    rows = catalogue_rows(
         svc.artifacts.get_array(f"dataset/{dataset}/movie_ids"), svc.artifacts.get_array(params["triplets"])
     )
     reference = train(vectors, rows, TrainConfig(epochs=40, seed=11), device=torch.device("cpu"))

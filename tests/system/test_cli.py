@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +16,10 @@ import psutil
 import pytest
 
 from cli.demo import _download_small
-from cli.stack import free_port
+from cli.stack import free_port, log_tails, wait_ready
 from shared.infra.settings import Settings
 from tests.conftest import REPO, SMALL
+from tests.helpers import wait_until
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -41,18 +40,6 @@ def embedded_env(settings: Settings, root: Path) -> dict[str, str]:
     return env
 
 
-def wait_ready(port: int, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.25)
-    raise AssertionError("movierec up never became ready")
-
-
 @pytest.fixture
 def up(settings: Settings, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     port = free_port()
@@ -62,11 +49,18 @@ def up(settings: Settings, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[st
         env=embedded_env(settings, settings.data_root), stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     try:
-        wait_ready(port)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", timeout_s=120, died=lambda: exit_status(process))
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"movierec up never became ready: {exc}\n{log_tails(tmp_path / 'logs')}") from None
         yield process, port
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def exit_status(process: subprocess.Popen[str]) -> str | None:
+    return None if process.poll() is None else f"movierec up exited with status {process.returncode}"
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -104,12 +98,12 @@ def test_up_starts_a_worker_that_died_again(up: tuple[subprocess.Popen[str], int
     workers = _cpu_workers(process.pid)
     assert len(workers) == 1
     os.killpg(workers[0].pid, signal.SIGKILL)  # the worker and its pool, as an OOM kill or a crash would
-    deadline = time.monotonic() + 60
-    while True:
-        if _cpu_workers(process.pid, besides=workers[0].pid):
-            break
-        assert time.monotonic() < deadline, "the CPU worker was not started again"
-        time.sleep(0.2)
+    wait_until(
+        lambda: _cpu_workers(process.pid, besides=workers[0].pid),
+        timeout_s=60,
+        every_s=0.2,
+        failure="the CPU worker was not started again",
+    )
     assert process.poll() is None  # `up` itself carries on
     done = cli("submit", "dataset", "ml-latest-small", "--wait", "--api", f"http://127.0.0.1:{port}")
     assert done.returncode == 0 and '"status": "succeeded"' in done.stdout, done.stderr  # the new worker ran it

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import wait_for
+from tests.helpers import wait_job
 
 
 def run(api_url: str, body: dict[str, Any]) -> dict[str, Any]:
     r = requests.post(f"{api_url}/v1/jobs/encode", json=body, timeout=30)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
-    job = wait_for(lambda: requests.get(f"{api_url}/v1/jobs/{job_id}", timeout=10).json(), timeout_s=300)
+    job = wait_job(api_url, job_id, timeout_s=300)
     assert job["status"] == "succeeded", job
     return job
 
@@ -30,7 +30,7 @@ def result(api_url: str, job: dict[str, Any], fmt: str = "json") -> Any:
 @pytest.fixture(scope="module")
 def dataset(api_url: str) -> str:
     r = requests.post(f"{api_url}/v1/datasets", json={"path": "ml-latest-small"}, timeout=10)
-    job = wait_for(lambda: requests.get(f"{api_url}/v1/jobs/{r.json()['id']}", timeout=10).json())
+    job = wait_job(api_url, r.json()["id"])
     return str(requests.get(f"{api_url}{job['result_url']}", timeout=10).json()["dataset"])
 
 
@@ -90,7 +90,7 @@ def test_bad_requests(api_url: str, body: dict[str, Any], status: int) -> None:
 
 def test_a_model_that_cannot_load_fails_the_job_with_a_reason(api_url: str) -> None:
     r = requests.post(f"{api_url}/v1/jobs/encode", json={"texts": ["a"], "model": "./no-such-model"}, timeout=10)
-    job = wait_for(lambda: requests.get(f"{api_url}/v1/jobs/{r.json()['id']}", timeout=10).json())
+    job = wait_job(api_url, r.json()["id"])
     assert job["status"] == "failed" and "could not be loaded" in job["error"]["message"]
 
 

@@ -13,9 +13,9 @@ import requests
 from cli.stack import Stack
 from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
-from shared.jobs.submit import MINE_TASK, PIPELINE_STEP_TASK, submit
+from shared.jobs.submit import submit
 from shared.services import Services
-from tests.system.test_chaos import wait_all
+from tests.helpers import wait_job, wait_jobs
 
 RESULT_TTL_S = 3
 
@@ -55,9 +55,8 @@ def settle(client: redis.Redis, prefix: str, baseline: dict[str, int] | None, *,
 def test_keys_and_memory_return_to_baseline_after_results_expire(chaos_stack: Stack, chaos_settings: Settings) -> None:
     svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
     prefix, api, r = chaos_settings.key_prefix, chaos_stack.api_url, svc.redis
-    pipeline = submit(celery, svc.jobs, kind="pipeline", task=PIPELINE_STEP_TASK, params={"path": "ml-latest-small"})
-    wait_all(svc, [pipeline.id], timeout_s=240)
-    done = svc.jobs.get(pipeline.id)
+    pipeline = submit(celery, svc.jobs, kind="pipeline", params={"path": "ml-latest-small"})
+    done = wait_job(lambda: svc.jobs.get(pipeline.id), timeout_s=240)
     assert done is not None and done.status == "succeeded", done
     # Baseline: what stays (the dataset, the triplets, the model and its index, caches, Celery's bindings).
     baseline = settle(r, prefix, None, timeout_s=60)
@@ -72,10 +71,10 @@ def test_keys_and_memory_return_to_baseline_after_results_expire(chaos_stack: St
         assert answer.status_code == 202, answer.text
         ids.append(answer.json()["id"])
     failing = {"dataset": "ds-0000000000000000", "shard_size": 100, "seed": 1, "negatives": "uniform-min"}
-    ids.append(submit(celery, svc.jobs, kind="triplets", task=MINE_TASK, params=failing).id)
-    cancelled = submit(celery, svc.jobs, kind="triplets", task=MINE_TASK, params=failing)
+    ids.append(submit(celery, svc.jobs, kind="triplets", params=failing).id)
+    cancelled = submit(celery, svc.jobs, kind="triplets", params=failing)
     requests.delete(f"{api}/v1/jobs/{cancelled.id}", timeout=30)
-    wait_all(svc, ids, timeout_s=120)
+    wait_jobs(svc.jobs.get, ids, timeout_s=120)
     peak = footprint(r, prefix)
     assert len(peak) > len(baseline) + 100
 

@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from shared.infra.settings import Settings
-from tests.conftest import SMALL, wait_for
+from tests.conftest import SMALL
+from tests.helpers import wait_job
 
 
 def submit(api_url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -26,7 +27,7 @@ def submit(api_url: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def finish(api_url: str, job_id: str) -> dict[str, Any]:
-    return wait_for(lambda: requests.get(f"{api_url}/v1/jobs/{job_id}", timeout=10).json())
+    return wait_job(api_url, job_id)
 
 
 def test_ingest_ml_latest_small_matches_an_independent_count(api_url: str) -> None:

@@ -6,13 +6,13 @@ from typing import Any
 
 import requests
 
-from tests.conftest import wait_for
+from tests.helpers import wait_job
 
 
 def submit(api_url: str, body: dict[str, Any]) -> dict[str, Any]:
     r = requests.post(f"{api_url}/v1/pipelines", json=body, timeout=10)
     assert r.status_code == 202, r.text
-    return wait_for(lambda: requests.get(f"{api_url}/v1/jobs/{r.json()['id']}", timeout=10).json(), timeout_s=600)
+    return wait_job(api_url, r.json()["id"], timeout_s=600)
 
 
 def test_pipeline_from_path_to_recommendations(api_url: str) -> None:

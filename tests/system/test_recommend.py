@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import SMALL, wait_for
+from tests.conftest import SMALL
+from tests.helpers import wait_job, wait_until
 
 
 def run(api_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     r = requests.post(f"{api_url}{path}", json=body, timeout=30)
     assert r.status_code == 202, r.text
-    job = wait_for(lambda: requests.get(f"{api_url}/v1/jobs/{r.json()['id']}", timeout=10).json(), timeout_s=300)
+    job = wait_job(api_url, r.json()["id"], timeout_s=300)
     assert job["status"] == "succeeded", job
     return dict(requests.get(f"{api_url}{job['result_url']}", timeout=30).json())
 
@@ -112,10 +113,10 @@ def test_hot_swap_while_serving(api_url: str, versions: list[str]) -> None:
         r = requests.post(f"{api_url}/v1/models/{v}/activate", timeout=10)
         assert r.status_code == 200
 
-        def served(version: str = v) -> dict[str, Any]:
-            return {"status": "succeeded" if version in seen_models else "running"}
+        def served(version: str = v) -> bool:
+            return version in seen_models
 
-        wait_for(served, timeout_s=60)  # until a request has been answered by the version just activated
+        wait_until(served, timeout_s=60, failure=f"{v} never answered")  # until the version just activated answers
     stop.set()
     for t in threads:
         t.join()

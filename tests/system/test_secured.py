@@ -13,18 +13,15 @@ import pytest
 import requests
 
 from cli.client import Client
-from cli.stack import Stack, free_port
 from shared.infra.settings import Settings
+from tests.helpers import new_stack
 
 
 def test_password_protected_redis_and_api_keys_work_end_to_end(settings: Settings, tmp_path: Path) -> None:
     password, key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     own = settings.model_copy(update={"key_prefix": f"sec-{uuid.uuid4().hex[:8]}", "api_keys": (key,)})
-    stack = Stack(own, data_dir=tmp_path, port=free_port(), cpu_workers=1, embedded_redis=True,
-                  log_dir=tmp_path / "logs", redis_password=password)  # fmt: skip
-    stack.start()
-    try:
-        stack.wait_ready(timeout_s=120)  # /readyz itself needs the key
+    with new_stack(own, tmp_path, cpu_workers=1, embedded_redis=True, redis_password=password) as stack:
+        # `with` waited for /readyz, which itself needs the key (the stack sends it)
         assert password in stack.settings.redis_url
         assert requests.get(f"{stack.api_url}/readyz", timeout=10).status_code == 401
         ready = requests.get(f"{stack.api_url}/readyz", headers={"Authorization": f"Bearer {key}"}, timeout=10)
@@ -40,8 +37,6 @@ def test_password_protected_redis_and_api_keys_work_end_to_end(settings: Setting
         env.pop("MOVIEREC_API_KEY")
         refused = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60, check=False)
         assert refused.returncode != 0 and "401" in refused.stderr
-    finally:
-        stack.stop()
     time.sleep(0.2)
     logs = {p.name: p.read_text(errors="replace") for p in (tmp_path / "logs").glob("*.log")}
     assert logs
@@ -55,12 +50,8 @@ def test_a_wrong_redis_password_is_a_503_not_a_500(settings: Settings, tmp_path:
     from api import create_app
     from cli.stack import EmbeddedRedis
 
-    server = EmbeddedRedis(tmp_path / "redis", password=secrets.token_urlsafe(16))
-    server.start()
-    try:
+    with EmbeddedRedis(tmp_path / "redis", password=secrets.token_urlsafe(16)) as server:
         wrong = settings.model_copy(update={"redis_url": url.format(port=server.port)})
         answer = create_app(settings=wrong).test_client().get("/v1/jobs")
         assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "unavailable"
         assert "wrong" not in answer.get_data(as_text=True)
-    finally:
-        server.stop()

@@ -10,13 +10,13 @@ import pytest
 import requests
 from safetensors.numpy import load as load_safetensors
 
-from tests.conftest import wait_for
+from tests.helpers import wait_job
 
 
 def run(api_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     r = requests.post(f"{api_url}{path}", json=body, timeout=30)
     assert r.status_code == 202, r.text
-    job = wait_for(lambda: requests.get(f"{api_url}/v1/jobs/{r.json()['id']}", timeout=10).json(), timeout_s=300)
+    job = wait_job(api_url, r.json()["id"], timeout_s=300)
     assert job["status"] == "succeeded", job
     return job
 

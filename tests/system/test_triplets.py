@@ -11,7 +11,7 @@ import requests
 
 from shared.ml.mining import mine_range
 from shared.store.triplets import TripletSpec, load_incidence
-from tests.conftest import wait_for
+from tests.helpers import wait_job
 
 
 def post(api_url: str, path: str, body: dict[str, Any]) -> requests.Response:
@@ -21,7 +21,7 @@ def post(api_url: str, path: str, body: dict[str, Any]) -> requests.Response:
 def finish(api_url: str, response: requests.Response) -> dict[str, Any]:
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    return wait_for(lambda: requests.get(f"{api_url}/v1/jobs/{job_id}", timeout=10).json())
+    return wait_job(api_url, job_id)
 
 
 @pytest.fixture(scope="module")

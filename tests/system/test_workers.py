@@ -9,14 +9,15 @@ import psutil
 
 from api import celery as api_celery
 from api import services as api_services
-from shared.jobs.submit import DESCRIBE_DEVICE_TASK, INGEST_TASK, submit
-from tests.conftest import wait_for
+from shared.jobs.kinds import INGEST
+from shared.jobs.submit import submit
+from tests.helpers import wait_job
 
 
 def test_gpu_queue_worker_resolves_its_device_lazily(app: Any, stack: Any) -> None:
     with app.app_context():
-        job = submit(api_celery(), api_services().jobs, kind="device", task=DESCRIBE_DEVICE_TASK, params={})
-        done = wait_for(lambda: api_services().jobs.get(job.id).public(result_url=None))
+        job = submit(api_celery(), api_services().jobs, kind="device", params={})
+        done = wait_job(lambda: api_services().jobs.get(job.id).public(result_url=None))
         result = api_services().jobs.get(job.id).result
     assert done["status"] == "succeeded", done
     assert result["device"] == "cpu" and result["torch"].startswith("2.13")
@@ -37,7 +38,7 @@ def test_cancelled_queued_job_is_never_run(app: Any) -> None:
         job = jobs.create("ingest", {"path": "ml-latest-small", "tags_per_movie": 4, "genres_fix_csv": None})
         jobs.cancel(job.id)
         # The message arrives after the cancel: the worker must skip it.
-        api_celery().send_task(INGEST_TASK, args=[job.id, job.params], task_id=job.id)
+        api_celery().send_task(INGEST.name, args=[job.id, job.params], task_id=job.id)
         time.sleep(2.0)
         final = jobs.get(job.id)
     assert final is not None and final.status == "cancelled" and final.started_at is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.infra.celery_app import BATCH_PRIORITY, SERVING_PRIORITY, make_celery
+from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
 
 
@@ -29,22 +29,6 @@ def test_tasks_are_routed_by_module() -> None:
     assert route({}, "workers.cpu.ingest_dataset")["queue"].name == "cpu"
     assert route({}, "workers.gpu.describe_device")["queue"].name == "gpu"
     assert {"workers.cpu.ingest_dataset", "workers.gpu.describe_device"} <= set(app.tasks)
-
-
-def test_a_recommendation_overtakes_batch_work_waiting_in_the_cpu_queue(settings: Settings, fresh_prefix: str) -> None:
-    app = make_celery(settings.model_copy(update={"key_prefix": fresh_prefix}))
-    assert app.amqp.router.route({}, "workers.cpu.recommend")["priority"] == SERVING_PRIORITY
-    assert app.amqp.router.route({}, "workers.cpu.mine_shard")["priority"] == BATCH_PRIORITY
-    for i in range(3):
-        app.send_task("workers.cpu.mine_shard", args=[f"job-{i}", {}, 0, 1, 1])
-    app.send_task("workers.cpu.recommend", args=["asker", {}])
-    with app.connection_for_read() as conn:  # kombu's own consumer side, taking in the order a worker does
-        queue = conn.SimpleQueue("cpu")
-        taken = [queue.get(timeout=2) for _ in range(4)]
-        for message in taken:
-            message.ack()
-        queue.close()
-    assert [m.headers["task"] for m in taken] == ["workers.cpu.recommend"] + ["workers.cpu.mine_shard"] * 3
 
 
 def test_importing_the_gpu_tasks_does_not_import_torch() -> None:

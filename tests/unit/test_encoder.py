@@ -1,4 +1,5 @@
-"""The encoder: pooling against a direct transformers computation, padding invariance, the Redis cache."""
+"""The encoder: pooling against a direct transformers computation, padding invariance (the Redis cache is in
+tests/redis/test_encoder.py; ``tiny_bert`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,34 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoTokenizer, BertModel
 
 from shared.errors import InvalidRequest
-from shared.ml.encoder import VectorCache, load_encoder, mean_by_rows, resolve_model
+from shared.ml.encoder import load_encoder, mean_by_rows
 
 CPU = torch.device("cpu")
 STRINGS = ["Drama", "Children", "pixar", "atmospheric", "thought-provoking", "based on a book", "Sci-Fi", "a"]
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny random BERT built from a config, with the bundled model's tokenizer."""
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 def direct(path: str, text: str, pooling: str) -> np.ndarray:
@@ -76,21 +57,6 @@ def test_batched_equals_single_on_the_real_model(pooling: Any) -> None:
 def test_real_model_is_the_published_one() -> None:
     encoder = load_encoder("all-MiniLM-L6-v2", "cls", CPU)
     assert encoder.identity == "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-
-
-def test_cache_is_hit_by_a_second_call(tiny_bert: str, redis_client: redis.Redis, fresh_prefix: str) -> None:
-    encoder = load_encoder(tiny_bert, "mean", CPU)
-    cache = VectorCache(redis_client, prefix=fresh_prefix)
-    texts = STRINGS + STRINGS[:3]  # repeats are encoded once
-    first, stats = cache.encode(encoder, texts)
-    assert (stats.unique, stats.encoded, stats.cache_hits) == (len(STRINGS), len(STRINGS), 0)
-    assert stats.forward_passes >= 1
-    again, stats = cache.encode(encoder, list(reversed(texts)))
-    assert (stats.encoded, stats.cache_hits, stats.forward_passes) == (0, len(STRINGS), 0)
-    np.testing.assert_array_equal(again, first[::-1])
-    other = load_encoder(tiny_bert, "cls", CPU)
-    _, stats = cache.encode(other, texts)
-    assert stats.encoded == len(STRINGS)  # another pooling is another cache
 
 
 def test_mean_by_rows() -> None:

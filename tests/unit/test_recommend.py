@@ -10,7 +10,7 @@ import pytest
 
 from shared.errors import NotFound
 from shared.ml.index import IndexParams, MovieIndex, concat_ranges
-from shared.ml.recommend import ServingModel, answer, example_query, user_profile
+from shared.ml.recommend import ServingModel, answer, check_ids, example_query, recommend, user_profile
 
 DESCRIPTORS = [
     ["Drama", "war"],
@@ -105,3 +105,41 @@ def test_concat_ranges_is_the_loop_it_replaces() -> None:
     loop = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes, strict=True)])
     assert concat_ranges(starts, sizes).tolist() == loop.tolist() == [5, 6, 9, 10, 11, 3]
     assert concat_ranges(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)).tolist() == []
+
+
+def test_ids_are_checked_once_the_same_way_for_the_api_and_the_model(model: ServingModel) -> None:
+    check_ids({7}, {10, 20}, user_id=7, movie_ids=[10, 20])  # all known: no error
+    with pytest.raises(NotFound, match="unknown user id 8"):
+        check_ids({7}, {10, 20}, user_id=8, movie_ids=[])
+    with pytest.raises(NotFound, match=r"unknown movie id\(s\) \[11, 12\]"):
+        check_ids({7}, {10, 20}, user_id=None, movie_ids=[10, 11, 12])
+    with pytest.raises(NotFound, match=r"unknown movie id\(s\) \[11\]"):
+        model.rows_of([10, 11])
+    with pytest.raises(NotFound, match="unknown user id 8"):
+        model.user_row(8)
+    assert model.rows_of([60, 10]).tolist() == [5, 0] and model.user_row(7) == 0
+
+
+def test_recommend_dispatches_each_kind_of_query(model: ServingModel) -> None:
+    def no_encoder(texts: list[str]) -> np.ndarray:
+        raise AssertionError(f"only keyword queries encode, got {texts}")
+
+    base = {"k": 3, "exclude_seen": True, "genres": None}
+    by_user = recommend(model, {**base, "user_id": 7}, encode=no_encoder)
+    assert by_user["query"] == {"user_id": 7}
+    assert {i["movie_id"] for i in by_user["items"]}.isdisjoint({10, 30, 50})  # what user 7 rated
+    assert by_user["history_top_descriptors"][0] == ["Drama", 3]
+
+    by_example = recommend(model, {**base, "liked": [20], "disliked": [60]}, encode=no_encoder)
+    assert by_example["query"] == {"liked": [20], "disliked": [60]}
+    assert {i["movie_id"] for i in by_example["items"]}.isdisjoint({20, 60})
+
+    encoded: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        encoded.append(texts)
+        return model.raw[[3, 3]]  # both keywords land on row 3's raw vector
+
+    by_keywords = recommend(model, {**base, "keywords": ["kids", "toons"]}, encode=encode)
+    assert encoded == [["kids", "toons"]]
+    assert by_keywords["items"][0]["movie_id"] == 40 and by_keywords["history_top_descriptors"] == []

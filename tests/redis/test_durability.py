@@ -11,9 +11,7 @@ from shared.infra.durability import Durability
 
 
 def test_the_mode_follows_the_servers_persistence(tmp_path: Path) -> None:
-    server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
-    try:
+    with EmbeddedRedis(tmp_path / "redis") as server:
         client = redis.Redis.from_url(server.url)
         assert Durability.probe(client).mode == "fsync-always"  # the embedded Redis of `movierec up`
         client.config_set("appendfsync", "everysec")
@@ -22,5 +20,3 @@ def test_the_mode_follows_the_servers_persistence(tmp_path: Path) -> None:
         assert Durability.probe(client).mode == "none"
         Durability("fsync-always").confirm(client, "k")  # nothing to wait for: every write was fsynced
         assert not client.exists("k")
-    finally:
-        server.stop()

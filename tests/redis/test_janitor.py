@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,14 +10,14 @@ from typing import Any
 import pytest
 import redis
 
-from shared.infra.celery_app import make_celery, queue_keys
+from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
-from shared.jobs.submit import INGEST_TASK, MINE_TASK
+from shared.jobs.kinds import BATCH_PRIORITY, INGEST, JOIN_TRIPLETS, MINE, MINE_SHARD
 from shared.services import Services
 from shared.store.datasets import DatasetOptions
 from shared.store.triplets import plan_shards
 from tests.conftest import SMALL, delete_prefix
-from workers.janitor import JOIN_TRIPLETS_TASK, MAX_RESENDS, MINE_SHARD_TASK, Janitor
+from workers.janitor import MAX_RESENDS, Janitor
 
 
 @pytest.fixture
@@ -35,18 +33,27 @@ def janitor(svc: Services) -> Janitor:
 
 
 def sent(svc: Services, queue: str = "cpu") -> list[tuple[str, list[Any]]]:
-    """The (task, args) of the messages waiting in a queue, in the order a worker takes them."""
+    """The (task, args) of the messages waiting in a queue, taken in the order a worker takes them."""
     out = []
-    for key in queue_keys(svc.settings.key_prefix, queue):  # priority steps, first taken first
-        for message in reversed(svc.redis.lrange(key, 0, -1)):  # kombu LPUSHes and BRPOPs
-            m = json.loads(message)
-            args = json.loads(base64.b64decode(m["body"]))[0]
-            out.append((m["headers"]["task"], args))
+    with make_celery(svc.settings).connection_for_read() as conn:
+        channel = conn.default_channel
+        while (message := channel.basic_get(queue, no_ack=True)) is not None:
+            args, _kwargs, _embed = message.decode()
+            out.append((message.headers["task"], args))
     return out
 
 
 def clear(svc: Services, queue: str = "cpu") -> None:
-    svc.redis.delete(*queue_keys(svc.settings.key_prefix, queue))
+    with make_celery(svc.settings).connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+
+
+def someone_elses_message(svc: Services) -> None:
+    """A message that no worker here takes, so the queue stays busy."""
+    make_celery(svc.settings).send_task(OTHER_TASK, args=[], queue="cpu", priority=BATCH_PRIORITY)
+
+
+OTHER_TASK = "elsewhere.task"
 
 
 def test_an_idle_job_is_resent_on_the_second_sweep_only(svc: Services, janitor: Janitor) -> None:
@@ -54,7 +61,7 @@ def test_an_idle_job_is_resent_on_the_second_sweep_only(svc: Services, janitor: 
     assert janitor.sweep()["resent"] == 0  # first sighting
     assert sent(svc) == []
     assert janitor.sweep()["resent"] == 1
-    assert sent(svc) == [(INGEST_TASK, [job.id, {"path": "p"}])]
+    assert sent(svc) == [(INGEST.name, [job.id, {"path": "p"}])]
     clear(svc)
     assert janitor.sweep()["resent"] == 0  # idle again: counted from scratch
 
@@ -65,7 +72,7 @@ def test_a_leased_job_or_a_busy_queue_is_left_alone(svc: Services, janitor: Jani
     for _ in range(3):
         assert janitor.sweep()["resent"] == 0
     svc.redis.delete(svc.units.lease_key(job.id, "main"))
-    svc.redis.lpush(f"{svc.settings.key_prefix}:celery:cpu", b"{}")  # a message still waits its turn
+    someone_elses_message(svc)  # a message still waits its turn
     for _ in range(3):
         assert janitor.sweep()["resent"] == 0
 
@@ -75,14 +82,12 @@ def test_a_busy_queue_shields_a_job_for_one_visibility_timeout_only(svc: Service
     quick = Services.from_settings(svc.settings.model_copy(update={"visibility_timeout_s": 1, "task_time_limit_s": 0}))
     janitor = Janitor(quick, make_celery(quick.settings), worker="test")
     job = quick.jobs.create("ingest", {"path": "p"})
-    queue = f"{svc.settings.key_prefix}:celery:cpu"
-    svc.redis.lpush(queue, b"{}")  # someone else's message, which no worker takes
+    someone_elses_message(svc)
     assert janitor.sweep()["resent"] == 0  # waiting its turn, as far as anyone can tell
     time.sleep(1.1)
     assert janitor.sweep()["resent"] == 0  # past the bound: idle, first sighting
     assert janitor.sweep()["resent"] == 1
-    svc.redis.rpop(queue)  # the other message, oldest
-    assert sent(svc) == [(INGEST_TASK, [job.id, {"path": "p"}])]
+    assert sent(svc) == [(OTHER_TASK, []), (INGEST.name, [job.id, {"path": "p"}])]  # the other one is older
     assert janitor.sweep()["resent"] == 0  # the bound starts again from the resend
 
 
@@ -93,20 +98,20 @@ def test_a_mining_job_gets_its_missing_shards_then_its_join(svc: Services, janit
     svc.jobs.start(job.id, stage="mining")
     janitor.sweep()
     janitor.sweep()
-    assert sent(svc) == [(MINE_TASK, [job.id, params])]  # nothing came back yet: plan again
+    assert sent(svc) == [(MINE.name, [job.id, params])]  # nothing came back yet: plan again
     clear(svc)
     shards = plan_shards(record["counts"]["movies"], 4000)
     assert len(shards) == 3
     svc.jobs.shard_done(job.id, f"{shards[0][0]:09d}", {"anchors": list(shards[0])}, total=3)
     janitor.sweep()
     janitor.sweep()
-    assert sent(svc) == [(MINE_SHARD_TASK, [job.id, params, lo, hi, 3]) for lo, hi in shards[1:]]
+    assert sent(svc) == [(MINE_SHARD.name, [job.id, params, lo, hi, 3]) for lo, hi in shards[1:]]
     clear(svc)
     for lo, hi in shards[1:]:
         svc.jobs.shard_done(job.id, f"{lo:09d}", {"anchors": [lo, hi]}, total=3)
     janitor.sweep()
     janitor.sweep()
-    assert sent(svc) == [(JOIN_TRIPLETS_TASK, [job.id, params])]
+    assert sent(svc) == [(JOIN_TRIPLETS.name, [job.id, params])]
 
 
 def test_a_job_lost_too_often_fails_with_the_reason(svc: Services, janitor: Janitor) -> None:

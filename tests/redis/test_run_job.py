@@ -12,11 +12,11 @@ import redis
 
 from shared.errors import NotFound
 from shared.infra.celery_app import make_celery
+from shared.infra.process import clear_process_caches
 from shared.infra.redisconn import sent_ahead
 from shared.infra.settings import Settings
 from shared.services import Services
 from tests.conftest import delete_prefix
-from workers import base
 from workers.base import JobContext, Outcome, run_job, services
 
 
@@ -25,9 +25,9 @@ def svc(settings: Settings, redis_client: redis.Redis) -> Iterator[Services]:
     own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-r{uuid.uuid4().hex[:6]}"})
     app = make_celery(own)
     app.set_current()
-    base._services.clear()  # the process's services are built once per pid: build this test's
-    yield services(app)
-    base._services.clear()
+    clear_process_caches()  # the process's services are built once: build this test's
+    yield services()
+    clear_process_caches()
     delete_prefix(redis_client, own.key_prefix)
 
 

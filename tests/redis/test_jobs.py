@@ -8,12 +8,14 @@ import uuid
 
 import pytest
 import redis
+from redis.exceptions import LockError, LockNotOwnedError
 
 from shared.infra.celery_app import make_celery
+from shared.infra.keys import Keys
 from shared.infra.settings import Settings
 from shared.jobs.pipeline import advance
 from shared.jobs.store import JobStore
-from shared.jobs.submit import PIPELINE_STEP_TASK, submit
+from shared.jobs.submit import submit
 from shared.services import Services
 from tests.conftest import delete_prefix
 
@@ -131,6 +133,83 @@ def test_active_set_and_expiry_index_follow_the_status(
     assert [j.id for j in jobs.list()] == [b.id]
 
 
+def test_count_is_the_listing_index(jobs: JobStore) -> None:
+    assert jobs.count() == 0
+    a = jobs.create("ingest", {})
+    jobs.create("train", {})
+    assert jobs.count() == 2
+    jobs.cancel(a.id)
+    assert jobs.count() == 2  # finished jobs stay listed until they expire
+
+
+@pytest.mark.parametrize("finish", ["succeed", "fail", "cancel"])
+def test_finishing_a_job_drops_the_janitor_marks(
+    jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str, finish: str
+) -> None:
+    keys = Keys(fresh_prefix)
+    job = jobs.create("ingest", {})
+    jobs.start(job.id, stage="s")
+    marks = [keys.janitor_idle(job.id), keys.janitor_queued(job.id), keys.janitor_resends(job.id)]
+    for mark in marks:  # as a janitor leaves them on a job it watches (workers/janitor.py)
+        redis_client.set(mark, "1", ex=3600)
+    assert jobs.progress(job.id, 0.5, stage="s")
+    assert redis_client.exists(*marks) == 3  # only a finish drops them
+    if finish == "succeed":
+        assert jobs.succeed(job.id, {})
+    elif finish == "fail":
+        assert jobs.fail(job.id, code="x", message="broken")
+    else:
+        assert jobs.cancel(job.id)
+    assert redis_client.exists(*marks) == 0
+    left = {k.decode() for k in redis_client.scan_iter(match=keys.everything)}
+    assert left == {keys.job(job.id), keys.job_finished(job.id), keys.jobs, keys.jobs_expiry}
+
+
+def test_a_finish_queued_on_a_pipeline_drops_the_janitor_marks(
+    jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str
+) -> None:
+    keys = Keys(fresh_prefix)
+    job = jobs.create("recommend", {})
+    jobs.start(job.id, stage="s")
+    redis_client.set(keys.janitor_queued(job.id), "1", ex=3600)
+    pipe = redis_client.pipeline(transaction=False)
+    jobs.succeed(job.id, {"items": []}, pipe=pipe)
+    pipe.execute()
+    assert not redis_client.exists(keys.janitor_queued(job.id))
+
+
+def test_lock_is_exclusive_and_only_its_holder_releases_it(
+    jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str
+) -> None:
+    key = Keys(fresh_prefix).lock("pipeline:p1")
+    first = jobs.lock("pipeline:p1", ttl_s=0.3)
+    assert first.acquire()
+    assert 0 < redis_client.pttl(key) <= 300
+    second = jobs.lock("pipeline:p1")
+    started = time.monotonic()
+    assert not second.acquire()  # held: answered at once, never waited for
+    assert time.monotonic() - started < 0.1
+    assert jobs.lock("pipeline:p2").acquire()  # another name is another claim
+    with pytest.raises(LockError):
+        second.release()  # never acquired
+    time.sleep(0.4)  # the holder died: its claim expired
+    assert second.acquire()
+    with pytest.raises(LockNotOwnedError):
+        first.release()  # late: it must not free the new holder's claim
+    assert redis_client.exists(key)
+    second.release()
+    assert not redis_client.exists(key)
+
+
+def test_lock_as_a_context_manager(jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str) -> None:
+    key = Keys(fresh_prefix).lock("pipeline:p1")
+    with jobs.lock("pipeline:p1") as held:
+        assert held.owned() and redis_client.exists(key)
+        with pytest.raises(LockError), jobs.lock("pipeline:p1"):
+            pass  # held above: entering fails at once
+    assert not redis_client.exists(key)
+
+
 def test_owner_is_recorded_and_filters_the_listing(
     jobs: JobStore, redis_client: redis.Redis, fresh_prefix: str
 ) -> None:
@@ -164,9 +243,7 @@ def test_submit_and_pipeline_stages_carry_the_owner(settings: Settings, redis_cl
     svc = Services.from_settings(settings.model_copy(update={"key_prefix": prefix}))
     celery = make_celery(svc.settings)
     try:
-        pipeline = submit(
-            celery, svc.jobs, kind="pipeline", task=PIPELINE_STEP_TASK, params={"path": "x"}, owner="k-mine"
-        )
+        pipeline = submit(celery, svc.jobs, kind="pipeline", params={"path": "x"}, owner="k-mine")
         assert pipeline.owner == "k-mine"
         advance(svc, celery, pipeline.id)  # what workers.cpu.pipeline_step runs
         state = json.loads(svc.jobs.field(pipeline.id, "pipeline") or "{}")

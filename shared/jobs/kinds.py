@@ -1,0 +1,72 @@
+"""The one table from a job kind to the task that runs it, its queue and its priority.
+
+Submission (shared/jobs/submit.py) looks a kind up here; the Celery app routes every task by this table
+(shared/infra/celery_app.py); the janitor sends a lost job's units again by it (workers/janitor.py); the
+pipeline names its stages' kinds (shared/jobs/pipeline.py). A task's name is where workers/ defines it.
+
+Queues are by hardware: ``cpu`` (prefork workers) and ``gpu`` (one solo process per device). kombu's Redis
+transport keeps a list per priority step (0, 3, 6, 9) for each queue, and a worker takes from the lowest step
+first: recommendations are sent at 0 and everything else at 6, so a recommendation overtakes the mining
+shards waiting in the same ``cpu`` queue instead of queueing behind them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CPU_QUEUE = "cpu"
+GPU_QUEUE = "gpu"
+QUEUES = (CPU_QUEUE, GPU_QUEUE)
+
+SERVING_PRIORITY = 0
+BATCH_PRIORITY = 6
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A Celery task: its registered name, the queue it is routed to, its priority there."""
+
+    name: str
+    queue: str = CPU_QUEUE
+    priority: int = BATCH_PRIORITY
+
+
+INGEST = Task("workers.cpu.ingest_dataset")
+MINE = Task("workers.cpu.mine_triplets")
+MINE_SHARD = Task("workers.cpu.mine_shard")
+JOIN_TRIPLETS = Task("workers.cpu.join_triplets")
+INDEX = Task("workers.cpu.build_index")
+RECOMMEND = Task("workers.cpu.recommend", priority=SERVING_PRIORITY)
+PIPELINE_STEP = Task("workers.cpu.pipeline_step")
+ENCODE = Task("workers.gpu.encode", GPU_QUEUE)
+TRAIN = Task("workers.gpu.train", GPU_QUEUE)
+DESCRIBE_DEVICE = Task("workers.gpu.describe_device", GPU_QUEUE)
+
+KINDS: dict[str, Task] = {
+    "ingest": INGEST,
+    "triplets": MINE,
+    "encode": ENCODE,
+    "train": TRAIN,
+    "index": INDEX,
+    "recommend": RECOMMEND,
+    "pipeline": PIPELINE_STEP,
+    "device": DESCRIBE_DEVICE,
+}
+"""The task a job of each kind is submitted to, with ``args=[job id, params]``."""
+
+TASKS = (*KINDS.values(), MINE_SHARD, JOIN_TRIPLETS)
+"""Every task, the parts of a job (a mining shard, the join) included."""
+
+TASK_MODULES = ("workers.cpu", "workers.gpu")
+"""Where the tasks are defined: a worker imports these."""
+
+
+def task_of(kind: str) -> Task:
+    """The task that runs jobs of ``kind``; KeyError for a kind no one runs."""
+    return KINDS[kind]
+
+
+def routes() -> dict[str, dict[str, str | int]]:
+    """Celery's ``task_routes``: each task to its queue and priority."""
+    return {task.name: {"queue": task.queue, "priority": task.priority} for task in TASKS}

@@ -1,0 +1,187 @@
+"""Plain functions the tests share (fixtures live in the conftest modules).
+
+- ``wait_until``: poll a condition until it holds; the one polling loop of the tests.
+- ``wait_job``: poll one job until it has finished, through a callable or over HTTP, and answer its record.
+- ``wait_jobs``: the same for many jobs at once, with a hook that sees how many have finished.
+- ``new_stack``: a ``cli.stack.Stack`` set up for a test (a free port, logs beside its data), to use as
+  ``with new_stack(...) as stack:`` or through the ``make_stack`` fixture.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+import requests
+
+from cli.stack import Stack, free_port
+from shared.infra.settings import Settings
+from shared.jobs.store import Job
+
+FINISHED = ("succeeded", "failed", "cancelled")
+"""A job in one of these states never changes again."""
+
+T = TypeVar("T")
+Record = TypeVar("Record", bound="Mapping[str, Any] | Job")
+
+
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout_s: float,
+    every_s: float = 0.1,
+    between: Callable[[], object] | None = None,
+    failure: str | Callable[[], object] = "the condition never held",
+) -> T:
+    """Call ``condition`` every ``every_s`` until it answers something true, and answer that.
+
+    ``between`` is called after each false answer. When ``timeout_s`` has passed, raises AssertionError with
+    ``failure`` (a text, or a callable answering one at that moment).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout_s:.0f} s: {failure() if callable(failure) else failure}")
+        if between is not None:
+            between()
+        time.sleep(every_s)
+
+
+def status_of(record: Mapping[str, Any] | Job) -> str:
+    return str(record["status"]) if isinstance(record, Mapping) else record.status
+
+
+def http_job(api_url: str, job_id: str) -> Callable[[], dict[str, Any] | None]:
+    """``GET {api_url}/v1/jobs/{job_id}`` as a fetch for ``wait_job``: a 5xx answer (say, a 503 while Redis is
+    away) says nothing about the job yet (None); any other answer but 200 fails at once."""
+
+    def fetch() -> dict[str, Any] | None:
+        r = requests.get(f"{api_url}/v1/jobs/{job_id}", timeout=30)
+        if r.status_code >= 500:
+            return None
+        assert r.status_code == 200, f"GET /v1/jobs/{job_id}: {r.status_code} {r.text}"
+        return dict(r.json())
+
+    return fetch
+
+
+@overload
+def wait_job(
+    source: str,
+    job_id: str,
+    *,
+    timeout_s: float = ...,
+    every_s: float = ...,
+    between: Callable[[], object] | None = ...,
+) -> dict[str, Any]: ...
+
+
+@overload
+def wait_job(
+    source: Callable[[], Record | None],
+    job_id: None = None,
+    *,
+    timeout_s: float = ...,
+    every_s: float = ...,
+    between: Callable[[], object] | None = ...,
+) -> Record: ...
+
+
+def wait_job(
+    source: str | Callable[[], Any],
+    job_id: str | None = None,
+    *,
+    timeout_s: float = 120.0,
+    every_s: float = 0.1,
+    between: Callable[[], object] | None = None,
+) -> Any:
+    """Poll a job until it has finished (succeeded, failed or cancelled) and answer its final record.
+
+    ``source`` is either a callable answering the record (a dict as ``GET /v1/jobs/<id>`` shows it, or the job
+    store's ``Job``; None while there is none), or an API's base URL with ``job_id`` (see ``http_job``).
+    ``between`` is called after each look that found the job unfinished. Raises AssertionError after
+    ``timeout_s``, with the last record seen.
+    """
+    if isinstance(source, str):
+        assert job_id is not None, "wait_job(api_url, job_id)"
+        fetch: Callable[[], Any] = http_job(source, job_id)
+    else:
+        fetch = source
+    last: list[Any] = [None]
+
+    def finished() -> Any:
+        last[0] = fetch()
+        return last[0] if last[0] is not None and status_of(last[0]) in FINISHED else None
+
+    return wait_until(
+        finished,
+        timeout_s=timeout_s,
+        every_s=every_s,
+        between=between,
+        failure=lambda: f"job {job_id or ''} unfinished: {last[0]}",
+    )
+
+
+def wait_jobs(
+    fetch: Callable[[str], Record | None],
+    ids: Sequence[str],
+    *,
+    timeout_s: float = 120.0,
+    every_s: float = 0.2,
+    between: Callable[[int], object] | None = None,
+) -> list[Record]:
+    """Poll every job of ``ids`` (``fetch(id)``, e.g. ``svc.jobs.get``) until all have finished; answer their
+    final records in the order of ``ids``. ``between`` is called with the number finished so far after each look
+    that found some unfinished."""
+    last: list[Record | None] = []
+
+    def unfinished() -> list[tuple[str, str | None]]:
+        return [(i, None if r is None else status_of(r)) for i, r in zip(ids, last, strict=True)
+                if r is None or status_of(r) not in FINISHED]  # fmt: skip
+
+    def all_finished() -> list[Record] | None:
+        last[:] = [fetch(i) for i in ids]
+        return None if unfinished() else [r for r in last if r is not None]
+
+    def report() -> None:
+        if between is not None:
+            between(len(ids) - len(unfinished()))
+
+    return wait_until(
+        all_finished,
+        timeout_s=timeout_s,
+        every_s=every_s,
+        between=report,
+        failure=lambda: f"{len(unfinished())} of {len(ids)} jobs unfinished: {unfinished()[:5]}",
+    )
+
+
+def new_stack(
+    settings: Settings,
+    where: Path,
+    *,
+    cpu_workers: int = 2,
+    embedded_redis: bool = False,
+    redis_password: str | None = None,
+    ready_timeout_s: float = 120.0,
+) -> Stack:
+    """A stack for a test, not started: data in ``where``, logs in ``where/logs``, API on a free port.
+
+    ``with new_stack(...) as stack:`` starts it and waits until it is ready (stopping it and printing its logs'
+    tails if it is not), and stops it at the end of the block.
+    """
+    return Stack(
+        settings,
+        data_dir=where,
+        port=free_port(),
+        cpu_workers=cpu_workers,
+        embedded_redis=embedded_redis,
+        log_dir=where / "logs",
+        redis_password=redis_password,
+        ready_timeout_s=ready_timeout_s,
+    )

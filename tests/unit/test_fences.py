@@ -1,0 +1,66 @@
+"""Libraries' private parts are reached only from the one module fenced for each (STYLE.md, guideline 16).
+
+shared/infra/broker.py overrides kombu's Redis channel; shared/infra/redisconn.py drives redis-py's pipeline
+below its public API. Each library is pinned to the minor series those modules were written against, and a
+test on a real Redis breaks on the upgrade that breaks them (tests/redis/test_broker.py, test_run_job.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PRODUCT = ("api", "workers", "shared", "cli", "bench")
+
+KOMBU_PRIVATE = {"_create_client", "_put", "_q_for_pri", "_get_message_priority", "_expires", "sep"}
+REDIS_INTERNALS = {"command_stack", "parse_response", "raise_first_error", "send_packed_command", "pack_commands"}
+FENCES = {"kombu": REPO / "shared/infra/broker.py", "redis": REPO / "shared/infra/redisconn.py"}
+
+
+def _sources() -> list[Path]:
+    return [p for folder in PRODUCT for p in sorted((REPO / folder).rglob("*.py"))]
+
+
+def _attributes(path: Path) -> set[str]:
+    return {node.attr for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)}
+
+
+def _imports_kombu(path: Path) -> bool:
+    return bool(re.search(r"^\s*(from|import) kombu\b", path.read_text(), flags=re.M))
+
+
+def test_kombu_private_names_only_in_the_broker_module() -> None:
+    offenders = {
+        str(p.relative_to(REPO)): sorted(_attributes(p) & KOMBU_PRIVATE)
+        for p in _sources()
+        if p != FENCES["kombu"] and _imports_kombu(p) and _attributes(p) & KOMBU_PRIVATE
+    }
+    assert offenders == {}
+
+
+def test_redis_py_internals_only_in_the_connection_module() -> None:
+    offenders = {
+        str(p.relative_to(REPO)): sorted(_attributes(p) & REDIS_INTERNALS)
+        for p in _sources()
+        if p != FENCES["redis"] and _attributes(p) & REDIS_INTERNALS
+    }
+    assert offenders == {}
+
+
+def test_the_fenced_modules_still_use_what_they_fence() -> None:
+    # If a fence stops reaching the library's insides, its pin and this test should go too.
+    assert _attributes(FENCES["kombu"]) & KOMBU_PRIVATE
+    assert _attributes(FENCES["redis"]) & REDIS_INTERNALS
+
+
+def test_every_fenced_library_is_pinned_to_a_minor_series() -> None:
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for library in FENCES:
+        spec = next(d for d in dependencies if re.match(rf"{library}\b(?!\[)", d))
+        match = re.fullmatch(rf"{library}>=(\d+)\.(\d+),<(\d+)\.(\d+)", spec)
+        assert match, f"{library} must be pinned to one minor series, got {spec!r}"
+        major, minor, up_major, up_minor = map(int, match.groups())
+        assert (up_major, up_minor) == (major, minor + 1), spec
