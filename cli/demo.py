@@ -94,32 +94,30 @@ def run_demo(settings: Settings, *, data: Path | None, data_dir: Path, embedded_
         log_dir=data_dir / "logs",
     )
     print("starting Redis, the API and the workers ...", flush=True)
-    stack.start()
-    try:
-        stack.wait_ready()
-        print(f"API at {stack.api_url} (logs in {data_dir / 'logs'})", flush=True)
-        client = Client(stack.api_url, api_key=next(iter(stack.settings.api_keys), None))
-        print("running the pipeline: ingest, mine, encode, train, index, activate", flush=True)
-        job = client.submit_pipeline(path=path.name)
-        final = client.wait(job["id"])
-        if final["status"] != "succeeded":
-            error = final.get("error") or {}
-            print(f"pipeline {final['status']}: {error.get('message', '')}", file=sys.stderr)
-            return 1
-        pipeline = client.result(job["id"])
-        print_dataset(client.dataset(pipeline["dataset"]))
-        print_metrics(pipeline)
-        for user in DEMO_USERS:
-            try:
-                print_recommendations(f"user {user}", client.recommend(user_id=user, k=10))
-            except ApiError as exc:
-                print(f"\nrecommendations for user {user}: {exc.message}")
-        for keywords in DEMO_KEYWORDS:
-            print_recommendations(f"keywords {keywords}", client.recommend(keywords=keywords, k=10))
-        return 0
-    finally:
-        print("stopping ...", flush=True)
-        stack.stop()
+    with stack:  # started and ready, or stopped with its logs' tails printed
+        try:
+            print(f"API at {stack.api_url} (logs in {data_dir / 'logs'})", flush=True)
+            client = Client(stack.api_url, api_key=next(iter(stack.settings.api_keys), None))
+            print("running the pipeline: ingest, mine, encode, train, index, activate", flush=True)
+            job = client.submit_pipeline(path=path.name)
+            final = client.wait(job["id"])
+            if final["status"] != "succeeded":
+                error = final.get("error") or {}
+                print(f"pipeline {final['status']}: {error.get('message', '')}", file=sys.stderr)
+                return 1
+            pipeline = client.result(job["id"])
+            print_dataset(client.dataset(pipeline["dataset"]))
+            print_metrics(pipeline)
+            for user in DEMO_USERS:
+                try:
+                    print_recommendations(f"user {user}", client.recommend(user_id=user, k=10))
+                except ApiError as exc:
+                    print(f"\nrecommendations for user {user}: {exc.message}")
+            for keywords in DEMO_KEYWORDS:
+                print_recommendations(f"keywords {keywords}", client.recommend(keywords=keywords, k=10))
+            return 0
+        finally:
+            print("stopping ...", flush=True)
 
 
 DEMO_USERS = (1, 2, 3)
