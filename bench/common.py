@@ -13,30 +13,26 @@ from typing import Any
 
 import requests
 
-from cli.stack import Stack, free_port
+from cli.stack import Stack
 from shared.infra.settings import Settings
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
-def machine() -> str:
-    """``# machine: x86_64, 2 cores, Python 3.11.7``: the line every benchmark prints first."""
+def machine(*more: str) -> str:
+    """``# machine: x86_64, 2 cores, Python 3.11.7[, more...]``: the line every benchmark prints first."""
     cpu = platform.processor() or platform.machine()
-    return f"# machine: {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+    return ", ".join([f"# machine: {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}", *more])
 
 
 @contextmanager
-def fresh_stack(settings: Settings, run_dir: Path) -> Iterator[Stack]:
+def fresh_stack(settings: Settings, run_dir: Path, *, cpu_workers: int = 2) -> Iterator[Stack]:
     """A new ``movierec up`` stack: its own embedded Redis (AOF, fsync on every write), the API, a CPU worker
-    with 2 processes and the GPU-queue worker; ready when entered, stopped (Redis included) when left."""
-    stack = Stack(settings, data_dir=run_dir, port=free_port(), cpu_workers=2, embedded_redis=True,
-                  log_dir=run_dir / "logs")  # fmt: skip
-    stack.start()
-    try:
-        stack.wait_ready()
+    with ``cpu_workers`` processes and the GPU-queue worker; ready when entered, stopped (Redis included) when
+    left."""
+    with Stack(settings, data_dir=run_dir, cpu_workers=cpu_workers, embedded_redis=True,
+               log_dir=run_dir / "logs") as stack:  # fmt: skip
         yield stack
-    finally:
-        stack.stop()
 
 
 def wait_job(api: str, job_id: str, *, timeout_s: float = 600) -> dict[str, Any]:

@@ -16,11 +16,11 @@ Library imports (torch, transformers) happen before either clock starts and are 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from .common import machine
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -44,8 +44,7 @@ def main() -> int:
     transformers.utils.logging.disable_progress_bar()
     AutoModel.from_pretrained(resolve_model(args.model), use_safetensors=True)  # finish lazy imports
     t_imports = time.perf_counter() - started
-    cpu = platform.processor() or platform.machine()
-    print(f"# machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(machine(f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"))
     print(f"imports (not in either clock): {t_imports:.2f} s")
 
     catalogue = read_catalogue(SMALL, tags_per_movie=5)

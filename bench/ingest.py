@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import cast
+
+from .common import machine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -114,8 +115,7 @@ def main() -> int:
         server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="bench-redis-")))
         redis_url = server.start()
     try:
-        cpu = platform.processor() or platform.machine()
-        print(f"# machine: {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+        print(machine())
         print(
             "| data | ratings | movierec ingest s | pandas read s | time ratio "
             "| movierec peak RSS MB | pandas peak RSS MB | RSS ratio | stored MB |"

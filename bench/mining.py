@@ -14,8 +14,6 @@ B. A generated ml-latest-scale catalogue (``movierec synth``: 58,000 movies, Mov
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import sys
@@ -25,11 +23,12 @@ from pathlib import Path
 
 import requests
 
-from cli.stack import Stack, free_port
 from cli.synth import SynthSpec, write_synthetic
 from shared.infra.settings import Settings
 from shared.ml.mining import mine_range
 from shared.ml.movielens import read_catalogue
+
+from .common import fresh_stack, machine, wait_job
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -72,22 +71,15 @@ def part_a(skip_notebook: bool) -> None:
 
 def _time_mining(settings: Settings, root: Path, processes: int, name: str, repeat: int) -> tuple[float, float]:
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench-stack-{processes}-"))
-    stack = Stack(settings, data_dir=run_dir, port=free_port(), cpu_workers=processes,
-                  embedded_redis=True, log_dir=run_dir / "logs")  # fmt: skip
-    stack.start()
-    try:
-        stack.wait_ready()
+    with fresh_stack(settings, run_dir, cpu_workers=processes) as stack:
         api = stack.api_url
 
         def run(path: str, body: dict[str, object]) -> tuple[dict[str, object], float]:
             start = time.perf_counter()
             job = requests.post(f"{api}{path}", json=body, timeout=30).json()
-            while True:
-                state = requests.get(f"{api}/v1/jobs/{job['id']}", timeout=30).json()
-                if state["status"] in ("succeeded", "failed", "cancelled"):
-                    assert state["status"] == "succeeded", state
-                    return state, time.perf_counter() - start
-                time.sleep(0.1)
+            state = wait_job(api, job["id"])
+            assert state["status"] == "succeeded", state
+            return state, time.perf_counter() - start
 
         ingested, t_ingest = run("/v1/datasets", {"path": name})
         dataset = requests.get(f"{api}{ingested['result_url']}", timeout=30).json()["dataset"]
@@ -97,8 +89,6 @@ def _time_mining(settings: Settings, root: Path, processes: int, name: str, repe
         ]
         print(f"  {processes} process(es), each run: {', '.join(f'{t:.2f} s' for t in times)}", flush=True)
         return statistics.median(times), t_ingest
-    finally:
-        stack.stop()
 
 
 def part_b(movies: int, reuse: Path | None, repeat: int) -> None:
@@ -131,8 +121,7 @@ def main() -> int:
     parser.add_argument("--scale-dir", type=Path, default=None, help="keep (or reuse) the generated data here")
     parser.add_argument("--repeat", type=int, default=3, help="mining jobs per configuration (median)")
     args = parser.parse_args()
-    cpu = platform.processor() or platform.machine()
-    print(f"# machine: {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(machine())
     part_a(args.skip_notebook)
     if not args.skip_scale:
         part_b(args.scale_movies, args.scale_dir, args.repeat)

@@ -17,8 +17,6 @@ B. Recommendations for a user:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from shared.ml.training import TrainConfig
+
+from .common import machine
 
 if TYPE_CHECKING:
     import torch
@@ -89,8 +89,7 @@ def main() -> int:
     from shared.ml.movielens import read_catalogue, read_ratings
     from shared.ml.training import split, train, triplet_auc
 
-    cpu = platform.processor() or platform.machine()
-    print(f"# machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(machine(f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"))
     catalogue = read_catalogue(SMALL, tags_per_movie=5)
     ratings = read_ratings(SMALL / "ratings.csv", catalogue.movie_ids)
     inc = build_incidence(catalogue.desc_indptr, catalogue.desc_indices, catalogue.vocabulary)

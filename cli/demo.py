@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.client import ApiError, Client
-from cli.stack import Stack, free_port
+from cli.stack import Stack
 from cli.synth import SynthSpec, write_synthetic
 from shared.infra.settings import Settings
 
@@ -88,7 +88,6 @@ def run_demo(settings: Settings, *, data: Path | None, data_dir: Path, embedded_
     stack = Stack(
         settings,
         data_dir=data_dir,
-        port=free_port(),
         cpu_workers=cpu_workers,
         embedded_redis=embedded_redis,
         log_dir=data_dir / "logs",

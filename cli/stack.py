@@ -207,7 +207,7 @@ class Stack:
         settings: Settings,
         *,
         data_dir: Path,
-        port: int,
+        port: int | None = None,
         cpu_workers: int,
         embedded_redis: bool,
         log_dir: Path | None = None,
@@ -215,7 +215,7 @@ class Stack:
         ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
         self.data_dir = data_dir
-        self.port = port
+        self.port = port or free_port()
         self.cpu_workers = cpu_workers
         self.redis = (
             EmbeddedRedis(data_dir / "redis", password=redis_password, fsync=settings.redis_fsync)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, overload
 
 import requests
 
-from cli.stack import Stack, free_port
+from cli.stack import Stack
 from shared.infra.settings import Settings
 from shared.jobs.store import Job
 
@@ -178,7 +178,6 @@ def new_stack(
     return Stack(
         settings,
         data_dir=where,
-        port=free_port(),
         cpu_workers=cpu_workers,
         embedded_redis=embedded_redis,
         log_dir=where / "logs",
