@@ -7,9 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+# pandas (the MovieLens reader) and scipy (mining) load here, in the prefork parent, so its children share
+# them and a child's first ingest or shard does not pay for the import; the API imports neither.
+import scipy.sparse  # noqa: F401
 from celery import current_app, shared_task
 from redis.exceptions import LockNotOwnedError
 
+import shared.ml.movielens  # noqa: F401
 from shared.errors import DataError, NotFound
 from shared.jobs.pipeline import advance
 from shared.ml.index import IndexParams
