@@ -181,8 +181,7 @@ class Janitor:
         pipe.sismember(self._keys.jobs_active, job_id)
         *replies, active = pipe.execute()
         if not active:
-            keys = self._keys
-            self._svc.redis.delete(keys.janitor_idle(job_id), keys.janitor_queued(job_id), keys.janitor_resends(job_id))
+            self._svc.redis.delete(*self._keys.janitor_marks(job_id))
         return replies
 
     def _resend(self, job: Job, units: list[Unit]) -> bool:

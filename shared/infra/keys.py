@@ -85,6 +85,10 @@ class Keys:
     def janitor_resends(self, job_id: str) -> str:
         return f"{self.prefix}:janitor:resends:{job_id}"
 
+    def janitor_marks(self, job_id: str) -> tuple[str, str, str]:
+        """Every mark the janitor may leave on a job: deleted together when the job finishes."""
+        return self.janitor_idle(job_id), self.janitor_queued(job_id), self.janitor_resends(job_id)
+
     # -- stores (shared/store/) ---------------------------------------------------------------------------
     def dataset(self, ds_id: str) -> str:
         return f"{self.prefix}:dataset:{ds_id}"

@@ -310,9 +310,7 @@ class JobStore:
             schema.jobs_active,
             schema.jobs_expiry,
             job_id,
-            schema.janitor_idle(job_id),
-            schema.janitor_queued(job_id),
-            schema.janitor_resends(job_id),
+            *schema.janitor_marks(job_id),
         ]
         if pipe is not None:
             self._transition(keys=keys, args=args, client=pipe)

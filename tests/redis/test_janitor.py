@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from shared.infra.celery_app import make_celery
+from shared.infra.keys import Keys
 from shared.infra.settings import Settings
 from shared.jobs.kinds import BATCH_PRIORITY, INGEST, JOIN_TRIPLETS, MINE, MINE_SHARD
 from shared.services import Services
@@ -136,3 +137,17 @@ def test_expired_ids_leave_the_indexes(svc: Services, janitor: Janitor) -> None:
     assert janitor.sweep()["pruned"] == 1
     prefix = svc.settings.key_prefix
     assert svc.redis.zcard(f"{prefix}:jobs") == 0 and svc.redis.zcard(f"{prefix}:jobs:expiry") == 0
+
+
+def test_a_mark_written_just_after_its_job_finished_is_dropped(
+    svc: Services, janitor: Janitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = svc.jobs.create("ingest", {"path": "p"})
+    seen_active = svc.jobs.get(job.id)
+    svc.jobs.start(job.id, stage="s")
+    assert svc.jobs.succeed(job.id, {})
+    # The sweep read the job as active a moment before it finished, and marks it idle after the finish.
+    monkeypatch.setattr(svc.jobs, "active_ids", lambda: (job.id,))
+    monkeypatch.setattr(svc.jobs, "get", lambda _: seen_active)
+    janitor.sweep()
+    assert not svc.redis.exists(*Keys(svc.settings.key_prefix).janitor_marks(job.id))

@@ -149,7 +149,7 @@ def test_finishing_a_job_drops_the_janitor_marks(
     keys = Keys(fresh_prefix)
     job = jobs.create("ingest", {})
     jobs.start(job.id, stage="s")
-    marks = [keys.janitor_idle(job.id), keys.janitor_queued(job.id), keys.janitor_resends(job.id)]
+    marks = keys.janitor_marks(job.id)
     for mark in marks:  # as a janitor leaves them on a job it watches (workers/janitor.py)
         redis_client.set(mark, "1", ex=3600)
     assert jobs.progress(job.id, 0.5, stage="s")
