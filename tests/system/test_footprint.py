@@ -41,7 +41,8 @@ def settle(client: redis.Redis, prefix: str, baseline: dict[str, int] | None, *,
     while True:
         now = footprint(client, prefix)
         # Settled: no result left to expire (heartbeats and the vector cache live on) and no id left to prune.
-        expiring = [k for k in now if client.pttl(k) > 0 and k.split(":")[1] not in ("worker", "vec")]
+        # A key scanned a moment ago may have expired since (PTTL -2): it is leaving too, so not settled.
+        expiring = [k for k in now if client.pttl(k) != -1 and k.split(":")[1] not in ("worker", "vec")]
         expiring += [k for k in now if k.endswith(":jobs:expiry")]
         if (baseline is None and not expiring) or now.keys() == (baseline or {}).keys():
             return now
