@@ -1,0 +1,293 @@
+"""Offline evaluation of recommenders: a temporal split, ranking metrics and four baselines (issue #11).
+
+Pure numpy/scipy, no Redis: the evaluation job and ``bench.quality`` both call these functions. Data flow:
+
+    ratings as parallel arrays (user, movie row, rating, timestamp)
+      └─ temporal_split ──> Split: training part (CSR users x movies), relevant test movies, cold movies
+    Split ──> a scorer (random_scorer, popular_scorer, item_knn_scorer, ease_scorer, or a model's own)
+            fitted on the training part only; scorer(rows) -> (b, n_movies) scores
+      └─ recommend: batches of ``batch_users`` evaluated users, top_k with the training movies excluded
+           └─ metrics: recall, NDCG, HR, catalogue coverage, cold-start recall at k
+
+The protocol (fixed by the issue):
+
+- Users with at least ``min_ratings`` ratings; the others are dropped (neither trained on nor evaluated).
+  Each user's ratings are sorted by timestamp (stable: ties keep input order); the first round(0.8 n) are
+  the training part, the rest the test part. Relevant = test ratings >= 4.0; a user with no relevant test
+  movie is not evaluated (their training part still feeds the baselines).
+- Candidates: every catalogue movie not in the user's training part.
+- Recall@k = hits / min(k, |relevant|); NDCG@k with binary gains, the ideal DCG over min(k, |relevant|)
+  positions; HR@k = share of users with a hit; coverage@k = distinct movies recommended / catalogue size.
+- Cold-start recall: the same recall restricted to relevant movies that nobody rated in the training part,
+  averaged over the users that have at least one.
+
+Baselines see only ``Split.train``; nothing from the test part reaches them (a test checks this).
+Top-k ties go to the lower movie row, so every result is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+"""scorer(rows of Split.train) -> (len(rows), n_movies) float scores; higher is better."""
+
+K = 10
+BATCH_USERS = 1000
+"""Users scored at a time: a batch's float32 scores (and top_k's copy) are BATCH_USERS x n_movies x 4 bytes
+each (240 MB at 60k movies)."""
+KNN_NEIGHBOURS = 50
+EASE_LAMBDA = 500.0
+EASE_MAX_BYTES = 4 << 30
+"""EASE's memory budget: it holds two dense float64 item x item matrices (the Gram matrix and its inverse)."""
+
+
+class Skipped(Exception):
+    """A baseline that cannot run on this data; the message says why."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """The training part and what each evaluated user should find in the test part."""
+
+    user_ids: np.ndarray  # (u,) the user value of each row of ``train`` (users with >= min_ratings)
+    train: sp.csr_matrix  # (u, n_movies) float32 rating values of the training part
+    evaluated: np.ndarray  # (e,) int64 rows of ``train`` with at least one relevant test movie
+    relevant: sp.csr_matrix  # (e, n_movies) bool: relevant test movies of each evaluated user
+    cold: np.ndarray  # (n_movies,) bool: no rating at all in the training part
+
+    @property
+    def n_movies(self) -> int:
+        return int(self.train.shape[1])
+
+
+def temporal_split(
+    user_index: np.ndarray,
+    movie_index: np.ndarray,
+    rating: np.ndarray,
+    timestamp: np.ndarray,
+    *,
+    n_movies: int | None = None,
+    min_ratings: int = 10,
+    train_fraction: float = 0.8,
+    relevant_at: float = 4.0,
+) -> Split:
+    """Per-user temporal split of ratings given as parallel (r,) arrays; ``movie_index`` are catalogue rows
+    and ``n_movies`` the catalogue size (default: the largest row + 1). (user, movie) pairs are expected to be
+    unique, as in MovieLens; a repeated pair's training values would add up."""
+    user_index, movie_index = np.asarray(user_index), np.asarray(movie_index, dtype=np.int64)
+    rating, timestamp = np.asarray(rating, dtype=np.float32), np.asarray(timestamp)
+    n = int(n_movies) if n_movies is not None else int(movie_index.max(initial=-1)) + 1
+    # Two stable sorts: by user, and within a user by timestamp with ties in input order.
+    by_time = np.argsort(timestamp, kind="stable")
+    order = by_time[np.argsort(user_index[by_time], kind="stable")]
+    users, movies, values = user_index[order], movie_index[order], rating[order]
+
+    user_ids, starts, counts = np.unique(users, return_index=True, return_counts=True)
+    owner = np.repeat(np.arange(len(user_ids)), counts)  # (r,) position of each rating's user in user_ids
+    position = np.arange(len(users)) - starts[owner]  # (r,) rank of the rating in its user's timeline
+    n_train = np.array([round(train_fraction * c) for c in counts.tolist()], dtype=np.int64)  # (users,)
+    kept = counts >= min_ratings
+    row_of = np.cumsum(kept) - 1  # (users,) row in the training matrix of each kept user
+    in_kept = kept[owner]
+    is_train = in_kept & (position < n_train[owner])
+    is_relevant = in_kept & ~is_train & (values >= relevant_at)
+
+    u = int(kept.sum())
+    train = sp.csr_matrix(
+        (values[is_train], (row_of[owner[is_train]], movies[is_train])), shape=(u, n), dtype=np.float32
+    )
+    train.sum_duplicates()
+    rel_rows = row_of[owner[is_relevant]]
+    evaluated = np.unique(rel_rows).astype(np.int64)
+    relevant = sp.csr_matrix(
+        (np.ones(int(is_relevant.sum()), dtype=bool), (np.searchsorted(evaluated, rel_rows), movies[is_relevant])),
+        shape=(len(evaluated), n),
+    )
+    relevant.sum_duplicates()
+    cold = np.bincount(movies[is_train], minlength=n) == 0
+    return Split(user_ids=user_ids[kept], train=train, evaluated=evaluated, relevant=relevant, cold=cold)
+
+
+def binary(split: Split) -> sp.csr_matrix:
+    """(u, n_movies) float32 1/0: who rated what in the training part."""
+    x = split.train.copy()
+    x.data = (x.data != 0).astype(np.float32)
+    x.eliminate_zeros()
+    return x
+
+
+# -- ranking and metrics -----------------------------------------------------------------------------------
+def top_k(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
+    """(b, k) int64 movie rows of the k best scores per row, excluded movies (``exclude``'s nonzeros, a
+    (b, n) CSR) left out; ties to the lower movie row; -1 pads a row with fewer than k candidates."""
+    scores = np.array(scores, dtype=np.result_type(scores.dtype, np.float32))  # (b, n) a copy, overwritten
+    b, n = scores.shape
+    coo = exclude.tocoo()
+    scores[coo.row, coo.col] = -np.inf
+    out = np.full((b, k), -1, dtype=np.int64)
+    if n == 0 or k == 0:
+        return out
+    kth = -np.partition(-scores, min(k, n) - 1, axis=1)[:, min(k, n) - 1]  # (b,) the k-th best score
+    for i in range(b):
+        row = scores[i]
+        idx = np.flatnonzero((row >= kth[i]) & (row > -np.inf))  # the top k and anything tied with the k-th
+        best = idx[np.lexsort((idx, -row[idx]))][:k]
+        out[i, : len(best)] = best
+    return out
+
+
+def recommend(scorer: Scorer, split: Split, *, k: int = K, batch_users: int = BATCH_USERS) -> np.ndarray:
+    """(e, k) top-k movie rows for every evaluated user, in ``split.evaluated`` order, in batches of users."""
+    parts = []
+    for lo in range(0, len(split.evaluated), batch_users):
+        rows = split.evaluated[lo : lo + batch_users]
+        parts.append(top_k(scorer(rows), split.train[rows], k))
+    return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
+
+
+def _recall(hits: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    return np.asarray(hits.sum(axis=1) / np.minimum(k, relevant), dtype=np.float64)  # (users,)
+
+
+def metrics(recommended: np.ndarray, split: Split, *, k: int = K) -> dict[str, float]:
+    """Recall, NDCG, HR, coverage and cold-start recall at k of ``recommended`` ((e, k) movie rows of the
+    evaluated users in order; -1 = nothing), with ``users`` (evaluated) and ``cold_users`` counted."""
+    e = len(split.evaluated)
+    rec = np.asarray(recommended, dtype=np.int64)[:, :k]  # (e, k)
+    if rec.shape[0] != e:
+        raise ValueError(f"{rec.shape[0]} rows of recommendations for {e} evaluated users")
+    valid = rec >= 0
+    safe = np.where(valid, rec, 0)
+    # hits[i, p]: the movie at position p is relevant for user i (a CSR lookup of every (i, movie) pair).
+    looked_up = split.relevant[np.repeat(np.arange(e), rec.shape[1]), safe.ravel()]
+    hits = valid & np.asarray(looked_up).reshape(rec.shape).astype(bool)  # (e, k)
+    n_relevant = np.diff(split.relevant.indptr)  # (e,)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))  # (k,)
+    dcg = (hits * discounts[: rec.shape[1]]).sum(axis=1)
+    ideal = np.cumsum(discounts)[np.minimum(k, n_relevant) - 1]
+    cold_hits = hits & split.cold[safe]
+    n_cold = np.asarray(split.relevant[:, split.cold].sum(axis=1)).ravel()  # (e,) cold relevant per user
+    has_cold = n_cold > 0
+    distinct = np.unique(rec[valid])
+    return {
+        "recall": float(_recall(hits, n_relevant, k).mean()) if e else 0.0,
+        "ndcg": float((dcg / ideal).mean()) if e else 0.0,
+        "hr": float(hits.any(axis=1).mean()) if e else 0.0,
+        "coverage": len(distinct) / split.n_movies if split.n_movies else 0.0,
+        "cold_recall": float(_recall(cold_hits[has_cold], n_cold[has_cold], k).mean()) if has_cold.any() else 0.0,
+        "users": e,
+        "cold_users": int(has_cold.sum()),
+    }
+
+
+# -- baselines -------------------------------------------------------------------------------------------
+def random_scorer(split: Split, *, seed: int = 0) -> Scorer:
+    """Uniform random scores; a user's draw depends only on (seed, row), not on the batching."""
+    n = split.n_movies
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return np.stack([np.random.default_rng([seed, int(r)]).random(n) for r in rows]).reshape(len(rows), n)
+
+    return score
+
+
+def popular_scorer(split: Split) -> Scorer:
+    """Every user gets the movies' rating counts in the training part (top_k removes what they have seen)."""
+    counts = np.asarray(binary(split).sum(axis=0), dtype=np.float32).ravel()  # (n,)
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(counts, (len(rows), len(counts)))
+
+    return score
+
+
+def knn_similarity(split: Split, *, neighbours: int = KNN_NEIGHBOURS, batch_items: int = 1000) -> sp.csr_matrix:
+    """(n, n) cosine similarities over the binary training matrix, each movie's row cut to its ``neighbours``
+    most similar other movies (ties to the lower row); built ``batch_items`` rows at a time."""
+    x = binary(split).tocsc()
+    n = split.n_movies
+    norms = np.sqrt(np.asarray(x.power(2).sum(axis=0)).ravel())  # (n,)
+    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    xt = x.T.tocsr()  # (n, u)
+    rows_out, cols_out, vals_out = [], [], []
+    for lo in range(0, n, batch_items):
+        hi = min(n, lo + batch_items)
+        sim = (xt[lo:hi] @ x).toarray() * inv[lo:hi, None] * inv[None, :]  # (b, n) cosine
+        sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
+        top = top_k(sim, sp.csr_matrix(sim.shape), neighbours)  # (b, neighbours)
+        r = np.repeat(np.arange(lo, hi), top.shape[1]).reshape(top.shape)  # (b, neighbours)
+        keep = top >= 0
+        v = sim[r[keep] - lo, top[keep]]
+        nonzero = v > 0
+        rows_out.append(r[keep][nonzero])
+        cols_out.append(top[keep][nonzero])
+        vals_out.append(v[nonzero])
+    return sp.csr_matrix((np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))), shape=(n, n))
+
+
+def item_knn_scorer(split: Split, *, neighbours: int = KNN_NEIGHBOURS) -> Scorer:
+    """Item-kNN: score(u, j) = sum over the user's training movies i of sim(i, j), j among i's neighbours."""
+    x = binary(split)
+    sim = knn_similarity(split, neighbours=neighbours)
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return np.asarray((x[rows] @ sim).toarray(), dtype=np.float32)  # (b, n)
+
+    return score
+
+
+def ease_bytes(n_items: int) -> int:
+    """Peak memory of EASE on ``n_items`` rated movies: two dense float64 item x item matrices."""
+    return 2 * n_items * n_items * 8
+
+
+def ease_weights(
+    split: Split, *, lam: float = EASE_LAMBDA, max_bytes: int = EASE_MAX_BYTES
+) -> tuple[np.ndarray, np.ndarray]:
+    """(items, B): EASE's closed form on the movies rated in the training part (the others' rows and columns
+    of B are zero: with no rating, X^T X + lam I is diagonal there). ``Skipped`` over ``max_bytes``."""
+    x = binary(split)
+    items = np.flatnonzero(np.diff(x.tocsc().indptr))  # (m,) movies with a training rating
+    need = ease_bytes(len(items))
+    if need > max_bytes:
+        raise Skipped(
+            f"EASE needs {need / 2**30:.1f} GiB for {len(items):,} movies (two dense {len(items):,}^2 float64 "
+            f"matrices), over the {max_bytes / 2**30:.1f} GiB budget"
+        )
+    xi = x[:, items]
+    gram = (xi.T @ xi).toarray().astype(np.float64)  # (m, m)
+    gram[np.diag_indices_from(gram)] += lam
+    # Gram + lam I is symmetric positive definite: its inverse by Cholesky (potrf, potri) is ~1.3x faster
+    # than np.linalg.inv's LU. potri fills the upper triangle only; the lower one is zero (clean=1).
+    factor, info = scipy.linalg.lapack.dpotrf(gram, lower=0, clean=1, overwrite_a=1)
+    if info != 0:
+        raise ValueError(f"EASE: the regularised Gram matrix is not positive definite (potrf info {info})")
+    del gram
+    p, info = scipy.linalg.lapack.dpotri(factor, lower=0, overwrite_c=1)  # (m, m) upper triangle of P
+    if info != 0:
+        raise ValueError(f"EASE: the regularised Gram matrix is singular (potri info {info})")
+    del factor
+    p += np.triu(p, 1).T  # the lower triangle mirrored from the upper
+    b = p / -np.diag(p)[None, :]  # B = I - P / diag(P), column j divided by P_jj
+    b[np.diag_indices_from(b)] = 0.0
+    return items, b
+
+
+def ease_scorer(split: Split, *, lam: float = EASE_LAMBDA, max_bytes: int = EASE_MAX_BYTES) -> Scorer:
+    """EASE (Steck 2019): scores = x_u B with B from ``ease_weights``; ``Skipped`` over the memory budget."""
+    items, b = ease_weights(split, lam=lam, max_bytes=max_bytes)
+    x = binary(split)[:, items]
+    n = split.n_movies
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(rows), n), dtype=np.float32)  # movies with no training rating score 0
+        out[:, items] = x[rows] @ b
+        return out
+
+    return score
