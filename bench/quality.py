@@ -71,6 +71,7 @@ def content_scorer(catalogue: Catalogue, split: Split) -> Scorer:
 
     from shared.ml.encoder import load_encoder, mean_by_rows
     from shared.ml.mining import build_incidence, mine_range
+    from shared.ml.recommend import project
     from shared.ml.training import TrainConfig, train
 
     inc = build_incidence(catalogue.desc_indptr, catalogue.desc_indices, catalogue.vocabulary)
@@ -84,10 +85,8 @@ def content_scorer(catalogue: Catalogue, split: Split) -> Scorer:
 
     def score(rows: np.ndarray) -> np.ndarray:
         w = weights[rows]  # (b, n)
-        mean = np.asarray(w @ raw) / np.asarray(w.sum(axis=1))  # (b, d)
-        profile = mean @ weight.T + bias  # (b, hidden)
-        profile /= np.linalg.norm(profile, axis=1, keepdims=True)
-        return np.asarray(profile @ projected.T, dtype=np.float32)  # (b, n) cosine
+        mean = np.asarray(w @ raw) / np.asarray(w.sum(axis=1))  # (b, d): the notebook's profile, as the service's
+        return np.asarray(project(mean, weight, bias) @ projected.T, dtype=np.float32)  # (b, n) cosine
 
     return score
 

@@ -39,6 +39,12 @@ Encode = Callable[[list[str]], np.ndarray]
 """Strings -> (len, d) vectors in the model's raw encoder space (its encoder and pooling)."""
 
 
+def project(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """(q, d) raw vectors -> (q, hidden) unit vectors through the trained layer (W (hidden, d), b (hidden,))."""
+    y = x @ weight.T + bias  # (q, hidden)
+    return np.asarray(y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+
 def check_ids(
     known_users: Collection[int], known_movies: Collection[int], *, user_id: int | None, movie_ids: list[int]
 ) -> None:
@@ -72,8 +78,7 @@ class ServingModel:
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """(q, d) raw vectors -> (q, hidden) unit vectors, as the trained network does."""
-        y = x @ self.weight.T + self.bias  # (q, hidden)
-        return np.asarray(y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+        return project(x, self.weight, self.bias)
 
     @cached_property
     def _id_order(self) -> np.ndarray:
