@@ -22,7 +22,17 @@ from shared.store.triplets import DEFAULT_SEED, TripletSpec
 
 from . import accepted, celery, services, submit_job
 from .auth import current_owner, visible
-from .schemas import EncodeIn, IndexIn, JobListOut, JobListQuery, JobOut, ResultQuery, TrainIn, TripletsIn
+from .schemas import (
+    EncodeIn,
+    EvaluateIn,
+    IndexIn,
+    JobListOut,
+    JobListQuery,
+    JobOut,
+    ResultQuery,
+    TrainIn,
+    TripletsIn,
+)
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="jobs")
 
@@ -133,6 +143,20 @@ def create_index(body: dict[str, Any]) -> Any:
     if services().models.get(body["version"]) is None:
         raise NotFound(f"model {body['version']!r} does not exist")
     return accepted(submit_job(kind="index", params=body))
+
+
+@bp.post("/evaluate")
+@bp.input(EvaluateIn, arg_name="body", example={"path": "ml-latest-small", "recipes": ["seed"], "seed": 42})
+@bp.output(JobOut, status_code=202, description="the evaluation job, queued (cpu queue)")
+@bp.doc(responses={400: "invalid request, or a path outside the data root", 404: "unknown dataset"})
+def create_evaluate(body: dict[str, Any]) -> Any:
+    """Split a dataset's ratings by time, train recipes on the training part, score them and the baselines:
+    the result is one table (Recall, NDCG, HR, coverage and cold-start recall at k, seconds per row)."""
+    if body.get("path"):
+        confine(body["path"], root=services().settings.data_root)
+    else:
+        _require_dataset(body["dataset"])
+    return accepted(submit_job(kind="evaluate", params=body))
 
 
 @bp.get("")

@@ -13,12 +13,15 @@ from apiflask.validators import Length, OneOf, Range
 from marshmallow import RAISE, ValidationError, validates_schema
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
+from shared.jobs import evaluation
 from shared.jobs.store import MAX_LIST_LIMIT, STATUSES
+from shared.ml.coliked import DEFAULT_LIKED_AT, DEFAULT_POSITIVES, MAX_LIKED_AT, MAX_POSITIVES, MIN_LIKED_AT
 from shared.ml.encoder import POOLINGS
 from shared.ml.mining import STRATEGIES
-from shared.ml.training import LIMITS
+from shared.ml.recipes import DEFAULT_RECIPE, RECIPES
+from shared.ml.training import ARCHITECTURES, LIMITS, PROFILES
 from shared.store.datasets import MAX_TAGS_PER_MOVIE
-from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE
+from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE, SOURCES
 
 MAX_PATH_CHARS = 4096
 
@@ -46,7 +49,24 @@ class TripletsIn(Schema):
     negatives = String(
         load_default="uniform-min",
         validate=OneOf(STRATEGIES),
-        metadata={"description": "uniform-min, notebook or semi-hard"},
+        metadata={"description": "uniform-min, notebook or semi-hard (source descriptors)"},
+    )
+    source = String(
+        load_default="descriptors",
+        validate=OneOf(SOURCES),
+        metadata={
+            "description": "descriptors (shared descriptors), ratings (co-liked movies, popular negatives) or both"
+        },
+    )
+    positives = Integer(
+        load_default=DEFAULT_POSITIVES,
+        validate=Range(1, MAX_POSITIVES),
+        metadata={"description": "source ratings: the most co-liked movies taken per anchor, one triplet each"},
+    )
+    liked_at = Float(
+        load_default=DEFAULT_LIKED_AT,
+        validate=Range(MIN_LIKED_AT, MAX_LIKED_AT),
+        metadata={"description": "source ratings: a rating at least this is a like"},
     )
 
 
@@ -122,6 +142,10 @@ class TrainIn(Schema):
     seed = Integer(validate=Range(0, 2**32 - 1))
     model = String(validate=Length(1, MAX_MODEL_CHARS), metadata={"description": "encoder; default from settings"})
     pooling = String(validate=OneOf(POOLINGS))
+    architecture = String(validate=OneOf(ARCHITECTURES), metadata={"description": "linear (default) or hybrid"})
+    liked_at = Float(validate=Range(0.5, 5.0), metadata={"description": "hybrid: a rating at least this is a like"})
+    profile = String(validate=OneOf(PROFILES), metadata={"description": "user profile: rating (default), centred"})
+    recency_days = _knob("recency_days", real=False)
 
 
 class IndexIn(Schema):
@@ -195,8 +219,21 @@ class PipelineIn(Schema):
     shard_size = Integer(validate=Range(MIN_SHARD_SIZE, MAX_SHARD_SIZE))
     seed = Integer(validate=Range(0, 2**32 - 1))
     negatives = String(validate=OneOf(STRATEGIES))
+    source = String(validate=OneOf(SOURCES))
+    positives = Integer(validate=Range(1, MAX_POSITIVES))
+    liked_at = Float(validate=Range(MIN_LIKED_AT, MAX_LIKED_AT))
     model = String(validate=Length(1, MAX_MODEL_CHARS))
     pooling = String(validate=OneOf(POOLINGS))
+    recipe = String(
+        validate=OneOf(list(RECIPES)),
+        metadata={
+            "description": f"named options (shared/ml/recipes.py), default {DEFAULT_RECIPE}; fields given here win"
+        },
+    )
+    activate = Boolean(metadata={"description": "activate the trained model when done (default true)"})
+    architecture = String(validate=OneOf(ARCHITECTURES))
+    profile = String(validate=OneOf(PROFILES))
+    recency_days = _knob("recency_days", real=False)
     epochs = _knob("epochs")
     hidden_dim = _knob("hidden_dim")
     margin = _knob("margin", real=True)
@@ -212,9 +249,68 @@ class PipelineIn(Schema):
             raise ValidationError("give exactly one of path, dataset", field_name="_schema")
 
 
+class EvaluateIn(Schema):
+    path = String(validate=Length(1, MAX_PATH_CHARS), metadata={"description": "a MovieLens directory to ingest"})
+    dataset = String(validate=Length(1, 64), metadata={"description": "or an ingested dataset id (with timestamps)"})
+    min_ratings = Integer(
+        load_default=evaluation.DEFAULT_MIN_RATINGS,
+        validate=Range(1, 100_000),
+        metadata={"description": "users with fewer ratings are left out"},
+    )
+    train_fraction = Float(
+        load_default=evaluation.DEFAULT_TRAIN_FRACTION,
+        validate=Range(0.0, 1.0, min_inclusive=False, max_inclusive=False),
+        metadata={"description": "each user's earliest round(fraction n) ratings are the training part"},
+    )
+    relevant_at = Float(
+        load_default=evaluation.DEFAULT_RELEVANT_AT,
+        validate=Range(0.0, 10.0, min_inclusive=False),
+        metadata={"description": "a test rating at least this is a relevant movie"},
+    )
+    k = Integer(load_default=evaluation.DEFAULT_K, validate=Range(1, MAX_K), metadata={"description": "top k"})
+    recipes = List(
+        String(validate=OneOf(list(RECIPES))),
+        validate=Length(0, len(RECIPES)),
+        load_default=lambda: list(RECIPES),
+        metadata={"description": f"recipes trained on the training part, default all: {', '.join(RECIPES)}"},
+    )
+    baselines = List(
+        String(validate=OneOf(evaluation.BASELINES)),
+        validate=Length(0, len(evaluation.BASELINES)),
+        load_default=lambda: list(evaluation.BASELINES),
+        metadata={"description": f"default all: {', '.join(evaluation.BASELINES)}"},
+    )
+    seed = Integer(
+        load_default=evaluation.DEFAULT_SEED,
+        validate=Range(0, 2**32 - 1),
+        metadata={"description": "the recipes' pipelines and the random baseline"},
+    )
+    shard_users = Integer(
+        load_default=evaluation.DEFAULT_SHARD_USERS,
+        validate=Range(10, 100_000),
+        metadata={"description": "evaluated users per scoring shard"},
+    )
+
+    @validates_schema
+    def _one_source_and_something_to_score(self, data: dict[str, Any], **_: object) -> None:
+        if ("path" in data) == ("dataset" in data):
+            raise ValidationError("give exactly one of path, dataset", field_name="_schema")
+        for name in ("recipes", "baselines"):
+            if len(set(data.get(name, []))) != len(data.get(name, [])):
+                raise ValidationError(f"each of {name} at most once", field_name=name)
+        if not data.get("recipes") and not data.get("baselines"):
+            raise ValidationError("give at least one recipe or baseline", field_name="_schema")
+
+
 class ModelListOut(Schema):
     active = String(allow_none=True)
-    models = List(Dict())
+    models = List(
+        Dict(),
+        metadata={
+            "description": "records: dataset, encoder, config, metrics, index, and ``evaluation`` (the table of "
+            "the last evaluation that trained the version, as POST /v1/jobs/evaluate answers it)"
+        },
+    )
 
 
 class DatasetCounts(Schema):
@@ -237,6 +333,10 @@ class DatasetOut(Schema):
     created_at = String()
     ingest = Dict(metadata={"description": "seconds and peak RSS of the ingest"})
     format = Integer()
+    derived = Dict(
+        allow_none=True,
+        metadata={"description": "a derived dataset's origin: {from, protocol} (an evaluation's training part)"},
+    )
 
 
 class DatasetListOut(Schema):

@@ -1,10 +1,12 @@
 """Mining benchmark: the notebook's exact loop against ours, and 1 against 2 worker processes at scale.
 
-    python -m bench.mining [--scale-movies 58000] [--skip-notebook]
+    python -m bench.mining [--scale-movies 58000] [--skip-notebook] [--skip-coliked]
 
 A. ml-latest-small (../shared/data): the notebook's exact method re-implemented as it was written
    (Python sets, a stable sort of every other movie per anchor, a random pick among the first 3) against
    ``shared.mining.mine_range`` in one process, same input, same machine, one after the other.
+C. ml-latest-small again, from ratings: ``shared.ml.coliked`` (co-liked positives, popularity-weighted
+   negatives, 5 per anchor), one process; the likes' build and the mining timed apart, triplets/s printed.
 B. A generated ml-latest-scale catalogue (``movierec synth``: 58,000 movies, MovieLens genre frequencies,
    Zipf-like tags, genome tags for 22 % of movies): a real ``movierec up`` stack, the dataset ingested, then
    one mining job (uniform-min, shard 2000) timed from submission to ``succeeded`` over HTTP, with the CPU
@@ -26,7 +28,7 @@ import requests
 from cli.synth import SynthSpec, write_synthetic
 from shared.infra.settings import Settings
 from shared.ml.mining import mine_range
-from shared.ml.movielens import read_catalogue
+from shared.ml.movielens import read_catalogue, read_ratings
 
 from .common import fresh_stack, machine, wait_job
 
@@ -67,6 +69,25 @@ def part_a(skip_notebook: bool) -> None:
     same = sum(p == int(q) for (_, p, _), q in zip(reference, ours.triplets[:, 1], strict=True))
     print(f"ml-latest-small: notebook loop {t_notebook:.1f} s; ratio {t_notebook / t_ours:,.0f}x; "
           f"identical positives {same:,} of {inc.n:,}")  # fmt: skip
+
+
+def part_coliked() -> None:
+    from shared.ml import coliked
+
+    catalogue = read_catalogue(SMALL, tags_per_movie=5)
+    ratings = read_ratings(SMALL / "ratings.csv", catalogue.movie_ids)
+    n = len(catalogue.movie_ids)
+    start = time.perf_counter()
+    likes = coliked.build_likes(ratings.indptr, ratings.movie_index, ratings.values, n)
+    t_build = time.perf_counter() - start
+    for block in (64, coliked.BLOCK, 256):
+        start = time.perf_counter()
+        result = coliked.mine_range(likes, 0, n, seed=42, block=block)
+        t_mine = time.perf_counter() - start
+        found = len(result.triplets)
+        print(f"ml-latest-small co-liked, {n:,} anchors, {len(ratings.values):,} ratings, {likes.liked.nnz:,} likes, "
+              f"block {block}: {found:,} triplets in {t_mine:.2f} s ({found / t_mine:,.0f} triplets/s; "
+              f"likes built in {t_build:.3f} s)", flush=True)  # fmt: skip
 
 
 def _time_mining(settings: Settings, root: Path, processes: int, name: str, repeat: int) -> tuple[float, float]:
@@ -117,12 +138,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--scale-movies", type=int, default=58_000)
     parser.add_argument("--skip-notebook", action="store_true")
+    parser.add_argument("--skip-coliked", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--scale-dir", type=Path, default=None, help="keep (or reuse) the generated data here")
     parser.add_argument("--repeat", type=int, default=3, help="mining jobs per configuration (median)")
     args = parser.parse_args()
     print(machine())
     part_a(args.skip_notebook)
+    if not args.skip_coliked:
+        part_coliked()
     if not args.skip_scale:
         part_b(args.scale_movies, args.scale_dir, args.repeat)
     return 0

@@ -1,31 +1,36 @@
-"""Recommendation quality under issue #11's protocol: baselines and today's default method, one table.
+"""Recommendation quality under issue #11's protocol: the evaluation job on a fresh stack, one table.
 
-    python -m bench.quality [--data DIR] [--no-content] [--ease-max-gib 4]
+    python -m bench.quality [--data DIR] [--recipes seed,hybrid] [--baselines ...] [--seed 42] [--cpu-workers 2]
+    python -m bench.quality --pure [--data DIR] [--ease-max-gib 4]
 
-Data: a MovieLens directory (default ml-latest-small). The catalogue is read as the pipeline's default
-ingest reads it (5 tags per movie; movies with no descriptor dropped); ratings.csv is read here, timestamps
-included, since a stored dataset does not keep them. Protocol, metrics and baselines: ``shared.ml.evaluate``.
+Data: a MovieLens directory (default ml-latest-small). The default run starts a fresh ``movierec up`` stack
+(embedded Redis, the API, a CPU worker with ``--cpu-workers`` processes, the GPU-queue worker), sends
+``POST /v1/jobs/evaluate`` with the directory (ingested first, then split by time, each recipe trained on the
+training part through its pipeline, every evaluated user scored in shards beside the baselines) and prints the
+job's table, the whole run's wall time and the job's own. Rows: random (the run's seed), most-popular, item-kNN
+(50 neighbours), EASE (lambda 500; skipped, saying why, over its memory budget) and each recipe
+(shared/ml/recipes.py). A row's seconds are its fitting and scoring summed over the shards (and for a recipe,
+its pipeline's wall time): CPU time more than wall time when shards run side by side.
 
-Rows: random (seed 0), most-popular, item-kNN (50 neighbours), EASE (lambda 500) and, unless
-``--no-content``, "notebook content": descriptors encoded by the bundled all-MiniLM-L6-v2 (cls pooling),
-the Siamese projection trained (default TrainConfig) on uniform-min triplets of the whole catalogue (mined
-from descriptors alone, so nothing of the test part reaches it), the user profile = rating/5-weighted mean
-of the training part's raw vectors, projected; top 10 by exact cosine among the candidates. Seconds are
-wall time on this machine: fitting plus recommending for every evaluated user (the content row includes
-mining, encoding and training).
+``--pure`` computes the baselines in this process instead (``shared.ml.evaluate``, ratings.csv read here):
+no stack, no recipes; the figures must equal the job's (a test checks it on a sample), the seconds are wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import requests
 
+from cli.evaluate import format_table
+from shared.infra.settings import Settings
 from shared.ml.evaluate import (
     EASE_MAX_BYTES,
     Scorer,
@@ -39,82 +44,77 @@ from shared.ml.evaluate import (
     recommend,
     temporal_split,
 )
-from shared.ml.movielens import Catalogue, read_catalogue
+from shared.ml.movielens import read_catalogue
 
-from .common import machine
+from .common import fresh_stack, machine, wait_job
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
 TAGS_PER_MOVIE = 5
 
 
-def load(directory: Path) -> tuple[Catalogue, Split]:
-    """The catalogue and the temporal split of ratings.csv over its movies (ratings of other movies dropped)."""
+def run_job(args: argparse.Namespace) -> int:
+    """The evaluation job on a fresh stack; prints its table."""
+    data = args.data.resolve()
+    body: dict[str, object] = {"path": data.name, "seed": args.seed, "shard_users": args.shard_users}
+    if args.recipes is not None:
+        body["recipes"] = [r for r in args.recipes.split(",") if r]
+    if args.baselines is not None:
+        body["baselines"] = [b for b in args.baselines.split(",") if b]
+    settings = Settings(data_root=data.parent, key_prefix="bench-quality")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="movierec-quality-") as run_dir, \
+            fresh_stack(settings, Path(run_dir), cpu_workers=args.cpu_workers) as stack:  # fmt: skip
+        up = time.perf_counter() - start
+        r = requests.post(f"{stack.api_url}/v1/jobs/evaluate", json=body, timeout=30)
+        if r.status_code != 202:
+            print(f"refused: {r.status_code} {r.text}", file=sys.stderr)
+            return 1
+        job = wait_job(stack.api_url, r.json()["id"], timeout_s=args.timeout)
+        if job["status"] != "succeeded":
+            print(f"evaluation {job['status']}: {(job.get('error') or {}).get('message')}", file=sys.stderr)
+            return 1
+        table = requests.get(f"{stack.api_url}{job['result_url']}", timeout=30).json()
+    print(format_table(table))
+    took = time.perf_counter() - start
+    started, finished = (pd.Timestamp(job[k]) for k in ("started_at", "finished_at"))
+    job_s = (finished - started).total_seconds()
+    print(f"# wall time: {took:.0f} s in all (stack start {up:.0f} s), the job {job_s:.0f} s")
+    return 0
+
+
+def load(directory: Path) -> Split:
+    """The temporal split of ratings.csv over the catalogue as the default ingest reads it (movies with no
+    descriptor dropped, and their ratings)."""
     catalogue = read_catalogue(directory, tags_per_movie=TAGS_PER_MOVIE)
     frame = pd.read_csv(directory / "ratings.csv", usecols=["userId", "movieId", "rating", "timestamp"])
     lookup = pd.Series(np.arange(len(catalogue.movie_ids)), index=catalogue.movie_ids)
     movie = frame["movieId"].map(lookup)
     known = movie.notna().to_numpy()
-    split = temporal_split(
+    return temporal_split(
         frame["userId"].to_numpy()[known],
         movie.to_numpy()[known].astype(np.int64),
         frame["rating"].to_numpy()[known],
         frame["timestamp"].to_numpy()[known],
         n_movies=len(catalogue.movie_ids),
     )
-    return catalogue, split
 
 
-def content_scorer(catalogue: Catalogue, split: Split) -> Scorer:
-    """Today's default method (see the module docstring), fitted without ratings, profiled on the training part."""
-    import torch
-
-    from shared.ml.encoder import load_encoder, mean_by_rows
-    from shared.ml.mining import build_incidence, mine_range
-    from shared.ml.recommend import project
-    from shared.ml.training import TrainConfig, train
-
-    inc = build_incidence(catalogue.desc_indptr, catalogue.desc_indices, catalogue.vocabulary)
-    triplets = mine_range(inc, 0, inc.n, seed=42, strategy="uniform-min").triplets.astype(np.int64)
-    encoder = load_encoder("all-MiniLM-L6-v2", "cls", torch.device("cpu"))
-    raw = mean_by_rows(catalogue.desc_indptr, catalogue.desc_indices, encoder.encode_uncached(catalogue.vocabulary))
-    result = train(raw, triplets, TrainConfig(), device=torch.device("cpu"))
-    weight, bias = result.state["proj.weight"].numpy(), result.state["proj.bias"].numpy()
-    projected = result.projected  # (n, hidden), unit length
-    weights = split.train.multiply(1 / 5.0).tocsr()  # (u, n) rating / 5
-
-    def score(rows: np.ndarray) -> np.ndarray:
-        w = weights[rows]  # (b, n)
-        mean = np.asarray(w @ raw) / np.asarray(w.sum(axis=1))  # (b, d): the notebook's profile, as the service's
-        return np.asarray(project(mean, weight, bias) @ projected.T, dtype=np.float32)  # (b, n) cosine
-
-    return score
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data", type=Path, default=SMALL, help="a MovieLens directory")
-    parser.add_argument("--no-content", action="store_true", help="skip the notebook-content row (needs torch)")
-    parser.add_argument("--ease-max-gib", type=float, default=EASE_MAX_BYTES / 2**30, help="EASE's memory budget")
-    args = parser.parse_args()
-
-    print(machine())
+def run_pure(args: argparse.Namespace) -> int:
+    """The baselines in this process."""
     start = time.perf_counter()
-    catalogue, split = load(args.data)
+    split = load(args.data)
     print(
         f"# {args.data.name}: {split.n_movies:,} movies, {split.train.nnz:,} training ratings of "
         f"{len(split.user_ids):,} users, {len(split.evaluated):,} evaluated, {int(split.cold.sum()):,} movies "
         f"unrated in training; split in {time.perf_counter() - start:.1f} s"
     )
     makers: list[tuple[str, Callable[[], Scorer]]] = [
-        ("random", lambda: random_scorer(split, seed=0)),
+        ("random", lambda: random_scorer(split, seed=args.seed)),
         ("most-popular", lambda: popular_scorer(split)),
         ("item-kNN", lambda: item_knn_scorer(split)),
         ("EASE", lambda: ease_scorer(split, max_bytes=int(args.ease_max_gib * 2**30))),
     ]
-    if not args.no_content:
-        makers.append(("notebook content", lambda: content_scorer(catalogue, split)))
-
     header = (
         f"{'recommender':<18} {'Recall@10':>9} {'NDCG@10':>8} {'HR@10':>6} {'cov@10':>7} {'cold rec':>8} "
         f"{'users':>6} {'seconds':>8}"
@@ -137,6 +137,22 @@ def main() -> int:
     cold_users = int((split.relevant[:, split.cold].sum(axis=1) > 0).sum())
     print(f"# cold rec: recall over the {cold_users} users with a relevant test movie nobody rated in training")
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data", type=Path, default=SMALL, help="a MovieLens directory")
+    parser.add_argument("--recipes", default=None, help="comma-separated; '' for none (default: every recipe)")
+    parser.add_argument("--baselines", default=None, help="comma-separated; '' for none (default: all four)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--shard-users", type=int, default=200, help="evaluated users per scoring shard")
+    parser.add_argument("--cpu-workers", type=int, default=2, help="CPU worker processes of the stack")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the job")
+    parser.add_argument("--pure", action="store_true", help="the baselines in this process, no stack")
+    parser.add_argument("--ease-max-gib", type=float, default=EASE_MAX_BYTES / 2**30, help="--pure: EASE's budget")
+    args = parser.parse_args()
+    print(machine(f"{args.cpu_workers} CPU worker processes" if not args.pure else "in-process"))
+    return run_pure(args) if args.pure else run_job(args)
 
 
 if __name__ == "__main__":

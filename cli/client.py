@@ -53,6 +53,10 @@ class Client:
         job: dict[str, Any] = self._request("POST", "/v1/pipelines", json=body)
         return job
 
+    def submit_evaluation(self, **body: Any) -> dict[str, Any]:
+        job: dict[str, Any] = self._request("POST", "/v1/jobs/evaluate", json=body)
+        return job
+
     def recommend(self, *, wait_s: float = 30.0, **body: Any) -> dict[str, Any]:
         """Ask and wait for recommendations (polling the job if ``?wait`` ran out first)."""
         answer: dict[str, Any] = self._request("POST", f"/v1/recommendations?wait={wait_s}", json=body)

@@ -1,4 +1,5 @@
-"""``movierec demo``: the embedded stack, the pipeline on a MovieLens directory, recommendations printed.
+"""``movierec demo``: the embedded stack, the pipeline on a MovieLens directory, the evaluation table (every
+recipe against the baselines), recommendations printed.
 
 Where the data comes from, first that applies: ``--data``; ``MOVIEREC_DEMO_DATA``; ml-latest-small cached
 under the demo's data dir (downloaded once from ``MOVIEREC_DEMO_URL`` and checked as a zip holding the
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.client import ApiError, Client
+from cli.evaluate import evaluate_with, format_table
 from cli.stack import Stack
 from cli.synth import SynthSpec, write_synthetic
 from shared.infra.settings import Settings
@@ -107,6 +109,13 @@ def run_demo(settings: Settings, *, data: Path | None, data_dir: Path, embedded_
             pipeline = client.result(job["id"])
             print_dataset(client.dataset(pipeline["dataset"]))
             print_metrics(pipeline)
+            print("\nevaluating every recipe against the baselines (each user's ratings split by time) ...", flush=True)
+            try:
+                table = evaluate_with(client, {"dataset": pipeline["dataset"]})
+            except ApiError as exc:
+                print(f"evaluation failed: {exc.message}", file=sys.stderr)
+                return 1
+            print(f"\n{format_table(table)}")
             for user in DEMO_USERS:
                 try:
                     print_recommendations(f"user {user}", client.recommend(user_id=user, k=10))

@@ -1,4 +1,4 @@
-"""The ``movierec`` command: ``up | api | worker | demo | submit | status | recommend | synth``.
+"""The ``movierec`` command: ``up | api | worker | demo | submit | evaluate | status | recommend | synth``.
 
 Settings are read here, once, from the environment and passed down. Heavy imports (gunicorn, Celery's
 worker, the stack) happen inside the subcommand that needs them.
@@ -80,6 +80,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         embedded_redis="REDIS_URL" not in os.environ,
         cpu_workers=args.cpu_workers,
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cli.client import API_KEY_ENV
+    from cli.evaluate import run_evaluate
+
+    def names(value: str | None) -> list[str] | None:
+        return None if value is None else [n.strip() for n in value.split(",") if n.strip()]
+
+    body = {
+        "dataset": args.dataset,
+        "min_ratings": args.min_ratings,
+        "train_fraction": args.train_fraction,
+        "relevant_at": args.relevant_at,
+        "k": args.k,
+        "recipes": names(args.recipes),
+        "baselines": names(args.baselines),
+        "seed": args.seed,
+        "shard_users": args.shard_users,
+    }
+    return run_evaluate(
+        _settings(),
+        body={key: value for key, value in body.items() if value is not None},
+        data=Path(args.data) if args.data else None,
+        api=args.api,
+        api_key=os.environ.get(API_KEY_ENV),
+        data_dir=Path(args.data_dir),
+        embedded_redis="REDIS_URL" not in os.environ,
+        cpu_workers=args.cpu_workers,
+        as_json=args.json,
     )
 
 
@@ -223,6 +254,29 @@ def _add_client_commands(sub: Any) -> None:
     d.add_argument("--wait", action="store_true", help="wait with a progress bar and print the result")
     d.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
     d.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate recipes against the baselines under a temporal split; print the table",
+        description="Split each user's ratings by time, train the recipes on the training part, score them and "
+        "the baselines (random, most-popular, item-kNN, EASE) on the test part: Recall, NDCG, HR, coverage "
+        "and cold-start recall at k. Without --api, runs the embedded stack on --data (as movierec demo does).",
+    )
+    p.add_argument("--data", default=None, help="a MovieLens directory (with --api: a path in the API's data root)")
+    p.add_argument("--dataset", default=None, help="with --api: an ingested dataset id instead of --data")
+    p.add_argument("--recipes", default=None, help="comma-separated; '' for none (default: every recipe)")
+    p.add_argument("--baselines", default=None, help="comma-separated; '' for none (default: all four)")
+    p.add_argument("--min-ratings", type=int, default=None, help="default 10")
+    p.add_argument("--train-fraction", type=float, default=None, help="default 0.8")
+    p.add_argument("--relevant-at", type=float, default=None, help="default 4.0")
+    p.add_argument("--k", type=int, default=None, help="default 10")
+    p.add_argument("--seed", type=int, default=None, help="default 42")
+    p.add_argument("--shard-users", type=int, default=None, help="evaluated users per scoring shard (default 200)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument("--api", default=None, help="a running API (else the embedded stack is started)")
+    p.add_argument("--data-dir", default=".movierec/evaluate", help="embedded stack's data (default %(default)s)")
+    p.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("status", help="show a job (and wait for it with --wait)")
     p.add_argument("job")

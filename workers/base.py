@@ -80,16 +80,20 @@ def report_to_pipeline(svc: Services, parent: dict[str, Any], fraction: float, m
         elapsed = (datetime.now(UTC) - started).total_seconds()
         eta = f"; ETA {elapsed * (1 - overall) / overall:.0f} s"
     svc.jobs.progress(parent["id"], overall, stage=parent["stage"], message=f"{message}{eta}")
+    grandparent = pipeline.params.get("parent") if pipeline is not None else None
+    if grandparent:  # a pipeline that is itself a stage (an evaluation's recipe): its progress is that stage's
+        report_to_pipeline(svc, grandparent, overall, f"{parent['stage']}: {message}")
 
 
 def notify_parent(job_id: str, parent: dict[str, Any] | None = None) -> None:
-    """A finished stage job tells its pipeline to take the next step (its record is read only when the
-    caller does not already know the parent)."""
+    """A finished stage job tells its pipeline (or the coordinator named by the parent's ``step``: an
+    evaluation) to take the next step (its record is read only when the caller does not already know the
+    parent)."""
     if parent is None:
         job = services().jobs.get(job_id)
         parent = job.params.get("parent") if job is not None else None
     if parent:
-        current_app.send_task(PIPELINE_STEP.name, args=[parent["id"]])
+        current_app.send_task(parent.get("step") or PIPELINE_STEP.name, args=[parent["id"]])
 
 
 @dataclass(frozen=True)

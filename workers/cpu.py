@@ -17,17 +17,17 @@ import shared.ml.movielens  # noqa: F401
 from shared.errors import DataError, NotFound
 from shared.jobs.pipeline import advance
 from shared.ml.index import IndexParams
-from shared.ml.mining import mine_range
 from shared.store.datasets import DatasetOptions, confine
 from shared.store.serving import answer_query
 from shared.store.triplets import (
     TripletSpec,
     drop_parts,
     join,
-    load_incidence,
+    mine_part,
     plan_shards,
     shard_stats,
     store_part,
+    stored_count,
 )
 from shared.store.versions import index_version
 
@@ -61,7 +61,7 @@ def ingest_dataset(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None
 
 
 def _spec(params: dict[str, Any]) -> TripletSpec:
-    return TripletSpec(dataset=params["dataset"], seed=int(params["seed"]), strategy=params["negatives"])
+    return TripletSpec.of(params)  # source, positives and liked_at too (absent: descriptors, 5, 4.0)
 
 
 @shared_task(name="workers.cpu.mine_triplets")
@@ -74,9 +74,8 @@ def mine_triplets(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
         if record is None:
             raise NotFound(f"dataset {spec.dataset!r} does not exist")
         if ctx.services.artifacts.exists(spec.name):
-            n = record["counts"]["movies"]
-            summary = {"dataset": spec.dataset, "triplets": spec.name, "count": n, "seed": spec.seed}
-            summary |= {"strategy": spec.strategy, "reused": True}
+            n = stored_count(ctx.services.artifacts, spec.name)  # one per movie from descriptors, any from ratings
+            summary = {"dataset": spec.dataset, "triplets": spec.name, "count": n, **spec.describe(), "reused": True}
             return Outcome(summary, artifact=spec.name, message="triplets already mined")
         shards = plan_shards(record["counts"]["movies"], int(params["shard_size"]))
         ctx.progress(0.0, "mining", f"0 of {len(shards)} shards done")
@@ -89,7 +88,7 @@ def mine_triplets(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 
 @shared_task(name="workers.cpu.mine_shard")
 def mine_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
-    """Mine anchors [lo, hi); idempotent: the part is written under a name fixed by (dataset, strategy, seed, lo)."""
+    """Mine anchors [lo, hi); idempotent: the part is written under a name fixed by the spec and lo."""
     shard = f"{lo:09d}"
     with unit(job_id, f"shard-{shard}", where=f"shard {lo}-{hi}") as admitted:
         if admitted:
@@ -103,7 +102,7 @@ def _mine_admitted(job_id: str, params: dict[str, Any], lo: int, hi: int, total:
     spec = _spec(params)
     try:
         started = time.perf_counter()
-        result = mine_range(load_incidence(svc.artifacts, spec.dataset), lo, hi, seed=spec.seed, strategy=spec.strategy)
+        result = mine_part(svc.artifacts, spec, lo, hi)
         store_part(svc.artifacts, spec, job_id, lo, result, ttl_s=svc.settings.result_ttl_s)
         stats = shard_stats(lo, hi, result, time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
@@ -137,8 +136,7 @@ def _join_admitted(job_id: str, params: dict[str, Any]) -> None:
         "dataset": spec.dataset,
         "triplets": spec.name,
         "count": len(triplets),
-        "seed": spec.seed,
-        "strategy": spec.strategy,
+        **spec.describe(),
         "shard_size": int(params["shard_size"]),
         "reused": False,
         "shards": stats,
@@ -196,6 +194,9 @@ def pipeline_step(pipeline_id: str, params: dict[str, Any] | None = None) -> Non
         return
     try:
         advance(svc, current_app, pipeline_id)
+        job = svc.jobs.get(pipeline_id)
+        if job is not None and job.finished and job.params.get("parent"):
+            notify_parent(pipeline_id, job.params["parent"])  # a pipeline that is a stage: an evaluation's recipe
     except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
         fail_job(pipeline_id, exc, where="pipeline")
     finally:

@@ -124,4 +124,6 @@ def train_model(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
     return run_job(job_id, stage="training", body=body)
 
 
-_TRAIN_KNOBS = ("epochs", "hidden_dim", "margin", "lr", "batch_size", "seed")
+_TRAIN_KNOBS = (
+    "epochs", "hidden_dim", "margin", "lr", "batch_size", "seed", "architecture", "liked_at", "profile", "recency_days",
+)  # fmt: skip

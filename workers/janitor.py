@@ -15,6 +15,8 @@ per interval for the whole deployment. A sweep
        triplets                                   the shards not done; the join once all are; the planning
                                                   task while none is
        pipeline                                   a step (which looks at its current stage and moves on)
+       evaluate                                   a step while it waits on a child job (alive while that
+                                                  is); else its split, its shards not done, or its join
 
    Units are idempotent and leased, so a resend that meets the original delivery is dropped. A job resent
    ``MAX_RESENDS`` times fails with the reason; a unit that kills its worker fails its job sooner, through
@@ -45,7 +47,7 @@ from celery import Celery
 
 from shared.infra.celery_app import queue_lengths
 from shared.infra.keys import Keys
-from shared.jobs import kinds
+from shared.jobs import evaluation, kinds
 from shared.jobs.kinds import JOIN_TRIPLETS, MINE_SHARD, PIPELINE_STEP, Task
 from shared.jobs.pipeline import PipelineState
 from shared.jobs.store import Job
@@ -143,6 +145,8 @@ class Janitor:
             # No shard came back yet: the planning task may have died before sending them all; it plans again.
         if job.kind == "pipeline":
             return [Unit("step", PIPELINE_STEP, [job.id])]
+        if job.kind == "evaluate":
+            return [Unit(*unit) for unit in evaluation.janitor_units(self._svc, job)[1]]
         return [Unit("main", kinds.task_of(job.kind), [job.id, job.params])]
 
     def _shards(self, job: Job) -> list[tuple[int, int]]:
@@ -157,6 +161,8 @@ class Janitor:
             state = PipelineState.read(self._svc.jobs, job.id)
             child = state.current_child if state is not None else None
             return child is not None and child in active
+        if job.kind == "evaluate" and (child := evaluation.janitor_units(self._svc, job)[0]) is not None:
+            return child in active
         leases = [self._svc.units.lease_key(job.id, name) for name in {"main", "join", *(u.name for u in units)}]
         queued = self._keys.janitor_queued(job.id)
         if cast(int, r.exists(*leases)):
@@ -196,7 +202,7 @@ class Janitor:
             self._svc.jobs.fail(job.id, code="lost", message=message, details={"resends": MAX_RESENDS})
             parent = job.params.get("parent")
             if parent:
-                self._celery.send_task(PIPELINE_STEP.name, args=[parent["id"]])
+                self._celery.send_task(parent.get("step") or PIPELINE_STEP.name, args=[parent["id"]])
             log.warning("janitor: job %s failed: %s", job.id, message)
             return False
         self._svc.redis.delete(self._keys.janitor_queued(job.id))

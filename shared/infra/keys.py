@@ -145,6 +145,7 @@ DATASET_ARRAYS = (
     "ratings_indptr",
     "ratings_movie",
     "ratings_value",
+    "ratings_time",
 )
 """The artifacts a dataset is stored as (shared/store/datasets.py documents each one's dtype and shape)."""
 
@@ -159,6 +160,18 @@ def triplets_artifact(ds_id: str, strategy: str, seed: int) -> str:
     return f"triplets/{ds_id}/{strategy}-{seed}"
 
 
+def coliked_triplets_artifact(ds_id: str, *, positives: int, liked_at: float, alpha: float, seed: int) -> str:
+    """Triplets mined from ratings (shared/ml/coliked.py), named by everything that changes them:
+    ``triplets/<ds>/coliked-p<positives>-l<liked_at>-a<alpha>-<seed>``, floats as Python's shortest repr."""
+    return f"triplets/{ds_id}/coliked-p{int(positives)}-l{float(liked_at)!r}-a{float(alpha)!r}-{int(seed)}"
+
+
+def both_triplets_artifact(descriptors: str, ratings: str) -> str:
+    """Descriptor and co-liked triplets mined together (source "both"): ``<descriptors name>+<ratings name's
+    last part>``, e.g. ``triplets/<ds>/uniform-min-42+coliked-p5-l4.0-a0.75-42``."""
+    return f"{descriptors}+{ratings.rsplit('/', 1)[-1]}"
+
+
 def triplets_part(triplets: str, job_id: str, lo: int) -> str:
     """One mining shard's part of ``triplets``, written by the shard and dropped by the join."""
     return f"{triplets}/part/{job_id}/{lo:09d}"
@@ -167,6 +180,23 @@ def triplets_part(triplets: str, job_id: str, lo: int) -> str:
 def embeddings_artifact(ds_id: str, identity: str, pooling: str) -> str:
     """A dataset's (movies, dim) encoder matrix for one model identity and pooling."""
     return f"embeddings/{ds_id}/{identity[:16]}-{pooling}"
+
+
+EVALUATION_SPLIT_ARRAYS = ("user_ids", "evaluated", "relevant_indptr", "relevant_movie", "cold", "summary")
+"""The test part of an evaluation's temporal split (shared/store/evaluations.py documents each one)."""
+
+
+def evaluation_split_artifact(training_ds: str, relevant_at: float, part: str) -> str:
+    """One array of the test part that goes with derived training dataset ``training_ds``:
+    ``evaluations/<ds>/test-r<relevant_at>/<part>``, the float as Python's shortest repr."""
+    if part not in EVALUATION_SPLIT_ARRAYS:
+        raise ValueError(f"an evaluation split has no artifact {part!r}")
+    return f"evaluations/{training_ds}/test-r{float(relevant_at)!r}/{part}"
+
+
+def evaluation_part(job_id: str, lo: int) -> str:
+    """One scoring shard's top-k movie rows of an evaluation job (every row of its table), dropped by its join."""
+    return f"evaluations/part/{job_id}/{lo:09d}"
 
 
 def meta_of(name: str) -> str:

@@ -42,6 +42,10 @@ PIPELINE_STEP = Task("workers.cpu.pipeline_step")
 ENCODE = Task("workers.gpu.encode", GPU_QUEUE)
 TRAIN = Task("workers.gpu.train", GPU_QUEUE)
 DESCRIBE_DEVICE = Task("workers.gpu.describe_device", GPU_QUEUE)
+EVALUATE_STEP = Task("workers.evaluation.evaluation_step")
+EVALUATE_SPLIT = Task("workers.evaluation.evaluation_split")
+EVALUATE_SHARD = Task("workers.evaluation.evaluation_shard")
+EVALUATE_JOIN = Task("workers.evaluation.evaluation_join")
 
 KINDS: dict[str, Task] = {
     "ingest": INGEST,
@@ -52,13 +56,14 @@ KINDS: dict[str, Task] = {
     "recommend": RECOMMEND,
     "pipeline": PIPELINE_STEP,
     "device": DESCRIBE_DEVICE,
+    "evaluate": EVALUATE_STEP,
 }
 """The task a job of each kind is submitted to, with ``args=[job id, params]``."""
 
-TASKS = (*KINDS.values(), MINE_SHARD, JOIN_TRIPLETS)
-"""Every task, the parts of a job (a mining shard, the join) included."""
+TASKS = (*KINDS.values(), MINE_SHARD, JOIN_TRIPLETS, EVALUATE_SPLIT, EVALUATE_SHARD, EVALUATE_JOIN)
+"""Every task, the parts of a job (a mining shard, the join, an evaluation's split and scoring) included."""
 
-TASK_MODULES = ("workers.cpu", "workers.gpu")
+TASK_MODULES = ("workers.cpu", "workers.gpu", "workers.evaluation")
 """Where the tasks are defined: a worker imports these."""
 
 

@@ -1,7 +1,9 @@
 """The one-job pipeline: ingest -> mine -> encode -> train -> index -> activate.
 
-A pipeline is a job of its own that runs each stage as an ordinary child job (so every stage keeps its
-own record, progress and result), one after the other:
+A pipeline's options are a named recipe's (shared/ml/recipes.py; the default one when none is named) with
+the client's values over them; ``activate: false`` trains and indexes without activating (an evaluation's
+pipelines). A pipeline is a job of its own that runs each stage as an ordinary child job (so every stage
+keeps its own record, progress and result), one after the other:
 
     POST /v1/pipelines ──> pipeline job ──> workers.cpu.pipeline_step
                                                │ starts the next stage's child job (params carry "parent")
@@ -24,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from shared.jobs.store import JobStore
 from shared.jobs.submit import submit
-from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, TripletSpec
+from shared.ml.recipes import recipe_options
+from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -59,21 +62,25 @@ def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> S
             "shard_size": options.get("shard_size", DEFAULT_SHARD_SIZE),
             "seed": options.get("seed", DEFAULT_SEED),
             "negatives": options.get("negatives", "uniform-min"),
+            **pick("source", "positives", "liked_at"),
         }
         return StageJob(stage, "triplets", params)
     if stage == "encode":
         return StageJob(stage, "encode", {"dataset": dataset, **pick("model", "pooling")})
     if stage == "train":
-        spec = TripletSpec(
-            dataset=dataset, seed=options.get("seed", DEFAULT_SEED), strategy=options.get("negatives", "uniform-min")
-        )
-        knobs = pick("epochs", "hidden_dim", "margin", "lr", "batch_size", "model", "pooling")
-        return StageJob(stage, "train", {"dataset": dataset, "triplets": spec.name, **knobs})
+        knobs = pick(*TRAIN_OPTIONS)
+        return StageJob(stage, "train", {"dataset": dataset, "triplets": results["mine"]["triplets"], **knobs})
     if stage == "index":
         params = {"version": results["train"]["version"], **pick("m", "ef_construction", "ef")}
         return StageJob(stage, "index", params)
     raise ValueError(f"unknown stage {stage!r}")
 
+
+TRAIN_OPTIONS = (
+    "epochs", "hidden_dim", "margin", "lr", "batch_size", "model", "pooling", "architecture", "liked_at", "profile",
+    "recency_days", "seed",
+)  # fmt: skip
+"""Pipeline options the train stage takes (a recipe's and the client's)."""
 
 STATE_FIELD = "pipeline"
 """The pipeline job's record field that holds its ``PipelineState``."""
@@ -129,7 +136,8 @@ def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
         job = svc.jobs.start(pipeline_id, stage="starting")  # the first step: the API's message
     if job is None or job.status != "running":
         return
-    state = PipelineState.read(svc.jobs, pipeline_id) or PipelineState(stage=first_stage(job.params))
+    options = recipe_options(job.params.get("recipe"), job.params)
+    state = PipelineState.read(svc.jobs, pipeline_id) or PipelineState(stage=first_stage(options))
     stage = STAGES[state.stage]
     child_id = state.current_child
     if child_id is not None:
@@ -144,10 +152,10 @@ def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
         state.results[stage] = child.result
         state.stage += 1
         if state.current is None:
-            _finish(svc, pipeline_id, state)
+            _finish(svc, pipeline_id, state, activate=options.get("activate", True), recipe=options["recipe"])
             return
         stage = state.current
-    plan = stage_job(stage, job.params, state.results)
+    plan = stage_job(stage, options, state.results)
     parent = {"id": pipeline_id, "stage": stage, "index": state.stage, "stages": len(STAGES)}
     # A stage job belongs to whoever owns the pipeline, so the key that started it can follow every stage.
     child = submit(celery, svc.jobs, kind=plan.kind, params={**plan.params, "parent": parent}, owner=job.owner)
@@ -156,11 +164,12 @@ def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
     svc.jobs.progress(pipeline_id, state.stage / len(STAGES), stage=stage, message=f"{stage} queued")
 
 
-def _finish(svc: Services, pipeline_id: str, state: PipelineState) -> None:
-    """Activate the trained version and succeed with a summary of every stage."""
+def _finish(svc: Services, pipeline_id: str, state: PipelineState, *, activate: bool, recipe: str) -> None:
+    """Activate the trained version (unless asked not to: an evaluation's pipelines) and succeed with a summary
+    of every stage."""
     results = state.results
     version = results["train"]["version"]
-    previous = svc.models.activate(version)
+    previous = svc.models.activate(version) if activate else svc.models.active()
     summary = {
         "dataset": results["ingest"]["dataset"] if "ingest" in results else results["mine"]["dataset"],
         "triplets": results["mine"]["triplets"],
@@ -168,8 +177,9 @@ def _finish(svc: Services, pipeline_id: str, state: PipelineState) -> None:
         "model": version,
         "metrics": results["train"]["metrics"],
         "index": results["index"]["index"],
-        "activated": version,
+        "recipe": recipe,
+        "activated": version if activate else None,
         "previous": previous,
         "stage_jobs": state.children,
     }
-    svc.jobs.succeed(pipeline_id, summary, message=f"model {version} active")
+    svc.jobs.succeed(pipeline_id, summary, message=f"model {version} {'active' if activate else 'trained'}")

@@ -159,6 +159,9 @@ def metrics(recommended: np.ndarray, split: Split, *, k: int = K) -> dict[str, f
     """Recall, NDCG, HR, coverage and cold-start recall at k of ``recommended`` ((e, k) movie rows of the
     evaluated users in order; -1 = nothing), with ``users`` (evaluated) and ``cold_users`` counted."""
     e = len(split.evaluated)
+    if e == 0:
+        zero = dict.fromkeys(("recall", "ndcg", "hr", "coverage", "cold_recall"), 0.0)
+        return {**zero, "users": 0, "cold_users": 0}
     rec = np.asarray(recommended, dtype=np.int64)[:, :k]  # (e, k)
     if rec.shape[0] != e:
         raise ValueError(f"{rec.shape[0]} rows of recommendations for {e} evaluated users")
@@ -176,9 +179,9 @@ def metrics(recommended: np.ndarray, split: Split, *, k: int = K) -> dict[str, f
     has_cold = n_cold > 0
     distinct = np.unique(rec[valid])
     return {
-        "recall": float(_recall(hits, n_relevant, k).mean()) if e else 0.0,
-        "ndcg": float((dcg / ideal).mean()) if e else 0.0,
-        "hr": float(hits.any(axis=1).mean()) if e else 0.0,
+        "recall": float(_recall(hits, n_relevant, k).mean()),
+        "ndcg": float((dcg / ideal).mean()),
+        "hr": float(hits.any(axis=1).mean()),
         "coverage": len(distinct) / split.n_movies if split.n_movies else 0.0,
         "cold_recall": float(_recall(cold_hits[has_cold], n_cold[has_cold], k).mean()) if has_cold.any() else 0.0,
         "users": e,

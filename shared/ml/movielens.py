@@ -64,12 +64,16 @@ class Catalogue:
 
 @dataclass(frozen=True)
 class Ratings:
-    """Ratings grouped by user (ascending userId): a CSR of catalogue indices and rating values."""
+    """Ratings grouped by user (ascending userId): a CSR of catalogue indices, rating values and timestamps.
+
+    Within a user, ratings keep the file's order (MovieLens files are sorted by userId, then movieId).
+    """
 
     user_ids: np.ndarray  # (u,) int32
     indptr: np.ndarray  # (u + 1,) int64
     movie_index: np.ndarray  # (nnz,) int32, rows of the catalogue
     values: np.ndarray  # (nnz,) float32
+    timestamps: np.ndarray  # (nnz,) int64, seconds since the epoch, aligned with values
     rows_read: int  # every rating row in the file, also those of dropped or unknown movies
 
     @property
@@ -130,14 +134,19 @@ def _csv_chunks(
 def _numeric(col: pd.Series, *, path: Path, column: str, first_line: int, kind: str) -> pd.Series:
     values = col if pd.api.types.is_numeric_dtype(col) else pd.to_numeric(col, errors="coerce")
     bad = values.isna().to_numpy()
+    huge = np.zeros(len(values), dtype=bool)
     if kind == "int" and not bad.any():
         as_float = values.to_numpy(dtype=np.float64)
-        bad = as_float != np.floor(as_float)
+        if not pd.api.types.is_signed_integer_dtype(values.dtype):  # int64 fits by construction
+            huge = ~(np.abs(as_float) < 2.0**63)  # would wrap around in int64; inf too
+        bad = huge | (as_float != np.floor(as_float))
     if bad.any():
         i = int(np.argmax(bad))
         shown = str(col.iloc[i])[:40]
         problem = f"{column} is missing" if shown in ("", "nan") else f"{column} {shown!r} is not a number"
-        if kind == "int" and shown not in ("", "nan") and not np.isnan(values.iloc[i]):
+        if huge[i]:
+            problem = f"{column} {shown!r} is out of the 64-bit integer range"
+        elif kind == "int" and shown not in ("", "nan") and not np.isnan(values.iloc[i]):
             problem = f"{column} {shown!r} is not a whole number"
         raise DataError(path.name, problem, line=first_line + i)
     return values.astype(np.int64 if kind == "int" else np.float64)
@@ -284,8 +293,9 @@ def read_ratings(
     users_parts: list[np.ndarray] = []
     movie_parts: list[np.ndarray] = []
     value_parts: list[np.ndarray] = []
+    time_parts: list[np.ndarray] = []
     rows = 0
-    columns = {"userId": "int", "movieId": "int", "rating": "float"}
+    columns = {"userId": "int", "movieId": "int", "rating": "float", "timestamp": "int"}
     for line, frame in _csv_chunks(path, columns=columns, chunksize=chunk_rows):
         users = frame["userId"].to_numpy()
         movies = frame["movieId"].to_numpy()
@@ -303,6 +313,7 @@ def read_ratings(
         users_parts.append(users[keep].astype(np.int32))
         movie_parts.append(index[keep].astype(np.int32))
         value_parts.append(values[keep].astype(np.float32))
+        time_parts.append(frame["timestamp"].to_numpy()[keep])  # int64 (_numeric's answer)
         rows += len(frame)
         if on_chunk is not None:
             on_chunk(rows)
@@ -313,10 +324,12 @@ def read_ratings(
     del movie_parts
     values = np.concatenate(value_parts) if value_parts else np.zeros(0, np.float32)
     del value_parts
+    timestamps = np.concatenate(time_parts) if time_parts else np.zeros(0, np.int64)
+    del time_parts
     if len(users) and np.any(users[1:] < users[:-1]):
         # MovieLens files are sorted by user already; anything else is sorted here, stably.
         order = np.argsort(users, kind="stable")
-        users, movie_index, values = users[order], movie_index[order], values[order]
+        users, movie_index, values, timestamps = users[order], movie_index[order], values[order], timestamps[order]
         del order
     user_ids, counts = np.unique(users, return_counts=True)
     indptr = np.zeros(len(user_ids) + 1, dtype=np.int64)
@@ -326,5 +339,6 @@ def read_ratings(
         indptr=indptr,
         movie_index=movie_index,
         values=values,
+        timestamps=timestamps,
         rows_read=rows,
     )

@@ -7,12 +7,16 @@
 
 The three kinds of query:
 
-- ``user_id``: the notebook's profile, the rating-weighted mean of the raw vectors of the movies the user
-  rated, weights rating / 5: sum(w_i v_i) / sum(w_i); then projected. Rated movies are excluded unless
-  ``exclude_seen`` is false.
+- ``user_id``: a profile of the movies the user rated (``profile_queries``, the model's ``profile`` option):
+  weights rating / 5 (the notebook's, "rating") or 1 + (rating - the user's mean) / 2 ("centred"), each
+  halved every ``recency_days`` back from the user's last rating when that is set. A linear model (the
+  notebook's) takes the weighted mean of the raw vectors, sum(w_i v_i) / sum(|w_i|), and projects it; a
+  hybrid one sums the movies' own vectors, sum(w_i z_i) (a movie's vector there is learned, not a projection
+  of its content). Rated movies are excluded unless ``exclude_seen`` is false. The evaluation job scores
+  users with the same function.
 - ``keywords``: each keyword encoded with the model's encoder and pooling (through the vector cache), the
   mean projected.
-- ``liked`` / ``disliked`` movie ids: Qdrant's "average vector" example query in the projected space,
+- ``liked`` / ``disliked`` movie ids: Qdrant's "average vector" example query over the movies' vectors,
   q = mean(liked) + (mean(liked) - mean(disliked)); with no disliked, q = mean(liked); with no liked,
   q = -mean(disliked). The examples themselves are excluded.
 
@@ -26,12 +30,15 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared.errors import NotFound
 from shared.ml.index import MovieIndex, concat_ranges
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 TOP_DESCRIPTORS = 10
 
@@ -65,6 +72,7 @@ class ServingModel:
     weight: np.ndarray  # (hidden, d)
     bias: np.ndarray  # (hidden,)
     raw: np.ndarray  # (n, d) the encoder's movie vectors
+    embeddings: np.ndarray  # (n, hidden) the model's unit movie vectors, those the index holds
     movie_ids: np.ndarray  # (n,) int32, catalogue order
     titles: list[str]
     descriptors: list[list[str]]
@@ -75,6 +83,11 @@ class ServingModel:
     ratings_indptr: np.ndarray
     ratings_movie: np.ndarray
     ratings_value: np.ndarray
+    ratings_time: np.ndarray | None = None  # loaded when the profile weighs recency
+
+    @property
+    def profile(self) -> Profile:
+        return Profile.of(self.record.get("config", {}))
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """(q, d) raw vectors -> (q, hidden) unit vectors, as the trained network does."""
@@ -132,20 +145,80 @@ class ServingModel:
         return int(np.searchsorted(self.user_ids, user_id))
 
 
+@dataclass(frozen=True)
+class Profile:
+    """How ratings become a query: a model's ``profile``, ``recency_days`` and architecture (its config)."""
+
+    kind: str = "rating"
+    recency_days: float = 0.0
+    item_space: bool = False  # sum the movies' own vectors (hybrid) instead of projecting the raw mean
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Profile:
+        return cls(
+            kind=config.get("profile", "rating"),
+            recency_days=float(config.get("recency_days", 0.0)),
+            item_space=config.get("architecture", "linear") == "hybrid",
+        )
+
+
+SECONDS_PER_DAY = 86_400
+
+
+def profile_weights(ratings: sp.csr_matrix, times: sp.csr_matrix | None, profile: Profile) -> sp.csr_matrix:
+    """(b, n) weights of ``ratings`` (b, n) rating values; ``times`` (same pattern, seconds) for recency."""
+    w = ratings.astype(np.float64).tocsr(copy=True)
+    if profile.kind == "centred":
+        counts = np.diff(w.indptr)
+        means = np.add.reduceat(w.data, w.indptr[:-1]) / np.maximum(counts, 1) if len(w.data) else np.zeros(0)
+        w.data = 1.0 + (w.data - np.repeat(means[: len(counts)], counts)) / 2.0
+    else:
+        w.data = w.data / 5.0
+    if profile.recency_days > 0 and times is not None:
+        t = times.tocsr().data.astype(np.float64)
+        counts = np.diff(w.indptr)
+        last = np.maximum.reduceat(t, w.indptr[:-1]) if len(t) else np.zeros(0)
+        age_days = (np.repeat(last[: len(counts)], counts) - t) / SECONDS_PER_DAY
+        w.data = w.data * 0.5 ** (age_days / profile.recency_days)
+    return w
+
+
+def profile_queries(
+    weights: sp.csr_matrix, *, profile: Profile, raw: np.ndarray, embeddings: np.ndarray, weight: np.ndarray,
+    bias: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """(b, hidden) unit query vectors of ``weights`` (b, n) (``profile_weights``)."""
+    if profile.item_space:
+        q = np.asarray(weights @ embeddings, dtype=np.float64)  # (b, hidden)
+        return np.asarray(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+    total = np.asarray(abs(weights).sum(axis=1)).reshape(-1, 1)  # (b, 1)
+    mean = np.asarray(weights @ raw) / np.maximum(total, 1e-12)  # (b, d): the notebook's weighted mean
+    return project(mean, weight, bias)
+
+
 def user_profile(model: ServingModel, user_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """The user's projected profile (hidden,) and the rows they rated."""
+    """The user's query vector (hidden,) and the rows they rated."""
+    import scipy.sparse as sp
+
     j = model.user_row(user_id)
     lo, hi = model.ratings_indptr[j], model.ratings_indptr[j + 1]
     rows = model.ratings_movie[lo:hi].astype(np.int64)
-    weights = model.ratings_value[lo:hi].astype(np.float32) / 5.0  # (r,)
-    mean = (weights[:, None] * model.raw[rows]).sum(axis=0) / weights.sum()  # (d,)
-    return model.project(mean[None, :])[0], rows
+    n, one = len(model.movie_ids), np.array([0, hi - lo])
+
+    def row_of(values: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((values, rows, one), shape=(1, n))
+
+    times = row_of(model.ratings_time[lo:hi]) if model.ratings_time is not None else None
+    weights = profile_weights(row_of(model.ratings_value[lo:hi]), times, model.profile)
+    query = profile_queries(weights, profile=model.profile, raw=model.raw, embeddings=model.embeddings,
+                            weight=model.weight, bias=model.bias)  # fmt: skip
+    return query[0], rows
 
 
 def example_query(model: ServingModel, liked: np.ndarray, disliked: np.ndarray) -> np.ndarray:
-    """mean(liked) + (mean(liked) - mean(disliked)) over projected vectors (see the module docstring)."""
-    pos = model.project(model.raw[liked]).mean(axis=0) if len(liked) else None
-    neg = model.project(model.raw[disliked]).mean(axis=0) if len(disliked) else None
+    """mean(liked) + (mean(liked) - mean(disliked)) over the movies' vectors (see the module docstring)."""
+    pos = model.embeddings[liked].mean(axis=0) if len(liked) else None
+    neg = model.embeddings[disliked].mean(axis=0) if len(disliked) else None
     if pos is not None and neg is not None:
         return np.asarray(pos + (pos - neg), dtype=np.float32)
     if pos is not None:

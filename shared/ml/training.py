@@ -26,6 +26,7 @@ import numpy as np
 from shared.errors import InvalidRequest
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
     import torch
 
 LIMITS: dict[str, tuple[float, float]] = {
@@ -34,8 +35,14 @@ LIMITS: dict[str, tuple[float, float]] = {
     "margin": (0.0, 10.0),
     "lr": (1e-6, 1.0),
     "batch_size": (1, 8192),
+    "liked_at": (0.5, 5.0),
+    "recency_days": (0.0, 36500.0),
 }
 """Accepted range of each hyper-parameter (inclusive; margin and lr must be above their lower bound)."""
+
+
+ARCHITECTURES = ("linear", "hybrid")
+PROFILES = ("rating", "centred")
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,14 @@ class TrainConfig:
     batch_size: int = 32
     test_fraction: float = 0.1
     seed: int = 42
+    architecture: str = "linear"
+    """"linear" (the notebook's one layer) or "hybrid" (shared/ml/hybrid.py)"""
+    liked_at: float = 3.5
+    """The hybrid's per-movie embedding: a rating at or above this is a like."""
+    profile: str = "rating"
+    """How a user's ratings become a query at serving time (shared/ml/recommend.py): "rating" or "centred"."""
+    recency_days: float = 0.0
+    """Half-life of a rating's weight in a user's profile, counted back from their last rating; 0 = off."""
 
     def __post_init__(self) -> None:
         for name, (low, high) in LIMITS.items():
@@ -54,6 +69,9 @@ class TrainConfig:
             strict = name in ("margin", "lr")
             if not (low < value <= high if strict else low <= value <= high):
                 raise InvalidRequest(f"{name} must be in {'(' if strict else '['}{low}, {high}], got {value}")
+        for name, allowed in (("architecture", ARCHITECTURES), ("profile", PROFILES)):
+            if getattr(self, name) not in allowed:
+                raise InvalidRequest(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +89,7 @@ class TrainResult:
     auc_after: float
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
+    warm: int | None = None  # the hybrid: movies with a learned per-movie embedding
 
 
 def build_net(in_dim: int, hidden_dim: int) -> torch.nn.Module:
@@ -133,8 +152,10 @@ def train(
     device: torch.device,
     progress: Progress | None = None,
     autograd: bool = False,
+    ratings: sp.csr_matrix | None = None,
 ) -> TrainResult:
     """Train on ``triplets`` (catalogue rows) over ``vectors``; answers weights, projections and metrics.
+    ``config.architecture`` "hybrid" goes to shared/ml/hybrid.py, which also needs ``ratings`` (u, n).
 
     On the CPU the steps run by hand in numpy (``_train_numpy``): with a 384 x 50 layer and batches of 32,
     torch's per-operation overhead is most of an autograd step. ``autograd=True`` forces the torch loop,
@@ -144,6 +165,12 @@ def train(
 
     if len(triplets) < 2:
         raise InvalidRequest("training needs at least 2 triplets")
+    if config.architecture == "hybrid":
+        from shared.ml.hybrid import train_hybrid
+
+        if ratings is None:
+            raise InvalidRequest("the hybrid architecture learns from ratings; none were given")
+        return train_hybrid(vectors, triplets, ratings, config, progress=progress)
     torch.manual_seed(config.seed)
     train_idx, test_idx = split(len(triplets), test_fraction=config.test_fraction, seed=config.seed)
     x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(device)  # (n, d)
@@ -224,7 +251,7 @@ def _train_numpy(
     x = np.hstack([vectors.astype(np.float32), np.ones((len(vectors), 1), dtype=np.float32)])  # (n, d + 1)
     proj: Any = net.proj
     wb = np.hstack([proj.weight.detach().cpu().numpy(), proj.bias.detach().cpu().numpy()[:, None]])  # (h, d + 1)
-    adam = _Adam(wb, lr=config.lr)
+    adam = Adam(wb, lr=config.lr)
     for epoch in range(config.epochs):
         order = torch.randperm(len(train_rows), generator=generator).numpy()
         total, batches = 0.0, 0
@@ -244,7 +271,7 @@ def _train_numpy(
         proj.bias.copy_(torch.from_numpy(np.ascontiguousarray(wb[:, -1])))
 
 
-class _Adam:
+class Adam:
     """torch.optim.Adam's update (no weight decay, no amsgrad), in place, with one scratch buffer."""
 
     def __init__(self, param: np.ndarray, *, lr: float) -> None:

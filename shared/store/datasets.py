@@ -15,9 +15,14 @@ artifacts. Artifacts of dataset ``<id>``:
     dataset/<id>/desc_indptr      int64 (n + 1,)    descriptors of movie i: vocabulary[desc_indices[p:q]]
     dataset/<id>/desc_indices     int32 (nnz,)
     dataset/<id>/user_ids         int32 (u,)        ascending
-    dataset/<id>/ratings_indptr   int64 (u + 1,)    ratings of user j: rows [p:q] of the two arrays below
+    dataset/<id>/ratings_indptr   int64 (u + 1,)    ratings of user j: rows [p:q] of the three arrays below
     dataset/<id>/ratings_movie    int32 (r,)        catalogue index
     dataset/<id>/ratings_value    float32 (r,)
+    dataset/<id>/ratings_time     int64 (r,)        timestamp, seconds since the epoch (format 2 on)
+
+Within a user, ratings keep ratings.csv's order. ``load_ratings`` / ``DatasetStore.ratings`` read the five
+ratings arrays back; a dataset ingested at format 1 (before timestamps were kept) has no ``ratings_time``
+and answers ``timestamps=None``: ingest its directory again to get a format-2 dataset (a new id).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
+import numpy as np
 import psutil
 import redis
 
@@ -40,8 +46,12 @@ from shared.jobs.store import utcnow_iso
 from shared.ml.recommend import check_ids
 from shared.store.artifacts import ArtifactStore
 
-FORMAT_VERSION = 1
-"""Bumped whenever ingestion changes what it stores, so old ids are not mistaken for new content."""
+FORMAT_VERSION = 2
+"""Bumped whenever ingestion changes what it stores, so old ids are not mistaken for new content.
+
+1: the first; 2: adds ``ratings_time``."""
+TIMESTAMPS_SINCE_FORMAT = 2
+"""The first format whose datasets store ``ratings_time``."""
 
 INPUT_FILES = ("movies.csv", "ratings.csv", "tags.csv", "genome-scores.csv", "genome-tags.csv", "links.csv")
 MAX_TAGS_PER_MOVIE = 50
@@ -94,6 +104,31 @@ def dataset_id(directory: Path, options: DatasetOptions) -> str:
     return "ds-" + h.hexdigest()[:24]
 
 
+class DatasetRatings(NamedTuple):
+    """A stored dataset's ratings, per user (``shared.ml.movielens.Ratings`` as stored, less ``rows_read``)."""
+
+    user_ids: np.ndarray  # (u,) int32, ascending
+    indptr: np.ndarray  # (u + 1,) int64: user j's ratings are rows indptr[j]:indptr[j + 1] of the arrays below
+    movie_index: np.ndarray  # (r,) int32, catalogue rows
+    values: np.ndarray  # (r,) float32
+    timestamps: np.ndarray | None  # (r,) int64 seconds; None when not asked for or stored (format 1)
+
+
+def load_ratings(artifacts: ArtifactStore, ds_id: str, *, timestamps: bool) -> DatasetRatings:
+    """The ratings arrays of dataset ``ds_id``; ``timestamps=False`` skips ``ratings_time`` (8 bytes a rating)."""
+
+    def part(name: str) -> np.ndarray:
+        return artifacts.get_array(dataset_artifact(ds_id, name))
+
+    return DatasetRatings(
+        user_ids=part("user_ids"),
+        indptr=part("ratings_indptr"),
+        movie_index=part("ratings_movie"),
+        values=part("ratings_value"),
+        timestamps=part("ratings_time") if timestamps else None,
+    )
+
+
 class DatasetStore:
     """Dataset records and the artifact names that hold their arrays."""
 
@@ -122,6 +157,16 @@ class DatasetStore:
             )
         users, movies = self._ids[ds_id]
         check_ids(users, movies, user_id=user_id, movie_ids=movie_ids or [])
+
+    def ratings(self, ds_id: str) -> DatasetRatings:
+        """The dataset's ratings, timestamps included from format 2 on (None for a format-1 dataset).
+
+        Not cached: at 27M ratings the arrays are ~350 MB; the caller keeps them as long as it needs.
+        """
+        record = self.get(ds_id)
+        if record is None:
+            raise NotFound(f"dataset {ds_id!r} does not exist")
+        return load_ratings(self.artifacts, ds_id, timestamps=record.get("format", 1) >= TIMESTAMPS_SINCE_FORMAT)
 
     def catalogue(self, ds_id: str) -> list[dict[str, Any]]:
         """[{movie_id, title, descriptors}] in catalogue order; cached per process (datasets never change)."""
@@ -193,6 +238,7 @@ class DatasetStore:
         a.put_array(dataset_artifact(ds_id, "ratings_indptr"), ratings.indptr)
         a.put_array(dataset_artifact(ds_id, "ratings_movie"), ratings.movie_index)
         a.put_array(dataset_artifact(ds_id, "ratings_value"), ratings.values)
+        a.put_array(dataset_artifact(ds_id, "ratings_time"), ratings.timestamps)
 
         record = {
             "id": ds_id,

@@ -22,7 +22,9 @@ import redis
 from shared.infra.keys import Keys
 
 
-def model_version(*, dataset: str, triplets: str, encoder_identity: str, pooling: str, config: dict[str, Any]) -> str:
+def model_version(
+    *, dataset: str, triplets: str | list[str], encoder_identity: str, pooling: str, config: dict[str, Any]
+) -> str:
     key = json.dumps(
         {"dataset": dataset, "triplets": triplets, "encoder": encoder_identity, "pooling": pooling, "config": config},
         sort_keys=True,

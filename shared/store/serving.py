@@ -3,6 +3,7 @@
     job params ──> load_serving(version) ──> ServingModel (shared/ml/recommend.py) ──> recommend ──> answer
                    once per process and version;      keywords encoded with the model's own encoder and
                    the previous version kept beside it pooling, through the vector cache
+    evaluation job ──> version_scorer(version) ──> VersionScorer.score: the same profiles, exact cosine
 
 A loaded version is answered without a look at Redis: a version's weights, embeddings and dataset never
 change, and neither does the index it was loaded with (a rebuilt index is seen by processes that load later).
@@ -10,19 +11,24 @@ change, and neither does the index it was loaded with (a rebuilt index is seen b
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
 
-from shared.errors import Conflict
+from shared.errors import Conflict, NotFound
 from shared.infra.keys import dataset_artifact
 from shared.infra.process import per_process
 from shared.ml.index import IndexParams, MovieIndex
-from shared.ml.recommend import ServingModel, recommend
+from shared.ml.recommend import Profile, ServingModel, profile_queries, profile_weights, recommend
 from shared.store.artifacts import ArtifactStore
+from shared.store.datasets import load_ratings
 from shared.store.models import ModelStore
 from shared.store.vectors import VectorCache
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 SERVED_VERSIONS = 2
 """Versions a process keeps loaded: the one it serves and the one before (a rollback, a hot swap)."""
@@ -53,6 +59,8 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
 
     vocabulary = artifacts.get_json(part("vocabulary"))
     indptr, indices = artifacts.get_array(part("desc_indptr")), artifacts.get_array(part("desc_indices"))
+    profile = Profile.of(record.get("config", {}))
+    ratings = load_ratings(artifacts, record["dataset"], timestamps=profile.recency_days > 0)
     return ServingModel(
         version=version,
         record=record,
@@ -60,16 +68,60 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
         weight=weights["proj.weight"].astype(np.float32),
         bias=weights["proj.bias"].astype(np.float32),
         raw=artifacts.get_array(record["artifacts"]["input_embeddings"]),
+        embeddings=artifacts.get_array(record["artifacts"]["embeddings"]),
         movie_ids=artifacts.get_array(part("movie_ids")),
         titles=artifacts.get_json(part("titles")),
         descriptors=[[vocabulary[j] for j in indices[indptr[i] : indptr[i + 1]]] for i in range(len(indptr) - 1)],
         vocabulary=vocabulary,
         desc_indptr=indptr.astype(np.int64),
         desc_indices=indices,
-        user_ids=artifacts.get_array(part("user_ids")),
-        ratings_indptr=artifacts.get_array(part("ratings_indptr")),
-        ratings_movie=artifacts.get_array(part("ratings_movie")),
-        ratings_value=artifacts.get_array(part("ratings_value")),
+        user_ids=ratings.user_ids,
+        ratings_indptr=ratings.indptr,
+        ratings_movie=ratings.movie_index,
+        ratings_value=ratings.values,
+        ratings_time=ratings.timestamps,
+    )
+
+
+@dataclass(frozen=True)
+class VersionScorer:
+    """Scores every movie for a batch of users the way the service would rank them (exact cosine over the
+    model's movie vectors, not the index's approximate search): the evaluation job's view of a model."""
+
+    profile: Profile
+    raw: np.ndarray  # (n, d)
+    embeddings: np.ndarray  # (n, hidden) unit rows
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def score(self, ratings: sp.csr_matrix, timestamps: sp.csr_matrix | None) -> np.ndarray:
+        """(b, n) float32 cosine of each user's query (from ``ratings`` (b, n), their training part) to every
+        movie; excluding what they rated is the caller's."""
+        weights = profile_weights(ratings, timestamps, self.profile)
+        queries = profile_queries(weights, profile=self.profile, raw=self.raw, embeddings=self.embeddings,
+                                  weight=self.weight, bias=self.bias)  # fmt: skip
+        return np.asarray(queries @ self.embeddings.T, dtype=np.float32)
+
+
+SCORED_VERSIONS = 8
+"""Versions an evaluation process keeps loaded: every recipe of a table, so no shard reloads one."""
+
+
+@per_process(maxsize=SCORED_VERSIONS)
+def version_scorer(artifacts: ArtifactStore, models: ModelStore, version: str) -> VersionScorer:
+    """The scorer of a trained version (no index needed), loaded once per process."""
+    from safetensors.numpy import load
+
+    record = models.get(version)
+    if record is None:
+        raise NotFound(f"model {version!r} does not exist")
+    weights = load(artifacts.get_bytes(record["artifacts"]["weights"]))
+    return VersionScorer(
+        profile=Profile.of(record.get("config", {})),
+        raw=artifacts.get_array(record["artifacts"]["input_embeddings"]),
+        embeddings=artifacts.get_array(record["artifacts"]["embeddings"]),
+        weight=weights["proj.weight"].astype(np.float32),
+        bias=weights["proj.bias"].astype(np.float32),
     )
 
 

@@ -7,25 +7,39 @@
                                   │ records its stats in the job's shard hash (Lua: only while running);
                                   │ the shard that completes the set sends the join
                                   ▼
-                             workers.cpu.join_triplets ──> triplets/<ds>/<strategy>-<seed>  (n, 3) int32 movieIds
+                             workers.cpu.join_triplets ──> triplets/<ds>/<strategy>-<seed>  (m, 3) int32 movieIds
 
-Outputs are named by (dataset, strategy, seed) only, never by shard size or worker: a redelivered shard
-rewrites its own part, a second join rewrites the same array, and a job whose array already exists is
-answered from it without mining again. Parts also carry the job id: two jobs of the same spec running at
+Two sources, one job shape. ``descriptors`` (the default) mines one triplet per anchor from shared descriptors
+(shared/ml/mining.py), named ``triplets/<ds>/<strategy>-<seed>``; ``ratings`` mines up to ``positives`` per
+anchor from what users liked (shared/ml/coliked.py), named ``triplets/<ds>/coliked-p<positives>-l<liked_at>-
+a<alpha>-<seed>``; ``both`` mines each shard's anchors both ways, descriptor triplets first, named by the two
+names joined with "+". Either way a shard is a range of anchor movies and ``mine_part`` mines it.
+
+Outputs are named by (dataset, source, its parameters, seed) only, never by shard size or worker: a
+redelivered shard rewrites its own part, a second join rewrites the same array, and a job whose array already
+exists is answered from it without mining again. Parts also carry the job id: two jobs of the same spec running at
 once (two clients asking at the same moment) each join and drop their own parts, never the other's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from shared.errors import NotFound
-from shared.infra.keys import dataset_artifact, triplets_artifact, triplets_part
+from shared.infra.keys import (
+    both_triplets_artifact,
+    coliked_triplets_artifact,
+    dataset_artifact,
+    triplets_artifact,
+    triplets_part,
+)
 from shared.infra.process import per_process
-from shared.ml.mining import Incidence, ShardResult, Strategy, build_incidence
+from shared.ml import coliked
+from shared.ml.coliked import ColikedResult, Likes, build_likes
+from shared.ml.mining import Incidence, ShardResult, Strategy, build_incidence, mine_range
 from shared.store.artifacts import ArtifactStore
 
 DEFAULT_SHARD_SIZE = 2000
@@ -33,18 +47,75 @@ MIN_SHARD_SIZE, MAX_SHARD_SIZE = 10, 100_000
 DEFAULT_SEED = 42
 INCIDENCE_CACHE_SIZE = 2
 """Datasets whose incidence a mining process keeps."""
+LIKES_CACHE_SIZE = 2
+"""(dataset, liked_at) pairs whose likes a mining process keeps."""
+
+Source = Literal["descriptors", "ratings", "both"]
+SOURCES: tuple[Source, ...] = ("descriptors", "ratings", "both")
+
+
+@dataclass(frozen=True)
+class BothResult:
+    """A shard of source "both": the descriptor triplets of its anchors, then their co-liked ones."""
+
+    descriptors: ShardResult
+    ratings: ColikedResult
+
+    @property
+    def triplets(self) -> np.ndarray:
+        return np.concatenate([self.descriptors.triplets, self.ratings.triplets])
+
+
+PartResult = ShardResult | ColikedResult | BothResult
+"""What a shard mines: one triplet per anchor (descriptors), up to ``positives`` (ratings), or both."""
 
 
 @dataclass(frozen=True)
 class TripletSpec:
+    """What a mining job mines. ``strategy`` applies to descriptors, ``positives`` and ``liked_at`` to ratings."""
+
     dataset: str
     seed: int
-    strategy: Strategy
+    strategy: Strategy = "uniform-min"
+    source: Source = "descriptors"
+    positives: int = coliked.DEFAULT_POSITIVES
+    liked_at: float = coliked.DEFAULT_LIKED_AT
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown triplet source {self.source!r}")
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> TripletSpec:
+        """The spec of a mining job's params (the API's TripletsIn; absent ratings fields take the defaults)."""
+        return cls(
+            dataset=params["dataset"],
+            seed=int(params["seed"]),
+            strategy=params.get("negatives") or "uniform-min",
+            source=params.get("source") or "descriptors",
+            positives=int(params.get("positives") or coliked.DEFAULT_POSITIVES),
+            liked_at=float(params.get("liked_at") or coliked.DEFAULT_LIKED_AT),
+        )
 
     @property
     def name(self) -> str:
         """Artifact name of the joined triplets."""
-        return triplets_artifact(self.dataset, self.strategy, self.seed)
+        ratings = coliked_triplets_artifact(
+            self.dataset, positives=self.positives, liked_at=self.liked_at, alpha=coliked.ALPHA, seed=self.seed
+        )
+        descriptors = triplets_artifact(self.dataset, self.strategy, self.seed)
+        if self.source == "both":
+            return both_triplets_artifact(descriptors, ratings)
+        return ratings if self.source == "ratings" else descriptors
+
+    def describe(self) -> dict[str, Any]:
+        """The fields of a job summary that say what was mined."""
+        described: dict[str, Any] = {"seed": self.seed, "source": self.source}
+        if self.source != "ratings":
+            described["strategy"] = self.strategy
+        if self.source != "descriptors":
+            described |= {"positives": self.positives, "liked_at": self.liked_at}
+        return described
 
     def part(self, job_id: str, lo: int) -> str:
         """Artifact name of the part that job ``job_id``'s shard starting at anchor ``lo`` mines."""
@@ -69,13 +140,64 @@ def load_incidence(artifacts: ArtifactStore, dataset: str) -> Incidence:
     return inc
 
 
+@per_process(maxsize=LIKES_CACHE_SIZE)
+def load_likes(artifacts: ArtifactStore, dataset: str, liked_at: float) -> Likes:
+    """The dataset's likes (ratings >= ``liked_at``) and negative-sampling weights, built once per process."""
+    if not artifacts.exists(dataset_artifact(dataset, "ratings_indptr")):
+        raise NotFound(f"dataset {dataset!r} does not exist")
+    return build_likes(
+        artifacts.get_array(dataset_artifact(dataset, "ratings_indptr")),
+        artifacts.get_array(dataset_artifact(dataset, "ratings_movie")),
+        artifacts.get_array(dataset_artifact(dataset, "ratings_value")),
+        len(artifacts.get_array(dataset_artifact(dataset, "movie_ids"))),
+        liked_at=liked_at,
+    )
+
+
+def mine_part(artifacts: ArtifactStore, spec: TripletSpec, lo: int, hi: int) -> PartResult:
+    """Mine anchors [lo, hi) of ``spec`` (catalogue rows), from the source it names."""
+    if spec.source == "descriptors":
+        return mine_range(load_incidence(artifacts, spec.dataset), lo, hi, seed=spec.seed, strategy=spec.strategy)
+    likes = load_likes(artifacts, spec.dataset, spec.liked_at)
+    ratings = coliked.mine_range(likes, lo, hi, seed=spec.seed, positives=spec.positives)
+    if spec.source == "ratings":
+        return ratings
+    descriptors = mine_range(load_incidence(artifacts, spec.dataset), lo, hi, seed=spec.seed, strategy=spec.strategy)
+    return BothResult(descriptors, ratings)
+
+
+def stored_count(artifacts: ArtifactStore, name: str) -> int:
+    """Triplets in a stored array (its manifest's shape: the array is not read)."""
+    manifest = artifacts.manifest(name)
+    if manifest is None:
+        raise NotFound(f"artifact {name!r} does not exist")
+    if manifest.shape is None:
+        return len(artifacts.get_array(name))
+    return int(manifest.shape[0])
+
+
 def store_part(
-    artifacts: ArtifactStore, spec: TripletSpec, job_id: str, lo: int, result: ShardResult, *, ttl_s: int
+    artifacts: ArtifactStore, spec: TripletSpec, job_id: str, lo: int, result: PartResult, *, ttl_s: int
 ) -> None:
     artifacts.put_array(spec.part(job_id, lo), result.triplets, ttl_s=ttl_s)
 
 
-def shard_stats(lo: int, hi: int, result: ShardResult, seconds: float) -> dict[str, Any]:
+def shard_stats(lo: int, hi: int, result: PartResult, seconds: float) -> dict[str, Any]:
+    if isinstance(result, BothResult):
+        parts: dict[str, PartResult] = {"descriptors": result.descriptors, "ratings": result.ratings}
+        stats = {name: shard_stats(lo, hi, part, seconds) for name, part in parts.items()}
+        return {"anchors": [lo, hi], "seconds": round(seconds, 3), **stats}
+    if isinstance(result, ColikedResult):
+        found = len(result.triplets)
+        return {
+            "anchors": [lo, hi],
+            "seconds": round(seconds, 3),
+            "triplets": found,
+            "anchors_with_triplets": len(np.unique(result.triplets[:, 0])),
+            "mean_co_likes": round(float(result.co_likes.mean()), 4) if found else 0.0,
+            "mean_cosine": round(float(result.cosine.mean()), 4) if found else 0.0,
+            "distinct_negatives": len(np.unique(result.triplets[:, 2])),
+        }
     return {
         "anchors": [lo, hi],
         "seconds": round(seconds, 3),
@@ -94,9 +216,9 @@ def join(artifacts: ArtifactStore, spec: TripletSpec, job_id: str, shards: list[
     """
     if artifacts.exists(spec.name):
         return artifacts.get_array(spec.name)
-    rows = np.concatenate([artifacts.get_array(spec.part(job_id, lo)) for lo, _ in shards])  # (n, 3) catalogue rows
+    rows = np.concatenate([artifacts.get_array(spec.part(job_id, lo)) for lo, _ in shards])  # (m, 3) catalogue rows
     movie_ids = artifacts.get_array(dataset_artifact(spec.dataset, "movie_ids"))
-    triplets: np.ndarray = movie_ids[rows].astype(np.int32)  # (n, 3) movieIds: anchor, positive, negative
+    triplets: np.ndarray = movie_ids[rows].astype(np.int32)  # (m, 3) movieIds: anchor, positive, negative
     artifacts.put_array(spec.name, triplets)
     return triplets
 

@@ -1,6 +1,7 @@
 """Building a model version: training it (weights, projections, its record) and indexing it.
 
-    dataset + triplets + encoder + config ──> model_version (a hash of them all)
+    dataset + triplets + encoder + config ──> model_version (a hash of them all; config names the recipe's
+                                              architecture and profile, shared/ml/training.py TrainConfig)
         exists already? answer its record                      (training the same thing again is free)
         else: encode_dataset ──> train (shared/ml/training.py) ──> models/<v>/weights, /embeddings, record
     version + index params ──> MovieIndex.build ──> models/<v>/index, /index/group ──> record["index"]
@@ -23,6 +24,7 @@ from shared.ml.encoder import Encoder
 from shared.ml.index import IndexParams, MovieIndex
 from shared.ml.training import TrainConfig
 from shared.store.artifacts import ArtifactStore
+from shared.store.datasets import load_ratings
 from shared.store.embeddings import describe, encode_dataset
 from shared.store.models import ModelStore, model_version
 from shared.store.vectors import VectorCache
@@ -41,13 +43,14 @@ def train_version(
     encoder: Encoder,
     *,
     dataset: str,
-    triplets: str,
+    triplets: str | list[str],
     config: TrainConfig,
     device: torch.device,
     created_at: str,
     on_epoch: OnEpoch | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Train the Siamese projection of ``dataset`` on ``triplets``: (the version's record, whether it existed)."""
+    """Train the Siamese projection of ``dataset`` on ``triplets`` (one artifact, or several whose rows are
+    joined: descriptor and co-liked triplets together): (the version's record, whether it existed)."""
     from safetensors.torch import save
 
     from shared.ml.training import train
@@ -63,11 +66,21 @@ def train_version(
     if existing is not None:
         return existing, True
     encoded = encode_dataset(artifacts, cache, encoder, dataset=dataset)
-    if not artifacts.exists(triplets):
-        raise NotFound(f"triplets {triplets!r} do not exist; mine them first")
+    names = [triplets] if isinstance(triplets, str) else list(triplets)
+    for name in names:
+        if not artifacts.exists(name):
+            raise NotFound(f"triplets {name!r} do not exist; mine them first")
     movie_ids = artifacts.get_array(dataset_artifact(dataset, "movie_ids"))
-    rows = catalogue_rows(movie_ids, artifacts.get_array(triplets))  # (m, 3)
-    result = train(encoded.vectors, rows, config, device=device, progress=on_epoch)
+    rows = catalogue_rows(movie_ids, np.concatenate([artifacts.get_array(n) for n in names]))  # (m, 3)
+    ratings = None
+    if config.architecture == "hybrid":
+        import scipy.sparse as sp
+
+        stored = load_ratings(artifacts, dataset, timestamps=False)
+        ratings = sp.csr_matrix(
+            (stored.values, stored.movie_index, stored.indptr), shape=(len(stored.user_ids), len(movie_ids))
+        )
+    result = train(encoded.vectors, rows, config, device=device, progress=on_epoch, ratings=ratings)
     weights, projected = model_artifact(version, "weights"), model_artifact(version, "embeddings")
     artifacts.put_bytes(weights, save(result.state, metadata={"version": version}))
     artifacts.put_array(projected, result.projected)
@@ -85,6 +98,7 @@ def train_version(
             "test_auc_after": round(result.auc_after, 6),
             "train_losses": [round(v, 6) for v in result.train_losses],
             "val_losses": [round(v, 6) for v in result.val_losses],
+            **({"movies_with_learned_embedding": result.warm} if result.warm is not None else {}),
         },
         "artifacts": {"weights": weights, "embeddings": projected, "input_embeddings": encoded.name},
         "device": str(device),

@@ -221,3 +221,10 @@ def test_the_test_part_never_leaks() -> None:
     rows = np.arange(base.train.shape[0])
     for make in (popular_scorer, item_knn_scorer, ease_scorer, random_scorer):
         np.testing.assert_array_equal(make(base)(rows), make(other)(rows))
+
+
+def test_metrics_of_a_split_with_nobody_to_evaluate_are_zero() -> None:
+    split = temporal_split(np.array([1, 1]), np.array([0, 1]), np.array([3.0, 2.0]), np.array([1, 2]), min_ratings=1)
+    assert len(split.evaluated) == 0
+    m = metrics(np.zeros((0, 10), dtype=np.int64), split)
+    assert m == dict.fromkeys(("recall", "ndcg", "hr", "coverage", "cold_recall"), 0.0) | {"users": 0, "cold_users": 0}

@@ -18,6 +18,8 @@ from shared.infra.keys import (
     embeddings_artifact,
     encode_input_artifact,
     encoded_artifact,
+    evaluation_part,
+    evaluation_split_artifact,
     meta_of,
     model_artifact,
     triplets_artifact,
@@ -100,7 +102,7 @@ def test_artifact_names() -> None:
         "dataset/ds-1/movie_ids",
         "dataset/ds-1/ratings_value",
     ]
-    assert len(DATASET_ARRAYS) == 9
+    assert len(DATASET_ARRAYS) == 10
     with pytest.raises(ValueError, match="no artifact"):
         dataset_artifact("ds-1", "../movie_ids")
     assert triplets_artifact("ds-1", "uniform-min", 42) == "triplets/ds-1/uniform-min-42"
@@ -117,6 +119,14 @@ def test_artifact_names() -> None:
         model_artifact("m-1", "secrets")
     assert encoded_artifact("j1") == "encoded/j1"
     assert encode_input_artifact("r1") == "encode-input/r1"
+
+
+def test_evaluation_artifact_names() -> None:
+    assert evaluation_split_artifact("ds-1", 4.0, "relevant_movie") == "evaluations/ds-1/test-r4.0/relevant_movie"
+    assert evaluation_split_artifact("ds-1", 3.5, "summary") == "evaluations/ds-1/test-r3.5/summary"
+    with pytest.raises(ValueError, match="no artifact"):
+        evaluation_split_artifact("ds-1", 4.0, "../ratings")
+    assert evaluation_part("j1", 200) == "evaluations/part/j1/000000200"
 
 
 def test_triplet_spec_names_through_the_schema() -> None:
@@ -144,7 +154,7 @@ KEY_FRAGMENTS = (
     ":vec:",
     ":celery:",
 )
-ARTIFACT_HEADS = ("dataset/", "triplets/", "embeddings/", "models/", "encoded/", "encode-input/")
+ARTIFACT_HEADS = ("dataset/", "triplets/", "embeddings/", "models/", "encoded/", "encode-input/", "evaluations/")
 ARTIFACT_TAILS = ("/meta", "/part/")
 """What is appended to a formatted artifact name to name the one beside it (``meta_of``, ``triplets_part``)."""
 

@@ -153,6 +153,11 @@ def test_ratings_csr_matches_pandas(tiny: Path) -> None:
         lo, hi = r.indptr[j], r.indptr[j + 1]
         assert list(r.movie_index[lo:hi]) == [index[m] for m in rows.movieId]
         np.testing.assert_array_equal(r.values[lo:hi], rows.rating.to_numpy(np.float32))
+        np.testing.assert_array_equal(r.timestamps[lo:hi], rows.timestamp.to_numpy(np.int64))
+    # every timestamp, aligned with the values: the file is sorted by user, so the kept rows are the CSR's order
+    assert r.timestamps.dtype == np.int64 and len(r.timestamps) == r.kept
+    np.testing.assert_array_equal(r.timestamps, kept.timestamp.to_numpy(np.int64))
+    np.testing.assert_array_equal(r.values, kept.rating.to_numpy(np.float32))
 
 
 def test_unsorted_ratings_are_grouped_by_user(tiny: Path) -> None:
@@ -162,6 +167,32 @@ def test_unsorted_ratings_are_grouped_by_user(tiny: Path) -> None:
     assert list(r.user_ids) == [1, 3]
     assert list(r.indptr) == [0, 2, 4]
     assert list(r.values) == [2.0, 4.0, 1.0, 3.0]
+    assert list(r.timestamps) == [2, 4, 1, 3]  # moved with their ratings
+
+
+def test_timestamps_stay_with_their_ratings_when_movies_are_dropped(tiny: Path) -> None:
+    # movie 30 has no descriptor (dropped from the catalogue), 99 is not in movies.csv: both ratings are skipped
+    write(
+        tiny,
+        "ratings.csv",
+        """
+userId,movieId,rating,timestamp
+1,10,4.0,964982703
+1,30,3.0,964981247
+1,40,3.5,1147880044
+2,99,2.0,1
+2,50,5.0,1700000000000
+7,20,1.0,0
+""",
+    )
+    c = read_catalogue(tiny, tags_per_movie=5)
+    r = read_ratings(tiny / "ratings.csv", c.movie_ids, chunk_rows=2)
+    assert r.rows_read == 6 and r.kept == 4
+    assert list(r.user_ids) == [1, 2, 7] and list(r.indptr) == [0, 2, 3, 4]
+    assert [int(c.movie_ids[i]) for i in r.movie_index] == [10, 40, 50, 20]
+    assert list(r.values) == [4.0, 3.5, 5.0, 1.0]
+    assert r.timestamps.dtype == np.int64
+    assert list(r.timestamps) == [964982703, 1147880044, 1_700_000_000_000, 0]  # ms-scale values fit in int64
 
 
 def ingest_files(directory: Path) -> None:
@@ -196,6 +227,32 @@ def ingest_files(directory: Path) -> None:
             "ratings.csv, line 3: userId '1.5' is not a whole number",
         ),
         ("ratings.csv", "userId,movieId,rating,timestamp\n1,10,,1\n", "ratings.csv, line 2: rating is missing"),
+        ("ratings.csv", "userId,movieId,rating\n1,10,4.0\n", "ratings.csv, line 1: missing column(s) timestamp"),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,10,4.0,1\n1,40,3.0,\n",
+            "ratings.csv, line 3: timestamp is missing",
+        ),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,10,4.0,1\n1,40,3.0,yesterday\n",
+            "ratings.csv, line 3: timestamp 'yesterday' is not a number",
+        ),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,10,4.0,964982703.5\n",
+            "ratings.csv, line 2: timestamp '964982703.5' is not a whole number",
+        ),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,10,4.0,1\n1,40,3.0,99999999999999999999\n",
+            "ratings.csv, line 3: timestamp '99999999999999999999' is out of the 64-bit integer range",
+        ),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,10,4.0,1\ninf,40,3.0,2\n",
+            "ratings.csv, line 3: userId 'inf' is out of the 64-bit integer range",
+        ),
     ],
 )
 def test_malformed_files_name_the_file_line_and_problem(tiny: Path, name: str, text: str, expected: str) -> None:
@@ -216,4 +273,12 @@ def test_bad_line_is_found_in_a_later_chunk(tiny: Path) -> None:
     (tiny / "ratings.csv").write_text(f"userId,movieId,rating,timestamp\n{rows}\n12,abc,4.0,1\n")
     c = read_catalogue(tiny, tags_per_movie=5)
     with pytest.raises(DataError, match=r"ratings.csv, line 13: movieId 'abc' is not a number"):
+        read_ratings(tiny / "ratings.csv", c.movie_ids, chunk_rows=4)
+
+
+def test_bad_timestamp_is_found_in_a_later_chunk(tiny: Path) -> None:
+    rows = "\n".join(f"{u},10,4.0,{1_000_000_000 + u}" for u in range(1, 12))
+    (tiny / "ratings.csv").write_text(f"userId,movieId,rating,timestamp\n{rows}\n12,10,4.0,2021-01-01\n")
+    c = read_catalogue(tiny, tags_per_movie=5)
+    with pytest.raises(DataError, match=r"^ratings.csv, line 13: timestamp '2021-01-01' is not a number"):
         read_ratings(tiny / "ratings.csv", c.movie_ids, chunk_rows=4)

@@ -40,6 +40,7 @@ def model() -> ServingModel:
         weight=weight,
         bias=bias,
         raw=raw,
+        embeddings=projected.astype(np.float32),
         movie_ids=np.array([10, 20, 30, 40, 50, 60], dtype=np.int32),
         titles=[f"movie {i}" for i in range(n)],
         descriptors=DESCRIPTORS,

@@ -1,0 +1,348 @@
+"""The evaluation job: a dataset split by time, each recipe trained on the training part, every user scored.
+
+Like the pipeline (shared/jobs/pipeline.py), an evaluation is a job of its own that moves through stages in
+short steps (``workers.evaluation.evaluation_step``), none of which waits for another:
+
+    POST /v1/jobs/evaluate ──> evaluation job ──> step
+      ingest          (a path given)  child job ``ingest``                    ─┐ a finished child, the split
+      split           task ``evaluation_split``: the training dataset and the  │ task or the join sends the
+                      test part (shared/store/evaluations.py), reused if stored │ step again, which moves on
+      train:<recipe>  per recipe, one after the other: child job ``pipeline`` ─┘
+                      {"dataset": training dataset, "recipe", "seed", "activate": false}
+      score           shards of ``shard_users`` evaluated users (``evaluation_shard``): every row of the
+                      table ranks them; the shard that completes the set sends ``evaluation_join``:
+                      metrics per row, the table as the job's result and on each recipe's model record
+
+Only the training dataset reaches a recipe's pipeline; the test part is read by the shards and the join.
+Every output is content addressed (the split, the pipelines' stages), so a rerun trains nothing again.
+
+The job's ``evaluation`` field holds its ``EvaluationState``; only the step writes it, under the job's lock.
+Progress is one fraction over the stages, each weighted by its usual share of the time (``WEIGHTS``); a child
+job's progress is reported into its stage's share (``parent``), with an ETA, as the pipeline does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
+from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVALUATE_STEP, Task
+from shared.jobs.store import Job, JobStore
+from shared.jobs.submit import submit
+from shared.ml.recipes import RECIPES
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from shared.services import Services
+
+DEFAULT_MIN_RATINGS = 10
+DEFAULT_TRAIN_FRACTION = 0.8
+DEFAULT_RELEVANT_AT = 4.0
+DEFAULT_K = 10
+DEFAULT_SEED = 42
+DEFAULT_SHARD_USERS = 200
+"""Evaluated users a scoring shard ranks: its (b, n_movies) float32 scores are 200 x 58k x 4 = 46 MB at most."""
+
+BASELINES = ("random", "most-popular", "item-kNN", "EASE")
+"""The baselines an evaluation can score, by their names in the table (shared/ml/evaluate.py)."""
+
+STATE_FIELD = "evaluation"
+"""The evaluation job's record field that holds its ``EvaluationState``."""
+
+WEIGHTS = {"ingest": 1.0, "split": 0.5, "train": 4.0, "score": 6.0}
+"""Each stage's share of the progress bar, roughly its share of the time on ml-latest-small with the default
+recipes (2 cores: ingest 2 s, split 1 s, the seed recipe's pipeline 30 s, the hybrid one's 7 s, scoring 45 s
+of which fitting EASE in each worker process is most)."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Issue #11's protocol: who is kept, where each user's timeline is cut, what counts as relevant, top k."""
+
+    min_ratings: int = DEFAULT_MIN_RATINGS
+    train_fraction: float = DEFAULT_TRAIN_FRACTION
+    relevant_at: float = DEFAULT_RELEVANT_AT
+    k: int = DEFAULT_K
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> Protocol:
+        """From job params (absent ones take the defaults)."""
+        return cls(
+            min_ratings=int(params.get("min_ratings", DEFAULT_MIN_RATINGS)),
+            train_fraction=float(params.get("train_fraction", DEFAULT_TRAIN_FRACTION)),
+            relevant_at=float(params.get("relevant_at", DEFAULT_RELEVANT_AT)),
+            k=int(params.get("k", DEFAULT_K)),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"split": "temporal", **asdict(self)}
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """What decides the training part (relevant_at and k only decide how the test part is scored)."""
+        return {"split": "temporal", "min_ratings": self.min_ratings, "train_fraction": self.train_fraction}
+
+
+def training_dataset_id(source: str, protocol: Protocol) -> str:
+    """The derived training dataset's id: a hash of its source and the protocol values that cut it."""
+    key = json.dumps({"from": source, "protocol": protocol.training, "part": "temporal-train"}, sort_keys=True)
+    return "ds-" + hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+
+
+def recipes_of(params: dict[str, Any]) -> list[str]:
+    return list(params["recipes"]) if params.get("recipes") is not None else list(RECIPES)
+
+
+def baselines_of(params: dict[str, Any]) -> list[str]:
+    return list(params["baselines"]) if params.get("baselines") is not None else list(BASELINES)
+
+
+def stages(params: dict[str, Any]) -> list[str]:
+    """The job's stages, in order: ``ingest`` (a path given), ``split``, ``train:<recipe>`` each, ``score``."""
+    return [*(["ingest"] if params.get("path") else []), "split", *(f"train:{r}" for r in recipes_of(params)), "score"]
+
+
+def parent(job_id: str, params: dict[str, Any], stage: str) -> dict[str, Any]:
+    """A child's (or the job's own) view of where ``stage`` sits in the progress bar, as the pipeline's stage
+    jobs carry it (``workers.base.report_to_pipeline``): overall = (index + fraction) / stages."""
+    names = stages(params)
+    weights = [WEIGHTS[s.split(":")[0]] for s in names]
+    i = names.index(stage)
+    total, before, own = sum(weights), sum(weights[:i]), weights[i]
+    return {"id": job_id, "stage": stage, "index": before / own, "stages": total / own, "step": EVALUATE_STEP.name}
+
+
+def report(jobs: JobStore, job: Job | None, where: dict[str, Any], fraction: float, message: str) -> None:
+    """The job's progress: ``fraction`` of the stage ``where`` (a ``parent``) done, with an ETA once measurable."""
+    overall = (where["index"] + min(max(fraction, 0.0), 1.0)) / where["stages"]
+    eta = ""
+    if job is not None and job.started_at and overall > 0.05:
+        started = datetime.fromisoformat(job.started_at.replace("Z", "+00:00"))
+        elapsed = (datetime.now(UTC) - started).total_seconds()
+        eta = f"; ETA {elapsed * (1 - overall) / overall:.0f} s"
+    jobs.progress(where["id"], overall, stage=where["stage"], message=f"{message}{eta}")
+
+
+def plan_shards(users: int, shard_users: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of evaluated users, ``shard_users`` each (the last one shorter)."""
+    return [(lo, min(lo + shard_users, users)) for lo in range(0, users, shard_users)]
+
+
+@dataclass
+class EvaluationState:
+    """Where an evaluation is: its current stage, each child job, each finished stage's result, the tasks sent,
+    and once scoring starts, the plan the shards and the join work from."""
+
+    stage: int = 0
+    children: dict[str, str] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    sent: list[str] = field(default_factory=list)
+    plan: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, jobs: JobStore, job_id: str) -> EvaluationState | None:
+        raw = jobs.field(job_id, STATE_FIELD)
+        return cls(**json.loads(raw)) if raw is not None else None
+
+    def write(self, jobs: JobStore, job_id: str) -> None:
+        jobs.annotate(job_id, **{STATE_FIELD: json.dumps(asdict(self))})
+
+
+def source_dataset(params: dict[str, Any], state: EvaluationState) -> str:
+    return str(state.results.get("ingest", {}).get("dataset") or params.get("dataset") or "")
+
+
+def advance(svc: Services, celery: Celery, job_id: str) -> None:
+    """One step: start the job, or look at its current stage and start the next, or fail. The caller holds
+    the job's lock."""
+    job = svc.jobs.get(job_id)
+    if job is not None and job.status == "queued":
+        job = svc.jobs.start(job_id, stage="starting")  # the first step: the API's message
+    if job is None or job.status != "running":
+        return
+    names = stages(job.params)
+    state = EvaluationState.read(svc.jobs, job_id) or EvaluationState()
+    while state.stage < len(names):
+        stage = names[state.stage]
+        kind = stage.partition(":")[0]
+        step = _child_stage if kind in ("ingest", "train") else _split_stage if kind == "split" else _score_stage
+        if not step(svc, celery, job, state, stage):
+            return  # started, or waiting: a finished child, the split task or the join comes back
+        state.stage += 1
+        state.write(svc.jobs, job_id)
+
+
+def _child_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> bool:
+    """Ingest, or one recipe's pipeline: start its child job, or take its result once it has finished (True),
+    or fail the evaluation with the child's reason."""
+    kind, _, recipe = stage.partition(":")
+    child_id = state.children.get(stage)
+    if child_id is None:
+        if kind == "ingest":
+            child_kind = "ingest"
+            child_params = {"path": job.params["path"], "tags_per_movie": DEFAULT_TAGS_PER_MOVIE,
+                            "genres_fix_csv": None}  # fmt: skip
+        else:
+            child_kind = "pipeline"
+            child_params = {"dataset": state.results["split"]["training_dataset"], "recipe": recipe,
+                            "seed": int(job.params.get("seed", DEFAULT_SEED)), "activate": False}  # fmt: skip
+        where = parent(job.id, job.params, stage)
+        # A child belongs to whoever owns the evaluation, so the key that started it can follow every stage.
+        child = submit(celery, svc.jobs, kind=child_kind, params={**child_params, "parent": where}, owner=job.owner)
+        state.children[stage] = child.id
+        state.write(svc.jobs, job.id)
+        report(svc.jobs, job, where, 0.0, f"{stage} queued")
+        return False
+    finished = svc.jobs.get(child_id)
+    if finished is not None and not finished.finished:
+        return False  # a later notification moves it on
+    if finished is None or finished.status != "succeeded":
+        reason = (finished.error or {}).get("message", finished.status) if finished else "its job expired"
+        what = f"recipe {recipe}" if kind == "train" else "ingest"
+        svc.jobs.fail(job.id, code="stage_failed", message=f"{what} failed: {reason}",
+                      details={"stage": stage, "job": child_id})  # fmt: skip
+        return False
+    state.results[stage] = _child_result(kind, finished)
+    return True
+
+
+def _split_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> bool:
+    """True once the split is stored (by this job's split task, or found from an earlier evaluation)."""
+    from shared.store.evaluations import stored_split
+
+    source, protocol = source_dataset(job.params, state), Protocol.of(job.params)
+    summary = stored_split(svc.datasets, source, protocol)
+    if summary is not None and not summary["evaluated"]:
+        message = (f"nobody to evaluate in {source}: no user has {protocol.min_ratings} ratings or more with a test "
+                   f"rating of {protocol.relevant_at} or more")  # fmt: skip
+        svc.jobs.fail(job.id, code="data_error", message=message, details={"split": summary})
+        return False
+    if summary is not None:
+        state.results[stage] = summary
+        return True
+    if stage not in state.sent:
+        celery.send_task(EVALUATE_SPLIT.name, args=[job.id, source, asdict(protocol)])
+        state.sent.append(stage)
+        state.write(svc.jobs, job.id)
+        report(svc.jobs, job, parent(job.id, job.params, stage), 0.0, "splitting ratings by time")
+    return False  # the split task sends the step again
+
+
+def _score_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> bool:
+    """Plan the scoring shards and send them, once; the shards and the join finish the job."""
+    if state.plan is not None:
+        return False
+    state.plan = _plan(job.params, state)
+    state.write(svc.jobs, job.id)
+    shards = plan_shards(int(state.plan["users"]), int(state.plan["shard_users"]))
+    report(svc.jobs, job, parent(job.id, job.params, stage), 0.0, f"0 of {len(shards)} shards scored")
+    for lo, hi in shards:  # at least one: a split with nobody to evaluate failed the job
+        celery.send_task(EVALUATE_SHARD.name, args=[job.id, state.plan, lo, hi, len(shards)])
+    return False
+
+
+def _child_result(kind: str, child: Job) -> dict[str, Any]:
+    result = child.result or {}
+    if kind == "ingest":
+        return {"dataset": result["dataset"], "job": child.id}
+    return {"model": result["model"], "job": child.id, "seconds": _wall_seconds(child)}
+
+
+def _wall_seconds(job: Job) -> float:
+    if not (job.started_at and job.finished_at):
+        return 0.0
+    start, end = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (job.started_at, job.finished_at))
+    return round((end - start).total_seconds(), 3)
+
+
+def _plan(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
+    """What every scoring shard and the join work from (small JSON, a task argument)."""
+    from shared.ml.evaluate import EASE_MAX_BYTES
+
+    split = state.results["split"]
+    rows = [{"name": b, "kind": "baseline", "model": None} for b in baselines_of(params)]
+    rows += [{"name": r, "kind": "recipe", "model": state.results[f"train:{r}"]["model"]} for r in recipes_of(params)]
+    return {
+        "dataset": split["dataset"],
+        "training_dataset": split["training_dataset"],
+        "relevant_at": Protocol.of(params).relevant_at,
+        "k": Protocol.of(params).k,
+        "seed": int(params.get("seed", DEFAULT_SEED)),
+        "ease_max_bytes": EASE_MAX_BYTES,
+        "rows": rows,
+        "users": int(split["evaluated"]),
+        "shard_users": int(params.get("shard_users", DEFAULT_SHARD_USERS)),
+    }
+
+
+def build_table(
+    params: dict[str, Any],
+    state: EvaluationState,
+    metrics: list[dict[str, Any] | None],
+    shard_stats: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The job's result: one row per baseline and recipe, with the protocol and where it ran."""
+    plan = state.plan
+    assert plan is not None
+    split = state.results["split"]
+    skipped: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for stats in shard_stats:
+        skipped.update(stats.get("skipped", {}))
+        for name, s in stats.get("seconds", {}).items():
+            seconds[name] = seconds.get(name, 0.0) + float(s)
+    rows = []
+    for row, m in zip(plan["rows"], metrics, strict=True):
+        name = row["name"]
+        trained = state.results.get(f"train:{name}", {}) if row["kind"] == "recipe" else {}
+        took = seconds.get(name, 0.0) + float(trained.get("seconds", 0.0))
+        rows.append({
+            "name": name,
+            "kind": row["kind"],
+            "model": row["model"],
+            **{key: (None if m is None else m[key]) for key in ("recall", "ndcg", "hr", "coverage", "cold_recall")},
+            "seconds": round(took, 2),
+            "skipped": skipped.get(name) if m is None else None,
+        })  # fmt: skip
+    recipes = [r for r in rows if r["kind"] == "recipe" and r["ndcg"] is not None]
+    best = max(recipes, key=lambda r: r["ndcg"])["name"] if recipes else None  # ties: the first named
+    return {
+        "protocol": {**Protocol.of(params).describe(), "seed": int(plan["seed"])},
+        "dataset": split["dataset"],
+        "training_dataset": split["training_dataset"],
+        "users": int(split["evaluated"]),
+        "cold_users": int(split["cold_users"]),
+        "rows": rows,
+        "best": best,
+        "jobs": {stage: child for stage, child in state.children.items()},
+    }
+
+
+def janitor_units(svc: Services, job: Job) -> tuple[str | None, list[tuple[str, Task, list[Any]]]]:
+    """For the janitor (workers/janitor.py): the child job the evaluation waits on (alive while it is), and
+    what it still needs run, each as (unit name, task, args): the step, the split, the missing shards or the
+    join. A resent step looks at the stage again; a resent shard or join that met its original is dropped."""
+    state = EvaluationState.read(svc.jobs, job.id) if job.status == "running" else None
+    step = [("step", EVALUATE_STEP, [job.id])]
+    if state is None or state.stage >= len(names := stages(job.params)):
+        return None, step
+    stage = names[state.stage]
+    if stage in state.children:
+        return state.children[stage], step
+    if stage == "split" and "split" in state.sent:
+        args = [job.id, source_dataset(job.params, state), asdict(Protocol.of(job.params))]
+        return None, [("split", EVALUATE_SPLIT, args)]
+    if stage == "score" and state.plan is not None:
+        shards = plan_shards(int(state.plan["users"]), int(state.plan["shard_users"]))
+        done = svc.jobs.shards_done(job.id)
+        todo = [(lo, hi) for lo, hi in shards if f"{lo:09d}" not in done]
+        if todo:
+            return None, [(f"shard-{lo:09d}", EVALUATE_SHARD, [job.id, state.plan, lo, hi, len(shards)])
+                          for lo, hi in todo]  # fmt: skip
+        return None, [("join", EVALUATE_JOIN, [job.id, state.plan])]
+    return None, step

@@ -1,0 +1,167 @@
+"""The hybrid model: a per-movie embedding learned from what users liked, and a content tower for the rest.
+
+    ratings (users x movies) ──> liked L = [rating >= liked_at] ──> A = L D^-1/2   (D: likes per movie)
+        └─ truncated SVD A ≈ U S V^T, rank ``hidden_dim`` ──> E = V S   (n, h)  the per-movie embedding
+           (E E^T ≈ D^-1/2 L^T L D^-1/2, the cosine of co-likes: movies liked by the same people sit close)
+    triplets (anchor, positive, negative) rows, co-liked or descriptor ones
+        └─ content tower c(x) = normalise(x W^T + b) over the encoder's movie vector x, trained so that
+           |c(x_a) - e_p| + margin < |c(x_a) - e_n|  (e = E normalised), plus (a, a, n) for every anchor:
+           a movie's descriptors should land near where its likes put it
+    movie vector z_j = e_j for a movie someone liked, else c(x_j)   (unit length; served by the hnswlib index)
+
+A movie nobody liked in the training data keeps a vector from its content alone; a keyword query goes
+through the content tower (its weights are stored as the notebook's ``proj.weight`` / ``proj.bias``, so the
+service projects keywords the same way for both architectures).
+
+The SVD is ARPACK's with a fixed start vector; the tower is trained in numpy with Adam (the notebook's
+step, written out; one linear layer is too small for a GPU to pay for itself), batches drawn from a
+seeded permutation: the same inputs and seed give the same weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from shared.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+    from shared.ml.training import Progress, TrainConfig, TrainResult
+
+NORM_EPS = 1e-12
+NULL_SPACE = 1e-6
+"""Singular values below this share of the largest are taken as zero."""
+TOWER_BLAS_THREADS = 1
+"""A step is two (B, d) x (d, h) products: threads cost more than they gain there."""
+
+
+def spectral_embedding(ratings: sp.csr_matrix, *, liked_at: float, dim: int) -> np.ndarray:
+    """(n, dim) float32 E = V S of the truncated SVD of the popularity-normalised liked matrix; rows of movies
+    nobody liked are zero. A rank above what the data has is padded with zero columns."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
+    liked = ratings.copy().tocsr()
+    liked.data = (liked.data >= liked_at).astype(np.float64)
+    liked.eliminate_zeros()
+    n = liked.shape[1]
+    counts = np.asarray(liked.sum(axis=0)).ravel()  # (n,) likes per movie
+    scale = np.divide(1.0, np.sqrt(counts), out=np.zeros(n), where=counts > 0)
+    a = (liked @ sp.diags(scale)).tocsr()  # (u, n)
+    rank = min(dim, min(a.shape) - 1)
+    out = np.zeros((n, dim), dtype=np.float32)
+    if rank < 1 or a.nnz == 0:
+        return out
+    v0 = np.full(min(a.shape), 1.0 / np.sqrt(min(a.shape)))  # ARPACK's start vector, fixed: deterministic
+    _, s, vt = svds(a, k=rank, v0=v0, solver="arpack")
+    order = np.argsort(-s, kind="stable")  # largest first
+    s = np.where(s > NULL_SPACE * s[order[0]], s, 0.0)  # a direction of the null space is arbitrary: dropped
+    e = (vt[order].T * s[order]).astype(np.float32)  # (n, rank)
+    e *= np.sign(e.sum(axis=0, keepdims=True) + NORM_EPS)  # fix each component's sign
+    out[:, :rank] = e
+    out[counts == 0] = 0.0  # exactly: ARPACK leaves round-off there, and a nonzero row counts as liked
+    return out
+
+
+def train_hybrid(
+    vectors: np.ndarray,
+    triplets: np.ndarray,
+    ratings: sp.csr_matrix,
+    config: TrainConfig,
+    *,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """The hybrid model of ``vectors`` (n, d) encoder movie vectors, ``triplets`` (m, 3) catalogue rows and
+    ``ratings`` (u, n) rating values; answers the content tower's weights and every movie's vector."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from shared.ml.training import TrainResult, split, triplet_auc
+
+    n, d = vectors.shape
+    h = config.hidden_dim
+    e = spectral_embedding(ratings, liked_at=config.liked_at, dim=h)  # (n, h)
+    norms = np.linalg.norm(e, axis=1)
+    warm = norms > 0  # (n,) someone liked it
+    targets = e / np.maximum(norms, NORM_EPS)[:, None]  # (n, h) unit rows (zero for cold movies)
+    usable = triplets[warm[triplets[:, 1]] & warm[triplets[:, 2]]]  # the targets must exist
+    if len(usable) < 2:
+        raise InvalidRequest("the hybrid model needs at least 2 triplets whose positive and negative were liked")
+    train_idx, test_idx = split(len(usable), test_fraction=config.test_fraction, seed=config.seed)
+    train_rows = usable[train_idx]
+    # Each anchor also pulls towards its own liked-space vector: (a, a, n) beside (a, p, n).
+    own = train_rows[warm[train_rows[:, 0]]]
+    train_rows = np.concatenate([train_rows, np.stack([own[:, 0], own[:, 0], own[:, 2]], axis=1)])
+    test_rows = usable[test_idx]
+
+    rng = np.random.default_rng(config.seed)
+    x = np.hstack([vectors.astype(np.float32), np.ones((n, 1), dtype=np.float32)])  # (n, d + 1), bias column
+    bound = 1.0 / np.sqrt(d)  # torch.nn.Linear's initial range
+    wb = rng.uniform(-bound, bound, size=(h, d + 1)).astype(np.float32)  # (h, d + 1)
+    result = TrainResult(state={}, projected=np.zeros(0), auc_before=triplet_auc(vectors, test_rows), auc_after=0.0)
+    with threadpool_limits(TOWER_BLAS_THREADS, user_api="blas"):
+        _fit_tower(x, targets, wb, train_rows=train_rows, test_rows=test_rows, config=config, result=result,
+                   progress=progress)  # fmt: skip
+    content = _unit(x @ wb.T)  # (n, h)
+    projected = np.where(warm[:, None], targets, content).astype(np.float32)
+    result.projected = projected
+    result.auc_after = triplet_auc(projected, test_rows)
+    result.state = {
+        "proj.weight": torch.from_numpy(np.ascontiguousarray(wb[:, :-1])),
+        "proj.bias": torch.from_numpy(np.ascontiguousarray(wb[:, -1])),
+    }
+    result.warm = int(warm.sum())
+    return result
+
+
+def _fit_tower(
+    x: np.ndarray, targets: np.ndarray, wb: np.ndarray, *, train_rows: np.ndarray, test_rows: np.ndarray,
+    config: TrainConfig, result: TrainResult, progress: Progress | None,
+) -> None:  # fmt: skip
+    """``config.epochs`` passes of Adam over ``train_rows`` in batches, updating ``wb`` in place."""
+    from shared.ml.training import Adam
+
+    rng = np.random.default_rng(config.seed)
+    adam = Adam(wb, lr=config.lr)
+    for epoch in range(config.epochs):
+        order = rng.permutation(len(train_rows))
+        total, batches = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = train_rows[order[start : start + config.batch_size]]  # (B, 3)
+            loss, grad = _tower_loss(x[batch[:, 0]], targets[batch[:, 1]], targets[batch[:, 2]], wb, config.margin)
+            adam.step(grad)
+            total += loss
+            batches += 1
+        result.train_losses.append(total / max(batches, 1))
+        val = _tower_loss(x[test_rows[:, 0]], targets[test_rows[:, 1]], targets[test_rows[:, 2]], wb, config.margin)
+        result.val_losses.append(val[0])
+        if progress is not None:
+            progress(epoch + 1, result.train_losses[-1], result.val_losses[-1])
+
+
+def _unit(y: np.ndarray) -> np.ndarray:
+    return np.asarray(y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), NORM_EPS), dtype=np.float32)
+
+
+def _tower_loss(
+    xa: np.ndarray, p: np.ndarray, neg: np.ndarray, wb: np.ndarray, margin: float
+) -> tuple[float, np.ndarray | None]:
+    """Triplet loss of anchors (B, d + 1) through normalise(x [W b]^T) against fixed unit targets p, neg (B, h),
+    and its gradient in [W b] (None when no triplet is active)."""
+    y = xa @ wb.T  # (B, h)
+    norm = np.maximum(np.sqrt(np.einsum("ij,ij->i", y, y)), NORM_EPS)[:, None]
+    z = y / norm
+    to_p, to_n = z - p, z - neg
+    d_p, d_n = np.sqrt(np.einsum("ij,ij->i", to_p, to_p)), np.sqrt(np.einsum("ij,ij->i", to_n, to_n))
+    hinge = d_p - d_n + margin
+    active = hinge > 0
+    if not active.any():
+        return 0.0, None
+    w = active.astype(np.float32) / len(hinge)
+    gz = np.divide(w, d_p, out=np.zeros_like(d_p), where=d_p > 0)[:, None] * to_p
+    gz -= np.divide(w, d_n, out=np.zeros_like(d_n), where=d_n > 0)[:, None] * to_n
+    gy = (gz - z * np.einsum("ij,ij->i", z, gz)[:, None]) / norm
+    return float(np.maximum(hinge, 0).mean()), gy.T @ xa

@@ -1,0 +1,90 @@
+"""Named model recipes: the pipeline options that make one kind of model, from triplets to user profiles.
+
+    POST /v1/pipelines {"recipe": "hybrid", ...}   ──> pipeline options = recipe's options, then the body's
+    POST /v1/jobs/evaluate {"recipes": [...]}      ──> one pipeline per recipe on the training part, scored
+
+A recipe fixes every stage's choices:
+
+- **triplets**: ``source`` "descriptors" (the notebook's miner, with its ``negatives`` strategy) or "ratings"
+  (co-liked positives and popularity-weighted negatives, ``liked_at`` and ``positives``; shared/ml/coliked.py);
+- **model**: ``architecture`` "linear" (the notebook: one linear layer over the encoder's vectors) or "hybrid"
+  (shared/ml/hybrid.py: a learned per-movie embedding from what users liked, and a linear content tower
+  trained on the triplets to place movies nobody rated in the same space);
+- **profile**: how a user's ratings become a query (shared/ml/recommend.py): ``profile`` "rating" (the
+  notebook: weights rating / 5, mean taken in the encoder's space, then projected) or "centred" (weights
+  1 + (rating - the user's mean) / 2: a movie rated 2 points under the user's mean weighs 0 and anything
+  lower pushes the query away), and ``recency_days`` (a half-life: 0 = off).
+
+``seed`` is the notebook's method as the service ran it before recipes existed, and reproduces those figures;
+the default is the recipe that scores best in the evaluation table (BENCHMARKS.md, "Recommendation quality").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    options: dict[str, Any] = field(default_factory=dict)
+    """Pipeline options (the names of ``POST /v1/pipelines``' body)."""
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            "seed",
+            "the notebook: descriptor triplets (uniform-min negatives), CLS pooling, one linear layer to 50-d, "
+            "profile = rating/5-weighted mean",
+            {
+                "source": "descriptors",
+                "negatives": "uniform-min",
+                "pooling": "cls",
+                "architecture": "linear",
+                "profile": "rating",
+                "epochs": 10,
+                "hidden_dim": 50,
+                "margin": 0.3,
+                "lr": 0.01,
+                "batch_size": 32,
+            },
+        ),
+        Recipe(
+            "hybrid",
+            "co-liked triplets (liked >= 3.5, 10 positives per movie, popularity negatives); per-movie embedding "
+            "from the liked matrix (128-d) plus a linear content tower for unrated movies; centred profile",
+            {
+                "source": "ratings",
+                "liked_at": 3.5,
+                "positives": 10,
+                "pooling": "cls",
+                "architecture": "hybrid",
+                "profile": "centred",
+                "epochs": 5,
+                "hidden_dim": 128,
+                "margin": 0.3,
+                "lr": 0.003,
+                "batch_size": 256,
+            },
+        ),
+    )
+}
+
+DEFAULT_RECIPE = "hybrid"
+"""The recipe of ``/v1/pipelines`` and ``movierec demo`` when none is named: the best row of the table."""
+
+
+def recipe_options(name: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline options of recipe ``name`` (default ``DEFAULT_RECIPE``), then ``overrides`` (the values a
+    client gave; None means not given)."""
+    name = name or DEFAULT_RECIPE
+    if name not in RECIPES:
+        raise InvalidRequest(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return {**RECIPES[name].options, **given, "recipe": name}

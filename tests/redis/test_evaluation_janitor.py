@@ -1,0 +1,75 @@
+"""The janitor and an evaluation job: alive while its child job is, else its lost step, split, shards or join
+sent again (a real Redis and Celery app; no worker runs)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from shared.infra.celery_app import make_celery
+from shared.infra.settings import Settings
+from shared.jobs.evaluation import EvaluationState, Protocol
+from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVALUATE_STEP
+from shared.services import Services
+from tests.conftest import delete_prefix
+from tests.redis.test_janitor import sent
+from workers.janitor import Janitor
+
+
+@pytest.fixture
+def svc(settings: Settings, redis_client: redis.Redis) -> Iterator[Services]:
+    own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-e{uuid.uuid4().hex[:6]}"})
+    yield Services.from_settings(own)
+    delete_prefix(redis_client, own.key_prefix)
+
+
+@pytest.fixture
+def janitor(svc: Services) -> Janitor:
+    return Janitor(svc, make_celery(svc.settings), worker="test")
+
+
+PARAMS = {"dataset": "ds-a", "recipes": ["seed"], "baselines": ["random"], "shard_users": 10}
+
+
+def running(svc: Services, state: EvaluationState) -> str:
+    job = svc.jobs.create("evaluate", PARAMS)
+    svc.jobs.start(job.id, stage="score")
+    state.write(svc.jobs, job.id)
+    return job.id
+
+
+def twice(janitor: Janitor) -> int:
+    return janitor.sweep()["resent"] + janitor.sweep()["resent"]
+
+
+def test_alive_while_its_child_is_then_the_step_is_sent_again(svc: Services, janitor: Janitor) -> None:
+    child = svc.jobs.create("pipeline", {"dataset": "ds-t"})
+    job_id = running(svc, EvaluationState(stage=1, children={"train:seed": child.id}))
+    for _ in range(3):
+        janitor.sweep()
+    assert all(task != EVALUATE_STEP.name for task, _ in sent(svc))  # (the queued child gets its own step)
+    svc.jobs.fail(child.id, code="x", message="gone")  # the child finished, and its notification was lost
+    assert twice(janitor) >= 1
+    assert (EVALUATE_STEP.name, [job_id]) in sent(svc)
+
+
+def test_a_lost_split_is_sent_again(svc: Services, janitor: Janitor) -> None:
+    job_id = running(svc, EvaluationState(stage=0, sent=["split"]))
+    assert twice(janitor) == 1
+    assert sent(svc) == [(EVALUATE_SPLIT.name, [job_id, "ds-a", {**Protocol().__dict__}])]
+
+
+def test_the_missing_shards_then_the_join(svc: Services, janitor: Janitor) -> None:
+    plan: dict[str, Any] = {"users": 25, "shard_users": 10, "rows": []}
+    job_id = running(svc, EvaluationState(stage=2, plan=plan))
+    svc.jobs.shard_done(job_id, f"{10:09d}", {"users": [10, 20]}, total=3)
+    assert twice(janitor) == 1
+    assert sent(svc) == [(EVALUATE_SHARD.name, [job_id, plan, lo, hi, 3]) for lo, hi in ((0, 10), (20, 25))]
+    for lo in (0, 20):
+        svc.jobs.shard_done(job_id, f"{lo:09d}", {}, total=3)
+    assert twice(janitor) == 1
+    assert sent(svc) == [(EVALUATE_JOIN.name, [job_id, plan])]
