@@ -146,6 +146,8 @@ class TrainIn(Schema):
     liked_at = Float(validate=Range(0.5, 5.0), metadata={"description": "hybrid: a rating at least this is a like"})
     profile = String(validate=OneOf(PROFILES), metadata={"description": "user profile: rating (default), centred"})
     recency_days = _knob("recency_days", real=False)
+    layers = Integer(validate=Range(1, 4), metadata={"description": "linear: 1 (the notebook) to 4 layers"})
+    dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})
 
 
 class IndexIn(Schema):
@@ -234,6 +236,8 @@ class PipelineIn(Schema):
     architecture = String(validate=OneOf(ARCHITECTURES))
     profile = String(validate=OneOf(PROFILES))
     recency_days = _knob("recency_days", real=False)
+    layers = Integer(validate=Range(1, 4), metadata={"description": "linear: 1 (the notebook) to 4 layers"})
+    dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})
     epochs = _knob("epochs")
     hidden_dim = _knob("hidden_dim")
     margin = _knob("margin", real=True)

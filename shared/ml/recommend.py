@@ -30,15 +30,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from shared.errors import NotFound
 from shared.ml.index import MovieIndex, concat_ranges
-
-if TYPE_CHECKING:
-    import scipy.sparse as sp
 
 TOP_DESCRIPTORS = 10
 
@@ -46,8 +43,15 @@ Encode = Callable[[list[str]], np.ndarray]
 """Strings -> (len, d) vectors in the model's raw encoder space (its encoder and pooling)."""
 
 
-def project(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """(q, d) raw vectors -> (q, hidden) unit vectors through the trained layer (W (hidden, d), b (hidden,))."""
+Layers = tuple[tuple[np.ndarray, np.ndarray], ...]
+"""Inner layers (W, b) of a deeper network, each followed by a ReLU (dropout is off at inference)."""
+
+
+def project(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, inner: Layers = ()) -> np.ndarray:
+    """(q, d) raw vectors -> (q, hidden) unit vectors through the trained network: the ``inner`` layers, if any,
+    then the last layer (W (hidden, d'), b (hidden,))."""
+    for w, b in inner:
+        x = np.maximum(x @ w.T + b, 0.0)
     y = x @ weight.T + bias  # (q, hidden)
     return np.asarray(y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
@@ -84,14 +88,15 @@ class ServingModel:
     ratings_movie: np.ndarray
     ratings_value: np.ndarray
     ratings_time: np.ndarray | None = None  # loaded when the profile weighs recency
+    inner: Layers = ()  # a deeper network's inner layers
 
-    @property
+    @cached_property
     def profile(self) -> Profile:
         return Profile.of(self.record.get("config", {}))
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """(q, d) raw vectors -> (q, hidden) unit vectors, as the trained network does."""
-        return project(x, self.weight, self.bias)
+        return project(x, self.weight, self.bias, self.inner)
 
     @cached_property
     def _id_order(self) -> np.ndarray:
@@ -165,53 +170,61 @@ class Profile:
 SECONDS_PER_DAY = 86_400
 
 
-def profile_weights(ratings: sp.csr_matrix, times: sp.csr_matrix | None, profile: Profile) -> sp.csr_matrix:
-    """(b, n) weights of ``ratings`` (b, n) rating values; ``times`` (same pattern, seconds) for recency."""
-    w = ratings.astype(np.float64).tocsr(copy=True)
+def profile_weights(indptr: np.ndarray, values: np.ndarray, times: np.ndarray | None, profile: Profile) -> np.ndarray:
+    """(r,) float32 weights of ratings grouped by user (user i's are ``values[indptr[i]:indptr[i + 1]]``);
+    ``times`` (r,) seconds, for recency. Plain arrays: a single user's query pays no sparse-matrix overhead."""
+    values = np.asarray(values, dtype=np.float64)
+    counts = np.diff(indptr)
+    owner = np.repeat(np.arange(len(counts)), counts)  # (r,) the user of each rating
     if profile.kind == "centred":
-        counts = np.diff(w.indptr)
-        means = np.add.reduceat(w.data, w.indptr[:-1]) / np.maximum(counts, 1) if len(w.data) else np.zeros(0)
-        w.data = 1.0 + (w.data - np.repeat(means[: len(counts)], counts)) / 2.0
+        means = np.bincount(owner, weights=values, minlength=len(counts)) / np.maximum(counts, 1)
+        weights = 1.0 + (values - means[owner]) / 2.0
     else:
-        w.data = w.data / 5.0
-    if profile.recency_days > 0 and times is not None:
-        t = times.tocsr().data.astype(np.float64)
-        counts = np.diff(w.indptr)
-        last = np.maximum.reduceat(t, w.indptr[:-1]) if len(t) else np.zeros(0)
-        age_days = (np.repeat(last[: len(counts)], counts) - t) / SECONDS_PER_DAY
-        w.data = w.data * 0.5 ** (age_days / profile.recency_days)
-    return w
+        weights = values / 5.0
+    if profile.recency_days > 0 and times is not None and len(values):
+        t = np.asarray(times, dtype=np.float64)
+        last = np.zeros(len(counts))
+        rated = counts > 0
+        last[rated] = np.maximum.reduceat(t, indptr[:-1][rated])
+        weights = weights * 0.5 ** ((last[owner] - t) / SECONDS_PER_DAY / profile.recency_days)
+    return weights.astype(np.float32)
 
 
 def profile_queries(
-    weights: sp.csr_matrix, *, profile: Profile, raw: np.ndarray, embeddings: np.ndarray, weight: np.ndarray,
-    bias: np.ndarray,
+    indptr: np.ndarray, movies: np.ndarray, weights: np.ndarray, *, profile: Profile, raw: np.ndarray,
+    embeddings: np.ndarray, weight: np.ndarray, bias: np.ndarray, inner: Layers = (),
 ) -> np.ndarray:  # fmt: skip
-    """(b, hidden) unit query vectors of ``weights`` (b, n) (``profile_weights``)."""
+    """(b, hidden) unit query vectors of b users' rated ``movies`` (catalogue rows, grouped by ``indptr``) and
+    their ``weights`` (``profile_weights``)."""
+    counts = np.diff(indptr)
+    space = embeddings if profile.item_space else raw
+    sums = np.zeros((len(counts), space.shape[1]), dtype=np.float32)  # (b, d or hidden)
+    for i, (lo, hi) in enumerate(zip(indptr[:-1].tolist(), indptr[1:].tolist(), strict=True)):
+        sums[i] = weights[lo:hi] @ space[movies[lo:hi]]  # a gather and a matvec: no reduceat's strided sums
     if profile.item_space:
-        q = np.asarray(weights @ embeddings, dtype=np.float64)  # (b, hidden)
-        return np.asarray(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12), dtype=np.float32)
-    total = np.asarray(abs(weights).sum(axis=1)).reshape(-1, 1)  # (b, 1)
-    mean = np.asarray(weights @ raw) / np.maximum(total, 1e-12)  # (b, d): the notebook's weighted mean
-    return project(mean, weight, bias)
+        return np.asarray(sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+    total = np.bincount(np.repeat(np.arange(len(counts)), counts), weights=np.abs(weights), minlength=len(counts))
+    mean = sums / np.maximum(total, 1e-12).astype(np.float32)[:, None]  # (b, d): the notebook's weighted mean
+    return project(mean, weight, bias, inner)
+
+
+def inner_layers(state: dict[str, np.ndarray]) -> Layers:
+    """The inner layers of a stored network's state (``build_net``'s names), in order."""
+    indices = sorted({int(k.split(".")[1]) for k in state if k.startswith("inner.")})
+    return tuple((state[f"inner.{i}.weight"].astype(np.float32), state[f"inner.{i}.bias"].astype(np.float32))
+                 for i in indices)  # fmt: skip
 
 
 def user_profile(model: ServingModel, user_id: int) -> tuple[np.ndarray, np.ndarray]:
     """The user's query vector (hidden,) and the rows they rated."""
-    import scipy.sparse as sp
-
     j = model.user_row(user_id)
     lo, hi = model.ratings_indptr[j], model.ratings_indptr[j + 1]
     rows = model.ratings_movie[lo:hi].astype(np.int64)
-    n, one = len(model.movie_ids), np.array([0, hi - lo])
-
-    def row_of(values: np.ndarray) -> sp.csr_matrix:
-        return sp.csr_matrix((values, rows, one), shape=(1, n))
-
-    times = row_of(model.ratings_time[lo:hi]) if model.ratings_time is not None else None
-    weights = profile_weights(row_of(model.ratings_value[lo:hi]), times, model.profile)
-    query = profile_queries(weights, profile=model.profile, raw=model.raw, embeddings=model.embeddings,
-                            weight=model.weight, bias=model.bias)  # fmt: skip
+    indptr = np.array([0, hi - lo])
+    times = model.ratings_time[lo:hi] if model.ratings_time is not None else None
+    weights = profile_weights(indptr, model.ratings_value[lo:hi], times, model.profile)
+    query = profile_queries(indptr, rows, weights, profile=model.profile, raw=model.raw, embeddings=model.embeddings,
+                            weight=model.weight, bias=model.bias, inner=model.inner)  # fmt: skip
     return query[0], rows
 
 

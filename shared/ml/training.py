@@ -37,6 +37,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "batch_size": (1, 8192),
     "liked_at": (0.5, 5.0),
     "recency_days": (0.0, 36500.0),
+    "layers": (1, 4),
+    "dropout": (0.0, 0.9),
 }
 """Accepted range of each hyper-parameter (inclusive; margin and lr must be above their lower bound)."""
 
@@ -62,6 +64,10 @@ class TrainConfig:
     """How a user's ratings become a query at serving time (shared/ml/recommend.py): "rating" or "centred"."""
     recency_days: float = 0.0
     """Half-life of a rating's weight in a user's profile, counted back from their last rating; 0 = off."""
+    layers: int = 1
+    """The linear architecture's depth: 1 is the notebook's; more adds inner ReLU layers (``build_net``)."""
+    dropout: float = 0.0
+    """Dropout after each inner layer, while training."""
 
     def __post_init__(self) -> None:
         for name, (low, high) in LIMITS.items():
@@ -69,6 +75,8 @@ class TrainConfig:
             strict = name in ("margin", "lr")
             if not (low < value <= high if strict else low <= value <= high):
                 raise InvalidRequest(f"{name} must be in {'(' if strict else '['}{low}, {high}], got {value}")
+        if self.architecture == "hybrid" and self.layers != 1:
+            raise InvalidRequest("the hybrid architecture's content tower has one layer; layers must be 1")
         for name, allowed in (("architecture", ARCHITECTURES), ("profile", PROFILES)):
             if getattr(self, name) not in allowed:
                 raise InvalidRequest(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -92,7 +100,15 @@ class TrainResult:
     warm: int | None = None  # the hybrid: movies with a learned per-movie embedding
 
 
-def build_net(in_dim: int, hidden_dim: int) -> torch.nn.Module:
+INNER_WIDTH = 256
+"""Width of the inner layers of a network with ``layers`` > 1."""
+
+
+def build_net(in_dim: int, hidden_dim: int, *, layers: int = 1, dropout: float = 0.0) -> torch.nn.Module:
+    """The notebook's one linear layer (``layers`` 1), or the notebook author's listed improvement: ``layers`` - 1
+    inner layers of INNER_WIDTH units, each Linear -> ReLU -> Dropout(``dropout``), before it. State names:
+    ``inner.<k>.weight`` / ``.bias`` for inner layer k (k = 0, 3, 6, ...: torch's Sequential indices), and the last
+    layer's ``proj.weight`` / ``proj.bias`` whatever the depth (what shared/ml/recommend.py's ``project`` reads)."""
     from torch import nn
 
     class SiameseNet(nn.Module):
@@ -100,10 +116,16 @@ def build_net(in_dim: int, hidden_dim: int) -> torch.nn.Module:
 
         def __init__(self) -> None:
             super().__init__()
-            self.proj = nn.Linear(in_dim, hidden_dim)
+            stack: list[nn.Module] = []
+            width = in_dim
+            for _ in range(layers - 1):
+                stack += [nn.Linear(width, INNER_WIDTH), nn.ReLU(), nn.Dropout(dropout)]
+                width = INNER_WIDTH
+            self.inner = nn.Sequential(*stack)
+            self.proj = nn.Linear(width, hidden_dim)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return nn.functional.normalize(self.proj(x), dim=-1)  # (B, hidden)
+            return nn.functional.normalize(self.proj(self.inner(x)), dim=-1)  # (B, hidden)
 
     return SiameseNet()
 
@@ -177,14 +199,15 @@ def train(
     trip = torch.from_numpy(triplets.astype(np.int64)).to(device)  # (m, 3)
     train_t, test_t = trip[torch.from_numpy(train_idx).to(device)], trip[torch.from_numpy(test_idx).to(device)]
 
-    net = build_net(x.shape[1], config.hidden_dim).to(device)
+    net = build_net(x.shape[1], config.hidden_dim, layers=config.layers, dropout=config.dropout).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     result = TrainResult(
         state={}, projected=np.zeros(0), auc_before=triplet_auc(vectors, triplets[test_idx]), auc_after=0.0
     )
 
-    if device.type == "cpu" and not autograd:
+    by_hand = device.type == "cpu" and not autograd and config.layers == 1  # the numpy steps know one layer only
+    if by_hand:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(TRAIN_BLAS_THREADS, user_api="blas"):
@@ -198,7 +221,7 @@ def train(
                 result=result,
                 progress=progress,
             )
-    for epoch in range(config.epochs if (device.type != "cpu" or autograd) else 0):
+    for epoch in range(0 if by_hand else config.epochs):
         net.train()
         order = torch.randperm(len(train_t), generator=generator).to(device)
         total, batches = 0.0, 0

@@ -21,7 +21,15 @@ from shared.errors import Conflict, NotFound
 from shared.infra.keys import dataset_artifact
 from shared.infra.process import per_process
 from shared.ml.index import IndexParams, MovieIndex
-from shared.ml.recommend import Profile, ServingModel, profile_queries, profile_weights, recommend
+from shared.ml.recommend import (
+    Layers,
+    Profile,
+    ServingModel,
+    inner_layers,
+    profile_queries,
+    profile_weights,
+    recommend,
+)
 from shared.store.artifacts import ArtifactStore
 from shared.store.datasets import load_ratings
 from shared.store.models import ModelStore
@@ -80,6 +88,7 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
         ratings_movie=ratings.movie_index,
         ratings_value=ratings.values,
         ratings_time=ratings.timestamps,
+        inner=inner_layers(weights),
     )
 
 
@@ -93,13 +102,17 @@ class VersionScorer:
     embeddings: np.ndarray  # (n, hidden) unit rows
     weight: np.ndarray
     bias: np.ndarray
+    inner: Layers = ()
 
     def score(self, ratings: sp.csr_matrix, timestamps: sp.csr_matrix | None) -> np.ndarray:
         """(b, n) float32 cosine of each user's query (from ``ratings`` (b, n), their training part) to every
         movie; excluding what they rated is the caller's."""
-        weights = profile_weights(ratings, timestamps, self.profile)
-        queries = profile_queries(weights, profile=self.profile, raw=self.raw, embeddings=self.embeddings,
-                                  weight=self.weight, bias=self.bias)  # fmt: skip
+        ratings = ratings.tocsr()
+        times = timestamps.tocsr().data if timestamps is not None else None
+        weights = profile_weights(ratings.indptr, ratings.data, times, self.profile)
+        queries = profile_queries(ratings.indptr, ratings.indices, weights, profile=self.profile, raw=self.raw,
+                                  embeddings=self.embeddings, weight=self.weight, bias=self.bias,
+                                  inner=self.inner)  # fmt: skip
         return np.asarray(queries @ self.embeddings.T, dtype=np.float32)
 
 
@@ -122,6 +135,7 @@ def version_scorer(artifacts: ArtifactStore, models: ModelStore, version: str) -
         embeddings=artifacts.get_array(record["artifacts"]["embeddings"]),
         weight=weights["proj.weight"].astype(np.float32),
         bias=weights["proj.bias"].astype(np.float32),
+        inner=inner_layers(weights),
     )
 
 

@@ -133,29 +133,48 @@ def test_recipes_fill_pipeline_options_and_the_client_wins() -> None:
 
 
 def test_profile_weights_by_hand() -> None:
-    ratings = sp.csr_matrix(np.array([[5.0, 3.0, 0.0, 1.0], [0.0, 4.0, 4.0, 0.0]], dtype=np.float32))
+    indptr = np.array([0, 3, 5, 5])  # user 0 rated three movies, user 1 two, user 2 none
+    values = np.array([5.0, 3.0, 1.0, 4.0, 4.0], dtype=np.float32)
     day = 86_400
-    times = sp.csr_matrix((np.array([10 * day, 8 * day, 6 * day, 5 * day, 5 * day], np.int64), ratings.indices,
-                           ratings.indptr), shape=ratings.shape)  # fmt: skip
-    rating = profile_weights(ratings, None, Profile("rating")).toarray()
-    np.testing.assert_allclose(rating, ratings.toarray() / 5)
-    centred = profile_weights(ratings, None, Profile("centred")).toarray()
-    np.testing.assert_allclose(centred[0, [0, 1, 3]], [1 + (5 - 3) / 2, 1.0, 1 + (1 - 3) / 2])
-    np.testing.assert_allclose(centred[1, [1, 2]], [1.0, 1.0])
-    recent = profile_weights(ratings, times, Profile("rating", recency_days=2.0)).toarray()
-    np.testing.assert_allclose(recent[0, [0, 1, 3]], [1.0, 0.6 * 0.5, 0.2 * 0.25])  # 0, 2 and 4 days old
+    times = np.array([10 * day, 8 * day, 6 * day, 5 * day, 5 * day], dtype=np.int64)
+    np.testing.assert_allclose(profile_weights(indptr, values, None, Profile("rating")), values / 5)
+    centred = profile_weights(indptr, values, None, Profile("centred"))
+    np.testing.assert_allclose(centred, [1 + (5 - 3) / 2, 1.0, 1 + (1 - 3) / 2, 1.0, 1.0])
+    recent = profile_weights(indptr, values, times, Profile("rating", recency_days=2.0))
+    np.testing.assert_allclose(recent, [1.0, 0.6 * 0.5, 0.2 * 0.25, 0.8, 0.8])  # 0, 2 and 4 days old; 0 and 0
+    assert profile_weights(indptr, values, None, Profile("rating")).dtype == np.float32
 
 
 def test_linear_profile_is_the_notebooks_and_hybrid_sums_movie_vectors() -> None:
     rng = np.random.default_rng(4)
-    raw, weight, bias = rng.normal(size=(4, 6)), rng.normal(size=(3, 6)), rng.normal(size=3)
+    raw = rng.normal(size=(4, 6)).astype(np.float32)
+    weight, bias = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=3).astype(np.float32)
     emb = project(raw, weight, bias)
-    ratings = sp.csr_matrix(np.array([[5.0, 0.0, 2.5, 0.0]], dtype=np.float32))
-    w = profile_weights(ratings, None, Profile("rating"))
-    linear = profile_queries(w, profile=Profile("rating"), raw=raw, embeddings=emb, weight=weight, bias=bias)
+    indptr, movies = np.array([0, 2, 2, 3]), np.array([0, 2, 1])  # the second user rated nothing
+    w = profile_weights(indptr, np.array([5.0, 2.5, 4.0]), None, Profile("rating"))
+    kw = {"raw": raw, "embeddings": emb, "weight": weight, "bias": bias}
+    linear = profile_queries(indptr, movies, w, profile=Profile("rating"), **kw)
     mean = (1.0 * raw[0] + 0.5 * raw[2]) / 1.5
     np.testing.assert_allclose(linear[0], project(mean[None, :], weight, bias)[0], atol=1e-6)
-    item = profile_queries(w, profile=Profile("rating", item_space=True), raw=raw, embeddings=emb, weight=weight,
-                           bias=bias)  # fmt: skip
+    np.testing.assert_allclose(linear[2], project(raw[1:2], weight, bias)[0], atol=1e-6)
+    item = profile_queries(indptr, movies, w, profile=Profile("rating", item_space=True), **kw)
     q = 1.0 * emb[0] + 0.5 * emb[2]
     np.testing.assert_allclose(item[0], q / np.linalg.norm(q), atol=1e-6)
+    assert not item[1].any()  # no rating, no direction
+
+
+def test_deeper_networks_are_served_as_trained() -> None:
+    from shared.ml.recommend import inner_layers
+    from shared.ml.training import build_net
+
+    torch.manual_seed(0)
+    net = build_net(6, 3, layers=3, dropout=0.5).eval()
+    state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    x = np.random.default_rng(5).normal(size=(4, 6)).astype(np.float32)
+    with torch.inference_mode():
+        expected = net(torch.from_numpy(x)).numpy()
+    served = project(x, state["proj.weight"], state["proj.bias"], inner_layers(state))
+    np.testing.assert_allclose(served, expected, atol=1e-6)
+    assert len(inner_layers(state)) == 2
+    with pytest.raises(InvalidRequest, match="layers"):
+        TrainConfig(architecture="hybrid", layers=2)
