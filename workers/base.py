@@ -96,6 +96,23 @@ def notify_parent(job_id: str, parent: dict[str, Any] | None = None) -> None:
         current_app.send_task(parent.get("step") or PIPELINE_STEP.name, args=[parent["id"]])
 
 
+def run_shard(job_id: str, lo: int, hi: int, total: int, work: Callable[[Services], dict[str, Any]]) -> int | None:
+    """The frame of a shard of a sharded job (mining, an evaluation's scoring), run inside its ``unit``: skip it
+    when the job stopped or this shard is done already (a redelivery); run ``work``, which stores the shard's
+    part and answers its stats; a failure fails the job. Answers how many shards are done now (negative when
+    the job stopped meanwhile), None when skipped or failed: the caller sends the join when it reaches ``total``."""
+    svc = services()
+    shard = f"{lo:09d}"
+    if not svc.jobs.is_running(job_id) or shard in svc.jobs.shards_done(job_id):
+        return None
+    try:
+        stats = work(svc)
+    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
+        fail_job(job_id, exc, where=f"shard {lo}-{hi}")
+        return None
+    return svc.jobs.shard_done(job_id, shard, stats, total=total)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a task body hands back: the JSON result, and the artifact holding its array, if any."""

@@ -17,6 +17,7 @@ import shared.ml.movielens  # noqa: F401
 from shared.errors import DataError, NotFound
 from shared.jobs.pipeline import advance
 from shared.ml.index import IndexParams
+from shared.services import Services
 from shared.store.datasets import DatasetOptions, confine
 from shared.store.serving import answer_query
 from shared.store.triplets import (
@@ -31,7 +32,7 @@ from shared.store.triplets import (
 )
 from shared.store.versions import index_version
 
-from .base import JobContext, Outcome, fail_job, notify_parent, run_job, services, unit
+from .base import JobContext, Outcome, fail_job, notify_parent, run_job, run_shard, services, unit
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +97,15 @@ def mine_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int
 
 
 def _mine_admitted(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
-    svc = services()
-    if not svc.jobs.is_running(job_id) or f"{lo:09d}" in svc.jobs.shards_done(job_id):
-        return  # cancelled or failed meanwhile, or a redelivery of a shard already done
     spec = _spec(params)
-    try:
+
+    def work(svc: Services) -> dict[str, Any]:
         started = time.perf_counter()
         result = mine_part(svc.artifacts, spec, lo, hi)
         store_part(svc.artifacts, spec, job_id, lo, result, ttl_s=svc.settings.result_ttl_s)
-        stats = shard_stats(lo, hi, result, time.perf_counter() - started)
-    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
-        fail_job(job_id, exc, where=f"shard {lo}-{hi}")
-        return
-    if svc.jobs.shard_done(job_id, f"{lo:09d}", stats, total=total) == total:
+        return shard_stats(lo, hi, result, time.perf_counter() - started)
+
+    if run_shard(job_id, lo, hi, total, work) == total:
         join_triplets.apply_async(args=[job_id, params])
 
 

@@ -14,9 +14,10 @@ from redis.exceptions import LockNotOwnedError
 
 from shared.jobs.evaluation import EvaluationState, Protocol, advance, build_table, parent, plan_shards, report
 from shared.jobs.kinds import EVALUATE_STEP
+from shared.services import Services
 from shared.store.evaluations import derive, drop_parts, row_metrics, score_shard, store_part
 
-from .base import fail_job, services, unit
+from .base import fail_job, run_shard, services, unit
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +66,15 @@ def evaluation_shard(job_id: str, plan: dict[str, Any], lo: int, hi: int, total:
 
 
 def _score_admitted(job_id: str, plan: dict[str, Any], lo: int, hi: int, total: int) -> None:
-    svc = services()
-    if not svc.jobs.is_running(job_id) or f"{lo:09d}" in svc.jobs.shards_done(job_id):
-        return  # cancelled or failed meanwhile, or a redelivery of a shard already done
-    try:
+    def work(svc: Services) -> dict[str, Any]:
         top, stats = score_shard(svc.artifacts, svc.models, plan, lo, hi)
         store_part(svc.artifacts, job_id, lo, top, ttl_s=svc.settings.result_ttl_s)
-    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
-        fail_job(job_id, exc, where=f"shard {lo}-{hi}")
+        return stats
+
+    done = run_shard(job_id, lo, hi, total, work)
+    if done is None or done < 0:
         return
-    done = svc.jobs.shard_done(job_id, f"{lo:09d}", stats, total=total)
-    if done < 0:
-        return
+    svc = services()
     job = svc.jobs.get(job_id)
     if job is not None:  # shard_done wrote the shards' own fraction: put the overall one back
         report(svc.jobs, job, parent(job_id, job.params, "score"), done / total, f"{done} of {total} shards scored")

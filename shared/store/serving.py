@@ -42,6 +42,15 @@ SERVED_VERSIONS = 2
 """Versions a process keeps loaded: the one it serves and the one before (a rollback, a hot swap)."""
 
 
+def network(state: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The trained network's arrays as ServingModel and VersionScorer take them: weight, bias, inner layers."""
+    return {
+        "weight": state["proj.weight"].astype(np.float32),
+        "bias": state["proj.bias"].astype(np.float32),
+        "inner": inner_layers(state),
+    }
+
+
 @per_process(maxsize=SERVED_VERSIONS)
 def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> ServingModel:
     """The model version ready to serve, loaded once per process."""
@@ -73,8 +82,7 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
         version=version,
         record=record,
         index=index,
-        weight=weights["proj.weight"].astype(np.float32),
-        bias=weights["proj.bias"].astype(np.float32),
+        **network(weights),
         raw=artifacts.get_array(record["artifacts"]["input_embeddings"]),
         embeddings=artifacts.get_array(record["artifacts"]["embeddings"]),
         movie_ids=artifacts.get_array(part("movie_ids")),
@@ -88,7 +96,6 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
         ratings_movie=ratings.movie_index,
         ratings_value=ratings.values,
         ratings_time=ratings.timestamps,
-        inner=inner_layers(weights),
     )
 
 
@@ -133,9 +140,7 @@ def version_scorer(artifacts: ArtifactStore, models: ModelStore, version: str) -
         profile=Profile.of(record.get("config", {})),
         raw=artifacts.get_array(record["artifacts"]["input_embeddings"]),
         embeddings=artifacts.get_array(record["artifacts"]["embeddings"]),
-        weight=weights["proj.weight"].astype(np.float32),
-        bias=weights["proj.bias"].astype(np.float32),
-        inner=inner_layers(weights),
+        **network(weights),
     )
 
 
