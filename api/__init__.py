@@ -2,6 +2,7 @@
 
 api/health.py     /healthz, /readyz
 api/datasets.py   /v1/datasets
+api/movies.py     /v1/movies: title search (answered here) and similar movies (a recommend job)
 api/jobs.py       /v1/jobs
 api/errors.py     every error as {"error": {"code", "message", "details"}}
 api/schemas.py    request and response schemas, which also make /openapi.json
@@ -20,6 +21,7 @@ from typing import Any
 from apiflask import APIFlask
 from flask import current_app, request, url_for
 
+from shared.errors import Conflict
 from shared.infra.celery_app import MovierecCelery, make_celery
 from shared.infra.settings import Settings
 from shared.jobs.store import Job
@@ -72,7 +74,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
             return spec
         return auth.document_security(document_errors(spec), required=keys.enabled)
 
-    from . import datasets, health, jobs, metrics, models, pipelines, recommendations
+    from . import datasets, health, jobs, metrics, models, movies, pipelines, recommendations
 
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
@@ -80,6 +82,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(recommendations.bp)
+    app.register_blueprint(movies.bp)
     app.register_blueprint(pipelines.bp)
     return app
 
@@ -87,6 +90,17 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
 def services() -> Services:
     svc: Services = current_app.extensions["movierec"]
     return svc
+
+
+def active_model() -> tuple[str, str]:
+    """(version, dataset) of the active model, which can serve; else Conflict (409)."""
+    version = services().models.active()
+    if version is None:
+        raise Conflict("no model is active: train one, index it and activate it (or run a pipeline)")
+    dataset = services().models.servable_dataset(version)
+    if dataset is None:
+        raise Conflict(f"the active model {version!r} cannot serve")
+    return version, dataset
 
 
 def celery() -> MovierecCelery:

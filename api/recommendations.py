@@ -7,9 +7,7 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import jsonify
 
-from shared.errors import Conflict
-
-from . import accepted, services, submit_job
+from . import accepted, active_model, services, submit_job
 from .schemas import JobOut, RecommendationsOut, RecommendIn, WaitQuery
 
 bp = APIBlueprint("recommendations", __name__, url_prefix="/v1/recommendations", tag="recommendations")
@@ -32,20 +30,20 @@ _RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
 @bp.doc(responses=_RESPONSES)
 def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
     """Movies for a user, for keywords, or like some movies and unlike others."""
-    version = services().models.active()
-    if version is None:
-        raise Conflict("no model is active: train one, index it and activate it (or run a pipeline)")
-    dataset = services().models.servable_dataset(version)
-    if dataset is None:
-        raise Conflict(f"the active model {version!r} cannot serve")
+    version, dataset = active_model()
     # Unknown ids are 404 here, before anything is queued; only the dataset's id arrays are needed for that.
     services().datasets.check_ids(
         dataset,
         user_id=body.get("user_id"),
         movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])],
     )
-    job = submit_job(kind="recommend", params={**body, "model": version})
-    finished = services().jobs.wait_finished(job.id, query["wait"], just_submitted=True)
+    return answer_within(params={**body, "model": version}, wait_s=query["wait"])
+
+
+def answer_within(*, params: dict[str, Any], wait_s: float) -> Any:
+    """Queue a recommend job; its result (200) when it succeeds within ``wait_s``, else the job (202)."""
+    job = submit_job(kind="recommend", params=params)
+    finished = services().jobs.wait_finished(job.id, wait_s, just_submitted=True)
     if finished is not None and finished.status == "succeeded":
         return jsonify(finished.result)  # a Response: not reshaped by the 202 schema
     return accepted(finished or job)

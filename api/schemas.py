@@ -10,7 +10,7 @@ from typing import Any
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.validators import Length, OneOf, Range
-from marshmallow import RAISE, ValidationError, validates_schema
+from marshmallow import RAISE, ValidationError, validates, validates_schema
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.jobs import evaluation
@@ -19,6 +19,7 @@ from shared.ml.coliked import DEFAULT_LIKED_AT, DEFAULT_POSITIVES, MAX_LIKED_AT,
 from shared.ml.encoder import POOLINGS
 from shared.ml.mining import STRATEGIES
 from shared.ml.recipes import DEFAULT_RECIPE, RECIPES
+from shared.ml.titles import MAX_QUERY_CHARS, query_tokens
 from shared.ml.training import ARCHITECTURES, LIMITS, PROFILES
 from shared.store.datasets import MAX_TAGS_PER_MOVIE
 from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE, SOURCES
@@ -192,11 +193,21 @@ class RecommendedMovie(Schema):
     title = String()
     descriptors = List(String())
     score = Float(metadata={"description": "cosine similarity to the query"})
+    shared_descriptors = List(
+        String(),
+        metadata={"description": "similar-movie queries: the descriptors this item shares with the movie"},
+    )
 
 
 class RecommendationsOut(Schema):
     model = String(metadata={"description": "the model version that answered"})
     query = Dict(metadata={"description": "the query as understood"})
+    strategy = String(
+        metadata={
+            "description": "what produced the answer: profile (user_id), keywords, examples (liked/disliked) "
+            "or similar (a movie's neighbours)"
+        }
+    )
     items = List(Nested(RecommendedMovie))
     top_descriptors = List(
         List(Raw()), metadata={"description": "[descriptor, count] pairs: the 10 most common among the items"}
@@ -211,6 +222,43 @@ class WaitQuery(Schema):
         unknown = RAISE
 
     wait = Float(load_default=0.0, validate=Range(0.0, 30.0), metadata={"description": "seconds to wait, max 30"})
+
+
+MAX_SEARCH_LIMIT = 100
+
+
+class MovieSearchQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    q = String(
+        required=True,
+        validate=Length(1, MAX_QUERY_CHARS),
+        metadata={"description": "a title as typed: case, accents and punctuation ignored; a year narrows it"},
+    )
+    limit = Integer(load_default=10, validate=Range(1, MAX_SEARCH_LIMIT))
+
+    @validates("q")
+    def _has_words(self, value: str, **_: object) -> None:
+        if not query_tokens(value):
+            raise ValidationError("give at least one letter or digit")
+
+
+class FoundMovie(Schema):
+    movie_id = Integer()
+    title = String()
+    descriptors = List(String())
+    year = Integer(allow_none=True, metadata={"description": "from the title, when it has one"})
+
+
+class MovieSearchOut(Schema):
+    model = String(metadata={"description": "the active model, whose dataset's catalogue was searched"})
+    query = String()
+    movies = List(Nested(FoundMovie), metadata={"description": "best match first"})
+
+
+class SimilarQuery(WaitQuery):
+    k = Integer(load_default=10, validate=Range(1, MAX_K))
 
 
 class PipelineIn(Schema):

@@ -1,4 +1,5 @@
-"""A small HTTP client of the movierec API, used by ``movierec submit``, ``status`` and ``demo``."""
+"""A small HTTP client of the movierec API, used by ``movierec submit``, ``status``, ``recommend``, ``search``,
+``similar`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -59,7 +60,20 @@ class Client:
 
     def recommend(self, *, wait_s: float = 30.0, **body: Any) -> dict[str, Any]:
         """Ask and wait for recommendations (polling the job if ``?wait`` ran out first)."""
-        answer: dict[str, Any] = self._request("POST", f"/v1/recommendations?wait={wait_s}", json=body)
+        return self._finished(self._request("POST", f"/v1/recommendations?wait={wait_s}", json=body))
+
+    def search(self, q: str, *, limit: int = 10) -> dict[str, Any]:
+        """Movies of the active model's catalogue whose title matches ``q``, best first."""
+        found: dict[str, Any] = self._request("GET", "/v1/movies", params={"q": q, "limit": limit})
+        return found
+
+    def similar(self, movie_id: int, *, k: int = 10, wait_s: float = 30.0) -> dict[str, Any]:
+        """The movies nearest to ``movie_id`` (polling the job if ``?wait`` ran out first)."""
+        params = {"k": k, "wait": wait_s}
+        return self._finished(self._request("GET", f"/v1/movies/{movie_id}/similar", params=params))
+
+    def _finished(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """A recommendation answer, or the answer of the job it was (waited for)."""
         if "items" in answer:
             return answer
         final = self.wait(answer["id"], progress=False)

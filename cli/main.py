@@ -1,4 +1,5 @@
-"""The ``movierec`` command: ``up | api | worker | demo | submit | evaluate | status | recommend | synth``.
+"""The ``movierec`` command: ``up | api | worker | demo | submit | evaluate | status | recommend | search |
+similar | synth``.
 
 Settings are read here, once, from the environment and passed down. Heavy imports (gunicorn, Celery's
 worker, the stack) happen inside the subcommand that needs them.
@@ -172,6 +173,35 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from cli.client import ApiError
+
+    try:
+        found = _client(args).search(args.query, limit=args.limit)
+    except ApiError as exc:
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 1
+    for movie in found["movies"]:
+        print(f"{movie['movie_id']:>8}  {movie['title']}  [{', '.join(movie['descriptors'][:6])}]")
+    if not found["movies"]:
+        print(f"movierec: no title matches {args.query!r}", file=sys.stderr)
+    return 0
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    from cli.client import ApiError
+
+    try:
+        answer = _client(args).similar(args.movie_id, k=args.k)
+    except ApiError as exc:
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 1
+    for item in answer["items"]:
+        shared = ", ".join(item.get("shared_descriptors", []))
+        print(f"{item['score']:.3f}  {item['movie_id']:>8}  {item['title']}  [shares: {shared}]")
+    return 0
+
+
 def _report(client: object, job: dict[str, object]) -> int:
     from cli.client import Client
 
@@ -204,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_service_commands(sub)
     _add_client_commands(sub)
+    _add_movie_commands(sub)
     _add_data_commands(sub)
     return parser
 
@@ -295,6 +326,20 @@ def _add_client_commands(sub: Any) -> None:
     p.add_argument("--include-seen", action="store_true", help="with --user: do not exclude rated movies")
     p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
     p.set_defaults(func=_cmd_recommend)
+
+
+def _add_movie_commands(sub: Any) -> None:
+    p = sub.add_parser("search", help="find movies of the active model's catalogue by title")
+    p.add_argument("query", help="a title as typed, e.g. 'toy story' or 'the matrix 1999'")
+    p.add_argument("--limit", type=int, default=10, help="at most this many (1..100, default %(default)s)")
+    p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("similar", help="the movies nearest to one in the active model's index")
+    p.add_argument("movie_id", type=int, help="a movie id of the model's dataset (see movierec search)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
+    p.set_defaults(func=_cmd_similar)
 
 
 def _add_data_commands(sub: Any) -> None:

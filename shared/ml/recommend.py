@@ -5,7 +5,7 @@
                          catalogue (ids, titles, descriptors), ratings CSR
     query ──> vector in the raw encoder space ──> projected (x W^T + b, unit length) ──> index ──> items
 
-The three kinds of query:
+The four kinds of query (each answer names its ``strategy``):
 
 - ``user_id``: a profile of the movies the user rated (``profile_queries``, the model's ``profile`` option):
   weights rating / 5 (the notebook's, "rating") or 1 + (rating - the user's mean) / 2 ("centred"), each
@@ -18,7 +18,12 @@ The three kinds of query:
   mean projected.
 - ``liked`` / ``disliked`` movie ids: Qdrant's "average vector" example query over the movies' vectors,
   q = mean(liked) + (mean(liked) - mean(disliked)); with no disliked, q = mean(liked); with no liked,
-  q = -mean(disliked). The examples themselves are excluded.
+  q = -mean(disliked). The examples themselves are excluded. Strategy "examples".
+- ``similar_to`` a movie id: the movie's own vector, the movie excluded; each item names the descriptors it
+  shares with the movie (``shared_descriptors``, compared case-insensitively, in the item's order). Strategy
+  "similar".
+
+A user query's strategy is "profile", a keywords query's "keywords".
 
 ``genres`` keeps movies having at least one of the listed genres (compared case-insensitively with the
 movie's descriptors). When exclusions and filters leave fewer than k movies, the answer has what there is.
@@ -275,26 +280,44 @@ def answer(
 
 
 def recommend(model: ServingModel, params: dict[str, Any], *, encode: Encode) -> dict[str, Any]:
-    """Answer one query of a recommendation job's parameters: exactly one of ``user_id``, ``keywords`` or
-    ``liked``/``disliked`` (the API checked that), plus ``k``, ``exclude_seen`` and ``genres``."""
+    """Answer one query of a recommendation job's parameters: exactly one of ``user_id``, ``keywords``,
+    ``liked``/``disliked`` or ``similar_to`` (the API checked that), plus ``k``, ``exclude_seen`` and ``genres``."""
     history = None
+    if params.get("similar_to") is not None:
+        return similar(model, int(params["similar_to"]), k=int(params["k"]), genres=params.get("genres"))
     if params.get("user_id") is not None:
         user_id = int(params["user_id"])
         query, rated = user_profile(model, user_id)
         excluded, history = (rated if params["exclude_seen"] else rated[:0]), rated
         described: dict[str, Any] = {"user_id": user_id}
+        strategy = "profile"
     elif params.get("keywords"):
         # The keywords' mean in the raw encoder space, projected.
         query = model.project(encode(params["keywords"]).mean(axis=0, keepdims=True))[0]
         excluded = np.zeros(0, dtype=np.int64)
         described = {"keywords": params["keywords"]}
+        strategy = "keywords"
     else:
         liked, disliked = params.get("liked") or [], params.get("disliked") or []
         liked_rows, disliked_rows = model.rows_of(liked), model.rows_of(disliked)
         query = example_query(model, liked_rows, disliked_rows)
         excluded = np.concatenate([liked_rows, disliked_rows])
         described = {"liked": liked, "disliked": disliked}
-    return answer(
+        strategy = "examples"
+    result = answer(
         model, query, k=int(params["k"]), excluded=excluded, genres=params.get("genres"), history=history,
         described_query=described,
     )  # fmt: skip
+    return {**result, "strategy": strategy}
+
+
+def similar(model: ServingModel, movie_id: int, *, k: int, genres: list[str] | None = None) -> dict[str, Any]:
+    """The ``k`` movies nearest to ``movie_id`` (its own vector the query, itself excluded), each with the
+    descriptors it shares with the movie."""
+    rows = model.rows_of([movie_id])
+    result = answer(model, model.embeddings[rows[0]], k=k, excluded=rows, genres=genres, history=None,
+                    described_query={"similar_to": movie_id})  # fmt: skip
+    own = {d.lower() for d in model.descriptors[int(rows[0])]}
+    for item in result["items"]:
+        item["shared_descriptors"] = [d for d in item["descriptors"] if d.lower() in own]
+    return {**result, "strategy": "similar"}

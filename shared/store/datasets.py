@@ -44,6 +44,7 @@ from shared.errors import NotFound, PathNotAllowed
 from shared.infra.keys import Keys, dataset_artifact
 from shared.jobs.store import utcnow_iso
 from shared.ml.recommend import check_ids
+from shared.ml.titles import TitleIndex
 from shared.store.artifacts import ArtifactStore
 
 FORMAT_VERSION = 2
@@ -137,6 +138,7 @@ class DatasetStore:
         self.artifacts = artifacts
         self._keys = Keys(prefix)
         self._catalogues: dict[str, list[dict[str, Any]]] = {}
+        self._title_indexes: dict[str, TitleIndex] = {}
         self._ids: dict[str, tuple[frozenset[int], frozenset[int]]] = {}  # (user ids, movie ids)
 
     def get(self, ds_id: str) -> dict[str, Any] | None:
@@ -188,6 +190,17 @@ class DatasetStore:
         while len(self._catalogues) > CATALOGUE_CACHE:
             self._catalogues.pop(next(iter(self._catalogues)))
         return rows
+
+    def title_index(self, ds_id: str) -> TitleIndex:
+        """The catalogue's titles, normalised and indexed for search (``shared.ml.titles``); built once per
+        process and dataset, kept like the catalogue."""
+        if ds_id in self._title_indexes:
+            return self._title_indexes[ds_id]
+        index = TitleIndex([m["title"] for m in self.catalogue(ds_id)])
+        self._title_indexes[ds_id] = index
+        while len(self._title_indexes) > CATALOGUE_CACHE:
+            self._title_indexes.pop(next(iter(self._title_indexes)))
+        return index
 
     def put(self, record: dict[str, Any]) -> None:
         pipe = self._r.pipeline(transaction=True)

@@ -132,6 +132,15 @@ def fuzz(app: Any, seeded: Seeded, *, examples: int, derandomize: bool) -> Tally
                         path_parameters=values,
                         label=", known id",
                     )
+    # Title search is answered in process, so it runs again with a model active (the seeded version, over the
+    # seeded dataset) to reach its found branch; similar movies would only queue jobs that no worker runs.
+    app.extensions["movierec"].models.activate(seeded.model)
+    for operation in operations:
+        if operation.label == "GET /v1/movies":
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                _run_operation(
+                    operation, mode, tally, examples=examples, derandomize=derandomize, label=", active model"
+                )
     return tally
 
 

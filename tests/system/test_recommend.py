@@ -1,4 +1,5 @@
-"""From a mined, encoded, trained and indexed model to recommendations over HTTP; activation and rollback."""
+"""From a mined, encoded, trained and indexed model to recommendations over HTTP; activation and rollback;
+title search and similar movies over the active model."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_user_recommendations_exclude_what_they_rated(api_url: str, versions: li
     r = recommend(api_url, {"user_id": 1, "k": 10})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"] == versions[0] and body["query"] == {"user_id": 1}
+    assert body["model"] == versions[0] and body["query"] == {"user_id": 1} and body["strategy"] == "profile"
     assert len(body["items"]) == 10
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
@@ -145,4 +146,98 @@ def test_cli_recommend(api_url: str, versions: list[str]) -> None:
     assert done.stdout.count("\n  0.") == 3
     assert cli("--user", "1").returncode == 0
     missing = cli("--user", "999999")
+    assert missing.returncode == 1 and "404 not_found" in missing.stderr
+
+
+def active(api_url: str) -> str:
+    return str(requests.get(f"{api_url}/v1/models", timeout=10).json()["active"])
+
+
+def test_search_titles_of_the_active_catalogue(api_url: str, versions: list[str]) -> None:
+    r = requests.get(f"{api_url}/v1/movies", params={"q": "toy story"}, timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == active(api_url) and body["query"] == "toy story"
+    first = body["movies"][0]
+    assert first["movie_id"] == 1 and first["title"] == "Toy Story (1995)" and first["year"] == 1995
+    assert "Animation" in first["descriptors"]
+    assert [m["title"] for m in body["movies"][:3]] == ["Toy Story (1995)", "Toy Story 2 (1999)", "Toy Story 3 (2010)"]
+
+    def titles(q: str, limit: int = 10) -> list[str]:
+        r = requests.get(f"{api_url}/v1/movies", params={"q": q, "limit": limit}, timeout=10)
+        assert r.status_code == 200, r.text
+        return [m["title"] for m in r.json()["movies"]]
+
+    assert titles("toy story (1995)") == ["Toy Story (1995)"]
+    assert titles("TOY STO", limit=1) == ["Toy Story (1995)"]
+    assert titles("the matrix")[0] == "Matrix, The (1999)"
+    assert titles("amélie")[0].startswith("Amelie (Fabuleux destin")
+    assert len(titles("the", limit=100)) == 100
+    assert titles("no such film anywhere") == []
+
+
+def test_similar_movies_share_descriptors(api_url: str, versions: list[str]) -> None:
+    toy_story = requests.get(f"{api_url}/v1/movies", params={"q": "toy story 1995"}, timeout=10).json()["movies"][0]
+    own = {d.lower() for d in toy_story["descriptors"]}
+    r = requests.get(f"{api_url}/v1/movies/1/similar", params={"k": 7, "wait": 30}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == active(api_url) and body["strategy"] == "similar" and body["query"] == {"similar_to": 1}
+    assert len(body["items"]) == 7 and 1 not in {i["movie_id"] for i in body["items"]}
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    for item in body["items"]:
+        assert item["shared_descriptors"] == [d for d in item["descriptors"] if d.lower() in own], item
+    assert any(item["shared_descriptors"] for item in body["items"])
+    queued = requests.get(f"{api_url}/v1/movies/1/similar", params={"k": 7}, timeout=10)  # wait 0: the job
+    assert queued.status_code == 202 and queued.json()["kind"] == "recommend"
+    job = wait_job(api_url, queued.json()["id"], timeout_s=60)
+    assert job["status"] == "succeeded"
+    assert requests.get(f"{api_url}{job['result_url']}", timeout=10).json()["items"] == body["items"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/v1/movies/99999999/similar", {"wait": 5}, 404),
+        ("/v1/movies/0/similar", {}, 404),
+        ("/v1/movies/1/similar", {"k": 0}, 400),
+        ("/v1/movies/1/similar", {"k": 101}, 400),
+        ("/v1/movies/1/similar", {"wait": 31}, 400),
+        ("/v1/movies/1/similar", {"genres": "Comedy"}, 400),
+        ("/v1/movies", {}, 400),
+        ("/v1/movies", {"q": ""}, 400),
+        ("/v1/movies", {"q": "?!"}, 400),
+        ("/v1/movies", {"q": "x" * 201}, 400),
+        ("/v1/movies", {"q": "toy", "limit": 0}, 400),
+        ("/v1/movies", {"q": "toy", "limit": 101}, 400),
+        ("/v1/movies", {"q": "toy", "offset": 3}, 400),
+    ],
+)
+def test_movie_routes_refuse_bad_requests(
+    api_url: str, versions: list[str], path: str, params: dict[str, Any], status: int
+) -> None:
+    r = requests.get(f"{api_url}{path}", params=params, timeout=30)
+    assert r.status_code == status, r.text
+    assert "error" in r.json()
+
+
+def test_cli_search_and_similar(api_url: str, versions: list[str]) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "cli.main", *args, "--api", api_url]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+
+    found = cli("search", "toy story", "--limit", "2")
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].split()[:3] == ["1", "Toy", "Story"]
+    near = cli("similar", "1", "--k", "4")
+    assert near.returncode == 0, near.stderr
+    assert len(near.stdout.splitlines()) == 4 and "shares:" in near.stdout and "Toy Story (1995)" not in near.stdout
+    missing = cli("similar", "99999999")
     assert missing.returncode == 1 and "404 not_found" in missing.stderr

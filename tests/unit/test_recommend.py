@@ -130,10 +130,12 @@ def test_recommend_dispatches_each_kind_of_query(model: ServingModel) -> None:
     assert by_user["query"] == {"user_id": 7}
     assert {i["movie_id"] for i in by_user["items"]}.isdisjoint({10, 30, 50})  # what user 7 rated
     assert by_user["history_top_descriptors"][0] == ["Drama", 3]
+    assert by_user["strategy"] == "profile"
 
     by_example = recommend(model, {**base, "liked": [20], "disliked": [60]}, encode=no_encoder)
     assert by_example["query"] == {"liked": [20], "disliked": [60]}
     assert {i["movie_id"] for i in by_example["items"]}.isdisjoint({20, 60})
+    assert by_example["strategy"] == "examples"
 
     encoded: list[list[str]] = []
 
@@ -144,3 +146,24 @@ def test_recommend_dispatches_each_kind_of_query(model: ServingModel) -> None:
     by_keywords = recommend(model, {**base, "keywords": ["kids", "toons"]}, encode=encode)
     assert encoded == [["kids", "toons"]]
     assert by_keywords["items"][0]["movie_id"] == 40 and by_keywords["history_top_descriptors"] == []
+    assert by_keywords["strategy"] == "keywords"
+    assert all("shared_descriptors" not in i for i in by_keywords["items"])
+
+
+def test_similar_excludes_the_movie_and_names_shared_descriptors(model: ServingModel) -> None:
+    def no_encoder(texts: list[str]) -> np.ndarray:
+        raise AssertionError(f"similar queries do not encode, got {texts}")
+
+    result = recommend(model, {"k": 10, "exclude_seen": True, "similar_to": 30}, encode=no_encoder)
+    assert result["strategy"] == "similar" and result["query"] == {"similar_to": 30}
+    assert sorted(i["movie_id"] for i in result["items"]) == [10, 20, 40, 50, 60]  # all but the movie itself
+    scores = [i["score"] for i in result["items"]]
+    assert scores == sorted(scores, reverse=True)
+    expected = np.sort(model.embeddings @ model.embeddings[2])[::-1][1:]  # exact cosine, row 2 left out
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+    shared = {i["movie_id"]: i["shared_descriptors"] for i in result["items"]}
+    # Movie 30 is Drama, Comedy, family: compared case-insensitively, in the item's own order.
+    assert shared == {10: ["Drama"], 20: ["Comedy"], 40: ["family"], 50: ["Drama"], 60: []}
+    assert len(recommend(model, {"k": 2, "similar_to": 30}, encode=no_encoder)["items"]) == 2
+    with pytest.raises(NotFound, match=r"unknown movie id\(s\) \[31\]"):
+        recommend(model, {"k": 2, "similar_to": 31}, encode=no_encoder)
