@@ -16,12 +16,12 @@ Every request passes, in this order: the key check (401), the content type (415)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from apiflask import APIFlask
 from flask import current_app, request, url_for
 
-from shared.errors import Conflict
+from shared.errors import Conflict, QuotaExceeded
 from shared.infra.celery_app import MovierecCelery, make_celery
 from shared.infra.settings import Settings
 from shared.jobs.store import Job
@@ -101,6 +101,24 @@ def active_model() -> tuple[str, str]:
     if dataset is None:
         raise Conflict(f"the active model {version!r} cannot serve")
     return version, dataset
+
+
+def require_room(kind: Literal["datasets", "models"]) -> None:
+    """QuotaExceeded (409 ``quota_exceeded``) when ``MOVIEREC_MAX_DATASETS`` / ``MOVIEREC_MAX_MODELS`` (0: no
+    cap) are stored already, counted by the ZCARD of their index. Checked before a job is queued; an ingest
+    of a dataset already stored or a training that answers an existing version is refused all the same."""
+    svc = services()
+    limit = svc.settings.max_datasets if kind == "datasets" else svc.settings.max_models
+    if not limit:
+        return
+    stored = svc.datasets.count() if kind == "datasets" else svc.models.count()
+    if stored >= limit:
+        setting = f"MOVIEREC_MAX_{kind.upper()}"
+        raise QuotaExceeded(
+            f"{stored} {kind} are stored and {setting} is {limit}: free room with DELETE /v1/{kind}/<id> "
+            f"(GET /v1/{kind} lists them) or raise {setting}",
+            details={"kind": kind, "limit": limit, "stored": stored, "setting": setting},
+        )
 
 
 def celery() -> MovierecCelery:

@@ -9,8 +9,8 @@ from apiflask import APIBlueprint
 from shared.errors import NotFound
 from shared.store.datasets import confine
 
-from . import accepted, services, submit_job
-from .schemas import DatasetIn, DatasetListOut, DatasetOut, JobOut, MoviesOut, MoviesQuery
+from . import accepted, require_room, services, submit_job
+from .schemas import DatasetDeletedOut, DatasetIn, DatasetListOut, DatasetOut, JobOut, MoviesOut, MoviesQuery
 
 bp = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", tag="datasets")
 
@@ -18,13 +18,21 @@ bp = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", tag="datasets
 @bp.post("")
 @bp.input(DatasetIn, arg_name="body", example={"path": "ml-latest-small", "tags_per_movie": 5})
 @bp.output(JobOut, status_code=202, description="the ingest job, queued")
-@bp.doc(responses={400: "invalid request or path outside the data root", 413: "body too large", 415: "not JSON"})
+@bp.doc(
+    responses={
+        400: "invalid request or path outside the data root",
+        409: "quota_exceeded: MOVIEREC_MAX_DATASETS datasets are stored",
+        413: "body too large",
+        415: "not JSON",
+    }
+)
 def create_dataset(body: dict[str, Any]) -> Any:
     """Ingest a MovieLens directory (an ``ingest`` job); the result names the dataset id."""
     root = services().settings.data_root
     confine(body["path"], root=root)
     if body["genres_fix_csv"]:
         confine(body["genres_fix_csv"], root=root)
+    require_room("datasets")
     return accepted(submit_job(kind="ingest", params=body))
 
 
@@ -44,6 +52,16 @@ def get_dataset(dataset_id: str) -> dict[str, Any]:
     if record is None:
         raise NotFound(f"dataset {dataset_id!r} does not exist")
     return record
+
+
+@bp.delete("/<dataset_id>")
+@bp.output(DatasetDeletedOut)
+@bp.doc(responses={404: "unknown dataset", 409: "the active model was trained on this dataset"})
+def delete_dataset(dataset_id: str) -> dict[str, Any]:
+    """Delete a dataset with the model versions trained on it, its triplets, encoder matrices and evaluation
+    splits; datasets derived from it stay."""
+    svc = services()
+    return svc.datasets.delete(dataset_id, svc.models)
 
 
 @bp.get("/<dataset_id>/movies")

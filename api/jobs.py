@@ -20,7 +20,7 @@ from shared.jobs.submit import cancel
 from shared.store.datasets import confine
 from shared.store.triplets import DEFAULT_SEED, TripletSpec
 
-from . import accepted, celery, services, submit_job
+from . import accepted, celery, require_room, services, submit_job
 from .auth import current_owner, visible
 from .schemas import (
     EncodeIn,
@@ -120,7 +120,7 @@ def create_encode(body: dict[str, Any]) -> Any:
     responses={
         400: "invalid request or a local model outside the data root",
         404: "unknown dataset",
-        409: "no triplets mined for it yet",
+        409: "no triplets mined for it yet, or quota_exceeded: MOVIEREC_MAX_MODELS models are stored",
     }
 )
 def create_train(body: dict[str, Any]) -> Any:
@@ -131,6 +131,7 @@ def create_train(body: dict[str, Any]) -> Any:
     body.setdefault("triplets", TripletSpec(dataset=body["dataset"], seed=DEFAULT_SEED, strategy="uniform-min").name)
     if not services().artifacts.exists(body["triplets"]):
         raise Conflict(f"no triplets {body['triplets']!r}: mine them first with POST /v1/jobs/triplets")
+    require_room("models")
     return accepted(submit_job(kind="train", params=body))
 
 

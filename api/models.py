@@ -9,7 +9,7 @@ from apiflask import APIBlueprint
 from shared.errors import Conflict, NotFound
 
 from . import services
-from .schemas import ActivateOut, ModelListOut
+from .schemas import ActivateOut, ModelDeletedOut, ModelListOut
 
 bp = APIBlueprint("models", __name__, url_prefix="/v1/models", tag="models")
 
@@ -32,3 +32,13 @@ def activate(version: str) -> dict[str, Any]:
     if record.get("index") is None:
         raise Conflict(f"model {version!r} has no index yet: POST /v1/jobs/index first")
     return {"active": version, "previous": services().models.activate(version)}
+
+
+@bp.delete("/<version>")
+@bp.output(ModelDeletedOut)
+@bp.doc(responses={404: "unknown model version", 409: "the version is the active model"})
+def delete_model(version: str) -> dict[str, Any]:
+    """Delete a version that is not active: its record and every artifact (weights, embeddings, index)."""
+    svc = services()
+    keys, freed = svc.models.delete(version, svc.artifacts)
+    return {"deleted": version, "keys": keys, "bytes": freed}

@@ -365,6 +365,16 @@ class ModelListOut(Schema):
     )
 
 
+class ModelDeletedOut(Schema):
+    deleted = String(metadata={"description": "the version deleted"})
+    keys = Integer(metadata={"description": "Redis keys deleted: the record and every artifact key"})
+    bytes = Integer(metadata={"description": "Redis MEMORY USAGE of those keys just before their deletion"})
+
+
+class DatasetDeletedOut(ModelDeletedOut):
+    models = List(String(), metadata={"description": "the model versions trained on the dataset, deleted with it"})
+
+
 class DatasetCounts(Schema):
     movies = Integer(metadata={"description": "movies kept (with at least one descriptor)"})
     dropped = Integer(metadata={"description": "movies dropped for having no descriptor"})

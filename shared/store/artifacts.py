@@ -7,7 +7,8 @@ Layout for an artifact ``name`` (names carry their version, e.g. ``dataset/<id>/
 
 A write puts the chunks and the manifest under temporary keys, then renames them all in one MULTI/EXEC, so
 a reader sees the old artifact or the new one, never a mix. Arrays travel as ``.npy`` bytes written
-without pickle and read with ``allow_pickle=False``; the sha256 is checked on every read.
+without pickle and read with ``allow_pickle=False``; the sha256 is checked on every read. ``delete_under``
+deletes every artifact under a name prefix (SCAN MATCH ``Keys.artifacts_under``), temporary keys included.
 """
 
 from __future__ import annotations
@@ -139,9 +140,48 @@ class ArtifactStore:
     def get_json(self, name: str) -> Any:
         return json.loads(self.get_bytes(name))
 
+    def delete_under(self, name_prefix: str) -> tuple[int, int]:
+        """Delete every artifact whose name starts with ``name_prefix`` (manifests, chunks and writes in
+        progress alike, found by SCAN with MATCH); answers (keys deleted, bytes freed), the bytes Redis's
+        MEMORY USAGE reported for those keys just before their deletion."""
+        return delete_matching(self._r, self._keys.artifacts_under(name_prefix))
+
     def delete(self, name: str) -> None:
         manifest = self.manifest(name)
         if manifest is None:
             return
         key = self._key(name)
         self._r.delete(key, *(Keys.artifact_chunk(key, i) for i in range(manifest.chunks)))
+
+
+def delete_matching(client: redis.Redis, pattern: str, *, batch: int = 500) -> tuple[int, int]:
+    """Delete every key matching the SCAN ``pattern``, ``batch`` at a time; answers (keys, bytes freed), the
+    bytes being each key's MEMORY USAGE just before its deletion (keys gone meanwhile count for nothing)."""
+    keys = bytes_freed = 0
+    pending: list[bytes] = []
+
+    def flush() -> None:
+        nonlocal keys, bytes_freed
+        n, freed = delete_measured(client, pending)
+        keys, bytes_freed = keys + n, bytes_freed + freed
+        pending.clear()
+
+    for key in client.scan_iter(match=pattern, count=1000):
+        pending.append(cast(bytes, key))
+        if len(pending) >= batch:
+            flush()
+    if pending:
+        flush()
+    return keys, bytes_freed
+
+
+def delete_measured(client: redis.Redis, keys: list[bytes] | list[str]) -> tuple[int, int]:
+    """Delete ``keys``; answers (keys deleted, the MEMORY USAGE of the keys there just before)."""
+    if not keys:
+        return 0, 0
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+    sizes = pipe.execute()
+    deleted = int(cast(int, client.delete(*keys)))
+    return deleted, sum(int(s) for s in sizes if s is not None)

@@ -40,12 +40,13 @@ import numpy as np
 import psutil
 import redis
 
-from shared.errors import NotFound, PathNotAllowed
-from shared.infra.keys import Keys, dataset_artifact
+from shared.errors import Conflict, NotFound, PathNotAllowed
+from shared.infra.keys import Keys, dataset_artifact, dataset_owned_artifacts, model_artifacts
 from shared.jobs.store import utcnow_iso
 from shared.ml.recommend import check_ids
 from shared.ml.titles import TitleIndex
 from shared.store.artifacts import ArtifactStore
+from shared.store.models import ModelStore
 
 FORMAT_VERSION = 2
 """Bumped whenever ingestion changes what it stores, so old ids are not mistaken for new content.
@@ -201,6 +202,48 @@ class DatasetStore:
         while len(self._title_indexes) > CATALOGUE_CACHE:
             self._title_indexes.pop(next(iter(self._title_indexes)))
         return index
+
+    def count(self) -> int:
+        """How many datasets are stored (ZCARD of the index)."""
+        return int(cast(int, self._r.zcard(self._keys.datasets)))
+
+    def delete(self, ds_id: str, models: ModelStore) -> dict[str, Any]:
+        """Delete a dataset the active model does not depend on, with the model versions trained on it.
+
+        In one transaction that watches the active pointer: the dataset's record and index entry, and the
+        records and index entries of its models; then every artifact under ``models/<version>/`` of those
+        models and under ``dataset/<id>/``, ``triplets/<id>/``, ``embeddings/<id>/``, ``evaluations/<id>/``.
+        Datasets derived from it (``"derived": {"from": id}``) are datasets of their own and stay, with their
+        models. Answers {"deleted", "models", "keys", "bytes"}; bytes are the MEMORY USAGE of each deleted key
+        just before its deletion. NotFound for an unknown dataset, Conflict when the active model's dataset
+        is this one."""
+        if self.get(ds_id) is None:
+            raise NotFound(f"dataset {ds_id!r} does not exist")
+        versions = [r["version"] for r in models.records() if r.get("dataset") == ds_id]
+
+        def check(active: str | None) -> None:
+            record = models.get(active) if active else None
+            if record is not None and record.get("dataset") == ds_id:
+                raise Conflict(
+                    f"dataset {ds_id!r} is the dataset of the active model {active!r}: activate a model of "
+                    "another dataset first, then delete it",
+                    details={"active": active},
+                )
+
+        keys, freed = models.delete_guarded(
+            check, versions=versions, keys=[self._keys.dataset(ds_id)], index=(self._keys.datasets, ds_id)
+        )
+        for name_prefix in [*(model_artifacts(v) for v in versions), *dataset_owned_artifacts(ds_id)]:
+            n, b = self.artifacts.delete_under(name_prefix)
+            keys, freed = keys + n, freed + b
+        self.forget(ds_id)
+        return {"deleted": ds_id, "models": versions, "keys": keys, "bytes": freed}
+
+    def forget(self, ds_id: str) -> None:
+        """Drop this process's cached catalogue, title index and ids of a dataset."""
+        self._catalogues.pop(ds_id, None)
+        self._title_indexes.pop(ds_id, None)
+        self._ids.pop(ds_id, None)
 
     def put(self, record: dict[str, Any]) -> None:
         pipe = self._r.pipeline(transaction=True)

@@ -5,6 +5,10 @@
                                artifacts {weights, embeddings}
     <prefix>:models            sorted set of versions by creation time
     <prefix>:active_model      the version recommendations use: one key, switched atomically (SET ... GET)
+    models/<version>/...       its artifacts (weights, embeddings, index, index/group, each with its /meta)
+
+``delete`` removes a version that is not active: its record and index entry in one transaction that watches
+the active pointer, then every artifact under ``models/<version>/``.
 
 A version id is a hash of everything that determines the weights (dataset, triplets, encoder identity and
 pooling, hyper-parameters and seed), so training the same thing again answers the existing version.
@@ -15,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
 
-from shared.infra.keys import Keys
+from shared.errors import Conflict, NotFound
+from shared.infra.keys import Keys, model_artifacts
+from shared.store.artifacts import ArtifactStore
 
 
 def model_version(
@@ -45,7 +52,8 @@ class ModelStore:
     def servable_dataset(self, version: str) -> str | None:
         """The dataset of ``version`` when it has an index and can serve, else None.
 
-        Cached per process once true: a version's dataset never changes and its index is never removed.
+        Cached per process once true: a version's dataset never changes; ``delete`` drops it from this
+        process's cache (another process may still answer a deleted version's dataset here).
         """
         if version not in self._servable:
             record = self.get(version)
@@ -72,6 +80,64 @@ class ModelStore:
         record.update(fields)
         self._r.set(self._keys.model(version), json.dumps(record))
         return record
+
+    def count(self) -> int:
+        """How many versions are stored (ZCARD of the index)."""
+        return int(cast(int, self._r.zcard(self._keys.models)))
+
+    def delete(self, version: str, artifacts: ArtifactStore) -> tuple[int, int]:
+        """Delete a version that is not the active one: its record, its index entry and every artifact under
+        ``models/<version>/``; answers (keys deleted, bytes freed: MEMORY USAGE of each key just before).
+
+        NotFound for an unknown version, Conflict for the active one (checked in the transaction that
+        deletes the record: an activation in between makes it run again)."""
+        if self.get(version) is None:
+            raise NotFound(f"model {version!r} does not exist")
+
+        def check(active: str | None) -> None:
+            if active == version:
+                raise Conflict(
+                    f"model {version!r} is the active model: activate another version first "
+                    "(POST /v1/models/<version>/activate), then delete it",
+                    details={"active": active},
+                )
+
+        keys, freed = self.delete_guarded(check, versions=[version])
+        n, b = artifacts.delete_under(model_artifacts(version))
+        return keys + n, freed + b
+
+    def delete_guarded(
+        self,
+        check: Callable[[str | None], None],
+        *,
+        versions: list[str],
+        keys: Sequence[str] = (),
+        index: tuple[str, str] | None = None,
+    ) -> tuple[int, int]:
+        """In one transaction that watches the active pointer: ``check(active version)`` (it raises to
+        refuse), then delete the records of ``versions`` and their index entries, the other ``keys`` and the
+        ``index`` entry (sorted set, member). Answers (keys deleted, their MEMORY USAGE just before)."""
+        doomed = [self._keys.model(v) for v in versions] + list(keys)
+        with self._r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self._keys.active_model, *doomed)  # type: ignore[no-untyped-call]
+                    raw = cast("bytes | None", pipe.get(self._keys.active_model))
+                    check(raw.decode() if raw else None)
+                    sizes: list[Any] = [pipe.memory_usage(k, samples=0) for k in doomed]
+                    pipe.multi()
+                    pipe.delete(*doomed)
+                    if versions:
+                        pipe.zrem(self._keys.models, *versions)
+                    if index is not None:
+                        pipe.zrem(index[0], index[1])
+                    deleted = int(pipe.execute()[0])
+                    break
+                except redis.WatchError:
+                    continue
+        for v in versions:
+            self._servable.pop(v, None)
+        return deleted, sum(int(size) for size in sizes if size is not None)
 
     def activate(self, version: str) -> str | None:
         """Point recommendations at ``version``; answers the version it replaced."""

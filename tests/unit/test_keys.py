@@ -15,6 +15,7 @@ from shared.infra.keys import (
     DATASET_ARRAYS,
     Keys,
     dataset_artifact,
+    dataset_owned_artifacts,
     embeddings_artifact,
     encode_input_artifact,
     encoded_artifact,
@@ -22,6 +23,7 @@ from shared.infra.keys import (
     evaluation_split_artifact,
     meta_of,
     model_artifact,
+    model_artifacts,
     triplets_artifact,
     triplets_part,
 )
@@ -119,6 +121,15 @@ def test_artifact_names() -> None:
         model_artifact("m-1", "secrets")
     assert encoded_artifact("j1") == "encoded/j1"
     assert encode_input_artifact("r1") == "encode-input/r1"
+
+
+def test_artifacts_under_a_name_prefix() -> None:
+    """The SCAN pattern deletion uses: glob characters of a name match only themselves."""
+    assert K.artifacts_under("models/m-1/") == "mr:art:models/m-1/*"
+    assert K.artifacts_under("models/m-[1]?*/") == "mr:art:models/m-\\[1\\]\\?\\*/*"
+    owned = ("dataset/ds-1/", "triplets/ds-1/", "embeddings/ds-1/", "evaluations/ds-1/")
+    assert dataset_owned_artifacts("ds-1") == owned
+    assert model_artifacts("m-1") == "models/m-1/"
 
 
 def test_evaluation_artifact_names() -> None:
