@@ -2,6 +2,7 @@
 
 api/health.py     /healthz, /readyz
 api/datasets.py   /v1/datasets
+api/uploads.py    multipart uploads of MovieLens files to /v1/datasets, streamed into Redis
 api/movies.py     /v1/movies: title search (answered here) and similar movies (a recommend job)
 api/jobs.py       /v1/jobs
 api/errors.py     every error as {"error": {"code", "message", "details"}}
@@ -11,6 +12,7 @@ api/jsonio.py     strict JSON: no NaN/Infinity, no lone surrogates, bounded dept
 
 Every request passes, in this order: the key check (401), the content type (415), the body's JSON
 (400, or 413 over MOVIEREC_MAX_BODY_BYTES), then the view's schema (400 naming the field and limit).
+A multipart upload (api/uploads.py) skips the JSON steps and is streamed under MOVIEREC_MAX_UPLOAD_BYTES.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from shared.jobs.store import Job
 from shared.jobs.submit import submit
 from shared.services import Services
 
-from . import auth
+from . import auth, uploads
 from .errors import document_errors, error_response, register_error_handlers
 from .jsonio import StrictJSONProvider, check_body
 from .schemas import ErrorOut
@@ -62,7 +64,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     @app.before_request
     def require_json() -> Any:
         has_body = (request.content_length or 0) > 0 or "chunked" in request.headers.get("Transfer-Encoding", "")
-        if request.method in _BODY_METHODS and has_body and not request.is_json:
+        if request.method in _BODY_METHODS and has_body and not request.is_json and not uploads.is_upload():
             return error_response(415, "unsupported_media_type", "send the body as application/json")
         return None
 
@@ -72,9 +74,9 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     def complete_spec(spec: dict[Any, Any] | str) -> dict[Any, Any] | str:
         if isinstance(spec, str):  # only with SPEC_PROCESSOR_PASS_OBJECT, which we do not set
             return spec
-        return auth.document_security(document_errors(spec), required=keys.enabled)
+        return auth.document_security(document_errors(uploads.document_uploads(spec)), required=keys.enabled)
 
-    from . import datasets, health, jobs, metrics, models, movies, pipelines, recommendations
+    from . import datasets, feedback, health, jobs, metrics, models, movies, pipelines, recommendations
 
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
@@ -84,6 +86,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     app.register_blueprint(recommendations.bp)
     app.register_blueprint(movies.bp)
     app.register_blueprint(pipelines.bp)
+    app.register_blueprint(feedback.bp)
     return app
 
 
@@ -103,22 +106,30 @@ def active_model() -> tuple[str, str]:
     return version, dataset
 
 
-def require_room(kind: Literal["datasets", "models"]) -> None:
-    """QuotaExceeded (409 ``quota_exceeded``) when ``MOVIEREC_MAX_DATASETS`` / ``MOVIEREC_MAX_MODELS`` (0: no
-    cap) are stored already, counted by the ZCARD of their index. Checked before a job is queued; an ingest
+def require_room(kind: Literal["datasets", "models"], needed: int = 1) -> None:
+    """QuotaExceeded (409 ``quota_exceeded``) unless ``needed`` more datasets / models fit under
+    ``MOVIEREC_MAX_DATASETS`` / ``MOVIEREC_MAX_MODELS`` (0: no cap), counted by the ZCARD of their index.
+    Checked before a job is queued, for what the job may store (an evaluation: a model per recipe); an ingest
     of a dataset already stored or a training that answers an existing version is refused all the same."""
     svc = services()
     limit = svc.settings.max_datasets if kind == "datasets" else svc.settings.max_models
-    if not limit:
+    if not limit or needed <= 0:
         return
     stored = svc.datasets.count() if kind == "datasets" else svc.models.count()
-    if stored >= limit:
+    if stored + needed > limit:
         setting = f"MOVIEREC_MAX_{kind.upper()}"
         raise QuotaExceeded(
-            f"{stored} {kind} are stored and {setting} is {limit}: free room with DELETE /v1/{kind}/<id> "
-            f"(GET /v1/{kind} lists them) or raise {setting}",
-            details={"kind": kind, "limit": limit, "stored": stored, "setting": setting},
+            f"{stored} {kind} are stored, this job may add {needed} and {setting} is {limit}: free room with "
+            f"DELETE /v1/{kind}/<id> (GET /v1/{kind} lists them) or raise {setting}",
+            details={"kind": kind, "limit": limit, "stored": stored, "needed": needed, "setting": setting},
         )
+
+
+def has_feedback(ds_id: str) -> bool:
+    """Whether feedback was posted to the dataset (its base): a pipeline or an evaluation over it then stores a
+    feedback version, one dataset more."""
+    datasets = services().datasets
+    return datasets.feedback.count_users(datasets.feedback_base(ds_id)) > 0
 
 
 def celery() -> MovierecCelery:

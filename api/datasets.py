@@ -1,33 +1,70 @@
-"""``/v1/datasets``: submit an ingest, list and read datasets."""
+"""``/v1/datasets``: submit an ingest (a path in the data root, or the files uploaded), list and read datasets."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from apiflask import APIBlueprint
 
 from shared.errors import NotFound
 from shared.store.datasets import confine
+from shared.store.uploads import drop_upload
 
-from . import accepted, require_room, services, submit_job
+from . import accepted, require_room, services, submit_job, uploads
 from .schemas import DatasetDeletedOut, DatasetIn, DatasetListOut, DatasetOut, JobOut, MoviesOut, MoviesQuery
 
 bp = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", tag="datasets")
 
 
+def upload_dataset() -> Any:
+    """The multipart branch of ``POST /v1/datasets``: the files streamed into Redis (api/uploads.py), then an
+    ingest job that names the upload instead of a path."""
+    svc = services()
+    require_room("datasets")
+    upload = uploads.receive(svc.artifacts, limit=svc.settings.max_upload_bytes, ttl_s=svc.settings.result_ttl_s)
+    params = {"upload": upload.id, "files": upload.files, "source": upload.source, **upload.form}
+    try:
+        return accepted(submit_job(kind="ingest", params=params))
+    except BaseException:
+        drop_upload(svc.artifacts, upload.id)
+        raise
+
+
+def or_upload(upload_view: Callable[[], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Send a multipart request to ``upload_view``, any other to the decorated (JSON) view. Placed above
+    ``@bp.input``, so a multipart body never meets the JSON schema; below ``@bp.output``, so both answers are
+    serialised alike. ``functools.wraps`` carries APIFlask's ``_spec`` over."""
+
+    def decorate(json_view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(json_view)
+        def view(*args: Any, **kwargs: Any) -> Any:
+            return upload_view() if uploads.is_upload() else json_view(*args, **kwargs)
+
+        return view
+
+    return decorate
+
+
 @bp.post("")
-@bp.input(DatasetIn, arg_name="body", example={"path": "ml-latest-small", "tags_per_movie": 5})
 @bp.output(JobOut, status_code=202, description="the ingest job, queued")
 @bp.doc(
     responses={
-        400: "invalid request or path outside the data root",
+        400: "invalid request, path outside the data root, or (multipart) an unknown, missing or empty part",
         409: "quota_exceeded: MOVIEREC_MAX_DATASETS datasets are stored",
-        413: "body too large",
-        415: "not JSON",
+        413: "body too large: JSON past MOVIEREC_MAX_BODY_BYTES, an upload past MOVIEREC_MAX_UPLOAD_BYTES",
+        415: "neither JSON nor multipart/form-data",
     }
 )
+@or_upload(upload_dataset)
+@bp.input(DatasetIn, arg_name="body", example={"path": "ml-latest-small", "tags_per_movie": 5})
 def create_dataset(body: dict[str, Any]) -> Any:
-    """Ingest a MovieLens directory (an ``ingest`` job); the result names the dataset id."""
+    """Ingest a MovieLens directory (an ``ingest`` job); the result names the dataset id.
+
+    As JSON, ``path`` names a directory inside the data root. As multipart/form-data, the files themselves
+    (``movies.csv``, ``ratings.csv``, ... or one ``archive``, a MovieLens .zip) are streamed into Redis, so a
+    worker with no access to the API's disk ingests them; the same files give the same dataset id."""
     root = services().settings.data_root
     confine(body["path"], root=root)
     if body["genres_fix_csv"]:

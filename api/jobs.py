@@ -11,16 +11,18 @@ import uuid
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import Response, jsonify, url_for
+from flask import Response, jsonify, stream_with_context, url_for
 
 from shared.errors import Conflict, InvalidRequest, JobNotFinished, NotFound
 from shared.infra.keys import encode_input_artifact
+from shared.jobs import evaluation
 from shared.jobs.store import Job
 from shared.jobs.submit import cancel
+from shared.store import batch
 from shared.store.datasets import confine
 from shared.store.triplets import DEFAULT_SEED, TripletSpec
 
-from . import accepted, celery, require_room, services, submit_job
+from . import accepted, active_model, celery, has_feedback, require_room, services, submit_job
 from .auth import current_owner, visible
 from .schemas import (
     EncodeIn,
@@ -29,6 +31,7 @@ from .schemas import (
     JobListOut,
     JobListQuery,
     JobOut,
+    RecommendBatchIn,
     ResultQuery,
     TrainIn,
     TripletsIn,
@@ -38,15 +41,17 @@ bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", tag="jobs")
 
 _RESULT_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
     200: {
-        "description": "the job's result: JSON, or with ?format=npy the array it produced",
+        "description": "the job's result: JSON (?format=json, every kind), the array it produced (?format=npy: "
+        "encode, triplets, recommend-batch) or CSV rows (?format=csv: recommend-batch)",
         "content": {
             "application/json": {"schema": {"type": "object"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "text/csv": {"schema": {"type": "string"}},
         },
     },
-    400: {"description": "this job's result has no array form"},
+    400: {"description": "this job's result has no such form (npy: no array; csv: not a recommend-batch job)"},
     404: {"description": "unknown or expired job"},
-    409: {"description": "the job has not succeeded (yet)"},
+    409: {"description": "the job has not succeeded (yet), or a recommend-batch job's rows have expired"},
 }
 
 
@@ -157,7 +162,23 @@ def create_evaluate(body: dict[str, Any]) -> Any:
         confine(body["path"], root=services().settings.data_root)
     else:
         _require_dataset(body["dataset"])
+    # What it may store: the ingested dataset (a path given), its feedback version, the training part; a model
+    # per recipe.
+    with_feedback = bool(body.get("dataset")) and has_feedback(body["dataset"])
+    require_room("datasets", needed=1 + bool(body.get("path")) + with_feedback)
+    require_room("models", needed=len(evaluation.recipes_of(body)))
     return accepted(submit_job(kind="evaluate", params=body))
+
+
+@bp.post("/recommend-batch")
+@bp.input(RecommendBatchIn, arg_name="body", example={"users": [1, 2, 3], "k": 10})
+@bp.output(JobOut, status_code=202, description="the batch job, queued (cpu queue, sharded)")
+@bp.doc(responses={400: "invalid request", 409: "no model is active"})
+def create_recommend_batch(body: dict[str, Any]) -> Any:
+    """Recommendations for many users (or "all") with the active model, each user's the single-user answer;
+    the rows as CSV or .npy from the job's result."""
+    version, dataset = active_model()
+    return accepted(submit_job(kind="recommend-batch", params={**body, "model": version, "dataset": dataset}))
 
 
 @bp.get("")
@@ -198,6 +219,10 @@ def get_result(job_id: str, query: dict[str, Any]) -> Response:
         raise JobNotFinished(f"job {job_id!r} is {job.status}; poll /v1/jobs/{job_id}")
     if job.status != "succeeded":
         raise Conflict(f"job {job_id!r} {job.status}; it has no result", details={"status": job.status})
+    if job.kind == "recommend-batch" and query["format"] in ("csv", "npy"):
+        return _batch_rows(job, query["format"])
+    if query["format"] == "csv":
+        raise InvalidRequest(f"the result of a {job.kind} job has no CSV form; omit ?format=csv")
     if query["format"] == "npy":
         if job.result_artifact is None:
             raise InvalidRequest(f"the result of a {job.kind} job has no array form; omit ?format=npy")
@@ -208,3 +233,17 @@ def get_result(job_id: str, query: dict[str, Any]) -> Response:
         array = services().artifacts.get_array(job.result_artifact)
         return jsonify({**job.result, job.result_inline: array.tolist()})
     return jsonify(job.result)
+
+
+def _batch_rows(job: Job, fmt: str) -> Response:
+    """A batch job's rows, streamed part by part (never all in memory): CSV, or one .npy structured array."""
+    artifacts, result = services().artifacts, job.result
+    if not batch.parts_stored(artifacts, job.id, result):  # checked first: a stream cannot turn into an error
+        raise Conflict(f"the rows of job {job.id!r} have expired", details={"status": job.status})
+    headers = {"Content-Disposition": f'attachment; filename="{job.id}.{fmt}"'}
+    if fmt == "csv":
+        return Response(stream_with_context(batch.csv_stream(artifacts, job.id, result)), mimetype="text/csv",
+                        headers=headers)  # fmt: skip
+    headers["Content-Length"] = str(batch.npy_size(result))
+    return Response(stream_with_context(batch.npy_stream(artifacts, job.id, result)),
+                    mimetype="application/octet-stream", headers=headers)  # fmt: skip

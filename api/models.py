@@ -6,8 +6,6 @@ from typing import Any
 
 from apiflask import APIBlueprint
 
-from shared.errors import Conflict, NotFound
-
 from . import services
 from .schemas import ActivateOut, ModelDeletedOut, ModelListOut
 
@@ -26,11 +24,6 @@ def list_models() -> dict[str, Any]:
 @bp.doc(responses={404: "unknown model version", 409: "the version has no index yet"})
 def activate(version: str) -> dict[str, Any]:
     """Serve recommendations from this version: one atomic switch; activating an older one is a rollback."""
-    record = services().models.get(version)
-    if record is None:
-        raise NotFound(f"model {version!r} does not exist")
-    if record.get("index") is None:
-        raise Conflict(f"model {version!r} has no index yet: POST /v1/jobs/index first")
     return {"active": version, "previous": services().models.activate(version)}
 
 

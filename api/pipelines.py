@@ -9,7 +9,7 @@ from apiflask import APIBlueprint
 from shared.errors import NotFound
 from shared.store.datasets import confine
 
-from . import accepted, require_room, services, submit_job
+from . import accepted, has_feedback, require_room, services, submit_job
 from .jobs import model_source
 from .schemas import JobOut, PipelineIn
 
@@ -36,7 +36,7 @@ def create_pipeline(body: dict[str, Any]) -> Any:
         body["model"] = model_source(body["model"])
     if body.get("dataset") and services().datasets.get(body["dataset"]) is None:
         raise NotFound(f"dataset {body['dataset']!r} does not exist")
-    if body.get("path"):
+    if body.get("path") or has_feedback(body["dataset"]):  # a new dataset, or a feedback version of one
         require_room("datasets")
     require_room("models")
     return accepted(submit_job(kind="pipeline", params=body))

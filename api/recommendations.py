@@ -18,7 +18,7 @@ _RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
         "content": {"application/json": {"schema": RecommendationsOut}},
     },
     400: {"description": "invalid request"},
-    404: {"description": "unknown user or movie id"},
+    404: {"description": "unknown movie id (a user with no ratings is answered with the most popular movies)"},
     409: {"description": "no model is active"},
 }
 
@@ -29,14 +29,12 @@ _RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
 @bp.output(JobOut, status_code=202, description="the recommendation job, when not ready within ?wait")
 @bp.doc(responses=_RESPONSES)
 def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
-    """Movies for a user, for keywords, or like some movies and unlike others."""
+    """Movies for a user (from their ratings, feedback included; the most popular ones for a user with none), for
+    keywords, or like some movies and unlike others."""
     version, dataset = active_model()
-    # Unknown ids are 404 here, before anything is queued; only the dataset's id arrays are needed for that.
-    services().datasets.check_ids(
-        dataset,
-        user_id=body.get("user_id"),
-        movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])],
-    )
+    # Unknown movie ids are 404 here, before anything is queued; a user unknown to the dataset is not an error:
+    # with feedback they have a profile, without it they get the most popular movies.
+    services().datasets.check_ids(dataset, movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])])
     return answer_within(params={**body, "model": version}, wait_s=query["wait"])
 
 

@@ -21,7 +21,9 @@ from shared.ml.mining import STRATEGIES
 from shared.ml.recipes import DEFAULT_RECIPE, RECIPES
 from shared.ml.titles import MAX_QUERY_CHARS, query_tokens
 from shared.ml.training import ARCHITECTURES, LIMITS, PROFILES
+from shared.store.batch import DEFAULT_SHARD_USERS, MAX_LISTED_USERS, MAX_SHARD_USERS, MIN_SHARD_USERS
 from shared.store.datasets import MAX_TAGS_PER_MOVIE
+from shared.store.feedback import MAX_BATCH as MAX_FEEDBACK_BATCH
 from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE, SOURCES
 
 MAX_PATH_CHARS = 4096
@@ -41,6 +43,12 @@ class DatasetIn(Schema):
     path = String(required=True, validate=Length(1, MAX_PATH_CHARS), metadata={"description": "inside the data root"})
     tags_per_movie = Integer(load_default=DEFAULT_TAGS_PER_MOVIE, validate=Range(1, MAX_TAGS_PER_MOVIE))
     genres_fix_csv = String(load_default=None, allow_none=True, validate=Length(1, MAX_PATH_CHARS))
+
+
+class DatasetUploadFields(Schema):
+    """The form fields of a multipart ``POST /v1/datasets`` beside its files (api/uploads.py documents both)."""
+
+    tags_per_movie = Integer(load_default=DEFAULT_TAGS_PER_MOVIE, validate=Range(1, MAX_TAGS_PER_MOVIE))
 
 
 class TripletsIn(Schema):
@@ -188,6 +196,42 @@ class RecommendIn(Schema):
             raise ValidationError("give exactly one of user_id, keywords, liked/disliked", field_name="_schema")
 
 
+class BatchUsers(Raw):
+    """``"all"`` or a list of user ids (positive 32-bit integers, 1 to MAX_LISTED_USERS of them)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if value == "all":
+            return value
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_LISTED_USERS:
+            raise ValidationError(f'give "all" or a list of 1 to {MAX_LISTED_USERS:,} user ids')
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 2**31 - 1]
+        if bad:
+            raise ValidationError(f"user ids are integers from 1 to 2^31 - 1; not {bad[:5]}")
+        return value
+
+
+class RecommendBatchIn(Schema):
+    users = BatchUsers(
+        required=True,
+        metadata={
+            "description": '"all" (the active model\'s dataset\'s users and those who gave feedback since) or a list '
+            "of user ids (duplicates dropped; an id unknown to the dataset gets the popular fallback)",
+            "oneOf": [
+                {"type": "string", "enum": ["all"]},
+                {"type": "array", "minItems": 1, "maxItems": MAX_LISTED_USERS,
+                 "items": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}},
+            ],
+        },
+    )  # fmt: skip
+    k = Integer(load_default=10, validate=Range(1, MAX_K))
+    exclude_seen = Boolean(load_default=True)
+    shard_users = Integer(
+        load_default=DEFAULT_SHARD_USERS,
+        validate=Range(MIN_SHARD_USERS, MAX_SHARD_USERS),
+        metadata={"description": "users per shard (a task on the cpu queue)"},
+    )
+
+
 class RecommendedMovie(Schema):
     movie_id = Integer()
     title = String()
@@ -204,8 +248,8 @@ class RecommendationsOut(Schema):
     query = Dict(metadata={"description": "the query as understood"})
     strategy = String(
         metadata={
-            "description": "what produced the answer: profile (user_id), keywords, examples (liked/disliked) "
-            "or similar (a movie's neighbours)"
+            "description": "what produced the answer: profile (a user's ratings), popular (a user with none: "
+            "the most-rated movies), keywords, examples (liked/disliked) or similar (a movie's neighbours)"
         }
     )
     items = List(Nested(RecommendedMovie))
@@ -215,6 +259,55 @@ class RecommendationsOut(Schema):
     history_top_descriptors = List(
         List(Raw()), metadata={"description": "[descriptor, count] pairs of the user's history (user queries)"}
     )
+
+
+class RatingIn(Schema):
+    class Meta:
+        unknown = RAISE
+
+    user_id = Integer(required=True, validate=Range(1, 2**31 - 1))
+    movie_id = Integer(required=True, validate=Range(1, 2**31 - 1))
+    rating = Float(required=True, allow_nan=False, metadata={"description": "on the dataset's scale"})
+    timestamp = Integer(
+        validate=Range(0, 2**62), metadata={"description": "seconds since the epoch; the time of the request if absent"}
+    )
+
+
+class RatingsIn(Schema):
+    class Meta:
+        unknown = RAISE
+
+    ratings = List(Nested(RatingIn), required=True, validate=Length(1, MAX_FEEDBACK_BATCH))
+
+
+class RatingsStoredOut(Schema):
+    dataset = String(metadata={"description": "the dataset that holds the feedback (a feedback version's base)"})
+    stored = Integer(metadata={"description": "ratings stored"})
+    users = Integer(metadata={"description": "distinct users among them"})
+    new_users = List(Integer(), metadata={"description": "users this batch created (unknown to the dataset before)"})
+
+
+class UserRatingOut(Schema):
+    movie_id = Integer()
+    title = String()
+    rating = Float()
+    timestamp = Integer(allow_none=True, metadata={"description": "seconds since the epoch"})
+    source = String(metadata={"description": "ingest (the dataset's files) or feedback (posted since)"})
+
+
+class UserRatingsQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    dataset = String(
+        validate=Length(1, 64), metadata={"description": "a dataset id; the active model's dataset if absent"}
+    )
+
+
+class UserRatingsOut(Schema):
+    user_id = Integer()
+    dataset = String(metadata={"description": "the dataset whose ratings these are (stored and feedback)"})
+    ratings = List(Nested(UserRatingOut), metadata={"description": "the last rating of each movie, by time"})
 
 
 class WaitQuery(Schema):
@@ -397,7 +490,10 @@ class DatasetOut(Schema):
     format = Integer()
     derived = Dict(
         allow_none=True,
-        metadata={"description": "a derived dataset's origin: {from, protocol} (an evaluation's training part)"},
+        metadata={
+            "description": "a derived dataset's origin: {from, protocol} (an evaluation's training part) or "
+            "{from, feedback: {ratings, users, digest}} (a feedback version: its base with the feedback posted to it)"
+        },
     )
 
 
@@ -438,11 +534,25 @@ class JobListOut(Schema):
     jobs = List(Nested(JobOut))
 
 
+RESULT_FORMATS = {
+    "json": "every kind: the job's JSON result (a recommend-batch job's: its summary, not its rows)",
+    "npy": "the array the job produced: encode (vectors), triplets ((n, 3) movie ids), recommend-batch (one "
+    "structured array, a CSV row each: user_id <i4, rank <i2, movie_id <i4, score <f4); 400 for other kinds",
+    "csv": "recommend-batch only, streamed: user_id,rank,movie_id,score (rank 1 the best; a user's rows in "
+    "rank order, users in the job's order); 400 for other kinds",
+}
+"""The result formats, and the kinds of job each applies to (``GET /v1/jobs/<id>/result?format=``)."""
+
+
 class ResultQuery(Schema):
     class Meta:
         unknown = RAISE
 
-    format = String(load_default="json", validate=OneOf(["json", "npy"]))
+    format = String(
+        load_default="json",
+        validate=OneOf(list(RESULT_FORMATS)),
+        metadata={"description": "; ".join(f"{name}: {what}" for name, what in RESULT_FORMATS.items())},
+    )
 
 
 class HealthOut(Schema):

@@ -2,9 +2,10 @@
 
     python -m bench.deletion [--data DIR]
 
-A fresh ``movierec up`` stack on an empty embedded Redis. Measured at each point: the number of keys under the
+A fresh ``movierec up`` stack on an empty embedded Redis; a pipeline, then 1,000 feedback ratings (100 new users)
+posted to its dataset, then the DELETE. Measured at each point: the number of keys under the
 stack's prefix and the sum of their ``MEMORY USAGE`` (so Redis's own overhead does not blur it), split into
-what a dataset owns (its record, arrays, triplets, embeddings, models and their artifacts) and the rest
+what a dataset owns (its record, arrays, triplets, embeddings, models and their artifacts, its feedback) and the rest
 (job records, which expire after the result TTL, and the string-vector cache, shared by every dataset
 encoded with the same model, by design). The pipeline runs with ``activate: false``: the active model's
 dataset cannot be deleted (409), and there is nothing else to activate on an empty Redis.
@@ -28,7 +29,7 @@ from .common import fresh_stack, machine, wait_job
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
 PREFIX = "bench-deletion"
-DATASET_HEADS = ("dataset", "datasets", "model", "models", "art")
+DATASET_HEADS = ("dataset", "datasets", "model", "models", "art", "feedback")
 """Key kinds a dataset owns (the second part of ``<prefix>:<kind>:...``); artifacts of other names are
 counted under the rest (none are expected)."""
 
@@ -72,6 +73,14 @@ def main() -> int:
             return 1
         dataset = requests.get(f"{stack.api_url}{job['result_url']}", timeout=30).json()["dataset"]
         show("after the pipeline", footprint(client))
+        movies = requests.get(f"{stack.api_url}/v1/datasets/{dataset}/movies?limit=1000", timeout=30).json()
+        feedback = [{"user_id": 10_000 + i // 10, "movie_id": m["movie_id"], "rating": 4.0}
+                    for i, m in enumerate(movies["movies"])]  # fmt: skip
+        r = requests.post(f"{stack.api_url}/v1/datasets/{dataset}/ratings", json={"ratings": feedback}, timeout=30)
+        if r.status_code != 200:
+            print(f"feedback refused: {r.status_code} {r.text[:300]}", file=sys.stderr)
+            return 1
+        show(f"after {len(feedback):,} feedback ratings", footprint(client))
         answer = requests.delete(f"{stack.api_url}/v1/datasets/{dataset}", timeout=60)
         print(f"DELETE /v1/datasets/{dataset}: {answer.status_code} {answer.json()}")
         show("after the DELETE", footprint(client))

@@ -142,7 +142,8 @@ def print_metrics(pipeline: dict[str, Any]) -> None:
 
 
 def print_recommendations(title: str, answer: dict[str, Any]) -> None:
-    print(f"\nrecommendations for {title}:")
+    strategy = f" ({answer['strategy']})" if answer.get("strategy") else ""
+    print(f"\nrecommendations for {title}{strategy}:")
     for item in answer["items"]:
         print(f"  {item['score']:.3f}  {item['title']}  [{', '.join(item['descriptors'][:6])}]")
     top = ", ".join(f"{d} ({n})" for d, n in answer["top_descriptors"])

@@ -127,7 +127,16 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     client = _client(args)
     try:
-        job = client.submit_dataset(args.path, tags_per_movie=args.tags_per_movie, genres_fix_csv=args.genres_fix_csv)
+        if (args.path is None) == (args.upload is None):
+            print("movierec: give a path in the API's data root, or --upload DIR_OR_ZIP", file=sys.stderr)
+            return 2
+        if args.upload is not None:
+            fix = Path(args.genres_fix_csv) if args.genres_fix_csv else None
+            job = client.upload_dataset(Path(args.upload), tags_per_movie=args.tags_per_movie, genres_fix_csv=fix)
+        else:
+            job = client.submit_dataset(
+                args.path, tags_per_movie=args.tags_per_movie, genres_fix_csv=args.genres_fix_csv
+            )
         print(f"job {job['id']} {job['status']}", flush=True)
         if not args.wait:
             return 0
@@ -170,6 +179,108 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     except ApiError as exc:
         print(f"movierec: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_recommend_batch(args: argparse.Namespace) -> int:
+    from cli.client import ApiError
+
+    out = Path(args.out)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in ("csv", "npy"):
+        print("movierec: --out must end in .csv or .npy", file=sys.stderr)
+        return 2
+    try:
+        users: str | list[int] = "all" if args.users == "all" else [int(u) for u in args.users.split(",") if u.strip()]
+    except ValueError:
+        print("movierec: --users is 'all' or comma-separated user ids, e.g. 1,2,3", file=sys.stderr)
+        return 2
+    body: dict[str, Any] = {"users": users, "k": args.k, "exclude_seen": not args.include_seen}
+    if args.shard_users is not None:
+        body["shard_users"] = args.shard_users
+    client = _client(args)
+    try:
+        job = client.submit_batch(**body)
+        print(f"job {job['id']} {job['status']}", file=sys.stderr, flush=True)
+        final = client.wait(job["id"], progress=not args.quiet)
+        if final["status"] != "succeeded":
+            print(f"movierec: job {job['id']} {final['status']}: {(final.get('error') or {}).get('message')}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        written = client.download(job["id"], out, fmt=fmt)
+        result = client.result(job["id"])
+    except ApiError as exc:
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 1
+    print(f"{out}: {result['rows']:,} rows for {result['users']:,} users ({result['popular']:,} popular), "
+          f"{written:,} bytes; {result['users_per_second']} users/s, model {result['model']}")  # fmt: skip
+    return 0
+
+
+def _cmd_rate(args: argparse.Namespace) -> int:
+    from cli.client import ApiError
+
+    if args.ratings and args.user is None:
+        raise SystemExit("movierec rate: MOVIE=RATING pairs need --user")
+    ratings: list[dict[str, Any]] = []
+    try:
+        for pair in args.ratings:
+            movie, _, value = pair.partition("=")
+            ratings.append({"user_id": args.user, "movie_id": int(movie), "rating": float(value)})
+        if args.csv:
+            import csv
+
+            with open(args.csv, newline="") as f:
+                for row in csv.DictReader(f):
+                    rating = {"user_id": int(row["userId"]), "movie_id": int(row["movieId"]),
+                              "rating": float(row["rating"])}  # fmt: skip
+                    if row.get("timestamp"):
+                        rating["timestamp"] = int(row["timestamp"])
+                    ratings.append(rating)
+    except (ValueError, KeyError, OSError) as exc:
+        raise SystemExit(f"movierec rate: MOVIE=RATING pairs and a CSV of userId,movieId,rating[,timestamp] "
+                         f"are expected ({exc})") from None  # fmt: skip
+    if not ratings:
+        raise SystemExit("movierec rate: give MOVIE=RATING pairs (with --user) or --csv")
+    client, stored = _client(args), 0
+    try:
+        for lo in range(0, len(ratings), RATINGS_PER_REQUEST):
+            stored += client.post_ratings(args.dataset, ratings[lo : lo + RATINGS_PER_REQUEST])["stored"]
+    except ApiError as exc:
+        print(f"movierec: {exc} ({stored:,} of {len(ratings):,} stored before)", file=sys.stderr)
+        return 1
+    print(f"stored {stored:,} ratings in {args.dataset}")
+    return 0
+
+
+RATINGS_PER_REQUEST = 10_000
+"""The API's batch limit (shared.store.feedback.MAX_BATCH)."""
+
+
+def _cmd_ratings(args: argparse.Namespace) -> int:
+    from cli.client import ApiError
+
+    try:
+        listed = _client(args).user_ratings(args.user_id, dataset=args.dataset)
+    except ApiError as exc:
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 1
+    print(f"user {listed['user_id']} in {listed['dataset']}: {len(listed['ratings'])} ratings")
+    for r in listed["ratings"]:
+        print(f"  {r['rating']:>4}  {r['movie_id']:>8}  {r['title']}  ({r['source']})")
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from cli.client import ApiError
+
+    try:
+        deleted = _client(args).delete(f"{args.what}s", args.name)
+    except ApiError as exc:
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 1
+    models = f" and models {', '.join(deleted['models'])}" if deleted.get("models") else ""
+    print(f"deleted {deleted['deleted']}{models}: {deleted['keys']:,} keys, {deleted['bytes'] / 2**20:.2f} MiB freed")
     return 0
 
 
@@ -234,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_service_commands(sub)
     _add_client_commands(sub)
+    _add_batch_command(sub)
     _add_movie_commands(sub)
+    _add_feedback_commands(sub)
     _add_data_commands(sub)
     return parser
 
@@ -278,10 +391,19 @@ def _add_service_commands(sub: Any) -> None:
 def _add_client_commands(sub: Any) -> None:
     p = sub.add_parser("submit", help="submit a job to a running API")
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
-    d = what.add_parser("dataset", help="ingest a MovieLens directory (a path inside the API's data root)")
-    d.add_argument("path")
+    d = what.add_parser(
+        "dataset",
+        help="ingest a MovieLens directory: a path inside the API's data root, or --upload the files",
+        description="Ingest a MovieLens directory: PATH inside the API's data root, or --upload a local directory "
+        "or MovieLens .zip, whose files are streamed to the API (up to its MOVIEREC_MAX_UPLOAD_BYTES), so no "
+        "disk is shared with the API or the workers.",
+    )
+    d.add_argument("path", nargs="?", default=None, help="a directory inside the API's data root")
+    d.add_argument("--upload", default=None, metavar="DIR_OR_ZIP", help="a local MovieLens directory or .zip to send")
     d.add_argument("--tags-per-movie", type=int, default=None)
-    d.add_argument("--genres-fix-csv", default=None, help="movieId,genres CSV filling '(no genres listed)'")
+    d.add_argument(
+        "--genres-fix-csv", default=None, help="movieId,genres CSV filling '(no genres listed)' (with --upload: local)"
+    )
     d.add_argument("--wait", action="store_true", help="wait with a progress bar and print the result")
     d.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
     d.set_defaults(func=_cmd_submit)
@@ -328,6 +450,24 @@ def _add_client_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_recommend)
 
 
+def _add_batch_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "recommend-batch",
+        help="recommendations for many users as a job; the rows saved as CSV or .npy",
+        description="Submit POST /v1/jobs/recommend-batch, wait for it (a progress bar with an ETA on stderr), "
+        "then stream its rows (user_id,rank,movie_id,score) into --out, CSV or .npy by its suffix. Each user's "
+        "rows are what movierec recommend --user answers.",
+    )
+    p.add_argument("--users", required=True, help="'all', or comma-separated user ids, e.g. 1,2,3")
+    p.add_argument("--k", type=int, default=10, help="movies per user, 1..100 (default %(default)s)")
+    p.add_argument("--out", required=True, help="file.csv or file.npy")
+    p.add_argument("--include-seen", action="store_true", help="do not exclude the movies a user rated")
+    p.add_argument("--shard-users", type=int, default=None, help="users per shard (default 2000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
+    p.set_defaults(func=_cmd_recommend_batch)
+
+
 def _add_movie_commands(sub: Any) -> None:
     p = sub.add_parser("search", help="find movies of the active model's catalogue by title")
     p.add_argument("query", help="a title as typed, e.g. 'toy story' or 'the matrix 1999'")
@@ -340,6 +480,29 @@ def _add_movie_commands(sub: Any) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
     p.set_defaults(func=_cmd_similar)
+
+
+def _add_feedback_commands(sub: Any) -> None:
+    api = os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000")
+    p = sub.add_parser("rate", help="store ratings given after ingest (seen by the next recommendation)")
+    p.add_argument("dataset", help="the dataset id (a feedback version's ratings go to its base)")
+    p.add_argument("ratings", nargs="*", metavar="MOVIE=RATING", help="e.g. 1=5 2355=4.5 (with --user)")
+    p.add_argument("--user", type=int, help="the user of the MOVIE=RATING pairs (a new id creates the user)")
+    p.add_argument("--csv", help="a CSV of userId,movieId,rating[,timestamp], sent 10,000 rows a request")
+    p.add_argument("--api", default=api)
+    p.set_defaults(func=_cmd_rate)
+
+    p = sub.add_parser("ratings", help="list a user's ratings: ingested, and posted since")
+    p.add_argument("user_id", type=int)
+    p.add_argument("--dataset", help="a dataset id (default: the active model's)")
+    p.add_argument("--api", default=api)
+    p.set_defaults(func=_cmd_ratings)
+
+    p = sub.add_parser("delete", help="delete a dataset (with its models and feedback) or a model version")
+    p.add_argument("what", choices=["dataset", "model"])
+    p.add_argument("name", help="the dataset id or model version")
+    p.add_argument("--api", default=api)
+    p.set_defaults(func=_cmd_delete)
 
 
 def _add_data_commands(sub: Any) -> None:

@@ -4,6 +4,7 @@
     ├── InvalidRequest            400 invalid_request
     │   └── PathNotAllowed        400 path_not_allowed
     ├── NotFound                  404 not_found
+    ├── PayloadTooLarge           413 payload_too_large
     ├── Conflict                  409 conflict
     │   ├── JobNotFinished        409 job_not_finished
     │   └── QuotaExceeded         409 quota_exceeded
@@ -44,6 +45,13 @@ class PathNotAllowed(InvalidRequest):
 class NotFound(MovierecError):
     status = 404
     code = "not_found"
+
+
+class PayloadTooLarge(MovierecError):
+    """A body past its configured limit (an upload past ``MOVIEREC_MAX_UPLOAD_BYTES``); the message names it."""
+
+    status = 413
+    code = "payload_too_large"
 
 
 class Conflict(MovierecError):

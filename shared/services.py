@@ -20,6 +20,7 @@ from shared.jobs.leases import UnitGuard
 from shared.jobs.store import JobStore
 from shared.store.artifacts import ArtifactStore
 from shared.store.datasets import DatasetStore
+from shared.store.feedback import FeedbackStore
 from shared.store.models import ModelStore
 
 HEARTBEAT_TTL_S = 30
@@ -35,6 +36,7 @@ class Services:
     datasets: DatasetStore
     models: ModelStore
     units: UnitGuard
+    feedback: FeedbackStore
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -50,6 +52,7 @@ class Services:
             units=UnitGuard(
                 client, prefix=settings.key_prefix, ttl_s=settings.lease_ttl_s, max_starts=settings.max_deliveries
             ),
+            feedback=FeedbackStore(client, prefix=settings.key_prefix),
         )
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from redis.exceptions import LockNotOwnedError
 
 import shared.ml.movielens  # noqa: F401
 from shared.errors import DataError, NotFound
+from shared.infra.keys import upload_artifact
 from shared.jobs.pipeline import advance
 from shared.ml.index import IndexParams
 from shared.services import Services
 from shared.store.datasets import DatasetOptions, confine
+from shared.store.feedback import feedback_version
 from shared.store.serving import answer_query
 from shared.store.triplets import (
     TripletSpec,
@@ -30,18 +33,22 @@ from shared.store.triplets import (
     store_part,
     stored_count,
 )
+from shared.store.uploads import UNZIPPED_PER_UPLOADED, drop_upload, unpack_upload
 from shared.store.versions import index_version
 
-from .base import JobContext, Outcome, fail_job, notify_parent, run_job, run_shard, services, unit
+from .base import Body, JobContext, Outcome, fail_job, notify_parent, run_job, run_shard, services, unit
 
 log = logging.getLogger(__name__)
 
 
 @shared_task(name="workers.cpu.ingest_dataset")
 def ingest_dataset(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    """Ingest a MovieLens directory; idempotent, since a dataset is stored under its content hash."""
+    """Ingest a MovieLens directory, or the files of an upload; idempotent, since a dataset is stored under its
+    content hash."""
 
     def body(ctx: JobContext) -> Outcome:
+        if params.get("upload"):
+            return _ingest_upload(ctx, params)
         root = ctx.services.settings.data_root
         # Checked again here: the worker may see a different filesystem than the API did.
         directory = confine(params["path"], root=root)
@@ -58,7 +65,60 @@ def ingest_dataset(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None
         message = "dataset already ingested" if reused else f"ingested {record['counts']['movies']:,} movies"
         return Outcome({"dataset": record["id"], "reused": reused, **record}, message=message)
 
-    return run_job(job_id, stage="ingest", body=body)
+    return run_job(job_id, stage="ingest", body=_with_feedback(body, params))
+
+
+def _with_feedback(body: Body, params: dict[str, Any]) -> Body:
+    """The ingest stage of a pipeline or an evaluation (params ``"feedback": true``): the dataset it ingests, or
+    the one it names (``"dataset"``), with the feedback posted to it so far: a feedback version when there is
+    any (shared/store/feedback.py), so a model trained on it says which ratings it saw."""
+    if not params.get("feedback"):
+        return body
+
+    def taken(ctx: JobContext) -> Outcome | None:
+        drop: tuple[str, ...] = ()
+        if params.get("dataset"):
+            source = str(params["dataset"])
+        else:
+            ingested = body(ctx)
+            if ingested is None:
+                return None
+            source, drop = str(ingested.result["dataset"]), ingested.drop
+        ctx.progress(0.95, "feedback", "adding the feedback posted to the dataset")
+        record, reused = feedback_version(ctx.services.datasets, ctx.services.feedback, source)
+        added = (record.get("derived") or {}).get("feedback", {}).get("ratings", 0)
+        message = f"dataset {record['id']}" + (f" with {added:,} feedback ratings" if added else "")
+        return Outcome({"dataset": record["id"], "reused": reused, **record}, message=message, drop=drop)
+
+    return taken
+
+
+def _ingest_upload(ctx: JobContext, params: dict[str, Any]) -> Outcome:
+    """The files the API streamed into Redis, written to a temporary directory and ingested as a path is. The
+    upload is dropped once the job is marked succeeded, or here when it fails (for good: a worker that dies
+    leaves it for the janitor's resend)."""
+    svc, upload_id = ctx.services, str(params["upload"])
+    files = [str(f) for f in params["files"]]
+    try:
+        with tempfile.TemporaryDirectory(prefix="movierec-upload-") as tmp:
+            ctx.progress(0.0, "fetching", f"fetching {len(files)} uploaded file(s)")
+            directory, fix = unpack_upload(
+                svc.artifacts,
+                upload_id,
+                files,
+                Path(tmp),
+                max_unzipped_bytes=UNZIPPED_PER_UPLOADED * svc.settings.max_upload_bytes,
+            )
+            options = DatasetOptions(tags_per_movie=int(params["tags_per_movie"]), genres_fix_csv=fix)
+            record, reused = svc.datasets.ingest(
+                directory, options, source=str(params["source"]), progress=ctx.progress
+            )
+    except Exception:
+        drop_upload(svc.artifacts, upload_id)
+        raise
+    message = "dataset already ingested" if reused else f"ingested {record['counts']['movies']:,} movies"
+    drop = tuple(upload_artifact(upload_id, name) for name in files)
+    return Outcome({"dataset": record["id"], "reused": reused, **record}, message=message, drop=drop)
 
 
 def _spec(params: dict[str, Any]) -> TripletSpec:
@@ -168,7 +228,7 @@ def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 
     def body(ctx: JobContext) -> Outcome:
         svc = ctx.services
-        result = answer_query(svc.artifacts, svc.models, svc.redis, prefix=svc.settings.key_prefix, params=params)
+        result = answer_query(svc.datasets, svc.models, svc.redis, prefix=svc.settings.key_prefix, params=params)
         ttl_s = min(RECOMMENDATION_TTL_S, svc.settings.result_ttl_s)
         return Outcome(result, message=f"{len(result['items'])} items", ttl_s=ttl_s)
 

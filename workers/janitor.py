@@ -17,6 +17,8 @@ per interval for the whole deployment. A sweep
        pipeline                                   a step (which looks at its current stage and moves on)
        evaluate                                   a step while it waits on a child job (alive while that
                                                   is); else its split, its shards not done, or its join
+       recommend-batch                            the shards not done, or the join once all are; the
+                                                  planning task while the job has no plan yet
 
    Units are idempotent and leased, so a resend that meets the original delivery is dropped. A job resent
    ``MAX_RESENDS`` times fails with the reason; a unit that kills its worker fails its job sooner, through
@@ -48,10 +50,11 @@ from celery import Celery
 from shared.infra.celery_app import queue_lengths
 from shared.infra.keys import Keys
 from shared.jobs import evaluation, kinds
-from shared.jobs.kinds import JOIN_TRIPLETS, MINE_SHARD, PIPELINE_STEP, Task
+from shared.jobs.kinds import BATCH_JOIN, BATCH_SHARD, JOIN_TRIPLETS, MINE_SHARD, PIPELINE_STEP, Task
 from shared.jobs.pipeline import PipelineState
 from shared.jobs.store import Job
 from shared.services import Services
+from shared.store import batch
 from shared.store.triplets import plan_shards
 
 log = logging.getLogger(__name__)
@@ -147,7 +150,21 @@ class Janitor:
             return [Unit("step", PIPELINE_STEP, [job.id])]
         if job.kind == "evaluate":
             return [Unit(*unit) for unit in evaluation.janitor_units(self._svc, job)[1]]
+        if job.kind == "recommend-batch" and (planned := self._batch_units(job)) is not None:
+            return planned
         return [Unit("main", kinds.task_of(job.kind), [job.id, job.params])]
+
+    def _batch_units(self, job: Job) -> list[Unit] | None:
+        """A planned batch job's shards not done, or its join once all are; None before it is planned."""
+        raw = self._svc.jobs.field(job.id, batch.PLAN_FIELD) if job.status == "running" else None
+        if raw is None:
+            return None
+        shards = batch.Plan.from_json(raw).shards  # its users are stored: the shards are fixed
+        done = self._svc.jobs.shards_done(job.id)
+        todo = [(lo, hi) for lo, hi in shards if f"{lo:09d}" not in done]
+        if not todo:
+            return [Unit("join", BATCH_JOIN, [job.id, job.params])]
+        return [Unit(f"shard-{lo:09d}", BATCH_SHARD, [job.id, job.params, lo, hi, len(shards)]) for lo, hi in todo]
 
     def _shards(self, job: Job) -> list[tuple[int, int]]:
         dataset = self._svc.datasets.get(str(job.params.get("dataset")))

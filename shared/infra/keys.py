@@ -15,6 +15,7 @@ as an f-string (tests/unit/test_keys.py greps for it).
     <prefix>:janitor:lock|idle:<job>|queued:<job>|resends:<job>   the janitor's sweep lock and marks
     <prefix>:dataset:<id> / :datasets      a dataset's record, and the index of them
     <prefix>:model:<version> / :models / :active_model   model records, their index, the serving pointer
+    <prefix>:feedback:<ds>:user:<uid> / :users   ratings given after ingest (shared/store/feedback.py)
     <prefix>:art:<name>[:<i>|:tmp:<id>[:<i>]]   an artifact's manifest, its chunks, a write in progress
                                            (``artifacts_under``: a SCAN pattern for a name prefix's artifacts)
     <prefix>:vec:<model identity>:<pooling>:<sha1(text)>   one cached string vector
@@ -109,6 +110,19 @@ class Keys:
     @property
     def active_model(self) -> str:
         return f"{self.prefix}:active_model"
+
+    # -- feedback (shared/store/feedback.py) --------------------------------------------------------------
+    def feedback_user(self, ds_id: str, user_id: int) -> str:
+        """Hash: movie id -> "rating,timestamp" of one user's ratings given after ingest (the last one wins)."""
+        return f"{self.prefix}:feedback:{ds_id}:user:{user_id}"
+
+    def feedback_users(self, ds_id: str) -> str:
+        """Sorted set: user id -> time of their last feedback, over a dataset."""
+        return f"{self.prefix}:feedback:{ds_id}:users"
+
+    def feedback_of(self, ds_id: str) -> str:
+        """A SCAN pattern matching every feedback key of a dataset."""
+        return f"{self.prefix}:feedback:{glob_escape(ds_id)}:*"
 
     def artifact(self, name: str) -> str:
         """An artifact's manifest; ``artifact_chunk`` and ``artifact_tmp`` derive from it."""
@@ -209,6 +223,28 @@ def evaluation_split_artifact(training_ds: str, relevant_at: float, part: str) -
 def evaluation_part(job_id: str, lo: int) -> str:
     """One scoring shard's top-k movie rows of an evaluation job (every row of its table), dropped by its join."""
     return f"evaluations/part/{job_id}/{lo:09d}"
+
+
+def upload_artifact(upload_id: str, name: str) -> str:
+    """One uploaded file (``movies.csv``, ``ratings.csv``, ... or the MovieLens ``.zip``) on its way from the API
+    to the worker that ingests it: ``uploads/<upload id>/<name>``."""
+    return f"uploads/{upload_id}/{name}"
+
+
+def upload_artifacts(upload_id: str) -> str:
+    """The name prefix of every file of one upload (dropped once it is ingested)."""
+    return f"uploads/{upload_id}/"
+
+
+def batch_part(job_id: str, lo: int) -> str:
+    """One shard's rows of a batch recommendation job (``recommend-batch/<job>/part/<lo>``): the parts are the
+    result, streamed in order (shared/store/batch.py)."""
+    return f"recommend-batch/{job_id}/part/{lo:09d}"
+
+
+def batch_result(job_id: str, part: str) -> str:
+    """A batch recommendation job's whole-job arrays: ``user_ids``, its users as resolved once at planning."""
+    return f"recommend-batch/{job_id}/{part}"
 
 
 def model_artifacts(version: str) -> str:

@@ -32,6 +32,9 @@ sends its work again (workers/janitor.py). It must exceed the hard time limit.""
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Largest request body the API reads (413 beyond)."""
 
+DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
+"""Largest multipart upload of MovieLens files the API streams into Redis (413 beyond); ml-latest's zip is ~350 MB."""
+
 DEFAULT_CHUNK_BYTES = 256 << 20
 """Artifacts larger than this are stored as several Redis strings (Redis caps a string at 512 MB)."""
 
@@ -71,6 +74,7 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(default=DEFAULT_TASK_TIME_LIMIT_S, ge=1)
     visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
     chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1, le=DEFAULT_CHUNK_BYTES)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     encoder_model: str = DEFAULT_ENCODER_MODEL
@@ -136,4 +140,5 @@ class Settings(BaseSettings):
         env["MOVIEREC_API_KEYS"] = ",".join(self.api_keys)
         env["MOVIEREC_MAX_DATASETS"] = str(self.max_datasets)
         env["MOVIEREC_MAX_MODELS"] = str(self.max_models)
+        env["MOVIEREC_MAX_UPLOAD_BYTES"] = str(self.max_upload_bytes)
         return env

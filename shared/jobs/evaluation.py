@@ -4,9 +4,10 @@ Like the pipeline (shared/jobs/pipeline.py), an evaluation is a job of its own t
 short steps (``workers.evaluation.evaluation_step``), none of which waits for another:
 
     POST /v1/jobs/evaluate ──> evaluation job ──> step
-      ingest          (a path given)  child job ``ingest``                    ─┐ a finished child, the split
-      split           task ``evaluation_split``: the training dataset and the  │ task or the join sends the
-                      test part (shared/store/evaluations.py), reused if stored │ step again, which moves on
+      ingest          child job ``ingest``: the path's or the named dataset,  ─┐ a finished child, the split
+                      with its feedback (a feedback version if it has any)    │ task or the join sends the
+      split           task ``evaluation_split``: the training dataset and the  │ step again, which moves on
+                      test part (shared/store/evaluations.py), reused if stored │
       train:<recipe>  per recipe, one after the other: child job ``pipeline`` ─┘
                       {"dataset": training dataset, "recipe", "seed", "activate": false}
       score           shards of ``shard_users`` evaluated users (``evaluation_shard``): every row of the
@@ -104,7 +105,7 @@ def baselines_of(params: dict[str, Any]) -> list[str]:
 
 def stages(params: dict[str, Any]) -> list[str]:
     """The job's stages, in order: ``ingest`` (a path given), ``split``, ``train:<recipe>`` each, ``score``."""
-    return [*(["ingest"] if params.get("path") else []), "split", *(f"train:{r}" for r in recipes_of(params)), "score"]
+    return ["ingest", "split", *(f"train:{r}" for r in recipes_of(params)), "score"]
 
 
 def parent(job_id: str, params: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -183,10 +184,12 @@ def _child_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
     kind, _, recipe = stage.partition(":")
     child_id = state.children.get(stage)
     if child_id is None:
-        if kind == "ingest":
+        if kind == "ingest":  # the path's dataset, or the one named, with its feedback (as a pipeline's)
             child_kind = "ingest"
-            child_params = {"path": job.params["path"], "tags_per_movie": DEFAULT_TAGS_PER_MOVIE,
-                            "genres_fix_csv": None}  # fmt: skip
+            child_params: dict[str, Any] = {"dataset": job.params.get("dataset"), "feedback": True}
+            if job.params.get("path"):
+                child_params = {"path": job.params["path"], "tags_per_movie": DEFAULT_TAGS_PER_MOVIE,
+                                "genres_fix_csv": None, "feedback": True}  # fmt: skip
         else:
             child_kind = "pipeline"
             child_params = {"dataset": state.results["split"]["training_dataset"], "recipe": recipe,

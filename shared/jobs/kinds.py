@@ -46,6 +46,9 @@ EVALUATE_STEP = Task("workers.evaluation.evaluation_step")
 EVALUATE_SPLIT = Task("workers.evaluation.evaluation_split")
 EVALUATE_SHARD = Task("workers.evaluation.evaluation_shard")
 EVALUATE_JOIN = Task("workers.evaluation.evaluation_join")
+BATCH = Task("workers.batch.recommend_batch")
+BATCH_SHARD = Task("workers.batch.batch_shard")
+BATCH_JOIN = Task("workers.batch.batch_join")
 
 KINDS: dict[str, Task] = {
     "ingest": INGEST,
@@ -57,13 +60,16 @@ KINDS: dict[str, Task] = {
     "pipeline": PIPELINE_STEP,
     "device": DESCRIBE_DEVICE,
     "evaluate": EVALUATE_STEP,
+    "recommend-batch": BATCH,
 }
 """The task a job of each kind is submitted to, with ``args=[job id, params]``."""
 
-TASKS = (*KINDS.values(), MINE_SHARD, JOIN_TRIPLETS, EVALUATE_SPLIT, EVALUATE_SHARD, EVALUATE_JOIN)
-"""Every task, the parts of a job (a mining shard, the join, an evaluation's split and scoring) included."""
+TASKS = (*KINDS.values(), MINE_SHARD, JOIN_TRIPLETS, EVALUATE_SPLIT, EVALUATE_SHARD, EVALUATE_JOIN,
+         BATCH_SHARD, BATCH_JOIN)  # fmt: skip
+"""Every task, the parts of a job (a mining shard, the join, an evaluation's split and scoring, a batch's
+shards and join) included."""
 
-TASK_MODULES = ("workers.cpu", "workers.gpu", "workers.evaluation")
+TASK_MODULES = ("workers.cpu", "workers.gpu", "workers.evaluation", "workers.batch")
 """Where the tasks are defined: a worker imports these."""
 
 

@@ -1,5 +1,8 @@
 """The one-job pipeline: ingest -> mine -> encode -> train -> index -> activate.
 
+The ingest stage ingests the path given, or takes the dataset id given, and adds the feedback posted to it
+(``shared/store/feedback.py``): a pipeline trains on every rating known when it starts.
+
 A pipeline's options are a named recipe's (shared/ml/recipes.py; the default one when none is named) with
 the client's values over them; ``activate: false`` trains and indexes without activating (an evaluation's
 pipelines). A pipeline is a job of its own that runs each stage as an ordinary child job (so every stage
@@ -52,8 +55,10 @@ def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> S
     def pick(*keys: str) -> dict[str, Any]:
         return {k: options[k] for k in keys if options.get(k) is not None}
 
-    if stage == "ingest":
-        params = {"path": options["path"], "tags_per_movie": options.get("tags_per_movie", 5)}
+    if stage == "ingest":  # with the dataset's feedback (workers.cpu: a feedback version when it has any)
+        if not options.get("path"):
+            return StageJob(stage, "ingest", {"dataset": options["dataset"], "feedback": True})
+        params = {"path": options["path"], "tags_per_movie": options.get("tags_per_movie", 5), "feedback": True}
         params["genres_fix_csv"] = options.get("genres_fix_csv")
         return StageJob(stage, "ingest", params)
     if stage == "mine":
@@ -122,8 +127,8 @@ class PipelineState:
 
 
 def first_stage(options: dict[str, Any]) -> int:
-    """A pipeline given a dataset id starts after ingestion."""
-    return 0 if options.get("path") else 1
+    """Every pipeline starts with ingestion: a pipeline given a dataset id ingests its feedback."""
+    return 0
 
 
 def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
@@ -171,7 +176,7 @@ def _finish(svc: Services, pipeline_id: str, state: PipelineState, *, activate: 
     version = results["train"]["version"]
     previous = svc.models.activate(version) if activate else svc.models.active()
     summary = {
-        "dataset": results["ingest"]["dataset"] if "ingest" in results else results["mine"]["dataset"],
+        "dataset": results["ingest"]["dataset"],
         "triplets": results["mine"]["triplets"],
         "embeddings": results["encode"]["embeddings"],
         "model": version,

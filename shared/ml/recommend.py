@@ -23,7 +23,13 @@ The four kinds of query (each answer names its ``strategy``):
   shares with the movie (``shared_descriptors``, compared case-insensitively, in the item's order). Strategy
   "similar".
 
-A user query's strategy is "profile", a keywords query's "keywords".
+A user's ratings are those stored at ingest with the ratings given since (feedback, ``shared/store/feedback.py``)
+over them: the last rating of a (user, movie) wins, as in MovieLens, so a new rating is in the next answer
+without retraining. A user with ratings gets strategy "profile"; a user with none (unknown at ingest and no
+feedback yet) gets the dataset's most-rated movies, strategy "popular" (the evaluation's most-popular
+baseline: rating counts, ties to the lower catalogue row; score = count / the top count). One rating is
+already a profile: its movie's vector, so the answer is that movie's neighbours. A keywords query's strategy
+is "keywords".
 
 ``genres`` keeps movies having at least one of the listed genres (compared case-insensitively with the
 movie's descriptors). When exclusions and filters leave fewer than k movies, the answer has what there is.
@@ -150,9 +156,56 @@ class ServingModel:
         best = np.lexsort((first, -counts))[:TOP_DESCRIPTORS]
         return [[self.vocabulary[distinct[i]], int(counts[i])] for i in best]
 
-    def user_row(self, user_id: int) -> int:
-        check_ids(self.known_users, self.known_movies, user_id=user_id, movie_ids=[])
-        return int(np.searchsorted(self.user_ids, user_id))
+    @cached_property
+    def popular(self) -> tuple[np.ndarray, np.ndarray]:
+        """Catalogue rows by rating count, most first (ties to the lower row), and each one's score (count /
+        the top count): what a user with no ratings is answered."""
+        counts = np.bincount(self.ratings_movie, minlength=len(self.movie_ids)).astype(np.float64)
+        order = np.argsort(-counts, kind="stable")
+        return order, (counts[order] / max(float(counts.max(initial=0.0)), 1.0)).astype(np.float32)
+
+    def stored_ratings(self, user_id: int) -> UserRatings:
+        """The user's ratings as ingested (none for a user unknown at ingest)."""
+        j = int(np.searchsorted(self.user_ids, user_id))
+        if j == len(self.user_ids) or self.user_ids[j] != user_id:
+            return UserRatings.empty()
+        lo, hi = int(self.ratings_indptr[j]), int(self.ratings_indptr[j + 1])
+        return UserRatings(
+            rows=self.ratings_movie[lo:hi].astype(np.int64),
+            values=self.ratings_value[lo:hi].astype(np.float32),
+            times=self.ratings_time[lo:hi].astype(np.int64) if self.ratings_time is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class UserRatings:
+    """One user's ratings as a profile reads them, in the order they were given."""
+
+    rows: np.ndarray  # (r,) int64 catalogue rows
+    values: np.ndarray  # (r,) float32
+    times: np.ndarray | None = None  # (r,) int64 seconds; None where the model's profile does not weigh recency
+
+    @classmethod
+    def empty(cls) -> UserRatings:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def over(self, stored: UserRatings) -> UserRatings:
+        """These (newer) ratings over ``stored``: a stored rating of a movie rated again is dropped, the newer
+        ones follow the stored ones (the last rating of a (user, movie) wins, as in MovieLens)."""
+        if not len(self):
+            return stored
+        keep = ~np.isin(stored.rows, self.rows)
+        times = None
+        if stored.times is not None and self.times is not None:
+            times = np.concatenate([stored.times[keep], self.times])
+        return UserRatings(
+            rows=np.concatenate([stored.rows[keep], self.rows]),
+            values=np.concatenate([stored.values[keep], self.values]).astype(np.float32),
+            times=times,
+        )
 
 
 @dataclass(frozen=True)
@@ -220,17 +273,15 @@ def inner_layers(state: dict[str, np.ndarray]) -> Layers:
                  for i in indices)  # fmt: skip
 
 
-def user_profile(model: ServingModel, user_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """The user's query vector (hidden,) and the rows they rated."""
-    j = model.user_row(user_id)
-    lo, hi = model.ratings_indptr[j], model.ratings_indptr[j + 1]
-    rows = model.ratings_movie[lo:hi].astype(np.int64)
-    indptr = np.array([0, hi - lo])
-    times = model.ratings_time[lo:hi] if model.ratings_time is not None else None
-    weights = profile_weights(indptr, model.ratings_value[lo:hi], times, model.profile)
-    query = profile_queries(indptr, rows, weights, profile=model.profile, raw=model.raw, embeddings=model.embeddings,
-                            weight=model.weight, bias=model.bias, inner=model.inner)  # fmt: skip
-    return query[0], rows
+def user_query(model: ServingModel, ratings: UserRatings) -> np.ndarray:
+    """The (hidden,) query vector of one user's ratings (not empty)."""
+    indptr = np.array([0, len(ratings)])
+    times = ratings.times if model.ratings_time is not None else None
+    weights = profile_weights(indptr, ratings.values, times, model.profile)
+    query = profile_queries(indptr, ratings.rows, weights, profile=model.profile, raw=model.raw,
+                            embeddings=model.embeddings, weight=model.weight, bias=model.bias,
+                            inner=model.inner)  # fmt: skip
+    return np.asarray(query[0], dtype=np.float32)
 
 
 def example_query(model: ServingModel, liked: np.ndarray, disliked: np.ndarray) -> np.ndarray:
@@ -245,6 +296,45 @@ def example_query(model: ServingModel, liked: np.ndarray, disliked: np.ndarray) 
     return np.asarray(-neg, dtype=np.float32)
 
 
+def search(
+    model: ServingModel, query: np.ndarray, *, k: int, excluded: np.ndarray, genres: list[str] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k rows (and their cosine scores) nearest ``query`` in the index, ``excluded`` rows left out, only
+    movies having one of ``genres`` when given."""
+    allowed = np.ones(model.index.n, dtype=bool)
+    allowed[excluded] = False
+    if genres:
+        allowed &= model.with_any(genres)
+    return model.index.query(query, k, allowed=allowed)
+
+
+def describe(
+    model: ServingModel,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    *,
+    history: np.ndarray | None,
+    described_query: dict[str, Any],
+) -> dict[str, Any]:
+    """An answer's JSON: its items (id, title, descriptors, score rounded to 6 decimals) and descriptor counts."""
+    items = [
+        {
+            "movie_id": int(model.movie_ids[r]),
+            "title": model.titles[r],
+            "descriptors": model.descriptors[r],
+            "score": round(float(s), 6),
+        }
+        for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
+    ]
+    return {
+        "model": model.version,
+        "query": described_query,
+        "items": items,
+        "top_descriptors": model.top_descriptors(rows),
+        "history_top_descriptors": model.top_descriptors(history) if history is not None else [],
+    }
+
+
 def answer(
     model: ServingModel,
     query: np.ndarray,
@@ -255,47 +345,63 @@ def answer(
     history: np.ndarray | None,
     described_query: dict[str, Any],
 ) -> dict[str, Any]:
-    allowed = np.ones(model.index.n, dtype=bool)
-    allowed[excluded] = False
-    if genres:
-        allowed &= model.with_any(genres)
-    rows, scores = model.index.query(query, k, allowed=allowed)
-    items = [
-        {
-            "movie_id": int(model.movie_ids[r]),
-            "title": model.titles[r],
-            "descriptors": model.descriptors[r],
-            "score": round(float(s), 6),
-        }
-        for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
-    ]
-    result: dict[str, Any] = {
-        "model": model.version,
-        "query": described_query,
-        "items": items,
-        "top_descriptors": model.top_descriptors(rows),
-        "history_top_descriptors": model.top_descriptors(history) if history is not None else [],
-    }
-    return result
+    rows, scores = search(model, query, k=k, excluded=excluded, genres=genres)
+    return describe(model, rows, scores, history=history, described_query=described_query)
 
 
-def recommend(model: ServingModel, params: dict[str, Any], *, encode: Encode) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Ranking:
+    """A user's answer before it is described: what a batch row is made of."""
+
+    rows: np.ndarray  # (<= k,) catalogue rows, best first
+    scores: np.ndarray  # (<= k,) float32
+    strategy: str  # "profile" or "popular"
+    history: np.ndarray | None  # the rows the user rated (None: no ratings)
+
+
+def user_ranking(
+    model: ServingModel,
+    user_id: int,
+    *,
+    k: int,
+    exclude_seen: bool = True,
+    genres: list[str] | None = None,
+    feedback: UserRatings | None = None,
+) -> Ranking:
+    """A user's k movies: from their ratings (stored, with ``feedback`` over them), else the most popular."""
+    ratings = (feedback or UserRatings.empty()).over(model.stored_ratings(user_id))
+    if not len(ratings):
+        order, scores = model.popular
+        if genres:
+            keep = model.with_any(genres)[order]
+            order, scores = order[keep], scores[keep]
+        return Ranking(order[:k], scores[:k], "popular", None)
+    rated = ratings.rows
+    excluded = rated if exclude_seen else rated[:0]
+    rows, scores = search(model, user_query(model, ratings), k=k, excluded=excluded, genres=genres)
+    return Ranking(rows, scores, "profile", rated)
+
+
+def recommend(
+    model: ServingModel, params: dict[str, Any], *, encode: Encode, feedback: UserRatings | None = None
+) -> dict[str, Any]:
     """Answer one query of a recommendation job's parameters: exactly one of ``user_id``, ``keywords``,
-    ``liked``/``disliked`` or ``similar_to`` (the API checked that), plus ``k``, ``exclude_seen`` and ``genres``."""
-    history = None
+    ``liked``/``disliked`` or ``similar_to`` (the API checked that), plus ``k``, ``exclude_seen`` and ``genres``.
+    ``feedback``: the user's ratings given after ingest (catalogue rows), over their stored ones."""
     if params.get("similar_to") is not None:
         return similar(model, int(params["similar_to"]), k=int(params["k"]), genres=params.get("genres"))
     if params.get("user_id") is not None:
         user_id = int(params["user_id"])
-        query, rated = user_profile(model, user_id)
-        excluded, history = (rated if params["exclude_seen"] else rated[:0]), rated
-        described: dict[str, Any] = {"user_id": user_id}
-        strategy = "profile"
-    elif params.get("keywords"):
+        ranking = user_ranking(model, user_id, k=int(params["k"]), exclude_seen=params["exclude_seen"],
+                               genres=params.get("genres"), feedback=feedback)  # fmt: skip
+        result = describe(model, ranking.rows, ranking.scores, history=ranking.history,
+                          described_query={"user_id": user_id})  # fmt: skip
+        return {**result, "strategy": ranking.strategy}
+    if params.get("keywords"):
         # The keywords' mean in the raw encoder space, projected.
         query = model.project(encode(params["keywords"]).mean(axis=0, keepdims=True))[0]
         excluded = np.zeros(0, dtype=np.int64)
-        described = {"keywords": params["keywords"]}
+        described: dict[str, Any] = {"keywords": params["keywords"]}
         strategy = "keywords"
     else:
         liked, disliked = params.get("liked") or [], params.get("disliked") or []
@@ -305,7 +411,7 @@ def recommend(model: ServingModel, params: dict[str, Any], *, encode: Encode) ->
         described = {"liked": liked, "disliked": disliked}
         strategy = "examples"
     result = answer(
-        model, query, k=int(params["k"]), excluded=excluded, genres=params.get("genres"), history=history,
+        model, query, k=int(params["k"]), excluded=excluded, genres=params.get("genres"), history=None,
         described_query=described,
     )  # fmt: skip
     return {**result, "strategy": strategy}

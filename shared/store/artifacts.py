@@ -9,6 +9,10 @@ A write puts the chunks and the manifest under temporary keys, then renames them
 a reader sees the old artifact or the new one, never a mix. Arrays travel as ``.npy`` bytes written
 without pickle and read with ``allow_pickle=False``; the sha256 is checked on every read. ``delete_under``
 deletes every artifact under a name prefix (SCAN MATCH ``Keys.artifacts_under``), temporary keys included.
+
+Bytes too large to hold (an uploaded ``ratings.csv``) stream both ways: ``writer`` appends to the temporary
+chunks as data arrives, holding at most ``STREAM_BUFFER_BYTES``, and publishes the same way on ``commit``;
+``copy_to`` reads an artifact into a file piece by piece, checking the sha256 at the end.
 """
 
 from __future__ import annotations
@@ -18,13 +22,18 @@ import io
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import redis
 
 from shared.errors import NotFound
 from shared.infra.keys import Keys
+
+STREAM_BUFFER_BYTES = 1 << 20
+"""What a streamed write or read holds in memory at most (besides one piece of its caller's)."""
+TMP_TTL_S = 3600
+"""Temporary keys expire this long after their last write, if their writer dies before publishing them."""
 
 
 @dataclass(frozen=True)
@@ -84,14 +93,23 @@ class ArtifactStore:
         n_chunks = max(1, -(-size // self._chunk_bytes))
         manifest = Manifest(kind, size, n_chunks, hashlib.sha256(payload).hexdigest(), dtype, shape)
         tmp = Keys.artifact_tmp(key, uuid.uuid4().hex)
-        old = self.manifest(name)
-
         for i in range(n_chunks):
             chunk = payload[i * self._chunk_bytes : (i + 1) * self._chunk_bytes]
             # Temporary keys expire by themselves if this writer dies before the rename.
-            self._r.set(Keys.artifact_chunk(tmp, i), bytes(chunk), ex=3600)
-        self._r.set(tmp, json.dumps(manifest.__dict__), ex=3600)
+            self._r.set(Keys.artifact_chunk(tmp, i), bytes(chunk), ex=TMP_TTL_S)
+        self._publish(name, tmp, manifest, ttl_s=ttl_s)
+        return manifest
 
+    def writer(self, name: str, *, ttl_s: int | None = None) -> ArtifactWriter:
+        """A streamed write of a ``bytes`` artifact (see ``ArtifactWriter``)."""
+        return ArtifactWriter(self, name, ttl_s=ttl_s)
+
+    def _publish(self, name: str, tmp: str, manifest: Manifest, *, ttl_s: int | None) -> None:
+        """Rename a write's temporary chunks and manifest into place, in one MULTI/EXEC."""
+        key = self._key(name)
+        old = self.manifest(name)
+        n_chunks = manifest.chunks
+        self._r.set(tmp, json.dumps(manifest.__dict__), ex=TMP_TTL_S)
         pipe = self._r.pipeline(transaction=True)
         for i in range(n_chunks):
             pipe.rename(Keys.artifact_chunk(tmp, i), Keys.artifact_chunk(key, i))
@@ -105,7 +123,6 @@ class ArtifactStore:
             else:
                 pipe.expire(k, ttl_s)
         pipe.execute()
-        return manifest
 
     # -- reading ---------------------------------------------------------------------------------------
     def manifest(self, name: str) -> Manifest | None:
@@ -140,6 +157,63 @@ class ArtifactStore:
     def get_json(self, name: str) -> Any:
         return json.loads(self.get_bytes(name))
 
+    def get_rows(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` of a stored 1-d array, reading only the chunks that hold them (a user's ratings out of
+        27M without the other 300 MB). The checksum covers whole reads only: a partial read trusts Redis."""
+        manifest = self.manifest(name)
+        if manifest is None or manifest.kind != "npy" or manifest.dtype is None or manifest.shape is None:
+            raise NotFound(f"array artifact {name!r} does not exist")
+        if len(manifest.shape) != 1:
+            raise ValueError(f"artifact {name!r} is not a 1-d array")
+        dtype = np.dtype(manifest.dtype)
+        lo, hi = max(0, lo), min(hi, manifest.shape[0])
+        if hi <= lo:
+            return np.zeros(0, dtype=dtype)
+        key, step = self._key(name), self._chunk_bytes
+        first = cast("bytes | None", self._r.get(Keys.artifact_chunk(key, 0)))
+        if first is None:
+            raise CorruptArtifact(f"artifact {name!r} is missing a chunk")
+        header = io.BytesIO(first)
+        version = np.lib.format.read_magic(header)
+        if version == (1, 0):
+            np.lib.format.read_array_header_1_0(header)
+        else:
+            np.lib.format.read_array_header_2_0(header)
+        start, end = header.tell() + lo * dtype.itemsize, header.tell() + hi * dtype.itemsize
+        chunks = range(start // step, (end - 1) // step + 1)
+        parts = [first if i == 0 else cast("bytes | None", self._r.get(Keys.artifact_chunk(key, i))) for i in chunks]
+        if any(p is None for p in parts):
+            raise CorruptArtifact(f"artifact {name!r} is missing a chunk")
+        data = b"".join(p for p in parts if p is not None)
+        offset = start - chunks[0] * step
+        return np.frombuffer(data[offset : offset + (hi - lo) * dtype.itemsize], dtype=dtype).copy()
+
+    def head(self, name: str, n: int) -> bytes:
+        """The first ``n`` bytes of an artifact (fewer when it is shorter; empty when there is none), unchecked."""
+        if n <= 0:
+            return b""
+        return cast(bytes, self._r.getrange(Keys.artifact_chunk(self._key(name), 0), 0, n - 1))
+
+    def copy_to(self, name: str, out: BinaryIO, *, piece_bytes: int = STREAM_BUFFER_BYTES) -> Manifest:
+        """Write an artifact's bytes into ``out``, ``piece_bytes`` at a time (GETRANGE); CorruptArtifact when
+        they do not match the manifest (``out`` then holds what was read)."""
+        manifest = self.manifest(name)
+        if manifest is None:
+            raise NotFound(f"artifact {name!r} does not exist")
+        key = self._key(name)
+        digest, size = hashlib.sha256(), 0
+        for i in range(manifest.chunks):
+            chunk_key = Keys.artifact_chunk(key, i)
+            length = int(cast(int, self._r.strlen(chunk_key)))
+            for start in range(0, length, piece_bytes):
+                piece = cast(bytes, self._r.getrange(chunk_key, start, min(start + piece_bytes, length) - 1))
+                digest.update(piece)
+                out.write(piece)
+                size += len(piece)
+        if size != manifest.size or digest.hexdigest() != manifest.sha256:
+            raise CorruptArtifact(f"artifact {name!r} does not match its checksum")
+        return manifest
+
     def delete_under(self, name_prefix: str) -> tuple[int, int]:
         """Delete every artifact whose name starts with ``name_prefix`` (manifests, chunks and writes in
         progress alike, found by SCAN with MATCH); answers (keys deleted, bytes freed), the bytes Redis's
@@ -152,6 +226,75 @@ class ArtifactStore:
             return
         key = self._key(name)
         self._r.delete(key, *(Keys.artifact_chunk(key, i) for i in range(manifest.chunks)))
+
+
+class ArtifactWriter:
+    """One ``bytes`` artifact written as its data arrives: ``write`` buffers up to ``STREAM_BUFFER_BYTES`` and
+    appends to the temporary chunk keys (APPEND, a new chunk every ``chunk_bytes``); ``commit`` publishes it as
+    ``put_bytes`` would (readers see the old artifact or the new one); ``abort`` deletes what was written. As a
+    context manager it aborts when its block raises and it was not committed."""
+
+    def __init__(self, store: ArtifactStore, name: str, *, ttl_s: int | None) -> None:
+        self.name = name
+        self.size = 0
+        self._store = store
+        self._r = store._r
+        self._ttl_s = ttl_s
+        self._tmp = Keys.artifact_tmp(store._key(name), uuid.uuid4().hex)
+        self._digest = hashlib.sha256()
+        self._pending = bytearray()
+        self._chunk = 0  # the temporary chunk being appended to
+        self._in_chunk = 0  # bytes already appended to it
+        self._done = False
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None and not self._done:
+            self.abort()
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise ValueError(f"artifact {self.name!r}: write after commit or abort")
+        self._digest.update(data)
+        self.size += len(data)
+        self._pending += data
+        if len(self._pending) >= STREAM_BUFFER_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        data, chunk_bytes = bytes(self._pending), self._store._chunk_bytes
+        self._pending.clear()
+        view = memoryview(data)
+        pipe = self._r.pipeline(transaction=False)
+        while view.nbytes:
+            piece = view[: chunk_bytes - self._in_chunk]
+            key = Keys.artifact_chunk(self._tmp, self._chunk)
+            pipe.append(key, bytes(piece))
+            pipe.expire(key, TMP_TTL_S)
+            self._in_chunk += piece.nbytes
+            view = view[piece.nbytes :]
+            if self._in_chunk == chunk_bytes:
+                self._chunk, self._in_chunk = self._chunk + 1, 0
+        pipe.execute()
+
+    def commit(self) -> Manifest:
+        """Publish what was written; answers its manifest."""
+        self._flush()
+        n_chunks = max(1, -(-self.size // self._store._chunk_bytes))
+        if self.size == 0:
+            self._r.set(Keys.artifact_chunk(self._tmp, 0), b"", ex=TMP_TTL_S)
+        manifest = Manifest("bytes", self.size, n_chunks, self._digest.hexdigest())
+        self._store._publish(self.name, self._tmp, manifest, ttl_s=self._ttl_s)
+        self._done = True
+        return manifest
+
+    def abort(self) -> None:
+        """Delete the temporary chunks; the artifact, if one was there, stays as it was."""
+        self._done = True
+        self._pending.clear()
+        self._r.delete(self._tmp, *(Keys.artifact_chunk(self._tmp, i) for i in range(self._chunk + 1)))
 
 
 def delete_matching(client: redis.Redis, pattern: str, *, batch: int = 500) -> tuple[int, int]:

@@ -46,6 +46,7 @@ from shared.jobs.store import utcnow_iso
 from shared.ml.recommend import check_ids
 from shared.ml.titles import TitleIndex
 from shared.store.artifacts import ArtifactStore
+from shared.store.feedback import FeedbackStore, base_of, rating_scale
 from shared.store.models import ModelStore
 
 FORMAT_VERSION = 2
@@ -141,6 +142,9 @@ class DatasetStore:
         self._catalogues: dict[str, list[dict[str, Any]]] = {}
         self._title_indexes: dict[str, TitleIndex] = {}
         self._ids: dict[str, tuple[frozenset[int], frozenset[int]]] = {}  # (user ids, movie ids)
+        self._scales: dict[str, tuple[float, float, list[float] | None]] = {}
+        self._sources: dict[str, tuple[str, ...]] = {}
+        self.feedback = FeedbackStore(client, prefix=prefix)
 
     def get(self, ds_id: str) -> dict[str, Any] | None:
         raw = cast("bytes | None", self._r.get(self._keys.dataset(ds_id)))
@@ -161,6 +165,37 @@ class DatasetStore:
         users, movies = self._ids[ds_id]
         check_ids(users, movies, user_id=user_id, movie_ids=movie_ids or [])
 
+    def movie_ids(self, ds_id: str) -> frozenset[int]:
+        """The dataset's movie ids (cached per process with its user ids)."""
+        self.check_ids(ds_id)
+        return self._ids[ds_id][1]
+
+    def rating_scale(self, ds_id: str) -> tuple[float, float, list[float] | None]:
+        """(lowest, highest, allowed values or None) of the dataset's ratings (``feedback.rating_scale``), cached."""
+        if ds_id not in self._scales:
+            self._scales[ds_id] = rating_scale(self.artifacts.get_array(dataset_artifact(ds_id, "ratings_value")))
+        return self._scales[ds_id]
+
+    def feedback_base(self, ds_id: str) -> str:
+        """The dataset whose feedback ``ds_id`` reads and takes (``feedback.base_of``; itself when that base was
+        deleted). NotFound for an unknown dataset."""
+        record = self.get(ds_id)
+        if record is None:
+            raise NotFound(f"dataset {ds_id!r} does not exist")
+        base = base_of(record)
+        return base if base == ds_id or self.get(base) is not None else ds_id
+
+    def feedback_sources(self, ds_id: str) -> tuple[str, ...]:
+        """Where the feedback a model of ``ds_id`` serves with lives: the base of a feedback version, then the
+        version itself (posts go there once its base is deleted); the dataset alone otherwise. Cached per
+        process (a record never changes; a deleted base's keys are gone and read as nothing)."""
+        if ds_id not in self._sources:
+            record = self.get(ds_id)
+            if record is None:
+                raise NotFound(f"dataset {ds_id!r} does not exist")
+            self._sources[ds_id] = tuple(dict.fromkeys((base_of(record), ds_id)))
+        return self._sources[ds_id]
+
     def ratings(self, ds_id: str) -> DatasetRatings:
         """The dataset's ratings, timestamps included from format 2 on (None for a format-1 dataset).
 
@@ -171,12 +206,37 @@ class DatasetStore:
             raise NotFound(f"dataset {ds_id!r} does not exist")
         return load_ratings(self.artifacts, ds_id, timestamps=record.get("format", 1) >= TIMESTAMPS_SINCE_FORMAT)
 
+    def user_ratings(self, ds_id: str, user_id: int) -> DatasetRatings:
+        """One user's stored ratings (empty arrays for a user the dataset does not know), read without the
+        other users' (``ArtifactStore.get_rows``)."""
+        a = self.artifacts
+        user_ids = a.get_array(dataset_artifact(ds_id, "user_ids"))
+        j = int(np.searchsorted(user_ids, user_id))
+        known = j < len(user_ids) and int(user_ids[j]) == user_id
+        lo, hi = a.get_rows(dataset_artifact(ds_id, "ratings_indptr"), j, j + 2).tolist() if known else (0, 0)
+        record = self.get(ds_id) or {}
+        timed = record.get("format", 1) >= TIMESTAMPS_SINCE_FORMAT
+        return DatasetRatings(
+            user_ids=np.asarray([user_id] if known else [], dtype=np.int32),
+            indptr=np.asarray([0, hi - lo] if known else [0], dtype=np.int64),
+            movie_index=a.get_rows(dataset_artifact(ds_id, "ratings_movie"), lo, hi),
+            values=a.get_rows(dataset_artifact(ds_id, "ratings_value"), lo, hi),
+            timestamps=a.get_rows(dataset_artifact(ds_id, "ratings_time"), lo, hi) if timed else None,
+        )
+
+    def user_ids(self, ds_id: str) -> frozenset[int]:
+        """The dataset's user ids at ingest (cached per process with its movie ids)."""
+        self.check_ids(ds_id)
+        return self._ids[ds_id][0]
+
     def catalogue(self, ds_id: str) -> list[dict[str, Any]]:
-        """[{movie_id, title, descriptors}] in catalogue order; cached per process (datasets never change)."""
+        """[{movie_id, title, descriptors}] in catalogue order; cached per process (datasets never change), the
+        record looked up every time, so a dataset deleted by another process is not answered from the cache."""
+        if self.get(ds_id) is None:
+            self.forget(ds_id)
+            raise NotFound(f"dataset {ds_id!r} does not exist")
         if ds_id in self._catalogues:
             return self._catalogues[ds_id]
-        if self.get(ds_id) is None:
-            raise NotFound(f"dataset {ds_id!r} does not exist")
         a = self.artifacts
         ids = a.get_array(dataset_artifact(ds_id, "movie_ids"))
         titles = a.get_json(dataset_artifact(ds_id, "titles"))
@@ -213,10 +273,10 @@ class DatasetStore:
         In one transaction that watches the active pointer: the dataset's record and index entry, and the
         records and index entries of its models; then every artifact under ``models/<version>/`` of those
         models and under ``dataset/<id>/``, ``triplets/<id>/``, ``embeddings/<id>/``, ``evaluations/<id>/``.
-        Datasets derived from it (``"derived": {"from": id}``) are datasets of their own and stay, with their
-        models. Answers {"deleted", "models", "keys", "bytes"}; bytes are the MEMORY USAGE of each deleted key
-        just before its deletion. NotFound for an unknown dataset, Conflict when the active model's dataset
-        is this one."""
+        Its feedback goes too. Datasets derived from it (``"derived": {"from": id}``, feedback versions too)
+        are datasets of their own and stay, with their models. Answers {"deleted", "models", "keys", "bytes"};
+        bytes are the MEMORY USAGE of each deleted key just before its deletion. NotFound for an unknown
+        dataset, Conflict when the active model's dataset is this one."""
         if self.get(ds_id) is None:
             raise NotFound(f"dataset {ds_id!r} does not exist")
         versions = [r["version"] for r in models.records() if r.get("dataset") == ds_id]
@@ -236,6 +296,8 @@ class DatasetStore:
         for name_prefix in [*(model_artifacts(v) for v in versions), *dataset_owned_artifacts(ds_id)]:
             n, b = self.artifacts.delete_under(name_prefix)
             keys, freed = keys + n, freed + b
+        n, b = self.feedback.delete(ds_id)
+        keys, freed = keys + n, freed + b
         self.forget(ds_id)
         return {"deleted": ds_id, "models": versions, "keys": keys, "bytes": freed}
 
@@ -244,6 +306,7 @@ class DatasetStore:
         self._catalogues.pop(ds_id, None)
         self._title_indexes.pop(ds_id, None)
         self._ids.pop(ds_id, None)
+        self._scales.pop(ds_id, None)
 
     def put(self, record: dict[str, Any]) -> None:
         pipe = self._r.pipeline(transaction=True)

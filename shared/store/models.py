@@ -8,7 +8,8 @@
     models/<version>/...       its artifacts (weights, embeddings, index, index/group, each with its /meta)
 
 ``delete`` removes a version that is not active: its record and index entry in one transaction that watches
-the active pointer, then every artifact under ``models/<version>/``.
+the active pointer, then every artifact under ``models/<version>/``; ``activate`` watches the version's record,
+so a deletion and an activation of the same version cannot both succeed.
 
 A version id is a hash of everything that determines the weights (dataset, triplets, encoder identity and
 pooling, hyper-parameters and seed), so training the same thing again answers the existing version.
@@ -140,9 +141,25 @@ class ModelStore:
         return deleted, sum(int(size) for size in sizes if size is not None)
 
     def activate(self, version: str) -> str | None:
-        """Point recommendations at ``version``; answers the version it replaced."""
-        previous = cast("bytes | None", self._r.set(self._keys.active_model, version, get=True))
-        return previous.decode() if previous else None
+        """Point recommendations at ``version``, which must exist and have an index; answers the version it
+        replaced. One transaction that watches the version's record: a ``delete`` that removes it in between
+        makes it run again and answer NotFound, so the pointer never names a deleted version."""
+        key = self._keys.model(version)
+        with self._r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    raw = cast("bytes | None", pipe.get(key))
+                    if raw is None:
+                        raise NotFound(f"model {version!r} does not exist")
+                    if json.loads(raw).get("index") is None:
+                        raise Conflict(f"model {version!r} has no index yet: POST /v1/jobs/index first")
+                    pipe.multi()
+                    pipe.set(self._keys.active_model, version, get=True)
+                    previous = cast("bytes | None", pipe.execute()[0])
+                    return previous.decode() if previous else None
+                except redis.WatchError:
+                    continue
 
     def active(self) -> str | None:
         raw = cast("bytes | None", self._r.get(self._keys.active_model))

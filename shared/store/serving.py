@@ -2,7 +2,8 @@
 
     job params ──> load_serving(version) ──> ServingModel (shared/ml/recommend.py) ──> recommend ──> answer
                    once per process and version;      keywords encoded with the model's own encoder and
-                   the previous version kept beside it pooling, through the vector cache
+                   the previous version kept beside it pooling, through the vector cache; a user's
+                                                      feedback read fresh (feedback_for: one round trip)
     evaluation job ──> version_scorer(version) ──> VersionScorer.score: the same profiles, exact cosine
 
 A loaded version is answered without a look at Redis: a version's weights, embeddings and dataset never
@@ -25,13 +26,14 @@ from shared.ml.recommend import (
     Layers,
     Profile,
     ServingModel,
+    UserRatings,
     inner_layers,
     profile_queries,
     profile_weights,
     recommend,
 )
 from shared.store.artifacts import ArtifactStore
-from shared.store.datasets import load_ratings
+from shared.store.datasets import DatasetStore, load_ratings
 from shared.store.models import ModelStore
 from shared.store.vectors import VectorCache
 
@@ -144,11 +146,27 @@ def version_scorer(artifacts: ArtifactStore, models: ModelStore, version: str) -
     )
 
 
+def feedback_for(datasets: DatasetStore, model: ServingModel, user_ids: list[int]) -> dict[int, UserRatings]:
+    """The ratings given after ingest by each of ``user_ids`` (those with any), as catalogue rows, by time: read
+    from the feedback of the model's dataset (its base's, for a feedback version), so what was posted since the
+    model was trained counts; one round trip."""
+    feedback = datasets.feedback.users_feedback(datasets.feedback_sources(model.record["dataset"]), user_ids)
+    if not len(feedback):
+        return {}
+    rows = model.rows_of(feedback.movie_ids.tolist())
+    users, starts = np.unique(feedback.user_ids, return_index=True)
+    ends = [*starts[1:].tolist(), len(feedback)]
+    return {
+        int(u): UserRatings(rows=rows[lo:hi], values=feedback.values[lo:hi], times=feedback.times[lo:hi])
+        for u, lo, hi in zip(users.tolist(), starts.tolist(), ends, strict=True)
+    }
+
+
 def answer_query(
-    artifacts: ArtifactStore, models: ModelStore, client: redis.Redis, *, prefix: str, params: dict[str, Any]
+    datasets: DatasetStore, models: ModelStore, client: redis.Redis, *, prefix: str, params: dict[str, Any]
 ) -> dict[str, Any]:
     """A recommendation job's answer, from the model version the API pinned in ``params["model"]``."""
-    model = load_serving(artifacts, models, params["model"])
+    model = load_serving(datasets.artifacts, models, params["model"])
 
     def encode(texts: list[str]) -> np.ndarray:
         import torch
@@ -160,4 +178,6 @@ def answer_query(
         vectors, _ = VectorCache(client, prefix=prefix).encode(encoder, texts)
         return vectors
 
-    return recommend(model, params, encode=encode)
+    user_id = params.get("user_id")
+    feedback = feedback_for(datasets, model, [int(user_id)]).get(int(user_id)) if user_id is not None else None
+    return recommend(model, params, encode=encode, feedback=feedback)

@@ -183,7 +183,8 @@ def test_quotas(make_app: MakeApp) -> None:
         err = r.get_json()["error"]
         assert err["code"] == "quota_exceeded"
         assert "MOVIEREC_MAX_DATASETS" in err["message"] and "DELETE /v1/datasets/" in err["message"]
-        assert err["details"] == {"kind": "datasets", "limit": 1, "stored": 1, "setting": "MOVIEREC_MAX_DATASETS"}
+        assert err["details"] == {"kind": "datasets", "limit": 1, "stored": 1, "needed": 1,
+                                  "setting": "MOVIEREC_MAX_DATASETS"}  # fmt: skip
 
     seed_model(app, "m-q", "ds-q")
     r = client.post("/v1/pipelines", json={"dataset": "ds-q"})
@@ -192,6 +193,17 @@ def test_quotas(make_app: MakeApp) -> None:
 
     assert client.delete("/v1/models/m-q").status_code == 200
     assert client.post("/v1/pipelines", json={"dataset": "ds-q"}).status_code == 202
+    # An evaluation stores its training part (a dataset) and a model per recipe.
+    r = client.post("/v1/jobs/evaluate", json={"dataset": "ds-q", "recipes": ["seed"]})
+    assert r.status_code == 409 and r.get_json()["error"]["details"]["kind"] == "datasets", r.get_json()
+    models_capped = make_app(max_models=1)
+    seed_dataset(models_capped, "ds-e")
+    r = models_capped.test_client().post("/v1/jobs/evaluate", json={"dataset": "ds-e", "recipes": ["seed", "hybrid"]})
+    assert r.status_code == 409 and r.get_json()["error"]["details"]["needed"] == 2, r.get_json()
+    # Feedback on a dataset: a pipeline over it stores a feedback version, a dataset more.
+    svc.feedback.add("ds-q", [(1, 1, 4.0, 0)])
+    r = client.post("/v1/pipelines", json={"dataset": "ds-q"})
+    assert r.status_code == 409 and r.get_json()["error"]["details"]["kind"] == "datasets"
     assert client.delete("/v1/datasets/ds-q").status_code == 200
     assert svc.datasets.count() == 0
     assert client.post("/v1/datasets", json=ingest).status_code == 202

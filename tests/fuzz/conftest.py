@@ -2,7 +2,7 @@
 
 No worker consumes that prefix, so nothing a fuzzer enqueues runs; every key under it is deleted after
 the module. Some ids exist there (``Seeded``) so that cases reach past "not found": a dataset ingested
-from the real ml-latest-small, jobs in each finished state and one queued, a model version.
+from the real ml-latest-small, jobs in each finished state and one queued (one a batch with rows), a model version.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from api import create_app
 from api.auth import owner_id
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
+from shared.ml.batch import ROW
+from shared.store.batch import store_part
 from shared.store.datasets import DatasetOptions
 from tests.conftest import delete_prefix
 
@@ -73,8 +75,14 @@ def _seed(app: Any, data_root: Path) -> Seeded:
     with_array = svc.jobs.create("triplets", {"dataset": record["id"]}, owner=owner)
     svc.artifacts.put_array("fuzz/triplets", np.arange(12, dtype=np.int32).reshape(4, 3))
     svc.jobs.succeed(with_array.id, {"triplets": "fuzz/triplets"}, result_artifact="fuzz/triplets")
+    batch_job = svc.jobs.create("recommend-batch", {"users": [1, 2], "k": 2}, owner=owner)
+    rows = np.zeros(4, dtype=ROW)
+    rows["user_id"], rows["rank"], rows["movie_id"], rows["score"] = [1, 1, 2, 2], [1, 2, 1, 2], 1, 0.5
+    store_part(svc.artifacts, batch_job.id, 0, rows, ttl_s=600)
+    svc.jobs.succeed(batch_job.id, {"users": 2, "rows": 4, "parts": [{"range": [0, 2], "rows": 4}]})
     failed = svc.jobs.create("ingest", {"path": "nowhere"}, owner=owner)
     svc.jobs.fail(failed.id, code="data_error", message="nowhere: is not a directory")
     version = "m-fuzz0000000000"
     svc.models.put({"version": version, "dataset": record["id"], "metrics": {}, "index": {"name": "fuzz"}})
-    return Seeded(dataset=record["id"], jobs=(queued.id, succeeded.id, with_array.id, failed.id), model=version)
+    jobs = (queued.id, succeeded.id, with_array.id, batch_job.id, failed.id)
+    return Seeded(dataset=record["id"], jobs=jobs, model=version)

@@ -40,6 +40,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from shared.store.datasets import DatasetOptions
 from tests.fuzz.conftest import AUTH, Seeded
 
 MIN_REQUESTS = 1000
@@ -134,7 +135,13 @@ def fuzz(app: Any, seeded: Seeded, *, examples: int, derandomize: bool) -> Tally
                     )
     # Title search is answered in process, so it runs again with a model active (the seeded version, over the
     # seeded dataset) to reach its found branch; similar movies would only queue jobs that no worker runs.
-    app.extensions["movierec"].models.activate(seeded.model)
+    svc = app.extensions["movierec"]
+    if svc.datasets.get(seeded.dataset) is None:  # a fuzzed DELETE of the known dataset took it: ingest it again
+        root = svc.settings.data_root / "ml-latest-small"
+        svc.datasets.ingest(root, DatasetOptions(tags_per_movie=5), source="ml-latest-small", progress=lambda *_: None)
+    if svc.models.get(seeded.model) is None:  # ... and its model with it, or a DELETE of the model
+        svc.models.put({"version": seeded.model, "dataset": seeded.dataset, "metrics": {}, "index": {"name": "fuzz"}})
+    svc.models.activate(seeded.model)
     for operation in operations:
         if operation.label == "GET /v1/movies":
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):

@@ -48,7 +48,7 @@ def twice(janitor: Janitor) -> int:
 
 def test_alive_while_its_child_is_then_the_step_is_sent_again(svc: Services, janitor: Janitor) -> None:
     child = svc.jobs.create("pipeline", {"dataset": "ds-t"})
-    job_id = running(svc, EvaluationState(stage=1, children={"train:seed": child.id}))
+    job_id = running(svc, EvaluationState(stage=2, children={"train:seed": child.id}))  # ingest, split, train
     for _ in range(3):
         janitor.sweep()
     assert all(task != EVALUATE_STEP.name for task, _ in sent(svc))  # (the queued child gets its own step)
@@ -58,14 +58,14 @@ def test_alive_while_its_child_is_then_the_step_is_sent_again(svc: Services, jan
 
 
 def test_a_lost_split_is_sent_again(svc: Services, janitor: Janitor) -> None:
-    job_id = running(svc, EvaluationState(stage=0, sent=["split"]))
+    job_id = running(svc, EvaluationState(stage=1, sent=["split"]))
     assert twice(janitor) == 1
     assert sent(svc) == [(EVALUATE_SPLIT.name, [job_id, "ds-a", {**Protocol().__dict__}])]
 
 
 def test_the_missing_shards_then_the_join(svc: Services, janitor: Janitor) -> None:
     plan: dict[str, Any] = {"users": 25, "shard_users": 10, "rows": []}
-    job_id = running(svc, EvaluationState(stage=2, plan=plan))
+    job_id = running(svc, EvaluationState(stage=3, plan=plan))
     svc.jobs.shard_done(job_id, f"{10:09d}", {"users": [10, 20]}, total=3)
     assert twice(janitor) == 1
     assert sent(svc) == [(EVALUATE_SHARD.name, [job_id, plan, lo, hi, 3]) for lo, hi in ((0, 10), (20, 25))]

@@ -1,4 +1,5 @@
-"""Fixtures of the tests that break things: a stack of their own on a key prefix of their own."""
+"""Fixtures of the system tests: those that break things get a stack of their own on a key prefix of their own;
+every module leaves no feedback behind on the session stack."""
 
 from __future__ import annotations
 
@@ -10,8 +11,21 @@ import pytest
 import redis
 
 from cli.stack import Stack
+from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
 from tests.conftest import delete_prefix
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_feedback_left(settings: Settings) -> Iterator[None]:
+    """Feedback a module posts to the session stack's datasets is deleted after it: the session stack's
+    ml-latest-small is every module's, and a pipeline or evaluation over it would take another's feedback."""
+    yield
+    client = connect(settings.redis_url)
+    keys = list(client.scan_iter(match=f"{settings.key_prefix}:feedback:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
 
 FAST = {"lease_ttl_s": 2, "janitor_interval_s": 1.0, "task_time_limit_s": 20, "visibility_timeout_s": 30}
 """Short enough for a test to see lost work found and resent within seconds."""

@@ -139,11 +139,11 @@ def test_demo_runs_the_embedded_stack_and_prints_figures(settings: Settings, tmp
     assert "movies kept" in out and "9,709" in out and "100,836" in out
     assert "test ROC AUC after training" in out
     for title in (
-        "user 1:",
-        "user 2:",
-        "user 3:",
-        "keywords ['Children', 'family', 'animation']",
-        "keywords ['war', 'violence', 'drama']",
+        "user 1 (profile):",
+        "user 2 (profile):",
+        "user 3 (profile):",
+        "keywords ['Children', 'family', 'animation'] (keywords):",
+        "keywords ['war', 'violence', 'drama'] (keywords):",
     ):
         assert f"recommendations for {title}" in out
     assert out.count("top descriptors of these") == 5 and out.count("top descriptors of the user's history") == 3

@@ -34,6 +34,27 @@ def test_pipeline_from_path_to_recommendations(api_url: str) -> None:
     train_job = requests.get(f"{api_url}/v1/jobs/{second['stage_jobs']['train']}/result", timeout=10).json()
     assert train_job["reused"] is True
 
+    # Feedback posted since: the next pipeline over the dataset trains on a new version that includes it.
+    rows = [{"user_id": 700_000, "movie_id": m, "rating": 4.5} for m in (1, 2, 3)]
+    posted = requests.post(f"{api_url}/v1/datasets/{result['dataset']}/ratings", json={"ratings": rows}, timeout=10)
+    assert posted.status_code == 200, posted.text
+    third = submit(api_url, {"dataset": result["dataset"], "epochs": 2, "seed": 11})
+    assert third["status"] == "succeeded", third
+    version = requests.get(f"{api_url}{third['result_url']}", timeout=10).json()
+    assert version["dataset"] != result["dataset"] and version["model"] != result["model"]
+    record = requests.get(f"{api_url}/v1/datasets/{version['dataset']}", timeout=10).json()
+    # (Other modules of this session's stack may have posted feedback to the same ml-latest-small already.)
+    base = posted.json()["dataset"]
+    assert record["derived"]["from"] == base and record["derived"]["feedback"]["ratings"] >= 3
+    assert record["counts"]["users"] >= 611
+    listed = requests.get(f"{api_url}/v1/users/700000/ratings", params={"dataset": version["dataset"]}, timeout=10)
+    assert [r["movie_id"] for r in listed.json()["ratings"]] == [1, 2, 3]
+    # Posting to the version posts to its base.
+    again_rows = [{"user_id": 700_000, "movie_id": 1, "rating": 4.5}]
+    to_version = requests.post(f"{api_url}/v1/datasets/{version['dataset']}/ratings", json={"ratings": again_rows},
+                               timeout=10)  # fmt: skip
+    assert to_version.json()["dataset"] == base
+
 
 def test_a_failing_stage_fails_the_pipeline_and_names_it(api_url: str) -> None:
     job = submit(api_url, {"path": "no-such-directory"})

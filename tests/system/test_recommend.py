@@ -72,7 +72,6 @@ def test_keywords_examples_and_genres(api_url: str, versions: list[str]) -> None
 @pytest.mark.parametrize(
     ("body", "status"),
     [
-        ({"user_id": 999_999}, 404),
         ({"liked": [99_999_999]}, 404),
         ({"keywords": []}, 400),
         ({"keywords": ["x"] * 21}, 400),
@@ -145,7 +144,9 @@ def test_cli_recommend(api_url: str, versions: list[str]) -> None:
     assert "recommendations for keywords ['war', 'violence', 'drama']" in done.stdout
     assert done.stdout.count("\n  0.") == 3
     assert cli("--user", "1").returncode == 0
-    missing = cli("--user", "999999")
+    new_user = cli("--user", "999999")  # no ratings: the most popular movies
+    assert new_user.returncode == 0 and "recommendations for user 999999 (popular)" in new_user.stdout
+    missing = cli("--liked", "99999999")
     assert missing.returncode == 1 and "404 not_found" in missing.stderr
 
 
@@ -241,3 +242,65 @@ def test_cli_search_and_similar(api_url: str, versions: list[str]) -> None:
     assert len(near.stdout.splitlines()) == 4 and "shares:" in near.stdout and "Toy Story (1995)" not in near.stdout
     missing = cli("similar", "99999999")
     assert missing.returncode == 1 and "404 not_found" in missing.stderr
+
+
+def dataset_of(api_url: str, version: str) -> str:
+    models = requests.get(f"{api_url}/v1/models", timeout=10).json()["models"]
+    return str(next(m["dataset"] for m in models if m["version"] == version))
+
+
+def test_feedback_reaches_the_next_recommendation_without_retraining(api_url: str, versions: list[str]) -> None:
+    dataset = dataset_of(api_url, versions[0])
+    new_user = 900_001
+    before = recommend(api_url, {"user_id": new_user, "k": 5}).json()
+    assert before["strategy"] == "popular" and len(before["items"]) == 5
+    counts = before["items"][0]["score"] == 1.0  # the most-rated movie first, scored 1
+    assert counts
+    # Toy Story and two more children's films, posted as a brand-new user.
+    liked = [{"user_id": new_user, "movie_id": m, "rating": 5.0, "timestamp": 1_700_000_000 + i}
+             for i, m in enumerate([1, 2355, 3114])]  # fmt: skip
+    r = requests.post(f"{api_url}/v1/datasets/{dataset}/ratings", json={"ratings": liked}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"dataset": dataset, "stored": 3, "users": 1, "new_users": [new_user]}
+    after = recommend(api_url, {"user_id": new_user, "k": 5}).json()
+    assert after["strategy"] == "profile" and not {1, 2355, 3114} & {i["movie_id"] for i in after["items"]}
+    assert any("Children" in i["descriptors"] for i in after["items"])
+    listed = requests.get(f"{api_url}/v1/users/{new_user}/ratings", timeout=10).json()
+    assert [(x["movie_id"], x["source"]) for x in listed["ratings"]] == [(1, "feedback"), (2355, "feedback"),
+                                                                         (3114, "feedback")]  # fmt: skip
+
+    # An existing user rates a movie again: the last rating wins, in the listing and in the profile.
+    mine = requests.get(f"{api_url}/v1/users/1/ratings", params={"dataset": dataset}, timeout=10).json()
+    assert len(mine["ratings"]) == 232 and {x["source"] for x in mine["ratings"]} == {"ingest"}
+    profile_before = recommend(api_url, {"user_id": 1, "k": 10}).json()
+    again = [{"user_id": 1, "movie_id": x["movie_id"], "rating": 0.5} for x in mine["ratings"][:150]]
+    assert requests.post(f"{api_url}/v1/datasets/{dataset}/ratings", json={"ratings": again}, timeout=10).ok
+    mine = requests.get(f"{api_url}/v1/users/1/ratings", timeout=10).json()
+    assert len(mine["ratings"]) == 232 and [x["source"] for x in mine["ratings"]].count("feedback") == 150
+    assert mine["ratings"][-1]["rating"] == 0.5
+    profile_after = recommend(api_url, {"user_id": 1, "k": 10}).json()
+    assert profile_after["items"] != profile_before["items"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "status", "needle"),
+    [
+        ([{"user_id": 5, "movie_id": 99_999_999, "rating": 4.0}], 400, "unknown movie id"),
+        ([{"user_id": 5, "movie_id": 1, "rating": 4.0}, {"user_id": 5, "movie_id": 2, "rating": 4.2}], 400,
+         "row 1: rating 4.2 is not one of"),
+        ([{"user_id": 5, "movie_id": 1, "rating": 6.0}], 400, "not one of"),
+        ([{"user_id": 0, "movie_id": 1, "rating": 4.0}], 400, "user_id"),
+        ([{"user_id": 5, "movie_id": 1, "rating": 4.0, "extra": 1}], 400, "extra"),
+        ([], 400, "ratings"),
+    ],
+)  # fmt: skip
+def test_a_bad_feedback_batch_is_refused_whole(
+    api_url: str, versions: list[str], rows: list[dict[str, Any]], status: int, needle: str
+) -> None:
+    dataset = dataset_of(api_url, versions[0])
+    r = requests.post(f"{api_url}/v1/datasets/{dataset}/ratings", json={"ratings": rows}, timeout=10)
+    assert r.status_code == status and needle in r.text, r.text
+    assert requests.get(f"{api_url}/v1/users/5/ratings", timeout=10).json()["ratings"][0]["source"] == "ingest"
+    assert requests.post(f"{api_url}/v1/datasets/ds-nope/ratings", json={"ratings": rows or [{}]},
+                         timeout=10).status_code in (400, 404)  # fmt: skip
+    assert requests.get(f"{api_url}/v1/users/2000000/ratings", timeout=10).status_code == 404

@@ -132,7 +132,7 @@ def test_the_training_dataset_id_depends_on_what_cuts_it_only() -> None:
 def test_stages_and_their_share_of_the_progress_bar() -> None:
     params = {"path": "x", "recipes": ["seed", "hybrid"]}
     assert stages(params) == ["ingest", "split", "train:seed", "train:hybrid", "score"]
-    assert stages({"dataset": "d", "recipes": []}) == ["split", "score"]
+    assert stages({"dataset": "d", "recipes": []}) == ["ingest", "split", "score"]  # ingest: its feedback
     shares = [parent("j", params, s) for s in stages(params)]
     assert shares[0]["index"] == 0 and shares[0]["step"] == "workers.evaluation.evaluation_step"
     # overall = (index + fraction) / stages: each stage starts where the one before ends, the last ends at 1

@@ -10,7 +10,15 @@ import pytest
 
 from shared.errors import NotFound
 from shared.ml.index import IndexParams, MovieIndex, concat_ranges
-from shared.ml.recommend import ServingModel, answer, check_ids, example_query, recommend, user_profile
+from shared.ml.recommend import (
+    ServingModel,
+    UserRatings,
+    answer,
+    check_ids,
+    example_query,
+    recommend,
+    user_query,
+)
 
 DESCRIPTORS = [
     ["Drama", "war"],
@@ -58,14 +66,53 @@ def unit(x: np.ndarray) -> np.ndarray:
     return np.asarray(x / np.linalg.norm(x))
 
 
+def user_profile(model: ServingModel, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+    ratings = model.stored_ratings(user_id)
+    return user_query(model, ratings), ratings.rows
+
+
 def test_the_profile_is_the_rating_weighted_mean_of_raw_vectors_projected(model: ServingModel) -> None:
     query, rated = user_profile(model, 7)
     w = np.array([1.0, 0.5, 0.2])  # ratings / 5
     mean = (w[:, None] * model.raw[[0, 2, 4]]).sum(axis=0) / w.sum()
     np.testing.assert_allclose(query, unit(model.weight @ mean), rtol=1e-5)
     assert rated.tolist() == [0, 2, 4]
-    with pytest.raises(NotFound, match="unknown user id 8"):
-        user_profile(model, 8)
+    assert len(model.stored_ratings(8)) == 0  # unknown at ingest: no stored ratings
+
+
+def test_feedback_goes_over_the_stored_ratings_the_last_rating_of_a_movie_winning(model: ServingModel) -> None:
+    newer = UserRatings(rows=np.array([2, 5]), values=np.array([5.0, 4.0], dtype=np.float32))
+    merged = newer.over(model.stored_ratings(7))
+    assert merged.rows.tolist() == [0, 4, 2, 5] and merged.values.tolist() == [5.0, 1.0, 5.0, 4.0]
+    assert UserRatings.empty().over(model.stored_ratings(7)).rows.tolist() == [0, 2, 4]
+
+    def no_encoder(texts: list[str]) -> np.ndarray:
+        raise AssertionError(texts)
+
+    params = {"k": 6, "exclude_seen": True, "genres": None, "user_id": 7}
+    answered = recommend(model, params, encode=no_encoder, feedback=newer)
+    assert answered["strategy"] == "profile"
+    assert {i["movie_id"] for i in answered["items"]} == {20, 40}  # rows 0, 2, 4 and the new 5 are seen
+    expected = user_query(model, merged)
+    top = answer(model, expected, k=6, excluded=merged.rows, genres=None, history=None, described_query={})
+    assert [i["movie_id"] for i in answered["items"]] == [i["movie_id"] for i in top["items"]]
+    # A user unknown at ingest, created by feedback: a profile of their one rating, that movie's neighbours.
+    new_user = recommend(model, {**params, "user_id": 8}, encode=no_encoder, feedback=newer)
+    assert new_user["strategy"] == "profile" and len(new_user["items"]) == 4
+
+
+def test_a_user_with_no_ratings_gets_the_most_rated_movies(model: ServingModel) -> None:
+    def no_encoder(texts: list[str]) -> np.ndarray:
+        raise AssertionError(texts)
+
+    params = {"k": 2, "exclude_seen": True, "genres": None, "user_id": 8}
+    answered = recommend(model, params, encode=no_encoder)
+    assert answered["strategy"] == "popular" and answered["query"] == {"user_id": 8}
+    # Rows 0, 2 and 4 have one rating each (ties to the lower row); the rest none.
+    assert [i["movie_id"] for i in answered["items"]] == [10, 30]
+    assert [i["score"] for i in answered["items"]] == [1.0, 1.0]
+    family = recommend(model, {**params, "k": 5, "genres": ["family"]}, encode=no_encoder)
+    assert [i["movie_id"] for i in family["items"]] == [30, 40]
 
 
 def test_the_example_query_moves_from_disliked_towards_liked(model: ServingModel) -> None:
@@ -116,9 +163,7 @@ def test_ids_are_checked_once_the_same_way_for_the_api_and_the_model(model: Serv
         check_ids({7}, {10, 20}, user_id=None, movie_ids=[10, 11, 12])
     with pytest.raises(NotFound, match=r"unknown movie id\(s\) \[11\]"):
         model.rows_of([10, 11])
-    with pytest.raises(NotFound, match="unknown user id 8"):
-        model.user_row(8)
-    assert model.rows_of([60, 10]).tolist() == [5, 0] and model.user_row(7) == 0
+    assert model.rows_of([60, 10]).tolist() == [5, 0]
 
 
 def test_recommend_dispatches_each_kind_of_query(model: ServingModel) -> None:

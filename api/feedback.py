@@ -1,0 +1,77 @@
+"""Feedback: ``POST /v1/datasets/<id>/ratings`` stores ratings given after ingest; ``GET /v1/users/<id>/ratings``
+lists a user's ratings. Answered here: a batch is validated whole and stored in one transaction (see
+``shared/store/feedback.py`` for where it lives and who reads it)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from apiflask import APIBlueprint
+
+from shared.errors import InvalidRequest, NotFound
+from shared.store.feedback import MAX_PROBLEMS, problems
+
+from . import active_model, services
+from .schemas import RatingsIn, RatingsStoredOut, UserRatingsOut, UserRatingsQuery
+
+bp = APIBlueprint("feedback", __name__, tag="feedback")
+
+
+@bp.post("/v1/datasets/<dataset_id>/ratings")
+@bp.input(RatingsIn, arg_name="body", example={"ratings": [{"user_id": 1, "movie_id": 1, "rating": 4.5}]})
+@bp.output(RatingsStoredOut, description="every rating stored, durably; the next recommendation sees them")
+@bp.doc(responses={400: "a row names an unknown movie or a rating off the dataset's scale (details.rows names "
+                        "them): nothing of the batch is stored", 404: "unknown dataset"})  # fmt: skip
+def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Ratings given after ingest, up to 10,000 a request. The last rating of a (user, movie) wins; a user the
+    dataset does not know is created by their first rating. Posting to a feedback version (a pipeline's
+    dataset) posts to the dataset it was made from."""
+    datasets = services().datasets
+    base = datasets.feedback_base(dataset_id)
+    rows = body["ratings"]
+    bad = problems(rows, datasets.movie_ids(base), datasets.rating_scale(base))
+    if bad:
+        first = bad[0]
+        raise InvalidRequest(
+            f"{len(bad)} of {len(rows)} ratings cannot be stored (row {first['row']}: {first['problem']}); "
+            "nothing of this batch was stored",
+            details={"rows": bad[:MAX_PROBLEMS], "bad": len(bad)},
+        )
+    now = int(time.time())
+    stored = [(r["user_id"], r["movie_id"], float(r["rating"]), r.get("timestamp", now)) for r in rows]
+    datasets.feedback.add(base, stored)
+    users = sorted({r[0] for r in stored})
+    known = datasets.user_ids(base)
+    new_users = [u for u in users if u not in known]
+    return {"dataset": base, "stored": len(stored), "users": len(users), "new_users": new_users}
+
+
+@bp.get("/v1/users/<int:user_id>/ratings")
+@bp.input(UserRatingsQuery, location="query", arg_name="query", unknown=None)
+@bp.output(UserRatingsOut)
+@bp.doc(responses={404: "unknown dataset, or a user with no rating in it", 409: "no dataset given and no model "
+                        "is active"})  # fmt: skip
+def user_ratings(user_id: int, query: dict[str, Any]) -> dict[str, Any]:
+    """A user's ratings in a dataset (the active model's if none is named): those ingested with the feedback
+    posted since over them, by time."""
+    datasets = services().datasets
+    dataset = query.get("dataset") or active_model()[1]
+    base = datasets.feedback_base(dataset)
+    catalogue = datasets.catalogue(base)
+    stored = datasets.user_ratings(base, user_id)
+    rated: dict[int, dict[str, Any]] = {}
+    times = stored.timestamps.tolist() if stored.timestamps is not None else [None] * len(stored.values)
+    for r, v, t in zip(stored.movie_index.tolist(), stored.values.tolist(), times, strict=True):
+        movie = catalogue[r]
+        rated[movie["movie_id"]] = {"movie_id": movie["movie_id"], "title": movie["title"], "rating": v,
+                                    "timestamp": t, "source": "ingest"}  # fmt: skip
+    feedback = datasets.feedback.user(base, user_id)
+    by_id = {m["movie_id"]: m for m in catalogue}
+    for m, v, t in zip(feedback.movie_ids.tolist(), feedback.values.tolist(), feedback.times.tolist(), strict=True):
+        rated.pop(m, None)
+        rated[m] = {"movie_id": m, "title": by_id[m]["title"], "rating": v, "timestamp": t, "source": "feedback"}
+    if not rated:
+        raise NotFound(f"user {user_id} has no rating in dataset {base!r}")
+    ordered = sorted(rated.values(), key=lambda x: (x["timestamp"] is None, x["timestamp"] or 0))
+    return {"user_id": user_id, "dataset": base, "ratings": ordered}

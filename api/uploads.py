@@ -1,0 +1,234 @@
+"""Multipart uploads (``POST /v1/datasets`` as multipart/form-data): files streamed into Redis as they arrive.
+
+The body is read from the WSGI input ``READ_BYTES`` at a time and cut into parts by werkzeug's sans-IO
+multipart decoder; each file part goes straight into an ``ArtifactWriter`` (shared/store/artifacts.py) under
+``uploads/<upload id>/<name>``, so the API never holds a whole file in memory or on disk. The limit is
+``MOVIEREC_MAX_UPLOAD_BYTES`` on the whole body, in place of ``MOVIEREC_MAX_BODY_BYTES``: a Content-Length
+past it is refused before a byte is read, a chunked body when it grows past it. On any refusal (400, 413, a
+client that went away) every key of the upload is deleted before the answer.
+
+Parts (shared/store/uploads.py names them): ``movies.csv`` and ``ratings.csv``, optionally ``tags.csv``,
+``genome-scores.csv``, ``genome-tags.csv``, ``links.csv``, ``genres_fix_csv``; or one ``archive`` (a MovieLens
+.zip), whose content the worker checks. Beside them, the form field ``tags_per_movie``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from apiflask import abort
+from flask import request
+from marshmallow import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.sansio.multipart import Data, Epilogue, Event, Field, File, MultipartDecoder, NeedData
+from werkzeug.wsgi import get_input_stream
+
+from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.infra.keys import upload_artifact
+from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
+from shared.store.artifacts import ArtifactStore, ArtifactWriter
+from shared.store.datasets import MAX_TAGS_PER_MOVIE
+from shared.store.uploads import ARCHIVE, REQUIRED_FILES, UPLOAD_PARTS, drop_upload
+
+from .schemas import DatasetUploadFields
+
+UPLOAD_ENDPOINTS = frozenset({"datasets.create_dataset"})
+"""The endpoints that take a multipart body besides JSON."""
+READ_BYTES = 64 << 10
+MAX_FIELD_BYTES = 64
+"""A form field (``tags_per_movie``) longer than this is refused."""
+MAX_PARTS = 16
+ZIP_MAGIC = b"PK\x03\x04"
+_FIELDS = frozenset(DatasetUploadFields().fields)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]")
+
+
+def is_upload() -> bool:
+    """This request is a multipart body sent to an endpoint that takes one."""
+    return request.endpoint in UPLOAD_ENDPOINTS and request.mimetype == "multipart/form-data"
+
+
+@dataclass
+class Upload:
+    """What a multipart body brought: its id, the names its files are stored under, the form's values."""
+
+    id: str
+    files: list[str] = field(default_factory=list)
+    filenames: list[str] = field(default_factory=list)
+    """The client's names of the files (made safe), for the dataset's ``source``."""
+    form: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return "upload: " + ", ".join(self.filenames or self.files)
+
+
+def receive(artifacts: ArtifactStore, *, limit: int, ttl_s: int) -> Upload:
+    """Stream the request's multipart body into Redis and check it; answers the Upload, or raises (400
+    ``InvalidRequest`` / validation_error, 413 ``PayloadTooLarge``) with nothing of it left in Redis."""
+    boundary = request.mimetype_params.get("boundary", "")
+    if not 0 < len(boundary) <= 70:  # RFC 2046
+        raise InvalidRequest("a multipart/form-data body needs a boundary parameter (1 to 70 characters)")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _too_large(limit)
+    upload = Upload(uuid.uuid4().hex)
+    try:
+        _receive(artifacts, upload, boundary.encode("latin-1"), limit=limit, ttl_s=ttl_s)
+        _check(artifacts, upload)
+    except BaseException:
+        drop_upload(artifacts, upload.id)
+        raise
+    return upload
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the upload is larger than {limit} bytes (MOVIEREC_MAX_UPLOAD_BYTES)",
+        details={"limit_bytes": limit, "setting": "MOVIEREC_MAX_UPLOAD_BYTES"},
+    )
+
+
+def _receive(artifacts: ArtifactStore, upload: Upload, boundary: bytes, *, limit: int, ttl_s: int) -> None:
+    decoder = MultipartDecoder(boundary, max_parts=MAX_PARTS)
+    parts = _Parts(artifacts, upload, ttl_s=ttl_s)
+    for block in _blocks(limit):
+        try:
+            decoder.receive_data(block or None)
+            event = decoder.next_event()
+            while not isinstance(event, NeedData | Epilogue):
+                parts.on(event)
+                event = decoder.next_event()
+        except RequestEntityTooLarge:  # the decoder's count of parts
+            raise InvalidRequest(f"the body has more than {MAX_PARTS} parts") from None
+        except ValueError:
+            raise InvalidRequest("the multipart body is malformed (cut short, or a part without a name)") from None
+        if isinstance(event, Epilogue):
+            return
+    raise InvalidRequest("the multipart body ends before its closing boundary")
+
+
+def _blocks(limit: int) -> Iterator[bytes]:
+    """The request body, ``READ_BYTES`` at a time, then one empty block; 413 once it passes ``limit``."""
+    stream = get_input_stream(request.environ, max_content_length=limit)
+    received = 0
+    while True:
+        try:
+            block = stream.read(READ_BYTES)
+        except RequestEntityTooLarge:  # a chunked body past the limit
+            raise _too_large(limit) from None
+        received += len(block)
+        if received > limit:
+            raise _too_large(limit)
+        yield block
+        if not block:
+            return
+
+
+class _Parts:
+    """Where the decoder's events go: a file part's data into its writer, a form field's into memory."""
+
+    def __init__(self, artifacts: ArtifactStore, upload: Upload, *, ttl_s: int) -> None:
+        self._artifacts, self._upload, self._ttl_s = artifacts, upload, ttl_s
+        self._writer: ArtifactWriter | None = None
+        self._name = ""
+        self._value = bytearray()
+
+    def on(self, event: Event) -> None:
+        if isinstance(event, Field | File):
+            self._writer = _open_part(self._artifacts, self._upload, event, ttl_s=self._ttl_s)
+            self._name = event.name
+            self._value.clear()
+        elif isinstance(event, Data):
+            if self._writer is not None:
+                self._writer.write(event.data)
+                if not event.more_data:
+                    self._writer.commit()
+                    self._writer = None
+                return
+            self._value += event.data
+            if len(self._value) > MAX_FIELD_BYTES:
+                raise InvalidRequest(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+            if not event.more_data:
+                self._upload.form[self._name] = _text(self._name, bytes(self._value))
+
+
+def _open_part(artifacts: ArtifactStore, upload: Upload, event: Field | File, *, ttl_s: int) -> ArtifactWriter | None:
+    name = event.name
+    if name in _FIELDS:
+        if name in upload.form:
+            raise InvalidRequest(f"form field {name!r} is sent twice")
+        return None
+    stored = UPLOAD_PARTS.get(name)
+    if stored is None:
+        accepted = ", ".join([*UPLOAD_PARTS, *_FIELDS])
+        raise InvalidRequest(f"unknown part {str(name)[:80]!r}; the parts accepted are: {accepted}")
+    if stored in upload.files:
+        raise InvalidRequest(f"part {name!r} is sent twice")
+    upload.files.append(stored)
+    filename = getattr(event, "filename", "") or ""
+    safe = _UNSAFE.sub("_", filename.replace("\\", "/").rsplit("/", 1)[-1])[:100]
+    upload.filenames.append(safe or stored)
+    return artifacts.writer(upload_artifact(upload.id, stored), ttl_s=ttl_s)
+
+
+def _text(name: str, value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"form field {name!r} is not UTF-8 text") from None
+
+
+def _check(artifacts: ArtifactStore, upload: Upload) -> None:
+    """The parts make a dataset: an archive alone, or movies.csv and ratings.csv; no empty file; the archive
+    starts as a zip does; the form fields validate (400 validation_error naming the field)."""
+    files = set(upload.files)
+    if ARCHIVE in files:
+        if files - {ARCHIVE, UPLOAD_PARTS["genres_fix_csv"]}:
+            raise InvalidRequest("send either an archive or the MovieLens files, not both")
+    else:
+        missing = [name for name in REQUIRED_FILES if name not in files]
+        if missing:
+            raise InvalidRequest(f"the upload has no {' and no '.join(missing)} (or send an archive: a MovieLens .zip)")
+    for name in upload.files:
+        manifest = artifacts.manifest(upload_artifact(upload.id, name))
+        if manifest is None or manifest.size == 0:
+            raise InvalidRequest(f"{name} is empty")
+    if ARCHIVE in files and artifacts.head(upload_artifact(upload.id, ARCHIVE), len(ZIP_MAGIC)) != ZIP_MAGIC:
+        raise InvalidRequest("archive is not a zip file (send the MovieLens .zip as GroupLens distributes it)")
+    try:
+        upload.form = DatasetUploadFields().load(upload.form)
+    except ValidationError as exc:
+        abort(400, detail={"form": exc.messages})
+
+
+MULTIPART_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "movies.csv and ratings.csv (the other files optional), or one archive: a MovieLens .zip "
+    "as GroupLens distributes it. Streamed into Redis, so the worker needs no shared disk; 413 past "
+    "MOVIEREC_MAX_UPLOAD_BYTES.",
+    "properties": {
+        **{
+            name: {"type": "string", "format": "binary", "description": "a MovieLens file"}
+            for name in UPLOAD_PARTS
+            if name not in ("archive", "genres_fix_csv")
+        },
+        "genres_fix_csv": {"type": "string", "format": "binary", "description": "movieId,genres CSV"},
+        "archive": {"type": "string", "format": "binary", "description": "a MovieLens .zip"},
+        "tags_per_movie": {"type": "integer", "minimum": 1, "maximum": MAX_TAGS_PER_MOVIE,
+                           "default": DEFAULT_TAGS_PER_MOVIE},
+    },
+    "additionalProperties": False,
+}  # fmt: skip
+
+
+def document_uploads(spec: dict[Any, Any]) -> dict[Any, Any]:
+    """Add the multipart body beside the JSON one of each upload endpoint in /openapi.json."""
+    operation = spec.get("paths", {}).get("/v1/datasets", {}).get("post")
+    if operation is not None and "requestBody" in operation:
+        operation["requestBody"]["content"]["multipart/form-data"] = {"schema": MULTIPART_SCHEMA}
+    return spec

@@ -1,0 +1,256 @@
+"""Feedback: ratings given after ingest, kept beside their dataset, read by serving, folded into new versions.
+
+    POST /v1/datasets/<id>/ratings ──> validated in full (movies, scale, size) ──> FeedbackStore.add: one
+        MULTI/EXEC of HSETs, so a batch is stored whole or not at all, and durable once the API answers
+    recommendation for a user ──> FeedbackStore.user (one HGETALL) ──> over the stored ratings ──> profile
+    pipeline / evaluation over a dataset ──> version(): the dataset with its feedback, a dataset of its own
+        named by its content (ds-<hash(base, feedback)>), so a model still says what it was trained on
+
+Feedback belongs to a *base* dataset, the one it was posted to; posting to a feedback version posts to its
+base. Keys (``shared/infra/keys.py``):
+
+    <prefix>:feedback:<ds>:user:<uid>   hash: movie id -> "rating,timestamp" (HSET: the last rating wins)
+    <prefix>:feedback:<ds>:users        sorted set: user id -> the time of their last feedback
+
+A version's ratings are the base's with, per user, every stored rating of a movie rated again dropped and
+the feedback appended after the stored ones (by timestamp, then movie id): the order the profile reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import redis
+
+from shared.errors import NotFound
+from shared.infra.keys import Keys, dataset_artifact
+from shared.jobs.store import utcnow_iso
+from shared.store.artifacts import delete_matching
+
+if TYPE_CHECKING:
+    from shared.store.datasets import DatasetRatings, DatasetStore
+
+CATALOGUE_ARRAYS = ("movie_ids", "vocabulary", "titles", "desc_indptr", "desc_indices")
+JSON_ARRAYS = ("titles", "vocabulary")
+MAX_BATCH = 10_000
+"""Ratings one POST may carry."""
+MAX_SCALE_VALUES = 20
+"""A dataset with at most this many distinct rating values takes only those (MovieLens: 0.5, 1.0 ... 5.0)."""
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Ratings given after ingest, as arrays: one row per (user, movie), users ascending, then by time."""
+
+    user_ids: np.ndarray  # (f,) int64
+    movie_ids: np.ndarray  # (f,) int64
+    values: np.ndarray  # (f,) float32
+    times: np.ndarray  # (f,) int64 seconds
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def of(cls, rows: list[tuple[int, int, float, int]]) -> Feedback:
+        rows = sorted(rows, key=lambda r: (r[0], r[3], r[1]))  # user, time, movie
+        array = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+        return cls(
+            user_ids=array[:, 0].astype(np.int64),
+            movie_ids=array[:, 1].astype(np.int64),
+            values=array[:, 2].astype(np.float32),
+            times=array[:, 3].astype(np.int64),
+        )
+
+    def digest(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        for a in (self.user_ids, self.movie_ids, self.values, self.times):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+
+def base_of(record: dict[str, Any]) -> str:
+    """The dataset whose feedback a dataset reads: itself, or the base of a feedback version."""
+    derived = record.get("derived") or {}
+    return str(derived["from"]) if "feedback" in derived else str(record["id"])
+
+
+def rating_scale(values: np.ndarray) -> tuple[float, float, list[float] | None]:
+    """(lowest, highest, the allowed values or None for any in range) of a dataset's stored ratings."""
+    if not len(values):
+        return 0.0, 0.0, []
+    distinct = np.unique(values)
+    allowed = [float(v) for v in distinct] if len(distinct) <= MAX_SCALE_VALUES else None
+    return float(distinct[0]), float(distinct[-1]), allowed
+
+
+MAX_PROBLEMS = 20
+"""Bad rows a refusal names (it counts them all)."""
+
+
+def problems(
+    rows: list[dict[str, Any]], known_movies: frozenset[int], scale: tuple[float, float, list[float] | None]
+) -> list[dict[str, Any]]:
+    """Every row of a feedback batch that cannot be stored, as {"row", "movie_id", "problem"}: a movie not in
+    the dataset's catalogue, a rating off its scale (one of its values when it has few, else in its range)."""
+    lo, hi, allowed = scale
+    found = []
+    for i, row in enumerate(rows):
+        rating = float(row["rating"])
+        if int(row["movie_id"]) not in known_movies:
+            found.append({"row": i, "movie_id": row["movie_id"], "problem": "unknown movie id in this dataset"})
+        elif allowed is not None and rating not in allowed:
+            found.append({"row": i, "movie_id": row["movie_id"], "problem": f"rating {rating} is not one of {allowed}"})
+        elif allowed is None and not lo <= rating <= hi:
+            found.append({"row": i, "movie_id": row["movie_id"], "problem": f"rating {rating} is outside {lo}..{hi}"})
+    return found
+
+
+class FeedbackStore:
+    """The feedback of every dataset of one deployment."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str) -> None:
+        self._r = client
+        self._keys = Keys(prefix)
+
+    def add(self, ds_id: str, rows: list[tuple[int, int, float, int]]) -> None:
+        """Store (user id, movie id, rating, timestamp) rows, all or none; validated by the caller."""
+        by_user: dict[int, dict[str, str]] = {}
+        latest: dict[int, int] = {}
+        for user, movie, rating, ts in rows:  # within a batch, too, the last row of a (user, movie) wins
+            by_user.setdefault(user, {})[str(movie)] = f"{rating!r},{int(ts)}"
+            latest[user] = max(latest.get(user, 0), int(ts))
+        pipe = self._r.pipeline(transaction=True)
+        for user, fields in by_user.items():
+            pipe.hset(self._keys.feedback_user(ds_id, user), mapping=fields)
+        pipe.zadd(self._keys.feedback_users(ds_id), cast(Any, latest), gt=True)  # adds new users too
+        pipe.execute()
+
+    def user(self, ds_id: str, user_id: int) -> Feedback:
+        """One user's feedback on a dataset, by time."""
+        return self.users_feedback(ds_id, [user_id])
+
+    def users_feedback(self, ds_id: str | tuple[str, ...], user_ids: list[int]) -> Feedback:
+        """The feedback of several users on a dataset, or on several (a feedback version's base, then the
+        version itself, where posts go once the base is deleted: the later one wins), in one round trip."""
+        sources = (ds_id,) if isinstance(ds_id, str) else ds_id
+        pipe = self._r.pipeline(transaction=False)
+        for u in user_ids:
+            for source in sources:
+                pipe.hgetall(self._keys.feedback_user(source, u))
+        replies = iter(pipe.execute())
+        rows: list[tuple[int, int, float, int]] = []
+        for u in user_ids:
+            merged: dict[bytes, bytes] = {}
+            for _ in sources:
+                merged.update(cast(dict[bytes, bytes], next(replies)))
+            for movie, value in merged.items():
+                rating, ts = value.decode().split(",")
+                rows.append((int(u), int(movie), float(rating), int(ts)))
+        return Feedback.of(rows)
+
+    def users(self, ds_id: str) -> np.ndarray:
+        """(u,) int64 ids of the users with feedback on a dataset, ascending."""
+        ids = cast(list[bytes], self._r.zrange(self._keys.feedback_users(ds_id), 0, -1))
+        return np.sort(np.asarray([int(i) for i in ids], dtype=np.int64))
+
+    def count_users(self, ds_id: str) -> int:
+        """How many users posted feedback on a dataset."""
+        return int(cast(int, self._r.zcard(self._keys.feedback_users(ds_id))))
+
+    def all(self, ds_id: str, *, batch: int = 1000) -> Feedback:
+        """Every feedback row of a dataset."""
+        users = self.users(ds_id).tolist()
+        parts = [self.users_feedback(ds_id, users[i : i + batch]) for i in range(0, len(users), batch)]
+        if not parts:
+            return Feedback.of([])
+        return Feedback(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("user_ids", "movie_ids",
+                                                                                  "values", "times")))  # fmt: skip
+
+    def delete(self, ds_id: str) -> tuple[int, int]:
+        """Delete a dataset's feedback; answers (keys, bytes) as ``ArtifactStore.delete_under`` does."""
+        return delete_matching(self._r, self._keys.feedback_of(ds_id))
+
+
+# -- feedback versions ---------------------------------------------------------------------------------------
+def version_id(base: str, feedback: Feedback) -> str:
+    """A feedback version's id: a hash of its base and its feedback rows."""
+    key = json.dumps({"from": base, "feedback": feedback.digest(), "part": "feedback"}, sort_keys=True)
+    return "ds-" + hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+
+
+def merge_ratings(
+    stored: DatasetRatings, feedback: Feedback, feedback_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A dataset's per-user ratings with ``feedback`` over them (``feedback_rows``: its movies' catalogue rows):
+    (user_ids, indptr, movie, values, times), users ascending, new users included (times 0 where the dataset
+    kept none)."""
+    user_ids, indptr, movie, values = stored.user_ids, stored.indptr, stored.movie_index, stored.values
+    times = stored.timestamps if stored.timestamps is not None else np.zeros(len(values), dtype=np.int64)
+    owner = np.repeat(user_ids.astype(np.int64), np.diff(indptr))  # (r,) user id of each stored rating
+    n = int(max(int(movie.max(initial=0)), int(feedback_rows.max(initial=0)))) + 1
+    stored_pair = owner * n + movie.astype(np.int64)
+    new_pair = feedback.user_ids * n + feedback_rows
+    keep = ~np.isin(stored_pair, new_pair)
+    all_owner = np.concatenate([owner[keep], feedback.user_ids])
+    source = np.concatenate([np.zeros(int(keep.sum()), dtype=np.int8), np.ones(len(feedback), dtype=np.int8)])
+    position = np.concatenate([np.flatnonzero(keep), np.arange(len(feedback))])
+    order = np.lexsort((position, source, all_owner))  # by user, stored before feedback, each in its order
+    users, counts = np.unique(all_owner[order], return_counts=True)
+    new_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    merged_movie = np.concatenate([movie[keep], feedback_rows.astype(movie.dtype)])[order]
+    merged_values = np.concatenate([values[keep], feedback.values.astype(values.dtype)])[order]
+    merged_times = np.concatenate([times[keep], feedback.times.astype(times.dtype)])[order]
+    return users.astype(np.int32), new_indptr, merged_movie, merged_values, merged_times
+
+
+def feedback_version(datasets: DatasetStore, feedback: FeedbackStore, ds_id: str) -> tuple[dict[str, Any], bool]:
+    """The dataset ``ds_id`` with every feedback rating its base has now: the base itself when it has none, else
+    a feedback version, stored once (answers (record, reused))."""
+    record = datasets.get(ds_id)
+    if record is None:
+        raise NotFound(f"dataset {ds_id!r} does not exist")
+    base = base_of(record)
+    base_record = datasets.get(base) if base != ds_id else record
+    if base_record is None:
+        raise NotFound(f"dataset {base!r}, the base of {ds_id!r}, does not exist")
+    rows = feedback.all(base)
+    if not len(rows):
+        return base_record, True
+    new_id = version_id(base, rows)
+    existing = datasets.get(new_id)
+    if existing is not None:
+        return existing, True
+    started = time.perf_counter()
+    a = datasets.artifacts
+    movie_ids = a.get_array(dataset_artifact(base, "movie_ids"))
+    order = np.argsort(movie_ids, kind="stable")
+    feedback_rows = order[np.searchsorted(movie_ids, rows.movie_ids, sorter=order)]
+    users, indptr, movie, values, merged_times = merge_ratings(datasets.ratings(base), rows, feedback_rows)
+    for name in CATALOGUE_ARRAYS:
+        source, target = dataset_artifact(base, name), dataset_artifact(new_id, name)
+        if name in JSON_ARRAYS:
+            a.put_json(target, a.get_json(source))
+        else:
+            a.put_array(target, a.get_array(source))
+    a.put_array(dataset_artifact(new_id, "user_ids"), users)
+    a.put_array(dataset_artifact(new_id, "ratings_indptr"), indptr)
+    a.put_array(dataset_artifact(new_id, "ratings_movie"), movie)
+    a.put_array(dataset_artifact(new_id, "ratings_value"), values)
+    a.put_array(dataset_artifact(new_id, "ratings_time"), merged_times)
+    summary = {"ratings": len(rows), "users": len(np.unique(rows.user_ids)), "digest": rows.digest()}
+    version = {
+        **base_record,
+        "id": new_id,
+        "source": f"{base_record.get('source', base)} with {len(rows):,} feedback ratings",
+        "counts": {**base_record["counts"], "users": len(users), "ratings": len(values), "ratings_kept": len(values)},
+        "created_at": utcnow_iso(),
+        "ingest": {"seconds": round(time.perf_counter() - started, 3), "peak_rss_mb": None},
+        "derived": {"from": base, "feedback": summary},
+    }
+    datasets.put(version)  # last: a record says every artifact is stored
+    return version, False

@@ -1,0 +1,93 @@
+"""Batch recommendations, the pure part: users answered by ``recommend`` itself, rows in order, CSV text that
+reads back to the single answer's scores, the streamed .npy header."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from shared.ml.batch import CSV_ROWS_PER_CHUNK, ROW, answer_users, csv_text, npy_header
+from shared.ml.index import IndexParams, MovieIndex
+from shared.ml.recommend import ServingModel, UserRatings, recommend
+from shared.store.batch import Plan, listed_users
+
+
+def small_model(n: int = 40, users: int = 5) -> ServingModel:
+    rng = np.random.default_rng(1)
+    raw = rng.normal(size=(n, 6)).astype(np.float32)
+    weight, bias = rng.normal(size=(4, 6)).astype(np.float32), np.zeros(4, dtype=np.float32)
+    projected = raw @ weight.T
+    projected /= np.linalg.norm(projected, axis=1, keepdims=True)
+    counts = rng.integers(1, n - 2, size=users)  # the last user rated all but a few: fewer than k rows
+    counts[-1] = n - 3
+    movies = [rng.choice(n, size=c, replace=False) for c in counts]
+    descriptors = [["Drama"] if i % 2 else ["Comedy", "x"] for i in range(n)]
+    vocabulary = ["Comedy", "Drama", "x"]
+    return ServingModel(
+        version="m-test", record={}, index=MovieIndex.build(projected, IndexParams()), weight=weight, bias=bias,
+        raw=raw, embeddings=projected.astype(np.float32), movie_ids=np.arange(100, 100 + n, dtype=np.int32),
+        titles=[f"movie {i}" for i in range(n)], descriptors=descriptors, vocabulary=vocabulary,
+        desc_indptr=np.cumsum([0] + [len(d) for d in descriptors]).astype(np.int64),
+        desc_indices=np.array([vocabulary.index(x) for d in descriptors for x in d], dtype=np.int32),
+        user_ids=np.arange(1, users + 1, dtype=np.int32),
+        ratings_indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        ratings_movie=np.concatenate(movies).astype(np.int32),
+        ratings_value=rng.choice(np.arange(0.5, 5.01, 0.5), size=int(counts.sum())).astype(np.float32),
+    )  # fmt: skip
+
+
+def test_each_user_s_rows_are_recommend_s_items_in_order() -> None:
+    model = small_model()
+    users = np.array([3, 99, 1, 5, 2])  # 99: no ratings, the popular fallback
+    feedback = {2: UserRatings(rows=np.array([0, 1]), values=np.array([5.0, 1.0], dtype=np.float32))}
+    rows, stats = answer_users(model, users, k=6, feedback=feedback)
+    assert stats["users"] == 5 and stats["popular"] == 1 and stats["rows"] == len(rows)
+    at = 0
+    for user in users.tolist():
+        params = {"user_id": user, "k": 6, "exclude_seen": True, "genres": None}
+        items = recommend(model, params, encode=lambda _: np.zeros(0), feedback=feedback.get(user))["items"]
+        mine = rows[at : at + len(items)]
+        assert mine["user_id"].tolist() == [user] * len(items)
+        assert mine["rank"].tolist() == list(range(1, len(items) + 1))
+        assert mine["movie_id"].tolist() == [i["movie_id"] for i in items]
+        # the score as the single-user JSON rounds it: exactly (what the CSV writes)
+        assert mine["score"].astype(np.float64).round(6).tolist() == [i["score"] for i in items]
+        at += len(items)
+    assert at == len(rows) and len(rows) == 4 * 6 + 3  # user 5 rated all but 3 movies
+
+
+def test_listed_users_keep_their_first_place() -> None:
+    assert listed_users([9, 3, 9, 1, 3]).tolist() == [9, 3, 1]
+
+
+def test_a_plan_covers_every_user_once() -> None:
+    assert Plan(users=5, shard_users=2).shards == [(0, 2), (2, 4), (4, 5)]
+    assert Plan(users=4, shard_users=2).shards == [(0, 2), (2, 4)]
+    assert Plan(users=0, shard_users=2).shards == []
+    assert Plan.from_json(Plan(users=7, shard_users=3).to_json()) == Plan(users=7, shard_users=3)
+
+
+def test_csv_scores_read_back_to_the_answer_s_rounded_scores() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(-1, 1, 5000).round(6)  # as recommend rounds them
+    rows = np.zeros(len(scores), dtype=ROW)
+    rows["user_id"], rows["rank"], rows["movie_id"] = 7, 1, 42
+    rows["score"] = scores  # float32, as stored
+    text = "".join(csv_text(rows))
+    assert [float(line.split(",")[3]) for line in text.splitlines()] == scores.tolist()
+    assert [line.split(",")[3] for line in text.splitlines()] == [repr(s) for s in scores.tolist()]
+
+
+def test_csv_comes_in_pieces() -> None:
+    rows = np.zeros(CSV_ROWS_PER_CHUNK * 2 + 1, dtype=ROW)
+    pieces = list(csv_text(rows))
+    assert len(pieces) == 3 and sum(p.count("\n") for p in pieces) == len(rows)
+
+
+def test_npy_header_then_raw_rows_is_a_npy_file() -> None:
+    rows = np.zeros(4, dtype=ROW)
+    rows["user_id"] = [1, 1, 2, 2]
+    rows["score"] = [0.5, 0.25, 0.125, -1.0]
+    loaded = np.load(io.BytesIO(npy_header(len(rows)) + rows.tobytes()), allow_pickle=False)
+    assert loaded.dtype == ROW and loaded.tolist() == rows.tolist()
