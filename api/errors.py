@@ -37,6 +37,26 @@ _CODES = {
 }
 
 
+DRAIN_MAX_BYTES = 16 << 20
+"""A refused body (413) up to this size is read and dropped before the answer: a server that answers and closes
+with the body's bytes still unread makes the kernel reset the connection, and the client may see no answer."""
+
+
+def drain_refused_body() -> None:
+    """Read what is left of a body the request is refused for (a 413), up to ``DRAIN_MAX_BYTES``. gunicorn's
+    input ends at the Content-Length, so this never waits for bytes that are not coming."""
+    length = request.content_length
+    stream = request.environ.get("wsgi.input")
+    if length is None or length > DRAIN_MAX_BYTES or stream is None:
+        return
+    remaining = length
+    while remaining > 0:
+        chunk = stream.read(min(1 << 16, remaining))
+        if not chunk:
+            return
+        remaining -= len(chunk)
+
+
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
     response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
     response.status_code = status
@@ -83,6 +103,7 @@ def register_error_handlers(app: APIFlask) -> None:
         if status == 400 and not details and request.is_json and request.get_json(silent=True) is None:
             code, message = "malformed_json", "the body is not valid JSON"
         if status == 413:
+            drain_refused_body()
             limit = app.config["MAX_CONTENT_LENGTH"]
             message = f"the body is larger than {limit} bytes (MOVIEREC_MAX_BODY_BYTES)"
             details = {"limit_bytes": limit}
@@ -93,6 +114,8 @@ def register_error_handlers(app: APIFlask) -> None:
 
     @app.errorhandler(MovierecError)
     def movierec_error(exc: MovierecError) -> Response:
+        if exc.status == 413:
+            drain_refused_body()
         if exc.status >= 500 and exc.status != 503:
             log.error("internal error: %s", exc.message)
             return error_response(500, "internal_error", "internal error")

@@ -1,5 +1,5 @@
-"""The ``movierec`` command: ``up | api | worker | demo | submit | evaluate | status | recommend | search |
-similar | synth``.
+"""The ``movierec`` command: ``up | api | worker | demo | submit | evaluate | status | recommend |
+recommend-batch | search | similar | rate | ratings | delete | synth``.
 
 Settings are read here, once, from the environment and passed down. Heavy imports (gunicorn, Celery's
 worker, the stack) happen inside the subcommand that needs them.
@@ -220,13 +220,15 @@ def _cmd_recommend_batch(args: argparse.Namespace) -> int:
 def _cmd_rate(args: argparse.Namespace) -> int:
     from cli.client import ApiError
 
-    if args.ratings and args.user is None:
-        raise SystemExit("movierec rate: MOVIE=RATING pairs need --user")
     ratings: list[dict[str, Any]] = []
     try:
-        for pair in args.ratings:
-            movie, _, value = pair.partition("=")
-            ratings.append({"user_id": args.user, "movie_id": int(movie), "rating": float(value)})
+        if args.pairs:
+            user, pairs = int(args.pairs[0]), args.pairs[1:]
+            if not pairs or "=" in args.pairs[0]:
+                raise ValueError("give the user id first, then MOVIE=RATING pairs")
+            for pair in pairs:
+                movie, _, value = pair.partition("=")
+                ratings.append({"user_id": user, "movie_id": int(movie), "rating": float(value)})
         if args.csv:
             import csv
 
@@ -238,10 +240,10 @@ def _cmd_rate(args: argparse.Namespace) -> int:
                         rating["timestamp"] = int(row["timestamp"])
                     ratings.append(rating)
     except (ValueError, KeyError, OSError) as exc:
-        raise SystemExit(f"movierec rate: MOVIE=RATING pairs and a CSV of userId,movieId,rating[,timestamp] "
-                         f"are expected ({exc})") from None  # fmt: skip
+        raise SystemExit(f"movierec rate: USER MOVIE=RATING... or a CSV of userId,movieId,rating[,timestamp] "
+                         f"is expected ({exc})") from None  # fmt: skip
     if not ratings:
-        raise SystemExit("movierec rate: give MOVIE=RATING pairs (with --user) or --csv")
+        raise SystemExit("movierec rate: give USER MOVIE=RATING... or --csv FILE")
     client, stored = _client(args), 0
     try:
         for lo in range(0, len(ratings), RATINGS_PER_REQUEST):
@@ -486,8 +488,9 @@ def _add_feedback_commands(sub: Any) -> None:
     api = os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000")
     p = sub.add_parser("rate", help="store ratings given after ingest (seen by the next recommendation)")
     p.add_argument("dataset", help="the dataset id (a feedback version's ratings go to its base)")
-    p.add_argument("ratings", nargs="*", metavar="MOVIE=RATING", help="e.g. 1=5 2355=4.5 (with --user)")
-    p.add_argument("--user", type=int, help="the user of the MOVIE=RATING pairs (a new id creates the user)")
+    p.add_argument(
+        "pairs", nargs="*", metavar="USER MOVIE=RATING", help="a user id (a new one creates it), then movie=rating"
+    )
     p.add_argument("--csv", help="a CSV of userId,movieId,rating[,timestamp], sent 10,000 rows a request")
     p.add_argument("--api", default=api)
     p.set_defaults(func=_cmd_rate)

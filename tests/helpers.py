@@ -127,6 +127,15 @@ def wait_job(
     )
 
 
+def run_job(api_url: str, path: str, body: dict[str, Any], *, timeout_s: float = 300) -> dict[str, Any]:
+    """POST a job, wait for it to succeed (asserted) and answer its result."""
+    r = requests.post(f"{api_url}{path}", json=body, timeout=30)
+    assert r.status_code == 202, r.text
+    job = wait_job(api_url, r.json()["id"], timeout_s=timeout_s)
+    assert job["status"] == "succeeded", job
+    return dict(requests.get(f"{api_url}{job['result_url']}", timeout=30).json())
+
+
 def wait_jobs(
     fetch: Callable[[str], Record | None],
     ids: Sequence[str],

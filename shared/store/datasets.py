@@ -56,6 +56,9 @@ FORMAT_VERSION = 2
 TIMESTAMPS_SINCE_FORMAT = 2
 """The first format whose datasets store ``ratings_time``."""
 
+CATALOGUE_ARRAYS = ("movie_ids", "vocabulary", "titles", "desc_indptr", "desc_indices")
+"""What a derived dataset copies from its source as it is (``put_derived``)."""
+JSON_ARRAYS = ("titles", "vocabulary")
 INPUT_FILES = ("movies.csv", "ratings.csv", "tags.csv", "genome-scores.csv", "genome-tags.csv", "links.csv")
 MAX_TAGS_PER_MOVIE = 50
 CATALOGUE_CACHE = 4
@@ -307,6 +310,24 @@ class DatasetStore:
         self._title_indexes.pop(ds_id, None)
         self._ids.pop(ds_id, None)
         self._scales.pop(ds_id, None)
+
+    def put_derived(self, source: str, target: str, ratings: DatasetRatings) -> None:
+        """The arrays of a dataset derived from ``source`` (an evaluation's training part, a feedback version):
+        the source's catalogue copied as it is, and ``ratings`` of its own (timestamps included). Its record is
+        the caller's, written after this (``put``)."""
+        a = self.artifacts
+        for name in CATALOGUE_ARRAYS:
+            if name in JSON_ARRAYS:
+                a.put_json(dataset_artifact(target, name), a.get_json(dataset_artifact(source, name)))
+            else:
+                a.put_array(dataset_artifact(target, name), a.get_array(dataset_artifact(source, name)))
+        a.put_array(dataset_artifact(target, "user_ids"), ratings.user_ids)
+        a.put_array(dataset_artifact(target, "ratings_indptr"), ratings.indptr)
+        a.put_array(dataset_artifact(target, "ratings_movie"), ratings.movie_index)
+        a.put_array(dataset_artifact(target, "ratings_value"), ratings.values)
+        if ratings.timestamps is None:
+            raise ValueError("a derived dataset keeps its ratings' timestamps")
+        a.put_array(dataset_artifact(target, "ratings_time"), ratings.timestamps)
 
     def put(self, record: dict[str, Any]) -> None:
         pipe = self._r.pipeline(transaction=True)

@@ -49,10 +49,6 @@ from shared.store.datasets import (
 from shared.store.models import ModelStore
 from shared.store.serving import version_scorer
 
-CATALOGUE_ARRAYS = ("movie_ids", "vocabulary", "titles", "desc_indptr", "desc_indices")
-"""Copied as they are from the source dataset to its training dataset."""
-JSON_ARRAYS = ("titles", "vocabulary")
-
 SPLIT_CACHE = 2
 """Loaded splits a process keeps (one evaluation at a time, and the one before)."""
 
@@ -161,17 +157,7 @@ def derive(datasets: DatasetStore, source: str, protocol: Protocol) -> Derived:
     split, training = cut(load_ratings(artifacts, source, timestamps=True), int(record["counts"]["movies"]), protocol)
     assert training.timestamps is not None
     if datasets.get(train_id) is None:
-        for name in CATALOGUE_ARRAYS:
-            src, dst = dataset_artifact(source, name), dataset_artifact(train_id, name)
-            if name in JSON_ARRAYS:
-                artifacts.put_json(dst, artifacts.get_json(src))
-            else:
-                artifacts.put_array(dst, artifacts.get_array(src))
-        artifacts.put_array(dataset_artifact(train_id, "user_ids"), training.user_ids)
-        artifacts.put_array(dataset_artifact(train_id, "ratings_indptr"), training.indptr)
-        artifacts.put_array(dataset_artifact(train_id, "ratings_movie"), training.movie_index)
-        artifacts.put_array(dataset_artifact(train_id, "ratings_value"), training.values)
-        artifacts.put_array(dataset_artifact(train_id, "ratings_time"), training.timestamps)
+        datasets.put_derived(source, train_id, training)
         took = time.perf_counter() - started
         datasets.put(_training_record(record, train_id, protocol, users=len(training.user_ids),
                                       ratings=len(training.movie_index), seconds=took))  # fmt: skip

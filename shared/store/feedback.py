@@ -35,8 +35,6 @@ from shared.store.artifacts import delete_matching
 if TYPE_CHECKING:
     from shared.store.datasets import DatasetRatings, DatasetStore
 
-CATALOGUE_ARRAYS = ("movie_ids", "vocabulary", "titles", "desc_indptr", "desc_indices")
-JSON_ARRAYS = ("titles", "vocabulary")
 MAX_BATCH = 10_000
 """Ratings one POST may carry."""
 MAX_SCALE_VALUES = 20
@@ -183,12 +181,11 @@ def version_id(base: str, feedback: Feedback) -> str:
     return "ds-" + hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
-def merge_ratings(
-    stored: DatasetRatings, feedback: Feedback, feedback_rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A dataset's per-user ratings with ``feedback`` over them (``feedback_rows``: its movies' catalogue rows):
-    (user_ids, indptr, movie, values, times), users ascending, new users included (times 0 where the dataset
-    kept none)."""
+def merge_ratings(stored: DatasetRatings, feedback: Feedback, feedback_rows: np.ndarray) -> DatasetRatings:
+    """A dataset's per-user ratings with ``feedback`` over them (``feedback_rows``: its movies' catalogue rows),
+    users ascending, new users included (times 0 where the dataset kept none)."""
+    from shared.store.datasets import DatasetRatings
+
     user_ids, indptr, movie, values = stored.user_ids, stored.indptr, stored.movie_index, stored.values
     times = stored.timestamps if stored.timestamps is not None else np.zeros(len(values), dtype=np.int64)
     owner = np.repeat(user_ids.astype(np.int64), np.diff(indptr))  # (r,) user id of each stored rating
@@ -205,7 +202,7 @@ def merge_ratings(
     merged_movie = np.concatenate([movie[keep], feedback_rows.astype(movie.dtype)])[order]
     merged_values = np.concatenate([values[keep], feedback.values.astype(values.dtype)])[order]
     merged_times = np.concatenate([times[keep], feedback.times.astype(times.dtype)])[order]
-    return users.astype(np.int32), new_indptr, merged_movie, merged_values, merged_times
+    return DatasetRatings(users.astype(np.int32), new_indptr, merged_movie, merged_values, merged_times)
 
 
 def feedback_version(datasets: DatasetStore, feedback: FeedbackStore, ds_id: str) -> tuple[dict[str, Any], bool]:
@@ -226,28 +223,18 @@ def feedback_version(datasets: DatasetStore, feedback: FeedbackStore, ds_id: str
     if existing is not None:
         return existing, True
     started = time.perf_counter()
-    a = datasets.artifacts
-    movie_ids = a.get_array(dataset_artifact(base, "movie_ids"))
+    movie_ids = datasets.artifacts.get_array(dataset_artifact(base, "movie_ids"))
     order = np.argsort(movie_ids, kind="stable")
     feedback_rows = order[np.searchsorted(movie_ids, rows.movie_ids, sorter=order)]
-    users, indptr, movie, values, merged_times = merge_ratings(datasets.ratings(base), rows, feedback_rows)
-    for name in CATALOGUE_ARRAYS:
-        source, target = dataset_artifact(base, name), dataset_artifact(new_id, name)
-        if name in JSON_ARRAYS:
-            a.put_json(target, a.get_json(source))
-        else:
-            a.put_array(target, a.get_array(source))
-    a.put_array(dataset_artifact(new_id, "user_ids"), users)
-    a.put_array(dataset_artifact(new_id, "ratings_indptr"), indptr)
-    a.put_array(dataset_artifact(new_id, "ratings_movie"), movie)
-    a.put_array(dataset_artifact(new_id, "ratings_value"), values)
-    a.put_array(dataset_artifact(new_id, "ratings_time"), merged_times)
+    merged = merge_ratings(datasets.ratings(base), rows, feedback_rows)
+    datasets.put_derived(base, new_id, merged)
     summary = {"ratings": len(rows), "users": len(np.unique(rows.user_ids)), "digest": rows.digest()}
+    n = len(merged.values)
     version = {
         **base_record,
         "id": new_id,
         "source": f"{base_record.get('source', base)} with {len(rows):,} feedback ratings",
-        "counts": {**base_record["counts"], "users": len(users), "ratings": len(values), "ratings_kept": len(values)},
+        "counts": {**base_record["counts"], "users": len(merged.user_ids), "ratings": n, "ratings_kept": n},
         "created_at": utcnow_iso(),
         "ingest": {"seconds": round(time.perf_counter() - started, 3), "peak_rss_mb": None},
         "derived": {"from": base, "feedback": summary},

@@ -16,20 +16,13 @@ import requests
 
 from shared.ml.batch import ROW
 from tests.conftest import REPO
+from tests.helpers import run_job as run
 from tests.helpers import wait_job
 
 UNKNOWN_USER = 2_000_000_000
 """A user id nobody rated anything with: the popular fallback."""
 NEW_USER = 1_500_000_000
 """A user who exists only through feedback."""
-
-
-def run(api_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    r = requests.post(f"{api_url}{path}", json=body, timeout=30)
-    assert r.status_code == 202, r.text
-    job = wait_job(api_url, r.json()["id"], timeout_s=300)
-    assert job["status"] == "succeeded", job
-    return dict(requests.get(f"{api_url}{job['result_url']}", timeout=30).json())
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,8 @@ import pytest
 import requests
 
 from tests.conftest import SMALL
+from tests.helpers import run_job as run
 from tests.helpers import wait_job, wait_until
-
-
-def run(api_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    r = requests.post(f"{api_url}{path}", json=body, timeout=30)
-    assert r.status_code == 202, r.text
-    job = wait_job(api_url, r.json()["id"], timeout_s=300)
-    assert job["status"] == "succeeded", job
-    return dict(requests.get(f"{api_url}{job['result_url']}", timeout=30).json())
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +297,36 @@ def test_a_bad_feedback_batch_is_refused_whole(
     assert requests.post(f"{api_url}/v1/datasets/ds-nope/ratings", json={"ratings": rows or [{}]},
                          timeout=10).status_code in (400, 404)  # fmt: skip
     assert requests.get(f"{api_url}/v1/users/2000000/ratings", timeout=10).status_code == 404
+
+
+def test_cli_rate_ratings_and_delete(api_url: str, versions: list[str], tmp_path: Any) -> None:
+    """Last in this module: it deletes the inactive version."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "cli.main", *args, "--api", api_url]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+
+    assert requests.post(f"{api_url}/v1/models/{versions[0]}/activate", timeout=10).status_code == 200
+    dataset = dataset_of(api_url, versions[0])
+    rated = cli("rate", dataset, "910000", "1=5", "2355=4.5")
+    assert rated.returncode == 0 and f"stored 2 ratings in {dataset}" in rated.stdout, rated.stderr
+    table = tmp_path / "more.csv"
+    table.write_text("userId,movieId,rating,timestamp\n910000,3114,4.0,1700000000\n910001,1,3.0,\n")
+    assert cli("rate", dataset, "--csv", str(table)).returncode == 0
+    listed = cli("ratings", "910000")
+    assert listed.returncode == 0 and f"user 910000 in {dataset}: 3 ratings" in listed.stdout
+    assert "Toy Story (1995)  (feedback)" in listed.stdout
+    bad = cli("rate", dataset, "910000", "1=4.3")
+    assert bad.returncode == 1 and "400" in bad.stderr and "not one of" in bad.stderr
+    assert cli("rate", dataset, "1=4").returncode != 0  # the user id comes first
+
+    refused = cli("delete", "dataset", dataset)  # the active model's dataset
+    assert refused.returncode == 1 and "409" in refused.stderr
+    assert active(api_url) == versions[0]
+    deleted = cli("delete", "model", versions[1])
+    assert deleted.returncode == 0 and f"deleted {versions[1]}" in deleted.stdout and "MiB freed" in deleted.stdout
+    assert cli("delete", "model", versions[1]).returncode == 1  # gone: 404
