@@ -67,10 +67,10 @@ def user_ratings(user_id: int, query: dict[str, Any]) -> dict[str, Any]:
         rated[movie["movie_id"]] = {"movie_id": movie["movie_id"], "title": movie["title"], "rating": v,
                                     "timestamp": t, "source": "ingest"}  # fmt: skip
     feedback = datasets.feedback.user(base, user_id)
-    by_id = {m["movie_id"]: m for m in catalogue}
     for m, v, t in zip(feedback.movie_ids.tolist(), feedback.values.tolist(), feedback.times.tolist(), strict=True):
         rated.pop(m, None)
-        rated[m] = {"movie_id": m, "title": by_id[m]["title"], "rating": v, "timestamp": t, "source": "feedback"}
+        title = catalogue[datasets.movie_row(base, m)]["title"]
+        rated[m] = {"movie_id": m, "title": title, "rating": v, "timestamp": t, "source": "feedback"}
     if not rated:
         raise NotFound(f"user {user_id} has no rating in dataset {base!r}")
     ordered = sorted(rated.values(), key=lambda x: (x["timestamp"] is None, x["timestamp"] or 0))

@@ -8,10 +8,11 @@ worker, the stack) happen inside the subcommand that needs them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,44 +123,49 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.api, api_key=os.environ.get(API_KEY_ENV))
 
 
+def _api_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A client command whose API error (``ApiError``: the status, code and message the API answered) is printed
+    and exits 1, in one place instead of each command."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from cli.client import ApiError
+
+        try:
+            return command(args)
+        except ApiError as exc:
+            print(f"movierec: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_api_errors
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from cli.client import ApiError
-
     client = _client(args)
-    try:
-        if (args.path is None) == (args.upload is None):
-            print("movierec: give a path in the API's data root, or --upload DIR_OR_ZIP", file=sys.stderr)
-            return 2
-        if args.upload is not None:
-            fix = Path(args.genres_fix_csv) if args.genres_fix_csv else None
-            job = client.upload_dataset(Path(args.upload), tags_per_movie=args.tags_per_movie, genres_fix_csv=fix)
-        else:
-            job = client.submit_dataset(
-                args.path, tags_per_movie=args.tags_per_movie, genres_fix_csv=args.genres_fix_csv
-            )
-        print(f"job {job['id']} {job['status']}", flush=True)
-        if not args.wait:
-            return 0
-        return _report(client, client.wait(job["id"]))
-    except ApiError as exc:
-        print(f"movierec: {exc}", file=sys.stderr)
-        return 1
+    if (args.path is None) == (args.upload is None):
+        print("movierec: give a path in the API's data root, or --upload DIR_OR_ZIP", file=sys.stderr)
+        return 2
+    if args.upload is not None:
+        fix = Path(args.genres_fix_csv) if args.genres_fix_csv else None
+        job = client.upload_dataset(Path(args.upload), tags_per_movie=args.tags_per_movie, genres_fix_csv=fix)
+    else:
+        job = client.submit_dataset(args.path, tags_per_movie=args.tags_per_movie, genres_fix_csv=args.genres_fix_csv)
+    print(f"job {job['id']} {job['status']}", flush=True)
+    if not args.wait:
+        return 0
+    return _report(client, client.wait(job["id"]))
 
 
+@_api_errors
 def _cmd_status(args: argparse.Namespace) -> int:
-    from cli.client import ApiError
-
     client = _client(args)
-    try:
-        job = client.wait(args.job) if args.wait else client.job(args.job)
-        return _report(client, job)
-    except ApiError as exc:
-        print(f"movierec: {exc}", file=sys.stderr)
-        return 1
+    job = client.wait(args.job) if args.wait else client.job(args.job)
+    return _report(client, job)
 
 
+@_api_errors
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from cli.client import ApiError
     from cli.demo import print_recommendations
 
     body: dict[str, Any] = {"k": args.k}
@@ -174,17 +180,12 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         title = f"liked {args.liked or []}, disliked {args.disliked or []}"
     if args.genres:
         body["genres"] = [g.strip() for g in args.genres.split(",") if g.strip()]
-    try:
-        print_recommendations(title, _client(args).recommend(**body))
-    except ApiError as exc:
-        print(f"movierec: {exc}", file=sys.stderr)
-        return 1
+    print_recommendations(title, _client(args).recommend(**body))
     return 0
 
 
+@_api_errors
 def _cmd_recommend_batch(args: argparse.Namespace) -> int:
-    from cli.client import ApiError
-
     out = Path(args.out)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in ("csv", "npy"):
@@ -199,19 +200,15 @@ def _cmd_recommend_batch(args: argparse.Namespace) -> int:
     if args.shard_users is not None:
         body["shard_users"] = args.shard_users
     client = _client(args)
-    try:
-        job = client.submit_batch(**body)
-        print(f"job {job['id']} {job['status']}", file=sys.stderr, flush=True)
-        final = client.wait(job["id"], progress=not args.quiet)
-        if final["status"] != "succeeded":
-            print(f"movierec: job {job['id']} {final['status']}: {(final.get('error') or {}).get('message')}",
-                  file=sys.stderr)  # fmt: skip
-            return 1
-        written = client.download(job["id"], out, fmt=fmt)
-        result = client.result(job["id"])
-    except ApiError as exc:
-        print(f"movierec: {exc}", file=sys.stderr)
+    job = client.submit_batch(**body)
+    print(f"job {job['id']} {job['status']}", file=sys.stderr, flush=True)
+    final = client.wait(job["id"], progress=not args.quiet)
+    if final["status"] != "succeeded":
+        print(f"movierec: job {job['id']} {final['status']}: {(final.get('error') or {}).get('message')}",
+              file=sys.stderr)  # fmt: skip
         return 1
+    written = client.download(job["id"], out, fmt=fmt)
+    result = client.result(job["id"])
     print(f"{out}: {result['rows']:,} rows for {result['users']:,} users ({result['popular']:,} popular), "
           f"{written:,} bytes; {result['users_per_second']} users/s, model {result['model']}")  # fmt: skip
     return 0
@@ -259,41 +256,26 @@ RATINGS_PER_REQUEST = 10_000
 """The API's batch limit (shared.store.feedback.MAX_BATCH)."""
 
 
+@_api_errors
 def _cmd_ratings(args: argparse.Namespace) -> int:
-    from cli.client import ApiError
-
-    try:
-        listed = _client(args).user_ratings(args.user_id, dataset=args.dataset)
-    except ApiError as exc:
-        print(f"movierec: {exc}", file=sys.stderr)
-        return 1
+    listed = _client(args).user_ratings(args.user_id, dataset=args.dataset)
     print(f"user {listed['user_id']} in {listed['dataset']}: {len(listed['ratings'])} ratings")
     for r in listed["ratings"]:
         print(f"  {r['rating']:>4}  {r['movie_id']:>8}  {r['title']}  ({r['source']})")
     return 0
 
 
+@_api_errors
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from cli.client import ApiError
-
-    try:
-        deleted = _client(args).delete(f"{args.what}s", args.name)
-    except ApiError as exc:
-        print(f"movierec: {exc}", file=sys.stderr)
-        return 1
+    deleted = _client(args).delete(f"{args.what}s", args.name)
     models = f" and models {', '.join(deleted['models'])}" if deleted.get("models") else ""
     print(f"deleted {deleted['deleted']}{models}: {deleted['keys']:,} keys, {deleted['bytes'] / 2**20:.2f} MiB freed")
     return 0
 
 
+@_api_errors
 def _cmd_search(args: argparse.Namespace) -> int:
-    from cli.client import ApiError
-
-    try:
-        found = _client(args).search(args.query, limit=args.limit)
-    except ApiError as exc:
-        print(f"movierec: {exc}", file=sys.stderr)
-        return 1
+    found = _client(args).search(args.query, limit=args.limit)
     for movie in found["movies"]:
         print(f"{movie['movie_id']:>8}  {movie['title']}  [{', '.join(movie['descriptors'][:6])}]")
     if not found["movies"]:
@@ -301,14 +283,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+@_api_errors
 def _cmd_similar(args: argparse.Namespace) -> int:
-    from cli.client import ApiError
-
-    try:
-        answer = _client(args).similar(args.movie_id, k=args.k)
-    except ApiError as exc:
-        print(f"movierec: {exc}", file=sys.stderr)
-        return 1
+    answer = _client(args).similar(args.movie_id, k=args.k)
     for item in answer["items"]:
         shared = ", ".join(item.get("shared_descriptors", []))
         print(f"{item['score']:.3f}  {item['movie_id']:>8}  {item['title']}  [shares: {shared}]")

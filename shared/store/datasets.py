@@ -145,6 +145,8 @@ class DatasetStore:
         self._catalogues: dict[str, list[dict[str, Any]]] = {}
         self._title_indexes: dict[str, TitleIndex] = {}
         self._ids: dict[str, tuple[frozenset[int], frozenset[int]]] = {}  # (user ids, movie ids)
+        self._user_arrays: dict[str, np.ndarray] = {}  # user ids, ascending
+        self._movie_rows: dict[str, dict[int, int]] = {}  # movie id -> catalogue row
         self._scales: dict[str, tuple[float, float, list[float] | None]] = {}
         self._sources: dict[str, tuple[str, ...]] = {}
         self.feedback = FeedbackStore(client, prefix=prefix)
@@ -161,12 +163,13 @@ class DatasetStore:
     def check_ids(self, ds_id: str, *, user_id: int | None = None, movie_ids: list[int] | None = None) -> None:
         """NotFound unless the user and every movie id belong to the dataset (ids cached per process)."""
         if ds_id not in self._ids:
-            self._ids[ds_id] = (
-                frozenset(self.artifacts.get_array(dataset_artifact(ds_id, "user_ids")).tolist()),
-                frozenset(self.artifacts.get_array(dataset_artifact(ds_id, "movie_ids")).tolist()),
-            )
-        users, movies = self._ids[ds_id]
-        check_ids(users, movies, user_id=user_id, movie_ids=movie_ids or [])
+            users = self.artifacts.get_array(dataset_artifact(ds_id, "user_ids"))
+            catalogue = self.artifacts.get_array(dataset_artifact(ds_id, "movie_ids")).tolist()
+            self._ids[ds_id] = (frozenset(users.tolist()), frozenset(catalogue))
+            self._user_arrays[ds_id] = users
+            self._movie_rows[ds_id] = {m: i for i, m in enumerate(catalogue)}
+        known_users, known_movies = self._ids[ds_id]
+        check_ids(known_users, known_movies, user_id=user_id, movie_ids=movie_ids or [])
 
     def movie_ids(self, ds_id: str) -> frozenset[int]:
         """The dataset's movie ids (cached per process with its user ids)."""
@@ -213,7 +216,8 @@ class DatasetStore:
         """One user's stored ratings (empty arrays for a user the dataset does not know), read without the
         other users' (``ArtifactStore.get_rows``)."""
         a = self.artifacts
-        user_ids = a.get_array(dataset_artifact(ds_id, "user_ids"))
+        self.check_ids(ds_id)
+        user_ids = self._user_arrays[ds_id]
         j = int(np.searchsorted(user_ids, user_id))
         known = j < len(user_ids) and int(user_ids[j]) == user_id
         lo, hi = a.get_rows(dataset_artifact(ds_id, "ratings_indptr"), j, j + 2).tolist() if known else (0, 0)
@@ -226,6 +230,11 @@ class DatasetStore:
             values=a.get_rows(dataset_artifact(ds_id, "ratings_value"), lo, hi),
             timestamps=a.get_rows(dataset_artifact(ds_id, "ratings_time"), lo, hi) if timed else None,
         )
+
+    def movie_row(self, ds_id: str, movie_id: int) -> int:
+        """The catalogue row of a movie id of the dataset (cached per process with its ids)."""
+        self.check_ids(ds_id, movie_ids=[movie_id])
+        return self._movie_rows[ds_id][movie_id]
 
     def user_ids(self, ds_id: str) -> frozenset[int]:
         """The dataset's user ids at ingest (cached per process with its movie ids)."""
@@ -309,6 +318,8 @@ class DatasetStore:
         self._catalogues.pop(ds_id, None)
         self._title_indexes.pop(ds_id, None)
         self._ids.pop(ds_id, None)
+        self._user_arrays.pop(ds_id, None)
+        self._movie_rows.pop(ds_id, None)
         self._scales.pop(ds_id, None)
 
     def put_derived(self, source: str, target: str, ratings: DatasetRatings) -> None:
