@@ -16,6 +16,7 @@ as an f-string (tests/unit/test_keys.py greps for it).
     <prefix>:dataset:<id> / :datasets      a dataset's record, and the index of them
     <prefix>:model:<version> / :models / :active_model   model records, their index, the serving pointer
     <prefix>:feedback:<ds>:user:<uid> / :users   ratings given after ingest (shared/store/feedback.py)
+    <prefix>:metrics:jobs|job_seconds      job outcome counters and duration histograms (shared/infra/metrics.py)
     <prefix>:art:<name>[:<i>|:tmp:<id>[:<i>]]   an artifact's manifest, its chunks, a write in progress
                                            (``artifacts_under``: a SCAN pattern for a name prefix's artifacts)
     <prefix>:vec:<model identity>:<pooling>:<sha1(text)>   one cached string vector
@@ -110,6 +111,17 @@ class Keys:
     @property
     def active_model(self) -> str:
         return f"{self.prefix}:active_model"
+
+    # -- metrics pushed by every process through Redis (shared/infra/metrics.py) ------------------------------
+    @property
+    def metrics_jobs(self) -> str:
+        """Hash: "<kind>\\t<status>" -> jobs of that kind that finished so (a counter, never reset)."""
+        return f"{self.prefix}:metrics:jobs"
+
+    @property
+    def metrics_job_seconds(self) -> str:
+        """Hash: "<kind>\\t<run|latency>\\t<bucket bound|sum|count>" -> a job-duration histogram's cells."""
+        return f"{self.prefix}:metrics:job_seconds"
 
     # -- feedback (shared/store/feedback.py) --------------------------------------------------------------
     def feedback_user(self, ds_id: str, user_id: int) -> str:
@@ -264,8 +276,9 @@ def meta_of(name: str) -> str:
 
 
 def model_artifact(version: str, part: str) -> str:
-    """A model version's ``weights``, ``embeddings`` (projected), ``index`` or ``index/group``."""
-    if part not in ("weights", "embeddings", "index", "index/group"):
+    """A model version's ``weights``, ``embeddings`` (projected), ``index``, ``index/group`` or ``map`` (its movies
+    projected to 2-D for the dashboard, computed on first request)."""
+    if part not in ("weights", "embeddings", "index", "index/group", "map"):
         raise ValueError(f"a model has no artifact {part!r}")
     return f"models/{version}/{part}"
 

@@ -5,6 +5,7 @@ message is sent, so an id answered with 202 is always known:
 
     <prefix>:job:<id>    hash: id kind status progress stage message created_at started_at finished_at
                                error(JSON) result(JSON) result_artifact result_inline params(JSON) owner
+                               t_created t_started (epoch seconds, for the job metrics)
     <prefix>:jobs        sorted set of ids scored by creation time (newest first when listing)
     <prefix>:jobs:active set of the ids not finished yet, which the janitor (workers/janitor.py) looks after
     <prefix>:jobs:expiry sorted set of finished ids scored by the time their record expires; the janitor
@@ -37,6 +38,7 @@ from redis.lock import Lock
 
 from shared.infra.durability import Durability
 from shared.infra.keys import Keys
+from shared.infra.metrics import lua_buckets
 from shared.infra.redisconn import Script
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -48,9 +50,12 @@ MAX_LIST_LIMIT = 500
 """``GET /v1/jobs`` returns at most this many records."""
 
 # KEYS[1]: job hash, KEYS[2]: its "finished" signal list, KEYS[3]: the active set, KEYS[4]: the expiry index,
-# KEYS[5]: the job id, KEYS[6..8]: the janitor's idle, queued and resends marks on the job. ARGV[1]: JSON list of
+# KEYS[5]: the job id, KEYS[6..8]: the janitor's idle, queued and resends marks on the job, KEYS[9..10]: the job
+# metrics' counter and histogram hashes (shared/infra/metrics.py). ARGV[1]: JSON list of
 # statuses the move is allowed from; ARGV[2]: new status or ""; ARGV[3]: TTL in seconds (given exactly when the
 # move finishes the job) or ""; ARGV[4..]: field, value pairs to set. Returns {applied, status before}.
+# The first move to running records t_started (Redis TIME); the finishing move counts the job's outcome and
+# observes its run (t_started -> now) and latency (t_created -> now) seconds: O(buckets) work, once per job.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, false} end
@@ -60,6 +65,10 @@ for _, s in ipairs(cjson.decode(ARGV[1])) do
 end
 if not ok then return {0, cur} end
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[2]) end
+if ARGV[2] == 'running' and redis.call('HEXISTS', KEYS[1], 't_started') == 0 then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 't_started', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+end
 for i = 4, #ARGV, 2 do
   if ARGV[i] == 'started_at' and redis.call('HEXISTS', KEYS[1], 'started_at') == 1 then
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -75,9 +84,27 @@ if ARGV[3] ~= '' then
   redis.call('EXPIRE', KEYS[2], math.min(60, tonumber(ARGV[3])))
   -- The janitor only watches unfinished jobs: its marks would otherwise linger until their own TTL.
   redis.call('DEL', KEYS[6], KEYS[7], KEYS[8])
+  local kind = redis.call('HGET', KEYS[1], 'kind') or ''
+  redis.call('HINCRBY', KEYS[9], kind .. '\t' .. ARGV[2], 1)
+  local finished = tonumber(now[1]) + tonumber(now[2]) / 1000000
+  for _, span in ipairs({{'run', 't_started'}, {'latency', 't_created'}}) do
+    local since = tonumber(redis.call('HGET', KEYS[1], span[2]) or '')
+    if since then
+      local seconds = math.max(0, finished - since)
+      local cell = kind .. '\t' .. span[1] .. '\t'
+      for _, bound in ipairs(BUCKETS) do
+        if seconds <= bound[1] then
+          redis.call('HINCRBY', KEYS[10], cell .. bound[2], 1)
+          break
+        end
+      end
+      redis.call('HINCRBY', KEYS[10], cell .. 'count', 1)
+      redis.call('HINCRBYFLOAT', KEYS[10], cell .. 'sum', string.format('%.6f', seconds))
+    end
+  end
 end
 return {1, cur}
-"""
+""".replace("BUCKETS", lua_buckets(), 1)
 
 
 # KEYS[1]: job hash, KEYS[2]: its shard hash. ARGV: shard id, stats JSON, total, TTL.
@@ -205,6 +232,7 @@ class JobStore:
             "message": "",
             "created_at": utcnow_iso(),
             "params": json.dumps(dict(params)),
+            "t_created": f"{now:.6f}",  # seconds since the epoch, for the latency metric (see _TRANSITION)
         }
         if owner:
             fields["owner"] = owner
@@ -311,6 +339,8 @@ class JobStore:
             schema.jobs_expiry,
             job_id,
             *schema.janitor_marks(job_id),
+            schema.metrics_jobs,
+            schema.metrics_job_seconds,
         ]
         if pipe is not None:
             self._transition(keys=keys, args=args, client=pipe)

@@ -1,0 +1,201 @@
+"""What ``/metrics`` exposes, where each number lives, and how it gets there.
+
+Three sources, one scrape (``GET /metrics`` on the API, api/metrics.py):
+
+1. **The API's own requests** (``movierec_http_request_duration_seconds{method,route,status}``): a
+   prometheus_client histogram in the API process, observed by a Flask hook for every request. ``route`` is
+   the URL rule (``/v1/jobs/<job_id>``) or ``unmatched``, so its cardinality is bounded by the routes.
+   Under gunicorn each worker process counts its own requests; prometheus_client's multiprocess mode sums
+   them: ``movierec api`` (api/server.py) makes a private directory and sets ``PROMETHEUS_MULTIPROC_DIR``
+   before gunicorn forks (an operator's own setting wins), each worker writes its samples to files there,
+   gunicorn's ``child_exit`` hook marks a dead worker's files, and the scrape reads them all
+   (``MultiProcessCollector``). Without the variable (Flask's test client, one process) the scrape reads
+   the process's own registry. The client chooses its mode when it is first imported, so this module
+   imports it (and Celery) only inside functions: the job store imports this module, also in gunicorn's
+   master before the variable is set.
+
+2. **Jobs, pushed through Redis** (``movierec_jobs_finished_total{kind,status}``,
+   ``movierec_job_run_seconds{kind}``, ``movierec_job_latency_seconds{kind}``): every status move of every
+   job, whoever makes it (the API's cancel, a worker's succeed or fail, the janitor), is the job store's
+   transition script (shared/jobs/store.py). On the move that finishes a job the script adds, in the same
+   atomic step, one to ``Keys.metrics_jobs`` (field ``<kind>\\t<status>``) and one observation to each of
+   the job's histograms in ``Keys.metrics_job_seconds`` (fields ``<kind>\\t<run|latency>\\t<bound>``, per
+   bucket and not cumulative, and ``...\\tsum`` / ``...\\tcount``). ``run`` is started -> finished (Redis
+   ``TIME`` at the first move to running, kept in the record's ``t_started``); ``latency`` is created ->
+   finished (``t_created``, the creator's clock, so the queue wait counts); a negative span (clock skew)
+   counts as 0; a job finished without starting (cancelled while queued) has no run observation. So a worker
+   on any host needs no exporter, and a move that does not apply (a job already finished) counts nothing.
+   ``movierec_recommendation_latency_seconds`` is the latency histogram of ``SERVING_KINDS`` summed: the
+   kind ``recommend`` answers a user's recommendations, keyword queries and similar movies alike.
+
+3. **State read from Redis at scrape time** by ``RedisCollector``: ``movierec_queue_length{queue}``,
+   ``movierec_workers{queue}`` (live heartbeats), ``movierec_jobs_indexed``, ``movierec_active_model{version}``
+   (1 for the serving version), ``movierec_index_items{version}`` (movies in the active version's index),
+   ``movierec_datasets``, ``movierec_models``, and the two hashes of (2), made cumulative. Redis counters
+   never reset, so Prometheus sees them as counters of the whole deployment, however many APIs scrape them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from shared.jobs.kinds import QUEUES
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from shared.infra.celery_app import MovierecCelery
+    from shared.services import Services
+
+JOB_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    3600.0, 7200.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the job histograms: a recommendation's milliseconds to a training's hours. The
+transition script is built with them; changing them leaves old cells under bounds no longer exported."""
+
+SERVING_KINDS: tuple[str, ...] = ("recommend",)
+"""The job kinds that answer a caller waiting on them (recommendations, keyword queries, similar movies)."""
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's multiprocess directory: set, every process of the API writes its samples there."""
+
+SEP = "\t"
+"""Separates the parts of a field in the pushed hashes (a kind never holds a tab)."""
+
+
+def lua_buckets() -> str:
+    """``JOB_BUCKETS`` as a Lua table literal for the transition script: ``{bound, its field name}`` pairs,
+    the name being Python's ``repr`` of the bound, which the collector looks up and exports as ``le``."""
+    return "{" + ", ".join(f"{{{b!r}, '{b!r}'}}" for b in JOB_BUCKETS) + "}"
+
+
+def ensure_multiprocess_dir() -> str:
+    """The multiprocess directory of this API: the operator's ``PROMETHEUS_MULTIPROC_DIR`` when set, else a
+    fresh private (0700) directory, set in the environment for the processes forked after this call and
+    removed when the process that made it exits. Call it before prometheus_client is imported."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        return given
+    made = tempfile.mkdtemp(prefix="movierec-prometheus-")  # mode 0700
+    os.environ[MULTIPROC_ENV] = made
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # a forked worker that exits runs this too: only the maker removes it
+            shutil.rmtree(made, ignore_errors=True)
+
+    atexit.register(remove)
+    return made
+
+
+def mark_process_dead(pid: int) -> None:
+    """Tell prometheus_client that an API worker process is gone (gunicorn's ``child_exit``)."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def _cells(raw: Mapping[bytes, bytes]) -> dict[tuple[str, ...], float]:
+    return {tuple(k.decode().split(SEP)): float(v) for k, v in raw.items()}
+
+
+def _histogram(cells: Mapping[tuple[str, ...], float], name: str, kinds: list[str]) -> tuple[list[Any], float]:
+    """Cumulative buckets (``+Inf`` is the count) and the sum of ``name``'s cells over ``kinds``."""
+    cumulative, buckets = 0.0, []
+    for bound in JOB_BUCKETS:
+        cumulative += sum(cells.get((kind, name, repr(bound)), 0.0) for kind in kinds)
+        buckets.append((repr(bound), cumulative))
+    count = sum(cells.get((kind, name, "count"), 0.0) for kind in kinds)
+    total = sum(cells.get((kind, name, "sum"), 0.0) for kind in kinds)
+    buckets.append(("+Inf", count))
+    return buckets, total
+
+
+class RedisCollector:
+    """A prometheus_client collector that reads the deployment's state and the pushed job metrics from Redis
+    when scraped (three round trips and the queues' own: a pipeline, the active model's record, the worker
+    heartbeats)."""
+
+    def __init__(self, services: Services, celery: MovierecCelery) -> None:
+        self._svc = services
+        self._celery = celery
+
+    def describe(self) -> list[Metric]:
+        return []  # not known before a scrape; a registry then takes our names as unchecked
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        from shared.infra.celery_app import queue_lengths  # here: the job store imports this module
+
+        svc, keys = self._svc, self._svc.keys
+        pipe = svc.redis.pipeline(transaction=False)
+        pipe.zcard(keys.jobs)
+        pipe.zcard(keys.datasets)
+        pipe.zcard(keys.models)
+        pipe.get(keys.active_model)
+        pipe.hgetall(keys.metrics_jobs)
+        pipe.hgetall(keys.metrics_job_seconds)
+        jobs, datasets, models, active_raw, finished_raw, seconds_raw = pipe.execute()
+        active = active_raw.decode() if active_raw else None
+        record = svc.models.get(active) if active else None
+
+        queues = queue_lengths(self._celery, QUEUES)
+        g = GaugeMetricFamily("movierec_queue_length", "Messages waiting in a Celery queue.", labels=["queue"])
+        for queue in QUEUES:
+            g.add_metric([queue], queues.get(queue, 0))
+        yield g
+        live = svc.live_queues()
+        g = GaugeMetricFamily("movierec_workers", "Live workers consuming a queue.", labels=["queue"])
+        for queue in QUEUES:
+            g.add_metric([queue], live.get(queue, 0))
+        yield g
+        yield GaugeMetricFamily(
+            "movierec_jobs_indexed", "Job records in the listing index (finished ones expire).", value=jobs
+        )
+        g = GaugeMetricFamily("movierec_active_model", "1 for the version recommendations use.", labels=["version"])
+        if active:
+            g.add_metric([active], 1)
+        yield g
+        g = GaugeMetricFamily("movierec_index_items", "Movies in the active model version's index.", labels=["version"])
+        index = (record or {}).get("index") or {}
+        if active and "n" in index:
+            g.add_metric([active], index["n"])
+        yield g
+        yield GaugeMetricFamily("movierec_datasets", "Datasets stored.", value=datasets)
+        yield GaugeMetricFamily("movierec_models", "Model versions stored.", value=models)
+
+        c = CounterMetricFamily(
+            "movierec_jobs_finished", "Jobs finished, by kind and final status.", labels=["kind", "status"]
+        )
+        for field, value in sorted(_cells(finished_raw).items()):
+            if len(field) == 2:
+                c.add_metric(list(field), value)
+        yield c
+
+        cells = _cells(seconds_raw)
+        kinds = sorted({field[0] for field in cells})
+        for name, doc in (
+            ("run", "Seconds a job ran: started (first time) to finished."),
+            ("latency", "Seconds from a job's creation to its finish, the wait in the queue included."),
+        ):
+            h = HistogramMetricFamily(f"movierec_job_{name}_seconds", doc, labels=["kind"])
+            for kind in kinds:
+                if (kind, name, "count") in cells:
+                    buckets, total = _histogram(cells, name, [kind])
+                    h.add_metric([kind], buckets, total)
+            yield h
+        h = HistogramMetricFamily(
+            "movierec_recommendation_latency_seconds",
+            f"Seconds from a recommendation's request to its answer (jobs of kind {', '.join(SERVING_KINDS)}).",
+        )
+        buckets, total = _histogram(cells, "latency", list(SERVING_KINDS))
+        h.add_metric([], buckets, total)
+        yield h
