@@ -564,3 +564,72 @@ class ReadyOut(Schema):
     redis = Boolean()
     workers = Dict(keys=String(), values=Integer())
     durability = String(metadata={"description": "how an accepted job reaches disk: waitaof, fsync-always or none"})
+
+
+class QueueOut(Schema):
+    name = String()
+    depth = Integer(metadata={"description": "messages waiting in the queue, every priority step counted"})
+    workers = Integer(metadata={"description": "live workers consuming it (heartbeats)"})
+
+
+class JobCountsOut(Schema):
+    queued = Integer(metadata={"description": "unfinished jobs waiting for a worker, counted now"})
+    running = Integer(metadata={"description": "unfinished jobs a worker runs, counted now"})
+    succeeded = Integer(metadata={"description": "jobs that finished so since the deployment began"})
+    failed = Integer(metadata={"description": "jobs that finished so since the deployment began"})
+    cancelled = Integer(metadata={"description": "jobs that finished so since the deployment began"})
+
+
+class LatestEvaluationOut(Schema):
+    model = String(metadata={"description": "the newest model version trained by an evaluation"})
+    dataset = String(metadata={"description": "the dataset evaluated"})
+    table = Dict(metadata={"description": "the evaluation's table, as POST /v1/jobs/evaluate answers it"})
+
+
+class SystemOut(Schema):
+    queues = List(Nested(QueueOut), metadata={"description": "every queue, in a fixed order"})
+    jobs = Nested(JobCountsOut, metadata={"description": "every owner's jobs (with API keys too): counts only"})
+    active_model = Dict(
+        allow_none=True, metadata={"description": "the active model's record as GET /v1/models lists it; null if none"}
+    )
+    latest_evaluation = Nested(LatestEvaluationOut, allow_none=True, metadata={"description": "null if none"})
+    datasets = Integer(metadata={"description": "datasets stored"})
+    models = Integer(metadata={"description": "model versions stored"})
+
+
+MAX_MAP_MOVIES = 100_000
+
+
+class ModelMapQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    limit = Integer(
+        validate=Range(1, MAX_MAP_MOVIES),
+        metadata={"description": "only the movies with the most ratings in the dataset, this many; default all"},
+    )
+
+
+class MapMoviesOut(Schema):
+    movie_id = List(Integer())
+    x = List(Float(), metadata={"description": "first principal axis, rounded to 4 decimals"})
+    y = List(Float(), metadata={"description": "second principal axis, rounded to 4 decimals"})
+    genre = List(Integer(), metadata={"description": "the main genre, an index into genres"})
+    title = List(String())
+
+
+class ModelMapOut(Schema):
+    version = String()
+    dataset = String(metadata={"description": "the dataset whose movies these are"})
+    method = String(metadata={"description": "pca: the centred movie vectors on their first two principal axes"})
+    explained_variance = List(Float(), metadata={"description": "the fraction of the variance each axis explains"})
+    genres = List(
+        String(),
+        metadata={
+            "description": "the main genres of the movies answered, in MovieLens' alphabetical order, (none) last: a "
+            "movie's first descriptor when it is a genre"
+        },
+    )
+    movies = Nested(
+        MapMoviesOut, metadata={"description": "columns, one entry per movie, in the dataset's catalogue order"}
+    )

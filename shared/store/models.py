@@ -70,8 +70,10 @@ class ModelStore:
         pipe.execute()
 
     def records(self) -> list[dict[str, Any]]:
+        """Every record, newest first: two round trips (the index, then one MGET)."""
         versions = [v.decode() for v in cast(list[bytes], self._r.zrevrange(self._keys.models, 0, -1))]
-        return [r for r in (self.get(v) for v in versions) if r is not None]
+        raws = cast(list["bytes | None"], self._r.mget([self._keys.model(v) for v in versions])) if versions else []
+        return [json.loads(raw) for raw in raws if raw]
 
     def update(self, version: str, **fields: Any) -> dict[str, Any]:
         """Add fields to a record (its one writer at a time is the job that built that part)."""

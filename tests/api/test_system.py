@@ -1,0 +1,266 @@
+"""GET /v1/system (the overview a dashboard polls) and GET /v1/models/<version>/map (a model's movies on a
+plane), against the session stack (a pipeline on ml-latest-small with the tiny BERT, one epoch) and, where
+counts must be exact, an app on a key prefix of its own that no worker consumes."""
+
+from __future__ import annotations
+
+import collections
+import io
+import itertools
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from api import create_app
+from api.auth import owner_id
+from shared.infra.keys import dataset_artifact, model_artifact
+from shared.infra.redisconn import connect
+from shared.infra.settings import Settings
+from shared.jobs.kinds import QUEUES
+from shared.jobs.submit import submit
+from shared.ml.projection import GENRES, MAIN_GENRES, NO_MAIN_GENRE
+from tests.conftest import delete_prefix
+from tests.helpers import run_job, wait_job
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+KEY_A, KEY_B = "system-key-a-0123456789", "system-key-b-0123456789"
+
+
+@pytest.fixture(scope="module")
+def trained(api_url: str, data_root: Path, tiny_bert: str) -> dict[str, str]:
+    """The default pipeline on ml-latest-small with the tiny BERT (copied into the data root), one epoch,
+    activated by the pipeline."""
+    model_dir = data_root / "tiny-bert-system"
+    if not model_dir.exists():
+        shutil.copytree(tiny_bert, model_dir)
+    result = run_job(api_url, "/v1/pipelines", {"path": "ml-latest-small", "model": str(model_dir), "epochs": 1},
+                     timeout_s=600)  # fmt: skip
+    return {"version": result["model"], "dataset": result["dataset"]}
+
+
+@pytest.fixture
+def own_app(settings: Settings) -> Iterator[Any]:
+    """An app with API keys on a key prefix of its own: nothing consumes its queues, so counts stay put."""
+    prefix = f"{settings.key_prefix}-sys-{uuid.uuid4().hex[:8]}"
+    yield create_app({"TESTING": True}, settings=settings.model_copy(update={"key_prefix": prefix,
+                                                                           "api_keys": (KEY_A, KEY_B)}))  # fmt: skip
+    delete_prefix(connect(settings.redis_url), prefix)
+
+
+def get_ok(client: Any, path: str, **kw: Any) -> Any:
+    r = client.get(path, **kw)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+# -- /v1/system ------------------------------------------------------------------------------------------
+def test_system_overview(client: Any, trained: dict[str, str]) -> None:
+    body = get_ok(client, "/v1/system")
+    assert set(body) == {"queues", "jobs", "active_model", "latest_evaluation", "datasets", "models"}
+    assert [q["name"] for q in body["queues"]] == list(QUEUES)
+    for queue in body["queues"]:
+        assert set(queue) == {"name", "depth", "workers"} and queue["workers"] >= 1 and queue["depth"] >= 0
+    assert set(body["jobs"]) == set(JOB_STATUSES)
+    assert all(isinstance(n, int) and n >= 0 for n in body["jobs"].values())
+    assert body["jobs"]["succeeded"] >= 1  # the pipeline at least
+    models = get_ok(client, "/v1/models")
+    active = next(m for m in models["models"] if m["version"] == models["active"])
+    assert body["active_model"] == active and models["active"] == trained["version"]
+    assert body["models"] == len(models["models"])
+    assert body["datasets"] == len(get_ok(client, "/v1/datasets")["datasets"])
+    evaluated = [m for m in models["models"] if m.get("evaluation")]
+    if evaluated:
+        assert body["latest_evaluation"]["model"] == evaluated[0]["version"]
+    else:
+        assert body["latest_evaluation"] is None
+
+
+def test_a_finished_job_is_counted(client: Any, api_url: str, trained: dict[str, str]) -> None:
+    before = get_ok(client, "/v1/system")["jobs"]
+    r = requests.post(f"{api_url}/v1/datasets", json={"path": "ml-latest-small"}, timeout=30)  # stored: reused
+    assert r.status_code == 202, r.text
+    assert wait_job(api_url, r.json()["id"], timeout_s=120)["status"] == "succeeded"
+    after = get_ok(client, "/v1/system")["jobs"]
+    assert after["succeeded"] >= before["succeeded"] + 1
+    assert after["failed"] >= before["failed"] and after["cancelled"] >= before["cancelled"]
+
+
+def test_job_counts_are_exact_and_take_in_every_owner(own_app: Any) -> None:
+    svc, client = own_app.extensions["movierec"], own_app.test_client()
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    empty = get_ok(client, "/v1/system", headers=auth)
+    assert empty["jobs"] == dict.fromkeys(JOB_STATUSES, 0)
+    assert [(q["depth"], q["workers"]) for q in empty["queues"]] == [(0, 0)] * len(QUEUES)
+    assert empty["active_model"] is None and empty["latest_evaluation"] is None
+    assert (empty["datasets"], empty["models"]) == (0, 0)
+    assert client.get("/v1/system").status_code == 401
+
+    sent = submit(own_app.extensions["celery"], svc.jobs, kind="ingest", params={"path": "x"}, owner=owner_id(KEY_B))
+    other = svc.jobs.create("train", {"dataset": "ds-x"}, owner=owner_id(KEY_B))
+    svc.jobs.create("index", {"version": "m-x"}, owner=owner_id(KEY_A))
+    assert svc.jobs.start(other.id, stage="training") is not None
+    svc.redis.sadd(svc.keys.jobs_active, "j-gone")  # an id whose record vanished counts for nothing
+    counters = {"train\tfailed": 2, "ingest\tfailed": 1, "recommend\tcancelled": 4, "ingest\tsucceeded": 5,
+                "encode\tsucceeded": 1, "odd\tqueued": 9}  # fmt: skip
+    for field, n in counters.items():
+        svc.redis.hincrby(svc.keys.metrics_jobs, field, n)
+    body = get_ok(client, "/v1/system", headers=auth)
+    assert body["jobs"] == {"queued": 2, "running": 1, "succeeded": 6, "failed": 3, "cancelled": 4}
+    depth = {q["name"]: q["depth"] for q in body["queues"]}
+    assert depth == {"cpu": 1, "gpu": 0}  # the ingest's message waits: no worker on this prefix
+    assert sent.status == "queued"
+
+
+def test_active_model_and_latest_evaluation(own_app: Any) -> None:
+    svc, client = own_app.extensions["movierec"], own_app.test_client()
+    auth = {"Authorization": f"Bearer {KEY_B}"}
+    table = {"dataset": "ds-eval", "training_dataset": "ds-train", "rows": [], "best": None}
+    svc.models.put({"version": "m-1", "dataset": "ds-train", "index": {"name": "i"}, "evaluation": table})
+    time.sleep(0.01)  # the index orders by creation time
+    svc.models.put({"version": "m-2", "dataset": "ds-other", "index": {"name": "i"}})
+    svc.models.activate("m-2")
+    body = get_ok(client, "/v1/system", headers=auth)
+    assert body["active_model"] == svc.models.get("m-2") and body["models"] == 2
+    assert body["latest_evaluation"] == {"model": "m-1", "dataset": "ds-eval", "table": table}
+    time.sleep(0.01)
+    newer = {**table, "dataset": "ds-eval-2"}
+    svc.models.put({"version": "m-3", "dataset": "ds-train-2", "evaluation": newer})
+    assert get_ok(client, "/v1/system", headers=auth)["latest_evaluation"]["model"] == "m-3"
+
+
+# -- /v1/models/<version>/map ----------------------------------------------------------------------------
+def test_map_of_the_trained_model(client: Any, app: Any, trained: dict[str, str]) -> None:
+    svc = app.extensions["movierec"]
+    version, dataset = trained["version"], trained["dataset"]
+    body = get_ok(client, f"/v1/models/{version}/map")
+    assert svc.artifacts.exists(model_artifact(version, "map"))  # kept for the next request
+    assert set(body) == {"version", "dataset", "method", "explained_variance", "genres", "movies"}
+    assert (body["version"], body["dataset"], body["method"]) == (version, dataset, "pca")
+    first, second = body["explained_variance"]
+    assert 0 < second <= first < 1 and first + second <= 1
+
+    catalogue = svc.datasets.catalogue(dataset)
+    movies = body["movies"]
+    assert set(movies) == {"movie_id", "x", "y", "genre", "title"}
+    assert all(len(column) == len(catalogue) for column in movies.values())
+    assert movies["movie_id"] == [m["movie_id"] for m in catalogue]
+    assert movies["title"] == [m["title"] for m in catalogue]
+    assert all(round(v, 4) == v for v in movies["x"] + movies["y"])
+    assert np.std(movies["x"]) >= np.std(movies["y"]) > 0
+
+    genres = body["genres"]
+    assert genres == [g for g in MAIN_GENRES if g in genres]  # the fixed order
+    assert sorted(set(movies["genre"])) == list(range(len(genres)))  # each named genre is some movie's
+    # The main genre is the rarest (fewest movies) of the genres a movie's descriptors begin with.
+    leading = [list(itertools.takewhile(GENRES.__contains__, m["descriptors"])) for m in catalogue]
+    movies_with = collections.Counter(g for of_movie in leading for g in set(of_movie))
+    for of_movie, g in zip(leading, movies["genre"], strict=True):
+        expected = min(of_movie, key=lambda name: (movies_with[name], name)) if of_movie else NO_MAIN_GENRE
+        assert genres[g] == expected
+    assert movies["genre"][movies["title"].index("Toy Story (1995)")] == genres.index("Animation")
+
+    assert get_ok(client, f"/v1/models/{version}/map") == body  # the second answer comes from the artifact
+
+
+def test_map_is_read_from_its_artifact(app: Any, trained: dict[str, str]) -> None:
+    """A changed artifact changes the answer (so it is read, not recomputed); once deleted it is computed
+    again, the same as before. Times the first request against a cached one."""
+    svc, client = app.extensions["movierec"], app.test_client()
+    version, name = trained["version"], model_artifact(trained["version"], "map")
+    svc.artifacts.delete(name)
+    started = time.perf_counter()
+    fresh = get_ok(client, f"/v1/models/{version}/map")
+    computed_s = time.perf_counter() - started
+    cached_s = float("inf")
+    for _ in range(3):  # the fastest of three: the machine may be busy
+        started = time.perf_counter()
+        assert get_ok(client, f"/v1/models/{version}/map") == fresh
+        cached_s = min(cached_s, time.perf_counter() - started)
+    n = len(fresh["movies"]["x"])
+    print(f"\nmap of {n} movies: first {computed_s * 1000:.0f} ms, cached {cached_s * 1000:.0f} ms")
+
+    with np.load(io.BytesIO(svc.artifacts.get_bytes(name)), allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    assert arrays["x"].dtype == np.float32 and arrays["genre"].dtype == np.int16
+    mirrored = io.BytesIO()
+    np.savez(mirrored, allow_pickle=False, **{**arrays, "x": -arrays["x"]})
+    svc.artifacts.put_bytes(name, mirrored.getvalue())
+    assert get_ok(client, f"/v1/models/{version}/map")["movies"]["x"] == [-x for x in fresh["movies"]["x"]]
+
+    svc.artifacts.delete(name)
+    assert get_ok(client, f"/v1/models/{version}/map") == fresh
+
+
+def test_map_limit_keeps_the_most_rated(client: Any, app: Any, trained: dict[str, str]) -> None:
+    svc = app.extensions["movierec"]
+    version, dataset = trained["version"], trained["dataset"]
+    whole = get_ok(client, f"/v1/models/{version}/map")
+    full = whole["movies"]
+    counts = np.bincount(svc.datasets.ratings(dataset).movie_index, minlength=len(full["movie_id"]))
+    limited = get_ok(client, f"/v1/models/{version}/map?limit=25")
+    movies = limited["movies"]
+    assert all(len(column) == 25 for column in movies.values())
+    rows = [full["movie_id"].index(m) for m in movies["movie_id"]]
+    assert rows == sorted(rows)  # catalogue order
+    assert counts[rows].min() >= np.delete(counts, rows).max()  # the most rated
+    assert movies["x"] == [full["x"][i] for i in rows] and movies["title"] == [full["title"][i] for i in rows]
+    assert [limited["genres"][g] for g in movies["genre"]] == [whole["genres"][full["genre"][i]] for i in rows]
+    assert sorted(set(movies["genre"])) == list(range(len(limited["genres"])))
+    assert get_ok(client, f"/v1/models/{version}/map?limit=100000") == whole
+    for bad in ("0", "100001", "-1", "ten"):
+        r = client.get(f"/v1/models/{version}/map?limit={bad}")
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "validation_error", (bad, r.get_json())
+    assert client.get(f"/v1/models/{version}/map?top=3").status_code == 400
+
+
+def test_map_errors(client: Any, app: Any, trained: dict[str, str]) -> None:
+    r = client.get("/v1/models/m-nosuchversion/map")
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
+    svc = app.extensions["movierec"]
+    version = f"m-novectors{uuid.uuid4().hex[:6]}"
+    svc.models.put({"version": version, "dataset": trained["dataset"], "metrics": {}})
+    try:
+        r = client.get(f"/v1/models/{version}/map")
+        assert r.status_code == 409 and r.get_json()["error"]["code"] == "conflict"
+        assert "vectors" in r.get_json()["error"]["message"]
+        assert not svc.artifacts.exists(model_artifact(version, "map"))
+    finally:
+        svc.models.delete(version, svc.artifacts)
+
+
+def test_map_of_a_small_model_goes_with_it(own_app: Any) -> None:
+    """Three movies, no ratings stored: every limit ties, so the first ones are kept; deleting the version
+    deletes its map, which lies under models/<version>/."""
+    svc, client = own_app.extensions["movierec"], own_app.test_client()
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    a = svc.artifacts
+    a.put_array(dataset_artifact("ds-s", "movie_ids"), np.array([10, 20, 30], dtype=np.int32))
+    a.put_json(dataset_artifact("ds-s", "titles"), ["A (1990)", "B (1991)", "C (1992)"])
+    a.put_json(dataset_artifact("ds-s", "vocabulary"), ["Drama", "war", "Western"])
+    a.put_array(dataset_artifact("ds-s", "desc_indptr"), np.array([0, 2, 3, 4], dtype=np.int64))
+    a.put_array(dataset_artifact("ds-s", "desc_indices"), np.array([0, 1, 1, 2], dtype=np.int32))
+    svc.datasets.put({"id": "ds-s", "source": "seeded"})
+    a.put_array(model_artifact("m-s", "embeddings"), np.array([[1, 0], [0, 0], [0, 3]], dtype=np.float32))
+    svc.models.put(
+        {"version": "m-s", "dataset": "ds-s", "artifacts": {"embeddings": model_artifact("m-s", "embeddings")}}
+    )
+
+    body = get_ok(client, "/v1/models/m-s/map", headers=auth)
+    assert body["genres"] == ["Drama", "Western", NO_MAIN_GENRE]
+    assert body["movies"]["genre"] == [0, 2, 1] and body["movies"]["title"] == ["A (1990)", "B (1991)", "C (1992)"]
+    assert body["explained_variance"][0] > body["explained_variance"][1] > 0
+    two = get_ok(client, "/v1/models/m-s/map?limit=2", headers=auth)
+    assert two["movies"]["movie_id"] == [10, 20] and two["genres"] == ["Drama", NO_MAIN_GENRE]
+    assert two["movies"]["genre"] == [0, 1]
+
+    assert a.exists(model_artifact("m-s", "map"))
+    assert client.delete("/v1/models/m-s", headers=auth).status_code == 200
+    assert not a.exists(model_artifact("m-s", "map"))
+    assert client.get("/v1/models/m-s/map", headers=auth).status_code == 404
