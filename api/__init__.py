@@ -5,10 +5,13 @@ api/datasets.py   /v1/datasets
 api/uploads.py    multipart uploads of MovieLens files to /v1/datasets, streamed into Redis
 api/movies.py     /v1/movies: title search (answered here) and similar movies (a recommend job)
 api/jobs.py       /v1/jobs
+api/metrics.py    /metrics: Prometheus text from prometheus_client (shared/infra/metrics.py says what and how)
+api/system.py     /v1/system: the overview a dashboard polls (queues, job counts, active model, latest evaluation)
 api/errors.py     every error as {"error": {"code", "message", "details"}}
 api/schemas.py    request and response schemas, which also make /openapi.json
 api/auth.py       optional bearer keys (MOVIEREC_API_KEYS) and the owner of a job
 api/jsonio.py     strict JSON: no NaN/Infinity, no lone surrogates, bounded depth
+api/ui.py         /ui/: the dashboard (templates and static files in api/), a client of the JSON API
 
 Every request passes, in this order: the key check (401), the content type (415), the body's JSON
 (400, or 413 over MOVIEREC_MAX_BODY_BYTES), then the view's schema (400 naming the field and limit).
@@ -76,8 +79,9 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
             return spec
         return auth.document_security(document_errors(uploads.document_uploads(spec)), required=keys.enabled)
 
-    from . import datasets, feedback, health, jobs, metrics, models, movies, pipelines, recommendations
+    from . import datasets, feedback, health, jobs, metrics, models, movies, pipelines, recommendations, system, ui
 
+    metrics.install(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(datasets.bp)
@@ -87,6 +91,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     app.register_blueprint(movies.bp)
     app.register_blueprint(pipelines.bp)
     app.register_blueprint(feedback.bp)
+    app.register_blueprint(system.bp)
+    app.register_blueprint(ui.bp)
     return app
 
 

