@@ -87,16 +87,17 @@ prefix (MOVIEREC_KEY_PREFIX). Set FLOWER_BASIC_AUTH=user:password (comma-separat
 without it anyone who reaches the port may watch and control the workers (shut them down, revoke tasks), so it
 listens on loopback unless --address says otherwise. Other FLOWER_* variables are Flower's own options.
 
-Works with our setup: Workers (by name, live from their heartbeat events), Tasks (sent, received, started,
-succeeded or failed, runtime, worker: our workers and the API always send task events), Broker (the waiting
-messages of the cpu and gpu queues, every priority step counted, under our prefix), /api/*, /healthcheck.
+Works with our setup: Workers (by name, live from their heartbeat events), Tasks (received, started,
+succeeded or failed, runtime, worker), Broker (the waiting messages of the cpu and gpu queues, every priority
+step counted, under our prefix), /api/*, /healthcheck. Workers send events only once Flower asks (every 5 s
+while it runs; they keep sending until they restart): always on, they would slow the serving path.
 
 Limits: a task's arguments show only its job id and its result only {'job': ..., 'status': ...} (a job's
 parameters and result live in the job store: ask the API); Flower keeps what it saw since it started, in
 memory; the GPU worker runs one task at a time (solo pool) and answers no inspect request while it works, so
 Flower shows it without details then; revoking or terminating a task here leaves its job record as it was
-(cancel a job through the API instead); a task-sent event goes out before the submission's MULTI, so a
-submission that then failed (503) still shows as sent; /metrics (Prometheus) needs no login, as in Flower."""
+(cancel a job through the API instead); the API sends no task-sent events, so a task shows from when a
+worker receives it; /metrics (Prometheus) needs no login, as in Flower."""
 
 
 def _cmd_flower(args: argparse.Namespace) -> int:

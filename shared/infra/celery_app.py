@@ -19,8 +19,11 @@ asks Celery for a task's result. With one, every send subscribed to the task's r
 unsubscribed again, two round trips on each submission for an answer no one reads. The broker is kombu's
 Redis transport with its clients kept and submissions sent in one MULTI with their record (``shared.infra.broker``).
 
-Task events are on, for Flower (``movierec flower``): the API's ``task-sent`` goes out at once, not on the
-submission's MULTI, so Flower may see a task sent whose submission then failed (the caller got 503).
+Task events are off: Flower (``movierec flower``) turns them on in the workers it sees (Celery's
+``enable_events`` control, every 5 s while it runs) and they stay on until a worker restarts. Left on for good
+(``worker_send_task_events``) they cost the serving path about a quarter of its throughput on 2 cores
+(BENCHMARKS.md, "Metrics and task events"); the API sends no ``task-sent`` events, so Flower shows a task from
+when a worker receives it.
 """
 
 from __future__ import annotations
@@ -75,10 +78,6 @@ def make_celery(settings: Settings) -> MovierecCelery:
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
-        # Task events (sent, received, started, succeeded, ...) for Flower's Tasks view (``movierec flower``):
-        # one PUBLISH each on the events channel, under our prefix, dropped when nobody listens.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
         broker_transport=TRANSPORT,
         broker_transport_options=transport,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 
 from cli.demo import _download_small
 from cli.stack import free_port, log_tails, wait_ready
@@ -147,16 +148,39 @@ def test_demo_runs_the_embedded_stack_and_prints_figures(settings: Settings, tmp
     ):
         assert f"recommendations for {title}" in out
     assert out.count("top descriptors of these") == 5 and out.count("top descriptors of the user's history") == 3
+    assert "the stack stops now; `movierec demo --serve`" in out and "/ui/" in out.splitlines()[-2]
 
 
-def test_demo_offline_generates_a_sample_and_says_so(settings: Settings, tmp_path: Path) -> None:
+def test_demo_offline_generates_a_sample_and_serves_the_dashboard(settings: Settings, tmp_path: Path) -> None:
     env = embedded_env(settings, tmp_path)
     env["MOVIEREC_DEMO_URL"] = f"http://127.0.0.1:{free_port()}/ml-latest-small.zip"  # nothing listens
     env.pop("MOVIEREC_DEMO_DATA", None)
-    done = cli("demo", "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1", env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "generated sample" in done.stdout and "movies kept" in done.stdout
-    assert "recommendations for keywords ['war', 'violence', 'drama']" in done.stdout
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1",
+         "--serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:  # until the demo has printed everything and stays up
+            lines.append(line)
+            if "Ctrl-C stops the stack" in line:
+                break
+        out = "".join(lines)
+        assert "generated sample" in out and "movies kept" in out, out
+        assert "recommendations for keywords ['war', 'violence', 'drama']" in out
+        assert f"dashboard: http://127.0.0.1:{port}/ui/" in out
+        page = requests.get(f"http://127.0.0.1:{port}/ui/", timeout=10)
+        assert page.status_code == 200 and "movierec" in page.text
+        system = requests.get(f"http://127.0.0.1:{port}/v1/system", timeout=10).json()
+        assert system["active_model"] is not None and all(q["workers"] for q in system["queues"])
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
 
 
 def test_download_is_checked_as_a_zip_with_the_expected_files(tmp_path: Path) -> None:
