@@ -60,7 +60,7 @@ def ingest_dataset(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None
         if not directory.is_dir():
             raise DataError(params["path"], "is not a directory")
         record, reused = ctx.services.datasets.ingest(
-            Path(directory), options, source=params["path"], progress=ctx.progress
+            Path(directory), options, source=params["path"], progress=ctx.progress, root=root
         )
         message = "dataset already ingested" if reused else f"ingested {record['counts']['movies']:,} movies"
         return Outcome({"dataset": record["id"], "reused": reused, **record}, message=message)
@@ -111,7 +111,7 @@ def _ingest_upload(ctx: JobContext, params: dict[str, Any]) -> Outcome:
             )
             options = DatasetOptions(tags_per_movie=int(params["tags_per_movie"]), genres_fix_csv=fix)
             record, reused = svc.datasets.ingest(
-                directory, options, source=str(params["source"]), progress=ctx.progress
+                directory, options, source=str(params["source"]), progress=ctx.progress, root=Path(tmp)
             )
     except Exception:
         drop_upload(svc.artifacts, upload_id)
@@ -139,6 +139,8 @@ def mine_triplets(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
             summary = {"dataset": spec.dataset, "triplets": spec.name, "count": n, **spec.describe(), "reused": True}
             return Outcome(summary, artifact=spec.name, message="triplets already mined")
         shards = plan_shards(record["counts"]["movies"], int(params["shard_size"]))
+        if not shards:  # no shard would ever finish, so nothing would send the join: fail now, saying why
+            raise DataError(f"dataset {spec.dataset}", "has no movies: there is nothing to mine triplets from")
         ctx.progress(0.0, "mining", f"0 of {len(shards)} shards done")
         for lo, hi in shards:
             mine_shard.apply_async(args=[job_id, params, lo, hi, len(shards)])

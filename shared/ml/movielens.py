@@ -31,13 +31,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.errors import DataError
+from shared.errors import DataError, PathNotAllowed
 
 NO_GENRES = "(no genres listed)"
 RATINGS_CHUNK_ROWS = 2_000_000
 """Rows of ratings.csv parsed at a time; bounds the parser's working memory."""
 
 MIN_RATING, MAX_RATING = 0.5, 5.0
+MAX_ID = int(np.iinfo(np.int32).max)
+"""Movie, user and tag ids are 1..MAX_ID: stored as int32, and never zero or negative (no id aliases another)."""
 _TOKENIZE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
@@ -82,20 +84,55 @@ class Ratings:
 
 
 # -- CSV reading with errors that name the file and the line ----------------------------------------------
-def _require(path: Path) -> None:
+def confine_file(path: Path, *, root: Path) -> None:
+    """Refuse ``path`` unless it, symlinks followed, lies inside ``root`` (itself resolved).
+
+    The error names the file as given (its name), never where a link leads: that could be any file of the
+    server. Called for every input file before it is opened (also for hashing, ``DatasetStore.ingest``).
+    """
+    try:
+        resolved, top = path.resolve(), root.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a name no filesystem holds
+        raise PathNotAllowed(f"{path.name} is not a usable file", details={"file": path.name}) from None
+    if top not in resolved.parents:
+        raise PathNotAllowed(
+            f"{path.name} is a link to a file outside the data root; copy the file into the dataset's folder",
+            details={"file": path.name},
+        )
+
+
+def _require(path: Path, root: Path | None = None) -> None:
+    if root is not None:
+        confine_file(path, root=root)
     if not path.is_file():
         raise DataError(path.name, "file not found")
 
 
+def _first_bad_utf8(path: Path) -> tuple[int, int, int] | None:
+    """(line, column, byte) of the first byte of ``path`` that is not UTF-8, all 1-based; None if it all is.
+
+    Lines are physical lines (``\\n`` never occurs inside a multi-byte UTF-8 sequence, so splitting there
+    is safe); the file is read a line at a time, so this costs no more memory than its longest line.
+    """
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return number, exc.start + 1, raw[exc.start]
+    return None
+
+
 def _csv_chunks(
-    path: Path, *, columns: dict[str, str], chunksize: int | None = None
+    path: Path, *, columns: dict[str, str], chunksize: int | None = None, root: Path | None = None
 ) -> Iterator[tuple[int, pd.DataFrame]]:
     """Yield (first file line of the chunk, frame) with ``columns`` checked and converted.
 
-    ``columns`` maps a column name to "int", "float" or "str". Numeric columns are parsed by pandas' fast
-    path; only a chunk that fails is inspected again to find the first bad line.
+    ``columns`` maps a column name to "int", "id" (an int from 1 to 2**31 - 1: movie, user and tag ids),
+    "float" or "str". Numeric columns are parsed by pandas' fast path; only a chunk that fails is inspected
+    again to find the first bad line. With ``root``, the file must lie inside it (``confine_file``).
     """
-    _require(path)
+    _require(path, root)
     try:
         reader = pd.read_csv(
             path,
@@ -128,14 +165,18 @@ def _csv_chunks(
             raise DataError(path.name, f"expected {m[1]} fields, saw {m[3]}", line=int(m[2])) from None
         raise DataError(path.name, "not a readable CSV file") from None
     except UnicodeDecodeError:
-        raise DataError(path.name, "not UTF-8 text") from None
+        where = _first_bad_utf8(path)
+        if where is None:  # pandas saw what a line-by-line decode does not: say so without a line
+            raise DataError(path.name, "not UTF-8 text") from None
+        number, column, byte = where
+        raise DataError(path.name, f"not UTF-8 (byte 0x{byte:02x} at column {column})", line=number) from None
 
 
 def _numeric(col: pd.Series, *, path: Path, column: str, first_line: int, kind: str) -> pd.Series:
     values = col if pd.api.types.is_numeric_dtype(col) else pd.to_numeric(col, errors="coerce")
     bad = values.isna().to_numpy()
     huge = np.zeros(len(values), dtype=bool)
-    if kind == "int" and not bad.any():
+    if kind in ("int", "id") and not bad.any():
         as_float = values.to_numpy(dtype=np.float64)
         if not pd.api.types.is_signed_integer_dtype(values.dtype):  # int64 fits by construction
             huge = ~(np.abs(as_float) < 2.0**63)  # would wrap around in int64; inf too
@@ -146,14 +187,23 @@ def _numeric(col: pd.Series, *, path: Path, column: str, first_line: int, kind: 
         problem = f"{column} is missing" if shown in ("", "nan") else f"{column} {shown!r} is not a number"
         if huge[i]:
             problem = f"{column} {shown!r} is out of the 64-bit integer range"
-        elif kind == "int" and shown not in ("", "nan") and not np.isnan(values.iloc[i]):
+        elif kind in ("int", "id") and shown not in ("", "nan") and not np.isnan(values.iloc[i]):
             problem = f"{column} {shown!r} is not a whole number"
         raise DataError(path.name, problem, line=first_line + i)
+    if kind == "id":
+        ints = values.to_numpy(dtype=np.int64)
+        out = (ints < 1) | (ints > MAX_ID)
+        if out.any():
+            i = int(np.argmax(out))
+            shown = str(col.iloc[i])[:40]
+            problem = f"{column} {shown!r} is not a positive 32-bit integer (1 to {MAX_ID})"
+            raise DataError(path.name, problem, line=first_line + i)
+        return pd.Series(ints, index=values.index)
     return values.astype(np.int64 if kind == "int" else np.float64)
 
 
-def _read_csv(path: Path, columns: dict[str, str]) -> pd.DataFrame:
-    frames = [f for _, f in _csv_chunks(path, columns=columns)]
+def _read_csv(path: Path, columns: dict[str, str], root: Path | None = None) -> pd.DataFrame:
+    frames = [f for _, f in _csv_chunks(path, columns=columns, root=root)]
     return frames[0] if frames else pd.DataFrame({c: [] for c in columns})
 
 
@@ -162,8 +212,10 @@ def _split_genres(genres: str) -> list[str]:
     return [g.strip() for g in genres.split("|") if g.strip() and g.strip() != NO_GENRES]
 
 
-def read_movies(path: Path) -> pd.DataFrame:
-    movies = _read_csv(path, {"movieId": "int", "title": "str", "genres": "str"})
+def read_movies(path: Path, root: Path | None = None) -> pd.DataFrame:
+    movies = _read_csv(path, {"movieId": "id", "title": "str", "genres": "str"}, root)
+    if movies.empty:
+        raise DataError(path.name, "has no movie rows (only a header); a dataset needs at least one movie")
     dup = movies["movieId"].duplicated().to_numpy()
     if dup.any():
         i = int(np.argmax(dup))
@@ -171,8 +223,8 @@ def read_movies(path: Path) -> pd.DataFrame:
     return movies
 
 
-def read_genres_fix(path: Path) -> dict[int, list[str]]:
-    fix = _read_csv(path, {"movieId": "int", "genres": "str"})
+def read_genres_fix(path: Path, root: Path | None = None) -> dict[int, list[str]]:
+    fix = _read_csv(path, {"movieId": "id", "genres": "str"}, root)
     return {int(m): _split_genres(g) for m, g in zip(fix["movieId"], fix["genres"], strict=True)}
 
 
@@ -195,12 +247,10 @@ def top_genome_tags(scores: pd.DataFrame, genome_tags: pd.DataFrame, k: int) -> 
     names = genome_tags["tag"].astype(str).to_numpy()
     tag_ids = genome_tags["tagId"].to_numpy(dtype=np.int64)
     alphabetical = np.argsort(names, kind="stable")
-    column_of_id = np.full(int(tag_ids.max(initial=0)) + 1, -1, dtype=np.int64)
-    column_of_id[tag_ids[alphabetical]] = np.arange(len(names))
-
-    tag = scores["tagId"].to_numpy(dtype=np.int64)
-    known = (tag >= 0) & (tag < len(column_of_id))
-    column = np.where(known, column_of_id[np.clip(tag, 0, len(column_of_id) - 1)], -1)
+    column_of_row = np.empty(len(names), dtype=np.int64)  # genome-tags row -> its column (alphabetical rank)
+    column_of_row[alphabetical] = np.arange(len(names))
+    row_of_tag = index_of(tag_ids, scores["tagId"].to_numpy(dtype=np.int64))  # no array sized by the largest id
+    column = np.where(row_of_tag >= 0, column_of_row[np.maximum(row_of_tag, 0)], -1) if len(names) else row_of_tag
     keep = column >= 0
     movies, row = np.unique(scores["movieId"].to_numpy(dtype=np.int64)[keep], return_inverse=True)
     matrix = np.full((len(movies), len(names)), -np.inf)  # (movies, tags); a missing score is never picked
@@ -223,21 +273,25 @@ def _grouped_lists(top: pd.DataFrame) -> dict[int, list[str]]:
     return {int(movies[a]): tags[a:b] for a, b in zip(starts, ends, strict=True)}
 
 
-def read_catalogue(directory: Path, *, tags_per_movie: int, genres_fix_csv: Path | None = None) -> Catalogue:
-    movies = read_movies(directory / "movies.csv")
-    fix = read_genres_fix(genres_fix_csv) if genres_fix_csv is not None else {}
+def read_catalogue(
+    directory: Path, *, tags_per_movie: int, genres_fix_csv: Path | None = None, root: Path | None = None
+) -> Catalogue:
+    """The catalogue of ``directory``; with ``root``, every file read must lie inside it, symlinks followed
+    (``confine_file``). A DataError when movies.csv has no movie, or when no movie has a descriptor."""
+    movies = read_movies(directory / "movies.csv", root)
+    fix = read_genres_fix(genres_fix_csv, root) if genres_fix_csv is not None else {}
 
     genome: dict[int, list[str]] = {}
     scores_path, genome_tags_path = directory / "genome-scores.csv", directory / "genome-tags.csv"
     if scores_path.exists() or genome_tags_path.exists():
-        _require(genome_tags_path)
-        _require(scores_path)
-        genome_tags = _read_csv(genome_tags_path, {"tagId": "int", "tag": "str"})
-        scores = _read_csv(scores_path, {"movieId": "int", "tagId": "int", "relevance": "float"})
+        _require(genome_tags_path, root)
+        _require(scores_path, root)
+        genome_tags = _read_csv(genome_tags_path, {"tagId": "id", "tag": "str"}, root)
+        scores = _read_csv(scores_path, {"movieId": "id", "tagId": "id", "relevance": "float"}, root)
         genome = top_genome_tags(scores, genome_tags, tags_per_movie)
     user: dict[int, list[str]] = {}
     if (directory / "tags.csv").exists():
-        tags = _read_csv(directory / "tags.csv", {"movieId": "int", "tag": "str"})
+        tags = _read_csv(directory / "tags.csv", {"movieId": "id", "tag": "str"}, root)
         user = top_user_tags(tags, tags_per_movie)
 
     vocab: dict[str, int] = {}
@@ -264,6 +318,12 @@ def read_catalogue(directory: Path, *, tags_per_movie: int, genres_fix_csv: Path
         indices.extend(row)
         indptr.append(len(indices))
 
+    if not movie_ids:
+        raise DataError(
+            "movies.csv",
+            f"none of its {len(movies):,} movies has a descriptor (genres, or tags in tags.csv or the genome); "
+            "nothing to ingest",
+        )
     source = {(True, True): "genome+tags", (True, False): "genome", (False, True): "tags"}.get(
         (used_genome, used_user), "none"
     )
@@ -279,24 +339,43 @@ def read_catalogue(directory: Path, *, tags_per_movie: int, genres_fix_csv: Path
 
 
 # -- ratings ---------------------------------------------------------------------------------------------
+def index_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each of ``wanted``, its position in ``ids`` (distinct), else -1; int64, shaped like ``wanted``.
+
+    A binary search over the sorted ids: memory is O(len(ids) + len(wanted)) whatever the ids' values, so
+    one movieId of 300,000,000 costs nothing more than one of 300 (an array indexed by id would take 1.2 GB),
+    and an id that is not in ``ids`` (negative, zero, past the largest) can only answer -1.
+    """
+    wanted = np.asarray(wanted, dtype=np.int64)
+    if len(ids) == 0:
+        return np.full(wanted.shape, -1, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    ordered = np.asarray(ids, dtype=np.int64)[order]
+    at = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
+    return np.where(ordered[at] == wanted, order[at], -1)
+
+
 def read_ratings(
     path: Path,
     movie_ids: np.ndarray,
     *,
     chunk_rows: int = RATINGS_CHUNK_ROWS,
     on_chunk: Callable[[int], None] | None = None,
+    root: Path | None = None,
 ) -> Ratings:
-    """Ratings of the catalogue's movies as a per-user CSR; ``on_chunk(rows_so_far)`` reports progress."""
-    lookup = np.full(int(movie_ids.max(initial=0)) + 2, -1, dtype=np.int32)
-    lookup[movie_ids] = np.arange(len(movie_ids), dtype=np.int32)
+    """Ratings of the catalogue's movies as a per-user CSR; ``on_chunk(rows_so_far)`` reports progress.
 
+    A rating of a movie not in ``movie_ids`` (not in movies.csv, or dropped for want of a descriptor) is
+    counted in ``rows_read`` and skipped. A DataError when the file has no rating row, or none of the
+    catalogue's movies; with ``root``, when the file (symlinks followed) lies outside it.
+    """
     users_parts: list[np.ndarray] = []
     movie_parts: list[np.ndarray] = []
     value_parts: list[np.ndarray] = []
     time_parts: list[np.ndarray] = []
     rows = 0
-    columns = {"userId": "int", "movieId": "int", "rating": "float", "timestamp": "int"}
-    for line, frame in _csv_chunks(path, columns=columns, chunksize=chunk_rows):
+    columns = {"userId": "id", "movieId": "id", "rating": "float", "timestamp": "int"}
+    for line, frame in _csv_chunks(path, columns=columns, chunksize=chunk_rows, root=root):
         users = frame["userId"].to_numpy()
         movies = frame["movieId"].to_numpy()
         values = frame["rating"].to_numpy()
@@ -304,11 +383,9 @@ def read_ratings(
         if bad.any():
             i = int(np.argmax(bad))
             raise DataError(path.name, f"rating {values[i]} is outside {MIN_RATING}..{MAX_RATING}", line=line + i)
-        bad = (users <= 0) | (movies <= 0) | (users > np.iinfo(np.int32).max)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise DataError(path.name, "userId and movieId must be positive 32-bit integers", line=line + i)
-        index = np.where(movies < len(lookup), lookup[np.minimum(movies, len(lookup) - 1)], -1)
+        # userId and movieId are 1..MAX_ID ("id" columns, checked by _numeric); the movie's catalogue row by a
+        # binary search (sorting the catalogue's ids each chunk is noise next to parsing it)
+        index = index_of(movie_ids, movies)
         keep = index >= 0
         users_parts.append(users[keep].astype(np.int32))
         movie_parts.append(index[keep].astype(np.int32))
@@ -326,6 +403,12 @@ def read_ratings(
     del value_parts
     timestamps = np.concatenate(time_parts) if time_parts else np.zeros(0, np.int64)
     del time_parts
+    if rows == 0:
+        raise DataError(path.name, "has no rating rows (only a header); a dataset needs at least one rating")
+    if len(values) == 0:
+        raise DataError(
+            path.name, f"none of its {rows:,} ratings is of a movie in the catalogue (movies.csv, with descriptors)"
+        )
     if len(users) and np.any(users[1:] < users[:-1]):
         # MovieLens files are sorted by user already; anything else is sorted here, stably.
         order = np.argsort(users, kind="stable")

@@ -347,16 +347,31 @@ class DatasetStore:
         pipe.execute()
 
     def ingest(
-        self, directory: Path, options: DatasetOptions, *, source: str, progress: Progress
+        self,
+        directory: Path,
+        options: DatasetOptions,
+        *,
+        source: str,
+        progress: Progress,
+        root: Path | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Ingest ``directory`` unless its content is already stored; answers (record, reused).
 
-        ``source`` is the path as the client gave it, recorded instead of the server's absolute path.
+        ``source`` is the path as the client gave it, recorded instead of the server's absolute path. With
+        ``root`` (the data root; an upload's temporary folder), every input file that exists must lie inside
+        it once symlinks are followed, checked before any is opened, hashing included: else PathNotAllowed
+        naming the file. A dataset with no movie (or none with a descriptor) or no rating is a DataError.
         """
-        from shared.ml.movielens import read_catalogue, read_ratings  # pandas: in workers only, not the API
+        from shared.ml.movielens import confine_file, read_catalogue, read_ratings  # pandas: workers only
 
         started = time.perf_counter()
         reset_peak_rss()
+        if root is not None:
+            inputs = [directory / name for name in INPUT_FILES]
+            inputs += [options.genres_fix_csv] if options.genres_fix_csv is not None else []
+            for path in inputs:
+                if path.is_symlink() or path.exists():
+                    confine_file(path, root=root)
         progress(0.02, "hashing", "hashing input files")
         ds_id = dataset_id(directory, options)
         existing = self.get(ds_id)
@@ -365,7 +380,7 @@ class DatasetStore:
 
         progress(0.05, "catalogue", "reading movies and tags")
         catalogue = read_catalogue(
-            directory, tags_per_movie=options.tags_per_movie, genres_fix_csv=options.genres_fix_csv
+            directory, tags_per_movie=options.tags_per_movie, genres_fix_csv=options.genres_fix_csv, root=root
         )
         ratings_path = directory / "ratings.csv"
         total_bytes = max(1, ratings_path.stat().st_size) if ratings_path.is_file() else 1
@@ -376,7 +391,7 @@ class DatasetStore:
             progress(0.2 + 0.6 * done, "ratings", f"{rows:,} ratings read")
 
         progress(0.2, "ratings", "reading ratings")
-        ratings = read_ratings(ratings_path, catalogue.movie_ids, on_chunk=on_chunk)
+        ratings = read_ratings(ratings_path, catalogue.movie_ids, on_chunk=on_chunk, root=root)
 
         progress(0.85, "storing", "storing arrays")
         a = self.artifacts

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +92,18 @@ def _broken_copy(root: Path, name: str) -> Path:
             lambda d: (d / "movies.csv").write_text("movieId,title\n1,A\n"),
             "movies.csv, line 1: missing column(s) genres",
         ),
+        (
+            lambda d: (d / "movies.csv").write_bytes(b"movieId,title,genres\n1,A,Drama\n-1,B,Comedy\n"),
+            "movies.csv, line 3: movieId '-1' is not a positive 32-bit integer",
+        ),
+        (
+            lambda d: (d / "ratings.csv").write_bytes(b"userId,movieId,rating,timestamp\n1,1,4.0,1\n1,2\xff,4.0,2\n"),
+            "ratings.csv, line 3: not UTF-8 (byte 0xff at column 4)",
+        ),
+        (lambda d: (d / "movies.csv").write_text("movieId,title,genres\n"), "movies.csv: has no movie rows"),
+        (lambda d: (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n"), "ratings.csv: has no rating"),
     ],
-    ids=["missing-file", "bad-number", "missing-column"],
+    ids=["missing-file", "bad-number", "missing-column", "negative-id", "not-utf8", "no-movie", "no-rating"],
 )
 def test_missing_or_malformed_files_fail_the_job_with_a_reason(
     api_url: str, settings: Settings, mutate: Any, message: str, request: pytest.FixtureRequest
@@ -121,3 +133,66 @@ def test_artifacts_are_readable_without_pickle(api_url: str, app: Any) -> None:
     assert indptr[0] == 0 and indptr[-1] == len(store.get_array(f"dataset/{ds}/ratings_value"))
     ids = store.get_array(f"dataset/{ds}/movie_ids")
     assert ids.dtype == np.int32 and ids[0] == 1
+
+
+def test_a_pipeline_over_a_header_only_movies_csv_fails_at_once(api_url: str, settings: Settings) -> None:
+    """Before: the dataset was ingested with 0 movies and its mining waited for "0 of 0 shards" until the janitor
+    gave up ("its work was lost 5 times"), minutes later."""
+    directory = _broken_copy(settings.data_root, "header-only-movies")
+    (directory / "movies.csv").write_text("movieId,title,genres\n")
+    started = time.monotonic()
+    r = requests.post(f"{api_url}/v1/pipelines", json={"path": directory.name}, timeout=10)
+    assert r.status_code == 202, r.text
+    done = wait_job(api_url, r.json()["id"], timeout_s=60)
+    assert time.monotonic() - started < 15, done
+    assert done["status"] == "failed" and done["error"]["details"]["stage"] == "ingest", done
+    assert "movies.csv: has no movie rows" in done["error"]["message"]
+    child = wait_job(api_url, done["error"]["details"]["job"], timeout_s=5)
+    assert child["error"]["code"] == "data_error"
+    assert child["error"]["details"] == {"file": "movies.csv", "line": None}
+
+
+def test_a_mining_job_over_a_dataset_with_no_movie_fails_at_once(api_url: str, app: Any) -> None:
+    """A dataset stored with 0 movies (ingest refuses one now; an older one may be stored) has no shard to mine:
+    the job fails with a reason instead of waiting for a join nothing will send."""
+    svc = app.extensions["movierec"]
+    ds_id = "ds-" + uuid.uuid4().hex[:24]
+    svc.datasets.put({"id": ds_id, "source": "empty", "counts": {"movies": 0}, "format": 2})
+    try:
+        started = time.monotonic()
+        r = requests.post(f"{api_url}/v1/jobs/triplets", json={"dataset": ds_id}, timeout=10)
+        assert r.status_code == 202, r.text
+        done = wait_job(api_url, r.json()["id"], timeout_s=60)
+        assert time.monotonic() - started < 15, done
+        assert done["status"] == "failed" and done["error"]["code"] == "data_error", done
+        assert done["error"]["message"] == f"dataset {ds_id}: has no movies: there is nothing to mine triplets from"
+    finally:
+        svc.datasets.delete(ds_id, svc.models)
+
+
+@pytest.mark.parametrize("name", ["movies.csv", "links.csv"])
+def test_a_file_linked_outside_the_data_root_is_refused(
+    api_url: str, settings: Settings, tmp_path: Path, name: str
+) -> None:
+    """The directory was confined, its files were not: a movies.csv linking to any file the worker could read
+    was ingested. Every input file is checked, before it is hashed or read, and the answer never names the
+    link's target."""
+    outside = tmp_path / "outside" / "private.csv"
+    outside.parent.mkdir()
+    shutil.copy(SMALL / name, outside)
+    directory = _broken_copy(settings.data_root, f"linked-out-{name}")
+    (directory / name).unlink()
+    (directory / name).symlink_to(outside)
+    done = finish(api_url, submit(api_url, {"path": directory.name})["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "path_not_allowed", done
+    assert done["error"]["message"].startswith(f"{name} is a link to a file outside the data root")
+    assert done["error"]["details"] == {"file": name}
+    assert str(tmp_path) not in str(done) and "private" not in str(done)
+
+
+def test_a_file_linked_inside_the_data_root_is_ingested(api_url: str, settings: Settings) -> None:
+    directory = _broken_copy(settings.data_root, "linked-in")
+    (directory / "movies.csv").unlink()
+    (directory / "movies.csv").symlink_to(Path("..") / "ml-latest-small" / "movies.csv")
+    done = finish(api_url, submit(api_url, {"path": directory.name})["id"])
+    assert done["status"] == "succeeded", done

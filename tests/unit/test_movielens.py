@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
@@ -9,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.errors import DataError
-from shared.ml.movielens import NO_GENRES, read_catalogue, read_ratings
+from shared.errors import DataError, PathNotAllowed
+from shared.ml.movielens import NO_GENRES, index_of, read_catalogue, read_ratings
 from tests.conftest import SMALL
 
 
@@ -253,6 +255,37 @@ def ingest_files(directory: Path) -> None:
             "userId,movieId,rating,timestamp\n1,10,4.0,1\ninf,40,3.0,2\n",
             "ratings.csv, line 3: userId 'inf' is out of the 64-bit integer range",
         ),
+        # ids are 1..2**31 - 1 in every file: a negative, zero or wider id would alias another once stored
+        (
+            "movies.csv",
+            "movieId,title,genres\n10,A,Drama\n-5,B,Comedy\n",
+            "movies.csv, line 3: movieId '-5' is not a positive 32-bit integer (1 to 2147483647)",
+        ),
+        ("movies.csv", "movieId,title,genres\n0,A,Drama\n", "movies.csv, line 2: movieId '0' is not a positive"),
+        (
+            "movies.csv",
+            "movieId,title,genres\n10,A,Drama\n2147483648,B,Comedy\n",
+            "movies.csv, line 3: movieId '2147483648' is not a positive 32-bit integer",
+        ),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,10,4.0,1\n1,4294967306,3.0,2\n",
+            "ratings.csv, line 3: movieId '4294967306' is not a positive 32-bit integer",
+        ),
+        ("tags.csv", "userId,movieId,tag,timestamp\n1,0,funny,1\n", "tags.csv, line 2: movieId '0' is not a positive"),
+        # a dataset with nothing in it is refused at ingest, not passed on to fail later
+        ("movies.csv", "movieId,title,genres\n", "movies.csv: has no movie rows (only a header)"),
+        (
+            "movies.csv",
+            "movieId,title,genres\n30,Gamma (1992),(no genres listed)\n",
+            "movies.csv: none of its 1 movies has a descriptor",
+        ),
+        ("ratings.csv", "userId,movieId,rating,timestamp\n", "ratings.csv: has no rating rows (only a header)"),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,30,4.0,1\n1,99,3.0,2\n",
+            "ratings.csv: none of its 2 ratings is of a movie in the catalogue",
+        ),
     ],
 )
 def test_malformed_files_name_the_file_line_and_problem(tiny: Path, name: str, text: str, expected: str) -> None:
@@ -282,3 +315,117 @@ def test_bad_timestamp_is_found_in_a_later_chunk(tiny: Path) -> None:
     c = read_catalogue(tiny, tags_per_movie=5)
     with pytest.raises(DataError, match=r"^ratings.csv, line 13: timestamp '2021-01-01' is not a number"):
         read_ratings(tiny / "ratings.csv", c.movie_ids, chunk_rows=4)
+
+
+def test_ids_are_refused_before_any_array_is_indexed_by_them(tiny: Path) -> None:
+    # before: -2 was written into the lookup table's last-but-one slot, the row of the largest id
+    write(tiny, "movies.csv", "movieId,title,genres\n10,A,Drama\n40,D,Horror\n-2,Neg,Comedy\n")
+    with pytest.raises(DataError) as err:
+        read_catalogue(tiny, tags_per_movie=5)
+    assert err.value.details == {"file": "movies.csv", "line": 4}
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("genome-tags.csv", "tagId,tag\n0,zombies\n"),
+        ("genome-scores.csv", "movieId,tagId,relevance\n10,-1,0.5\n"),
+    ],
+)
+def test_genome_ids_are_checked_too(tiny: Path, name: str, text: str) -> None:
+    write(tiny, "genome-tags.csv", "tagId,tag\n1,zombies\n")
+    write(tiny, "genome-scores.csv", "movieId,tagId,relevance\n10,1,0.5\n")
+    write(tiny, name, text)
+    with pytest.raises(DataError, match=rf"^{name}, line 2: \w+ '-?\d+' is not a positive 32-bit integer"):
+        read_catalogue(tiny, tags_per_movie=5)
+
+
+HUGE = 300_000_000
+
+
+def test_a_huge_valid_id_is_indexed_without_an_array_sized_by_it(tiny: Path) -> None:
+    """One movieId (and genome tagId) of 300,000,000 is a valid id: ingested right, at no cost in memory.
+
+    Before, ratings were looked up in an int32 table of max id + 2 entries (1.2 GB here) and genome tags in
+    an int64 one (2.4 GB); tracemalloc sees numpy's allocations."""
+    write(tiny, "movies.csv", f"movieId,title,genres\n10,A,Drama\n{HUGE},Huge (2020),Horror\n40,D,Comedy\n")
+    write(tiny, "genome-tags.csv", f"tagId,tag\n{HUGE},zombies\n2,atmospheric\n")
+    write(tiny, "genome-scores.csv", f"movieId,tagId,relevance\n{HUGE},{HUGE},0.9\n{HUGE},2,0.1\n")
+    write(tiny, "ratings.csv", f"userId,movieId,rating,timestamp\n1,{HUGE},4.0,1\n1,10,3.0,2\n2,40,2.0,3\n2,7,1.0,4\n")
+    tracemalloc.start()
+    try:
+        c = read_catalogue(tiny, tags_per_movie=1)
+        r = read_ratings(tiny / "ratings.csv", c.movie_ids, chunk_rows=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert list(c.movie_ids) == [10, HUGE, 40] and c.movie_ids.dtype == np.int32
+    assert c.descriptors(1) == ["Horror", "zombies"]
+    assert r.rows_read == 4 and r.kept == 3  # movie 7 is not in movies.csv: skipped, as before
+    assert [int(c.movie_ids[i]) for i in r.movie_index] == [HUGE, 10, 40]
+
+
+def test_index_of_answers_positions_and_minus_one_for_any_other_id() -> None:
+    ids = np.asarray([40, 10, HUGE, 2**31 - 1], dtype=np.int32)
+    wanted = np.asarray([10, HUGE, 7, -2, 0, 41, 2**31 - 1, 2**40, 40])
+    assert index_of(ids, wanted).tolist() == [1, 2, -1, -1, -1, -1, 3, -1, 0]
+    assert index_of(np.zeros(0, np.int32), wanted).tolist() == [-1] * len(wanted)
+
+
+@pytest.mark.parametrize("name", ["movies.csv", "ratings.csv", "tags.csv"])
+def test_invalid_utf8_names_the_file_line_and_column(tiny: Path, name: str) -> None:
+    lines = (tiny / name).read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2][:3] + b"\xc3\x28" + lines[2][3:]  # a lead byte with no continuation, on line 3
+    (tiny / name).write_bytes(b"".join(lines))
+    with pytest.raises(DataError) as err:
+        ingest_files(tiny)
+    assert err.value.message == f"{name}, line 3: not UTF-8 (byte 0xc3 at column 4)"
+    assert err.value.details == {"file": name, "line": 3}
+
+
+def test_invalid_utf8_in_a_later_chunk_of_ratings(tiny: Path) -> None:
+    rows = "".join(f"{u},10,4.0,1\n" for u in range(1, 12)).encode()
+    (tiny / "ratings.csv").write_bytes(b"userId,movieId,rating,timestamp\n" + rows + b"12,10,4.0,1\xff\n")
+    c = read_catalogue(tiny, tags_per_movie=5)
+    with pytest.raises(DataError, match=r"^ratings.csv, line 13: not UTF-8 \(byte 0xff at column 12\)$"):
+        read_ratings(tiny / "ratings.csv", c.movie_ids, chunk_rows=4)
+
+
+@pytest.fixture
+def rooted(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data root, a file outside it): the tiny dataset moved to <root>/ml."""
+    root = tmp_path_factory.mktemp("root")
+    shutil.move(str(tiny), root / "ml")
+    outside = tmp_path_factory.mktemp("outside") / "secret.csv"
+    outside.write_text("movieId,title,genres\n10,Secret,Drama\n")
+    return root, outside
+
+
+@pytest.mark.parametrize("name", ["movies.csv", "tags.csv", "ratings.csv", "fix.csv"])
+def test_a_file_linked_outside_the_root_is_refused_without_saying_where(rooted: tuple[Path, Path], name: str) -> None:
+    root, outside = rooted
+    directory = root / "ml"
+    (directory / name).unlink(missing_ok=True)
+    (directory / name).symlink_to(outside)
+    fix = directory / "fix.csv" if name == "fix.csv" else None
+
+    def ingest() -> None:
+        c = read_catalogue(directory, tags_per_movie=5, genres_fix_csv=fix, root=root)
+        read_ratings(directory / "ratings.csv", c.movie_ids, root=root)
+
+    with pytest.raises(PathNotAllowed) as err:
+        ingest()
+    assert err.value.message.startswith(f"{name} is a link to a file outside the data root")
+    assert err.value.details == {"file": name}
+    assert str(outside.parent) not in err.value.message
+
+
+def test_a_file_linked_inside_the_root_is_read(rooted: tuple[Path, Path]) -> None:
+    root, _ = rooted
+    directory = root / "ml"
+    shutil.move(str(directory / "movies.csv"), root / "shared-movies.csv")
+    (directory / "movies.csv").symlink_to(Path("..") / "shared-movies.csv")
+    c = read_catalogue(directory, tags_per_movie=5, root=root)
+    assert list(c.movie_ids) == [10, 20, 40, 50]
+    assert read_ratings(directory / "ratings.csv", c.movie_ids, root=root).kept == 3
