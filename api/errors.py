@@ -2,7 +2,9 @@
 
 ``shared.errors`` draws the tree; here each class meets its HTTP status. Framework errors (validation,
 404, 405, 413, 415) get the same envelope. Nothing else escapes: an unexpected exception is logged and
-answered 500 with a generic message, and a Redis outage is 503.
+answered 500 with a generic message. A Redis failure that should pass (the server away, loading, read-only or
+out of memory: ``shared.infra.redisconn.transient_cause``) is 503 ``unavailable`` naming the cause in
+``details.cause``, with a ``Retry-After``; any other Redis error is a bug, answered 500.
 
 A refusal names what was wrong and the limit it broke: a validation error's message is its first field
 error (``json.k: Must be greater than or equal to 1 and less than or equal to 100.``), its details all of
@@ -20,6 +22,7 @@ from apiflask import APIFlask, HTTPError
 from flask import Response, jsonify, request
 
 from shared.errors import MovierecError
+from shared.infra.redisconn import TRANSIENT_CAUSES, transient_cause
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +122,30 @@ def register_error_handlers(app: APIFlask) -> None:
         if exc.status >= 500 and exc.status != 503:
             log.error("internal error: %s", exc.message)
             return error_response(500, "internal_error", "internal error")
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        cause = (exc.details or {}).get("cause")
+        if exc.status == 503 and cause in TRANSIENT_CAUSES:
+            response.headers["Retry-After"] = str(TRANSIENT_CAUSES[cause][1])
+        return response
 
-    @app.errorhandler(redis.ConnectionError)
-    @app.errorhandler(redis.TimeoutError)
-    def redis_down(exc: Exception) -> Response:
-        log.warning("Redis unreachable: %s", exc)
-        return error_response(503, "unavailable", "the job store is unreachable; try again shortly")
+    @app.errorhandler(redis.RedisError)
+    def redis_failed(exc: redis.RedisError) -> Response:
+        cause = transient_cause(exc)
+        if cause is None:
+            log.exception("Redis error", exc_info=exc)
+            return error_response(500, "internal_error", "internal error")
+        log.warning("Redis unavailable (%s): %s", cause, exc)
+        return unavailable(cause)
+
+
+def unavailable(cause: str, doing: str = "") -> Response:
+    """503 for a Redis failure that should pass: ``{"code": "unavailable", "details": {"cause"}}`` with the
+    cause in words and a ``Retry-After`` (shared.infra.redisconn.TRANSIENT_CAUSES)."""
+    reason, retry_after = TRANSIENT_CAUSES[cause]
+    message = f"{doing}: {reason}; try again shortly" if doing else f"{reason}; try again shortly"
+    response = error_response(503, "unavailable", message, {"cause": cause})
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 ERROR_SCHEMA_REF = "#/components/schemas/ErrorOut"
@@ -137,7 +157,9 @@ _EVERY_BODY = {
     "415": "body not sent as application/json",
 }
 _EVERY_QUERY = {"400": "invalid query parameter"}
-_EVERY_OPERATION = {"503": "Redis unreachable; try again shortly"}
+_EVERY_OPERATION = {
+    "503": "Redis unreachable, loading, read-only or out of memory (details.cause; Retry-After says when to retry)"
+}
 _NO_REDIS = frozenset({"/healthz"})
 
 

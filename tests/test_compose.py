@@ -18,7 +18,7 @@ from compose_spec import PyCompose
 from cli.main import build_parser
 from tests.conftest import REPO
 
-SECRETS = {"REDIS_PASSWORD": "s3cret", "FLOWER_BASIC_AUTH": "ops:fl0wer"}
+SECRETS = {"REDIS_PASSWORD": "s3cret", "FLOWER_BASIC_AUTH": "ops:fl0wer", "MOVIEREC_API_KEYS": "k3y-one,k3y-two"}
 OURS = ("api", "cpu-worker", "gpu-worker", "flower")
 """The services that run a ``movierec`` command on our image."""
 
@@ -69,7 +69,19 @@ def test_secrets_have_no_default(text: str) -> None:
     with pytest.raises(MissingVariable, match="REDIS_PASSWORD: Variable not set"):
         interpolate(text, {})
     with pytest.raises(MissingVariable, match="FLOWER_BASIC_AUTH: Variable not set"):
-        interpolate(text, {"REDIS_PASSWORD": "s3cret"})  # Flower is never published without a login
+        interpolate(text, {"REDIS_PASSWORD": "s3cret", "MOVIEREC_API_KEYS": "k"})  # Flower never without a login
+    with pytest.raises(MissingVariable, match="MOVIEREC_API_KEYS: Variable not set"):
+        interpolate(text, {"REDIS_PASSWORD": "s3cret", "FLOWER_BASIC_AUTH": "ops:fl0wer"})  # the API never open
+
+
+def test_the_published_api_requires_keys_and_its_healthcheck_needs_none(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    assert api["environment"]["MOVIEREC_API_KEYS"] == "k3y-one,k3y-two"
+    args = build_parser().parse_args(api["command"][1:])
+    assert args.host == "0.0.0.0" and not args.insecure  # `movierec api` would refuse it without the keys
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])  # the one route open without a key
+    for name in ("cpu-worker", "gpu-worker", "flower"):  # the keys are the API's alone
+        assert "MOVIEREC_API_KEYS" not in compose["services"][name]["environment"]
 
 
 def test_services_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ as an f-string (tests/unit/test_keys.py greps for it).
     <prefix>:model:<version> / :models / :active_model   model records, their index, the serving pointer
     <prefix>:feedback:<ds>:user:<uid> / :users   ratings given after ingest (shared/store/feedback.py)
     <prefix>:metrics:jobs|job_seconds      job outcome counters and duration histograms (shared/infra/metrics.py)
+    <prefix>:readyz-probe                  never written: /readyz DELs it to see whether Redis takes writes
     <prefix>:art:<name>[:<i>|:tmp:<id>[:<i>]]   an artifact's manifest, its chunks, a write in progress
                                            (``artifacts_under``: a SCAN pattern for a name prefix's artifacts)
     <prefix>:vec:<model identity>:<pooling>:<sha1(text)>   one cached string vector
@@ -111,6 +112,11 @@ class Keys:
     @property
     def active_model(self) -> str:
         return f"{self.prefix}:active_model"
+
+    @property
+    def readyz_probe(self) -> str:
+        """A key that is never written: ``/readyz`` DELs it, a write Redis refuses when it refuses writes."""
+        return f"{self.prefix}:readyz-probe"
 
     # -- metrics pushed by every process through Redis (shared/infra/metrics.py) ------------------------------
     @property

@@ -35,6 +35,35 @@ def connect(url: str) -> redis.Redis:
     )
 
 
+TRANSIENT_CAUSES = {
+    "redis_down": ("Redis is unreachable", 5),
+    "redis_loading": ("Redis is loading its data after a restart", 5),
+    "redis_read_only": ("Redis refuses writes (a read-only replica, or it cannot write to its disk)", 15),
+    "redis_out_of_memory": ("Redis is out of memory (maxmemory reached): free some or raise maxmemory", 30),
+}
+"""Why Redis refused, where waiting (or an operator) can cure it: the cause, what to say, and the seconds a
+client is asked to wait (``Retry-After``) before trying again."""
+
+
+def transient_cause(exc: BaseException) -> str | None:
+    """The ``TRANSIENT_CAUSES`` key of a Redis failure that should pass (the server away, loading, read-only,
+    out of memory), looking through the exceptions it wraps (kombu's ``OperationalError``, redis-py's
+    pipeline errors); None for any other error, which is a bug to report, not to retry."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen.args[0]) if seen.args else ""
+        if isinstance(seen, redis.exceptions.BusyLoadingError) or text.startswith("LOADING"):
+            return "redis_loading"
+        if isinstance(seen, (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)):
+            return "redis_down"
+        if isinstance(seen, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in text:
+            return "redis_out_of_memory"
+        if isinstance(seen, redis.exceptions.ReadOnlyError) or text.startswith(("READONLY", "MISCONF")):
+            return "redis_read_only"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class Script:
     """A Lua script: EVALSHA on a client (loaded again after a Redis restart), EVAL in a pipeline.
 

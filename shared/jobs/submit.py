@@ -15,6 +15,7 @@ from kombu.exceptions import OperationalError
 
 from shared.errors import ServiceUnavailable
 from shared.infra.broker import onto
+from shared.infra.redisconn import TRANSIENT_CAUSES, transient_cause
 from shared.jobs.kinds import task_of
 from shared.jobs.store import Job, JobStore
 
@@ -35,7 +36,9 @@ def submit(celery: Celery, jobs: JobStore, *, kind: str, params: dict[str, Any],
             )
         pipe.execute()
     except (redis.RedisError, OperationalError, OSError) as exc:
-        raise ServiceUnavailable("the job queue is unreachable; try again shortly") from exc
+        cause = transient_cause(exc) or "redis_down"
+        message = f"the job was not queued: {TRANSIENT_CAUSES[cause][0]}; try again shortly"
+        raise ServiceUnavailable(message, details={"cause": cause}) from exc
     jobs.confirm_durable(job.id)  # 202 only once it is on disk: see shared/infra/durability.py
     return job
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import psutil
 import pytest
 import requests
 
+from cli.client import Client
 from cli.demo import _download_small
 from cli.stack import free_port, log_tails, wait_ready
 from shared.infra.settings import Settings
@@ -108,6 +110,86 @@ def test_up_starts_a_worker_that_died_again(up: tuple[subprocess.Popen[str], int
     assert process.poll() is None  # `up` itself carries on
     done = cli("submit", "dataset", "ml-latest-small", "--wait", "--api", f"http://127.0.0.1:{port}")
     assert done.returncode == 0 and '"status": "succeeded"' in done.stdout, done.stderr  # the new worker ran it
+
+
+def _redis_server(up_pid: int) -> psutil.Process:
+    found = [p for p in psutil.Process(up_pid).children() if "redis-server" in p.name() and p.is_running()]
+    found = [p for p in found if p.status() != psutil.STATUS_ZOMBIE]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _readyz(port: int) -> tuple[int, str | None]:
+    try:
+        r = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+    except requests.RequestException:
+        return 0, None
+    body = r.json()
+    return r.status_code, (body.get("error") or {}).get("details", {}).get("cause")
+
+
+def test_up_starts_its_redis_again_after_a_sigkill_and_loses_no_job(
+    up: tuple[subprocess.Popen[str], int], tmp_path: Path
+) -> None:
+    process, port = up
+    api = f"http://127.0.0.1:{port}"
+    redis_dir = tmp_path / "up" / "redis"
+    assert (redis_dir / "password").stat().st_mode & 0o777 == 0o600  # made by `up`, used by every child
+    assert redis_dir.stat().st_mode & 0o777 == 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in redis_dir.iterdir() if f.is_file())
+    password = (redis_dir / "password").read_text().strip()
+    server = _redis_server(process.pid)
+    job = Client(api).submit_dataset("ml-latest-small")  # accepted (on disk) just before the kill
+    server.kill()  # as the kernel does when Redis exits on an AOF write error (a full disk)
+    killed = time.monotonic()
+    causes = []
+    status = 0
+    while time.monotonic() - killed < 30:
+        status, cause = _readyz(port)
+        if status == 200:
+            break
+        causes.append(cause)
+        time.sleep(0.1)
+    recovered_s = time.monotonic() - killed
+    print(f"redis-server SIGKILLed under `up`: /readyz 200 again after {recovered_s:.2f} s; causes {set(causes)}")
+    assert status == 200, f"not ready {recovered_s:.0f} s after the kill: {causes[-3:]}\n{log_tails(tmp_path / 'logs')}"
+    assert set(causes) <= {"redis_down", "no_worker", None}, causes
+    assert process.poll() is None
+    again = _redis_server(process.pid)
+    assert again.pid != server.pid and f"requirepass {password}" in (redis_dir / "redis.conf").read_text()
+    final = Client(api).wait(job["id"], timeout_s=120, progress=False)
+    assert final["status"] == "succeeded", final
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert process.stdout is not None
+    out = process.stdout.read()
+    assert password not in out and "embedded Redis at redis://:***@127.0.0.1:" in out, out
+
+
+def test_api_refuses_a_public_address_without_keys_unless_insecure(settings: Settings) -> None:
+    env = {**settings.child_env(), "MOVIEREC_API_KEYS": ""}
+    port = free_port()
+    refused = cli("api", "--host", "0.0.0.0", "--port", str(port), env=env, timeout=60)
+    assert refused.returncode == 2 and "--insecure" in refused.stderr and "MOVIEREC_API_KEYS" in refused.stderr
+    api = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "api", "--host", "0.0.0.0", "--port", str(port), "--insecure",
+         "--workers", "1"],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout_s=60, failure="--insecure did not serve"
+        )
+    finally:
+        os.killpg(api.pid, signal.SIGKILL)
+        api.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def test_up_killed_outright_still_leaves_no_process(up: tuple[subprocess.Popen[str], int]) -> None:
