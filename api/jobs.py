@@ -71,14 +71,16 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9
 
 
 def model_source(name: str) -> str:
-    """A model name as a worker may load it: a Hugging Face id as given, anything else a local directory.
+    """A model name as the workers get it: exactly as given, never rewritten to this host's path.
 
-    A local directory must lie inside the data root (``confine``), whatever its spelling: absolute,
-    ``./x``, ``a/../../b`` (which would otherwise be read from the worker's working directory).
+    Each worker resolves it against its own data root (shared/ml/encoder.py), which may be mounted elsewhere
+    than the API's or not at all here. A name that only a path can mean must lie inside the data root
+    (``confine``, ``PathNotAllowed``), whatever its spelling: absolute, ``./x``, ``a/../../b``.
     """
     if _HUB_NAME.match(name) and ".." not in name:
         return name
-    return str(confine(name, root=services().settings.data_root))
+    confine(name, root=services().settings.data_root)
+    return name
 
 
 def _require_dataset(dataset_id: str) -> None:

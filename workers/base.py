@@ -6,6 +6,8 @@ A task body receives a ``JobContext`` and the job's JSON parameters, and returns
     admit the unit + start (one round trip; skip when the job was cancelled or expired)
       -> body -> succeed + release the unit (one round trip)
               \\-> MovierecError -> fail with its code and message, release
+              \\-> a Redis failure that should pass (out of memory, read-only, loading, away) -> release, and the
+                 task is sent again after a backoff (``retry_if_transient``): the job is not failed
               \\-> anything else -> fail as internal_error (logged here), release
 
 A *speculative* job (a recommendation: a short query) sends its admission and start, runs its
@@ -21,6 +23,7 @@ the job, naming it, instead of running again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -29,21 +32,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import current_app
+from celery import current_app, current_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.errors import MovierecError
 from shared.infra.celery_app import settings_of
 from shared.infra.process import per_process
-from shared.infra.redisconn import sent_ahead
+from shared.infra.redisconn import sent_ahead, transient_cause
 from shared.jobs.kinds import PIPELINE_STEP
 from shared.jobs.leases import Admission
 from shared.services import Services
+from shared.store.artifacts import FencedOut
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5
 """Progress writes closer together than this are skipped unless the stage changes."""
+
+RETRY_CAP_S = 60.0
+"""The longest wait between two tries of a task that Redis refused for a while (1, 2, 4 ... s, then this)."""
 
 
 @per_process(maxsize=1)
@@ -100,13 +107,24 @@ def run_shard(job_id: str, lo: int, hi: int, total: int, work: Callable[[Service
     """The frame of a shard of a sharded job (mining, an evaluation's scoring), run inside its ``unit``: skip it
     when the job stopped or this shard is done already (a redelivery); run ``work``, which stores the shard's
     part and answers its stats; a failure fails the job. Answers how many shards are done now (negative when
-    the job stopped meanwhile), None when skipped or failed: the caller sends the join when it reaches ``total``."""
+    the job stopped meanwhile), None when skipped or failed: the caller sends the join when it reaches ``total``.
+
+    ``work`` gets services whose artifact writes are fenced by the lease of the unit ``shard-<lo:09d>`` (as the
+    callers name it): a shard that lost its lease while it ran (frozen past it; another delivery may have taken
+    over, even joined) publishes nothing and is not counted done; the janitor sends it again if need be."""
     svc = services()
     shard = f"{lo:09d}"
     if not svc.jobs.is_running(job_id) or shard in svc.jobs.shards_done(job_id):
         return None
+    token = svc.units.holder(job_id, f"shard-{shard}")
+    if token is not None:
+        fenced = svc.artifacts.fenced(svc.units.lease_key(job_id, f"shard-{shard}"), token)
+        svc = dataclasses.replace(svc, artifacts=fenced)
     try:
         stats = work(svc)
+    except FencedOut:
+        log.warning("job %s: shard %d-%d: lease lost: output discarded", job_id, lo, hi)
+        return None
     except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
         fail_job(job_id, exc, where=f"shard {lo}-{hi}")
         return None
@@ -188,6 +206,7 @@ def _record(ctx: JobContext, attempt: Attempt) -> tuple[dict[str, Any], bool]:
         limit = svc.settings.soft_time_limit_s
         svc.jobs.fail(job_id, code="timeout", message=f"the job ran past its time limit ({limit} s)")
     elif isinstance(attempt, Exception):
+        retry_if_transient(attempt, job_id=job_id, where="its task")
         log.error("job %s failed", job_id, exc_info=attempt)
         svc.jobs.fail(job_id, code="internal_error", message="the job failed unexpectedly; the worker log has details")
     elif attempt is None:  # later tasks (shards, a join) finish it
@@ -242,8 +261,28 @@ def unit(job_id: str, name: str, *, where: str) -> Iterator[bool]:
         svc.units.release(job_id, name)
 
 
+def retry_if_transient(exc: BaseException, *, job_id: str, where: str) -> None:
+    """When ``exc`` is a Redis failure that should pass (out of memory, read-only, loading, away:
+    ``shared.infra.redisconn.transient_cause``), send the running task again after a backoff (1, 2, 4 ... s,
+    at most ``RETRY_CAP_S``, for as long as it lasts) instead of failing its job: raises Celery's ``Retry``,
+    and the caller's ``unit`` frame releases the unit on the way out. Returns for any other error.
+
+    Every unit's output is content-addressed or fenced by its lease, so a second try redoes the work safely.
+    If Redis refuses even the retry's message, the task fails without touching the job, whose unit is free
+    again: the janitor sends it once Redis takes writes."""
+    cause = transient_cause(exc)
+    task = current_task
+    if cause is None or task is None or task.request.called_directly:
+        return
+    countdown = min(RETRY_CAP_S, 2.0 ** int(task.request.retries or 0))
+    log.warning("job %s: %s: %s (%s); trying again in %.0f s", job_id, where, cause, exc, countdown)
+    raise task.retry(exc=exc, countdown=countdown, max_retries=None)
+
+
 def fail_job(job_id: str, exc: BaseException, *, where: str) -> None:
-    """Fail a job from a task that is not its main one (a shard, a join), naming where it broke."""
+    """Fail a job from a task that is not its main one (a shard, a join), naming where it broke; a Redis
+    failure that should pass is tried again instead (``retry_if_transient``)."""
+    retry_if_transient(exc, job_id=job_id, where=where)
     svc = services()
     if isinstance(exc, MovierecError):
         failed = svc.jobs.fail(job_id, code=exc.code, message=f"{where}: {exc.message}", details={"where": where})

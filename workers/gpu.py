@@ -64,7 +64,8 @@ def _encoder_for(ctx: JobContext, params: dict[str, Any]) -> Encoder:
     model = params.get("model") or settings.encoder_model
     pooling = params.get("pooling") or settings.encoder_pooling
     ctx.progress(0.01, "loading model", f"{model} ({pooling})")
-    return load_encoder(model, pooling, device(), autocast=settings.autocast, batch_size=settings.encode_batch_size)
+    return load_encoder(model, pooling, device(), autocast=settings.autocast, batch_size=settings.encode_batch_size,
+                        data_root=settings.data_root, hub_download=settings.hub_download)  # fmt: skip
 
 
 def _vectors(ctx: JobContext) -> VectorCache:

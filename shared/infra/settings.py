@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1, le=DEFAULT_CHUNK_BYTES)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     encoder_model: str = DEFAULT_ENCODER_MODEL
+    hub_download: bool = False
+    """Whether a worker may download a Hugging Face model missing from its local cache (shared/ml/encoder.py)."""
     encoder_pooling: Literal["cls", "mean"] = "cls"
     encode_batch_size: int = Field(default=128, ge=1, le=4096)
     autocast: Literal["off", "fp16", "bf16"] = "off"
@@ -130,6 +132,7 @@ class Settings(BaseSettings):
         env["MOVIEREC_PROFILE"] = self.profile
         env["MOVIEREC_DEVICE"] = self.device
         env["MOVIEREC_ENCODER_MODEL"] = self.encoder_model
+        env["MOVIEREC_HUB_DOWNLOAD"] = "1" if self.hub_download else "0"
         env["MOVIEREC_ENCODER_POOLING"] = self.encoder_pooling
         env["MOVIEREC_ENCODE_BATCH_SIZE"] = str(self.encode_batch_size)
         env["MOVIEREC_AUTOCAST"] = self.autocast

@@ -15,6 +15,8 @@ a unit, ``UnitGuard.admit`` does, in one Lua call (``admit_on`` queues it in the
 
 While a unit runs, one renewer thread per process extends every lease the process holds, every third of the
 TTL. ``release`` (after the unit returned or raised: either way it finished) drops the lease and the count.
+A unit's renewal can fail (its process froze past the TTL): its output is then written fenced by its lease
+(``holder`` gives the token; ``ArtifactStore.fenced``), so a unit whose lease was lost discards what it made.
 A unit whose process was killed leaves both: the lease expires after its TTL, which tells the janitor the unit
 is no longer running; the count stays, so the next start sees it. A poison unit's count is never released,
 so every later copy of its message is refused too, without taking the lease.
@@ -115,6 +117,12 @@ class UnitGuard:
 
     def starts_key(self, job_id: str, unit: str) -> str:
         return self._keys.unit_starts(job_id, unit)
+
+    def holder(self, job_id: str, unit: str) -> str | None:
+        """The token this process holds ``unit``'s lease with, None when it runs no such unit: a write fenced by
+        (``lease_key``, this token) lands only while the lease is still this run's."""
+        with self._lock:
+            return self._held.get(self.lease_key(job_id, unit))
 
     def admit(self, job_id: str, unit: str) -> tuple[Admission, int]:
         """Count this start and take the lease: (what to do, how many times the unit has been started)."""

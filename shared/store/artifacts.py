@@ -13,10 +13,15 @@ deletes every artifact under a name prefix (SCAN MATCH ``Keys.artifacts_under``)
 Bytes too large to hold (an uploaded ``ratings.csv``) stream both ways: ``writer`` appends to the temporary
 chunks as data arrives, holding at most ``STREAM_BUFFER_BYTES``, and publishes the same way on ``commit``;
 ``copy_to`` reads an artifact into a file piece by piece, checking the sha256 at the end.
+
+A *fenced* store (``fenced(key, token)``: a unit's lease and its holder) publishes a write only while ``key``
+still holds ``token``, checked and renamed in one Lua call; otherwise it deletes the temporary keys and raises
+``FencedOut``, so a unit that lost its lease (paused past it, another delivery took over) leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -29,6 +34,7 @@ import redis
 
 from shared.errors import NotFound
 from shared.infra.keys import Keys
+from shared.infra.redisconn import Script
 
 STREAM_BUFFER_BYTES = 1 << 20
 """What a streamed write or read holds in memory at most (besides one piece of its caller's)."""
@@ -50,6 +56,31 @@ class CorruptArtifact(Exception):
     """The stored bytes do not match their manifest's checksum."""
 
 
+class FencedOut(Exception):
+    """A fenced write found its fence key no longer holding its token: it was discarded, nothing published."""
+
+
+# KEYS[1]: fence, KEYS[2]: manifest, KEYS[3 .. 2+n]: temporary chunks, KEYS[3+n .. 2+2n]: their final names,
+# then stale chunks of the old artifact. ARGV: token, n, manifest JSON, TTL s ("" persists).
+# Publishes as _publish's MULTI/EXEC does, only while the fence holds the token; else deletes the temporary chunks.
+_PUBLISH_FENCED = """
+local n = tonumber(ARGV[2])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  for i = 3, 2 + n do redis.call('DEL', KEYS[i]) end
+  return 0
+end
+for i = 1, n do redis.call('RENAME', KEYS[2 + i], KEYS[2 + n + i]) end
+for i = 3 + 2 * n, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('SET', KEYS[2], ARGV[3])
+for i = 0, n do
+  local k = KEYS[2]
+  if i > 0 then k = KEYS[2 + n + i] end
+  if ARGV[4] == '' then redis.call('PERSIST', k) else redis.call('EXPIRE', k, tonumber(ARGV[4])) end
+end
+return 1
+"""
+
+
 class ArtifactStore:
     """Versioned, chunked, pickle-free storage of numpy arrays and byte blobs in Redis."""
 
@@ -57,6 +88,13 @@ class ArtifactStore:
         self._r = client
         self._keys = Keys(prefix)
         self._chunk_bytes = chunk_bytes
+        self._fence: tuple[str, str] | None = None
+
+    def fenced(self, key: str, token: str) -> ArtifactStore:
+        """This store, whose writes publish only while Redis key ``key`` holds ``token`` (else ``FencedOut``)."""
+        store = copy.copy(self)
+        store._fence = (key, token)
+        return store
 
     def _key(self, name: str) -> str:
         return self._keys.artifact(name)
@@ -109,6 +147,9 @@ class ArtifactStore:
         key = self._key(name)
         old = self.manifest(name)
         n_chunks = manifest.chunks
+        if self._fence is not None:
+            self._publish_fenced(name, tmp, manifest, stale=range(n_chunks, old.chunks if old else 0), ttl_s=ttl_s)
+            return
         self._r.set(tmp, json.dumps(manifest.__dict__), ex=TMP_TTL_S)
         pipe = self._r.pipeline(transaction=True)
         for i in range(n_chunks):
@@ -123,6 +164,16 @@ class ArtifactStore:
             else:
                 pipe.expire(k, ttl_s)
         pipe.execute()
+
+    def _publish_fenced(self, name: str, tmp: str, manifest: Manifest, *, stale: range, ttl_s: int | None) -> None:
+        assert self._fence is not None
+        fence, token = self._fence
+        key, n = self._key(name), manifest.chunks
+        keys = [fence, key, *(Keys.artifact_chunk(tmp, i) for i in range(n))]
+        keys += [*(Keys.artifact_chunk(key, i) for i in range(n)), *(Keys.artifact_chunk(key, i) for i in stale)]
+        args = [token, n, json.dumps(manifest.__dict__), "" if ttl_s is None else ttl_s]
+        if not Script(self._r, _PUBLISH_FENCED)(keys=keys, args=args):
+            raise FencedOut(f"artifact {name!r} was not written: {fence} no longer holds this writer's token")
 
     # -- reading ---------------------------------------------------------------------------------------
     def manifest(self, name: str) -> Manifest | None:

@@ -240,8 +240,9 @@ def test_model_names(app: Any) -> None:
     with app.test_request_context():
         for hub in ("all-MiniLM-L6-v2", "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"):
             assert model_source(hub) == hub
-        assert model_source("./ml-latest-small") == str(root / "ml-latest-small")
-        assert model_source(str(root / "ml-latest-small")) == str(root / "ml-latest-small")
+        # Passed on exactly as given: each worker resolves it against its own data root (issue #14, finding 6).
+        for local in ("./ml-latest-small", "ml-latest-small", "a/../ml-latest-small", str(root / "ml-latest-small")):
+            assert model_source(local) == local
         for outside in ("org/../..", "a/b/c/../../../..", ".."):
             with pytest.raises(PathNotAllowed):
                 model_source(outside)

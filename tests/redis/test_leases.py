@@ -7,11 +7,23 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import numpy as np
 import pytest
 import redis
 
+from shared.infra.celery_app import make_celery
+from shared.infra.keys import evaluation_part
+from shared.infra.process import clear_process_caches
+from shared.infra.settings import Settings
 from shared.jobs.leases import Admission, UnitGuard
+from shared.services import Services
+from shared.store.evaluations import store_part
+from tests.conftest import delete_prefix
+from workers.base import run_shard, services, unit
 
 
 @pytest.fixture
@@ -54,3 +66,47 @@ def test_a_unit_that_never_finishes_is_poison_after_max_starts(guard: UnitGuard,
     assert guard.admit("j", "main") == (Admission.POISON, 3)
     assert not redis_client.exists(guard.lease_key("j", "main"))
     assert guard.admit("j", "main")[0] is Admission.POISON  # any later copy of its message too
+
+
+@pytest.fixture
+def svc(settings: Settings, redis_client: redis.Redis) -> Iterator[Services]:
+    """This process's services (what ``unit`` and ``run_shard`` use) on a key prefix of the test's own."""
+    own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-l{uuid.uuid4().hex[:6]}"})
+    make_celery(own).set_current()
+    clear_process_caches()
+    yield services()
+    clear_process_caches()
+    delete_prefix(redis_client, own.key_prefix)
+
+
+@pytest.mark.parametrize("how", ["expired", "taken"])
+def test_a_shard_that_lost_its_lease_writes_nothing(svc: Services, how: str) -> None:
+    """Issue #14 finding 7: a shard frozen past its lease (it lapsed, or another delivery took it over) must not
+    publish its part when it resumes; a shard that holds its lease writes it as before."""
+    job = svc.jobs.create("evaluate", {})
+    assert svc.jobs.start(job.id, stage="scoring") is not None
+    top = np.arange(4 * 50 * 10, dtype=np.int32).reshape(4, 50, 10)
+
+    def work(lose: bool) -> Callable[[Services], dict[str, Any]]:
+        def run(s: Services) -> dict[str, Any]:
+            if lose:  # the unit froze here past its TTL
+                lease = s.units.lease_key(job.id, "shard-000000000")
+                if how == "expired":
+                    s.redis.delete(lease)
+                else:
+                    s.redis.set(lease, "elsewhere|1|other-delivery", px=60_000)
+            store_part(s.artifacts, job.id, 0 if lose else 50, top, ttl_s=600)
+            return {"users": 50}
+
+        return run
+
+    with unit(job.id, "shard-000000000", where="shard 0-50") as admitted:
+        assert admitted
+        assert run_shard(job.id, 0, 50, 2, work(lose=True)) is None
+    part_keys = list(svc.redis.scan_iter(match=svc.keys.artifact(evaluation_part(job.id, 0)) + "*"))
+    assert part_keys == [] and svc.jobs.shards_done(job.id) == set()
+    with unit(job.id, "shard-000000050", where="shard 50-100") as admitted:
+        assert admitted
+        assert run_shard(job.id, 50, 100, 2, work(lose=False)) == 1
+    np.testing.assert_array_equal(svc.artifacts.get_array(evaluation_part(job.id, 50)), top)
+    assert svc.redis.ttl(svc.keys.artifact(evaluation_part(job.id, 50))) > 0

@@ -91,7 +91,10 @@ def test_bad_requests(api_url: str, body: dict[str, Any], status: int) -> None:
 def test_a_model_that_cannot_load_fails_the_job_with_a_reason(api_url: str) -> None:
     r = requests.post(f"{api_url}/v1/jobs/encode", json={"texts": ["a"], "model": "./no-such-model"}, timeout=10)
     job = wait_job(api_url, r.json()["id"])
-    assert job["status"] == "failed" and "could not be loaded" in job["error"]["message"]
+    assert job["status"] == "failed", job
+    # Named as the client gave it, never the worker's or the API's absolute path (issue #14, finding 6).
+    message = job["error"]["message"]
+    assert message == "model './no-such-model' could not be loaded here: it is not a directory under the data root"
 
 
 def test_movie_paging_is_validated(api_url: str, dataset: str) -> None:
