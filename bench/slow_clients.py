@@ -1,0 +1,152 @@
+"""Slow and idle clients against the API (issue #14, finding 1): does ``/healthz`` still answer, and do
+recommendations, while connections that send half a request and idle, and bodies trickling at 1 byte/s, are
+open?
+
+    python -m bench.slow_clients [--idle 0,8,300,1000] [--trickle 20] [--probes 12]
+
+A fresh stack (embedded Redis, the API with its default gunicorn processes, a CPU worker of 2 processes), the
+pipeline on ml-latest-small, then for each count in ``--idle``: that many sockets send ``GET /healthz
+HTTP/1.1`` and one header line, never the blank line that ends the request, and stay open; ``--trickle`` more
+send a recommendation request whose 64-byte body comes one byte a second. While they are open, ``--probes``
+``GET /healthz`` and as many recommendations are sent one after the other, each with a 5 s timeout. Reported:
+probes answered, their p50/p99, and how many of the slow connections the server had closed by the end (a
+bounded server closes them; one that waits for ever holds them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from shared.infra.settings import Settings
+
+from .common import fresh_stack, machine, wait_job
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
+PROBE_TIMEOUT_S = 5.0
+TRICKLE_BODY = b'{"user_id": 1, "k": 10}'.ljust(64)
+
+
+def _open(host: str, port: int, first: bytes) -> socket.socket | None:
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        s.sendall(first)
+        return s
+    except OSError:
+        return None
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    """Whether the server has closed (or reset) the connection: a read that ends or fails at once."""
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _probe(api: str, count: int) -> tuple[list[float], list[float], int]:
+    """``count`` /healthz and ``count`` recommendations, one at a time: (their latencies when 200, failures)."""
+    health, recs, failed = [], [], 0
+    for i in range(count):
+        for url, method, body, into in (
+            (f"{api}/healthz", "GET", None, health),
+            (f"{api}/v1/recommendations?wait=4", "POST", {"user_id": 1 + i}, recs),
+        ):
+            t = time.perf_counter()
+            try:
+                r = requests.request(method, url, json=body, timeout=PROBE_TIMEOUT_S)
+                ok = r.status_code == 200
+            except requests.RequestException:
+                ok = False
+            if ok:
+                into.append(time.perf_counter() - t)
+            else:
+                failed += 1
+    return health, recs, failed
+
+
+def _ms(latencies: list[float], q: int) -> str:
+    if len(latencies) < 2:
+        return f"{latencies[0] * 1000:.1f}" if latencies else "-"
+    return f"{statistics.quantiles(latencies, n=100)[q - 1] * 1000:.1f}"
+
+
+def _phase(api: str, *, idle: int, trickle: int, probes: int) -> None:
+    where = urlsplit(api)
+    host, port = where.hostname or "127.0.0.1", where.port or 80
+    half = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n"  # no blank line: the request never ends
+    slow = [s for s in (_open(host, port, half) for _ in range(idle)) if s is not None]
+    stop = threading.Event()
+
+    def trickler() -> None:
+        head = (
+            f"POST /v1/recommendations HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(TRICKLE_BODY)}\r\n\r\n"
+        ).encode()
+        s = _open(host, port, head)
+        if s is None:
+            return
+        slow.append(s)
+        for byte in TRICKLE_BODY:
+            if stop.wait(1.0):
+                return
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    threads = [threading.Thread(target=trickler, daemon=True) for _ in range(trickle)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # let them reach the server
+    started = time.perf_counter()
+    health, recs, failed = _probe(api, probes)
+    took = time.perf_counter() - started
+    closed = sum(_closed_by_server(s) for s in slow)
+    stop.set()
+    for s in slow:
+        s.close()
+    print(
+        f"{idle:5d} idle half-open + {trickle:2d} trickling: /healthz {len(health)}/{probes} answered "
+        f"(p50 {_ms(health, 50)} ms, p99 {_ms(health, 99)} ms), recommendations {len(recs)}/{probes} "
+        f"(p50 {_ms(recs, 50)} ms, p99 {_ms(recs, 99)} ms), {failed} failed in {took:.0f} s; "
+        f"slow connections opened {len(slow)}, closed by the server {closed}",
+        flush=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--idle", default="0,8,300,1000", help="comma-separated counts of idle half-open sockets")
+    parser.add_argument("--trickle", type=int, default=20, help="bodies trickling at 1 byte/s (with idle > 0)")
+    parser.add_argument("--probes", type=int, default=12)
+    args = parser.parse_args()
+    print(machine())
+    settings = Settings(key_prefix="bench", data_root=SMALL.parent)
+    with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-slow-"))) as stack:
+        api = stack.api_url
+        job = requests.post(f"{api}/v1/pipelines", json={"path": SMALL.name}, timeout=30).json()
+        assert wait_job(api, job["id"])["status"] == "succeeded"
+        for u in range(1, 9):  # warm each worker process's serving model
+            requests.post(f"{api}/v1/recommendations?wait=30", json={"user_id": u}, timeout=60)
+        for idle in (int(n) for n in args.idle.split(",")):
+            _phase(api, idle=idle, trickle=args.trickle if idle else 0, probes=args.probes)
+            time.sleep(2.0)  # let the server drop what was closed
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
