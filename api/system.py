@@ -7,14 +7,14 @@ from typing import Any, cast
 from apiflask import APIBlueprint
 
 from shared.infra.celery_app import queue_lengths
+from shared.infra.metrics import finished_by_status
 from shared.jobs.kinds import QUEUES
+from shared.jobs.store import FINISHED
 
 from . import celery, services
 from .schemas import SystemOut
 
 bp = APIBlueprint("system", __name__, url_prefix="/v1/system", tag="system")
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 @bp.get("")
@@ -27,31 +27,16 @@ def system() -> dict[str, Any]:
     since the deployment began (the job counters of ``/metrics``). With API keys the counts take in every
     owner's jobs: an operator's view, which names no job."""
     svc = services()
-    keys = svc.keys
-    pipe = svc.redis.pipeline(transaction=False)
-    pipe.smembers(keys.jobs_active)
-    pipe.hgetall(keys.metrics_jobs)
-    pipe.zcard(keys.datasets)
-    pipe.get(keys.active_model)
-    first = cast(tuple[set[bytes], dict[bytes, bytes], int, "bytes | None"], pipe.execute())
-    active_ids, counters, datasets, active = first
-    ids = sorted(i.decode() for i in active_ids)
-    for job_id in ids:  # as many as are unfinished
-        pipe.hget(keys.job(job_id), "status")
-    statuses = [s.decode() for s in cast(list[bytes | None], pipe.execute()) if s is not None]
-    jobs = {status: statuses.count(status) for status in ("queued", "running")} | dict.fromkeys(FINISHED, 0)
-    for field, count in counters.items():
-        status = field.decode().rsplit("\t", 1)[-1]
-        if status in FINISHED:
-            jobs[status] += int(count)
-
+    finished = finished_by_status(cast("dict[bytes, bytes]", svc.redis.hgetall(svc.keys.metrics_jobs)))
+    jobs = {**svc.jobs.active_statuses(), **{status: finished.get(status, 0) for status in FINISHED}}
+    active = svc.models.active()
     models = svc.models.records()  # newest first, one MGET
     evaluated = next((m for m in models if m.get("evaluation")), None)
     depth, live = queue_lengths(celery(), QUEUES), svc.live_queues()
     return {
         "queues": [{"name": q, "depth": depth.get(q, 0), "workers": live.get(q, 0)} for q in QUEUES],
         "jobs": jobs,
-        "active_model": next((m for m in models if active and m.get("version") == active.decode()), None),
+        "active_model": next((m for m in models if active and m.get("version") == active), None),
         "latest_evaluation": None
         if evaluated is None
         else {
@@ -59,6 +44,6 @@ def system() -> dict[str, Any]:
             "dataset": evaluated["evaluation"].get("dataset", evaluated.get("dataset")),
             "table": evaluated["evaluation"],
         },
-        "datasets": datasets,
+        "datasets": svc.datasets.count(),
         "models": len(models),
     }

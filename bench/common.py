@@ -1,4 +1,5 @@
-"""What the stack-level benchmarks share: the machine line, a fresh stack, waiting for a job over HTTP."""
+"""What the stack-level benchmarks share: the machine line, a fresh stack, waiting for a job over HTTP, a model
+trained and warmed to serve."""
 
 from __future__ import annotations
 
@@ -44,3 +45,17 @@ def wait_job(api: str, job_id: str, *, timeout_s: float = 600) -> dict[str, Any]
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} unfinished after {timeout_s:.0f} s")
+
+
+def train_on(api: str, directory: str) -> dict[str, Any]:
+    """Run the default pipeline on ``directory`` (a name under the stack's data root): its finished record."""
+    job = requests.post(f"{api}/v1/pipelines", json={"path": directory}, timeout=30).json()
+    state = wait_job(api, job["id"])
+    assert state["status"] == "succeeded", state
+    return state
+
+
+def warm(api: str) -> None:
+    """A few users' recommendations, so that each worker process has loaded the active model."""
+    for user in range(1, 9):
+        requests.post(f"{api}/v1/recommendations?wait=30", json={"user_id": user}, timeout=60)

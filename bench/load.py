@@ -37,7 +37,7 @@ import requests
 
 from shared.infra.settings import Settings
 
-from .common import fresh_stack, machine, wait_job
+from .common import fresh_stack, machine, train_on, wait_job
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -123,8 +123,7 @@ def main() -> int:
     settings = Settings(key_prefix="load", data_root=SMALL.parent)
     with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-load-"))) as stack:
         api = stack.api_url
-        pipeline = requests.post(f"{api}/v1/pipelines", json={"path": SMALL.name}, timeout=30).json()
-        assert wait_job(api, pipeline["id"])["status"] == "succeeded"
+        train_on(api, SMALL.name)
         datasets = requests.get(f"{api}/v1/datasets", timeout=30).json()
         dataset = str(datasets["datasets"][0]["id"])
         print(f"pipeline done; {args.clients} clients for {args.seconds:.0f} s ...", flush=True)

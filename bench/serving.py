@@ -27,11 +27,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import requests
-
 from shared.infra.settings import Settings
 
-from .common import fresh_stack, machine, wait_job
+from .common import fresh_stack, machine, train_on, warm
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -92,13 +90,9 @@ def _run(mode: str, *, clients: list[int], seconds: float) -> None:
     with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-serving-"))) as stack:
         api = stack.api_url
         start = time.perf_counter()
-        job = requests.post(f"{api}/v1/pipelines", json={"path": SMALL.name}, timeout=30).json()
-        state = wait_job(api, job["id"])
-        assert state["status"] == "succeeded", state
+        train_on(api, SMALL.name)
         print(f"pipeline on ml-latest-small, fresh stack and Redis: {time.perf_counter() - start:.1f} s wall")
-
-        for u in range(1, 9):  # warm each worker process's serving model
-            requests.post(f"{api}/v1/recommendations?wait=30", json={"user_id": u}, timeout=60)
+        warm(api)
         for n in clients:
             latencies, errors, elapsed = _load(api, clients=n, seconds=seconds)
             q = statistics.quantiles(latencies, n=100)

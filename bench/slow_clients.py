@@ -29,7 +29,7 @@ import requests
 
 from shared.infra.settings import Settings
 
-from .common import fresh_stack, machine, wait_job
+from .common import fresh_stack, machine, train_on, warm
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -138,10 +138,8 @@ def main() -> int:
     settings = Settings(key_prefix="bench", data_root=SMALL.parent)
     with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-slow-"))) as stack:
         api = stack.api_url
-        job = requests.post(f"{api}/v1/pipelines", json={"path": SMALL.name}, timeout=30).json()
-        assert wait_job(api, job["id"])["status"] == "succeeded"
-        for u in range(1, 9):  # warm each worker process's serving model
-            requests.post(f"{api}/v1/recommendations?wait=30", json={"user_id": u}, timeout=60)
+        train_on(api, SMALL.name)
+        warm(api)
         for idle in (int(n) for n in args.idle.split(",")):
             _phase(api, idle=idle, trickle=args.trickle if idle else 0, probes=args.probes)
             time.sleep(2.0)  # let the server drop what was closed

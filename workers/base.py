@@ -40,7 +40,7 @@ from shared.infra.celery_app import settings_of
 from shared.infra.process import per_process
 from shared.infra.redisconn import sent_ahead, transient_cause
 from shared.jobs.kinds import PIPELINE_STEP
-from shared.jobs.leases import Admission
+from shared.jobs.leases import Admission, shard_unit
 from shared.services import Services
 from shared.store.artifacts import FencedOut
 
@@ -109,16 +109,16 @@ def run_shard(job_id: str, lo: int, hi: int, total: int, work: Callable[[Service
     part and answers its stats; a failure fails the job. Answers how many shards are done now (negative when
     the job stopped meanwhile), None when skipped or failed: the caller sends the join when it reaches ``total``.
 
-    ``work`` gets services whose artifact writes are fenced by the lease of the unit ``shard-<lo:09d>`` (as the
-    callers name it): a shard that lost its lease while it ran (frozen past it; another delivery may have taken
+    ``work`` gets services whose artifact writes are fenced by the lease of its unit (``shard_unit(lo)``, which
+    the caller runs it in): a shard that lost its lease while it ran (frozen past it; another delivery may have taken
     over, even joined) publishes nothing and is not counted done; the janitor sends it again if need be."""
     svc = services()
     shard = f"{lo:09d}"
     if not svc.jobs.is_running(job_id) or shard in svc.jobs.shards_done(job_id):
         return None
-    token = svc.units.holder(job_id, f"shard-{shard}")
+    token = svc.units.holder(job_id, shard_unit(lo))
     if token is not None:
-        fenced = svc.artifacts.fenced(svc.units.lease_key(job_id, f"shard-{shard}"), token)
+        fenced = svc.artifacts.fenced(svc.units.lease_key(job_id, shard_unit(lo)), token)
         svc = dataclasses.replace(svc, artifacts=fenced)
     try:
         stats = work(svc)

@@ -13,6 +13,7 @@ from typing import Any
 from celery import shared_task
 
 from shared.jobs.evaluation import report
+from shared.jobs.leases import shard_unit
 from shared.services import Services
 from shared.store.batch import PLAN_FIELD, STAGE, Plan, answer_part, plan, store_part, summary
 
@@ -48,7 +49,7 @@ def recommend_batch(job_id: str, params: dict[str, Any]) -> dict[str, Any] | Non
 @shared_task(name="workers.batch.batch_shard")
 def batch_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
     """Answer the job's users [lo, hi); idempotent: the part's name is fixed by lo."""
-    with unit(job_id, f"shard-{lo:09d}", where=f"shard {lo}-{hi}") as admitted:
+    with unit(job_id, shard_unit(lo), where=f"shard {lo}-{hi}") as admitted:
         if admitted:
             _shard_admitted(job_id, params, lo, hi, total)
 

@@ -17,6 +17,7 @@ from redis.exceptions import LockNotOwnedError
 import shared.ml.movielens  # noqa: F401
 from shared.errors import DataError, NotFound
 from shared.infra.keys import upload_artifact
+from shared.jobs.leases import shard_unit
 from shared.jobs.pipeline import advance
 from shared.ml.index import IndexParams
 from shared.services import Services
@@ -152,8 +153,7 @@ def mine_triplets(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 @shared_task(name="workers.cpu.mine_shard")
 def mine_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
     """Mine anchors [lo, hi); idempotent: the part is written under a name fixed by the spec and lo."""
-    shard = f"{lo:09d}"
-    with unit(job_id, f"shard-{shard}", where=f"shard {lo}-{hi}") as admitted:
+    with unit(job_id, shard_unit(lo), where=f"shard {lo}-{hi}") as admitted:
         if admitted:
             _mine_admitted(job_id, params, lo, hi, total)
 

@@ -14,6 +14,7 @@ from redis.exceptions import LockNotOwnedError
 
 from shared.jobs.evaluation import EvaluationState, Protocol, advance, build_table, parent, plan_shards, report
 from shared.jobs.kinds import EVALUATE_STEP
+from shared.jobs.leases import shard_unit
 from shared.services import Services
 from shared.store.evaluations import derive, drop_parts, row_metrics, score_shard, store_part
 
@@ -60,7 +61,7 @@ def evaluation_split(job_id: str, source: str, protocol: dict[str, Any]) -> None
 @shared_task(name="workers.evaluation.evaluation_shard")
 def evaluation_shard(job_id: str, plan: dict[str, Any], lo: int, hi: int, total: int) -> None:
     """Rank evaluated users [lo, hi) by every row of the table; idempotent: the part's name is fixed by lo."""
-    with unit(job_id, f"shard-{lo:09d}", where=f"shard {lo}-{hi}") as admitted:
+    with unit(job_id, shard_unit(lo), where=f"shard {lo}-{hi}") as admitted:
         if admitted:
             _score_admitted(job_id, plan, lo, hi, total)
 

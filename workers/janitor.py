@@ -51,6 +51,7 @@ from shared.infra.celery_app import queue_lengths
 from shared.infra.keys import Keys
 from shared.jobs import evaluation, kinds
 from shared.jobs.kinds import BATCH_JOIN, BATCH_SHARD, JOIN_TRIPLETS, MINE_SHARD, PIPELINE_STEP, Task
+from shared.jobs.leases import shard_unit
 from shared.jobs.pipeline import PipelineState
 from shared.jobs.store import Job
 from shared.services import Services
@@ -142,7 +143,7 @@ class Janitor:
             todo = [(lo, hi) for lo, hi in shards if f"{lo:09d}" not in done]
             if done and todo:
                 total = len(shards)
-                return [Unit(f"shard-{lo:09d}", MINE_SHARD, [job.id, job.params, lo, hi, total]) for lo, hi in todo]
+                return [Unit(shard_unit(lo), MINE_SHARD, [job.id, job.params, lo, hi, total]) for lo, hi in todo]
             if done:
                 return [Unit("join", JOIN_TRIPLETS, [job.id, job.params])]
             # No shard came back yet: the planning task may have died before sending them all; it plans again.
@@ -164,7 +165,7 @@ class Janitor:
         todo = [(lo, hi) for lo, hi in shards if f"{lo:09d}" not in done]
         if not todo:
             return [Unit("join", BATCH_JOIN, [job.id, job.params])]
-        return [Unit(f"shard-{lo:09d}", BATCH_SHARD, [job.id, job.params, lo, hi, len(shards)]) for lo, hi in todo]
+        return [Unit(shard_unit(lo), BATCH_SHARD, [job.id, job.params, lo, hi, len(shards)]) for lo, hi in todo]
 
     def _shards(self, job: Job) -> list[tuple[int, int]]:
         dataset = self._svc.datasets.get(str(job.params.get("dataset")))

@@ -102,6 +102,15 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
+def finished_by_status(raw: Mapping[bytes, bytes]) -> dict[str, int]:
+    """The job counter hash (``Keys.metrics_jobs``, ``<kind>\\t<status>`` -> count) summed over kinds."""
+    totals: dict[str, int] = {}
+    for field, count in raw.items():
+        status = field.decode().rsplit(SEP, 1)[-1]
+        totals[status] = totals.get(status, 0) + int(count)
+    return totals
+
+
 def _cells(raw: Mapping[bytes, bytes]) -> dict[tuple[str, ...], float]:
     return {tuple(k.decode().split(SEP)): float(v) for k, v in raw.items()}
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVALUATE_STEP, Task
+from shared.jobs.leases import shard_unit
 from shared.jobs.store import Job, JobStore
 from shared.jobs.submit import submit
 from shared.ml.recipes import RECIPES
@@ -345,7 +346,7 @@ def janitor_units(svc: Services, job: Job) -> tuple[str | None, list[tuple[str, 
         done = svc.jobs.shards_done(job.id)
         todo = [(lo, hi) for lo, hi in shards if f"{lo:09d}" not in done]
         if todo:
-            return None, [(f"shard-{lo:09d}", EVALUATE_SHARD, [job.id, state.plan, lo, hi, len(shards)])
+            return None, [(shard_unit(lo), EVALUATE_SHARD, [job.id, state.plan, lo, hi, len(shards)])
                           for lo, hi in todo]  # fmt: skip
         return None, [("join", EVALUATE_JOIN, [job.id, state.plan])]
     return None, step

@@ -75,6 +75,12 @@ return 1
 """
 
 
+def shard_unit(lo: int) -> str:
+    """The unit of a sharded job's shard that starts at ``lo`` (``shard-<lo:09d>``): the lease its task takes,
+    the unit the janitor sends again, and the fence ``run_shard`` publishes the shard's output under."""
+    return f"shard-{lo:09d}"
+
+
 class Admission(enum.Enum):
     RUN = "run"
     BUSY = "busy"  # another live worker holds the lease: this delivery is a duplicate

@@ -296,6 +296,15 @@ class JobStore:
         """Ids of the jobs not finished yet (queued or running, or whose record vanished: see ``forget``)."""
         return tuple(sorted(i.decode() for i in cast("set[bytes]", self._r.smembers(self._keys.jobs_active))))
 
+    def active_statuses(self) -> dict[Status, int]:
+        """How many unfinished jobs are queued and how many running, counted now (one round trip for the ids,
+        one for their statuses; a record that vanished counts for nothing)."""
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in self.active_ids():
+            pipe.hget(self._key(job_id), "status")
+        statuses = [s.decode() for s in cast("list[bytes | None]", pipe.execute()) if s is not None]
+        return {status: statuses.count(status) for status in ACTIVE}
+
     def count(self) -> int:
         """Ids in the listing index: every job whose record lives, and expired ones until the janitor prunes them."""
         return cast(int, self._r.zcard(self._keys.jobs))

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,9 +63,7 @@ def test_a_local_model_is_named_relative_to_each_hosts_data_root(hosts: Any, tmp
         result = hosts.get(job["result_url"]).get_json()
         assert result["model"] == model and result["dim"] == 32 and len(result["vectors"]) == 2
     for model in ("models/missing", "./models/missing"):
-        started = time.monotonic()
-        job = encode(hosts, model, timeout_s=30)
-        assert time.monotonic() - started < 10  # was ~46 s of DNS retries for "models/missing"
+        job = encode(hosts, model, timeout_s=30)  # before: ~46 s of DNS retries for "models/missing", then failed
         assert job["status"] == "failed" and job["error"]["code"] == "invalid_request", job
         message = job["error"]["message"]
         assert message.startswith(f"model {model!r} could not be loaded here: it is not a directory under the data")
