@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The real MovieLens sample beside the checkout, when there is one.
 DEMO_DATA ?= $(firstword $(wildcard ../shared/data/ml-latest-small))
 
-.PHONY: install browser demo test lint bench reliability clean
+.PHONY: install system-packages browser demo test lint bench reliability clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,14 +15,21 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The browser the dashboard's tests drive (tests/ui): Debian's chromium, installed when missing and apt-get can
-# (as root). Elsewhere the browser tests skip, saying so; MOVIEREC_CHROMIUM names another Chromium or Chrome.
-browser:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "$$MOVIEREC_CHROMIUM" ] || \
+# System packages the tests drive: Debian's chromium (the dashboard's browser tests, tests/ui) and nginx (the
+# compose file's proxy, run in front of a real API by tests/system/test_slow_clients.py). Installed when missing
+# and apt-get can (as root); elsewhere those tests skip, saying so. MOVIEREC_CHROMIUM names another Chromium.
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "$$MOVIEREC_CHROMIUM" ] || \
+		missing="chromium"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; \
-	else echo "make browser: no Chromium and no way to install it (needs apt-get as root): the browser tests will skip"; fi
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }; \
+	else echo "make system-packages: cannot install$$missing (needs apt-get as root): their tests will skip"; fi
+
+browser: system-packages
 
 # `make demo SERVE=1` keeps the stack up afterwards, with the dashboard at /ui/ (Ctrl-C stops it).
 demo: install
@@ -33,7 +40,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
-test: lint browser
+test: lint system-packages
 	$(PY) -m pytest
 
 bench: install

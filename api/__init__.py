@@ -12,6 +12,7 @@ api/schemas.py    request and response schemas, which also make /openapi.json
 api/auth.py       optional bearer keys (MOVIEREC_API_KEYS) and the owner of a job
 api/jsonio.py     strict JSON: no NaN/Infinity, no lone surrogates, bounded depth
 api/ui.py         /ui/: the dashboard (templates and static files in api/), a client of the JSON API
+api/server.py     ``movierec api``: gunicorn's gevent workers, with deadlines on slow clients (api/connections.py)
 
 Every request passes, in this order: the key check (401), the content type (415), the body's JSON
 (400, or 413 over MOVIEREC_MAX_BODY_BYTES), then the view's schema (400 naming the field and limit).

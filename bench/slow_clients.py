@@ -9,8 +9,9 @@ pipeline on ml-latest-small, then for each count in ``--idle``: that many socket
 HTTP/1.1`` and one header line, never the blank line that ends the request, and stay open; ``--trickle`` more
 send a recommendation request whose 64-byte body comes one byte a second. While they are open, ``--probes``
 ``GET /healthz`` and as many recommendations are sent one after the other, each with a 5 s timeout. Reported:
-probes answered, their p50/p99, and how many of the slow connections the server had closed by the end (a
-bounded server closes them; one that waits for ever holds them).
+probes answered, their p50/p99, and then how long, from their opening, the server took to close all the
+half-open connections and all the trickling ones (watched for up to ``--watch`` seconds; a bounded server
+closes them, one that waits for ever holds them).
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ def _open(host: str, port: int, first: bytes) -> socket.socket | None:
 
 
 def _closed_by_server(s: socket.socket) -> bool:
-    """Whether the server has closed (or reset) the connection: a read that ends or fails at once."""
+    """Whether the server has closed (or reset) the connection: what it sent (a 408) read, then the end."""
     s.setblocking(False)
     try:
-        return s.recv(1) == b""
+        while s.recv(65536):
+            pass
+        return True
     except BlockingIOError:
         return False
     except OSError:
@@ -84,11 +87,24 @@ def _ms(latencies: list[float], q: int) -> str:
     return f"{statistics.quantiles(latencies, n=100)[q - 1] * 1000:.1f}"
 
 
-def _phase(api: str, *, idle: int, trickle: int, probes: int) -> None:
+def _closed_after(conns: list[socket.socket], since: float, watch_s: float) -> str:
+    """Seconds from ``since`` until every one of ``conns`` is closed by the server, or how many still are not."""
+    open_ = list(conns)
+    while open_ and time.perf_counter() - since < watch_s:
+        open_ = [s for s in open_ if not _closed_by_server(s)]
+        time.sleep(0.25)
+    if open_:
+        return f"{len(open_)} of {len(conns)} still open after {watch_s:.0f} s"
+    return f"all {len(conns)} closed within {time.perf_counter() - since:.1f} s"
+
+
+def _phase(api: str, *, idle: int, trickle: int, probes: int, watch_s: float) -> None:
     where = urlsplit(api)
     host, port = where.hostname or "127.0.0.1", where.port or 80
     half = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n"  # no blank line: the request never ends
+    opened = time.perf_counter()
     slow = [s for s in (_open(host, port, half) for _ in range(idle)) if s is not None]
+    trickling: list[socket.socket] = []
     stop = threading.Event()
 
     def trickler() -> None:
@@ -99,7 +115,7 @@ def _phase(api: str, *, idle: int, trickle: int, probes: int) -> None:
         s = _open(host, port, head)
         if s is None:
             return
-        slow.append(s)
+        trickling.append(s)
         for byte in TRICKLE_BODY:
             if stop.wait(1.0):
                 return
@@ -115,17 +131,18 @@ def _phase(api: str, *, idle: int, trickle: int, probes: int) -> None:
     started = time.perf_counter()
     health, recs, failed = _probe(api, probes)
     took = time.perf_counter() - started
-    closed = sum(_closed_by_server(s) for s in slow)
-    stop.set()
-    for s in slow:
-        s.close()
     print(
         f"{idle:5d} idle half-open + {trickle:2d} trickling: /healthz {len(health)}/{probes} answered "
         f"(p50 {_ms(health, 50)} ms, p99 {_ms(health, 99)} ms), recommendations {len(recs)}/{probes} "
-        f"(p50 {_ms(recs, 50)} ms, p99 {_ms(recs, 99)} ms), {failed} failed in {took:.0f} s; "
-        f"slow connections opened {len(slow)}, closed by the server {closed}",
+        f"(p50 {_ms(recs, 50)} ms, p99 {_ms(recs, 99)} ms), {failed} failed in {took:.0f} s",
         flush=True,
     )
+    if idle:
+        print(f"      half-open: {_closed_after(slow, opened, watch_s)}; "
+              f"trickling: {_closed_after(trickling, opened, watch_s)}", flush=True)  # fmt: skip
+    stop.set()
+    for s in slow + trickling:
+        s.close()
 
 
 def main() -> int:
@@ -133,6 +150,7 @@ def main() -> int:
     parser.add_argument("--idle", default="0,8,300,1000", help="comma-separated counts of idle half-open sockets")
     parser.add_argument("--trickle", type=int, default=20, help="bodies trickling at 1 byte/s (with idle > 0)")
     parser.add_argument("--probes", type=int, default=12)
+    parser.add_argument("--watch", type=float, default=60.0, help="seconds to watch for the server closing them")
     args = parser.parse_args()
     print(machine())
     settings = Settings(key_prefix="bench", data_root=SMALL.parent)
@@ -141,7 +159,7 @@ def main() -> int:
         train_on(api, SMALL.name)
         warm(api)
         for idle in (int(n) for n in args.idle.split(",")):
-            _phase(api, idle=idle, trickle=args.trickle if idle else 0, probes=args.probes)
+            _phase(api, idle=idle, trickle=args.trickle if idle else 0, probes=args.probes, watch_s=args.watch)
             time.sleep(2.0)  # let the server drop what was closed
     return 0
 

@@ -59,6 +59,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
+    # gevent's patches go in before the app is imported (api/server.py says why).
+    from gevent import monkey
+
+    monkey.patch_all()
+
     from api.server import serve
     from cli.stack import is_loopback
 
@@ -68,7 +73,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
               "set MOVIEREC_API_KEYS, bind a loopback address, or pass --insecure to serve it open",
               file=sys.stderr)  # fmt: skip
         return 2
-    serve(settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
+    serve(settings, host=args.host, port=args.port, workers=args.workers, connections=args.connections)
     return 0
 
 
@@ -406,7 +411,8 @@ def _add_service_commands(sub: Any) -> None:
                    help="serve on a non-loopback --host without MOVIEREC_API_KEYS (refused otherwise)")  # fmt: skip
     p.add_argument("--port", type=int, default=DEFAULT_API_PORT)
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    p.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    p.add_argument("--connections", type=int, default=1000,
+                   help="connections each gunicorn worker holds at once (default %(default)s)")  # fmt: skip
     p.set_defaults(func=_cmd_api)
 
     p = sub.add_parser("worker", help="run a Celery worker for the cpu or gpu queue")

@@ -86,12 +86,12 @@ def test_the_published_api_requires_keys_and_its_healthcheck_needs_none(compose:
 
 def test_services_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "api", "cpu-worker", "gpu-worker", "flower", "prometheus"}
+    assert set(services) == {"redis", "api", "proxy", "cpu-worker", "gpu-worker", "flower", "prometheus"}
     assert "ports" not in services["redis"]  # Redis stays inside the compose network
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
-    for name in ("redis", "api"):
+    for name in ("redis", "api", "proxy"):
         assert services[name]["healthcheck"]["test"]
     for name in OURS:
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -99,6 +99,19 @@ def test_services_healthchecks_and_dependencies(compose: dict[str, Any]) -> None
     assert "container_name" not in services["cpu-worker"] and "ports" not in services["cpu-worker"]  # scalable
     devices = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+
+
+def test_the_api_is_published_only_through_nginx(compose: dict[str, Any]) -> None:
+    """Slow clients meet nginx's timeouts first (deploy/nginx.conf); the API's own port stays in the network."""
+    api, proxy = compose["services"]["api"], compose["services"]["proxy"]
+    assert "ports" not in api and api["expose"] == ["8000"]
+    assert proxy["image"].startswith("nginx:") and proxy["ports"] == ["8000:8080"]
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    conf = (REPO / "deploy" / "nginx.conf").read_text()
+    assert "server api:8000;" in conf and "listen 8080;" in conf
+    for directive in ("client_header_timeout", "client_body_timeout", "send_timeout", "proxy_request_buffering on"):
+        assert directive in conf
 
 
 def test_flower_runs_our_app_behind_a_login(compose: dict[str, Any]) -> None:

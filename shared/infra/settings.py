@@ -35,6 +35,20 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
 """Largest multipart upload of MovieLens files the API streams into Redis (413 beyond); ml-latest's zip is ~350 MB."""
 
+DEFAULT_HEADER_TIMEOUT_S = 10
+"""Seconds a client has to send a request's line and headers (and to start the next one on a kept-alive
+connection) before the API closes the connection (api/connections.py)."""
+
+DEFAULT_BODY_TIMEOUT_S = 20
+"""Seconds a request body may take, extended by one for every ``MOVIEREC_BODY_MIN_RATE`` bytes received; a body
+slower than that is cut with 408 (api/connections.py)."""
+
+DEFAULT_BODY_MIN_RATE = 500
+"""Bytes per second a request body must keep up on average once its first ``MOVIEREC_BODY_TIMEOUT_S`` are spent."""
+
+DEFAULT_SEND_TIMEOUT_S = 30
+"""Seconds each write of an answer may wait for the client to read before the API closes the connection."""
+
 DEFAULT_CHUNK_BYTES = 256 << 20
 """Artifacts larger than this are stored as several Redis strings (Redis caps a string at 512 MB)."""
 
@@ -75,6 +89,10 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
+    header_timeout_s: int = Field(default=DEFAULT_HEADER_TIMEOUT_S, ge=1, le=3600)
+    body_timeout_s: int = Field(default=DEFAULT_BODY_TIMEOUT_S, ge=1, le=3600)
+    body_min_rate: int = Field(default=DEFAULT_BODY_MIN_RATE, ge=1)
+    send_timeout_s: int = Field(default=DEFAULT_SEND_TIMEOUT_S, ge=1, le=3600)
     chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1, le=DEFAULT_CHUNK_BYTES)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     encoder_model: str = DEFAULT_ENCODER_MODEL
@@ -144,4 +162,8 @@ class Settings(BaseSettings):
         env["MOVIEREC_MAX_DATASETS"] = str(self.max_datasets)
         env["MOVIEREC_MAX_MODELS"] = str(self.max_models)
         env["MOVIEREC_MAX_UPLOAD_BYTES"] = str(self.max_upload_bytes)
+        env["MOVIEREC_HEADER_TIMEOUT_S"] = str(self.header_timeout_s)
+        env["MOVIEREC_BODY_TIMEOUT_S"] = str(self.body_timeout_s)
+        env["MOVIEREC_BODY_MIN_RATE"] = str(self.body_min_rate)
+        env["MOVIEREC_SEND_TIMEOUT_S"] = str(self.send_timeout_s)
         return env

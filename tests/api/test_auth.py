@@ -96,7 +96,7 @@ def keyed_url(keyed_settings: Settings, stack: Stack, tmp_path_factory: pytest.T
     log = tmp_path_factory.mktemp("keyed-api") / "api.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "1", "--threads", "4"],
+            [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "1"],
             env=keyed_settings.child_env(),
             stdout=out,
             stderr=subprocess.STDOUT,

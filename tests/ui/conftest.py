@@ -1,5 +1,5 @@
-"""Fixtures of the dashboard's browser tests: a real headless Chromium (Debian's package, which ``make browser``
-installs) driven by Playwright, and a place for the screenshots each page test saves.
+"""Fixtures of the dashboard's browser tests: a real headless Chromium (Debian's package, which
+``make system-packages`` installs) driven by Playwright, and a place for the screenshots each page test saves.
 
 Screenshots go to ``$MOVIEREC_TEST_ARTIFACTS/screenshots`` (default ``.artifacts/screenshots``); with
 ``MOVIEREC_UPDATE_SCREENSHOTS=1`` they are also copied to ``docs/screenshots/``, the PNGs README.md shows.
@@ -35,7 +35,7 @@ def browser() -> Iterator[Browser]:
     executable = chromium_path()
     if executable is None:
         pytest.skip(
-            "no Chromium here: `make browser` installs Debian's chromium package (it needs apt-get and root); "
+            "no Chromium here: `make system-packages` installs Debian's chromium package (it needs apt-get and root); "
             "or set MOVIEREC_CHROMIUM to a Chromium or Chrome binary"
         )
     with sync_playwright() as playwright:
