@@ -37,7 +37,7 @@ from shared.services import Services
 from . import auth, uploads
 from .errors import document_errors, error_response, register_error_handlers
 from .jsonio import StrictJSONProvider, check_body
-from .schemas import ErrorOut
+from .schemas import ErrorOut, RequestBodies, merge_duplicate_schemas
 
 API_VERSION = "1.0.0"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -63,6 +63,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     app.extensions["movierec"] = Services.from_settings(settings)
     app.extensions["celery"] = make_celery(settings)
     register_error_handlers(app)
+    # A body's cross-field rules and open bounds, stated in /openapi.json from the schemas themselves.
+    app.spec_plugins.append(RequestBodies())
     keys = auth.install(app, settings.api_keys)  # first: a caller without a key learns nothing else
 
     @app.before_request
@@ -78,7 +80,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     def complete_spec(spec: dict[Any, Any] | str) -> dict[Any, Any] | str:
         if isinstance(spec, str):  # only with SPEC_PROCESSOR_PASS_OBJECT, which we do not set
             return spec
-        return auth.document_security(document_errors(uploads.document_uploads(spec)), required=keys.enabled)
+        spec = merge_duplicate_schemas(document_errors(uploads.document_uploads(spec)))
+        return auth.document_security(spec, required=keys.enabled)
 
     from . import datasets, feedback, health, jobs, metrics, models, movies, pipelines, recommendations, system, ui
 

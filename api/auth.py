@@ -131,6 +131,9 @@ def install(app: APIFlask, keys: Iterable[str]) -> KeyRing:
     return ring
 
 
+_UNAUTHORIZED = {"error": {"code": "unauthorized", "message": "send Authorization: Bearer <key>", "details": {}}}
+
+
 def document_security(spec: dict[Any, Any], *, required: bool) -> dict[Any, Any]:
     """The requirement in /openapi.json: with keys, every operation but the open ones needs one and may
     answer 401; an open server accepts and ignores a key, so there the requirement is optional (``{}``)."""
@@ -145,6 +148,6 @@ def document_security(spec: dict[Any, Any], *, required: bool) -> dict[Any, Any]
                 operation.setdefault("responses", {})["401"] = {
                     "description": "missing or unknown API key",
                     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-                    "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}}},
+                    "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}, "example": _UNAUTHORIZED}},
                 }
     return spec

@@ -9,7 +9,8 @@ out of memory: ``shared.infra.redisconn.transient_cause``) is 503 ``unavailable`
 A refusal names what was wrong and the limit it broke: a validation error's message is its first field
 error (``json.k: Must be greater than or equal to 1 and less than or equal to 100.``), its details all of
 them; a 413 names ``MOVIEREC_MAX_BODY_BYTES``. ``document_errors`` writes the answers every operation can
-give (400 for a malformed body, 413, 415, 503) into /openapi.json, so the spec lists what the app answers.
+give (400 for a malformed body, 413, 415, 503) into /openapi.json, each with an example of the envelope, so the
+spec lists what the app answers; the 400s of a body's cross-field rules are in its schema (api/schemas.py).
 """
 
 from __future__ import annotations
@@ -164,8 +165,21 @@ _EVERY_OPERATION = {
 _NO_REDIS = frozenset({"/healthz"})
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}}}}
+_EXAMPLE_DETAILS: dict[int, dict[str, Any]] = {
+    400: {"json": {"k": ["Must be greater than or equal to 1 and less than or equal to 100."]}},
+    413: {"limit_bytes": 1048576},
+    503: {"cause": "redis_down"},
+}
+"""What ``details`` holds in each status's example, where it holds something."""
+
+
+def _error(status: int, description: str) -> dict[str, Any]:
+    """An error answer in /openapi.json: the envelope, with an example of it (the code the status maps to here,
+    the description as its message)."""
+    code = "validation_error" if status == 400 else _CODES.get(status, "error")
+    example = {"error": {"code": code, "message": description, "details": _EXAMPLE_DETAILS.get(status, {})}}
+    content = {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}, "example": example}}
+    return {"description": description, "content": content}
 
 
 def document_errors(spec: dict[Any, Any]) -> dict[Any, Any]:
@@ -181,8 +195,13 @@ def document_errors(spec: dict[Any, Any]) -> dict[Any, Any]:
             if any(p.get("in") == "query" for p in operation.get("parameters", [])):
                 extra |= _EVERY_QUERY
             for status, description in extra.items():
-                responses.setdefault(status, _error(description))
+                responses.setdefault(status, _error(int(status), description))
             for status, response in responses.items():
-                if str(status)[0] in "45" and not response.get("content"):  # a view's bare description
-                    response["content"] = _error("")["content"]
+                if str(status)[0] not in "45":
+                    continue
+                documented = _error(int(status), response.get("description", ""))["content"]
+                if not response.get("content"):  # a view's bare description
+                    response["content"] = documented
+                elif "example" not in response["content"].get("application/json", {"example": None}):
+                    response["content"]["application/json"]["example"] = documented["application/json"]["example"]
     return spec

@@ -2,6 +2,9 @@
 
 With API keys a caller sees only the jobs its key created (``api.auth``): another key's job answers 404,
 exactly as an unknown id does, so ids cannot be probed.
+
+A job id is a UUID, and its routes say so (``<uuid:job_id>``): ``/v1/jobs/encode`` is then the encode route
+alone, whose ``Allow`` (an OPTIONS, a 405) lists POST only, not also the GET and DELETE of a job.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import Response, jsonify, stream_with_context, url_for
 
-from shared.errors import Conflict, InvalidRequest, JobNotFinished, NotFound
+from shared.errors import Conflict, JobNotFinished, NotFound, ResultFormUnavailable
 from shared.infra.keys import encode_input_artifact
 from shared.jobs import evaluation
 from shared.jobs.store import Job
@@ -49,16 +52,19 @@ _RESULT_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] =
             "text/csv": {"schema": {"type": "string"}},
         },
     },
-    400: {"description": "this job's result has no such form (npy: no array; csv: not a recommend-batch job)"},
     404: {"description": "unknown or expired job"},
-    409: {"description": "the job has not succeeded (yet), or a recommend-batch job's rows have expired"},
+    409: {
+        "description": "job_not_finished: the job is queued or running; conflict: it failed or was cancelled, or a "
+        "recommend-batch job's rows have expired; no_such_form: its result has no such form (npy: the job produced "
+        "no array, as only encode, triplets and recommend-batch jobs do; csv: not a recommend-batch job)"
+    },
 }
 
 
-def _job_or_404(job_id: str) -> Job:
-    job = services().jobs.get(job_id)
+def _job_or_404(job_id: uuid.UUID) -> Job:
+    job = services().jobs.get(str(job_id))
     if job is None or not visible(job.owner):
-        raise NotFound(f"job {job_id!r} does not exist or has expired")
+        raise NotFound(f"job {str(job_id)!r} does not exist or has expired")
     return job
 
 
@@ -192,44 +198,51 @@ def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
     return {"jobs": [_public(j) for j in jobs]}
 
 
-@bp.get("/<job_id>")
+@bp.get("/<uuid:job_id>")
 @bp.output(JobOut)
 @bp.doc(responses={404: "unknown or expired job"})
-def get_job(job_id: str) -> dict[str, Any]:
+def get_job(job_id: uuid.UUID) -> dict[str, Any]:
     """A job's status, progress, stage and timing."""
     return _public(_job_or_404(job_id))
 
 
-@bp.delete("/<job_id>")
-@bp.output(JobOut)
-@bp.doc(responses={404: "unknown or expired job", 409: "the job had already finished"})
-def cancel_job(job_id: str) -> dict[str, Any]:
-    """Cancel a queued or running job."""
+@bp.delete("/<uuid:job_id>")
+@bp.output(JobOut, description="the job, now cancelled")
+@bp.doc(
+    description="Cancels the job; it does not delete it. A queued job never runs and a running one is stopped; "
+    "the record stays readable at GET /v1/jobs/{job_id} with status cancelled (and its result answers 409) until it "
+    "expires after MOVIEREC_RESULT_TTL_S, as every finished job does. A second DELETE answers 409.",
+    responses={404: "unknown or expired job", 409: "the job had already finished (succeeded, failed or cancelled)"},
+)
+def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
+    """Cancel a queued or running job (the job stays readable)."""
     job = _job_or_404(job_id)
-    if not cancel(celery(), services().jobs, job_id):
-        raise Conflict(f"job {job_id!r} has already finished ({job.status})")
+    if not cancel(celery(), services().jobs, job.id):
+        raise Conflict(f"job {job.id!r} has already finished ({job.status})")
     return _public(_job_or_404(job_id))
 
 
-@bp.get("/<job_id>/result")
+@bp.get("/<uuid:job_id>/result")
 @bp.input(ResultQuery, location="query", arg_name="query", unknown=None)
 @bp.doc(responses=_RESULT_RESPONSES)
-def get_result(job_id: str, query: dict[str, Any]) -> Response:
+def get_result(job_id: uuid.UUID, query: dict[str, Any]) -> Response:
     """The result of a succeeded job."""
     job = _job_or_404(job_id)
     if job.status in ("queued", "running"):
-        raise JobNotFinished(f"job {job_id!r} is {job.status}; poll /v1/jobs/{job_id}")
+        raise JobNotFinished(f"job {job.id!r} is {job.status}; poll /v1/jobs/{job.id}")
     if job.status != "succeeded":
-        raise Conflict(f"job {job_id!r} {job.status}; it has no result", details={"status": job.status})
+        raise Conflict(f"job {job.id!r} {job.status}; it has no result", details={"status": job.status})
     if job.kind == "recommend-batch" and query["format"] in ("csv", "npy"):
         return _batch_rows(job, query["format"])
     if query["format"] == "csv":
-        raise InvalidRequest(f"the result of a {job.kind} job has no CSV form; omit ?format=csv")
+        raise ResultFormUnavailable(f"the result of a {job.kind} job has no CSV form; omit ?format=csv",
+                                    details={"kind": job.kind, "format": "csv"})  # fmt: skip
     if query["format"] == "npy":
         if job.result_artifact is None:
-            raise InvalidRequest(f"the result of a {job.kind} job has no array form; omit ?format=npy")
+            raise ResultFormUnavailable(f"the result of a {job.kind} job has no array form; omit ?format=npy",
+                                        details={"kind": job.kind, "format": "npy"})  # fmt: skip
         data = services().artifacts.get_bytes(job.result_artifact)
-        headers = {"Content-Disposition": f'attachment; filename="{job_id}.npy"'}
+        headers = {"Content-Disposition": f'attachment; filename="{job.id}.npy"'}
         return Response(data, mimetype="application/octet-stream", headers=headers)
     if job.result_inline and job.result_artifact:
         array = services().artifacts.get_array(job.result_artifact)

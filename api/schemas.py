@@ -1,16 +1,27 @@
 """Request and response schemas: what the API validates and what its OpenAPI spec documents.
 
-Marshmallow raises on unknown fields, so an unexpected field is a 400 like any other invalid input.
+Marshmallow raises on unknown fields, so an unexpected field is a 400 like any other invalid input, and apispec
+writes each schema's ``unknown`` into /openapi.json as ``additionalProperties: false``: every object is closed.
+A rule across fields ("exactly one of path, dataset") is declared once, in a ``BodySchema``'s ``rules``: its
+validator enforces them, and ``RequestBodies`` (an apispec plugin) writes them into the spec, as ``oneOf``
+alternatives (each a closed object with its required fields) or a ``not``; it also marks a body required
+wherever the schema refuses an empty object.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.validators import Length, OneOf, Range
-from marshmallow import RAISE, ValidationError, validates, validates_schema
+from apispec import APISpec, BasePlugin
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.common import resolve_schema_instance
+from marshmallow import RAISE, ValidationError, pre_load, validates, validates_schema
+from marshmallow.fields import Field
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.jobs import evaluation
@@ -27,6 +38,201 @@ from shared.store.feedback import MAX_BATCH as MAX_FEEDBACK_BATCH
 from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE, SOURCES
 
 MAX_PATH_CHARS = 4096
+_SEGMENT = r"(?:[^/\x00.][^/\x00]*|\.[^/\x00.][^/\x00]*|\.\.[^/\x00]+|\.)"
+"""A path segment other than "..": a name (dots allowed, "..." too) or "."."""
+RELATIVE_PATH = rf"^{_SEGMENT}(?:/{_SEGMENT}?)*$"
+"""What /openapi.json promises a path field takes: relative, never climbing with "..", no NUL. The server's own
+test is ``confine`` (inside the data root, symlinks resolved), which also takes an absolute path inside the root;
+a string of this pattern always passes it, so a client that follows the spec is not refused for its path."""
+
+
+def _given(data: Mapping[str, Any], fields: Mapping[str, Field[Any]], name: str) -> bool:
+    """The body gives ``name``: carries it, and a list not empty."""
+    return name in data and not (isinstance(fields[name], List) and not data[name])
+
+
+class ExactlyOne:
+    """Exactly one group of fields: a body chooses a group by carrying any of its fields and may choose one only;
+    it gives the group by at least one of its fields (``_given``). In /openapi.json: a ``oneOf`` with a branch
+    per group, each the closed object of the other fields and the group's, requiring what giving it takes."""
+
+    def __init__(self, *groups: str | tuple[str, ...]) -> None:
+        self.groups = tuple((g,) if isinstance(g, str) else g for g in groups)
+
+    def problem(self, data: Mapping[str, Any], fields: Mapping[str, Field[Any]]) -> str | None:
+        chosen = [g for g in self.groups if any(name in data for name in g)]
+        if len(chosen) == 1 and any(_given(data, fields, name) for name in chosen[0]):
+            return None
+        return "give exactly one of " + ", ".join("/".join(g) for g in self.groups)
+
+    def document(self, name: str, definition: dict[str, Any], fields: Mapping[str, Field[Any]]) -> None:
+        properties: dict[str, Any] = definition.pop("properties", {})
+        required: list[str] = definition.pop("required", [])
+        for key in ("type", "additionalProperties"):
+            definition.pop(key, None)
+        grouped = {name for group in self.groups for name in group}
+        definition["oneOf"] = []
+        for group in self.groups:
+            names = [n for n in properties if n not in grouped or n in group]
+            branch: dict[str, Any] = {
+                # A generated client names each alternative by its title: PipelineInPath, RecommendInUserId, ...
+                "title": name + "".join(part.title() for part in group[0].split("_")),
+                "type": "object",
+                "properties": {n: copy.deepcopy(properties[n]) for n in names},
+                "additionalProperties": False,
+            }
+            givens = [_given_schema(name, fields) for name in group]
+            if len(givens) == 1:
+                branch["required"] = [n for n in required if n in names] + givens[0]["required"]
+                branch["properties"][group[0]].update(givens[0].get("properties", {}).get(group[0], {}))
+            else:
+                branch["anyOf"] = givens
+                if any(n in required for n in names):
+                    branch["required"] = [n for n in required if n in names]
+            definition["oneOf"].append(branch)
+        definition["description"] = self.problem({}, fields)
+
+
+def _given_schema(name: str, fields: Mapping[str, Field[Any]]) -> dict[str, Any]:
+    """``_given`` as JSON Schema."""
+    if isinstance(fields[name], List):
+        return {"required": [name], "properties": {name: {"minItems": 1}}}
+    return {"required": [name]}
+
+
+class NotAllEmpty:
+    """Not every one of these lists empty: a body may empty some (an absent one keeps its default), not all."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def problem(self, data: Mapping[str, Any], fields: Mapping[str, Field[Any]]) -> str | None:
+        if all(name in data and not data[name] for name in self.names):
+            return f"give at least one of {', '.join(self.names)} (not all empty)"
+        return None
+
+    def document(self, name: str, definition: dict[str, Any], fields: Mapping[str, Field[Any]]) -> None:
+        definition["not"] = {"required": list(self.names), "properties": {n: {"maxItems": 0} for n in self.names}}
+
+
+def _json_type_problem(field: Field[Any], value: Any) -> Any:
+    """What is wrong with a JSON value for ``field`` (marshmallow's message; for a list, by index), else None."""
+    if value is None:
+        return None  # the field's allow_none decides
+    if isinstance(field, Boolean) and not isinstance(value, bool):
+        return ["Not a valid boolean."]
+    if isinstance(field, Integer) and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer()
+    ):
+        return ["Not a valid integer."]
+    if isinstance(field, Float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+        return ["Not a valid number."]
+    if isinstance(field, List) and isinstance(value, list):
+        inner = {i: p for i, v in enumerate(value) if (p := _json_type_problem(field.inner, v)) is not None}
+        return inner or None
+    return None
+
+
+class BodySchema(Schema):
+    """A JSON request body. Its numbers and booleans must be JSON's own, as /openapi.json types them: marshmallow
+    alone would take "3" or true for an integer and cut 2.5 to 2 (3.0 is an integer, as JSON Schema counts it).
+    Its ``rules`` across fields are enforced here and stated in /openapi.json (``RequestBodies``)."""
+
+    rules: ClassVar[tuple[ExactlyOne | NotAllEmpty, ...]] = ()
+
+    @pre_load
+    def _json_types(self, data: Any, **_: object) -> Any:
+        if isinstance(data, dict):
+            problems = {
+                name: problem
+                for name, field in self.fields.items()
+                if name in data and (problem := _json_type_problem(field, data[name])) is not None
+            }
+            if problems:
+                raise ValidationError(problems)
+        return data
+
+    @validates_schema
+    def _follow_rules(self, data: dict[str, Any], **_: object) -> None:
+        for rule in self.rules:
+            problem = rule.problem(data, self.fields)
+            if problem:
+                raise ValidationError(problem, field_name="_schema")
+
+
+def _open_bounds(converter: Any, field: Field[Any], **_: Any) -> dict[str, Any]:
+    """A ``Range``'s open ends as ``exclusiveMinimum`` / ``exclusiveMaximum``: apispec writes each end as a closed
+    ``minimum`` / ``maximum``, which would offer ``train_fraction: 1.0`` to a client the server refuses."""
+    bounds: dict[str, Any] = {}
+    for validator in field.validators:
+        if isinstance(validator, Range):
+            if validator.min is not None and not validator.min_inclusive:
+                bounds["exclusiveMinimum"] = validator.min
+            if validator.max is not None and not validator.max_inclusive:
+                bounds["exclusiveMaximum"] = validator.max
+    return bounds
+
+
+class RequestBodies(BasePlugin):
+    """The apispec plugin that writes each ``BodySchema``'s rules into its component in /openapi.json, a range's
+    open ends (``_open_bounds``), and ``requestBody.required`` into each operation whose JSON body refuses ``{}``.
+    APIFlask runs it after its own marshmallow plugin (``app.spec_plugins``), so each component it sees already has
+    its properties."""
+
+    def __init__(self) -> None:
+        self._refuses_empty: dict[str, bool] = {}
+
+    def init_spec(self, spec: APISpec) -> None:
+        super().init_spec(spec)
+        for plugin in spec.plugins:
+            if isinstance(plugin, MarshmallowPlugin) and plugin.converter is not None:
+                plugin.converter.add_attribute_function(_open_bounds)  # type: ignore[no-untyped-call]  # apispec
+
+    def schema_helper(self, name: str, definition: dict[str, Any], **kwargs: Any) -> None:
+        if kwargs.get("schema") is None:
+            return
+        schema = resolve_schema_instance(kwargs["schema"])
+        for rule in getattr(schema, "rules", ()):
+            rule.document(name, definition, schema.fields)
+        self._refuses_empty[name] = bool(schema.validate({}))
+
+    def operation_helper(self, path: str | None = None, operations: dict[str, Any] | None = None, **_: Any) -> None:
+        for operation in (operations or {}).values():
+            body = operation.get("requestBody") if isinstance(operation, dict) else None
+            schema = (body or {}).get("content", {}).get("application/json", {}).get("schema")
+            ref = schema.get("$ref", "") if isinstance(schema, dict) else str(schema or "")
+            if body is not None and self._refuses_empty.get(ref.rsplit("/", 1)[-1]):
+                body["required"] = True
+
+
+_COMPONENT = "#/components/schemas/"
+
+
+def merge_duplicate_schemas(spec: dict[str, Any]) -> dict[str, Any]:
+    """One component per schema in /openapi.json: apispec registers a schema both nested (``List(Nested(JobOut))``)
+    and as a view's output twice, naming the second ``JobOut1``. A numbered copy identical to its original is
+    dropped and every reference to it pointed at the original, so a generated client has one ``JobOut`` type."""
+    schemas: dict[str, Any] = spec.get("components", {}).get("schemas", {})
+    renamed = {}
+    for name in list(schemas):
+        base = name.rstrip("0123456789")
+        if base != name and base in schemas and schemas[base] == schemas[name]:
+            renamed[_COMPONENT + name] = _COMPONENT + base
+            del schemas[name]
+
+    def repoint(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("$ref") in renamed:
+                node["$ref"] = renamed[node["$ref"]]
+            for value in node.values():
+                repoint(value)
+        elif isinstance(node, list):
+            for value in node:
+                repoint(value)
+
+    if renamed:
+        repoint(spec)
+    return spec
 
 
 class ErrorBody(Schema):
@@ -39,10 +245,16 @@ class ErrorOut(Schema):
     error = Nested(ErrorBody, required=True)
 
 
-class DatasetIn(Schema):
-    path = String(required=True, validate=Length(1, MAX_PATH_CHARS), metadata={"description": "inside the data root"})
+class DatasetIn(BodySchema):
+    path = String(
+        required=True,
+        validate=Length(1, MAX_PATH_CHARS),
+        metadata={"description": "inside the data root", "pattern": RELATIVE_PATH},
+    )
     tags_per_movie = Integer(load_default=DEFAULT_TAGS_PER_MOVIE, validate=Range(1, MAX_TAGS_PER_MOVIE))
-    genres_fix_csv = String(load_default=None, allow_none=True, validate=Length(1, MAX_PATH_CHARS))
+    genres_fix_csv = String(
+        load_default=None, allow_none=True, validate=Length(1, MAX_PATH_CHARS), metadata={"pattern": RELATIVE_PATH}
+    )
 
 
 class DatasetUploadFields(Schema):
@@ -51,7 +263,7 @@ class DatasetUploadFields(Schema):
     tags_per_movie = Integer(load_default=DEFAULT_TAGS_PER_MOVIE, validate=Range(1, MAX_TAGS_PER_MOVIE))
 
 
-class TripletsIn(Schema):
+class TripletsIn(BodySchema):
     dataset = String(required=True, validate=Length(1, 64))
     shard_size = Integer(load_default=DEFAULT_SHARD_SIZE, validate=Range(MIN_SHARD_SIZE, MAX_SHARD_SIZE))
     seed = Integer(load_default=DEFAULT_SEED, validate=Range(0, 2**32 - 1))
@@ -86,7 +298,9 @@ MAX_ITEM_STRINGS = 100
 MAX_MODEL_CHARS = 256
 
 
-class EncodeIn(Schema):
+class EncodeIn(BodySchema):
+    rules = (ExactlyOne("dataset", "texts", "items"),)
+
     dataset = String(validate=Length(1, 64), metadata={"description": "encode a dataset's movies"})
     texts = List(
         String(validate=Length(1, MAX_TEXT_CHARS)),
@@ -98,14 +312,11 @@ class EncodeIn(Schema):
         validate=Length(1, MAX_TEXTS),
         metadata={"description": "lists of strings; an item's vector is the mean of its strings' vectors"},
     )
-    model = String(validate=Length(1, MAX_MODEL_CHARS), metadata={"description": "Hugging Face name or path"})
+    model = String(
+        validate=Length(1, MAX_MODEL_CHARS),
+        metadata={"description": "Hugging Face name or path", "pattern": RELATIVE_PATH},
+    )
     pooling = String(validate=OneOf(POOLINGS))
-
-    @validates_schema
-    def _exactly_one_input(self, data: dict[str, object], **_: object) -> None:
-        given = [k for k in ("dataset", "texts", "items") if k in data]
-        if len(given) != 1:
-            raise ValidationError("give exactly one of dataset, texts, items", field_name="_schema")
 
 
 class MoviesQuery(Schema):
@@ -138,7 +349,7 @@ def _knob(name: str, *, real: bool = False) -> Integer | Float:
     return Integer(validate=Range(int(low), int(high)), metadata=desc)
 
 
-class TrainIn(Schema):
+class TrainIn(BodySchema):
     dataset = String(required=True, validate=Length(1, 64))
     triplets = String(
         validate=Length(1, 256), metadata={"description": "triplet artifact; default uniform-min, seed 42"}
@@ -149,7 +360,10 @@ class TrainIn(Schema):
     lr = _knob("lr", real=True)
     batch_size = _knob("batch_size")
     seed = Integer(validate=Range(0, 2**32 - 1))
-    model = String(validate=Length(1, MAX_MODEL_CHARS), metadata={"description": "encoder; default from settings"})
+    model = String(
+        validate=Length(1, MAX_MODEL_CHARS),
+        metadata={"description": "encoder; default from settings", "pattern": RELATIVE_PATH},
+    )
     pooling = String(validate=OneOf(POOLINGS))
     architecture = String(validate=OneOf(ARCHITECTURES), metadata={"description": "linear (default) or hybrid"})
     liked_at = Float(validate=Range(0.5, 5.0), metadata={"description": "hybrid: a rating at least this is a like"})
@@ -159,7 +373,7 @@ class TrainIn(Schema):
     dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})
 
 
-class IndexIn(Schema):
+class IndexIn(BodySchema):
     version = String(required=True, validate=Length(1, 64))
     m = Integer(validate=Range(2, 256), metadata={"description": "hnswlib M (graph degree), default 16"})
     ef_construction = Integer(validate=Range(10, 4096), metadata={"description": "build beam, default 200"})
@@ -176,7 +390,9 @@ MAX_KEYWORDS = 20
 MAX_EXAMPLES = 100
 
 
-class RecommendIn(Schema):
+class RecommendIn(BodySchema):
+    rules = (ExactlyOne("user_id", "keywords", ("liked", "disliked")),)
+
     user_id = Integer(validate=Range(1, 2**31 - 1))
     keywords = List(String(validate=Length(1, 100)), validate=Length(1, MAX_KEYWORDS))
     liked = List(Integer(validate=Range(1, 2**31 - 1)), validate=Length(0, MAX_EXAMPLES))
@@ -184,16 +400,6 @@ class RecommendIn(Schema):
     k = Integer(load_default=10, validate=Range(1, MAX_K))
     exclude_seen = Boolean(load_default=True)
     genres = List(String(validate=Length(1, 64)), validate=Length(1, 20))
-
-    @validates_schema
-    def _one_kind_of_query(self, data: dict[str, Any], **_: object) -> None:
-        kinds = [
-            data.get("user_id") is not None,
-            bool(data.get("keywords")),
-            bool(data.get("liked") or data.get("disliked")),
-        ]
-        if sum(kinds) != 1:
-            raise ValidationError("give exactly one of user_id, keywords, liked/disliked", field_name="_schema")
 
 
 class BatchUsers(Raw):
@@ -204,13 +410,24 @@ class BatchUsers(Raw):
             return value
         if not isinstance(value, list) or not 1 <= len(value) <= MAX_LISTED_USERS:
             raise ValidationError(f'give "all" or a list of 1 to {MAX_LISTED_USERS:,} user ids')
-        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 2**31 - 1]
+        ids = [_user_id(v) for v in value]
+        bad = [v for v, i in zip(value, ids, strict=True) if i is None]
         if bad:
             raise ValidationError(f"user ids are integers from 1 to 2^31 - 1; not {bad[:5]}")
-        return value
+        return ids
 
 
-class RecommendBatchIn(Schema):
+def _user_id(value: Any) -> int | None:
+    """A user id, or None: a JSON number without a fraction is an integer (3.0 too, as JSON Schema and
+    marshmallow's Integer take it); a boolean is not."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31 - 1:
+        return None
+    return value
+
+
+class RecommendBatchIn(BodySchema):
     users = BatchUsers(
         required=True,
         metadata={
@@ -261,7 +478,7 @@ class RecommendationsOut(Schema):
     )
 
 
-class RatingIn(Schema):
+class RatingIn(BodySchema):
     class Meta:
         unknown = RAISE
 
@@ -273,7 +490,7 @@ class RatingIn(Schema):
     )
 
 
-class RatingsIn(Schema):
+class RatingsIn(BodySchema):
     class Meta:
         unknown = RAISE
 
@@ -327,7 +544,10 @@ class MovieSearchQuery(Schema):
     q = String(
         required=True,
         validate=Length(1, MAX_QUERY_CHARS),
-        metadata={"description": "a title as typed: case, accents and punctuation ignored; a year narrows it"},
+        metadata={
+            "description": "a title as typed: case, accents and punctuation ignored; a year narrows it; at least one "
+            "letter or digit once accents are stripped, else 400"
+        },
     )
     limit = Integer(load_default=10, validate=Range(1, MAX_SEARCH_LIMIT))
 
@@ -354,18 +574,38 @@ class SimilarQuery(WaitQuery):
     k = Integer(load_default=10, validate=Range(1, MAX_K))
 
 
-class PipelineIn(Schema):
-    path = String(validate=Length(1, MAX_PATH_CHARS), metadata={"description": "a MovieLens directory to ingest"})
+def _distinct(choices: list[str], *, description: str) -> List[Any]:
+    """A list of some of ``choices``, each at most once (``uniqueItems`` in /openapi.json), all of them by default."""
+
+    def each_once(value: list[str]) -> None:
+        if len(set(value)) != len(value):
+            raise ValidationError("each at most once")
+
+    return List(
+        String(validate=OneOf(choices)),
+        validate=[Length(0, len(choices)), each_once],
+        load_default=lambda: list(choices),
+        metadata={"description": description, "uniqueItems": True},
+    )
+
+
+class PipelineIn(BodySchema):
+    rules = (ExactlyOne("path", "dataset"),)
+
+    path = String(
+        validate=Length(1, MAX_PATH_CHARS),
+        metadata={"description": "a MovieLens directory to ingest", "pattern": RELATIVE_PATH},
+    )
     dataset = String(validate=Length(1, 64), metadata={"description": "or an ingested dataset id"})
     tags_per_movie = Integer(validate=Range(1, MAX_TAGS_PER_MOVIE))
-    genres_fix_csv = String(validate=Length(1, MAX_PATH_CHARS))
+    genres_fix_csv = String(validate=Length(1, MAX_PATH_CHARS), metadata={"pattern": RELATIVE_PATH})
     shard_size = Integer(validate=Range(MIN_SHARD_SIZE, MAX_SHARD_SIZE))
     seed = Integer(validate=Range(0, 2**32 - 1))
     negatives = String(validate=OneOf(STRATEGIES))
     source = String(validate=OneOf(SOURCES))
     positives = Integer(validate=Range(1, MAX_POSITIVES))
     liked_at = Float(validate=Range(MIN_LIKED_AT, MAX_LIKED_AT))
-    model = String(validate=Length(1, MAX_MODEL_CHARS))
+    model = String(validate=Length(1, MAX_MODEL_CHARS), metadata={"pattern": RELATIVE_PATH})
     pooling = String(validate=OneOf(POOLINGS))
     recipe = String(
         validate=OneOf(list(RECIPES)),
@@ -388,14 +628,14 @@ class PipelineIn(Schema):
     ef_construction = Integer(validate=Range(10, 4096))
     ef = Integer(validate=Range(10, 4096))
 
-    @validates_schema
-    def _path_or_dataset(self, data: dict[str, Any], **_: object) -> None:
-        if ("path" in data) == ("dataset" in data):
-            raise ValidationError("give exactly one of path, dataset", field_name="_schema")
 
+class EvaluateIn(BodySchema):
+    rules = (ExactlyOne("path", "dataset"), NotAllEmpty("recipes", "baselines"))
 
-class EvaluateIn(Schema):
-    path = String(validate=Length(1, MAX_PATH_CHARS), metadata={"description": "a MovieLens directory to ingest"})
+    path = String(
+        validate=Length(1, MAX_PATH_CHARS),
+        metadata={"description": "a MovieLens directory to ingest", "pattern": RELATIVE_PATH},
+    )
     dataset = String(validate=Length(1, 64), metadata={"description": "or an ingested dataset id (with timestamps)"})
     min_ratings = Integer(
         load_default=evaluation.DEFAULT_MIN_RATINGS,
@@ -413,18 +653,10 @@ class EvaluateIn(Schema):
         metadata={"description": "a test rating at least this is a relevant movie"},
     )
     k = Integer(load_default=evaluation.DEFAULT_K, validate=Range(1, MAX_K), metadata={"description": "top k"})
-    recipes = List(
-        String(validate=OneOf(list(RECIPES))),
-        validate=Length(0, len(RECIPES)),
-        load_default=lambda: list(RECIPES),
-        metadata={"description": f"recipes trained on the training part, default all: {', '.join(RECIPES)}"},
+    recipes = _distinct(
+        list(RECIPES), description=f"recipes trained on the training part, default all: {', '.join(RECIPES)}"
     )
-    baselines = List(
-        String(validate=OneOf(evaluation.BASELINES)),
-        validate=Length(0, len(evaluation.BASELINES)),
-        load_default=lambda: list(evaluation.BASELINES),
-        metadata={"description": f"default all: {', '.join(evaluation.BASELINES)}"},
-    )
+    baselines = _distinct(list(evaluation.BASELINES), description=f"default all: {', '.join(evaluation.BASELINES)}")
     seed = Integer(
         load_default=evaluation.DEFAULT_SEED,
         validate=Range(0, 2**32 - 1),
@@ -435,16 +667,6 @@ class EvaluateIn(Schema):
         validate=Range(10, 100_000),
         metadata={"description": "evaluated users per scoring shard"},
     )
-
-    @validates_schema
-    def _one_source_and_something_to_score(self, data: dict[str, Any], **_: object) -> None:
-        if ("path" in data) == ("dataset" in data):
-            raise ValidationError("give exactly one of path, dataset", field_name="_schema")
-        for name in ("recipes", "baselines"):
-            if len(set(data.get(name, []))) != len(data.get(name, [])):
-                raise ValidationError(f"each of {name} at most once", field_name=name)
-        if not data.get("recipes") and not data.get("baselines"):
-            raise ValidationError("give at least one recipe or baseline", field_name="_schema")
 
 
 class ModelListOut(Schema):
@@ -537,9 +759,10 @@ class JobListOut(Schema):
 RESULT_FORMATS = {
     "json": "every kind: the job's JSON result (a recommend-batch job's: its summary, not its rows)",
     "npy": "the array the job produced: encode (vectors), triplets ((n, 3) movie ids), recommend-batch (one "
-    "structured array, a CSV row each: user_id <i4, rank <i2, movie_id <i4, score <f4); 400 for other kinds",
+    "structured array, a CSV row each: user_id <i4, rank <i2, movie_id <i4, score <f4); 409 no_such_form for "
+    "other kinds",
     "csv": "recommend-batch only, streamed: user_id,rank,movie_id,score (rank 1 the best; a user's rows in "
-    "rank order, users in the job's order); 400 for other kinds",
+    "rank order, users in the job's order); 409 no_such_form for other kinds",
 }
 """The result formats, and the kinds of job each applies to (``GET /v1/jobs/<id>/result?format=``)."""
 

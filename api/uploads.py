@@ -32,7 +32,7 @@ from shared.infra.keys import upload_artifact
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.store.artifacts import ArtifactStore, ArtifactWriter
 from shared.store.datasets import MAX_TAGS_PER_MOVIE
-from shared.store.uploads import ARCHIVE, REQUIRED_FILES, UPLOAD_PARTS, drop_upload
+from shared.store.uploads import ARCHIVE, GENRES_FIX, REQUIRED_FILES, UPLOAD_PARTS, drop_upload
 
 from .schemas import DatasetUploadFields
 
@@ -206,29 +206,45 @@ def _check(artifacts: ArtifactStore, upload: Upload) -> None:
         abort(400, detail={"form": exc.messages})
 
 
-MULTIPART_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "movies.csv and ratings.csv (the other files optional), or one archive: a MovieLens .zip "
-    "as GroupLens distributes it. Streamed into Redis, so the worker needs no shared disk; 413 past "
-    "MOVIEREC_MAX_UPLOAD_BYTES.",
-    "properties": {
-        **{
-            name: {"type": "string", "format": "binary", "description": "a MovieLens file"}
-            for name in UPLOAD_PARTS
-            if name not in ("archive", "genres_fix_csv")
-        },
-        "genres_fix_csv": {"type": "string", "format": "binary", "description": "movieId,genres CSV"},
-        "archive": {"type": "string", "format": "binary", "description": "a MovieLens .zip"},
-        "tags_per_movie": {"type": "integer", "minimum": 1, "maximum": MAX_TAGS_PER_MOVIE,
-                           "default": DEFAULT_TAGS_PER_MOVIE},
-    },
-    "additionalProperties": False,
+_PART_NAMES = {stored: name for name, stored in UPLOAD_PARTS.items()}
+_PART_SCHEMAS: dict[str, Any] = {
+    **{name: {"type": "string", "format": "binary", "minLength": 1, "description": "a MovieLens file"}
+       for name in UPLOAD_PARTS},
+    "genres_fix_csv": {"type": "string", "format": "binary", "minLength": 1, "description": "movieId,genres CSV"},
+    "archive": {"type": "string", "format": "binary", "minLength": 1,
+                "description": "a MovieLens .zip (a zip file: anything else is refused, 400)"},
+    "tags_per_movie": {"type": "integer", "minimum": 1, "maximum": MAX_TAGS_PER_MOVIE,
+                       "default": DEFAULT_TAGS_PER_MOVIE},
 }  # fmt: skip
+
+
+def _alternative(parts: list[str], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {name: _PART_SCHEMAS[name] for name in [*parts, *_FIELDS]},
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+_ARCHIVE_PARTS = [_PART_NAMES[ARCHIVE], _PART_NAMES[GENRES_FIX]]
+MULTIPART_SCHEMA: dict[str, Any] = {
+    "description": "movies.csv and ratings.csv (the other files optional), or one archive: a MovieLens .zip "
+    "as GroupLens distributes it, with genres_fix_csv at most. No file empty. Streamed into Redis, so the worker "
+    "needs no shared disk; 413 past MOVIEREC_MAX_UPLOAD_BYTES.",
+    "oneOf": [  # what _check enforces
+        _alternative([name for name in UPLOAD_PARTS if name != _PART_NAMES[ARCHIVE]], list(REQUIRED_FILES)),
+        _alternative(_ARCHIVE_PARTS, [_PART_NAMES[ARCHIVE]]),
+    ],
+}
 
 
 def document_uploads(spec: dict[Any, Any]) -> dict[Any, Any]:
     """Add the multipart body beside the JSON one of each upload endpoint in /openapi.json."""
     operation = spec.get("paths", {}).get("/v1/datasets", {}).get("post")
     if operation is not None and "requestBody" in operation:
-        operation["requestBody"]["content"]["multipart/form-data"] = {"schema": MULTIPART_SCHEMA}
+        operation["requestBody"]["content"]["multipart/form-data"] = {
+            "schema": MULTIPART_SCHEMA,
+            "encoding": {_PART_NAMES[ARCHIVE]: {"contentType": "application/zip"}},
+        }
     return spec

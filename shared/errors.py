@@ -7,6 +7,7 @@
     ├── PayloadTooLarge           413 payload_too_large
     ├── Conflict                  409 conflict
     │   ├── JobNotFinished        409 job_not_finished
+    │   ├── ResultFormUnavailable 409 no_such_form
     │   └── QuotaExceeded         409 quota_exceeded
     ├── ServiceUnavailable        503 unavailable
     └── DataError                 (a job fails with it: a file is missing or malformed)
@@ -61,6 +62,13 @@ class Conflict(MovierecError):
 
 class JobNotFinished(Conflict):
     code = "job_not_finished"
+
+
+class ResultFormUnavailable(Conflict):
+    """A job's result asked for in a form it has not (``?format=npy`` of a job that produced no array): which forms
+    exist depends on the job, not on the request, so it is the job's state that refuses."""
+
+    code = "no_such_form"
 
 
 class QuotaExceeded(Conflict):

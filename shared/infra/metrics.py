@@ -4,7 +4,7 @@ Three sources, one scrape (``GET /metrics`` on the API, api/metrics.py):
 
 1. **The API's own requests** (``movierec_http_request_duration_seconds{method,route,status}``): a
    prometheus_client histogram in the API process, observed by a Flask hook for every request. ``route`` is
-   the URL rule (``/v1/jobs/<job_id>``) or ``unmatched``, so its cardinality is bounded by the routes.
+   the URL rule (``/v1/jobs/<uuid:job_id>``) or ``unmatched``, so its cardinality is bounded by the routes.
    Under gunicorn each worker process counts its own requests; prometheus_client's multiprocess mode sums
    them: ``movierec api`` (api/server.py) makes a private directory and sets ``PROMETHEUS_MULTIPROC_DIR``
    before gunicorn forks (an operator's own setting wins), each worker writes its samples to files there,

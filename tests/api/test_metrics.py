@@ -47,7 +47,7 @@ def test_every_family_is_exposed_with_its_type(client: Any) -> None:
 
 def test_request_count_grows_by_exactly_the_requests_made(client: Any) -> None:
     """Over HTTP the requests spread over gunicorn's two worker processes: the count is their sum."""
-    route = "/v1/jobs/<job_id>"
+    route = "/v1/jobs/<uuid:job_id>"
     labels = {"method": "GET", "route": route, "status": "404"}
     before = value(scrape(client), "movierec_http_request_duration_seconds_count", **labels)
     n = 12

@@ -110,6 +110,11 @@ def test_past_the_upload_limit_is_a_413_naming_the_setting(
 def test_the_spec_documents_both_bodies(client: Any) -> None:
     body = client.get("/openapi.json").get_json()["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]
     assert body["application/json"]["schema"]["$ref"].endswith("/DatasetIn")
-    parts = body["multipart/form-data"]["schema"]["properties"]
-    assert {"movies.csv", "ratings.csv", "archive", "tags_per_movie"} <= set(parts)
-    assert parts["ratings.csv"] == {"type": "string", "format": "binary", "description": "a MovieLens file"}
+    files, archive = body["multipart/form-data"]["schema"]["oneOf"]  # what the upload's check refuses, stated
+    assert files["required"] == ["movies.csv", "ratings.csv"] and archive["required"] == ["archive"]
+    assert {"movies.csv", "ratings.csv", "tags_per_movie"} <= set(files["properties"]) and "archive" not in files
+    assert set(archive["properties"]) == {"archive", "genres_fix_csv", "tags_per_movie"}
+    assert files["additionalProperties"] is False and archive["additionalProperties"] is False
+    ratings = files["properties"]["ratings.csv"]
+    assert ratings == {"type": "string", "format": "binary", "minLength": 1, "description": "a MovieLens file"}
+    assert body["multipart/form-data"]["encoding"]["archive"] == {"contentType": "application/zip"}
