@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +102,12 @@ def main() -> int:
         incidence = load_incidence(svc.artifacts, dataset)
         movie_ids = svc.artifacts.get_array(dataset_artifact(dataset, "movie_ids"))
         lost = differ = 0
+        why: Counter[str] = Counter()
         for seed, job_id in accepted.items():
             final = requests.get(f"{api}/v1/jobs/{job_id}", timeout=30).json()
             if final["status"] != "succeeded":
                 lost += 1
+                why[f"{final['status']}: {(final.get('error') or {}).get('message', '')}"] += 1
                 continue
             stored = svc.artifacts.get_array(TripletSpec(dataset=dataset, seed=seed, strategy="uniform-min").name)
             result = mine_range(incidence, 0, len(movie_ids), seed=seed, strategy="uniform-min")
@@ -113,6 +116,8 @@ def main() -> int:
               f"{worker_kills} CPU-worker SIGKILLs, {redis_kills} Redis SIGKILL+restarts, {len(revived)} exited "
               f"processes restarted {sorted(set(revived))}; "
               f"lost {lost}, results differing from an undisturbed run {differ}; {elapsed:.0f} s wall")  # fmt: skip
+        for reason, count in why.most_common():
+            print(f"  {count} x {reason}")
         return 0 if lost == 0 and differ == 0 else 1
 
 
