@@ -9,7 +9,7 @@ from typing import Any
 
 from apiflask import APIBlueprint
 
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.store.feedback import MAX_PROBLEMS, problems
 
 from . import active_model, services
@@ -22,7 +22,9 @@ bp = APIBlueprint("feedback", __name__, tag="feedback")
 @bp.input(RatingsIn, arg_name="body", example={"ratings": [{"user_id": 1, "movie_id": 1, "rating": 4.5}]})
 @bp.output(RatingsStoredOut, description="every rating stored, durably; the next recommendation sees them")
 @bp.doc(responses={400: "a row names an unknown movie or a rating off the dataset's scale (details.rows names "
-                        "them): nothing of the batch is stored", 404: "unknown dataset"})  # fmt: skip
+                        "them): nothing of the batch is stored", 404: "unknown dataset",
+                   409: "the dataset holds no rating (an evaluation's split that kept no user): it has no rating "
+                        "scale to check feedback against"})  # fmt: skip
 def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """Ratings given after ingest, up to 10,000 a request. The last rating of a (user, movie) wins; a user the
     dataset does not know is created by their first rating. Posting to a feedback version (a pipeline's
@@ -30,7 +32,11 @@ def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
     datasets = services().datasets
     base = datasets.feedback_base(dataset_id)
     rows = body["ratings"]
-    bad = problems(rows, datasets.movie_ids(base), datasets.rating_scale(base))
+    scale = datasets.rating_scale(base)
+    if scale[2] == []:
+        raise Conflict(f"dataset {base!r} holds no rating, so it has no rating scale to check feedback against; "
+                       "post ratings to a dataset that has some")  # fmt: skip
+    bad = problems(rows, datasets.movie_ids(base), scale)
     if bad:
         first = bad[0]
         raise InvalidRequest(

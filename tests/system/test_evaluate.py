@@ -214,6 +214,13 @@ def test_nobody_to_evaluate_fails_the_job_saying_why(
     job = wait_job(api_url, r.json()["id"], timeout_s=60)
     assert job["status"] == "failed" and job["error"]["code"] == "data_error"
     assert job["error"]["message"].startswith("nobody to evaluate")
+    # Its training part is a dataset with no rating, so no scale to check feedback against: a clear 409 (found by
+    # schemathesis against a live stack; before, a valid rating was refused 400 "rating 4.0 is not one of []").
+    empty = job["error"]["details"]["split"]["training_dataset"]
+    rows = [{"user_id": 1, "movie_id": 1, "rating": 4.0}]
+    posted = requests.post(f"{api_url}/v1/datasets/{empty}/ratings", json={"ratings": rows}, timeout=10)
+    assert posted.status_code == 409, posted.text
+    assert "holds no rating" in posted.json()["error"]["message"]
 
 
 def test_the_sample_is_what_the_module_says(sample: str, settings: Settings) -> None:
