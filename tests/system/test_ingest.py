@@ -69,7 +69,7 @@ def test_job_listing_and_npy_refusal(api_url: str) -> None:
     jobs = requests.get(f"{api_url}/v1/jobs", params={"kind": "ingest", "status": "succeeded"}, timeout=10).json()
     assert jobs["jobs"][0]["id"] == done["id"]
     r = requests.get(f"{api_url}/v1/jobs/{done['id']}/result", params={"format": "npy"}, timeout=10)
-    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+    assert r.status_code == 409 and r.json()["error"]["code"] == "no_such_form"  # a form this job has not
 
 
 def _broken_copy(root: Path, name: str) -> Path:
