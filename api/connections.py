@@ -29,6 +29,7 @@ does what.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ from apiflask import HTTPError
 from gunicorn.workers.ggevent import GeventWorker
 
 from shared.infra.settings import Settings
+
+LINGER_S = 2.0
+"""After a 408 the client may still be sending: the connection reads and drops its bytes this long after the
+answer (a lingering close, as Apache's), since closing with bytes unread resets the connection, and a reset can
+destroy the answer before the client reads it."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class _DeadlineSocket:
         self._started: float | None = None  # when the current request's body began; None: unarmed
         self._received = 0
         self._request: Any = None
+        self._expired = False
 
     def arm(self, request: Any) -> None:
         """Start the deadline of ``request`` (gunicorn's parsed request), whose body is read from now on."""
@@ -88,6 +95,7 @@ class _DeadlineSocket:
     def _expire(self) -> BodyTimeout:
         # The rest of the body may still be coming: it must not be read as the next request.
         self._request.must_close = True
+        self._expired = True
         return BodyTimeout(self._received, self._limits)
 
     def recv(self, size: int) -> bytes:
@@ -111,6 +119,17 @@ class _DeadlineSocket:
             self._sock.sendall(data)
         finally:
             self._sock.settimeout(None)  # an armed recv sets its own
+
+    def close(self) -> None:
+        if self._expired:  # a lingering close (LINGER_S)
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + LINGER_S
+                while (left := deadline - time.monotonic()) > 0:
+                    self._sock.settimeout(left)
+                    if not self._sock.recv(65536):
+                        break
+        self._sock.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

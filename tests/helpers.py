@@ -3,14 +3,20 @@
 - ``wait_until``: poll a condition until it holds; the one polling loop of the tests.
 - ``wait_job``: poll one job until it has finished, through a callable or over HTTP, and answer its record.
 - ``wait_jobs``: the same for many jobs at once, with a hook that sees how many have finished.
+- ``running``: a process of the test's own (``movierec api``, nginx, a worker), ready when a check says so, and
+  stopped, its whole process group, at the end of the block.
 - ``new_stack``: a ``cli.stack.Stack`` set up for a test (a free port, logs beside its data), to use as
   ``with new_stack(...) as stack:`` or through the ``make_stack`` fixture.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -193,3 +199,48 @@ def new_stack(
         redis_password=redis_password,
         ready_timeout_s=ready_timeout_s,
     )
+
+
+@contextlib.contextmanager
+def running(
+    command: Sequence[str],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    ready: Callable[[], bool] | None = None,
+    timeout_s: float = 60,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``command`` in a session of its own, its output to ``log``; wait until ``ready()`` (failing with the
+    log's tail if the process exits first or the wait times out); at the end, SIGTERM its process group, then
+    SIGKILL after 20 s."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(list(command), env=None if env is None else dict(env), stdin=subprocess.DEVNULL,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def started() -> bool:
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        return ready is None or ready()
+
+    try:
+        wait_until(started, timeout_s=timeout_s, every_s=0.2, failure=lambda: log.read_text(errors="replace")[-3000:])
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def answers(url: str) -> Callable[[], bool]:
+    """A ``ready`` check for ``running``: ``url`` answers 200."""
+
+    def check() -> bool:
+        try:
+            return requests.get(url, timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    return check

@@ -8,9 +8,6 @@ real workers, so the jobs they create really run, pipelines' stage jobs included
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -27,7 +24,7 @@ from cli.stack import Stack, free_port
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
 from tests.conftest import delete_prefix
-from tests.helpers import wait_job, wait_until
+from tests.helpers import answers, running, wait_job, wait_until
 
 KEY_A = "key-a-" + "a" * 20
 KEY_B = "key-b-" + "b" * 20
@@ -94,33 +91,10 @@ def keyed_url(keyed_settings: Settings, stack: Stack, tmp_path_factory: pytest.T
     """A real ``movierec api`` with MOVIEREC_API_KEYS in its environment (as ``Settings.child_env`` hands it)."""
     port = free_port()
     log = tmp_path_factory.mktemp("keyed-api") / "api.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "1"],
-            env=keyed_settings.child_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            return requests.get(f"{url}/healthz", timeout=2).status_code == 200  # the one open route
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_until(healthy, timeout_s=60, every_s=0.2, failure=lambda: log.read_text()[-3000:])
+    command = [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "1"]
+    with running(command, log, env=keyed_settings.child_env(), ready=answers(f"{url}/healthz")):  # the open route
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(params=["flask", "http"])

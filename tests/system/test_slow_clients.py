@@ -12,9 +12,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -31,7 +29,7 @@ from shared.infra.celery_app import make_celery, queue_lengths
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
 from tests.conftest import delete_prefix
-from tests.helpers import wait_until
+from tests.helpers import answers, running, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -61,37 +59,13 @@ def bounded_settings(settings: Settings) -> Iterator[Settings]:
 @pytest.fixture(scope="module")
 def bounded_api(bounded_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``movierec api`` (two gunicorn workers, as deployed) with ``bounded_settings``, on the session's Redis."""
-    bounded = bounded_settings
     port = free_port()
     log = tmp_path_factory.mktemp("bounded-api") / "api.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "2"],
-            env=bounded.child_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_until(healthy, timeout_s=60, every_s=0.2, failure=lambda: log.read_text()[-3000:])
+    with running([sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "2"], log,
+                 env=bounded_settings.child_env(), ready=answers(f"{url}/healthz")):  # fmt: skip
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        assert "Traceback" not in Path(log).read_text()
+    assert "Traceback" not in log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -113,29 +87,10 @@ def proxied_api(bounded_api: str, tmp_path_factory: pytest.TempPathFactory) -> I
         assert old in conf, old
         conf = conf.replace(old, new)
     (where / "nginx.conf").write_text(conf)
-    log = where / "nginx.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [NGINX, "-p", str(where), "-c", str(where / "nginx.conf"), "-e", "stderr", "-g", "daemon off;"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     url = f"http://127.0.0.1:{port}"
-
-    def answering() -> bool:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_until(answering, timeout_s=30, every_s=0.2, failure=lambda: log.read_text()[-3000:])
+    command = [NGINX, "-p", str(where), "-c", str(where / "nginx.conf"), "-e", "stderr", "-g", "daemon off;"]
+    with running(command, where / "nginx.log", ready=answers(f"{url}/healthz"), timeout_s=30):
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
 
 
 @pytest.fixture(params=["bare", "nginx"])
