@@ -207,6 +207,7 @@ def running(
     log: Path,
     *,
     env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
     ready: Callable[[], bool] | None = None,
     timeout_s: float = 60,
 ) -> Iterator[subprocess.Popen[bytes]]:
@@ -214,8 +215,9 @@ def running(
     log's tail if the process exits first or the wait times out); at the end, SIGTERM its process group, then
     SIGKILL after 20 s."""
     with log.open("wb") as out:
-        process = subprocess.Popen(list(command), env=None if env is None else dict(env), stdin=subprocess.DEVNULL,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(list(command), env=None if env is None else dict(env), cwd=cwd,
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
 
     def started() -> bool:
         assert process.poll() is None, log.read_text(errors="replace")[-3000:]

@@ -3,10 +3,7 @@ a local model is named relative to the data root and each host resolves it again
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ import redis
 from api import create_app
 from shared.infra.settings import Settings
 from tests.conftest import REPO, delete_prefix
-from tests.helpers import wait_job
+from tests.helpers import running, wait_job
 
 
 @pytest.fixture
@@ -32,19 +29,11 @@ def hosts(settings: Settings, redis_client: redis.Redis, tiny_bert: str, tmp_pat
     own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-mp{uuid.uuid4().hex[:6]}",
                                       "data_root": api_root})  # fmt: skip
     env = own.model_copy(update={"data_root": worker_root}).child_env()
-    with (tmp_path / "gpu-worker.log").open("wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--queues", "gpu"], cwd=REPO, env=env,
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)  # fmt: skip
+    command = [sys.executable, "-m", "cli.main", "worker", "--queues", "gpu"]
     try:
-        yield create_app({"TESTING": True}, settings=own).test_client()
+        with running(command, tmp_path / "gpu-worker.log", env=env, cwd=REPO):
+            yield create_app({"TESTING": True}, settings=own).test_client()
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
         delete_prefix(redis_client, own.key_prefix)
 
 
