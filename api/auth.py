@@ -7,7 +7,7 @@ carries decides what the job routes show:
     key ──sha256──> owner id ("k-" + 32 hex)  stored in each job record it creates (never the key)
     GET /v1/jobs/<id>, .../result, DELETE    another owner's job answers 404, as an unknown id does
     GET /v1/jobs                             lists the caller's jobs only
-    pipelines                                each stage job inherits the pipeline's owner (shared.jobs.pipeline)
+    pipelines                                each stage job inherits the pipeline's owner (shared.logic.pipeline)
 
 Datasets and models are shared by every key: they are content addressed, and one key's ingest is as
 good as another's. Keys are compared as sha256 digests with ``hmac.compare_digest`` against every

@@ -9,10 +9,11 @@ from typing import Any
 from apiflask import APIBlueprint
 
 from shared.errors import NotFound
-from shared.store.datasets import confine
-from shared.store.uploads import drop_upload
+from shared.logic.ingest import confine
+from shared.logic.uploads import drop_upload
 
-from . import accepted, require_room, services, submit_job, uploads
+from . import uploads
+from .context import accepted, require_room, services, submit_job
 from .schemas import DatasetDeletedOut, DatasetIn, DatasetListOut, DatasetOut, JobOut, MoviesOut, MoviesQuery
 
 bp = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", tag="datasets")
@@ -98,7 +99,7 @@ def delete_dataset(dataset_id: str) -> dict[str, Any]:
     """Delete a dataset with the model versions trained on it, its triplets, encoder matrices and evaluation
     splits; datasets derived from it stay."""
     svc = services()
-    return svc.datasets.delete(dataset_id, svc.models)
+    return svc.catalogue.delete(dataset_id)
 
 
 @bp.get("/<dataset_id>/movies")
@@ -107,7 +108,7 @@ def delete_dataset(dataset_id: str) -> dict[str, Any]:
 @bp.doc(responses={404: "unknown dataset"})
 def list_movies(dataset_id: str, query: dict[str, Any]) -> dict[str, Any]:
     """The catalogue in catalogue order (the row order of every per-movie array), paged."""
-    catalogue = services().datasets.catalogue(dataset_id)
+    catalogue = services().catalogue.movies(dataset_id)
     lo, hi = query["offset"], query["offset"] + query["limit"]
     return {
         "dataset": dataset_id,

@@ -12,7 +12,7 @@ from apiflask import APIBlueprint
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.store.feedback import MAX_PROBLEMS, problems
 
-from . import active_model, services
+from .context import active_model, services
 from .schemas import RatingsIn, RatingsStoredOut, UserRatingsOut, UserRatingsQuery
 
 bp = APIBlueprint("feedback", __name__, tag="feedback")
@@ -29,14 +29,15 @@ def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """Ratings given after ingest, up to 10,000 a request. The last rating of a (user, movie) wins; a user the
     dataset does not know is created by their first rating. Posting to a feedback version (a pipeline's
     dataset) posts to the dataset it was made from."""
-    datasets = services().datasets
-    base = datasets.feedback_base(dataset_id)
+    svc = services()
+    catalogue = svc.catalogue
+    base = catalogue.feedback_base(dataset_id)
     rows = body["ratings"]
-    scale = datasets.rating_scale(base)
+    scale = catalogue.rating_scale(base)
     if scale[2] == []:
         raise Conflict(f"dataset {base!r} holds no rating, so it has no rating scale to check feedback against; "
                        "post ratings to a dataset that has some")  # fmt: skip
-    bad = problems(rows, datasets.movie_ids(base), scale)
+    bad = problems(rows, catalogue.movie_ids(base), scale)
     if bad:
         first = bad[0]
         raise InvalidRequest(
@@ -46,9 +47,9 @@ def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
         )
     now = int(time.time())
     stored = [(r["user_id"], r["movie_id"], float(r["rating"]), r.get("timestamp", now)) for r in rows]
-    datasets.feedback.add(base, stored)
+    svc.feedback.add(base, stored)
     users = sorted({r[0] for r in stored})
-    known = datasets.user_ids(base)
+    known = catalogue.user_ids(base)
     new_users = [u for u in users if u not in known]
     return {"dataset": base, "stored": len(stored), "users": len(users), "new_users": new_users}
 
@@ -61,21 +62,21 @@ def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
 def user_ratings(user_id: int, query: dict[str, Any]) -> dict[str, Any]:
     """A user's ratings in a dataset (the active model's if none is named): those ingested with the feedback
     posted since over them, by time."""
-    datasets = services().datasets
+    svc = services()
     dataset = query.get("dataset") or active_model()[1]
-    base = datasets.feedback_base(dataset)
-    catalogue = datasets.catalogue(base)
-    stored = datasets.user_ratings(base, user_id)
+    base = svc.catalogue.feedback_base(dataset)
+    movies = svc.catalogue.movies(base)
+    stored = svc.catalogue.user_ratings(base, user_id)
     rated: dict[int, dict[str, Any]] = {}
     times = stored.timestamps.tolist() if stored.timestamps is not None else [None] * len(stored.values)
     for r, v, t in zip(stored.movie_index.tolist(), stored.values.tolist(), times, strict=True):
-        movie = catalogue[r]
+        movie = movies[r]
         rated[movie["movie_id"]] = {"movie_id": movie["movie_id"], "title": movie["title"], "rating": v,
                                     "timestamp": t, "source": "ingest"}  # fmt: skip
-    feedback = datasets.feedback.user(base, user_id)
+    feedback = svc.feedback.user(base, user_id)
     for m, v, t in zip(feedback.movie_ids.tolist(), feedback.values.tolist(), feedback.times.tolist(), strict=True):
         rated.pop(m, None)
-        title = catalogue[datasets.movie_row(base, m)]["title"]
+        title = movies[svc.catalogue.movie_row(base, m)]["title"]
         rated[m] = {"movie_id": m, "title": title, "rating": v, "timestamp": t, "source": "feedback"}
     if not rated:
         raise NotFound(f"user {user_id} has no rating in dataset {base!r}")

@@ -24,7 +24,7 @@ from apiflask import APIBlueprint
 from shared.infra.redisconn import TRANSIENT_CAUSES, transient_cause
 from shared.jobs.kinds import QUEUES
 
-from . import services
+from .context import services
 from .errors import error_response
 from .schemas import HealthOut, ReadyOut
 

@@ -18,15 +18,14 @@ from flask import Response, jsonify, stream_with_context, url_for
 
 from shared.errors import Conflict, JobNotFinished, NotFound, ResultFormUnavailable
 from shared.infra.keys import encode_input_artifact
-from shared.jobs import evaluation
 from shared.jobs.store import Job
 from shared.jobs.submit import cancel
-from shared.store import batch
-from shared.store.datasets import confine
-from shared.store.triplets import DEFAULT_SEED, TripletSpec
+from shared.logic import batch, evaluation
+from shared.logic.ingest import confine
+from shared.logic.mining import DEFAULT_SEED, TripletSpec
 
-from . import accepted, active_model, celery, has_feedback, require_room, services, submit_job
 from .auth import current_owner, visible
+from .context import accepted, active_model, celery, has_feedback, require_room, services, submit_job
 from .schemas import (
     EncodeIn,
     EvaluateIn,

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 from apiflask import APIBlueprint, APIFlask
 from flask import Flask, Response, g, request, request_started
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from shared.infra.metrics import MULTIPROC_ENV, RedisCollector
+from shared.infra.metrics import MULTIPROC_ENV, SERVING_KINDS, cells, histogram
+from shared.jobs.celery_app import MovierecCelery, queue_lengths
+from shared.jobs.kinds import QUEUES
+from shared.logic.services import Services
 
-from . import celery, services
+from .context import celery, services
 
 bp = APIBlueprint("metrics", __name__, tag="metrics")
 
@@ -69,3 +75,82 @@ def metrics() -> Response:
         registry.register(_OWN)
     registry.register(RedisCollector(services(), celery()))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+class RedisCollector:
+    """A prometheus_client collector that reads the deployment's state and the pushed job metrics from Redis
+    when scraped (three round trips and the queues' own: a pipeline, the active model's record, the worker
+    heartbeats)."""
+
+    def __init__(self, services: Services, celery: MovierecCelery) -> None:
+        self._svc = services
+        self._celery = celery
+
+    def describe(self) -> list[Metric]:
+        return []  # not known before a scrape; a registry then takes our names as unchecked
+
+    def collect(self) -> Iterator[Metric]:
+        svc, keys = self._svc, self._svc.keys
+        pipe = svc.redis.pipeline(transaction=False)
+        pipe.zcard(keys.jobs)
+        pipe.zcard(keys.datasets)
+        pipe.zcard(keys.models)
+        pipe.get(keys.active_model)
+        pipe.hgetall(keys.metrics_jobs)
+        pipe.hgetall(keys.metrics_job_seconds)
+        jobs, datasets, models, active_raw, finished_raw, seconds_raw = pipe.execute()
+        active = active_raw.decode() if active_raw else None
+        record = svc.models.get(active) if active else None
+
+        queues = queue_lengths(self._celery, QUEUES)
+        g = GaugeMetricFamily("movierec_queue_length", "Messages waiting in a Celery queue.", labels=["queue"])
+        for queue in QUEUES:
+            g.add_metric([queue], queues.get(queue, 0))
+        yield g
+        live = svc.live_queues()
+        g = GaugeMetricFamily("movierec_workers", "Live workers consuming a queue.", labels=["queue"])
+        for queue in QUEUES:
+            g.add_metric([queue], live.get(queue, 0))
+        yield g
+        yield GaugeMetricFamily(
+            "movierec_jobs_indexed", "Job records in the listing index (finished ones expire).", value=jobs
+        )
+        g = GaugeMetricFamily("movierec_active_model", "1 for the version recommendations use.", labels=["version"])
+        if active:
+            g.add_metric([active], 1)
+        yield g
+        g = GaugeMetricFamily("movierec_index_items", "Movies in the active model version's index.", labels=["version"])
+        index = (record or {}).get("index") or {}
+        if active and "n" in index:
+            g.add_metric([active], index["n"])
+        yield g
+        yield GaugeMetricFamily("movierec_datasets", "Datasets stored.", value=datasets)
+        yield GaugeMetricFamily("movierec_models", "Model versions stored.", value=models)
+
+        c = CounterMetricFamily(
+            "movierec_jobs_finished", "Jobs finished, by kind and final status.", labels=["kind", "status"]
+        )
+        for field, value in sorted(cells(finished_raw).items()):
+            if len(field) == 2:
+                c.add_metric(list(field), value)
+        yield c
+
+        seconds = cells(seconds_raw)
+        kinds = sorted({field[0] for field in seconds})
+        for name, doc in (
+            ("run", "Seconds a job ran: started (first time) to finished."),
+            ("latency", "Seconds from a job's creation to its finish, the wait in the queue included."),
+        ):
+            h = HistogramMetricFamily(f"movierec_job_{name}_seconds", doc, labels=["kind"])
+            for kind in kinds:
+                if (kind, name, "count") in seconds:
+                    buckets, total = histogram(seconds, name, [kind])
+                    h.add_metric([kind], buckets, total)
+            yield h
+        h = HistogramMetricFamily(
+            "movierec_recommendation_latency_seconds",
+            f"Seconds from a recommendation's request to its answer (jobs of kind {', '.join(SERVING_KINDS)}).",
+        )
+        buckets, total = histogram(seconds, "latency", list(SERVING_KINDS))
+        h.add_metric([], buckets, total)
+        yield h

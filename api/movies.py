@@ -9,7 +9,7 @@ from apiflask import APIBlueprint
 
 from shared.ml.titles import year_of
 
-from . import active_model, services
+from .context import active_model, services
 from .recommendations import answer_within
 from .schemas import JobOut, MovieSearchOut, MovieSearchQuery, RecommendationsOut, SimilarQuery
 
@@ -34,8 +34,8 @@ def search_movies(query: dict[str, Any]) -> dict[str, Any]:
     """Movies whose title matches ``q``: case-, accent- and punctuation-insensitive, the last word as a prefix,
     a year narrowing it ("toy story 1995"); an exact title first."""
     version, dataset = active_model()
-    catalogue = services().datasets.catalogue(dataset)
-    rows = services().datasets.title_index(dataset).search(query["q"], query["limit"])
+    catalogue = services().catalogue.movies(dataset)
+    rows = services().catalogue.title_index(dataset).search(query["q"], query["limit"])
     return {
         "model": version,
         "query": query["q"],
@@ -50,5 +50,5 @@ def search_movies(query: dict[str, Any]) -> dict[str, Any]:
 def similar_movies(movie_id: int, query: dict[str, Any]) -> Any:
     """The k movies nearest to one in the active model's index, the movie itself left out."""
     version, dataset = active_model()
-    services().datasets.check_ids(dataset, movie_ids=[movie_id])
+    services().catalogue.check_ids(dataset, movie_ids=[movie_id])
     return answer_within(params={"similar_to": movie_id, "k": query["k"], "model": version}, wait_s=query["wait"])

@@ -7,9 +7,9 @@ from typing import Any
 from apiflask import APIBlueprint
 
 from shared.errors import NotFound
-from shared.store.datasets import confine
+from shared.logic.ingest import confine
 
-from . import accepted, has_feedback, require_room, services, submit_job
+from .context import accepted, has_feedback, require_room, services, submit_job
 from .jobs import model_source
 from .schemas import JobOut, PipelineIn
 

@@ -7,7 +7,7 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import jsonify
 
-from . import accepted, active_model, services, submit_job
+from .context import accepted, active_model, services, submit_job
 from .schemas import JobOut, RecommendationsOut, RecommendIn, WaitQuery
 
 bp = APIBlueprint("recommendations", __name__, url_prefix="/v1/recommendations", tag="recommendations")
@@ -34,7 +34,7 @@ def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
     version, dataset = active_model()
     # Unknown movie ids are 404 here, before anything is queued; a user unknown to the dataset is not an error:
     # with feedback they have a profile, without it they get the most popular movies.
-    services().datasets.check_ids(dataset, movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])])
+    services().catalogue.check_ids(dataset, movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])])
     return answer_within(params={**body, "model": version}, wait_s=query["wait"])
 
 

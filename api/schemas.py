@@ -1,41 +1,34 @@
 """Request and response schemas: what the API validates and what its OpenAPI spec documents.
 
-Marshmallow raises on unknown fields, so an unexpected field is a 400 like any other invalid input, and apispec
-writes each schema's ``unknown`` into /openapi.json as ``additionalProperties: false``: every object is closed.
-A rule across fields ("exactly one of path, dataset") is declared once, in a ``BodySchema``'s ``rules``: its
-validator enforces them, and ``RequestBodies`` (an apispec plugin) writes them into the spec, as ``oneOf``
-alternatives (each a closed object with its required fields) or a ``not``; it also marks a body required
-wherever the schema refuses an empty object.
+Every request body is a ``BodySchema`` (api/openapi.py): closed to unknown fields, JSON's own types, and its rules
+across fields stated once, enforced here and written into /openapi.json.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.validators import Length, OneOf, Range
-from apispec import APISpec, BasePlugin
-from apispec.ext.marshmallow import MarshmallowPlugin
-from apispec.ext.marshmallow.common import resolve_schema_instance
-from marshmallow import RAISE, ValidationError, pre_load, validates, validates_schema
-from marshmallow.fields import Field
+from marshmallow import RAISE, ValidationError, validates
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
-from shared.jobs import evaluation
 from shared.jobs.store import MAX_LIST_LIMIT, STATUSES
+from shared.logic import evaluation
+from shared.logic.batch import DEFAULT_SHARD_USERS, MAX_LISTED_USERS, MAX_SHARD_USERS, MIN_SHARD_USERS
+from shared.logic.ingest import MAX_TAGS_PER_MOVIE
+from shared.logic.mining import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE, SOURCES
+from shared.ml import evaluate
 from shared.ml.coliked import DEFAULT_LIKED_AT, DEFAULT_POSITIVES, MAX_LIKED_AT, MAX_POSITIVES, MIN_LIKED_AT
 from shared.ml.encoder import POOLINGS
+from shared.ml.fitting import ARCHITECTURES, LIMITS, PROFILES
 from shared.ml.mining import STRATEGIES
 from shared.ml.recipes import DEFAULT_RECIPE, RECIPES
 from shared.ml.titles import MAX_QUERY_CHARS, query_tokens
-from shared.ml.training import ARCHITECTURES, LIMITS, PROFILES
-from shared.store.batch import DEFAULT_SHARD_USERS, MAX_LISTED_USERS, MAX_SHARD_USERS, MIN_SHARD_USERS
-from shared.store.datasets import MAX_TAGS_PER_MOVIE
 from shared.store.feedback import MAX_BATCH as MAX_FEEDBACK_BATCH
-from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE, SOURCES
+
+from .openapi import BodySchema, ExactlyOne, NotAllEmpty
 
 MAX_PATH_CHARS = 4096
 _SEGMENT = r"(?:[^/\x00.][^/\x00]*|\.[^/\x00.][^/\x00]*|\.\.[^/\x00]+|\.)"
@@ -44,195 +37,6 @@ RELATIVE_PATH = rf"^{_SEGMENT}(?:/{_SEGMENT}?)*$"
 """What /openapi.json promises a path field takes: relative, never climbing with "..", no NUL. The server's own
 test is ``confine`` (inside the data root, symlinks resolved), which also takes an absolute path inside the root;
 a string of this pattern always passes it, so a client that follows the spec is not refused for its path."""
-
-
-def _given(data: Mapping[str, Any], fields: Mapping[str, Field[Any]], name: str) -> bool:
-    """The body gives ``name``: carries it, and a list not empty."""
-    return name in data and not (isinstance(fields[name], List) and not data[name])
-
-
-class ExactlyOne:
-    """Exactly one group of fields: a body chooses a group by carrying any of its fields and may choose one only;
-    it gives the group by at least one of its fields (``_given``). In /openapi.json: a ``oneOf`` with a branch
-    per group, each the closed object of the other fields and the group's, requiring what giving it takes."""
-
-    def __init__(self, *groups: str | tuple[str, ...]) -> None:
-        self.groups = tuple((g,) if isinstance(g, str) else g for g in groups)
-
-    def problem(self, data: Mapping[str, Any], fields: Mapping[str, Field[Any]]) -> str | None:
-        chosen = [g for g in self.groups if any(name in data for name in g)]
-        if len(chosen) == 1 and any(_given(data, fields, name) for name in chosen[0]):
-            return None
-        return "give exactly one of " + ", ".join("/".join(g) for g in self.groups)
-
-    def document(self, name: str, definition: dict[str, Any], fields: Mapping[str, Field[Any]]) -> None:
-        properties: dict[str, Any] = definition.pop("properties", {})
-        required: list[str] = definition.pop("required", [])
-        for key in ("type", "additionalProperties"):
-            definition.pop(key, None)
-        grouped = {name for group in self.groups for name in group}
-        definition["oneOf"] = []
-        for group in self.groups:
-            names = [n for n in properties if n not in grouped or n in group]
-            branch: dict[str, Any] = {
-                # A generated client names each alternative by its title: PipelineInPath, RecommendInUserId, ...
-                "title": name + "".join(part.title() for part in group[0].split("_")),
-                "type": "object",
-                "properties": {n: copy.deepcopy(properties[n]) for n in names},
-                "additionalProperties": False,
-            }
-            givens = [_given_schema(name, fields) for name in group]
-            if len(givens) == 1:
-                branch["required"] = [n for n in required if n in names] + givens[0]["required"]
-                branch["properties"][group[0]].update(givens[0].get("properties", {}).get(group[0], {}))
-            else:
-                branch["anyOf"] = givens
-                if any(n in required for n in names):
-                    branch["required"] = [n for n in required if n in names]
-            definition["oneOf"].append(branch)
-        definition["description"] = self.problem({}, fields)
-
-
-def _given_schema(name: str, fields: Mapping[str, Field[Any]]) -> dict[str, Any]:
-    """``_given`` as JSON Schema."""
-    if isinstance(fields[name], List):
-        return {"required": [name], "properties": {name: {"minItems": 1}}}
-    return {"required": [name]}
-
-
-class NotAllEmpty:
-    """Not every one of these lists empty: a body may empty some (an absent one keeps its default), not all."""
-
-    def __init__(self, *names: str) -> None:
-        self.names = names
-
-    def problem(self, data: Mapping[str, Any], fields: Mapping[str, Field[Any]]) -> str | None:
-        if all(name in data and not data[name] for name in self.names):
-            return f"give at least one of {', '.join(self.names)} (not all empty)"
-        return None
-
-    def document(self, name: str, definition: dict[str, Any], fields: Mapping[str, Field[Any]]) -> None:
-        definition["not"] = {"required": list(self.names), "properties": {n: {"maxItems": 0} for n in self.names}}
-
-
-def _json_type_problem(field: Field[Any], value: Any) -> Any:
-    """What is wrong with a JSON value for ``field`` (marshmallow's message; for a list, by index), else None."""
-    if value is None:
-        return None  # the field's allow_none decides
-    if isinstance(field, Boolean) and not isinstance(value, bool):
-        return ["Not a valid boolean."]
-    if isinstance(field, Integer) and (
-        isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer()
-    ):
-        return ["Not a valid integer."]
-    if isinstance(field, Float) and (isinstance(value, bool) or not isinstance(value, int | float)):
-        return ["Not a valid number."]
-    if isinstance(field, List) and isinstance(value, list):
-        inner = {i: p for i, v in enumerate(value) if (p := _json_type_problem(field.inner, v)) is not None}
-        return inner or None
-    return None
-
-
-class BodySchema(Schema):
-    """A JSON request body. Its numbers and booleans must be JSON's own, as /openapi.json types them: marshmallow
-    alone would take "3" or true for an integer and cut 2.5 to 2 (3.0 is an integer, as JSON Schema counts it).
-    Its ``rules`` across fields are enforced here and stated in /openapi.json (``RequestBodies``)."""
-
-    rules: ClassVar[tuple[ExactlyOne | NotAllEmpty, ...]] = ()
-
-    @pre_load
-    def _json_types(self, data: Any, **_: object) -> Any:
-        if isinstance(data, dict):
-            problems = {
-                name: problem
-                for name, field in self.fields.items()
-                if name in data and (problem := _json_type_problem(field, data[name])) is not None
-            }
-            if problems:
-                raise ValidationError(problems)
-        return data
-
-    @validates_schema
-    def _follow_rules(self, data: dict[str, Any], **_: object) -> None:
-        for rule in self.rules:
-            problem = rule.problem(data, self.fields)
-            if problem:
-                raise ValidationError(problem, field_name="_schema")
-
-
-def _open_bounds(converter: Any, field: Field[Any], **_: Any) -> dict[str, Any]:
-    """A ``Range``'s open ends as ``exclusiveMinimum`` / ``exclusiveMaximum``: apispec writes each end as a closed
-    ``minimum`` / ``maximum``, which would offer ``train_fraction: 1.0`` to a client the server refuses."""
-    bounds: dict[str, Any] = {}
-    for validator in field.validators:
-        if isinstance(validator, Range):
-            if validator.min is not None and not validator.min_inclusive:
-                bounds["exclusiveMinimum"] = validator.min
-            if validator.max is not None and not validator.max_inclusive:
-                bounds["exclusiveMaximum"] = validator.max
-    return bounds
-
-
-class RequestBodies(BasePlugin):
-    """The apispec plugin that writes each ``BodySchema``'s rules into its component in /openapi.json, a range's
-    open ends (``_open_bounds``), and ``requestBody.required`` into each operation whose JSON body refuses ``{}``.
-    APIFlask runs it after its own marshmallow plugin (``app.spec_plugins``), so each component it sees already has
-    its properties."""
-
-    def __init__(self) -> None:
-        self._refuses_empty: dict[str, bool] = {}
-
-    def init_spec(self, spec: APISpec) -> None:
-        super().init_spec(spec)
-        for plugin in spec.plugins:
-            if isinstance(plugin, MarshmallowPlugin) and plugin.converter is not None:
-                plugin.converter.add_attribute_function(_open_bounds)  # type: ignore[no-untyped-call]  # apispec
-
-    def schema_helper(self, name: str, definition: dict[str, Any], **kwargs: Any) -> None:
-        if kwargs.get("schema") is None:
-            return
-        schema = resolve_schema_instance(kwargs["schema"])
-        for rule in getattr(schema, "rules", ()):
-            rule.document(name, definition, schema.fields)
-        self._refuses_empty[name] = bool(schema.validate({}))
-
-    def operation_helper(self, path: str | None = None, operations: dict[str, Any] | None = None, **_: Any) -> None:
-        for operation in (operations or {}).values():
-            body = operation.get("requestBody") if isinstance(operation, dict) else None
-            schema = (body or {}).get("content", {}).get("application/json", {}).get("schema")
-            ref = schema.get("$ref", "") if isinstance(schema, dict) else str(schema or "")
-            if body is not None and self._refuses_empty.get(ref.rsplit("/", 1)[-1]):
-                body["required"] = True
-
-
-_COMPONENT = "#/components/schemas/"
-
-
-def merge_duplicate_schemas(spec: dict[str, Any]) -> dict[str, Any]:
-    """One component per schema in /openapi.json: apispec registers a schema both nested (``List(Nested(JobOut))``)
-    and as a view's output twice, naming the second ``JobOut1``. A numbered copy identical to its original is
-    dropped and every reference to it pointed at the original, so a generated client has one ``JobOut`` type."""
-    schemas: dict[str, Any] = spec.get("components", {}).get("schemas", {})
-    renamed = {}
-    for name in list(schemas):
-        base = name.rstrip("0123456789")
-        if base != name and base in schemas and schemas[base] == schemas[name]:
-            renamed[_COMPONENT + name] = _COMPONENT + base
-            del schemas[name]
-
-    def repoint(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("$ref") in renamed:
-                node["$ref"] = renamed[node["$ref"]]
-            for value in node.values():
-                repoint(value)
-        elif isinstance(node, list):
-            for value in node:
-                repoint(value)
-
-    if renamed:
-        repoint(spec)
-    return spec
 
 
 class ErrorBody(Schema):
@@ -638,25 +442,25 @@ class EvaluateIn(BodySchema):
     )
     dataset = String(validate=Length(1, 64), metadata={"description": "or an ingested dataset id (with timestamps)"})
     min_ratings = Integer(
-        load_default=evaluation.DEFAULT_MIN_RATINGS,
+        load_default=evaluate.DEFAULT_MIN_RATINGS,
         validate=Range(1, 100_000),
         metadata={"description": "users with fewer ratings are left out"},
     )
     train_fraction = Float(
-        load_default=evaluation.DEFAULT_TRAIN_FRACTION,
+        load_default=evaluate.DEFAULT_TRAIN_FRACTION,
         validate=Range(0.0, 1.0, min_inclusive=False, max_inclusive=False),
         metadata={"description": "each user's earliest round(fraction n) ratings are the training part"},
     )
     relevant_at = Float(
-        load_default=evaluation.DEFAULT_RELEVANT_AT,
+        load_default=evaluate.DEFAULT_RELEVANT_AT,
         validate=Range(0.0, 10.0, min_inclusive=False),
         metadata={"description": "a test rating at least this is a relevant movie"},
     )
-    k = Integer(load_default=evaluation.DEFAULT_K, validate=Range(1, MAX_K), metadata={"description": "top k"})
+    k = Integer(load_default=evaluate.DEFAULT_K, validate=Range(1, MAX_K), metadata={"description": "top k"})
     recipes = _distinct(
         list(RECIPES), description=f"recipes trained on the training part, default all: {', '.join(RECIPES)}"
     )
-    baselines = _distinct(list(evaluation.BASELINES), description=f"default all: {', '.join(evaluation.BASELINES)}")
+    baselines = _distinct(list(evaluate.BASELINES), description=f"default all: {', '.join(evaluate.BASELINES)}")
     seed = Integer(
         load_default=evaluation.DEFAULT_SEED,
         validate=Range(0, 2**32 - 1),

@@ -6,12 +6,12 @@ from typing import Any, cast
 
 from apiflask import APIBlueprint
 
-from shared.infra.celery_app import queue_lengths
 from shared.infra.metrics import finished_by_status
+from shared.jobs.celery_app import queue_lengths
 from shared.jobs.kinds import QUEUES
 from shared.jobs.store import FINISHED
 
-from . import celery, services
+from .context import celery, services
 from .schemas import SystemOut
 
 bp = APIBlueprint("system", __name__, url_prefix="/v1/system", tag="system")

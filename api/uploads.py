@@ -7,7 +7,7 @@ multipart decoder; each file part goes straight into an ``ArtifactWriter`` (shar
 past it is refused before a byte is read, a chunked body when it grows past it. On any refusal (400, 413, a
 client that went away) every key of the upload is deleted before the answer.
 
-Parts (shared/store/uploads.py names them): ``movies.csv`` and ``ratings.csv``, optionally ``tags.csv``,
+Parts (shared/logic/uploads.py names them): ``movies.csv`` and ``ratings.csv``, optionally ``tags.csv``,
 ``genome-scores.csv``, ``genome-tags.csv``, ``links.csv``, ``genres_fix_csv``; or one ``archive`` (a MovieLens
 .zip), whose content the worker checks. Beside them, the form field ``tags_per_movie``.
 """
@@ -30,9 +30,9 @@ from werkzeug.wsgi import get_input_stream
 from shared.errors import InvalidRequest, PayloadTooLarge
 from shared.infra.keys import upload_artifact
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
+from shared.logic.ingest import MAX_TAGS_PER_MOVIE
+from shared.logic.uploads import ARCHIVE, GENRES_FIX, REQUIRED_FILES, UPLOAD_PARTS, drop_upload
 from shared.store.artifacts import ArtifactStore, ArtifactWriter
-from shared.store.datasets import MAX_TAGS_PER_MOVIE
-from shared.store.uploads import ARCHIVE, GENRES_FIX, REQUIRED_FILES, UPLOAD_PARTS, drop_upload
 
 from .schemas import DatasetUploadFields
 

@@ -29,9 +29,9 @@ import requests
 from cli.synth import SynthSpec, write_synthetic
 from shared.infra.keys import dataset_artifact
 from shared.infra.settings import Settings
+from shared.logic.mining import TripletSpec, load_incidence
+from shared.logic.services import Services
 from shared.ml.mining import mine_range
-from shared.services import Services
-from shared.store.triplets import TripletSpec, load_incidence
 
 from .common import fresh_stack, machine, wait_job
 

@@ -4,7 +4,7 @@
 
 For each MovieLens directory, each contender runs in a fresh process (so peak RSS is its own):
 
-- ``movierec``: the whole ingest job body, ``DatasetStore.ingest``: hash the inputs, build descriptors,
+- ``movierec``: the whole ingest job body, ``logic.ingest.ingest``: hash the inputs, build descriptors,
   read ratings.csv in chunks into a per-user CSR, store every array in Redis (``REDIS_URL``, else an
   embedded redis-server), under a throwaway key prefix removed afterwards.
 - ``pandas``: what a notebook does for the ratings alone: ``pd.read_csv`` of the whole file with default
@@ -43,14 +43,14 @@ def _peak_rss_mb() -> float:
 
 def _run_movierec(directory: Path, redis_url: str) -> dict[str, float]:
     from shared.infra.settings import Settings
-    from shared.services import Services
-    from shared.store.datasets import DatasetOptions
+    from shared.logic.ingest import DatasetOptions, ingest
+    from shared.logic.services import Services
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     services = Services.from_settings(Settings(redis_url=redis_url, key_prefix=prefix, data_root=directory.parent))
     start = time.perf_counter()
-    record, _ = services.datasets.ingest(
-        directory, DatasetOptions(tags_per_movie=5), source=directory.name, progress=lambda *_: None
+    record, _ = ingest(
+        services.datasets, directory, DatasetOptions(tags_per_movie=5), source=directory.name, progress=lambda *_: None
     )
     seconds = time.perf_counter() - start
     keys = list(services.redis.scan_iter(match=services.keys.everything, count=1000))

@@ -7,7 +7,7 @@ Inputs: ml-latest-small, its uniform-min triplets (seed 42) and the bundled all-
 A. Training, same triplets, same split, same epochs and hyper-parameters:
    - notebook: a Python generator yields batches as lists of vectors; each batch becomes tensors with
      ``torch.tensor(np.array(list))``; forward, loss, step;
-   - movierec: ``shared.training.train`` (batches are index tensors into one tensor of all movies).
+   - movierec: ``shared.ml.training.train`` (batches are index tensors into one tensor of all movies).
 B. Recommendations for a user:
    - notebook: re-encode every movie the user rated (one descriptor string per forward pass, mean per
      movie), weight by rating / 5, project, then fit a brute-force k-NN over all movies and query it;
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.ml.training import TrainConfig
+from shared.ml.fitting import TrainConfig
 
 from .common import machine
 
@@ -45,7 +45,7 @@ def notebook_train(
 ) -> torch.nn.Module:
     import torch
 
-    from shared.ml.training import build_net, triplet_loss
+    from shared.ml.siamese import build_net, triplet_loss
 
     torch.manual_seed(cfg.seed)
     net = build_net(vectors.shape[1], cfg.hidden_dim)
@@ -84,10 +84,11 @@ def main() -> int:
     import torch
 
     from shared.ml.encoder import load_encoder, mean_by_rows
+    from shared.ml.fitting import split, triplet_auc
     from shared.ml.index import IndexParams, MovieIndex
     from shared.ml.mining import build_incidence, mine_range
     from shared.ml.movielens import read_catalogue, read_ratings
-    from shared.ml.training import split, train, triplet_auc
+    from shared.ml.training import train
 
     print(machine(f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"))
     catalogue = read_catalogue(SMALL, tags_per_movie=5)

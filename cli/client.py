@@ -173,7 +173,7 @@ class Client:
 
 def upload_parts(path: Path) -> dict[str, Path]:
     """The parts of an upload: a .zip as ``archive``, else the MovieLens files a directory holds."""
-    from shared.store.datasets import INPUT_FILES
+    from shared.logic.ingest import INPUT_FILES
 
     if path.is_file():
         return {"archive": path}

@@ -113,7 +113,7 @@ worker receives it; /metrics (Prometheus) needs no login, as in Flower."""
 
 
 def _cmd_flower(args: argparse.Namespace) -> int:
-    from shared.infra.celery_app import make_celery
+    from shared.jobs.celery_app import make_celery
 
     # Celery's command line would take these from the environment over our app and its broker URL; and
     # Flower's /metrics is its own process's registry, not samples written into the API's multiprocess directory.

@@ -36,12 +36,12 @@ from celery import current_app, current_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.errors import MovierecError
-from shared.infra.celery_app import settings_of
 from shared.infra.process import per_process
 from shared.infra.redisconn import sent_ahead, transient_cause
+from shared.jobs.celery_app import settings_of
 from shared.jobs.kinds import PIPELINE_STEP
 from shared.jobs.leases import Admission, shard_unit
-from shared.services import Services
+from shared.logic.services import Services
 from shared.store.artifacts import FencedOut
 
 log = logging.getLogger(__name__)

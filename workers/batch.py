@@ -1,6 +1,6 @@
 """Tasks of a batch recommendation job (``cpu`` queue): planning, the shards and the join.
 
-The job's data and its result's shape are shared/store/batch.py's; each user is answered by the single-user
+The job's data and its result's shape are shared/logic/batch.py's; each user is answered by the single-user
 query's own function (shared/ml/batch.py).
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 
 from celery import shared_task
 
-from shared.jobs.evaluation import report
 from shared.jobs.leases import shard_unit
-from shared.services import Services
-from shared.store.batch import PLAN_FIELD, STAGE, Plan, answer_part, plan, store_part, summary
+from shared.logic.batch import PLAN_FIELD, STAGE, Plan, answer_part, plan, store_part, summary
+from shared.logic.evaluation import report
+from shared.logic.services import Services
 
 from .base import JobContext, Outcome, fail_job, run_job, run_shard, services, unit
 
@@ -31,7 +31,7 @@ def recommend_batch(job_id: str, params: dict[str, Any]) -> dict[str, Any] | Non
 
     def body(ctx: JobContext) -> Outcome | None:
         svc = ctx.services
-        planned = plan(svc.datasets, job_id, params, ttl_s=svc.settings.result_ttl_s)
+        planned = plan(svc, job_id, params, ttl_s=svc.settings.result_ttl_s)
         if planned.users == 0:
             return Outcome(summary(params, planned, [], 0.0), message="no users")
         svc.jobs.annotate(job_id, **{PLAN_FIELD: planned.to_json()})
@@ -56,7 +56,7 @@ def batch_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: in
 
 def _shard_admitted(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
     def work(svc: Services) -> dict[str, Any]:
-        rows, stats = answer_part(svc.datasets, svc.models, job_id, params, lo=lo, hi=hi)
+        rows, stats = answer_part(svc, job_id, params, lo=lo, hi=hi)
         store_part(svc.artifacts, job_id, lo, rows, ttl_s=svc.settings.result_ttl_s)
         return stats
 

@@ -18,13 +18,9 @@ import shared.ml.movielens  # noqa: F401
 from shared.errors import DataError, NotFound
 from shared.infra.keys import upload_artifact
 from shared.jobs.leases import shard_unit
-from shared.jobs.pipeline import advance
-from shared.ml.index import IndexParams
-from shared.services import Services
-from shared.store.datasets import DatasetOptions, confine
-from shared.store.feedback import feedback_version
-from shared.store.serving import answer_query
-from shared.store.triplets import (
+from shared.logic.feedback import feedback_version
+from shared.logic.ingest import DatasetOptions, confine, ingest
+from shared.logic.mining import (
     TripletSpec,
     drop_parts,
     join,
@@ -34,8 +30,12 @@ from shared.store.triplets import (
     store_part,
     stored_count,
 )
-from shared.store.uploads import UNZIPPED_PER_UPLOADED, drop_upload, unpack_upload
-from shared.store.versions import index_version
+from shared.logic.pipeline import advance
+from shared.logic.services import Services
+from shared.logic.serving import answer_query
+from shared.logic.uploads import UNZIPPED_PER_UPLOADED, drop_upload, unpack_upload
+from shared.logic.versions import index_version
+from shared.ml.index import IndexParams
 
 from .base import Body, JobContext, Outcome, fail_job, notify_parent, run_job, run_shard, services, unit
 
@@ -60,8 +60,8 @@ def ingest_dataset(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None
         )
         if not directory.is_dir():
             raise DataError(params["path"], "is not a directory")
-        record, reused = ctx.services.datasets.ingest(
-            Path(directory), options, source=params["path"], progress=ctx.progress, root=root
+        record, reused = ingest(
+            ctx.services.datasets, Path(directory), options, source=params["path"], progress=ctx.progress, root=root
         )
         message = "dataset already ingested" if reused else f"ingested {record['counts']['movies']:,} movies"
         return Outcome({"dataset": record["id"], "reused": reused, **record}, message=message)
@@ -111,8 +111,8 @@ def _ingest_upload(ctx: JobContext, params: dict[str, Any]) -> Outcome:
                 max_unzipped_bytes=UNZIPPED_PER_UPLOADED * svc.settings.max_upload_bytes,
             )
             options = DatasetOptions(tags_per_movie=int(params["tags_per_movie"]), genres_fix_csv=fix)
-            record, reused = svc.datasets.ingest(
-                directory, options, source=str(params["source"]), progress=ctx.progress, root=Path(tmp)
+            record, reused = ingest(
+                svc.datasets, directory, options, source=str(params["source"]), progress=ctx.progress, root=Path(tmp)
             )
     except Exception:
         drop_upload(svc.artifacts, upload_id)
@@ -216,7 +216,8 @@ def build_index(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
             ef_construction=int(params.get("ef_construction") or defaults.ef_construction),
             ef=int(params.get("ef") or defaults.ef),
         )
-        described, reused = index_version(ctx.services.artifacts, ctx.services.models, version=version,
+        svc = ctx.services
+        described, reused = index_version(svc.artifacts, svc.models, svc.datasets, version=version,
                                           params=index_params)  # fmt: skip
         message = "index already built" if reused else f"{described['n']:,} movies"
         return Outcome({"version": version, "index": described, "reused": reused}, message=message)
@@ -230,7 +231,7 @@ def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 
     def body(ctx: JobContext) -> Outcome:
         svc = ctx.services
-        result = answer_query(svc.datasets, svc.models, svc.redis, prefix=svc.settings.key_prefix, params=params)
+        result = answer_query(svc, params)
         ttl_s = min(RECOMMENDATION_TTL_S, svc.settings.result_ttl_s)
         return Outcome(result, message=f"{len(result['items'])} items", ttl_s=ttl_s)
 

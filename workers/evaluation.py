@@ -1,6 +1,6 @@
 """Tasks of an evaluation job (``cpu`` queue): its step, the split, the scoring shards and the join.
 
-The stages and their order are shared/jobs/evaluation.py's; the data, shared/store/evaluations.py's.
+The stages and their order are shared/logic/evaluation.py's; the data, shared/logic/scoring.py's.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import Any
 from celery import current_app, shared_task
 from redis.exceptions import LockNotOwnedError
 
-from shared.jobs.evaluation import EvaluationState, Protocol, advance, build_table, parent, plan_shards, report
 from shared.jobs.kinds import EVALUATE_STEP
 from shared.jobs.leases import shard_unit
-from shared.services import Services
-from shared.store.evaluations import derive, drop_parts, row_metrics, score_shard, store_part
+from shared.logic.evaluation import EvaluationState, advance, build_table, parent, plan_shards, report
+from shared.logic.scoring import derive, drop_parts, row_metrics, score_shard, store_part
+from shared.logic.services import Services
+from shared.ml.evaluate import Protocol
 
 from .base import fail_job, run_shard, services, unit
 

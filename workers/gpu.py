@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
 
+from shared.infra.clock import utcnow_iso
 from shared.infra.keys import encoded_artifact
 from shared.infra.process import per_process
-from shared.jobs.store import utcnow_iso
+from shared.logic.encoding import describe, encode_dataset, encode_items
+from shared.logic.versions import train_version
 from shared.ml.encoder import Encoder, load_encoder
-from shared.ml.training import TrainConfig
-from shared.store.embeddings import describe, encode_dataset, encode_items
-from shared.store.vectors import VectorCache
-from shared.store.versions import train_version
+from shared.ml.fitting import TrainConfig
 
 from .base import JobContext, Outcome, run_job, services
 
@@ -68,10 +67,6 @@ def _encoder_for(ctx: JobContext, params: dict[str, Any]) -> Encoder:
                         data_root=settings.data_root, hub_download=settings.hub_download)  # fmt: skip
 
 
-def _vectors(ctx: JobContext) -> VectorCache:
-    return VectorCache(ctx.services.redis, prefix=ctx.services.settings.key_prefix)
-
-
 @shared_task(name="workers.gpu.encode")
 def encode(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """Encode a dataset's descriptors into a movie matrix, or a user's texts or items into vectors."""
@@ -84,14 +79,15 @@ def encode(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
             ctx.progress(0.05 + 0.9 * done / max(total, 1), "encoding", f"{done:,} of {total:,} new strings")
 
         if params.get("dataset"):
-            movies = encode_dataset(artifacts, _vectors(ctx), encoder, dataset=params["dataset"], on_batch=on_batch)
+            vectors = ctx.services.vectors
+            movies = encode_dataset(artifacts, vectors, encoder, dataset=params["dataset"], on_batch=on_batch)
             result = {**describe(encoder), "dataset": params["dataset"], "embeddings": movies.name}
             result |= {"count": len(movies.vectors), "descriptor_strings": movies.strings, **movies.stats.__dict__}
             message = f"{len(movies.vectors):,} movies, {movies.stats.encoded:,} strings encoded"
             return Outcome(result, artifact=movies.name, message=message)
         inputs = artifacts.get_json(params["input"])
         items: list[list[str]] = inputs if params["shape"] == "items" else [[t] for t in inputs]
-        encoded = encode_items(artifacts, _vectors(ctx), encoder, items=items, name=encoded_artifact(job_id),
+        encoded = encode_items(artifacts, ctx.services.vectors, encoder, items=items, name=encoded_artifact(job_id),
                                ttl_s=ctx.services.settings.result_ttl_s, on_batch=on_batch)  # fmt: skip
         result = {**describe(encoder), "count": len(items), **encoded.stats.__dict__}
         # The input goes once the job is marked done, so a run killed before that finds it again.
@@ -115,7 +111,7 @@ def train_model(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 
         ctx.progress(0.05, "encoding", "movie embeddings")
         record, reused = train_version(
-            ctx.services.artifacts, ctx.services.models, _vectors(ctx), encoder, dataset=params["dataset"],
+            ctx.services.artifacts, ctx.services.models, ctx.services.vectors, encoder, dataset=params["dataset"],
             triplets=params["triplets"], config=config, device=device(), created_at=utcnow_iso(), on_epoch=on_epoch,
         )  # fmt: skip
         metrics = record["metrics"]

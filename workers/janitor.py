@@ -25,7 +25,7 @@ per interval for the whole deployment. A sweep
    its start count (shared/jobs/leases.py).
 
 The janitor is the only redelivery of a message whose worker died whole: the broker forgets a message once a
-worker has taken it (no kombu ack emulation, see shared/infra/celery_app.py). While the queue holds messages the
+worker has taken it (no kombu ack emulation, see shared/jobs/celery_app.py). While the queue holds messages the
 lost one cannot be told from one waiting its turn, so a busy queue counts as alive for at most
 ``visibility_timeout_s`` without a lease, the bound kombu's restore had; then the units are sent again anyway,
 and a copy that was only waiting is dropped at admission.
@@ -47,16 +47,16 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-from shared.infra.celery_app import queue_lengths
 from shared.infra.keys import Keys
-from shared.jobs import evaluation, kinds
+from shared.jobs import kinds
+from shared.jobs.celery_app import queue_lengths
 from shared.jobs.kinds import BATCH_JOIN, BATCH_SHARD, JOIN_TRIPLETS, MINE_SHARD, PIPELINE_STEP, Task
 from shared.jobs.leases import shard_unit
-from shared.jobs.pipeline import PipelineState
 from shared.jobs.store import Job
-from shared.services import Services
-from shared.store import batch
-from shared.store.triplets import plan_shards
+from shared.logic import batch, evaluation
+from shared.logic.mining import plan_shards
+from shared.logic.pipeline import PipelineState
+from shared.logic.services import Services
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from typing import Any
 import redis
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
 from shared.jobs.kinds import GPU_QUEUE
-from shared.services import HEARTBEAT_TTL_S, Services
+from shared.logic.services import HEARTBEAT_TTL_S, Services
 
 from .janitor import Janitor
 

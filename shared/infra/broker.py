@@ -16,7 +16,7 @@
                                                                 └─> pipe.lpush, sent with  (inside ``onto``)
                                                                     the caller's EXEC
 
-``shared.infra.celery_app`` selects this transport with ``broker_transport``; broker URLs stay ``redis://`` or
+``shared.jobs.celery_app`` selects this transport with ``broker_transport``; broker URLs stay ``redis://`` or
 ``rediss://``, and what reaches Redis is what kombu's own transport writes. It overrides private methods of
 kombu's channel, so kombu is pinned to the minor version it was written against (pyproject.toml), and
 tests/redis/test_broker.py compares a message sent onto a pipeline with one kombu sent itself.

@@ -227,7 +227,7 @@ def embeddings_artifact(ds_id: str, identity: str, pooling: str) -> str:
 
 
 EVALUATION_SPLIT_ARRAYS = ("user_ids", "evaluated", "relevant_indptr", "relevant_movie", "cold", "summary")
-"""The test part of an evaluation's temporal split (shared/store/evaluations.py documents each one)."""
+"""The test part of an evaluation's temporal split (shared/logic/scoring.py documents each one)."""
 
 
 def evaluation_split_artifact(training_ds: str, relevant_at: float, part: str) -> str:
@@ -256,7 +256,7 @@ def upload_artifacts(upload_id: str) -> str:
 
 def batch_part(job_id: str, lo: int) -> str:
     """One shard's rows of a batch recommendation job (``recommend-batch/<job>/part/<lo>``): the parts are the
-    result, streamed in order (shared/store/batch.py)."""
+    result, streamed in order (shared/logic/batch.py)."""
     return f"recommend-batch/{job_id}/part/{lo:09d}"
 
 
@@ -283,7 +283,7 @@ def meta_of(name: str) -> str:
 
 def model_artifact(version: str, part: str) -> str:
     """A model version's ``weights``, ``embeddings`` (projected), ``index``, ``index/group`` or ``map`` (its movies
-    projected to 2-D for the dashboard, computed on first request)."""
+    projected to 2-D for the dashboard, built by its index job)."""
     if part not in ("weights", "embeddings", "index", "index/group", "map"):
         raise ValueError(f"a model has no artifact {part!r}")
     return f"models/{version}/{part}"

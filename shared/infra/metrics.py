@@ -1,4 +1,5 @@
-"""What ``/metrics`` exposes, where each number lives, and how it gets there.
+"""What ``/metrics`` exposes, where each number lives, and how it gets there; the names and encodings every
+process shares (the job store's transition script pushes with them, the API's collector reads with them).
 
 Three sources, one scrape (``GET /metrics`` on the API, api/metrics.py):
 
@@ -11,8 +12,8 @@ Three sources, one scrape (``GET /metrics`` on the API, api/metrics.py):
    gunicorn's ``child_exit`` hook marks a dead worker's files, and the scrape reads them all
    (``MultiProcessCollector``). Without the variable (Flask's test client, one process) the scrape reads
    the process's own registry. The client chooses its mode when it is first imported, so this module
-   imports it (and Celery) only inside functions: the job store imports this module, also in gunicorn's
-   master before the variable is set.
+   imports it only inside functions: the job store imports this module, also in gunicorn's master before the
+   variable is set.
 
 2. **Jobs, pushed through Redis** (``movierec_jobs_finished_total{kind,status}``,
    ``movierec_job_run_seconds{kind}``, ``movierec_job_latency_seconds{kind}``): every status move of every
@@ -28,7 +29,7 @@ Three sources, one scrape (``GET /metrics`` on the API, api/metrics.py):
    ``movierec_recommendation_latency_seconds`` is the latency histogram of ``SERVING_KINDS`` summed: the
    kind ``recommend`` answers a user's recommendations, keyword queries and similar movies alike.
 
-3. **State read from Redis at scrape time** by ``RedisCollector``: ``movierec_queue_length{queue}``,
+3. **State read from Redis at scrape time** by ``RedisCollector`` (api/metrics.py): ``movierec_queue_length{queue}``,
    ``movierec_workers{queue}`` (live heartbeats), ``movierec_jobs_indexed``, ``movierec_active_model{version}``
    (1 for the serving version), ``movierec_index_items{version}`` (movies in the active version's index),
    ``movierec_datasets``, ``movierec_models``, and the two hashes of (2), made cumulative. Redis counters
@@ -41,16 +42,8 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
-
-from shared.jobs.kinds import QUEUES
-
-if TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
-
-    from shared.infra.celery_app import MovierecCelery
-    from shared.services import Services
+from collections.abc import Mapping
+from typing import Any
 
 JOB_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
@@ -111,11 +104,11 @@ def finished_by_status(raw: Mapping[bytes, bytes]) -> dict[str, int]:
     return totals
 
 
-def _cells(raw: Mapping[bytes, bytes]) -> dict[tuple[str, ...], float]:
+def cells(raw: Mapping[bytes, bytes]) -> dict[tuple[str, ...], float]:
     return {tuple(k.decode().split(SEP)): float(v) for k, v in raw.items()}
 
 
-def _histogram(cells: Mapping[tuple[str, ...], float], name: str, kinds: list[str]) -> tuple[list[Any], float]:
+def histogram(cells: Mapping[tuple[str, ...], float], name: str, kinds: list[str]) -> tuple[list[Any], float]:
     """Cumulative buckets (``+Inf`` is the count) and the sum of ``name``'s cells over ``kinds``."""
     cumulative, buckets = 0.0, []
     for bound in JOB_BUCKETS:
@@ -125,86 +118,3 @@ def _histogram(cells: Mapping[tuple[str, ...], float], name: str, kinds: list[st
     total = sum(cells.get((kind, name, "sum"), 0.0) for kind in kinds)
     buckets.append(("+Inf", count))
     return buckets, total
-
-
-class RedisCollector:
-    """A prometheus_client collector that reads the deployment's state and the pushed job metrics from Redis
-    when scraped (three round trips and the queues' own: a pipeline, the active model's record, the worker
-    heartbeats)."""
-
-    def __init__(self, services: Services, celery: MovierecCelery) -> None:
-        self._svc = services
-        self._celery = celery
-
-    def describe(self) -> list[Metric]:
-        return []  # not known before a scrape; a registry then takes our names as unchecked
-
-    def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
-        from shared.infra.celery_app import queue_lengths  # here: the job store imports this module
-
-        svc, keys = self._svc, self._svc.keys
-        pipe = svc.redis.pipeline(transaction=False)
-        pipe.zcard(keys.jobs)
-        pipe.zcard(keys.datasets)
-        pipe.zcard(keys.models)
-        pipe.get(keys.active_model)
-        pipe.hgetall(keys.metrics_jobs)
-        pipe.hgetall(keys.metrics_job_seconds)
-        jobs, datasets, models, active_raw, finished_raw, seconds_raw = pipe.execute()
-        active = active_raw.decode() if active_raw else None
-        record = svc.models.get(active) if active else None
-
-        queues = queue_lengths(self._celery, QUEUES)
-        g = GaugeMetricFamily("movierec_queue_length", "Messages waiting in a Celery queue.", labels=["queue"])
-        for queue in QUEUES:
-            g.add_metric([queue], queues.get(queue, 0))
-        yield g
-        live = svc.live_queues()
-        g = GaugeMetricFamily("movierec_workers", "Live workers consuming a queue.", labels=["queue"])
-        for queue in QUEUES:
-            g.add_metric([queue], live.get(queue, 0))
-        yield g
-        yield GaugeMetricFamily(
-            "movierec_jobs_indexed", "Job records in the listing index (finished ones expire).", value=jobs
-        )
-        g = GaugeMetricFamily("movierec_active_model", "1 for the version recommendations use.", labels=["version"])
-        if active:
-            g.add_metric([active], 1)
-        yield g
-        g = GaugeMetricFamily("movierec_index_items", "Movies in the active model version's index.", labels=["version"])
-        index = (record or {}).get("index") or {}
-        if active and "n" in index:
-            g.add_metric([active], index["n"])
-        yield g
-        yield GaugeMetricFamily("movierec_datasets", "Datasets stored.", value=datasets)
-        yield GaugeMetricFamily("movierec_models", "Model versions stored.", value=models)
-
-        c = CounterMetricFamily(
-            "movierec_jobs_finished", "Jobs finished, by kind and final status.", labels=["kind", "status"]
-        )
-        for field, value in sorted(_cells(finished_raw).items()):
-            if len(field) == 2:
-                c.add_metric(list(field), value)
-        yield c
-
-        cells = _cells(seconds_raw)
-        kinds = sorted({field[0] for field in cells})
-        for name, doc in (
-            ("run", "Seconds a job ran: started (first time) to finished."),
-            ("latency", "Seconds from a job's creation to its finish, the wait in the queue included."),
-        ):
-            h = HistogramMetricFamily(f"movierec_job_{name}_seconds", doc, labels=["kind"])
-            for kind in kinds:
-                if (kind, name, "count") in cells:
-                    buckets, total = _histogram(cells, name, [kind])
-                    h.add_metric([kind], buckets, total)
-            yield h
-        h = HistogramMetricFamily(
-            "movierec_recommendation_latency_seconds",
-            f"Seconds from a recommendation's request to its answer (jobs of kind {', '.join(SERVING_KINDS)}).",
-        )
-        buckets, total = _histogram(cells, "latency", list(SERVING_KINDS))
-        h.add_metric([], buckets, total)
-        yield h

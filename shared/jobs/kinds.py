@@ -1,8 +1,8 @@
 """The one table from a job kind to the task that runs it, its queue and its priority.
 
 Submission (shared/jobs/submit.py) looks a kind up here; the Celery app routes every task by this table
-(shared/infra/celery_app.py); the janitor sends a lost job's units again by it (workers/janitor.py); the
-pipeline names its stages' kinds (shared/jobs/pipeline.py). A task's name is where workers/ defines it.
+(shared/jobs/celery_app.py); the janitor sends a lost job's units again by it (workers/janitor.py); the
+pipeline names its stages' kinds (shared/logic/pipeline.py). A task's name is where workers/ defines it.
 
 Queues are by hardware: ``cpu`` (prefork workers) and ``gpu`` (one solo process per device). kombu's Redis
 transport keeps a list per priority step (0, 3, 6, 9) for each queue, and a worker takes from the lowest step

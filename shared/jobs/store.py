@@ -30,12 +30,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 import redis
 from redis.lock import Lock
 
+from shared.infra.clock import utcnow_iso
 from shared.infra.durability import Durability
 from shared.infra.keys import Keys
 from shared.infra.metrics import lua_buckets
@@ -119,10 +119,6 @@ redis.call('HSET', KEYS[1], 'progress', string.format('%.4f', done / total),
            'message', done .. ' of ' .. total .. ' shards done')
 return done
 """
-
-
-def utcnow_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

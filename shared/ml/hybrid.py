@@ -14,8 +14,9 @@ through the content tower (its weights are stored as the notebook's ``proj.weigh
 service projects keywords the same way for both architectures).
 
 The SVD is ARPACK's with a fixed start vector; the tower is trained in numpy with Adam (the notebook's
-step, written out; one linear layer is too small for a GPU to pay for itself), batches drawn from a
-seeded permutation: the same inputs and seed give the same weights.
+step, written out: shared/ml/fitting.py's ``hinge_gradient`` against fixed targets; one linear layer is too
+small for a GPU to pay for itself), batches drawn from a seeded permutation (fitting's ``run_epochs``): the same
+inputs and seed give the same weights.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from shared.errors import InvalidRequest
+from shared.ml.fitting import NORM_EPS, Adam, TrainResult, hinge_gradient, run_epochs, split, triplet_auc, with_ones
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
-    from shared.ml.training import Progress, TrainConfig, TrainResult
+    from shared.ml.fitting import Progress, TrainConfig
 
-NORM_EPS = 1e-12
 NULL_SPACE = 1e-6
 """Singular values below this share of the largest are taken as zero."""
 TOWER_BLAS_THREADS = 1
@@ -79,9 +80,7 @@ def train_hybrid(
     import torch
     from threadpoolctl import threadpool_limits
 
-    from shared.ml.training import TrainResult, split, triplet_auc
-
-    n, d = vectors.shape
+    d = vectors.shape[1]
     h = config.hidden_dim
     e = spectral_embedding(ratings, liked_at=config.liked_at, dim=h)  # (n, h)
     norms = np.linalg.norm(e, axis=1)
@@ -98,7 +97,7 @@ def train_hybrid(
     test_rows = usable[test_idx]
 
     rng = np.random.default_rng(config.seed)
-    x = np.hstack([vectors.astype(np.float32), np.ones((n, 1), dtype=np.float32)])  # (n, d + 1), bias column
+    x = with_ones(vectors)  # (n, d + 1)
     bound = 1.0 / np.sqrt(d)  # torch.nn.Linear's initial range
     wb = rng.uniform(-bound, bound, size=(h, d + 1)).astype(np.float32)  # (h, d + 1)
     result = TrainResult(state={}, projected=np.zeros(0), auc_before=triplet_auc(vectors, test_rows), auc_after=0.0)
@@ -122,46 +121,30 @@ def _fit_tower(
     config: TrainConfig, result: TrainResult, progress: Progress | None,
 ) -> None:  # fmt: skip
     """``config.epochs`` passes of Adam over ``train_rows`` in batches, updating ``wb`` in place."""
-    from shared.ml.training import Adam
-
     rng = np.random.default_rng(config.seed)
     adam = Adam(wb, lr=config.lr)
-    for epoch in range(config.epochs):
-        order = rng.permutation(len(train_rows))
-        total, batches = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            batch = train_rows[order[start : start + config.batch_size]]  # (B, 3)
-            loss, grad = _tower_loss(x[batch[:, 0]], targets[batch[:, 1]], targets[batch[:, 2]], wb, config.margin)
-            adam.step(grad)
-            total += loss
-            batches += 1
-        result.train_losses.append(total / max(batches, 1))
-        val = _tower_loss(x[test_rows[:, 0]], targets[test_rows[:, 1]], targets[test_rows[:, 2]], wb, config.margin)
-        result.val_losses.append(val[0])
-        if progress is not None:
-            progress(epoch + 1, result.train_losses[-1], result.val_losses[-1])
+
+    def step_batch(rows: np.ndarray) -> float:
+        batch = train_rows[rows]  # (B, 3)
+        fixed = (targets[batch[:, 1]], targets[batch[:, 2]])  # (B, h) each: the liked-space points
+        loss, grad = hinge_gradient(x[batch[:, 0]], wb, margin=config.margin, targets=fixed)
+        adam.step(grad)
+        return loss
+
+    def validation_loss() -> float:
+        fixed = (targets[test_rows[:, 1]], targets[test_rows[:, 2]])
+        return hinge_gradient(x[test_rows[:, 0]], wb, margin=config.margin, targets=fixed)[0]
+
+    run_epochs(
+        config.epochs,
+        order_of_epoch=lambda: rng.permutation(len(train_rows)),
+        step_batch=step_batch,
+        validation_loss=validation_loss,
+        batch_size=config.batch_size,
+        progress=progress,
+        result=result,
+    )
 
 
 def _unit(y: np.ndarray) -> np.ndarray:
     return np.asarray(y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), NORM_EPS), dtype=np.float32)
-
-
-def _tower_loss(
-    xa: np.ndarray, p: np.ndarray, neg: np.ndarray, wb: np.ndarray, margin: float
-) -> tuple[float, np.ndarray | None]:
-    """Triplet loss of anchors (B, d + 1) through normalise(x [W b]^T) against fixed unit targets p, neg (B, h),
-    and its gradient in [W b] (None when no triplet is active)."""
-    y = xa @ wb.T  # (B, h)
-    norm = np.maximum(np.sqrt(np.einsum("ij,ij->i", y, y)), NORM_EPS)[:, None]
-    z = y / norm
-    to_p, to_n = z - p, z - neg
-    d_p, d_n = np.sqrt(np.einsum("ij,ij->i", to_p, to_p)), np.sqrt(np.einsum("ij,ij->i", to_n, to_n))
-    hinge = d_p - d_n + margin
-    active = hinge > 0
-    if not active.any():
-        return 0.0, None
-    w = active.astype(np.float32) / len(hinge)
-    gz = np.divide(w, d_p, out=np.zeros_like(d_p), where=d_p > 0)[:, None] * to_p
-    gz -= np.divide(w, d_n, out=np.zeros_like(d_n), where=d_n > 0)[:, None] * to_n
-    gy = (gz - z * np.einsum("ij,ij->i", z, gz)[:, None]) / norm
-    return float(np.maximum(hinge, 0).mean()), gy.T @ xa

@@ -88,7 +88,7 @@ def confine_file(path: Path, *, root: Path) -> None:
     """Refuse ``path`` unless it, symlinks followed, lies inside ``root`` (itself resolved).
 
     The error names the file as given (its name), never where a link leads: that could be any file of the
-    server. Called for every input file before it is opened (also for hashing, ``DatasetStore.ingest``).
+    server. Called for every input file before it is opened (also for hashing, ``logic.ingest.ingest``).
     """
     try:
         resolved, top = path.resolve(), root.resolve()

@@ -14,7 +14,7 @@ identical rows, one column), the missing axes are all zeros and explain 0.
 ``main_genres`` colours the points: a movie's main genre is the most specific of the MovieLens genres its
 descriptors begin with (``shared.ml.movielens``): the one the fewest movies have; else ``NO_MAIN_GENRE``.
 
-Pure numpy; the API caches the answer per model version (``models/<version>/map``).
+Pure numpy; the index job stores the map of each model version (``models/<version>/map``, shared/logic/maps.py).
 """
 
 from __future__ import annotations

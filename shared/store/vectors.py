@@ -1,27 +1,23 @@
 """String vectors cached in Redis, so each unique string is encoded once per model identity and pooling.
 
-    texts ──unique──> MGET <prefix>:vec:<model identity>:<pooling>:<sha1(text)>   (float32 bytes each)
-                        │ misses only
-                        ▼
-                      Encoder.encode_uncached (shared/ml/encoder.py) ──> SET with a TTL ──> (len(texts), dim)
+    <prefix>:vec:<model identity>:<pooling>:<sha1(text)>   one string's float32 vector, with a TTL
 
 Keys rather than one hash per model, so each vector carries its own TTL (refreshed when read): strings users
 send come and go without the cache growing for ever, while a dataset's descriptors, read by every training
 and keyword query, stay. The identity in the key is the model's weights hash or Hub commit, so a changed
-model never reads another's vectors.
+model never reads another's vectors. Encoding what the cache misses is shared/logic/encoding.py's.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
+from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
 import redis
 
 from shared.infra.keys import Keys
-from shared.ml.encoder import Encoder, EncodeStats, Progress
 
 CACHE_TTL_S = 30 * 24 * 3600
 """A cached string vector lives this long after it was last encoded or read."""
@@ -34,42 +30,30 @@ class VectorCache:
         self._r = client
         self._keys = Keys(prefix)
 
-    def key(self, encoder: Encoder, text: str) -> str:
-        digest = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - a cache key, not security
-        return self._keys.vector(encoder.identity, encoder.pooling, digest)
+    def keys(self, identity: str, pooling: str, texts: Sequence[str]) -> list[str]:
+        """The key of each text's vector under one model identity and pooling."""
+        digests = (hashlib.sha1(t.encode()).hexdigest() for t in texts)  # noqa: S324 - a cache key, not security
+        return [self._keys.vector(identity, pooling, d) for d in digests]
 
-    def encode(
-        self, encoder: Encoder, texts: list[str], *, on_batch: Progress | None = None
-    ) -> tuple[np.ndarray, EncodeStats]:
-        """(len(texts), dim) float32 for ``texts`` (repeats allowed); each unique string encoded at most once."""
-        started = time.perf_counter()
-        passes_before = encoder.forward_passes
-        unique = list(dict.fromkeys(texts))
-        keys = [self.key(encoder, t) for t in unique]
+    def get(self, keys: Sequence[str], *, dim: int) -> tuple[np.ndarray, list[int]]:
+        """(len(keys), dim) float32 of the cached vectors, zero rows where there is none, and those rows' indices
+        (one round trip). A stored value of another length (a model of another dim) counts as none."""
         cached = cast(list[bytes | None], self._r.mget(keys)) if keys else []
-        vectors = np.zeros((len(unique), encoder.dim), dtype=np.float32)
+        vectors = np.zeros((len(keys), dim), dtype=np.float32)
         missing = []
         for i, raw in enumerate(cached):
-            if raw is not None and len(raw) == 4 * encoder.dim:
+            if raw is not None and len(raw) == 4 * dim:
                 vectors[i] = np.frombuffer(raw, dtype=np.float32)
             else:
                 missing.append(i)
+        return vectors, missing
+
+    def put(self, fresh: Sequence[tuple[str, np.ndarray]], *, refresh: Sequence[str] = ()) -> None:
+        """Store each (key, vector) of ``fresh`` and refresh the TTL of the ``refresh`` keys (the hits of a read),
+        in one round trip."""
         pipe = self._r.pipeline(transaction=False)
-        if missing:
-            fresh = encoder.encode_uncached([unique[i] for i in missing], on_batch=on_batch)
-            vectors[missing] = fresh
-            for j, i in enumerate(missing):
-                pipe.set(keys[i], fresh[j].tobytes(), ex=CACHE_TTL_S)
-        for i in sorted(set(range(len(unique))) - set(missing)):
-            pipe.expire(keys[i], CACHE_TTL_S)
+        for key, vector in fresh:
+            pipe.set(key, vector.tobytes(), ex=CACHE_TTL_S)
+        for key in refresh:
+            pipe.expire(key, CACHE_TTL_S)
         pipe.execute()
-        position = {t: i for i, t in enumerate(unique)}
-        out = vectors[[position[t] for t in texts]] if texts else vectors[:0]
-        stats = EncodeStats(
-            unique=len(unique),
-            cache_hits=len(unique) - len(missing),
-            encoded=len(missing),
-            forward_passes=encoder.forward_passes - passes_before,
-            seconds=round(time.perf_counter() - started, 3),
-        )
-        return out, stats

@@ -220,7 +220,7 @@ def test_another_key_cannot_cancel_a_job(keyed: Caller, keyed_app: Any) -> None:
 
 
 def test_pipeline_stage_jobs_inherit_the_pipeline_owner(keyed: Caller, keyed_app: Any) -> None:
-    """The stage jobs are created by a worker (shared.jobs.pipeline), not by the API, with the pipeline's owner."""
+    """The stage jobs are created by a worker (shared.logic.pipeline), not by the API, with the pipeline's owner."""
     r = keyed.call("POST", "/v1/pipelines", key=KEY_A, json={"path": "ml-latest-small"})
     assert r.status == 202, r
     pipeline_id = r.body["id"]

@@ -130,7 +130,7 @@ def test_delete_dataset_with_its_models_and_triplets(make_app: MakeApp) -> None:
     a.put_json(meta_of(embeddings_artifact("ds-x", "f" * 64, "cls")), {"dim": 8})
     a.put_array("evaluations/ds-x/test-r4.0/summary", np.zeros(4, dtype=np.float64))
     assert client.get("/v1/datasets/ds-x/movies").status_code == 200  # caches the catalogue in this process
-    assert "ds-x" in svc.datasets._catalogues
+    assert "ds-x" in svc.catalogue._catalogues
     grown = redis_bytes(app)
     assert grown > bytes_before
 
@@ -153,7 +153,7 @@ def test_delete_dataset_with_its_models_and_triplets(make_app: MakeApp) -> None:
     assert 0.95 * (grown - after) <= body["bytes"] <= grown - after
     for head in ("dataset/ds-x/", "triplets/ds-x/", "embeddings/ds-x/", "evaluations/ds-x/", "models/m-1/"):
         assert artifact_keys(app, head) == [], head
-    assert "ds-x" not in svc.datasets._catalogues
+    assert "ds-x" not in svc.catalogue._catalogues
     assert svc.datasets.get("ds-y") is not None and svc.models.get("m-y") is not None
     assert [d["id"] for d in client.get("/v1/datasets").get_json()["datasets"]] == ["ds-y"]
     assert client.delete("/v1/datasets/ds-x").status_code == 404

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from api import services as api_services
+from api.context import services as api_services
 
 
 def error_of(response: Any, status: int) -> dict[str, Any]:

@@ -68,15 +68,19 @@ print(json.dumps({"answers": answers, "loaded": sorted(m for m in sys.argv[2:] i
 
 def test_title_search_and_id_checks_load_no_data_or_model_library(settings: Settings) -> None:
     """With an active model: the search index is built and the similar route checks ids in the API process."""
-    from shared.services import Services
-    from shared.store.datasets import DatasetOptions
+    from shared.logic.ingest import DatasetOptions, ingest
+    from shared.logic.services import Services
     from tests.conftest import delete_prefix
 
     own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-imports-search"})
     svc = Services.from_settings(own)
     try:
-        record, _ = svc.datasets.ingest(  # pandas, here in the test process: not in the probe's
-            own.data_root / "ml-latest-small", DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None
+        record, _ = ingest(
+            svc.datasets,  # pandas, here in the test process: not in the probe's
+            own.data_root / "ml-latest-small",
+            DatasetOptions(tags_per_movie=5),
+            source="s",
+            progress=lambda *_: None,
         )
         svc.models.put({"version": "m-imports", "dataset": record["id"], "index": {"name": "probe"}})
         svc.models.activate("m-imports")

@@ -13,8 +13,8 @@ import pytest
 from api.jobs import model_source
 from api.jsonio import MAX_JSON_DEPTH
 from shared.errors import PathNotAllowed
-from shared.ml.training import LIMITS
-from shared.store.triplets import MAX_SHARD_SIZE, MIN_SHARD_SIZE
+from shared.logic.mining import MAX_SHARD_SIZE, MIN_SHARD_SIZE
+from shared.ml.fitting import LIMITS
 from tests.api.test_errors import error_of, job_count
 from tests.helpers import wait_job
 

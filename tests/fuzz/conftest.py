@@ -20,9 +20,9 @@ from api import create_app
 from api.auth import owner_id
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
+from shared.logic.batch import store_part
+from shared.logic.ingest import DatasetOptions, ingest
 from shared.ml.batch import ROW
-from shared.store.batch import store_part
-from shared.store.datasets import DatasetOptions
 from tests.conftest import delete_prefix
 
 KEY = "fuzz-key-0123456789abcdef"
@@ -62,7 +62,8 @@ def _seed(app: Any, data_root: Path) -> Seeded:
     svc = app.extensions["movierec"]
     for queue in ("cpu", "gpu"):  # heartbeats, as live workers write them: /readyz answers 200, not 503
         svc.beat(f"fuzz-{queue}", [queue])
-    record, _ = svc.datasets.ingest(
+    record, _ = ingest(
+        svc.datasets,
         data_root / "ml-latest-small",
         DatasetOptions(tags_per_movie=5),
         source="ml-latest-small",

@@ -42,8 +42,8 @@ from schemathesis.filters import FilterSet
 from schemathesis.schemas import BaseSchema
 from werkzeug.serving import make_server
 
-from shared.services import HEARTBEAT_TTL_S
-from shared.store.datasets import DatasetOptions
+from shared.logic.ingest import DatasetOptions, ingest
+from shared.logic.services import HEARTBEAT_TTL_S
 from tests.fuzz.conftest import AUTH, Seeded
 
 MIN_REQUESTS = 1000
@@ -189,7 +189,7 @@ def fuzz(app: Any, seeded: Seeded, *, examples: int, deterministic: bool, statef
         if svc.datasets.get(seeded.dataset) is None:  # a fuzzed DELETE of the known dataset took it: ingest it again
             root = svc.settings.data_root / "ml-latest-small"
             options = DatasetOptions(tags_per_movie=5)
-            svc.datasets.ingest(root, options, source="ml-latest-small", progress=lambda *_: None)
+            ingest(svc.datasets, root, options, source="ml-latest-small", progress=lambda *_: None)
         if svc.models.get(seeded.model) is None:  # ... and its model with it, or a DELETE of the model
             record = {"version": seeded.model, "dataset": seeded.dataset, "metrics": {}, "index": {"name": "fuzz"}}
             svc.models.put(record)

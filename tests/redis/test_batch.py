@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import redis
 
-from shared.infra.celery_app import make_celery
 from shared.infra.keys import batch_part
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
 from shared.jobs.kinds import BATCH, BATCH_JOIN, BATCH_SHARD
+from shared.logic import batch
+from shared.logic.ingest import DatasetOptions, ingest
+from shared.logic.services import Services
 from shared.ml.batch import ROW
-from shared.services import Services
-from shared.store import batch
-from shared.store.datasets import DatasetOptions
 from tests.conftest import SMALL, delete_prefix
 from tests.redis.test_janitor import clear, sent
 from workers.janitor import Janitor
@@ -41,15 +41,15 @@ def rows(users: list[int], k: int) -> np.ndarray:
 
 
 def test_users_are_resolved_once_all_or_listed(svc: Services) -> None:
-    record, _ = svc.datasets.ingest(SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
-    listed = batch.plan(svc.datasets, "j-list", {"users": [7, 3, 7, 9, 3]}, ttl_s=60)
+    record, _ = ingest(svc.datasets, SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
+    listed = batch.plan(svc, "j-list", {"users": [7, 3, 7, 9, 3]}, ttl_s=60)
     assert listed == batch.Plan(users=3, shard_users=batch.DEFAULT_SHARD_USERS)
-    svc.datasets.feedback.add(record["id"], [(999_999, 1, 4.0, 1), (2, 1, 4.0, 1)])
+    svc.feedback.add(record["id"], [(999_999, 1, 4.0, 1), (2, 1, 4.0, 1)])
     params = {"users": "all", "dataset": record["id"], "shard_users": 100}
-    everyone = batch.plan(svc.datasets, "j-all", params, ttl_s=60)
+    everyone = batch.plan(svc, "j-all", params, ttl_s=60)
     assert everyone.users == 611 and len(everyone.shards) == 7 and everyone.shards[-1] == (600, 611)
-    svc.datasets.feedback.add(record["id"], [(888_888, 1, 4.0, 1)])  # after planning: not in this job
-    assert batch.plan(svc.datasets, "j-all", params, ttl_s=60) == everyone
+    svc.feedback.add(record["id"], [(888_888, 1, 4.0, 1)])  # after planning: not in this job
+    assert batch.plan(svc, "j-all", params, ttl_s=60) == everyone
 
 
 def test_parts_stream_as_csv_and_as_one_npy(svc: Services) -> None:

@@ -7,8 +7,8 @@ import json
 import redis
 
 from shared.infra.broker import Channel, onto
-from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
 
 
 def test_a_channel_keeps_one_client_per_pool(settings: Settings) -> None:

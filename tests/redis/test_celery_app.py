@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.infra.celery_app import make_celery, queue_lengths
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery, queue_lengths
 from shared.jobs.kinds import BATCH_PRIORITY, SERVING_PRIORITY
 
 

@@ -1,4 +1,4 @@
-"""A ratings mining spec through the store (shared/store/triplets.py) on a real Redis: load, mine, store, join."""
+"""A ratings mining spec through the store (shared/logic/mining.py) on a real Redis: load, mine, store, join."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import redis
 from shared.errors import NotFound
 from shared.infra.keys import dataset_artifact
 from shared.infra.process import clear_process_caches
-from shared.ml.coliked import build_likes, mine_range
-from shared.store.artifacts import ArtifactStore
-from shared.store.triplets import (
+from shared.logic.mining import (
     TripletSpec,
     drop_parts,
     join,
@@ -22,6 +20,8 @@ from shared.store.triplets import (
     store_part,
     stored_count,
 )
+from shared.ml.coliked import build_likes, mine_range
+from shared.store.artifacts import ArtifactStore
 
 
 def test_a_ratings_spec_mined_in_parts_and_joined_equals_the_pure_function(

@@ -12,8 +12,9 @@ import redis
 from shared.errors import NotFound
 from shared.infra.keys import dataset_artifact
 from shared.infra.settings import Settings
-from shared.services import Services
-from shared.store.datasets import FORMAT_VERSION, DatasetOptions
+from shared.logic.ingest import DatasetOptions, ingest
+from shared.logic.services import Services
+from shared.store.datasets import FORMAT_VERSION
 from tests.conftest import SMALL
 
 
@@ -23,7 +24,7 @@ def svc(settings: Settings, fresh_prefix: str) -> Services:
 
 
 def test_ingested_ratings_keep_the_timestamps_of_ratings_csv(svc: Services) -> None:
-    record, reused = svc.datasets.ingest(SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
+    record, reused = ingest(svc.datasets, SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
     assert not reused and record["format"] == FORMAT_VERSION == 2
     ds = record["id"]
     stored = svc.artifacts.get_array(dataset_artifact(ds, "ratings_time"))
@@ -47,7 +48,7 @@ def test_ingested_ratings_keep_the_timestamps_of_ratings_csv(svc: Services) -> N
 
 
 def test_a_format_1_dataset_answers_no_timestamps(svc: Services, redis_client: redis.Redis) -> None:
-    record, _ = svc.datasets.ingest(SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
+    record, _ = ingest(svc.datasets, SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
     ds = record["id"]
     # what a dataset ingested before timestamps were kept looks like: format 1, no ratings_time
     svc.artifacts.delete(dataset_artifact(ds, "ratings_time"))

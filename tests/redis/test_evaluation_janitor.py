@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import redis
 
-from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
-from shared.jobs.evaluation import EvaluationState, Protocol
+from shared.jobs.celery_app import make_celery
 from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVALUATE_STEP
-from shared.services import Services
+from shared.logic.evaluation import EvaluationState
+from shared.logic.services import Services
+from shared.ml.evaluate import Protocol
 from tests.conftest import delete_prefix
 from tests.redis.test_janitor import sent
 from workers.janitor import Janitor

@@ -1,5 +1,5 @@
 """The evaluation's split stored in a real Redis: a training dataset like an ingested one, the test part beside
-it, both reused; a shard's rankings the same as the pure functions' (shared/store/evaluations.py)."""
+it, both reused; a shard's rankings the same as the pure functions' (shared/logic/scoring.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from shared.errors import Conflict
 from shared.infra.keys import dataset_artifact
 from shared.infra.process import clear_process_caches
 from shared.infra.settings import Settings
-from shared.jobs.evaluation import Protocol, training_dataset_id
+from shared.logic.ingest import DatasetOptions, ingest
+from shared.logic.scoring import cut, derive, load_split, score_shard, stored_split
+from shared.logic.services import Services
 from shared.ml import evaluate
-from shared.services import Services
-from shared.store.datasets import DatasetOptions, load_ratings
-from shared.store.evaluations import cut, derive, load_split, score_shard, stored_split
+from shared.ml.evaluate import Protocol, training_dataset_id
+from shared.store.datasets import load_ratings
 from tests.conftest import SMALL
 
 
@@ -29,7 +30,7 @@ def svc(settings: Settings, fresh_prefix: str) -> Services:
 
 @pytest.fixture
 def source(svc: Services) -> dict[str, object]:
-    record, _ = svc.datasets.ingest(SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
+    record, _ = ingest(svc.datasets, SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
     return record
 
 

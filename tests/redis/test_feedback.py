@@ -11,10 +11,10 @@ import pytest
 from shared.errors import NotFound
 from shared.infra.keys import dataset_artifact
 from shared.infra.settings import Settings
-from shared.services import Services
-from shared.store.datasets import DatasetOptions
-from shared.store.feedback import base_of, feedback_version, problems
-from shared.store.models import ModelStore
+from shared.logic.feedback import feedback_version
+from shared.logic.ingest import DatasetOptions, ingest
+from shared.logic.services import Services
+from shared.store.feedback import base_of, problems
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def dataset(svc: Services, tmp_path: Path) -> str:
                                          "30,C (1992),Drama|War\n")  # fmt: skip
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n1,20,2.5,200\n"
                                           "2,30,5.0,300\n")  # fmt: skip
-    record, _ = svc.datasets.ingest(tmp_path, DatasetOptions(tags_per_movie=5), source="t", progress=lambda *_: None)
+    record, _ = ingest(svc.datasets, tmp_path, DatasetOptions(tags_per_movie=5), source="t", progress=lambda *_: None)
     return str(record["id"])
 
 
@@ -46,11 +46,11 @@ def test_a_batch_is_stored_whole_and_the_last_rating_of_a_movie_wins(svc: Servic
 
 
 def test_rows_that_cannot_be_stored_are_named(svc: Services, dataset: str) -> None:
-    scale = svc.datasets.rating_scale(dataset)
+    scale = svc.catalogue.rating_scale(dataset)
     assert scale == (2.5, 5.0, [2.5, 4.0, 5.0])  # few distinct values: only those
     rows = [{"user_id": 1, "movie_id": 10, "rating": 4.0}, {"user_id": 1, "movie_id": 11, "rating": 4.0},
             {"user_id": 1, "movie_id": 20, "rating": 4.2}]  # fmt: skip
-    found = problems(rows, svc.datasets.movie_ids(dataset), scale)
+    found = problems(rows, svc.catalogue.movie_ids(dataset), scale)
     assert [p["row"] for p in found] == [1, 2]
     assert "unknown movie" in found[0]["problem"] and "not one of" in found[1]["problem"]
     ranged = problems([{"user_id": 1, "movie_id": 10, "rating": 9.0}], frozenset({10}), (0.5, 5.0, None))
@@ -81,30 +81,30 @@ def test_a_feedback_version_is_the_dataset_with_the_feedback_over_it(svc: Servic
     svc.feedback.add(dataset, [(2, 10, 4.0, 600)])
     newer, reused = feedback_version(svc.datasets, svc.feedback, dataset)
     assert newer["id"] not in (dataset, version["id"]) and not reused
-    assert svc.datasets.feedback_base(newer["id"]) == dataset
+    assert svc.catalogue.feedback_base(newer["id"]) == dataset
 
 
 def test_deleting_a_dataset_deletes_its_feedback_and_its_versions_stay(svc: Services, dataset: str) -> None:
     svc.feedback.add(dataset, [(1, 10, 2.5, 400), (9, 20, 5.0, 500)])
     version, _ = feedback_version(svc.datasets, svc.feedback, dataset)
-    deleted = svc.datasets.delete(dataset, ModelStore(svc.redis, prefix=svc.settings.key_prefix))
+    deleted = svc.catalogue.delete(dataset)
     assert deleted["keys"] > 0
     assert not list(svc.redis.scan_iter(match=svc.keys.feedback_of(dataset)))
     assert svc.datasets.get(version["id"]) is not None
-    assert svc.datasets.feedback_base(version["id"]) == version["id"]  # its base is gone: it takes its own
-    sources = svc.datasets.feedback_sources(version["id"])
+    assert svc.catalogue.feedback_base(version["id"]) == version["id"]  # its base is gone: it takes its own
+    sources = svc.catalogue.feedback_sources(version["id"])
     assert sources == (dataset, version["id"])  # what a model of the version reads: base, then itself
     svc.feedback.add(version["id"], [(9, 30, 4.0, 600)])
     assert svc.feedback.users_feedback(sources, [9]).movie_ids.tolist() == [30]
     with pytest.raises(NotFound):
-        svc.datasets.feedback_base(dataset)
+        svc.catalogue.feedback_base(dataset)
 
 
 def test_a_user_s_ratings_are_read_without_the_rest(svc: Services, dataset: str) -> None:
-    one = svc.datasets.user_ratings(dataset, 1)
+    one = svc.catalogue.user_ratings(dataset, 1)
     assert one.movie_index.tolist() == [0, 1] and one.values.tolist() == [4.0, 2.5]
     assert one.timestamps is not None and one.timestamps.tolist() == [100, 200]
-    assert len(svc.datasets.user_ratings(dataset, 5).values) == 0
+    assert len(svc.catalogue.user_ratings(dataset, 5).values) == 0
     name = "test/rows"
     array = np.arange(100_000, dtype=np.int64)
     small = Services.from_settings(svc.settings.model_copy(update={"chunk_bytes": 4096}))

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import redis
 
-from shared.infra.celery_app import make_celery
 from shared.infra.keys import Keys
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
 from shared.jobs.kinds import BATCH_PRIORITY, INGEST, JOIN_TRIPLETS, MINE, MINE_SHARD
-from shared.services import Services
-from shared.store.datasets import DatasetOptions
-from shared.store.triplets import plan_shards
+from shared.logic.ingest import DatasetOptions, ingest
+from shared.logic.mining import plan_shards
+from shared.logic.services import Services
 from tests.conftest import SMALL, delete_prefix
 from workers.janitor import MAX_RESENDS, Janitor
 
@@ -93,7 +93,7 @@ def test_a_busy_queue_shields_a_job_for_one_visibility_timeout_only(svc: Service
 
 
 def test_a_mining_job_gets_its_missing_shards_then_its_join(svc: Services, janitor: Janitor) -> None:
-    record, _ = svc.datasets.ingest(SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
+    record, _ = ingest(svc.datasets, SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
     params = {"dataset": record["id"], "shard_size": 4000, "seed": 1, "negatives": "uniform-min"}
     job = svc.jobs.create("triplets", params)
     svc.jobs.start(job.id, stage="mining")

@@ -10,12 +10,13 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.infra.celery_app import make_celery
+from api.metrics import RedisCollector
 from shared.infra.keys import Keys
-from shared.infra.metrics import JOB_BUCKETS, RedisCollector
+from shared.infra.metrics import JOB_BUCKETS
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
 from shared.jobs.store import JobStore
-from shared.services import Services
+from shared.logic.services import Services
 
 
 @pytest.fixture

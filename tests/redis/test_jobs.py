@@ -10,13 +10,13 @@ import pytest
 import redis
 from redis.exceptions import LockError, LockNotOwnedError
 
-from shared.infra.celery_app import make_celery
 from shared.infra.keys import Keys
 from shared.infra.settings import Settings
-from shared.jobs.pipeline import advance
+from shared.jobs.celery_app import make_celery
 from shared.jobs.store import JobStore
 from shared.jobs.submit import submit
-from shared.services import Services
+from shared.logic.pipeline import advance
+from shared.logic.services import Services
 from tests.conftest import delete_prefix
 
 

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import redis
 
-from shared.infra.celery_app import make_celery
 from shared.infra.keys import evaluation_part
 from shared.infra.process import clear_process_caches
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
 from shared.jobs.leases import Admission, UnitGuard
-from shared.services import Services
-from shared.store.evaluations import store_part
+from shared.logic.scoring import store_part
+from shared.logic.services import Services
 from tests.conftest import delete_prefix
 from workers.base import run_shard, services, unit
 

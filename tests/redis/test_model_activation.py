@@ -9,7 +9,7 @@ import pytest
 
 from shared.errors import Conflict, NotFound
 from shared.infra.settings import Settings
-from shared.services import Services
+from shared.logic.services import Services
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from shared.errors import NotFound
-from shared.infra.celery_app import make_celery
 from shared.infra.process import clear_process_caches
 from shared.infra.redisconn import sent_ahead
 from shared.infra.settings import Settings
-from shared.services import Services
+from shared.jobs.celery_app import make_celery
+from shared.logic.services import Services
 from tests.conftest import delete_prefix
 from workers.base import JobContext, Outcome, run_job, services
 

@@ -1,13 +1,13 @@
-"""Joining a mining job's parts (shared/store/triplets.py) on a real Redis."""
+"""Joining a mining job's parts (shared/logic/mining.py) on a real Redis."""
 
 from __future__ import annotations
 
 import numpy as np
 import redis
 
+from shared.logic.mining import TripletSpec, drop_parts, join, store_part
 from shared.ml.mining import ShardResult
 from shared.store.artifacts import ArtifactStore
-from shared.store.triplets import TripletSpec, drop_parts, join, store_part
 
 
 def test_a_join_repeated_after_its_parts_are_gone_answers_the_stored_array(

@@ -12,9 +12,9 @@ import redis
 
 from shared.errors import DataError
 from shared.infra.keys import Keys, upload_artifact
+from shared.logic.uploads import ARCHIVE, drop_upload, unpack_upload
 from shared.store import artifacts as artifacts_module
 from shared.store.artifacts import ArtifactStore, CorruptArtifact
-from shared.store.uploads import ARCHIVE, drop_upload, unpack_upload
 from tests.conftest import SMALL
 
 

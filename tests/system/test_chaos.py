@@ -18,13 +18,13 @@ import requests
 
 from cli.stack import Stack
 from cli.synth import SynthSpec, write_synthetic
-from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
 from shared.jobs.store import Job
 from shared.jobs.submit import submit
+from shared.logic.mining import TripletSpec, load_incidence
+from shared.logic.services import Services
 from shared.ml.mining import mine_range
-from shared.services import Services
-from shared.store.triplets import TripletSpec, load_incidence
 from tests.helpers import wait_job, wait_jobs, wait_until
 
 
@@ -223,8 +223,9 @@ def test_training_survives_its_gpu_queue_worker_sigkilled_mid_epoch(
     import torch
     from safetensors.numpy import load
 
-    from shared.ml.training import TrainConfig, train
-    from shared.store.versions import catalogue_rows
+    from shared.logic.versions import catalogue_rows
+    from shared.ml.fitting import TrainConfig
+    from shared.ml.training import train
 
     svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
     dataset = ingest(svc, celery, "ml-latest-small")

@@ -9,8 +9,8 @@ import pytest
 import requests
 
 from shared.infra.keys import dataset_artifact
+from shared.logic.mining import TripletSpec, load_likes
 from shared.ml.coliked import mine_range
-from shared.store.triplets import TripletSpec, load_likes
 from tests.system.test_triplets import finish, npy, post
 
 RATINGS = {"source": "ratings", "positives": 3, "liked_at": 4.5, "seed": 5}

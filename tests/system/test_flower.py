@@ -25,11 +25,11 @@ import redis
 import requests
 
 from cli.stack import Stack, free_port, log_tails, wait_answering, wait_ready
-from shared.infra.celery_app import make_celery
 from shared.infra.keys import Keys
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
 from shared.jobs.submit import submit
-from shared.services import Services
+from shared.logic.services import Services
 from tests.conftest import REPO, delete_prefix
 from tests.helpers import wait_job, wait_until
 

@@ -11,10 +11,10 @@ import redis
 import requests
 
 from cli.stack import Stack
-from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
 from shared.jobs.submit import submit
-from shared.services import Services
+from shared.logic.services import Services
 from tests.helpers import wait_job, wait_jobs
 
 RESULT_TTL_S = 3

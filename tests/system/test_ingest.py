@@ -162,7 +162,7 @@ def test_a_mining_job_over_a_dataset_with_no_movie_fails_at_once(api_url: str, a
         assert done["status"] == "failed" and done["error"]["code"] == "data_error", done
         assert done["error"]["message"] == f"dataset {ds_id}: has no movies: there is nothing to mine triplets from"
     finally:
-        svc.datasets.delete(ds_id, svc.models)
+        svc.catalogue.delete(ds_id)
 
 
 @pytest.mark.parametrize("name", ["movies.csv", "links.csv"])

@@ -25,9 +25,9 @@ import pytest
 import requests
 
 from cli.stack import free_port
-from shared.infra.celery_app import make_celery, queue_lengths
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery, queue_lengths
 from tests.conftest import delete_prefix
 from tests.helpers import answers, running, wait_until
 

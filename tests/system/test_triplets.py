@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import requests
 
+from shared.logic.mining import TripletSpec, load_incidence
 from shared.ml.mining import mine_range
-from shared.store.triplets import TripletSpec, load_incidence
 from tests.helpers import wait_job
 
 

@@ -22,7 +22,7 @@ from cli.client import MultipartBody
 from cli.stack import Stack
 from shared.infra.keys import Keys, upload_artifacts
 from shared.infra.settings import Settings
-from shared.store.datasets import DatasetOptions, dataset_id
+from shared.logic.ingest import DatasetOptions, dataset_id
 from tests.conftest import REPO, SMALL, delete_prefix
 from tests.helpers import wait_job
 

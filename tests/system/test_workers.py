@@ -7,8 +7,8 @@ from typing import Any
 
 import psutil
 
-from api import celery as api_celery
-from api import services as api_services
+from api.context import celery as api_celery
+from api.context import services as api_services
 from shared.jobs.kinds import INGEST
 from shared.jobs.submit import submit
 from tests.helpers import wait_job

@@ -7,10 +7,10 @@ import io
 
 import numpy as np
 
+from shared.logic.batch import Plan, listed_users
 from shared.ml.batch import CSV_ROWS_PER_CHUNK, ROW, answer_users, csv_text, npy_header
 from shared.ml.index import IndexParams, MovieIndex
 from shared.ml.recommend import ServingModel, UserRatings, recommend
-from shared.store.batch import Plan, listed_users
 
 
 def small_model(n: int = 40, users: int = 5) -> ServingModel:

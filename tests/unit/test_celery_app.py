@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
 
 
 def test_configuration_follows_settings() -> None:

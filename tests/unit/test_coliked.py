@@ -11,11 +11,11 @@ import pytest
 
 from api.schemas import PipelineIn, TripletsIn
 from shared.infra.keys import coliked_triplets_artifact, triplets_artifact
-from shared.jobs.pipeline import stage_job
+from shared.logic.mining import TripletSpec
+from shared.logic.pipeline import stage_job
 from shared.ml import coliked
 from shared.ml.coliked import ALPHA, MAX_TRIES, STRIDE, build_likes, mine_range
 from shared.ml.mining import draws
-from shared.store.triplets import TripletSpec
 
 
 class Ratings(NamedTuple):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import PathNotAllowed
-from shared.store.datasets import DatasetOptions, confine, dataset_id
+from shared.logic.ingest import DatasetOptions, confine, dataset_id
 from tests.conftest import SMALL
 
 

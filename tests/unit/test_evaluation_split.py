@@ -1,7 +1,7 @@
 """The evaluation's derived training dataset: exactly the temporal split's training part, nothing of the test part.
 
-Pure: ``shared.store.evaluations.cut`` on ratings arrays shaped as a stored dataset's; the job's table from
-shard stats (``shared.jobs.evaluation.build_table``); the content-addressed ids.
+Pure: ``shared.logic.scoring.cut`` on ratings arrays shaped as a stored dataset's; the job's table from
+shard stats (``shared.logic.evaluation.build_table``); the content-addressed ids.
 """
 
 from __future__ import annotations
@@ -11,18 +11,11 @@ import itertools
 import numpy as np
 import pytest
 
-from shared.jobs.evaluation import (
-    EvaluationState,
-    Protocol,
-    build_table,
-    parent,
-    plan_shards,
-    stages,
-    training_dataset_id,
-)
+from shared.logic.evaluation import EvaluationState, build_table, parent, plan_shards, stages
+from shared.logic.scoring import cut, ratings_matrix, train_mask
 from shared.ml import evaluate
+from shared.ml.evaluate import Protocol, training_dataset_id
 from shared.store.datasets import DatasetRatings
-from shared.store.evaluations import cut, ratings_matrix, train_mask
 
 N_MOVIES = 60
 

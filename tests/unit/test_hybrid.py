@@ -8,10 +8,10 @@ import scipy.sparse as sp
 import torch
 
 from shared.errors import InvalidRequest
-from shared.ml.hybrid import _tower_loss, spectral_embedding, train_hybrid
+from shared.ml.fitting import TrainConfig, hinge_gradient
+from shared.ml.hybrid import spectral_embedding, train_hybrid
 from shared.ml.recipes import DEFAULT_RECIPE, RECIPES, recipe_options
 from shared.ml.recommend import Profile, profile_queries, profile_weights, project
-from shared.ml.training import TrainConfig
 
 
 def ratings_fixture(seed: int = 0, users: int = 60, movies: int = 30) -> sp.csr_matrix:
@@ -99,7 +99,7 @@ def test_tower_gradient_matches_autograd() -> None:
     n = rng.normal(size=(5, 4))
     p /= np.linalg.norm(p, axis=1, keepdims=True)
     n /= np.linalg.norm(n, axis=1, keepdims=True)
-    loss, grad = _tower_loss(xa, p, n, wb, margin=1.5)
+    loss, grad = hinge_gradient(xa, wb, margin=1.5, targets=(p, n))  # the hybrid's tower: fixed targets
     w = torch.tensor(wb, requires_grad=True)
     z = torch.nn.functional.normalize(torch.tensor(xa) @ w.T, dim=-1)
     ref = torch.relu((z - torch.tensor(p)).norm(dim=1) - (z - torch.tensor(n)).norm(dim=1) + 1.5).mean()
@@ -165,7 +165,7 @@ def test_linear_profile_is_the_notebooks_and_hybrid_sums_movie_vectors() -> None
 
 def test_deeper_networks_are_served_as_trained() -> None:
     from shared.ml.recommend import inner_layers
-    from shared.ml.training import build_net
+    from shared.ml.siamese import build_net
 
     torch.manual_seed(0)
     net = build_net(6, 3, layers=3, dropout=0.5).eval()

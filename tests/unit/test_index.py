@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from shared.ml.encoder import load_encoder, mean_by_rows
+from shared.ml.fitting import TrainConfig
 from shared.ml.index import ChecksumMismatch, IndexParams, MovieIndex
 from shared.ml.mining import build_incidence, mine_range
 from shared.ml.movielens import read_catalogue
-from shared.ml.training import TrainConfig, train
+from shared.ml.training import train
 from tests.conftest import SMALL
 
 

@@ -27,7 +27,7 @@ from shared.infra.keys import (
     triplets_artifact,
     triplets_part,
 )
-from shared.store.triplets import TripletSpec
+from shared.logic.mining import TripletSpec
 
 REPO = Path(__file__).resolve().parents[2]
 K = Keys("mr")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared.infra.celery_app import make_celery
 from shared.infra.settings import Settings
 from shared.jobs import kinds
+from shared.jobs.celery_app import make_celery
 
 
 def test_every_task_the_workers_define_is_in_the_table_and_routed_by_it() -> None:

@@ -1,7 +1,9 @@
-"""The Siamese network, its loss and its metric; the trained model on ml-latest-small."""
+"""The Siamese network (shared/ml/siamese.py), its loss and its metric; the trained model on ml-latest-small."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from itertools import product
 
 import numpy as np
@@ -10,10 +12,12 @@ import torch
 
 from shared.errors import InvalidRequest
 from shared.ml.encoder import load_encoder, mean_by_rows
+from shared.ml.fitting import TrainConfig, roc_auc
 from shared.ml.mining import build_incidence, mine_range
 from shared.ml.movielens import read_catalogue
-from shared.ml.training import TrainConfig, build_net, roc_auc, train, triplet_loss
-from tests.conftest import SMALL
+from shared.ml.siamese import build_net, triplet_loss
+from shared.ml.training import train
+from tests.conftest import REPO, SMALL
 
 CPU = torch.device("cpu")
 
@@ -32,6 +36,13 @@ def test_roc_auc_against_counting_pairs() -> None:
     pairs = [(1.0 if p > q else 0.5 if p == q else 0.0) for p, q in product(pos, neg)]
     assert roc_auc(pos, neg) == pytest.approx(np.mean(pairs))
     assert roc_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
+
+
+def test_the_training_core_and_the_dispatcher_import_without_torch() -> None:
+    # The API reads LIMITS from shared.ml.fitting; torch comes in only with shared.ml.siamese, when a network trains.
+    probe = "import sys, shared.ml.fitting, shared.ml.hybrid, shared.ml.training; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_network_output_is_unit_length() -> None:

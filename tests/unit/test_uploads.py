@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import DataError
-from shared.store.uploads import extract_movielens
+from shared.logic.uploads import extract_movielens
 
 MOVIES = b"movieId,title,genres\n1,Toy Story (1995),Animation|Children\n"
 RATINGS = b"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n"

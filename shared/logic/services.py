@@ -1,4 +1,5 @@
-"""The Redis-backed services one process uses, built from its settings.
+"""The Redis-backed services one process uses, built from its settings: every store once, and the per-process
+view of the datasets (``Catalogue``) over them.
 
 The API builds one in ``create_app``. A worker builds one lazily in each process that runs tasks, after
 the fork, so no connection is shared between a prefork parent and its children.
@@ -18,10 +19,12 @@ from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
 from shared.jobs.leases import UnitGuard
 from shared.jobs.store import JobStore
+from shared.logic.catalogue import Catalogue
 from shared.store.artifacts import ArtifactStore
 from shared.store.datasets import DatasetStore
 from shared.store.feedback import FeedbackStore
 from shared.store.models import ModelStore
+from shared.store.vectors import VectorCache
 
 HEARTBEAT_TTL_S = 30
 """A worker that has not refreshed its heartbeat for this long is taken as gone."""
@@ -37,22 +40,27 @@ class Services:
     models: ModelStore
     units: UnitGuard
     feedback: FeedbackStore
+    vectors: VectorCache
+    catalogue: Catalogue
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        client = connect(settings.redis_url)
-        artifacts = ArtifactStore(client, prefix=settings.key_prefix, chunk_bytes=settings.chunk_bytes)
+        client, prefix = connect(settings.redis_url), settings.key_prefix
+        artifacts = ArtifactStore(client, prefix=prefix, chunk_bytes=settings.chunk_bytes)
+        datasets = DatasetStore(client, artifacts, prefix=prefix)
+        models = ModelStore(client, prefix=prefix)
+        feedback = FeedbackStore(client, prefix=prefix)
         return cls(
             settings=settings,
             redis=client,
-            jobs=JobStore(client, prefix=settings.key_prefix, result_ttl_s=settings.result_ttl_s),
+            jobs=JobStore(client, prefix=prefix, result_ttl_s=settings.result_ttl_s),
             artifacts=artifacts,
-            datasets=DatasetStore(client, artifacts, prefix=settings.key_prefix),
-            models=ModelStore(client, prefix=settings.key_prefix),
-            units=UnitGuard(
-                client, prefix=settings.key_prefix, ttl_s=settings.lease_ttl_s, max_starts=settings.max_deliveries
-            ),
-            feedback=FeedbackStore(client, prefix=settings.key_prefix),
+            datasets=datasets,
+            models=models,
+            units=UnitGuard(client, prefix=prefix, ttl_s=settings.lease_ttl_s, max_starts=settings.max_deliveries),
+            feedback=feedback,
+            vectors=VectorCache(client, prefix=prefix),
+            catalogue=Catalogue(datasets, feedback, models, prefix=prefix),
         )
 
     @property

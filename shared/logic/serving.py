@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import redis
 
 from shared.errors import Conflict, NotFound
 from shared.infra.keys import dataset_artifact
 from shared.infra.process import per_process
+from shared.logic.encoding import encode_cached
+from shared.logic.services import Services
 from shared.ml.index import IndexParams, MovieIndex
 from shared.ml.recommend import (
     Layers,
@@ -33,9 +34,8 @@ from shared.ml.recommend import (
     recommend,
 )
 from shared.store.artifacts import ArtifactStore
-from shared.store.datasets import DatasetStore, load_ratings
+from shared.store.datasets import load_ratings
 from shared.store.models import ModelStore
-from shared.store.vectors import VectorCache
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
@@ -146,11 +146,11 @@ def version_scorer(artifacts: ArtifactStore, models: ModelStore, version: str) -
     )
 
 
-def feedback_for(datasets: DatasetStore, model: ServingModel, user_ids: list[int]) -> dict[int, UserRatings]:
+def feedback_for(svc: Services, model: ServingModel, user_ids: list[int]) -> dict[int, UserRatings]:
     """The ratings given after ingest by each of ``user_ids`` (those with any), as catalogue rows, by time: read
     from the feedback of the model's dataset (its base's, for a feedback version), so what was posted since the
     model was trained counts; one round trip."""
-    feedback = datasets.feedback.users_feedback(datasets.feedback_sources(model.record["dataset"]), user_ids)
+    feedback = svc.feedback.users_feedback(svc.catalogue.feedback_sources(model.record["dataset"]), user_ids)
     if not len(feedback):
         return {}
     rows = model.rows_of(feedback.movie_ids.tolist())
@@ -162,11 +162,9 @@ def feedback_for(datasets: DatasetStore, model: ServingModel, user_ids: list[int
     }
 
 
-def answer_query(
-    datasets: DatasetStore, models: ModelStore, client: redis.Redis, *, prefix: str, params: dict[str, Any]
-) -> dict[str, Any]:
+def answer_query(svc: Services, params: dict[str, Any]) -> dict[str, Any]:
     """A recommendation job's answer, from the model version the API pinned in ``params["model"]``."""
-    model = load_serving(datasets.artifacts, models, params["model"])
+    model = load_serving(svc.artifacts, svc.models, params["model"])
 
     def encode(texts: list[str]) -> np.ndarray:
         import torch
@@ -175,9 +173,9 @@ def answer_query(
 
         spec = model.record["encoder"]
         encoder = load_encoder(spec["model"], spec["pooling"], torch.device("cpu"))
-        vectors, _ = VectorCache(client, prefix=prefix).encode(encoder, texts)
+        vectors, _ = encode_cached(svc.vectors, encoder, texts)
         return vectors
 
     user_id = params.get("user_id")
-    feedback = feedback_for(datasets, model, [int(user_id)]).get(int(user_id)) if user_id is not None else None
+    feedback = feedback_for(svc, model, [int(user_id)]).get(int(user_id)) if user_id is not None else None
     return recommend(model, params, encode=encode, feedback=feedback)

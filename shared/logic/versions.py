@@ -5,6 +5,7 @@
         exists already? answer its record                      (training the same thing again is free)
         else: encode_dataset ──> train (shared/ml/training.py) ──> models/<v>/weights, /embeddings, record
     version + index params ──> MovieIndex.build ──> models/<v>/index, /index/group ──> record["index"]
+                               (and its map, models/<v>/map, when it has none: shared/logic/maps.py)
 
 One writer builds each part of a version, once; a serving index is never changed (a rebuilt one is written
 whole and seen by processes that load the version later).
@@ -20,12 +21,13 @@ import numpy as np
 
 from shared.errors import NotFound
 from shared.infra.keys import dataset_artifact, model_artifact
+from shared.logic.encoding import describe, encode_dataset
+from shared.logic.maps import build_map, has_map
 from shared.ml.encoder import Encoder
+from shared.ml.fitting import TrainConfig
 from shared.ml.index import IndexParams, MovieIndex
-from shared.ml.training import TrainConfig
 from shared.store.artifacts import ArtifactStore
-from shared.store.datasets import load_ratings
-from shared.store.embeddings import describe, encode_dataset
+from shared.store.datasets import DatasetStore, load_ratings
 from shared.store.models import ModelStore, model_version
 from shared.store.vectors import VectorCache
 
@@ -117,12 +119,15 @@ def catalogue_rows(movie_ids: np.ndarray, triplets: np.ndarray) -> np.ndarray:
 
 
 def index_version(
-    artifacts: ArtifactStore, models: ModelStore, *, version: str, params: IndexParams
+    artifacts: ArtifactStore, models: ModelStore, datasets: DatasetStore, *, version: str, params: IndexParams
 ) -> tuple[dict[str, Any], bool]:
-    """The hnswlib index of a version's projected embeddings: (its description, whether it existed)."""
+    """The hnswlib index of a version's projected embeddings, and its map (shared/logic/maps.py) when it has none:
+    (the index's description, whether it existed)."""
     record = models.get(version)
     if record is None:
         raise NotFound(f"model {version!r} does not exist")
+    if not has_map(artifacts, version):
+        build_map(artifacts, datasets, models, version)
     existing = record.get("index")
     if existing is not None and existing["params"] == params.as_dict():
         return existing, True

@@ -2,7 +2,7 @@
 
     POST /v1/datasets (multipart) ──> uploads/<upload id>/<file>   (ArtifactWriter: chunks as they arrive)
       ──> ingest job {"upload": id, "files": [...]} ──> worker: files into a temporary directory
-          (a .zip: ``extract_movielens``) ──> DatasetStore.ingest, as for a path ──> the upload is dropped
+          (a .zip: ``extract_movielens``) ──> logic.ingest.ingest, as for a path ──> the upload is dropped
 
 So a worker needs no disk shared with the API, and the same files give the same dataset id as a path
 ingest. An upload lives until its job succeeds or fails (the janitor may send a lost job again meanwhile),
@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from shared.errors import DataError
 from shared.infra.keys import upload_artifact, upload_artifacts
+from shared.logic.ingest import INPUT_FILES
 from shared.store.artifacts import STREAM_BUFFER_BYTES, ArtifactStore
-from shared.store.datasets import INPUT_FILES
 
 REQUIRED_FILES = ("movies.csv", "ratings.csv")
 GENRES_FIX = "genres_fix.csv"

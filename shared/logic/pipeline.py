@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from shared.jobs.store import JobStore
 from shared.jobs.submit import submit
+from shared.logic.mining import DEFAULT_SEED, DEFAULT_SHARD_SIZE
 from shared.ml.recipes import recipe_options
-from shared.store.triplets import DEFAULT_SEED, DEFAULT_SHARD_SIZE
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from shared.services import Services
+    from shared.logic.services import Services
 
 STAGES = ("ingest", "mine", "encode", "train", "index")
 """Activation follows the last stage, inside the step that sees the index built."""

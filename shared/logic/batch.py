@@ -28,12 +28,10 @@ from typing import Any
 import numpy as np
 
 from shared.infra.keys import batch_part, batch_result, dataset_artifact
+from shared.logic.services import Services
+from shared.logic.serving import feedback_for, load_serving
 from shared.ml.batch import CSV_HEADER, ROW, answer_users, csv_text, npy_header
-from shared.ml.recommend import ServingModel, UserRatings
 from shared.store.artifacts import ArtifactStore
-from shared.store.datasets import DatasetStore
-from shared.store.models import ModelStore
-from shared.store.serving import feedback_for, load_serving
 
 DEFAULT_SHARD_USERS = 2_000
 """Users a shard answers: at the notebook's scale about 2-4 s of one process, 28 KB of rows at k = 10."""
@@ -71,38 +69,34 @@ def listed_users(ids: list[int]) -> np.ndarray:
     return array[np.sort(first)]
 
 
-def all_users(datasets: DatasetStore, dataset: str) -> np.ndarray:
+def all_users(svc: Services, dataset: str) -> np.ndarray:
     """The users of a model's dataset and those who gave feedback on its base since, ascending."""
-    stored = datasets.artifacts.get_array(dataset_artifact(dataset, "user_ids")).astype(np.int64)
-    base = datasets.feedback_base(dataset)
-    return np.union1d(stored, datasets.feedback.users(base).astype(np.int64))
+    stored = svc.artifacts.get_array(dataset_artifact(dataset, "user_ids")).astype(np.int64)
+    base = svc.catalogue.feedback_base(dataset)
+    return np.union1d(stored, svc.feedback.users(base).astype(np.int64))
 
 
-def plan(datasets: DatasetStore, job_id: str, params: dict[str, Any], *, ttl_s: int) -> Plan:
+def plan(svc: Services, job_id: str, params: dict[str, Any], *, ttl_s: int) -> Plan:
     """The job's users, resolved and stored once (a second call reads them back), and its plan."""
     name = batch_result(job_id, "user_ids")
-    if datasets.artifacts.exists(name):
-        users = datasets.artifacts.get_array(name)
+    if svc.artifacts.exists(name):
+        users = svc.artifacts.get_array(name)
     else:
         given = params["users"]
-        users = all_users(datasets, params["dataset"]) if given == "all" else listed_users(given)
-        datasets.artifacts.put_array(name, users.astype(np.int64), ttl_s=ttl_s)
+        users = all_users(svc, params["dataset"]) if given == "all" else listed_users(given)
+        svc.artifacts.put_array(name, users.astype(np.int64), ttl_s=ttl_s)
     return Plan(users=len(users), shard_users=int(params.get("shard_users") or DEFAULT_SHARD_USERS))
 
 
-def feedback_of(datasets: DatasetStore, model: ServingModel, users: np.ndarray) -> dict[int, UserRatings]:
-    """The feedback of a shard's users, in one round trip (``serving.feedback_for``, as a single query reads it)."""
-    return feedback_for(datasets, model, users.tolist())
-
-
 def answer_part(
-    datasets: DatasetStore, models: ModelStore, job_id: str, params: dict[str, Any], *, lo: int, hi: int
+    svc: Services, job_id: str, params: dict[str, Any], *, lo: int, hi: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The rows of the job's users [lo, hi) and the shard's stats."""
-    users = datasets.artifacts.get_array(batch_result(job_id, "user_ids"))[lo:hi]
-    model = load_serving(datasets.artifacts, models, params["model"])
+    """The rows of the job's users [lo, hi) and the shard's stats; the shard's feedback read in one round trip
+    (``serving.feedback_for``, as a single query reads it)."""
+    users = svc.artifacts.get_array(batch_result(job_id, "user_ids"))[lo:hi]
+    model = load_serving(svc.artifacts, svc.models, params["model"])
     rows, stats = answer_users(model, users, k=int(params["k"]), exclude_seen=bool(params.get("exclude_seen", True)),
-                               feedback=feedback_of(datasets, model, users))  # fmt: skip
+                               feedback=feedback_for(svc, model, users.tolist()))  # fmt: skip
     return rows, {**stats, "range": [lo, hi]}
 
 

@@ -33,11 +33,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from shared.errors import Conflict, NotFound
+from shared.infra.clock import utcnow_iso
 from shared.infra.keys import dataset_artifact, evaluation_part, evaluation_split_artifact
 from shared.infra.process import per_process
-from shared.jobs.evaluation import BASELINES, Protocol, training_dataset_id
-from shared.jobs.store import utcnow_iso
+from shared.logic.serving import version_scorer
 from shared.ml import evaluate
+from shared.ml.evaluate import BASELINES, Protocol, training_dataset_id
 from shared.store.artifacts import ArtifactStore
 from shared.store.datasets import (
     FORMAT_VERSION,
@@ -47,7 +48,6 @@ from shared.store.datasets import (
     load_ratings,
 )
 from shared.store.models import ModelStore
-from shared.store.serving import version_scorer
 
 SPLIT_CACHE = 2
 """Loaded splits a process keeps (one evaluation at a time, and the one before)."""

@@ -1,13 +1,13 @@
 """The evaluation job: a dataset split by time, each recipe trained on the training part, every user scored.
 
-Like the pipeline (shared/jobs/pipeline.py), an evaluation is a job of its own that moves through stages in
+Like the pipeline (shared/logic/pipeline.py), an evaluation is a job of its own that moves through stages in
 short steps (``workers.evaluation.evaluation_step``), none of which waits for another:
 
     POST /v1/jobs/evaluate ──> evaluation job ──> step
       ingest          child job ``ingest``: the path's or the named dataset,  ─┐ a finished child, the split
                       with its feedback (a feedback version if it has any)    │ task or the join sends the
       split           task ``evaluation_split``: the training dataset and the  │ step again, which moves on
-                      test part (shared/store/evaluations.py), reused if stored │
+                      test part (shared/logic/scoring.py), reused if stored │
       train:<recipe>  per recipe, one after the other: child job ``pipeline`` ─┘
                       {"dataset": training dataset, "recipe", "seed", "activate": false}
       score           shards of ``shard_users`` evaluated users (``evaluation_shard``): every row of the
@@ -24,7 +24,6 @@ job's progress is reported into its stage's share (``parent``), with an ETA, as 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -35,23 +34,18 @@ from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVA
 from shared.jobs.leases import shard_unit
 from shared.jobs.store import Job, JobStore
 from shared.jobs.submit import submit
+from shared.logic.scoring import stored_split
+from shared.ml.evaluate import BASELINES, EASE_MAX_BYTES, Protocol
 from shared.ml.recipes import RECIPES
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from shared.services import Services
+    from shared.logic.services import Services
 
-DEFAULT_MIN_RATINGS = 10
-DEFAULT_TRAIN_FRACTION = 0.8
-DEFAULT_RELEVANT_AT = 4.0
-DEFAULT_K = 10
 DEFAULT_SEED = 42
 DEFAULT_SHARD_USERS = 200
 """Evaluated users a scoring shard ranks: its (b, n_movies) float32 scores are 200 x 58k x 4 = 46 MB at most."""
-
-BASELINES = ("random", "most-popular", "item-kNN", "EASE")
-"""The baselines an evaluation can score, by their names in the table (shared/ml/evaluate.py)."""
 
 STATE_FIELD = "evaluation"
 """The evaluation job's record field that holds its ``EvaluationState``."""
@@ -60,40 +54,6 @@ WEIGHTS = {"ingest": 1.0, "split": 0.5, "train": 4.0, "score": 6.0}
 """Each stage's share of the progress bar, roughly its share of the time on ml-latest-small with the default
 recipes (2 cores: ingest 2 s, split 1 s, the seed recipe's pipeline 30 s, the hybrid one's 7 s, scoring 45 s
 of which fitting EASE in each worker process is most)."""
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Issue #11's protocol: who is kept, where each user's timeline is cut, what counts as relevant, top k."""
-
-    min_ratings: int = DEFAULT_MIN_RATINGS
-    train_fraction: float = DEFAULT_TRAIN_FRACTION
-    relevant_at: float = DEFAULT_RELEVANT_AT
-    k: int = DEFAULT_K
-
-    @classmethod
-    def of(cls, params: dict[str, Any]) -> Protocol:
-        """From job params (absent ones take the defaults)."""
-        return cls(
-            min_ratings=int(params.get("min_ratings", DEFAULT_MIN_RATINGS)),
-            train_fraction=float(params.get("train_fraction", DEFAULT_TRAIN_FRACTION)),
-            relevant_at=float(params.get("relevant_at", DEFAULT_RELEVANT_AT)),
-            k=int(params.get("k", DEFAULT_K)),
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return {"split": "temporal", **asdict(self)}
-
-    @property
-    def training(self) -> dict[str, Any]:
-        """What decides the training part (relevant_at and k only decide how the test part is scored)."""
-        return {"split": "temporal", "min_ratings": self.min_ratings, "train_fraction": self.train_fraction}
-
-
-def training_dataset_id(source: str, protocol: Protocol) -> str:
-    """The derived training dataset's id: a hash of its source and the protocol values that cut it."""
-    key = json.dumps({"from": source, "protocol": protocol.training, "part": "temporal-train"}, sort_keys=True)
-    return "ds-" + hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
 def recipes_of(params: dict[str, Any]) -> list[str]:
@@ -217,8 +177,6 @@ def _child_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
 
 def _split_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> bool:
     """True once the split is stored (by this job's split task, or found from an earlier evaluation)."""
-    from shared.store.evaluations import stored_split
-
     source, protocol = source_dataset(job.params, state), Protocol.of(job.params)
     summary = stored_split(svc.datasets, source, protocol)
     if summary is not None and not summary["evaluated"]:
@@ -266,8 +224,6 @@ def _wall_seconds(job: Job) -> float:
 
 def _plan(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
     """What every scoring shard and the join work from (small JSON, a task argument)."""
-    from shared.ml.evaluate import EASE_MAX_BYTES
-
     split = state.results["split"]
     rows = [{"name": b, "kind": "baseline", "model": None} for b in baselines_of(params)]
     rows += [{"name": r, "kind": "recipe", "model": state.results[f"train:{r}"]["model"]} for r in recipes_of(params)]

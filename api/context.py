@@ -1,0 +1,77 @@
+"""What a view reaches through the running app, and the steps several views share.
+
+``create_app`` (api/__init__.py) keeps the process's ``Services`` and Celery app in ``app.extensions``; the
+blueprints reach them here, never through the package that builds the app, so every import in ``api/`` runs
+downward: the factory imports the blueprints, the blueprints import this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from flask import current_app, url_for
+
+from shared.errors import Conflict, QuotaExceeded
+from shared.jobs.celery_app import MovierecCelery
+from shared.jobs.store import Job
+from shared.jobs.submit import submit
+from shared.logic.services import Services
+
+from . import auth
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["movierec"]
+    return svc
+
+
+def active_model() -> tuple[str, str]:
+    """(version, dataset) of the active model, which can serve; else Conflict (409)."""
+    version = services().models.active()
+    if version is None:
+        raise Conflict("no model is active: train one, index it and activate it (or run a pipeline)")
+    dataset = services().models.servable_dataset(version)
+    if dataset is None:
+        raise Conflict(f"the active model {version!r} cannot serve")
+    return version, dataset
+
+
+def require_room(kind: Literal["datasets", "models"], needed: int = 1) -> None:
+    """QuotaExceeded (409 ``quota_exceeded``) unless ``needed`` more datasets / models fit under
+    ``MOVIEREC_MAX_DATASETS`` / ``MOVIEREC_MAX_MODELS`` (0: no cap), counted by the ZCARD of their index.
+    Checked before a job is queued, for what the job may store (an evaluation: a model per recipe); an ingest
+    of a dataset already stored or a training that answers an existing version is refused all the same."""
+    svc = services()
+    limit = svc.settings.max_datasets if kind == "datasets" else svc.settings.max_models
+    if not limit or needed <= 0:
+        return
+    stored = svc.datasets.count() if kind == "datasets" else svc.models.count()
+    if stored + needed > limit:
+        setting = f"MOVIEREC_MAX_{kind.upper()}"
+        raise QuotaExceeded(
+            f"{stored} {kind} are stored, this job may add {needed} and {setting} is {limit}: free room with "
+            f"DELETE /v1/{kind}/<id> (GET /v1/{kind} lists them) or raise {setting}",
+            details={"kind": kind, "limit": limit, "stored": stored, "needed": needed, "setting": setting},
+        )
+
+
+def has_feedback(ds_id: str) -> bool:
+    """Whether feedback was posted to the dataset (its base): a pipeline or an evaluation over it then stores a
+    feedback version, one dataset more."""
+    svc = services()
+    return svc.feedback.count_users(svc.catalogue.feedback_base(ds_id)) > 0
+
+
+def celery() -> MovierecCelery:
+    app: MovierecCelery = current_app.extensions["celery"]
+    return app
+
+
+def submit_job(*, kind: str, params: dict[str, Any]) -> Job:
+    """Record and enqueue a job as the caller: with API keys it belongs to the caller's key (``api.auth``)."""
+    return submit(celery(), services().jobs, kind=kind, params=params, owner=auth.current_owner())
+
+
+def accepted(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The answer to a submission: ``202``, the job as queued, and its ``Location``."""
+    return job.public(result_url=None), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
