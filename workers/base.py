@@ -16,20 +16,18 @@ trip and a disk flush off its path. Nothing is given up: the start is counted be
 written, and when the admission or the start says no, the answer is dropped unrecorded. So a speculative
 body must write nothing but caches (the keyword vector cache), and it gets no parent to report to.
 
-``unit`` is that frame's first step alone, for the tasks that are a part of a job (a shard, a join): a
-delivery whose unit another live worker runs is dropped, and a unit that killed its worker too often fails
-the job, naming it, instead of running again.
+``unit`` is that frame's first step alone, for the tasks that are a part of a job (a shard, a join: the
+sharded-job frame, workers/sharded.py): a delivery whose unit another live worker runs is dropped, and a unit
+that killed its worker too often fails the job, naming it, instead of running again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from celery import current_app, current_task
@@ -40,9 +38,9 @@ from shared.infra.process import per_process
 from shared.infra.redisconn import sent_ahead, transient_cause
 from shared.jobs.celery_app import settings_of
 from shared.jobs.kinds import PIPELINE_STEP
-from shared.jobs.leases import Admission, shard_unit
+from shared.jobs.leases import Admission
+from shared.jobs.progress import Position, report
 from shared.logic.services import Services
-from shared.store.artifacts import FencedOut
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +75,10 @@ class JobContext:
             report_to_pipeline(self.services, self.parent, fraction, message or stage)
 
 
-def report_to_pipeline(svc: Services, parent: dict[str, Any], fraction: float, message: str) -> None:
+def report_to_pipeline(svc: Services, parent: Position, fraction: float, message: str) -> None:
     """A stage's progress as the pipeline's: overall fraction, the stage's name, an ETA once measurable."""
-    overall = (parent["index"] + min(max(fraction, 0.0), 1.0)) / parent["stages"]
     pipeline = svc.jobs.get(parent["id"])
-    eta = ""
-    if pipeline is not None and pipeline.started_at and overall > 0.05:
-        started = datetime.fromisoformat(pipeline.started_at.replace("Z", "+00:00"))
-        elapsed = (datetime.now(UTC) - started).total_seconds()
-        eta = f"; ETA {elapsed * (1 - overall) / overall:.0f} s"
-    svc.jobs.progress(parent["id"], overall, stage=parent["stage"], message=f"{message}{eta}")
+    overall = report(svc.jobs, pipeline, parent, fraction, message)
     grandparent = pipeline.params.get("parent") if pipeline is not None else None
     if grandparent:  # a pipeline that is itself a stage (an evaluation's recipe): its progress is that stage's
         report_to_pipeline(svc, grandparent, overall, f"{parent['stage']}: {message}")
@@ -101,34 +93,6 @@ def notify_parent(job_id: str, parent: dict[str, Any] | None = None) -> None:
         parent = job.params.get("parent") if job is not None else None
     if parent:
         current_app.send_task(parent.get("step") or PIPELINE_STEP.name, args=[parent["id"]])
-
-
-def run_shard(job_id: str, lo: int, hi: int, total: int, work: Callable[[Services], dict[str, Any]]) -> int | None:
-    """The frame of a shard of a sharded job (mining, an evaluation's scoring), run inside its ``unit``: skip it
-    when the job stopped or this shard is done already (a redelivery); run ``work``, which stores the shard's
-    part and answers its stats; a failure fails the job. Answers how many shards are done now (negative when
-    the job stopped meanwhile), None when skipped or failed: the caller sends the join when it reaches ``total``.
-
-    ``work`` gets services whose artifact writes are fenced by the lease of its unit (``shard_unit(lo)``, which
-    the caller runs it in): a shard that lost its lease while it ran (frozen past it; another delivery may have taken
-    over, even joined) publishes nothing and is not counted done; the janitor sends it again if need be."""
-    svc = services()
-    shard = f"{lo:09d}"
-    if not svc.jobs.is_running(job_id) or shard in svc.jobs.shards_done(job_id):
-        return None
-    token = svc.units.holder(job_id, shard_unit(lo))
-    if token is not None:
-        fenced = svc.artifacts.fenced(svc.units.lease_key(job_id, shard_unit(lo)), token)
-        svc = dataclasses.replace(svc, artifacts=fenced)
-    try:
-        stats = work(svc)
-    except FencedOut:
-        log.warning("job %s: shard %d-%d: lease lost: output discarded", job_id, lo, hi)
-        return None
-    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
-        fail_job(job_id, exc, where=f"shard {lo}-{hi}")
-        return None
-    return svc.jobs.shard_done(job_id, shard, stats, total=total)
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,15 @@ from redis.exceptions import LockNotOwnedError
 import shared.ml.movielens  # noqa: F401
 from shared.errors import DataError, NotFound
 from shared.infra.keys import upload_artifact
-from shared.jobs.leases import shard_unit
+from shared.jobs.sharded import ShardPlan, send_shards
+from shared.jobs.store import Job
 from shared.logic.feedback import feedback_version
 from shared.logic.ingest import DatasetOptions, confine, ingest
 from shared.logic.mining import (
     TripletSpec,
-    drop_parts,
     join,
     mine_part,
-    plan_shards,
+    part_names,
     shard_stats,
     store_part,
     stored_count,
@@ -37,7 +37,8 @@ from shared.logic.uploads import UNZIPPED_PER_UPLOADED, drop_upload, unpack_uplo
 from shared.logic.versions import index_version
 from shared.ml.index import IndexParams
 
-from .base import Body, JobContext, Outcome, fail_job, notify_parent, run_job, run_shard, services, unit
+from .base import Body, JobContext, Outcome, fail_job, notify_parent, run_job, services
+from .sharded import run_join, run_shard
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +140,11 @@ def mine_triplets(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
             n = stored_count(ctx.services.artifacts, spec.name)  # one per movie from descriptors, any from ratings
             summary = {"dataset": spec.dataset, "triplets": spec.name, "count": n, **spec.describe(), "reused": True}
             return Outcome(summary, artifact=spec.name, message="triplets already mined")
-        shards = plan_shards(record["counts"]["movies"], int(params["shard_size"]))
-        if not shards:  # no shard would ever finish, so nothing would send the join: fail now, saying why
+        plan = ShardPlan(items=int(record["counts"]["movies"]), size=int(params["shard_size"]), payload=params)
+        if not plan.ranges:  # no shard would ever finish, so nothing would send the join: fail now, saying why
             raise DataError(f"dataset {spec.dataset}", "has no movies: there is nothing to mine triplets from")
-        ctx.progress(0.0, "mining", f"0 of {len(shards)} shards done")
-        for lo, hi in shards:
-            mine_shard.apply_async(args=[job_id, params, lo, hi, len(shards)])
+        ctx.progress(0.0, "mining", f"0 of {len(plan.ranges)} shards done")
+        send_shards(ctx.services.jobs, current_app, job_id, "triplets", plan)
         return None
 
     return run_job(job_id, stage="mining", body=body)
@@ -153,12 +153,6 @@ def mine_triplets(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 @shared_task(name="workers.cpu.mine_shard")
 def mine_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
     """Mine anchors [lo, hi); idempotent: the part is written under a name fixed by the spec and lo."""
-    with unit(job_id, shard_unit(lo), where=f"shard {lo}-{hi}") as admitted:
-        if admitted:
-            _mine_admitted(job_id, params, lo, hi, total)
-
-
-def _mine_admitted(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int) -> None:
     spec = _spec(params)
 
     def work(svc: Services) -> dict[str, Any]:
@@ -167,42 +161,29 @@ def _mine_admitted(job_id: str, params: dict[str, Any], lo: int, hi: int, total:
         store_part(svc.artifacts, spec, job_id, lo, result, ttl_s=svc.settings.result_ttl_s)
         return shard_stats(lo, hi, result, time.perf_counter() - started)
 
-    if run_shard(job_id, lo, hi, total, work) == total:
-        join_triplets.apply_async(args=[job_id, params])
+    run_shard("triplets", job_id, params, (lo, hi, total), work)
 
 
 @shared_task(name="workers.cpu.join_triplets")
 def join_triplets(job_id: str, params: dict[str, Any]) -> None:
     """Assemble the parts into the (n, 3) triplet array and finish the job."""
-    with unit(job_id, "join", where="join") as admitted:
-        if admitted:
-            _join_admitted(job_id, params)
-
-
-def _join_admitted(job_id: str, params: dict[str, Any]) -> None:
-    svc = services()
-    if not svc.jobs.is_running(job_id):
-        return
     spec = _spec(params)
-    try:
-        stats = [s for _, s in sorted(svc.jobs.shard_stats(job_id).items())]
-        shards = [(int(s["anchors"][0]), int(s["anchors"][1])) for s in stats]
-        triplets = join(svc.artifacts, spec, job_id, shards)
-    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
-        fail_job(job_id, exc, where="join")
-        return
-    summary = {
-        "dataset": spec.dataset,
-        "triplets": spec.name,
-        "count": len(triplets),
-        **spec.describe(),
-        "shard_size": int(params["shard_size"]),
-        "reused": False,
-        "shards": stats,
-    }
-    if svc.jobs.succeed(job_id, summary, result_artifact=spec.name, message=f"{len(triplets):,} triplets"):
-        notify_parent(job_id, params.get("parent"))
-    drop_parts(svc.artifacts, spec, job_id, shards)
+
+    def finish(svc: Services, job: Job, plan: ShardPlan, stats: list[dict[str, Any]]) -> Outcome:
+        triplets = join(svc.artifacts, spec, job_id, plan.ranges)
+        summary = {
+            "dataset": spec.dataset,
+            "triplets": spec.name,
+            "count": len(triplets),
+            **spec.describe(),
+            "shard_size": plan.size,
+            "reused": False,
+            "shards": stats,
+        }
+        parts = part_names(spec, job_id, plan.ranges)
+        return Outcome(summary, artifact=spec.name, message=f"{len(triplets):,} triplets", drop=parts)
+
+    run_join(job_id, finish)
 
 
 @shared_task(name="workers.cpu.build_index")

@@ -12,13 +12,13 @@ per interval for the whole deployment. A sweep
    between two steps) and the janitor sends its pending units again:
 
        ingest, encode, train, index, recommend   the job's task
-       triplets                                   the shards not done; the join once all are; the planning
-                                                  task while none is
+       triplets, recommend-batch                  once planned, the shards not done, or the join once all
+                                                  are (shared/jobs/sharded.py ``pending``); before, the task
+                                                  that plans
        pipeline                                   a step (which looks at its current stage and moves on)
        evaluate                                   a step while it waits on a child job (alive while that
-                                                  is); else its split, its shards not done, or its join
-       recommend-batch                            the shards not done, or the join once all are; the
-                                                  planning task while the job has no plan yet
+                                                  is), or its split; once its scoring is planned, as a
+                                                  sharded job
 
    Units are idempotent and leased, so a resend that meets the original delivery is dropped. A job resent
    ``MAX_RESENDS`` times fails with the reason; a unit that kills its worker fails its job sooner, through
@@ -50,11 +50,10 @@ from celery import Celery
 from shared.infra.keys import Keys
 from shared.jobs import kinds
 from shared.jobs.celery_app import queue_lengths
-from shared.jobs.kinds import BATCH_JOIN, BATCH_SHARD, JOIN_TRIPLETS, MINE_SHARD, PIPELINE_STEP, Task
-from shared.jobs.leases import shard_unit
+from shared.jobs.kinds import PIPELINE_STEP, Task
+from shared.jobs.sharded import pending, stored_plan
 from shared.jobs.store import Job
-from shared.logic import batch, evaluation
-from shared.logic.mining import plan_shards
+from shared.logic import evaluation
 from shared.logic.pipeline import PipelineState
 from shared.logic.services import Services
 
@@ -137,41 +136,15 @@ class Janitor:
 
     def pending_units(self, job: Job) -> list[Unit]:
         """What a job still needs run, each as the message that runs it."""
-        if job.kind == "triplets" and job.status == "running":
-            shards = self._shards(job)
-            done = self._svc.jobs.shards_done(job.id) if shards else set()
-            todo = [(lo, hi) for lo, hi in shards if f"{lo:09d}" not in done]
-            if done and todo:
-                total = len(shards)
-                return [Unit(shard_unit(lo), MINE_SHARD, [job.id, job.params, lo, hi, total]) for lo, hi in todo]
-            if done:
-                return [Unit("join", JOIN_TRIPLETS, [job.id, job.params])]
-            # No shard came back yet: the planning task may have died before sending them all; it plans again.
-        if job.kind == "pipeline":
-            return [Unit("step", PIPELINE_STEP, [job.id])]
+        plan = stored_plan(self._svc.jobs, job.id) if job.kind in kinds.SHARDED and job.status == "running" else None
+        if plan is not None:
+            return [Unit(*unit) for unit in pending(self._svc.jobs, job.id, job.kind, plan)]
         if job.kind == "evaluate":
             return [Unit(*unit) for unit in evaluation.janitor_units(self._svc, job)[1]]
-        if job.kind == "recommend-batch" and (planned := self._batch_units(job)) is not None:
-            return planned
+        if job.kind in kinds.STEPPED:
+            return [Unit("step", kinds.STEPPED[job.kind], [job.id])]
+        # Not planned yet (a sharded job's planning task may have died before storing its plan): it plans again.
         return [Unit("main", kinds.task_of(job.kind), [job.id, job.params])]
-
-    def _batch_units(self, job: Job) -> list[Unit] | None:
-        """A planned batch job's shards not done, or its join once all are; None before it is planned."""
-        raw = self._svc.jobs.field(job.id, batch.PLAN_FIELD) if job.status == "running" else None
-        if raw is None:
-            return None
-        shards = batch.Plan.from_json(raw).shards  # its users are stored: the shards are fixed
-        done = self._svc.jobs.shards_done(job.id)
-        todo = [(lo, hi) for lo, hi in shards if f"{lo:09d}" not in done]
-        if not todo:
-            return [Unit("join", BATCH_JOIN, [job.id, job.params])]
-        return [Unit(shard_unit(lo), BATCH_SHARD, [job.id, job.params, lo, hi, len(shards)]) for lo, hi in todo]
-
-    def _shards(self, job: Job) -> list[tuple[int, int]]:
-        dataset = self._svc.datasets.get(str(job.params.get("dataset")))
-        if dataset is None:
-            return []
-        return plan_shards(int(dataset["counts"]["movies"]), int(job.params["shard_size"]))
 
     def _alive(self, job: Job, units: list[Unit], *, active: set[str], waiting: dict[str, int]) -> bool:
         r = self._svc.redis

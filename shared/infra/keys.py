@@ -173,6 +173,12 @@ class Keys:
         return f"{self.prefix}:*"
 
 
+def shard_id(lo: int) -> str:
+    """A shard of a sharded job (shared/jobs/sharded.py), named by its first item, zero-padded so names sort in
+    item order: its field in the job's shard hash, its unit, the last part of its part's artifact name."""
+    return f"{lo:09d}"
+
+
 def glob_escape(text: str) -> str:
     """``text`` as a Redis glob pattern that matches only itself."""
     return re.sub(r"([\\*?\[\]^])", r"\\\1", text)
@@ -218,7 +224,7 @@ def both_triplets_artifact(descriptors: str, ratings: str) -> str:
 
 def triplets_part(triplets: str, job_id: str, lo: int) -> str:
     """One mining shard's part of ``triplets``, written by the shard and dropped by the join."""
-    return f"{triplets}/part/{job_id}/{lo:09d}"
+    return f"{triplets}/part/{job_id}/{shard_id(lo)}"
 
 
 def embeddings_artifact(ds_id: str, identity: str, pooling: str) -> str:
@@ -240,7 +246,7 @@ def evaluation_split_artifact(training_ds: str, relevant_at: float, part: str) -
 
 def evaluation_part(job_id: str, lo: int) -> str:
     """One scoring shard's top-k movie rows of an evaluation job (every row of its table), dropped by its join."""
-    return f"evaluations/part/{job_id}/{lo:09d}"
+    return f"evaluations/part/{job_id}/{shard_id(lo)}"
 
 
 def upload_artifact(upload_id: str, name: str) -> str:
@@ -257,7 +263,7 @@ def upload_artifacts(upload_id: str) -> str:
 def batch_part(job_id: str, lo: int) -> str:
     """One shard's rows of a batch recommendation job (``recommend-batch/<job>/part/<lo>``): the parts are the
     result, streamed in order (shared/logic/batch.py)."""
-    return f"recommend-batch/{job_id}/part/{lo:09d}"
+    return f"recommend-batch/{job_id}/part/{shard_id(lo)}"
 
 
 def batch_result(job_id: str, part: str) -> str:

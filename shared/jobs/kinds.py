@@ -2,7 +2,9 @@
 
 Submission (shared/jobs/submit.py) looks a kind up here; the Celery app routes every task by this table
 (shared/jobs/celery_app.py); the janitor sends a lost job's units again by it (workers/janitor.py); the
-pipeline names its stages' kinds (shared/logic/pipeline.py). A task's name is where workers/ defines it.
+pipeline names its stages' kinds (shared/logic/pipeline.py). Beside it: which kinds are sharded and the tasks
+of their shards and join (``SHARDED``, the frame is shared/jobs/sharded.py), and which move in steps
+(``STEPPED``). A task's name is where workers/ defines it.
 
 Queues are by hardware: ``cpu`` (prefork workers) and ``gpu`` (one solo process per device). kombu's Redis
 transport keeps a list per priority step (0, 3, 6, 9) for each queue, and a worker takes from the lowest step
@@ -64,10 +66,29 @@ KINDS: dict[str, Task] = {
 }
 """The task a job of each kind is submitted to, with ``args=[job id, params]``."""
 
-TASKS = (*KINDS.values(), MINE_SHARD, JOIN_TRIPLETS, EVALUATE_SPLIT, EVALUATE_SHARD, EVALUATE_JOIN,
-         BATCH_SHARD, BATCH_JOIN)  # fmt: skip
-"""Every task, the parts of a job (a mining shard, the join, an evaluation's split and scoring, a batch's
-shards and join) included."""
+
+@dataclass(frozen=True)
+class Sharded:
+    """The tasks that run a sharded kind's shards (``[job, payload, lo, hi, total]``) and its join
+    (``[job, payload]``), and the stage its shards' progress names (shared/jobs/sharded.py)."""
+
+    shard: Task
+    join: Task
+    stage: str
+
+
+SHARDED: dict[str, Sharded] = {
+    "triplets": Sharded(MINE_SHARD, JOIN_TRIPLETS, "mining"),
+    "recommend-batch": Sharded(BATCH_SHARD, BATCH_JOIN, "recommending"),
+    "evaluate": Sharded(EVALUATE_SHARD, EVALUATE_JOIN, "score"),
+}
+"""The kinds whose work is cut into shards, each once planned (an evaluation: in its scoring stage)."""
+
+STEPPED: dict[str, Task] = {"pipeline": PIPELINE_STEP, "evaluate": EVALUATE_STEP}
+"""The kinds that move through stages in short steps (``args=[job id]``), each looking at the job and moving on."""
+
+TASKS = (*KINDS.values(), *(t for s in SHARDED.values() for t in (s.shard, s.join)), EVALUATE_SPLIT)
+"""Every task, the parts of a job (shards, joins, an evaluation's split) included."""
 
 TASK_MODULES = ("workers.cpu", "workers.gpu", "workers.evaluation", "workers.batch")
 """Where the tasks are defined: a worker imports these."""

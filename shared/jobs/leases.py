@@ -1,10 +1,11 @@
 """Who runs what: a lease on each unit of work, renewed while it runs, and a count of its starts.
 
-A *unit* is one task's share of a job: its main task (``main``), one mining shard (``shard-000002000``),
-the join of the shards (``join``). Celery delivers a message at least once: again when a pool process dies
-under it (``task_reject_on_worker_lost``) or its worker shuts down, and the janitor (``workers/janitor.py``)
-sends a unit again when it finds it lost (a whole worker died with it). So before a worker runs
-a unit, ``UnitGuard.admit`` does, in one Lua call (``admit_on`` queues it in the round trip that starts the job):
+A *unit* is one task's share of a job: its main task (``main``), one shard (``shard-000002000``,
+shared/jobs/sharded.py), the join of the shards (``join``). Celery delivers a message at least once: again
+when a pool process dies under it (``task_reject_on_worker_lost``) or its worker shuts down, and the
+janitor (``workers/janitor.py``) sends a unit again when it finds it lost (a whole worker died with it). So
+before a worker runs a unit, ``UnitGuard.admit`` does, in one Lua call (``admit_on`` queues it in the round
+trip that starts the job):
 
 1. counts the start: ``INCR <prefix>:unit:<job>:<unit>:starts``. A unit started more than
    ``max_deliveries`` times without finishing has killed its worker each time (a poison message): the
@@ -73,12 +74,6 @@ redis.call('DEL', KEYS[2])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
-
-
-def shard_unit(lo: int) -> str:
-    """The unit of a sharded job's shard that starts at ``lo`` (``shard-<lo:09d>``): the lease its task takes,
-    the unit the janitor sends again, and the fence ``run_shard`` publishes the shard's output under."""
-    return f"shard-{lo:09d}"
 
 
 class Admission(enum.Enum):

@@ -2,8 +2,8 @@
 
     POST /v1/jobs/recommend-batch ──> workers.batch.recommend_batch   (the model pinned by the API)
         resolves the users ("all": the model dataset's users and those with feedback; or the list given,
-        duplicates dropped) and stores them once as ``recommend-batch/<job>/user_ids``; notes the plan on the
-        job record (field ``batch``); sends one task per shard of ``shard_users`` users
+        duplicates dropped) and stores them once as ``recommend-batch/<job>/user_ids``; plans one shard per
+        ``shard_users`` users and sends them (the sharded-job frame, shared/jobs/sharded.py)
                                   │
                                   ▼
     workers.batch.batch_shard [lo, hi) ──> part ``recommend-batch/<job>/part/<lo>``: its rows (shared/ml/batch.py)
@@ -20,14 +20,13 @@ resolved once per job, so a replanning (the janitor resending a lost planning ta
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from shared.infra.keys import batch_part, batch_result, dataset_artifact
+from shared.jobs.sharded import ShardPlan
 from shared.logic.services import Services
 from shared.logic.serving import feedback_for, load_serving
 from shared.ml.batch import CSV_HEADER, ROW, answer_users, csv_text, npy_header
@@ -38,28 +37,7 @@ DEFAULT_SHARD_USERS = 2_000
 MIN_SHARD_USERS, MAX_SHARD_USERS = 1, 50_000
 MAX_LISTED_USERS = 50_000
 """Ids a request may list (50,000 ids of 10 digits fit the 1 MiB body limit); ``"all"`` has no limit."""
-PLAN_FIELD = "batch"
-"""The job record's field holding the plan, JSON {"users", "shard_users"}: what the janitor resends from."""
 STAGE = "recommending"
-
-
-@dataclass(frozen=True)
-class Plan:
-    users: int
-    shard_users: int
-
-    @property
-    def shards(self) -> list[tuple[int, int]]:
-        """[lo, hi) ranges of the batch's users, ``shard_users`` each (the last one shorter)."""
-        return [(lo, min(lo + self.shard_users, self.users)) for lo in range(0, self.users, self.shard_users)]
-
-    def to_json(self) -> str:
-        return json.dumps({"users": self.users, "shard_users": self.shard_users})
-
-    @classmethod
-    def from_json(cls, raw: str) -> Plan:
-        fields = json.loads(raw)
-        return cls(users=int(fields["users"]), shard_users=int(fields["shard_users"]))
 
 
 def listed_users(ids: list[int]) -> np.ndarray:
@@ -76,8 +54,9 @@ def all_users(svc: Services, dataset: str) -> np.ndarray:
     return np.union1d(stored, svc.feedback.users(base).astype(np.int64))
 
 
-def plan(svc: Services, job_id: str, params: dict[str, Any], *, ttl_s: int) -> Plan:
-    """The job's users, resolved and stored once (a second call reads them back), and its plan."""
+def plan(svc: Services, job_id: str, params: dict[str, Any], *, ttl_s: int) -> ShardPlan:
+    """The job's users, resolved and stored once (a second call reads them back), and its plan: the users cut
+    into shards of ``shard_users``, each sent the job's params."""
     name = batch_result(job_id, "user_ids")
     if svc.artifacts.exists(name):
         users = svc.artifacts.get_array(name)
@@ -85,7 +64,7 @@ def plan(svc: Services, job_id: str, params: dict[str, Any], *, ttl_s: int) -> P
         given = params["users"]
         users = all_users(svc, params["dataset"]) if given == "all" else listed_users(given)
         svc.artifacts.put_array(name, users.astype(np.int64), ttl_s=ttl_s)
-    return Plan(users=len(users), shard_users=int(params.get("shard_users") or DEFAULT_SHARD_USERS))
+    return ShardPlan(items=len(users), size=int(params.get("shard_users") or DEFAULT_SHARD_USERS), payload=params)
 
 
 def answer_part(
@@ -104,13 +83,13 @@ def store_part(artifacts: ArtifactStore, job_id: str, lo: int, rows: np.ndarray,
     artifacts.put_array(batch_part(job_id, lo), rows.astype(ROW, copy=False), ttl_s=ttl_s)
 
 
-def summary(params: dict[str, Any], plan: Plan, stats: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def summary(params: dict[str, Any], plan: ShardPlan, stats: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """The job's JSON result from its shards' stats (in user order)."""
     rows = sum(int(s["rows"]) for s in stats)
     return {
         "model": params["model"],
         "dataset": params["dataset"],
-        "users": plan.users,
+        "users": plan.items,
         "k": int(params["k"]),
         "exclude_seen": bool(params.get("exclude_seen", True)),
         "rows": rows,
@@ -118,7 +97,7 @@ def summary(params: dict[str, Any], plan: Plan, stats: list[dict[str, Any]], sec
         "columns": list(ROW.names or ()),
         "parts": [{"range": s["range"], "rows": int(s["rows"])} for s in stats],
         "seconds": round(seconds, 3),
-        "users_per_second": round(plan.users / seconds, 1) if seconds > 0 else None,
+        "users_per_second": round(plan.items / seconds, 1) if seconds > 0 else None,
         "shard_seconds": round(sum(float(s["seconds"]) for s in stats), 3),
     }
 

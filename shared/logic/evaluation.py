@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
-from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVALUATE_STEP, Task
-from shared.jobs.leases import shard_unit
+from shared.jobs.kinds import EVALUATE_SPLIT, EVALUATE_STEP, Task
+from shared.jobs.progress import Position, report
+from shared.jobs.sharded import ShardPlan, send_shards, stored_plan
 from shared.jobs.store import Job, JobStore
 from shared.jobs.submit import submit
 from shared.logic.scoring import stored_split
@@ -69,7 +70,7 @@ def stages(params: dict[str, Any]) -> list[str]:
     return ["ingest", "split", *(f"train:{r}" for r in recipes_of(params)), "score"]
 
 
-def parent(job_id: str, params: dict[str, Any], stage: str) -> dict[str, Any]:
+def parent(job_id: str, params: dict[str, Any], stage: str) -> Position:
     """A child's (or the job's own) view of where ``stage`` sits in the progress bar, as the pipeline's stage
     jobs carry it (``workers.base.report_to_pipeline``): overall = (index + fraction) / stages."""
     names = stages(params)
@@ -79,32 +80,15 @@ def parent(job_id: str, params: dict[str, Any], stage: str) -> dict[str, Any]:
     return {"id": job_id, "stage": stage, "index": before / own, "stages": total / own, "step": EVALUATE_STEP.name}
 
 
-def report(jobs: JobStore, job: Job | None, where: dict[str, Any], fraction: float, message: str) -> None:
-    """The job's progress: ``fraction`` of the stage ``where`` (a ``parent``) done, with an ETA once measurable."""
-    overall = (where["index"] + min(max(fraction, 0.0), 1.0)) / where["stages"]
-    eta = ""
-    if job is not None and job.started_at and overall > 0.05:
-        started = datetime.fromisoformat(job.started_at.replace("Z", "+00:00"))
-        elapsed = (datetime.now(UTC) - started).total_seconds()
-        eta = f"; ETA {elapsed * (1 - overall) / overall:.0f} s"
-    jobs.progress(where["id"], overall, stage=where["stage"], message=f"{message}{eta}")
-
-
-def plan_shards(users: int, shard_users: int) -> list[tuple[int, int]]:
-    """[lo, hi) ranges of evaluated users, ``shard_users`` each (the last one shorter)."""
-    return [(lo, min(lo + shard_users, users)) for lo in range(0, users, shard_users)]
-
-
 @dataclass
 class EvaluationState:
-    """Where an evaluation is: its current stage, each child job, each finished stage's result, the tasks sent,
-    and once scoring starts, the plan the shards and the join work from."""
+    """Where an evaluation is: its current stage, each child job, each finished stage's result, the tasks sent.
+    Once scoring starts, its plan is the sharded-job frame's, on the job's record (shared/jobs/sharded.py)."""
 
     stage: int = 0
     children: dict[str, str] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     sent: list[str] = field(default_factory=list)
-    plan: dict[str, Any] | None = None
 
     @classmethod
     def read(cls, jobs: JobStore, job_id: str) -> EvaluationState | None:
@@ -197,14 +181,13 @@ def _split_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
 
 def _score_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> bool:
     """Plan the scoring shards and send them, once; the shards and the join finish the job."""
-    if state.plan is not None:
+    if stored_plan(svc.jobs, job.id) is not None:
         return False
-    state.plan = _plan(job.params, state)
-    state.write(svc.jobs, job.id)
-    shards = plan_shards(int(state.plan["users"]), int(state.plan["shard_users"]))
-    report(svc.jobs, job, parent(job.id, job.params, stage), 0.0, f"0 of {len(shards)} shards scored")
-    for lo, hi in shards:  # at least one: a split with nobody to evaluate failed the job
-        celery.send_task(EVALUATE_SHARD.name, args=[job.id, state.plan, lo, hi, len(shards)])
+    split = state.results["split"]  # someone to evaluate: a split with nobody failed the job
+    shard_users = int(job.params.get("shard_users", DEFAULT_SHARD_USERS))
+    plan = ShardPlan(items=int(split["evaluated"]), size=shard_users, payload=_scoring(job.params, state))
+    report(svc.jobs, job, parent(job.id, job.params, stage), 0.0, f"0 of {len(plan.ranges)} shards scored")
+    send_shards(svc.jobs, celery, job.id, "evaluate", plan)
     return False
 
 
@@ -222,8 +205,8 @@ def _wall_seconds(job: Job) -> float:
     return round((end - start).total_seconds(), 3)
 
 
-def _plan(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
-    """What every scoring shard and the join work from (small JSON, a task argument)."""
+def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
+    """What every scoring shard and the join work from (small JSON, the shard plan's payload)."""
     split = state.results["split"]
     rows = [{"name": b, "kind": "baseline", "model": None} for b in baselines_of(params)]
     rows += [{"name": r, "kind": "recipe", "model": state.results[f"train:{r}"]["model"]} for r in recipes_of(params)]
@@ -235,20 +218,18 @@ def _plan(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
         "seed": int(params.get("seed", DEFAULT_SEED)),
         "ease_max_bytes": EASE_MAX_BYTES,
         "rows": rows,
-        "users": int(split["evaluated"]),
-        "shard_users": int(params.get("shard_users", DEFAULT_SHARD_USERS)),
     }
 
 
 def build_table(
     params: dict[str, Any],
     state: EvaluationState,
+    plan: dict[str, Any],
     metrics: list[dict[str, Any] | None],
     shard_stats: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The job's result: one row per baseline and recipe, with the protocol and where it ran."""
-    plan = state.plan
-    assert plan is not None
+    """The job's result: one row per baseline and recipe of ``plan`` (the scoring's), with the protocol and where
+    it ran."""
     split = state.results["split"]
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -284,9 +265,10 @@ def build_table(
 
 
 def janitor_units(svc: Services, job: Job) -> tuple[str | None, list[tuple[str, Task, list[Any]]]]:
-    """For the janitor (workers/janitor.py): the child job the evaluation waits on (alive while it is), and
-    what it still needs run, each as (unit name, task, args): the step, the split, the missing shards or the
-    join. A resent step looks at the stage again; a resent shard or join that met its original is dropped."""
+    """For the janitor (workers/janitor.py), before the scoring is planned (the sharded-job frame looks after it
+    then): the child job the evaluation waits on (alive while it is), and what it still needs run, each as
+    (unit name, task, args): the step, or the split. A resent step looks at the stage again; a resent split that
+    met its original is dropped."""
     state = EvaluationState.read(svc.jobs, job.id) if job.status == "running" else None
     step = [("step", EVALUATE_STEP, [job.id])]
     if state is None or state.stage >= len(names := stages(job.params)):
@@ -297,12 +279,4 @@ def janitor_units(svc: Services, job: Job) -> tuple[str | None, list[tuple[str, 
     if stage == "split" and "split" in state.sent:
         args = [job.id, source_dataset(job.params, state), asdict(Protocol.of(job.params))]
         return None, [("split", EVALUATE_SPLIT, args)]
-    if stage == "score" and state.plan is not None:
-        shards = plan_shards(int(state.plan["users"]), int(state.plan["shard_users"]))
-        done = svc.jobs.shards_done(job.id)
-        todo = [(lo, hi) for lo, hi in shards if f"{lo:09d}" not in done]
-        if todo:
-            return None, [(shard_unit(lo), EVALUATE_SHARD, [job.id, state.plan, lo, hi, len(shards)])
-                          for lo, hi in todo]  # fmt: skip
-        return None, [("join", EVALUATE_JOIN, [job.id, state.plan])]
     return None, step

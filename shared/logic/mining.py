@@ -1,6 +1,7 @@
 """A sharded mining job: planning the shards, storing their parts, joining them.
 
-    POST /v1/jobs/triplets ──> workers.cpu.mine_triplets  (plans shards, sends one task per shard, returns)
+    POST /v1/jobs/triplets ──> workers.cpu.mine_triplets  (plans shards, sends one task per shard, returns:
+                                  │                         the sharded-job frame, shared/jobs/sharded.py)
                                   │ shard [lo, hi) of the anchors, each on the cpu queue, any worker
                                   ▼
                              workers.cpu.mine_shard ──> part triplets/<ds>/<strategy>-<seed>/part/<job>/<lo>
@@ -122,10 +123,6 @@ class TripletSpec:
         return triplets_part(self.name, job_id, lo)
 
 
-def plan_shards(n: int, shard_size: int) -> list[tuple[int, int]]:
-    return [(lo, min(lo + shard_size, n)) for lo in range(0, n, shard_size)]
-
-
 @per_process(maxsize=INCIDENCE_CACHE_SIZE)
 def load_incidence(artifacts: ArtifactStore, dataset: str) -> Incidence:
     """The dataset's descriptor incidence, built once per process and kept for the next shards (datasets
@@ -212,7 +209,7 @@ def join(artifacts: ArtifactStore, spec: TripletSpec, job_id: str, shards: list[
 
     Idempotent: when that array exists already (a join of this job that died before finishing it, or an
     identical job's), it is answered as stored; it is written in one step, so it is whole if it is there.
-    The parts stay until ``drop_parts``, after the job is marked done.
+    The parts stay until the job is marked done (the sharded-job frame drops them then).
     """
     if artifacts.exists(spec.name):
         return artifacts.get_array(spec.name)
@@ -223,7 +220,6 @@ def join(artifacts: ArtifactStore, spec: TripletSpec, job_id: str, shards: list[
     return triplets
 
 
-def drop_parts(artifacts: ArtifactStore, spec: TripletSpec, job_id: str, shards: list[tuple[int, int]]) -> None:
-    """Delete a finished job's parts (a join killed before this leaves them to their TTL)."""
-    for lo, _ in shards:
-        artifacts.delete(spec.part(job_id, lo))
+def part_names(spec: TripletSpec, job_id: str, shards: list[tuple[int, int]]) -> tuple[str, ...]:
+    """The parts of a job's shards: what its join reads, and drops once the job is marked done."""
+    return tuple(spec.part(job_id, lo) for lo, _ in shards)

@@ -287,12 +287,12 @@ def store_part(artifacts: ArtifactStore, job_id: str, lo: int, top: np.ndarray, 
 
 def load_parts(artifacts: ArtifactStore, job_id: str, starts: Sequence[int]) -> np.ndarray:
     """(rows of the table, evaluated users, k): the shards' parts side by side, in user order."""
-    return np.concatenate([artifacts.get_array(evaluation_part(job_id, lo)) for lo in starts], axis=1)
+    return np.concatenate([artifacts.get_array(name) for name in part_names(job_id, starts)], axis=1)
 
 
-def drop_parts(artifacts: ArtifactStore, job_id: str, starts: Sequence[int]) -> None:
-    for lo in starts:
-        artifacts.delete(evaluation_part(job_id, lo))
+def part_names(job_id: str, starts: Sequence[int]) -> tuple[str, ...]:
+    """The parts of a job's shards: what its join reads, and drops once the job is marked done."""
+    return tuple(evaluation_part(job_id, lo) for lo in starts)
 
 
 def score_shard(

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import redis
 
-from shared.infra.keys import batch_part
+from shared.infra.keys import batch_part, shard_id
 from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
 from shared.jobs.kinds import BATCH, BATCH_JOIN, BATCH_SHARD
+from shared.jobs.sharded import PLAN_FIELD, ShardPlan
 from shared.logic import batch
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.services import Services
@@ -43,11 +44,11 @@ def rows(users: list[int], k: int) -> np.ndarray:
 def test_users_are_resolved_once_all_or_listed(svc: Services) -> None:
     record, _ = ingest(svc.datasets, SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
     listed = batch.plan(svc, "j-list", {"users": [7, 3, 7, 9, 3]}, ttl_s=60)
-    assert listed == batch.Plan(users=3, shard_users=batch.DEFAULT_SHARD_USERS)
+    assert listed == ShardPlan(items=3, size=batch.DEFAULT_SHARD_USERS, payload={"users": [7, 3, 7, 9, 3]})
     svc.feedback.add(record["id"], [(999_999, 1, 4.0, 1), (2, 1, 4.0, 1)])
     params = {"users": "all", "dataset": record["id"], "shard_users": 100}
     everyone = batch.plan(svc, "j-all", params, ttl_s=60)
-    assert everyone.users == 611 and len(everyone.shards) == 7 and everyone.shards[-1] == (600, 611)
+    assert everyone.items == 611 and len(everyone.ranges) == 7 and everyone.ranges[-1] == (600, 611)
     svc.feedback.add(record["id"], [(888_888, 1, 4.0, 1)])  # after planning: not in this job
     assert batch.plan(svc, "j-all", params, ttl_s=60) == everyone
 
@@ -82,15 +83,15 @@ def test_the_janitor_resends_the_planning_then_missing_shards_then_the_join(svc:
     janitor.sweep()
     assert sent(svc) == [(BATCH.name, [job.id, params])]  # not planned yet: plan again
     clear(svc)
-    planned = batch.Plan(users=5, shard_users=2)
-    svc.jobs.annotate(job.id, **{batch.PLAN_FIELD: planned.to_json()})
-    svc.jobs.shard_done(job.id, f"{0:09d}", {"range": [0, 2]}, total=3)
+    planned = ShardPlan(items=5, size=2, payload=params)
+    svc.jobs.annotate(job.id, **{PLAN_FIELD: planned.to_json()})
+    svc.jobs.shard_done(job.id, shard_id(0), {"range": [0, 2]}, total=3)
     janitor.sweep()
     janitor.sweep()
     assert sent(svc) == [(BATCH_SHARD.name, [job.id, params, 2, 4, 3]), (BATCH_SHARD.name, [job.id, params, 4, 5, 3])]
     clear(svc)
-    for lo, hi in planned.shards[1:]:
-        svc.jobs.shard_done(job.id, f"{lo:09d}", {"range": [lo, hi]}, total=3)
+    for lo, hi in planned.ranges[1:]:
+        svc.jobs.shard_done(job.id, shard_id(lo), {"range": [lo, hi]}, total=3)
     janitor.sweep()
     janitor.sweep()
     assert sent(svc) == [(BATCH_JOIN.name, [job.id, params])]

@@ -9,13 +9,13 @@ import redis
 from shared.errors import NotFound
 from shared.infra.keys import dataset_artifact
 from shared.infra.process import clear_process_caches
+from shared.jobs.sharded import ranges
 from shared.logic.mining import (
     TripletSpec,
-    drop_parts,
     join,
     load_likes,
     mine_part,
-    plan_shards,
+    part_names,
     shard_stats,
     store_part,
     stored_count,
@@ -41,14 +41,15 @@ def test_a_ratings_spec_mined_in_parts_and_joined_equals_the_pure_function(
         artifacts.put_array(dataset_artifact("ds-r", part), array)
     spec = TripletSpec(dataset="ds-r", seed=3, source="ratings", positives=4, liked_at=3.5)
 
-    shards = plan_shards(n, 23)
+    shards = ranges(n, 23)
     for lo, hi in shards:
         result = mine_part(artifacts, spec, lo, hi)
         store_part(artifacts, spec, "job-1", lo, result, ttl_s=60)
         stats = shard_stats(lo, hi, result, 0.1)
         assert stats["anchors"] == [lo, hi] and stats["triplets"] == len(result.triplets)
     joined = join(artifacts, spec, "job-1", shards)
-    drop_parts(artifacts, spec, "job-1", shards)
+    for name in part_names(spec, "job-1", shards):
+        artifacts.delete(name)
 
     expected = mine_range(build_likes(indptr, movie, value, n, liked_at=3.5), 0, n, seed=3, positives=4).triplets
     assert joined.tobytes() == movie_ids[expected].astype(np.int32).tobytes()
@@ -84,7 +85,7 @@ def test_source_both_mines_each_shard_both_ways_descriptors_first(redis_client: 
     alone = {s: TripletSpec(dataset="ds-b", seed=5, source=s, positives=3, liked_at=3.5)
              for s in ("descriptors", "ratings")}  # fmt: skip
     assert both.name == alone["descriptors"].name + "+" + alone["ratings"].name.rsplit("/", 1)[-1]
-    for lo, hi in plan_shards(n, 17):
+    for lo, hi in ranges(n, 17):
         result = mine_part(artifacts, both, lo, hi)
         expected = [mine_part(artifacts, alone[s], lo, hi).triplets for s in ("descriptors", "ratings")]
         assert result.triplets.tobytes() == np.concatenate(expected).tobytes()

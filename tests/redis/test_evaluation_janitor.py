@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import redis
 
+from shared.infra.keys import shard_id
 from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
 from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVALUATE_STEP
+from shared.jobs.sharded import PLAN_FIELD, ShardPlan
 from shared.logic.evaluation import EvaluationState
 from shared.logic.services import Services
 from shared.ml.evaluate import Protocol
@@ -65,12 +67,13 @@ def test_a_lost_split_is_sent_again(svc: Services, janitor: Janitor) -> None:
 
 
 def test_the_missing_shards_then_the_join(svc: Services, janitor: Janitor) -> None:
-    plan: dict[str, Any] = {"users": 25, "shard_users": 10, "rows": []}
-    job_id = running(svc, EvaluationState(stage=3, plan=plan))
-    svc.jobs.shard_done(job_id, f"{10:09d}", {"users": [10, 20]}, total=3)
+    plan: dict[str, Any] = {"rows": []}
+    job_id = running(svc, EvaluationState(stage=3))
+    svc.jobs.annotate(job_id, **{PLAN_FIELD: ShardPlan(items=25, size=10, payload=plan).to_json()})  # as scoring does
+    svc.jobs.shard_done(job_id, shard_id(10), {"users": [10, 20]}, total=3)
     assert twice(janitor) == 1
     assert sent(svc) == [(EVALUATE_SHARD.name, [job_id, plan, lo, hi, 3]) for lo, hi in ((0, 10), (20, 25))]
     for lo in (0, 20):
-        svc.jobs.shard_done(job_id, f"{lo:09d}", {}, total=3)
+        svc.jobs.shard_done(job_id, shard_id(lo), {}, total=3)
     assert twice(janitor) == 1
     assert sent(svc) == [(EVALUATE_JOIN.name, [job_id, plan])]

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import redis
 
-from shared.infra.keys import Keys
+from shared.infra.keys import Keys, shard_id
 from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
 from shared.jobs.kinds import BATCH_PRIORITY, INGEST, JOIN_TRIPLETS, MINE, MINE_SHARD
+from shared.jobs.sharded import PLAN_FIELD, ShardPlan
 from shared.logic.ingest import DatasetOptions, ingest
-from shared.logic.mining import plan_shards
 from shared.logic.services import Services
 from tests.conftest import SMALL, delete_prefix
 from workers.janitor import MAX_RESENDS, Janitor
@@ -101,15 +101,17 @@ def test_a_mining_job_gets_its_missing_shards_then_its_join(svc: Services, janit
     janitor.sweep()
     assert sent(svc) == [(MINE.name, [job.id, params])]  # nothing came back yet: plan again
     clear(svc)
-    shards = plan_shards(record["counts"]["movies"], 4000)
+    planned = ShardPlan(items=record["counts"]["movies"], size=4000, payload=params)  # as the planning task stores it
+    svc.jobs.annotate(job.id, **{PLAN_FIELD: planned.to_json()})
+    shards = planned.ranges
     assert len(shards) == 3
-    svc.jobs.shard_done(job.id, f"{shards[0][0]:09d}", {"anchors": list(shards[0])}, total=3)
+    svc.jobs.shard_done(job.id, shard_id(shards[0][0]), {"anchors": list(shards[0])}, total=3)
     janitor.sweep()
     janitor.sweep()
     assert sent(svc) == [(MINE_SHARD.name, [job.id, params, lo, hi, 3]) for lo, hi in shards[1:]]
     clear(svc)
     for lo, hi in shards[1:]:
-        svc.jobs.shard_done(job.id, f"{lo:09d}", {"anchors": [lo, hi]}, total=3)
+        svc.jobs.shard_done(job.id, shard_id(lo), {"anchors": [lo, hi]}, total=3)
     janitor.sweep()
     janitor.sweep()
     assert sent(svc) == [(JOIN_TRIPLETS.name, [job.id, params])]

@@ -23,7 +23,8 @@ from shared.jobs.leases import Admission, UnitGuard
 from shared.logic.scoring import store_part
 from shared.logic.services import Services
 from tests.conftest import delete_prefix
-from workers.base import run_shard, services, unit
+from workers.base import services, unit
+from workers.sharded import shard_admitted
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_a_unit_that_never_finishes_is_poison_after_max_starts(guard: UnitGuard,
 
 @pytest.fixture
 def svc(settings: Settings, redis_client: redis.Redis) -> Iterator[Services]:
-    """This process's services (what ``unit`` and ``run_shard`` use) on a key prefix of the test's own."""
+    """This process's services (what ``unit`` and ``shard_admitted`` use) on a key prefix of the test's own."""
     own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-l{uuid.uuid4().hex[:6]}"})
     make_celery(own).set_current()
     clear_process_caches()
@@ -102,11 +103,11 @@ def test_a_shard_that_lost_its_lease_writes_nothing(svc: Services, how: str) -> 
 
     with unit(job.id, "shard-000000000", where="shard 0-50") as admitted:
         assert admitted
-        assert run_shard(job.id, 0, 50, 2, work(lose=True)) is None
+        assert shard_admitted(job.id, 0, 50, 2, work(lose=True)) is None
     part_keys = list(svc.redis.scan_iter(match=svc.keys.artifact(evaluation_part(job.id, 0)) + "*"))
     assert part_keys == [] and svc.jobs.shards_done(job.id) == set()
     with unit(job.id, "shard-000000050", where="shard 50-100") as admitted:
         assert admitted
-        assert run_shard(job.id, 50, 100, 2, work(lose=False)) == 1
+        assert shard_admitted(job.id, 50, 100, 2, work(lose=False)) == 1
     np.testing.assert_array_equal(svc.artifacts.get_array(evaluation_part(job.id, 50)), top)
     assert svc.redis.ttl(svc.keys.artifact(evaluation_part(job.id, 50))) > 0

@@ -7,7 +7,8 @@ import io
 
 import numpy as np
 
-from shared.logic.batch import Plan, listed_users
+from shared.jobs.sharded import ShardPlan
+from shared.logic.batch import listed_users
 from shared.ml.batch import CSV_ROWS_PER_CHUNK, ROW, answer_users, csv_text, npy_header
 from shared.ml.index import IndexParams, MovieIndex
 from shared.ml.recommend import ServingModel, UserRatings, recommend
@@ -62,10 +63,11 @@ def test_listed_users_keep_their_first_place() -> None:
 
 
 def test_a_plan_covers_every_user_once() -> None:
-    assert Plan(users=5, shard_users=2).shards == [(0, 2), (2, 4), (4, 5)]
-    assert Plan(users=4, shard_users=2).shards == [(0, 2), (2, 4)]
-    assert Plan(users=0, shard_users=2).shards == []
-    assert Plan.from_json(Plan(users=7, shard_users=3).to_json()) == Plan(users=7, shard_users=3)
+    assert ShardPlan(items=5, size=2, payload={}).ranges == [(0, 2), (2, 4), (4, 5)]
+    assert ShardPlan(items=4, size=2, payload={}).ranges == [(0, 2), (2, 4)]
+    assert ShardPlan(items=0, size=2, payload={}).ranges == []
+    planned = ShardPlan(items=7, size=3, payload={"users": "all", "k": 10})
+    assert ShardPlan.from_json(planned.to_json()) == planned
 
 
 def test_csv_scores_read_back_to_the_answer_s_rounded_scores() -> None:

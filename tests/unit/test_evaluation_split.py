@@ -11,7 +11,8 @@ import itertools
 import numpy as np
 import pytest
 
-from shared.logic.evaluation import EvaluationState, build_table, parent, plan_shards, stages
+from shared.jobs.sharded import ranges
+from shared.logic.evaluation import EvaluationState, build_table, parent, stages
 from shared.logic.scoring import cut, ratings_matrix, train_mask
 from shared.ml import evaluate
 from shared.ml.evaluate import Protocol, training_dataset_id
@@ -132,7 +133,7 @@ def test_stages_and_their_share_of_the_progress_bar() -> None:
     for before, after in itertools.pairwise(shares):
         assert (before["index"] + 1) / before["stages"] == pytest.approx(after["index"] / after["stages"])
     assert (shares[-1]["index"] + 1) / shares[-1]["stages"] == pytest.approx(1.0)
-    assert plan_shards(450, 200) == [(0, 200), (200, 400), (400, 450)] and plan_shards(0, 200) == []
+    assert ranges(450, 200) == [(0, 200), (200, 400), (400, 450)] and ranges(0, 200) == []
 
 
 def test_the_table_sums_seconds_names_skips_and_the_best_recipe() -> None:
@@ -144,14 +145,14 @@ def test_the_table_sums_seconds_names_skips_and_the_best_recipe() -> None:
             "train:hybrid": {"model": "m-2", "seconds": 5.0, "job": "p2"},
         },
         children={"train:seed": "p1", "train:hybrid": "p2"},
-        plan={"seed": 7, "rows": [{"name": "EASE", "kind": "baseline", "model": None},
-                                  {"name": "seed", "kind": "recipe", "model": "m-1"},
-                                  {"name": "hybrid", "kind": "recipe", "model": "m-2"}]},
-    )  # fmt: skip
+    )
+    plan = {"seed": 7, "rows": [{"name": "EASE", "kind": "baseline", "model": None},
+                                {"name": "seed", "kind": "recipe", "model": "m-1"},
+                                {"name": "hybrid", "kind": "recipe", "model": "m-2"}]}  # fmt: skip
     m = {"recall": 0.1, "ndcg": 0.2, "hr": 0.3, "coverage": 0.4, "cold_recall": 0.0, "users": 3, "cold_users": 1}
     stats = [{"seconds": {"seed": 1.0, "hybrid": 2.0}, "skipped": {"EASE": "too big"}},
              {"seconds": {"seed": 1.5, "hybrid": 2.0}, "skipped": {"EASE": "too big"}}]  # fmt: skip
-    table = build_table({"dataset": "ds-a", "k": 5}, state, [None, m, {**m, "ndcg": 0.3}], stats)
+    table = build_table({"dataset": "ds-a", "k": 5}, state, plan, [None, m, {**m, "ndcg": 0.3}], stats)
     assert [(r["name"], r["kind"], r["model"]) for r in table["rows"]] == [
         ("EASE", "baseline", None), ("seed", "recipe", "m-1"), ("hybrid", "recipe", "m-2")]  # fmt: skip
     ease, seed, hybrid = table["rows"]
