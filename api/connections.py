@@ -21,6 +21,11 @@ The header bound is gunicorn's own: its async workers read each request's head u
 request is handled. A read past the deadline marks the request to close its connection and raises
 ``BodyTimeout``, an HTTP error, which the app answers through its one error handler (api/errors.py).
 
+This module is the one place gunicorn's insides are reached (STYLE.md, guideline 16): ``BoundedGeventWorker``
+overrides the gevent worker's ``handle`` and ``handle_request`` and wraps the client socket the parser reads,
+which is why gunicorn is pinned to the minor series tested (pyproject.toml); tests/unit/test_fences.py checks
+the signatures it overrides and tests/system/test_slow_clients.py its behaviour on a real server.
+
 Behind the compose file's nginx (``deploy/nginx.conf``), nginx applies the same bounds first and buffers each
 body whole before passing it on, so a slow client never reaches gunicorn; these bounds keep a bare
 ``movierec api`` (a laptop, ``movierec up``) standing on its own. README's "Slow clients" says which layer
@@ -94,7 +99,7 @@ class _DeadlineSocket:
 
     def _expire(self) -> BodyTimeout:
         # The rest of the body may still be coming: it must not be read as the next request.
-        self._request.must_close = True
+        self._request.force_close()
         self._expired = True
         return BodyTimeout(self._received, self._limits)
 

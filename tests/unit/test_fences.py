@@ -1,13 +1,16 @@
 """Libraries' private parts are reached only from the one module fenced for each (STYLE.md, guideline 16).
 
 shared/infra/broker.py overrides kombu's Redis channel; shared/infra/redisconn.py drives redis-py's pipeline
-below its public API. Each library is pinned to the minor series those modules were written against, and a
-test on a real Redis breaks on the upgrade that breaks them (tests/redis/test_broker.py, test_run_job.py).
+below its public API; api/connections.py subclasses gunicorn's gevent worker. Each library is pinned to the minor
+series those modules were written against, and a test breaks on the upgrade that breaks them: on a real Redis
+(tests/redis/test_broker.py, test_run_job.py), on a real server (tests/system/test_slow_clients.py), and here,
+the signatures of the gunicorn methods overridden.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 import tomllib
 from pathlib import Path
@@ -17,7 +20,12 @@ PRODUCT = ("api", "workers", "shared", "cli", "bench")
 
 KOMBU_PRIVATE = {"_create_client", "_put", "_q_for_pri", "_get_message_priority", "_expires", "sep"}
 REDIS_INTERNALS = {"command_stack", "parse_response", "raise_first_error", "send_packed_command", "pack_commands"}
-FENCES = {"kombu": REPO / "shared/infra/broker.py", "redis": REPO / "shared/infra/redisconn.py"}
+GUNICORN_INTERNALS = {"handle_request", "force_close"}
+FENCES = {
+    "kombu": REPO / "shared/infra/broker.py",
+    "redis": REPO / "shared/infra/redisconn.py",
+    "gunicorn": REPO / "api/connections.py",
+}
 
 
 def _sources() -> list[Path]:
@@ -50,10 +58,38 @@ def test_redis_py_internals_only_in_the_connection_module() -> None:
     assert offenders == {}
 
 
+def test_gunicorn_workers_only_in_the_connections_module() -> None:
+    offenders = {
+        str(p.relative_to(REPO)): sorted(_attributes(p) & GUNICORN_INTERNALS)
+        for p in _sources()
+        if p != FENCES["gunicorn"]
+        and (
+            _attributes(p) & GUNICORN_INTERNALS
+            or re.search(r"^\s*(from|import) gunicorn\.workers", p.read_text(), re.M)
+        )
+    }
+    assert offenders == {}
+
+
+def test_the_gunicorn_methods_overridden_keep_their_shape() -> None:
+    """api/connections.py overrides these and calls them with these arguments: an upgrade that changes them
+    fails here before it fails a slow client."""
+    from gunicorn.http.message import Message
+    from gunicorn.workers.ggevent import GeventWorker
+
+    def parameters(function: object) -> list[str]:
+        return list(inspect.signature(function).parameters)
+
+    assert parameters(GeventWorker.handle) == ["self", "listener", "client", "addr"]
+    assert parameters(GeventWorker.handle_request) == ["self", "listener_name", "req", "sock", "addr"]
+    assert parameters(Message.force_close) == ["self"] and "must_close" in inspect.getsource(Message.should_close)
+
+
 def test_the_fenced_modules_still_use_what_they_fence() -> None:
     # If a fence stops reaching the library's insides, its pin and this test should go too.
     assert _attributes(FENCES["kombu"]) & KOMBU_PRIVATE
     assert _attributes(FENCES["redis"]) & REDIS_INTERNALS
+    assert _attributes(FENCES["gunicorn"]) & GUNICORN_INTERNALS
 
 
 def test_every_fenced_library_is_pinned_to_a_minor_series() -> None:
