@@ -86,15 +86,18 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     from . import datasets, feedback, health, jobs, metrics, models, movies, pipelines, recommendations, system, ui
 
     metrics.install(app)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(metrics.bp)
-    app.register_blueprint(datasets.bp)
-    app.register_blueprint(jobs.bp)
-    app.register_blueprint(models.bp)
-    app.register_blueprint(recommendations.bp)
-    app.register_blueprint(movies.bp)
-    app.register_blueprint(pipelines.bp)
-    app.register_blueprint(feedback.bp)
-    app.register_blueprint(system.bp)
-    app.register_blueprint(ui.bp)
+    for blueprint in (
+        health,
+        metrics,
+        datasets,
+        jobs,
+        models,
+        recommendations,
+        movies,
+        pipelines,
+        feedback,
+        system,
+        ui,
+    ):
+        app.register_blueprint(blueprint.bp)
     return app

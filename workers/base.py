@@ -30,8 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import current_app, current_task
+from celery import Celery, Task, current_app, current_task
 from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import LockNotOwnedError
 
 from shared.errors import MovierecError
 from shared.infra.process import per_process
@@ -257,3 +258,30 @@ def fail_job(job_id: str, exc: BaseException, *, where: str) -> None:
         )
     if failed:
         notify_parent(job_id)
+
+
+Advance = Callable[[Services, Celery, str], None]
+"""One step of a job that moves in steps: look at the job and start, move on, finish or fail it."""
+
+
+def run_step(task: Task, job_id: str, *, what: str, advance: Advance) -> None:
+    """One step of a pipeline or an evaluation (shared/jobs/kinds.py ``STEPPED``), under the job's lock: a step
+    that finds the lock taken looks again shortly; a job that finishes tells its parent (an evaluation's recipe
+    pipeline); a step that raises fails the job, naming ``what``."""
+    svc = services()
+    lock = svc.jobs.lock(f"{what}:{job_id}")
+    if not lock.acquire():
+        task.apply_async(args=[job_id], countdown=0.2)  # another step is moving it: look again
+        return
+    try:
+        advance(svc, current_app, job_id)
+        job = svc.jobs.get(job_id)
+        if job is not None and job.finished and job.params.get("parent"):
+            notify_parent(job_id, job.params["parent"])
+    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
+        fail_job(job_id, exc, where=what)
+    finally:
+        try:
+            lock.release()
+        except LockNotOwnedError:  # held past its TTL: another step may have moved the job meanwhile
+            log.warning("%s %s: its step lock expired before the step finished", what, job_id)

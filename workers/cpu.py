@@ -12,7 +12,6 @@ from typing import Any
 # them and a child's first ingest or shard does not pay for the import; the API imports neither.
 import scipy.sparse  # noqa: F401
 from celery import current_app, shared_task
-from redis.exceptions import LockNotOwnedError
 
 import shared.ml.movielens  # noqa: F401
 from shared.errors import DataError, NotFound
@@ -37,7 +36,7 @@ from shared.logic.uploads import UNZIPPED_PER_UPLOADED, drop_upload, unpack_uplo
 from shared.logic.versions import index_version
 from shared.ml.index import IndexParams
 
-from .base import Body, JobContext, Outcome, fail_job, notify_parent, run_job, services
+from .base import Body, JobContext, Outcome, run_job, run_step
 from .sharded import run_join, run_shard
 
 log = logging.getLogger(__name__)
@@ -228,20 +227,4 @@ so load never piles up."""
 @shared_task(name="workers.cpu.pipeline_step")
 def pipeline_step(pipeline_id: str, params: dict[str, Any] | None = None) -> None:
     """Move a pipeline on: start its next stage's job, or finish it (activating the model), or fail it."""
-    svc = services()
-    lock = svc.jobs.lock(f"pipeline:{pipeline_id}")
-    if not lock.acquire():
-        pipeline_step.apply_async(args=[pipeline_id], countdown=0.2)  # another step is moving it: look again
-        return
-    try:
-        advance(svc, current_app, pipeline_id)
-        job = svc.jobs.get(pipeline_id)
-        if job is not None and job.finished and job.params.get("parent"):
-            notify_parent(pipeline_id, job.params["parent"])  # a pipeline that is a stage: an evaluation's recipe
-    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
-        fail_job(pipeline_id, exc, where="pipeline")
-    finally:
-        try:
-            lock.release()
-        except LockNotOwnedError:  # held past its TTL: another step may have moved the pipeline meanwhile
-            log.warning("pipeline %s: its step lock expired before the step finished", pipeline_id)
+    run_step(pipeline_step, pipeline_id, what="pipeline", advance=advance)

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from celery import current_app, shared_task
-from redis.exceptions import LockNotOwnedError
 
 from shared.jobs.kinds import EVALUATE_STEP
 from shared.jobs.progress import Position
@@ -22,7 +21,7 @@ from shared.logic.scoring import derive, part_names, row_metrics, score_shard, s
 from shared.logic.services import Services
 from shared.ml.evaluate import Protocol
 
-from .base import Outcome, fail_job, services, unit
+from .base import Outcome, fail_job, run_step, services, unit
 from .sharded import run_join, run_shard
 
 log = logging.getLogger(__name__)
@@ -31,20 +30,7 @@ log = logging.getLogger(__name__)
 @shared_task(name="workers.evaluation.evaluation_step")
 def evaluation_step(job_id: str, params: dict[str, Any] | None = None) -> None:
     """Move an evaluation on: start its next stage (a child job, the split, the shards), or fail it."""
-    svc = services()
-    lock = svc.jobs.lock(f"evaluation:{job_id}")
-    if not lock.acquire():
-        evaluation_step.apply_async(args=[job_id], countdown=0.2)  # another step is moving it: look again
-        return
-    try:
-        advance(svc, current_app, job_id)
-    except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
-        fail_job(job_id, exc, where="evaluation")
-    finally:
-        try:
-            lock.release()
-        except LockNotOwnedError:  # held past its TTL: another step may have moved the job meanwhile
-            log.warning("evaluation %s: its step lock expired before the step finished", job_id)
+    run_step(evaluation_step, job_id, what="evaluation", advance=advance)
 
 
 @shared_task(name="workers.evaluation.evaluation_split")

@@ -96,6 +96,16 @@ class ArtifactStore:
         store._fence = (key, token)
         return store
 
+    # A fenced copy reads what its source reads: the same store to the per-process caches keyed by it (a shard's
+    # incidence, a model, an evaluation's split and baselines), which would otherwise miss on every shard.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ArtifactStore):
+            return NotImplemented
+        return self._r is other._r and (self._keys, self._chunk_bytes) == (other._keys, other._chunk_bytes)
+
+    def __hash__(self) -> int:
+        return hash((id(self._r), self._keys, self._chunk_bytes))
+
     def _key(self, name: str) -> str:
         return self._keys.artifact(name)
 
