@@ -20,9 +20,10 @@ from shared.errors import Conflict, JobNotFinished, NotFound, ResultFormUnavaila
 from shared.infra.keys import encode_input_artifact
 from shared.jobs.store import Job
 from shared.jobs.submit import cancel
-from shared.logic import batch, evaluation
+from shared.logic import batch
 from shared.logic.ingest import confine
 from shared.logic.mining import DEFAULT_SEED, TripletSpec
+from shared.ml import protocol
 
 from .auth import current_owner, visible
 from .context import accepted, active_model, celery, has_feedback, require_room, services, submit_job
@@ -173,7 +174,7 @@ def create_evaluate(body: dict[str, Any]) -> Any:
     # per recipe.
     with_feedback = bool(body.get("dataset")) and has_feedback(body["dataset"])
     require_room("datasets", needed=1 + bool(body.get("path")) + with_feedback)
-    require_room("models", needed=len(evaluation.recipes_of(body)))
+    require_room("models", needed=len(protocol.recipes_of(body)))
     return accepted(submit_job(kind="evaluate", params=body))
 
 

@@ -15,11 +15,10 @@ from marshmallow import RAISE, ValidationError, validates
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.jobs.store import MAX_LIST_LIMIT, STATUSES
-from shared.logic import evaluation
 from shared.logic.batch import DEFAULT_SHARD_USERS, MAX_LISTED_USERS, MAX_SHARD_USERS, MIN_SHARD_USERS
 from shared.logic.ingest import MAX_TAGS_PER_MOVIE
 from shared.logic.mining import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE, SOURCES
-from shared.ml import evaluate
+from shared.ml import protocol
 from shared.ml.coliked import DEFAULT_LIKED_AT, DEFAULT_POSITIVES, MAX_LIKED_AT, MAX_POSITIVES, MIN_LIKED_AT
 from shared.ml.encoder import POOLINGS
 from shared.ml.fitting import ARCHITECTURES, LIMITS, PROFILES
@@ -442,32 +441,32 @@ class EvaluateIn(BodySchema):
     )
     dataset = String(validate=Length(1, 64), metadata={"description": "or an ingested dataset id (with timestamps)"})
     min_ratings = Integer(
-        load_default=evaluate.DEFAULT_MIN_RATINGS,
+        load_default=protocol.DEFAULT_MIN_RATINGS,
         validate=Range(1, 100_000),
         metadata={"description": "users with fewer ratings are left out"},
     )
     train_fraction = Float(
-        load_default=evaluate.DEFAULT_TRAIN_FRACTION,
+        load_default=protocol.DEFAULT_TRAIN_FRACTION,
         validate=Range(0.0, 1.0, min_inclusive=False, max_inclusive=False),
         metadata={"description": "each user's earliest round(fraction n) ratings are the training part"},
     )
     relevant_at = Float(
-        load_default=evaluate.DEFAULT_RELEVANT_AT,
+        load_default=protocol.DEFAULT_RELEVANT_AT,
         validate=Range(0.0, 10.0, min_inclusive=False),
         metadata={"description": "a test rating at least this is a relevant movie"},
     )
-    k = Integer(load_default=evaluate.DEFAULT_K, validate=Range(1, MAX_K), metadata={"description": "top k"})
+    k = Integer(load_default=protocol.DEFAULT_K, validate=Range(1, MAX_K), metadata={"description": "top k"})
     recipes = _distinct(
         list(RECIPES), description=f"recipes trained on the training part, default all: {', '.join(RECIPES)}"
     )
-    baselines = _distinct(list(evaluate.BASELINES), description=f"default all: {', '.join(evaluate.BASELINES)}")
+    baselines = _distinct(list(protocol.BASELINES), description=f"default all: {', '.join(protocol.BASELINES)}")
     seed = Integer(
-        load_default=evaluation.DEFAULT_SEED,
+        load_default=protocol.DEFAULT_SEED,
         validate=Range(0, 2**32 - 1),
         metadata={"description": "the recipes' pipelines and the random baseline"},
     )
     shard_users = Integer(
-        load_default=evaluation.DEFAULT_SHARD_USERS,
+        load_default=protocol.DEFAULT_SHARD_USERS,
         validate=Range(10, 100_000),
         metadata={"description": "evaluated users per scoring shard"},
     )

@@ -1,8 +1,12 @@
 """What the API and the workers share, one sub-package per concern; nothing here imports api, workers or cli.
 
-infra/   settings, Redis connections, the key schema, the Celery app and its broker, durability
-jobs/    the job system: records and their state machine, submission, the job-kind table, leases, pipelines
-store/   what lives in Redis beside jobs: artifacts, datasets, models, triplets, cached vectors
-ml/      pure data and model code: numpy and torch in, numpy out, no Redis
-errors.py the one error tree; services.py the Redis-backed services one process uses
+From the bottom floor up (tests/unit/test_layers.py holds each to the floors below it):
+
+errors.py the one error tree
+infra/    settings, Redis connections, the key schema, the broker, durability, the clock, metric names
+ml/       pure data and model code: numpy and torch in, numpy out, no Redis
+store/    what lives in Redis beside jobs: artifacts, datasets, models, feedback, cached vectors
+jobs/     the job system: records, submission, the kind table and the Celery app, leases, the sharded-job frame
+logic/    the composition layer: serving, versions, mining, encoding, batch, evaluation, pipelines, and the
+          services one process uses
 """

@@ -10,7 +10,7 @@
     │   ├── ResultFormUnavailable 409 no_such_form
     │   └── QuotaExceeded         409 quota_exceeded
     ├── ServiceUnavailable        503 unavailable
-    └── DataError                 (a job fails with it: a file is missing or malformed)
+    └── DataError                 400 data_error       (a job fails with it: a file is missing or malformed)
 
 Each class carries its HTTP status and a stable ``code``; the API maps them once, in ``api.errors``.
 A worker turns a ``MovierecError`` into the failed job's ``{code, message}``; any other exception becomes

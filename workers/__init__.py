@@ -1,5 +1,8 @@
-"""Celery workers: ``cpu`` tasks (ingest, mining, index, recommendations) and ``gpu`` tasks (encode, train).
+"""Celery workers: ``cpu`` tasks (ingest, mining, index, recommendations, batch, evaluation) and ``gpu`` tasks
+(encode, train).
 
-Tasks are thin: they take ids and small JSON, move their job through the registry, call pure code in
-``shared``, store artifacts and return a small summary. ``workers.base.job_task`` holds that common frame.
+Tasks are thin: they take ids and small JSON, move their job through the registry, call the composition layer
+(``shared.logic``), and return a small summary. ``workers.base.run_job`` is the frame of a job's main task,
+``workers.sharded`` that of a shard and a join, ``workers.base.run_step`` that of a pipeline's or an
+evaluation's step; ``workers.janitor`` sends lost work again; ``workers.main`` starts a worker.
 """

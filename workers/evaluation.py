@@ -19,7 +19,7 @@ from shared.jobs.store import Job
 from shared.logic.evaluation import EvaluationState, advance, build_table, parent
 from shared.logic.scoring import derive, part_names, row_metrics, score_shard, store_part
 from shared.logic.services import Services
-from shared.ml.evaluate import Protocol
+from shared.ml.protocol import Protocol
 
 from .base import Outcome, fail_job, run_step, services, unit
 from .sharded import run_join, run_shard

@@ -36,17 +36,13 @@ from shared.jobs.sharded import ShardPlan, send_shards, stored_plan
 from shared.jobs.store import Job, JobStore
 from shared.jobs.submit import submit
 from shared.logic.scoring import stored_split
-from shared.ml.evaluate import BASELINES, EASE_MAX_BYTES, Protocol
-from shared.ml.recipes import RECIPES
+from shared.ml.evaluate import EASE_MAX_BYTES
+from shared.ml.protocol import DEFAULT_SEED, DEFAULT_SHARD_USERS, Protocol, baselines_of, recipes_of
 
 if TYPE_CHECKING:
     from celery import Celery
 
     from shared.logic.services import Services
-
-DEFAULT_SEED = 42
-DEFAULT_SHARD_USERS = 200
-"""Evaluated users a scoring shard ranks: its (b, n_movies) float32 scores are 200 x 58k x 4 = 46 MB at most."""
 
 STATE_FIELD = "evaluation"
 """The evaluation job's record field that holds its ``EvaluationState``."""
@@ -55,14 +51,6 @@ WEIGHTS = {"ingest": 1.0, "split": 0.5, "train": 4.0, "score": 6.0}
 """Each stage's share of the progress bar, roughly its share of the time on ml-latest-small with the default
 recipes (2 cores: ingest 2 s, split 1 s, the seed recipe's pipeline 30 s, the hybrid one's 7 s, scoring 45 s
 of which fitting EASE in each worker process is most)."""
-
-
-def recipes_of(params: dict[str, Any]) -> list[str]:
-    return list(params["recipes"]) if params.get("recipes") is not None else list(RECIPES)
-
-
-def baselines_of(params: dict[str, Any]) -> list[str]:
-    return list(params["baselines"]) if params.get("baselines") is not None else list(BASELINES)
 
 
 def stages(params: dict[str, Any]) -> list[str]:

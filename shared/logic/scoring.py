@@ -38,7 +38,7 @@ from shared.infra.keys import dataset_artifact, evaluation_part, evaluation_spli
 from shared.infra.process import per_process
 from shared.logic.serving import version_scorer
 from shared.ml import evaluate
-from shared.ml.evaluate import BASELINES, Protocol, training_dataset_id
+from shared.ml.protocol import BASELINES, Protocol, training_dataset_id
 from shared.store.artifacts import ArtifactStore
 from shared.store.datasets import (
     FORMAT_VERSION,

@@ -27,20 +27,19 @@ Top-k ties go to the lower movie row, so every result is deterministic.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
+from shared.ml.protocol import DEFAULT_K
+
 Scorer = Callable[[np.ndarray], np.ndarray]
 """scorer(rows of Split.train) -> (len(rows), n_movies) float scores; higher is better."""
 
-K = 10
+K = DEFAULT_K
 BATCH_USERS = 1000
 """Users scored at a time: a batch's float32 scores (and top_k's copy) are BATCH_USERS x n_movies x 4 bytes
 each (240 MB at 60k movies)."""
@@ -48,49 +47,6 @@ KNN_NEIGHBOURS = 50
 EASE_LAMBDA = 500.0
 EASE_MAX_BYTES = 4 << 30
 """EASE's memory budget: it holds two dense float64 item x item matrices (the Gram matrix and its inverse)."""
-
-
-DEFAULT_MIN_RATINGS = 10
-DEFAULT_TRAIN_FRACTION = 0.8
-DEFAULT_RELEVANT_AT = 4.0
-DEFAULT_K = K
-
-BASELINES = ("random", "most-popular", "item-kNN", "EASE")
-"""The baselines an evaluation can score, by their names in the table."""
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Issue #11's protocol: who is kept, where each user's timeline is cut, what counts as relevant, top k."""
-
-    min_ratings: int = DEFAULT_MIN_RATINGS
-    train_fraction: float = DEFAULT_TRAIN_FRACTION
-    relevant_at: float = DEFAULT_RELEVANT_AT
-    k: int = DEFAULT_K
-
-    @classmethod
-    def of(cls, params: dict[str, Any]) -> Protocol:
-        """From job params (absent ones take the defaults)."""
-        return cls(
-            min_ratings=int(params.get("min_ratings", DEFAULT_MIN_RATINGS)),
-            train_fraction=float(params.get("train_fraction", DEFAULT_TRAIN_FRACTION)),
-            relevant_at=float(params.get("relevant_at", DEFAULT_RELEVANT_AT)),
-            k=int(params.get("k", DEFAULT_K)),
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return {"split": "temporal", **asdict(self)}
-
-    @property
-    def training(self) -> dict[str, Any]:
-        """What decides the training part (relevant_at and k only decide how the test part is scored)."""
-        return {"split": "temporal", "min_ratings": self.min_ratings, "train_fraction": self.train_fraction}
-
-
-def training_dataset_id(source: str, protocol: Protocol) -> str:
-    """The derived training dataset's id: a hash of its source and the protocol values that cut it."""
-    key = json.dumps({"from": source, "protocol": protocol.training, "part": "temporal-train"}, sort_keys=True)
-    return "ds-" + hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
 class Skipped(Exception):

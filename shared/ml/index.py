@@ -2,7 +2,9 @@
 
 One writer builds a version (``build``), stores it as bytes plus a JSON description, and never touches it
 again; readers load it (``from_bytes``, after the sha256 check) and only query. A new version is loaded
-beside the old one and swapped in by reference, so an index that serves queries is never mutated.
+beside the old one and swapped in by reference, so the graph of an index that serves queries never changes.
+A query does set the index's search beam (``set_ef``, which hnswlib keeps on the index, not per call), so one
+index answers one query at a time: a worker process runs one task at a time.
 
 Movies with the same descriptors have the same vector (on ml-latest-small 9,709 movies have 2,259
 distinct vectors), and exact duplicates break an HNSW graph's navigability (recall@10 was 0.81). So the

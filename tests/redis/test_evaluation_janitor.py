@@ -17,7 +17,7 @@ from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVA
 from shared.jobs.sharded import PLAN_FIELD, ShardPlan
 from shared.logic.evaluation import EvaluationState
 from shared.logic.services import Services
-from shared.ml.evaluate import Protocol
+from shared.ml.protocol import Protocol
 from tests.conftest import delete_prefix
 from tests.redis.test_janitor import sent
 from workers.janitor import Janitor

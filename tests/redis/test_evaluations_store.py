@@ -17,7 +17,7 @@ from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.scoring import cut, derive, load_split, score_shard, stored_split
 from shared.logic.services import Services
 from shared.ml import evaluate
-from shared.ml.evaluate import Protocol, training_dataset_id
+from shared.ml.protocol import Protocol, training_dataset_id
 from shared.store.datasets import load_ratings
 from tests.conftest import SMALL
 

@@ -15,7 +15,7 @@ from shared.jobs.sharded import ranges
 from shared.logic.evaluation import EvaluationState, build_table, parent, stages
 from shared.logic.scoring import cut, ratings_matrix, train_mask
 from shared.ml import evaluate
-from shared.ml.evaluate import Protocol, training_dataset_id
+from shared.ml.protocol import Protocol, training_dataset_id
 from shared.store.datasets import DatasetRatings
 
 N_MOVIES = 60

@@ -1,0 +1,68 @@
+"""The evaluation's protocol and options (issue #11): who is kept, where each user's timeline is cut, what counts
+as relevant, top k, and what a job scores by default. Plain values: the API validates requests with them without
+loading the scoring code (shared/ml/evaluate.py, shared/logic/scoring.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shared.ml.recipes import RECIPES
+
+DEFAULT_MIN_RATINGS = 10
+DEFAULT_TRAIN_FRACTION = 0.8
+DEFAULT_RELEVANT_AT = 4.0
+DEFAULT_K = 10
+
+BASELINES = ("random", "most-popular", "item-kNN", "EASE")
+"""The baselines an evaluation can score, by their names in the table."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Issue #11's protocol: who is kept, where each user's timeline is cut, what counts as relevant, top k."""
+
+    min_ratings: int = DEFAULT_MIN_RATINGS
+    train_fraction: float = DEFAULT_TRAIN_FRACTION
+    relevant_at: float = DEFAULT_RELEVANT_AT
+    k: int = DEFAULT_K
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> Protocol:
+        """From job params (absent ones take the defaults)."""
+        return cls(
+            min_ratings=int(params.get("min_ratings", DEFAULT_MIN_RATINGS)),
+            train_fraction=float(params.get("train_fraction", DEFAULT_TRAIN_FRACTION)),
+            relevant_at=float(params.get("relevant_at", DEFAULT_RELEVANT_AT)),
+            k=int(params.get("k", DEFAULT_K)),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"split": "temporal", **asdict(self)}
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """What decides the training part (relevant_at and k only decide how the test part is scored)."""
+        return {"split": "temporal", "min_ratings": self.min_ratings, "train_fraction": self.train_fraction}
+
+
+def training_dataset_id(source: str, protocol: Protocol) -> str:
+    """The derived training dataset's id: a hash of its source and the protocol values that cut it."""
+    key = json.dumps({"from": source, "protocol": protocol.training, "part": "temporal-train"}, sort_keys=True)
+    return "ds-" + hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+
+
+DEFAULT_SEED = 42
+DEFAULT_SHARD_USERS = 200
+"""Evaluated users a scoring shard ranks: its (b, n_movies) float32 scores are 200 x 58k x 4 = 46 MB at most."""
+
+
+def recipes_of(params: dict[str, Any]) -> list[str]:
+    return list(params["recipes"]) if params.get("recipes") is not None else list(RECIPES)
+
+
+def baselines_of(params: dict[str, Any]) -> list[str]:
+    return list(params["baselines"]) if params.get("baselines") is not None else list(BASELINES)
