@@ -3,6 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+# pytest-xdist processes: each runs whole test files and has one session stack of its own (tests/conftest.py).
+TEST_WORKERS ?= 2
 # The real MovieLens sample beside the checkout, when there is one.
 DEMO_DATA ?= $(firstword $(wildcard ../shared/data/ml-latest-small))
 
@@ -41,7 +43,7 @@ lint: install
 	$(BIN)/mypy .
 
 test: lint system-packages
-	$(PY) -m pytest
+	$(PY) -m pytest --numprocesses=$(TEST_WORKERS) --dist=loadfile
 
 bench: install
 	$(PY) -m bench.ingest

@@ -33,9 +33,8 @@ import requests
 from cli.stack import EmbeddedRedis, Stack
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
-from tests.helpers import new_stack
+from tests.helpers import REPO, new_stack
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
 
 

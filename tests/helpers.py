@@ -7,6 +7,8 @@
   stopped, its whole process group, at the end of the block.
 - ``new_stack``: a ``cli.stack.Stack`` set up for a test (a free port, logs beside its data), to use as
   ``with new_stack(...) as stack:`` or through the ``make_stack`` fixture.
+- ``cli``, ``embedded_env``, ``exit_status``: the ``movierec`` command run as a user runs it, on an embedded
+  Redis of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +28,8 @@ import requests
 from cli.stack import Stack
 from shared.infra.settings import Settings
 from shared.jobs.store import Job
+
+REPO = Path(__file__).resolve().parents[1]
 
 FINISHED = ("succeeded", "failed", "cancelled")
 """A job in one of these states never changes again."""
@@ -246,3 +251,25 @@ def answers(url: str) -> Callable[[], bool]:
             return False
 
     return check
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def embedded_env(settings: Settings, root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(MOVIEREC_KEY_PREFIX=settings.key_prefix + "-up", MOVIEREC_DATA_ROOT=str(root))
+    return env
+
+
+def exit_status(process: subprocess.Popen[str]) -> str | None:
+    return None if process.poll() is None else f"movierec up exited with status {process.returncode}"

@@ -16,7 +16,7 @@ import yaml
 from compose_spec import PyCompose
 
 from cli.main import build_parser
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SECRETS = {"REDIS_PASSWORD": "s3cret", "FLOWER_BASIC_AUTH": "ops:fl0wer", "MOVIEREC_API_KEYS": "k3y-one,k3y-two"}
 OURS = ("api", "cpu-worker", "gpu-worker", "flower")

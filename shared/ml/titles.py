@@ -100,7 +100,7 @@ def query_tokens(query: str) -> list[str]:
 
 class TitleIndex:
     """Normalised titles of a catalogue (its order) and an inverted index of their tokens: built once per
-    catalogue and kept (``DatasetStore.title_index``)."""
+    catalogue and kept (``Catalogue.title_index``, shared/logic/catalogue.py)."""
 
     def __init__(self, titles: list[str]) -> None:
         self.titles = titles

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from shared.infra.settings import Settings
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 HEAVY = ("pandas", "scipy", "torch", "transformers", "hnswlib", "safetensors")
 

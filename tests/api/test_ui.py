@@ -10,7 +10,7 @@ import pytest
 
 from api import ui
 from shared.infra.settings import Settings
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 STATIC = REPO / "api" / "static"
 

@@ -15,9 +15,8 @@ import pytest
 import requests
 
 from shared.ml.batch import ROW
-from tests.conftest import REPO
+from tests.helpers import REPO, wait_job
 from tests.helpers import run_job as run
-from tests.helpers import wait_job
 
 UNKNOWN_USER = 2_000_000_000
 """A user id nobody rated anything with: the popular fallback."""

@@ -19,8 +19,7 @@ from redis.retry import Retry
 from cli.client import Client
 from cli.stack import EmbeddedRedis, free_port, is_loopback, masked_url, stored_password, wait_ready
 from shared.infra.settings import Settings
-from tests.conftest import REPO
-from tests.system.test_cli import embedded_env, exit_status
+from tests.helpers import REPO, embedded_env, exit_status
 
 
 def _mode(path: Path) -> int:

@@ -21,8 +21,8 @@ from shared.infra.settings import Settings
 from shared.ml import evaluate
 from shared.ml.recipes import RECIPES
 from shared.store.datasets import load_ratings
-from tests.conftest import REPO, SMALL, delete_prefix
-from tests.helpers import wait_job
+from tests.conftest import SMALL, delete_prefix
+from tests.helpers import REPO, wait_job
 
 SAMPLE = "eval-sample"
 USERS = 120

@@ -30,8 +30,8 @@ from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
 from shared.jobs.submit import submit
 from shared.logic.services import Services
-from tests.conftest import REPO, delete_prefix
-from tests.helpers import wait_job, wait_until
+from tests.conftest import delete_prefix
+from tests.helpers import REPO, wait_job, wait_until
 
 LOGIN = ("ops", "fl0wer-pw")
 START_TIMEOUT_S = 60.0

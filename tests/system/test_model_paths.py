@@ -15,8 +15,8 @@ import redis
 
 from api import create_app
 from shared.infra.settings import Settings
-from tests.conftest import REPO, delete_prefix
-from tests.helpers import running, wait_job
+from tests.conftest import delete_prefix
+from tests.helpers import REPO, running, wait_job
 
 
 @pytest.fixture

@@ -126,7 +126,7 @@ def test_cli_recommend(api_url: str, versions: list[str]) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "cli.main", "recommend", *args, "--api", api_url]
@@ -220,7 +220,7 @@ def test_cli_search_and_similar(api_url: str, versions: list[str]) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "cli.main", *args, "--api", api_url]
@@ -304,7 +304,7 @@ def test_cli_rate_ratings_and_delete(api_url: str, versions: list[str], tmp_path
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "cli.main", *args, "--api", api_url]

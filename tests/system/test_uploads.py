@@ -23,8 +23,8 @@ from cli.stack import Stack
 from shared.infra.keys import Keys, upload_artifacts
 from shared.infra.settings import Settings
 from shared.logic.ingest import DatasetOptions, dataset_id
-from tests.conftest import REPO, SMALL, delete_prefix
-from tests.helpers import wait_job
+from tests.conftest import SMALL, delete_prefix
+from tests.helpers import REPO, wait_job
 
 LIMIT = 8 << 20
 """ml-latest-small's files are 3.2 MB."""

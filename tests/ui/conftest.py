@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 ARTIFACTS = Path(os.environ.get("MOVIEREC_TEST_ARTIFACTS", REPO / ".artifacts")) / "screenshots"

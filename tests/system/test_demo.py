@@ -1,0 +1,93 @@
+"""``movierec demo``: the main job, on the real ml-latest-small and offline on a generated sample."""
+
+from __future__ import annotations
+
+import http.server
+import signal
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from cli.demo import _download_small
+from cli.stack import free_port
+from shared.infra.settings import Settings
+from tests.conftest import SMALL
+from tests.helpers import REPO, cli, embedded_env
+
+
+def test_demo_runs_the_embedded_stack_and_prints_figures(settings: Settings, tmp_path: Path) -> None:
+    env = embedded_env(settings, tmp_path)
+    done = cli("demo", "--data", str(SMALL), "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "movies kept" in out and "9,709" in out and "100,836" in out
+    assert "test ROC AUC after training" in out
+    for title in (
+        "user 1 (profile):",
+        "user 2 (profile):",
+        "user 3 (profile):",
+        "keywords ['Children', 'family', 'animation'] (keywords):",
+        "keywords ['war', 'violence', 'drama'] (keywords):",
+    ):
+        assert f"recommendations for {title}" in out
+    assert out.count("top descriptors of these") == 5 and out.count("top descriptors of the user's history") == 3
+    assert "the stack stops now; `movierec demo --serve`" in out and "/ui/" in out.splitlines()[-2]
+
+
+def test_demo_offline_generates_a_sample_and_serves_the_dashboard(settings: Settings, tmp_path: Path) -> None:
+    env = embedded_env(settings, tmp_path)
+    env["MOVIEREC_DEMO_URL"] = f"http://127.0.0.1:{free_port()}/ml-latest-small.zip"  # nothing listens
+    env.pop("MOVIEREC_DEMO_DATA", None)
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1",
+         "--serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:  # until the demo has printed everything and stays up
+            lines.append(line)
+            if "Ctrl-C stops the stack" in line:
+                break
+        out = "".join(lines)
+        assert "generated sample" in out and "movies kept" in out, out
+        assert "recommendations for keywords ['war', 'violence', 'drama']" in out
+        assert f"dashboard: http://127.0.0.1:{port}/ui/" in out
+        page = requests.get(f"http://127.0.0.1:{port}/ui/", timeout=10)
+        assert page.status_code == 200 and "movierec" in page.text
+        system = requests.get(f"http://127.0.0.1:{port}/v1/system", timeout=10).json()
+        assert system["active_model"] is not None and all(q["workers"] for q in system["queues"])
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+
+
+def test_download_is_checked_as_a_zip_with_the_expected_files(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "good.zip", "w") as z:
+        for f in SMALL.iterdir():
+            z.write(f, f"ml-latest-small/{f.name}")
+    with zipfile.ZipFile(served / "bad.zip", "w") as z:
+        z.writestr("ml-latest-small/movies.csv", "movieId,title,genres\n")
+
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(served))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(ValueError, match=r"lacks ratings\.csv"):
+            _download_small(f"{base}/bad.zip", tmp_path / "cache-bad")
+        got = _download_small(f"{base}/good.zip", tmp_path / "cache")
+        assert (got / "ratings.csv").read_bytes() == (SMALL / "ratings.csv").read_bytes()
+    finally:
+        server.shutdown()
