@@ -5,14 +5,22 @@ api/datasets.py   /v1/datasets
 api/uploads.py    multipart uploads of MovieLens files to /v1/datasets, streamed into Redis
 api/movies.py     /v1/movies: title search (answered here) and similar movies (a recommend job)
 api/jobs.py       /v1/jobs
+api/pipelines.py  /v1/pipelines
+api/recommendations.py  /v1/recommendations
+api/feedback.py   /v1/datasets/<id>/ratings (feedback) and /v1/users/<id>/ratings
+api/models.py     /v1/models: versions, activation, deletion, a version's map (read; its index job builds it)
 api/metrics.py    /metrics: Prometheus text from prometheus_client (shared/infra/metrics.py says what and how)
 api/system.py     /v1/system: the overview a dashboard polls (queues, job counts, active model, latest evaluation)
+api/context.py    what the blueprints share: the app's services and Celery app, submit-and-answer-202, quotas
 api/errors.py     every error as {"error": {"code", "message", "details"}}
 api/schemas.py    request and response schemas, which also make /openapi.json
+api/openapi.py    the apispec machinery: rules across fields, enforced and written into the spec
 api/auth.py       optional bearer keys (MOVIEREC_API_KEYS) and the owner of a job
 api/jsonio.py     strict JSON: no NaN/Infinity, no lone surrogates, bounded depth
 api/ui.py         /ui/: the dashboard (templates and static files in api/), a client of the JSON API
 api/server.py     ``movierec api``: gunicorn's gevent workers, with deadlines on slow clients (api/connections.py)
+
+The factory imports the blueprints; each blueprint imports api/context.py, never this package.
 
 Every request passes, in this order: the key check (401), the content type (415), the body's JSON
 (400, or 413 over MOVIEREC_MAX_BODY_BYTES), then the view's schema (400 naming the field and limit).

@@ -5,7 +5,9 @@
   root holding a copy of ml-latest-small, short time limits. Keys under the prefix are deleted before
   and after the session, so a shared Redis is left as it was found.
 - ``stack``: one session-scoped set of real processes: ``movierec api`` (gunicorn), a CPU worker
-  (prefork, 2 processes) and a GPU-queue worker (solo), as ``movierec up`` runs them.
+  (prefork, 2 processes) and a GPU-queue worker (solo), as ``movierec up`` runs them. Every system test that
+  breaks nothing shares it; under pytest-xdist (``make test``: two processes, whole files each) each process
+  has its own, on its own key prefix.
 - ``make_stack``: a factory of stacks of a test's own (``make_stack(settings, embedded_redis=True)``), ready
   when it answers and stopped after the test.
 - ``app`` / ``client``: the Flask app on the same Redis, for tests that need no HTTP server of their own.

@@ -265,9 +265,23 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
     )
 
 
-def embedded_env(settings: Settings, root: Path) -> dict[str, str]:
+FAST: dict[str, Any] = {
+    "lease_ttl_s": 2,
+    "janitor_interval_s": 1.0,
+    "task_time_limit_s": 20,
+    "visibility_timeout_s": 30,
+}
+"""Settings short enough for a test to see lost work found and resent within seconds (a lease of 2 s, a janitor
+sweep every second), not the half minute and more of the defaults."""
+
+
+def embedded_env(settings: Settings, root: Path, *, fast: bool = False) -> dict[str, str]:
+    """The environment of a ``movierec`` command on an embedded Redis of its own (``REDIS_URL`` unset), under a
+    prefix of its own, data in ``root``; ``fast``: with ``FAST``'s lease and janitor."""
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(MOVIEREC_KEY_PREFIX=settings.key_prefix + "-up", MOVIEREC_DATA_ROOT=str(root))
+    if fast:
+        env.update({f"MOVIEREC_{name.upper()}": str(value) for name, value in FAST.items()})
     return env
 
 

@@ -216,7 +216,8 @@ def test_lookalike_paths_stay_literal_names_inside_the_root(client: Any, path: s
 
 
 def test_a_link_that_stays_inside_the_root_is_accepted(client: Any, links: None) -> None:
-    r = client.post("/v1/datasets", json={"path": "inside-link"})
+    # Options of its own, so its dataset is not the session's ml-latest-small under another ``source``.
+    r = client.post("/v1/datasets", json={"path": "inside-link", "tags_per_movie": 4})
     assert r.status_code == 202
     job = wait_job(lambda: client.get(f"/v1/jobs/{r.get_json()['id']}").get_json())
     assert job["status"] == "succeeded", job

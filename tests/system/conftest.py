@@ -14,6 +14,7 @@ from cli.stack import Stack
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
 from tests.conftest import delete_prefix
+from tests.helpers import FAST
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,10 +26,6 @@ def no_feedback_left(settings: Settings) -> Iterator[None]:
     keys = list(client.scan_iter(match=f"{settings.key_prefix}:feedback:*", count=1000))
     if keys:
         client.delete(*keys)
-
-
-FAST = {"lease_ttl_s": 2, "janitor_interval_s": 1.0, "task_time_limit_s": 20, "visibility_timeout_s": 30}
-"""Short enough for a test to see lost work found and resent within seconds."""
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ def up(settings: Settings, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[st
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--cpu-workers", "1",
          "--data-dir", str(tmp_path / "up"), "--log-dir", str(tmp_path / "logs")],
-        env=embedded_env(settings, settings.data_root), stdout=subprocess.PIPE, text=True, cwd=REPO,
+        env=embedded_env(settings, settings.data_root, fast=True), stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     try:
         try:

@@ -79,7 +79,7 @@ def test_up_recovers_by_itself_once_a_full_disk_is_freed(settings: Settings, tmp
         up = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--cpu-workers", "1",
              "--data-dir", str(disk), "--log-dir", str(tmp_path / "logs")],
-            env=embedded_env(settings, settings.data_root), stdout=subprocess.DEVNULL,
+            env=embedded_env(settings, settings.data_root, fast=True), stdout=subprocess.DEVNULL,
             stderr=(tmp_path / "up.err").open("w"), text=True, cwd=REPO,
         )  # fmt: skip
         try:

@@ -15,8 +15,7 @@ import requests
 from cli.stack import EmbeddedRedis, Stack
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
-from tests.helpers import wait_job, wait_until
-from tests.system.conftest import FAST
+from tests.helpers import FAST, wait_job, wait_until
 
 
 @pytest.fixture
