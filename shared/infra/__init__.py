@@ -1,1 +1,2 @@
-"""Process plumbing: settings, Redis connections, the key schema, the Celery app and its broker, durability."""
+"""Process plumbing: settings, Redis connections, the key schema, kombu's transport, durability, per-process caches,
+the clock, the metric names."""
