@@ -27,7 +27,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from celery import Celery
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.jobs.kinds import EVALUATE_SPLIT, EVALUATE_STEP, Task
@@ -36,13 +38,9 @@ from shared.jobs.sharded import ShardPlan, send_shards, stored_plan
 from shared.jobs.store import Job, JobStore
 from shared.jobs.submit import submit
 from shared.logic.scoring import stored_split
+from shared.logic.services import Services
 from shared.ml.evaluate import EASE_MAX_BYTES
 from shared.ml.protocol import DEFAULT_SEED, DEFAULT_SHARD_USERS, Protocol, baselines_of, recipes_of
-
-if TYPE_CHECKING:
-    from celery import Celery
-
-    from shared.logic.services import Services
 
 STATE_FIELD = "evaluation"
 """The evaluation job's record field that holds its ``EvaluationState``."""

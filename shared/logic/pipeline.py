@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from celery import Celery
 
 from shared.jobs.store import JobStore
 from shared.jobs.submit import submit
 from shared.logic.mining import DEFAULT_SEED, DEFAULT_SHARD_SIZE
+from shared.logic.services import Services
 from shared.ml.recipes import recipe_options
-
-if TYPE_CHECKING:
-    from celery import Celery
-
-    from shared.logic.services import Services
 
 STAGES = ("ingest", "mine", "encode", "train", "index")
 """Activation follows the last stage, inside the step that sees the index built."""
