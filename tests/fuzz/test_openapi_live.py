@@ -18,15 +18,16 @@ import random
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
-from cli.stack import Stack
 from shared.infra.settings import Settings
-from tests.helpers import wait_job
+from tests.conftest import delete_prefix
+from tests.helpers import new_stack, wait_job
 
 pytestmark = pytest.mark.system
 
@@ -42,12 +43,20 @@ def _schemathesis(api: str, *, examples: int, seed: int, phases: str) -> subproc
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3000, check=False)
 
 
-def _live(settings: Settings, make_stack: Callable[..., Stack]) -> str:
-    stack = make_stack(settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-live-{uuid.uuid4().hex[:6]}"}))
-    r = requests.post(f"{stack.api_url}/v1/pipelines", json={"path": "ml-latest-small", "epochs": 2}, timeout=10)
-    assert r.status_code == 202, r.text
-    assert wait_job(stack.api_url, r.json()["id"], timeout_s=600)["status"] == "succeeded"
-    return stack.api_url
+@pytest.fixture
+def live(settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> Iterator[str]:
+    """The API of a stack of the test's own on a key prefix of its own, with a finished pipeline; the prefix is
+    deleted once the stack has stopped."""
+    own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-live-{uuid.uuid4().hex[:6]}"})
+    try:
+        with new_stack(own, tmp_path / "stack") as stack:
+            r = requests.post(f"{stack.api_url}/v1/pipelines", json={"path": "ml-latest-small", "epochs": 2},
+                              timeout=10)  # fmt: skip
+            assert r.status_code == 202, r.text
+            assert wait_job(stack.api_url, r.json()["id"], timeout_s=600)["status"] == "succeeded"
+            yield stack.api_url
+    finally:
+        delete_prefix(redis_client, own.key_prefix)
 
 
 def _assert_clean(run: subprocess.CompletedProcess[str]) -> None:
@@ -55,18 +64,16 @@ def _assert_clean(run: subprocess.CompletedProcess[str]) -> None:
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-4000:]
 
 
-def test_schemathesis_finds_nothing_against_a_live_stack(settings: Settings, make_stack: Callable[..., Stack]) -> None:
+def test_schemathesis_finds_nothing_against_a_live_stack(live: str) -> None:
     # The examples and the stateful chains here; coverage and fuzzing with every check run in process by
     # test_openapi_fuzz.py, and here in the long run.
-    _assert_clean(_schemathesis(_live(settings, make_stack), examples=5, seed=1, phases="examples,stateful"))
+    _assert_clean(_schemathesis(live, examples=5, seed=1, phases="examples,stateful"))
 
 
 @pytest.mark.fuzz_long
 @pytest.mark.timeout(3600)
-def test_schemathesis_finds_nothing_against_a_live_stack_long(
-    settings: Settings, make_stack: Callable[..., Stack]
-) -> None:
+def test_schemathesis_finds_nothing_against_a_live_stack_long(live: str) -> None:
     examples = int(os.environ.get("MOVIEREC_FUZZ_EXAMPLES", "100"))
     seed = random.randrange(1 << 30)
     phases = "examples,coverage,fuzzing,stateful"
-    _assert_clean(_schemathesis(_live(settings, make_stack), examples=examples, seed=seed, phases=phases))
+    _assert_clean(_schemathesis(live, examples=examples, seed=seed, phases=phases))
