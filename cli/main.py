@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from cli.datadir import DataDirBusy
 from shared.infra.settings import DEFAULT_API_PORT, Settings
 
 if TYPE_CHECKING:
@@ -573,7 +574,11 @@ def _add_data_commands(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except DataDirBusy as exc:  # up, demo, evaluate: another stack owns the data dir
+        print(f"movierec: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

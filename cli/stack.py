@@ -13,7 +13,8 @@ included) and is asked by the kernel to stop if the supervisor dies (``PR_SET_PD
 SIGKILLed ``up`` leaves no Redis behind. Stopping is SIGTERM to each group, a grace period, then SIGKILL;
 Redis stops last, after the workers, with a final AOF flush. An embedded redis-server that exits (an AOF
 write error on a full disk makes it exit) is started again on the same port, password and data, so every
-client reconnects to the same URL (``Stack.run_until_signalled`` states the policy).
+client reconnects to the same URL (``Stack.run_until_signalled`` states the policy). A stack holds its data
+dir's lock from start to stop (cli/datadir.py): a second stack on the same data dir is refused (DataDirBusy).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from urllib.parse import quote
 
 import redis
 
+from cli.datadir import DataDirLock
 from shared.infra.settings import Settings
 
 STOP_GRACE_S = 20.0
@@ -186,6 +188,8 @@ class EmbeddedRedis:
     fsync: str = "always"
     """``always``: every write on disk before Redis answers it (an accepted job survives a crash; RELIABILITY.md);
     ``everysec``: up to a second of writes at risk, for less latency on a slow disk."""
+    keep_fds: tuple[int, ...] = ()
+    """Descriptors redis-server inherits: the data dir's lock, so it stays held until this server exits too."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -223,6 +227,7 @@ class EmbeddedRedis:
             [redis_server_binary(), str(conf)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            pass_fds=self.keep_fds,
             preexec_fn=_private_die_with_parent,  # noqa: PLW1509 - only umask and prctl, no locks taken
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
@@ -317,6 +322,7 @@ class Stack:
         self.ready_timeout_s = ready_timeout_s
         self.flower_port = (flower_port or free_port()) if flower else None
         self.children: list[Child] = []
+        self.lock = DataDirLock(data_dir)
         self._stopping = threading.Event()
         self._redis_exits: list[float] = []  # when the embedded redis-server was found exited, this minute
         self._redis_down_since: float | None = None
@@ -332,8 +338,11 @@ class Stack:
         return None if self.flower_port is None else f"http://127.0.0.1:{self.flower_port}"
 
     def start(self) -> None:
+        """Take the data dir's lock (DataDirBusy when another stack holds it), then start every process."""
+        lock_fd = self.lock.acquire()
         try:
             if self.redis is not None:
+                self.redis.keep_fds = (lock_fd,)
                 if self.redis.password is None:
                     self.redis.password = stored_password(self.redis.data_dir)
                 url = self.redis.start()
@@ -514,6 +523,7 @@ class Stack:
             _signal_group(child.process, signal.SIGKILL)
         if self.redis is not None:
             self.redis.stop()
+        self.lock.release()
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
