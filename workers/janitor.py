@@ -5,11 +5,12 @@ per interval for the whole deployment. A sweep
 
 1. takes the ids of expired job records out of the indexes (``JobStore.prune_expired``), so the key count
    and memory return to their baseline once results expire;
-2. watches every active job. A job is *alive* while a lease of one of its units exists (a worker runs it:
-   see shared/jobs/leases.py), while the queue its next unit goes to holds messages (it may be waiting its turn;
-   for one visibility timeout at most), or, for a pipeline, while its current stage's job is active. A job
-   found idle on two sweeps in a row has lost its work (a worker died with messages it had taken, a child died
-   between two steps) and the janitor sends its pending units again:
+2. watches every active job. A job is *alive* while a message of it waits in a queue (not yet taken by a
+   worker, however long the backlog: ``shared.jobs.celery_app.waiting_jobs`` walks the queues once a sweep),
+   while a lease of one of its units exists (a live worker process runs it: see shared/jobs/leases.py), or,
+   for a pipeline or an evaluation, while the child job it waits on is active. A job found idle on two sweeps
+   in a row was taken and orphaned (a worker died with messages it had taken, a child died between two
+   steps): the janitor sends its pending units again:
 
        ingest, encode, train, index, recommend   the job's task
        triplets, recommend-batch                  once planned, the shards not done, or the join once all
@@ -22,13 +23,14 @@ per interval for the whole deployment. A sweep
 
    Units are idempotent and leased, so a resend that meets the original delivery is dropped. A job resent
    ``MAX_RESENDS`` times fails with the reason; a unit that kills its worker fails its job sooner, through
-   its start count (shared/jobs/leases.py).
+   its start count (shared/jobs/leases.py). Waiting is never counted: only a job with no message in any queue,
+   no lease and no active child is idle.
+3. tells each queued job where it waits: its message says which queue and how many messages a worker takes
+   before it, with an ETA once two sweeps have seen it move.
 
 The janitor is the only redelivery of a message whose worker died whole: the broker forgets a message once a
-worker has taken it (no kombu ack emulation, see shared/jobs/celery_app.py). While the queue holds messages the
-lost one cannot be told from one waiting its turn, so a busy queue counts as alive for at most
-``visibility_timeout_s`` without a lease, the bound kombu's restore had; then the units are sent again anyway,
-and a copy that was only waiting is dropped at admission.
+worker has taken it (no kombu ack emulation, see shared/jobs/celery_app.py). Between a worker taking a message
+and its lease there are milliseconds; the second sighting a sweep interval later covers them.
 
 Keys, all with a TTL: ``<prefix>:janitor:lock`` (one interval), ``<prefix>:janitor:idle:<job>`` (the sweep that
 first found the job idle; a few intervals), ``<prefix>:janitor:queued:<job>`` (the sweep that first found it
@@ -40,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -49,7 +50,7 @@ from celery import Celery
 
 from shared.infra.keys import Keys
 from shared.jobs import kinds
-from shared.jobs.celery_app import queue_lengths
+from shared.jobs.celery_app import Waiting, waiting_jobs
 from shared.jobs.kinds import PIPELINE_STEP, Task
 from shared.jobs.sharded import pending, stored_plan
 from shared.jobs.store import Job
@@ -109,9 +110,11 @@ class Janitor:
     def sweep(self) -> dict[str, int]:
         """Prune expired ids, then look after the active jobs; answers what it did."""
         jobs = self._svc.jobs
-        report = {"pruned": jobs.prune_expired(), "resent": 0, "failed": 0, "forgotten": 0}
+        report = {"pruned": jobs.prune_expired(), "resent": 0, "failed": 0, "forgotten": 0, "waiting": 0}
         active = set(jobs.active_ids())
-        waiting = queue_lengths(self._celery) if active else {}  # once a sweep, not once a job
+        waiting = waiting_jobs(self._celery) if active else {}  # once a sweep, not once a job
+        report["waiting"] = len(waiting.keys() & active)
+        places = self._svc.redis.pipeline(transaction=False)
         for job_id in active:
             job = jobs.get(job_id)
             if job is None or job.finished:  # gone without finishing (deleted), or finished since the read
@@ -125,13 +128,16 @@ class Janitor:
             idle_key = self._keys.janitor_idle(job_id)
             if self._alive(job, units, active=active, waiting=waiting):
                 self._svc.redis.delete(idle_key)
+                if job.status == "queued" and job_id in waiting:
+                    self._tell_place(places, job, waiting[job_id])
                 continue
             pipe = self._svc.redis.pipeline(transaction=False)
-            pipe.set(idle_key, f"{time.time():.3f}", nx=True, ex=int(self._interval * 4) + 1)
+            pipe.set(idle_key, f"{self._svc.jobs.clock.now():.3f}", nx=True, ex=int(self._interval * 4) + 1)
             if self._marked(pipe, job_id)[0]:
                 continue  # idle for the first time: look again next sweep
             self._svc.redis.delete(idle_key)
             report["resent" if self._resend(job, units) else "failed"] += 1
+        places.execute()
         return report
 
     def pending_units(self, job: Job) -> list[Unit]:
@@ -146,8 +152,9 @@ class Janitor:
         # Not planned yet (a sharded job's planning task may have died before storing its plan): it plans again.
         return [Unit("main", kinds.task_of(job.kind), [job.id, job.params])]
 
-    def _alive(self, job: Job, units: list[Unit], *, active: set[str], waiting: dict[str, int]) -> bool:
-        r = self._svc.redis
+    def _alive(self, job: Job, units: list[Unit], *, active: set[str], waiting: dict[str, Waiting]) -> bool:
+        if job.id in waiting:  # a message of it waits its turn: not lost, however long the backlog
+            return True
         if job.kind == "pipeline":
             state = PipelineState.read(self._svc.jobs, job.id)
             child = state.current_child if state is not None else None
@@ -155,19 +162,23 @@ class Janitor:
         if job.kind == "evaluate" and (child := evaluation.janitor_units(self._svc, job)[0]) is not None:
             return child in active
         leases = [self._svc.units.lease_key(job.id, name) for name in {"main", "join", *(u.name for u in units)}]
-        queued = self._keys.janitor_queued(job.id)
-        if cast(int, r.exists(*leases)):
-            r.delete(queued)
-            return True
-        # Messages waiting in the unit's queue: this one may be among them, for a visibility timeout at most.
-        if not any(waiting[u.task.queue] for u in units):
-            return False
-        bound = self._svc.settings.visibility_timeout_s
-        pipe = r.pipeline(transaction=False)
-        pipe.set(queued, f"{time.time():.3f}", nx=True, ex=bound + int(self._interval * 4) + 1)
-        pipe.get(queued)
-        since = cast("bytes | None", self._marked(pipe, job.id)[1])
-        return since is None or time.time() - float(since) < bound
+        return bool(cast(int, self._svc.redis.exists(*leases)))
+
+    def _tell_place(self, pipe: redis.client.Pipeline, job: Job, place: Waiting) -> None:
+        """Queue, on ``pipe``, the note on a queued job of where it waits, with an ETA from how fast its place
+        moved since the last sweep that saw it (kept in its ``queued`` mark)."""
+        now, mark = self._svc.jobs.clock.now(), self._keys.janitor_queued(job.id)
+        last = cast("bytes | None", self._svc.redis.get(mark))
+        eta = ""
+        if last is not None:
+            then, before = (float(x) for x in last.split())
+            if before == place.ahead:
+                return  # nothing moved: the note stands
+            if before > place.ahead and now > then:
+                eta = f"; ETA {place.ahead / ((before - place.ahead) / (now - then)):.0f} s"
+        pipe.set(mark, f"{now:.3f} {place.ahead}", ex=int(self._interval * 4) + 1)
+        message = f"waiting in the {place.queue} queue: {place.ahead} messages ahead{eta}"
+        self._svc.jobs.note_queued(job.id, message, pipe=pipe)
 
     def _marked(self, pipe: redis.client.Pipeline, job_id: str) -> list[Any]:
         """Run ``pipe``, which writes a mark of ``job_id``, and drop its marks if the job has finished.

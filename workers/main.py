@@ -2,9 +2,10 @@
 
 CPU workers use Celery's prefork pool. A GPU worker is one solo-pool process per visible CUDA device;
 with several devices this process becomes a small supervisor that starts one child per device (each with
-``CUDA_VISIBLE_DEVICES`` set) and never touches CUDA itself. Each worker's main process runs two daemon
-threads: a heartbeat, whose key ``/readyz`` reads, and the janitor (workers/janitor.py), which finds lost
-work and expired ids.
+``CUDA_VISIBLE_DEVICES`` set) and never touches CUDA itself. Each worker's main process runs three daemon
+threads: a heartbeat, whose key ``/readyz`` reads; the lease keeper, which extends the lease of every unit its
+pool processes run while they live (shared/jobs/leases.py); and the janitor (workers/janitor.py), which finds
+lost work and expired ids.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
 from shared.jobs.kinds import GPU_QUEUE
+from shared.jobs.sharded import message_unit
 from shared.logic.services import HEARTBEAT_TTL_S, Services
 
 from .janitor import Janitor
@@ -47,6 +49,54 @@ def visible_cuda_devices() -> list[str]:
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [str(i) for i, _ in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
+
+
+class LeaseKeeper:
+    """Extends, from the worker's main process, the lease of every unit a live pool process of it runs.
+
+    The units come from Celery's own record of the requests its pool has accepted (each with the pid of the
+    process running it); the unit a request runs is named by its task and arguments (shared/jobs/sharded.py
+    ``message_unit``). A child's own renewer thread does the same, but a child is busy by design: this thread
+    lives in the process that only routes messages, so a lease outlives any starvation of its child's CPU.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, **_: Any) -> None:
+        units = Services.from_settings(self._settings).units
+
+        def loop() -> None:
+            while not self._stop.wait(self._settings.lease_ttl_s / 3):
+                try:
+                    units.renew_for_processes(running_units())
+                except redis.RedisError:  # Redis away: the children's leases are as stuck as this; keep trying
+                    log.warning("lease keeper: Redis unreachable", exc_info=True)
+                except Exception:
+                    log.exception("lease keeper failed; trying again")
+
+        self._thread = threading.Thread(target=loop, name="movierec-lease-keeper", daemon=True)
+        self._thread.start()
+
+    def stop(self, **_: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def running_units() -> list[tuple[str, str, int]]:
+    """(job, unit, pid) of every request this worker's pool has accepted and is running."""
+    from celery.worker.state import active_requests
+
+    found = []
+    for request in list(active_requests):
+        pid, args = request.worker_pid, request.args
+        unit = message_unit(request.task_name, args) if pid and args and isinstance(args[0], str) else None
+        if unit is not None:
+            found.append((args[0], unit, int(pid)))
+    return found
 
 
 class Heartbeat:
@@ -100,6 +150,9 @@ def run_worker(
     heartbeat = Heartbeat(settings, name, queues)
     worker_ready.connect(heartbeat.start, weak=False)
     worker_shutdown.connect(heartbeat.stop, weak=False)
+    keeper = LeaseKeeper(settings)
+    worker_ready.connect(keeper.start, weak=False)
+    worker_shutdown.connect(keeper.stop, weak=False)
     janitor = Janitor(Services.from_settings(settings), app, worker=name)
     worker_ready.connect(janitor.start, weak=False)
     worker_shutdown.connect(janitor.stop, weak=False)

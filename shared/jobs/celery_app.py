@@ -28,7 +28,11 @@ when a worker receives it.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from celery import Celery
@@ -47,6 +51,64 @@ def queue_lengths(app: Celery, queues: Iterable[str] = QUEUES) -> dict[str, int]
     with app.pool.acquire(block=True) as conn:
         channel = conn.default_channel
         return {queue: int(channel.queue_declare(queue=queue).message_count) for queue in queues}
+
+
+SCAN_CHUNK = 1000
+"""Messages read per LRANGE when ``waiting_jobs`` walks a queue."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Where a job's first message in a queue waits: the queue, and how many messages a worker takes before it."""
+
+    queue: str
+    ahead: int
+
+
+def waiting_jobs(app: Celery, queues: Iterable[str] = QUEUES) -> dict[str, Waiting]:
+    """Every job that has a message waiting in a queue (not yet taken by a worker), with its place.
+
+    A worker takes a queue's lowest priority step first and, within a step, the oldest message (kombu pushes on
+    the left and pops on the right), so a message's ``ahead`` is every message of the lower steps plus those
+    older than it in its own. Each list is read from its head in chunks: a push during the walk shifts what is
+    left toward the tail (read twice, harmless) and a pop takes from the tail, so a message that stays in its
+    queue throughout the walk is always seen; one taken meanwhile is on its way to a worker's lease.
+
+    Every task's first argument is its job's id (shared/jobs/kinds.py), read from the message's body.
+    """
+    found: dict[str, Waiting] = {}
+    with app.pool.acquire(block=True) as conn:
+        channel = conn.default_channel
+        client = channel.client
+        for queue in queues:
+            before = 0  # messages of the lower priority steps, taken first
+            for step in PRIORITY_STEPS:
+                key = channel._q_for_pri(queue, step)
+                length = int(client.llen(key))  # kombu's client adds its prefix to LLEN's key, not to LRANGE's
+                start, full_key = 0, f"{channel.global_keyprefix}{key}"
+                while start < length:
+                    chunk = client.lrange(full_key, start, start + SCAN_CHUNK - 1)
+                    for offset, raw in enumerate(chunk):
+                        job_id = _job_of(raw)
+                        ahead = before + max(0, length - 1 - (start + offset))
+                        if job_id is not None and (job_id not in found or found[job_id].ahead > ahead):
+                            found[job_id] = Waiting(queue, ahead)
+                    start += max(len(chunk), 1)
+                before += length
+    return found
+
+
+def _job_of(raw: bytes) -> str | None:
+    """The job id a queued kombu message carries (its task's first argument); None for a foreign message."""
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+    except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
+        return None
+    return args[0] if args and isinstance(args[0], str) else None
 
 
 class MovierecCelery(Celery):  # type: ignore[misc]

@@ -15,7 +15,12 @@ trip that starts the job):
    host that no longer exists, its lease is taken over at once rather than waited out.
 
 While a unit runs, one renewer thread per process extends every lease the process holds, every third of the
-TTL. ``release`` (after the unit returned or raised: either way it finished) drops the lease and the count.
+TTL; and the worker's main process (workers/main.py ``LeaseKeeper``) extends, as often, the lease of every unit
+its pool processes are running, for as long as each such process exists and is not stopped
+(``renew_for_processes``): a child whose renewer thread is starved (a C call holding the GIL, a machine so
+loaded that the thread is not scheduled for a TTL) keeps its lease, since a lease means "a live process runs
+this", not "this process was scheduled lately". A stopped (SIGSTOP) or dead child's lease is left to expire.
+``release`` (after the unit returned or raised: either way it finished) drops the lease and the count.
 A unit's renewal can fail (its process froze past the TTL): its output is then written fenced by its lease
 (``holder`` gives the token; ``ArtifactStore.fenced``), so a unit whose lease was lost discards what it made.
 A unit whose process was killed leaves both: the lease expires after its TTL, which tells the janitor the unit
@@ -35,6 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import redis
@@ -68,6 +74,21 @@ else redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3])) end
 return 1
 """
 
+# KEYS: leases. ARGV[1]: TTL ms, ARGV[2..]: for each lease, the holder prefix ("host|pid|") of the process that
+# runs its unit. Extends each lease still held by that process. Returns how many were extended.
+_RENEW_FOR = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  local prefix = ARGV[i + 1]
+  if holder and string.sub(holder, 1, #prefix) == prefix then
+    redis.call('PEXPIRE', key, tonumber(ARGV[1]))
+    n = n + 1
+  end
+end
+return n
+"""
+
 # KEYS[1]: lease, KEYS[2]: start count. ARGV[1]: holder. Drops the count, and the lease if still ours.
 _RELEASE = """
 redis.call('DEL', KEYS[2])
@@ -80,6 +101,24 @@ class Admission(enum.Enum):
     RUN = "run"
     BUSY = "busy"  # another live worker holds the lease: this delivery is a duplicate
     POISON = "poison"  # started too many times without finishing
+
+
+def holder_prefix(pid: int, host: str | None = None) -> str:
+    """The start of every lease holder that process ``pid`` of ``host`` (default: this one) writes."""
+    return f"{host or socket.gethostname()}|{pid}|"
+
+
+def process_running(pid: int) -> bool:
+    """True while process ``pid`` of this host exists and is neither stopped nor a zombie (Linux ``/proc``;
+    elsewhere: while it exists)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return _holder_alive(holder_prefix(pid))
+    state = stat.rpartition(")")[2].split()[0]  # the command name may hold spaces and parentheses
+    return state not in ("T", "t", "Z", "X")
 
 
 def _holder_alive(holder: str) -> bool:
@@ -108,6 +147,7 @@ class UnitGuard:
         self._admit = Script(client, _ADMIT)
         self._swap = Script(client, _SWAP)
         self._release = Script(client, _RELEASE)
+        self._renew_for = Script(client, _RENEW_FOR)
         self._held: dict[str, str] = {}  # lease key -> holder, renewed by the thread below
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
@@ -135,7 +175,7 @@ class UnitGuard:
         """Queue the admission on ``pipe`` (so it shares a round trip with the job's start); call the answer
         with the pipeline's result for it."""
         lease, starts = self.lease_key(job_id, unit), self.starts_key(job_id, unit)
-        holder = f"{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex}"
+        holder = f"{holder_prefix(os.getpid())}{uuid.uuid4().hex}"
         self._admit(keys=[starts, lease], args=[holder, self._ttl_ms, self._max_starts, STARTS_TTL_S], client=pipe)
 
         def decide(result: Any) -> tuple[Admission, int]:
@@ -179,6 +219,15 @@ class UnitGuard:
         with self._lock:
             holder = self._held.pop(lease, "")
         self._release(keys=[lease, self.starts_key(job_id, unit)], args=[holder], client=pipe)
+
+    def renew_for_processes(self, units: list[tuple[str, str, int]]) -> int:
+        """Extend the lease of each (job, unit, pid) while process ``pid`` of this host holds it and runs (the
+        worker's main process, for its pool's children); answers how many were extended."""
+        running = [(self.lease_key(job, unit), holder_prefix(pid)) for job, unit, pid in units if process_running(pid)]
+        if not running:
+            return 0
+        leases, prefixes = zip(*running, strict=True)
+        return int(self._renew_for(keys=list(leases), args=[self._ttl_ms, *prefixes]))
 
     def _ensure_renewer(self) -> None:
         # Started lazily in the process that runs units (a prefork child), and again after a fork.

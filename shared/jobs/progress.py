@@ -10,9 +10,9 @@ fraction, with an ETA once a twentieth of the work is done.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
+from shared.infra.clock import parse_iso
 from shared.jobs.store import Job, JobStore
 
 Position = dict[str, Any]
@@ -29,12 +29,12 @@ def overall(where: Position, fraction: float) -> float:
     return float((where["index"] + min(max(fraction, 0.0), 1.0)) / where["stages"])
 
 
-def eta(job: Job | None, done: float) -> str:
-    """ "; ETA <s> s" from the job's start and the fraction ``done`` of it, once measurable; else ""."""
+def eta(jobs: JobStore, job: Job | None, done: float) -> str:
+    """ "; ETA <s> s" from the job's start and the fraction ``done`` of it, once measurable; else "". Both ends
+    are by the store's clock (Redis TIME), whichever host reports."""
     if job is None or not job.started_at or done <= 0.05:
         return ""
-    started = datetime.fromisoformat(job.started_at.replace("Z", "+00:00"))
-    elapsed = (datetime.now(UTC) - started).total_seconds()
+    elapsed = jobs.clock.now() - parse_iso(job.started_at)
     return f"; ETA {elapsed * (1 - done) / done:.0f} s"
 
 
@@ -42,5 +42,5 @@ def report(jobs: JobStore, job: Job | None, where: Position, fraction: float, me
     """Write ``fraction`` of ``where`` as the progress of the job ``where`` names (``job``, its record, gives the
     ETA); answers the job's overall fraction."""
     done = overall(where, fraction)
-    jobs.progress(where["id"], done, stage=where["stage"], message=f"{message}{eta(job, done)}")
+    jobs.progress(where["id"], done, stage=where["stage"], message=f"{message}{eta(jobs, job, done)}")
     return done

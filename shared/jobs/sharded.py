@@ -23,7 +23,7 @@ from typing import Any
 from celery import Celery
 
 from shared.infra.keys import shard_id
-from shared.jobs.kinds import SHARDED, Task
+from shared.jobs.kinds import EVALUATE_SPLIT, KINDS, SHARDED, STEPPED, Task
 from shared.jobs.store import JobStore
 
 PLAN_FIELD = "shards"
@@ -34,6 +34,20 @@ def shard_unit(lo: int) -> str:
     """The unit of the shard that starts at ``lo``: the lease its task takes, the unit the janitor sends again,
     and the fence ``workers.sharded`` publishes the shard's output under."""
     return f"shard-{shard_id(lo)}"
+
+
+def message_unit(task: str, args: list[Any]) -> str | None:
+    """The unit a message of ``task`` with ``args`` runs under (its lease: shared/jobs/leases.py), None for a
+    task that takes none (a pipeline's or an evaluation's step, which holds the job's lock instead)."""
+    for sharded in SHARDED.values():
+        if task == sharded.shard.name:
+            return shard_unit(int(args[2]))
+        if task == sharded.join.name:
+            return "join"
+    if task == EVALUATE_SPLIT.name:
+        return "split"
+    stepped = {t.name for t in STEPPED.values()}
+    return "main" if task in {t.name for t in KINDS.values()} - stepped else None
 
 
 def ranges(items: int, size: int) -> list[tuple[int, int]]:

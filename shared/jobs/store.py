@@ -26,7 +26,6 @@ decides what a caller may see.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Any, Literal, cast
 import redis
 from redis.lock import Lock
 
-from shared.infra.clock import utcnow_iso
+from shared.infra.clock import RedisClock, iso
 from shared.infra.durability import Durability
 from shared.infra.keys import Keys
 from shared.infra.metrics import lua_buckets
@@ -189,6 +188,8 @@ class JobStore:
         self._keys = Keys(prefix)
         self._ttl = result_ttl_s
         self._durability: Durability | None = None
+        self.clock = RedisClock(client)
+        """Every timestamp a job record carries is by this clock (Redis TIME: shared/infra/clock.py)."""
         self._transition = Script(client, _TRANSITION)
         self._shard_done = Script(client, _SHARD_DONE)
 
@@ -218,7 +219,7 @@ class JobStore:
     ) -> Job:
         """``create`` queued on ``pipe``: the record exists once the caller executes it."""
         job_id = job_id or str(uuid.uuid4())
-        now = time.time()
+        now = self.clock.now()
         fields = {
             "id": job_id,
             "kind": kind,
@@ -226,7 +227,7 @@ class JobStore:
             "progress": "0",
             "stage": "queued",
             "message": "",
-            "created_at": utcnow_iso(),
+            "created_at": iso(now),
             "params": json.dumps(dict(params)),
             "t_created": f"{now:.6f}",  # seconds since the epoch, for the latency metric (see _TRANSITION)
         }
@@ -312,7 +313,7 @@ class JobStore:
     def prune_expired(self, *, now: float | None = None, batch: int = 5000) -> int:
         """Take ids whose record has expired out of the indexes; answers how many (at most ``batch``)."""
         expiry = self._keys.jobs_expiry
-        ids = cast("list[bytes]", self._r.zrangebyscore(expiry, "-inf", now or time.time(), start=0, num=batch))
+        ids = cast("list[bytes]", self._r.zrangebyscore(expiry, "-inf", now or self.clock.now(), start=0, num=batch))
         if ids:
             pipe = self._r.pipeline(transaction=True)
             pipe.zrem(self._keys.jobs, *ids)
@@ -381,7 +382,7 @@ class JobStore:
     ) -> Callable[[Sequence[Any]], Job | None]:
         """``start`` queued on ``pipe`` (two commands, the last on it so far); call the answer with the
         pipeline's results."""
-        fields = {"started_at": utcnow_iso(), "stage": stage, "message": message}
+        fields = {"started_at": self.clock.iso(), "stage": stage, "message": message}
         self._move(job_id, allowed=ACTIVE, to="running", ttl=False, fields=fields, pipe=pipe)
         pipe.hgetall(self._key(job_id))
 
@@ -401,6 +402,10 @@ class JobStore:
             fields={"progress": value, "stage": stage, "message": message},
         )
 
+    def note_queued(self, job_id: str, message: str, *, pipe: redis.client.Pipeline) -> None:
+        """Queue on ``pipe`` a message on a job that still waits to start (where it waits: the janitor)."""
+        self._move(job_id, allowed=("queued",), to=None, ttl=False, fields={"message": message}, pipe=pipe)
+
     def succeed(
         self,
         job_id: str,
@@ -417,7 +422,7 @@ class JobStore:
         With ``pipe``, the move is only queued there (to share a round trip) and True is answered.
         """
         fields = {
-            "finished_at": utcnow_iso(),
+            "finished_at": self.clock.iso(),
             "progress": "1",
             "stage": "done",
             "message": message,
@@ -431,7 +436,7 @@ class JobStore:
 
     def fail(self, job_id: str, *, code: str, message: str, details: Mapping[str, Any] | None = None) -> bool:
         error = {"code": code, "message": message, **({"details": dict(details)} if details else {})}
-        fields = {"finished_at": utcnow_iso(), "message": message, "error": json.dumps(error)}
+        fields = {"finished_at": self.clock.iso(), "message": message, "error": json.dumps(error)}
         return self._move(job_id, allowed=ACTIVE, to="failed", ttl=True, fields=fields)
 
     def shard_done(self, job_id: str, shard: str, stats: Mapping[str, Any], *, total: int) -> int:
@@ -463,5 +468,5 @@ class JobStore:
         return cast(Lock, self._r.lock(self._keys.lock(name), timeout=ttl_s, blocking=False))
 
     def cancel(self, job_id: str) -> bool:
-        fields = {"finished_at": utcnow_iso(), "message": "cancelled by request", "stage": "cancelled"}
+        fields = {"finished_at": self.clock.iso(), "message": "cancelled by request", "stage": "cancelled"}
         return self._move(job_id, allowed=ACTIVE, to="cancelled", ttl=True, fields=fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -111,3 +112,42 @@ def test_a_shard_that_lost_its_lease_writes_nothing(svc: Services, how: str) -> 
         assert shard_admitted(job.id, 50, 100, 2, work(lose=False)) == 1
     np.testing.assert_array_equal(svc.artifacts.get_array(evaluation_part(job.id, 50)), top)
     assert svc.redis.ttl(svc.keys.artifact(evaluation_part(job.id, 50))) > 0
+
+
+def test_the_main_process_keeps_a_live_childs_lease_but_not_a_stopped_or_dead_ones(
+    guard: UnitGuard, redis_client: redis.Redis
+) -> None:
+    # What the worker's lease keeper does for its pool: a child so starved that its own renewer never runs
+    # keeps its lease while it exists and runs; a stopped or dead one's lease expires.
+    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(3)]
+    try:
+        units = [("j", f"u{i}", child.pid) for i, child in enumerate(children)]
+        for job, unit, pid in units:
+            redis_client.set(guard.lease_key(job, unit), f"{socket.gethostname()}|{pid}|token", px=600)
+        redis_client.set(guard.lease_key("j", "other"), f"{socket.gethostname()}|1|token", px=600)
+        os.kill(children[1].pid, signal.SIGSTOP)
+        children[2].kill()
+        children[2].wait()
+        deadline = time.monotonic() + 1.5  # more than twice the TTL
+        while time.monotonic() < deadline:
+            guard.renew_for_processes([*units, ("j", "other", children[0].pid)])  # "other" is not its lease
+            time.sleep(0.2)
+        alive = [bool(redis_client.exists(guard.lease_key(job, unit))) for job, unit, _ in units]
+        assert alive == [True, False, False]
+        assert not redis_client.exists(guard.lease_key("j", "other"))
+    finally:
+        for child in children:
+            child.kill()  # a stopped process too
+            child.wait()
+
+
+def test_a_message_names_the_unit_it_runs() -> None:
+    from shared.jobs.kinds import BATCH_JOIN, EVALUATE_SPLIT, EVALUATE_STEP, INGEST, MINE_SHARD, PIPELINE_STEP
+    from shared.jobs.sharded import message_unit, shard_unit
+
+    assert message_unit(INGEST.name, ["j", {}]) == "main"
+    assert message_unit(MINE_SHARD.name, ["j", {}, 4000, 8000, 3]) == shard_unit(4000)
+    assert message_unit(BATCH_JOIN.name, ["j", {}]) == "join"
+    assert message_unit(EVALUATE_SPLIT.name, ["j", "d", {}]) == "split"
+    assert message_unit(PIPELINE_STEP.name, ["j"]) is None and message_unit(EVALUATE_STEP.name, ["j"]) is None
+    assert message_unit("elsewhere.task", []) is None
