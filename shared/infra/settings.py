@@ -35,6 +35,17 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
 """Largest multipart upload of MovieLens files the API streams into Redis (413 beyond); ml-latest's zip is ~350 MB."""
 
+DEFAULT_MAX_UPLOADS_IN_FLIGHT_BYTES = 0
+"""Bytes of uploads being received at once, across every API process (503 with Retry-After beyond); 0: as much as
+one upload may be (MOVIEREC_MAX_UPLOAD_BYTES)."""
+
+DEFAULT_MAX_FEEDBACK_ROWS = 1_000_000
+"""(user, movie) feedback rows one dataset may hold (409 quota_exceeded beyond, nothing of the batch stored);
+0: no cap."""
+
+DEFAULT_MAX_FEEDBACK_ROWS_PER_USER = 10_000
+"""Feedback rows one user may hold in one dataset (409 quota_exceeded beyond); 0: no cap."""
+
 DEFAULT_HEADER_TIMEOUT_S = 10
 """Seconds a client has to send a request's line and headers (and to start the next one on a kept-alive
 connection) before the API closes the connection (api/connections.py)."""
@@ -89,6 +100,9 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
+    max_uploads_in_flight_bytes: int = Field(default=DEFAULT_MAX_UPLOADS_IN_FLIGHT_BYTES, ge=0)
+    max_feedback_rows: int = Field(default=DEFAULT_MAX_FEEDBACK_ROWS, ge=0)
+    max_feedback_rows_per_user: int = Field(default=DEFAULT_MAX_FEEDBACK_ROWS_PER_USER, ge=0)
     header_timeout_s: int = Field(default=DEFAULT_HEADER_TIMEOUT_S, ge=1, le=3600)
     body_timeout_s: int = Field(default=DEFAULT_BODY_TIMEOUT_S, ge=1, le=3600)
     body_min_rate: int = Field(default=DEFAULT_BODY_MIN_RATE, ge=1)
@@ -162,6 +176,9 @@ class Settings(BaseSettings):
         env["MOVIEREC_MAX_DATASETS"] = str(self.max_datasets)
         env["MOVIEREC_MAX_MODELS"] = str(self.max_models)
         env["MOVIEREC_MAX_UPLOAD_BYTES"] = str(self.max_upload_bytes)
+        env["MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES"] = str(self.max_uploads_in_flight_bytes)
+        env["MOVIEREC_MAX_FEEDBACK_ROWS"] = str(self.max_feedback_rows)
+        env["MOVIEREC_MAX_FEEDBACK_ROWS_PER_USER"] = str(self.max_feedback_rows_per_user)
         env["MOVIEREC_HEADER_TIMEOUT_S"] = str(self.header_timeout_s)
         env["MOVIEREC_BODY_TIMEOUT_S"] = str(self.body_timeout_s)
         env["MOVIEREC_BODY_MIN_RATE"] = str(self.body_min_rate)
