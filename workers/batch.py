@@ -1,7 +1,8 @@
 """Tasks of a batch recommendation job (``cpu`` queue): planning, the shards and the join.
 
 The job's data and its result's shape are shared/logic/batch.py's; its shards and join run in the sharded-job
-frame (workers/sharded.py); each user is answered by the single-user query's own function (shared/ml/batch.py).
+frame (workers/sharded.py); a shard's users are answered at once, each as the single-user query answers them
+(shared/ml/batch.py).
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@
                                   │
                                   ▼
     workers.batch.batch_shard [lo, hi) ──> part ``recommend-batch/<job>/part/<lo>``: its rows (shared/ml/batch.py)
-        │ each user answered by ``recommend``, the single-user endpoint's function, with their feedback read
-        │ in one round trip for the shard; stats into the job's shard hash; progress and an ETA; the shard
-        ▼ that completes the set sends the join
+        │ the shard's users answered at once (``answer_users``: profiles in one call, one index search per
+        │ beam, in ``search_threads`` threads), each as the single-user endpoint answers them, with their
+        │ feedback read in one round trip for the shard; stats into the job's shard hash; progress and an
+        ▼ ETA; the shard that completes the set sends the join
     workers.batch.batch_join ──> the job succeeds with a summary (users, rows, parts, users per second)
 
 The parts are the result: ``GET /v1/jobs/<id>/result?format=csv|npy`` reads them one after the other and
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from shared.infra.keys import batch_part, batch_result, dataset_artifact
+from shared.infra.process import per_process
 from shared.jobs.sharded import ShardPlan
 from shared.logic.services import Services
 from shared.logic.serving import feedback_for, load_serving
@@ -75,8 +77,18 @@ def answer_part(
     users = svc.artifacts.get_array(batch_result(job_id, "user_ids"))[lo:hi]
     model = load_serving(svc.artifacts, svc.models, params["model"])
     rows, stats = answer_users(model, users, k=int(params["k"]), exclude_seen=bool(params.get("exclude_seen", True)),
-                               feedback=feedback_for(svc, model, users.tolist()))  # fmt: skip
+                               feedback=feedback_for(svc, model, users.tolist()), threads=search_threads())  # fmt: skip
     return rows, {**stats, "range": [lo, hi]}
+
+
+@per_process()
+def search_threads() -> int:
+    """Threads a shard's index search may use: those this process's BLAS may (a CPU worker limits each of its N
+    processes to cores / N, workers/main.py), so N processes together keep to the cores."""
+    from threadpoolctl import threadpool_info
+
+    blas = [int(lib["num_threads"]) for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return max(1, min(blas, default=1))
 
 
 def store_part(artifacts: ArtifactStore, job_id: str, lo: int, rows: np.ndarray, *, ttl_s: int) -> None:

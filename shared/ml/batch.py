@@ -1,12 +1,19 @@
-"""Batch recommendations, the pure part: many users answered exactly as the single-user query answers each one,
-and the rows written out as CSV or ``.npy`` a piece at a time.
+"""Batch recommendations, the pure part: a shard of users answered at once, each exactly as the single-user
+query answers them, and the rows written out as CSV or ``.npy`` a piece at a time.
 
 A batch row is one recommended movie of one user: ``(user_id, rank, movie_id, score)``, rank 1 the best, a user's
-rows in rank order, users in the batch's order. Each user goes through ``user_ranking``, the function the
-single-user answer (``recommend``, behind ``POST /v1/recommendations``) is described from, so a batch row is
-that answer's item by construction: same profile (stored ratings with feedback over them), same exclusions,
-same index search (ef and k per query), same popular fallback for a user with no ratings; only the titles and
-descriptor counts a JSON answer carries are not made. A user may have fewer than k rows (exclusions leave fewer movies).
+rows in rank order, users in the batch's order. ``answer_users`` takes a shard's users through the steps the
+single-user answer (``user_ranking`` behind ``recommend``, shared/ml/recommend.py) takes one user through, each
+step once for the whole shard:
+
+    users ──> users_ratings: stored ratings gathered at once (CSR), feedback laid over those who have any
+          ──> profile_weights, profile_queries (exact_rows): one query vector per user with ratings
+          ──> MovieIndex.query_many: the index searched per beam, not per user; each user's rated movies excluded
+          ──> user_rows: the rows in user order; a user with no ratings gets the most popular movies
+
+so a batch row is that answer's item, bit for bit (tests/unit/test_batch.py compares them user by user): same
+ratings, profile, exclusions and index search (each user's own ef and k); only the titles and descriptor counts
+a JSON answer carries are not made. A user may have fewer than k rows (exclusions leave fewer movies).
 
 The ``.npy`` form is one structured array of ``ROW`` (one element per CSV row), written as its header followed by
 each part's bytes, so neither form is ever built whole in memory.
@@ -16,11 +23,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from shared.ml.recommend import ServingModel, UserRatings, user_ranking
+from shared.ml.index import Found, RowSets, concat_ranges
+from shared.ml.recommend import ServingModel, UserRatings, profile_queries, profile_weights
 
 ROW = np.dtype([("user_id", "<i4"), ("rank", "<i2"), ("movie_id", "<i4"), ("score", "<f4")])
 """One batch row, as the ``.npy`` result stores it (little-endian, packed: 14 bytes); ``score`` is the float32
@@ -38,26 +47,114 @@ def answer_users(
     k: int,
     exclude_seen: bool = True,
     feedback: dict[int, UserRatings] | None = None,
+    threads: int = 1,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``users`` (b,) answered in order: (rows (r,) of ``ROW``, stats {"users", "rows", "popular", "seconds"}).
-    ``feedback``: the ratings given after ingest of those users that have any (``serving.feedback_for``)."""
+    ``feedback``: the ratings given after ingest of those users that have any (``serving.feedback_for``);
+    ``threads``: how many the index search may use (the cores this process is meant to have)."""
     started = time.perf_counter()
-    feedback = feedback or {}
-    chunks: list[np.ndarray] = []
-    popular = 0
-    for user in users.tolist():
-        ranking = user_ranking(model, user, k=k, exclude_seen=exclude_seen, feedback=feedback.get(user))
-        popular += ranking.strategy == "popular"
-        out = np.empty(len(ranking.rows), dtype=ROW)
-        out["user_id"] = user
-        out["rank"] = np.arange(1, len(ranking.rows) + 1)
-        out["movie_id"] = model.movie_ids[ranking.rows]
-        out["score"] = ranking.scores
-        chunks.append(out)
-    rows = np.concatenate(chunks) if chunks else np.zeros(0, dtype=ROW)
-    stats = {"users": len(users), "rows": len(rows), "popular": popular,
+    ratings = users_ratings(model, users, feedback or {})
+    counts = np.diff(ratings.indptr)
+    rated = np.flatnonzero(counts)
+    indptr = np.r_[0, np.cumsum(counts[rated])].astype(np.int64)  # the rated users' ratings, all of them
+    weights = profile_weights(indptr, ratings.values, ratings.times, model.profile)
+    queries = profile_queries(indptr, ratings.rows, weights, profile=model.profile, raw=model.raw,
+                              embeddings=model.embeddings, weight=model.weight, bias=model.bias, inner=model.inner,
+                              exact_rows=True)  # fmt: skip
+    excluded = RowSets(indptr, ratings.rows) if exclude_seen else RowSets(indptr * 0, ratings.rows[:0])
+    found = model.index.query_many(queries, k, excluded=excluded, threads=threads)
+    rows = user_rows(model, users, rated, found, k=k)
+    stats = {"users": len(users), "rows": len(rows), "popular": len(users) - len(rated),
              "seconds": round(time.perf_counter() - started, 4)}  # fmt: skip
     return rows, stats
+
+
+def users_ratings(model: ServingModel, users: np.ndarray, feedback: dict[int, UserRatings]) -> ShardRatings:
+    """The ratings of ``users`` (b,) a profile reads, as a single query reads them one user at a time
+    (``UserRatings.over(ServingModel.stored_ratings)``): stored ones gathered at once, feedback laid over the
+    few users that have any."""
+    lo, counts = model.stored_ranges(users)
+    at = concat_ranges(lo, counts)
+    stored = ShardRatings(
+        indptr=np.r_[0, np.cumsum(counts)].astype(np.int64),
+        rows=model.ratings_movie[at].astype(np.int64),
+        values=model.ratings_value[at].astype(np.float32),
+        times=model.ratings_time[at].astype(np.int64) if model.ratings_time is not None else None,
+    )
+    given = [i for i, user in enumerate(users.tolist()) if user in feedback]
+    if not given:
+        return stored
+    return stored.replaced({i: feedback[int(users[i])].over(stored.user(i)) for i in given})
+
+
+@dataclass(frozen=True)
+class ShardRatings:
+    """Many users' ratings, user i's at ``indptr[i]:indptr[i + 1]``, in the order a profile reads them."""
+
+    indptr: np.ndarray  # (b + 1,) int64
+    rows: np.ndarray  # (r,) int64 catalogue rows
+    values: np.ndarray  # (r,) float32
+    times: np.ndarray | None  # (r,) int64 seconds; None where the model's profile does not weigh recency
+
+    def user(self, i: int) -> UserRatings:
+        lo, hi = int(self.indptr[i]), int(self.indptr[i + 1])
+        times = self.times[lo:hi] if self.times is not None else None
+        return UserRatings(rows=self.rows[lo:hi], values=self.values[lo:hi], times=times)
+
+    def replaced(self, by: dict[int, UserRatings]) -> ShardRatings:
+        """These ratings with user i's replaced by ``by[i]`` for each i given."""
+        parts: list[UserRatings] = []
+        done = 0
+        for i in sorted(by):
+            parts += [self.users(done, i), by[i]]
+            done = i + 1
+        parts.append(self.users(done, len(self.indptr) - 1))
+        counts = np.diff(self.indptr).copy()
+        for i, ratings in by.items():
+            counts[i] = len(ratings)
+        times = np.concatenate([p.times for p in parts if p.times is not None]) if self.times is not None else None
+        return ShardRatings(
+            indptr=np.r_[0, np.cumsum(counts)].astype(np.int64),
+            rows=np.concatenate([p.rows for p in parts]).astype(np.int64),
+            values=np.concatenate([p.values for p in parts]).astype(np.float32),
+            times=times,
+        )
+
+    def users(self, lo: int, hi: int) -> UserRatings:
+        """Users [lo, hi)'s ratings, one after the other."""
+        a, b = int(self.indptr[lo]), int(self.indptr[hi])
+        return UserRatings(rows=self.rows[a:b], values=self.values[a:b],
+                           times=self.times[a:b] if self.times is not None else None)  # fmt: skip
+
+
+def user_rows(
+    model: ServingModel,
+    users: np.ndarray,
+    rated: np.ndarray,
+    found: Found,
+    *,
+    k: int,
+) -> np.ndarray:
+    """The batch rows (of ``ROW``) of ``users``: those at ``rated`` answered by ``found`` (``query_many``'s
+    indptr, rows, scores, in the order of ``rated``), the others the most popular movies."""
+    indptr, found_rows, found_scores = found
+    order, popular_scores = model.popular
+    counts = np.full(len(users), min(k, len(order)), dtype=np.int64)
+    counts[rated] = np.diff(indptr)
+    out = np.empty(int(counts.sum()), dtype=ROW)
+    owner = np.repeat(np.arange(len(users)), counts)
+    begins = np.r_[0, np.cumsum(counts)[:-1]] if len(users) else np.zeros(0, dtype=np.int64)
+    out["user_id"] = users[owner]
+    out["rank"] = np.arange(len(out)) - begins[owner] + 1
+    is_rated = np.zeros(len(users), dtype=bool)
+    is_rated[rated] = True
+    mine = is_rated[owner]
+    out["movie_id"][mine] = model.movie_ids[found_rows]
+    out["score"][mine] = found_scores
+    place = out["rank"][~mine].astype(np.int64) - 1
+    out["movie_id"][~mine] = model.movie_ids[order[place]]
+    out["score"][~mine] = popular_scores[place]
+    return out
 
 
 def csv_text(rows: np.ndarray) -> Iterator[str]:

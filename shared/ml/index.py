@@ -25,7 +25,7 @@ import hashlib
 import os
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,6 +33,31 @@ DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 200
 DEFAULT_EF = 100
 BUILD_SEED = 100
+MIN_THREADED = 64
+"""Queries of one beam below which ``query_many`` searches in one thread (hnswlib starts its threads per call)."""
+
+
+class RowSets(NamedTuple):
+    """Sets of catalogue rows, one per query: query i's are ``rows[indptr[i]:indptr[i + 1]]``."""
+
+    indptr: np.ndarray  # (b + 1,)
+    rows: np.ndarray  # int64
+
+
+class Found(NamedTuple):
+    """Answers to many queries: query i's rows (best first) and scores at ``indptr[i]:indptr[i + 1]``."""
+
+    indptr: np.ndarray  # (b + 1,) int64
+    rows: np.ndarray  # int64 catalogue rows
+    scores: np.ndarray  # float32 cosine
+
+
+class _Labels(NamedTuple):
+    """Search results of many queries, flat: each one's query, label (or row) and score."""
+
+    queries: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -130,6 +155,87 @@ class MovieIndex:
                 return self._exact(query[0], k, allowed)
             want = min(self.groups, want * 4)
 
+    def query_many(self, vectors: np.ndarray, k: int, *, excluded: RowSets, threads: int = 1) -> Found:
+        """``query``'s answer to each of b queries ``vectors`` (b, d), query i's ``excluded`` rows left out: the
+        same answers as b calls of ``query``, in fewer calls into hnswlib.
+
+        Each query keeps the beam ``query`` gives it (ef = max(ef, want), want = k + its exclusions): a graph
+        search with beam ef and k <= ef is the same search whatever k, so the queries of one beam are searched
+        in one ``knn_query`` (in ``threads`` threads when they are many) and each keeps its first ``want``
+        labels. A query whose labels, filtered, come short of k (or whose beam's call hnswlib refused) is
+        answered by ``query`` itself, which widens its search.
+        """
+        b = len(vectors)
+        owner = np.repeat(np.arange(b), np.diff(excluded.indptr))
+        banned = np.unique(owner * self.n + excluded.rows)  # (e,) sorted keys query * n + row, each once
+        distinct = np.bincount(banned // self.n, minlength=b)  # (b,) rows each query excludes
+        ks = np.minimum(k, self.n - distinct)  # as ``query``: k, or what is left
+        wants = np.minimum(self.groups, ks + distinct)
+        beams = np.maximum(self.params.ef, wants)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        searched: list[_Labels] = []
+        refused: list[np.ndarray] = []
+        order = np.argsort(beams, kind="stable")
+        order = order[ks[order] > 0]
+        for group in np.split(order, np.flatnonzero(np.diff(beams[order])) + 1) if len(order) else []:
+            want = wants[group]
+            self._index.set_ef(int(beams[group[0]]))
+            try:
+                labels, distances = self._index.knn_query(
+                    vectors[group], k=int(want.max()), num_threads=threads if len(group) >= MIN_THREADED else 1
+                )  # (g, max want) each
+            except RuntimeError:  # hnswlib: fewer vectors reachable than asked for, for one query of the group
+                refused.append(group)
+                continue
+            first = np.arange(labels.shape[1]) < want[:, None]  # (g, max want): each query's first ``want``
+            searched.append(_Labels(np.repeat(group, want), labels[first], 1.0 - distances[first]))
+        kept = self._allowed_rows(searched, banned)
+        return self._first_k(kept, ks=ks, vectors=vectors, excluded=excluded, refused=refused)
+
+    def _allowed_rows(self, searched: list[_Labels], banned: np.ndarray) -> _Labels:
+        """The searched labels expanded to their rows (``_expand``), each query's banned rows dropped: rows in
+        place of labels, each query's contiguous and best first."""
+        if not searched:
+            return _Labels(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+        queries, labels, scores = (np.concatenate(parts) for parts in zip(*searched, strict=True))
+        starts = self._starts[labels]
+        sizes = self._starts[labels + 1] - starts  # movies per vector
+        rows = self._members[concat_ranges(starts, sizes)].astype(np.int64)
+        queries, scores = np.repeat(queries, sizes), np.repeat(scores, sizes)
+        keys = queries * self.n + rows
+        at = np.minimum(np.searchsorted(banned, keys), max(len(banned) - 1, 0))
+        keep = banned[at] != keys if len(banned) else np.ones(len(keys), dtype=bool)
+        return _Labels(queries[keep], rows[keep], scores[keep].astype(np.float32))
+
+    def _first_k(
+        self, kept: _Labels, *, ks: np.ndarray, vectors: np.ndarray, excluded: RowSets, refused: list[np.ndarray]
+    ) -> Found:
+        """Each query's first ``ks`` kept rows; a query left short, or refused, answered by ``query``."""
+        queries, rows, scores = kept
+        begins, sizes = _runs(queries)
+        place = np.arange(len(queries)) - np.repeat(begins, sizes)  # each row's place among its query's
+        take = place < ks[queries]
+        queries, rows, scores = queries[take], rows[take], scores[take]
+        found = np.bincount(queries, minlength=len(ks))
+        start = np.zeros(len(ks), dtype=np.int64)  # where each query's rows begin
+        begins, _ = _runs(queries)
+        start[queries[begins]] = begins
+        more_rows, more_scores, at = [rows], [scores], len(rows)
+        short = np.union1d(np.flatnonzero(found < ks), np.concatenate(refused) if refused else [])
+        for i in short.astype(np.int64).tolist():
+            allowed = np.ones(self.n, dtype=bool)
+            allowed[excluded.rows[excluded.indptr[i] : excluded.indptr[i + 1]]] = False
+            r, s = self.query(vectors[i], int(ks[i]), allowed=allowed)
+            more_rows.append(r)
+            more_scores.append(s)
+            start[i], found[i], at = at, len(r), at + len(r)
+        gather = concat_ranges(start, found)  # the answers in query order
+        return Found(
+            indptr=np.r_[0, np.cumsum(found)].astype(np.int64),
+            rows=np.concatenate(more_rows)[gather],
+            scores=np.concatenate(more_scores)[gather].astype(np.float32),
+        )
+
     def _expand(self, labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Distinct vectors (best first) -> their movies, in catalogue order within a vector."""
         starts = self._starts[labels]
@@ -143,6 +249,12 @@ class MovieIndex:
         scores = per_group[self.group[rows]]
         best = np.argsort(-scores, kind="stable")[:k]
         return rows[best], scores[best].astype(np.float32)
+
+
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal ``values`` begins, and its length."""
+    begins = np.r_[0, np.flatnonzero(np.diff(values)) + 1] if len(values) else np.zeros(0, dtype=np.int64)
+    return begins, np.diff(np.r_[begins, len(values)])
 
 
 def concat_ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:

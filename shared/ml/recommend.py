@@ -164,6 +164,17 @@ class ServingModel:
         order = np.argsort(-counts, kind="stable")
         return order, (counts[order] / max(float(counts.max(initial=0.0)), 1.0)).astype(np.float32)
 
+    def stored_ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each of ``users`` (b,) has their ratings as ingested: (first position, count) in the ratings
+        arrays, count 0 for a user unknown at ingest (``stored_ratings``, for many users at once)."""
+        users = np.asarray(users, dtype=np.int64)
+        if not len(self.user_ids):
+            return np.zeros(len(users), dtype=np.int64), np.zeros(len(users), dtype=np.int64)
+        j = np.minimum(np.searchsorted(self.user_ids, users), len(self.user_ids) - 1)
+        known = self.user_ids[j] == users
+        lo = np.where(known, self.ratings_indptr[j], 0).astype(np.int64)
+        return lo, np.where(known, self.ratings_indptr[j + 1] - lo, 0).astype(np.int64)
+
     def stored_ratings(self, user_id: int) -> UserRatings:
         """The user's ratings as ingested (none for a user unknown at ingest)."""
         j = int(np.searchsorted(self.user_ids, user_id))
@@ -250,10 +261,12 @@ def profile_weights(indptr: np.ndarray, values: np.ndarray, times: np.ndarray | 
 
 def profile_queries(
     indptr: np.ndarray, movies: np.ndarray, weights: np.ndarray, *, profile: Profile, raw: np.ndarray,
-    embeddings: np.ndarray, weight: np.ndarray, bias: np.ndarray, inner: Layers = (),
+    embeddings: np.ndarray, weight: np.ndarray, bias: np.ndarray, inner: Layers = (), exact_rows: bool = False,
 ) -> np.ndarray:  # fmt: skip
     """(b, hidden) unit query vectors of b users' rated ``movies`` (catalogue rows, grouped by ``indptr``) and
-    their ``weights`` (``profile_weights``)."""
+    their ``weights`` (``profile_weights``). ``exact_rows``: each user's vector bit for bit the one a batch of
+    that user alone gets (a batch recommendation's promise): the network is applied one row at a time, since
+    BLAS sums a (b, d) x (d, h) product in another order than a (1, d) one."""
     counts = np.diff(indptr)
     space = embeddings if profile.item_space else raw
     sums = np.zeros((len(counts), space.shape[1]), dtype=np.float32)  # (b, d or hidden)
@@ -263,6 +276,9 @@ def profile_queries(
         return np.asarray(sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12), dtype=np.float32)
     total = np.bincount(np.repeat(np.arange(len(counts)), counts), weights=np.abs(weights), minlength=len(counts))
     mean = sums / np.maximum(total, 1e-12).astype(np.float32)[:, None]  # (b, d): the notebook's weighted mean
+    if exact_rows:
+        return np.concatenate([project(mean[i : i + 1], weight, bias, inner) for i in range(len(mean))] or
+                              [np.zeros((0, weight.shape[0]), dtype=np.float32)])  # fmt: skip
     return project(mean, weight, bias, inner)
 
 

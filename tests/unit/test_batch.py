@@ -1,17 +1,19 @@
-"""Batch recommendations, the pure part: users answered by ``recommend`` itself, rows in order, CSV text that
-reads back to the single answer's scores, the streamed .npy header."""
+"""Batch recommendations, the pure part: a shard's users answered at once, each user's rows bit for bit the
+single-user answer's items (every kind of profile, feedback, no ratings, exclusions), rows in order, CSV text
+that reads back to the single answer's scores, the streamed .npy header."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
+import pytest
 
 from shared.jobs.sharded import ShardPlan
 from shared.logic.batch import listed_users
 from shared.ml.batch import CSV_ROWS_PER_CHUNK, ROW, answer_users, csv_text, npy_header
 from shared.ml.index import IndexParams, MovieIndex
-from shared.ml.recommend import ServingModel, UserRatings, recommend
+from shared.ml.recommend import ServingModel, UserRatings, recommend, user_ranking
 
 
 def small_model(n: int = 40, users: int = 5) -> ServingModel:
@@ -56,6 +58,65 @@ def test_each_user_s_rows_are_recommend_s_items_in_order() -> None:
         assert mine["score"].astype(np.float64).round(6).tolist() == [i["score"] for i in items]
         at += len(items)
     assert at == len(rows) and len(rows) == 4 * 6 + 3  # user 5 rated all but 3 movies
+
+
+def random_model(config: dict[str, object], *, n: int = 3000, users: int = 300, d: int = 24) -> ServingModel:
+    """A model of ``config`` (architecture, profile, recency_days) over n movies, a third of them sharing
+    another's vector (as movies with the same descriptors do), users with 1 to 400 ratings, one with all but 3
+    and one with all; user ids 2, 4, 6, ..."""
+    rng = np.random.default_rng(2)
+    hidden, recency = 8, float(config.get("recency_days", 0.0))
+    raw = rng.normal(size=(n * 2 // 3, d)).astype(np.float32)[rng.integers(0, n * 2 // 3, n)]
+    weight, bias = rng.normal(size=(hidden, d)).astype(np.float32), rng.normal(size=hidden).astype(np.float32)
+    projected = raw @ weight.T + bias
+    projected /= np.linalg.norm(projected, axis=1, keepdims=True)
+    counts = rng.integers(1, 400, size=users)
+    counts[-2:] = [n - 3, n]
+    total = int(counts.sum())
+    return ServingModel(
+        version="m-random", record={"config": config}, index=MovieIndex.build(projected, IndexParams()),
+        weight=weight, bias=bias, raw=raw, embeddings=projected.astype(np.float32),
+        movie_ids=np.arange(5, 5 + n, dtype=np.int32), titles=[""] * n, descriptors=[["Drama"]] * n,
+        vocabulary=["Drama"], desc_indptr=np.arange(n + 1), desc_indices=np.zeros(n, dtype=np.int32),
+        user_ids=np.arange(2, 2 * users + 1, 2, dtype=np.int32),
+        ratings_indptr=np.r_[0, np.cumsum(counts)].astype(np.int64),
+        ratings_movie=np.concatenate([rng.choice(n, size=c, replace=False) for c in counts]).astype(np.int32),
+        ratings_value=rng.choice(np.arange(0.5, 5.01, 0.5), size=total).astype(np.float32),
+        ratings_time=rng.integers(0, 10**9, size=total) if recency else None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},  # the notebook's: linear, rating / 5
+        {"architecture": "hybrid", "profile": "centred"},  # the default recipe's
+        {"profile": "centred", "recency_days": 30.0},
+        {"architecture": "hybrid", "recency_days": 10.0},
+    ],
+)
+def test_a_shard_s_rows_are_each_user_s_ranking_bit_for_bit(config: dict[str, object]) -> None:
+    model = random_model(config)
+    rng = np.random.default_rng(4)
+    users = np.r_[rng.permutation(model.user_ids), 1, 3, 10**9].astype(np.int64)  # and three unknown users
+    feedback = {
+        int(model.user_ids[0]): UserRatings(rows=np.array([0, 1, 2]), values=np.array([5.0, 1.0, 3.0], np.float32),
+                                            times=np.array([1, 2, 3])),  # re-rates and rates anew
+        3: UserRatings(rows=np.array([7, 8]), values=np.array([4.0, 2.0], np.float32), times=np.array([5, 6])),
+    }  # fmt: skip
+    for k, exclude_seen, threads in [(10, True, 1), (1, True, 2), (100, True, 1), (10, False, 2)]:
+        rows, stats = answer_users(model, users, k=k, exclude_seen=exclude_seen, feedback=feedback, threads=threads)
+        assert stats["popular"] == 2  # users 1 and 10**9; 3 has feedback
+        at = 0
+        for user in users.tolist():
+            one = user_ranking(model, user, k=k, exclude_seen=exclude_seen, feedback=feedback.get(user))
+            mine = rows[at : at + len(one.rows)]
+            assert mine["user_id"].tolist() == [user] * len(one.rows)
+            assert mine["rank"].tolist() == list(range(1, len(one.rows) + 1))
+            assert mine["movie_id"].tolist() == model.movie_ids[one.rows].tolist()
+            assert mine["score"].tobytes() == one.scores.astype(np.float32).tobytes()
+            at += len(one.rows)
+        assert at == len(rows) == stats["rows"]
 
 
 def test_listed_users_keep_their_first_place() -> None:

@@ -8,7 +8,7 @@ import torch
 
 from shared.ml.encoder import load_encoder, mean_by_rows
 from shared.ml.fitting import TrainConfig
-from shared.ml.index import ChecksumMismatch, IndexParams, MovieIndex
+from shared.ml.index import ChecksumMismatch, IndexParams, MovieIndex, RowSets
 from shared.ml.mining import build_incidence, mine_range
 from shared.ml.movielens import read_catalogue
 from shared.ml.training import train
@@ -79,3 +79,53 @@ def test_filters_and_fewer_than_k(projected: np.ndarray) -> None:
     assert len(rows) == 10 and mask[rows].all()
     assert hits(projected, q, rows, 10, mask) == 10
     assert len(index.query(q, 10, allowed=np.zeros(len(projected), dtype=bool))[0]) == 0
+
+
+class Refusing:
+    """An hnswlib index that refuses every search of more than one query, as it does when one query of a call
+    cannot reach k vectors: ``query_many`` must then answer each of that call's queries by ``query``."""
+
+    def __init__(self, index: object) -> None:
+        self._index = index
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._index, name)
+
+    def knn_query(self, data: np.ndarray, **kw: object) -> object:
+        if len(data) > 1:
+            raise RuntimeError("Cannot return the results in a contiguous 2D array")
+        return self._index.knn_query(data, **kw)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_many_queries_answer_as_one_query_each(projected: np.ndarray, threads: int) -> None:
+    """Rows and scores bit for bit ``query``'s, exclusions of every size: none, a few (one beam, many queries,
+    searched in threads), hundreds (a beam each), all but 3 (hnswlib's beam the whole graph), all."""
+    index = MovieIndex.build(projected, IndexParams())
+    rng = np.random.default_rng(3)
+    n = len(projected)
+    sizes = [0] * 40 + [int(s) for s in rng.integers(1, 80, 100)] + [300, 301, 2000, n - 3, n - 3, n]
+    excluded = [rng.choice(n, size=s, replace=False) for s in sizes]
+    excluded[5] = np.array([7, 7, 8])  # a movie twice: excluded once
+    vectors = projected[rng.choice(n, len(sizes))] + rng.normal(scale=0.1, size=(len(sizes), projected.shape[1]))
+    sets = RowSets(np.r_[0, np.cumsum([len(e) for e in excluded])], np.concatenate(excluded).astype(np.int64))
+    for k in (1, 10, 40):
+        found = index.query_many(vectors, k, excluded=sets, threads=threads)
+        for i, rows in enumerate(excluded):
+            allowed = np.ones(n, dtype=bool)
+            allowed[rows] = False
+            one_rows, one_scores = index.query(vectors[i], k, allowed=allowed)
+            lo, hi = found.indptr[i], found.indptr[i + 1]
+            assert found.rows[lo:hi].tolist() == one_rows.tolist()
+            assert found.scores[lo:hi].tobytes() == one_scores.tobytes()
+    assert np.diff(found.indptr)[-1] == 0 and np.diff(found.indptr)[-2] == 3
+
+
+def test_many_queries_that_hnswlib_refuses_are_answered_one_by_one(projected: np.ndarray) -> None:
+    index = MovieIndex.build(projected, IndexParams())
+    vectors = projected[[0, 10, 20, 30]]
+    sets = RowSets(np.array([0, 0, 1, 1, 3]), np.array([10, 30, 31]))
+    expected = index.query_many(vectors, 10, excluded=sets)
+    index._index = Refusing(index._index)
+    found = index.query_many(vectors, 10, excluded=sets)
+    assert [a.tolist() for a in found] == [a.tolist() for a in expected] and len(found.rows) == 40
