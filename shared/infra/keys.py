@@ -15,7 +15,8 @@ as an f-string (tests/unit/test_keys.py greps for it).
     <prefix>:janitor:lock|idle:<job>|queued:<job>|resends:<job>   the janitor's sweep lock and marks
     <prefix>:dataset:<id> / :datasets      a dataset's record, and the index of them
     <prefix>:model:<version> / :models / :active_model   model records, their index, the serving pointer
-    <prefix>:feedback:<ds>:user:<uid> / :users   ratings given after ingest (shared/store/feedback.py)
+    <prefix>:feedback:<ds>:user:<uid> / :users / :rows   ratings given after ingest (shared/store/feedback.py)
+    <prefix>:uploads:in_flight / :in_flight:expiry   bytes of the uploads being received (shared/store/inflight.py)
     <prefix>:metrics:jobs|job_seconds      job outcome counters and duration histograms (shared/infra/metrics.py)
     <prefix>:readyz-probe                  never written: /readyz DELs it to see whether Redis takes writes
     <prefix>:art:<name>[:<i>|:tmp:<id>[:<i>]]   an artifact's manifest, its chunks, a write in progress
@@ -138,9 +139,24 @@ class Keys:
         """Sorted set: user id -> time of their last feedback, over a dataset."""
         return f"{self.prefix}:feedback:{ds_id}:users"
 
+    def feedback_rows(self, ds_id: str) -> str:
+        """String: how many (user, movie) feedback rows a dataset holds, for its cap (MOVIEREC_MAX_FEEDBACK_ROWS)."""
+        return f"{self.prefix}:feedback:{ds_id}:rows"
+
     def feedback_of(self, ds_id: str) -> str:
         """A SCAN pattern matching every feedback key of a dataset."""
         return f"{self.prefix}:feedback:{glob_escape(ds_id)}:*"
+
+    # -- uploads being received (shared/store/inflight.py) ---------------------------------------------------
+    @property
+    def uploads_in_flight(self) -> str:
+        """Hash: upload id -> bytes it holds of the in-flight budget (MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES)."""
+        return f"{self.prefix}:uploads:in_flight"
+
+    @property
+    def uploads_in_flight_expiry(self) -> str:
+        """Sorted set: upload id -> the Redis time its lease on the budget ends unless renewed."""
+        return f"{self.prefix}:uploads:in_flight:expiry"
 
     def artifact(self, name: str) -> str:
         """An artifact's manifest; ``artifact_chunk`` and ``artifact_tmp`` derive from it."""
