@@ -7,6 +7,13 @@ multipart decoder; each file part goes straight into an ``ArtifactWriter`` (shar
 past it is refused before a byte is read, a chunked body when it grows past it. On any refusal (400, 413, a
 client that went away) every key of the upload is deleted before the answer.
 
+Uploads being received hold an in-flight budget, shared by every API process through Redis
+(shared/store/inflight.py): ``MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES`` in all (0: one upload's limit). An upload
+holds its Content-Length before a byte of it is read (a chunked one ``RESERVE_STEP_BYTES`` at a time as it
+arrives); past the budget it is refused 503 ``unavailable`` with ``Retry-After`` and ``details.cause``
+``uploads_in_flight``. What it holds is released when it is stored or refused, whatever the way out; a process
+that dies meanwhile holds it for one lease (``MOVIEREC_LEASE_TTL_S``, renewed as blocks arrive) at most.
+
 Parts (shared/logic/uploads.py names them): ``movies.csv`` and ``ratings.csv``, optionally ``tags.csv``,
 ``genome-scores.csv``, ``genome-tags.csv``, ``links.csv``, ``genres_fix_csv``; or one ``archive`` (a MovieLens
 .zip), whose content the worker checks. Beside them, the form field ``tags_per_movie``.
@@ -15,6 +22,7 @@ Parts (shared/logic/uploads.py names them): ``movies.csv`` and ``ratings.csv``, 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +41,9 @@ from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.logic.ingest import MAX_TAGS_PER_MOVIE
 from shared.logic.uploads import ARCHIVE, GENRES_FIX, REQUIRED_FILES, UPLOAD_PARTS, drop_upload
 from shared.store.artifacts import ArtifactStore, ArtifactWriter
+from shared.store.inflight import InFlightBudget
 
+from .context import services
 from .schemas import DatasetUploadFields
 
 UPLOAD_ENDPOINTS = frozenset({"datasets.create_dataset"})
@@ -43,6 +53,10 @@ MAX_FIELD_BYTES = 64
 """A form field (``tags_per_movie``) longer than this is refused."""
 MAX_PARTS = 16
 ZIP_MAGIC = b"PK\x03\x04"
+RESERVE_STEP_BYTES = 16 << 20
+"""A chunked upload (no Content-Length) takes the in-flight budget this much at a time, as its bytes arrive."""
+RETRY_AFTER_S = 5
+"""What a 503 for the in-flight budget tells the client to wait (an upload of 100 MB takes seconds on a LAN)."""
 _FIELDS = frozenset(DatasetUploadFields().fields)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]")
 
@@ -77,13 +91,67 @@ def receive(artifacts: ArtifactStore, *, limit: int, ttl_s: int) -> Upload:
     if length is not None and length > limit:
         raise _too_large(limit)
     upload = Upload(uuid.uuid4().hex)
+    held = _Held.of(upload.id)
     try:
-        _receive(artifacts, upload, boundary.encode("latin-1"), limit=limit, ttl_s=ttl_s)
+        held.grow(length if length is not None else min(RESERVE_STEP_BYTES, limit))  # 503 before a byte is read
+        _receive(artifacts, upload, boundary.encode("latin-1"), limit=limit, ttl_s=ttl_s, held=held)
         _check(artifacts, upload)
     except BaseException:
         drop_upload(artifacts, upload.id)
         raise
+    finally:
+        held.release()
     return upload
+
+
+class _Held:
+    """One upload's share of the in-flight budget: ``grow`` takes more (or 503), ``renew`` keeps the lease
+    alive, ``release`` gives it all back."""
+
+    def __init__(self, budget: InFlightBudget, holder: str, *, cap: int, lease_s: float) -> None:
+        self._budget, self._holder, self.cap, self._lease_s = budget, holder, cap, lease_s
+        self.bytes = 0
+        self._renewed = 0.0
+
+    @classmethod
+    def of(cls, upload_id: str) -> _Held:
+        svc = services()
+        keys, settings = svc.keys, svc.settings
+        budget = InFlightBudget(svc.redis, key=keys.uploads_in_flight, expiry_key=keys.uploads_in_flight_expiry)
+        cap = settings.max_uploads_in_flight_bytes or settings.max_upload_bytes
+        return cls(budget, upload_id, cap=cap, lease_s=settings.lease_ttl_s)
+
+    def grow(self, nbytes: int) -> None:
+        if nbytes > self.cap:
+            raise PayloadTooLarge(
+                f"the upload is larger than {self.cap} bytes, all uploads in flight may hold "
+                "(MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES)",
+                details={"limit_bytes": self.cap, "setting": "MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES"},
+            )
+        granted, in_flight = self._budget.reserve(self._holder, nbytes, cap=self.cap, lease_s=self._lease_s)
+        if not granted:
+            abort(
+                503,
+                message=f"uploads being received already hold {in_flight} of {self.cap} bytes "
+                f"(MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES); try again in a few seconds",
+                detail={"cause": "uploads_in_flight", "in_flight_bytes": in_flight, "needed_bytes": nbytes,
+                        "limit_bytes": self.cap, "setting": "MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES"},
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )  # fmt: skip
+        self.bytes, self._renewed = max(self.bytes, nbytes), time.monotonic()
+
+    def received(self, total: int, *, limit: int) -> None:
+        """``total`` bytes of the body are in: hold more when they pass what is held, else renew the lease
+        once a third of it has gone by."""
+        if total > self.bytes:
+            self.grow(max(total, min(self.bytes + RESERVE_STEP_BYTES, limit, self.cap)))
+        elif time.monotonic() - self._renewed > self._lease_s / 3:
+            self.grow(self.bytes)
+
+    def release(self) -> None:
+        if self.bytes:
+            self._budget.release(self._holder)
+            self.bytes = 0
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -93,10 +161,10 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-def _receive(artifacts: ArtifactStore, upload: Upload, boundary: bytes, *, limit: int, ttl_s: int) -> None:
+def _receive(artifacts: ArtifactStore, upload: Upload, boundary: bytes, *, limit: int, ttl_s: int, held: _Held) -> None:
     decoder = MultipartDecoder(boundary, max_parts=MAX_PARTS)
     parts = _Parts(artifacts, upload, ttl_s=ttl_s)
-    for block in _blocks(limit):
+    for block in _blocks(limit, held):
         try:
             decoder.receive_data(block or None)
             event = decoder.next_event()
@@ -112,8 +180,9 @@ def _receive(artifacts: ArtifactStore, upload: Upload, boundary: bytes, *, limit
     raise InvalidRequest("the multipart body ends before its closing boundary")
 
 
-def _blocks(limit: int) -> Iterator[bytes]:
-    """The request body, ``READ_BYTES`` at a time, then one empty block; 413 once it passes ``limit``."""
+def _blocks(limit: int, held: _Held) -> Iterator[bytes]:
+    """The request body, ``READ_BYTES`` at a time, then one empty block; 413 once it passes ``limit``, 503 once
+    it passes what ``held`` may take of the in-flight budget."""
     stream = get_input_stream(request.environ, max_content_length=limit)
     received = 0
     while True:
@@ -124,6 +193,7 @@ def _blocks(limit: int) -> Iterator[bytes]:
         received += len(block)
         if received > limit:
             raise _too_large(limit)
+        held.received(received, limit=limit)
         yield block
         if not block:
             return
@@ -246,5 +316,11 @@ def document_uploads(spec: dict[Any, Any]) -> dict[Any, Any]:
         operation["requestBody"]["content"]["multipart/form-data"] = {
             "schema": MULTIPART_SCHEMA,
             "encoding": {_PART_NAMES[ARCHIVE]: {"contentType": "application/zip"}},
+        }
+        operation.setdefault("responses", {})["503"] = {
+            "description": "Redis unreachable, loading, read-only or out of memory; or (multipart) the uploads "
+            "being received hold MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES already (details.cause uploads_in_flight): "
+            "nothing of the body was read. Retry-After says when to retry",
+            "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
         }
     return spec
