@@ -7,12 +7,14 @@ downward: the factory imports the blueprints, the blueprints import this module.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from flask import current_app, url_for
 
 from shared.errors import Conflict, QuotaExceeded
 from shared.jobs.celery_app import MovierecCelery
+from shared.jobs.fastlane import FastLane
 from shared.jobs.store import Job
 from shared.jobs.submit import submit
 from shared.logic.services import Services
@@ -65,6 +67,18 @@ def has_feedback(ds_id: str) -> bool:
 def celery() -> MovierecCelery:
     app: MovierecCelery = current_app.extensions["celery"]
     return app
+
+
+def fastlane() -> FastLane:
+    """This process's fast lane to the interactive workers (shared/jobs/fastlane.py), built on first use in it
+    (its listener thread does not survive a fork, so one built before a fork is not the child's)."""
+    lanes: dict[int, FastLane] = current_app.extensions.setdefault("movierec.fastlane", {})
+    pid = os.getpid()
+    if pid not in lanes:
+        svc = services()
+        lanes.clear()
+        lanes[pid] = FastLane(svc.redis, prefix=svc.settings.key_prefix)
+    return lanes[pid]
 
 
 def submit_job(*, kind: str, params: dict[str, Any]) -> Job:

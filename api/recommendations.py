@@ -1,13 +1,19 @@
-"""``/v1/recommendations``: a query answered by a CPU worker with the active model; optionally waited for."""
+"""``/v1/recommendations``: a query answered by an interactive worker with the active model; optionally waited for.
+
+While the caller waits (``?wait`` > 0) the query is first asked over the fast lane (shared/jobs/fastlane.py), which
+writes nothing; with no answer from it within ``FAST_LANE_S`` (no interactive worker, or one too busy), or when
+the caller does not wait, it becomes a job on the ``interactive`` queue, recorded and answered as every job is.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from apiflask import APIBlueprint
 from flask import jsonify
 
-from .context import accepted, active_model, services, submit_job
+from .context import accepted, active_model, fastlane, services, submit_job
 from .schemas import JobOut, RecommendationsOut, RecommendIn, WaitQuery
 
 bp = APIBlueprint("recommendations", __name__, url_prefix="/v1/recommendations", tag="recommendations")
@@ -38,10 +44,19 @@ def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
     return answer_within(params={**body, "model": version}, wait_s=query["wait"])
 
 
+FAST_LANE_S = 1.0
+"""The longest a query waits for the fast lane before it is sent as a job (a cold worker loading a model, a storm)."""
+
+
 def answer_within(*, params: dict[str, Any], wait_s: float) -> Any:
-    """Queue a recommend job; its result (200) when it succeeds within ``wait_s``, else the job (202)."""
+    """The answer (200) from the fast lane or a recommend job that succeeds within ``wait_s``, else the job (202)."""
+    started = time.monotonic()
+    answer = fastlane().ask(params, min(wait_s, FAST_LANE_S))
+    if answer is not None:
+        return jsonify(answer)
     job = submit_job(kind="recommend", params=params)
-    finished = services().jobs.wait_finished(job.id, wait_s, just_submitted=True)
+    left = max(0.0, wait_s - (time.monotonic() - started))
+    finished = services().jobs.wait_finished(job.id, left, just_submitted=True)
     if finished is not None and finished.status == "succeeded":
         return jsonify(finished.result)  # a Response: not reshaped by the 202 schema
     return accepted(finished or job)

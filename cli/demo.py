@@ -86,6 +86,7 @@ def run_demo(
     data_dir: Path,
     embedded_redis: bool,
     cpu_workers: int,
+    interactive_workers: int = 1,
     serve: bool = False,
     port: int | None = None,
 ) -> int:
@@ -103,6 +104,7 @@ def run_demo(
         data_dir=data_dir,
         port=port,
         cpu_workers=cpu_workers,
+        interactive_workers=interactive_workers,
         embedded_redis=embedded_redis,
         log_dir=data_dir / "logs",
     )

@@ -73,6 +73,7 @@ def run_evaluate(
     embedded_redis: bool,
     cpu_workers: int,
     as_json: bool,
+    interactive_workers: int = 1,
 ) -> int:
     """``movierec evaluate``: print the table (or its JSON); 0 when the job succeeded."""
 
@@ -97,8 +98,8 @@ def run_evaluate(
         print(f"movierec evaluate: {path} holds no ratings.csv", file=sys.stderr)
         return 2
     settings = settings.model_copy(update={"data_root": path.parent})
-    stack = Stack(settings, data_dir=data_dir, cpu_workers=cpu_workers, embedded_redis=embedded_redis,
-                  log_dir=data_dir / "logs")  # fmt: skip
+    stack = Stack(settings, data_dir=data_dir, cpu_workers=cpu_workers, interactive_workers=interactive_workers,
+                  embedded_redis=embedded_redis, log_dir=data_dir / "logs")  # fmt: skip
     print(f"starting Redis, the API and the workers (logs in {data_dir / 'logs'}) ...", file=sys.stderr, flush=True)
     with stack:
         client = Client(stack.api_url, api_key=next(iter(stack.settings.api_keys), None))

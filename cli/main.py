@@ -36,6 +36,21 @@ def _settings() -> Settings:
         raise SystemExit(f"movierec: invalid configuration: {problems}") from None
 
 
+def _settings_with_redis(*, process: str) -> Settings:
+    """The settings of a long-running process, once its Redis is known to be reachable as ``REDIS_URL`` says:
+    a malformed URL, or a TLS connection that cannot be made (no TLS at that port, a certificate that fails
+    verification), ends the process at once with the reason, host included, instead of retrying for minutes.
+    A Redis that is merely not up yet is waited for, as before."""
+    from shared.infra.redisconn import TLSError, preflight
+
+    settings = _settings()
+    try:
+        preflight(settings.redis_url)
+    except (TLSError, ValueError) as exc:
+        raise SystemExit(f"movierec {process}: {exc}") from None
+    return settings
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from cli.stack import Stack, masked_url
 
@@ -45,6 +60,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         port=args.port,
         cpu_workers=args.cpu_workers,
+        interactive_workers=args.interactive_workers,
         embedded_redis=embedded,
         log_dir=Path(args.log_dir) if args.log_dir else None,
         flower=args.flower,
@@ -68,7 +84,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
     from api.server import serve
     from cli.stack import is_loopback
 
-    settings = _settings()
+    settings = _settings_with_redis(process="api")
     if not settings.api_keys and not is_loopback(args.host) and not args.insecure:
         print(f"movierec: refusing to serve the API on {args.host}, beyond this machine, without API keys: "
               "set MOVIEREC_API_KEYS, bind a loopback address, or pass --insecure to serve it open",
@@ -79,14 +95,16 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from shared.jobs.kinds import QUEUES
     from workers.main import run_worker
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    unknown = set(queues) - {"cpu", "gpu"}
+    unknown = set(queues) - set(QUEUES)
     if not queues or unknown:
-        raise SystemExit(f"movierec worker: --queues takes cpu, gpu or cpu,gpu (got {args.queues!r})")
+        raise SystemExit(f"movierec worker: --queues takes {', '.join(QUEUES)} or several, comma-separated "
+                         f"(got {args.queues!r})")  # fmt: skip
     return run_worker(
-        _settings(),
+        _settings_with_redis(process="worker"),
         queues=queues,
         concurrency=args.concurrency,
         loglevel=args.loglevel,
@@ -114,6 +132,7 @@ worker receives it; /metrics (Prometheus) needs no login, as in Flower."""
 
 
 def _cmd_flower(args: argparse.Namespace) -> int:
+    from shared.infra.redisconn import RedisTarget
     from shared.jobs.celery_app import make_celery
 
     # Celery's command line would take these from the environment over our app and its broker URL; and
@@ -121,10 +140,14 @@ def _cmd_flower(args: argparse.Namespace) -> int:
     for name in ("APP", "BROKER_URL", "CELERY_BROKER_URL", "CONFIG_MODULE", "CELERY_CONFIG_MODULE"):
         os.environ.pop(name, None)
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    app = make_celery(_settings())
+    settings = _settings_with_redis(process="flower")
+    app = make_celery(settings)
     # Flower's Broker view reads the queue lengths itself and knows a broker by its URL's scheme, which our
-    # transport's name would replace; Flower sends no job, so kombu's own Redis transport (same keys) serves it.
-    app.conf.broker_transport = "redis"
+    # transport's name would replace; Flower sends no job, so kombu's own Redis transport (same keys) serves it:
+    # redis, rediss (with broker_use_ssl: verified TLS) or sentinel, given every sentinel as kombu's own list.
+    broker = RedisTarget.parse(settings.redis_url).kombu()
+    app.conf.broker_transport = broker.scheme
+    app.conf.broker_url = broker.alternates
     code = app.start(argv=["flower", f"--address={args.address}", f"--port={args.port}"])
     return int(code or 0)
 
@@ -138,6 +161,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         embedded_redis="REDIS_URL" not in os.environ,
         cpu_workers=args.cpu_workers,
+        interactive_workers=args.interactive_workers,
         serve=args.serve,
         port=args.port,
     )
@@ -170,6 +194,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         embedded_redis="REDIS_URL" not in os.environ,
         cpu_workers=args.cpu_workers,
+        interactive_workers=args.interactive_workers,
         as_json=args.json,
     )
 
@@ -400,6 +425,8 @@ def _add_service_commands(sub: Any) -> None:
     )
     p.add_argument("--port", type=int, default=DEFAULT_API_PORT, help="API port (default %(default)s)")
     p.add_argument("--cpu-workers", type=int, default=cpus, help="CPU worker processes (default %(default)s)")
+    p.add_argument("--interactive-workers", type=int, default=1,
+                   help="interactive worker processes: answers a person waits for (default %(default)s)")  # fmt: skip
     p.add_argument("--data-dir", default=".movierec", help="embedded Redis data (default %(default)s)")
     p.add_argument("--log-dir", default=None, help="write each process's log here instead of the terminal")
     p.add_argument("--flower", action="store_true", help="also run Flower, the Celery monitor, on loopback")
@@ -416,9 +443,10 @@ def _add_service_commands(sub: Any) -> None:
                    help="connections each gunicorn worker holds at once (default %(default)s)")  # fmt: skip
     p.set_defaults(func=_cmd_api)
 
-    p = sub.add_parser("worker", help="run a Celery worker for the cpu or gpu queue")
-    p.add_argument("--queues", required=True, help="cpu, gpu or cpu,gpu")
-    p.add_argument("--concurrency", type=int, default=None, help="prefork processes (cpu; default: cores)")
+    p = sub.add_parser("worker", help="run a Celery worker for the interactive, cpu or gpu queue")
+    p.add_argument("--queues", required=True, help="interactive, cpu or gpu, or several comma-separated")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="prefork processes (interactive, cpu; default: cores)")  # fmt: skip
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--device-slot", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_worker)
@@ -437,6 +465,7 @@ def _add_service_commands(sub: Any) -> None:
     p.add_argument("--data", default=None, help="MovieLens directory (else MOVIEREC_DEMO_DATA, a download, a sample)")
     p.add_argument("--data-dir", default=".movierec/demo", help="Redis data, logs, cache (default %(default)s)")
     p.add_argument("--cpu-workers", type=int, default=cpus)
+    p.add_argument("--interactive-workers", type=int, default=1)
     p.add_argument("--serve", action="store_true",
                    help="keep the stack up afterwards, with the dashboard at /ui/, until Ctrl-C")  # fmt: skip
     p.add_argument("--port", type=int, default=None, help="API and dashboard port (default: a free one)")
@@ -484,6 +513,7 @@ def _add_client_commands(sub: Any) -> None:
     p.add_argument("--api", default=None, help="a running API (else the embedded stack is started)")
     p.add_argument("--data-dir", default=".movierec/evaluate", help="embedded stack's data (default %(default)s)")
     p.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--interactive-workers", type=int, default=1)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("status", help="show a job (and wait for it with --wait)")

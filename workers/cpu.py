@@ -31,7 +31,6 @@ from shared.logic.mining import (
 )
 from shared.logic.pipeline import advance
 from shared.logic.services import Services
-from shared.logic.serving import answer_query
 from shared.logic.uploads import UNZIPPED_PER_UPLOADED, drop_upload, unpack_upload
 from shared.logic.versions import index_version
 from shared.ml.index import IndexParams
@@ -203,25 +202,6 @@ def build_index(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
         return Outcome({"version": version, "index": described, "reused": reused}, message=message)
 
     return run_job(job_id, stage="indexing", body=body)
-
-
-@shared_task(name="workers.cpu.recommend")
-def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    """Answer a recommendation query with the model version the API pinned at submission."""
-
-    def body(ctx: JobContext) -> Outcome:
-        svc = ctx.services
-        result = answer_query(svc, params)
-        ttl_s = min(RECOMMENDATION_TTL_S, svc.settings.result_ttl_s)
-        return Outcome(result, message=f"{len(result['items'])} items", ttl_s=ttl_s)
-
-    # Quick and read-only: its body runs while its admission travels (workers/base.py).
-    return run_job(job_id, stage="recommending", body=body, speculative=True)
-
-
-RECOMMENDATION_TTL_S = 3600
-"""Answers are for the asker, now: kept an hour (or the result TTL, if shorter), not the week other results are,
-so load never piles up."""
 
 
 @shared_task(name="workers.cpu.pipeline_step")

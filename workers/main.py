@@ -1,6 +1,7 @@
-"""Starting a worker: ``movierec worker --queues cpu|gpu [--concurrency N]``.
+"""Starting a worker: ``movierec worker --queues interactive|cpu|gpu[,...] [--concurrency N]``.
 
-CPU workers use Celery's prefork pool. A GPU worker is one solo-pool process per visible CUDA device;
+Interactive and CPU workers use Celery's prefork pool; each process of an interactive worker also answers the
+fast lane (workers/interactive.py). A GPU worker is one solo-pool process per visible CUDA device;
 with several devices this process becomes a small supervisor that starts one child per device (each with
 ``CUDA_VISIBLE_DEVICES`` set) and never touches CUDA itself. Each worker's main process runs three daemon
 threads: a heartbeat, whose key ``/readyz`` reads; the lease keeper, which extends the lease of every unit its
@@ -27,7 +28,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
-from shared.jobs.kinds import GPU_QUEUE
+from shared.jobs.kinds import GPU_QUEUE, INTERACTIVE_QUEUE
 from shared.jobs.sharded import message_unit
 from shared.logic.services import HEARTBEAT_TTL_S, Services
 
@@ -182,6 +183,10 @@ def run_worker(
             threadpool_limits(threads)
 
         worker_process_init.connect(limit_threads, weak=False)
+        if INTERACTIVE_QUEUE in queues:
+            from .interactive import start_responder
+
+            worker_process_init.connect(start_responder, weak=False)
     app.worker_main(argv)
     return 0
 

@@ -12,6 +12,8 @@ as an f-string (tests/unit/test_keys.py greps for it).
     <prefix>:lock:<name>                   a short exclusive claim (redis-py's Lock), e.g. a pipeline's step
     <prefix>:unit:<job>:<unit>:lease|starts  who runs a unit of work, and how often it was started
     <prefix>:worker:<name>                 a worker's heartbeat
+    <prefix>:fastlane:responders           the fast lane's live responders (its ask and reply channels are
+                                           pub/sub, not keys: shared/jobs/fastlane.py)
     <prefix>:janitor:lock|idle:<job>|queued:<job>|resends:<job>   the janitor's sweep lock and marks
     <prefix>:dataset:<id> / :datasets      a dataset's record, and the index of them
     <prefix>:model:<version> / :models / :active_model   model records, their index, the serving pointer
@@ -68,6 +70,20 @@ class Keys:
 
     def unit_starts(self, job_id: str, unit: str) -> str:
         return f"{self.prefix}:unit:{job_id}:{unit}:starts"
+
+    # -- the fast lane (shared/jobs/fastlane.py) -----------------------------------------------------------
+    @property
+    def fastlane_responders(self) -> str:
+        """Sorted set: each live responder's request channel, scored by the Redis time of its last beat."""
+        return f"{self.prefix}:fastlane:responders"
+
+    def fastlane_ask(self, host: str, pid: int) -> str:
+        """The pub/sub channel a responder takes requests on (never a key: pub/sub writes nothing)."""
+        return f"{self.prefix}:fastlane:ask:{host}:{pid}"
+
+    def fastlane_reply(self, token: str) -> str:
+        """The pub/sub channel an API process takes its replies on."""
+        return f"{self.prefix}:fastlane:reply:{token}"
 
     # -- workers and the janitor (workers/) ---------------------------------------------------------------
     def worker(self, name: str) -> str:

@@ -6,19 +6,23 @@ pipeline names its stages' kinds (shared/logic/pipeline.py). Beside it: which ki
 of their shards and join (``SHARDED``, the frame is shared/jobs/sharded.py), and which move in steps
 (``STEPPED``). A task's name is where workers/ defines it.
 
-Queues are by hardware: ``cpu`` (prefork workers) and ``gpu`` (one solo process per device). kombu's Redis
+Queues are by latency class, then hardware: ``interactive`` (the answers a person waits for: recommendations
+for a user, keywords, examples, similar movies; a pool of its own, which also answers them over the fast lane,
+shared/jobs/fastlane.py), ``cpu`` (batch work: ingest, mining shards and joins, indexes, evaluations, batch
+recommendations, pipeline steps) and ``gpu`` (encoding and training, one solo process per device). So a storm of
+recommendations never starves a pipeline, and a batch of all users never delays an answer. kombu's Redis
 transport keeps a list per priority step (0, 3, 6, 9) for each queue, and a worker takes from the lowest step
-first: recommendations are sent at 0 and everything else at 6, so a recommendation overtakes the mining
-shards waiting in the same ``cpu`` queue instead of queueing behind them.
+first: recommendations are sent at 0 and everything else at 6.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+INTERACTIVE_QUEUE = "interactive"
 CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
-QUEUES = (CPU_QUEUE, GPU_QUEUE)
+QUEUES = (INTERACTIVE_QUEUE, CPU_QUEUE, GPU_QUEUE)
 
 SERVING_PRIORITY = 0
 BATCH_PRIORITY = 6
@@ -39,7 +43,7 @@ MINE = Task("workers.cpu.mine_triplets")
 MINE_SHARD = Task("workers.cpu.mine_shard")
 JOIN_TRIPLETS = Task("workers.cpu.join_triplets")
 INDEX = Task("workers.cpu.build_index")
-RECOMMEND = Task("workers.cpu.recommend", priority=SERVING_PRIORITY)
+RECOMMEND = Task("workers.interactive.recommend", INTERACTIVE_QUEUE, SERVING_PRIORITY)
 PIPELINE_STEP = Task("workers.cpu.pipeline_step")
 ENCODE = Task("workers.gpu.encode", GPU_QUEUE)
 TRAIN = Task("workers.gpu.train", GPU_QUEUE)
@@ -90,7 +94,7 @@ STEPPED: dict[str, Task] = {"pipeline": PIPELINE_STEP, "evaluate": EVALUATE_STEP
 TASKS = (*KINDS.values(), *(t for s in SHARDED.values() for t in (s.shard, s.join)), EVALUATE_SPLIT)
 """Every task, the parts of a job (shards, joins, an evaluation's split) included."""
 
-TASK_MODULES = ("workers.cpu", "workers.gpu", "workers.evaluation", "workers.batch")
+TASK_MODULES = ("workers.interactive", "workers.cpu", "workers.gpu", "workers.evaluation", "workers.batch")
 """Where the tasks are defined: a worker imports these."""
 
 

@@ -26,13 +26,13 @@ def test_a_message_sent_onto_a_pipeline_lands_with_it_exactly_as_kombu_sends_it(
     settings: Settings, redis_client: redis.Redis, fresh_prefix: str
 ) -> None:
     app = make_celery(settings.model_copy(update={"key_prefix": fresh_prefix}))
-    queue = f"{fresh_prefix}:celery:cpu"
-    app.send_task("workers.cpu.recommend", args=["direct", {}], task_id="direct")
+    queue = f"{fresh_prefix}:celery:interactive"
+    app.send_task("workers.interactive.recommend", args=["direct", {}], task_id="direct")
 
     pipe = redis_client.pipeline(transaction=True)
     pipe.set(f"{fresh_prefix}:record", "1")
     with onto(pipe):
-        app.send_task("workers.cpu.recommend", args=["piped", {}], task_id="piped")
+        app.send_task("workers.interactive.recommend", args=["piped", {}], task_id="piped")
     assert redis_client.llen(queue) == 1 and not redis_client.exists(f"{fresh_prefix}:record")  # nothing sent yet
     pipe.execute()
 
@@ -42,5 +42,5 @@ def test_a_message_sent_onto_a_pipeline_lands_with_it_exactly_as_kombu_sends_it(
     assert piped["properties"]["delivery_info"] == direct["properties"]["delivery_info"]
     assert redis_client.get(f"{fresh_prefix}:record") == b"1"
 
-    app.send_task("workers.cpu.recommend", args=["after", {}], task_id="after")  # outside the block: sent at once
+    app.send_task("workers.interactive.recommend", args=["after", {}], task_id="after")  # outside: sent at once
     assert redis_client.llen(queue) == 3

@@ -149,7 +149,7 @@ def test_the_broker_view_counts_our_prefixed_queues(
     try:
         app = make_celery(own)
         for priority in (0, 3, 9):  # three of kombu's priority steps, each its own list
-            app.send_task("workers.cpu.recommend", args=["none", {}], queue="cpu", priority=priority)
+            app.send_task("workers.cpu.mine_shard", args=["none", {}, 0, 1, 1], queue="cpu", priority=priority)
         process, url = start_flower(own, tmp_path / "flower.log")
         assert get(url, "/api/queues/length").json() == {"active_queues": [{"name": "cpu", "messages": 3}]}
         page = get(url, "/broker")

@@ -330,3 +330,22 @@ def test_cli_rate_ratings_and_delete(api_url: str, versions: list[str], tmp_path
     deleted = cli("delete", "model", versions[1])
     assert deleted.returncode == 0 and f"deleted {versions[1]}" in deleted.stdout and "MiB freed" in deleted.stdout
     assert cli("delete", "model", versions[1]).returncode == 1  # gone: 404
+
+
+def test_the_fast_lane_answers_without_a_job_and_the_durable_path_answers_the_same(
+    api_url: str, versions: list[str]
+) -> None:
+    # While the caller waits, an interactive worker answers over pub/sub and no job is recorded; a caller who
+    # does not wait gets a job on the interactive queue, whose result is the same answer.
+    listed = requests.get(f"{api_url}/v1/jobs", params={"kind": "recommend", "limit": 500}, timeout=10).json()
+    before = {job["id"] for job in listed["jobs"]}
+    fast = recommend(api_url, {"user_id": 3, "k": 5})
+    assert fast.status_code == 200, fast.text
+    listed = requests.get(f"{api_url}/v1/jobs", params={"kind": "recommend", "limit": 500}, timeout=10).json()
+    assert {job["id"] for job in listed["jobs"]} == before
+    queued = recommend(api_url, {"user_id": 3, "k": 5}, wait=0)
+    assert queued.status_code == 202
+    job = wait_job(api_url, queued.json()["id"])
+    assert job["status"] == "succeeded"
+    durable = requests.get(f"{api_url}/v1/jobs/{job['id']}/result", timeout=10).json()
+    assert durable["items"] == fast.json()["items"] and durable["model"] == fast.json()["model"]
