@@ -19,7 +19,7 @@ from cli.main import build_parser
 from tests.helpers import REPO
 
 SECRETS = {"REDIS_PASSWORD": "s3cret", "FLOWER_BASIC_AUTH": "ops:fl0wer", "MOVIEREC_API_KEYS": "k3y-one,k3y-two"}
-OURS = ("api", "cpu-worker", "gpu-worker", "flower")
+OURS = ("api", "interactive-worker", "cpu-worker", "gpu-worker", "flower")
 """The services that run a ``movierec`` command on our image."""
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -80,13 +80,13 @@ def test_the_published_api_requires_keys_and_its_healthcheck_needs_none(compose:
     args = build_parser().parse_args(api["command"][1:])
     assert args.host == "0.0.0.0" and not args.insecure  # `movierec api` would refuse it without the keys
     assert "/healthz" in " ".join(api["healthcheck"]["test"])  # the one route open without a key
-    for name in ("cpu-worker", "gpu-worker", "flower"):  # the keys are the API's alone
+    for name in ("interactive-worker", "cpu-worker", "gpu-worker", "flower"):  # the keys are the API's alone
         assert "MOVIEREC_API_KEYS" not in compose["services"][name]["environment"]
 
 
 def test_services_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "api", "proxy", "cpu-worker", "gpu-worker", "flower", "prometheus"}
+    assert set(services) == {"redis", "api", "proxy", "interactive-worker", "cpu-worker", "gpu-worker", "flower", "prometheus"}
     assert "ports" not in services["redis"]  # Redis stays inside the compose network
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
