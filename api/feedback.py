@@ -1,6 +1,8 @@
 """Feedback: ``POST /v1/datasets/<id>/ratings`` stores ratings given after ingest; ``GET /v1/users/<id>/ratings``
-lists a user's ratings. Answered here: a batch is validated whole and stored in one transaction (see
-``shared/store/feedback.py`` for where it lives and who reads it)."""
+lists a user's ratings. Answered here: a batch is validated whole, then checked against the caps and stored in one
+Lua script (see ``shared/store/feedback.py`` for where it lives and who reads it): past
+MOVIEREC_MAX_FEEDBACK_ROWS (rows of the dataset) or MOVIEREC_MAX_FEEDBACK_ROWS_PER_USER (rows of a user in it),
+409 ``quota_exceeded`` and nothing of the batch stored."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 from apiflask import APIBlueprint
 
 from shared.errors import Conflict, InvalidRequest, NotFound
-from shared.store.feedback import MAX_PROBLEMS, problems
+from shared.store.feedback import MAX_PROBLEMS, FeedbackCaps, problems
 
 from .context import active_model, services
 from .schemas import RatingsIn, RatingsStoredOut, UserRatingsOut, UserRatingsQuery
@@ -24,7 +26,9 @@ bp = APIBlueprint("feedback", __name__, tag="feedback")
 @bp.doc(responses={400: "a row names an unknown movie or a rating off the dataset's scale (details.rows names "
                         "them): nothing of the batch is stored", 404: "unknown dataset",
                    409: "the dataset holds no rating (an evaluation's split that kept no user): it has no rating "
-                        "scale to check feedback against"})  # fmt: skip
+                        "scale to check feedback against; or quota_exceeded: the batch would pass "
+                        "MOVIEREC_MAX_FEEDBACK_ROWS (the dataset's rows) or MOVIEREC_MAX_FEEDBACK_ROWS_PER_USER "
+                        "(a user's; details.cap says which): nothing of the batch is stored"})  # fmt: skip
 def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """Ratings given after ingest, up to 10,000 a request. The last rating of a (user, movie) wins; a user the
     dataset does not know is created by their first rating. Posting to a feedback version (a pipeline's
@@ -47,7 +51,8 @@ def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
         )
     now = int(time.time())
     stored = [(r["user_id"], r["movie_id"], float(r["rating"]), r.get("timestamp", now)) for r in rows]
-    svc.feedback.add(base, stored)
+    caps = FeedbackCaps(rows=svc.settings.max_feedback_rows, rows_per_user=svc.settings.max_feedback_rows_per_user)
+    svc.feedback.add(base, stored, caps=caps)
     users = sorted({r[0] for r in stored})
     known = catalogue.user_ids(base)
     new_users = [u for u in users if u not in known]

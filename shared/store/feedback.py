@@ -1,7 +1,8 @@
 """Feedback: ratings given after ingest, kept beside their dataset, read by serving, folded into new versions.
 
-    POST /v1/datasets/<id>/ratings ──> validated in full (movies, scale, size) ──> FeedbackStore.add: one
-        MULTI/EXEC of HSETs, so a batch is stored whole or not at all, and durable once the API answers
+    POST /v1/datasets/<id>/ratings ──> validated in full (movies, scale, size) ──> FeedbackStore.add: one Lua
+        script that checks the caps and stores, so a batch is stored whole or not at all (nothing when it would
+        pass a cap), and durable once the API answers
     recommendation for a user ──> FeedbackStore.user (one HGETALL) ──> over the stored ratings ──> profile
     pipeline / evaluation over a dataset ──> a feedback version (shared/logic/feedback.py): the dataset with
         its feedback, a dataset of its own named by its content (``version_id``: ds-<hash(base, feedback)>)
@@ -11,6 +12,11 @@ base. Keys (``shared/infra/keys.py``):
 
     <prefix>:feedback:<ds>:user:<uid>   hash: movie id -> "rating,timestamp" (HSET: the last rating wins)
     <prefix>:feedback:<ds>:users        sorted set: user id -> the time of their last feedback
+    <prefix>:feedback:<ds>:rows         string: how many (user, movie) rows the user hashes hold in all
+
+Caps (``FeedbackCaps``: MOVIEREC_MAX_FEEDBACK_ROWS a dataset, MOVIEREC_MAX_FEEDBACK_ROWS_PER_USER a user) count
+rows after the batch: a rating of a (user, movie) already stored replaces it and adds no row. The row count is
+kept by the script that stores; a dataset whose feedback predates it is counted once, on its next batch.
 """
 
 from __future__ import annotations
@@ -23,11 +29,15 @@ from typing import Any, cast
 import numpy as np
 import redis
 
+from shared.errors import QuotaExceeded
 from shared.infra.keys import Keys
+from shared.infra.redisconn import Script
 from shared.store.artifacts import delete_matching
 
 MAX_BATCH = 10_000
 """Ratings one POST may carry."""
+HSET_PAIRS = 1000
+"""Fields one HSET of the store script sets (Lua's unpack takes a few thousand values at most)."""
 MAX_SCALE_VALUES = 20
 """A dataset with at most this many distinct rating values takes only those (MovieLens: 0.5, 1.0 ... 5.0)."""
 
@@ -99,25 +109,110 @@ def problems(
     return found
 
 
+_ADD = """
+local max_rows, max_user = tonumber(ARGV[1]), tonumber(ARGV[2])
+local plan, new_total, a = {}, 0, 3
+for u = 3, #KEYS do
+  local uid, ts, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  local new = 0
+  for i = 0, n - 1 do
+    new = new + (1 - redis.call('HEXISTS', KEYS[u], ARGV[a + 2 * i]))
+  end
+  local have = redis.call('HLEN', KEYS[u])
+  if max_user > 0 and have + new > max_user then return {'user', uid, have, new} end
+  plan[u] = {a, n, uid, ts}
+  new_total = new_total + new
+  a = a + 2 * n
+end
+local stored = tonumber(redis.call('GET', KEYS[2]) or '0')
+if max_rows > 0 and stored + new_total > max_rows then return {'dataset', '', stored, new_total} end
+for u = 3, #KEYS do
+  local start, n, uid, ts = unpack(plan[u])
+  for i = 0, n - 1, HSET_PAIRS do
+    local args = {}
+    for j = i, math.min(n, i + HSET_PAIRS) - 1 do
+      args[#args + 1] = ARGV[start + 2 * j]
+      args[#args + 1] = ARGV[start + 2 * j + 1]
+    end
+    redis.call('HSET', KEYS[u], unpack(args))
+  end
+  redis.call('ZADD', KEYS[1], 'GT', ts, uid)
+end
+redis.call('INCRBY', KEYS[2], new_total)
+return {'ok', '', stored, new_total}
+""".replace("HSET_PAIRS", str(HSET_PAIRS))
+"""KEYS: the users set, the row count, then each user's hash. ARGV: the dataset cap, the user cap (0: none), then
+per user: id, latest timestamp, n, and n (movie, "rating,timestamp") pairs. Answers {what, user, stored, new}:
+what is ``ok`` (stored), or the cap the batch would pass, ``user`` (of that user) or ``dataset``, with nothing
+written."""
+
+
+@dataclass(frozen=True)
+class FeedbackCaps:
+    """Rows a dataset, and a user in it, may hold (0: no cap): MOVIEREC_MAX_FEEDBACK_ROWS[_PER_USER] in the API."""
+
+    rows: int = 0
+    rows_per_user: int = 0
+
+
 class FeedbackStore:
     """The feedback of every dataset of one deployment."""
 
     def __init__(self, client: redis.Redis, *, prefix: str) -> None:
         self._r = client
         self._keys = Keys(prefix)
+        self._add = Script(client, _ADD)
 
-    def add(self, ds_id: str, rows: list[tuple[int, int, float, int]]) -> None:
-        """Store (user id, movie id, rating, timestamp) rows, all or none; validated by the caller."""
+    def add(self, ds_id: str, rows: list[tuple[int, int, float, int]], *, caps: FeedbackCaps | None = None) -> int:
+        """Store (user id, movie id, rating, timestamp) rows, all or none; validated by the caller. Answers how
+        many rows are new (not a rating of a (user, movie) stored before); QuotaExceeded, nothing stored, when
+        they would pass a cap."""
+        caps = caps or FeedbackCaps()
         by_user: dict[int, dict[str, str]] = {}
         latest: dict[int, int] = {}
         for user, movie, rating, ts in rows:  # within a batch, too, the last row of a (user, movie) wins
             by_user.setdefault(user, {})[str(movie)] = f"{rating!r},{int(ts)}"
             latest[user] = max(latest.get(user, 0), int(ts))
-        pipe = self._r.pipeline(transaction=True)
+        self._count_rows_once(ds_id)
+        keys = [self._keys.feedback_users(ds_id), self._keys.feedback_rows(ds_id)]
+        args: list[Any] = [caps.rows, caps.rows_per_user]
         for user, fields in by_user.items():
-            pipe.hset(self._keys.feedback_user(ds_id, user), mapping=fields)
-        pipe.zadd(self._keys.feedback_users(ds_id), cast(Any, latest), gt=True)  # adds new users too
-        pipe.execute()
+            keys.append(self._keys.feedback_user(ds_id, user))
+            args += [user, latest[user], len(fields)]
+            for pair in fields.items():
+                args += pair
+        what, user_id, stored, new = cast(list[Any], self._add(keys=keys, args=args))
+        if what == b"user":
+            raise QuotaExceeded(
+                f"user {int(user_id)} holds {int(stored):,} feedback ratings in dataset {ds_id!r} and this batch "
+                f"would add {int(new):,}, past MOVIEREC_MAX_FEEDBACK_ROWS_PER_USER ({caps.rows_per_user:,}); "
+                "nothing of this batch was stored",
+                details={"cap": "user", "user_id": int(user_id), "stored": int(stored), "new": int(new),
+                         "limit": caps.rows_per_user, "setting": "MOVIEREC_MAX_FEEDBACK_ROWS_PER_USER"},
+            )  # fmt: skip
+        if what == b"dataset":
+            raise QuotaExceeded(
+                f"dataset {ds_id!r} holds {int(stored):,} feedback ratings and this batch would add {int(new):,}, "
+                f"past MOVIEREC_MAX_FEEDBACK_ROWS ({caps.rows:,}); nothing of this batch was stored",
+                details={"cap": "dataset", "stored": int(stored), "new": int(new), "limit": caps.rows,
+                         "setting": "MOVIEREC_MAX_FEEDBACK_ROWS"},
+            )  # fmt: skip
+        return int(new)
+
+    def _count_rows_once(self, ds_id: str) -> None:
+        """The row count of a dataset whose feedback was stored before it was kept (SET NX: once)."""
+        if self._r.exists(self._keys.feedback_rows(ds_id)) or not self.count_users(ds_id):
+            return
+        users = self.users(ds_id).tolist()
+        pipe = self._r.pipeline(transaction=False)
+        for u in users:
+            pipe.hlen(self._keys.feedback_user(ds_id, u))
+        self._r.set(self._keys.feedback_rows(ds_id), sum(cast(list[int], pipe.execute())), nx=True)
+
+    def rows(self, ds_id: str) -> int:
+        """(user, movie) feedback rows a dataset holds (those counted since the count was kept)."""
+        return int(cast("bytes | None", self._r.get(self._keys.feedback_rows(ds_id))) or 0)
 
     def user(self, ds_id: str, user_id: int) -> Feedback:
         """One user's feedback on a dataset, by time."""
