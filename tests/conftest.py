@@ -82,7 +82,6 @@ def settings(redis_url: str, data_root: Path) -> Iterator[Settings]:
         data_root=data_root,
         result_ttl_s=3600,
         task_time_limit_s=300,
-        visibility_timeout_s=600,
     )
     client = connect(redis_url)
     delete_prefix(client, settings.key_prefix)

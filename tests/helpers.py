@@ -269,7 +269,6 @@ FAST: dict[str, Any] = {
     "lease_ttl_s": 2,
     "janitor_interval_s": 1.0,
     "task_time_limit_s": 20,
-    "visibility_timeout_s": 30,
 }
 """Settings short enough for a test to see lost work found and resent within seconds (a lease of 2 s, a janitor
 sweep every second), not the half minute and more of the defaults."""

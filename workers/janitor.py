@@ -33,9 +33,8 @@ worker has taken it (no kombu ack emulation, see shared/jobs/celery_app.py). Bet
 and its lease there are milliseconds; the second sighting a sweep interval later covers them.
 
 Keys, all with a TTL: ``<prefix>:janitor:lock`` (one interval), ``<prefix>:janitor:idle:<job>`` (the sweep that
-first found the job idle; a few intervals), ``<prefix>:janitor:queued:<job>`` (the sweep that first found it
-without a lease behind a busy queue; the visibility timeout and a few intervals), ``<prefix>:janitor:resends:<job>``
-(a day).
+first found the job idle; a few intervals), ``<prefix>:janitor:queued:<job>`` (where the last sweep saw the
+queued job wait, for its ETA; a few intervals), ``<prefix>:janitor:resends:<job>`` (a day).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -24,10 +24,6 @@ DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
 
 DEFAULT_TASK_TIME_LIMIT_S = 2 * 3600
 """Hard time limit of any task; the worker kills a child that runs past it."""
-
-DEFAULT_VISIBILITY_TIMEOUT_S = 3 * 3600
-"""The longest a job without a lease is taken to be waiting its turn behind a busy queue; past it the janitor
-sends its work again (workers/janitor.py). It must exceed the hard time limit."""
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Largest request body the API reads (413 beyond)."""
@@ -97,7 +93,6 @@ class Settings(BaseSettings):
     data_root: Path = Field(default_factory=Path.cwd)
     result_ttl_s: int = Field(default=DEFAULT_RESULT_TTL_S, ge=1)
     task_time_limit_s: int = Field(default=DEFAULT_TASK_TIME_LIMIT_S, ge=1)
-    visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
     max_uploads_in_flight_bytes: int = Field(default=DEFAULT_MAX_UPLOADS_IN_FLIGHT_BYTES, ge=0)
@@ -137,16 +132,6 @@ class Settings(BaseSettings):
             return tuple(k.strip() for k in value if isinstance(k, str) and k.strip())
         return value
 
-    @model_validator(mode="after")
-    def _visibility_exceeds_time_limit(self) -> Settings:
-        # The bound after which a job's work is sent again must outlast any run of it.
-        if self.task_time_limit_s >= self.visibility_timeout_s:
-            raise ValueError(
-                f"task_time_limit_s ({self.task_time_limit_s}) must be below "
-                f"visibility_timeout_s ({self.visibility_timeout_s})"
-            )
-        return self
-
     @property
     def soft_time_limit_s(self) -> int:
         """The soft limit leaves a task a minute (or 10 %) to clean up before the hard kill."""
@@ -160,7 +145,6 @@ class Settings(BaseSettings):
         env["MOVIEREC_DATA_ROOT"] = str(self.data_root)
         env["MOVIEREC_RESULT_TTL_S"] = str(self.result_ttl_s)
         env["MOVIEREC_TASK_TIME_LIMIT_S"] = str(self.task_time_limit_s)
-        env["MOVIEREC_VISIBILITY_TIMEOUT_S"] = str(self.visibility_timeout_s)
         env["MOVIEREC_PROFILE"] = self.profile
         env["MOVIEREC_DEVICE"] = self.device
         env["MOVIEREC_ENCODER_MODEL"] = self.encoder_model

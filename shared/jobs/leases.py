@@ -52,7 +52,7 @@ from shared.infra.redisconn import Script
 log = logging.getLogger(__name__)
 
 STARTS_TTL_S = 24 * 3600
-"""A start count outlives any redelivery (the janitor resends within the visibility timeout, hours), then goes."""
+"""A start count outlives any redelivery of its unit (a task's time limit is hours at most), then goes."""
 
 # KEYS[1]: start count, KEYS[2]: lease. ARGV: holder, lease TTL ms, most starts, count TTL s.
 # Returns {starts, 1 when the lease was taken, current holder when it was not}. Past the most starts the

@@ -48,7 +48,6 @@ def fuzz_app(settings: Settings) -> Iterator[tuple[Any, Seeded]]:
         data_root=settings.data_root,
         result_ttl_s=600,
         task_time_limit_s=300,
-        visibility_timeout_s=600,
         api_keys=(KEY,),
     )
     app = create_app(settings=fuzz_settings)

@@ -7,7 +7,7 @@ from shared.jobs.celery_app import make_celery
 
 
 def test_configuration_follows_settings() -> None:
-    settings = Settings(key_prefix="cfg", task_time_limit_s=100, visibility_timeout_s=500)
+    settings = Settings(key_prefix="cfg", task_time_limit_s=100)
     app = make_celery(settings)
     conf = app.conf
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
@@ -28,6 +28,7 @@ def test_tasks_are_routed_by_module() -> None:
     route = app.amqp.router.route
     assert route({}, "workers.cpu.ingest_dataset")["queue"].name == "cpu"
     assert route({}, "workers.gpu.describe_device")["queue"].name == "gpu"
+    assert route({}, "workers.interactive.recommend")["queue"].name == "interactive"
     assert {"workers.cpu.ingest_dataset", "workers.gpu.describe_device"} <= set(app.tasks)
 
 

@@ -24,18 +24,13 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.key_prefix == DEFAULT_KEY_PREFIX
     assert s.result_ttl_s == DEFAULT_RESULT_TTL_S == 7 * 24 * 3600
     assert s.data_root == Path.cwd()
-    assert s.soft_time_limit_s < s.task_time_limit_s < s.visibility_timeout_s
+    assert s.soft_time_limit_s < s.task_time_limit_s
 
 
 def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(ValidationError):
         s.key_prefix = "other"
-
-
-def test_time_limit_must_be_below_visibility_timeout() -> None:
-    with pytest.raises(ValidationError, match="must be below visibility_timeout_s"):
-        Settings(task_time_limit_s=600, visibility_timeout_s=600)
 
 
 def test_key_prefix_is_restricted() -> None:
