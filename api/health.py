@@ -2,8 +2,9 @@
 
 ``/readyz`` answers 503 with ``details.cause``, the first that holds of:
 
-- ``redis_down``: Redis does not answer (refused, timed out, wrong password); ``redis_loading``: it is
-  reading its data after a restart;
+- ``redis_down``: Redis does not answer (refused, timed out, wrong password); ``redis_tls``: a ``rediss://``
+  connection could not be secured (the message names the host and why: no TLS there, a certificate that failed
+  verification); ``redis_loading``: it is reading its data after a restart;
 - ``redis_read_only``: Redis refuses writes: a read-only replica (READONLY), or a disk error (MISCONF: the
   last AOF write or RDB save failed, e.g. a full disk);
 - ``redis_out_of_memory``: ``used_memory`` has reached ``maxmemory`` (with noeviction every new job is refused);
@@ -21,7 +22,7 @@ import redis
 import redis.exceptions
 from apiflask import APIBlueprint
 
-from shared.infra.redisconn import TRANSIENT_CAUSES, transient_cause
+from shared.infra.redisconn import TRANSIENT_CAUSES, TLSError, transient_cause
 from shared.jobs.kinds import QUEUES
 
 from .context import services
@@ -64,7 +65,8 @@ def redis_problem(client: redis.Redis, probe_key: str) -> tuple[str, str] | None
 @bp.output(ReadyOut)
 @bp.doc(
     responses={
-        503: "not ready; details.cause: redis_down, redis_loading, redis_read_only, redis_out_of_memory or no_worker "
+        503: "not ready; details.cause: redis_down, redis_tls, redis_loading, redis_read_only, redis_out_of_memory or "
+        "no_worker "
         "(details.missing_queues)"
     }
 )
@@ -81,7 +83,9 @@ def readyz() -> Any:
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         cause = transient_cause(exc) or "redis_down"  # BusyLoadingError is a ConnectionError: redis_loading
         details = {"redis": False, "workers": {}, "cause": cause}
-        return error_response(503, "not_ready", f"{TRANSIENT_CAUSES[cause][0]} ({type(exc).__name__})", details)
+        # A TLSError's text is ours (shared/infra/redisconn.py): TLS, the host and why, never a secret.
+        message = str(exc) if isinstance(exc, TLSError) else f"{TRANSIENT_CAUSES[cause][0]} ({type(exc).__name__})"
+        return error_response(503, "not_ready", message, details)
     missing = [q for q in QUEUES if workers.get(q, 0) == 0]
     if missing:
         details = {"redis": True, "workers": workers, "missing_queues": missing, "cause": "no_worker"}

@@ -16,8 +16,14 @@
                                                                 └─> pipe.lpush, sent with  (inside ``onto``)
                                                                     the caller's EXEC
 
-``shared.jobs.celery_app`` selects this transport with ``broker_transport``; broker URLs stay ``redis://`` or
-``rediss://``, and what reaches Redis is what kombu's own transport writes. It overrides private methods of
+Both hold for Redis behind Sentinel too (``SentinelTransport``, kombu's ``SentinelChannel`` under ours), and a
+TLS connection of either is ``shared.infra.redisconn.TLSConnection`` (a bounded handshake, a named failure).
+The sentinels come from our transport option ``sentinels``, not from kombu's ``;``-separated URL list: on an
+error kombu walks that list and re-parses each URL's scheme into its own transport, which would drop ours.
+
+``shared.jobs.celery_app`` selects the transport with ``broker_transport`` and gives it the broker URL, TLS
+options and transport options that ``shared.infra.redisconn.RedisTarget.kombu`` translates from ``REDIS_URL``;
+what reaches Redis is what kombu's own transport writes. It overrides private methods of
 kombu's channel, so kombu is pinned to the minor version it was written against (pyproject.toml), and
 tests/redis/test_broker.py compares a message sent onto a pipeline with one kombu sent itself.
 """
@@ -29,9 +35,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
+import redis.sentinel
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 from redis.client import Pipeline
+
+from shared.infra.redisconn import SentinelManagedTLSConnection, TLSConnection, sentinel_manager
 
 _local = threading.local()
 
@@ -48,6 +58,7 @@ def onto(pipe: Pipeline) -> Iterator[None]:
 
 
 class Channel(kombu_redis.Channel):
+    connection_class_ssl: type[Any] = TLSConnection
     _clients: dict[bool, tuple[Any, Any]]
 
     def _create_client(self, asynchronous: bool = False) -> Any:
@@ -73,5 +84,37 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """Our channel on the primary that the sentinels name (kombu's ``SentinelChannel`` finds it)."""
+
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "sentinels")  # type: ignore[assignment]
+    connection_class = redis.sentinel.SentinelManagedConnection
+    connection_class_ssl = SentinelManagedTLSConnection  # type: ignore[assignment]
+    sentinels: list[list[Any]] | None = None
+    """``[[host, port], ...]``, from the transport options."""
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        # kombu's own, with the sentinels from our option, asked over TLS like the primary when it is TLS.
+        params = self._connparams(asynchronous)  # type: ignore[no-untyped-call]
+        params.pop("host", None)
+        params.pop("port", None)
+        master_name = getattr(self, "master_name", None)
+        if master_name is None or not self.sentinels:
+            raise ValueError("the Sentinel transport needs the transport options master_name and sentinels")
+        manager = sentinel_manager(self.sentinels, getattr(self, "sentinel_kwargs", None) or {}, **params)
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        return manager.master_for(master_name, redis.Redis).connection_pool  # type: ignore[no-untyped-call]
+
+
+class SentinelTransport(Transport, kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 TRANSPORT = f"{__name__}:Transport"
 """The name Celery's ``broker_transport`` takes."""
+
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"
+"""The same, for Redis behind Sentinel."""

@@ -37,8 +37,9 @@ from typing import Any, cast
 
 from celery import Celery
 
-from shared.infra.broker import TRANSPORT
+from shared.infra.broker import SENTINEL_TRANSPORT, TRANSPORT
 from shared.infra.keys import Keys
+from shared.infra.redisconn import RedisTarget
 from shared.infra.settings import Settings
 from shared.jobs.kinds import CPU_QUEUE, PRIORITY_STEPS, QUEUES, TASK_MODULES, routes
 
@@ -118,9 +119,14 @@ class MovierecCelery(Celery):  # type: ignore[misc]
 
 
 def make_celery(settings: Settings) -> MovierecCelery:
-    app = MovierecCelery("movierec", broker=settings.redis_url, include=TASK_MODULES)
+    """The app for ``settings``; its broker is ``REDIS_URL`` as ``RedisTarget.kombu`` translates it: TLS options
+    (``broker_use_ssl``; kombu would otherwise speak plaintext to a ``rediss://`` URL under our transport, and
+    verify nothing under its own) and the sentinels (transport options) included."""
+    broker = RedisTarget.parse(settings.redis_url).kombu()
+    app = MovierecCelery("movierec", broker=broker.url, include=TASK_MODULES)
     app.settings = settings
     transport: dict[str, Any] = {
+        **broker.transport_options,
         # Our prefix on the queues and bindings too, so two deployments (or test runs) share a Redis safely.
         "global_keyprefix": Keys(settings.key_prefix).celery_prefix,
         "ack_emulation": False,  # redelivery is the janitor's (see above)
@@ -141,8 +147,9 @@ def make_celery(settings: Settings) -> MovierecCelery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_transport=TRANSPORT,
+        broker_transport=SENTINEL_TRANSPORT if broker.scheme == "sentinel" else TRANSPORT,
         broker_transport_options=transport,
+        broker_use_ssl=broker.use_ssl or False,
         enable_utc=True,
     )
     return app

@@ -1,10 +1,11 @@
 """Libraries' private parts are reached only from the one module fenced for each (STYLE.md, guideline 16).
 
-shared/infra/broker.py overrides kombu's Redis channel; shared/infra/redisconn.py drives redis-py's pipeline
-below its public API; api/connections.py subclasses gunicorn's gevent worker. Each library is pinned to the minor
-series those modules were written against, and a test breaks on the upgrade that breaks them: on a real Redis
-(tests/redis/test_broker.py, test_run_job.py), on a real server (tests/system/test_slow_clients.py), and here,
-the signatures of the gunicorn methods overridden.
+shared/infra/broker.py overrides kombu's Redis channel (and its Sentinel channel's pool);
+shared/infra/redisconn.py drives redis-py's pipeline below its public API and its TLS connection's socket set-up;
+api/connections.py subclasses gunicorn's gevent worker. Each library is pinned to the minor series those modules
+were written against, and a test breaks on the upgrade that breaks them: on a real Redis (tests/redis/test_broker.py,
+test_run_job.py, tests/system/test_tls.py, test_sentinel.py), on a real server (tests/system/test_slow_clients.py),
+and here, the signatures of the gunicorn methods overridden.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PRODUCT = ("api", "workers", "shared", "cli", "bench")
 
-KOMBU_PRIVATE = {"_create_client", "_put", "_q_for_pri", "_get_message_priority", "_expires", "sep"}
-REDIS_INTERNALS = {"command_stack", "parse_response", "raise_first_error", "send_packed_command", "pack_commands"}
+KOMBU_PRIVATE = {"_create_client", "_put", "_q_for_pri", "_get_message_priority", "_expires", "sep", "_connparams",
+                 "_sentinel_managed_pool", "_sentinel_manager", "_async_sentinel_manager"}  # fmt: skip
+REDIS_INTERNALS = {"command_stack", "parse_response", "raise_first_error", "send_packed_command", "pack_commands",
+                   "_connect", "_wrap_socket_with_ssl"}  # fmt: skip
 GUNICORN_INTERNALS = {"handle_request", "force_close"}
 FENCES = {
     "kombu": REPO / "shared/infra/broker.py",
