@@ -237,10 +237,15 @@ def _too_many_values(data: bytes, schema: Schema) -> JSONRejected | None:
     if key not in _MAX_VALUES:
         _MAX_VALUES[key] = max_values(schema)
     bound = _MAX_VALUES[key]
-    if bound is None or data.count(b",") <= bound:
+    commas = data.count(b",")
+    if bound is None or commas <= bound:
         return None
-    pieces = (_ESCAPE.sub(b"", data) if b"\\" in data else data).split(b'"')
-    if len(pieces) % 2 == 0 or b"".join(pieces[0::2]).count(b",") <= bound:  # odd quotes: not JSON, say so below
+    plain = _ESCAPE.sub(b"", data) if b"\\" in data else data
+    pieces = plain.split(b'"')
+    if len(pieces) % 2 == 0:  # an odd number of quotes: not JSON, which the parse says better
+        return None
+    total = commas if plain is data else plain.count(b",")
+    if total - b"".join(pieces[1::2]).count(b",") <= bound:  # the commas inside strings do not count
         return None
     return JSONRejected(f"the body holds more than {bound} values, more than any valid body of this request: "
                         "a list past its length, or fields it does not take", code="validation_error",
