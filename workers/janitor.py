@@ -113,7 +113,7 @@ class Janitor:
         active = set(jobs.active_ids())
         waiting = waiting_jobs(self._celery) if active else {}  # once a sweep, not once a job
         report["waiting"] = len(waiting.keys() & active)
-        places = self._svc.redis.pipeline(transaction=False)
+        queued: dict[str, Waiting] = {}  # the queued jobs to tell where they wait, once the sweep is done
         for job_id in active:
             job = jobs.get(job_id)
             if job is None or job.finished:  # gone without finishing (deleted), or finished since the read
@@ -128,7 +128,7 @@ class Janitor:
             if self._alive(job, units, active=active, waiting=waiting):
                 self._svc.redis.delete(idle_key)
                 if job.status == "queued" and job_id in waiting:
-                    self._tell_place(places, job, waiting[job_id])
+                    queued[job_id] = waiting[job_id]
                 continue
             pipe = self._svc.redis.pipeline(transaction=False)
             pipe.set(idle_key, f"{self._svc.jobs.clock.now():.3f}", nx=True, ex=int(self._interval * 4) + 1)
@@ -136,7 +136,7 @@ class Janitor:
                 continue  # idle for the first time: look again next sweep
             self._svc.redis.delete(idle_key)
             report["resent" if self._resend(job, units) else "failed"] += 1
-        places.execute()
+        self._tell_places(queued)
         return report
 
     def pending_units(self, job: Job) -> list[Unit]:
@@ -163,21 +163,26 @@ class Janitor:
         leases = [self._svc.units.lease_key(job.id, name) for name in {"main", "join", *(u.name for u in units)}]
         return bool(cast(int, self._svc.redis.exists(*leases)))
 
-    def _tell_place(self, pipe: redis.client.Pipeline, job: Job, place: Waiting) -> None:
-        """Queue, on ``pipe``, the note on a queued job of where it waits, with an ETA from how fast its place
-        moved since the last sweep that saw it (kept in its ``queued`` mark)."""
-        now, mark = self._svc.jobs.clock.now(), self._keys.janitor_queued(job.id)
-        last = cast("bytes | None", self._svc.redis.get(mark))
-        eta = ""
-        if last is not None:
-            then, before = (float(x) for x in last.split())
-            if before == place.ahead:
-                return  # nothing moved: the note stands
-            if before > place.ahead and now > then:
-                eta = f"; ETA {place.ahead / ((before - place.ahead) / (now - then)):.0f} s"
-        pipe.set(mark, f"{now:.3f} {place.ahead}", ex=int(self._interval * 4) + 1)
-        message = f"waiting in the {place.queue} queue: {place.ahead} messages ahead{eta}"
-        self._svc.jobs.note_queued(job.id, message, pipe=pipe)
+    def _tell_places(self, queued: dict[str, Waiting]) -> None:
+        """Note on each queued job where it waits, with an ETA from how fast its place moved since the last sweep
+        that saw it (kept in its ``queued`` mark): two round trips for all of them."""
+        if not queued:
+            return
+        now, marks = self._svc.jobs.clock.now(), [self._keys.janitor_queued(job_id) for job_id in queued]
+        pipe = self._svc.redis.pipeline(transaction=False)
+        lasts = cast("list[bytes | None]", self._svc.redis.mget(marks))
+        for (job_id, place), mark, last in zip(queued.items(), marks, lasts, strict=True):
+            eta = ""
+            if last is not None:
+                then, before = (float(x) for x in last.split())
+                if before == place.ahead:
+                    continue  # nothing moved: the note stands
+                if before > place.ahead and now > then:
+                    eta = f"; ETA {place.ahead / ((before - place.ahead) / (now - then)):.0f} s"
+            pipe.set(mark, f"{now:.3f} {place.ahead}", ex=int(self._interval * 4) + 1)
+            message = f"waiting in the {place.queue} queue: {place.ahead} messages ahead{eta}"
+            self._svc.jobs.note_queued(job_id, message, pipe=pipe)
+        pipe.execute()
 
     def _marked(self, pipe: redis.client.Pipeline, job_id: str) -> list[Any]:
         """Run ``pipe``, which writes a mark of ``job_id``, and drop its marks if the job has finished.

@@ -19,13 +19,14 @@ import requests
 from cli.stack import Stack
 from cli.synth import SynthSpec, write_synthetic
 from shared.infra.settings import Settings
-from shared.jobs.celery_app import make_celery
+from shared.jobs.celery_app import make_celery, queue_lengths
 from shared.jobs.store import Job
 from shared.jobs.submit import submit
 from shared.logic.mining import TripletSpec, load_incidence
 from shared.logic.services import Services
 from shared.ml.mining import mine_range
 from tests.helpers import wait_job, wait_jobs, wait_until
+from workers.janitor import MAX_RESENDS
 
 
 def submit_ingest(svc: Services, celery: Any, path: str, *, tags: int = 5) -> Job:
@@ -260,3 +261,30 @@ def test_training_survives_its_gpu_queue_worker_sigkilled_mid_epoch(
     reference = train(vectors, rows, TrainConfig(epochs=40, seed=11), device=torch.device("cpu"))
     for name, tensor in reference.state.items():
         assert stored[name].tobytes() == tensor.numpy().tobytes(), name
+
+
+def test_a_backlog_longer_than_any_resend_bound_waits_and_then_succeeds(
+    chaos_stack: Stack, chaos_settings: Settings
+) -> None:
+    # No CPU worker for longer than the janitor needed, before, to give up on a job five times over: the jobs
+    # wait in their queue, say where, are never resent (no duplicate message) and succeed once a worker comes.
+    root = chaos_settings.data_root / "chaos-catalogue"
+    if not root.exists():
+        write_synthetic(root, SynthSpec(movies=2_000, users=300, ratings=20_000, seed=3))
+    svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
+    dataset = ingest(svc, celery, root.name)
+    chaos_stack.kill("cpu-worker", signal.SIGKILL)
+    ids = [
+        submit(celery, svc.jobs, kind="triplets", params={"dataset": dataset, "shard_size": 1000, "seed": seed}).id
+        for seed in range(1, 6)
+    ]
+    sweeps = 2 * (MAX_RESENDS + 1) * 2  # twice the sweeps that failed a waiting job as lost before
+    time.sleep(sweeps * chaos_settings.janitor_interval_s)
+    jobs = [svc.jobs.get(i) for i in ids]
+    assert all(j is not None and j.status == "queued" for j in jobs), jobs
+    places = [j.message for j in jobs if j is not None]
+    assert places == [f"waiting in the cpu queue: {ahead} messages ahead" for ahead in range(5)], places
+    assert queue_lengths(celery)["cpu"] == len(ids)  # nothing was sent twice
+    chaos_stack.respawn("cpu-worker")
+    finals = wait_jobs(svc.jobs.get, ids, timeout_s=300)
+    assert [j.status for j in finals if j is not None] == ["succeeded"] * len(ids)
