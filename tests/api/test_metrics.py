@@ -42,7 +42,7 @@ def value(families: dict[str, Any], sample: str, **labels: str) -> float:
 def test_every_family_is_exposed_with_its_type(client: Any) -> None:
     families = scrape(client)
     assert {name: families[name].type for name in FAMILIES if name in families} == FAMILIES
-    assert all(value(families, "movierec_workers", queue=queue) >= 1 for queue in ("cpu", "gpu"))
+    assert all(value(families, "movierec_workers", queue=queue) >= 1 for queue in ("interactive", "cpu", "gpu"))
 
 
 def test_request_count_grows_by_exactly_the_requests_made(client: Any) -> None:

@@ -116,7 +116,7 @@ def test_job_counts_are_exact_and_take_in_every_owner(own_app: Any) -> None:
     body = get_ok(client, "/v1/system", headers=auth)
     assert body["jobs"] == {"queued": 2, "running": 1, "succeeded": 6, "failed": 3, "cancelled": 4}
     depth = {q["name"]: q["depth"] for q in body["queues"]}
-    assert depth == {"cpu": 1, "gpu": 0}  # the ingest's message waits: no worker on this prefix
+    assert depth == {"interactive": 0, "cpu": 1, "gpu": 0}  # the ingest's message waits: no worker on this prefix
     assert sent.status == "queued"
 
 
