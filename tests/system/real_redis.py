@@ -7,7 +7,8 @@
 - ``make_certificates``: a CA and a server certificate for 127.0.0.1/localhost, made with ``openssl``.
 - ``Relay``: a TCP relay in front of a server that records each client's first bytes and refuses (closes) any
   connection that does not open with a TLS ClientHello: plaintext RESP (``*``, ``$``, ``+``) or an inline
-  ``AUTH``/``PING`` never reaches the server, and the test asserts none came.
+  ``AUTH``/``PING`` never reaches the server, and the test asserts none came. With ``check_tls=False`` it relays
+  a replication link that ``sever`` partitions.
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ class Relay:
     port: int = field(default_factory=free_port)
     connections: int = 0
     plaintext: list[bytes] = field(default_factory=list)
+    check_tls: bool = True
+    """False: relay anything (a replication link to cut, below)."""
+    severed: threading.Event = field(default_factory=threading.Event)
+    """Set (``sever``): bytes still arrive but are dropped, both ways, as in a network partition."""
     _listener: socket.socket | None = None
     _open: list[socket.socket] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -173,7 +178,7 @@ class Relay:
         if len(first) < 2:  # closed, or silent: nothing was sent in clear
             client.close()
             return
-        if tuple(first) != TLS_RECORD:
+        if self.check_tls and tuple(first) != TLS_RECORD:
             with contextlib.suppress(OSError):
                 client.settimeout(0.5)
                 first += client.recv(64)
@@ -191,20 +196,24 @@ class Relay:
         with self._lock:
             self._open.append(server)
         server.sendall(first)
-        threading.Thread(target=_pump, args=(server, client), daemon=True, name="relay-down").start()
-        _pump(client, server)
+        threading.Thread(target=self._pump, args=(server, client), daemon=True, name="relay-down").start()
+        self._pump(client, server)
+
+    def sever(self) -> None:
+        """From now on drop every byte, both ways: neither end sees the link close (a partition, not a crash)."""
+        self.severed.set()
 
     def assert_all_tls(self) -> None:
         assert not self.plaintext, f"{len(self.plaintext)} connection(s) opened in plaintext: {self.plaintext[:5]}"
 
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if not self.severed.is_set():
+                    sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
