@@ -167,7 +167,8 @@ class MovieIndex:
         """
         b = len(vectors)
         owner = np.repeat(np.arange(b), np.diff(excluded.indptr))
-        banned = np.unique(owner * self.n + excluded.rows)  # (e,) sorted keys query * n + row, each once
+        banned = np.sort(owner * self.n + excluded.rows)  # (e,) keys query * n + row, sorted ...
+        banned = banned[np.r_[True, banned[1:] != banned[:-1]]] if len(banned) else banned  # ... each once
         distinct = np.bincount(banned // self.n, minlength=b)  # (b,) rows each query excludes
         ks = np.minimum(k, self.n - distinct)  # as ``query``: k, or what is left
         wants = np.minimum(self.groups, ks + distinct)
