@@ -47,6 +47,9 @@ BEAT_S = 2.0
 REFRESH_S = 1.0
 """How long an API process trusts its list of live responders."""
 
+SUBSCRIBE_S = 0.1
+"""How long a request waits for its process's reply channel to be subscribed (the first one, or after an outage)."""
+
 TRIES = 2
 """Responders tried when a PUBLISH reaches no one, before the durable path."""
 
@@ -71,8 +74,8 @@ class FastLane:
 
     def ask(self, params: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
         """A responder's answer to ``params`` within ``timeout_s``; None when the durable path must answer."""
-        if timeout_s <= 0 or not self._listening.wait(timeout_s):
-            return None
+        if timeout_s <= 0 or not self._listening.wait(min(timeout_s, SUBSCRIBE_S)):
+            return None  # no reply channel (Redis away?): the durable path says what is wrong
         request_id = uuid.uuid4().hex
         done, slot = threading.Event(), list[Any]()
         with self._lock:
