@@ -8,9 +8,11 @@
                                   ▼
     workers.batch.batch_shard [lo, hi) ──> part ``recommend-batch/<job>/part/<lo>``: its rows (shared/ml/batch.py)
         │ the shard's users answered at once (``answer_users``: profiles in one call, one index search per
-        │ beam, in ``search_threads`` threads), each as the single-user endpoint answers them, with their
-        │ feedback read in one round trip for the shard; stats into the job's shard hash; progress and an
-        ▼ ETA; the shard that completes the set sends the join
+        │ beam, in ``search_threads`` threads), each as the single-user endpoint answers them; read for it:
+        │ the version's network, vectors and index (``shard_model``, once per process: no catalogue text,
+        │ no ratings), the span of the ratings arrays that holds its users (``stored_window``) and their
+        │ feedback, in one round trip; stats into the job's shard hash; progress and an ETA; the shard
+        ▼ that completes the set sends the join
     workers.batch.batch_join ──> the job succeeds with a summary (users, rows, parts, users per second)
 
 The parts are the result: ``GET /v1/jobs/<id>/result?format=csv|npy`` reads them one after the other and
@@ -26,13 +28,17 @@ from typing import Any
 
 import numpy as np
 
+from shared.errors import Conflict
 from shared.infra.keys import batch_part, batch_result, dataset_artifact
 from shared.infra.process import per_process
 from shared.jobs.sharded import ShardPlan
 from shared.logic.services import Services
-from shared.logic.serving import feedback_for, load_serving
-from shared.ml.batch import CSV_HEADER, ROW, answer_users, csv_text, npy_header
+from shared.logic.serving import SERVED_VERSIONS, feedback_for, load_index, network
+from shared.ml.batch import CSV_HEADER, ROW, ShardModel, StoredRatings, answer_users, csv_text, npy_header
+from shared.ml.recommend import Profile, most_popular
 from shared.store.artifacts import ArtifactStore
+from shared.store.datasets import DatasetRatings, load_ratings
+from shared.store.models import ModelStore
 
 DEFAULT_SHARD_USERS = 2_000
 """Users a shard answers: at the notebook's scale about 2-4 s of one process, 28 KB of rows at k = 10."""
@@ -75,10 +81,82 @@ def answer_part(
     """The rows of the job's users [lo, hi) and the shard's stats; the shard's feedback read in one round trip
     (``serving.feedback_for``, as a single query reads it)."""
     users = svc.artifacts.get_array(batch_result(job_id, "user_ids"))[lo:hi]
-    model = load_serving(svc.artifacts, svc.models, params["model"])
-    rows, stats = answer_users(model, users, k=int(params["k"]), exclude_seen=bool(params.get("exclude_seen", True)),
-                               feedback=feedback_for(svc, model, users.tolist()), threads=search_threads())  # fmt: skip
+    model = shard_model(svc.artifacts, svc.models, params["model"])
+    dataset = model.record["dataset"]
+    stored = stored_window(svc.artifacts, dataset, users, timestamps=model.profile.recency_days > 0)
+    rows, stats = answer_users(
+        model, users, stored=stored, popular=lambda: popular(svc.artifacts, dataset, len(model.movie_ids)),
+        k=int(params["k"]), exclude_seen=bool(params.get("exclude_seen", True)),
+        feedback=feedback_for(svc, model, users.tolist()), threads=search_threads(),
+    )  # fmt: skip
     return rows, {**stats, "range": [lo, hi]}
+
+
+@per_process(maxsize=SERVED_VERSIONS)
+def shard_model(artifacts: ArtifactStore, models: ModelStore, version: str) -> ShardModel:
+    """What a shard reads of a model version (``serving.load_serving`` less the catalogue's text and the
+    ratings: at the notebook's scale 50 MB instead of 400), loaded once per process."""
+    from safetensors.numpy import load
+
+    record = models.get(version)
+    if record is None:
+        raise Conflict(f"model {version!r} no longer exists")
+    embeddings = artifacts.get_array(record["artifacts"]["embeddings"])
+    hybrid = Profile.of(record.get("config", {})).item_space
+    raw = artifacts.get_array(record["artifacts"]["input_embeddings"]) if not hybrid else None
+    return ShardModel(
+        record=record,
+        index=load_index(artifacts, record),
+        **network(load(artifacts.get_bytes(record["artifacts"]["weights"]))),
+        raw=raw if raw is not None else np.zeros((0, 0), dtype=np.float32),
+        embeddings=embeddings,
+        movie_ids=artifacts.get_array(dataset_artifact(record["dataset"], "movie_ids")),
+    )
+
+
+@per_process(maxsize=SERVED_VERSIONS)
+def rating_places(artifacts: ArtifactStore, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """A dataset's users (ascending) and where each one's ratings are (indptr): 3.4 MB at 283,000 users."""
+    return (artifacts.get_array(dataset_artifact(dataset, "user_ids")),
+            artifacts.get_array(dataset_artifact(dataset, "ratings_indptr")))  # fmt: skip
+
+
+def stored_window(artifacts: ArtifactStore, dataset: str, users: np.ndarray, *, timestamps: bool) -> StoredRatings:
+    """The stored ratings of ``users``: the span of the ratings arrays that holds them, read alone (a shard of
+    "all" is a run of users, so its span is its ratings); when that span is mostly other users' (users listed in
+    any order), the whole arrays, once per process."""
+    user_ids, indptr = rating_places(artifacts, dataset)
+    window = StoredRatings(user_ids, indptr, 0, np.zeros(0, np.int32), np.zeros(0, np.float32), None)
+    lo, counts = window.ranges(users)
+    known = counts > 0
+    if not known.any():
+        return window
+    start, end = int(lo[known].min()), int((lo + counts)[known].max())
+    if end - start > WINDOW_SPARE * int(counts.sum()) + WINDOW_SLACK:
+        ratings = whole_ratings(artifacts, dataset, timestamps=timestamps)
+        return StoredRatings(user_ids, indptr, 0, ratings.movie_index, ratings.values, ratings.timestamps)
+
+    def part(name: str) -> np.ndarray:
+        return artifacts.get_rows(dataset_artifact(dataset, name), start, end)
+
+    return StoredRatings(user_ids, indptr, start, part("ratings_movie"), part("ratings_value"),
+                         part("ratings_time") if timestamps else None)  # fmt: skip
+
+
+WINDOW_SPARE, WINDOW_SLACK = 2, 1_000_000
+"""A shard reads the span holding its users' ratings when it is at most 2x theirs plus 1M ratings (8 MB)."""
+
+
+@per_process(maxsize=1)
+def whole_ratings(artifacts: ArtifactStore, dataset: str, *, timestamps: bool) -> DatasetRatings:
+    return load_ratings(artifacts, dataset, timestamps=timestamps)
+
+
+@per_process(maxsize=SERVED_VERSIONS)
+def popular(artifacts: ArtifactStore, dataset: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's most rated movies (``ServingModel.popular``): read only by a shard with a user who has no
+    ratings (a listed id unknown to the dataset and to feedback)."""
+    return most_popular(artifacts.get_array(dataset_artifact(dataset, "ratings_movie")), n)
 
 
 @per_process()

@@ -13,7 +13,7 @@ change, and neither does the index it was loaded with (a rebuilt index is seen b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -61,16 +61,7 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
     record = models.get(version)
     if record is None:
         raise Conflict(f"model {version!r} no longer exists")
-    index_meta = record.get("index")
-    if index_meta is None:
-        raise Conflict(f"model {version!r} has no index")
-    index = MovieIndex.from_bytes(
-        artifacts.get_bytes(index_meta["artifact"]),
-        sha256=index_meta["sha256"],
-        group=artifacts.get_array(index_meta["group_artifact"]),
-        dim=index_meta["dim"],
-        params=IndexParams(**index_meta["params"]),
-    )
+    index = load_index(artifacts, record)
     weights = load(artifacts.get_bytes(record["artifacts"]["weights"]))
 
     def part(name: str) -> str:
@@ -98,6 +89,20 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
         ratings_movie=ratings.movie_index,
         ratings_value=ratings.values,
         ratings_time=ratings.timestamps,
+    )
+
+
+def load_index(artifacts: ArtifactStore, record: dict[str, Any]) -> MovieIndex:
+    """A model version's index (its bytes checked against their sha256)."""
+    index_meta = record.get("index")
+    if index_meta is None:
+        raise Conflict(f"model {record['version']!r} has no index")
+    return MovieIndex.from_bytes(
+        artifacts.get_bytes(index_meta["artifact"]),
+        sha256=index_meta["sha256"],
+        group=artifacts.get_array(index_meta["group_artifact"]),
+        dim=index_meta["dim"],
+        params=IndexParams(**index_meta["params"]),
     )
 
 
@@ -146,7 +151,15 @@ def version_scorer(artifacts: ArtifactStore, models: ModelStore, version: str) -
     )
 
 
-def feedback_for(svc: Services, model: ServingModel, user_ids: list[int]) -> dict[int, UserRatings]:
+class Catalogued(Protocol):
+    """A loaded model as feedback reads it: its record (whose dataset) and its catalogue rows of movie ids."""
+
+    record: dict[str, Any]
+
+    def rows_of(self, movie_ids: list[int]) -> np.ndarray: ...
+
+
+def feedback_for(svc: Services, model: Catalogued, user_ids: list[int]) -> dict[int, UserRatings]:
     """The ratings given after ingest by each of ``user_ids`` (those with any), as catalogue rows, by time: read
     from the feedback of the model's dataset (its base's, for a feedback version), so what was posted since the
     model was trained counts; one round trip."""

@@ -22,14 +22,23 @@ each part's bytes, so neither form is ever built whole in memory.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from shared.ml.index import Found, RowSets, concat_ranges
-from shared.ml.recommend import ServingModel, UserRatings, profile_queries, profile_weights
+from shared.ml.index import Found, MovieIndex, RowSets, concat_ranges
+from shared.ml.recommend import (
+    Layers,
+    Profile,
+    ServingModel,
+    UserRatings,
+    check_ids,
+    profile_queries,
+    profile_weights,
+)
 
 ROW = np.dtype([("user_id", "<i4"), ("rank", "<i2"), ("movie_id", "<i4"), ("score", "<f4")])
 """One batch row, as the ``.npy`` result stores it (little-endian, packed: 14 bytes); ``score`` is the float32
@@ -40,20 +49,88 @@ CSV_ROWS_PER_CHUNK = 20_000
 """Rows formatted per piece of a streamed CSV (about 0.5 MB of text)."""
 
 
+@dataclass
+class ShardModel:
+    """What answering a shard reads of a model version: its network, movie vectors and index, no catalogue
+    text and no ratings (a shard reads its own users' ratings, ``StoredRatings``)."""
+
+    record: dict[str, Any]
+    index: MovieIndex
+    weight: np.ndarray  # (hidden, d)
+    bias: np.ndarray  # (hidden,)
+    inner: Layers
+    raw: np.ndarray  # (n, d) the encoder's movie vectors; (0, d) for a hybrid model, whose profile does not read them
+    embeddings: np.ndarray  # (n, hidden) unit rows, those the index holds
+    movie_ids: np.ndarray  # (n,) catalogue order
+
+    @classmethod
+    def of(cls, model: ServingModel) -> ShardModel:
+        return cls(record=model.record, index=model.index, weight=model.weight, bias=model.bias, inner=model.inner,
+                   raw=model.raw, embeddings=model.embeddings, movie_ids=model.movie_ids)  # fmt: skip
+
+    @cached_property
+    def profile(self) -> Profile:
+        return Profile.of(self.record.get("config", {}))
+
+    @cached_property
+    def _id_order(self) -> np.ndarray:
+        return np.argsort(self.movie_ids, kind="stable")
+
+    def rows_of(self, movie_ids: list[int]) -> np.ndarray:
+        """Catalogue rows of ``movie_ids`` (``ServingModel.rows_of``: NotFound naming any unknown one)."""
+        check_ids((), frozenset(self.movie_ids.tolist()), user_id=None, movie_ids=movie_ids)
+        if not movie_ids:
+            return np.zeros(0, dtype=np.int64)
+        return np.asarray(self._id_order[np.searchsorted(self.movie_ids, movie_ids, sorter=self._id_order)], np.int64)
+
+
+@dataclass(frozen=True)
+class StoredRatings:
+    """A window of a dataset's ratings as ingested: every user's place (``user_ids``, ``indptr``, whole) and the
+    ratings at positions ``start`` .. ``start + len(movie)`` (those of the users a shard answers, or all)."""
+
+    user_ids: np.ndarray  # (u,) ascending
+    indptr: np.ndarray  # (u + 1,) user j's ratings at indptr[j]:indptr[j + 1] of the whole arrays
+    start: int
+    movie: np.ndarray  # (w,) int32 catalogue rows
+    value: np.ndarray  # (w,) float32
+    time: np.ndarray | None  # (w,) int64 seconds; None where the model's profile does not weigh recency
+
+    @classmethod
+    def of(cls, model: ServingModel) -> StoredRatings:
+        return cls(model.user_ids, model.ratings_indptr, 0, model.ratings_movie, model.ratings_value,
+                   model.ratings_time)  # fmt: skip
+
+    def ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each of ``users`` (b,) has their ratings in the whole arrays: (first position, count), count 0
+        for a user unknown at ingest."""
+        users = np.asarray(users, dtype=np.int64)
+        if not len(self.user_ids):
+            return np.zeros(len(users), dtype=np.int64), np.zeros(len(users), dtype=np.int64)
+        j = np.minimum(np.searchsorted(self.user_ids, users), len(self.user_ids) - 1)
+        known = self.user_ids[j] == users
+        lo = np.where(known, self.indptr[j], 0).astype(np.int64)
+        return lo, np.where(known, self.indptr[j + 1] - lo, 0).astype(np.int64)
+
+
 def answer_users(
-    model: ServingModel,
+    model: ShardModel,
     users: np.ndarray,
     *,
+    stored: StoredRatings,
+    popular: Callable[[], tuple[np.ndarray, np.ndarray]],
     k: int,
     exclude_seen: bool = True,
     feedback: dict[int, UserRatings] | None = None,
     threads: int = 1,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``users`` (b,) answered in order: (rows (r,) of ``ROW``, stats {"users", "rows", "popular", "seconds"}).
-    ``feedback``: the ratings given after ingest of those users that have any (``serving.feedback_for``);
-    ``threads``: how many the index search may use (the cores this process is meant to have)."""
+    ``stored``: a window holding these users' stored ratings; ``popular``: the model's most popular movies
+    (``ServingModel.popular``), called only when a user has no ratings; ``feedback``: the ratings given after
+    ingest of those users that have any (``serving.feedback_for``); ``threads``: how many the index search may
+    use (the cores this process is meant to have)."""
     started = time.perf_counter()
-    ratings = users_ratings(model, users, feedback or {})
+    ratings = users_ratings(stored, users, feedback or {})
     counts = np.diff(ratings.indptr)
     rated = np.flatnonzero(counts)
     indptr = np.r_[0, np.cumsum(counts[rated])].astype(np.int64)  # the rated users' ratings, all of them
@@ -63,28 +140,28 @@ def answer_users(
                               exact_rows=True)  # fmt: skip
     excluded = RowSets(indptr, ratings.rows) if exclude_seen else RowSets(indptr * 0, ratings.rows[:0])
     found = model.index.query_many(queries, k, excluded=excluded, threads=threads)
-    rows = user_rows(model, users, rated, found, k=k)
+    rows = user_rows(model.movie_ids, users, rated, found, popular=popular, k=k)
     stats = {"users": len(users), "rows": len(rows), "popular": len(users) - len(rated),
              "seconds": round(time.perf_counter() - started, 4)}  # fmt: skip
     return rows, stats
 
 
-def users_ratings(model: ServingModel, users: np.ndarray, feedback: dict[int, UserRatings]) -> ShardRatings:
+def users_ratings(stored: StoredRatings, users: np.ndarray, feedback: dict[int, UserRatings]) -> ShardRatings:
     """The ratings of ``users`` (b,) a profile reads, as a single query reads them one user at a time
     (``UserRatings.over(ServingModel.stored_ratings)``): stored ones gathered at once, feedback laid over the
     few users that have any."""
-    lo, counts = model.stored_ranges(users)
-    at = concat_ranges(lo, counts)
-    stored = ShardRatings(
+    lo, counts = stored.ranges(users)
+    at = concat_ranges(lo - stored.start, counts)
+    ratings = ShardRatings(
         indptr=np.r_[0, np.cumsum(counts)].astype(np.int64),
-        rows=model.ratings_movie[at].astype(np.int64),
-        values=model.ratings_value[at].astype(np.float32),
-        times=model.ratings_time[at].astype(np.int64) if model.ratings_time is not None else None,
+        rows=stored.movie[at].astype(np.int64),
+        values=stored.value[at].astype(np.float32),
+        times=stored.time[at].astype(np.int64) if stored.time is not None else None,
     )
     given = [i for i, user in enumerate(users.tolist()) if user in feedback]
     if not given:
-        return stored
-    return stored.replaced({i: feedback[int(users[i])].over(stored.user(i)) for i in given})
+        return ratings
+    return ratings.replaced({i: feedback[int(users[i])].over(ratings.user(i)) for i in given})
 
 
 @dataclass(frozen=True)
@@ -128,31 +205,32 @@ class ShardRatings:
 
 
 def user_rows(
-    model: ServingModel,
+    movie_ids: np.ndarray,
     users: np.ndarray,
     rated: np.ndarray,
     found: Found,
     *,
+    popular: Callable[[], tuple[np.ndarray, np.ndarray]],
     k: int,
 ) -> np.ndarray:
-    """The batch rows (of ``ROW``) of ``users``: those at ``rated`` answered by ``found`` (``query_many``'s
-    indptr, rows, scores, in the order of ``rated``), the others the most popular movies."""
-    indptr, found_rows, found_scores = found
-    order, popular_scores = model.popular
-    counts = np.full(len(users), min(k, len(order)), dtype=np.int64)
-    counts[rated] = np.diff(indptr)
+    """The batch rows (of ``ROW``) of ``users``: those at ``rated`` answered by ``found`` (in the order of
+    ``rated``), the others the ``popular`` movies."""
+    counts = np.zeros(len(users), dtype=np.int64)
+    counts[rated] = np.diff(found.indptr)
+    is_rated = np.zeros(len(users), dtype=bool)
+    is_rated[rated] = True
+    order, popular_scores = popular() if not is_rated.all() else (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    counts[~is_rated] = min(k, len(order))
     out = np.empty(int(counts.sum()), dtype=ROW)
     owner = np.repeat(np.arange(len(users)), counts)
     begins = np.r_[0, np.cumsum(counts)[:-1]] if len(users) else np.zeros(0, dtype=np.int64)
     out["user_id"] = users[owner]
     out["rank"] = np.arange(len(out)) - begins[owner] + 1
-    is_rated = np.zeros(len(users), dtype=bool)
-    is_rated[rated] = True
     mine = is_rated[owner]
-    out["movie_id"][mine] = model.movie_ids[found_rows]
-    out["score"][mine] = found_scores
+    out["movie_id"][mine] = movie_ids[found.rows]
+    out["score"][mine] = found.scores
     place = out["rank"][~mine].astype(np.int64) - 1
-    out["movie_id"][~mine] = model.movie_ids[order[place]]
+    out["movie_id"][~mine] = movie_ids[order[place]]
     out["score"][~mine] = popular_scores[place]
     return out
 

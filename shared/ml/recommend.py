@@ -160,20 +160,7 @@ class ServingModel:
     def popular(self) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue rows by rating count, most first (ties to the lower row), and each one's score (count /
         the top count): what a user with no ratings is answered."""
-        counts = np.bincount(self.ratings_movie, minlength=len(self.movie_ids)).astype(np.float64)
-        order = np.argsort(-counts, kind="stable")
-        return order, (counts[order] / max(float(counts.max(initial=0.0)), 1.0)).astype(np.float32)
-
-    def stored_ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where each of ``users`` (b,) has their ratings as ingested: (first position, count) in the ratings
-        arrays, count 0 for a user unknown at ingest (``stored_ratings``, for many users at once)."""
-        users = np.asarray(users, dtype=np.int64)
-        if not len(self.user_ids):
-            return np.zeros(len(users), dtype=np.int64), np.zeros(len(users), dtype=np.int64)
-        j = np.minimum(np.searchsorted(self.user_ids, users), len(self.user_ids) - 1)
-        known = self.user_ids[j] == users
-        lo = np.where(known, self.ratings_indptr[j], 0).astype(np.int64)
-        return lo, np.where(known, self.ratings_indptr[j + 1] - lo, 0).astype(np.int64)
+        return most_popular(self.ratings_movie, len(self.movie_ids))
 
     def stored_ratings(self, user_id: int) -> UserRatings:
         """The user's ratings as ingested (none for a user unknown at ingest)."""
@@ -186,6 +173,14 @@ class ServingModel:
             values=self.ratings_value[lo:hi].astype(np.float32),
             times=self.ratings_time[lo:hi].astype(np.int64) if self.ratings_time is not None else None,
         )
+
+
+def most_popular(ratings_movie: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n catalogue rows by how often ``ratings_movie`` names them, most first (ties to the lower row), and
+    each one's score (count / the top count)."""
+    counts = np.bincount(ratings_movie, minlength=n).astype(np.float64)
+    order = np.argsort(-counts, kind="stable")
+    return order, (counts[order] / max(float(counts.max(initial=0.0)), 1.0)).astype(np.float32)
 
 
 @dataclass(frozen=True)

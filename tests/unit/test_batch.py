@@ -5,13 +5,14 @@ that reads back to the single answer's scores, the streamed .npy header."""
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pytest
 
 from shared.jobs.sharded import ShardPlan
 from shared.logic.batch import listed_users
-from shared.ml.batch import CSV_ROWS_PER_CHUNK, ROW, answer_users, csv_text, npy_header
+from shared.ml.batch import CSV_ROWS_PER_CHUNK, ROW, ShardModel, StoredRatings, answer_users, csv_text, npy_header
 from shared.ml.index import IndexParams, MovieIndex
 from shared.ml.recommend import ServingModel, UserRatings, recommend, user_ranking
 
@@ -40,11 +41,17 @@ def small_model(n: int = 40, users: int = 5) -> ServingModel:
     )  # fmt: skip
 
 
+def answer(model: ServingModel, users: np.ndarray, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """``answer_users`` over the whole of a served model: its network and index, all its stored ratings."""
+    return answer_users(ShardModel.of(model), users, stored=StoredRatings.of(model), popular=lambda: model.popular,
+                        **options)  # fmt: skip
+
+
 def test_each_user_s_rows_are_recommend_s_items_in_order() -> None:
     model = small_model()
     users = np.array([3, 99, 1, 5, 2])  # 99: no ratings, the popular fallback
     feedback = {2: UserRatings(rows=np.array([0, 1]), values=np.array([5.0, 1.0], dtype=np.float32))}
-    rows, stats = answer_users(model, users, k=6, feedback=feedback)
+    rows, stats = answer(model, users, k=6, feedback=feedback)
     assert stats["users"] == 5 and stats["popular"] == 1 and stats["rows"] == len(rows)
     at = 0
     for user in users.tolist():
@@ -105,7 +112,7 @@ def test_a_shard_s_rows_are_each_user_s_ranking_bit_for_bit(config: dict[str, ob
         3: UserRatings(rows=np.array([7, 8]), values=np.array([4.0, 2.0], np.float32), times=np.array([5, 6])),
     }  # fmt: skip
     for k, exclude_seen, threads in [(10, True, 1), (1, True, 2), (100, True, 1), (10, False, 2)]:
-        rows, stats = answer_users(model, users, k=k, exclude_seen=exclude_seen, feedback=feedback, threads=threads)
+        rows, stats = answer(model, users, k=k, exclude_seen=exclude_seen, feedback=feedback, threads=threads)
         assert stats["popular"] == 2  # users 1 and 10**9; 3 has feedback
         at = 0
         for user in users.tolist():
@@ -154,3 +161,15 @@ def test_npy_header_then_raw_rows_is_a_npy_file() -> None:
     rows["score"] = [0.5, 0.25, 0.125, -1.0]
     loaded = np.load(io.BytesIO(npy_header(len(rows)) + rows.tobytes()), allow_pickle=False)
     assert loaded.dtype == ROW and loaded.tolist() == rows.tolist()
+
+
+def test_a_window_of_the_stored_ratings_answers_as_the_whole() -> None:
+    """A shard reads only the span of the ratings arrays that holds its users (shared/logic/batch.py)."""
+    model = random_model({"architecture": "hybrid", "recency_days": 10.0})
+    users = model.user_ids[100:140].astype(np.int64)
+    start, end = int(model.ratings_indptr[100]), int(model.ratings_indptr[140])
+    assert model.ratings_time is not None
+    window = StoredRatings(model.user_ids, model.ratings_indptr, start, model.ratings_movie[start:end],
+                           model.ratings_value[start:end], model.ratings_time[start:end])  # fmt: skip
+    rows, _ = answer_users(ShardModel.of(model), users, stored=window, popular=lambda: model.popular, k=10)
+    assert rows.tobytes() == answer(model, users, k=10)[0].tobytes()
