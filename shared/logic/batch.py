@@ -9,10 +9,10 @@
     workers.batch.batch_shard [lo, hi) ──> part ``recommend-batch/<job>/part/<lo>``: its rows (shared/ml/batch.py)
         │ the shard's users answered at once (``answer_users``: profiles in one call, one index search per
         │ beam, in ``search_threads`` threads), each as the single-user endpoint answers them; read for it:
-        │ the version's network, vectors and index (``shard_model``, once per process: no catalogue text,
-        │ no ratings), the span of the ratings arrays that holds its users (``stored_window``) and their
-        │ feedback, in one round trip; stats into the job's shard hash; progress and an ETA; the shard
-        ▼ that completes the set sends the join
+        │ the version's network, vectors and index (``shard_model``) and the dataset's ratings
+        │ (``stored_ratings``), each once per process, no catalogue text; the users' feedback in one round
+        │ trip; stats into the job's shard hash; progress and an ETA; the shard that completes the set
+        ▼ sends the join
     workers.batch.batch_join ──> the job succeeds with a summary (users, rows, parts, users per second)
 
 The parts are the result: ``GET /v1/jobs/<id>/result?format=csv|npy`` reads them one after the other and
@@ -37,7 +37,7 @@ from shared.logic.serving import SERVED_VERSIONS, feedback_for, load_index, netw
 from shared.ml.batch import CSV_HEADER, ROW, ShardModel, StoredRatings, answer_users, csv_text, npy_header
 from shared.ml.recommend import Profile, most_popular
 from shared.store.artifacts import ArtifactStore
-from shared.store.datasets import DatasetRatings, load_ratings
+from shared.store.datasets import load_ratings
 from shared.store.models import ModelStore
 
 DEFAULT_SHARD_USERS = 2_000
@@ -83,7 +83,7 @@ def answer_part(
     users = svc.artifacts.get_array(batch_result(job_id, "user_ids"))[lo:hi]
     model = shard_model(svc.artifacts, svc.models, params["model"])
     dataset = model.record["dataset"]
-    stored = stored_window(svc.artifacts, dataset, users, timestamps=model.profile.recency_days > 0)
+    stored = stored_ratings(svc.artifacts, dataset, timestamps=model.profile.recency_days > 0)
     rows, stats = answer_users(
         model, users, stored=stored, popular=lambda: popular(svc.artifacts, dataset, len(model.movie_ids)),
         k=int(params["k"]), exclude_seen=bool(params.get("exclude_seen", True)),
@@ -114,42 +114,12 @@ def shard_model(artifacts: ArtifactStore, models: ModelStore, version: str) -> S
     )
 
 
-@per_process(maxsize=SERVED_VERSIONS)
-def rating_places(artifacts: ArtifactStore, dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """A dataset's users (ascending) and where each one's ratings are (indptr): 3.4 MB at 283,000 users."""
-    return (artifacts.get_array(dataset_artifact(dataset, "user_ids")),
-            artifacts.get_array(dataset_artifact(dataset, "ratings_indptr")))  # fmt: skip
-
-
-def stored_window(artifacts: ArtifactStore, dataset: str, users: np.ndarray, *, timestamps: bool) -> StoredRatings:
-    """The stored ratings of ``users``: the span of the ratings arrays that holds them, read alone (a shard of
-    "all" is a run of users, so its span is its ratings); when that span is mostly other users' (users listed in
-    any order), the whole arrays, once per process."""
-    user_ids, indptr = rating_places(artifacts, dataset)
-    window = StoredRatings(user_ids, indptr, 0, np.zeros(0, np.int32), np.zeros(0, np.float32), None)
-    lo, counts = window.ranges(users)
-    known = counts > 0
-    if not known.any():
-        return window
-    start, end = int(lo[known].min()), int((lo + counts)[known].max())
-    if end - start > WINDOW_SPARE * int(counts.sum()) + WINDOW_SLACK:
-        ratings = whole_ratings(artifacts, dataset, timestamps=timestamps)
-        return StoredRatings(user_ids, indptr, 0, ratings.movie_index, ratings.values, ratings.timestamps)
-
-    def part(name: str) -> np.ndarray:
-        return artifacts.get_rows(dataset_artifact(dataset, name), start, end)
-
-    return StoredRatings(user_ids, indptr, start, part("ratings_movie"), part("ratings_value"),
-                         part("ratings_time") if timestamps else None)  # fmt: skip
-
-
-WINDOW_SPARE, WINDOW_SLACK = 2, 1_000_000
-"""A shard reads the span holding its users' ratings when it is at most 2x theirs plus 1M ratings (8 MB)."""
-
-
 @per_process(maxsize=1)
-def whole_ratings(artifacts: ArtifactStore, dataset: str, *, timestamps: bool) -> DatasetRatings:
-    return load_ratings(artifacts, dataset, timestamps=timestamps)
+def stored_ratings(artifacts: ArtifactStore, dataset: str, *, timestamps: bool) -> StoredRatings:
+    """A dataset's ratings as ingested, once per process: every shard's users are in them. (Reading a shard's
+    span alone would not read less: ``get_rows`` fetches whole chunks, and a chunk is 256 MB.)"""
+    ratings = load_ratings(artifacts, dataset, timestamps=timestamps)
+    return StoredRatings(ratings.user_ids, ratings.indptr, ratings.movie_index, ratings.values, ratings.timestamps)
 
 
 @per_process(maxsize=SERVED_VERSIONS)

@@ -86,24 +86,21 @@ class ShardModel:
 
 @dataclass(frozen=True)
 class StoredRatings:
-    """A window of a dataset's ratings as ingested: every user's place (``user_ids``, ``indptr``, whole) and the
-    ratings at positions ``start`` .. ``start + len(movie)`` (those of the users a shard answers, or all)."""
+    """A dataset's ratings as ingested, by user: user ``user_ids[j]``'s at ``indptr[j]:indptr[j + 1]``."""
 
     user_ids: np.ndarray  # (u,) ascending
-    indptr: np.ndarray  # (u + 1,) user j's ratings at indptr[j]:indptr[j + 1] of the whole arrays
-    start: int
-    movie: np.ndarray  # (w,) int32 catalogue rows
-    value: np.ndarray  # (w,) float32
-    time: np.ndarray | None  # (w,) int64 seconds; None where the model's profile does not weigh recency
+    indptr: np.ndarray  # (u + 1,)
+    movie: np.ndarray  # (r,) int32 catalogue rows
+    value: np.ndarray  # (r,) float32
+    time: np.ndarray | None  # (r,) int64 seconds; None where the model's profile does not weigh recency
 
     @classmethod
     def of(cls, model: ServingModel) -> StoredRatings:
-        return cls(model.user_ids, model.ratings_indptr, 0, model.ratings_movie, model.ratings_value,
-                   model.ratings_time)  # fmt: skip
+        return cls(model.user_ids, model.ratings_indptr, model.ratings_movie, model.ratings_value, model.ratings_time)
 
     def ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where each of ``users`` (b,) has their ratings in the whole arrays: (first position, count), count 0
-        for a user unknown at ingest."""
+        """Where each of ``users`` (b,) has their ratings: (first position, count), count 0 for a user unknown
+        at ingest (``ServingModel.stored_ratings``, for many users at once)."""
         users = np.asarray(users, dtype=np.int64)
         if not len(self.user_ids):
             return np.zeros(len(users), dtype=np.int64), np.zeros(len(users), dtype=np.int64)
@@ -125,7 +122,7 @@ def answer_users(
     threads: int = 1,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``users`` (b,) answered in order: (rows (r,) of ``ROW``, stats {"users", "rows", "popular", "seconds"}).
-    ``stored``: a window holding these users' stored ratings; ``popular``: the model's most popular movies
+    ``stored``: the dataset's ratings as ingested; ``popular``: the model's most popular movies
     (``ServingModel.popular``), called only when a user has no ratings; ``feedback``: the ratings given after
     ingest of those users that have any (``serving.feedback_for``); ``threads``: how many the index search may
     use (the cores this process is meant to have)."""
@@ -151,7 +148,7 @@ def users_ratings(stored: StoredRatings, users: np.ndarray, feedback: dict[int, 
     (``UserRatings.over(ServingModel.stored_ratings)``): stored ones gathered at once, feedback laid over the
     few users that have any."""
     lo, counts = stored.ranges(users)
-    at = concat_ranges(lo - stored.start, counts)
+    at = concat_ranges(lo, counts)
     ratings = ShardRatings(
         indptr=np.r_[0, np.cumsum(counts)].astype(np.int64),
         rows=stored.movie[at].astype(np.int64),

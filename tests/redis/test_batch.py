@@ -20,7 +20,6 @@ from shared.logic import batch
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.services import Services
 from shared.ml.batch import ROW
-from shared.store.datasets import load_ratings
 from tests.conftest import SMALL, delete_prefix
 from tests.redis.test_janitor import clear, sent
 from workers.janitor import Janitor
@@ -96,20 +95,3 @@ def test_the_janitor_resends_the_planning_then_missing_shards_then_the_join(svc:
     janitor.sweep()
     janitor.sweep()
     assert sent(svc) == [(BATCH_JOIN.name, [job.id, params])]
-
-
-def test_a_shard_reads_the_span_of_its_users_ratings_or_else_the_whole(
-    svc: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    record, _ = ingest(svc.datasets, SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
-    whole = load_ratings(svc.artifacts, record["id"], timestamps=True)
-    users = np.array([20, 21, 22, 999_999], dtype=np.int64)  # a run of users, and one unknown at ingest
-    window = batch.stored_window(svc.artifacts, record["id"], users, timestamps=True)
-    lo, hi = int(whole.indptr[19]), int(whole.indptr[22])  # users 20..22 are rows 19..21
-    assert window.start == lo and window.movie.tolist() == whole.movie_index[lo:hi].tolist()
-    assert window.value.tolist() == whole.values[lo:hi].tolist() and window.time is not None
-    assert window.time.tolist() == whole.timestamps[lo:hi].tolist()
-    assert batch.stored_window(svc.artifacts, record["id"], users[3:], timestamps=False).movie.size == 0
-    monkeypatch.setattr(batch, "WINDOW_SLACK", 0)
-    scattered = batch.stored_window(svc.artifacts, record["id"], np.array([1, 610]), timestamps=False)
-    assert scattered.start == 0 and len(scattered.movie) == len(whole.movie_index) and scattered.time is None

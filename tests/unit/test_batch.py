@@ -161,15 +161,3 @@ def test_npy_header_then_raw_rows_is_a_npy_file() -> None:
     rows["score"] = [0.5, 0.25, 0.125, -1.0]
     loaded = np.load(io.BytesIO(npy_header(len(rows)) + rows.tobytes()), allow_pickle=False)
     assert loaded.dtype == ROW and loaded.tolist() == rows.tolist()
-
-
-def test_a_window_of_the_stored_ratings_answers_as_the_whole() -> None:
-    """A shard reads only the span of the ratings arrays that holds its users (shared/logic/batch.py)."""
-    model = random_model({"architecture": "hybrid", "recency_days": 10.0})
-    users = model.user_ids[100:140].astype(np.int64)
-    start, end = int(model.ratings_indptr[100]), int(model.ratings_indptr[140])
-    assert model.ratings_time is not None
-    window = StoredRatings(model.user_ids, model.ratings_indptr, start, model.ratings_movie[start:end],
-                           model.ratings_value[start:end], model.ratings_time[start:end])  # fmt: skip
-    rows, _ = answer_users(ShardModel.of(model), users, stored=window, popular=lambda: model.popular, k=10)
-    assert rows.tobytes() == answer(model, users, k=10)[0].tobytes()
