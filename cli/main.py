@@ -109,6 +109,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         loglevel=args.loglevel,
         device_slot=args.device_slot,
+        nice=args.nice,
     )
 
 
@@ -447,6 +448,8 @@ def _add_service_commands(sub: Any) -> None:
     p.add_argument("--queues", required=True, help="interactive, cpu or gpu, or several comma-separated")
     p.add_argument("--concurrency", type=int, default=None,
                    help="prefork processes (interactive, cpu; default: cores)")  # fmt: skip
+    p.add_argument("--nice", type=int, default=None,
+                   help="CPU niceness to add (default: 10 for batch queues, 0 with the interactive one)")  # fmt: skip
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--device-slot", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_worker)

@@ -130,6 +130,11 @@ class Heartbeat:
             self._thread.join(timeout=5)
 
 
+BATCH_NICE = 10
+"""The CPU niceness a worker that takes no interactive queue runs at (``--nice`` overrides): on cores that batch
+work keeps busy, the scheduler then runs an interactive answer first, so batch work costs answers little."""
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -137,8 +142,12 @@ def run_worker(
     concurrency: int | None = None,
     loglevel: str = "INFO",
     device_slot: str | None = None,
+    nice: int | None = None,
 ) -> int:
     queues = list(queues)
+    nice = nice if nice is not None else (0 if INTERACTIVE_QUEUE in queues else BATCH_NICE)
+    if nice:
+        os.nice(nice)  # the pool's processes inherit it
     gpu = GPU_QUEUE in queues
     if gpu and device_slot is None:
         devices = visible_cuda_devices()
@@ -196,7 +205,8 @@ def _supervise_gpu_children(devices: list[str], *, queues: list[str], loglevel: 
     for dev in devices:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=dev)
         cmd = [sys.executable, "-m", "cli.main", "worker", "--queues", ",".join(queues), "--loglevel", loglevel]
-        children.append(subprocess.Popen([*cmd, "--device-slot", dev], env=env))
+        # Each child inherits this process's niceness: it adds none of its own.
+        children.append(subprocess.Popen([*cmd, "--device-slot", dev, "--nice", "0"], env=env))
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
