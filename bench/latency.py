@@ -81,8 +81,8 @@ def measure(tree: Path, seconds: float) -> dict[str, tuple[float, float, float]]
             out["idle"] = load(stack.api, seconds)
         with disk(run_dir, hog=True) as slow_fsync:
             out["slow disk"] = load(stack.api, seconds)
-        print(f"#   a probe's fsync (median): idle {idle_fsync() * 1000:.1f} ms, slow disk {slow_fsync() * 1000:.1f} ms",
-              flush=True)  # fmt: skip
+        fsyncs = f"idle {idle_fsync() * 1000:.1f} ms, slow disk {slow_fsync() * 1000:.1f} ms"
+        print(f"#   a probe's fsync (median): {fsyncs}", flush=True)
         with batch_work(stack.api, dataset):
             out["busy"] = load(stack.api, seconds)
     return out
