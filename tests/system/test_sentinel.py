@@ -12,6 +12,7 @@ docs/redis-tls-sentinel.md has the figures; ``-s`` prints them.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -27,10 +28,13 @@ import redis
 import requests
 
 from cli.stack import Stack
-from shared.infra.redisconn import connect
+from shared.infra.broker import SentinelChannel, onto
+from shared.infra.redisconn import TLSError, connect, preflight
 from shared.infra.settings import Settings
+from shared.jobs.celery_app import make_celery
+from shared.jobs.kinds import routes
 from tests.helpers import FAST, wait_job, wait_jobs, wait_until
-from tests.system.real_redis import RedisProcess, Relay
+from tests.system.real_redis import RedisProcess, Relay, make_certificates, tls_lines
 
 PASSWORD = "sentinel+test/pw"
 MASTER = "movierec-primary"
@@ -121,12 +125,78 @@ def group(tmp_path: Path) -> Iterator[Group]:
     group.stop()
 
 
+def test_the_sentinel_transport_keeps_its_clients_and_sends_onto_a_pipeline(group: Group) -> None:
+    """tests/redis/test_broker.py's two checks, on the primary that the sentinels name."""
+    settings = Settings(redis_url=group.url, key_prefix=f"sentinel-{uuid.uuid4().hex[:8]}")
+    app = make_celery(settings)
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        assert isinstance(channel, SentinelChannel)
+        first = channel._create_client()
+        assert channel._create_client() is first
+        assert first.connection_pool.get_master_address() == ("127.0.0.1", group.primary.port)
+        channel._disconnect_pools()
+        assert channel._create_client() is not first
+
+    client = connect(group.url)
+    task = next(iter(routes()))
+    app.send_task(task, args=["direct", {}], task_id="direct")
+    queue = next(k for k in client.scan_iter(f"{settings.key_prefix}:celery:*") if client.type(k) == b"list")
+    pipe = client.pipeline(transaction=True)
+    pipe.set(f"{settings.key_prefix}:record", "1")
+    with onto(pipe):
+        app.send_task(task, args=["piped", {}], task_id="piped")
+    assert client.llen(queue) == 1 and not client.exists(f"{settings.key_prefix}:record")
+    pipe.execute()
+    piped, direct = (json.loads(m) for m in cast(list[bytes], client.lrange(queue, 0, -1)))
+    assert piped["headers"]["id"] == "piped" and direct["headers"]["id"] == "direct"
+    assert piped["properties"]["delivery_info"] == direct["properties"]["delivery_info"]
+    assert client.get(f"{settings.key_prefix}:record") == b"1"
+
+
+def test_rediss_sentinel_is_tls_to_the_sentinels_and_the_primary(tmp_path: Path) -> None:
+    """``rediss+sentinel://``: every node TLS-only (``port 0``: plaintext has nowhere to go), every client
+    verified against the URL's CA; another CA fails naming a sentinel."""
+    certs = make_certificates(tmp_path / "certs")
+    ca = certs["ca.crt"]
+    primary = RedisProcess(tmp_path / "primary", [])
+    primary.lines = [*tls_lines(certs, primary.port), f"requirepass {PASSWORD}", 'save ""']
+    sentinels = [RedisProcess(tmp_path / f"sentinel-{i}", [], sentinel=True) for i in range(2)]
+    for s in sentinels:
+        monitor = f"sentinel monitor {MASTER} 127.0.0.1 {primary.port} 1"
+        s.lines = [*tls_lines(certs, s.port), "tls-replication yes", monitor, f"sentinel auth-pass {MASTER} {PASSWORD}"]
+    hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+    auth = quote(PASSWORD, safe="")
+    url = f"rediss+sentinel://:{auth}@{hosts}/0?master_name={MASTER}&ssl_ca_certs={ca}"
+
+    def answers(port: int, auth: str = "") -> Callable[[], bool]:
+        return lambda: bool(connect(f"rediss://{auth}127.0.0.1:{port}/0?ssl_ca_certs={ca}").ping())
+
+    try:
+        primary.start(ready=answers(primary.port, f":{auth}@"))
+        for s in sentinels:
+            s.start(ready=answers(s.port))
+        preflight(url)
+        client = connect(url)
+        assert client.set("k", "v") and client.get("k") == b"v"
+        with make_celery(Settings(redis_url=url, key_prefix="tls-sentinel")).connection_for_write() as conn:
+            assert isinstance(conn.default_channel, SentinelChannel)
+            assert conn.default_channel._create_client().ping()
+        other = make_certificates(tmp_path / "other", name="other")["ca.crt"]
+        with pytest.raises(TLSError, match=r"TLS to Redis at 127\.0\.0\.1:\d+: certificate verification failed"):
+            preflight(url.replace(str(ca), str(other)))
+    finally:
+        for server in (*sentinels, primary):
+            server.stop()
+
+
 @dataclass
 class Answer:
     at: float
     what: str
     status: int
     retry_after: str | None
+    cause: str | None = None
 
 
 @dataclass
@@ -152,7 +222,8 @@ class Traffic:
         except requests.RequestException:
             self.answers.append(Answer(time.monotonic(), what, 0, None))
             return
-        self.answers.append(Answer(time.monotonic(), what, r.status_code, r.headers.get("Retry-After")))
+        cause = r.json()["error"]["details"].get("cause") if r.status_code >= 500 else None
+        self.answers.append(Answer(time.monotonic(), what, r.status_code, r.headers.get("Retry-After"), cause))
         if what == "submit" and r.status_code == 202:
             self.accepted.append(r.json()["id"])
 
@@ -216,7 +287,8 @@ def test_a_failover_mid_job_loses_no_job_and_answers_503_at_most(
     refused = [a.at - killed for a in unavailable]
     print(f"\nfailover: promoted {promoted - killed:.1f} s after the kill; first accepted submission "
           f"{first_ok - killed:.1f} s after; {len(unavailable)} answers 503 between {min(refused, default=0):.1f} "
-          f"and {max(refused, default=0):.1f} s; {len(traffic.accepted)} jobs accepted, all succeeded")  # fmt: skip
+          f"and {max(refused, default=0):.1f} s ({sorted({(a.cause, a.retry_after) for a in unavailable})}) of "
+          f"{len(traffic.answers)}; {len(traffic.accepted)} jobs accepted, all succeeded")  # fmt: skip
     assert first_ok - killed < 30
 
 
