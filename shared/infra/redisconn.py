@@ -347,6 +347,7 @@ TRANSIENT_CAUSES = {
     "redis_loading": ("Redis is loading its data after a restart", 5),
     "redis_read_only": ("Redis refuses writes (a read-only replica, or it cannot write to its disk)", 15),
     "redis_out_of_memory": ("Redis is out of memory (maxmemory reached): free some or raise maxmemory", 30),
+    "redis_replicas": ("Redis's replicas did not confirm the write in time (MOVIEREC_WAIT_REPLICAS)", 5),
 }
 """Why Redis refused, where waiting (or an operator) can cure it: the cause, what to say, and the seconds a
 client is asked to wait (``Retry-After``) before trying again."""

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     redis_fsync: Literal["always", "everysec"] = "always"
     lease_ttl_s: int = Field(default=DEFAULT_LEASE_TTL_S, ge=1, le=3600)
     max_deliveries: int = Field(default=DEFAULT_MAX_DELIVERIES, ge=1, le=100)
+    wait_replicas: int = Field(default=0, ge=0, le=16)
+    """Replicas that must hold an accepted job before the API answers 202 (``WAIT``: shared/infra/durability.py)."""
     janitor_interval_s: float = Field(default=DEFAULT_JANITOR_INTERVAL_S, gt=0, le=3600)
     max_datasets: int = Field(default=DEFAULT_MAX_DATASETS, ge=0)
     max_models: int = Field(default=DEFAULT_MAX_MODELS, ge=0)
@@ -154,6 +156,7 @@ class Settings(BaseSettings):
         env["MOVIEREC_AUTOCAST"] = self.autocast
         env["MOVIEREC_REDIS_FSYNC"] = self.redis_fsync
         env["MOVIEREC_LEASE_TTL_S"] = str(self.lease_ttl_s)
+        env["MOVIEREC_WAIT_REPLICAS"] = str(self.wait_replicas)
         env["MOVIEREC_MAX_DELIVERIES"] = str(self.max_deliveries)
         env["MOVIEREC_JANITOR_INTERVAL_S"] = str(self.janitor_interval_s)
         env["MOVIEREC_API_KEYS"] = ",".join(self.api_keys)

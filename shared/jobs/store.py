@@ -183,11 +183,12 @@ class Job:
 class JobStore:
     """Create, move and read job records. Safe to share between threads; one per process."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str, result_ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str, result_ttl_s: int, wait_replicas: int = 0) -> None:
         self._r = client
         self._keys = Keys(prefix)
         self._ttl = result_ttl_s
         self._durability: Durability | None = None
+        self._wait_replicas = wait_replicas
         self.clock = RedisClock(client)
         """Every timestamp a job record carries is by this clock (Redis TIME: shared/infra/clock.py)."""
         self._transition = Script(client, _TRANSITION)
@@ -241,7 +242,7 @@ class JobStore:
     def durability(self) -> Durability:
         """How this Redis keeps accepted jobs on disk (probed once per process)."""
         if self._durability is None:
-            self._durability = Durability.probe(self._r)
+            self._durability = Durability.probe(self._r, replicas=self._wait_replicas)
         return self._durability
 
     def confirm_durable(self, job_id: str) -> None:

@@ -53,7 +53,9 @@ class Services:
         return cls(
             settings=settings,
             redis=client,
-            jobs=JobStore(client, prefix=prefix, result_ttl_s=settings.result_ttl_s),
+            jobs=JobStore(
+                client, prefix=prefix, result_ttl_s=settings.result_ttl_s, wait_replicas=settings.wait_replicas
+            ),
             artifacts=artifacts,
             datasets=datasets,
             models=models,
