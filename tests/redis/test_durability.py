@@ -44,7 +44,7 @@ def test_with_wait_replicas_a_job_is_confirmed_only_once_a_replica_has_it(tmp_pa
         replica.start(ready=lambda: follower.info("replication")["master_link_status"] == "up")
         client.hset("job", "id", "2")
         durability.confirm(client, "job")
-        assert follower.hgetall("job") == {b"id": b"2"}
+        assert follower.hgetall("job") == {b"id": b"2", b"durable": b"1"}
     finally:
         replica.stop()
         primary.stop()
