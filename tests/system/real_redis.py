@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.stack import free_port
+from cli.stack import _die_with_parent, free_port
 
 TLS_RECORD = (0x16, 0x03)
 """A TLS handshake record (0x16), protocol major version 3: the first two bytes of every ClientHello."""
@@ -57,7 +57,9 @@ class RedisProcess:
         if not conf.exists():  # a restart keeps what a sentinel rewrote
             conf.write_text("\n".join([*self.lines, f"dir {self.directory}", "logfile redis.log", ""]))
         argv = [redis_server_binary(), str(conf)] + (["--sentinel"] if self.sentinel else [])
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        # Asked by the kernel to stop with the test process, as movierec up's children are: no orphan servers.
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while not _quietly(ready):
             if self.process.poll() is not None or time.monotonic() > deadline:
