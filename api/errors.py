@@ -160,7 +160,8 @@ _EVERY_BODY = {
 }
 _EVERY_QUERY = {"400": "invalid query parameter"}
 _EVERY_OPERATION = {
-    "503": "Redis unreachable, loading, read-only or out of memory (details.cause; Retry-After says when to retry)"
+    "503": "Redis unreachable (or not over TLS), loading, read-only, out of memory, or its replicas did not "
+    "confirm (details.cause; Retry-After says when to retry)"
 }
 _NO_REDIS = frozenset({"/healthz"})
 

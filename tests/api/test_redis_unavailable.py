@@ -41,7 +41,7 @@ def _not_ready(client: Any) -> tuple[str, str]:
 
 
 def test_no_worker(client: Any) -> None:
-    assert _not_ready(client) == ("no_worker", "no live worker on queue(s) cpu, gpu")
+    assert _not_ready(client) == ("no_worker", "no live worker on queue(s) interactive, cpu, gpu")
 
 
 def test_out_of_memory(client: Any, server: EmbeddedRedis) -> None:
