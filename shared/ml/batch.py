@@ -11,9 +11,11 @@ step once for the whole shard:
           ──> MovieIndex.query_many: the index searched per beam, not per user; each user's rated movies excluded
           ──> user_rows: the rows in user order; a user with no ratings gets the most popular movies
 
-so a batch row is that answer's item, bit for bit (tests/unit/test_batch.py compares them user by user): same
-ratings, profile, exclusions and index search (each user's own ef and k); only the titles and descriptor counts
-a JSON answer carries are not made. A user may have fewer than k rows (exclusions leave fewer movies).
+A shard reads a ``ShardModel`` (the version's network, vectors and index) and ``StoredRatings`` (the dataset's
+ratings), both loaded once per process by shared/logic/batch.py. A batch row is the single answer's item, bit for
+bit (tests/unit/test_batch.py compares them user by user): same ratings, profile, exclusions and index search
+(each user's own ef and k); only the titles and descriptor counts a JSON answer carries are not made. A user may
+have fewer than k rows (exclusions leave fewer movies).
 
 The ``.npy`` form is one structured array of ``ROW`` (one element per CSV row), written as its header followed by
 each part's bytes, so neither form is ever built whole in memory.
@@ -51,15 +53,15 @@ CSV_ROWS_PER_CHUNK = 20_000
 
 @dataclass
 class ShardModel:
-    """What answering a shard reads of a model version: its network, movie vectors and index, no catalogue
-    text and no ratings (a shard reads its own users' ratings, ``StoredRatings``)."""
+    """What answering a shard reads of a model version (``ServingModel`` less the catalogue's text and the
+    ratings, which are the dataset's: ``StoredRatings``): its network, movie vectors and index."""
 
     record: dict[str, Any]
     index: MovieIndex
     weight: np.ndarray  # (hidden, d)
     bias: np.ndarray  # (hidden,)
     inner: Layers
-    raw: np.ndarray  # (n, d) the encoder's movie vectors; (0, d) for a hybrid model, whose profile does not read them
+    raw: np.ndarray  # (n, d) the encoder's movie vectors; empty for a hybrid model, whose profile never reads them
     embeddings: np.ndarray  # (n, hidden) unit rows, those the index holds
     movie_ids: np.ndarray  # (n,) catalogue order
 
@@ -76,9 +78,14 @@ class ShardModel:
     def _id_order(self) -> np.ndarray:
         return np.argsort(self.movie_ids, kind="stable")
 
+    @cached_property
+    def _known_movies(self) -> frozenset[int]:
+        return frozenset(self.movie_ids.tolist())
+
     def rows_of(self, movie_ids: list[int]) -> np.ndarray:
-        """Catalogue rows of ``movie_ids`` (``ServingModel.rows_of``: NotFound naming any unknown one)."""
-        check_ids((), frozenset(self.movie_ids.tolist()), user_id=None, movie_ids=movie_ids)
+        """Catalogue rows of ``movie_ids`` (as ``ServingModel.rows_of``: NotFound naming any unknown one); what
+        ``serving.feedback_for`` maps a shard's feedback with."""
+        check_ids((), self._known_movies, user_id=None, movie_ids=movie_ids)
         if not movie_ids:
             return np.zeros(0, dtype=np.int64)
         return np.asarray(self._id_order[np.searchsorted(self.movie_ids, movie_ids, sorter=self._id_order)], np.int64)
