@@ -20,6 +20,7 @@ from api import create_app
 from api.auth import owner_id
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
+from shared.jobs.kinds import QUEUES
 from shared.logic.batch import store_part
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.ml.batch import ROW
@@ -59,7 +60,7 @@ def fuzz_app(settings: Settings) -> Iterator[tuple[Any, Seeded]]:
 
 def _seed(app: Any, data_root: Path) -> Seeded:
     svc = app.extensions["movierec"]
-    for queue in ("cpu", "gpu"):  # heartbeats, as live workers write them: /readyz answers 200, not 503
+    for queue in QUEUES:  # heartbeats, as live workers write them: /readyz answers 200, not 503
         svc.beat(f"fuzz-{queue}", [queue])
     record, _ = ingest(
         svc.datasets,

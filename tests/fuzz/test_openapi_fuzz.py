@@ -42,6 +42,7 @@ from schemathesis.filters import FilterSet
 from schemathesis.schemas import BaseSchema
 from werkzeug.serving import make_server
 
+from shared.jobs.kinds import QUEUES
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.services import HEARTBEAT_TTL_S
 from tests.fuzz.conftest import AUTH, Seeded
@@ -82,7 +83,7 @@ def served(app: Any) -> Iterator[str]:
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_TTL_S / 3):
-            for queue in ("cpu", "gpu"):
+            for queue in QUEUES:
                 svc.beat(f"fuzz-{queue}", [queue])
 
     threads = [threading.Thread(target=server.serve_forever, daemon=True), threading.Thread(target=beat, daemon=True)]
