@@ -4,7 +4,8 @@ One writer builds a version (``build``), stores it as bytes plus a JSON descript
 again; readers load it (``from_bytes``, after the sha256 check) and only query. A new version is loaded
 beside the old one and swapped in by reference, so the graph of an index that serves queries never changes.
 A query does set the index's search beam (``set_ef``, which hnswlib keeps on the index, not per call), so one
-index answers one query at a time: a worker process runs one task at a time.
+index answers one query at a time: a worker process runs one task at a time. ``query_many`` answers a batch's
+queries exactly as ``query`` answers each, with one hnswlib call per search beam rather than per query.
 
 Movies with the same descriptors have the same vector (on ml-latest-small 9,709 movies have 2,259
 distinct vectors), and exact duplicates break an HNSW graph's navigability (recall@10 was 0.81). So the
