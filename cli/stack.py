@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import ipaddress
 import os
+import random
 import secrets
 import signal
 import socket
@@ -119,10 +120,38 @@ def stored_password(data_dir: Path) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port free on ``host`` now, for a server this process is about to start.
+
+    Drawn below the kernel's ephemeral range: a port the kernel hands out for ``bind(0)`` is also what it hands
+    every outgoing connection as its source port, so between this probe and the server's bind a busy machine's
+    own clients can take it ("Address already in use"). Ports below the range are only ever taken on purpose."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(64):
+        port = rng.randrange(EPHEMERAL_FLOOR, low) if low > EPHEMERAL_FLOOR + 1000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            found: int = s.getsockname()[1]
+            return found
+    with socket.socket() as s:  # every draw taken: the kernel's choice
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
+
+
+EPHEMERAL_FLOOR = 10_000
+"""``free_port`` draws from here up to the ephemeral range (below it: well-known and registered services)."""
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; elsewhere the IANA range's 49152)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
 
 
 def redis_server_binary() -> str:
