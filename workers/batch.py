@@ -8,11 +8,11 @@ frame (workers/sharded.py); a shard's users are answered at once, each as the si
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from celery import current_app, shared_task
 
+from shared.infra.clock import parse_iso
 from shared.jobs.progress import Position, whole
 from shared.jobs.sharded import ShardPlan, send_shards, stored_plan
 from shared.jobs.store import Job
@@ -65,8 +65,8 @@ def batch_join(job_id: str, params: dict[str, Any]) -> None:
     """Finish the job with its summary once every part is stored (the parts are the result)."""
 
     def finish(svc: Services, job: Job, planned: ShardPlan, stats: list[dict[str, Any]]) -> Outcome:
-        started = datetime.fromisoformat(str(job.started_at).replace("Z", "+00:00"))
-        result = summary(params, planned, stats, (datetime.now(UTC) - started).total_seconds())
+        elapsed = svc.jobs.clock.now() - parse_iso(str(job.started_at))  # both ends by Redis's clock
+        result = summary(params, planned, stats, elapsed)
         message = f"{result['users']:,} users, {result['rows']:,} rows, {result['users_per_second']:,} users/s"
         log.info("batch %s: %s (shards %.1f s in all)", job_id, message, result["shard_seconds"])
         return Outcome(result, message=message)
