@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from apiflask import APIBlueprint, APIFlask
 from flask import Flask, Response, g, request, request_started
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -42,6 +42,16 @@ REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     registry=_OWN,
 )
+
+
+ANSWERED_BY = Counter(
+    "movierec_recommendations_answered_total",
+    "Recommendations asked with ?wait > 0, by what answered them: the fast lane, or a job (no fast-lane answer in "
+    "time: no live interactive worker, a busy or cold one, an error).",
+    ["path"],
+    registry=_OWN,
+)
+"""A fast-lane answer is no job, so it is in no job metric: this counts it (api/recommendations.py)."""
 
 
 def install(app: APIFlask) -> None:

@@ -14,6 +14,7 @@ from apiflask import APIBlueprint
 from flask import jsonify
 
 from .context import accepted, active_model, fastlane, services, submit_job
+from .metrics import ANSWERED_BY
 from .schemas import JobOut, RecommendationsOut, RecommendIn, WaitQuery
 
 bp = APIBlueprint("recommendations", __name__, url_prefix="/v1/recommendations", tag="recommendations")
@@ -52,6 +53,8 @@ def answer_within(*, params: dict[str, Any], wait_s: float) -> Any:
     """The answer (200) from the fast lane or a recommend job that succeeds within ``wait_s``, else the job (202)."""
     started = time.monotonic()
     answer = fastlane().ask(params, min(wait_s, FAST_LANE_S))
+    if wait_s > 0:
+        ANSWERED_BY.labels("fast_lane" if answer is not None else "job").inc()
     if answer is not None:
         return jsonify(answer)
     job = submit_job(kind="recommend", params=params)

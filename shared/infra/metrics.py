@@ -13,7 +13,10 @@ Three sources, one scrape (``GET /metrics`` on the API, api/metrics.py):
    (``MultiProcessCollector``). Without the variable (Flask's test client, one process) the scrape reads
    the process's own registry. The client chooses its mode when it is first imported, so this module
    imports it only inside functions: the job store imports this module, also in gunicorn's master before the
-   variable is set.
+   variable is set. Beside it, ``movierec_recommendations_answered_total{path}``: the recommendations asked
+   with ``?wait`` > 0, by what answered them (``fast_lane``, or ``job``). A fast-lane answer is no job, so the
+   job metrics of (2) see only the rest; the waiting caller's latency, either way, is the request histogram's
+   (``route="/v1/recommendations"``).
 
 2. **Jobs, pushed through Redis** (``movierec_jobs_finished_total{kind,status}``,
    ``movierec_job_run_seconds{kind}``, ``movierec_job_latency_seconds{kind}``): every status move of every

@@ -339,13 +339,29 @@ def test_the_fast_lane_answers_without_a_job_and_the_durable_path_answers_the_sa
     # does not wait gets a job on the interactive queue, whose result is the same answer.
     listed = requests.get(f"{api_url}/v1/jobs", params={"kind": "recommend", "limit": 500}, timeout=10).json()
     before = {job["id"] for job in listed["jobs"]}
+    counted = answered_by(api_url)
     fast = recommend(api_url, {"user_id": 3, "k": 5})
     assert fast.status_code == 200, fast.text
     listed = requests.get(f"{api_url}/v1/jobs", params={"kind": "recommend", "limit": 500}, timeout=10).json()
     assert {job["id"] for job in listed["jobs"]} == before
+    now = answered_by(api_url)  # the fast lane's answer is no job: /metrics counts it (other tests may ask too)
+    assert now["fast_lane"] >= counted["fast_lane"] + 1
     queued = recommend(api_url, {"user_id": 3, "k": 5}, wait=0)
     assert queued.status_code == 202
     job = wait_job(api_url, queued.json()["id"])
     assert job["status"] == "succeeded"
     durable = requests.get(f"{api_url}/v1/jobs/{job['id']}/result", timeout=10).json()
     assert durable["items"] == fast.json()["items"] and durable["model"] == fast.json()["model"]
+
+
+def answered_by(api_url: str) -> dict[str, float]:
+    """``movierec_recommendations_answered_total`` by path, summed over the API's processes."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{api_url}/metrics", timeout=10).text
+    found = {"fast_lane": 0.0, "job": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "movierec_recommendations_answered_total":
+                found[sample.labels["path"]] += sample.value
+    return found
