@@ -391,7 +391,8 @@ def _report(client: object, job: dict[str, object]) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from cli.synth import SynthSpec, write_synthetic
 
-    spec = SynthSpec(movies=args.movies, users=args.users, ratings=args.ratings, genome=args.genome, seed=args.seed)
+    spec = SynthSpec(movies=args.movies, users=args.users, ratings=args.ratings, genome=args.genome, seed=args.seed,
+                     taste=args.taste)  # fmt: skip
     try:
         counts = write_synthetic(Path(args.out), spec)
     except ValueError as exc:
@@ -601,6 +602,8 @@ def _add_data_commands(sub: Any) -> None:
     p.add_argument("--users", type=int, required=True)
     p.add_argument("--ratings", type=int, required=True)
     p.add_argument("--genome", action="store_true", help="also write genome-tags.csv and genome-scores.csv")
+    p.add_argument("--taste", action="store_true",
+                   help="draw from a model with taste: clusters, drifting users, tags that follow")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth)
 
