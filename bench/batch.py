@@ -29,14 +29,11 @@ import argparse
 import io
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +41,15 @@ import numpy as np
 import pandas as pd
 import requests
 
-from cli.stack import free_port, wait_ready
 from shared.infra.settings import Settings
 
-from .common import machine, wait_job
+from .common import REPO, commit_of, machine, tree_stack, wait_job
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
 PREFIX = "bench-batch"
 STATE_FILE = "bench-batch.json"
 """In a ``--state`` dir: the data, recipe, model and dataset of the model trained there."""
 RESULT_TTL_S = 3600
-STOP_S = 60
 """How long a stack may take to stop (its own grace period is 20 s a process) before its group is killed."""
 
 
@@ -96,41 +90,10 @@ def run_batch(api: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any
     return result
 
 
-@contextmanager
-def tree_stack(tree: Path, run_dir: Path, settings: Settings, *, cpu_workers: int) -> Iterator[str]:
-    """``movierec up`` of ``tree`` (its own supervisor, API and workers: ``tree`` is their working directory and
-    first on PYTHONPATH) over the embedded Redis of ``run_dir``: its API's URL once ready; stopped (SIGTERM:
-    every process, Redis last) when left."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # unset: the stack embeds its Redis
-    env.update(PYTHONPATH=os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])]),
-               MOVIEREC_KEY_PREFIX=settings.key_prefix, MOVIEREC_DATA_ROOT=str(settings.data_root),
-               MOVIEREC_RESULT_TTL_S=str(settings.result_ttl_s))  # fmt: skip
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--cpu-workers", str(cpu_workers),
-               "--data-dir", str(run_dir), "--log-dir", str(logs)]  # fmt: skip
-    with (logs / "up.log").open("ab") as out:
-        up = subprocess.Popen(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(api, died=lambda: None if up.poll() is None else f"movierec up exited with {up.returncode}")
-        yield api
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(timeout=STOP_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-
-
-def commit_of(tree: Path) -> str:
-    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          check=False)  # fmt: skip
-    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
-    return (done.stdout.strip() or "?") + ("+changes" if dirty else "")
+def stack_env(settings: Settings) -> dict[str, str]:
+    """The settings each tree's ``movierec up`` runs with (bench/common.py ``tree_stack``)."""
+    return {"MOVIEREC_KEY_PREFIX": settings.key_prefix, "MOVIEREC_DATA_ROOT": str(settings.data_root),
+            "MOVIEREC_RESULT_TTL_S": str(settings.result_ttl_s)}  # fmt: skip
 
 
 def trained(api: str, run_dir: Path, data: Path, recipe: str, timeout_s: float) -> dict[str, Any]:
@@ -196,9 +159,9 @@ def main() -> int:
     with ExitStack() as cleanup:
         run_dir = args.state or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="movierec-batch-")))
         run_dir.mkdir(parents=True, exist_ok=True)
-        with tree_stack(REPO, run_dir, settings, cpu_workers=max(counts)) as api:
-            model = trained(api, run_dir, data, args.recipe, args.timeout)
-            users = users_of(api, model["dataset"], args.users)
+        with tree_stack(REPO, run_dir, stack_env(settings), cpu_workers=max(counts)) as stack:
+            model = trained(stack.api, run_dir, data, args.recipe, args.timeout)
+            users = users_of(stack.api, model["dataset"], args.users)
         body: dict[str, Any] = {"users": users, "k": args.k}
         if args.shard_users:
             body["shard_users"] = args.shard_users
@@ -206,7 +169,8 @@ def main() -> int:
             names = list(trees) if round_ % 2 == 0 else list(trees)[::-1]
             for name, n in ((name, n) for name in names for n in counts):
                 started = time.perf_counter()
-                with tree_stack(trees[name], run_dir, settings, cpu_workers=n) as api:
+                with tree_stack(trees[name], run_dir, stack_env(settings), cpu_workers=n) as stack:
+                    api = stack.api
                     up = time.perf_counter() - started
                     load = os.getloadavg()[0]
                     result = run_batch(api, body, args.timeout)
