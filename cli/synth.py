@@ -212,18 +212,21 @@ def _write_ratings(
     del pairs
     values = rng.choice(RATING_VALUES, size=spec.ratings, p=RATING_PROBABILITIES / RATING_PROBABILITIES.sum())
     stamps = rng.integers(789_652_009, 1_537_799_250, size=spec.ratings)
+    _write_ratings_csv(out, user_of, movie_ids[movie_of], values, stamps)
+
+
+def _write_ratings_csv(
+    out: Path, user_rows: np.ndarray, movie_ids: np.ndarray, values: np.ndarray, stamps: np.ndarray
+) -> None:
+    """ratings.csv from parallel arrays (user rows from 0, in the order to write), a chunk at a time."""
     with (out / "ratings.csv").open("w") as f:
         f.write("userId,movieId,rating,timestamp\n")
-        for lo in range(0, spec.ratings, _WRITE_CHUNK):
-            hi = min(lo + _WRITE_CHUNK, spec.ratings)
+        for lo in range(0, len(user_rows), _WRITE_CHUNK):
+            hi = lo + _WRITE_CHUNK
             chunk = pd.DataFrame(
-                {
-                    "userId": user_of[lo:hi] + 1,
-                    "movieId": movie_ids[movie_of[lo:hi]],
-                    "rating": values[lo:hi],
-                    "timestamp": stamps[lo:hi],
-                }
-            )
+                {"userId": user_rows[lo:hi] + 1, "movieId": movie_ids[lo:hi], "rating": values[lo:hi],
+                 "timestamp": stamps[lo:hi]}
+            )  # fmt: skip
             chunk.to_csv(f, header=False, index=False, float_format="%.1f")
 
 
@@ -271,12 +274,7 @@ def _write_taste_ratings(
     span = rng.exponential(2 * 365 * 86_400.0, size=spec.users)
     stamps = np.minimum(begin[users] + (when * span[users]).astype(np.int64), 1_537_799_250)
     order = np.lexsort((movie_ids[movies], users))  # by user, then movie, as MovieLens is
-    frame = pd.DataFrame({"userId": users[order] + 1, "movieId": movie_ids[movies[order]], "rating": values[order],
-                          "timestamp": stamps[order]})  # fmt: skip
-    with (out / "ratings.csv").open("w") as f:
-        f.write("userId,movieId,rating,timestamp\n")
-        for lo in range(0, len(frame), _WRITE_CHUNK):
-            frame.iloc[lo : lo + _WRITE_CHUNK].to_csv(f, header=False, index=False, float_format="%.1f")
+    _write_ratings_csv(out, users[order], movie_ids[movies[order]], values[order], stamps[order])
 
 
 def _duplicates(users: np.ndarray, movies: np.ndarray, n_movies: int) -> np.ndarray:
