@@ -41,14 +41,19 @@ def ingest(svc: Services, celery: Any, path: str) -> str:
     return str(done.result["dataset"])
 
 
+def ingest_catalogue(svc: Services, celery: Any, settings: Settings) -> str:
+    """The chaos tests' generated catalogue (2,000 movies), written once under the data root and ingested."""
+    root = settings.data_root / "chaos-catalogue"
+    if not root.exists():
+        write_synthetic(root, SynthSpec(movies=2_000, users=300, ratings=20_000, seed=3))
+    return ingest(svc, celery, root.name)
+
+
 def test_sharded_mining_survives_a_worker_sigkilled_every_few_seconds(
     chaos_stack: Stack, chaos_settings: Settings
 ) -> None:
-    root = chaos_settings.data_root / "chaos-catalogue"
-    if not root.exists():
-        write_synthetic(root, SynthSpec(movies=2_000, users=300, ratings=20_000, seed=3))
     svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
-    dataset = ingest(svc, celery, root.name)
+    dataset = ingest_catalogue(svc, celery, chaos_settings)
     seeds = range(1, 101)
     ids = []
     for seed in seeds:
@@ -268,11 +273,8 @@ def test_a_backlog_longer_than_any_resend_bound_waits_and_then_succeeds(
 ) -> None:
     # No CPU worker for longer than the janitor needed, before, to give up on a job five times over: the jobs
     # wait in their queue, say where, are never resent (no duplicate message) and succeed once a worker comes.
-    root = chaos_settings.data_root / "chaos-catalogue"
-    if not root.exists():
-        write_synthetic(root, SynthSpec(movies=2_000, users=300, ratings=20_000, seed=3))
     svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
-    dataset = ingest(svc, celery, root.name)
+    dataset = ingest_catalogue(svc, celery, chaos_settings)
     chaos_stack.kill("cpu-worker", signal.SIGKILL)
     ids = [
         submit(celery, svc.jobs, kind="triplets", params={"dataset": dataset, "shard_size": 1000, "seed": seed}).id
