@@ -61,16 +61,16 @@ class LeaseKeeper:
     lives in the process that only routes messages, so a lease outlives any starvation of its child's CPU.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, services: Services) -> None:
+        self._svc = services
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self, **_: Any) -> None:
-        units = Services.from_settings(self._settings).units
+        units = self._svc.units
 
         def loop() -> None:
-            while not self._stop.wait(self._settings.lease_ttl_s / 3):
+            while not self._stop.wait(self._svc.settings.lease_ttl_s / 3):
                 try:
                     units.renew_for_processes(running_units())
                 except redis.RedisError:  # Redis away: the children's leases are as stuck as this; keep trying
@@ -160,10 +160,11 @@ def run_worker(
     heartbeat = Heartbeat(settings, name, queues)
     worker_ready.connect(heartbeat.start, weak=False)
     worker_shutdown.connect(heartbeat.stop, weak=False)
-    keeper = LeaseKeeper(settings)
+    main_services = Services.from_settings(settings)  # the main process's threads share it
+    keeper = LeaseKeeper(main_services)
     worker_ready.connect(keeper.start, weak=False)
     worker_shutdown.connect(keeper.stop, weak=False)
-    janitor = Janitor(Services.from_settings(settings), app, worker=name)
+    janitor = Janitor(main_services, app, worker=name)
     worker_ready.connect(janitor.start, weak=False)
     worker_shutdown.connect(janitor.stop, weak=False)
 
