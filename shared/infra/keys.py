@@ -228,6 +228,16 @@ DATASET_ARRAYS = (
     "ratings_movie",
     "ratings_value",
     "ratings_time",
+    "terms",
+    "genre_indptr",
+    "genre_indices",
+    "genome_indptr",
+    "genome_indices",
+    "in_genome",
+    "tag_user",
+    "tag_movie",
+    "tag_text",
+    "tag_time",
 )
 """The artifacts a dataset is stored as (shared/store/datasets.py documents each one's dtype and shape)."""
 

@@ -5,6 +5,7 @@ Data flow of an ingest job (``workers.cpu.ingest_dataset``):
     path (confined to the data root) ──> dataset_id = hash(input files' bytes, options, format version)
       ├─ already stored?  yes ──> answer that id, no work redone
       └─ no: read_catalogue ──> read_ratings (chunked) ──> artifacts under dataset/<id>/... ──> record
+             (catalogue, its descriptor parts: genres, genome tags, every tag event; ratings)
 
 The arrays and the record are shared/store/datasets.py's; the reading is shared/ml/movielens.py's. The record is
 written last, so a dataset that has a record has all its artifacts.
@@ -26,7 +27,7 @@ import psutil
 from shared.errors import PathNotAllowed
 from shared.infra.clock import utcnow_iso
 from shared.infra.keys import dataset_artifact
-from shared.store.datasets import FORMAT_VERSION, DatasetStore
+from shared.store.datasets import DESCRIPTOR_PARTS, FORMAT_VERSION, DatasetStore, put_descriptor_parts
 
 INPUT_FILES = ("movies.csv", "ratings.csv", "tags.csv", "genome-scores.csv", "genome-tags.csv", "links.csv")
 MAX_TAGS_PER_MOVIE = 50
@@ -136,6 +137,9 @@ def ingest(
     a.put_array(dataset_artifact(ds_id, "ratings_movie"), ratings.movie_index)
     a.put_array(dataset_artifact(ds_id, "ratings_value"), ratings.values)
     a.put_array(dataset_artifact(ds_id, "ratings_time"), ratings.timestamps)
+    parts = catalogue.parts
+    assert parts is not None  # read_catalogue's catalogue always has them
+    put_descriptor_parts(a, ds_id, {name: getattr(parts, name) for name in DESCRIPTOR_PARTS})
 
     record = {
         "id": ds_id,

@@ -5,7 +5,7 @@ ml-32m and ml-latest share these files:
 
     movies.csv          movieId,title,genres              required
     ratings.csv         userId,movieId,rating,timestamp   required; read in chunks (27M rows fit in < 3 GB)
-    tags.csv            userId,movieId,tag,timestamp      optional
+    tags.csv            userId,movieId,tag,timestamp      optional; every column read (the events are kept)
     genome-tags.csv     tagId,tag                         optional, with genome-scores.csv
     genome-scores.csv   movieId,tagId,relevance           optional
     links.csv           movieId,imdbId,tmdbId             optional, not used for descriptors
@@ -17,6 +17,11 @@ notebook, a tag that repeats a genre ("comedy" beside "Comedy") is kept: on ml-l
 gives its 24,884 descriptor strings, 1,218 of them unique. Movies left with no descriptor are dropped and
 counted; catalogue order is ``movies.csv`` order after dropping.
 
+The catalogue also keeps what its descriptors are made of (``DescriptorParts``): each movie's genres, its
+genome tags, and every user-tag event (user, movie, tag, time), so that ``descriptors_from`` can rebuild the
+descriptors from only some of the events (those written before an evaluation's cut, shared/logic/descriptors.py).
+With every event kept it gives the catalogue's own arrays exactly: ``read_catalogue`` builds them that way.
+
 Every problem with the input raises ``DataError`` naming the file, the line (1-based, header = line 1)
 where it applies, and what is wrong.
 """
@@ -25,8 +30,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -44,6 +50,62 @@ _TOKENIZE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
 @dataclass(frozen=True)
+class DescriptorParts:
+    """What a catalogue's descriptors are made of, per catalogue row; every string is one of ``terms``.
+
+    Movie i's descriptors are its genres, then either its genome tags (cut to k) when it is in the genome, or
+    else its top-k user tags counted over the tag events kept (``descriptors_from``). Genome scores carry no
+    time, so they stay whatever is cut; user tags do: each event keeps its user and timestamp. Events of a
+    movie in the genome are kept too (they never reach its descriptors); events with an empty tag, or of a
+    movie not in the catalogue, are not.
+    """
+
+    terms: list[str]  # distinct, sorted by code point: term id order is the alphabetical order ties go by
+    genre_indptr: np.ndarray  # (n + 1,) int64: movie i's genres are terms[genre_indices[p:q]]
+    genre_indices: np.ndarray  # int32
+    genome_indptr: np.ndarray  # (n + 1,) int64: movie i's genome tags, most relevant first (ingest's k of them)
+    genome_indices: np.ndarray  # int32
+    in_genome: np.ndarray  # (n,) bool: the movie takes genome tags, never user tags
+    tag_user: np.ndarray  # (t,) int32 userId of each tag event, in tags.csv order
+    tag_movie: np.ndarray  # (t,) int32 catalogue row
+    tag_text: np.ndarray  # (t,) int32 into terms: the tag lower-cased and stripped, never empty
+    tag_time: np.ndarray  # (t,) int64 seconds since the epoch
+
+    @property
+    def n(self) -> int:
+        return len(self.in_genome)
+
+    def take(self, rows: np.ndarray) -> DescriptorParts:
+        """These parts for catalogue rows ``rows`` (ascending), in that order; events of other rows go."""
+        rows = np.asarray(rows, dtype=np.int64)
+        new_row = np.full(self.n, -1, dtype=np.int64)
+        new_row[rows] = np.arange(len(rows))
+        keep = new_row[self.tag_movie] >= 0
+        genre_indptr, genre_indices = _take_rows(self.genre_indptr, self.genre_indices, rows)
+        genome_indptr, genome_indices = _take_rows(self.genome_indptr, self.genome_indices, rows)
+        return replace(
+            self,
+            genre_indptr=genre_indptr,
+            genre_indices=genre_indices,
+            genome_indptr=genome_indptr,
+            genome_indices=genome_indices,
+            in_genome=self.in_genome[rows],
+            tag_user=self.tag_user[keep],
+            tag_movie=new_row[self.tag_movie[keep]].astype(np.int32),
+            tag_text=self.tag_text[keep],
+            tag_time=self.tag_time[keep],
+        )
+
+
+class Descriptors(NamedTuple):
+    """Descriptors as a CSR over ``vocabulary`` (a catalogue's ``desc_indptr``, ``desc_indices``, ``vocabulary``)."""
+
+    indptr: np.ndarray  # (n + 1,) int64
+    indices: np.ndarray  # (nnz,) int32, into vocabulary
+    vocabulary: list[str]  # unique descriptor strings, in order of first appearance
+
+
+@dataclass(frozen=True)
 class Catalogue:
     """Movies kept, in catalogue order, with descriptors as a CSR over ``vocabulary``."""
 
@@ -54,6 +116,7 @@ class Catalogue:
     vocabulary: list[str]  # unique descriptor strings, in order of first appearance
     movies_total: int
     tag_source: str  # "genome", "tags", "genome+tags" or "none"
+    parts: DescriptorParts | None = None  # what the descriptors are made of (read_catalogue's always has them)
 
     @property
     def dropped(self) -> int:
@@ -228,16 +291,6 @@ def read_genres_fix(path: Path, root: Path | None = None) -> dict[int, list[str]
     return {int(m): _split_genres(g) for m, g in zip(fix["movieId"], fix["genres"], strict=True)}
 
 
-def top_user_tags(tags: pd.DataFrame, k: int) -> dict[int, list[str]]:
-    """Top-k tags per movie by count of (movie, lower-cased tag); ties to the alphabetically first tag."""
-    text = tags["tag"].str.strip().str.lower()
-    frame = pd.DataFrame({"movieId": tags["movieId"].to_numpy(), "tag": text})
-    frame = frame[frame["tag"] != ""]
-    counts = frame.groupby(["movieId", "tag"], sort=False).size().rename("n").reset_index()
-    counts = counts.sort_values(["movieId", "n", "tag"], ascending=[True, False, True], kind="stable")
-    return _grouped_lists(counts.groupby("movieId", sort=False).head(k))
-
-
 def top_genome_tags(scores: pd.DataFrame, genome_tags: pd.DataFrame, k: int) -> dict[int, list[str]]:
     """Top-k genome tags per movie by relevance; ties to the alphabetically first tag.
 
@@ -264,13 +317,77 @@ def top_genome_tags(scores: pd.DataFrame, genome_tags: pd.DataFrame, k: int) -> 
     }
 
 
-def _grouped_lists(top: pd.DataFrame) -> dict[int, list[str]]:
-    """{movieId: its tags in row order} of a frame sorted by movie and cut to k rows per movie."""
-    movies = top["movieId"].to_numpy(dtype=np.int64)
-    tags = top["tag"].astype(str).tolist()
-    starts = np.flatnonzero(np.r_[True, movies[1:] != movies[:-1]]).tolist() if len(movies) else []
-    ends = [*starts[1:], len(movies)]
-    return {int(movies[a]): tags[a:b] for a, b in zip(starts, ends, strict=True)}
+def read_tag_events(path: Path, root: Path | None = None) -> pd.DataFrame:
+    """tags.csv as events: userId, movieId, tag (lower-cased and stripped, as tags are counted; empty ones left
+    out) and timestamp, in file order."""
+    tags = _read_csv(path, {"userId": "id", "movieId": "id", "tag": "str", "timestamp": "int"}, root)
+    text = tags["tag"].str.strip().str.lower()
+    events: pd.DataFrame = tags.assign(tag=text)[text.to_numpy() != ""]
+    return events.reset_index(drop=True)
+
+
+def _take_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR (indptr, indices) of rows ``rows`` of another, in that order."""
+    counts = np.diff(indptr)[rows]
+    out = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    at = np.repeat(indptr[rows] - out[:-1], counts) + np.arange(out[-1])  # (nnz',) positions in indices
+    return out, np.asarray(indices[at], dtype=np.int32)
+
+
+def _csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in lists], out=indptr[1:])
+    return indptr, np.asarray([i for x in lists for i in x], dtype=np.int32)
+
+
+def descriptors_from(parts: DescriptorParts, keep: np.ndarray | None, *, tags_per_movie: int) -> Descriptors:
+    """Each movie's descriptors from ``parts``, its user tags counted over the events ``keep`` (t,) bool marks
+    (None: every event): genres, then the first ``tags_per_movie`` genome tags for a movie in the genome, else
+    its top ``tags_per_movie`` kept user tags by count, ties to the alphabetically first.
+
+    With every event kept this is the catalogue's own (desc_indptr, desc_indices, vocabulary), exactly;
+    ``tags_per_movie`` is then the dataset's. A smaller one cuts the genome's lists too; a larger one cannot
+    find genome tags that ingest did not keep. A movie left with nothing (no genres, not in the genome, every
+    user tag cut) keeps its row, empty: the rows are the catalogue's, whatever is cut.
+    """
+    n, k = parts.n, tags_per_movie
+    if k < 0:
+        raise ValueError("tags_per_movie must be >= 0")
+    events = np.ones(len(parts.tag_movie), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    if events.shape != parts.tag_movie.shape:
+        raise ValueError(f"keep has shape {events.shape}; there are {len(parts.tag_movie)} tag events")
+    # user tags: count (movie, tag) over the kept events of movies outside the genome, top k of each movie
+    counted = events & ~parts.in_genome[parts.tag_movie]
+    width = max(1, len(parts.terms))
+    pair, count = np.unique(
+        parts.tag_movie[counted].astype(np.int64) * width + parts.tag_text[counted], return_counts=True
+    )
+    movie, text = pair // width, pair % width
+    order = np.lexsort((text, -count, movie))  # by movie, count descending, then term id (= alphabetical)
+    movie, text = movie[order], text[order]
+    first = np.searchsorted(movie, movie)  # (p,) where each movie's pairs start
+    user = np.arange(len(movie)) - first < k
+    # genome tags: the first k of each genome movie's list
+    genome_count = np.diff(parts.genome_indptr)
+    genome_movie = np.repeat(np.arange(n), genome_count)
+    genome_rank = np.arange(len(genome_movie)) - parts.genome_indptr[genome_movie]
+    genome = (genome_rank < k) & parts.in_genome[genome_movie]
+    # genres first, then the movie's tags (one source per movie): a stable sort by (movie, part)
+    genre_movie = np.repeat(np.arange(n), np.diff(parts.genre_indptr))
+    rows = np.concatenate([genre_movie, genome_movie[genome], movie[user]])
+    part = np.concatenate([np.zeros(len(genre_movie), np.int8), np.ones(int(genome.sum()) + int(user.sum()), np.int8)])
+    terms = np.concatenate([parts.genre_indices, parts.genome_indices[genome], text[user]]).astype(np.int64)
+    order = np.lexsort((part, rows))  # stable: within a part, the order given
+    rows, terms = rows[order], terms[order]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    # vocabulary in order of first appearance, as read_catalogue's walk over the movies builds it
+    used, at = np.unique(terms, return_index=True)
+    by_first = used[np.argsort(at, kind="stable")]
+    new_id = np.zeros(width, dtype=np.int32)
+    new_id[by_first] = np.arange(len(by_first), dtype=np.int32)
+    return Descriptors(indptr, new_id[terms], [parts.terms[int(t)] for t in by_first])
 
 
 def read_catalogue(
@@ -289,52 +406,60 @@ def read_catalogue(
         genome_tags = _read_csv(genome_tags_path, {"tagId": "id", "tag": "str"}, root)
         scores = _read_csv(scores_path, {"movieId": "id", "tagId": "id", "relevance": "float"}, root)
         genome = top_genome_tags(scores, genome_tags, tags_per_movie)
-    user: dict[int, list[str]] = {}
+    all_ids = movies["movieId"].to_numpy(dtype=np.int64)
+    events = pd.DataFrame({"userId": [], "movieId": [], "tag": [], "timestamp": []})
     if (directory / "tags.csv").exists():
-        tags = _read_csv(directory / "tags.csv", {"movieId": "id", "tag": "str"}, root)
-        user = top_user_tags(tags, tags_per_movie)
+        events = read_tag_events(directory / "tags.csv", root)
+    event_row = index_of(all_ids, events["movieId"].to_numpy(dtype=np.int64))  # (t,) movies.csv row, -1: none
+    known = event_row >= 0
 
-    vocab: dict[str, int] = {}
-    movie_ids: list[int] = []
-    titles: list[str] = []
-    indptr: list[int] = [0]
-    indices: list[int] = []
-    used_genome = used_user = False
-    for movie_id, title, genres in zip(movies["movieId"], movies["title"], movies["genres"], strict=True):
-        mid = int(movie_id)
-        own_genres = _split_genres(genres)
-        if not own_genres and mid in fix:
-            own_genres = fix[mid]
-        if mid in genome:
-            tags_of, used_genome = genome[mid], True
-        else:
-            tags_of = user.get(mid, [])
-            used_user = used_user or bool(tags_of)
-        row = [vocab.setdefault(d, len(vocab)) for d in (*own_genres, *tags_of)]
-        if not row:
-            continue
-        movie_ids.append(mid)
-        titles.append(title)
-        indices.extend(row)
-        indptr.append(len(indices))
-
-    if not movie_ids:
+    genres: list[list[str]] = []
+    for mid, listed in zip(all_ids.tolist(), movies["genres"], strict=True):
+        own = _split_genres(listed)
+        genres.append(fix[mid] if not own and mid in fix else own)
+    genome_lists = [genome.get(mid, []) for mid in all_ids.tolist()]
+    event_text = events["tag"].to_numpy(dtype=object)[known]
+    terms = sorted({*(g for x in genres for g in x), *(t for x in genome_lists for t in x), *event_text.tolist()})
+    term_id = {t: i for i, t in enumerate(terms)}
+    genre_indptr, genre_indices = _csr([[term_id[g] for g in x] for x in genres])
+    genome_indptr, genome_indices = _csr([[term_id[t] for t in x] for x in genome_lists])
+    every = DescriptorParts(
+        terms=terms,
+        genre_indptr=genre_indptr,
+        genre_indices=genre_indices,
+        genome_indptr=genome_indptr,
+        genome_indices=genome_indices,
+        in_genome=np.asarray([mid in genome for mid in all_ids.tolist()], dtype=bool),
+        tag_user=events["userId"].to_numpy(dtype=np.int32)[known],
+        tag_movie=event_row[known].astype(np.int32),
+        tag_text=np.asarray([term_id[t] for t in event_text.tolist()], dtype=np.int32),
+        tag_time=events["timestamp"].to_numpy(dtype=np.int64)[known],
+    )
+    # movies with no descriptor at all (every event counted) are dropped; the rest keep movies.csv order
+    kept = np.flatnonzero(np.diff(descriptors_from(every, None, tags_per_movie=tags_per_movie).indptr) > 0)
+    if len(kept) == 0:
         raise DataError(
             "movies.csv",
             f"none of its {len(movies):,} movies has a descriptor (genres, or tags in tags.csv or the genome); "
             "nothing to ingest",
         )
+    parts = every.take(kept)
+    indptr, indices, vocabulary = descriptors_from(parts, None, tags_per_movie=tags_per_movie)
+    tags_of = np.diff(indptr) > np.diff(parts.genre_indptr)  # (n,) the movie has a tag among its descriptors
+    used_genome = bool((tags_of & parts.in_genome).any())
+    used_user = bool((tags_of & ~parts.in_genome).any())
     source = {(True, True): "genome+tags", (True, False): "genome", (False, True): "tags"}.get(
         (used_genome, used_user), "none"
     )
     return Catalogue(
-        movie_ids=np.asarray(movie_ids, dtype=np.int32),
-        titles=titles,
-        desc_indptr=np.asarray(indptr, dtype=np.int64),
-        desc_indices=np.asarray(indices, dtype=np.int32),
-        vocabulary=list(vocab),
+        movie_ids=all_ids[kept].astype(np.int32),
+        titles=movies["title"].to_numpy(dtype=object)[kept].tolist(),
+        desc_indptr=indptr,
+        desc_indices=indices,
+        vocabulary=vocabulary,
         movies_total=len(movies),
         tag_source=source,
+        parts=parts,
     )
 
 

@@ -14,9 +14,26 @@ artifacts; ``<prefix>:datasets`` indexes the records by creation time. Artifacts
     dataset/<id>/ratings_value    float32 (r,)
     dataset/<id>/ratings_time     int64 (r,)        timestamp, seconds since the epoch (format 2 on)
 
+and, from format 3 on, what the descriptors are made of (``shared.ml.movielens.DescriptorParts``, field for
+field), so that they can be rebuilt from the user tags written before a time (shared/logic/descriptors.py):
+
+    dataset/<id>/terms            JSON [str]        distinct strings, sorted: genres, genome tags, user tags
+    dataset/<id>/genre_indptr     int64 (n + 1,)    movie i's genres: terms[genre_indices[p:q]]
+    dataset/<id>/genre_indices    int32
+    dataset/<id>/genome_indptr    int64 (n + 1,)    movie i's genome tags, most relevant first
+    dataset/<id>/genome_indices   int32
+    dataset/<id>/in_genome        bool (n,)         the movie takes genome tags, never user tags
+    dataset/<id>/tag_user         int32 (t,)        one row per tags.csv event: its userId,
+    dataset/<id>/tag_movie        int32 (t,)          catalogue row,
+    dataset/<id>/tag_text         int32 (t,)          tag (lower-cased, stripped) as a term,
+    dataset/<id>/tag_time         int64 (t,)          timestamp
+
 Within a user, ratings keep ratings.csv's order. ``load_ratings`` / ``DatasetStore.ratings`` read the five
 ratings arrays back; a dataset ingested at format 1 (before timestamps were kept) has no ``ratings_time``
-and answers ``timestamps=None``: ingest its directory again to get a format-2 dataset (a new id). What a
+and answers ``timestamps=None``: ingest its directory again to get a format-2 dataset (a new id). One
+ingested before format 3 has no descriptor parts: ``load_descriptor_parts`` answers None, and its descriptors
+cannot be rebuilt (ingest it again). A derived dataset (``put_derived``) copies its source's parts, all the
+tag events included, so that it can be cut again; its own descriptors may be rebuilt ones. What a
 process keeps of a dataset once read (its catalogue, ids, title index) is shared/logic/catalogue.py's.
 """
 
@@ -24,6 +41,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -33,16 +51,32 @@ from shared.errors import NotFound
 from shared.infra.keys import Keys, dataset_artifact
 from shared.store.artifacts import ArtifactStore
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped whenever ingestion changes what it stores, so old ids are not mistaken for new content.
 
-1: the first; 2: adds ``ratings_time``."""
+1: the first; 2: adds ``ratings_time``; 3: adds the descriptor parts (``DESCRIPTOR_PARTS``)."""
 TIMESTAMPS_SINCE_FORMAT = 2
 """The first format whose datasets store ``ratings_time``."""
+DESCRIPTOR_PARTS_SINCE_FORMAT = 3
+"""The first format whose ingested datasets store ``DESCRIPTOR_PARTS``."""
 
 CATALOGUE_ARRAYS = ("movie_ids", "vocabulary", "titles", "desc_indptr", "desc_indices")
 """What a derived dataset copies from its source as it is (``put_derived``)."""
-JSON_ARRAYS = ("titles", "vocabulary")
+DESCRIPTOR_PARTS = (
+    "terms",
+    "genre_indptr",
+    "genre_indices",
+    "genome_indptr",
+    "genome_indices",
+    "in_genome",
+    "tag_user",
+    "tag_movie",
+    "tag_text",
+    "tag_time",
+)
+"""What a dataset's descriptors are made of (format 3 on), named as ``DescriptorParts``' fields; a derived
+dataset copies them as they are."""
+JSON_ARRAYS = ("titles", "vocabulary", "terms")
 
 
 class DatasetRatings(NamedTuple):
@@ -68,6 +102,36 @@ def load_ratings(artifacts: ArtifactStore, ds_id: str, *, timestamps: bool) -> D
         values=part("ratings_value"),
         timestamps=part("ratings_time") if timestamps else None,
     )
+
+
+def has_descriptor_parts(artifacts: ArtifactStore, ds_id: str) -> bool:
+    """Whether dataset ``ds_id`` stores its descriptor parts (ingested at format 3 on, or derived from one)."""
+    return all(artifacts.exists(dataset_artifact(ds_id, name)) for name in DESCRIPTOR_PARTS)
+
+
+def load_descriptor_parts(artifacts: ArtifactStore, ds_id: str) -> dict[str, Any] | None:
+    """{name: array, "terms": [str]} of ``DESCRIPTOR_PARTS``; None for a dataset that has none (stored before
+    format 3, or not stored at all)."""
+    if not has_descriptor_parts(artifacts, ds_id):
+        return None
+    return {
+        name: artifacts.get_json(dataset_artifact(ds_id, name))
+        if name in JSON_ARRAYS
+        else artifacts.get_array(dataset_artifact(ds_id, name))
+        for name in DESCRIPTOR_PARTS
+    }
+
+
+def put_descriptor_parts(artifacts: ArtifactStore, ds_id: str, parts: Mapping[str, Any]) -> None:
+    """Store ``parts`` ({name: array, "terms": [str]}, every name of ``DESCRIPTOR_PARTS``) for ``ds_id``."""
+    missing = set(DESCRIPTOR_PARTS) - set(parts)
+    if missing:
+        raise ValueError(f"descriptor parts lack {sorted(missing)}")
+    for name in DESCRIPTOR_PARTS:
+        if name in JSON_ARRAYS:
+            artifacts.put_json(dataset_artifact(ds_id, name), list(parts[name]))
+        else:
+            artifacts.put_array(dataset_artifact(ds_id, name), np.asarray(parts[name]))
 
 
 class DatasetStore:
@@ -101,16 +165,36 @@ class DatasetStore:
             raise NotFound(f"dataset {ds_id!r} does not exist")
         return load_ratings(self.artifacts, ds_id, timestamps=record.get("format", 1) >= TIMESTAMPS_SINCE_FORMAT)
 
-    def put_derived(self, source: str, target: str, ratings: DatasetRatings) -> None:
+    def put_derived(
+        self,
+        source: str,
+        target: str,
+        ratings: DatasetRatings,
+        *,
+        descriptors: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
+    ) -> None:
         """The arrays of a dataset derived from ``source`` (an evaluation's training part, a feedback version):
-        the source's catalogue copied as it is, and ``ratings`` of its own (timestamps included). Its record is
-        the caller's, written after this (``put``)."""
+        the source's catalogue copied as it is, and ``ratings`` of its own (timestamps included). With
+        ``descriptors`` (desc_indptr, desc_indices, vocabulary), those replace the source's (same movie rows:
+        shared/logic/descriptors.py rebuilds them from the tags before a cut). The source's descriptor parts,
+        when it has them, are copied whole. Its record is the caller's, written after this (``put``)."""
         a = self.artifacts
-        for name in CATALOGUE_ARRAYS:
+        own: dict[str, Any] = {}
+        if descriptors is not None:
+            indptr, indices, vocabulary = descriptors
+            n = len(a.get_array(dataset_artifact(source, "movie_ids")))
+            if len(indptr) != n + 1 or int(indptr[-1]) != len(indices):
+                raise ValueError(f"descriptors of {len(indptr) - 1} movies for a catalogue of {n}")
+            own = {"desc_indptr": np.asarray(indptr, np.int64), "desc_indices": np.asarray(indices, np.int32),
+                   "vocabulary": list(vocabulary)}  # fmt: skip
+        copied = CATALOGUE_ARRAYS + (DESCRIPTOR_PARTS if has_descriptor_parts(a, source) else ())
+        for name in copied:
             if name in JSON_ARRAYS:
-                a.put_json(dataset_artifact(target, name), a.get_json(dataset_artifact(source, name)))
+                value = own[name] if name in own else a.get_json(dataset_artifact(source, name))
+                a.put_json(dataset_artifact(target, name), value)
             else:
-                a.put_array(dataset_artifact(target, name), a.get_array(dataset_artifact(source, name)))
+                array = own[name] if name in own else a.get_array(dataset_artifact(source, name))
+                a.put_array(dataset_artifact(target, name), array)
         a.put_array(dataset_artifact(target, "user_ids"), ratings.user_ids)
         a.put_array(dataset_artifact(target, "ratings_indptr"), ratings.indptr)
         a.put_array(dataset_artifact(target, "ratings_movie"), ratings.movie_index)

@@ -25,7 +25,7 @@ def svc(settings: Settings, fresh_prefix: str) -> Services:
 
 def test_ingested_ratings_keep_the_timestamps_of_ratings_csv(svc: Services) -> None:
     record, reused = ingest(svc.datasets, SMALL, DatasetOptions(tags_per_movie=5), source="s", progress=lambda *_: None)
-    assert not reused and record["format"] == FORMAT_VERSION == 2
+    assert not reused and record["format"] == FORMAT_VERSION == 3
     ds = record["id"]
     stored = svc.artifacts.get_array(dataset_artifact(ds, "ratings_time"))
     assert stored.dtype == np.int64 and len(stored) == record["counts"]["ratings_kept"]

@@ -104,7 +104,7 @@ def test_artifact_names() -> None:
         "dataset/ds-1/movie_ids",
         "dataset/ds-1/ratings_value",
     ]
-    assert len(DATASET_ARRAYS) == 10
+    assert len(DATASET_ARRAYS) == 20
     with pytest.raises(ValueError, match="no artifact"):
         dataset_artifact("ds-1", "../movie_ids")
     assert triplets_artifact("ds-1", "uniform-min", 42) == "triplets/ds-1/uniform-min-42"
