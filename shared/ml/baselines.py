@@ -1,0 +1,362 @@
+"""The literature's baselines with their hyper-parameters, so each can be tuned before it is compared (issue #24).
+
+Dacrema et al. (RecSys 2019) found that tuned simple baselines beat most neural recommenders, and Rendle et al.
+(2021) that iALS, tuned, is still competitive; a baseline at its untuned default proves little. Here are four,
+each a ``fit(name, train, params, ...)`` away, with the grid it is tuned over. Pure numpy/scipy/implicit, no
+Redis. Data flow:
+
+    train (u, n) float32 ratings of the training part
+      └─ _binary ──> X (u, n) float32 1/0: who rated what (every model sees only this)
+           fit("EASE")     X ──> B (m, m) dense over the m movies with a training rating   (evaluate.ease_weights)
+           fit("item-kNN") X ──> S (n, n) CSR: shrunk cosine, each row cut to its k best    (_item_knn)
+           fit("RP3beta")  X ──> W (n, n) CSR: 3-step random walk, popularity^-beta, top k  (_rp3beta)
+           fit("iALS")     X ──> Y (n, f) item factors by implicit's ALS                    (_ials)
+    Baseline.score(history (b, n) CSR, any nonzero = rated) ──> (b, n) float32 scores
+      h = _binary(history):  EASE h[:, items] @ B;  item-kNN h @ S;  RP3beta h @ W;
+                             iALS  x = fold-in of h against Y (b, f);  x @ Y^T
+    GRIDS / grid(name) ──> the settings a tuning runs over;  DEFAULTS ──> the untuned one;  label() ──> a table row
+
+Nothing about a user is kept from training: ``score`` depends on the history it is given only, so a new user
+(fold-in) and a training user with the same history get the same scores. Ties in every top-k cut go to the
+lower movie row, and iALS is seeded and single-threaded, so the same inputs give the same bytes.
+
+Errors: ``ValueError`` for an unknown name, an unknown parameter or a value out of its range;
+``evaluate.Skipped`` when a model cannot run on this data (EASE's two dense m x m matrices over ``max_bytes``;
+the other three grow linearly with the catalogue and are not checked).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+from shared.ml.evaluate import Skipped, Split, ease_weights
+
+__all__ = ["DEFAULTS", "GRIDS", "NAMES", "Baseline", "EaseModel", "IalsModel", "SimilarityModel", "Skipped"]
+__all__ += ["fit", "grid", "label"]
+
+Params = Mapping[str, float | int]
+
+NAMES = ("EASE", "item-kNN", "RP3beta", "iALS")
+"""The baselines ``fit`` knows, in table order."""
+
+GRIDS: dict[str, dict[str, tuple[float | int, ...]]] = {
+    "EASE": {"lam": (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)},
+    "item-kNN": {"k": (20, 50, 100, 200), "shrink": (0.0, 10.0, 100.0)},
+    "RP3beta": {"alpha": (0.5, 1.0), "beta": (0.0, 0.3, 0.6), "k": (50, 200), "normalize": (0, 1)},
+    "iALS": {"factors": (64, 128), "regularization": (0.01, 0.1, 1.0), "alpha": (1.0, 10.0)},
+}
+"""The tuning grid of each baseline: every combination of its parameters' values (``grid``)."""
+
+DEFAULTS: dict[str, dict[str, float | int]] = {
+    "EASE": {"lam": 500.0},
+    "item-kNN": {"k": 50, "shrink": 0.0},
+    "RP3beta": {"alpha": 1.0, "beta": 0.6, "k": 100, "normalize": 1},
+    "iALS": {"factors": 64, "regularization": 0.01, "alpha": 1.0},
+}
+"""One untuned setting per baseline: EASE and item-kNN as the evaluation ran them before tuning, RP3beta as
+Dacrema et al.'s ``RP3betaRecommender.fit`` defaults, iALS as implicit's (with 64 factors, a grid point)."""
+
+TINY = 1e-12
+"""The smallest value of a parameter that must be positive (EASE's lam, iALS's regularization, RP3beta's alpha)."""
+
+BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
+    "EASE": {"lam": (TINY, np.inf)},
+    "item-kNN": {"k": (1, np.inf), "shrink": (0.0, np.inf)},
+    "RP3beta": {"alpha": (TINY, np.inf), "beta": (0.0, np.inf), "k": (1, np.inf), "normalize": (0, 1)},
+    "iALS": {"factors": (1, np.inf), "regularization": (TINY, np.inf), "alpha": (0.0, np.inf)},
+}
+"""The closed range each parameter must lie in (infinity itself excluded: a value must be finite)."""
+
+INTEGER_PARAMS = frozenset({"k", "factors", "normalize"})
+"""Parameters that must be whole numbers (a float such as 50.0 is accepted and made an int)."""
+
+IALS_ITERATIONS = 15
+"""ALS sweeps (users then items) of every iALS fit: fixed, not tuned, as implicit's default."""
+
+BLOCK_CELLS = 1 << 24
+"""Similarity rows are built a block at a time, BLOCK_CELLS / n rows: a block is a dense (b, n) float32 array
+(64 MB, about three times that with its partitioned copy and masks), never an n x n one."""
+
+FOLD_IN_USERS = 256
+"""iALS users folded in at a time: their normal equations are FOLD_IN_USERS x f x f float64 (32 MB at f=128)."""
+
+
+class Baseline(Protocol):
+    def score(self, history: sp.csr_matrix) -> np.ndarray:
+        """(b, n_movies) float32 scores of b users given their histories: a (b, n_movies) CSR of rating values
+        (any nonzero = rated). Users need not be in the training matrix (fold-in: new users)."""
+        ...
+
+
+# -- parameters --------------------------------------------------------------------------------------------
+def _resolve(name: str, params: Params) -> dict[str, float | int]:
+    """``params`` checked against ``name``'s parameters, the missing ones from DEFAULTS; ValueError otherwise."""
+    if name not in GRIDS:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(NAMES)}")
+    unknown = sorted(set(params) - set(DEFAULTS[name]))
+    if unknown:
+        raise ValueError(f"{name} has no parameter {', '.join(unknown)}; it takes {', '.join(DEFAULTS[name])}")
+    out: dict[str, float | int] = {}
+    for key, default in DEFAULTS[name].items():
+        value = float(params.get(key, default))
+        low, high = BOUNDS[name][key]
+        whole = key in INTEGER_PARAMS
+        if not (np.isfinite(value) and low <= value <= high and (not whole or value.is_integer())):
+            kind = "whole number" if whole else "number"
+            raise ValueError(f"{name} {key}={params.get(key, default)!r} is not a finite {kind} in [{low}, {high}]")
+        out[key] = int(value) if whole else value
+    return out
+
+
+def grid(name: str) -> list[dict[str, float | int]]:
+    """Every setting of ``GRIDS[name]``: the product of its values, the last parameter varying fastest."""
+    if name not in GRIDS:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(NAMES)}")
+    keys = list(GRIDS[name])
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*GRIDS[name].values())]
+
+
+def label(name: str, params: Params) -> str:
+    """Short stable text for a table row, such as ``EASE lam=500``: every parameter (missing ones at their
+    default), in DEFAULTS order."""
+    resolved = _resolve(name, params)
+    return " ".join([name, *(f"{key}={value:g}" for key, value in resolved.items())])
+
+
+# -- fitting -----------------------------------------------------------------------------------------------
+def fit(name: str, train: sp.csr_matrix, params: Params, *, seed: int, max_bytes: int) -> Baseline:
+    """The baseline ``name`` fitted on ``train`` ((u, n_movies) ratings, any nonzero = rated) with ``params``
+    (missing ones from DEFAULTS). ``seed`` drives iALS's initial factors; ``max_bytes`` bounds EASE."""
+    p = _resolve(name, params)
+    x = _binary(train)
+    if name == "EASE":
+        return _ease(x, lam=float(p["lam"]), max_bytes=max_bytes)
+    if name == "item-kNN":
+        return SimilarityModel(_item_knn(x, k=int(p["k"]), shrink=float(p["shrink"])))
+    if name == "RP3beta":
+        w = _rp3beta(x, alpha=float(p["alpha"]), beta=float(p["beta"]), k=int(p["k"]), normalize=bool(p["normalize"]))
+        return SimilarityModel(w)
+    return _ials(
+        x, factors=int(p["factors"]), regularization=float(p["regularization"]), alpha=float(p["alpha"]), seed=seed
+    )
+
+
+def _binary(ratings: sp.csr_matrix) -> sp.csr_matrix:
+    """(b, n) float32 1/0 CSR of a ratings CSR (any nonzero = rated), sorted indices, no explicit zeros."""
+    x = sp.csr_matrix(ratings, dtype=np.float32, copy=True)
+    x.sum_duplicates()  # (a repeated pair is one rating; ratings that cancel out to 0 are none)
+    x.eliminate_zeros()
+    x.data[:] = 1.0
+    return x
+
+
+def _history(history: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    if history.ndim != 2 or history.shape[1] != n:
+        raise ValueError(f"histories of shape {history.shape} for a model of {n} movies")
+    return _binary(history)
+
+
+# -- EASE --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class EaseModel:
+    """EASE (Steck 2019): scores = h B over the movies with a training rating; the others score 0."""
+
+    n_movies: int
+    items: np.ndarray  # (m,) int64 movie rows with a training rating
+    weights: np.ndarray  # (m, m) float32 B, zero diagonal
+
+    def score(self, history: sp.csr_matrix) -> np.ndarray:
+        h = _history(history, self.n_movies)
+        out = np.zeros((h.shape[0], self.n_movies), dtype=np.float32)  # (b, n)
+        out[:, self.items] = h[:, self.items] @ self.weights
+        return out
+
+
+def _ease(x: sp.csr_matrix, *, lam: float, max_bytes: int) -> EaseModel:
+    """B = I - P / diag(P), P = (X^T X + lam I)^-1, by ``evaluate.ease_weights`` (its Cholesky inverse and its
+    ``Skipped`` over ``max_bytes``). B is kept as float32, half of its float64 size once fitted."""
+    u, n = x.shape
+    split = Split(
+        user_ids=np.arange(u),
+        train=x,
+        evaluated=np.zeros(0, dtype=np.int64),
+        relevant=sp.csr_matrix((0, n), dtype=bool),
+        cold=np.diff(x.tocsc().indptr) == 0,
+    )  # only ``train`` is read: ease_weights takes a Split
+    items, b = ease_weights(split, lam=lam, max_bytes=max_bytes)
+    return EaseModel(n_movies=n, items=items.astype(np.int64), weights=b.astype(np.float32))
+
+
+# -- item-item similarity models: item-kNN and RP3beta ---------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class SimilarityModel:
+    """An item-item model: scores = h @ S, h the binary histories, S (n, n) CSR (row i: what movie i lends)."""
+
+    similarity: sp.csr_matrix  # (n, n) float32, at most k entries per row, zero diagonal
+
+    def score(self, history: sp.csr_matrix) -> np.ndarray:
+        h = _history(history, self.similarity.shape[0])
+        return np.asarray((h @ self.similarity).toarray(), dtype=np.float32)  # (b, n)
+
+
+def _block_rows(n: int) -> int:
+    return max(1, min(n, BLOCK_CELLS // max(n, 1)))
+
+
+def _top_k_entries(block: np.ndarray, lo: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, values) of each row's k largest positive off-diagonal entries of ``block`` ((b, n) rows
+    lo..lo+b of an (n, n) matrix, overwritten), ties to the lower column: a partition per row, no sort."""
+    b, n = block.shape
+    block[np.arange(b), np.arange(lo, lo + b)] = 0  # no movie is its own neighbour
+    block[~(block > 0)] = 0  # only positive entries are kept (NaN among the dropped)
+    kth = np.partition(block, n - k, axis=1)[:, n - k] if k < n else np.zeros(b, block.dtype)  # (b,) k-th largest
+    keep = block > kth[:, None]  # (b, n) certainly kept
+    room = k - keep.sum(axis=1)  # (b,) places left for entries equal to the k-th largest
+    tied = block == kth[:, None]
+    tied[kth <= 0] = False  # a row with fewer than k positive entries keeps them all, and no zero
+    t_rows, t_cols = np.nonzero(tied)  # row-major: each row's tied columns ascending
+    first = np.arange(len(t_rows)) - np.searchsorted(t_rows, t_rows)  # (t,) rank among its row's ties
+    fits = first < room[t_rows]
+    keep[t_rows[fits], t_cols[fits]] = True
+    rows, cols = np.nonzero(keep)
+    return rows + lo, cols, block[rows, cols]
+
+
+def _cut(blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> sp.csr_matrix:
+    if not blocks:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    rows, cols, vals = (np.concatenate(part) for part in zip(*blocks, strict=True))
+    out = sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(n, n))
+    out.sort_indices()
+    return out
+
+
+def _item_knn(x: sp.csr_matrix, *, k: int, shrink: float) -> sp.csr_matrix:
+    """(n, n) item-kNN similarity: sim(i, j) = <x_i, x_j> / (|x_i| |x_j| + shrink) over the binary columns
+    (cosine when shrink = 0; shrink damps pairs with few common users), row i cut to its k most similar."""
+    n = x.shape[1]
+    xt = sp.csr_matrix(x.T)  # (n, u)
+    norms = np.sqrt(np.asarray(x.sum(axis=0), dtype=np.float64).ravel()).astype(np.float32)  # (n,) |x_i|
+    step = _block_rows(n)
+    blocks = []
+    for lo in range(0, n, step):
+        sim = (xt[lo : lo + step] @ x).toarray()  # (b, n) float32 co-rating counts (exact below 2^24)
+        denominator = norms[lo : lo + step, None] * norms[None, :]  # (b, n)
+        denominator += np.float32(shrink)
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 where a movie has no rating: dropped
+            sim /= denominator
+        blocks.append(_top_k_entries(sim, lo, k))
+    return _cut(blocks, n)
+
+
+def _rp3beta(x: sp.csr_matrix, *, alpha: float, beta: float, k: int, normalize: bool) -> sp.csr_matrix:
+    """(n, n) RP3beta (Paudel et al. 2016) as Dacrema et al.'s ``RP3betaRecommender``: P_ui = X row-normalised,
+    P_iu = X^T row-normalised, both raised elementwise to alpha; W = P_iu P_ui with column j times
+    popularity_j^-beta, diagonal zeroed, each row cut to its k largest, then (``normalize``) rows L1-normalised."""
+    n = x.shape[1]
+    xc = sp.csr_matrix(x, dtype=np.float64)  # (u, n)
+    per_user = np.asarray(xc.sum(axis=1)).ravel()  # (u,) movies each user rated
+    popularity = np.asarray(xc.sum(axis=0)).ravel()  # (n,) users each movie has
+    rated = popularity > 0
+    degree = np.zeros(n)
+    degree[rated] = popularity[rated] ** -beta
+    p_ui = sp.diags(_inverse(per_user)) @ xc  # (u, n) a user's step to one of their movies
+    p_iu = sp.csr_matrix(sp.diags(_inverse(popularity)) @ xc.T)  # (n, u) a movie's step to one of its users
+    p_ui.data **= alpha
+    p_iu.data **= alpha
+    p_ui, p_iu = sp.csr_matrix(p_ui, dtype=np.float32), sp.csr_matrix(p_iu, dtype=np.float32)
+    degree = degree.astype(np.float32)
+    step = _block_rows(n)
+    blocks = []
+    for lo in range(0, n, step):
+        walk = (p_iu[lo : lo + step] @ p_ui).toarray()  # (b, n) float32 two-step walks, to the power alpha
+        walk *= degree[None, :]
+        blocks.append(_top_k_entries(walk, lo, k))
+    w = _cut(blocks, n)
+    if normalize:
+        sums = np.asarray(w.sum(axis=1), dtype=np.float64).ravel()  # (n,)
+        w = sp.csr_matrix(sp.diags(_inverse(sums)) @ w, dtype=np.float32)
+    return w
+
+
+def _inverse(values: np.ndarray) -> np.ndarray:
+    """1 / values where positive, 0 elsewhere (an empty row or column stays empty)."""
+    out: np.ndarray = np.divide(1.0, values, out=np.zeros(len(values)), where=values > 0)
+    return out
+
+
+# -- iALS --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class IalsModel:
+    """iALS (Hu, Koren, Volinsky 2008): a user's factors x minimise sum_i c_ui (p_ui - x.y_i)^2 + reg |x|^2 with
+    p_ui = 1 where rated, c_ui = 1 + alpha p_ui; solved in closed form from the history (fold-in), so a
+    training user is scored exactly as a new one with the same history."""
+
+    item_factors: np.ndarray  # (n, f) float32 Y from implicit
+    regularization: float
+    alpha: float
+
+    def user_factors(self, history: sp.csr_matrix) -> np.ndarray:
+        """(b, f) float64 x_u = (Y^T C_u Y + reg I)^-1 Y^T C_u p_u; Y^T C_u Y = Y^T Y + alpha Y_u^T Y_u."""
+        from threadpoolctl import threadpool_limits
+
+        y = self.item_factors.astype(np.float64)  # (n, f)
+        h = _history(history, y.shape[0])
+        f = y.shape[1]
+        out = np.zeros((h.shape[0], f))
+        # One BLAS thread: the products and solves are f x f, too small for threads to pay; with OpenBLAS's
+        # pool of 2 on a busy 2-core machine, folding in ml-latest-small's 610 users at f=128 took 1-11 s, not 0.4.
+        with threadpool_limits(1, user_api="blas"):
+            gram = y.T @ y + self.regularization * np.eye(f)  # (f, f) shared by every user
+            for lo in range(0, h.shape[0], FOLD_IN_USERS):
+                part = h[lo : lo + FOLD_IN_USERS]
+                a = np.repeat(gram[None], part.shape[0], axis=0)  # (b, f, f)
+                for i in range(part.shape[0]):
+                    rated = y[part.indices[part.indptr[i] : part.indptr[i + 1]]]  # (r, f)
+                    a[i] += self.alpha * (rated.T @ rated)
+                rhs = (1.0 + self.alpha) * (part @ y)  # (b, f): Y^T C_u p_u, p_u nonzero only where rated
+                out[lo : lo + part.shape[0]] = np.linalg.solve(a, rhs[:, :, None])[:, :, 0]
+        return out
+
+    def score(self, history: sp.csr_matrix) -> np.ndarray:
+        # x @ Y^T in float64, rounded to float32: a float32 GEMM's last bits depend on how many users share
+        # the call (1 or 1000 take different kernels), and a user's scores should not depend on their batch.
+        h = _history(history, self.item_factors.shape[0])
+        yt = self.item_factors.T.astype(np.float64)  # (f, n)
+        out = np.empty((h.shape[0], yt.shape[1]), dtype=np.float32)  # (b, n)
+        for lo in range(0, h.shape[0], FOLD_IN_USERS):
+            out[lo : lo + FOLD_IN_USERS] = self.user_factors(h[lo : lo + FOLD_IN_USERS]) @ yt
+        return out
+
+
+def _ials(x: sp.csr_matrix, *, factors: int, regularization: float, alpha: float, seed: int) -> IalsModel:
+    """Item factors by implicit's CPU ALS (conjugate gradient, ``IALS_ITERATIONS`` sweeps), one thread and
+    one BLAS thread: deterministic for a seed, and no oversubscription in a small worker."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    # implicit reads the matrix's values as confidences c_ui and uses c_ui - 1 as the extra weight of a rated
+    # pair, multiplying them by its own alpha first: values 1 + alpha with its alpha at 1 give c = 1 + alpha x.
+    confidence = sp.csr_matrix(x, dtype=np.float32, copy=True)  # (u, n) users x items, as implicit 0.7 takes
+    confidence.data[:] = np.float32(1.0 + alpha)
+    with threadpool_limits(1, user_api="blas"):
+        model = AlternatingLeastSquares(
+            factors=factors,
+            regularization=regularization,
+            alpha=1.0,
+            dtype=np.float32,
+            iterations=IALS_ITERATIONS,
+            calculate_training_loss=False,
+            num_threads=1,
+            random_state=seed,
+        )
+        model.fit(confidence, show_progress=False)
+    return IalsModel(
+        item_factors=np.asarray(model.item_factors, dtype=np.float32), regularization=regularization, alpha=alpha
+    )
