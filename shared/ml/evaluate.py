@@ -27,6 +27,7 @@ Top-k ties go to the lower movie row, so every result is deterministic.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,10 +35,12 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
+from shared.ml import splits
 from shared.ml.protocol import DEFAULT_K
 
-Scorer = Callable[[np.ndarray], np.ndarray]
-"""scorer(rows of Split.train) -> (len(rows), n_movies) float scores; higher is better."""
+Scorer = Callable[[sp.csr_matrix], np.ndarray]
+"""scorer(histories) -> (b, n_movies) float scores, higher is better, of b users given as a (b, n_movies) CSR of
+their ratings: rows of ``Split.train``, or new users' (fold-in: nothing about a user is kept in the scorer)."""
 
 K = DEFAULT_K
 BATCH_USERS = 1000
@@ -68,6 +71,58 @@ class Split:
         return int(self.train.shape[1])
 
 
+def split_ratings(
+    user: np.ndarray,
+    movie_index: np.ndarray,
+    rating: np.ndarray,
+    timestamp: np.ndarray,
+    *,
+    n_movies: int | None = None,
+    kind: str = "temporal",
+    min_ratings: int = 10,
+    train_fraction: float = 0.8,
+    relevant_at: float = 4.0,
+    new_user_share: float = 0.0,
+) -> tuple[Split, Cohort, splits.Parts]:
+    """Ratings given as parallel (r,) arrays split by ``splits.assign``'s rules: the ``Split`` of the training
+    users, the new-user ``Cohort``, and every rating's label. ``movie_index`` are catalogue rows and ``n_movies``
+    the catalogue size (default: the largest row + 1). (user, movie) pairs are expected to be unique, as in
+    MovieLens; a repeated pair's training values would add up."""
+    user, movie_index = np.asarray(user), np.asarray(movie_index, dtype=np.int64)
+    rating, timestamp = np.asarray(rating, dtype=np.float32), np.asarray(timestamp, dtype=np.int64)
+    n = int(n_movies) if n_movies is not None else int(movie_index.max(initial=-1)) + 1
+    parts = splits.assign(user, timestamp, kind=kind, min_ratings=min_ratings, train_fraction=train_fraction,
+                          new_user_share=new_user_share)  # fmt: skip
+    is_train = parts.label == splits.TRAIN
+    user_ids = parts.cut_users  # the training users, ascending: the rows of ``train``
+    row = np.searchsorted(user_ids, user)  # (r,) a training user's row (meaningless for the others)
+    train = sp.csr_matrix((rating[is_train], (row[is_train], movie_index[is_train])), shape=(len(user_ids), n),
+                          dtype=np.float32)  # fmt: skip
+    train.sum_duplicates()
+    is_relevant = (parts.label == splits.TEST) & (rating >= relevant_at)
+    rel_rows = row[is_relevant]
+    evaluated = np.unique(rel_rows).astype(np.int64)
+    relevant = sp.csr_matrix(
+        (np.ones(int(is_relevant.sum()), dtype=bool), (np.searchsorted(evaluated, rel_rows), movie_index[is_relevant])),
+        shape=(len(evaluated), n),
+    )
+    relevant.sum_duplicates()
+    cold = np.bincount(movie_index[is_train], minlength=n) == 0
+    split = Split(user_ids=user_ids, train=train, evaluated=evaluated, relevant=relevant, cold=cold)
+    # The cohort's timelines: by user, then time, then input order.
+    mine = np.flatnonzero(parts.label == splits.NEW_USER)
+    mine = mine[np.lexsort((mine, timestamp[mine], user[mine]))]
+    cohort_ids, counts = np.unique(user[mine], return_counts=True)
+    cohort = Cohort(
+        user_ids=cohort_ids,
+        indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        movie_index=movie_index[mine].astype(np.int64),
+        values=rating[mine],
+        timestamps=timestamp[mine],
+    )
+    return split, cohort, parts
+
+
 def temporal_split(
     user_index: np.ndarray,
     movie_index: np.ndarray,
@@ -79,46 +134,59 @@ def temporal_split(
     train_fraction: float = 0.8,
     relevant_at: float = 4.0,
 ) -> Split:
-    """Per-user temporal split of ratings given as parallel (r,) arrays; ``movie_index`` are catalogue rows
-    and ``n_movies`` the catalogue size (default: the largest row + 1). (user, movie) pairs are expected to be
-    unique, as in MovieLens; a repeated pair's training values would add up."""
-    user_index, movie_index = np.asarray(user_index), np.asarray(movie_index, dtype=np.int64)
-    rating, timestamp = np.asarray(rating, dtype=np.float32), np.asarray(timestamp)
-    n = int(n_movies) if n_movies is not None else int(movie_index.max(initial=-1)) + 1
-    # Two stable sorts: by user, and within a user by timestamp with ties in input order.
-    by_time = np.argsort(timestamp, kind="stable")
-    order = by_time[np.argsort(user_index[by_time], kind="stable")]
-    users, movies, values = user_index[order], movie_index[order], rating[order]
+    """The per-user temporal ``Split`` of ``split_ratings``, with no new-user cohort."""
+    split, _, _ = split_ratings(user_index, movie_index, rating, timestamp, n_movies=n_movies,
+                                min_ratings=min_ratings, train_fraction=train_fraction,
+                                relevant_at=relevant_at)  # fmt: skip
+    return split
 
-    user_ids, starts, counts = np.unique(users, return_index=True, return_counts=True)
-    owner = np.repeat(np.arange(len(user_ids)), counts)  # (r,) position of each rating's user in user_ids
-    position = np.arange(len(users)) - starts[owner]  # (r,) rank of the rating in its user's timeline
-    n_train = np.array([round(train_fraction * c) for c in counts.tolist()], dtype=np.int64)  # (users,)
-    kept = counts >= min_ratings
-    row_of = np.cumsum(kept) - 1  # (users,) row in the training matrix of each kept user
-    in_kept = kept[owner]
-    is_train = in_kept & (position < n_train[owner])
-    is_relevant = in_kept & ~is_train & (values >= relevant_at)
 
-    u = int(kept.sum())
-    train = sp.csr_matrix(
-        (values[is_train], (row_of[owner[is_train]], movies[is_train])), shape=(u, n), dtype=np.float32
-    )
-    train.sum_duplicates()
-    rel_rows = row_of[owner[is_relevant]]
-    evaluated = np.unique(rel_rows).astype(np.int64)
+@dataclass(frozen=True)
+class Cohort:
+    """The new-user cohort's ratings, each user's in time order: user i's are ``[indptr[i], indptr[i + 1])``."""
+
+    user_ids: np.ndarray  # (c,) ascending
+    indptr: np.ndarray  # (c + 1,) int64
+    movie_index: np.ndarray  # (m,) int64 catalogue rows
+    values: np.ndarray  # (m,) float32 ratings
+    timestamps: np.ndarray  # (m,) int64 seconds
+
+
+def new_user_split(
+    cohort: Cohort, first: int, *, n_movies: int, cold: np.ndarray, relevant_at: float
+) -> tuple[Split, sp.csr_matrix]:
+    """The new-user slice at ``first`` ratings, as a ``Split``: its ``train`` rows are each cohort user's first
+    ``first`` ratings (their history, posted as feedback), relevant = their later ratings >= ``relevant_at``;
+    evaluated = the users with a relevant later rating; ``cold`` is the training part's (nothing of the cohort
+    was trained on). Beside it, the histories' timestamps (a CSR the shape of ``train``)."""
+    counts = np.diff(cohort.indptr)
+    owner = np.repeat(np.arange(len(counts)), counts)  # (m,) cohort row of each rating
+    rank = np.arange(len(owner)) - cohort.indptr[owner]  # (m,) place in the user's timeline
+    early = rank < first
+    shape = (len(counts), n_movies)
+    history = sp.csr_matrix((cohort.values[early], (owner[early], cohort.movie_index[early])), shape=shape,
+                            dtype=np.float32)  # fmt: skip
+    times = sp.csr_matrix((cohort.timestamps[early], (owner[early], cohort.movie_index[early])), shape=shape,
+                          dtype=np.int64)  # fmt: skip
+    later = ~early & (cohort.values >= relevant_at)
+    evaluated = np.unique(owner[later]).astype(np.int64)
     relevant = sp.csr_matrix(
-        (np.ones(int(is_relevant.sum()), dtype=bool), (np.searchsorted(evaluated, rel_rows), movies[is_relevant])),
-        shape=(len(evaluated), n),
+        (np.ones(int(later.sum()), dtype=bool), (np.searchsorted(evaluated, owner[later]), cohort.movie_index[later])),
+        shape=(len(evaluated), n_movies),
     )
     relevant.sum_duplicates()
-    cold = np.bincount(movies[is_train], minlength=n) == 0
-    return Split(user_ids=user_ids[kept], train=train, evaluated=evaluated, relevant=relevant, cold=cold)
+    split = Split(user_ids=cohort.user_ids, train=history, evaluated=evaluated, relevant=relevant, cold=cold)
+    return split, times
 
 
 def binary(split: Split) -> sp.csr_matrix:
     """(u, n_movies) float32 1/0: who rated what in the training part."""
-    x = split.train.copy()
+    return as_binary(split.train)
+
+
+def as_binary(ratings: sp.csr_matrix) -> sp.csr_matrix:
+    """(b, n) float32 1/0 of a CSR of ratings: who rated what."""
+    x = sp.csr_matrix(ratings, dtype=np.float32, copy=True)
     x.data = (x.data != 0).astype(np.float32)
     x.eliminate_zeros()
     return x
@@ -148,8 +216,8 @@ def recommend(scorer: Scorer, split: Split, *, k: int = K, batch_users: int = BA
     """(e, k) top-k movie rows for every evaluated user, in ``split.evaluated`` order, in batches of users."""
     parts = []
     for lo in range(0, len(split.evaluated), batch_users):
-        rows = split.evaluated[lo : lo + batch_users]
-        parts.append(top_k(scorer(rows), split.train[rows], k))
+        history = split.train[split.evaluated[lo : lo + batch_users]]
+        parts.append(top_k(scorer(history), history, k))
     return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
 
 
@@ -193,11 +261,13 @@ def metrics(recommended: np.ndarray, split: Split, *, k: int = K) -> dict[str, f
 
 # -- baselines -------------------------------------------------------------------------------------------
 def random_scorer(split: Split, *, seed: int = 0) -> Scorer:
-    """Uniform random scores; a user's draw depends only on (seed, row), not on the batching."""
+    """Uniform random scores; a user's draw depends only on (seed, their history), not on the batching."""
     n = split.n_movies
 
-    def score(rows: np.ndarray) -> np.ndarray:
-        return np.stack([np.random.default_rng([seed, int(r)]).random(n) for r in rows]).reshape(len(rows), n)
+    def score(history: sp.csr_matrix) -> np.ndarray:
+        bounds = zip(history.indptr[:-1], history.indptr[1:], strict=True)
+        keys = [zlib.crc32(history.indices[a:b].tobytes()) for a, b in bounds]
+        return np.stack([np.random.default_rng([seed, key]).random(n) for key in keys]).reshape(len(keys), n)
 
     return score
 
@@ -206,8 +276,8 @@ def popular_scorer(split: Split) -> Scorer:
     """Every user gets the movies' rating counts in the training part (top_k removes what they have seen)."""
     counts = np.asarray(binary(split).sum(axis=0), dtype=np.float32).ravel()  # (n,)
 
-    def score(rows: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(counts, (len(rows), len(counts)))
+    def score(history: sp.csr_matrix) -> np.ndarray:
+        return np.broadcast_to(counts, (history.shape[0], len(counts)))
 
     return score
 
@@ -238,11 +308,10 @@ def knn_similarity(split: Split, *, neighbours: int = KNN_NEIGHBOURS, batch_item
 
 def item_knn_scorer(split: Split, *, neighbours: int = KNN_NEIGHBOURS) -> Scorer:
     """Item-kNN: score(u, j) = sum over the user's training movies i of sim(i, j), j among i's neighbours."""
-    x = binary(split)
     sim = knn_similarity(split, neighbours=neighbours)
 
-    def score(rows: np.ndarray) -> np.ndarray:
-        return np.asarray((x[rows] @ sim).toarray(), dtype=np.float32)  # (b, n)
+    def score(history: sp.csr_matrix) -> np.ndarray:
+        return np.asarray((as_binary(history) @ sim).toarray(), dtype=np.float32)  # (b, n)
 
     return score
 
@@ -287,12 +356,11 @@ def ease_weights(
 def ease_scorer(split: Split, *, lam: float = EASE_LAMBDA, max_bytes: int = EASE_MAX_BYTES) -> Scorer:
     """EASE (Steck 2019): scores = x_u B with B from ``ease_weights``; ``Skipped`` over the memory budget."""
     items, b = ease_weights(split, lam=lam, max_bytes=max_bytes)
-    x = binary(split)[:, items]
     n = split.n_movies
 
-    def score(rows: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(rows), n), dtype=np.float32)  # movies with no training rating score 0
-        out[:, items] = x[rows] @ b
+    def score(history: sp.csr_matrix) -> np.ndarray:
+        out = np.zeros((history.shape[0], n), dtype=np.float32)  # movies with no training rating score 0
+        out[:, items] = as_binary(history)[:, items] @ b
         return out
 
     return score

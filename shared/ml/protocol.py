@@ -1,4 +1,4 @@
-"""The evaluation's protocol and options (issue #11): who is kept, where each user's timeline is cut, what counts
+"""The evaluation's protocol and options (issues #11, #24): who is kept, where each user's timeline is cut, what counts
 as relevant, top k, and what a job scores by default. Plain values: the API validates requests with them without
 loading the scoring code (shared/ml/evaluate.py, shared/logic/scoring.py).
 """
@@ -7,51 +7,69 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from shared.ml.recipes import RECIPES
 
+SPLITS = ("temporal", "global")
+"""The splits an evaluation can make (shared/ml/splits.py)."""
+DEFAULT_SPLIT = "temporal"
+"""Each user's timeline cut at its own point; "global" cuts everyone's at one time (shared/ml/splits.py)."""
 DEFAULT_MIN_RATINGS = 10
 DEFAULT_TRAIN_FRACTION = 0.8
 DEFAULT_RELEVANT_AT = 4.0
 DEFAULT_K = 10
+DEFAULT_NEW_USER_SHARE = 0.15
+"""The share of users held out as the new-user cohort (removed before training, brought back as new users)."""
+VALIDATION_MIN_RATINGS = 1
+"""A validation split keeps every user of the training part (the test split's rule already chose them)."""
 
-BASELINES = ("random", "most-popular", "item-kNN", "EASE")
+BASELINES = ("random", "most-popular", "item-kNN", "EASE", "RP3beta", "iALS")
 """The baselines an evaluation can score, by their names in the table."""
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """Issue #11's protocol: who is kept, where each user's timeline is cut, what counts as relevant, top k."""
+    """Who is kept, how ratings are split by time, what counts as relevant, top k, who is a new user."""
 
+    split: str = DEFAULT_SPLIT
     min_ratings: int = DEFAULT_MIN_RATINGS
     train_fraction: float = DEFAULT_TRAIN_FRACTION
     relevant_at: float = DEFAULT_RELEVANT_AT
     k: int = DEFAULT_K
+    new_user_share: float = DEFAULT_NEW_USER_SHARE
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> Protocol:
         """From job params (absent ones take the defaults)."""
         return cls(
+            split=str(params.get("split", DEFAULT_SPLIT)),
             min_ratings=int(params.get("min_ratings", DEFAULT_MIN_RATINGS)),
             train_fraction=float(params.get("train_fraction", DEFAULT_TRAIN_FRACTION)),
             relevant_at=float(params.get("relevant_at", DEFAULT_RELEVANT_AT)),
             k=int(params.get("k", DEFAULT_K)),
+            new_user_share=float(params.get("new_user_share", DEFAULT_NEW_USER_SHARE)),
         )
 
     def describe(self) -> dict[str, Any]:
-        return {"split": "temporal", **asdict(self)}
+        return asdict(self)
 
     @property
     def training(self) -> dict[str, Any]:
         """What decides the training part (relevant_at and k only decide how the test part is scored)."""
-        return {"split": "temporal", "min_ratings": self.min_ratings, "train_fraction": self.train_fraction}
+        return {"split": self.split, "min_ratings": self.min_ratings, "train_fraction": self.train_fraction,
+                "new_user_share": self.new_user_share}  # fmt: skip
+
+    def validation(self) -> Protocol:
+        """The protocol that cuts a training part made by this one into its validation split: the same kind of
+        cut at the same fraction, every user kept, no cohort (the new users were held out already)."""
+        return replace(self, min_ratings=VALIDATION_MIN_RATINGS, new_user_share=0.0)
 
 
 def training_dataset_id(source: str, protocol: Protocol) -> str:
     """The derived training dataset's id: a hash of its source and the protocol values that cut it."""
-    key = json.dumps({"from": source, "protocol": protocol.training, "part": "temporal-train"}, sort_keys=True)
+    key = json.dumps({"from": source, "protocol": protocol.training, "part": "train"}, sort_keys=True)
     return "ds-" + hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
