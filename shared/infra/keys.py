@@ -274,8 +274,9 @@ def embeddings_artifact(ds_id: str, identity: str, pooling: str) -> str:
     return f"embeddings/{ds_id}/{identity[:16]}-{pooling}"
 
 
-EVALUATION_SPLIT_ARRAYS = ("user_ids", "evaluated", "relevant_indptr", "relevant_movie", "cold", "summary")
-"""The test part of an evaluation's temporal split (shared/logic/scoring.py documents each one)."""
+EVALUATION_SPLIT_ARRAYS = ("user_ids", "evaluated", "relevant_indptr", "relevant_movie", "cold", "cohort_user_ids",
+                           "cohort_indptr", "cohort_movie", "cohort_value", "cohort_time", "summary")  # fmt: skip
+"""The test part of an evaluation's split and its new-user cohort (shared/logic/scoring.py documents each one)."""
 
 
 def evaluation_split_artifact(training_ds: str, relevant_at: float, part: str) -> str:

@@ -49,6 +49,7 @@ class CutDescriptors:
     desc_indptr: np.ndarray  # (n + 1,) int64, the dataset's catalogue rows
     desc_indices: np.ndarray  # (nnz,) int32, into vocabulary
     vocabulary: list[str]  # unique descriptor strings, in order of first appearance
+    kept: np.ndarray  # (events,) bool: the tag events written before their user's cut
     stats: dict[str, int]
     """tags: events stored; kept: written before their user's cut; after_cut: at or after it; no_cut: of users
     with no cut (tags = kept + after_cut + no_cut); changed: movies whose descriptors differ from the
@@ -141,4 +142,4 @@ def descriptors_before(
         "changed": changed,
         "emptied": emptied,
     }
-    return CutDescriptors(rebuilt.indptr, rebuilt.indices, rebuilt.vocabulary, stats)
+    return CutDescriptors(rebuilt.indptr, rebuilt.indices, rebuilt.vocabulary, kept, stats)

@@ -24,9 +24,10 @@ dataset reaches a recipe's pipeline; the test part is read by the scoring shards
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,10 @@ from shared.errors import Conflict, NotFound
 from shared.infra.clock import utcnow_iso
 from shared.infra.keys import dataset_artifact, evaluation_part, evaluation_split_artifact
 from shared.infra.process import per_process
+from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
+from shared.logic.descriptors import CutDescriptors, descriptors_before
 from shared.logic.serving import version_scorer
-from shared.ml import evaluate
+from shared.ml import baselines, evaluate, intervals, splits
 from shared.ml.protocol import BASELINES, Protocol, training_dataset_id
 from shared.store.artifacts import ArtifactStore
 from shared.store.datasets import (
@@ -45,6 +48,7 @@ from shared.store.datasets import (
     TIMESTAMPS_SINCE_FORMAT,
     DatasetRatings,
     DatasetStore,
+    has_descriptor_parts,
     load_ratings,
 )
 from shared.store.models import ModelStore
@@ -54,20 +58,6 @@ SPLIT_CACHE = 2
 
 
 # -- the split -------------------------------------------------------------------------------------------
-def train_mask(indptr: np.ndarray, timestamps: np.ndarray, *, min_ratings: int, train_fraction: float) -> np.ndarray:
-    """(r,) bool: the ratings of a dataset (grouped by user, ``indptr``) that ``temporal_split`` puts in the
-    training part: users with >= ``min_ratings`` ratings, the first round(train_fraction n) of each by time
-    (ties in stored order)."""
-    counts = np.diff(indptr)  # (u,)
-    owner = np.repeat(np.arange(len(counts)), counts)  # (r,)
-    order = np.lexsort((np.arange(len(owner)), timestamps, owner))  # by user, then time, then stored order
-    rank = np.empty(len(owner), dtype=np.int64)
-    rank[order] = np.arange(len(owner)) - indptr[owner[order]]  # (r,) place in the user's timeline
-    n_train = np.array([round(train_fraction * c) for c in counts.tolist()], dtype=np.int64)  # as temporal_split
-    kept = counts >= min_ratings
-    return np.asarray(kept[owner] & (rank < n_train[owner]), dtype=bool)
-
-
 def ratings_matrix(indptr: np.ndarray, movie: np.ndarray, values: np.ndarray, n_movies: int) -> sp.csr_matrix:
     """(u, n_movies) CSR of one value per (user, movie) from per-user arrays, indices sorted (in copies: the
     arrays given keep their order)."""
@@ -77,40 +67,52 @@ def ratings_matrix(indptr: np.ndarray, movie: np.ndarray, values: np.ndarray, n_
     return m
 
 
-def cut(ratings: DatasetRatings, n_movies: int, protocol: Protocol) -> tuple[evaluate.Split, DatasetRatings]:
-    """A dataset's ratings split by ``protocol``: the ``Split``, and its training part as a dataset's ratings
-    arrays (the kept users, each one's training ratings in stored order, timestamps kept). Pure: no Redis."""
+@dataclass(frozen=True)
+class Cut:
+    """A dataset's ratings split by a protocol (``cut``): what the scoring reads, and what is stored to train on."""
+
+    split: evaluate.Split
+    cohort: evaluate.Cohort
+    training: DatasetRatings  # the training part as a dataset's ratings arrays
+    parts: splits.Parts  # every rating's label, and each training user's cut time (for their tags)
+
+
+def cut(ratings: DatasetRatings, n_movies: int, protocol: Protocol) -> Cut:
+    """A dataset's ratings split by ``protocol`` (``evaluate.split_ratings``): the ``Split``, the new-user cohort,
+    and the training part as a dataset's ratings arrays (the training users, each one's training ratings in
+    stored order, timestamps kept). Pure: no Redis."""
     if ratings.timestamps is None:
-        raise ValueError("a temporal split needs the ratings' timestamps")
+        raise ValueError("a split by time needs the ratings' timestamps")
     counts = np.diff(ratings.indptr)
-    split = evaluate.temporal_split(
+    split, cohort, parts = evaluate.split_ratings(
         np.repeat(ratings.user_ids, counts),
         ratings.movie_index,
         ratings.values,
         ratings.timestamps,
         n_movies=n_movies,
+        kind=protocol.split,
         min_ratings=protocol.min_ratings,
         train_fraction=protocol.train_fraction,
         relevant_at=protocol.relevant_at,
+        new_user_share=protocol.new_user_share,
     )
-    mask = train_mask(ratings.indptr, ratings.timestamps, min_ratings=protocol.min_ratings,
-                      train_fraction=protocol.train_fraction)  # fmt: skip
-    kept = counts >= protocol.min_ratings
+    mask = parts.label == splits.TRAIN
     owner = np.repeat(np.arange(len(counts)), counts)  # (r,) row of each rating's user
-    train_counts = np.bincount(owner[mask], minlength=len(counts))[kept]  # (u',) training ratings of kept users
-    part = DatasetRatings(
-        user_ids=ratings.user_ids[kept].astype(np.int32),
-        indptr=np.concatenate([[0], np.cumsum(train_counts)]).astype(np.int64),
+    train_counts = np.bincount(owner[mask], minlength=len(counts))  # (u,)
+    trained = train_counts > 0
+    training = DatasetRatings(
+        user_ids=ratings.user_ids[trained].astype(np.int32),
+        indptr=np.concatenate([[0], np.cumsum(train_counts[trained])]).astype(np.int64),
         movie_index=ratings.movie_index[mask].astype(np.int32),
         values=ratings.values[mask].astype(np.float32),
         timestamps=ratings.timestamps[mask].astype(np.int64),
     )
     # The arrays stored must be the split's training part exactly: same users, same (user, movie, rating).
-    train = ratings_matrix(part.indptr, part.movie_index, part.values, n_movies)
-    same = np.array_equal(part.user_ids, split.user_ids) and train.shape == split.train.shape
+    train = ratings_matrix(training.indptr, training.movie_index, training.values, n_movies)
+    same = np.array_equal(training.user_ids, split.user_ids) and train.shape == split.train.shape
     if not same or (train != split.train).nnz:
-        raise RuntimeError("the training part does not match the temporal split")
-    return split, part
+        raise RuntimeError("the training part does not match the split")
+    return Cut(split=split, cohort=cohort, training=training, parts=parts)
 
 
 @dataclass(frozen=True)
@@ -154,13 +156,23 @@ def derive(datasets: DatasetStore, source: str, protocol: Protocol) -> Derived:
     train_id = training_dataset_id(source, protocol)
     summary_name = evaluation_split_artifact(train_id, protocol.relevant_at, "summary")
 
-    split, training = cut(load_ratings(artifacts, source, timestamps=True), int(record["counts"]["movies"]), protocol)
-    assert training.timestamps is not None
+    made = cut(load_ratings(artifacts, source, timestamps=True), int(record["counts"]["movies"]), protocol)
+    split, cohort, training = made.split, made.cohort, made.training
+    tags: dict[str, int] | None = None
     if datasets.get(train_id) is None:
-        datasets.put_derived(source, train_id, training)
+        # Descriptors from the tags each training user wrote before their cut (nobody else's): no tag of the
+        # test period, nor of a held-out new user, reaches what a recipe trains on.
+        cut_tags = None
+        if has_descriptor_parts(artifacts, source):
+            tags_per_movie = int(record.get("options", {}).get("tags_per_movie", DEFAULT_TAGS_PER_MOVIE))
+            cut_tags = descriptors_before(artifacts, source, (made.parts.cut_users, made.parts.cut_times),
+                                          tags_per_movie=tags_per_movie)  # fmt: skip
+            tags = cut_tags.stats
+        datasets.put_derived(source, train_id, training, descriptors=cut_tags.descriptors if cut_tags else None,
+                             tags_kept=cut_tags.kept if cut_tags else None)  # fmt: skip
         took = time.perf_counter() - started
         datasets.put(_training_record(record, train_id, protocol, users=len(training.user_ids),
-                                      ratings=len(training.movie_index), seconds=took))  # fmt: skip
+                                      ratings=len(training.movie_index), seconds=took, cut=cut_tags))  # fmt: skip
 
     def put(part: str, array: np.ndarray) -> None:
         artifacts.put_array(evaluation_split_artifact(train_id, protocol.relevant_at, part), array)
@@ -170,6 +182,11 @@ def derive(datasets: DatasetStore, source: str, protocol: Protocol) -> Derived:
     put("relevant_indptr", split.relevant.indptr.astype(np.int64))
     put("relevant_movie", split.relevant.indices.astype(np.int32))
     put("cold", split.cold.astype(bool))
+    put("cohort_user_ids", cohort.user_ids.astype(np.int32))
+    put("cohort_indptr", cohort.indptr.astype(np.int64))
+    put("cohort_movie", cohort.movie_index.astype(np.int32))
+    put("cohort_value", cohort.values.astype(np.float32))
+    put("cohort_time", cohort.timestamps.astype(np.int64))
     summary = {
         "dataset": source,
         "training_dataset": train_id,
@@ -180,10 +197,26 @@ def derive(datasets: DatasetStore, source: str, protocol: Protocol) -> Derived:
         "cold_movies": int(split.cold.sum()),
         "training_ratings": int(split.train.nnz),
         "relevant_ratings": int(split.relevant.nnz),
+        "new_users": len(cohort.user_ids),
+        "new_in_test": made.parts.new_in_test,
+        "tags": tags if tags is not None else _stored_tags(datasets, train_id),
+        "new_user_slices": new_user_counts(split, cohort, protocol.relevant_at),
         "seconds": round(time.perf_counter() - started, 3),
     }
     artifacts.put_json(summary_name, summary)  # last: its presence says the whole split is stored
     return Derived(summary, reused=False)
+
+
+def new_user_counts(split: evaluate.Split, cohort: evaluate.Cohort, relevant_at: float) -> dict[str, int]:
+    """Users each new-user slice evaluates (with a relevant rating after their first N), by N."""
+    return {str(n): len(new_user_split(split, cohort, n, relevant_at)[0].evaluated) for n in splits.NEW_USER_RATINGS}
+
+
+def new_user_split(
+    split: evaluate.Split, cohort: evaluate.Cohort, first: int, relevant_at: float
+) -> tuple[evaluate.Split, sp.csr_matrix]:
+    """The new-user slice at ``first`` ratings (``evaluate.new_user_split``) against ``split``'s training part."""
+    return evaluate.new_user_split(cohort, first, n_movies=split.n_movies, cold=split.cold, relevant_at=relevant_at)
 
 
 def cold_users(split: evaluate.Split) -> int:
@@ -191,32 +224,71 @@ def cold_users(split: evaluate.Split) -> int:
     return int((np.asarray(split.relevant[:, split.cold].sum(axis=1)).ravel() > 0).sum())
 
 
+def _stored_tags(datasets: DatasetStore, train_id: str) -> dict[str, int] | None:
+    record = datasets.get(train_id) or {}
+    tags: dict[str, int] | None = record.get("derived", {}).get("tags")
+    return tags
+
+
 def _training_record(
-    source: dict[str, Any], train_id: str, protocol: Protocol, *, users: int, ratings: int, seconds: float
+    source: dict[str, Any],
+    train_id: str,
+    protocol: Protocol,
+    *,
+    users: int,
+    ratings: int,
+    seconds: float,
+    cut: CutDescriptors | None,
 ) -> dict[str, Any]:
-    """A record like an ingested dataset's: the catalogue's counts as the source's, the ratings' its own."""
+    """A record like an ingested dataset's: the catalogue's counts as the source's, the ratings' and the
+    descriptors' its own (rebuilt from the tags before the cut, when the source kept its tag events)."""
     counts = {**source["counts"], "users": users, "ratings": ratings, "ratings_kept": ratings}
+    if cut is not None:
+        counts |= {"vocabulary": len(cut.vocabulary), "descriptors": len(cut.desc_indices)}
     return {
         "id": train_id,
-        "source": f"{source.get('source', source['id'])} (temporal training part of {source['id']})",
+        "source": f"{source.get('source', source['id'])} ({protocol.split} training part of {source['id']})",
         "options": source.get("options", {}),
         "counts": counts,
         "tag_source": source.get("tag_source"),
         "created_at": utcnow_iso(),
         "ingest": {"seconds": round(seconds, 3), "peak_rss_mb": None},
-        "format": FORMAT_VERSION,
-        "derived": {"from": source["id"], "protocol": protocol.training},
+        "format": source.get("format", FORMAT_VERSION),
+        "derived": {"from": source["id"], "protocol": protocol.training, "tags": cut.stats if cut else None},
     }
 
 
 @dataclass(frozen=True)
 class SplitData:
-    """A stored split, loaded: the ``Split`` the metrics and baselines take, and the training timestamps
-    (a CSR the shape of ``split.train``) that a recipe's scorer may weigh by recency."""
+    """A stored split, loaded: the ``Split`` the metrics and baselines take, the training timestamps (a CSR the
+    shape of ``split.train``) that a recipe's scorer may weigh by recency, and the new-user cohort."""
 
     split: evaluate.Split
     times: sp.csr_matrix
+    cohort: evaluate.Cohort
     summary: dict[str, Any]
+    slices: dict[tuple[int, float], tuple[evaluate.Split, sp.csr_matrix]] = field(default_factory=dict, repr=False)
+    """The new-user slices built so far (the split is loaded once per process, and so are they)."""
+
+    def segment(self, name: str, relevant_at: float) -> tuple[evaluate.Split, sp.csr_matrix]:
+        """A segment of the scoring (``segments``): "all" (the test part), or "new-N" (the new-user slice at N
+        ratings), as a ``Split`` whose ``train`` rows are the users' histories, with their timestamps."""
+        if name == "all":
+            return self.split, self.times
+        key = (int(name.removeprefix("new-")), relevant_at)
+        if key not in self.slices:
+            self.slices[key] = new_user_split(self.split, self.cohort, key[0], relevant_at)
+        return self.slices[key]
+
+
+def segments(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a test scoring ranks, in order: every evaluated user ("all"), then each new-user slice ("new-N")
+    that has someone to evaluate; each {"name", "users"}."""
+    out = [{"name": "all", "users": int(summary["evaluated"])}]
+    for n, users in summary.get("new_user_slices", {}).items():
+        if users:
+            out.append({"name": f"new-{n}", "users": int(users)})
+    return out
 
 
 @per_process(maxsize=SPLIT_CACHE)
@@ -243,7 +315,14 @@ def load_split(artifacts: ArtifactStore, training_ds: str, relevant_at: float) -
     split = evaluate.Split(
         user_ids=part("user_ids"), train=train, evaluated=evaluated, relevant=relevant, cold=part("cold").astype(bool)
     )
-    return SplitData(split=split, times=times, summary=artifacts.get_json(summary_name))
+    cohort = evaluate.Cohort(
+        user_ids=part("cohort_user_ids"),
+        indptr=part("cohort_indptr").astype(np.int64),
+        movie_index=part("cohort_movie").astype(np.int64),
+        values=part("cohort_value").astype(np.float32),
+        timestamps=part("cohort_time").astype(np.int64),
+    )
+    return SplitData(split=split, times=times, cohort=cohort, summary=artifacts.get_json(summary_name))
 
 
 # -- baselines, fitted once per process --------------------------------------------------------------------
@@ -258,9 +337,17 @@ class Fitted:
 
 @per_process(maxsize=len(BASELINES))
 def fitted_baseline(
-    artifacts: ArtifactStore, training_ds: str, relevant_at: float, name: str, *, seed: int, ease_max_bytes: int
+    artifacts: ArtifactStore,
+    training_ds: str,
+    relevant_at: float,
+    name: str,
+    params: str,
+    *,
+    seed: int,
+    ease_max_bytes: int,
 ) -> Fitted:
-    """Baseline ``name`` fitted on the split's training part (nothing of the test part reaches it)."""
+    """Baseline ``name`` at ``params`` (JSON: hashable for the cache) fitted on the split's training part (nothing
+    of the test part reaches it)."""
     split = load_split(artifacts, training_ds, relevant_at).split
     started = time.perf_counter()
     try:
@@ -268,12 +355,8 @@ def fitted_baseline(
             scorer = evaluate.random_scorer(split, seed=seed)
         elif name == "most-popular":
             scorer = evaluate.popular_scorer(split)
-        elif name == "item-kNN":
-            scorer = evaluate.item_knn_scorer(split)
-        elif name == "EASE":
-            scorer = evaluate.ease_scorer(split, max_bytes=ease_max_bytes)
         else:
-            raise ValueError(f"unknown baseline {name!r}")
+            scorer = baselines.fit(name, split.train, json.loads(params), seed=seed, max_bytes=ease_max_bytes).score
     except evaluate.Skipped as skipped:
         return Fitted(None, str(skipped), time.perf_counter() - started)
     return Fitted(scorer, None, time.perf_counter() - started)
@@ -281,13 +364,15 @@ def fitted_baseline(
 
 # -- scoring shards ----------------------------------------------------------------------------------------
 def store_part(artifacts: ArtifactStore, job_id: str, lo: int, top: np.ndarray, *, ttl_s: int) -> None:
-    """A shard's (rows of the table, its users, k) int32 top-k movie rows (-1: nothing)."""
+    """A shard's top-k movie rows (int32, -1: nothing): (rows of the table, its users, k), or (its rows, every
+    user, k) when the plan's layout is "rows"."""
     artifacts.put_array(evaluation_part(job_id, lo), top.astype(np.int32), ttl_s=ttl_s)
 
 
-def load_parts(artifacts: ArtifactStore, job_id: str, starts: Sequence[int]) -> np.ndarray:
-    """(rows of the table, evaluated users, k): the shards' parts side by side, in user order."""
-    return np.concatenate([artifacts.get_array(name) for name in part_names(job_id, starts)], axis=1)
+def load_parts(artifacts: ArtifactStore, job_id: str, starts: Sequence[int], *, layout: str) -> np.ndarray:
+    """(rows of the table, users of every segment, k): the shards' parts side by side."""
+    axis = 0 if layout == "rows" else 1
+    return np.concatenate([artifacts.get_array(name) for name in part_names(job_id, starts)], axis=axis)
 
 
 def part_names(job_id: str, starts: Sequence[int]) -> tuple[str, ...]:
@@ -295,41 +380,106 @@ def part_names(job_id: str, starts: Sequence[int]) -> tuple[str, ...]:
     return tuple(evaluation_part(job_id, lo) for lo in starts)
 
 
+def plan_items(plan: dict[str, Any]) -> int:
+    """What a plan's shards cut into ranges: the table's rows ("rows" layout: a validation grid, every row
+    fitted once, by the one shard that scores it), or the users of every segment ("users")."""
+    if plan.get("layout") == "rows":
+        return len(plan["rows"])
+    return sum(int(s["users"]) for s in plan["segments"])
+
+
 def score_shard(
     artifacts: ArtifactStore, models: ModelStore, plan: dict[str, Any], lo: int, hi: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Evaluated users [lo, hi) ranked by every row of the plan's table: ((rows, hi - lo, k) int32 top-k movie
-    rows, -1 where nothing; stats {"users", "seconds" per row (fitting included when this process fitted it),
-    "skipped" per row that could not run})."""
+    """Items [lo, hi) of the plan ranked: ((rows, users, k) int32 top-k movie rows, -1 where nothing; stats
+    {"items", "seconds" per row (fitting included when this process fitted it), "skipped" per row that could
+    not run}). "rows" layout: rows [lo, hi), every evaluated user; else every row, users [lo, hi) of the
+    segments laid end to end."""
     data = load_split(artifacts, plan["training_dataset"], float(plan["relevant_at"]))
-    split, k = data.split, int(plan["k"])
-    users = split.evaluated[lo:hi]  # (b,) rows of split.train
-    seen = split.train[users]  # (b, n) what top_k leaves out
-    top = np.full((len(plan["rows"]), len(users), k), -1, dtype=np.int32)
+    k, relevant_at = int(plan["k"]), float(plan["relevant_at"])
+    if plan.get("layout") == "rows":
+        rows, pieces = plan["rows"][lo:hi], [("all", 0, len(data.split.evaluated))]
+    else:
+        rows, pieces = plan["rows"], _pieces(plan["segments"], lo, hi)
+    total = sum(b - a for _, a, b in pieces)
+    top = np.full((len(rows), total, k), -1, dtype=np.int32)
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
-    for i, row in enumerate(plan["rows"]):
+    for i, row in enumerate(rows):
         started = time.perf_counter()
+        scorer: evaluate.Scorer
         if row["kind"] == "baseline":
-            fitted = fitted_baseline(artifacts, plan["training_dataset"], float(plan["relevant_at"]), row["name"],
-                                     seed=int(plan["seed"]), ease_max_bytes=int(plan["ease_max_bytes"]))  # fmt: skip
+            fitted = fitted_baseline(artifacts, plan["training_dataset"], relevant_at, row["family"],
+                                     json.dumps(row.get("params", {}), sort_keys=True), seed=int(plan["seed"]),
+                                     ease_max_bytes=int(plan["ease_max_bytes"]))  # fmt: skip
             if fitted.scorer is None:
                 skipped[row["name"]] = str(fitted.skipped)
                 continue
-            scores = fitted.scorer(users)
-        else:
-            scores = version_scorer(artifacts, models, row["model"]).score(seen, data.times[users])
-        top[i] = evaluate.top_k(scores, seen, k)
+            scorer = fitted.scorer
+        at = 0
+        for segment, a, b in pieces:
+            split, times = data.segment(segment, relevant_at)
+            for start in range(a, b, BATCH_USERS):
+                users = split.evaluated[start : min(b, start + BATCH_USERS)]  # (batch,) rows of split.train
+                history = split.train[users]  # (batch, n): what they rated, and what top_k leaves out
+                if row["kind"] == "baseline":
+                    scores = scorer(history)
+                else:
+                    scores = version_scorer(artifacts, models, row["model"]).score(history, times[users])
+                top[i, at : at + len(users)] = evaluate.top_k(scores, history, k)
+                at += len(users)
         seconds[row["name"]] = round(time.perf_counter() - started, 4)
-    return top, {"users": [lo, hi], "seconds": seconds, "skipped": skipped}
+    return top, {"items": [lo, hi], "seconds": seconds, "skipped": skipped}
 
 
-def row_metrics(
+BATCH_USERS = 200
+"""Users a shard scores at a time: (200, n_movies) float32 scores, 46 MB at 58k movies."""
+
+
+def _pieces(segments: list[dict[str, Any]], lo: int, hi: int) -> list[tuple[str, int, int]]:
+    """Items [lo, hi) of segments laid end to end, as (segment, first user, end user) of each segment touched."""
+    out, offset = [], 0
+    for s in segments:
+        n = int(s["users"])
+        a, b = max(lo, offset), min(hi, offset + n)
+        if a < b:
+            out.append((str(s["name"]), a - offset, b - offset))
+        offset += n
+    return out
+
+
+@dataclass(frozen=True)
+class RowScores:
+    """One row of the table scored on one segment: its metrics, and per user NDCG and recall (for intervals)."""
+
+    metrics: dict[str, Any]
+    ndcg: np.ndarray  # (users of the segment,) float64
+    recall: np.ndarray
+
+
+def row_scores(
     artifacts: ArtifactStore, plan: dict[str, Any], job_id: str, starts: Sequence[int], skipped: Collection[str]
-) -> list[dict[str, Any] | None]:
-    """``evaluate.metrics`` of each row of the plan's table from the shards' parts (None for a skipped row)."""
-    split = load_split(artifacts, plan["training_dataset"], float(plan["relevant_at"])).split
-    k = int(plan["k"])
-    top = load_parts(artifacts, job_id, starts) if starts else np.zeros((len(plan["rows"]), 0, k), dtype=np.int32)
-    return [None if row["name"] in skipped else evaluate.metrics(top[i], split, k=k)
-            for i, row in enumerate(plan["rows"])]  # fmt: skip
+) -> dict[str, list[RowScores | None]]:
+    """Per segment, ``evaluate.metrics`` and per-user values of each row of the plan's table from the shards'
+    parts (None for a skipped row)."""
+    data = load_split(artifacts, plan["training_dataset"], float(plan["relevant_at"]))
+    k, relevant_at = int(plan["k"]), float(plan["relevant_at"])
+    layout = str(plan.get("layout", "users"))
+    top = load_parts(artifacts, job_id, starts, layout=layout)
+    names = ["all"] if layout == "rows" else [str(s["name"]) for s in plan["segments"]]
+    out: dict[str, list[RowScores | None]] = {}
+    offset = 0
+    for name in names:
+        split, _ = data.segment(name, relevant_at)
+        n = len(split.evaluated)
+        scored: list[RowScores | None] = []
+        for i, row in enumerate(plan["rows"]):
+            if row["name"] in skipped:
+                scored.append(None)
+                continue
+            rec = top[i, offset : offset + n]
+            per = intervals.per_user(rec, split.relevant, k=k) if n else {"ndcg": np.zeros(0), "recall": np.zeros(0)}
+            scored.append(RowScores(evaluate.metrics(rec, split, k=k), per["ndcg"], per["recall"]))
+        out[name] = scored
+        offset += n
+    return out

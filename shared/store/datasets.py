@@ -57,6 +57,8 @@ FORMAT_VERSION = 3
 1: the first; 2: adds ``ratings_time``; 3: adds the descriptor parts (``DESCRIPTOR_PARTS``)."""
 TIMESTAMPS_SINCE_FORMAT = 2
 """The first format whose datasets store ``ratings_time``."""
+TAG_EVENT_ARRAYS = ("tag_user", "tag_movie", "tag_text", "tag_time")
+"""The descriptor parts with one value per tags.csv event."""
 DESCRIPTOR_PARTS_SINCE_FORMAT = 3
 """The first format whose ingested datasets store ``DESCRIPTOR_PARTS``."""
 
@@ -172,12 +174,14 @@ class DatasetStore:
         ratings: DatasetRatings,
         *,
         descriptors: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
+        tags_kept: np.ndarray | None = None,
     ) -> None:
         """The arrays of a dataset derived from ``source`` (an evaluation's training part, a feedback version):
         the source's catalogue copied as it is, and ``ratings`` of its own (timestamps included). With
         ``descriptors`` (desc_indptr, desc_indices, vocabulary), those replace the source's (same movie rows:
         shared/logic/descriptors.py rebuilds them from the tags before a cut). The source's descriptor parts,
-        when it has them, are copied whole. Its record is the caller's, written after this (``put``)."""
+        when it has them, are copied, their tag events only where ``tags_kept`` (a bool per event) says so:
+        a training part holds no tag of its test period. Its record is the caller's, written after this."""
         a = self.artifacts
         own: dict[str, Any] = {}
         if descriptors is not None:
@@ -194,6 +198,8 @@ class DatasetStore:
                 a.put_json(dataset_artifact(target, name), value)
             else:
                 array = own[name] if name in own else a.get_array(dataset_artifact(source, name))
+                if tags_kept is not None and name in TAG_EVENT_ARRAYS:
+                    array = array[tags_kept]
                 a.put_array(dataset_artifact(target, name), array)
         a.put_array(dataset_artifact(target, "user_ids"), ratings.user_ids)
         a.put_array(dataset_artifact(target, "ratings_indptr"), ratings.indptr)

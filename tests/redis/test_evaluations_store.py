@@ -4,8 +4,10 @@ it, both reused; a shard's rankings the same as the pure functions' (shared/logi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import redis
 
@@ -16,7 +18,7 @@ from shared.infra.settings import Settings
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.scoring import cut, derive, load_split, score_shard, stored_split
 from shared.logic.services import Services
-from shared.ml import evaluate
+from shared.ml import baselines, evaluate
 from shared.ml.protocol import Protocol, training_dataset_id
 from shared.store.datasets import load_ratings
 from tests.conftest import SMALL
@@ -44,22 +46,32 @@ def test_the_training_dataset_is_stored_like_an_ingested_one_and_reused(
     record = svc.datasets.get(first.training_dataset)
     assert record is not None
     assert set(record) == set(source) | {"derived"}
-    assert record["derived"] == {
+    assert {k: record["derived"][k] for k in ("from", "protocol")} == {
         "from": ds,
-        "protocol": {"split": "temporal", "min_ratings": 10, "train_fraction": 0.8},
+        "protocol": {"split": "temporal", "min_ratings": 10, "train_fraction": 0.8, "new_user_share": 0.15},
     }
     assert record["format"] == source["format"] and record["options"] == source["options"]
     counts, source_counts = record["counts"], source["counts"]
     assert isinstance(source_counts, dict)
-    assert {k: counts[k] for k in ("movies", "vocabulary", "descriptors")} == {
-        k: source_counts[k] for k in ("movies", "vocabulary", "descriptors")
-    }
-    assert counts["users"] == first.summary["users"] == 610 and counts["ratings"] == first.summary["training_ratings"]
-    for name in ("movie_ids", "desc_indptr", "desc_indices"):
-        assert np.array_equal(svc.artifacts.get_array(dataset_artifact(ds, name)),
-                              svc.artifacts.get_array(dataset_artifact(first.training_dataset, name)))  # fmt: skip
+    assert counts["movies"] == source_counts["movies"]
+    assert counts["vocabulary"] < source_counts["vocabulary"]  # tags written after their user's cut are gone
+    tags = record["derived"]["tags"]
+    assert tags["tags"] == 3683 and tags["kept"] + tags["after_cut"] + tags["no_cut"] == 3683 and tags["after_cut"]
+    assert counts["users"] == first.summary["users"] and counts["ratings"] == first.summary["training_ratings"]
+    assert counts["users"] + first.summary["new_users"] == 610  # a share held out as new users, none dropped
+    assert 0.1 < first.summary["new_users"] / 610 < 0.2
+    assert np.array_equal(svc.artifacts.get_array(dataset_artifact(ds, "movie_ids")),
+                          svc.artifacts.get_array(dataset_artifact(first.training_dataset, "movie_ids")))  # fmt: skip
+    # the training part's tag events: only those written before their user's cut, by a training user
+    user = svc.artifacts.get_array(dataset_artifact(first.training_dataset, "tag_user"))
+    when = svc.artifacts.get_array(dataset_artifact(first.training_dataset, "tag_time"))
+    assert len(user) == tags["kept"]
+    made_parts = cut(load_ratings(svc.artifacts, ds, timestamps=True), int(source_counts["movies"]), Protocol()).parts
+    cuts = dict(zip(made_parts.cut_users.tolist(), made_parts.cut_times.tolist(), strict=True))
+    assert all(t < cuts[u] for u, t in zip(user.tolist(), when.tolist(), strict=True))
 
-    split, training = cut(load_ratings(svc.artifacts, ds, timestamps=True), int(source_counts["movies"]), Protocol())
+    made = cut(load_ratings(svc.artifacts, ds, timestamps=True), int(source_counts["movies"]), Protocol())
+    split, training = made.split, made.training
     stored = svc.datasets.ratings(first.training_dataset)
     for name in stored._fields:
         assert np.array_equal(getattr(stored, name), getattr(training, name)), name
@@ -79,6 +91,12 @@ def test_the_training_dataset_is_stored_like_an_ingested_one_and_reused(
     lo = int(training.indptr[0])
     assert loaded.times[0, int(training.movie_index[lo])] == training.timestamps[lo]
     assert loaded.summary == first.summary
+    assert np.array_equal(loaded.cohort.user_ids, made.cohort.user_ids)
+    assert np.array_equal(loaded.cohort.indptr, made.cohort.indptr)
+    assert np.array_equal(loaded.cohort.timestamps, made.cohort.timestamps)
+    for n, users in first.summary["new_user_slices"].items():  # each new-user slice: someone to evaluate
+        new, _ = loaded.segment(f"new-{n}", 4.0)
+        assert len(new.evaluated) == users > 0 and new.train.shape[0] == first.summary["new_users"]
 
 
 def test_a_dataset_without_timestamps_is_refused_with_the_way_out(
@@ -95,16 +113,51 @@ def test_a_shard_ranks_as_the_pure_functions_do_and_says_what_it_skipped(
 ) -> None:
     derived = derive(svc.datasets, str(source["id"]), Protocol())
     split = load_split(svc.artifacts, derived.training_dataset, 4.0).split
-    rows = [
-        {"name": name, "kind": "baseline", "model": None} for name in ("random", "most-popular", "item-kNN", "EASE")
-    ]
+    rows = [{"name": name, "kind": "baseline", "family": name, "params": {}, "model": None}
+            for name in ("random", "most-popular", "item-kNN", "EASE")]  # fmt: skip
     plan = {"training_dataset": derived.training_dataset, "relevant_at": 4.0, "k": 10, "seed": 3, "rows": rows,
-            "ease_max_bytes": 1 << 20}  # fmt: skip
+            "ease_max_bytes": 1 << 20, "segments": [{"name": "all", "users": 150}]}  # fmt: skip
     top, stats = score_shard(svc.artifacts, svc.models, plan, 100, 150)
-    assert top.shape == (4, 50, 10) and stats["users"] == [100, 150]
+    assert top.shape == (4, 50, 10) and stats["items"] == [100, 150]
     assert set(stats["seconds"]) == {"random", "most-popular", "item-kNN"}
     assert "GiB" in stats["skipped"]["EASE"] and np.all(top[3] == -1)
     users = split.evaluated[100:150]
-    for i, scorer in enumerate((evaluate.random_scorer(split, seed=3), evaluate.popular_scorer(split),
-                                evaluate.item_knn_scorer(split))):  # fmt: skip
-        assert np.array_equal(top[i], evaluate.top_k(scorer(users), split.train[users], 10))
+    knn = baselines.fit("item-kNN", split.train, {}, seed=3, max_bytes=1 << 20)
+    for i, scorer in enumerate((evaluate.random_scorer(split, seed=3), evaluate.popular_scorer(split), knn.score)):
+        assert np.array_equal(top[i], evaluate.top_k(scorer(split.train[users]), split.train[users], 10))
+
+
+def test_a_tag_of_the_test_period_changes_nothing_in_the_training_part(
+    svc: Services, source: dict[str, object], tmp_path: Path
+) -> None:
+    """The same ratings, and one more tag written after its user's cut (on a movie whose descriptors it would
+    change): the training dataset's arrays, all of them, are the same bytes."""
+    ds = str(source["id"])
+    ratings = pd.read_csv(SMALL / "ratings.csv")
+    tags = pd.read_csv(SMALL / "tags.csv")
+    user = int(tags.userId.iloc[0])
+    late = int(ratings[ratings.userId == user].timestamp.max()) + 1  # after every rating: the test period
+    movie = int(ratings.movieId.iloc[0])
+    extra = pd.DataFrame({"userId": [user] * 5, "movieId": [movie] * 5, "tag": ["zzz leaked"] * 5,
+                          "timestamp": [late] * 5})  # fmt: skip
+    directory = tmp_path / "leak"
+    directory.mkdir()
+    for name in ("movies.csv", "ratings.csv"):
+        (directory / name).write_bytes((SMALL / name).read_bytes())
+    pd.concat([tags, extra]).to_csv(directory / "tags.csv", index=False)
+    changed, _ = ingest(svc.datasets, directory, DatasetOptions(tags_per_movie=5), source="leak",
+                        progress=lambda *_: None)  # fmt: skip
+    vocabulary = svc.artifacts.get_json(dataset_artifact(str(changed["id"]), "vocabulary"))
+    assert "zzz leaked" in vocabulary  # the source dataset's descriptors have it
+    a = derive(svc.datasets, ds, Protocol()).training_dataset
+    b = derive(svc.datasets, str(changed["id"]), Protocol()).training_dataset
+    assert a != b
+    names = ("movie_ids", "desc_indptr", "desc_indices", "vocabulary", "user_ids", "ratings_indptr", "ratings_movie",
+             "ratings_value", "ratings_time", "tag_user", "tag_movie", "tag_text", "tag_time", "terms")  # fmt: skip
+    for name in names:
+        key_a, key_b = dataset_artifact(a, name), dataset_artifact(b, name)
+        if name in ("vocabulary", "terms"):
+            if name == "vocabulary":
+                assert svc.artifacts.get_json(key_a) == svc.artifacts.get_json(key_b), name
+            continue
+        assert np.array_equal(svc.artifacts.get_array(key_a), svc.artifacts.get_array(key_b)), name
