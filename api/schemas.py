@@ -440,6 +440,20 @@ class EvaluateIn(BodySchema):
         metadata={"description": "a MovieLens directory to ingest", "pattern": RELATIVE_PATH},
     )
     dataset = String(validate=Length(1, 64), metadata={"description": "or an ingested dataset id (with timestamps)"})
+    split = String(
+        load_default=protocol.DEFAULT_SPLIT,
+        validate=OneOf(protocol.SPLITS),
+        metadata={"description": "temporal: each user's timeline cut at its own point; global: one cut time for all"},
+    )
+    new_user_share = Float(
+        load_default=protocol.DEFAULT_NEW_USER_SHARE,
+        validate=Range(0.0, 0.5),
+        metadata={"description": "users held out before training and scored as new users after 1, 3, 10 ratings"},
+    )
+    tune = Boolean(
+        load_default=True,
+        metadata={"description": "choose every row's setting on a validation split of the training part"},
+    )
     min_ratings = Integer(
         load_default=protocol.DEFAULT_MIN_RATINGS,
         validate=Range(1, 100_000),
@@ -448,7 +462,10 @@ class EvaluateIn(BodySchema):
     train_fraction = Float(
         load_default=protocol.DEFAULT_TRAIN_FRACTION,
         validate=Range(0.0, 1.0, min_inclusive=False, max_inclusive=False),
-        metadata={"description": "each user's earliest round(fraction n) ratings are the training part"},
+        metadata={
+            "description": "temporal: each user's earliest round(fraction n) ratings are the training part; "
+            "global: the earliest round(fraction r) of all ratings"
+        },
     )
     relevant_at = Float(
         load_default=protocol.DEFAULT_RELEVANT_AT,

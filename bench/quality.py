@@ -1,24 +1,27 @@
-"""Recommendation quality under issue #11's protocol: the evaluation job on a fresh stack, one table.
+"""Recommendation quality under issue #24's protocol: the evaluation job on a fresh stack, one table per split.
 
-    python -m bench.quality [--data DIR] [--recipes seed,hybrid] [--baselines ...] [--seed 42] [--cpu-workers 2]
+    python -m bench.quality [--data DIR] [--splits temporal,global] [--recipes seed,hybrid] [--baselines ...]
+                            [--seed 42] [--cpu-workers 2] [--no-tune] [--json out.json]
     python -m bench.quality --pure [--data DIR] [--ease-max-gib 4]
 
 Data: a MovieLens directory (default ml-latest-small). The default run starts a fresh ``movierec up`` stack
-(embedded Redis, the API, a CPU worker with ``--cpu-workers`` processes, the GPU-queue worker), sends
-``POST /v1/jobs/evaluate`` with the directory (ingested first, then split by time, each recipe trained on the
-training part through its pipeline, every evaluated user scored in shards beside the baselines) and prints the
-job's table, the whole run's wall time and the job's own. Rows: random (the run's seed), most-popular, item-kNN
-(50 neighbours), EASE (lambda 500; skipped, saying why, over its memory budget) and each recipe
-(shared/ml/recipes.py). A row's seconds are its fitting and scoring summed over the shards (and for a recipe,
-its pipeline's wall time): CPU time more than wall time when shards run side by side.
+(embedded Redis, the API, a CPU worker with ``--cpu-workers`` processes, the GPU-queue worker) and sends one
+``POST /v1/jobs/evaluate`` per split with the directory: ingested, split by time with a share of users held out
+as new users, every setting of every row's grid scored on a validation split of the training part, the chosen
+settings refitted on the training part and scored once on the test part and on the new users, each row with a
+paired bootstrap interval against the baseline chosen on validation. It prints each job's table and wall time.
+Rows: random (the run's seed), most-popular, item-kNN, EASE (skipped, saying why, over its memory budget),
+RP3beta, iALS (shared/ml/baselines.py) and each recipe (shared/ml/recipes.py). A row's seconds are its fitting
+and scoring summed over the shards (and for a recipe, its pipeline's wall time).
 
-``--pure`` computes the baselines in this process instead (``shared.ml.evaluate``, ratings.csv read here):
-no stack, no recipes; the figures must equal the job's (a test checks it on a sample), the seconds are wall time.
+``--pure`` computes the baselines at their default settings in this process instead (``shared.ml``, ratings.csv
+read here): no stack, no recipes, no tuning; the seconds are wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -31,13 +34,12 @@ import requests
 
 from cli.evaluate import format_table
 from shared.infra.settings import Settings
+from shared.ml import baselines
 from shared.ml.evaluate import (
     EASE_MAX_BYTES,
     Scorer,
     Skipped,
     Split,
-    ease_scorer,
-    item_knn_scorer,
     metrics,
     popular_scorer,
     random_scorer,
@@ -61,25 +63,33 @@ def run_job(args: argparse.Namespace) -> int:
         body["recipes"] = [r for r in args.recipes.split(",") if r]
     if args.baselines is not None:
         body["baselines"] = [b for b in args.baselines.split(",") if b]
+    if args.no_tune:
+        body["tune"] = False
     settings = Settings(data_root=data.parent, key_prefix="bench-quality")
     start = time.perf_counter()
+    tables = []
     with tempfile.TemporaryDirectory(prefix="movierec-quality-") as run_dir, \
             fresh_stack(settings, Path(run_dir), cpu_workers=args.cpu_workers) as stack:  # fmt: skip
         up = time.perf_counter() - start
-        r = requests.post(f"{stack.api_url}/v1/jobs/evaluate", json=body, timeout=30)
-        if r.status_code != 202:
-            print(f"refused: {r.status_code} {r.text}", file=sys.stderr)
-            return 1
-        job = wait_job(stack.api_url, r.json()["id"], timeout_s=args.timeout)
-        if job["status"] != "succeeded":
-            print(f"evaluation {job['status']}: {(job.get('error') or {}).get('message')}", file=sys.stderr)
-            return 1
-        table = requests.get(f"{stack.api_url}{job['result_url']}", timeout=30).json()
-    print(format_table(table))
+        for kind in args.splits.split(","):
+            r = requests.post(f"{stack.api_url}/v1/jobs/evaluate", json={**body, "split": kind}, timeout=30)
+            if r.status_code != 202:
+                print(f"refused: {r.status_code} {r.text}", file=sys.stderr)
+                return 1
+            job = wait_job(stack.api_url, r.json()["id"], timeout_s=args.timeout)
+            if job["status"] != "succeeded":
+                print(f"evaluation {job['status']}: {(job.get('error') or {}).get('message')}", file=sys.stderr)
+                return 1
+            table = requests.get(f"{stack.api_url}{job['result_url']}", timeout=30).json()
+            started, finished = (pd.Timestamp(job[k]) for k in ("started_at", "finished_at"))
+            tables.append((table, (finished - started).total_seconds()))
+    for table, job_s in tables:
+        print(format_table(table))
+        print(f"# the {table['protocol']['split']} job: {job_s:.0f} s\n")
+    if args.json:
+        args.json.write_text(json.dumps([t for t, _ in tables], indent=1, sort_keys=True))
     took = time.perf_counter() - start
-    started, finished = (pd.Timestamp(job[k]) for k in ("started_at", "finished_at"))
-    job_s = (finished - started).total_seconds()
-    print(f"# wall time: {took:.0f} s in all (stack start {up:.0f} s), the job {job_s:.0f} s")
+    print(f"# wall time: {took:.0f} s in all (stack start {up:.0f} s)")
     return 0
 
 
@@ -100,6 +110,11 @@ def load(directory: Path) -> Split:
     )
 
 
+def default_baseline(split: Split, name: str, *, seed: int, max_bytes: int) -> Callable[[], Scorer]:
+    """A maker of baseline ``name`` at its default setting, fitted on the split's training part."""
+    return lambda: baselines.fit(name, split.train, baselines.DEFAULTS[name], seed=seed, max_bytes=max_bytes).score
+
+
 def run_pure(args: argparse.Namespace) -> int:
     """The baselines in this process."""
     start = time.perf_counter()
@@ -112,8 +127,10 @@ def run_pure(args: argparse.Namespace) -> int:
     makers: list[tuple[str, Callable[[], Scorer]]] = [
         ("random", lambda: random_scorer(split, seed=args.seed)),
         ("most-popular", lambda: popular_scorer(split)),
-        ("item-kNN", lambda: item_knn_scorer(split)),
-        ("EASE", lambda: ease_scorer(split, max_bytes=int(args.ease_max_gib * 2**30))),
+        *(
+            (name, default_baseline(split, name, seed=args.seed, max_bytes=int(args.ease_max_gib * 2**30)))
+            for name in baselines.NAMES
+        ),
     ]
     header = (
         f"{'recommender':<18} {'Recall@10':>9} {'NDCG@10':>8} {'HR@10':>6} {'cov@10':>7} {'cold rec':>8} "
@@ -143,7 +160,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data", type=Path, default=SMALL, help="a MovieLens directory")
     parser.add_argument("--recipes", default=None, help="comma-separated; '' for none (default: every recipe)")
-    parser.add_argument("--baselines", default=None, help="comma-separated; '' for none (default: all four)")
+    parser.add_argument("--baselines", default=None, help="comma-separated; '' for none (default: all six)")
+    parser.add_argument("--splits", default="temporal,global", help="one job per split, in this order")
+    parser.add_argument("--no-tune", action="store_true", help="every row at its default setting (no validation)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the tables here as JSON")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--shard-users", type=int, default=200, help="evaluated users per scoring shard")
     parser.add_argument("--cpu-workers", type=int, default=2, help="CPU worker processes of the stack")

@@ -23,31 +23,67 @@ METRICS = (("recall", "Recall@{k}", 9, 4), ("ndcg", "NDCG@{k}", 8, 4), ("hr", "H
 
 
 def format_table(table: dict[str, Any]) -> str:
-    """The evaluation's table as text: one line per row, the protocol above, what the columns mean below."""
+    """The evaluation's table as text: one line per row (its metrics, its lead over the reference baseline with
+    the 95 % interval, NDCG on each new-user slice), the protocol above, what was tuned and the verdict below."""
     p = table["protocol"]
     k = p["k"]
+    split = (
+        f"global split at one time (the last {1 - p['train_fraction']:.0%} of all ratings are the test period)"
+        if p.get("split") == "global"
+        else f"per-user temporal split (the first {p['train_fraction']:.0%} of each user's ratings by time train)"
+    )
+    held = f", {p['new_user_share']:.0%} of users held out as new users" if p.get("new_user_share") else ""
     lines = [
         f"evaluation of {table['dataset']} (trained on {table['training_dataset']}): {table['users']:,} users "
-        f"evaluated; per-user temporal split, users with >= {p['min_ratings']} ratings, the first "
-        f"{p['train_fraction']:.0%} of each user's ratings by time for training, relevant = test rating >= "
+        f"evaluated; {split}, users with >= {p['min_ratings']} ratings{held}, relevant = test rating >= "
         f"{p['relevant_at']}, top {k}, seed {p['seed']}"
     ]
-    header = f"{'recommender':<14} {'kind':<8} " + " ".join(f"{h.format(k=k):>{w}}" for _, h, w, _ in METRICS)
-    header += f" {'seconds':>8}  model"
+    slices = sorted(table.get("new_users", {}), key=int)
+    reference = next((r["name"] for r in table["rows"] if r["family"] == table.get("reference")), None)
+    width = max([11, *(len(r["name"]) for r in table["rows"])])
+    header = f"{'recommender':<{width}} {'kind':<8} " + " ".join(f"{h.format(k=k):>{w}}" for _, h, w, _ in METRICS)
+    if reference:
+        header += f" {'dNDCG vs ref [95% CI]':>26}"
+    header += "".join(f" {'new@' + n:>7}" for n in slices)
+    header += f" {'seconds':>8}"
     lines += [header, "-" * len(header)]
     for row in table["rows"]:
-        start = f"{row['name']:<14} {row['kind']:<8} "
+        start = f"{row['name']:<{width}} {row['kind']:<8} "
         if row["skipped"]:
             lines.append(f"{start}skipped: {row['skipped']}")
             continue
         cells = " ".join(f"{row[f]:>{w}.{d}f}" for f, _, w, d in METRICS)
-        lines.append(f"{start}{cells} {row['seconds']:>8.1f}  {row['model'] or ''}".rstrip())
+        if reference:
+            iv = row.get("vs_reference", {}).get("all", {}).get("ndcg")
+            lead = f"{iv['difference']:+.4f} [{iv['low']:+.4f}, {iv['high']:+.4f}]" if iv else "reference"
+            cells += f" {lead:>26}"
+        for n in slices:
+            got = (row.get("new_users") or {}).get(f"new-{n}")
+            cells += f" {got['ndcg']:>7.4f}" if got else f" {'-':>7}"
+        lines.append(f"{start}{cells} {row['seconds']:>8.1f}")
     lines.append(
         f"# cold rec: recall over the {table['cold_users']:,} users with a relevant test movie nobody rated in "
         "the training part; seconds: fitting and scoring (a recipe: its pipeline too), summed over shards"
     )
+    if slices:
+        counts = ", ".join(f"{table['new_users'][n]:,} at {n}" for n in slices)
+        lines.append(f"# new@N: NDCG@{k} of held-out users given their first N ratings, later likes relevant "
+                     f"(users with one: {counts})")  # fmt: skip
+    if reference:
+        lines.append(f"# dNDCG: paired bootstrap over users of each row's NDCG@{k} minus {reference}'s")
+    for row in table["rows"]:
+        tuning = row.get("tuning")
+        if tuning and tuning["settings"] > 1:
+            best = max(tuning["grid"].values(), key=lambda v: -1.0 if v is None else v)
+            lines.append(f"# {row['family']}: tuned over {tuning['settings']} settings on validation, chose "
+                         f"{row['name']} (validation NDCG@{k} {best:.4f})")  # fmt: skip
+    for note in table.get("notes", []):
+        lines.append(f"# {note}")
     if table.get("best"):
-        lines.append(f"# best recipe by NDCG@{k}: {table['best']}")
+        how = "chosen on validation" if p.get("tuned") else f"by NDCG@{k}"
+        lines.append(f"# default recipe ({how}): {table['best']}")
+    if table.get("verdict"):
+        lines.append(f"# {table['verdict']}")
     return "\n".join(lines)
 
 

@@ -177,6 +177,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     body = {
         "dataset": args.dataset,
+        "split": args.split,
+        "new_user_share": args.new_user_share,
+        "tune": False if args.no_tune else None,
         "min_ratings": args.min_ratings,
         "train_fraction": args.train_fraction,
         "relevant_at": args.relevant_at,
@@ -498,15 +501,20 @@ def _add_client_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "evaluate",
-        help="evaluate recipes against the baselines under a temporal split; print the table",
-        description="Split each user's ratings by time, train the recipes on the training part, score them and "
-        "the baselines (random, most-popular, item-kNN, EASE) on the test part: Recall, NDCG, HR, coverage "
-        "and cold-start recall at k. Without --api, runs the embedded stack on --data (as movierec demo does).",
+        help="evaluate recipes against tuned baselines under a split by time; print the table",
+        description="Split the ratings by time (per user, or at one global time), tune every recipe and baseline "
+        "(random, most-popular, item-kNN, EASE, RP3beta, iALS) on a validation split of the training part, refit "
+        "the chosen settings on the training part, score them once on the test part and on held-out new users: "
+        "Recall, NDCG, HR, coverage and cold-start recall at k, with paired bootstrap intervals against the best "
+        "baseline. Without --api, runs the embedded stack on --data (as movierec demo does).",
     )
     p.add_argument("--data", default=None, help="a MovieLens directory (with --api: a path in the API's data root)")
     p.add_argument("--dataset", default=None, help="with --api: an ingested dataset id instead of --data")
     p.add_argument("--recipes", default=None, help="comma-separated; '' for none (default: every recipe)")
-    p.add_argument("--baselines", default=None, help="comma-separated; '' for none (default: all four)")
+    p.add_argument("--baselines", default=None, help="comma-separated; '' for none (default: all six)")
+    p.add_argument("--split", choices=("temporal", "global"), default=None, help="default temporal (per user)")
+    p.add_argument("--new-user-share", type=float, default=None, help="users held out as new users (default 0.15)")
+    p.add_argument("--no-tune", action="store_true", help="every row at its default setting, no validation")
     p.add_argument("--min-ratings", type=int, default=None, help="default 10")
     p.add_argument("--train-fraction", type=float, default=None, help="default 0.8")
     p.add_argument("--relevant-at", type=float, default=None, help="default 4.0")

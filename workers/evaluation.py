@@ -17,7 +17,7 @@ from shared.jobs.progress import Position
 from shared.jobs.sharded import ShardPlan
 from shared.jobs.store import Job
 from shared.logic.evaluation import EvaluationState, advance, build_table, parent
-from shared.logic.scoring import derive, part_names, row_metrics, score_shard, store_part
+from shared.logic.scoring import derive, part_names, row_scores, score_shard, store_part
 from shared.logic.services import Services
 from shared.ml.protocol import Protocol
 
@@ -51,7 +51,8 @@ def evaluation_split(job_id: str, source: str, protocol: dict[str, Any]) -> None
 
 @shared_task(name="workers.evaluation.evaluation_shard")
 def evaluation_shard(job_id: str, plan: dict[str, Any], lo: int, hi: int, total: int) -> None:
-    """Rank evaluated users [lo, hi) by every row of the table; idempotent: the part's name is fixed by lo."""
+    """Rank items [lo, hi) of the plan (users by every row, or every user by rows [lo, hi)); idempotent: the
+    part's name is fixed by lo."""
 
     def work(svc: Services) -> dict[str, Any]:
         top, stats = score_shard(svc.artifacts, svc.models, plan, lo, hi)
@@ -77,7 +78,8 @@ def evaluation_join(job_id: str, plan: dict[str, Any]) -> None:
         started = time.perf_counter()
         starts = [lo for lo, _ in shards.ranges]
         skipped = {name for s in stats for name in s.get("skipped", {})}
-        table = build_table(job.params, state, plan, row_metrics(svc.artifacts, plan, job_id, starts, skipped), stats)
+        scores = row_scores(svc.artifacts, plan, job_id, starts, skipped)
+        table = build_table(job.params, state, plan, scores, stats)
         for row in table["rows"]:
             if row["model"] is not None:
                 svc.models.update(row["model"], evaluation=table)

@@ -146,7 +146,7 @@ function evaluationTable(evaluation) {
   const rows = evaluation.rows.map((row) =>
     el(
       "tr",
-      { class: row.name === evaluation.best ? "best" : null },
+      { class: (row.family || row.name) === evaluation.best ? "best" : null },
       el("td", { text: row.name }),
       el("td", { text: row.kind }),
       row.skipped
@@ -162,7 +162,8 @@ function evaluationTable(evaluation) {
     ),
   );
   const caption = `${(evaluation.users || 0).toLocaleString()} users evaluated on ${evaluation.dataset}` +
-    (evaluation.best ? `; best recipe by NDCG: ${evaluation.best}` : "");
+    (evaluation.best ? `; default recipe (chosen on validation): ${evaluation.best}` : "") +
+    (evaluation.verdict ? `. ${evaluation.verdict}` : "");
   return el("div", {}, el("p", { class: "muted", text: caption }), table(headers, rows, { class: "evaluation" }));
 }
 

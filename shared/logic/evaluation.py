@@ -1,4 +1,4 @@
-"""The evaluation job: a dataset split by time, each recipe trained on the training part, every user scored.
+"""The evaluation job: a dataset split by time, every row tuned on validation, refitted, scored once on test.
 
 Like the pipeline (shared/logic/pipeline.py), an evaluation is a job of its own that moves through stages in
 short steps (``workers.evaluation.evaluation_step``), none of which waits for another:
@@ -6,16 +6,27 @@ short steps (``workers.evaluation.evaluation_step``), none of which waits for an
     POST /v1/jobs/evaluate ──> evaluation job ──> step
       ingest          child job ``ingest``: the path's or the named dataset,  ─┐ a finished child, the split
                       with its feedback (a feedback version if it has any)    │ task or the join sends the
-      split           task ``evaluation_split``: the training dataset and the  │ step again, which moves on
-                      test part (shared/logic/scoring.py), reused if stored │
-      train:<recipe>  per recipe, one after the other: child job ``pipeline`` ─┘
-                      {"dataset": training dataset, "recipe", "seed", "activate": false}
-      score           shards of ``shard_users`` evaluated users (``evaluation_shard``): every row of the
-                      table ranks them; the shard that completes the set sends ``evaluation_join``:
-                      metrics per row, the table as the job's result and on each recipe's model record
+      split           task ``evaluation_split``: the training dataset, the test │ step again, which moves on
+                      part and the new-user cohort (shared/logic/scoring.py)   │
+      validate        child job ``evaluate`` in grid mode on the training      │
+                      dataset, cut again by ``Protocol.validation`` (each      │
+                      user's last 20 % of it): every setting of every grid,    │
+                      recipes and baselines alike, scored on validation; the   │
+                      best setting of each row is chosen there                 │
+      train:<recipe>  per recipe, its chosen setting: child job ``pipeline`` ──┘
+                      {"dataset": training dataset, "recipe", overrides, "seed", "activate": false}
+      score           shards of ``shard_users`` users of every segment (the test part's users, then each
+                      new-user slice's): every row ranks them; the shard that completes the set sends
+                      ``evaluation_join``: metrics per row and segment, each row's paired bootstrap interval
+                      against the baseline chosen on validation, the table as the job's result
 
-Only the training dataset reaches a recipe's pipeline; the test part is read by the shards and the join.
-Every output is content addressed (the split, the pipelines' stages), so a rerun trains nothing again.
+A grid-mode job (the ``validate`` child) has no ingest and no validate stage: it trains ``train:<variant>``
+for every setting of every recipe's grid and scores one shard per row of the table ("rows" layout), each
+fitting its baseline setting once. ``"tune": false`` skips validation: every row at its default setting.
+
+Only the training dataset reaches a recipe's pipeline and a baseline; the test part and the cohort are read by
+the shards and the join alone. Every output is content addressed (the splits, the pipelines' stages), so a
+rerun trains nothing again.
 
 The job's ``evaluation`` field holds its ``EvaluationState``; only the step writes it, under the job's lock.
 Progress is one fraction over the stages, each weighted by its usual share of the time (``WEIGHTS``); a child
@@ -37,23 +48,42 @@ from shared.jobs.progress import Position, report
 from shared.jobs.sharded import ShardPlan, send_shards, stored_plan
 from shared.jobs.store import Job, JobStore
 from shared.jobs.submit import submit
-from shared.logic.scoring import stored_split
+from shared.logic.scoring import RowScores, plan_items, segments, stored_split
 from shared.logic.services import Services
+from shared.ml import baselines, intervals
 from shared.ml.evaluate import EASE_MAX_BYTES
 from shared.ml.protocol import DEFAULT_SEED, DEFAULT_SHARD_USERS, Protocol, baselines_of, recipes_of
+from shared.ml.recipes import GRIDS, grid_points, variant_label
 
 STATE_FIELD = "evaluation"
 """The evaluation job's record field that holds its ``EvaluationState``."""
 
-WEIGHTS = {"ingest": 1.0, "split": 0.5, "train": 4.0, "score": 6.0}
+WEIGHTS = {"ingest": 1.0, "split": 0.5, "validate": 12.0, "train": 4.0, "score": 6.0}
 """Each stage's share of the progress bar, roughly its share of the time on ml-latest-small with the default
-recipes (2 cores: ingest 2 s, split 1 s, the seed recipe's pipeline 30 s, the hybrid one's 7 s, scoring 45 s
-of which fitting EASE in each worker process is most)."""
+recipes (2 cores: ingest 2 s, split 1 s, validation two minutes, the seed recipe's pipeline 30 s, the hybrid
+one's 7 s, scoring 45 s of which fitting the baselines in each worker process is most)."""
 
 
 def stages(params: dict[str, Any]) -> list[str]:
-    """The job's stages, in order: ``ingest`` (a path given), ``split``, ``train:<recipe>`` each, ``score``."""
-    return ["ingest", "split", *(f"train:{r}" for r in recipes_of(params)), "score"]
+    """The job's stages, in order: ``ingest``, ``split``, ``validate`` (unless ``tune`` is false),
+    ``train:<recipe>`` each, ``score``; in grid mode ``split``, ``train:<variant>`` each, ``score``."""
+    if params.get("grid"):
+        return ["split", *(f"train:{label}" for label, _, _ in recipe_variants(params)), "score"]
+    tune = ["validate"] if params.get("tune", True) else []
+    return ["ingest", "split", *tune, *(f"train:{r}" for r in recipes_of(params)), "score"]
+
+
+def recipe_variants(params: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """A grid-mode job's recipe rows: (label, recipe, overrides) for every setting of every recipe's grid."""
+    return [(variant_label(r, v), r, v) for r in recipes_of(params) for v in grid_points(GRIDS.get(r, {}))]
+
+
+def baseline_settings(name: str, *, grid: bool) -> list[dict[str, Any]]:
+    """A baseline's settings: every point of its tuning grid, or its default alone (random and most-popular
+    have no setting)."""
+    if name in baselines.GRIDS:
+        return baselines.grid(name) if grid else [dict(baselines.DEFAULTS[name])]
+    return [{}]
 
 
 def parent(job_id: str, params: dict[str, Any], stage: str) -> Position:
@@ -102,7 +132,7 @@ def advance(svc: Services, celery: Celery, job_id: str) -> None:
     while state.stage < len(names):
         stage = names[state.stage]
         kind = stage.partition(":")[0]
-        step = _child_stage if kind in ("ingest", "train") else _split_stage if kind == "split" else _score_stage
+        step = {"split": _split_stage, "score": _score_stage}.get(kind, _child_stage)
         if not step(svc, celery, job, state, stage):
             return  # started, or waiting: a finished child, the split task or the join comes back
         state.stage += 1
@@ -115,16 +145,7 @@ def _child_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
     kind, _, recipe = stage.partition(":")
     child_id = state.children.get(stage)
     if child_id is None:
-        if kind == "ingest":  # the path's dataset, or the one named, with its feedback (as a pipeline's)
-            child_kind = "ingest"
-            child_params: dict[str, Any] = {"dataset": job.params.get("dataset"), "feedback": True}
-            if job.params.get("path"):
-                child_params = {"path": job.params["path"], "tags_per_movie": DEFAULT_TAGS_PER_MOVIE,
-                                "genres_fix_csv": None, "feedback": True}  # fmt: skip
-        else:
-            child_kind = "pipeline"
-            child_params = {"dataset": state.results["split"]["training_dataset"], "recipe": recipe,
-                            "seed": int(job.params.get("seed", DEFAULT_SEED)), "activate": False}  # fmt: skip
+        child_kind, child_params = _child_job(job, state, stage)
         where = parent(job.id, job.params, stage)
         # A child belongs to whoever owns the evaluation, so the key that started it can follow every stage.
         child = submit(celery, svc.jobs, kind=child_kind, params={**child_params, "parent": where}, owner=job.owner)
@@ -137,12 +158,39 @@ def _child_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
         return False  # a later notification moves it on
     if finished is None or finished.status != "succeeded":
         reason = (finished.error or {}).get("message", finished.status) if finished else "its job expired"
-        what = f"recipe {recipe}" if kind == "train" else "ingest"
+        what = {"train": f"recipe {recipe}", "validate": "validation"}.get(kind, kind)
         svc.jobs.fail(job.id, code="stage_failed", message=f"{what} failed: {reason}",
                       details={"stage": stage, "job": child_id})  # fmt: skip
         return False
     state.results[stage] = _child_result(kind, finished)
     return True
+
+
+def _child_job(job: Job, state: EvaluationState, stage: str) -> tuple[str, dict[str, Any]]:
+    """The kind and params of the child job that does ``stage``."""
+    kind, _, recipe = stage.partition(":")
+    if kind == "ingest":  # the path's dataset, or the one named, with its feedback (as a pipeline's)
+        if job.params.get("path"):
+            return "ingest", {"path": job.params["path"], "tags_per_movie": DEFAULT_TAGS_PER_MOVIE,
+                              "genres_fix_csv": None, "feedback": True}  # fmt: skip
+        return "ingest", {"dataset": job.params.get("dataset"), "feedback": True}
+    training = state.results["split"]["training_dataset"]
+    seed = int(job.params.get("seed", DEFAULT_SEED))
+    if kind == "validate":  # the same rows, every setting of their grids, on the training part cut again
+        keep = ("recipes", "baselines", "seed", "shard_users")
+        return "evaluate", {"dataset": training, "grid": True, "tune": False,
+                            **Protocol.of(job.params).validation().describe(),
+                            **{key: job.params[key] for key in keep if job.params.get(key) is not None}}  # fmt: skip
+    if job.params.get("grid"):
+        _, name, overrides = next(v for v in recipe_variants(job.params) if v[0] == recipe)
+    else:
+        name, overrides = recipe, chosen(state).get(recipe, {})
+    return "pipeline", {"dataset": training, "recipe": name, **overrides, "seed": seed, "activate": False}
+
+
+def chosen(state: EvaluationState) -> dict[str, dict[str, Any]]:
+    """Each row's setting chosen on validation ({} before validation, or without it: the defaults)."""
+    return dict(state.results.get("validate", {}).get("chosen", {}))
 
 
 def _split_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> bool:
@@ -169,9 +217,10 @@ def _score_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
     """Plan the scoring shards and send them, once; the shards and the join finish the job."""
     if stored_plan(svc.jobs, job.id) is not None:
         return False
-    split = state.results["split"]  # someone to evaluate: a split with nobody failed the job
     shard_users = int(job.params.get("shard_users", DEFAULT_SHARD_USERS))
-    plan = ShardPlan(items=int(split["evaluated"]), size=shard_users, payload=_scoring(job.params, state))
+    payload = _scoring(job.params, state)
+    size = 1 if payload["layout"] == "rows" else shard_users
+    plan = ShardPlan(items=plan_items(payload), size=size, payload=payload)
     report(svc.jobs, job, parent(job.id, job.params, stage), 0.0, f"0 of {len(plan.ranges)} shards scored")
     send_shards(svc.jobs, celery, job.id, "evaluate", plan)
     return False
@@ -181,6 +230,8 @@ def _child_result(kind: str, child: Job) -> dict[str, Any]:
     result = child.result or {}
     if kind == "ingest":
         return {"dataset": result["dataset"], "job": child.id}
+    if kind == "validate":
+        return {"job": child.id, **choose(result)}
     return {"model": result["model"], "job": child.id, "seconds": _wall_seconds(child)}
 
 
@@ -191,63 +242,180 @@ def _wall_seconds(job: Job) -> float:
     return round((end - start).total_seconds(), 3)
 
 
+def table_rows(params: dict[str, Any], state: EvaluationState) -> list[dict[str, Any]]:
+    """The rows a job scores: {"name", "kind", "family", "params", "model"} of every baseline and recipe, at
+    every setting of their grids (grid mode), at the setting chosen on validation, or at their defaults."""
+    grid, picked = bool(params.get("grid")), chosen(state)
+    rows = []
+    for b in baselines_of(params):
+        for setting in [picked[b]] if b in picked else baseline_settings(b, grid=grid):
+            rows.append({"name": variant_label(b, setting), "kind": "baseline", "family": b, "params": setting,
+                         "model": None})  # fmt: skip
+    variants = recipe_variants(params) if grid else [(r, r, picked.get(r, {})) for r in recipes_of(params)]
+    for stage, recipe, overrides in variants:
+        rows.append({"name": variant_label(recipe, overrides), "kind": "recipe", "family": recipe,
+                     "params": overrides, "model": state.results[f"train:{stage}"]["model"]})  # fmt: skip
+    return rows
+
+
 def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
     """What every scoring shard and the join work from (small JSON, the shard plan's payload)."""
     split = state.results["split"]
-    rows = [{"name": b, "kind": "baseline", "model": None} for b in baselines_of(params)]
-    rows += [{"name": r, "kind": "recipe", "model": state.results[f"train:{r}"]["model"]} for r in recipes_of(params)]
+    protocol = Protocol.of(params)
     return {
         "dataset": split["dataset"],
         "training_dataset": split["training_dataset"],
-        "relevant_at": Protocol.of(params).relevant_at,
-        "k": Protocol.of(params).k,
+        "relevant_at": protocol.relevant_at,
+        "k": protocol.k,
         "seed": int(params.get("seed", DEFAULT_SEED)),
         "ease_max_bytes": EASE_MAX_BYTES,
-        "rows": rows,
+        "rows": table_rows(params, state),
+        "layout": "rows" if params.get("grid") else "users",
+        "segments": [{"name": "all", "users": int(split["evaluated"])}] if params.get("grid") else segments(split),
     }
+
+
+def choose(table: dict[str, Any]) -> dict[str, Any]:
+    """From a grid-mode table: each row family's best setting on validation by NDCG@k (ties: the first in grid
+    order), the recipe to make the default (the best recipe), the baseline to measure against (the best baseline
+    but random), and every setting's validation figures."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in table["rows"]:
+        if row["ndcg"] is not None and (row["family"] not in best or row["ndcg"] > best[row["family"]]["ndcg"]):
+            best[row["family"]] = row
+    kinds = {row["family"]: row["kind"] for row in table["rows"]}
+
+    def top(kind: str, *, but: tuple[str, ...] = ()) -> str | None:
+        named = [f for f in best if kinds[f] == kind and f not in but]
+        return max(named, key=lambda f: best[f]["ndcg"]) if named else None  # ties: the first named
+
+    return {
+        "chosen": {family: row["params"] for family, row in best.items()},
+        "default": top("recipe"),
+        "reference": top("baseline", but=("random",)),
+        "grid": [{key: row[key] for key in GRID_KEYS} for row in table["rows"]],
+        "users": table["users"],
+    }
+
+
+GRID_KEYS = ("name", "family", "params", "ndcg", "recall", "skipped")
+"""What validation keeps of each setting it scored."""
+
+NOTES = (
+    "every choice (each row's setting, the default recipe, the reference baseline) was made on the validation "
+    "split, the last 20 % of the training part; the test part was scored once",
+    "descriptors hold only tags written before each tagging user's cut; genome scores carry no time and stay",
+)
+"""The table's notes on the protocol, printed under it."""
 
 
 def build_table(
     params: dict[str, Any],
     state: EvaluationState,
     plan: dict[str, Any],
-    metrics: list[dict[str, Any] | None],
+    scores: dict[str, list[RowScores | None]],
     shard_stats: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The job's result: one row per baseline and recipe of ``plan`` (the scoring's), with the protocol and where
-    it ran."""
+    """The job's result: one row per baseline and recipe of ``plan`` (the scoring's) with its metrics on the test
+    part, on each new-user slice, and its paired bootstrap interval against the reference baseline; how each row
+    was tuned; the protocol and where it ran."""
     split = state.results["split"]
+    validation = state.results.get("validate", {})
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
     for stats in shard_stats:
         skipped.update(stats.get("skipped", {}))
-        for name, s in stats.get("seconds", {}).items():
-            seconds[name] = seconds.get(name, 0.0) + float(s)
+        for name, sec in stats.get("seconds", {}).items():
+            seconds[name] = seconds.get(name, 0.0) + float(sec)
+    reference = validation.get("reference")
+    ref_index = next((i for i, r in enumerate(plan["rows"]) if r["family"] == reference), None)
+    seed = int(plan["seed"])
     rows = []
-    for row, m in zip(plan["rows"], metrics, strict=True):
+    for i, row in enumerate(plan["rows"]):
         name = row["name"]
-        trained = state.results.get(f"train:{name}", {}) if row["kind"] == "recipe" else {}
+        main = scores["all"][i]
+        stage = f"train:{name}" if params.get("grid") else f"train:{row['family']}"
+        trained = state.results.get(stage, {}) if row["kind"] == "recipe" else {}
         took = seconds.get(name, 0.0) + float(trained.get("seconds", 0.0))
-        rows.append({
+        out = {
             "name": name,
             "kind": row["kind"],
+            "family": row["family"],
+            "params": row["params"],
             "model": row["model"],
-            **{key: (None if m is None else m[key]) for key in ("recall", "ndcg", "hr", "coverage", "cold_recall")},
+            **{key: (None if main is None else main.metrics[key]) for key in METRIC_KEYS},
             "seconds": round(took, 2),
-            "skipped": skipped.get(name) if m is None else None,
-        })  # fmt: skip
+            "skipped": skipped.get(name) if main is None else None,
+        }
+        slices = {seg: _slice(scored[i]) for seg, scored in scores.items() if seg != "all"}
+        if slices:
+            out["new_users"] = slices
+        if ref_index is not None and i != ref_index:
+            out["vs_reference"] = _versus(scores, i, ref_index, seed=seed)
+        if validation:
+            out["tuning"] = _tuning(validation, row["family"])
+        rows.append(out)
+    default = validation.get("default")
     recipes = [r for r in rows if r["kind"] == "recipe" and r["ndcg"] is not None]
-    best = max(recipes, key=lambda r: r["ndcg"])["name"] if recipes else None  # ties: the first named
-    return {
-        "protocol": {**Protocol.of(params).describe(), "seed": int(plan["seed"])},
+    if default is None and recipes:  # no validation (grid mode, or tune off): the best on this table
+        default = max(recipes, key=lambda r: r["ndcg"])["family"]
+    table = {
+        "protocol": {**Protocol.of(params).describe(), "seed": seed, "tuned": bool(validation)},
         "dataset": split["dataset"],
         "training_dataset": split["training_dataset"],
         "users": int(split["evaluated"]),
         "cold_users": int(split["cold_users"]),
+        "new_users": {seg: int(n) for seg, n in split.get("new_user_slices", {}).items()},
         "rows": rows,
-        "best": best,
+        "best": default,
+        "reference": reference,
         "jobs": {stage: child for stage, child in state.children.items()},
     }
+    if validation:
+        table["validation"] = {"users": validation.get("users")}  # its job: jobs["validate"]
+        table["notes"] = list(NOTES)
+        table["verdict"] = _verdict(rows, default, reference)
+    return table
+
+
+METRIC_KEYS = ("recall", "ndcg", "hr", "coverage", "cold_recall")
+
+
+def _slice(scored: RowScores | None) -> dict[str, Any] | None:
+    return None if scored is None else {key: scored.metrics[key] for key in ("recall", "ndcg", "hr", "users")}
+
+
+def _versus(scores: dict[str, list[RowScores | None]], i: int, ref: int, *, seed: int) -> dict[str, Any]:
+    """Row ``i``'s paired bootstrap intervals against row ``ref`` per segment and metric (same users, paired)."""
+    out: dict[str, Any] = {}
+    for seg, scored in scores.items():
+        a, b = scored[i], scored[ref]
+        if a is None or b is None:
+            continue
+        out[seg] = {"ndcg": intervals.paired_bootstrap(a.ndcg, b.ndcg, seed=seed).to_json(),
+                    "recall": intervals.paired_bootstrap(a.recall, b.recall, seed=seed).to_json()}  # fmt: skip
+    return out
+
+
+def _tuning(validation: dict[str, Any], family: str) -> dict[str, Any]:
+    """What a row was tuned over and what was chosen: the grid's settings with their validation NDCG."""
+    grid = [g for g in validation.get("grid", []) if g["family"] == family]
+    return {
+        "grid": {g["name"]: g["ndcg"] for g in grid},
+        "chosen": validation.get("chosen", {}).get(family),
+        "settings": len(grid),
+    }
+
+
+def _verdict(rows: list[dict[str, Any]], default: str | None, reference: str | None) -> str | None:
+    """One line: does the default recipe lead the reference baseline significantly on the test part?"""
+    row = next((r for r in rows if r["family"] == default and r["kind"] == "recipe"), None)
+    ref = next((r for r in rows if r["family"] == reference), None)
+    if row is None or ref is None or "all" not in row.get("vs_reference", {}):
+        return None
+    iv = row["vs_reference"]["all"]["ndcg"]
+    interval = intervals.Interval(**{k: iv[k] for k in ("difference", "low", "high", "level", "resamples")})
+    return intervals.verdict(row["name"], ref["name"], interval)
 
 
 def janitor_units(svc: Services, job: Job) -> tuple[str | None, list[tuple[str, Task, list[Any]]]]:

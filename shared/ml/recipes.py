@@ -76,8 +76,27 @@ RECIPES: dict[str, Recipe] = {
     )
 }
 
+GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "seed": {},  # the notebook's method as it ran: a fixed reference, not tuned
+    "hybrid": {"hidden_dim": (64, 128), "liked_at": (3.5, 4.0)},
+}
+"""Each recipe's tuning grid: the options an evaluation's validation split chooses among (every combination)."""
+
 DEFAULT_RECIPE = "hybrid"
 """The recipe of ``/v1/pipelines`` and ``movierec demo`` when none is named: the best row of the table."""
+
+
+def grid_points(grid: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Every combination of a grid's values, the last name varying fastest ([{}] for an empty grid)."""
+    points: list[dict[str, Any]] = [{}]
+    for name, values in grid.items():
+        points = [{**p, name: v} for p in points for v in values]
+    return points
+
+
+def variant_label(name: str, options: dict[str, Any]) -> str:
+    """A recipe or baseline at some setting, as the table names it: ``hybrid hidden_dim=64 liked_at=3.5``."""
+    return " ".join([name, *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items())])
 
 
 def recipe_options(name: str | None, overrides: dict[str, Any]) -> dict[str, Any]:

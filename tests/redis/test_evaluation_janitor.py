@@ -35,7 +35,7 @@ def janitor(svc: Services) -> Janitor:
     return Janitor(svc, make_celery(svc.settings), worker="test")
 
 
-PARAMS = {"dataset": "ds-a", "recipes": ["seed"], "baselines": ["random"], "shard_users": 10}
+PARAMS = {"dataset": "ds-a", "recipes": ["seed"], "baselines": ["random"], "shard_users": 10, "tune": False}
 
 
 def running(svc: Services, state: EvaluationState) -> str:

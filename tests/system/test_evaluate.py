@@ -1,5 +1,6 @@
 """The evaluation job end to end over HTTP, on real workers: a sample of ml-latest-small ingested, split by time,
-the ``seed`` recipe trained on the training part, every user scored in shards beside the four baselines."""
+every baseline's grid and the ``seed`` recipe scored on a validation split of the training part, the chosen
+settings refitted and every user scored in shards, the held-out cohort scored as new users."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import requests
 
 from cli.stack import Stack
 from shared.infra.settings import Settings
-from shared.ml import evaluate
+from shared.ml import baselines, evaluate, splits
+from shared.ml.evaluate import EASE_MAX_BYTES
 from shared.ml.recipes import RECIPES
 from shared.store.datasets import load_ratings
 from tests.conftest import SMALL, delete_prefix
@@ -27,7 +29,7 @@ from tests.helpers import REPO, wait_job
 SAMPLE = "eval-sample"
 USERS = 120
 """The first users of ml-latest-small (by id), their ratings and the movies they rated: ~50 evaluated."""
-BASELINES = ["random", "most-popular", "item-kNN", "EASE"]
+BASELINES = ["random", "most-popular", "item-kNN", "EASE", "RP3beta", "iALS"]
 METRICS = ("recall", "ndcg", "hr", "coverage", "cold_recall")
 
 
@@ -75,17 +77,38 @@ def test_the_table_scores_the_recipe_and_the_baselines(
 ) -> None:
     job, table = first
     assert job["progress"] == 1.0
-    assert [(r["name"], r["kind"]) for r in table["rows"]] == [
+    assert [(r["family"], r["kind"]) for r in table["rows"]] == [
         *((b, "baseline") for b in BASELINES),
         ("seed", "recipe"),
     ]
     assert table["protocol"] == {"split": "temporal", "min_ratings": 10, "train_fraction": 0.8, "relevant_at": 4.0,
-                                 "k": 10, "seed": 7}  # fmt: skip
+                                 "k": 10, "new_user_share": 0.15, "seed": 7, "tuned": True}  # fmt: skip
     assert table["users"] > 20 and 0 <= table["cold_users"] <= table["users"]
     for row in table["rows"]:
         assert row["skipped"] is None and row["seconds"] >= 0
         assert all(0.0 <= row[m] <= 1.0 for m in METRICS), row
     assert table["best"] == "seed"
+    # Every row was tuned on validation: its grid's settings scored there, the best one chosen and named.
+    validation = requests.get(f"{api_url}/v1/jobs/{table['jobs']['validate']}/result", timeout=10).json()
+    assert validation["protocol"]["min_ratings"] == 1 and validation["protocol"]["new_user_share"] == 0.0
+    assert validation["dataset"] == table["training_dataset"]  # the validation split cuts the training part
+    for row in table["rows"]:
+        grid = {r["name"]: r["ndcg"] for r in validation["rows"] if r["family"] == row["family"]}
+        assert row["tuning"]["grid"] == grid and row["name"] in grid
+        assert grid[row["name"]] == max(v for v in grid.values() if v is not None)
+    assert len([r for r in validation["rows"] if r["family"] == "EASE"]) > 3
+    # Intervals against the reference baseline (the best on validation), and the verdict on the default.
+    assert table["reference"] in BASELINES[1:]
+    for row in table["rows"]:
+        if row["family"] != table["reference"]:
+            iv = row["vs_reference"]["all"]["ndcg"]
+            assert iv["low"] <= iv["difference"] <= iv["high"] and iv["resamples"] == 2000
+    assert table["verdict"].startswith("seed leads")
+    # The new-user slice: every row scored on held-out users given their first 1, 3 and 10 ratings.
+    assert set(table["new_users"]) == {"1", "3", "10"} and all(n > 0 for n in table["new_users"].values())
+    for row in table["rows"]:
+        assert set(row["new_users"]) == {"new-1", "new-3", "new-10"}
+        assert all(0.0 <= s["ndcg"] <= 1.0 for s in row["new_users"].values())
     popular = next(r for r in table["rows"] if r["name"] == "most-popular")
     assert popular["ndcg"] > next(r for r in table["rows"] if r["name"] == "random")["ndcg"]
     assert popular["cold_recall"] == 0.0  # nobody rated a cold movie in training: popularity never finds one
@@ -106,14 +129,18 @@ def test_the_table_scores_the_recipe_and_the_baselines(
     svc = app.extensions["movierec"]
     ratings = load_ratings(svc.artifacts, table["dataset"], timestamps=True)
     users = np.repeat(ratings.user_ids, np.diff(ratings.indptr))
-    split = evaluate.temporal_split(users, ratings.movie_index, ratings.values, ratings.timestamps,
-                                    n_movies=source["counts"]["movies"])  # fmt: skip
+    split, cohort, _ = evaluate.split_ratings(users, ratings.movie_index, ratings.values, ratings.timestamps,
+                                              n_movies=source["counts"]["movies"], new_user_share=0.15)  # fmt: skip
     assert len(split.evaluated) == table["users"]
-    scorers = [evaluate.random_scorer(split, seed=7), evaluate.popular_scorer(split), evaluate.item_knn_scorer(split),
-               evaluate.ease_scorer(split)]  # fmt: skip
+    scorers = [evaluate.random_scorer(split, seed=7), evaluate.popular_scorer(split)]
+    scorers += [baselines.fit(r["family"], split.train, r["params"], seed=7, max_bytes=EASE_MAX_BYTES).score
+                for r in table["rows"][2:6]]  # fmt: skip
+    new_users, _ = evaluate.new_user_split(cohort, 3, n_movies=split.n_movies, cold=split.cold, relevant_at=4.0)
     for row, scorer in zip(table["rows"], scorers, strict=False):
         expected = evaluate.metrics(evaluate.recommend(scorer, split), split)
         assert {m: row[m] for m in METRICS} == {m: expected[m] for m in METRICS}, row["name"]
+        new = evaluate.metrics(evaluate.recommend(scorer, new_users), new_users)
+        assert row["new_users"]["new-3"]["ndcg"] == new["ndcg"], row["name"]
 
 
 def test_same_seed_same_table(api_url: str, sample: str, first: tuple[dict[str, Any], dict[str, Any]]) -> None:
@@ -123,7 +150,7 @@ def test_same_seed_same_table(api_url: str, sample: str, first: tuple[dict[str, 
     assert again["jobs"]["train:seed"] != table["jobs"]["train:seed"]  # a new pipeline, answered from the store
     # Other shards, baselines only: the same rows (a user's ranking never depends on who shares the shard).
     _, resharded = run(api_url, {"dataset": table["dataset"], "recipes": [], "shard_users": 33, "seed": 7})
-    assert comparable(resharded)["rows"] == comparable(table)["rows"][:4] and resharded["best"] is None
+    assert comparable(resharded)["rows"] == comparable(table)["rows"][:6] and resharded["best"] is None
 
 
 def test_same_seed_same_table_from_scratch_on_another_stack(
@@ -146,10 +173,13 @@ def test_same_seed_same_table_from_scratch_on_another_stack(
 def test_by_default_every_recipe_and_every_baseline(api_url: str, first: tuple[dict[str, Any], dict[str, Any]]) -> None:
     _, table = first
     _, full = run(api_url, {"dataset": table["dataset"], "seed": 7, "shard_users": 20})
-    assert [r["name"] for r in full["rows"]] == [*BASELINES, *RECIPES]
-    by_name = {r["name"]: r for r in comparable(full)["rows"]}
-    assert [by_name[r["name"]] for r in comparable(table)["rows"]] == comparable(table)["rows"]  # seed: from store
-    assert full["best"] == max((r for r in full["rows"] if r["kind"] == "recipe"), key=lambda r: r["ndcg"])["name"]
+    assert [r["family"] for r in full["rows"]] == [*BASELINES, *RECIPES]
+    metrics = [{m: r[m] for m in ("name", *METRICS)} for r in full["rows"]]
+    assert metrics[: len(BASELINES) + 1] == [{m: r[m] for m in ("name", *METRICS)} for r in table["rows"]]
+    validation = requests.get(f"{api_url}/v1/jobs/{full['jobs']['validate']}/result", timeout=10).json()
+    recipes = [r for r in validation["rows"] if r["kind"] == "recipe"]
+    assert len(recipes) == 5  # seed, and the hybrid's 2 x 2 grid
+    assert full["best"] == max(recipes, key=lambda r: r["ndcg"])["family"]  # the default: chosen on validation
 
 
 def test_the_cli_prints_the_table(api_url: str, first: tuple[dict[str, Any], dict[str, Any]]) -> None:
@@ -158,9 +188,9 @@ def test_the_cli_prints_the_table(api_url: str, first: tuple[dict[str, Any], dic
             "--recipes", "", "--baselines", "most-popular,item-kNN", "--seed", "7"]  # fmt: skip
     out = subprocess.run([*base, "--json"], capture_output=True, text=True, timeout=300, cwd=REPO, check=True)
     answered = json.loads(out.stdout)
-    assert [r["name"] for r in answered["rows"]] == ["most-popular", "item-kNN"]
-    assert answered["rows"] == [{**r, "seconds": a["seconds"]} for r, a in
-                                zip(table["rows"][1:3], answered["rows"], strict=True)]  # fmt: skip
+    assert [r["family"] for r in answered["rows"]] == ["most-popular", "item-kNN"]
+    assert [{m: r[m] for m in ("name", *METRICS)} for r in answered["rows"]] == [
+        {m: r[m] for m in ("name", *METRICS)} for r in table["rows"][1:3]]  # fmt: skip
     text = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=REPO, check=True).stdout
     assert "NDCG@10" in text and "item-kNN" in text and f"{answered['rows'][1]['ndcg']:.4f}" in text
 
@@ -179,6 +209,9 @@ def test_the_cli_prints_the_table(api_url: str, first: tuple[dict[str, Any], dic
         {"path": SAMPLE, "min_ratings": 0},
         {"path": SAMPLE, "shard_users": 1},
         {"path": SAMPLE, "seed": -1},
+        {"path": SAMPLE, "split": "random"},
+        {"path": SAMPLE, "new_user_share": 0.9},
+        {"path": SAMPLE, "tune": "yes please"},
     ],
 )
 def test_a_bad_body_is_a_400_in_json(api_url: str, body: dict[str, Any]) -> None:
@@ -226,3 +259,24 @@ def test_nobody_to_evaluate_fails_the_job_saying_why(
 def test_the_sample_is_what_the_module_says(sample: str, settings: Settings) -> None:
     users = pd.read_csv(Path(settings.data_root) / sample / "ratings.csv").userId
     assert users.max() == USERS and users.nunique() == USERS
+
+
+def test_a_global_split_cuts_everyone_at_one_time(
+    api_url: str, app: Any, first: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    _, table = first
+    _, cut = run(api_url, {"dataset": table["dataset"], "split": "global", "recipes": [], "seed": 7,
+                           "baselines": ["most-popular", "EASE"]})  # fmt: skip
+    assert cut["protocol"]["split"] == "global" and cut["training_dataset"] != table["training_dataset"]
+    svc = app.extensions["movierec"]
+    source = load_ratings(svc.artifacts, table["dataset"], timestamps=True)
+    training = load_ratings(svc.artifacts, cut["training_dataset"], timestamps=True)
+    assert source.timestamps is not None and training.timestamps is not None
+    users = np.repeat(source.user_ids, np.diff(source.indptr))
+    parts = splits.assign(users, source.timestamps, kind="global", new_user_share=0.15)
+    assert len(training.movie_index) == parts.counts()["train"]
+    assert training.timestamps.max() <= parts.cut_times[0] <= source.timestamps[parts.label == splits.TEST].min()
+    assert [r["family"] for r in cut["rows"]] == ["most-popular", "EASE"] and cut["reference"] in (
+        "most-popular",
+        "EASE",
+    )

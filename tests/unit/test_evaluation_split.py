@@ -13,8 +13,8 @@ import pytest
 
 from shared.jobs.sharded import ranges
 from shared.logic.evaluation import EvaluationState, build_table, parent, stages
-from shared.logic.scoring import cut, ratings_matrix, train_mask
-from shared.ml import evaluate
+from shared.logic.scoring import RowScores, cut, ratings_matrix
+from shared.ml import splits
 from shared.ml.protocol import Protocol, training_dataset_id
 from shared.store.datasets import DatasetRatings
 
@@ -49,10 +49,14 @@ def per_user(ratings: DatasetRatings) -> dict[int, dict[int, tuple[float, int]]]
     return out
 
 
-@pytest.mark.parametrize("protocol", [Protocol(), Protocol(min_ratings=3, train_fraction=0.5, relevant_at=3.0)])
+OTHER = Protocol(min_ratings=3, train_fraction=0.5, relevant_at=3.0, new_user_share=0.0)
+
+
+@pytest.mark.parametrize("protocol", [Protocol(new_user_share=0.0), OTHER])
 def test_the_training_part_holds_no_test_rating_and_ends_before_it(protocol: Protocol) -> None:
     ratings = dataset_ratings()
-    split, training = cut(ratings, N_MOVIES, protocol)
+    made = cut(ratings, N_MOVIES, protocol)
+    split, training = made.split, made.training
     everything, trained = per_user(ratings), per_user(training)
     assert set(trained) == {u for u, r in everything.items() if len(r) >= protocol.min_ratings}
     assert training.user_ids.tolist() == split.user_ids.tolist()
@@ -77,36 +81,31 @@ def test_the_training_part_holds_no_test_rating_and_ends_before_it(protocol: Pro
         assert kept == [m for m in order if m in set(kept)]
 
 
-def test_changing_a_test_rating_changes_nothing_in_the_training_part() -> None:
+@pytest.mark.parametrize("protocol", [Protocol(), Protocol(split="global")])
+def test_changing_a_test_rating_changes_nothing_in_the_training_part(protocol: Protocol) -> None:
     ratings = dataset_ratings(seed=8)
-    split, training = cut(ratings, N_MOVIES, Protocol())
-    mask = train_mask(ratings.indptr, ratings.timestamps, min_ratings=10, train_fraction=0.8)
-    counts = np.diff(ratings.indptr)
-    in_test = ~mask & np.repeat(counts >= 10, counts)
+    made = cut(ratings, N_MOVIES, protocol)
+    split, training = made.split, made.training
+    in_test = made.parts.label != splits.TRAIN
     changed = ratings.values.copy()
-    changed[in_test] = np.where(changed[in_test] >= 4.0, 0.5, 5.0)  # every test rating flips relevance
-    split2, training2 = cut(ratings._replace(values=changed), N_MOVIES, Protocol())
+    changed[in_test] = np.where(changed[in_test] >= 4.0, 0.5, 5.0)  # every test (and cohort) rating flips
+    other = cut(ratings._replace(values=changed), N_MOVIES, protocol)
+    split2, training2 = other.split, other.training
     for name in DatasetRatings._fields:
         assert np.array_equal(getattr(training, name), getattr(training2, name)), name
     assert (split.train != split2.train).nnz == 0
     assert split.relevant.nnz != split2.relevant.nnz or (split.relevant != split2.relevant).nnz  # the test part moved
 
 
-def test_train_mask_is_temporal_splits_rule() -> None:
+def test_the_stored_training_part_is_the_splits_for_every_rule() -> None:
     ratings = dataset_ratings(seed=11, users=80)
-    assert ratings.timestamps is not None
-    for min_ratings, fraction in ((1, 0.8), (10, 0.8), (5, 0.3), (2, 0.5)):
-        mask = train_mask(ratings.indptr, ratings.timestamps, min_ratings=min_ratings, train_fraction=fraction)
-        counts = np.diff(ratings.indptr)
-        split = evaluate.temporal_split(np.repeat(ratings.user_ids, counts), ratings.movie_index, ratings.values,
-                                        ratings.timestamps, n_movies=N_MOVIES, min_ratings=min_ratings,
-                                        train_fraction=fraction)  # fmt: skip
-        kept = counts >= min_ratings
-        indptr = np.concatenate([[0], np.cumsum(np.add.reduceat(mask, ratings.indptr[:-1])[kept])])
-        owner_kept = np.repeat(kept, counts)
-        assert np.all(~mask[~owner_kept])
-        built = ratings_matrix(indptr, ratings.movie_index[mask], ratings.values[mask], N_MOVIES)
-        assert (built != split.train).nnz == 0
+    for kind, min_ratings, fraction, share in itertools.product(("temporal", "global"), (1, 10), (0.3, 0.8),
+                                                                (0.0, 0.3)):  # fmt: skip
+        protocol = Protocol(split=kind, min_ratings=min_ratings, train_fraction=fraction, new_user_share=share)
+        made = cut(ratings, N_MOVIES, protocol)  # raises when the stored arrays and the split differ
+        built = ratings_matrix(made.training.indptr, made.training.movie_index, made.training.values, N_MOVIES)
+        assert (built != made.split.train).nnz == 0
+        assert made.parts.counts()["train"] == made.split.train.nnz
 
 
 def test_cut_needs_timestamps() -> None:
@@ -125,8 +124,13 @@ def test_the_training_dataset_id_depends_on_what_cuts_it_only() -> None:
 
 def test_stages_and_their_share_of_the_progress_bar() -> None:
     params = {"path": "x", "recipes": ["seed", "hybrid"]}
-    assert stages(params) == ["ingest", "split", "train:seed", "train:hybrid", "score"]
-    assert stages({"dataset": "d", "recipes": []}) == ["ingest", "split", "score"]  # ingest: its feedback
+    assert stages(params) == ["ingest", "split", "validate", "train:seed", "train:hybrid", "score"]
+    assert stages({**params, "tune": False}) == ["ingest", "split", "train:seed", "train:hybrid", "score"]
+    assert stages({"dataset": "d", "recipes": [], "tune": False}) == ["ingest", "split", "score"]  # its feedback
+    grid = stages({"dataset": "d", "recipes": ["seed", "hybrid"], "grid": True})  # validation: every setting
+    assert grid == ["split", "train:seed", "train:hybrid hidden_dim=64 liked_at=3.5",
+                    "train:hybrid hidden_dim=64 liked_at=4", "train:hybrid hidden_dim=128 liked_at=3.5",
+                    "train:hybrid hidden_dim=128 liked_at=4", "score"]  # fmt: skip
     shares = [parent("j", params, s) for s in stages(params)]
     assert shares[0]["index"] == 0 and shares[0]["step"] == "workers.evaluation.evaluation_step"
     # overall = (index + fraction) / stages: each stage starts where the one before ends, the last ends at 1
@@ -136,28 +140,49 @@ def test_stages_and_their_share_of_the_progress_bar() -> None:
     assert ranges(450, 200) == [(0, 200), (200, 400), (400, 450)] and ranges(0, 200) == []
 
 
-def test_the_table_sums_seconds_names_skips_and_the_best_recipe() -> None:
+def scored(ndcg: list[float], recall: list[float] | None = None) -> RowScores:
+    values = np.array(ndcg)
+    rec = np.array(recall if recall is not None else ndcg)
+    m = {"recall": float(rec.mean()), "ndcg": float(values.mean()), "hr": 0.3, "coverage": 0.4, "cold_recall": 0.0,
+         "users": len(values), "cold_users": 1}  # fmt: skip
+    return RowScores(m, values, rec)
+
+
+def test_the_table_sums_seconds_names_skips_tuning_and_intervals() -> None:
     state = EvaluationState(
-        stage=3,
+        stage=4,
         results={
-            "split": {"dataset": "ds-a", "training_dataset": "ds-t", "evaluated": 3, "cold_users": 1},
+            "split": {"dataset": "ds-a", "training_dataset": "ds-t", "evaluated": 4, "cold_users": 1,
+                      "new_user_slices": {"1": 2}},
+            "validate": {"job": "v", "chosen": {"EASE": {"lam": 200}, "hybrid": {"hidden_dim": 64}},
+                         "default": "hybrid", "reference": "EASE", "users": 4,
+                         "grid": [{"name": "EASE lam=200", "family": "EASE", "params": {"lam": 200}, "ndcg": 0.2},
+                                  {"name": "EASE lam=500", "family": "EASE", "params": {"lam": 500}, "ndcg": 0.1}]},
             "train:seed": {"model": "m-1", "seconds": 10.0, "job": "p1"},
             "train:hybrid": {"model": "m-2", "seconds": 5.0, "job": "p2"},
         },
         children={"train:seed": "p1", "train:hybrid": "p2"},
-    )
-    plan = {"seed": 7, "rows": [{"name": "EASE", "kind": "baseline", "model": None},
-                                {"name": "seed", "kind": "recipe", "model": "m-1"},
-                                {"name": "hybrid", "kind": "recipe", "model": "m-2"}]}  # fmt: skip
-    m = {"recall": 0.1, "ndcg": 0.2, "hr": 0.3, "coverage": 0.4, "cold_recall": 0.0, "users": 3, "cold_users": 1}
-    stats = [{"seconds": {"seed": 1.0, "hybrid": 2.0}, "skipped": {"EASE": "too big"}},
-             {"seconds": {"seed": 1.5, "hybrid": 2.0}, "skipped": {"EASE": "too big"}}]  # fmt: skip
-    table = build_table({"dataset": "ds-a", "k": 5}, state, plan, [None, m, {**m, "ndcg": 0.3}], stats)
-    assert [(r["name"], r["kind"], r["model"]) for r in table["rows"]] == [
-        ("EASE", "baseline", None), ("seed", "recipe", "m-1"), ("hybrid", "recipe", "m-2")]  # fmt: skip
-    ease, seed, hybrid = table["rows"]
-    assert ease["skipped"] == "too big" and ease["ndcg"] is None and seed["skipped"] is None
+    )  # fmt: skip
+    plan = {"seed": 7, "rows": [
+        {"name": "EASE lam=200", "kind": "baseline", "family": "EASE", "params": {"lam": 200}, "model": None},
+        {"name": "iALS", "kind": "baseline", "family": "iALS", "params": {}, "model": None},
+        {"name": "seed", "kind": "recipe", "family": "seed", "params": {}, "model": "m-1"},
+        {"name": "hybrid hidden_dim=64", "kind": "recipe", "family": "hybrid", "params": {"hidden_dim": 64},
+         "model": "m-2"}]}  # fmt: skip
+    scores = {"all": [scored([0.1, 0.2, 0.3, 0.4]), None, scored([0.0, 0.1, 0.1, 0.2]), scored([0.6, 0.7, 0.8, 0.9])],
+              "new-1": [scored([0.5, 0.5]), None, scored([0.0, 0.0]), scored([0.5, 0.6])]}  # fmt: skip
+    stats = [{"seconds": {"seed": 1.0, "hybrid hidden_dim=64": 2.0}, "skipped": {"iALS": "no"}},
+             {"seconds": {"seed": 1.5, "hybrid hidden_dim=64": 2.0}, "skipped": {"iALS": "no"}}]  # fmt: skip
+    table = build_table({"dataset": "ds-a", "k": 5}, state, plan, scores, stats)
+    ease, ials, seed, hybrid = table["rows"]
+    assert ials["skipped"] == "no" and ials["ndcg"] is None and seed["skipped"] is None
     assert seed["seconds"] == 12.5 and hybrid["seconds"] == 9.0  # pipeline wall time + scoring over shards
-    assert table["best"] == "hybrid" and table["users"] == 3 and table["cold_users"] == 1
-    assert table["protocol"] == {"split": "temporal", "min_ratings": 10, "train_fraction": 0.8, "relevant_at": 4.0,
-                                 "k": 5, "seed": 7}  # fmt: skip
+    assert table["best"] == "hybrid" and table["reference"] == "EASE" and table["users"] == 4
+    assert "vs_reference" not in ease and ease["tuning"] == {"grid": {"EASE lam=200": 0.2, "EASE lam=500": 0.1},
+                                                               "chosen": {"lam": 200}, "settings": 2}  # fmt: skip
+    lead = hybrid["vs_reference"]["all"]["ndcg"]
+    assert lead["difference"] == pytest.approx(0.5) and lead["significant"]  # every user gains 0.5
+    assert hybrid["new_users"]["new-1"]["ndcg"] == pytest.approx(0.55)
+    assert hybrid["vs_reference"]["new-1"]["ndcg"]["difference"] == pytest.approx(0.05)
+    assert "significant lead" in table["verdict"] and "hybrid hidden_dim=64" in table["verdict"]
+    assert table["protocol"]["split"] == "temporal" and table["protocol"]["k"] == 5 and table["protocol"]["tuned"]
