@@ -4,7 +4,7 @@ Pure numpy/scipy, no Redis: the evaluation job and ``bench.quality`` both call t
 
     ratings as parallel arrays (user, movie row, rating, timestamp)
       └─ temporal_split ──> Split: training part (CSR users x movies), relevant test movies, cold movies
-    Split ──> a scorer (random_scorer, popular_scorer, item_knn_scorer, ease_scorer, or a model's own)
+    Split ──> a scorer (random_scorer, popular_scorer, shared/ml/baselines.py's, or a model's own)
             fitted on the training part only; scorer(rows) -> (b, n_movies) scores
       └─ recommend: batches of ``batch_users`` evaluated users, top_k with the training movies excluded
            └─ metrics: recall, NDCG, HR, catalogue coverage, cold-start recall at k
@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 
 from shared.ml import splits
@@ -46,10 +45,9 @@ K = DEFAULT_K
 BATCH_USERS = 1000
 """Users scored at a time: a batch's float32 scores (and top_k's copy) are BATCH_USERS x n_movies x 4 bytes
 each (240 MB at 60k movies)."""
-KNN_NEIGHBOURS = 50
-EASE_LAMBDA = 500.0
 EASE_MAX_BYTES = 4 << 30
-"""EASE's memory budget: it holds two dense float64 item x item matrices (the Gram matrix and its inverse)."""
+"""EASE's memory budget (shared/ml/baselines.py): it holds two dense float64 item x item matrices (the Gram
+matrix and its inverse)."""
 
 
 class Skipped(Exception):
@@ -278,89 +276,5 @@ def popular_scorer(split: Split) -> Scorer:
 
     def score(history: sp.csr_matrix) -> np.ndarray:
         return np.broadcast_to(counts, (history.shape[0], len(counts)))
-
-    return score
-
-
-def knn_similarity(split: Split, *, neighbours: int = KNN_NEIGHBOURS, batch_items: int = 1000) -> sp.csr_matrix:
-    """(n, n) cosine similarities over the binary training matrix, each movie's row cut to its ``neighbours``
-    most similar other movies (ties to the lower row); built ``batch_items`` rows at a time."""
-    x = binary(split).tocsc()
-    n = split.n_movies
-    norms = np.sqrt(np.asarray(x.power(2).sum(axis=0)).ravel())  # (n,)
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    xt = x.T.tocsr()  # (n, u)
-    rows_out, cols_out, vals_out = [], [], []
-    for lo in range(0, n, batch_items):
-        hi = min(n, lo + batch_items)
-        sim = (xt[lo:hi] @ x).toarray() * inv[lo:hi, None] * inv[None, :]  # (b, n) cosine
-        sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
-        top = top_k(sim, sp.csr_matrix(sim.shape), neighbours)  # (b, neighbours)
-        r = np.repeat(np.arange(lo, hi), top.shape[1]).reshape(top.shape)  # (b, neighbours)
-        keep = top >= 0
-        v = sim[r[keep] - lo, top[keep]]
-        nonzero = v > 0
-        rows_out.append(r[keep][nonzero])
-        cols_out.append(top[keep][nonzero])
-        vals_out.append(v[nonzero])
-    return sp.csr_matrix((np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))), shape=(n, n))
-
-
-def item_knn_scorer(split: Split, *, neighbours: int = KNN_NEIGHBOURS) -> Scorer:
-    """Item-kNN: score(u, j) = sum over the user's training movies i of sim(i, j), j among i's neighbours."""
-    sim = knn_similarity(split, neighbours=neighbours)
-
-    def score(history: sp.csr_matrix) -> np.ndarray:
-        return np.asarray((as_binary(history) @ sim).toarray(), dtype=np.float32)  # (b, n)
-
-    return score
-
-
-def ease_bytes(n_items: int) -> int:
-    """Peak memory of EASE on ``n_items`` rated movies: two dense float64 item x item matrices."""
-    return 2 * n_items * n_items * 8
-
-
-def ease_weights(
-    split: Split, *, lam: float = EASE_LAMBDA, max_bytes: int = EASE_MAX_BYTES
-) -> tuple[np.ndarray, np.ndarray]:
-    """(items, B): EASE's closed form on the movies rated in the training part (the others' rows and columns
-    of B are zero: with no rating, X^T X + lam I is diagonal there). ``Skipped`` over ``max_bytes``."""
-    x = binary(split)
-    items = np.flatnonzero(np.diff(x.tocsc().indptr))  # (m,) movies with a training rating
-    need = ease_bytes(len(items))
-    if need > max_bytes:
-        raise Skipped(
-            f"EASE needs {need / 2**30:.1f} GiB for {len(items):,} movies (two dense {len(items):,}^2 float64 "
-            f"matrices), over the {max_bytes / 2**30:.1f} GiB budget"
-        )
-    xi = x[:, items]
-    gram = (xi.T @ xi).toarray().astype(np.float64)  # (m, m)
-    gram[np.diag_indices_from(gram)] += lam
-    # Gram + lam I is symmetric positive definite: its inverse by Cholesky (potrf, potri) is ~1.3x faster
-    # than np.linalg.inv's LU. potri fills the upper triangle only; the lower one is zero (clean=1).
-    factor, info = scipy.linalg.lapack.dpotrf(gram, lower=0, clean=1, overwrite_a=1)
-    if info != 0:
-        raise ValueError(f"EASE: the regularised Gram matrix is not positive definite (potrf info {info})")
-    del gram
-    p, info = scipy.linalg.lapack.dpotri(factor, lower=0, overwrite_c=1)  # (m, m) upper triangle of P
-    if info != 0:
-        raise ValueError(f"EASE: the regularised Gram matrix is singular (potri info {info})")
-    del factor
-    p += np.triu(p, 1).T  # the lower triangle mirrored from the upper
-    b = p / -np.diag(p)[None, :]  # B = I - P / diag(P), column j divided by P_jj
-    b[np.diag_indices_from(b)] = 0.0
-    return items, b
-
-
-def ease_scorer(split: Split, *, lam: float = EASE_LAMBDA, max_bytes: int = EASE_MAX_BYTES) -> Scorer:
-    """EASE (Steck 2019): scores = x_u B with B from ``ease_weights``; ``Skipped`` over the memory budget."""
-    items, b = ease_weights(split, lam=lam, max_bytes=max_bytes)
-    n = split.n_movies
-
-    def score(history: sp.csr_matrix) -> np.ndarray:
-        out = np.zeros((history.shape[0], n), dtype=np.float32)  # movies with no training rating score 0
-        out[:, items] = as_binary(history)[:, items] @ b
-        return out
 
     return score

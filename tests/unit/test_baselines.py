@@ -10,7 +10,8 @@ import pytest
 import scipy.sparse as sp
 
 from shared.ml import baselines
-from shared.ml.evaluate import Skipped, ease_bytes
+from shared.ml.baselines import ease_bytes
+from shared.ml.evaluate import Skipped
 
 U, N = 40, 30
 """Fixture size: 40 training users x 30 movies, the last movie rated by nobody."""

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from shared.ml import baselines
 from shared.ml.evaluate import (
-    Skipped,
+    EASE_MAX_BYTES,
     Split,
-    ease_scorer,
-    item_knn_scorer,
     metrics,
     popular_scorer,
     random_scorer,
@@ -156,43 +155,6 @@ def test_popular_against_reference(split: Split) -> None:
     assert recommend(popular_scorer(split), split, k=5, batch_users=7).tolist() == expected
 
 
-def test_item_knn_against_reference(split: Split) -> None:
-    x = dense_train(split)
-    n = x.shape[1]
-    norms = np.sqrt(x.sum(axis=0))
-    sim = np.zeros((n, n))
-    for i in range(n):
-        for j in range(n):
-            if i != j and norms[i] > 0 and norms[j] > 0:
-                sim[i, j] = x[:, i] @ x[:, j] / (norms[i] * norms[j])
-    pruned = np.zeros_like(sim)
-    for i in range(n):
-        for j in sorted(range(n), key=lambda j: (-sim[i, j], j))[:5]:
-            pruned[i, j] = sim[i, j]
-    rows = split.evaluated
-    got = item_knn_scorer(split, neighbours=5)(split.train[rows])
-    np.testing.assert_allclose(got, x[rows] @ pruned, rtol=1e-5, atol=1e-6)
-    assert recommend(item_knn_scorer(split, neighbours=5), split, k=5).tolist() == reference_top(got, x[rows] > 0, 5)
-
-
-def test_ease_against_reference(split: Split) -> None:
-    x = dense_train(split)
-    n = x.shape[1]
-    p = np.linalg.inv(x.T @ x + 7.0 * np.eye(n))  # over every movie, rated or not
-    b = np.eye(n) - p / np.diag(p)[None, :]
-    b[np.diag_indices(n)] = 0.0
-    rows = split.evaluated
-    got = ease_scorer(split, lam=7.0)(split.train[rows])
-    np.testing.assert_allclose(got, x[rows] @ b, rtol=1e-4, atol=1e-6)
-    rec = recommend(ease_scorer(split, lam=7.0), split, k=5)
-    assert not np.any(x[rows[:, None], rec] > 0)  # training movies excluded
-
-
-def test_ease_skipped_over_budget(split: Split) -> None:
-    with pytest.raises(Skipped, match=r"over the .* GiB budget"):
-        ease_scorer(split, max_bytes=1000)
-
-
 def test_random_is_seeded_and_batch_free(split: Split) -> None:
     a = recommend(random_scorer(split, seed=3), split, k=5, batch_users=4)
     assert a.tolist() == recommend(random_scorer(split, seed=3), split, k=5).tolist()
@@ -219,8 +181,12 @@ def test_the_test_part_never_leaks() -> None:
     assert (base.train != other.train).nnz == 0
     assert base.relevant.nnz != other.relevant.nnz or (base.relevant != other.relevant).nnz > 0
     rows = np.arange(base.train.shape[0])
-    for make in (popular_scorer, item_knn_scorer, ease_scorer, random_scorer):
+    for make in (popular_scorer, random_scorer):
         np.testing.assert_array_equal(make(base)(base.train[rows]), make(other)(other.train[rows]))
+    for name in baselines.NAMES:
+        a = baselines.fit(name, base.train, {}, seed=1, max_bytes=EASE_MAX_BYTES).score(base.train[rows])
+        np.testing.assert_array_equal(a, baselines.fit(name, other.train, {}, seed=1,
+                                                       max_bytes=EASE_MAX_BYTES).score(other.train[rows]))  # fmt: skip
 
 
 def test_metrics_of_a_split_with_nobody_to_evaluate_are_zero() -> None:
