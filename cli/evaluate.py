@@ -61,6 +61,14 @@ def format_table(table: dict[str, Any]) -> str:
             got = (row.get("new_users") or {}).get(f"new-{n}")
             cells += f" {got['ndcg']:>7.4f}" if got else f" {'-':>7}"
         lines.append(f"{start}{cells} {row['seconds']:>8.1f}")
+    lines += _notes(table, slices, reference)
+    return "\n".join(lines)
+
+
+def _notes(table: dict[str, Any], slices: list[str], reference: str | None) -> list[str]:
+    """The lines under the table: what the columns mean, what each row was tuned over, the verdict."""
+    p, k = table["protocol"], table["protocol"]["k"]
+    lines: list[str] = []
     lines.append(
         f"# cold rec: recall over the {table['cold_users']:,} users with a relevant test movie nobody rated in "
         "the training part; seconds: fitting and scoring (a recipe: its pipeline too), summed over shards"
@@ -80,11 +88,13 @@ def format_table(table: dict[str, Any]) -> str:
     for note in table.get("notes", []):
         lines.append(f"# {note}")
     if table.get("best"):
-        how = "chosen on validation" if p.get("tuned") else f"by NDCG@{k}"
-        lines.append(f"# default recipe ({how}): {table['best']}")
+        lines.append(f"# default recipe (chosen on validation): {table['best']}")
+    if not p.get("tuned"):
+        lines.append("# untuned: every row at its default setting, nothing chosen (the tuned table: movierec "
+                     "evaluate, or POST /v1/jobs/evaluate without \"tune\": false)")  # fmt: skip
     if table.get("verdict"):
         lines.append(f"# {table['verdict']}")
-    return "\n".join(lines)
+    return lines
 
 
 def evaluate_with(client: Client, body: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:

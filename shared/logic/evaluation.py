@@ -304,7 +304,8 @@ GRID_KEYS = ("name", "family", "params", "ndcg", "recall", "skipped")
 NOTES = (
     "every choice (each row's setting, the default recipe, the reference baseline) was made on the validation "
     "split, the last 20 % of the training part; the test part was scored once",
-    "descriptors hold only tags written before each tagging user's cut; genome scores carry no time and stay",
+    "descriptors hold only tags that training users wrote before their cut (their own, or the global one); "
+    "genome scores carry no time and stay",
 )
 """The table's notes on the protocol, printed under it."""
 
@@ -355,10 +356,7 @@ def build_table(
         if validation:
             out["tuning"] = _tuning(validation, row["family"])
         rows.append(out)
-    default = validation.get("default")
-    recipes = [r for r in rows if r["kind"] == "recipe" and r["ndcg"] is not None]
-    if default is None and recipes:  # no validation (grid mode, or tune off): the best on this table
-        default = max(recipes, key=lambda r: r["ndcg"])["family"]
+    default = validation.get("default")  # None without validation: nothing is chosen on a test part
     table = {
         "protocol": {**Protocol.of(params).describe(), "seed": seed, "tuned": bool(validation)},
         "dataset": split["dataset"],

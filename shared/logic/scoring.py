@@ -95,6 +95,7 @@ def cut(ratings: DatasetRatings, n_movies: int, protocol: Protocol) -> Cut:
         train_fraction=protocol.train_fraction,
         relevant_at=protocol.relevant_at,
         new_user_share=protocol.new_user_share,
+        max_users=protocol.max_users,
     )
     mask = parts.label == splits.TRAIN
     owner = np.repeat(np.arange(len(counts)), counts)  # (r,) row of each rating's user

@@ -23,7 +23,10 @@ DEFAULT_K = 10
 DEFAULT_NEW_USER_SHARE = 0.15
 """The share of users held out as the new-user cohort (removed before training, brought back as new users)."""
 VALIDATION_MIN_RATINGS = 1
-"""A validation split keeps every user of the training part (the test split's rule already chose them)."""
+"""A validation split keeps every user of the training part (the test split's rule already chose them)..."""
+VALIDATION_MAX_USERS = 20_000
+"""... up to this many, a hashed sample beyond: every setting of every grid is fitted and scored on validation,
+so its cost grows with the users (ml-latest-small's 610 are all kept; ml-25m's 162k would not fit 2 cores)."""
 
 BASELINES = ("random", "most-popular", "item-kNN", "EASE", "RP3beta", "iALS")
 """The baselines an evaluation can score, by their names in the table."""
@@ -39,6 +42,8 @@ class Protocol:
     relevant_at: float = DEFAULT_RELEVANT_AT
     k: int = DEFAULT_K
     new_user_share: float = DEFAULT_NEW_USER_SHARE
+    max_users: int = 0
+    """At most this many training users, a hashed sample (0: all): a validation split's, at scale."""
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> Protocol:
@@ -50,6 +55,7 @@ class Protocol:
             relevant_at=float(params.get("relevant_at", DEFAULT_RELEVANT_AT)),
             k=int(params.get("k", DEFAULT_K)),
             new_user_share=float(params.get("new_user_share", DEFAULT_NEW_USER_SHARE)),
+            max_users=int(params.get("max_users", 0)),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -59,12 +65,13 @@ class Protocol:
     def training(self) -> dict[str, Any]:
         """What decides the training part (relevant_at and k only decide how the test part is scored)."""
         return {"split": self.split, "min_ratings": self.min_ratings, "train_fraction": self.train_fraction,
-                "new_user_share": self.new_user_share}  # fmt: skip
+                "new_user_share": self.new_user_share, "max_users": self.max_users}  # fmt: skip
 
     def validation(self) -> Protocol:
         """The protocol that cuts a training part made by this one into its validation split: the same kind of
-        cut at the same fraction, every user kept, no cohort (the new users were held out already)."""
-        return replace(self, min_ratings=VALIDATION_MIN_RATINGS, new_user_share=0.0)
+        cut at the same fraction, every user kept up to ``VALIDATION_MAX_USERS`` (a hashed sample beyond), no
+        cohort (the new users were held out already)."""
+        return replace(self, min_ratings=VALIDATION_MIN_RATINGS, new_user_share=0.0, max_users=VALIDATION_MAX_USERS)
 
 
 def training_dataset_id(source: str, protocol: Protocol) -> str:

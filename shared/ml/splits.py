@@ -15,6 +15,9 @@ The rules:
 - **The new-user cohort**: a share ``new_user_share`` of the kept users, drawn by a hash of the user id (the
   same users whatever the dataset's order or size), removed before training: every rating of theirs is
   NEW_USER. The evaluation brings them back as new users (``NewUsers``).
+- **At most ``max_users``** of the other kept users (0: all), drawn by another hash; the rest are DROPPED. A
+  validation split at scale samples its users so (``Protocol.validation``): every setting of every grid is
+  fitted on the sample's training part and scored on its validation part.
 - **kind "temporal"** (per user): each other kept user's ratings sorted by time (ties in input order); the first
   round(train_fraction n) are TRAIN, the rest TEST; the user's cut is the time of their first TEST rating.
 - **kind "global"** (one cut time for everyone, what a deployed model faces): the kept users' ratings sorted by
@@ -38,6 +41,8 @@ TRAIN, TEST, NEW_USER, DROPPED = 0, 1, 2, 3
 """A rating's label in ``Parts.label``."""
 COHORT_SALT = 0x5EED_C0C0_A1E5_0001
 """Mixed into the hash that draws the new-user cohort: a fixed draw, the same in every run."""
+SAMPLE_SALT = 0x5EED_5A3B_1E00_0002
+"""Mixed into the hash that draws ``max_users`` users (another draw than the cohort's)."""
 NEW_USER_RATINGS = (1, 3, 10)
 """The new-user slice: a cohort user's first N ratings are their history, their later ones the test."""
 
@@ -61,14 +66,18 @@ def in_cohort(user_values: np.ndarray, share: float) -> np.ndarray:
     value: a user's draw depends on nothing else."""
     if share <= 0:
         return np.zeros(len(user_values), dtype=bool)
-    z = np.asarray(user_values, dtype=np.int64).astype(np.uint64) ^ np.uint64(COHORT_SALT)
+    return np.asarray(hashed(user_values, COHORT_SALT) < share, dtype=bool)
+
+
+def hashed(user_values: np.ndarray, salt: int) -> np.ndarray:
+    """(u,) float64 in [0, 1): splitmix64 of each user value and ``salt``, a fixed draw per user."""
+    z = np.asarray(user_values, dtype=np.int64).astype(np.uint64) ^ np.uint64(salt)
     with np.errstate(over="ignore"):
         z = z + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    uniform = (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # (u,) in [0, 1)
-    return np.asarray(uniform < share, dtype=bool)
+    return np.asarray((z >> np.uint64(11)).astype(np.float64) / float(1 << 53))
 
 
 def assign(
@@ -79,6 +88,7 @@ def assign(
     min_ratings: int = 10,
     train_fraction: float = 0.8,
     new_user_share: float = 0.0,
+    max_users: int = 0,
 ) -> Parts:
     """Label ratings given as parallel (r,) arrays by the rules of the module docstring."""
     if kind not in SPLITS:
@@ -94,38 +104,54 @@ def assign(
     kept = counts >= min_ratings  # (u,)
     cohort = kept & in_cohort(user_values, new_user_share)
     regular = kept & ~cohort
+    if 0 < max_users < int(regular.sum()):  # a hashed sample of them: the max_users lowest draws
+        draw = np.where(regular, hashed(user_values, SAMPLE_SALT), np.inf)
+        regular = np.zeros_like(regular)
+        regular[np.argsort(draw, kind="stable")[:max_users]] = True
+    if kind == "temporal":
+        early = _temporal_early(order, starts, counts, train_fraction)
+    else:  # the ratings of kept users, cohort included, fix the test period
+        early, cut_time = _global_early(timestamp, kept[owner], train_fraction)
+    has_train = np.bincount(owner[early], minlength=len(user_values)) > 0  # (u,)
+    trained = regular & has_train  # a user with no rating in the training period is new in the test period
+    mine = trained[owner]
     label = np.full(r, DROPPED, dtype=np.int8)
     label[cohort[owner]] = NEW_USER
-    if kind == "temporal":
-        rank = np.empty(r, dtype=np.int64)
-        rank[order] = np.arange(r) - np.repeat(starts, counts)  # (r,) place in the user's timeline
-        n_train = np.array([round(train_fraction * c) for c in counts.tolist()], dtype=np.int64)  # (u,)
-        mine = regular[owner]
-        is_train = rank < n_train[owner]
-        label[mine & is_train] = TRAIN
-        label[mine & ~is_train] = TEST
-        new_in_test = 0
+    label[mine & early] = TRAIN
+    label[mine & ~early] = TEST
+    cut_users = user_values[trained]
+    if kind == "temporal":  # each user's cut: their first test rating's time
         first_test = np.full(len(user_values), np.iinfo(np.int64).max, dtype=np.int64)
         test = label == TEST
         np.minimum.at(first_test, owner[test], timestamp[test])
-        trained = regular & (n_train > 0)
-        cut_users, cut_times = user_values[trained], first_test[trained]
+        cut_times = first_test[trained]
     else:
-        in_time = np.lexsort((np.arange(r), timestamp))  # (r,) every rating by time, ties in input order
-        period = kept[owner][in_time]  # the ratings of kept users, cohort included, fix the test period
-        n_period = int(period.sum())
-        period_train = round(train_fraction * n_period)
-        position = np.cumsum(period) - 1  # (r,) place among kept users' ratings, in time order
-        early = np.zeros(r, dtype=bool)
-        early[in_time] = period & (position < period_train)
-        later_times = timestamp[in_time][period & (position >= period_train)]
-        cut_time = int(later_times[0]) if len(later_times) else int(np.iinfo(np.int64).max)
-        has_train = np.bincount(owner[early], minlength=len(user_values)) > 0  # (u,)
-        trained = regular & has_train
-        mine = trained[owner]
-        label[mine & early] = TRAIN
-        label[mine & ~early] = TEST
-        new_in_test = int((regular & ~has_train).sum())
-        cut_users = user_values[trained]
         cut_times = np.full(len(cut_users), cut_time, dtype=np.int64)
+    new_in_test = int((regular & ~has_train).sum())
     return Parts(label=label, cut_users=cut_users, cut_times=cut_times.astype(np.int64), new_in_test=new_in_test)
+
+
+def _temporal_early(order: np.ndarray, starts: np.ndarray, counts: np.ndarray, train_fraction: float) -> np.ndarray:
+    """(r,) bool: the first round(train_fraction n) of each user's ratings (``order``: by user, time, input)."""
+    r = len(order)
+    rank = np.empty(r, dtype=np.int64)
+    rank[order] = np.arange(r) - np.repeat(starts, counts)  # (r,) place in the user's timeline
+    n_train = np.array([round(train_fraction * c) for c in counts.tolist()], dtype=np.int64)  # (u,)
+    owner_sorted = np.repeat(np.arange(len(counts)), counts)
+    limit = np.empty(r, dtype=np.int64)
+    limit[order] = n_train[owner_sorted]
+    return np.asarray(rank < limit, dtype=bool)
+
+
+def _global_early(timestamp: np.ndarray, counted: np.ndarray, train_fraction: float) -> tuple[np.ndarray, int]:
+    """((r,) bool: the ratings of the training period, its cut time): of the ``counted`` ratings by time (ties in
+    input order), the first round(train_fraction r) are the training period; the cut is the next one's time."""
+    r = len(timestamp)
+    in_time = np.lexsort((np.arange(r), timestamp))  # (r,) every rating by time, ties in input order
+    period = counted[in_time]
+    n_train = round(train_fraction * int(period.sum()))
+    position = np.cumsum(period) - 1  # place among the counted ratings, in time order
+    early = np.zeros(r, dtype=bool)
+    early[in_time] = period & (position < n_train)
+    later = timestamp[in_time][period & (position >= n_train)]
+    return early, int(later[0]) if len(later) else int(np.iinfo(np.int64).max)

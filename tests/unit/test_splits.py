@@ -97,3 +97,20 @@ def test_new_users_histories_are_their_first_ratings_and_later_likes_are_relevan
                 got = new.relevant[int(np.searchsorted(new.evaluated, row))].indices
                 assert set(got.tolist()) == liked
         assert new.cold is split.cold
+
+
+@pytest.mark.parametrize("kind", ["temporal", "global"])
+def test_max_users_keeps_a_hashed_sample_of_the_training_users(kind: str) -> None:
+    user, _, _, ts = ratings(seed=4, users=300)
+    whole = splits.assign(user, ts, kind=kind, min_ratings=1)
+    sample = splits.assign(user, ts, kind=kind, min_ratings=1, max_users=50)
+    assert 0 < len(sample.cut_users) <= 50 and set(sample.cut_users) <= set(whole.cut_users)
+    if kind == "temporal":  # (a global split's boundary ties go by input order: who trains may change)
+        again = splits.assign(user[::-1], ts[::-1], kind=kind, min_ratings=1, max_users=50)  # another order
+        assert np.array_equal(again.cut_users, sample.cut_users)
+    out = ~np.isin(user, sample.cut_users)
+    assert np.all(sample.label[out] == splits.DROPPED)
+    inside = ~out  # the sample's users are split as they are without the cap
+    assert np.array_equal(sample.label[inside], whole.label[inside])
+    if kind == "global":
+        assert np.array_equal(np.unique(sample.cut_times), np.unique(whole.cut_times))  # the same test period
