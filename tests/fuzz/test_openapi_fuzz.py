@@ -6,7 +6,7 @@ HTTP server on a local port: schemathesis' ``ignored_auth`` check re-sends reque
 transport hands to werkzeug's test client, which refuses them. Heartbeats are written while it serves, as live
 workers write them, so /readyz answers 200.
 
-Schemathesis' own engine tests it, as ``schemathesis run <api>/openapi.json --checks all`` does, reading the same
+Schemathesis' own engine tests it, as ``schemathesis run <api>/openapi.json`` does, reading the same
 ``schemathesis.toml`` (each setting there says why it departs from the defaults): every check (``ignored_auth``
 only where the app has keys), over the examples, coverage and fuzzing phases. Among the checks, beyond "no 5xx"
 and "each answer as documented": a request valid by the spec is not refused (positive_data_acceptance), one

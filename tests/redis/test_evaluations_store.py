@@ -48,7 +48,13 @@ def test_the_training_dataset_is_stored_like_an_ingested_one_and_reused(
     assert set(record) == set(source) | {"derived"}
     assert {k: record["derived"][k] for k in ("from", "protocol")} == {
         "from": ds,
-        "protocol": {"split": "temporal", "min_ratings": 10, "train_fraction": 0.8, "new_user_share": 0.15},
+        "protocol": {
+            "split": "temporal",
+            "min_ratings": 10,
+            "train_fraction": 0.8,
+            "new_user_share": 0.15,
+            "max_users": 0,
+        },
     }
     assert record["format"] == source["format"] and record["options"] == source["options"]
     counts, source_counts = record["counts"], source["counts"]
