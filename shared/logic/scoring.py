@@ -336,8 +336,7 @@ class Fitted:
     seconds: float
 
 
-@per_process(maxsize=len(BASELINES))
-def fitted_baseline(
+def fit_baseline(
     artifacts: ArtifactStore,
     training_ds: str,
     relevant_at: float,
@@ -347,8 +346,8 @@ def fitted_baseline(
     seed: int,
     ease_max_bytes: int,
 ) -> Fitted:
-    """Baseline ``name`` at ``params`` (JSON: hashable for the cache) fitted on the split's training part (nothing
-    of the test part reaches it)."""
+    """Baseline ``name`` at ``params`` (JSON: hashable for ``fitted_baseline``'s cache) fitted on the split's
+    training part (nothing of the test part reaches it)."""
     split = load_split(artifacts, training_ds, relevant_at).split
     started = time.perf_counter()
     try:
@@ -361,6 +360,12 @@ def fitted_baseline(
     except evaluate.Skipped as skipped:
         return Fitted(None, str(skipped), time.perf_counter() - started)
     return Fitted(scorer, None, time.perf_counter() - started)
+
+
+fitted_baseline = per_process(maxsize=len(BASELINES))(fit_baseline)
+"""``fit_baseline`` once per process: a test scoring's shards each rank every row, the same fits each time. A
+validation grid's shard fits its one setting with ``fit_baseline`` itself (no other shard of the process wants
+it, and an EASE fit holds ~250 MB on ml-latest-small)."""
 
 
 # -- scoring shards ----------------------------------------------------------------------------------------
@@ -410,9 +415,10 @@ def score_shard(
         started = time.perf_counter()
         scorer: evaluate.Scorer
         if row["kind"] == "baseline":
-            fitted = fitted_baseline(artifacts, plan["training_dataset"], relevant_at, row["family"],
-                                     json.dumps(row.get("params", {}), sort_keys=True), seed=int(plan["seed"]),
-                                     ease_max_bytes=int(plan["ease_max_bytes"]))  # fmt: skip
+            fit = fit_baseline if plan.get("layout") == "rows" else fitted_baseline
+            fitted = fit(artifacts, plan["training_dataset"], relevant_at, row["family"],
+                         json.dumps(row.get("params", {}), sort_keys=True), seed=int(plan["seed"]),
+                         ease_max_bytes=int(plan["ease_max_bytes"]))  # fmt: skip
             if fitted.scorer is None:
                 skipped[row["name"]] = str(fitted.skipped)
                 continue
