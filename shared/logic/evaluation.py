@@ -22,7 +22,8 @@ short steps (``workers.evaluation.evaluation_step``), none of which waits for an
 
 A grid-mode job (the ``validate`` child) has no ingest and no validate stage: it trains ``train:<variant>``
 for every setting of every recipe's grid and scores one shard per row of the table ("rows" layout), each
-fitting its baseline setting once. ``"tune": false`` skips validation: every row at its default setting.
+fitting its baseline setting once; item-kNN's and RP3beta's settings that share a similarity build share a shard
+and the build (``baselines.fit_many``). ``"tune": false`` skips validation: every row at its default setting.
 
 Only the training dataset reaches a recipe's pipeline and a baseline; the test part and the cohort are read by
 the shards and the join alone. Every output is content addressed (the splits, the pipelines' stages), so a
@@ -79,11 +80,27 @@ def recipe_variants(params: dict[str, Any]) -> list[tuple[str, str, dict[str, An
 
 
 def baseline_settings(name: str, *, grid: bool) -> list[dict[str, Any]]:
-    """A baseline's settings: every point of its tuning grid, or its default alone (random and most-popular
-    have no setting)."""
+    """A baseline's settings: every point of its tuning grid (those that share a build side by side), or its
+    default alone (random and most-popular have no setting)."""
     if name in baselines.GRIDS:
-        return baselines.grid(name) if grid else [dict(baselines.DEFAULTS[name])]
+        return [s for group in baselines.grid_groups(name) for s in group] if grid else [baselines.DEFAULTS[name]]
     return [{}]
+
+
+def fit_groups(rows: list[dict[str, Any]]) -> list[list[int]]:
+    """A grid's rows as [start, end) ranges, one per scoring shard: the baseline settings that share a build
+    (``baselines.build_key``, side by side in ``table_rows``) together, every other row alone."""
+    groups: list[list[int]] = []
+    last: tuple[Any, ...] | None = None
+    for i, row in enumerate(rows):
+        shared = row["kind"] == "baseline" and row["family"] in baselines.SHARED_BUILD
+        key = (row["family"], baselines.build_key(row["family"], row["params"])) if shared else None
+        if key is not None and key == last:
+            groups[-1][1] = i + 1
+        else:
+            groups.append([i, i + 1])
+        last = key
+    return groups
 
 
 def parent(job_id: str, params: dict[str, Any], stage: str) -> Position:
@@ -262,6 +279,7 @@ def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
     """What every scoring shard and the join work from (small JSON, the shard plan's payload)."""
     split = state.results["split"]
     protocol = Protocol.of(params)
+    rows = table_rows(params, state)
     return {
         "dataset": split["dataset"],
         "training_dataset": split["training_dataset"],
@@ -269,8 +287,9 @@ def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
         "k": protocol.k,
         "seed": int(params.get("seed", DEFAULT_SEED)),
         "ease_max_bytes": EASE_MAX_BYTES,
-        "rows": table_rows(params, state),
+        "rows": rows,
         "layout": "rows" if params.get("grid") else "users",
+        "groups": fit_groups(rows) if params.get("grid") else None,
         "segments": [{"name": "all", "users": int(split["evaluated"])}] if params.get("grid") else segments(split),
     }
 

@@ -364,8 +364,7 @@ def fit_baseline(
 
 fitted_baseline = per_process(maxsize=len(BASELINES))(fit_baseline)
 """``fit_baseline`` once per process: a test scoring's shards each rank every row, the same fits each time. A
-validation grid's shard fits its one setting with ``fit_baseline`` itself (no other shard of the process wants
-it, and an EASE fit holds ~250 MB on ml-latest-small)."""
+validation grid's shard fits its settings itself (``_fit_group``): no other shard wants them."""
 
 
 # -- scoring shards ----------------------------------------------------------------------------------------
@@ -390,7 +389,7 @@ def plan_items(plan: dict[str, Any]) -> int:
     """What a plan's shards cut into ranges: the table's rows ("rows" layout: a validation grid, every row
     fitted once, by the one shard that scores it), or the users of every segment ("users")."""
     if plan.get("layout") == "rows":
-        return len(plan["rows"])
+        return len(plan["groups"])
     return sum(int(s["users"]) for s in plan["segments"])
 
 
@@ -399,14 +398,22 @@ def score_shard(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Items [lo, hi) of the plan ranked: ((rows, users, k) int32 top-k movie rows, -1 where nothing; stats
     {"items", "seconds" per row (fitting included when this process fitted it), "skipped" per row that could
-    not run}). "rows" layout: rows [lo, hi), every evaluated user; else every row, users [lo, hi) of the
-    segments laid end to end."""
+    not run}). "rows" layout (a validation grid): the rows of ``plan["groups"][lo:hi]``, every evaluated user;
+    else every row, users [lo, hi) of the segments laid end to end."""
     data = load_split(artifacts, plan["training_dataset"], float(plan["relevant_at"]))
     k, relevant_at = int(plan["k"]), float(plan["relevant_at"])
     if plan.get("layout") == "rows":
-        rows, pieces = plan["rows"][lo:hi], [("all", 0, len(data.split.evaluated))]
+        first, end = plan["groups"][lo][0], plan["groups"][hi - 1][1]
+        rows, pieces = plan["rows"][first:end], [("all", 0, len(data.split.evaluated))]
+        fits = _fit_group(data.split, plan, rows)
+        fit_seconds = [f.seconds if f is not None else 0.0 for f in fits]
     else:
         rows, pieces = plan["rows"], _pieces(plan["segments"], lo, hi)
+        fits, fit_seconds = [], []
+        for row in rows:  # once per process: only the first shard of a process pays for the fit
+            started = time.perf_counter()
+            fits.append(_fitted(artifacts, plan, row) if row["kind"] == "baseline" else None)
+            fit_seconds.append(time.perf_counter() - started)
     total = sum(b - a for _, a, b in pieces)
     top = np.full((len(rows), total, k), -1, dtype=np.int32)
     seconds: dict[str, float] = {}
@@ -414,11 +421,8 @@ def score_shard(
     for i, row in enumerate(rows):
         started = time.perf_counter()
         scorer: evaluate.Scorer
-        if row["kind"] == "baseline":
-            fit = fit_baseline if plan.get("layout") == "rows" else fitted_baseline
-            fitted = fit(artifacts, plan["training_dataset"], relevant_at, row["family"],
-                         json.dumps(row.get("params", {}), sort_keys=True), seed=int(plan["seed"]),
-                         ease_max_bytes=int(plan["ease_max_bytes"]))  # fmt: skip
+        fitted = fits[i]
+        if fitted is not None:
             if fitted.scorer is None:
                 skipped[row["name"]] = str(fitted.skipped)
                 continue
@@ -435,8 +439,48 @@ def score_shard(
                     scores = version_scorer(artifacts, models, row["model"]).score(history, times[users])
                 top[i, at : at + len(users)] = evaluate.top_k(scores, history, k)
                 at += len(users)
-        seconds[row["name"]] = round(time.perf_counter() - started, 4)
+        took = time.perf_counter() - started + fit_seconds[i]
+        seconds[row["name"]] = round(took, 4)
     return top, {"items": [lo, hi], "seconds": seconds, "skipped": skipped}
+
+
+def _fitted(artifacts: ArtifactStore, plan: dict[str, Any], row: dict[str, Any]) -> Fitted:
+    """A test scoring's baseline row, fitted once per process."""
+    return fitted_baseline(artifacts, plan["training_dataset"], float(plan["relevant_at"]), row["family"],
+                           json.dumps(row.get("params", {}), sort_keys=True), seed=int(plan["seed"]),
+                           ease_max_bytes=int(plan["ease_max_bytes"]))  # fmt: skip
+
+
+def _fit_group(split: evaluate.Split, plan: dict[str, Any], rows: list[dict[str, Any]]) -> list[Fitted | None]:
+    """A validation shard's rows fitted (None for a recipe): the settings of one baseline together
+    (``baselines.fit_many``: one similarity build for those that share it), each row charged an equal share of
+    the fitting time. Nothing is cached: no other shard fits these settings."""
+    out: list[Fitted | None] = [None] * len(rows)
+    by_family: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row["kind"] == "baseline":
+            by_family.setdefault(row["family"], []).append(i)
+    seed, max_bytes = int(plan["seed"]), int(plan["ease_max_bytes"])
+    for family, members in by_family.items():
+        started = time.perf_counter()
+        try:
+            if family == "random":
+                scorers = [evaluate.random_scorer(split, seed=seed) for _ in members]
+            elif family == "most-popular":
+                scorers = [evaluate.popular_scorer(split) for _ in members]
+            else:
+                models = baselines.fit_many(family, split.train, [rows[i].get("params", {}) for i in members],
+                                            seed=seed, max_bytes=max_bytes)  # fmt: skip
+                scorers = [m.score for m in models]
+        except evaluate.Skipped as why:
+            share = (time.perf_counter() - started) / len(members)
+            for i in members:
+                out[i] = Fitted(None, str(why), share)
+            continue
+        share = (time.perf_counter() - started) / len(members)
+        for i, scorer in zip(members, scorers, strict=True):
+            out[i] = Fitted(scorer, None, share)
+    return out
 
 
 BATCH_USERS = 200

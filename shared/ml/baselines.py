@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from shared.ml.evaluate import Skipped
 
 __all__ = ["DEFAULTS", "GRIDS", "NAMES", "Baseline", "EaseModel", "IalsModel", "SimilarityModel", "Skipped"]
-__all__ += ["fit", "grid", "label"]
+__all__ += ["build_key", "fit", "fit_many", "grid", "grid_groups", "label"]
 
 Params = Mapping[str, float | int]
 
@@ -146,6 +146,76 @@ def fit(name: str, train: sp.csr_matrix, params: Params, *, seed: int, max_bytes
     return _ials(
         x, factors=int(p["factors"]), regularization=float(p["regularization"]), alpha=float(p["alpha"]), seed=seed
     )
+
+
+# -- fitting a grid: one build per shared part ------------------------------------------------------------
+SHARED_BUILD: dict[str, tuple[str, ...]] = {
+    "item-kNN": ("shrink",),
+    "RP3beta": ("alpha", "beta"),
+}
+"""The parameters a similarity build depends on; the others (k, normalize) only cut or scale its rows, so the
+settings that agree on these share one build (``fit_many``)."""
+
+
+def build_key(name: str, params: Params) -> tuple[float | int, ...]:
+    """What ``name`` at ``params`` shares its build with: settings of one key are fitted by one build."""
+    p = _resolve(name, params)
+    return tuple(p[key] for key in SHARED_BUILD.get(name, tuple(p)))
+
+
+def grid_groups(name: str) -> list[list[dict[str, float | int]]]:
+    """``grid(name)`` in groups that share a build, each group's settings in grid order, groups in the order of
+    their first setting."""
+    groups: dict[tuple[float | int, ...], list[dict[str, float | int]]] = {}
+    for setting in grid(name):
+        groups.setdefault(build_key(name, setting), []).append(setting)
+    return list(groups.values())
+
+
+def fit_many(name: str, train: sp.csr_matrix, settings: list[Params], *, seed: int, max_bytes: int) -> list[Baseline]:
+    """``fit`` of each setting, the same models bit for bit, with one similarity build per build key: item-kNN
+    and RP3beta are built once at the largest k of the settings that share it, and each setting's rows are cut
+    from that build (the top k of the top k_max, ties to the lower movie, are the top k) and then normalised."""
+    if name not in SHARED_BUILD:
+        return [fit(name, train, s, seed=seed, max_bytes=max_bytes) for s in settings]
+    resolved = [_resolve(name, s) for s in settings]
+    x = _binary(train)
+    built: dict[tuple[float | int, ...], sp.csr_matrix] = {}
+    out: list[Baseline] = []
+    for p in resolved:
+        key = build_key(name, p)
+        if key not in built:
+            k_max = max(int(q["k"]) for q in resolved if build_key(name, q) == key)
+            if name == "item-kNN":
+                built[key] = _item_knn(x, k=k_max, shrink=float(p["shrink"]))
+            else:
+                built[key] = _rp3beta(x, alpha=float(p["alpha"]), beta=float(p["beta"]), k=k_max, normalize=False)
+        w = _top_k_rows(built[key], int(p["k"]))
+        if name == "RP3beta" and p["normalize"]:
+            w = _normalize_rows(w)
+        out.append(SimilarityModel(w))
+    return out
+
+
+def _top_k_rows(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Each row of ``m`` cut to its k largest entries, ties to the lower column (``_top_k_entries``'s rule)."""
+    counts = np.diff(m.indptr)
+    if counts.max(initial=0) <= k:
+        return m
+    owner = np.repeat(np.arange(m.shape[0]), counts)  # (nnz,) row of each entry
+    order = np.lexsort((m.indices, -m.data, owner))  # by row, then value descending, then column
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - m.indptr[owner[order]]  # (nnz,) place in its row by that order
+    keep = rank < k
+    out = sp.csr_matrix((m.data[keep], (owner[keep], m.indices[keep])), shape=m.shape, dtype=np.float32)
+    out.sort_indices()
+    return out
+
+
+def _normalize_rows(w: sp.csr_matrix) -> sp.csr_matrix:
+    """Rows L1-normalised (an empty row stays empty)."""
+    sums = np.asarray(w.sum(axis=1), dtype=np.float64).ravel()  # (n,)
+    return sp.csr_matrix(sp.diags(_inverse(sums)) @ w, dtype=np.float32)
 
 
 def _binary(ratings: sp.csr_matrix) -> sp.csr_matrix:
@@ -301,10 +371,7 @@ def _rp3beta(x: sp.csr_matrix, *, alpha: float, beta: float, k: int, normalize: 
         walk *= degree[None, :]
         blocks.append(_top_k_entries(walk, lo, k))
     w = _cut(blocks, n)
-    if normalize:
-        sums = np.asarray(w.sum(axis=1), dtype=np.float64).ravel()  # (n,)
-        w = sp.csr_matrix(sp.diags(_inverse(sums)) @ w, dtype=np.float32)
-    return w
+    return _normalize_rows(w) if normalize else w
 
 
 def _inverse(values: np.ndarray) -> np.ndarray:

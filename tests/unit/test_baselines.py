@@ -289,3 +289,29 @@ def test_labels_are_short_stable_and_distinct() -> None:
 def test_unknown_names_parameters_and_values_are_refused(train, name, params, match) -> None:
     with pytest.raises(ValueError, match=match):
         baselines.fit(name, train, params, seed=0, max_bytes=1 << 30)
+
+
+@pytest.mark.parametrize("name", ["item-kNN", "RP3beta"])
+def test_a_grid_fitted_with_shared_builds_is_each_setting_fitted_alone(train, name) -> None:
+    """One build per build key, every k cut from it: the same matrices, bit for bit, as a fit per setting (k
+    from 1 to past the row length, so cuts among ties and rows shorter than k are both met)."""
+    settings = [{**s, "k": k} for s in baselines.grid(name)[:4] for k in (1, 2, 5, 40)]
+    many = baselines.fit_many(name, train, settings, seed=0, max_bytes=1 << 30)
+    for setting, model in zip(settings, many, strict=True):
+        alone = baselines.fit(name, train, setting, seed=0, max_bytes=1 << 30)
+        assert isinstance(model, baselines.SimilarityModel) and isinstance(alone, baselines.SimilarityModel)
+        a, b = model.similarity, alone.similarity
+        assert np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices), setting
+        assert np.array_equal(a.data, b.data), setting
+
+
+def test_grid_groups_share_a_build_and_cover_the_grid() -> None:
+    for name in baselines.NAMES:
+        groups = baselines.grid_groups(name)
+        flat = [s for g in groups for s in g]
+        assert sorted(map(str, flat)) == sorted(map(str, baselines.grid(name)))
+        for g in groups:
+            assert len({baselines.build_key(name, s) for s in g}) == 1
+    assert [len(g) for g in baselines.grid_groups("item-kNN")] == [4, 4, 4]  # one build per shrink
+    assert [len(g) for g in baselines.grid_groups("RP3beta")] == [4] * 6  # one per (alpha, beta)
+    assert [len(g) for g in baselines.grid_groups("EASE")] == [1] * 7  # nothing to share

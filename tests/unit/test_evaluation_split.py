@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from shared.jobs.sharded import ranges
-from shared.logic.evaluation import EvaluationState, build_table, parent, stages
+from shared.logic.evaluation import (
+    EvaluationState,
+    build_table,
+    fit_groups,
+    parent,
+    recipe_variants,
+    stages,
+    table_rows,
+)
 from shared.logic.scoring import RowScores, cut, ratings_matrix
 from shared.ml import splits
 from shared.ml.protocol import Protocol, training_dataset_id
@@ -186,3 +194,18 @@ def test_the_table_sums_seconds_names_skips_tuning_and_intervals() -> None:
     assert hybrid["vs_reference"]["new-1"]["ndcg"]["difference"] == pytest.approx(0.05)
     assert "significant lead" in table["verdict"] and "hybrid hidden_dim=64" in table["verdict"]
     assert table["protocol"]["split"] == "temporal" and table["protocol"]["k"] == 5 and table["protocol"]["tuned"]
+
+
+def test_a_grid_lists_every_setting_with_those_that_share_a_build_in_one_shard() -> None:
+    params = {"dataset": "d", "grid": True, "recipes": ["hybrid"], "baselines": ["random", "item-kNN", "EASE"]}
+    variants = [label for label, _, _ in recipe_variants(params)]
+    state = EvaluationState(results={f"train:{v}": {"model": f"m-{i}"} for i, v in enumerate(variants)})
+    rows = table_rows(params, state)
+    assert [r["family"] for r in rows] == ["random"] + ["item-kNN"] * 12 + ["EASE"] * 7 + ["hybrid"] * 4
+    assert len({r["name"] for r in rows}) == len(rows)
+    groups = fit_groups(rows)
+    assert [b - a for a, b in groups] == [1, 4, 4, 4] + [1] * 7 + [1] * 4  # one shard per item-kNN shrink
+    assert groups[0][0] == 0 and groups[-1][1] == len(rows)
+    assert all(a == b for (_, a), (b, _) in itertools.pairwise(groups))  # contiguous, in row order
+    for a, b in groups[1:4]:
+        assert len({rows[i]["params"]["shrink"] for i in range(a, b)}) == 1
