@@ -1,25 +1,32 @@
-"""An evaluation's data in Redis: a dataset's temporal split, stored once, and its scoring shards' parts.
+"""An evaluation's data in Redis: a dataset's split, stored once, and its scoring shards' parts.
 
-    source dataset (format 2 on: ratings with timestamps)
-      └─ derive(source, protocol) ─┬─> training dataset ds-<hash(source, min_ratings, train_fraction)>:
-                                   │     the source's catalogue arrays copied; ratings = each kept user's training
-                                   │     part (in the source's order, timestamps kept); a record like an ingested
-                                   │     dataset's plus "derived": {"from", "protocol"}
+    source dataset (format 2 on: ratings with timestamps; format 3 on: tag events too)
+      └─ derive(source, protocol) ─┬─> training dataset ds-<hash(source, protocol.training)>:
+                                   │     the source's catalogue arrays; descriptors rebuilt from the tags each
+                                   │     training user wrote before their cut (shared/logic/descriptors.py), and
+                                   │     only those tag events kept; ratings = the training users' training part
+                                   │     (in the source's order, timestamps kept); a record like an ingested
+                                   │     dataset's plus "derived": {"from", "protocol", "tags"}
                                    └─> test part, beside it (``evaluation_split_artifact``):
-                                         user_ids         int32 (u,)    the training dataset's users (>= min_ratings)
+                                         user_ids         int32 (u,)    the training dataset's users
                                          evaluated        int64 (e,)    their rows with a relevant test movie
                                          relevant_indptr  int64 (e + 1,) relevant test movies of evaluated user i:
                                          relevant_movie   int32 (m,)      relevant_movie[indptr[i]:indptr[i + 1]]
                                          cold             bool (n,)     movies with no training rating
+                                         cohort_*         (c,), (c + 1,), (r,) x 3  the new users' timelines
                                          summary          JSON          counts and protocol; written last
-    load_split(training dataset, relevant_at) ──> shared.ml.evaluate.Split (+ the training timestamps), per process
-    fitted_baseline(...) ──> a baseline fitted on the training part, per process (EASE: ~10 s on ml-latest-small)
+    load_split(training dataset, relevant_at) ──> SplitData: the Split, the training timestamps, the cohort and
+                                                  its new-user slices, per process
+    score_shard(plan, lo, hi) ──> top-k of a test scoring's users [lo, hi) by every row ("users" layout), or of
+                                  every validation user by a grid's rows ("rows" layout, fitted together)
 
-The split is ``shared.ml.evaluate.temporal_split``; the training dataset is cut by ``train_mask``, the same
-rule per rating, and checked against it (the same matrix, or the derivation fails). Both are content
-addressed: the training dataset by (source, min_ratings, train_fraction), the test part by that and
-``relevant_at``, so a rerun (or another ``relevant_at``, or ``k``) reuses what is stored. Only the training
-dataset reaches a recipe's pipeline; the test part is read by the scoring shards and the join alone.
+The split is ``shared.ml.evaluate.split_ratings`` (``shared.ml.splits.assign``'s labels); the training dataset
+is cut by the same labels and checked against the split (the same matrix, or the derivation fails). Both are
+content addressed: the training dataset by (source, split, min_ratings, train_fraction, new_user_share,
+max_users), the test part by that and ``relevant_at``, so a rerun (or another ``relevant_at``, or ``k``) reuses
+what is stored. A validation split is ``derive`` of a training dataset under ``Protocol.validation``. Only the
+training dataset reaches a recipe's pipeline and the baselines; the test part and the cohort are read by the
+scoring shards and the join alone.
 """
 
 from __future__ import annotations

@@ -1,28 +1,29 @@
-"""Offline evaluation of recommenders: a temporal split, ranking metrics and four baselines (issue #11).
+"""Offline evaluation of recommenders: the split as a ``Split``, the new-user slice, ranking and metrics, and the
+two trivial rows (issues #11, #24).
 
 Pure numpy/scipy, no Redis: the evaluation job and ``bench.quality`` both call these functions. Data flow:
 
     ratings as parallel arrays (user, movie row, rating, timestamp)
-      └─ temporal_split ──> Split: training part (CSR users x movies), relevant test movies, cold movies
+      └─ split_ratings (labels from shared/ml/splits.py) ──> Split: the training users' part (CSR users x
+           movies), relevant test movies, cold movies; Cohort: the held-out new users' timelines
+      └─ new_user_split(cohort, N) ──> a Split whose "training" rows are each new user's first N ratings
     Split ──> a scorer (random_scorer, popular_scorer, shared/ml/baselines.py's, or a model's own)
-            fitted on the training part only; scorer(rows) -> (b, n_movies) scores
-      └─ recommend: batches of ``batch_users`` evaluated users, top_k with the training movies excluded
+            fitted on the training part only; scorer(histories) -> (b, n_movies) scores
+      └─ recommend: batches of ``batch_users`` evaluated users, top_k with their history excluded
            └─ metrics: recall, NDCG, HR, catalogue coverage, cold-start recall at k
+              (per user: shared/ml/intervals.py, with the paired bootstrap)
 
-The protocol (fixed by the issue):
+The metrics:
 
-- Users with at least ``min_ratings`` ratings; the others are dropped (neither trained on nor evaluated).
-  Each user's ratings are sorted by timestamp (stable: ties keep input order); the first round(0.8 n) are
-  the training part, the rest the test part. Relevant = test ratings >= 4.0; a user with no relevant test
-  movie is not evaluated (their training part still feeds the baselines).
-- Candidates: every catalogue movie not in the user's training part.
+- Relevant = test ratings >= ``relevant_at``; a user with no relevant test movie is not evaluated (their
+  training part still feeds the models). Candidates: every catalogue movie not in the user's history.
 - Recall@k = hits / min(k, |relevant|); NDCG@k with binary gains, the ideal DCG over min(k, |relevant|)
   positions; HR@k = share of users with a hit; coverage@k = distinct movies recommended / catalogue size.
 - Cold-start recall: the same recall restricted to relevant movies that nobody rated in the training part,
   averaged over the users that have at least one.
 
-Baselines see only ``Split.train``; nothing from the test part reaches them (a test checks this).
-Top-k ties go to the lower movie row, so every result is deterministic.
+Scorers see only ``Split.train`` and the histories they are given; nothing from the test part reaches them
+(tests check this). Top-k ties go to the lower movie row, so every result is deterministic.
 """
 
 from __future__ import annotations
