@@ -217,6 +217,12 @@ def glob_escape(text: str) -> str:
 
 
 # -- artifact names (no prefix: the artifact store adds it) -------------------------------------------------
+TAG_EVENT_ARRAYS = ("tag_user", "tag_movie", "tag_text", "tag_time")
+"""The descriptor parts with one value per tags.csv event."""
+DESCRIPTOR_PARTS = ("terms", "genre_indptr", "genre_indices", "genome_indptr", "genome_indices", "in_genome",
+                    *TAG_EVENT_ARRAYS)  # fmt: skip
+"""What a dataset's descriptors are made of (format 3 on), named as ``shared.ml.movielens.DescriptorParts``'
+fields; a derived dataset copies them (shared/store/datasets.py)."""
 DATASET_ARRAYS = (
     "movie_ids",
     "titles",
@@ -228,16 +234,7 @@ DATASET_ARRAYS = (
     "ratings_movie",
     "ratings_value",
     "ratings_time",
-    "terms",
-    "genre_indptr",
-    "genre_indices",
-    "genome_indptr",
-    "genome_indices",
-    "in_genome",
-    "tag_user",
-    "tag_movie",
-    "tag_text",
-    "tag_time",
+    *DESCRIPTOR_PARTS,
 )
 """The artifacts a dataset is stored as (shared/store/datasets.py documents each one's dtype and shape)."""
 

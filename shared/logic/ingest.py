@@ -26,8 +26,8 @@ import psutil
 
 from shared.errors import PathNotAllowed
 from shared.infra.clock import utcnow_iso
-from shared.infra.keys import dataset_artifact
-from shared.store.datasets import DESCRIPTOR_PARTS, FORMAT_VERSION, DatasetStore, put_descriptor_parts
+from shared.infra.keys import DESCRIPTOR_PARTS, dataset_artifact
+from shared.store.datasets import FORMAT_VERSION, DatasetStore, put_descriptor_parts
 
 INPUT_FILES = ("movies.csv", "ratings.csv", "tags.csv", "genome-scores.csv", "genome-tags.csv", "links.csv")
 MAX_TAGS_PER_MOVIE = 50

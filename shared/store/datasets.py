@@ -48,7 +48,7 @@ import numpy as np
 import redis
 
 from shared.errors import NotFound
-from shared.infra.keys import Keys, dataset_artifact
+from shared.infra.keys import DESCRIPTOR_PARTS, TAG_EVENT_ARRAYS, Keys, dataset_artifact
 from shared.store.artifacts import ArtifactStore
 
 FORMAT_VERSION = 3
@@ -57,27 +57,11 @@ FORMAT_VERSION = 3
 1: the first; 2: adds ``ratings_time``; 3: adds the descriptor parts (``DESCRIPTOR_PARTS``)."""
 TIMESTAMPS_SINCE_FORMAT = 2
 """The first format whose datasets store ``ratings_time``."""
-TAG_EVENT_ARRAYS = ("tag_user", "tag_movie", "tag_text", "tag_time")
-"""The descriptor parts with one value per tags.csv event."""
 DESCRIPTOR_PARTS_SINCE_FORMAT = 3
 """The first format whose ingested datasets store ``DESCRIPTOR_PARTS``."""
 
 CATALOGUE_ARRAYS = ("movie_ids", "vocabulary", "titles", "desc_indptr", "desc_indices")
 """What a derived dataset copies from its source as it is (``put_derived``)."""
-DESCRIPTOR_PARTS = (
-    "terms",
-    "genre_indptr",
-    "genre_indices",
-    "genome_indptr",
-    "genome_indices",
-    "in_genome",
-    "tag_user",
-    "tag_movie",
-    "tag_text",
-    "tag_time",
-)
-"""What a dataset's descriptors are made of (format 3 on), named as ``DescriptorParts``' fields; a derived
-dataset copies them as they are."""
 JSON_ARRAYS = ("titles", "vocabulary", "terms")
 
 

@@ -13,14 +13,13 @@ import redis
 
 from cli.synth import SynthSpec, write_synthetic
 from shared.errors import Conflict, NotFound
-from shared.infra.keys import dataset_artifact
+from shared.infra.keys import DESCRIPTOR_PARTS, dataset_artifact
 from shared.infra.settings import Settings
 from shared.logic.descriptors import NO_END, descriptors_before, per_user_cuts
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.services import Services
 from shared.ml.movielens import DescriptorParts, descriptors_from, read_catalogue
 from shared.store.datasets import (
-    DESCRIPTOR_PARTS,
     FORMAT_VERSION,
     DatasetRatings,
     has_descriptor_parts,
