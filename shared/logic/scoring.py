@@ -356,17 +356,29 @@ def fit_baseline(
     """Baseline ``name`` at ``params`` (JSON: hashable for ``fitted_baseline``'s cache) fitted on the split's
     training part (nothing of the test part reaches it)."""
     split = load_split(artifacts, training_ds, relevant_at).split
+    return fit_settings(split, name, [json.loads(params)], seed=seed, max_bytes=ease_max_bytes)[0]
+
+
+def fit_settings(
+    split: evaluate.Split, name: str, settings: list[dict[str, Any]], *, seed: int, max_bytes: int
+) -> list[Fitted]:
+    """Baseline ``name`` at each of ``settings`` fitted on ``split``'s training part, together
+    (``baselines.fit_many``: one similarity build for the settings that share it), each charged an equal share
+    of the time; all skipped, saying why, when the baseline cannot run on this data."""
     started = time.perf_counter()
     try:
         if name == "random":
-            scorer = evaluate.random_scorer(split, seed=seed)
+            scorers = [evaluate.random_scorer(split, seed=seed) for _ in settings]
         elif name == "most-popular":
-            scorer = evaluate.popular_scorer(split)
+            scorers = [evaluate.popular_scorer(split) for _ in settings]
         else:
-            scorer = baselines.fit(name, split.train, json.loads(params), seed=seed, max_bytes=ease_max_bytes).score
-    except evaluate.Skipped as skipped:
-        return Fitted(None, str(skipped), time.perf_counter() - started)
-    return Fitted(scorer, None, time.perf_counter() - started)
+            models = baselines.fit_many(name, split.train, settings, seed=seed, max_bytes=max_bytes)
+            scorers = [m.score for m in models]
+    except evaluate.Skipped as why:
+        share = (time.perf_counter() - started) / max(1, len(settings))
+        return [Fitted(None, str(why), share) for _ in settings]
+    share = (time.perf_counter() - started) / max(1, len(settings))
+    return [Fitted(scorer, None, share) for scorer in scorers]
 
 
 fitted_baseline = per_process(maxsize=len(BASELINES))(fit_baseline)
@@ -459,9 +471,8 @@ def _fitted(artifacts: ArtifactStore, plan: dict[str, Any], row: dict[str, Any])
 
 
 def _fit_group(split: evaluate.Split, plan: dict[str, Any], rows: list[dict[str, Any]]) -> list[Fitted | None]:
-    """A validation shard's rows fitted (None for a recipe): the settings of one baseline together
-    (``baselines.fit_many``: one similarity build for those that share it), each row charged an equal share of
-    the fitting time. Nothing is cached: no other shard fits these settings."""
+    """A validation shard's rows fitted (None for a recipe), the settings of one baseline together
+    (``fit_settings``). Nothing is cached: no other shard fits these settings."""
     out: list[Fitted | None] = [None] * len(rows)
     by_family: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
@@ -469,24 +480,10 @@ def _fit_group(split: evaluate.Split, plan: dict[str, Any], rows: list[dict[str,
             by_family.setdefault(row["family"], []).append(i)
     seed, max_bytes = int(plan["seed"]), int(plan["ease_max_bytes"])
     for family, members in by_family.items():
-        started = time.perf_counter()
-        try:
-            if family == "random":
-                scorers = [evaluate.random_scorer(split, seed=seed) for _ in members]
-            elif family == "most-popular":
-                scorers = [evaluate.popular_scorer(split) for _ in members]
-            else:
-                models = baselines.fit_many(family, split.train, [rows[i].get("params", {}) for i in members],
-                                            seed=seed, max_bytes=max_bytes)  # fmt: skip
-                scorers = [m.score for m in models]
-        except evaluate.Skipped as why:
-            share = (time.perf_counter() - started) / len(members)
-            for i in members:
-                out[i] = Fitted(None, str(why), share)
-            continue
-        share = (time.perf_counter() - started) / len(members)
-        for i, scorer in zip(members, scorers, strict=True):
-            out[i] = Fitted(scorer, None, share)
+        settings = [rows[i].get("params", {}) for i in members]
+        for i, fitted in zip(members, fit_settings(split, family, settings, seed=seed, max_bytes=max_bytes),
+                             strict=True):  # fmt: skip
+            out[i] = fitted
     return out
 
 

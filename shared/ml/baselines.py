@@ -28,7 +28,7 @@ the other three grow linearly with the catalogue and are not checked).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -172,7 +172,9 @@ def grid_groups(name: str) -> list[list[dict[str, float | int]]]:
     return list(groups.values())
 
 
-def fit_many(name: str, train: sp.csr_matrix, settings: list[Params], *, seed: int, max_bytes: int) -> list[Baseline]:
+def fit_many(
+    name: str, train: sp.csr_matrix, settings: Sequence[Params], *, seed: int, max_bytes: int
+) -> list[Baseline]:
     """``fit`` of each setting, the same models bit for bit, with one similarity build per build key: item-kNN
     and RP3beta are built once at the largest k of the settings that share it, and each setting's rows are cut
     from that build (the top k of the top k_max, ties to the lower movie, are the top k) and then normalised."""
