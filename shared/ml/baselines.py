@@ -36,7 +36,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from shared.ml.evaluate import Skipped
+from shared.ml.evaluate import Skipped, kth_largest
 
 __all__ = ["DEFAULTS", "GRIDS", "NAMES", "Baseline", "EaseModel", "IalsModel", "SimilarityModel", "Skipped"]
 __all__ += ["build_key", "fit", "fit_many", "grid", "grid_groups", "label"]
@@ -82,7 +82,7 @@ IALS_ITERATIONS = 15
 
 BLOCK_CELLS = 1 << 24
 """Similarity rows are built a block at a time, BLOCK_CELLS / n rows: a block is a dense (b, n) float32 array
-(64 MB, about three times that with its partitioned copy and masks), never an n x n one."""
+(64 MB, about three times that with its masks), never an n x n one."""
 
 FOLD_IN_USERS = 256
 """iALS users folded in at a time: their normal equations are FOLD_IN_USERS x f x f float64 (32 MB at f=128)."""
@@ -309,7 +309,7 @@ def _top_k_entries(block: np.ndarray, lo: int, k: int) -> tuple[np.ndarray, np.n
     b, n = block.shape
     block[np.arange(b), np.arange(lo, lo + b)] = 0  # no movie is its own neighbour
     block[~(block > 0)] = 0  # only positive entries are kept (NaN among the dropped)
-    kth = np.partition(block, n - k, axis=1)[:, n - k] if k < n else np.zeros(b, block.dtype)  # (b,) k-th largest
+    kth = kth_largest(block, k) if k < n else np.zeros(b, block.dtype)  # (b,) k-th largest
     keep = block > kth[:, None]  # (b, n) certainly kept
     room = k - keep.sum(axis=1)  # (b,) places left for entries equal to the k-th largest
     tied = block == kth[:, None]

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from shared.ml import baselines
 from shared.ml.evaluate import (
     EASE_MAX_BYTES,
+    kth_largest,
     Split,
     metrics,
     popular_scorer,
@@ -79,6 +80,32 @@ def test_top_k_excludes_breaks_ties_low_and_pads() -> None:
     scores = np.array([[0.5, 0.9, 0.5, 0.5, 0.1], [1.0, 2.0, 3.0, 4.0, 5.0]])
     exclude = csr([[1], [0, 1, 2, 3]], 5)
     assert top_k(scores, exclude, 3).tolist() == [[0, 2, 3], [4, -1, -1]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kth_largest_matches_a_sort_with_ties_and_infinities(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    values = np.round(rng.normal(size=(40, 300)), 1).astype(dtype)  # many ties
+    values[5] = -np.inf
+    values[6, :250] = -np.inf
+    for k in (1, 10, 200, 300):
+        want = -np.sort(-values, axis=1)[:, k - 1]
+        assert np.array_equal(kth_largest(values, k), want)
+
+
+def test_top_k_against_a_slow_reference_with_nan_scores() -> None:
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.random((30, 50)), 1).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.05] = np.nan
+    scores[7, :45] = np.nan  # fewer than k candidates: padded
+    exclude = sp.csr_matrix(rng.random((30, 50)) < 0.2)
+    for k in (1, 10):
+        want = np.full((30, k), -1)
+        for i in range(30):
+            candidates = [j for j in range(50) if not exclude[i, j] and not np.isnan(scores[i, j])]
+            best = sorted(candidates, key=lambda j: (-scores[i, j], j))[:k]
+            want[i, : len(best)] = best
+        assert np.array_equal(top_k(scores, exclude, k), want)
 
 
 # -- the split -------------------------------------------------------------------------------------------
