@@ -51,8 +51,8 @@ def evaluation_split(job_id: str, source: str, protocol: dict[str, Any]) -> None
 
 @shared_task(name="workers.evaluation.evaluation_shard")
 def evaluation_shard(job_id: str, plan: dict[str, Any], lo: int, hi: int, total: int) -> None:
-    """Rank items [lo, hi) of the plan (users by every row, or every user by rows [lo, hi)); idempotent: the
-    part's name is fixed by lo."""
+    """Rank cell ``lo`` of the plan (a group of rows by a chunk of users); idempotent: the part's name is fixed
+    by lo."""
 
     def work(svc: Services) -> dict[str, Any]:
         top, stats = score_shard(svc.artifacts, svc.models, plan, lo, hi)
@@ -78,7 +78,7 @@ def evaluation_join(job_id: str, plan: dict[str, Any]) -> None:
         started = time.perf_counter()
         starts = [lo for lo, _ in shards.ranges]
         skipped = {name for s in stats for name in s.get("skipped", {})}
-        scores = row_scores(svc.artifacts, plan, job_id, starts, skipped)
+        scores = row_scores(svc.artifacts, plan, job_id, skipped)
         table = build_table(job.params, state, plan, scores, stats)
         for row in table["rows"]:
             if row["model"] is not None:

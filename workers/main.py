@@ -187,10 +187,15 @@ def run_worker(
         threads = max(1, (os.cpu_count() or 1) // processes)
 
         def limit_threads(**_: Any) -> None:
-            # N prefork children each running a BLAS with all cores would oversubscribe the machine.
+            # N prefork children each running a BLAS (or torch's own pool) with all cores would oversubscribe the
+            # machine: torch's top-k over a similarity build took twice as long with 2 threads in each of 2
+            # processes on 2 cores as with 1 (issue #24). torch sizes its pool from OMP_NUM_THREADS on import.
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(threads)
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(threads)
 
         worker_process_init.connect(limit_threads, weak=False)
         if INTERACTIVE_QUEUE in queues:

@@ -284,6 +284,18 @@ def evaluation_split_artifact(training_ds: str, relevant_at: float, part: str) -
     return f"evaluations/{training_ds}/test-r{float(relevant_at)!r}/{part}"
 
 
+EVALUATION_FIT_ARRAYS = ("indptr", "indices", "data", "item_factors", "settings", "summary")
+"""A baseline fitted for a test scoring (``shared.ml.baselines.to_arrays``'s parts), and its summary."""
+
+
+def evaluation_fit_artifact(training_ds: str, fit_id: str, part: str) -> str:
+    """One array of a baseline fitted on derived training dataset ``training_ds``, stored by the scoring shard
+    that fitted it for every other: ``evaluations/<ds>/fits/<fit id>/<part>``, ``summary`` written last."""
+    if part not in EVALUATION_FIT_ARRAYS:
+        raise ValueError(f"a fitted baseline has no artifact {part!r}")
+    return f"evaluations/{training_ds}/fits/{fit_id}/{part}"
+
+
 def evaluation_part(job_id: str, lo: int) -> str:
     """One scoring shard's top-k movie rows of an evaluation job (every row of its table), dropped by its join."""
     return f"evaluations/part/{job_id}/{shard_id(lo)}"

@@ -15,15 +15,18 @@ short steps (``workers.evaluation.evaluation_step``), none of which waits for an
                       best setting of each row is chosen there                 │
       train:<recipe>  per recipe, its chosen setting: child job ``pipeline`` ──┘
                       {"dataset": training dataset, "recipe", overrides, "seed", "activate": false}
-      score           shards of ``shard_users`` users of every segment (the test part's users, then each
-                      new-user slice's): every row ranks them; the shard that completes the set sends
-                      ``evaluation_join``: metrics per row and segment, each row's paired bootstrap interval
-                      against the baseline chosen on validation, the table as the job's result
+      score           one shard per cell, a row by a chunk of ``shard_users`` users of every segment (the
+                      test part's users, then each new-user slice's), the cells of the first chunk first;
+                      each baseline is fitted once for the cluster, by the first cell that wants it, and
+                      stored for the others (shared/logic/scoring.py); the shard that completes the set
+                      sends ``evaluation_join``: metrics per row and segment, each row's paired bootstrap
+                      interval against the baseline chosen on validation, the table as the job's result
 
 A grid-mode job (the ``validate`` child) has no ingest and no validate stage: it trains ``train:<variant>``
-for every setting of every recipe's grid and scores one shard per row of the table ("rows" layout), each
-fitting its baseline setting once; item-kNN's and RP3beta's settings that share a similarity build share a shard
-and the build (``baselines.fit_many``). ``"tune": false`` skips validation: every row at its default setting.
+for every setting of every recipe's grid and scores one shard per row of the table, every validation user in
+one chunk, each fitting its baseline setting itself; item-kNN's and RP3beta's settings that share a similarity
+build share a shard and the build (``baselines.fit_many``). ``"tune": false`` skips validation: every row at its
+default setting.
 
 Only the training dataset reaches a recipe's pipeline and a baseline; the test part and the cohort are read by
 the shards and the join alone. Every output is content addressed (the splits, the pipelines' stages), so a
@@ -234,10 +237,8 @@ def _score_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
     """Plan the scoring shards and send them, once; the shards and the join finish the job."""
     if stored_plan(svc.jobs, job.id) is not None:
         return False
-    shard_users = int(job.params.get("shard_users", DEFAULT_SHARD_USERS))
     payload = _scoring(job.params, state)
-    size = 1 if payload["layout"] == "rows" else shard_users
-    plan = ShardPlan(items=plan_items(payload), size=size, payload=payload)
+    plan = ShardPlan(items=plan_items(payload), size=1, payload=payload)
     report(svc.jobs, job, parent(job.id, job.params, stage), 0.0, f"0 of {len(plan.ranges)} shards scored")
     send_shards(svc.jobs, celery, job.id, "evaluate", plan)
     return False
@@ -280,6 +281,7 @@ def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
     split = state.results["split"]
     protocol = Protocol.of(params)
     rows = table_rows(params, state)
+    grid = bool(params.get("grid"))
     return {
         "dataset": split["dataset"],
         "training_dataset": split["training_dataset"],
@@ -288,9 +290,10 @@ def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
         "seed": int(params.get("seed", DEFAULT_SEED)),
         "ease_max_bytes": EASE_MAX_BYTES,
         "rows": rows,
-        "layout": "rows" if params.get("grid") else "users",
-        "groups": fit_groups(rows) if params.get("grid") else None,
-        "segments": [{"name": "all", "users": int(split["evaluated"])}] if params.get("grid") else segments(split),
+        "grid": grid,
+        "groups": fit_groups(rows),
+        "segments": [{"name": "all", "users": int(split["evaluated"])}] if grid else segments(split),
+        "chunk": max(1, int(split["evaluated"])) if grid else int(params.get("shard_users", DEFAULT_SHARD_USERS)),
     }
 
 

@@ -17,8 +17,10 @@
                                          summary          JSON          counts and protocol; written last
     load_split(training dataset, relevant_at) ──> SplitData: the Split, the training timestamps, the cohort and
                                                   its new-user slices, per process
-    score_shard(plan, lo, hi) ──> top-k of a test scoring's users [lo, hi) by every row ("users" layout), or of
-                                  every validation user by a grid's rows ("rows" layout, fitted together)
+    score_shard(plan, cell) ──> top-k of one cell: a group of rows (one row of a test scoring; a grid's settings
+                                that share a build, fitted together) by a chunk of users (a test scoring's
+                                ``shard_users``; a grid's every validation user); a test scoring's baselines
+                                are fitted once for the cluster and stored (``fitted_baseline``)
 
 The split is ``shared.ml.evaluate.split_ratings`` (``shared.ml.splits.assign``'s labels); the training dataset
 is cut by the same labels and checked against the split (the same matrix, or the derivation fails). Both are
@@ -34,7 +36,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from hashlib import sha256
 from typing import Any
 
 import numpy as np
@@ -42,7 +45,7 @@ import scipy.sparse as sp
 
 from shared.errors import Conflict, NotFound
 from shared.infra.clock import utcnow_iso
-from shared.infra.keys import dataset_artifact, evaluation_part, evaluation_split_artifact
+from shared.infra.keys import dataset_artifact, evaluation_fit_artifact, evaluation_part, evaluation_split_artifact
 from shared.infra.process import per_process
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.logic.descriptors import CutDescriptors, descriptors_before
@@ -333,14 +336,16 @@ def load_split(artifacts: ArtifactStore, training_ds: str, relevant_at: float) -
     return SplitData(split=split, times=times, cohort=cohort, summary=artifacts.get_json(summary_name))
 
 
-# -- baselines, fitted once per process --------------------------------------------------------------------
+# -- baselines, fitted once per test scoring ------------------------------------------------------------------
 @dataclass(frozen=True)
 class Fitted:
-    """A fitted baseline: its scorer, or why it was skipped; and how long fitting took."""
+    """A fitted baseline: its scorer (and model, for those ``baselines.STORED``), or why it was skipped; and
+    how long fitting (or loading a stored fit) took."""
 
     scorer: evaluate.Scorer | None
     skipped: str | None
     seconds: float
+    model: baselines.Baseline | None = None
 
 
 def fit_baseline(
@@ -354,9 +359,47 @@ def fit_baseline(
     ease_max_bytes: int,
 ) -> Fitted:
     """Baseline ``name`` at ``params`` (JSON: hashable for ``fitted_baseline``'s cache) fitted on the split's
-    training part (nothing of the test part reaches it)."""
+    training part (nothing of the test part reaches it). One of ``baselines.STORED`` is fitted once for the
+    whole cluster: the first shard to need it fits it and stores it (``evaluation_fit_artifact``, content
+    addressed like the split), every later one loads it. Two shards that start on it at once both fit it, and
+    store the same arrays: a test scoring's cells are sent chunk-major (``cell``), so the processes start on
+    different rows."""
+    fit_id = stored_fit_id(name, params, seed)
+    stored = name in baselines.STORED
+    if stored:
+        started = time.perf_counter()
+        model = _stored_fit(artifacts, training_ds, fit_id)
+        if model is not None:
+            return Fitted(model.score, None, time.perf_counter() - started, model)
     split = load_split(artifacts, training_ds, relevant_at).split
-    return fit_settings(split, name, [json.loads(params)], seed=seed, max_bytes=ease_max_bytes)[0]
+    fitted = fit_settings(split, name, [json.loads(params)], seed=seed, max_bytes=ease_max_bytes)[0]
+    if stored and fitted.model is not None:
+        started = time.perf_counter()
+        _store_fit(artifacts, training_ds, fit_id, fitted)
+        fitted = replace(fitted, seconds=fitted.seconds + time.perf_counter() - started)
+    return fitted
+
+
+def stored_fit_id(name: str, params: str, seed: int) -> str:
+    """The name a fit of baseline ``name`` at ``params`` (JSON, keys sorted) with ``seed`` is stored under."""
+    return f"{name}-{sha256(f'{params}|{seed}'.encode()).hexdigest()[:16]}"
+
+
+def _stored_fit(artifacts: ArtifactStore, training_ds: str, fit_id: str) -> baselines.Baseline | None:
+    if not artifacts.exists(evaluation_fit_artifact(training_ds, fit_id, "summary")):
+        return None
+    parts = artifacts.get_json(evaluation_fit_artifact(training_ds, fit_id, "summary"))["parts"]
+    arrays = {part: artifacts.get_array(evaluation_fit_artifact(training_ds, fit_id, part)) for part in parts}
+    return baselines.from_arrays(arrays)
+
+
+def _store_fit(artifacts: ArtifactStore, training_ds: str, fit_id: str, fitted: Fitted) -> None:
+    assert fitted.model is not None
+    arrays = baselines.to_arrays(fitted.model)
+    for part, array in arrays.items():
+        artifacts.put_array(evaluation_fit_artifact(training_ds, fit_id, part), array)
+    summary = {"parts": sorted(arrays), "seconds": round(fitted.seconds, 3), "at": utcnow_iso()}
+    artifacts.put_json(evaluation_fit_artifact(training_ds, fit_id, "summary"), summary)
 
 
 def fit_settings(
@@ -366,37 +409,42 @@ def fit_settings(
     (``baselines.fit_many``: one similarity build for the settings that share it), each charged an equal share
     of the time; all skipped, saying why, when the baseline cannot run on this data."""
     started = time.perf_counter()
+    models: list[baselines.Baseline | None] = [None] * len(settings)
     try:
         if name == "random":
             scorers = [evaluate.random_scorer(split, seed=seed) for _ in settings]
         elif name == "most-popular":
             scorers = [evaluate.popular_scorer(split) for _ in settings]
         else:
-            models = baselines.fit_many(name, split.train, settings, seed=seed, max_bytes=max_bytes)
-            scorers = [m.score for m in models]
+            models = list(baselines.fit_many(name, split.train, settings, seed=seed, max_bytes=max_bytes))
+            scorers = [m.score for m in models if m is not None]
     except evaluate.Skipped as why:
         share = (time.perf_counter() - started) / max(1, len(settings))
         return [Fitted(None, str(why), share) for _ in settings]
     share = (time.perf_counter() - started) / max(1, len(settings))
-    return [Fitted(scorer, None, share) for scorer in scorers]
+    return [Fitted(scorer, None, share, model) for scorer, model in zip(scorers, models, strict=True)]
 
 
 fitted_baseline = per_process(maxsize=len(BASELINES))(fit_baseline)
-"""``fit_baseline`` once per process: a test scoring's shards each rank every row, the same fits each time. A
-validation grid's shard fits its settings itself (``_fit_group``): no other shard wants them."""
+"""``fit_baseline`` once per process: a test scoring's cells of one row each want the same fit. A validation
+grid's shard fits its settings itself (``_fit_group``): no other shard wants them."""
 
 
 # -- scoring shards ----------------------------------------------------------------------------------------
 def store_part(artifacts: ArtifactStore, job_id: str, lo: int, top: np.ndarray, *, ttl_s: int) -> None:
-    """A shard's top-k movie rows (int32, -1: nothing): (rows of the table, its users, k), or (its rows, every
-    user, k) when the plan's layout is "rows"."""
+    """A shard's top-k movie rows (int32, -1: nothing): (rows of its group, users of its chunk, k)."""
     artifacts.put_array(evaluation_part(job_id, lo), top.astype(np.int32), ttl_s=ttl_s)
 
 
-def load_parts(artifacts: ArtifactStore, job_id: str, starts: Sequence[int], *, layout: str) -> np.ndarray:
-    """(rows of the table, users of every segment, k): the shards' parts side by side."""
-    axis = 0 if layout == "rows" else 1
-    return np.concatenate([artifacts.get_array(name) for name in part_names(job_id, starts)], axis=axis)
+def load_parts(artifacts: ArtifactStore, job_id: str, plan: dict[str, Any]) -> np.ndarray:
+    """(rows of the table, users of every segment, k): every cell's part in its place."""
+    total = sum(int(s["users"]) for s in plan["segments"])
+    top = np.full((len(plan["rows"]), total, int(plan["k"])), -1, dtype=np.int32)
+    for item in range(plan_items(plan)):
+        group, lo, hi = cell(plan, item)
+        first, end = plan["groups"][group]
+        top[first:end, lo:hi] = artifacts.get_array(evaluation_part(job_id, item))
+    return top
 
 
 def part_names(job_id: str, starts: Sequence[int]) -> tuple[str, ...]:
@@ -405,36 +453,50 @@ def part_names(job_id: str, starts: Sequence[int]) -> tuple[str, ...]:
 
 
 def plan_items(plan: dict[str, Any]) -> int:
-    """What a plan's shards cut into ranges: the table's rows ("rows" layout: a validation grid, every row
-    fitted once, by the one shard that scores it), or the users of every segment ("users")."""
-    if plan.get("layout") == "rows":
-        return len(plan["groups"])
-    return sum(int(s["users"]) for s in plan["segments"])
+    """A scoring's cells: every group of rows (``plan["groups"]``, [start, end) of ``plan["rows"]``) by every
+    chunk of ``plan["chunk"]`` users of the segments laid end to end. One shard scores one cell."""
+    return len(plan["groups"]) * _chunks(plan)
+
+
+def _chunks(plan: dict[str, Any]) -> int:
+    total = sum(int(s["users"]) for s in plan["segments"])
+    return max(1, -(-total // max(1, int(plan["chunk"]))))
+
+
+def cell(plan: dict[str, Any], item: int) -> tuple[int, int, int]:
+    """Cell ``item``'s (group, first user, end user), chunk-major: the groups of the first chunk, then of the
+    next, so processes that start together start on different rows (and fit different baselines)."""
+    total = sum(int(s["users"]) for s in plan["segments"])
+    chunk, group = divmod(item, len(plan["groups"]))
+    size = int(plan["chunk"])
+    return group, min(total, chunk * size), min(total, (chunk + 1) * size)
 
 
 def score_shard(
     artifacts: ArtifactStore, models: ModelStore, plan: dict[str, Any], lo: int, hi: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Items [lo, hi) of the plan ranked: ((rows, users, k) int32 top-k movie rows, -1 where nothing; stats
-    {"items", "seconds" per row (fitting included when this process fitted it), "skipped" per row that could
-    not run}). "rows" layout (a validation grid): the rows of ``plan["groups"][lo:hi]``, every evaluated user;
-    else every row, users [lo, hi) of the segments laid end to end."""
+    """Cell ``lo`` of the plan ranked (a shard is one cell: ``hi`` is ``lo + 1``): ((rows of its group, users of
+    its chunk, k) int32 top-k movie rows, -1 where nothing; stats {"items", "seconds" per row (fitting included
+    where this shard fitted it), "skipped" per row that could not run}). A grid's group of settings is fitted
+    together by its shard (``_fit_group``); a test scoring's row, once for the cluster (``fitted_baseline``)."""
+    if hi != lo + 1:
+        raise ValueError(f"an evaluation shard scores one cell, not [{lo}, {hi})")
     data = load_split(artifacts, plan["training_dataset"], float(plan["relevant_at"]))
     k, relevant_at = int(plan["k"]), float(plan["relevant_at"])
-    if plan.get("layout") == "rows":
-        first, end = plan["groups"][lo][0], plan["groups"][hi - 1][1]
-        rows, pieces = plan["rows"][first:end], [("all", 0, len(data.split.evaluated))]
+    group, first_user, end_user = cell(plan, lo)
+    first, end = plan["groups"][group]
+    rows, pieces = plan["rows"][first:end], _pieces(plan["segments"], first_user, end_user)
+    fits: list[Fitted | None]
+    if plan.get("grid"):
         fits = _fit_group(data.split, plan, rows)
         fit_seconds = [f.seconds if f is not None else 0.0 for f in fits]
     else:
-        rows, pieces = plan["rows"], _pieces(plan["segments"], lo, hi)
         fits, fit_seconds = [], []
-        for row in rows:  # once per process: only the first shard of a process pays for the fit
+        for row in rows:
             started = time.perf_counter()
             fits.append(_fitted(artifacts, plan, row) if row["kind"] == "baseline" else None)
             fit_seconds.append(time.perf_counter() - started)
-    total = sum(b - a for _, a, b in pieces)
-    top = np.full((len(rows), total, k), -1, dtype=np.int32)
+    top = np.full((len(rows), end_user - first_user, k), -1, dtype=np.int32)
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
     for i, row in enumerate(rows):
@@ -464,7 +526,7 @@ def score_shard(
 
 
 def _fitted(artifacts: ArtifactStore, plan: dict[str, Any], row: dict[str, Any]) -> Fitted:
-    """A test scoring's baseline row, fitted once per process."""
+    """A test scoring's baseline row, fitted once (stored where it can be) and loaded once per process."""
     return fitted_baseline(artifacts, plan["training_dataset"], float(plan["relevant_at"]), row["family"],
                            json.dumps(row.get("params", {}), sort_keys=True), seed=int(plan["seed"]),
                            ease_max_bytes=int(plan["ease_max_bytes"]))  # fmt: skip
@@ -513,15 +575,14 @@ class RowScores:
 
 
 def row_scores(
-    artifacts: ArtifactStore, plan: dict[str, Any], job_id: str, starts: Sequence[int], skipped: Collection[str]
+    artifacts: ArtifactStore, plan: dict[str, Any], job_id: str, skipped: Collection[str]
 ) -> dict[str, list[RowScores | None]]:
     """Per segment, ``evaluate.metrics`` and per-user values of each row of the plan's table from the shards'
     parts (None for a skipped row)."""
     data = load_split(artifacts, plan["training_dataset"], float(plan["relevant_at"]))
     k, relevant_at = int(plan["k"]), float(plan["relevant_at"])
-    layout = str(plan.get("layout", "users"))
-    top = load_parts(artifacts, job_id, starts, layout=layout)
-    names = ["all"] if layout == "rows" else [str(s["name"]) for s in plan["segments"]]
+    top = load_parts(artifacts, job_id, plan)
+    names = [str(s["name"]) for s in plan["segments"]]
     out: dict[str, list[RowScores | None]] = {}
     offset = 0
     for name in names:

@@ -12,11 +12,21 @@ import pytest
 import redis
 
 from shared.errors import Conflict
-from shared.infra.keys import dataset_artifact
+from shared.infra.keys import dataset_artifact, evaluation_fit_artifact
 from shared.infra.process import clear_process_caches
 from shared.infra.settings import Settings
 from shared.logic.ingest import DatasetOptions, ingest
-from shared.logic.scoring import cut, derive, load_split, score_shard, stored_split
+from shared.logic.scoring import (
+    cell,
+    cut,
+    derive,
+    fit_baseline,
+    load_split,
+    plan_items,
+    score_shard,
+    stored_fit_id,
+    stored_split,
+)
 from shared.logic.services import Services
 from shared.ml import baselines, evaluate
 from shared.ml.protocol import Protocol, training_dataset_id
@@ -122,15 +132,41 @@ def test_a_shard_ranks_as_the_pure_functions_do_and_says_what_it_skipped(
     rows = [{"name": name, "kind": "baseline", "family": name, "params": {}, "model": None}
             for name in ("random", "most-popular", "item-kNN", "EASE")]  # fmt: skip
     plan = {"training_dataset": derived.training_dataset, "relevant_at": 4.0, "k": 10, "seed": 3, "rows": rows,
-            "ease_max_bytes": 1 << 20, "segments": [{"name": "all", "users": 150}]}  # fmt: skip
-    top, stats = score_shard(svc.artifacts, svc.models, plan, 100, 150)
-    assert top.shape == (4, 50, 10) and stats["items"] == [100, 150]
-    assert set(stats["seconds"]) == {"random", "most-popular", "item-kNN"}
-    assert "GiB" in stats["skipped"]["EASE"] and np.all(top[3] == -1)
+            "ease_max_bytes": 1 << 20, "groups": [[i, i + 1] for i in range(4)], "chunk": 50,
+            "segments": [{"name": "all", "users": 150}]}  # fmt: skip
+    # Chunk-major: the four rows' cells of the first 50 users, then of the next 50.
+    assert plan_items(plan) == 12
+    assert [cell(plan, i) for i in (0, 3, 4, 11)] == [(0, 0, 50), (3, 0, 50), (0, 50, 100), (3, 100, 150)]
     users = split.evaluated[100:150]
     knn = baselines.fit("item-kNN", split.train, {}, seed=3, max_bytes=1 << 20)
-    for i, scorer in enumerate((evaluate.random_scorer(split, seed=3), evaluate.popular_scorer(split), knn.score)):
-        assert np.array_equal(top[i], evaluate.top_k(scorer(split.train[users]), split.train[users], 10))
+    scorers = (evaluate.random_scorer(split, seed=3), evaluate.popular_scorer(split), knn.score)
+    for i, scorer in enumerate(scorers):
+        top, stats = score_shard(svc.artifacts, svc.models, plan, 8 + i, 9 + i)  # the third chunk's cells
+        assert (
+            top.shape == (1, 50, 10) and stats["items"] == [8 + i, 9 + i] and set(stats["seconds"]) == {rows[i]["name"]}
+        )
+        assert np.array_equal(top[0], evaluate.top_k(scorer(split.train[users]), split.train[users], 10))
+    top, stats = score_shard(svc.artifacts, svc.models, plan, 11, 12)
+    assert "GiB" in stats["skipped"]["EASE"] and np.all(top == -1) and not stats["seconds"]
+
+
+@pytest.mark.parametrize("family", ["item-kNN", "RP3beta", "iALS", "EASE"])
+def test_a_test_scoring_fits_a_baseline_once_and_the_others_load_it(
+    svc: Services, source: dict[str, object], family: str
+) -> None:
+    derived = derive(svc.datasets, str(source["id"]), Protocol())
+    split = load_split(svc.artifacts, derived.training_dataset, 4.0).split
+    history = split.train[split.evaluated[:40]]
+    first = fit_baseline(svc.artifacts, derived.training_dataset, 4.0, family, "{}", seed=3, ease_max_bytes=1 << 30)
+    summary = evaluation_fit_artifact(derived.training_dataset, stored_fit_id(family, "{}", 3), "summary")
+    stored = svc.artifacts.exists(summary)
+    again = fit_baseline(svc.artifacts, derived.training_dataset, 4.0, family, "{}", seed=3, ease_max_bytes=1 << 30)
+    assert first.scorer is not None and again.scorer is not None
+    assert np.array_equal(first.scorer(history), again.scorer(history))
+    if family in baselines.STORED:  # loaded, not fitted again: the same object type, from the stored arrays
+        assert stored and again.model is not None and again.model is not first.model
+    else:  # EASE's dense matrix is fitted again where it is wanted, never stored
+        assert not stored
 
 
 def test_a_tag_of_the_test_period_changes_nothing_in_the_training_part(

@@ -131,6 +131,34 @@ def _rp3beta_dense(train: sp.csr_matrix, alpha: float, beta: float) -> np.ndarra
     return w
 
 
+@pytest.mark.parametrize("k", [1, 3, 20, 200])
+def test_top_k_entries_of_rows_of_every_size_match_a_sort(k: int) -> None:
+    """Rows that store 0, a few, many and all of the columns (each size class laid out apart), rounded values so
+    that ties at the k-th are common, a diagonal entry that must go, and a zero and a negative that never count."""
+    rng = np.random.default_rng(11)
+    n, lo = 300, 40
+    dense = np.round(rng.random((12, n)), 1).astype(np.float32)
+    dense *= rng.random((12, 1)) ** 3 > rng.random((12, n))  # row densities from 0 % to ~100 %
+    dense[0] = 0
+    dense[5, lo + 5] = 9.0  # movie 45's own entry
+    dense[6, :4] = -1.0
+    r, c = np.nonzero(dense)  # row-major; then the columns put out of order within rows, as a product leaves them
+    order = np.lexsort((rng.random(len(r)), r))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=12))])
+    block = sp.csr_matrix((dense[r, c][order], c[order], indptr), shape=dense.shape)
+    assert not block.has_sorted_indices
+    block.data[:3] = 0.0  # stored zeros
+    rows, cols, values = baselines._top_k_entries(block, lo, k)
+    got = sorted(zip(rows.tolist(), cols.tolist(), values.tolist(), strict=True))
+    want = []
+    for i in range(12):
+        row = block.toarray()[i]
+        candidates = [j for j in range(n) if row[j] > 0 and j != lo + i]
+        for j in sorted(candidates, key=lambda j: (-row[j], j))[:k]:
+            want.append((lo + i, j, float(row[j])))
+    assert got == sorted(want)
+
+
 @pytest.mark.parametrize(("alpha", "beta"), [(1.0, 0.0), (0.5, 0.6), (1.3, 0.3)])
 def test_rp3beta_without_cut_matches_the_dense_formula(train, history, alpha, beta) -> None:
     want = _rp3beta_dense(train, alpha, beta)

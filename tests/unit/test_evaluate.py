@@ -12,8 +12,8 @@ import scipy.sparse as sp
 from shared.ml import baselines
 from shared.ml.evaluate import (
     EASE_MAX_BYTES,
-    kth_largest,
     Split,
+    kth_largest,
     metrics,
     popular_scorer,
     random_scorer,
