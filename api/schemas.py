@@ -485,7 +485,7 @@ class EvaluateIn(BodySchema):
     shard_users = Integer(
         load_default=protocol.DEFAULT_SHARD_USERS,
         validate=Range(10, 100_000),
-        metadata={"description": "evaluated users per scoring shard"},
+        metadata={"description": "evaluated users per scoring shard (each shard ranks them by one row of the table)"},
     )
 
 

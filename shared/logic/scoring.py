@@ -362,8 +362,7 @@ def fit_baseline(
     training part (nothing of the test part reaches it). One of ``baselines.STORED`` is fitted once for the
     whole cluster: the first shard to need it fits it and stores it (``evaluation_fit_artifact``, content
     addressed like the split), every later one loads it. Two shards that start on it at once both fit it, and
-    store the same arrays: a test scoring's cells are sent chunk-major (``cell``), so the processes start on
-    different rows."""
+    store the same arrays; a test scoring's cells are ordered (``cell``) so that this is rare."""
     fit_id = stored_fit_id(name, params, seed)
     stored = name in baselines.STORED
     if stored:
@@ -464,12 +463,26 @@ def _chunks(plan: dict[str, Any]) -> int:
 
 
 def cell(plan: dict[str, Any], item: int) -> tuple[int, int, int]:
-    """Cell ``item``'s (group, first user, end user), chunk-major: the groups of the first chunk, then of the
-    next, so processes that start together start on different rows (and fit different baselines)."""
+    """Cell ``item``'s (group, first user, end user). The first chunk's cells come first, a group each, so the
+    processes that start together start on different rows and each baseline's fit begins at once; then the
+    other chunks group by group, those whose fit is shared (``_shares_fit``) last, so that by the time a
+    process reaches them the fit is stored and it does not fit it again."""
     total = sum(int(s["users"]) for s in plan["segments"])
-    chunk, group = divmod(item, len(plan["groups"]))
-    size = int(plan["chunk"])
+    groups, size = len(plan["groups"]), int(plan["chunk"])
+    if item < groups:
+        group, chunk = item, 0
+    else:
+        late = sorted(range(groups), key=lambda g: _shares_fit(plan, g))  # stable: table order otherwise
+        rest, later_chunks = item - groups, _chunks(plan) - 1
+        group, chunk = late[rest // later_chunks], 1 + rest % later_chunks
     return group, min(total, chunk * size), min(total, (chunk + 1) * size)
+
+
+def _shares_fit(plan: dict[str, Any], group: int) -> bool:
+    """Whether a group's row is a baseline fitted once and stored for the others (a test scoring's)."""
+    first, end = plan["groups"][group]
+    rows = plan["rows"][first:end]
+    return not plan.get("grid") and any(r["kind"] == "baseline" and r["family"] in baselines.STORED for r in rows)
 
 
 def score_shard(

@@ -134,19 +134,20 @@ def test_a_shard_ranks_as_the_pure_functions_do_and_says_what_it_skipped(
     plan = {"training_dataset": derived.training_dataset, "relevant_at": 4.0, "k": 10, "seed": 3, "rows": rows,
             "ease_max_bytes": 1 << 20, "groups": [[i, i + 1] for i in range(4)], "chunk": 50,
             "segments": [{"name": "all", "users": 150}]}  # fmt: skip
-    # Chunk-major: the four rows' cells of the first 50 users, then of the next 50.
+    # The four rows' cells of the first 50 users, then the other chunks row by row, item-kNN's (a stored fit) last.
     assert plan_items(plan) == 12
-    assert [cell(plan, i) for i in (0, 3, 4, 11)] == [(0, 0, 50), (3, 0, 50), (0, 50, 100), (3, 100, 150)]
+    assert [cell(plan, i) for i in range(12)] == [
+        (0, 0, 50), (1, 0, 50), (2, 0, 50), (3, 0, 50), (0, 50, 100), (0, 100, 150),
+        (1, 50, 100), (1, 100, 150), (3, 50, 100), (3, 100, 150), (2, 50, 100), (2, 100, 150)]  # fmt: skip
     users = split.evaluated[100:150]
     knn = baselines.fit("item-kNN", split.train, {}, seed=3, max_bytes=1 << 20)
     scorers = (evaluate.random_scorer(split, seed=3), evaluate.popular_scorer(split), knn.score)
-    for i, scorer in enumerate(scorers):
-        top, stats = score_shard(svc.artifacts, svc.models, plan, 8 + i, 9 + i)  # the third chunk's cells
-        assert (
-            top.shape == (1, 50, 10) and stats["items"] == [8 + i, 9 + i] and set(stats["seconds"]) == {rows[i]["name"]}
-        )
+    for i, (item, scorer) in enumerate(zip((5, 7, 11), scorers, strict=True)):  # the third chunk's cells
+        top, stats = score_shard(svc.artifacts, svc.models, plan, item, item + 1)
+        assert top.shape == (1, 50, 10) and stats["items"] == [item, item + 1]
+        assert set(stats["seconds"]) == {rows[i]["name"]}
         assert np.array_equal(top[0], evaluate.top_k(scorer(split.train[users]), split.train[users], 10))
-    top, stats = score_shard(svc.artifacts, svc.models, plan, 11, 12)
+    top, stats = score_shard(svc.artifacts, svc.models, plan, 9, 10)
     assert "GiB" in stats["skipped"]["EASE"] and np.all(top == -1) and not stats["seconds"]
 
 
