@@ -454,6 +454,14 @@ class EvaluateIn(BodySchema):
         load_default=True,
         metadata={"description": "choose every row's setting on a validation split of the training part"},
     )
+    max_evaluated = Integer(
+        load_default=0,
+        validate=Range(0, 10_000_000),
+        metadata={
+            "description": "at most this many test users, and per new-user slice, a hashed sample (0: all); "
+            "the models still train on the whole training part"
+        },
+    )
     min_ratings = Integer(
         load_default=protocol.DEFAULT_MIN_RATINGS,
         validate=Range(1, 100_000),

@@ -59,6 +59,8 @@ def run_job(args: argparse.Namespace) -> int:
     """The evaluation job on a fresh stack; prints its table."""
     data = args.data.resolve()
     body: dict[str, object] = {"path": data.name, "seed": args.seed, "shard_users": args.shard_users}
+    if args.max_evaluated:
+        body["max_evaluated"] = args.max_evaluated
     if args.recipes is not None:
         body["recipes"] = [r for r in args.recipes.split(",") if r]
     if args.baselines is not None:
@@ -166,6 +168,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the tables here as JSON")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--shard-users", type=int, default=200, help="evaluated users per scoring shard")
+    parser.add_argument(
+        "--max-evaluated", type=int, default=0, help="at most this many test users and per new-user slice (0: all)"
+    )
     parser.add_argument("--cpu-workers", type=int, default=2, help="CPU worker processes of the stack")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the job")
     parser.add_argument("--pure", action="store_true", help="the baselines in this process, no stack")

@@ -33,9 +33,10 @@ def format_table(table: dict[str, Any]) -> str:
         else f"per-user temporal split (the first {p['train_fraction']:.0%} of each user's ratings by time train)"
     )
     held = f", {p['new_user_share']:.0%} of users held out as new users" if p.get("new_user_share") else ""
+    sampled = " (a hashed sample)" if p.get("max_evaluated") else ""
     lines = [
         f"evaluation of {table['dataset']} (trained on {table['training_dataset']}): {table['users']:,} users "
-        f"evaluated; {split}, users with >= {p['min_ratings']} ratings{held}, relevant = test rating >= "
+        f"evaluated{sampled}; {split}, users with >= {p['min_ratings']} ratings{held}, relevant = test rating >= "
         f"{p['relevant_at']}, top {k}, seed {p['seed']}"
     ]
     slices = sorted(table.get("new_users", {}), key=int)

@@ -188,6 +188,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "baselines": names(args.baselines),
         "seed": args.seed,
         "shard_users": args.shard_users,
+        "max_evaluated": args.max_evaluated,
     }
     return run_evaluate(
         _settings(),
@@ -521,6 +522,9 @@ def _add_client_commands(sub: Any) -> None:
     p.add_argument("--k", type=int, default=None, help="default 10")
     p.add_argument("--seed", type=int, default=None, help="default 42")
     p.add_argument("--shard-users", type=int, default=None, help="evaluated users per scoring shard (default 200)")
+    p.add_argument(
+        "--max-evaluated", type=int, default=None, help="at most this many test users and per new-user slice (a sample)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.add_argument("--api", default=None, help="a running API (else the embedded stack is started)")
     p.add_argument("--data-dir", default=".movierec/evaluate", help="embedded stack's data (default %(default)s)")

@@ -282,6 +282,7 @@ def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
     protocol = Protocol.of(params)
     rows = table_rows(params, state)
     grid = bool(params.get("grid"))
+    max_evaluated = 0 if grid else protocol.max_evaluated
     return {
         "dataset": split["dataset"],
         "training_dataset": split["training_dataset"],
@@ -292,7 +293,8 @@ def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
         "rows": rows,
         "grid": grid,
         "groups": fit_groups(rows),
-        "segments": [{"name": "all", "users": int(split["evaluated"])}] if grid else segments(split),
+        "segments": [{"name": "all", "users": int(split["evaluated"])}] if grid else segments(split, max_evaluated),
+        "max_evaluated": max_evaluated,
         "chunk": max(1, int(split["evaluated"])) if grid else int(params.get("shard_users", DEFAULT_SHARD_USERS)),
     }
 
@@ -378,14 +380,22 @@ def build_table(
         if validation:
             out["tuning"] = _tuning(validation, row["family"])
         rows.append(out)
+    scored = {str(s["name"]): int(s["users"]) for s in plan.get("segments", segments(split))}  # sampled or not
+    if int(plan.get("max_evaluated", 0)) and scored["all"] < int(split["evaluated"]):
+        notes = [
+            f"evaluated: a hashed sample of {scored['all']:,} of the {int(split['evaluated']):,} test users"
+            f" (max_evaluated), and of each new-user slice's; every model trained on the whole training part"
+        ]
+    else:
+        notes = []
     default = validation.get("default")  # None without validation: nothing is chosen on a test part
     table = {
         "protocol": {**Protocol.of(params).describe(), "seed": seed, "tuned": bool(validation)},
         "dataset": split["dataset"],
         "training_dataset": split["training_dataset"],
-        "users": int(split["evaluated"]),
+        "users": scored["all"],
         "cold_users": int(split["cold_users"]),
-        "new_users": {seg: int(n) for seg, n in split.get("new_user_slices", {}).items()},
+        "new_users": {seg: scored.get(f"new-{seg}", 0) for seg in split.get("new_user_slices", {})},
         "rows": rows,
         "best": default,
         "reference": reference,
@@ -395,6 +405,8 @@ def build_table(
         table["validation"] = {"users": validation.get("users")}  # its job: jobs["validate"]
         table["notes"] = list(NOTES)
         table["verdict"] = _verdict(rows, default, reference)
+    if notes:
+        table["notes"] = [*table.get("notes", []), *notes]
     return table
 
 

@@ -278,27 +278,34 @@ class SplitData:
     times: sp.csr_matrix
     cohort: evaluate.Cohort
     summary: dict[str, Any]
-    slices: dict[tuple[int, float], tuple[evaluate.Split, sp.csr_matrix]] = field(default_factory=dict, repr=False)
-    """The new-user slices built so far (the split is loaded once per process, and so are they)."""
+    slices: dict[tuple[str, float, int], tuple[evaluate.Split, sp.csr_matrix]] = field(default_factory=dict, repr=False)
+    """The segments built so far (the split is loaded once per process, and so are they)."""
 
-    def segment(self, name: str, relevant_at: float) -> tuple[evaluate.Split, sp.csr_matrix]:
+    def segment(self, name: str, relevant_at: float, max_evaluated: int = 0) -> tuple[evaluate.Split, sp.csr_matrix]:
         """A segment of the scoring (``segments``): "all" (the test part), or "new-N" (the new-user slice at N
-        ratings), as a ``Split`` whose ``train`` rows are the users' histories, with their timestamps."""
-        if name == "all":
-            return self.split, self.times
-        key = (int(name.removeprefix("new-")), relevant_at)
+        ratings), as a ``Split`` whose ``train`` rows are the users' histories, with their timestamps; at most
+        ``max_evaluated`` of its evaluated users, a hashed sample (``evaluate.sample_evaluated``; 0: all)."""
+        key = (name, relevant_at, max_evaluated)
         if key not in self.slices:
-            self.slices[key] = new_user_split(self.split, self.cohort, key[0], relevant_at)
+            if name == "all":
+                split, times = self.split, self.times
+            else:
+                split, times = new_user_split(self.split, self.cohort, int(name.removeprefix("new-")), relevant_at)
+            self.slices[key] = (evaluate.sample_evaluated(split, max_evaluated), times)
         return self.slices[key]
 
 
-def segments(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def segments(summary: dict[str, Any], max_evaluated: int = 0) -> list[dict[str, Any]]:
     """What a test scoring ranks, in order: every evaluated user ("all"), then each new-user slice ("new-N")
-    that has someone to evaluate; each {"name", "users"}."""
-    out = [{"name": "all", "users": int(summary["evaluated"])}]
+    that has someone to evaluate, each at most ``max_evaluated`` of them (0: all); each {"name", "users"}."""
+
+    def cap(users: int) -> int:
+        return min(users, max_evaluated) if max_evaluated > 0 else users
+
+    out = [{"name": "all", "users": cap(int(summary["evaluated"]))}]
     for n, users in summary.get("new_user_slices", {}).items():
         if users:
-            out.append({"name": f"new-{n}", "users": int(users)})
+            out.append({"name": f"new-{n}", "users": cap(int(users))})
     return out
 
 
@@ -523,7 +530,7 @@ def score_shard(
             scorer = fitted.scorer
         at = 0
         for segment, a, b in pieces:
-            split, times = data.segment(segment, relevant_at)
+            split, times = data.segment(segment, relevant_at, int(plan.get("max_evaluated", 0)))
             for start in range(a, b, BATCH_USERS):
                 users = split.evaluated[start : min(b, start + BATCH_USERS)]  # (batch,) rows of split.train
                 history = split.train[users]  # (batch, n): what they rated, and what top_k leaves out
@@ -599,7 +606,7 @@ def row_scores(
     out: dict[str, list[RowScores | None]] = {}
     offset = 0
     for name in names:
-        split, _ = data.segment(name, relevant_at)
+        split, _ = data.segment(name, relevant_at, int(plan.get("max_evaluated", 0)))
         n = len(split.evaluated)
         scored: list[RowScores | None] = []
         for i, row in enumerate(plan["rows"]):

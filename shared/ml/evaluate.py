@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -177,6 +177,15 @@ def new_user_split(
     relevant.sum_duplicates()
     split = Split(user_ids=cohort.user_ids, train=history, evaluated=evaluated, relevant=relevant, cold=cold)
     return split, times
+
+
+def sample_evaluated(split: Split, at_most: int) -> Split:
+    """``split`` with at most ``at_most`` of its evaluated users, a hashed sample of them (``splits.sample``; 0:
+    all): the training part, and so every model fitted on it, is unchanged."""
+    keep = splits.sample(split.user_ids[split.evaluated], at_most)
+    if len(keep) == len(split.evaluated):
+        return split
+    return replace(split, evaluated=split.evaluated[keep], relevant=split.relevant[keep])
 
 
 def binary(split: Split) -> sp.csr_matrix:

@@ -44,6 +44,10 @@ class Protocol:
     new_user_share: float = DEFAULT_NEW_USER_SHARE
     max_users: int = 0
     """At most this many training users, a hashed sample (0: all): a validation split's, at scale."""
+    max_evaluated: int = 0
+    """At most this many evaluated users in the test part and in each new-user slice, a hashed sample (0: all);
+    the training part is the same whatever it is (ranking every user by every row is most of a test scoring's
+    time at the notebook's scale)."""
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> Protocol:
@@ -56,6 +60,7 @@ class Protocol:
             k=int(params.get("k", DEFAULT_K)),
             new_user_share=float(params.get("new_user_share", DEFAULT_NEW_USER_SHARE)),
             max_users=int(params.get("max_users", 0)),
+            max_evaluated=int(params.get("max_evaluated", 0)),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -71,7 +76,8 @@ class Protocol:
         """The protocol that cuts a training part made by this one into its validation split: the same kind of
         cut at the same fraction, every user kept up to ``VALIDATION_MAX_USERS`` (a hashed sample beyond), no
         cohort (the new users were held out already)."""
-        return replace(self, min_ratings=VALIDATION_MIN_RATINGS, new_user_share=0.0, max_users=VALIDATION_MAX_USERS)
+        return replace(self, min_ratings=VALIDATION_MIN_RATINGS, new_user_share=0.0, max_users=VALIDATION_MAX_USERS,
+                       max_evaluated=0)  # fmt: skip
 
 
 def training_dataset_id(source: str, protocol: Protocol) -> str:

@@ -43,6 +43,8 @@ COHORT_SALT = 0x5EED_C0C0_A1E5_0001
 """Mixed into the hash that draws the new-user cohort: a fixed draw, the same in every run."""
 SAMPLE_SALT = 0x5EED_5A3B_1E00_0002
 """Mixed into the hash that draws ``max_users`` users (another draw than the cohort's)."""
+EVALUATED_SALT = 0x5EED_5A3B_1E00_0003
+"""Mixed into the hash that draws the evaluated users of a capped test part (``sample``)."""
 NEW_USER_RATINGS = (1, 3, 10)
 """The new-user slice: a cohort user's first N ratings are their history, their later ones the test."""
 
@@ -67,6 +69,16 @@ def in_cohort(user_values: np.ndarray, share: float) -> np.ndarray:
     if share <= 0:
         return np.zeros(len(user_values), dtype=bool)
     return np.asarray(hashed(user_values, COHORT_SALT) < share, dtype=bool)
+
+
+def sample(user_values: np.ndarray, at_most: int) -> np.ndarray:
+    """(m,) ascending positions of the ``at_most`` users of ``user_values`` with the lowest draws
+    (``EVALUATED_SALT``); every position when ``at_most`` is 0 or they are fewer. A user's draw depends on their
+    value alone, so a larger sample holds a smaller one."""
+    n = len(user_values)
+    if at_most <= 0 or n <= at_most:
+        return np.arange(n)
+    return np.sort(np.argsort(hashed(user_values, EVALUATED_SALT), kind="stable")[:at_most])
 
 
 def hashed(user_values: np.ndarray, salt: int) -> np.ndarray:

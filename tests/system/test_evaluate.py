@@ -82,7 +82,8 @@ def test_the_table_scores_the_recipe_and_the_baselines(
         ("seed", "recipe"),
     ]
     assert table["protocol"] == {"split": "temporal", "min_ratings": 10, "train_fraction": 0.8, "relevant_at": 4.0,
-                                 "k": 10, "new_user_share": 0.15, "max_users": 0, "seed": 7, "tuned": True}  # fmt: skip
+                                 "k": 10, "new_user_share": 0.15, "max_users": 0, "max_evaluated": 0, "seed": 7,
+                                 "tuned": True}  # fmt: skip
     assert table["users"] > 20 and 0 <= table["cold_users"] <= table["users"]
     for row in table["rows"]:
         assert row["skipped"] is None and row["seconds"] >= 0
@@ -165,6 +166,16 @@ def test_same_seed_same_table(api_url: str, sample: str, light: dict[str, Any]) 
         "most-popular", "iALS factors=64 regularization=0.01 alpha=1"]  # the defaults  # fmt: skip
 
 
+def test_a_capped_test_part_evaluates_a_hashed_sample_of_users(api_url: str, light: dict[str, Any]) -> None:
+    body = {"dataset": light["dataset"], "recipes": [], "baselines": ["most-popular"], "tune": False, "seed": 7}
+    _, whole = run(api_url, body)
+    _, capped = run(api_url, {**body, "max_evaluated": 9, "shard_users": 10})
+    assert whole["users"] > 9 and capped["users"] == 9 and capped["protocol"]["max_evaluated"] == 9
+    assert all(0 < n <= 9 for n in capped["new_users"].values())
+    assert any("hashed sample of 9 of the" in note for note in capped["notes"])
+    assert capped["training_dataset"] == whole["training_dataset"]  # the same training part
+
+
 def test_same_seed_same_table_from_scratch_on_another_stack(
     settings: Settings,
     redis_client: redis.Redis,
@@ -231,6 +242,7 @@ def test_the_cli_prints_the_table(api_url: str, first: tuple[dict[str, Any], dic
         {"path": SAMPLE, "split": "random"},
         {"path": SAMPLE, "new_user_share": 0.9},
         {"path": SAMPLE, "tune": "yes please"},
+        {"path": SAMPLE, "max_evaluated": -1},
     ],
 )
 def test_a_bad_body_is_a_400_in_json(api_url: str, body: dict[str, Any]) -> None:

@@ -125,6 +125,7 @@ def test_the_training_dataset_id_depends_on_what_cuts_it_only() -> None:
     base = training_dataset_id("ds-a", Protocol())
     assert base.startswith("ds-") and len(base) == 27
     assert training_dataset_id("ds-a", Protocol(relevant_at=3.5, k=20)) == base  # scoring only: same dataset
+    assert training_dataset_id("ds-a", Protocol(max_evaluated=100)) == base
     assert training_dataset_id("ds-b", Protocol()) != base
     assert training_dataset_id("ds-a", Protocol(min_ratings=5)) != base
     assert training_dataset_id("ds-a", Protocol(train_fraction=0.7)) != base

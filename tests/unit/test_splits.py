@@ -99,6 +99,23 @@ def test_new_users_histories_are_their_first_ratings_and_later_likes_are_relevan
         assert new.cold is split.cold
 
 
+def test_a_sample_of_evaluated_users_is_a_nested_hash_draw_and_leaves_training_alone() -> None:
+    values = np.arange(10_000, 10_500) * 7
+    small, large = splits.sample(values, 50), splits.sample(values, 200)
+    assert len(small) == 50 and len(large) == 200 and np.all(np.diff(small) > 0)
+    assert set(small) <= set(large)  # a larger cap holds a smaller one
+    assert np.array_equal(splits.sample(values[::-1], 50), np.sort(len(values) - 1 - small))  # by value, not place
+    assert np.array_equal(splits.sample(values, 0), np.arange(500)) and len(splits.sample(values, 900)) == 500
+    user, movie, rating, ts = ratings(seed=6, users=300)
+    split, _, _ = evaluate.split_ratings(user, movie, rating, ts, n_movies=40, min_ratings=1)
+    capped = evaluate.sample_evaluated(split, 25)
+    assert capped.train is split.train and len(capped.evaluated) == 25 < len(split.evaluated)
+    kept = np.searchsorted(split.evaluated, capped.evaluated)
+    assert np.array_equal(split.evaluated[kept], capped.evaluated)
+    assert (capped.relevant != split.relevant[kept]).nnz == 0  # each kept user's relevant movies, unchanged
+    assert evaluate.sample_evaluated(split, 0) is split
+
+
 @pytest.mark.parametrize("kind", ["temporal", "global"])
 def test_max_users_keeps_a_hashed_sample_of_the_training_users(kind: str) -> None:
     user, _, _, ts = ratings(seed=4, users=300)
