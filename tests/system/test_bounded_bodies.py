@@ -1,7 +1,8 @@
-"""Bodies refused for their size or shape cost little, over real HTTP against a real ``movierec api`` of one
-gevent process (every connection on one hub, the worst case): the 600 KB ``{"liked": [1] * 200000}`` is a 400
-JSON error, and ``/healthz`` stays within a small ratio of its idle latency while four clients send such bodies
-back to back. Feedback past its caps is 409 ``quota_exceeded`` with nothing of the batch stored."""
+"""Bodies refused for their size or shape, over real HTTP against a real ``movierec api`` of one gevent process
+(every connection on one hub, the worst case): the 600 KB ``{"liked": [1] * 200000}`` is a 400 JSON error, and
+``/healthz`` answers while four clients send such bodies back to back (its latency against idle is measured by
+``python -m bench.bounds body``, RELIABILITY.md). Feedback past its caps is 409 ``quota_exceeded`` with nothing of
+the batch stored."""
 
 from __future__ import annotations
 
