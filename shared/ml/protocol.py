@@ -24,9 +24,11 @@ DEFAULT_NEW_USER_SHARE = 0.15
 """The share of users held out as the new-user cohort (removed before training, brought back as new users)."""
 VALIDATION_MIN_RATINGS = 1
 """A validation split keeps every user of the training part (the test split's rule already chose them)..."""
-VALIDATION_MAX_USERS = 20_000
+VALIDATION_MAX_USERS = 10_000
 """... up to this many, a hashed sample beyond: every setting of every grid is fitted and scored on validation,
-so its cost grows with the users (ml-latest-small's 610 are all kept; ml-25m's 162k would not fit 2 cores)."""
+so its cost grows with the users (ml-latest-small's 610 are all kept). 10,000 users put the standard error of a
+setting's validation NDCG@10 near 0.001, below the gaps that decide a grid, and keep the 62 settings' grid at the
+notebook's scale to minutes on 2 cores (20,000 took 7 min 15 s, BENCHMARKS.md)."""
 
 BASELINES = ("random", "most-popular", "item-kNN", "EASE", "RP3beta", "iALS")
 """The baselines an evaluation can score, by their names in the table."""
