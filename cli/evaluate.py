@@ -83,9 +83,13 @@ def _notes(table: dict[str, Any], slices: list[str], reference: str | None) -> l
     for row in table["rows"]:
         tuning = row.get("tuning")
         if tuning and tuning["settings"] > 1:
-            best = max(tuning["grid"].values(), key=lambda v: -1.0 if v is None else v)
+            scored = [v for v in tuning["grid"].values() if v is not None]
+            if not scored:  # skipped at every setting (EASE over its memory budget): the row says why
+                lines.append(f"# {row['family']}: not tuned, skipped at every one of its {tuning['settings']} "
+                             "settings on validation")  # fmt: skip
+                continue
             lines.append(f"# {row['family']}: tuned over {tuning['settings']} settings on validation, chose "
-                         f"{row['name']} (validation NDCG@{k} {best:.4f})")  # fmt: skip
+                         f"{row['name']} (validation NDCG@{k} {max(scored):.4f})")  # fmt: skip
     for note in table.get("notes", []):
         lines.append(f"# {note}")
     if table.get("best"):

@@ -470,16 +470,18 @@ def _chunks(plan: dict[str, Any]) -> int:
 
 
 def cell(plan: dict[str, Any], item: int) -> tuple[int, int, int]:
-    """Cell ``item``'s (group, first user, end user). The first chunk's cells come first, a group each, so the
-    processes that start together start on different rows and each baseline's fit begins at once; then the
-    other chunks group by group, those whose fit is shared (``_shares_fit``) last, so that by the time a
-    process reaches them the fit is stored and it does not fit it again."""
+    """Cell ``item``'s (group, first user, end user). The first chunk's cells come first, a group each, those
+    whose fit is shared (``_shares_fit``) first of all, so the processes that start together start on different
+    rows and the long fits begin at once; then the other chunks group by group, those whose fit is shared last,
+    so that by the time a process reaches them the fit is stored and it does not fit it again."""
     total = sum(int(s["users"]) for s in plan["segments"])
     groups, size = len(plan["groups"]), int(plan["chunk"])
+    fitting = [g for g in range(groups) if _shares_fit(plan, g)]  # each in table order
+    others = [g for g in range(groups) if not _shares_fit(plan, g)]
     if item < groups:
-        group, chunk = item, 0
+        group, chunk = (fitting + others)[item], 0
     else:
-        late = sorted(range(groups), key=lambda g: _shares_fit(plan, g))  # stable: table order otherwise
+        late = others + fitting
         rest, later_chunks = item - groups, _chunks(plan) - 1
         group, chunk = late[rest // later_chunks], 1 + rest % later_chunks
     return group, min(total, chunk * size), min(total, (chunk + 1) * size)

@@ -134,10 +134,11 @@ def test_a_shard_ranks_as_the_pure_functions_do_and_says_what_it_skipped(
     plan = {"training_dataset": derived.training_dataset, "relevant_at": 4.0, "k": 10, "seed": 3, "rows": rows,
             "ease_max_bytes": 1 << 20, "groups": [[i, i + 1] for i in range(4)], "chunk": 50,
             "segments": [{"name": "all", "users": 150}]}  # fmt: skip
-    # The four rows' cells of the first 50 users, then the other chunks row by row, item-kNN's (a stored fit) last.
+    # The four rows' cells of the first 50 users, item-kNN's (a stored fit) first; then the other chunks row by
+    # row, item-kNN's last.
     assert plan_items(plan) == 12
     assert [cell(plan, i) for i in range(12)] == [
-        (0, 0, 50), (1, 0, 50), (2, 0, 50), (3, 0, 50), (0, 50, 100), (0, 100, 150),
+        (2, 0, 50), (0, 0, 50), (1, 0, 50), (3, 0, 50), (0, 50, 100), (0, 100, 150),
         (1, 50, 100), (1, 100, 150), (3, 50, 100), (3, 100, 150), (2, 50, 100), (2, 100, 150)]  # fmt: skip
     users = split.evaluated[100:150]
     knn = baselines.fit("item-kNN", split.train, {}, seed=3, max_bytes=1 << 20)
