@@ -444,7 +444,7 @@ def store_part(artifacts: ArtifactStore, job_id: str, lo: int, top: np.ndarray, 
 
 def load_parts(artifacts: ArtifactStore, job_id: str, plan: dict[str, Any]) -> np.ndarray:
     """(rows of the table, users of every segment, k): every cell's part in its place."""
-    total = sum(int(s["users"]) for s in plan["segments"])
+    total = _users(plan)
     top = np.full((len(plan["rows"]), total, int(plan["k"])), -1, dtype=np.int32)
     for item in range(plan_items(plan)):
         group, lo, hi = cell(plan, item)
@@ -464,9 +464,13 @@ def plan_items(plan: dict[str, Any]) -> int:
     return len(plan["groups"]) * _chunks(plan)
 
 
+def _users(plan: dict[str, Any]) -> int:
+    """Users of every segment laid end to end."""
+    return sum(int(s["users"]) for s in plan["segments"])
+
+
 def _chunks(plan: dict[str, Any]) -> int:
-    total = sum(int(s["users"]) for s in plan["segments"])
-    return max(1, -(-total // max(1, int(plan["chunk"]))))
+    return max(1, -(-_users(plan) // max(1, int(plan["chunk"]))))
 
 
 def cell(plan: dict[str, Any], item: int) -> tuple[int, int, int]:
@@ -474,7 +478,7 @@ def cell(plan: dict[str, Any], item: int) -> tuple[int, int, int]:
     whose fit is shared (``_shares_fit``) first of all, so the processes that start together start on different
     rows and the long fits begin at once; then the other chunks group by group, those whose fit is shared last,
     so that by the time a process reaches them the fit is stored and it does not fit it again."""
-    total = sum(int(s["users"]) for s in plan["segments"])
+    total = _users(plan)
     groups, size = len(plan["groups"]), int(plan["chunk"])
     fitting = [g for g in range(groups) if _shares_fit(plan, g)]  # each in table order
     others = [g for g in range(groups) if not _shares_fit(plan, g)]
