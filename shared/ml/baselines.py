@@ -92,7 +92,8 @@ FOLD_IN_USERS = 256
 class Baseline(Protocol):
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         """(b, n_movies) float32 scores of b users given their histories: a (b, n_movies) CSR of rating values
-        (any nonzero = rated). Users need not be in the training matrix (fold-in: new users)."""
+        (any nonzero = rated). Users need not be in the training matrix (fold-in: new users). A new array each
+        call: the caller may overwrite it (``evaluate.top_k(..., overwrite=True)``)."""
         ...
 
 

@@ -213,22 +213,67 @@ def kth_largest(values: np.ndarray, k: int) -> np.ndarray:
         return np.asarray(top.min(dim=1).values.numpy())
 
 
-def top_k(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
+def top_k(scores: np.ndarray, exclude: sp.csr_matrix, k: int, *, overwrite: bool = False) -> np.ndarray:
     """(b, k) int64 movie rows of the k best scores per row, excluded movies (``exclude``'s nonzeros, a
-    (b, n) CSR) left out; ties to the lower movie row; -1 pads a row with fewer than k candidates."""
-    scores = np.array(scores, dtype=np.result_type(scores.dtype, np.float32))  # (b, n) a copy, overwritten
+    (b, n) CSR) left out; ties to the lower movie row; -1 pads a row with fewer than k candidates.
+
+    ``overwrite``: ``scores`` is a float32 or float64 array the caller gives up, ranked in place rather than
+    copied. Every user shares one row (a broadcast, as most-popular's) when its first stride is 0: ranked once.
+    Otherwise torch's top-(k + 1) of each row decides it, unless the (k + 1)-th score equals the k-th: then that
+    row's ties are settled by the exact rule (``_top_k_tied``)."""
     b, n = scores.shape
+    out = np.full((b, k), -1, dtype=np.int64)
+    if n == 0 or k == 0 or b == 0:
+        return out
+    if scores.strides[0] == 0:
+        return _top_k_shared(np.asarray(scores[0]), exclude, k)
+    dtype = np.result_type(scores.dtype, np.float32)
+    owned = overwrite and scores.dtype == dtype and scores.flags.c_contiguous and scores.flags.writeable
+    scores = scores if owned else np.array(scores, dtype=dtype)  # (b, n), overwritten below
     coo = exclude.tocoo()
     scores[coo.row, coo.col] = -np.inf
-    out = np.full((b, k), -1, dtype=np.int64)
-    if n == 0 or k == 0:
-        return out
-    scores[np.isnan(scores)] = -np.inf  # a NaN score is no candidate
-    kth = kth_largest(scores, min(k, n))  # (b,) the k-th best score
-    for i in range(b):
-        row = scores[i]
-        idx = np.flatnonzero((row >= kth[i]) & (row > -np.inf))  # the top k and anything tied with the k-th
-        best = idx[np.lexsort((idx, -row[idx]))][:k]
+    np.copyto(scores, -np.inf, where=np.isnan(scores))  # a NaN score is no candidate
+    import torch
+
+    with torch.no_grad():
+        top = torch.topk(torch.from_numpy(scores), min(k + 1, n), dim=1, sorted=True)
+    values, rows = top.values.numpy(), top.indices.numpy()  # (b, k + 1) best first, ties in any order
+    kk = min(k, n)
+    tied = values[:, kk] == values[:, kk - 1] if n > k else np.zeros(b, dtype=bool)
+    # The top k of an untied row are its k best: put them in order, ties within them to the lower movie row.
+    values, rows = values[:, :kk], rows[:, :kk].astype(np.int64)
+    by_movie = np.argsort(rows, axis=1)
+    values, rows = np.take_along_axis(values, by_movie, 1), np.take_along_axis(rows, by_movie, 1)
+    by_score = np.argsort(-values, axis=1, kind="stable")
+    values, rows = np.take_along_axis(values, by_score, 1), np.take_along_axis(rows, by_score, 1)
+    out[:, :kk] = np.where(values > -np.inf, rows, -1)
+    for i in np.flatnonzero(tied):
+        out[i] = _top_k_tied(scores[i], k)
+    return out
+
+
+def _top_k_tied(row: np.ndarray, k: int) -> np.ndarray:
+    """(k,) the k best movie rows of one row of scores (excluded ones at -inf), ties to the lower row, -1 pads."""
+    kth = np.partition(row, len(row) - k)[len(row) - k] if k <= len(row) else -np.inf
+    idx = np.flatnonzero((row >= kth) & (row > -np.inf))  # the top k and anything tied with the k-th
+    best = idx[np.lexsort((idx, -row[idx]))][:k]
+    out = np.full(k, -1, dtype=np.int64)
+    out[: len(best)] = best
+    return out
+
+
+def _top_k_shared(row: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
+    """``top_k`` when every user has the scores ``row`` (n,): the movies in one order (best first, ties to
+    the lower row, NaN last), each user's k first that they have not rated."""
+    exclude = sp.csr_matrix(exclude)
+    row = np.where(np.isnan(row), -np.inf, row)
+    order = np.lexsort((np.arange(len(row)), -row))  # (n,)
+    order = order[row[order] > -np.inf]
+    out = np.full((exclude.shape[0], k), -1, dtype=np.int64)
+    for i in range(exclude.shape[0]):
+        seen = exclude.indices[exclude.indptr[i] : exclude.indptr[i + 1]]
+        head = order[: k + len(seen)]
+        best = head[~np.isin(head, seen)][:k]
         out[i, : len(best)] = best
     return out
 
@@ -282,13 +327,14 @@ def metrics(recommended: np.ndarray, split: Split, *, k: int = K) -> dict[str, f
 
 # -- baselines -------------------------------------------------------------------------------------------
 def random_scorer(split: Split, *, seed: int = 0) -> Scorer:
-    """Uniform random scores; a user's draw depends only on (seed, their history), not on the batching."""
+    """Uniform random float32 scores; a user's draw depends only on (seed, their history), not on the batching."""
     n = split.n_movies
 
     def score(history: sp.csr_matrix) -> np.ndarray:
         bounds = zip(history.indptr[:-1], history.indptr[1:], strict=True)
         keys = [zlib.crc32(history.indices[a:b].tobytes()) for a, b in bounds]
-        return np.stack([np.random.default_rng([seed, key]).random(n) for key in keys]).reshape(len(keys), n)
+        draws = [np.random.default_rng([seed, key]).random(n, dtype=np.float32) for key in keys]
+        return np.stack(draws).reshape(len(keys), n)
 
     return score
 

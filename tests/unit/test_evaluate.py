@@ -93,19 +93,41 @@ def test_kth_largest_matches_a_sort_with_ties_and_infinities(dtype: type) -> Non
         assert np.array_equal(kth_largest(values, k), want)
 
 
-def test_top_k_against_a_slow_reference_with_nan_scores() -> None:
+def _slow_top_k(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
+    """The rule itself: each row's candidates (not excluded, not NaN) by score, ties to the lower movie."""
+    b, n = scores.shape
+    want = np.full((b, k), -1)
+    for i in range(b):
+        candidates = [j for j in range(n) if not exclude[i, j] and not np.isnan(scores[i, j])]
+        best = sorted(candidates, key=lambda j: (-scores[i, j], j))[:k]
+        want[i, : len(best)] = best
+    return want
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_k_against_a_slow_reference_with_ties_and_nan_scores(dtype: type) -> None:
     rng = np.random.default_rng(4)
-    scores = np.round(rng.random((30, 50)), 1).astype(np.float32)
+    scores = np.round(rng.random((30, 50)), 1).astype(dtype)  # ties within the top k and across its edge
     scores[rng.random(scores.shape) < 0.05] = np.nan
     scores[7, :45] = np.nan  # fewer than k candidates: padded
+    scores[8] = np.arange(50)[::-1]  # no tie at all
+    scores[9] = 0.5  # one tie across the whole row
     exclude = sp.csr_matrix(rng.random((30, 50)) < 0.2)
-    for k in (1, 10):
-        want = np.full((30, k), -1)
-        for i in range(30):
-            candidates = [j for j in range(50) if not exclude[i, j] and not np.isnan(scores[i, j])]
-            best = sorted(candidates, key=lambda j: (-scores[i, j], j))[:k]
-            want[i, : len(best)] = best
-        assert np.array_equal(top_k(scores, exclude, k), want)
+    for k in (1, 3, 10, 45, 50, 60):
+        want = _slow_top_k(scores, exclude, k)
+        assert np.array_equal(top_k(scores, exclude, k), want), k
+        mine = scores.copy()
+        assert np.array_equal(top_k(mine, exclude, k, overwrite=True), want), k  # ranked in place
+
+
+def test_top_k_of_scores_every_user_shares() -> None:
+    rng = np.random.default_rng(5)
+    row = np.round(rng.random(40), 1).astype(np.float32)
+    row[[3, 17]] = np.nan
+    shared = np.broadcast_to(row, (12, 40))  # most-popular's scores: one row, stride 0
+    exclude = sp.csr_matrix(rng.random((12, 40)) < 0.3)
+    for k in (1, 10, 40):
+        assert np.array_equal(top_k(shared, exclude, k), _slow_top_k(np.array(shared), exclude, k))
 
 
 # -- the split -------------------------------------------------------------------------------------------
