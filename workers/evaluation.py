@@ -16,8 +16,8 @@ from shared.jobs.kinds import EVALUATE_STEP
 from shared.jobs.progress import Position
 from shared.jobs.sharded import ShardPlan
 from shared.jobs.store import Job
-from shared.logic.evaluation import EvaluationState, advance, build_table, parent
-from shared.logic.scoring import derive, part_names, row_scores, score_shard, store_part
+from shared.logic.evaluation import EvaluationState, advance, build_table, parent, trained_models
+from shared.logic.scoring import NotTrained, derive, part_names, recipe_cell, row_scores, score_shard, store_part
 from shared.logic.services import Services
 from shared.ml.protocol import Protocol
 
@@ -55,15 +55,26 @@ def evaluation_shard(job_id: str, plan: dict[str, Any], lo: int, hi: int, total:
     by lo."""
 
     def work(svc: Services) -> dict[str, Any]:
-        top, stats = score_shard(svc.artifacts, svc.models, plan, lo, hi)
+        state = EvaluationState.read(svc.jobs, job_id) if recipe_cell(plan, lo) else None
+        trained = trained_models(state or EvaluationState())
+        try:
+            top, stats = score_shard(svc.artifacts, svc.models, plan, lo, hi, trained=trained)
+        except NotTrained:
+            # Sent again before its recipe's pipeline finished (the step sends the recipes' cells once all have):
+            # a step moves the job on, and sends this cell again when the model is there.
+            current_app.send_task(EVALUATE_STEP.name, args=[job_id])
+            raise
         store_part(svc.artifacts, job_id, lo, top, ttl_s=svc.settings.result_ttl_s)
         return stats
 
     run_shard("evaluate", job_id, plan, (lo, hi, total), work, describe=_scored)
 
 
-def _scored(job: Job, done: int, total: int) -> tuple[Position, str]:
-    """The shards' share of the evaluation's bar: the ``score`` stage's."""
+def _scored(job: Job, done: int, total: int) -> tuple[Position, str] | None:
+    """The shards' share of the evaluation's bar: the ``score`` stage's, once it has begun (before, the baselines'
+    cells score while the recipes train, and the bar is their pipelines')."""
+    if job.stage != "score":
+        return None
     return parent(job.id, job.params, "score"), f"{done} of {total} shards scored"
 
 

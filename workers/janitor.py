@@ -18,7 +18,8 @@ per interval for the whole deployment. A sweep
                                                   that plans
        pipeline                                   a step (which looks at its current stage and moves on)
        evaluate                                   a step while it waits on a child job (alive while that
-                                                  is), or its split; once its scoring is planned, as a
+                                                  is), or its split; once its scoring is planned (its
+                                                  baselines' cells start as its recipes train), as a
                                                   sharded job
 
    Units are idempotent and leased, so a resend that meets the original delivery is dropped. A job resent
@@ -158,8 +159,8 @@ class Janitor:
             state = PipelineState.read(self._svc.jobs, job.id)
             child = state.current_child if state is not None else None
             return child is not None and child in active
-        if job.kind == "evaluate" and (child := evaluation.janitor_units(self._svc, job)[0]) is not None:
-            return child in active
+        if job.kind == "evaluate" and evaluation.janitor_units(self._svc, job)[0] in active:
+            return True  # its current child runs (its scoring cells may run beside it: their leases, below)
         leases = [self._svc.units.lease_key(job.id, name) for name in {"main", "join", *(u.name for u in units)}]
         return bool(cast(int, self._svc.redis.exists(*leases)))
 

@@ -11,7 +11,8 @@ The job's main task (or an evaluation's step) planned it and sent its shards (``
         result); succeed; drop the parts; tell the parent
 
 A shard that lost its lease while it ran (frozen past it; another delivery may have taken over, even joined)
-publishes nothing and is not counted done; the janitor sends it again if need be. A failure of ``work`` or
+publishes nothing and is not counted done; the janitor sends it again if need be. So does a shard whose
+``work`` raises ``Deferred`` (it cannot run yet, and says who sends it again). A failure of ``work`` or
 ``finish`` fails the job, naming the shard or the join (``fail_job``), unless Redis refused for a while.
 """
 
@@ -27,7 +28,7 @@ from celery import current_app
 from shared.infra.keys import shard_id
 from shared.jobs.kinds import SHARDED
 from shared.jobs.progress import Position, report, whole
-from shared.jobs.sharded import ShardPlan, shard_unit, stored_plan
+from shared.jobs.sharded import Deferred, ShardPlan, shard_unit, stored_plan
 from shared.jobs.store import Job
 from shared.logic.services import Services
 from shared.store.artifacts import FencedOut
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 
 Work = Callable[[Services], dict[str, Any]]
 """A shard's work: store its part (through the services given, whose writes are fenced) and answer its stats."""
-Describe = Callable[[Job, int, int], tuple[Position, str]]
-"""(the job, shards done, shards in all) -> where its progress bar stands and what to say there."""
+Describe = Callable[[Job, int, int], tuple[Position, str] | None]
+"""(the job, shards done, shards in all) -> where its progress bar stands and what to say there (None: the
+job's bar is another stage's for now)."""
 Finish = Callable[[Services, Job, ShardPlan, list[dict[str, Any]]], Outcome]
 """(services, the job, its plan, every shard's stats in item order) -> the job's outcome."""
 
@@ -61,9 +63,9 @@ def run_shard(
         return
     svc = services()
     job = svc.jobs.get(job_id)
-    if job is not None:  # shard_done wrote "n of N shards done": the kind's view of the bar, with an ETA
-        where, message = describe(job, done, total)
-        report(svc.jobs, job, where, done / total, message)
+    described = describe(job, done, total) if job is not None else None
+    if job is not None and described is not None:  # "n of N shards done": the kind's view of the bar, with an ETA
+        report(svc.jobs, job, described[0], done / total, described[1])
     if done == total:
         current_app.send_task(SHARDED[kind].join.name, args=[job_id, payload])
 
@@ -83,6 +85,9 @@ def shard_admitted(job_id: str, lo: int, hi: int, total: int, work: Work) -> int
         stats = work(svc)
     except FencedOut:
         log.warning("job %s: shard %d-%d: lease lost: output discarded", job_id, lo, hi)
+        return None
+    except Deferred as why:
+        log.info("job %s: shard %d-%d deferred: %s", job_id, lo, hi, why)
         return None
     except Exception as exc:  # noqa: BLE001 - fail_job reports it on the job and logs it
         fail_job(job_id, exc, where=f"shard {lo}-{hi}")

@@ -12,7 +12,9 @@ shared/jobs/fastlane.py), ``cpu`` (batch work: ingest, mining shards and joins, 
 recommendations, pipeline steps) and ``gpu`` (encoding and training, one solo process per device). So a storm of
 recommendations never starves a pipeline, and a batch of all users never delays an answer. kombu's Redis
 transport keeps a list per priority step (0, 3, 6, 9) for each queue, and a worker takes from the lowest step
-first: recommendations are sent at 0 and everything else at 6.
+first: recommendations are sent at 0, an evaluation's scoring cells at 9 (``IDLE_PRIORITY``: they fill the
+CPU workers while the pipelines the same evaluation started train on the gpu queue, and those pipelines' own CPU
+work goes first) and everything else at 6.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ QUEUES = (INTERACTIVE_QUEUE, CPU_QUEUE, GPU_QUEUE)
 
 SERVING_PRIORITY = 0
 BATCH_PRIORITY = 6
+IDLE_PRIORITY = 9
 PRIORITY_STEPS = (0, 3, 6, 9)
 
 
@@ -50,7 +53,7 @@ TRAIN = Task("workers.gpu.train", GPU_QUEUE)
 DESCRIBE_DEVICE = Task("workers.gpu.describe_device", GPU_QUEUE)
 EVALUATE_STEP = Task("workers.evaluation.evaluation_step")
 EVALUATE_SPLIT = Task("workers.evaluation.evaluation_split")
-EVALUATE_SHARD = Task("workers.evaluation.evaluation_shard")
+EVALUATE_SHARD = Task("workers.evaluation.evaluation_shard", priority=IDLE_PRIORITY)
 EVALUATE_JOIN = Task("workers.evaluation.evaluation_join")
 BATCH = Task("workers.batch.recommend_batch")
 BATCH_SHARD = Task("workers.batch.batch_shard")

@@ -17,6 +17,7 @@ shards not done, or the join once all are. The worker side of the frame is worke
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,14 +83,28 @@ def stored_plan(jobs: JobStore, job_id: str) -> ShardPlan | None:
     return ShardPlan.from_json(raw) if raw is not None else None
 
 
-def send_shards(jobs: JobStore, celery: Celery, job_id: str, kind: str, plan: ShardPlan) -> None:
-    """Store ``plan`` on the job (running) and send a message for each of its shards not done yet: a replanning
+def send_shards(
+    jobs: JobStore,
+    celery: Celery,
+    job_id: str,
+    kind: str,
+    plan: ShardPlan,
+    *,
+    only: Callable[[int], bool] | None = None,
+) -> None:
+    """Store ``plan`` on the job (running) and send a message for each of its shards not done yet (of those
+    starting at an item ``only`` accepts, when given: an evaluation sends its cells in two waves): a replanning
     (the janitor resending a lost planning task) sends only what is missing."""
     jobs.annotate(job_id, **{PLAN_FIELD: plan.to_json()})
     done, shards, task = jobs.shards_done(job_id), plan.ranges, SHARDED[kind].shard
     for lo, hi in shards:
-        if shard_id(lo) not in done:
+        if shard_id(lo) not in done and (only is None or only(lo)):
             celery.send_task(task.name, args=[job_id, plan.payload, lo, hi, len(shards)])
+
+
+class Deferred(Exception):
+    """A shard that cannot run yet (an evaluation's recipe cell before its model is trained): it publishes
+    nothing and is not counted done; whoever raises it sees that it is sent again."""
 
 
 def pending(jobs: JobStore, job_id: str, kind: str, plan: ShardPlan) -> list[tuple[str, Task, list[Any]]]:

@@ -14,13 +14,18 @@ short steps (``workers.evaluation.evaluation_step``), none of which waits for an
                       recipes and baselines alike, scored on validation; the   │
                       best setting of each row is chosen there                 │
       train:<recipe>  per recipe, its chosen setting: child job ``pipeline`` ──┘
-                      {"dataset": training dataset, "recipe", overrides, "seed", "activate": false}
-      score           one shard per cell, a row by a chunk of ``shard_users`` users of every segment (the
-                      test part's users, then each new-user slice's), the cells of the first chunk first;
-                      each baseline is fitted once for the cluster, by the first cell that wants it, and
-                      stored for the others (shared/logic/scoring.py); the shard that completes the set
-                      sends ``evaluation_join``: metrics per row and segment, each row's paired bootstrap
-                      interval against the baseline chosen on validation, the table as the job's result
+                      {"dataset": training dataset, "recipe", overrides, "seed", "activate": false};
+                      as the first of these stages begins, every recipe's child is submitted at once and
+                      the scoring is planned: the baselines' cells are sent then (at ``IDLE_PRIORITY``),
+                      so the CPU workers score them while the pipelines train on the gpu queue
+      score           the recipes' cells, once every recipe is trained (each cell looks its model up in
+                      the job's state). A shard per cell, a row by a chunk of ``shard_users`` users of every
+                      segment (the test part's users, then each new-user slice's), the cells of the first
+                      chunk first; each baseline is fitted once for the cluster, by the first cell that
+                      wants it, and stored for the others (shared/logic/scoring.py); the shard that
+                      completes the set sends ``evaluation_join``: metrics per row and segment, each row's
+                      paired bootstrap interval against the baseline chosen on validation, the table as the
+                      job's result
 
 A grid-mode job (the ``validate`` child) has no ingest and no validate stage: it trains ``train:<variant>``
 for every setting of every recipe's grid and scores one shard per row of the table, every validation user in
@@ -52,7 +57,7 @@ from shared.jobs.progress import Position, report
 from shared.jobs.sharded import ShardPlan, send_shards, stored_plan
 from shared.jobs.store import Job, JobStore
 from shared.jobs.submit import submit
-from shared.logic.scoring import RowScores, plan_items, segments, stored_split
+from shared.logic.scoring import RowScores, plan_items, recipe_cell, segments, stored_split
 from shared.logic.services import Services
 from shared.ml import baselines, intervals
 from shared.ml.evaluate import EASE_MAX_BYTES
@@ -152,6 +157,8 @@ def advance(svc: Services, celery: Celery, job_id: str) -> None:
     while state.stage < len(names):
         stage = names[state.stage]
         kind = stage.partition(":")[0]
+        if kind == "train" and TRAINING not in state.sent:
+            _start_training(svc, celery, job, state)
         step = {"split": _split_stage, "score": _score_stage}.get(kind, _child_stage)
         if not step(svc, celery, job, state, stage):
             return  # started, or waiting: a finished child, the split task or the join comes back
@@ -165,13 +172,7 @@ def _child_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
     kind, _, recipe = stage.partition(":")
     child_id = state.children.get(stage)
     if child_id is None:
-        child_kind, child_params = _child_job(job, state, stage)
-        where = parent(job.id, job.params, stage)
-        # A child belongs to whoever owns the evaluation, so the key that started it can follow every stage.
-        child = submit(celery, svc.jobs, kind=child_kind, params={**child_params, "parent": where}, owner=job.owner)
-        state.children[stage] = child.id
-        state.write(svc.jobs, job.id)
-        report(svc.jobs, job, where, 0.0, f"{stage} queued")
+        _submit_child(svc, celery, job, state, stage)
         return False
     finished = svc.jobs.get(child_id)
     if finished is not None and not finished.finished:
@@ -184,6 +185,16 @@ def _child_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
         return False
     state.results[stage] = _child_result(kind, finished)
     return True
+
+
+def _submit_child(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> None:
+    child_kind, child_params = _child_job(job, state, stage)
+    where = parent(job.id, job.params, stage)
+    # A child belongs to whoever owns the evaluation, so the key that started it can follow every stage.
+    child = submit(celery, svc.jobs, kind=child_kind, params={**child_params, "parent": where}, owner=job.owner)
+    state.children[stage] = child.id
+    state.write(svc.jobs, job.id)
+    report(svc.jobs, job, where, 0.0, f"{stage} queued")
 
 
 def _child_job(job: Job, state: EvaluationState, stage: str) -> tuple[str, dict[str, Any]]:
@@ -233,15 +244,52 @@ def _split_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
     return False  # the split task sends the step again
 
 
+TRAINING = "train"
+"""``EvaluationState.sent``'s mark of the training phase started: every recipe's pipeline, and the baselines'
+scoring cells (they need no model)."""
+
+SCORING = "score"
+"""``EvaluationState.sent``'s mark of the recipes' scoring cells sent (every cell, for a job with no recipe)."""
+
+
+def _start_training(svc: Services, celery: Celery, job: Job, state: EvaluationState) -> None:
+    """Once, as the first ``train:`` stage begins: submit every recipe's pipeline at once, and plan the scoring
+    and send its baselines' cells, at a lower priority than the pipelines' own CPU work. The pipelines train on
+    the gpu queue while the CPU workers score the baselines; the stages still finish in order, each waiting
+    on its own child (``_child_stage``), and the recipes' cells are sent by ``_score_stage``."""
+    for stage in stages(job.params):
+        if stage.startswith("train:") and stage not in state.children:
+            _submit_child(svc, celery, job, state, stage)
+    plan = _plan(job.params, state)
+    send_shards(svc.jobs, celery, job.id, "evaluate", plan, only=lambda lo: not recipe_cell(plan.payload, lo))
+    state.sent.append(TRAINING)
+    state.write(svc.jobs, job.id)
+
+
 def _score_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> bool:
-    """Plan the scoring shards and send them, once; the shards and the join finish the job."""
-    if stored_plan(svc.jobs, job.id) is not None:
-        return False
-    payload = _scoring(job.params, state)
-    plan = ShardPlan(items=plan_items(payload), size=1, payload=payload)
-    report(svc.jobs, job, parent(job.id, job.params, stage), 0.0, f"0 of {len(plan.ranges)} shards scored")
-    send_shards(svc.jobs, celery, job.id, "evaluate", plan)
+    """Send the scoring cells not sent yet (the recipes', their models trained; or all of them, for a job with
+    no recipe), once; the shards and the join finish the job."""
+    if SCORING not in state.sent:
+        early = stored_plan(svc.jobs, job.id)  # planned as the training began: its baselines' cells are sent
+        plan = early or _plan(job.params, state)
+        recipes = (lambda lo: recipe_cell(plan.payload, lo)) if early is not None else None
+        done = len(svc.jobs.shards_done(job.id))  # the baselines' cells scored while the recipes trained
+        where = parent(job.id, job.params, stage)
+        report(svc.jobs, job, where, done / max(1, len(plan.ranges)), f"{done} of {len(plan.ranges)} shards scored")
+        send_shards(svc.jobs, celery, job.id, "evaluate", plan, only=recipes)
+        state.sent.append(SCORING)
+        state.write(svc.jobs, job.id)
     return False
+
+
+def _plan(params: dict[str, Any], state: EvaluationState) -> ShardPlan:
+    payload = _scoring(params, state)
+    return ShardPlan(items=plan_items(payload), size=1, payload=payload)
+
+
+def trained_models(state: EvaluationState) -> dict[str, str]:
+    """Each trained recipe's model, by its training stage (``train:<recipe>``, a grid's ``train:<variant>``)."""
+    return {stage: str(result["model"]) for stage, result in state.results.items() if stage.startswith("train:")}
 
 
 def _child_result(kind: str, child: Job) -> dict[str, Any]:
@@ -262,7 +310,9 @@ def _wall_seconds(job: Job) -> float:
 
 def table_rows(params: dict[str, Any], state: EvaluationState) -> list[dict[str, Any]]:
     """The rows a job scores: {"name", "kind", "family", "params", "model"} of every baseline and recipe, at
-    every setting of their grids (grid mode), at the setting chosen on validation, or at their defaults."""
+    every setting of their grids (grid mode), at the setting chosen on validation, or at their defaults; a
+    recipe's also its training ``stage``, and its ``model`` once that has finished (None before: the scoring is
+    planned while the recipes train, and a recipe's cells look its model up when they run)."""
     grid, picked = bool(params.get("grid")), chosen(state)
     rows = []
     for b in baselines_of(params):
@@ -270,9 +320,11 @@ def table_rows(params: dict[str, Any], state: EvaluationState) -> list[dict[str,
             rows.append({"name": variant_label(b, setting), "kind": "baseline", "family": b, "params": setting,
                          "model": None})  # fmt: skip
     variants = recipe_variants(params) if grid else [(r, r, picked.get(r, {})) for r in recipes_of(params)]
+    trained = trained_models(state)
     for stage, recipe, overrides in variants:
+        at = f"train:{stage}"
         rows.append({"name": variant_label(recipe, overrides), "kind": "recipe", "family": recipe,
-                     "params": overrides, "model": state.results[f"train:{stage}"]["model"]})  # fmt: skip
+                     "params": overrides, "stage": at, "model": trained.get(at)})  # fmt: skip
     return rows
 
 
@@ -367,7 +419,7 @@ def build_table(
             "kind": row["kind"],
             "family": row["family"],
             "params": row["params"],
-            "model": row["model"],
+            "model": trained.get("model"),
             **{key: (None if main is None else main.metrics[key]) for key in METRIC_KEYS},
             "seconds": round(took, 2),
             "skipped": skipped.get(name) if main is None else None,

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from hashlib import sha256
 from typing import Any
@@ -48,6 +48,7 @@ from shared.infra.clock import utcnow_iso
 from shared.infra.keys import dataset_artifact, evaluation_fit_artifact, evaluation_part, evaluation_split_artifact
 from shared.infra.process import per_process
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
+from shared.jobs.sharded import Deferred
 from shared.logic.descriptors import CutDescriptors, descriptors_before
 from shared.logic.serving import version_scorer
 from shared.ml import baselines, evaluate, intervals, splits
@@ -491,6 +492,16 @@ def cell(plan: dict[str, Any], item: int) -> tuple[int, int, int]:
     return group, min(total, chunk * size), min(total, (chunk + 1) * size)
 
 
+def recipe_cell(plan: dict[str, Any], item: int) -> bool:
+    """Whether cell ``item`` ranks a recipe's row (it needs the recipe's trained model; a baseline's does not)."""
+    first, end = plan["groups"][cell(plan, item)[0]]
+    return any(row["kind"] == "recipe" for row in plan["rows"][first:end])
+
+
+class NotTrained(Deferred):
+    """A recipe's cell sent before its model was trained (the janitor resending it early): nothing scored."""
+
+
 def _shares_fit(plan: dict[str, Any], group: int) -> bool:
     """Whether a group's row is a baseline fitted once and stored for the others (a test scoring's)."""
     first, end = plan["groups"][group]
@@ -499,19 +510,28 @@ def _shares_fit(plan: dict[str, Any], group: int) -> bool:
 
 
 def score_shard(
-    artifacts: ArtifactStore, models: ModelStore, plan: dict[str, Any], lo: int, hi: int
+    artifacts: ArtifactStore,
+    models: ModelStore,
+    plan: dict[str, Any],
+    lo: int,
+    hi: int,
+    *,
+    trained: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Cell ``lo`` of the plan ranked (a shard is one cell: ``hi`` is ``lo + 1``): ((rows of its group, users of
     its chunk, k) int32 top-k movie rows, -1 where nothing; stats {"items", "seconds" per row (fitting included
     where this shard fitted it), "skipped" per row that could not run}). A grid's group of settings is fitted
-    together by its shard (``_fit_group``); a test scoring's row, once for the cluster (``fitted_baseline``)."""
+    together by its shard (``_fit_group``); a test scoring's row, once for the cluster (``fitted_baseline``).
+    A recipe's row is ranked by its model: the row's own, or ``trained``'s for its training stage (the plan is
+    made while the recipes train); ``NotTrained`` when there is none yet."""
     if hi != lo + 1:
         raise ValueError(f"an evaluation shard scores one cell, not [{lo}, {hi})")
-    data = load_split(artifacts, plan["training_dataset"], float(plan["relevant_at"]))
-    k, relevant_at = int(plan["k"]), float(plan["relevant_at"])
     group, first_user, end_user = cell(plan, lo)
     first, end = plan["groups"][group]
     rows, pieces = plan["rows"][first:end], _pieces(plan["segments"], first_user, end_user)
+    rows = [_with_model(row, trained or {}) for row in rows]
+    data = load_split(artifacts, plan["training_dataset"], float(plan["relevant_at"]))
+    k, relevant_at = int(plan["k"]), float(plan["relevant_at"])
     fits: list[Fitted | None]
     if plan.get("grid"):
         fits = _fit_group(data.split, plan, rows)
@@ -540,15 +560,24 @@ def score_shard(
             for start in range(a, b, BATCH_USERS):
                 users = split.evaluated[start : min(b, start + BATCH_USERS)]  # (batch,) rows of split.train
                 history = split.train[users]  # (batch, n): what they rated, and what top_k leaves out
-                if row["kind"] == "baseline":
-                    scores = scorer(history)
+                if row["kind"] == "baseline":  # a new array, ranked in place
+                    top[i, at : at + len(users)] = evaluate.top_k(scorer(history), history, k, overwrite=True)
                 else:
                     scores = version_scorer(artifacts, models, row["model"]).score(history, times[users])
-                top[i, at : at + len(users)] = evaluate.top_k(scores, history, k)
+                    top[i, at : at + len(users)] = evaluate.top_k(scores, history, k)
                 at += len(users)
         took = time.perf_counter() - started + fit_seconds[i]
         seconds[row["name"]] = round(took, 4)
     return top, {"items": [lo, hi], "seconds": seconds, "skipped": skipped}
+
+
+def _with_model(row: dict[str, Any], trained: Mapping[str, str]) -> dict[str, Any]:
+    if row["kind"] != "recipe" or row.get("model"):
+        return row
+    model = trained.get(str(row.get("stage")))
+    if model is None:
+        raise NotTrained(f"{row['name']} is not trained yet ({row.get('stage')})")
+    return {**row, "model": model}
 
 
 def _fitted(artifacts: ArtifactStore, plan: dict[str, Any], row: dict[str, Any]) -> Fitted:

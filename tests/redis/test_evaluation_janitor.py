@@ -1,5 +1,6 @@
 """The janitor and an evaluation job: alive while its child job is, else its lost step, split, shards or join
-sent again (a real Redis and Celery app; no worker runs)."""
+sent again; the scoring's two waves of cells, the baselines' beside the pipelines and the recipes' once trained
+(a real Redis and Celery app; no worker runs)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import redis
 from shared.infra.keys import shard_id
 from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
-from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVALUATE_STEP
-from shared.jobs.sharded import PLAN_FIELD, ShardPlan
-from shared.logic.evaluation import EvaluationState
+from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVALUATE_STEP, PIPELINE_STEP
+from shared.jobs.sharded import PLAN_FIELD, Deferred, ShardPlan, stored_plan
+from shared.logic.evaluation import EvaluationState, advance, trained_models
+from shared.logic.scoring import NotTrained, recipe_cell, score_shard
 from shared.logic.services import Services
 from shared.ml.protocol import Protocol
 from tests.conftest import delete_prefix
@@ -77,3 +79,41 @@ def test_the_missing_shards_then_the_join(svc: Services, janitor: Janitor) -> No
         svc.jobs.shard_done(job_id, shard_id(lo), {}, total=3)
     assert twice(janitor) == 1
     assert sent(svc) == [(EVALUATE_JOIN.name, [job_id, plan])]
+
+
+# -- scoring beside training: the baselines' cells go out as the recipes' pipelines start ------------------
+SPLIT = {"dataset": "ds-a", "training_dataset": "ds-t", "evaluated": 25, "cold_users": 0}
+
+
+def test_the_baselines_cells_are_sent_with_the_pipelines_and_the_recipes_once_trained(svc: Services) -> None:
+    job_id = running(svc, EvaluationState(stage=2, results={"split": SPLIT}))  # ingest, split: at train:seed
+    celery = make_celery(svc.settings)
+    advance(svc, celery, job_id)
+    state = EvaluationState.read(svc.jobs, job_id)
+    assert state is not None and list(state.children) == ["train:seed"]
+    plan = stored_plan(svc.jobs, job_id)
+    assert plan is not None and [r["name"] for r in plan.payload["rows"]] == ["random", "seed"]
+    assert plan.payload["rows"][1]["stage"] == "train:seed" and plan.payload["rows"][1]["model"] is None
+    cells = sent(svc)  # random's three chunks of 10 users, not seed's: its model is not trained
+    assert [(task, args[2]) for task, args in cells if task == EVALUATE_SHARD.name] == [
+        (EVALUATE_SHARD.name, lo) for lo in range(plan.items) if not recipe_cell(plan.payload, lo)
+    ]
+    assert len(cells) == 1 + 3 and cells[0][0] == PIPELINE_STEP.name  # the child's first step, then the cells
+    advance(svc, celery, job_id)  # the child still runs: nothing new
+    assert sent(svc) == []
+    svc.jobs.start(state.children["train:seed"], stage="train")
+    svc.jobs.succeed(state.children["train:seed"], {"model": "mv-1"})
+    advance(svc, celery, job_id)  # trained: seed's cells now, with the same plan (the cells look the model up)
+    recipes = [lo for lo in range(plan.items) if recipe_cell(plan.payload, lo)]
+    assert sent(svc) == [(EVALUATE_SHARD.name, [job_id, plan.payload, lo, lo + 1, plan.items]) for lo in recipes]
+    state = EvaluationState.read(svc.jobs, job_id)
+    assert state is not None and trained_models(state) == {"train:seed": "mv-1"}
+
+
+def test_a_recipe_cell_before_its_model_is_deferred(svc: Services) -> None:
+    plan = {"rows": [{"name": "seed", "kind": "recipe", "family": "seed", "stage": "train:seed", "model": None}],
+            "groups": [[0, 1]], "segments": [{"name": "all", "users": 5}], "chunk": 5}  # fmt: skip
+    assert recipe_cell(plan, 0)
+    with pytest.raises(NotTrained, match="seed is not trained yet"):
+        score_shard(svc.artifacts, svc.models, plan, 0, 1, trained={})
+    assert issubclass(NotTrained, Deferred)  # the frame counts it not done and publishes nothing
