@@ -44,13 +44,16 @@ def fresh_stack(settings: Settings, run_dir: Path, *, cpu_workers: int = 2) -> I
 
 
 def wait_job(api: str, job_id: str, *, timeout_s: float = 600) -> dict[str, Any]:
-    """The job's record once it has finished (polled over HTTP)."""
+    """The job's record once it has finished (polled over HTTP, every 0.1 s at first, then less often, up to once
+    a second: a long job's thousands of polls would load the machine it is measured on)."""
     deadline = time.monotonic() + timeout_s
+    pause = 0.1
     while time.monotonic() < deadline:
         job: dict[str, Any] = requests.get(f"{api}/v1/jobs/{job_id}", timeout=30).json()
         if job.get("status") in FINISHED:
             return job
-        time.sleep(0.1)
+        time.sleep(pause)
+        pause = min(1.0, pause * 1.2)
     raise TimeoutError(f"job {job_id} unfinished after {timeout_s:.0f} s")
 
 
