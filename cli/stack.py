@@ -6,7 +6,9 @@
       ├─ movierec api              gunicorn serving api:create_app()
       ├─ movierec worker --queues interactive --concurrency I   (answers a person waits for)
       ├─ movierec worker --queues cpu --concurrency N           (batch work)
-      ├─ movierec worker --queues gpu
+      ├─ movierec worker --queues gpu      (torch's pool: the cores the CPU worker's N processes leave, at
+      │                                    least 1, unless OMP_NUM_THREADS says otherwise: on a machine
+      │                                    without CUDA it trains on the same cores as they score)
       └─ movierec flower           (only with ``--flower``): Celery's web monitor, loopback only
 
 Every child runs in its own session (so a signal reaches its whole process group, prefork children
@@ -383,7 +385,7 @@ class Stack:
             interactive = ["worker", "--queues", "interactive", "--concurrency", str(self.interactive_workers)]
             self._spawn("interactive-worker", interactive)
             self._spawn("cpu-worker", ["worker", "--queues", "cpu", "--concurrency", str(self.cpu_workers)])
-            self._spawn("gpu-worker", ["worker", "--queues", "gpu"])
+            self._spawn("gpu-worker", ["worker", "--queues", "gpu"], env=self._gpu_threads())
             if self.flower_port is not None:
                 self._spawn("flower", ["flower", "--address", "127.0.0.1", "--port", str(self.flower_port)])
         except BaseException:
@@ -405,14 +407,22 @@ class Stack:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _spawn(self, name: str, args: Sequence[str]) -> None:
+    def _gpu_threads(self) -> dict[str, str]:
+        """The gpu worker's torch pool (OMP_NUM_THREADS): the cores the CPU worker's processes leave, at least 1.
+        With a pool of every core, a CPU-device training beside two busy CPU worker processes on two cores spent
+        its time in OpenMP barriers: an epoch of ``seed`` took three times as long (issue #24)."""
+        if "OMP_NUM_THREADS" in os.environ:
+            return {}
+        return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) - self.cpu_workers))}
+
+    def _spawn(self, name: str, args: Sequence[str], *, env: dict[str, str] | None = None) -> None:
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "cli.main", *args],
-            env=self.settings.child_env(),
+            env={**self.settings.child_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,

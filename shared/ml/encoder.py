@@ -212,8 +212,8 @@ def load_encoder(
             ) from None
         raise InvalidRequest(f"model {name!r} could not be loaded here ({type(exc).__name__})") from None
     model.eval().to(device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if device.type == "cpu":  # every core, unless the process was given its share (cli/stack.py: the gpu worker)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, os.cpu_count() or 1))
     identity = _weights_sha256(source) if local else None
     identity = identity or f"{name}@{getattr(model.config, '_commit_hash', None) or 'unversioned'}"
     encoder = Encoder(
