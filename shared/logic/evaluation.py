@@ -407,6 +407,7 @@ def build_table(
     reference = validation.get("reference")
     ref_index = next((i for i, r in enumerate(plan["rows"]) if r["family"] == reference), None)
     seed = int(plan["seed"])
+    versus = _versus(scores, len(plan["rows"]), ref_index, seed=seed) if ref_index is not None else {}
     rows = []
     for i, row in enumerate(plan["rows"]):
         name = row["name"]
@@ -428,7 +429,7 @@ def build_table(
         if slices:
             out["new_users"] = slices
         if ref_index is not None and i != ref_index:
-            out["vs_reference"] = _versus(scores, i, ref_index, seed=seed)
+            out["vs_reference"] = versus[i]
         if validation:
             out["tuning"] = _tuning(validation, row["family"])
         rows.append(out)
@@ -469,15 +470,21 @@ def _slice(scored: RowScores | None) -> dict[str, Any] | None:
     return None if scored is None else {key: scored.metrics[key] for key in ("recall", "ndcg", "hr", "users")}
 
 
-def _versus(scores: dict[str, list[RowScores | None]], i: int, ref: int, *, seed: int) -> dict[str, Any]:
-    """Row ``i``'s paired bootstrap intervals against row ``ref`` per segment and metric (same users, paired)."""
-    out: dict[str, Any] = {}
+def _versus(
+    scores: dict[str, list[RowScores | None]], n_rows: int, ref: int, *, seed: int
+) -> dict[int, dict[str, Any]]:
+    """Each row's paired bootstrap intervals against row ``ref`` per segment and metric (same users, paired):
+    {row: {segment: {"ndcg", "recall"}}}, every row but ``ref``; one draw of the users per segment."""
+    out: dict[int, dict[str, Any]] = {i: {} for i in range(n_rows) if i != ref}
     for seg, scored in scores.items():
-        a, b = scored[i], scored[ref]
-        if a is None or b is None:
+        b = scored[ref]
+        rows = [(i, a) for i in out if (a := scored[i]) is not None]
+        if b is None or not rows:
             continue
-        out[seg] = {"ndcg": intervals.paired_bootstrap(a.ndcg, b.ndcg, seed=seed).to_json(),
-                    "recall": intervals.paired_bootstrap(a.recall, b.recall, seed=seed).to_json()}  # fmt: skip
+        pairs = [pair for _, a in rows for pair in ((a.ndcg, b.ndcg), (a.recall, b.recall))]
+        found = intervals.paired_bootstraps(pairs, seed=seed)
+        for j, (i, _) in enumerate(rows):
+            out[i][seg] = {"ndcg": found[2 * j].to_json(), "recall": found[2 * j + 1].to_json()}
     return out
 
 

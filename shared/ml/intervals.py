@@ -22,6 +22,7 @@ size (``Generator.integers`` would: it buffers half-used 32-bit draws per call).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -96,27 +97,49 @@ def paired_bootstrap(
     """The percentile interval of mean(a - b) over ``resamples`` resamples of the users (with replacement);
     ``a`` and ``b`` are (e,) values of one metric for the same users in the same order. The same inputs and
     seed give the same interval, bit for bit; no users gives [0, 0] (not significant)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"paired values need two 1-D arrays of one length, not shapes {a.shape} and {b.shape}")
+    return paired_bootstraps([(a, b)], seed=seed, resamples=resamples, level=level)[0]
+
+
+def paired_bootstraps(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    seed: int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = BOOTSTRAP_LEVEL,
+) -> list[Interval]:
+    """``paired_bootstrap`` of each (a, b) of ``pairs`` (all over the same e users), the users drawn once for
+    all of them: each interval is the bits ``paired_bootstrap`` gives it alone, and a table's rows cost one
+    draw per segment, not one per row and metric."""
+    diffs = []
+    for first, second in pairs:
+        a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+        if a.ndim != 1 or a.shape != b.shape:
+            raise ValueError(f"paired values need two 1-D arrays of one length, not shapes {a.shape} and {b.shape}")
+        diffs.append(a - b)  # (e,)
+    if len({len(d) for d in diffs}) > 1:
+        raise ValueError(f"pairs over different numbers of users: {sorted({len(d) for d in diffs})}")
     if not 0 < level < 1:
         raise ValueError(f"level must lie strictly between 0 and 1, not {level}")
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, not {resamples}")
-    e = len(a)
+    e = len(diffs[0]) if diffs else 0
     if e == 0:
-        return Interval(difference=0.0, low=0.0, high=0.0, level=level, resamples=0)
-    d = a - b  # (e,)
+        return [Interval(difference=0.0, low=0.0, high=0.0, level=level, resamples=0) for _ in diffs]
     rng = np.random.default_rng(seed)
     block = max(1, BOOTSTRAP_BLOCK_VALUES // e)
-    means = np.empty(resamples, dtype=np.float64)  # (resamples,) mean(d) of each resample
+    means = np.empty((len(diffs), resamples), dtype=np.float64)  # mean(d) of each resample, per pair
     for lo in range(0, resamples, block):
         hi = min(resamples, lo + block)
         # u < 1 and u * e rounds below e for every e < 2**53, so the rows stay in range.
         rows = (rng.random((hi - lo, e)) * e).astype(np.int64)  # (hi - lo, e) users drawn, with replacement
-        means[lo:hi] = d[rows].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(difference=float(d.mean()), low=float(low), high=float(high), level=level, resamples=resamples)
+        for j, d in enumerate(diffs):
+            means[j, lo:hi] = d[rows].mean(axis=1)
+    out = []
+    for d, m in zip(diffs, means, strict=True):
+        low, high = np.quantile(m, [(1 - level) / 2, (1 + level) / 2])
+        out.append(Interval(difference=float(d.mean()), low=float(low), high=float(high), level=level,
+                            resamples=resamples))  # fmt: skip
+    return out
 
 
 def verdict(name: str, baseline: str, interval: Interval, *, metric: str = "NDCG@10") -> str:

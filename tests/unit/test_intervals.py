@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from shared.ml import intervals
 from shared.ml.evaluate import Split, metrics
-from shared.ml.intervals import Interval, paired_bootstrap, per_user, verdict
+from shared.ml.intervals import Interval, paired_bootstrap, paired_bootstraps, per_user, verdict
 
 
 def relevant_csr(rows: list[list[int]], n: int) -> sp.csr_matrix:
@@ -202,3 +202,13 @@ def test_verdicts() -> None:
     assert verdict("hybrid", "EASE", behind) == (
         "hybrid leads EASE by -0.0123 NDCG@10 (95 % CI [-0.0200, -0.0046]): significantly behind"
     )
+
+
+def test_many_pairs_drawn_once_give_each_pairs_own_interval() -> None:
+    rng = np.random.default_rng(9)
+    b = rng.random(700)
+    pairs = [(b + 0.01 * j + 0.05 * rng.standard_normal(700), b) for j in range(5)]
+    together = paired_bootstraps(pairs, seed=4, resamples=900)
+    assert together == [paired_bootstrap(a, b, seed=4, resamples=900) for a, b in pairs]  # bit for bit
+    with pytest.raises(ValueError, match="different numbers of users"):
+        paired_bootstraps([(b, b), (b[:5], b[:5])], seed=0)
