@@ -309,22 +309,19 @@ def _wall_seconds(job: Job) -> float:
 
 
 def table_rows(params: dict[str, Any], state: EvaluationState) -> list[dict[str, Any]]:
-    """The rows a job scores: {"name", "kind", "family", "params", "model"} of every baseline and recipe, at
-    every setting of their grids (grid mode), at the setting chosen on validation, or at their defaults; a
-    recipe's also its training ``stage``, and its ``model`` once that has finished (None before: the scoring is
-    planned while the recipes train, and a recipe's cells look its model up when they run)."""
+    """The rows a job scores: {"name", "kind", "family", "params"} of every baseline and recipe, at every setting
+    of their grids (grid mode), at the setting chosen on validation, or at their defaults; a recipe's also its
+    training ``stage``, whose result in the job's state names its model (the scoring is planned while the
+    recipes train: a recipe's cells look their model up when they run, the join when it builds the table)."""
     grid, picked = bool(params.get("grid")), chosen(state)
     rows = []
     for b in baselines_of(params):
         for setting in [picked[b]] if b in picked else baseline_settings(b, grid=grid):
-            rows.append({"name": variant_label(b, setting), "kind": "baseline", "family": b, "params": setting,
-                         "model": None})  # fmt: skip
+            rows.append({"name": variant_label(b, setting), "kind": "baseline", "family": b, "params": setting})
     variants = recipe_variants(params) if grid else [(r, r, picked.get(r, {})) for r in recipes_of(params)]
-    trained = trained_models(state)
     for stage, recipe, overrides in variants:
-        at = f"train:{stage}"
         rows.append({"name": variant_label(recipe, overrides), "kind": "recipe", "family": recipe,
-                     "params": overrides, "stage": at, "model": trained.get(at)})  # fmt: skip
+                     "params": overrides, "stage": f"train:{stage}"})  # fmt: skip
     return rows
 
 
@@ -412,8 +409,7 @@ def build_table(
     for i, row in enumerate(plan["rows"]):
         name = row["name"]
         main = scores["all"][i]
-        stage = f"train:{name}" if params.get("grid") else f"train:{row['family']}"
-        trained = state.results.get(stage, {}) if row["kind"] == "recipe" else {}
+        trained = state.results.get(row["stage"], {}) if row["kind"] == "recipe" else {}
         took = seconds.get(name, 0.0) + float(trained.get("seconds", 0.0))
         out = {
             "name": name,

@@ -522,8 +522,8 @@ def score_shard(
     its chunk, k) int32 top-k movie rows, -1 where nothing; stats {"items", "seconds" per row (fitting included
     where this shard fitted it), "skipped" per row that could not run}). A grid's group of settings is fitted
     together by its shard (``_fit_group``); a test scoring's row, once for the cluster (``fitted_baseline``).
-    A recipe's row is ranked by its model: the row's own, or ``trained``'s for its training stage (the plan is
-    made while the recipes train); ``NotTrained`` when there is none yet."""
+    A recipe's row is ranked by the model ``trained`` names for its training stage (the plan is made while the
+    recipes train); ``NotTrained`` when there is none yet."""
     if hi != lo + 1:
         raise ValueError(f"an evaluation shard scores one cell, not [{lo}, {hi})")
     group, first_user, end_user = cell(plan, lo)
@@ -572,11 +572,11 @@ def score_shard(
 
 
 def _with_model(row: dict[str, Any], trained: Mapping[str, str]) -> dict[str, Any]:
-    if row["kind"] != "recipe" or row.get("model"):
+    if row["kind"] != "recipe":
         return row
-    model = trained.get(str(row.get("stage")))
+    model = trained.get(row["stage"])
     if model is None:
-        raise NotTrained(f"{row['name']} is not trained yet ({row.get('stage')})")
+        raise NotTrained(f"{row['name']} is not trained yet ({row['stage']})")
     return {**row, "model": model}
 
 

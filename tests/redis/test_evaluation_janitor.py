@@ -93,7 +93,7 @@ def test_the_baselines_cells_are_sent_with_the_pipelines_and_the_recipes_once_tr
     assert state is not None and list(state.children) == ["train:seed"]
     plan = stored_plan(svc.jobs, job_id)
     assert plan is not None and [r["name"] for r in plan.payload["rows"]] == ["random", "seed"]
-    assert plan.payload["rows"][1]["stage"] == "train:seed" and plan.payload["rows"][1]["model"] is None
+    assert plan.payload["rows"][1]["stage"] == "train:seed" and "model" not in plan.payload["rows"][1]
     cells = sent(svc)  # random's three chunks of 10 users, not seed's: its model is not trained
     assert [(task, args[2]) for task, args in cells if task == EVALUATE_SHARD.name] == [
         (EVALUATE_SHARD.name, lo) for lo in range(plan.items) if not recipe_cell(plan.payload, lo)
@@ -111,7 +111,7 @@ def test_the_baselines_cells_are_sent_with_the_pipelines_and_the_recipes_once_tr
 
 
 def test_a_recipe_cell_before_its_model_is_deferred(svc: Services) -> None:
-    plan = {"rows": [{"name": "seed", "kind": "recipe", "family": "seed", "stage": "train:seed", "model": None}],
+    plan = {"rows": [{"name": "seed", "kind": "recipe", "family": "seed", "stage": "train:seed"}],
             "groups": [[0, 1]], "segments": [{"name": "all", "users": 5}], "chunk": 5}  # fmt: skip
     assert recipe_cell(plan, 0)
     with pytest.raises(NotTrained, match="seed is not trained yet"):

@@ -129,7 +129,7 @@ def test_a_shard_ranks_as_the_pure_functions_do_and_says_what_it_skipped(
 ) -> None:
     derived = derive(svc.datasets, str(source["id"]), Protocol())
     split = load_split(svc.artifacts, derived.training_dataset, 4.0).split
-    rows = [{"name": name, "kind": "baseline", "family": name, "params": {}, "model": None}
+    rows = [{"name": name, "kind": "baseline", "family": name, "params": {}}
             for name in ("random", "most-popular", "item-kNN", "EASE")]  # fmt: skip
     plan = {"training_dataset": derived.training_dataset, "relevant_at": 4.0, "k": 10, "seed": 3, "rows": rows,
             "ease_max_bytes": 1 << 20, "groups": [[i, i + 1] for i in range(4)], "chunk": 50,

@@ -173,17 +173,18 @@ def test_the_table_sums_seconds_names_skips_tuning_and_intervals() -> None:
         children={"train:seed": "p1", "train:hybrid": "p2"},
     )  # fmt: skip
     plan = {"seed": 7, "rows": [
-        {"name": "EASE lam=200", "kind": "baseline", "family": "EASE", "params": {"lam": 200}, "model": None},
-        {"name": "iALS", "kind": "baseline", "family": "iALS", "params": {}, "model": None},
-        {"name": "seed", "kind": "recipe", "family": "seed", "params": {}, "model": "m-1"},
+        {"name": "EASE lam=200", "kind": "baseline", "family": "EASE", "params": {"lam": 200}},
+        {"name": "iALS", "kind": "baseline", "family": "iALS", "params": {}},
+        {"name": "seed", "kind": "recipe", "family": "seed", "params": {}, "stage": "train:seed"},
         {"name": "hybrid hidden_dim=64", "kind": "recipe", "family": "hybrid", "params": {"hidden_dim": 64},
-         "model": "m-2"}]}  # fmt: skip
+         "stage": "train:hybrid"}]}  # fmt: skip
     scores = {"all": [scored([0.1, 0.2, 0.3, 0.4]), None, scored([0.0, 0.1, 0.1, 0.2]), scored([0.6, 0.7, 0.8, 0.9])],
               "new-1": [scored([0.5, 0.5]), None, scored([0.0, 0.0]), scored([0.5, 0.6])]}  # fmt: skip
     stats = [{"seconds": {"seed": 1.0, "hybrid hidden_dim=64": 2.0}, "skipped": {"iALS": "no"}},
              {"seconds": {"seed": 1.5, "hybrid hidden_dim=64": 2.0}, "skipped": {"iALS": "no"}}]  # fmt: skip
     table = build_table({"dataset": "ds-a", "k": 5}, state, plan, scores, stats)
     ease, ials, seed, hybrid = table["rows"]
+    assert (ease["model"], seed["model"], hybrid["model"]) == (None, "m-1", "m-2")  # from the state's training stages
     assert ials["skipped"] == "no" and ials["ndcg"] is None and seed["skipped"] is None
     assert seed["seconds"] == 12.5 and hybrid["seconds"] == 9.0  # pipeline wall time + scoring over shards
     assert table["best"] == "hybrid" and table["reference"] == "EASE" and table["users"] == 4
