@@ -8,9 +8,12 @@ of their shards and join (``SHARDED``, the frame is shared/jobs/sharded.py), and
 
 Queues are by latency class, then hardware: ``interactive`` (the answers a person waits for: recommendations
 for a user, keywords, examples, similar movies; a pool of its own, which also answers them over the fast lane,
-shared/jobs/fastlane.py), ``cpu`` (batch work: ingest, mining shards and joins, indexes, evaluations, batch
-recommendations, pipeline steps) and ``gpu`` (encoding and training, one solo process per device). So a storm of
-recommendations never starves a pipeline, and a batch of all users never delays an answer. kombu's Redis
+shared/jobs/fastlane.py; and the pipelines' and evaluations' steps, milliseconds of bookkeeping each, behind
+the answers), ``cpu`` (batch work: ingest, mining shards and joins, indexes, evaluations, batch
+recommendations) and ``gpu`` (encoding and training, one solo process per device). So a storm of
+recommendations never starves a pipeline, a batch of all users never delays an answer, and a pipeline moves
+to its next stage when the last one ends, not when a CPU process finishes the long cell it holds (at 27M
+ratings an evaluation's pipelines waited 3 minutes for their steps behind its baselines' first cells). kombu's Redis
 transport keeps a list per priority step (0, 3, 6, 9) for each queue, and a worker takes from the lowest step
 first: recommendations are sent at 0, an evaluation's scoring cells at 9 (``IDLE_PRIORITY``: they fill the
 CPU workers while the pipelines the same evaluation started train on the gpu queue, and those pipelines' own CPU
@@ -47,11 +50,11 @@ MINE_SHARD = Task("workers.cpu.mine_shard")
 JOIN_TRIPLETS = Task("workers.cpu.join_triplets")
 INDEX = Task("workers.cpu.build_index")
 RECOMMEND = Task("workers.interactive.recommend", INTERACTIVE_QUEUE, SERVING_PRIORITY)
-PIPELINE_STEP = Task("workers.cpu.pipeline_step")
+PIPELINE_STEP = Task("workers.cpu.pipeline_step", INTERACTIVE_QUEUE)
 ENCODE = Task("workers.gpu.encode", GPU_QUEUE)
 TRAIN = Task("workers.gpu.train", GPU_QUEUE)
 DESCRIBE_DEVICE = Task("workers.gpu.describe_device", GPU_QUEUE)
-EVALUATE_STEP = Task("workers.evaluation.evaluation_step")
+EVALUATE_STEP = Task("workers.evaluation.evaluation_step", INTERACTIVE_QUEUE)
 EVALUATE_SPLIT = Task("workers.evaluation.evaluation_split")
 EVALUATE_SHARD = Task("workers.evaluation.evaluation_shard", priority=IDLE_PRIORITY)
 EVALUATE_JOIN = Task("workers.evaluation.evaluation_join")

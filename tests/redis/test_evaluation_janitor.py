@@ -14,7 +14,14 @@ import redis
 from shared.infra.keys import shard_id
 from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
-from shared.jobs.kinds import EVALUATE_JOIN, EVALUATE_SHARD, EVALUATE_SPLIT, EVALUATE_STEP, PIPELINE_STEP
+from shared.jobs.kinds import (
+    EVALUATE_JOIN,
+    EVALUATE_SHARD,
+    EVALUATE_SPLIT,
+    EVALUATE_STEP,
+    INTERACTIVE_QUEUE,
+    PIPELINE_STEP,
+)
 from shared.jobs.sharded import PLAN_FIELD, Deferred, ShardPlan, stored_plan
 from shared.logic.evaluation import EvaluationState, advance, trained_models
 from shared.logic.scoring import NotTrained, recipe_cell, score_shard
@@ -56,10 +63,10 @@ def test_alive_while_its_child_is_then_the_step_is_sent_again(svc: Services, jan
     job_id = running(svc, EvaluationState(stage=2, children={"train:seed": child.id}))  # ingest, split, train
     for _ in range(3):
         janitor.sweep()
-    assert all(task != EVALUATE_STEP.name for task, _ in sent(svc))  # (the queued child gets its own step)
+    assert all(task != EVALUATE_STEP.name for task, _ in sent(svc, INTERACTIVE_QUEUE))  # (the child gets its own)
     svc.jobs.fail(child.id, code="x", message="gone")  # the child finished, and its notification was lost
     assert twice(janitor) >= 1
-    assert (EVALUATE_STEP.name, [job_id]) in sent(svc)
+    assert (EVALUATE_STEP.name, [job_id]) in sent(svc, INTERACTIVE_QUEUE)  # steps: milliseconds, never behind cells
 
 
 def test_a_lost_split_is_sent_again(svc: Services, janitor: Janitor) -> None:
@@ -98,7 +105,7 @@ def test_the_baselines_cells_are_sent_with_the_pipelines_and_the_recipes_once_tr
     assert [(task, args[2]) for task, args in cells if task == EVALUATE_SHARD.name] == [
         (EVALUATE_SHARD.name, lo) for lo in range(plan.items) if not recipe_cell(plan.payload, lo)
     ]
-    assert len(cells) == 1 + 3 and cells[0][0] == PIPELINE_STEP.name  # the child's first step, then the cells
+    assert len(cells) == 3 and [task for task, _ in sent(svc, INTERACTIVE_QUEUE)] == [PIPELINE_STEP.name]  # the child's
     advance(svc, celery, job_id)  # the child still runs: nothing new
     assert sent(svc) == []
     svc.jobs.start(state.children["train:seed"], stage="train")

@@ -13,7 +13,15 @@ import redis
 from shared.infra.keys import Keys, shard_id
 from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
-from shared.jobs.kinds import BATCH_PRIORITY, INGEST, JOIN_TRIPLETS, MINE, MINE_SHARD, PIPELINE_STEP
+from shared.jobs.kinds import (
+    BATCH_PRIORITY,
+    INGEST,
+    INTERACTIVE_QUEUE,
+    JOIN_TRIPLETS,
+    MINE,
+    MINE_SHARD,
+    PIPELINE_STEP,
+)
 from shared.jobs.sharded import PLAN_FIELD, ShardPlan
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.services import Services
@@ -114,7 +122,7 @@ def test_a_pipeline_whose_step_waits_is_alive(svc: Services, janitor: Janitor) -
     make_celery(svc.settings).send_task(PIPELINE_STEP.name, args=[job.id])
     for _ in range(4):
         assert janitor.sweep()["resent"] == 0
-    clear(svc)
+    clear(svc, INTERACTIVE_QUEUE)  # where steps go: behind answers, never behind a CPU process's long task
     janitor.sweep()
     assert janitor.sweep()["resent"] == 1
 
