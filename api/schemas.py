@@ -172,6 +172,14 @@ class TrainIn(BodySchema):
     liked_at = Float(validate=Range(0.5, 5.0), metadata={"description": "hybrid: a rating at least this is a like"})
     profile = String(validate=OneOf(PROFILES), metadata={"description": "user profile: rating (default), centred"})
     recency_days = _knob("recency_days", real=False)
+    prior = Float(
+        validate=Range(*LIMITS["prior"]),
+        metadata={"description": "weight of the popularity prior for a user with no rating (light users); 0: off"},
+    )
+    prior_until = Float(
+        validate=Range(*LIMITS["prior_until"]),
+        metadata={"description": "ratings at which the popularity prior has shrunk to nothing"},
+    )
     layers = Integer(validate=Range(1, 4), metadata={"description": "linear: 1 (the notebook) to 4 layers"})
     dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})
 
@@ -268,10 +276,13 @@ class RecommendationsOut(Schema):
     query = Dict(metadata={"description": "the query as understood"})
     strategy = String(
         metadata={
-            "description": "what produced the answer: profile (a user's ratings), popular (a user with none: "
-            "the most-rated movies), keywords, examples (liked/disliked) or similar (a movie's neighbours)"
+            "description": "what produced the answer: profile (a user's ratings), light-profile (a user with "
+            "fewer ratings than the model's prior_until: the profile blended with a popularity prior), popular (a "
+            "user with none: the most-rated movies), keywords, examples (liked/disliked) or similar (a movie's "
+            "neighbours)"
         }
     )
+    explanation = String(metadata={"description": "how the items were ranked, where it is more than cosine"})
     items = List(Nested(RecommendedMovie))
     top_descriptors = List(
         List(Raw()), metadata={"description": "[descriptor, count] pairs: the 10 most common among the items"}
@@ -420,6 +431,14 @@ class PipelineIn(BodySchema):
     architecture = String(validate=OneOf(ARCHITECTURES))
     profile = String(validate=OneOf(PROFILES))
     recency_days = _knob("recency_days", real=False)
+    prior = Float(
+        validate=Range(*LIMITS["prior"]),
+        metadata={"description": "weight of the popularity prior for a user with no rating (light users); 0: off"},
+    )
+    prior_until = Float(
+        validate=Range(*LIMITS["prior_until"]),
+        metadata={"description": "ratings at which the popularity prior has shrunk to nothing"},
+    )
     layers = Integer(validate=Range(1, 4), metadata={"description": "linear: 1 (the notebook) to 4 layers"})
     dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})
     epochs = _knob("epochs")

@@ -89,7 +89,8 @@ def _notes(table: dict[str, Any], slices: list[str], reference: str | None) -> l
                              "settings on validation")  # fmt: skip
                 continue
             lines.append(f"# {row['family']}: tuned over {tuning['settings']} settings on validation, chose "
-                         f"{row['name']} (validation NDCG@{k} {max(scored):.4f})")  # fmt: skip
+                         f"{row['name']} (validation objective {max(scored):.4f}: NDCG@{k} over its users and "
+                         "new users)")  # fmt: skip
     for note in table.get("notes", []):
         lines.append(f"# {note}")
     if table.get("best"):

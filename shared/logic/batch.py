@@ -35,7 +35,7 @@ from shared.jobs.sharded import ShardPlan
 from shared.logic.services import Services
 from shared.logic.serving import SERVED_VERSIONS, feedback_for, load_index, network
 from shared.ml.batch import CSV_HEADER, ROW, ShardModel, StoredRatings, answer_users, csv_text, npy_header
-from shared.ml.recommend import Profile, most_popular
+from shared.ml.recommend import Profile, most_popular, popularity_prior
 from shared.store.artifacts import ArtifactStore
 from shared.store.datasets import load_ratings
 from shared.store.models import ModelStore
@@ -87,6 +87,7 @@ def answer_part(
     stored = stored_ratings(svc.artifacts, dataset, timestamps=timed)
     rows, stats = answer_users(
         model, users, stored=stored, popular=lambda: popular(svc.artifacts, dataset, len(model.movie_ids), timed),
+        popularity=lambda: popularity(svc.artifacts, dataset, len(model.movie_ids), timed),
         k=int(params["k"]), exclude_seen=bool(params.get("exclude_seen", True)),
         feedback=feedback_for(svc, model, users.tolist()), threads=search_threads(),
     )  # fmt: skip
@@ -96,19 +97,21 @@ def answer_part(
 @per_process(maxsize=SERVED_VERSIONS)
 def shard_model(artifacts: ArtifactStore, models: ModelStore, version: str) -> ShardModel:
     """What a shard reads of a model version, loaded once per process: ``serving.load_serving`` less the
-    catalogue's text, the ratings (``stored_ratings``) and, for a hybrid model, the raw vectors its profiles
-    never read (89 MB at the notebook's scale)."""
+    catalogue's text, the ratings (``stored_ratings``, whose counts order the index's ties as the single answer's
+    do) and, for a hybrid model, the raw vectors its profiles never read (89 MB at the notebook's scale)."""
     from safetensors.numpy import load
 
     record = models.get(version)
     if record is None:
         raise Conflict(f"model {version!r} no longer exists")
     embeddings = artifacts.get_array(record["artifacts"]["embeddings"])
-    hybrid = Profile.of(record.get("config", {})).item_space
+    profile = Profile.of(record.get("config", {}))
+    hybrid = profile.item_space
+    rated = stored_ratings(artifacts, record["dataset"], timestamps=profile.recency_days > 0).movie
     raw = artifacts.get_array(record["artifacts"]["input_embeddings"]) if not hybrid else None
     return ShardModel(
         record=record,
-        index=load_index(artifacts, record),
+        index=load_index(artifacts, record).with_ties(np.bincount(rated, minlength=len(embeddings))),
         **network(load(artifacts.get_bytes(record["artifacts"]["weights"]))),
         raw=raw if raw is not None else np.zeros((0, 0), dtype=np.float32),
         embeddings=embeddings,
@@ -129,6 +132,13 @@ def popular(artifacts: ArtifactStore, dataset: str, n: int, timestamps: bool) ->
     """The dataset's most rated movies (``ServingModel.popular``), once per process: counted only for a shard
     with a user who has no ratings (a listed id unknown to the dataset and to feedback)."""
     return most_popular(stored_ratings(artifacts, dataset, timestamps=timestamps).movie, n)
+
+
+@per_process(maxsize=SERVED_VERSIONS)
+def popularity(artifacts: ArtifactStore, dataset: str, n: int, timestamps: bool) -> np.ndarray:
+    """The dataset's popularity prior (``ServingModel.popularity``), once per process: made only for a shard
+    with a light user."""
+    return popularity_prior(stored_ratings(artifacts, dataset, timestamps=timestamps).movie, n)
 
 
 @per_process()
@@ -156,6 +166,7 @@ def summary(params: dict[str, Any], plan: ShardPlan, stats: list[dict[str, Any]]
         "exclude_seen": bool(params.get("exclude_seen", True)),
         "rows": rows,
         "popular": sum(int(s["popular"]) for s in stats),
+        "light": sum(int(s.get("light", 0)) for s in stats),
         "columns": list(ROW.names or ()),
         "parts": [{"range": s["range"], "rows": int(s["rows"])} for s in stats],
         "seconds": round(seconds, 3),

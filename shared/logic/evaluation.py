@@ -10,9 +10,11 @@ short steps (``workers.evaluation.evaluation_step``), none of which waits for an
                       part and the new-user cohort (shared/logic/scoring.py)   │
       validate        child job ``evaluate`` in grid mode on the training      │
                       dataset, cut again by ``Protocol.validation`` (each      │
-                      user's last 20 % of it): every setting of every grid,    │
-                      recipes and baselines alike, scored on validation; the   │
-                      best setting of each row is chosen there                 │
+                      user's last 20 % of it, a cohort of its users held out   │
+                      as new users): every setting of every grid, recipes and  │
+                      baselines alike (a recipe's serve-time settings too),    │
+                      scored on validation and its new-user slices; the best   │
+                      setting of each row is chosen there (``objective``)      │
       train:<recipe>  per recipe, its chosen setting: child job ``pipeline`` ──┘
                       {"dataset": training dataset, "recipe", overrides, "seed", "activate": false};
                       as the first of these stages begins, every recipe's child is submitted at once and
@@ -62,7 +64,7 @@ from shared.logic.services import Services
 from shared.ml import baselines, intervals
 from shared.ml.evaluate import EASE_MAX_BYTES
 from shared.ml.protocol import DEFAULT_SEED, DEFAULT_SHARD_USERS, Protocol, baselines_of, recipes_of
-from shared.ml.recipes import GRIDS, grid_points, variant_label
+from shared.ml.recipes import GRIDS, SERVE_GRIDS, grid_points, variant_label
 
 STATE_FIELD = "evaluation"
 """The evaluation job's record field that holds its ``EvaluationState``."""
@@ -318,10 +320,17 @@ def table_rows(params: dict[str, Any], state: EvaluationState) -> list[dict[str,
     for b in baselines_of(params):
         for setting in [picked[b]] if b in picked else baseline_settings(b, grid=grid):
             rows.append({"name": variant_label(b, setting), "kind": "baseline", "family": b, "params": setting})
-    variants = recipe_variants(params) if grid else [(r, r, picked.get(r, {})) for r in recipes_of(params)]
-    for stage, recipe, overrides in variants:
-        rows.append({"name": variant_label(recipe, overrides), "kind": "recipe", "family": recipe,
-                     "params": overrides, "stage": f"train:{stage}"})  # fmt: skip
+    if not grid:
+        for recipe in recipes_of(params):
+            setting = picked.get(recipe, {})
+            rows.append({"name": variant_label(recipe, setting), "kind": "recipe", "family": recipe,
+                         "params": setting, "stage": f"train:{recipe}"})  # fmt: skip
+        return rows
+    for stage, recipe, overrides in recipe_variants(params):
+        for serve in SERVE_GRIDS.get(recipe, [{}]):  # each scores the trained setting: no training of its own
+            setting = {**overrides, **serve}
+            rows.append({"name": variant_label(recipe, setting), "kind": "recipe", "family": recipe,
+                         "params": setting, "stage": f"train:{stage}", "serve": serve})  # fmt: skip
     return rows
 
 
@@ -342,41 +351,59 @@ def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
         "rows": rows,
         "grid": grid,
         "groups": fit_groups(rows),
-        "segments": [{"name": "all", "users": int(split["evaluated"])}] if grid else segments(split, max_evaluated),
+        "segments": segments(split, max_evaluated),
         "max_evaluated": max_evaluated,
         "chunk": max(1, int(split["evaluated"])) if grid else int(params.get("shard_users", DEFAULT_SHARD_USERS)),
     }
 
 
 def choose(table: dict[str, Any]) -> dict[str, Any]:
-    """From a grid-mode table: each row family's best setting on validation by NDCG@k (ties: the first in grid
-    order), the recipe to make the default (the best recipe), the baseline to measure against (the best baseline
-    but random), and every setting's validation figures."""
+    """From a grid-mode table: each row family's best setting on validation by ``objective`` (ties: the first in
+    grid order), the recipe to make the default (the best recipe), the baseline to measure against (the best
+    baseline but random), and every setting's validation figures."""
+    scored = [{**row, "objective": objective(row, table["users"])} for row in table["rows"]]
     best: dict[str, dict[str, Any]] = {}
-    for row in table["rows"]:
-        if row["ndcg"] is not None and (row["family"] not in best or row["ndcg"] > best[row["family"]]["ndcg"]):
+    for row in scored:
+        if row["objective"] is not None and (
+            row["family"] not in best or row["objective"] > best[row["family"]]["objective"]
+        ):
             best[row["family"]] = row
-    kinds = {row["family"]: row["kind"] for row in table["rows"]}
+    kinds = {row["family"]: row["kind"] for row in scored}
 
     def top(kind: str, *, but: tuple[str, ...] = ()) -> str | None:
         named = [f for f in best if kinds[f] == kind and f not in but]
-        return max(named, key=lambda f: best[f]["ndcg"]) if named else None  # ties: the first named
+        return max(named, key=lambda f: best[f]["objective"]) if named else None  # ties: the first named
 
     return {
         "chosen": {family: row["params"] for family, row in best.items()},
         "default": top("recipe"),
         "reference": top("baseline", but=("random",)),
-        "grid": [{key: row[key] for key in GRID_KEYS} for row in table["rows"]],
+        "grid": [{key: row.get(key) for key in GRID_KEYS} for row in scored],
         "users": table["users"],
     }
 
 
-GRID_KEYS = ("name", "family", "params", "ndcg", "recall", "skipped")
+def objective(row: dict[str, Any], users: int) -> float | None:
+    """What validation maximises: NDCG@k over every validation user and every new-user slice's user, each user
+    of each segment counted once (the mean of the segments' NDCG weighted by their users). The new users are the
+    validation cohort brought back with 1, 3 and 10 ratings, so a setting is chosen for light users as well as
+    for those with a long history; None for a skipped row."""
+    if row["ndcg"] is None:
+        return None
+    total, weight = float(row["ndcg"]) * users, users
+    for scored in (row.get("new_users") or {}).values():
+        if scored is not None and scored.get("users"):
+            total, weight = total + float(scored["ndcg"]) * int(scored["users"]), weight + int(scored["users"])
+    return total / weight if weight else None
+
+
+GRID_KEYS = ("name", "family", "params", "ndcg", "recall", "objective", "skipped")
 """What validation keeps of each setting it scored."""
 
 NOTES = (
     "every choice (each row's setting, the default recipe, the reference baseline) was made on the validation "
-    "split, the last 20 % of the training part; the test part was scored once",
+    "split, the last 20 % of the training part, by NDCG@10 over its users and its held-out new users at 1, 3 "
+    "and 10 ratings; the test part was scored once",
     "descriptors hold only tags that training users wrote before their cut (their own, or the global one); "
     "genome scores carry no time and stay",
 )
@@ -485,10 +512,10 @@ def _versus(
 
 
 def _tuning(validation: dict[str, Any], family: str) -> dict[str, Any]:
-    """What a row was tuned over and what was chosen: the grid's settings with their validation NDCG."""
+    """What a row was tuned over and what was chosen: the grid's settings with their validation ``objective``."""
     grid = [g for g in validation.get("grid", []) if g["family"] == family]
     return {
-        "grid": {g["name"]: g["ndcg"] for g in grid},
+        "grid": {g["name"]: g.get("objective", g["ndcg"]) for g in grid},
         "chosen": validation.get("chosen", {}).get(family),
         "settings": len(grid),
     }

@@ -106,6 +106,7 @@ def cut(ratings: DatasetRatings, n_movies: int, protocol: Protocol) -> Cut:
         train_fraction=protocol.train_fraction,
         relevant_at=protocol.relevant_at,
         new_user_share=protocol.new_user_share,
+        cohort_from=protocol.cohort_from,
         max_users=protocol.max_users,
     )
     mask = parts.label == splits.TRAIN
@@ -563,7 +564,8 @@ def score_shard(
                 if row["kind"] == "baseline":  # a new array, ranked in place
                     top[i, at : at + len(users)] = evaluate.top_k(scorer(history), history, k, overwrite=True)
                 else:
-                    scores = version_scorer(artifacts, models, row["model"]).score(history, times[users])
+                    model = version_scorer(artifacts, models, row["model"])
+                    scores = model.score(history, times[users], serve=row.get("serve"))
                     top[i, at : at + len(users)] = evaluate.top_k(scores, history, k)
                 at += len(users)
         took = time.perf_counter() - started + fit_seconds[i]

@@ -4,15 +4,18 @@
                    once per process and version;      keywords encoded with the model's own encoder and
                    the previous version kept beside it pooling, through the vector cache; a user's
                                                       feedback read fresh (feedback_for: one round trip)
-    evaluation job ──> version_scorer(version) ──> VersionScorer.score: the same profiles, exact cosine
+    evaluation job ──> version_scorer(version) ──> VersionScorer.score: the same profiles, exact cosine (a light
+                                                   user's plus the popularity prior, as served)
 
-A loaded version is answered without a look at Redis: a version's weights, embeddings and dataset never
+Movies of equal score (the same descriptors give the same vector) are answered most rated first: the index is
+loaded with each movie's ratings as its tie order (``MovieIndex.with_ties``), by the single answer and the
+batch alike. A loaded version is answered without a look at Redis: a version's weights, embeddings and dataset never
 change, and neither does the index it was loaded with (a rebuilt index is seen by processes that load later).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -29,6 +32,7 @@ from shared.ml.recommend import (
     ServingModel,
     UserRatings,
     inner_layers,
+    popularity_prior,
     profile_queries,
     profile_weights,
     recommend,
@@ -61,7 +65,6 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
     record = models.get(version)
     if record is None:
         raise Conflict(f"model {version!r} no longer exists")
-    index = load_index(artifacts, record)
     weights = load(artifacts.get_bytes(record["artifacts"]["weights"]))
 
     def part(name: str) -> str:
@@ -71,6 +74,7 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
     indptr, indices = artifacts.get_array(part("desc_indptr")), artifacts.get_array(part("desc_indices"))
     profile = Profile.of(record.get("config", {}))
     ratings = load_ratings(artifacts, record["dataset"], timestamps=profile.recency_days > 0)
+    index = load_index(artifacts, record).with_ties(np.bincount(ratings.movie_index, minlength=len(indptr) - 1))
     return ServingModel(
         version=version,
         record=record,
@@ -116,18 +120,29 @@ class VersionScorer:
     embeddings: np.ndarray  # (n, hidden) unit rows
     weight: np.ndarray
     bias: np.ndarray
+    popularity: np.ndarray  # (n,) the popularity prior of the model's dataset (``popularity_prior``)
     inner: Layers = ()
 
-    def score(self, ratings: sp.csr_matrix, timestamps: sp.csr_matrix | None) -> np.ndarray:
+    def score(
+        self, ratings: sp.csr_matrix, timestamps: sp.csr_matrix | None, *, serve: dict[str, Any] | None = None
+    ) -> np.ndarray:
         """(b, n) float32 cosine of each user's query (from ``ratings`` (b, n), their training part) to every
-        movie; excluding what they rated is the caller's."""
+        movie, plus a light user's popularity prior (``Profile.prior_weights``); excluding what they rated is
+        the caller's. ``serve``: serve-time options over the model's own (``prior``, ``prior_until``): a
+        validation grid's settings of them score one trained model."""
+        profile = replace(self.profile, **serve) if serve else self.profile
         ratings = ratings.tocsr()
         times = timestamps.tocsr().data if timestamps is not None else None
-        weights = profile_weights(ratings.indptr, ratings.data, times, self.profile)
-        queries = profile_queries(ratings.indptr, ratings.indices, weights, profile=self.profile, raw=self.raw,
+        weights = profile_weights(ratings.indptr, ratings.data, times, profile)
+        queries = profile_queries(ratings.indptr, ratings.indices, weights, profile=profile, raw=self.raw,
                                   embeddings=self.embeddings, weight=self.weight, bias=self.bias,
                                   inner=self.inner)  # fmt: skip
-        return np.asarray(queries @ self.embeddings.T, dtype=np.float32)
+        scores = np.asarray(queries @ self.embeddings.T, dtype=np.float32)
+        priors = profile.prior_weights(np.diff(ratings.indptr))
+        light = np.flatnonzero(priors > 0)
+        if len(light):
+            scores[light] += priors[light, None] * self.popularity[None, :]
+        return scores
 
 
 SCORED_VERSIONS = 8
@@ -143,10 +158,13 @@ def version_scorer(artifacts: ArtifactStore, models: ModelStore, version: str) -
     if record is None:
         raise NotFound(f"model {version!r} does not exist")
     weights = load(artifacts.get_bytes(record["artifacts"]["weights"]))
+    embeddings = artifacts.get_array(record["artifacts"]["embeddings"])
+    rated = artifacts.get_array(dataset_artifact(record["dataset"], "ratings_movie"))
     return VersionScorer(
         profile=Profile.of(record.get("config", {})),
         raw=artifacts.get_array(record["artifacts"]["input_embeddings"]),
-        embeddings=artifacts.get_array(record["artifacts"]["embeddings"]),
+        embeddings=embeddings,
+        popularity=popularity_prior(rated, len(embeddings)),
         **network(weights),
     )
 

@@ -9,6 +9,8 @@ step once for the whole shard:
     users ──> users_ratings: stored ratings gathered at once (CSR), feedback laid over those who have any
           ──> profile_weights, profile_queries (exact_rows): one query vector per user with ratings
           ──> MovieIndex.query_many: the index searched per beam, not per user; each user's rated movies excluded
+              (a light user, whom the model's popularity prior still weighs on: ``blended_top``, as the single
+              answer ranks them)
           ──> user_rows: the rows in user order; a user with no ratings gets the most popular movies
 
 A shard reads a ``ShardModel`` (the version's network, vectors and index) and ``StoredRatings`` (the dataset's
@@ -37,6 +39,7 @@ from shared.ml.recommend import (
     Profile,
     ServingModel,
     UserRatings,
+    blended_top,
     check_ids,
     profile_queries,
     profile_weights,
@@ -123,14 +126,16 @@ def answer_users(
     *,
     stored: StoredRatings,
     popular: Callable[[], tuple[np.ndarray, np.ndarray]],
+    popularity: Callable[[], np.ndarray],
     k: int,
     exclude_seen: bool = True,
     feedback: dict[int, UserRatings] | None = None,
     threads: int = 1,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """``users`` (b,) answered in order: (rows (r,) of ``ROW``, stats {"users", "rows", "popular", "seconds"}).
-    ``stored``: the dataset's ratings as ingested; ``popular``: the model's most popular movies
-    (``ServingModel.popular``), called only when a user has no ratings; ``feedback``: the ratings given after
+    """``users`` (b,) answered in order: (rows (r,) of ``ROW``, stats {"users", "rows", "popular", "light",
+    "seconds"}). ``stored``: the dataset's ratings as ingested; ``popular``: the model's most popular movies
+    (``ServingModel.popular``), called only when a user has no ratings; ``popularity``: its popularity prior
+    (``ServingModel.popularity``), called only when a user is light; ``feedback``: the ratings given after
     ingest of those users that have any (``serving.feedback_for``); ``threads``: how many the index search may
     use (the cores this process is meant to have)."""
     started = time.perf_counter()
@@ -143,11 +148,53 @@ def answer_users(
                               embeddings=model.embeddings, weight=model.weight, bias=model.bias, inner=model.inner,
                               exact_rows=True)  # fmt: skip
     excluded = RowSets(indptr, ratings.rows) if exclude_seen else RowSets(indptr * 0, ratings.rows[:0])
-    found = model.index.query_many(queries, k, excluded=excluded, threads=threads)
+    priors = model.profile.prior_weights(counts[rated])
+    light = np.flatnonzero(priors > 0)  # of the rated users: those the popularity prior still weighs on
+    if not len(light):
+        found = model.index.query_many(queries, k, excluded=excluded, threads=threads)
+    else:
+        heavy = np.flatnonzero(priors == 0)
+        by_index = model.index.query_many(queries[heavy], k, excluded=excluded.subset(heavy), threads=threads)
+        blended = light_rows(model.embeddings, queries[light], priors[light], popularity(), k,
+                             excluded=excluded.subset(light))  # fmt: skip
+        found = merge_found([(heavy, by_index), (light, blended)], len(rated))
     rows = user_rows(model.movie_ids, users, rated, found, popular=popular, k=k)
-    stats = {"users": len(users), "rows": len(rows), "popular": len(users) - len(rated),
+    stats = {"users": len(users), "rows": len(rows), "popular": len(users) - len(rated), "light": len(light),
              "seconds": round(time.perf_counter() - started, 4)}  # fmt: skip
     return rows, stats
+
+
+def light_rows(
+    embeddings: np.ndarray, queries: np.ndarray, priors: np.ndarray, popularity: np.ndarray, k: int, *,
+    excluded: RowSets,
+) -> Found:  # fmt: skip
+    """Light users' answers, each exactly as the single answer makes it (``blended_top``, one user at a time)."""
+    rows, scores, counts = [], [], []
+    for i in range(len(queries)):
+        allowed = np.ones(len(embeddings), dtype=bool)
+        allowed[excluded.rows[excluded.indptr[i] : excluded.indptr[i + 1]]] = False
+        r, sc = blended_top(embeddings, queries[i], float(priors[i]), popularity, k=k, allowed=allowed)
+        rows.append(r)
+        scores.append(sc)
+        counts.append(len(r))
+    return Found(
+        indptr=np.r_[0, np.cumsum(counts)].astype(np.int64),
+        rows=np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
+        scores=np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32),
+    )
+
+
+def merge_found(parts: list[tuple[np.ndarray, Found]], n: int) -> Found:
+    """One ``Found`` of ``n`` queries from parts that each answer the queries at their positions."""
+    counts = np.zeros(n, dtype=np.int64)
+    for at, found in parts:
+        counts[at] = np.diff(found.indptr)
+    indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    rows, scores = np.zeros(int(indptr[-1]), dtype=np.int64), np.zeros(int(indptr[-1]), dtype=np.float32)
+    for at, found in parts:
+        place = concat_ranges(indptr[at], np.diff(found.indptr))
+        rows[place], scores[place] = found.rows, found.scores
+    return Found(indptr=indptr, rows=rows, scores=scores)
 
 
 def users_ratings(stored: StoredRatings, users: np.ndarray, feedback: dict[int, UserRatings]) -> ShardRatings:

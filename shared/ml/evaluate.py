@@ -82,6 +82,7 @@ def split_ratings(
     train_fraction: float = 0.8,
     relevant_at: float = 4.0,
     new_user_share: float = 0.0,
+    cohort_from: float = 0.0,
     max_users: int = 0,
 ) -> tuple[Split, Cohort, splits.Parts]:
     """Ratings given as parallel (r,) arrays split by ``splits.assign``'s rules: the ``Split`` of the training
@@ -92,7 +93,7 @@ def split_ratings(
     rating, timestamp = np.asarray(rating, dtype=np.float32), np.asarray(timestamp, dtype=np.int64)
     n = int(n_movies) if n_movies is not None else int(movie_index.max(initial=-1)) + 1
     parts = splits.assign(user, timestamp, kind=kind, min_ratings=min_ratings, train_fraction=train_fraction,
-                          new_user_share=new_user_share, max_users=max_users)  # fmt: skip
+                          new_user_share=new_user_share, cohort_from=cohort_from, max_users=max_users)  # fmt: skip
     is_train = parts.label == splits.TRAIN
     user_ids = parts.cut_users  # the training users, ascending: the rows of ``train``
     row = np.searchsorted(user_ids, user)  # (r,) a training user's row (meaningless for the others)

@@ -30,6 +30,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "batch_size": (1, 8192),
     "liked_at": (0.5, 5.0),
     "recency_days": (0.0, 36500.0),
+    "prior": (0.0, 100.0),
+    "prior_until": (0.0, 100000.0),
     "layers": (1, 4),
     "dropout": (0.0, 0.9),
 }
@@ -61,6 +63,10 @@ class TrainConfig:
     """How a user's ratings become a query at serving time (shared/ml/recommend.py): "rating" or "centred"."""
     recency_days: float = 0.0
     """Half-life of a rating's weight in a user's profile, counted back from their last rating; 0 = off."""
+    prior: float = 0.0
+    """A light user's popularity prior at serving time (shared/ml/recommend.py): its weight at no rating; 0 = off."""
+    prior_until: float = 0.0
+    """... and the ratings at which it has shrunk to nothing."""
     layers: int = 1
     """The linear architecture's depth: 1 is the notebook's; more adds inner ReLU layers (siamese ``build_net``)."""
     dropout: float = 0.0

@@ -10,7 +10,8 @@ queries exactly as ``query`` answers each, with one hnswlib call per search beam
 Movies with the same descriptors have the same vector (on ml-latest-small 9,709 movies have 2,259
 distinct vectors), and exact duplicates break an HNSW graph's navigability (recall@10 was 0.81). So the
 graph holds each distinct vector once, and a ``group`` array maps every catalogue row to its vector; a
-query expands the nearest vectors into their movies (equal scores, catalogue order).
+query expands the nearest vectors into their movies (equal scores), ordered by ``ties`` when the index was
+given them (a served model's: each movie's ratings, most first), else by catalogue row.
 
 Every knob is explicit and recorded, ``ef`` included (hnswlib does not save it):
 
@@ -43,6 +44,12 @@ class RowSets(NamedTuple):
 
     indptr: np.ndarray  # (b + 1,)
     rows: np.ndarray  # int64
+
+    def subset(self, at: np.ndarray) -> RowSets:
+        """The sets of queries ``at`` (positions, in that order)."""
+        lo = self.indptr[at]
+        sizes = self.indptr[np.asarray(at) + 1] - lo
+        return RowSets(np.r_[0, np.cumsum(sizes)].astype(np.int64), self.rows[concat_ranges(lo, sizes)])
 
 
 class Found(NamedTuple):
@@ -79,14 +86,26 @@ class ChecksumMismatch(Exception):
 class MovieIndex:
     """Approximate nearest neighbours over catalogue rows 0..n-1."""
 
-    def __init__(self, index: Any, group: np.ndarray, *, dim: int, params: IndexParams) -> None:
+    def __init__(
+        self, index: Any, group: np.ndarray, *, dim: int, params: IndexParams, ties: np.ndarray | None = None
+    ) -> None:
         self._index = index
         self.group = group  # (n,) int32: row -> distinct vector (hnswlib label)
         self.n, self.dim, self.params = len(group), dim, params
         self.groups = int(group.max()) + 1 if len(group) else 0
-        order = np.argsort(group, kind="stable")  # rows by group, catalogue order within a group
+        rows = np.arange(self.n)
+        # Each row's place among movies of equal score: ``ties`` (more first, a movie's ratings), then the row.
+        self._tie_rank = np.empty(self.n, dtype=np.int64)
+        self._tie_rank[np.lexsort((rows, -ties)) if ties is not None else rows] = rows
+        order = np.lexsort((self._tie_rank, group))  # rows by group, in tie order within a group
         self._members = order
         self._starts = np.searchsorted(group[order], np.arange(self.groups + 1))
+
+    def with_ties(self, ties: np.ndarray) -> MovieIndex:
+        """This index (the same graph) with movies of equal score ordered by ``ties`` (n,), more first, then by
+        row: a served model's is each movie's ratings, so of ten movies with the same descriptors (one vector,
+        one score) the most rated comes first."""
+        return MovieIndex(self._index, self.group, dim=self.dim, params=self.params, ties=ties)
 
     @classmethod
     def build(cls, embeddings: np.ndarray, params: IndexParams) -> MovieIndex:
@@ -239,7 +258,7 @@ class MovieIndex:
         )
 
     def _expand(self, labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct vectors (best first) -> their movies, in catalogue order within a vector."""
+        """Distinct vectors (best first) -> their movies, in tie order within a vector (``ties``)."""
         starts = self._starts[labels]
         sizes = self._starts[labels + 1] - starts  # (g,) movies per vector
         return self._members[concat_ranges(starts, sizes)].astype(np.int64), np.repeat(scores, sizes)
@@ -249,7 +268,7 @@ class MovieIndex:
         per_group = distinct @ (vector / max(float(np.linalg.norm(vector)), 1e-12))  # (g,)
         rows = np.arange(self.n) if allowed is None else np.flatnonzero(allowed)
         scores = per_group[self.group[rows]]
-        best = np.argsort(-scores, kind="stable")[:k]
+        best = np.lexsort((self._tie_rank[rows], -scores))[:k]
         return rows[best], scores[best].astype(np.float32)
 
 

@@ -46,6 +46,9 @@ class Protocol:
     new_user_share: float = DEFAULT_NEW_USER_SHARE
     max_users: int = 0
     """At most this many training users, a hashed sample (0: all): a validation split's, at scale."""
+    cohort_from: float = 0.0
+    """Where the cohort's hashed draws begin (``splits.in_cohort``): 0 for a test split; a validation split's
+    begin at its test split's share, the draws its test cohort left."""
     max_evaluated: int = 0
     """At most this many evaluated users in the test part and in each new-user slice, a hashed sample (0: all);
     the training part is the same whatever it is (ranking every user by every row is most of a test scoring's
@@ -62,6 +65,7 @@ class Protocol:
             k=int(params.get("k", DEFAULT_K)),
             new_user_share=float(params.get("new_user_share", DEFAULT_NEW_USER_SHARE)),
             max_users=int(params.get("max_users", 0)),
+            cohort_from=float(params.get("cohort_from", 0.0)),
             max_evaluated=int(params.get("max_evaluated", 0)),
         )
 
@@ -71,15 +75,16 @@ class Protocol:
     @property
     def training(self) -> dict[str, Any]:
         """What decides the training part (relevant_at and k only decide how the test part is scored)."""
-        return {"split": self.split, "min_ratings": self.min_ratings, "train_fraction": self.train_fraction,
-                "new_user_share": self.new_user_share, "max_users": self.max_users}  # fmt: skip
+        training = {"split": self.split, "min_ratings": self.min_ratings, "train_fraction": self.train_fraction,
+                    "new_user_share": self.new_user_share, "max_users": self.max_users}  # fmt: skip
+        return training | ({"cohort_from": self.cohort_from} if self.cohort_from else {})
 
     def validation(self) -> Protocol:
         """The protocol that cuts a training part made by this one into its validation split: the same kind of
-        cut at the same fraction, every user kept up to ``VALIDATION_MAX_USERS`` (a hashed sample beyond), no
-        cohort (the new users were held out already)."""
-        return replace(self, min_ratings=VALIDATION_MIN_RATINGS, new_user_share=0.0, max_users=VALIDATION_MAX_USERS,
-                       max_evaluated=0)  # fmt: skip
+        cut at the same fraction, every user kept up to ``VALIDATION_MAX_USERS`` (a hashed sample beyond), and
+        the same share of them held out as a cohort of new users (what a light user's settings are chosen on)."""
+        return replace(self, min_ratings=VALIDATION_MIN_RATINGS, max_users=VALIDATION_MAX_USERS, max_evaluated=0,
+                       cohort_from=self.cohort_from + self.new_user_share * (1.0 - self.cohort_from))  # fmt: skip
 
 
 def training_dataset_id(source: str, protocol: Protocol) -> str:

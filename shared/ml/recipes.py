@@ -13,7 +13,8 @@ A recipe fixes every stage's choices:
 - **profile**: how a user's ratings become a query (shared/ml/recommend.py): ``profile`` "rating" (the
   notebook: weights rating / 5, mean taken in the encoder's space, then projected) or "centred" (weights
   1 + (rating - the user's mean) / 2: a movie rated 2 points under the user's mean weighs 0 and anything
-  lower pushes the query away), and ``recency_days`` (a half-life: 0 = off).
+  lower pushes the query away), ``recency_days`` (a half-life: 0 = off), and a light user's popularity prior
+  (``prior`` and ``prior_until``, chosen on validation from ``SERVE_GRIDS``).
 
 ``seed`` is the notebook's method as the service ran it before recipes existed, and reproduces those figures;
 the default is the recipe that scores best in the evaluation table (BENCHMARKS.md, "Recommendation quality").
@@ -81,6 +82,13 @@ GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
     "hybrid": {"hidden_dim": (64, 128), "liked_at": (3.5, 4.0)},
 }
 """Each recipe's tuning grid: the options an evaluation's validation split chooses among (every combination)."""
+
+SERVE_GRIDS: dict[str, list[dict[str, Any]]] = {
+    "hybrid": [{}, *({"prior": p, "prior_until": u} for p in (0.3, 1.0, 3.0) for u in (10.0, 30.0))],
+}
+"""Each recipe's serve-time settings that validation chooses among beside its grid: the light-user popularity
+prior (shared/ml/recommend.py), {} = off. They change how a trained model ranks, not the model, so every one
+of them scores each trained setting of the grid (no training of its own)."""
 
 DEFAULT_RECIPE = "hybrid"
 """The recipe of ``/v1/pipelines`` and ``movierec demo`` when none is named: the best row of the table."""

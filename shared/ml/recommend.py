@@ -15,7 +15,9 @@ The four kinds of query (each answer names its ``strategy``):
   of its content). Rated movies are excluded unless ``exclude_seen`` is false. The evaluation job scores
   users with the same function.
 - ``keywords``: each keyword encoded with the model's encoder and pooling (through the vector cache), the
-  mean projected.
+  mean projected. Movies with the same descriptors share a vector, so a keywords answer often ties; in every
+  answer from the index tied movies come most rated first (``MovieIndex.with_ties``), and a keywords answer's
+  ``explanation`` says so.
 - ``liked`` / ``disliked`` movie ids: Qdrant's "average vector" example query over the movies' vectors,
   q = mean(liked) + (mean(liked) - mean(disliked)); with no disliked, q = mean(liked); with no liked,
   q = -mean(disliked). The examples themselves are excluded. Strategy "examples".
@@ -30,6 +32,14 @@ feedback yet) gets the dataset's most-rated movies, strategy "popular" (the eval
 baseline: rating counts, ties to the lower catalogue row; score = count / the top count). One rating is
 already a profile: its movie's vector, so the answer is that movie's neighbours. A keywords query's strategy
 is "keywords".
+
+A light user (fewer ratings than the model's ``prior_until``, when its ``prior`` is set) gets strategy
+"light-profile": each movie's cosine to the profile plus a popularity prior (``popularity_prior``: log ratings,
+scaled to 1) weighted ``prior`` x (1 - ratings / ``prior_until``), so the prior shrinks as ratings arrive and
+the answer becomes the profile's alone. Its top k is an exact scan (``blended_top``), not the index's: the
+index ranks by cosine only. An evaluation chooses ``prior`` and ``prior_until`` on validation, where held-out
+users come back with 1, 3 and 10 ratings (shared/ml/recipes.py ``SERVE_GRIDS``); the evaluation job scores
+the same blend (shared/logic/serving.py ``VersionScorer``). The answer's ``explanation`` says how it ranked.
 
 ``genres`` keeps movies having at least one of the listed genres (compared case-insensitively with the
 movie's descriptors). When exclusions and filters leave fewer than k movies, the answer has what there is.
@@ -157,6 +167,11 @@ class ServingModel:
         return [[self.vocabulary[distinct[i]], int(counts[i])] for i in best]
 
     @cached_property
+    def popularity(self) -> np.ndarray:
+        """(n,) the popularity prior a light user's scores are blended with (``popularity_prior``)."""
+        return popularity_prior(self.ratings_movie, len(self.movie_ids))
+
+    @cached_property
     def popular(self) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue rows by rating count, most first (ties to the lower row), and each one's score (count /
         the top count): what a user with no ratings is answered."""
@@ -221,6 +236,10 @@ class Profile:
     kind: str = "rating"
     recency_days: float = 0.0
     item_space: bool = False  # sum the movies' own vectors (hybrid) instead of projecting the raw mean
+    prior: float = 0.0
+    """The popularity prior's weight for a user with no rating (see ``prior_weights``); 0 = off."""
+    prior_until: float = 0.0
+    """Ratings at which the prior has shrunk to nothing."""
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> Profile:
@@ -228,7 +247,44 @@ class Profile:
             kind=config.get("profile", "rating"),
             recency_days=float(config.get("recency_days", 0.0)),
             item_space=config.get("architecture", "linear") == "hybrid",
+            prior=float(config.get("prior", 0.0)),
+            prior_until=float(config.get("prior_until", 0.0)),
         )
+
+    def prior_weights(self, counts: np.ndarray) -> np.ndarray:
+        """(b,) float32 weight of the popularity prior for users with ``counts`` (b,) ratings: ``prior`` x
+        max(0, 1 - count / ``prior_until``), so it shrinks as ratings arrive and is 0 from ``prior_until`` on."""
+        counts = np.asarray(counts, dtype=np.float64)
+        if self.prior <= 0 or self.prior_until <= 0:
+            return np.zeros(len(counts), dtype=np.float32)
+        return (self.prior * np.maximum(0.0, 1.0 - counts / self.prior_until)).astype(np.float32)
+
+
+def popularity_prior(ratings_movie: np.ndarray, n: int) -> np.ndarray:
+    """(n,) float32 in [0, 1]: each movie's log(1 + ratings) / log(1 + the most-rated movie's): the prior a light
+    user's scores are blended with (a log, so the head does not swamp what the user's few ratings say)."""
+    counts = np.bincount(ratings_movie, minlength=n).astype(np.float64)
+    return (np.log1p(counts) / max(float(np.log1p(counts.max(initial=0.0))), 1e-12)).astype(np.float32)
+
+
+def blended_top(
+    embeddings: np.ndarray, query: np.ndarray, weight: float, popularity: np.ndarray, *, k: int, allowed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A light user's k rows among ``allowed`` (a boolean mask) by cosine to ``query`` plus ``weight`` x the
+    popularity prior, best first (ties to the lower row), and those scores: an exact scan of every movie, since
+    the index ranks by cosine alone (a light user is one whose profile is a few ratings: a (n, hidden) product)."""
+    scores = np.asarray(embeddings @ query, dtype=np.float32) + np.float32(weight) * popularity  # (n,)
+    rows = np.flatnonzero(allowed)
+    k = min(k, len(rows))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    candidates = scores[rows]
+    if k < len(rows):  # the k best, and every row tied with the k-th, so ties go to the lower row
+        kth = np.partition(candidates, len(rows) - k)[len(rows) - k]
+        keep = candidates >= kth
+        rows, candidates = rows[keep], candidates[keep]
+    best = np.argsort(-candidates, kind="stable")[:k]
+    return rows[best].astype(np.int64), candidates[best].astype(np.float32)
 
 
 SECONDS_PER_DAY = 86_400
@@ -312,11 +368,16 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k rows (and their cosine scores) nearest ``query`` in the index, ``excluded`` rows left out, only
     movies having one of ``genres`` when given."""
-    allowed = np.ones(model.index.n, dtype=bool)
-    allowed[excluded] = False
+    return model.index.query(query, k, allowed=allowed(model, excluded, genres))
+
+
+def allowed(model: ServingModel, excluded: np.ndarray, genres: list[str] | None) -> np.ndarray:
+    """(n,) bool: the rows an answer may hold, ``excluded`` left out, only movies having one of ``genres``."""
+    mask = np.ones(len(model.movie_ids), dtype=bool)
+    mask[excluded] = False
     if genres:
-        allowed &= model.with_any(genres)
-    return model.index.query(query, k, allowed=allowed)
+        mask &= model.with_any(genres)
+    return mask
 
 
 def describe(
@@ -366,8 +427,13 @@ class Ranking:
 
     rows: np.ndarray  # (<= k,) catalogue rows, best first
     scores: np.ndarray  # (<= k,) float32
-    strategy: str  # "profile" or "popular"
+    strategy: str  # "profile", LIGHT_PROFILE or "popular"
     history: np.ndarray | None  # the rows the user rated (None: no ratings)
+    prior: float = 0.0  # LIGHT_PROFILE: the popularity prior's weight
+
+
+LIGHT_PROFILE = "light-profile"
+"""The strategy of a user with fewer ratings than the model's ``prior_until``: profile and popularity prior."""
 
 
 def user_ranking(
@@ -389,7 +455,13 @@ def user_ranking(
         return Ranking(order[:k], scores[:k], "popular", None)
     rated = ratings.rows
     excluded = rated if exclude_seen else rated[:0]
-    rows, scores = search(model, user_query(model, ratings), k=k, excluded=excluded, genres=genres)
+    query = user_query(model, ratings)
+    prior = float(model.profile.prior_weights(np.array([len(ratings)]))[0])
+    if prior > 0:  # a light user: the popularity prior, shrinking as ratings arrive, beside the profile
+        rows, scores = blended_top(model.embeddings, query, prior, model.popularity, k=k,
+                                   allowed=allowed(model, excluded, genres))  # fmt: skip
+        return Ranking(rows, scores, LIGHT_PROFILE, rated, prior)
+    rows, scores = search(model, query, k=k, excluded=excluded, genres=genres)
     return Ranking(rows, scores, "profile", rated)
 
 
@@ -407,25 +479,39 @@ def recommend(
                                genres=params.get("genres"), feedback=feedback)  # fmt: skip
         result = describe(model, ranking.rows, ranking.scores, history=ranking.history,
                           described_query={"user_id": user_id})  # fmt: skip
-        return {**result, "strategy": ranking.strategy}
+        result["strategy"] = ranking.strategy
+        if ranking.strategy == LIGHT_PROFILE:
+            result["explanation"] = (
+                f"{len(ranking.history) if ranking.history is not None else 0} rating(s), fewer than the model's "
+                f"{model.profile.prior_until:g}: score = cosine to the profile + {ranking.prior:.3f} x popularity "
+                "(log of the movie's ratings, scaled to 1), the weight shrinking to 0 as ratings arrive"
+            )
+        return result
     if params.get("keywords"):
         # The keywords' mean in the raw encoder space, projected.
         query = model.project(encode(params["keywords"]).mean(axis=0, keepdims=True))[0]
         excluded = np.zeros(0, dtype=np.int64)
         described: dict[str, Any] = {"keywords": params["keywords"]}
         strategy = "keywords"
+        explanation = KEYWORDS_EXPLANATION
     else:
         liked, disliked = params.get("liked") or [], params.get("disliked") or []
         liked_rows, disliked_rows = model.rows_of(liked), model.rows_of(disliked)
         query = example_query(model, liked_rows, disliked_rows)
         excluded = np.concatenate([liked_rows, disliked_rows])
         described = {"liked": liked, "disliked": disliked}
-        strategy = "examples"
+        strategy, explanation = "examples", None
     result = answer(
         model, query, k=int(params["k"]), excluded=excluded, genres=params.get("genres"), history=None,
         described_query=described,
     )  # fmt: skip
-    return {**result, "strategy": strategy}
+    return {**result, "strategy": strategy, **({"explanation": explanation} if explanation else {})}
+
+
+KEYWORDS_EXPLANATION = (
+    "score = cosine of each movie's vector to the keywords' mean vector; movies with the same descriptors share "
+    "a vector and tie, and tied movies come most rated first (ratings in the model's dataset)"
+)
 
 
 def similar(model: ServingModel, movie_id: int, *, k: int, genres: list[str] | None = None) -> dict[str, Any]:

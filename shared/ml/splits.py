@@ -63,12 +63,15 @@ class Parts:
         return {n: int((self.label == v).sum()) for n, v in zip(names, (TRAIN, TEST, NEW_USER, DROPPED), strict=True)}
 
 
-def in_cohort(user_values: np.ndarray, share: float) -> np.ndarray:
+def in_cohort(user_values: np.ndarray, share: float, cohort_from: float = 0.0) -> np.ndarray:
     """(u,) bool: the users of the new-user cohort, a ``share`` of them drawn by a hash (splitmix64) of the user
-    value: a user's draw depends on nothing else."""
+    value: a user's draw depends on nothing else. The draws in [cohort_from, cohort_from + share (1 -
+    cohort_from)): a validation split's cohort is drawn from the draws its test split's cohort left
+    (``Protocol.validation``: from the test's share on), a ``share`` of them."""
     if share <= 0:
         return np.zeros(len(user_values), dtype=bool)
-    return np.asarray(hashed(user_values, COHORT_SALT) < share, dtype=bool)
+    draw = hashed(user_values, COHORT_SALT)
+    return np.asarray((draw >= cohort_from) & (draw < cohort_from + share * (1.0 - cohort_from)), dtype=bool)
 
 
 def sample(user_values: np.ndarray, at_most: int) -> np.ndarray:
@@ -100,6 +103,7 @@ def assign(
     min_ratings: int = 10,
     train_fraction: float = 0.8,
     new_user_share: float = 0.0,
+    cohort_from: float = 0.0,
     max_users: int = 0,
 ) -> Parts:
     """Label ratings given as parallel (r,) arrays by the rules of the module docstring."""
@@ -114,7 +118,7 @@ def assign(
     owner = np.empty(r, dtype=np.int64)
     owner[order] = np.repeat(np.arange(len(user_values)), counts)  # (r,) position of each rating's user
     kept = counts >= min_ratings  # (u,)
-    cohort = kept & in_cohort(user_values, new_user_share)
+    cohort = kept & in_cohort(user_values, new_user_share, cohort_from)
     regular = kept & ~cohort
     if 0 < max_users < int(regular.sum()):  # a hashed sample of them: the max_users lowest draws
         draw = np.where(regular, hashed(user_values, SAMPLE_SALT), np.inf)

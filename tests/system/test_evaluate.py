@@ -19,6 +19,7 @@ import requests
 
 from cli.stack import Stack
 from shared.infra.settings import Settings
+from shared.logic.evaluation import objective
 from shared.ml import baselines, evaluate, splits
 from shared.ml.evaluate import EASE_MAX_BYTES
 from shared.ml.recipes import RECIPES
@@ -83,7 +84,7 @@ def test_the_table_scores_the_recipe_and_the_baselines(
     ]
     assert table["protocol"] == {"split": "temporal", "min_ratings": 10, "train_fraction": 0.8, "relevant_at": 4.0,
                                  "k": 10, "new_user_share": 0.15, "max_users": 0, "max_evaluated": 0, "seed": 7,
-                                 "tuned": True}  # fmt: skip
+                                 "cohort_from": 0.0, "tuned": True}  # fmt: skip
     assert table["users"] > 20 and 0 <= table["cold_users"] <= table["users"]
     for row in table["rows"]:
         assert row["skipped"] is None and row["seconds"] >= 0
@@ -91,10 +92,15 @@ def test_the_table_scores_the_recipe_and_the_baselines(
     assert table["best"] == "seed"
     # Every row was tuned on validation: its grid's settings scored there, the best one chosen and named.
     validation = requests.get(f"{api_url}/v1/jobs/{table['jobs']['validate']}/result", timeout=10).json()
-    assert validation["protocol"]["min_ratings"] == 1 and validation["protocol"]["new_user_share"] == 0.0
+    assert validation["protocol"]["min_ratings"] == 1 and validation["protocol"]["new_user_share"] == 0.15
+    assert validation["protocol"]["cohort_from"] == 0.15  # its cohort drawn from the users the test's left
+    assert set(validation["new_users"]) == {"1", "3", "10"} and sum(validation["new_users"].values()) > 0
     assert validation["dataset"] == table["training_dataset"]  # the validation split cuts the training part
     for row in table["rows"]:
-        grid = {r["name"]: r["ndcg"] for r in validation["rows"] if r["family"] == row["family"]}
+        # chosen by NDCG over the validation users and its new users (``objective``)
+        grid = {
+            r["name"]: objective(r, validation["users"]) for r in validation["rows"] if r["family"] == row["family"]
+        }
         assert row["tuning"]["grid"] == grid and row["name"] in grid
         assert grid[row["name"]] == max(v for v in grid.values() if v is not None)
     assert len([r for r in validation["rows"] if r["family"] == "EASE"]) > 3

@@ -44,7 +44,7 @@ def small_model(n: int = 40, users: int = 5) -> ServingModel:
 def answer(model: ServingModel, users: np.ndarray, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """``answer_users`` over the whole of a served model: its network and index, all its stored ratings."""
     return answer_users(ShardModel.of(model), users, stored=StoredRatings.of(model), popular=lambda: model.popular,
-                        **options)  # fmt: skip
+                        popularity=lambda: model.popularity, **options)  # fmt: skip
 
 
 def test_each_user_s_rows_are_recommend_s_items_in_order() -> None:
@@ -100,6 +100,8 @@ def random_model(config: dict[str, object], *, n: int = 3000, users: int = 300, 
         {"architecture": "hybrid", "profile": "centred"},  # the default recipe's
         {"profile": "centred", "recency_days": 30.0},
         {"architecture": "hybrid", "recency_days": 10.0},
+        {"architecture": "hybrid", "prior": 1.0, "prior_until": 100.0},  # light users: the popularity prior
+        {"prior": 3.0, "prior_until": 30.0},
     ],
 )
 def test_a_shard_s_rows_are_each_user_s_ranking_bit_for_bit(config: dict[str, object]) -> None:
@@ -114,9 +116,10 @@ def test_a_shard_s_rows_are_each_user_s_ranking_bit_for_bit(config: dict[str, ob
     for k, exclude_seen, threads in [(10, True, 1), (1, True, 2), (100, True, 1), (10, False, 2)]:
         rows, stats = answer(model, users, k=k, exclude_seen=exclude_seen, feedback=feedback, threads=threads)
         assert stats["popular"] == 2  # users 1 and 10**9; 3 has feedback
-        at = 0
+        at, light = 0, 0
         for user in users.tolist():
             one = user_ranking(model, user, k=k, exclude_seen=exclude_seen, feedback=feedback.get(user))
+            light += one.strategy == "light-profile"
             mine = rows[at : at + len(one.rows)]
             assert mine["user_id"].tolist() == [user] * len(one.rows)
             assert mine["rank"].tolist() == list(range(1, len(one.rows) + 1))
@@ -124,6 +127,7 @@ def test_a_shard_s_rows_are_each_user_s_ranking_bit_for_bit(config: dict[str, ob
             assert mine["score"].tobytes() == one.scores.astype(np.float32).tobytes()
             at += len(one.rows)
         assert at == len(rows) == stats["rows"]
+        assert stats["light"] == light and (light > 0) == ("prior" in config)
 
 
 def test_listed_users_keep_their_first_place() -> None:

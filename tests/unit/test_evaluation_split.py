@@ -15,6 +15,7 @@ from shared.jobs.sharded import ranges
 from shared.logic.evaluation import (
     EvaluationState,
     build_table,
+    choose,
     fit_groups,
     parent,
     recipe_variants,
@@ -24,6 +25,7 @@ from shared.logic.evaluation import (
 from shared.logic.scoring import RowScores, cut, ratings_matrix
 from shared.ml import splits
 from shared.ml.protocol import Protocol, training_dataset_id
+from shared.ml.recipes import SERVE_GRIDS
 from shared.store.datasets import DatasetRatings
 
 N_MOVIES = 60
@@ -203,11 +205,35 @@ def test_a_grid_lists_every_setting_with_those_that_share_a_build_in_one_shard()
     variants = [label for label, _, _ in recipe_variants(params)]
     state = EvaluationState(results={f"train:{v}": {"model": f"m-{i}"} for i, v in enumerate(variants)})
     rows = table_rows(params, state)
-    assert [r["family"] for r in rows] == ["random"] + ["item-kNN"] * 12 + ["EASE"] * 7 + ["hybrid"] * 4
+    serve = len(SERVE_GRIDS["hybrid"])  # the light-user prior's settings score each trained one
+    assert [r["family"] for r in rows] == ["random"] + ["item-kNN"] * 12 + ["EASE"] * 7 + ["hybrid"] * 4 * serve
     assert len({r["name"] for r in rows}) == len(rows)
+    hybrid = [r for r in rows if r["family"] == "hybrid"]
+    assert len({r["stage"] for r in hybrid}) == 4  # four trainings, each scored at every serve setting
+    assert all(r["params"] == {**r["params"], **r["serve"]} for r in hybrid) and hybrid[0]["serve"] == {}
     groups = fit_groups(rows)
-    assert [b - a for a, b in groups] == [1, 4, 4, 4] + [1] * 7 + [1] * 4  # one shard per item-kNN shrink
+    assert [b - a for a, b in groups] == [1, 4, 4, 4] + [1] * 7 + [1] * 4 * serve  # one shard per item-kNN shrink
     assert groups[0][0] == 0 and groups[-1][1] == len(rows)
     assert all(a == b for (_, a), (b, _) in itertools.pairwise(groups))  # contiguous, in row order
     for a, b in groups[1:4]:
         assert len({rows[i]["params"]["shrink"] for i in range(a, b)}) == 1
+
+
+def test_validation_chooses_by_ndcg_over_every_user_and_every_new_user() -> None:
+    def row(name: str, family: str, ndcg: float | None, new: float, kind: str = "recipe") -> dict[str, object]:
+        slices = {f"new-{n}": {"ndcg": new, "users": 10} for n in (1, 3, 10)}
+        return {"name": name, "family": family, "kind": kind, "params": {"p": name}, "ndcg": ndcg, "recall": ndcg,
+                "skipped": None if ndcg is not None else "over budget", "new_users": slices}  # fmt: skip
+
+    table = {"users": 70, "rows": [
+        row("EASE a", "EASE", 0.30, 0.10, "baseline"), row("EASE b", "EASE", None, 0.0, "baseline"),
+        row("pop", "most-popular", 0.10, 0.40, "baseline"),
+        row("hybrid off", "hybrid", 0.32, 0.10), row("hybrid prior", "hybrid", 0.31, 0.20),
+    ]}  # fmt: skip
+    chose = choose(table)
+    # hybrid: (70 x 0.31 + 30 x 0.20) / 100 = 0.277 beats (70 x 0.32 + 30 x 0.10) / 100 = 0.254
+    assert chose["chosen"]["hybrid"] == {"p": "hybrid prior"} and chose["default"] == "hybrid"
+    assert chose["chosen"]["EASE"] == {"p": "EASE a"}  # a skipped setting is never chosen
+    assert chose["reference"] == "EASE"  # 0.24 against most-popular's 0.19
+    by_name = {g["name"]: g["objective"] for g in chose["grid"]}
+    assert by_name["hybrid prior"] == pytest.approx(0.277) and by_name["EASE b"] is None

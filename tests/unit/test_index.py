@@ -129,3 +129,23 @@ def test_many_queries_that_hnswlib_refuses_are_answered_one_by_one(projected: np
     index._index = Refusing(index._index)
     found = index.query_many(vectors, 10, excluded=sets)
     assert [a.tolist() for a in found] == [a.tolist() for a in expected] and len(found.rows) == 40
+
+
+def test_tied_movies_come_in_tie_order_in_every_path() -> None:
+    """Rows 0, 2, 4 and 5 share a vector (the same descriptors): with ties (ratings) 1, 9, 9, 3 they come 2, 4,
+    5, 0 (most first, then the lower row), whether found by the graph, by ``query_many`` or by the exact scan."""
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(40, 8)).astype(np.float32)
+    vectors[[2, 4, 5]] = vectors[0]
+    ties = np.zeros(40)
+    ties[[0, 2, 4, 5]] = [1, 9, 9, 3]
+    plain = MovieIndex.build(vectors, IndexParams())
+    index = plain.with_ties(ties)
+    assert plain.query(vectors[0], 4)[0].tolist() == [0, 2, 4, 5]  # without ties: catalogue order
+    rows, scores = index.query(vectors[0], 4)
+    assert rows.tolist() == [2, 4, 5, 0] and len(set(scores.tolist())) == 1
+    found = index.query_many(vectors[[0]], 4, excluded=RowSets(np.array([0, 1]), np.array([4])))
+    assert found.rows.tolist() == [2, 5, 0] + [int(found.rows[3])] and found.rows[3] not in (0, 2, 4, 5)
+    allowed = np.ones(40, dtype=bool)
+    allowed[4] = False
+    assert index._exact(vectors[0], 3, allowed)[0].tolist() == [2, 5, 0]

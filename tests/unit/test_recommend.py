@@ -191,7 +191,7 @@ def test_recommend_dispatches_each_kind_of_query(model: ServingModel) -> None:
     by_keywords = recommend(model, {**base, "keywords": ["kids", "toons"]}, encode=encode)
     assert encoded == [["kids", "toons"]]
     assert by_keywords["items"][0]["movie_id"] == 40 and by_keywords["history_top_descriptors"] == []
-    assert by_keywords["strategy"] == "keywords"
+    assert by_keywords["strategy"] == "keywords" and "most rated first" in by_keywords["explanation"]
     assert all("shared_descriptors" not in i for i in by_keywords["items"])
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from shared.ml import evaluate, splits
+from shared.ml.protocol import Protocol
 
 
 def ratings(seed: int = 5, users: int = 60, movies: int = 40) -> tuple[np.ndarray, ...]:
@@ -76,6 +77,20 @@ def test_the_cohort_is_a_hash_draw_held_out_whole() -> None:
         assert np.all(parts.label[user == u] == splits.NEW_USER)
     with pytest.raises(ValueError, match="unknown split"):
         splits.assign(user, ts, kind="random")
+
+
+def test_a_validation_cohort_is_drawn_from_what_the_test_cohort_left() -> None:
+    ids = np.arange(1, 40_001)
+    test = Protocol(new_user_share=0.15)
+    validation = test.validation()
+    assert validation.new_user_share == 0.15 and validation.cohort_from == pytest.approx(0.15)
+    held = splits.in_cohort(ids, test.new_user_share, test.cohort_from)
+    training = ids[~held]  # the users a training part keeps
+    again = splits.in_cohort(training, validation.new_user_share, validation.cohort_from)
+    assert 0.14 < again.mean() < 0.16  # the same share of the training users, none of whom the test drew
+    assert not splits.in_cohort(training, test.new_user_share).any()  # the test's own draw would find nobody
+    assert validation.validation().cohort_from == pytest.approx(0.15 + 0.15 * 0.85)
+    assert "cohort_from" not in test.training and validation.training["cohort_from"] == validation.cohort_from
 
 
 def test_new_users_histories_are_their_first_ratings_and_later_likes_are_relevant() -> None:
