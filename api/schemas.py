@@ -168,7 +168,7 @@ class TrainIn(BodySchema):
         metadata={"description": "encoder; default from settings", "pattern": RELATIVE_PATH},
     )
     pooling = String(validate=OneOf(POOLINGS))
-    architecture = String(validate=OneOf(ARCHITECTURES), metadata={"description": "linear (default) or hybrid"})
+    architecture = String(validate=OneOf(ARCHITECTURES), metadata={"description": "linear (default), hybrid or ials"})
     liked_at = Float(validate=Range(0.5, 5.0), metadata={"description": "hybrid: a rating at least this is a like"})
     profile = String(validate=OneOf(PROFILES), metadata={"description": "user profile: rating (default), centred"})
     recency_days = _knob("recency_days", real=False)
@@ -179,6 +179,14 @@ class TrainIn(BodySchema):
     prior_until = Float(
         validate=Range(*LIMITS["prior_until"]),
         metadata={"description": "ratings at which the popularity prior has shrunk to nothing"},
+    )
+    regularization = Float(
+        validate=Range(*LIMITS["regularization"], min_inclusive=False),
+        metadata={"description": "ials: the factorisation's L2 weight (default 1)"},
+    )
+    alpha = Float(
+        validate=Range(*LIMITS["alpha"]),
+        metadata={"description": "ials: a rated pair's confidence is 1 + alpha (default 1)"},
     )
     layers = Integer(validate=Range(1, 4), metadata={"description": "linear: 1 (the notebook) to 4 layers"})
     dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})
@@ -438,6 +446,14 @@ class PipelineIn(BodySchema):
     prior_until = Float(
         validate=Range(*LIMITS["prior_until"]),
         metadata={"description": "ratings at which the popularity prior has shrunk to nothing"},
+    )
+    regularization = Float(
+        validate=Range(*LIMITS["regularization"], min_inclusive=False),
+        metadata={"description": "ials: the factorisation's L2 weight (default 1)"},
+    )
+    alpha = Float(
+        validate=Range(*LIMITS["alpha"]),
+        metadata={"description": "ials: a rated pair's confidence is 1 + alpha (default 1)"},
     )
     layers = Integer(validate=Range(1, 4), metadata={"description": "linear: 1 (the notebook) to 4 layers"})
     dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})

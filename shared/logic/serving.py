@@ -49,11 +49,13 @@ SERVED_VERSIONS = 2
 
 
 def network(state: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The trained network's arrays as ServingModel and VersionScorer take them: weight, bias, inner layers."""
+    """The trained network's arrays as ServingModel and VersionScorer take them: weight, bias, inner layers, and
+    an ials model's Y^T Y (its users' fold-in)."""
     return {
         "weight": state["proj.weight"].astype(np.float32),
         "bias": state["proj.bias"].astype(np.float32),
         "inner": inner_layers(state),
+        "gram": state["fold_in.gram"].astype(np.float64) if "fold_in.gram" in state else None,
     }
 
 
@@ -122,6 +124,7 @@ class VersionScorer:
     bias: np.ndarray
     popularity: np.ndarray  # (n,) the popularity prior of the model's dataset (``popularity_prior``)
     inner: Layers = ()
+    gram: np.ndarray | None = None
 
     def score(
         self, ratings: sp.csr_matrix, timestamps: sp.csr_matrix | None, *, serve: dict[str, Any] | None = None
@@ -136,7 +139,7 @@ class VersionScorer:
         weights = profile_weights(ratings.indptr, ratings.data, times, profile)
         queries = profile_queries(ratings.indptr, ratings.indices, weights, profile=profile, raw=self.raw,
                                   embeddings=self.embeddings, weight=self.weight, bias=self.bias,
-                                  inner=self.inner)  # fmt: skip
+                                  inner=self.inner, gram=self.gram)  # fmt: skip
         scores = np.asarray(queries @ self.embeddings.T, dtype=np.float32)
         priors = profile.prior_weights(np.diff(ratings.indptr))
         light = np.flatnonzero(priors > 0)

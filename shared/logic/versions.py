@@ -5,6 +5,7 @@
         exists already? answer its record                      (training the same thing again is free)
         else: encode_dataset ──> train (shared/ml/training.py) ──> models/<v>/weights, /embeddings, record
     version + index params ──> MovieIndex.build ──> models/<v>/index, /index/group ──> record["index"]
+                               (inner product for an ials model, cosine for the others: ``index_space``)
                                (and its map, models/<v>/map, when it has none: shared/logic/maps.py)
 
 One writer builds each part of a version, once; a serving index is never changed (a rebuilt one is written
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,7 +77,7 @@ def train_version(
     movie_ids = artifacts.get_array(dataset_artifact(dataset, "movie_ids"))
     rows = catalogue_rows(movie_ids, np.concatenate([artifacts.get_array(n) for n in names]))  # (m, 3)
     ratings = None
-    if config.architecture == "hybrid":
+    if config.architecture in ("hybrid", "ials"):
         import scipy.sparse as sp
 
         stored = load_ratings(artifacts, dataset, timestamps=False)
@@ -109,6 +111,12 @@ def train_version(
     return record, False
 
 
+def index_space(record: dict[str, Any]) -> str:
+    """The index's space for a version: "ip" for an ials model (its scores are a user's factors times a movie's),
+    "cosine" for the others (unit vectors)."""
+    return "ip" if record.get("config", {}).get("architecture") == "ials" else "cosine"
+
+
 def catalogue_rows(movie_ids: np.ndarray, triplets: np.ndarray) -> np.ndarray:
     """(m, 3) movieIds -> catalogue rows (``movie_ids`` is the catalogue, in order)."""
     order = np.argsort(movie_ids)
@@ -128,6 +136,7 @@ def index_version(
         raise NotFound(f"model {version!r} does not exist")
     if not has_map(artifacts, version):
         build_map(artifacts, datasets, models, version)
+    params = replace(params, space=index_space(record))
     existing = record.get("index")
     if existing is not None and existing["params"] == params.as_dict():
         return existing, True

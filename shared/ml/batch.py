@@ -65,13 +65,15 @@ class ShardModel:
     bias: np.ndarray  # (hidden,)
     inner: Layers
     raw: np.ndarray  # (n, d) the encoder's movie vectors; empty for a hybrid model, whose profile never reads them
-    embeddings: np.ndarray  # (n, hidden) unit rows, those the index holds
+    embeddings: np.ndarray  # (n, hidden) the movies' vectors, those the index holds
     movie_ids: np.ndarray  # (n,) catalogue order
+    gram: np.ndarray | None = None  # an ials model's Y^T Y
 
     @classmethod
     def of(cls, model: ServingModel) -> ShardModel:
         return cls(record=model.record, index=model.index, weight=model.weight, bias=model.bias, inner=model.inner,
-                   raw=model.raw, embeddings=model.embeddings, movie_ids=model.movie_ids)  # fmt: skip
+                   raw=model.raw, embeddings=model.embeddings, movie_ids=model.movie_ids,
+                   gram=model.gram)  # fmt: skip
 
     @cached_property
     def profile(self) -> Profile:
@@ -146,7 +148,7 @@ def answer_users(
     weights = profile_weights(indptr, ratings.values, ratings.times, model.profile)
     queries = profile_queries(indptr, ratings.rows, weights, profile=model.profile, raw=model.raw,
                               embeddings=model.embeddings, weight=model.weight, bias=model.bias, inner=model.inner,
-                              exact_rows=True)  # fmt: skip
+                              exact_rows=True, gram=model.gram)  # fmt: skip
     excluded = RowSets(indptr, ratings.rows) if exclude_seen else RowSets(indptr * 0, ratings.rows[:0])
     priors = model.profile.prior_weights(counts[rated])
     light = np.flatnonzero(priors > 0)  # of the rated users: those the popularity prior still weighs on

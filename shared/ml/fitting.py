@@ -31,6 +31,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "liked_at": (0.5, 5.0),
     "recency_days": (0.0, 36500.0),
     "prior": (0.0, 100.0),
+    "regularization": (0.0, 10000.0),
+    "alpha": (0.0, 10000.0),
     "prior_until": (0.0, 100000.0),
     "layers": (1, 4),
     "dropout": (0.0, 0.9),
@@ -38,7 +40,7 @@ LIMITS: dict[str, tuple[float, float]] = {
 """Accepted range of each hyper-parameter (inclusive; margin and lr must be above their lower bound)."""
 
 
-ARCHITECTURES = ("linear", "hybrid")
+ARCHITECTURES = ("linear", "hybrid", "ials")
 PROFILES = ("rating", "centred")
 
 ADAM_BETAS = (0.9, 0.999)
@@ -67,6 +69,10 @@ class TrainConfig:
     """A light user's popularity prior at serving time (shared/ml/recommend.py): its weight at no rating; 0 = off."""
     prior_until: float = 0.0
     """... and the ratings at which it has shrunk to nothing."""
+    regularization: float = 1.0
+    """"ials": the factorisation's L2 weight (a user's fold-in solves with it too)."""
+    alpha: float = 1.0
+    """"ials": a rated pair's confidence is 1 + alpha (an unrated one's 1)."""
     layers: int = 1
     """The linear architecture's depth: 1 is the notebook's; more adds inner ReLU layers (siamese ``build_net``)."""
     dropout: float = 0.0
@@ -78,8 +84,10 @@ class TrainConfig:
             strict = name in ("margin", "lr")
             if not (low < value <= high if strict else low <= value <= high):
                 raise InvalidRequest(f"{name} must be in {'(' if strict else '['}{low}, {high}], got {value}")
-        if self.architecture == "hybrid" and self.layers != 1:
-            raise InvalidRequest("the hybrid architecture's content tower has one layer; layers must be 1")
+        if self.architecture in ("hybrid", "ials") and self.layers != 1:
+            raise InvalidRequest(f"the {self.architecture} architecture's tower has one layer; layers must be 1")
+        if self.architecture == "ials" and self.regularization <= 0:
+            raise InvalidRequest("the ials architecture's regularization must be above 0")
         for name, allowed in (("architecture", ARCHITECTURES), ("profile", PROFILES)):
             if getattr(self, name) not in allowed:
                 raise InvalidRequest(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -9,6 +9,11 @@
            a movie's descriptors should land near where its likes put it
     movie vector z_j = e_j for a movie someone liked, else c(x_j)   (unit length; served by the hnswlib index)
 
+The "ials" architecture is the same with iALS's item factors for E (every rating a positive, confidence
+1 + alpha; ``ials_embedding``): a rated movie keeps its factors as they are (norms included: the index is an
+inner-product one), a cold one the tower's direction at the median rated norm, and the state carries Y^T Y,
+so a user's query is their iALS fold-in, solved from their ratings at query time (shared/ml/recommend.py).
+
 A movie nobody liked in the training data keeps a vector from its content alone; a keyword query goes
 through the content tower (its weights are stored as the notebook's ``proj.weight`` / ``proj.bias``, so the
 service projects keywords the same way for both architectures).
@@ -82,9 +87,14 @@ def train_hybrid(
 
     d = vectors.shape[1]
     h = config.hidden_dim
-    e = spectral_embedding(ratings, liked_at=config.liked_at, dim=h)  # (n, h)
+    if config.architecture == "ials":
+        e, gram = ials_embedding(ratings, config)
+    else:
+        e, gram = spectral_embedding(ratings, liked_at=config.liked_at, dim=h), None  # (n, h)
     norms = np.linalg.norm(e, axis=1)
-    warm = norms > 0  # (n,) someone liked it
+    warm = norms > 0  # (n,) someone liked it (rated it, for "ials")
+    if not warm.any():
+        raise InvalidRequest(f"the {config.architecture} model needs ratings; this dataset's give no movie a vector")
     targets = e / np.maximum(norms, NORM_EPS)[:, None]  # (n, h) unit rows (zero for cold movies)
     usable = triplets[warm[triplets[:, 1]] & warm[triplets[:, 2]]]  # the targets must exist
     if len(usable) < 2:
@@ -105,15 +115,35 @@ def train_hybrid(
         _fit_tower(x, targets, wb, train_rows=train_rows, test_rows=test_rows, config=config, result=result,
                    progress=progress)  # fmt: skip
     content = _unit(x @ wb.T)  # (n, h)
-    projected = np.where(warm[:, None], targets, content).astype(np.float32)
+    if gram is None:  # cosine: every movie a unit vector
+        projected = np.where(warm[:, None], targets, content).astype(np.float32)
+    else:  # inner product: a rated movie keeps its factors, a cold one the tower's direction at the median norm
+        projected = np.where(warm[:, None], e, content * np.float32(np.median(norms[warm]))).astype(np.float32)
     result.projected = projected
     result.auc_after = triplet_auc(projected, test_rows)
     result.state = {
         "proj.weight": torch.from_numpy(np.ascontiguousarray(wb[:, :-1])),
         "proj.bias": torch.from_numpy(np.ascontiguousarray(wb[:, -1])),
     }
+    if gram is not None:
+        result.state["fold_in.gram"] = torch.from_numpy(gram)
     result.warm = int(warm.sum())
     return result
+
+
+def ials_embedding(ratings: sp.csr_matrix, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """((n, hidden_dim) float32 iALS item factors Y, rows of movies nobody rated zero; (f, f) float64 Y^T Y over
+    the rated ones): the factorisation of the evaluation's iALS baseline (``baselines._ials``: every rating a
+    positive with confidence 1 + alpha), whose fold-in a user's query is (shared/ml/recommend.py)."""
+    from shared.ml.baselines import _ials
+
+    x = ratings.tocsr()
+    rated = np.bincount(x.indices, minlength=x.shape[1]) > 0
+    model = _ials(x, factors=config.hidden_dim, regularization=config.regularization, alpha=config.alpha,
+                  seed=config.seed)  # fmt: skip
+    factors = np.where(rated[:, None], model.item_factors, 0.0).astype(np.float32)
+    y = factors[rated].astype(np.float64)
+    return factors, y.T @ y
 
 
 def _fit_tower(

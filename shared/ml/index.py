@@ -15,7 +15,8 @@ given them (a served model's: each movie's ratings, most first), else by catalog
 
 Every knob is explicit and recorded, ``ef`` included (hnswlib does not save it):
 
-    space            "cosine"  (scores are cosine similarities, 1 - hnswlib's distance)
+    space            "cosine"  (scores are cosine similarities, 1 - hnswlib's distance), or "ip" (an ials
+                               model's: scores are inner products, 1 - hnswlib's distance again)
     M                16        graph degree: more is better recall, more memory
     ef_construction  200       build-time beam: more is a better graph, slower builds
     ef               100       query-time beam, raised per query to at least k + exclusions
@@ -264,8 +265,11 @@ class MovieIndex:
         return self._members[concat_ranges(starts, sizes)].astype(np.int64), np.repeat(scores, sizes)
 
     def _exact(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        distinct = np.asarray(self._index.get_items(np.arange(self.groups)), dtype=np.float32)  # (g, d), unit
-        per_group = distinct @ (vector / max(float(np.linalg.norm(vector)), 1e-12))  # (g,)
+        distinct = np.asarray(self._index.get_items(np.arange(self.groups)), dtype=np.float32)  # (g, d)
+        if self.params.space == "ip":  # the index's own scores: dot products
+            per_group = distinct @ vector
+        else:  # unit rows (hnswlib normalises them), so the cosine
+            per_group = distinct @ (vector / max(float(np.linalg.norm(vector)), 1e-12))  # (g,)
         rows = np.arange(self.n) if allowed is None else np.flatnonzero(allowed)
         scores = per_group[self.group[rows]]
         best = np.lexsort((self._tie_rank[rows], -scores))[:k]

@@ -7,9 +7,10 @@ A recipe fixes every stage's choices:
 
 - **triplets**: ``source`` "descriptors" (the notebook's miner, with its ``negatives`` strategy) or "ratings"
   (co-liked positives and popularity-weighted negatives, ``liked_at`` and ``positives``; shared/ml/coliked.py);
-- **model**: ``architecture`` "linear" (the notebook: one linear layer over the encoder's vectors) or "hybrid"
+- **model**: ``architecture`` "linear" (the notebook: one linear layer over the encoder's vectors), "hybrid"
   (shared/ml/hybrid.py: a learned per-movie embedding from what users liked, and a linear content tower
-  trained on the triplets to place movies nobody rated in the same space);
+  trained on the triplets to place movies nobody rated in the same space) or "ials" (the same with implicit
+  ALS's item factors, served by inner product, a user's query their fold-in);
 - **profile**: how a user's ratings become a query (shared/ml/recommend.py): ``profile`` "rating" (the
   notebook: weights rating / 5, mean taken in the encoder's space, then projected) or "centred" (weights
   1 + (rating - the user's mean) / 2: a movie rated 2 points under the user's mean weighs 0 and anything
@@ -74,18 +75,42 @@ RECIPES: dict[str, Recipe] = {
                 "batch_size": 256,
             },
         ),
+        Recipe(
+            "ials",
+            "implicit ALS factors (every rating a positive, confidence 1 + alpha) as movie vectors in an "
+            "inner-product index, a user's query their fold-in solved at query time; a linear content tower on "
+            "co-liked triplets places movies nobody rated",
+            {
+                "source": "ratings",
+                "liked_at": 3.5,
+                "positives": 10,
+                "pooling": "cls",
+                "architecture": "ials",
+                "profile": "rating",
+                "epochs": 5,
+                "hidden_dim": 64,
+                "regularization": 1.0,
+                "alpha": 1.0,
+                "margin": 0.3,
+                "lr": 0.003,
+                "batch_size": 256,
+            },
+        ),
     )
 }
 
 GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
     "seed": {},  # the notebook's method as it ran: a fixed reference, not tuned
     "hybrid": {"hidden_dim": (64, 128), "liked_at": (3.5, 4.0)},
+    "ials": {"hidden_dim": (64, 128), "regularization": (1.0, 10.0)},
 }
 """Each recipe's tuning grid: the options an evaluation's validation split chooses among (every combination)."""
 
-SERVE_GRIDS: dict[str, list[dict[str, Any]]] = {
-    "hybrid": [{}, *({"prior": p, "prior_until": u} for p in (0.3, 1.0, 3.0) for u in (10.0, 30.0))],
-}
+LIGHT_USER_PRIORS: list[dict[str, Any]] = [
+    {},
+    *({"prior": p, "prior_until": u} for p in (0.3, 1.0, 3.0) for u in (10.0, 30.0)),
+]
+SERVE_GRIDS: dict[str, list[dict[str, Any]]] = {"hybrid": LIGHT_USER_PRIORS, "ials": LIGHT_USER_PRIORS}
 """Each recipe's serve-time settings that validation chooses among beside its grid: the light-user popularity
 prior (shared/ml/recommend.py), {} = off. They change how a trained model ranks, not the model, so every one
 of them scores each trained setting of the grid (no training of its own)."""

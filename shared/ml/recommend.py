@@ -97,7 +97,7 @@ class ServingModel:
     weight: np.ndarray  # (hidden, d)
     bias: np.ndarray  # (hidden,)
     raw: np.ndarray  # (n, d) the encoder's movie vectors
-    embeddings: np.ndarray  # (n, hidden) the model's unit movie vectors, those the index holds
+    embeddings: np.ndarray  # (n, hidden) the model's movie vectors, those the index holds (unit, but ials')
     movie_ids: np.ndarray  # (n,) int32, catalogue order
     titles: list[str]
     descriptors: list[list[str]]
@@ -110,6 +110,7 @@ class ServingModel:
     ratings_value: np.ndarray
     ratings_time: np.ndarray | None = None  # loaded when the profile weighs recency
     inner: Layers = ()  # a deeper network's inner layers
+    gram: np.ndarray | None = None  # an ials model's Y^T Y (its users' fold-in)
 
     @cached_property
     def profile(self) -> Profile:
@@ -236,6 +237,9 @@ class Profile:
     kind: str = "rating"
     recency_days: float = 0.0
     item_space: bool = False  # sum the movies' own vectors (hybrid) instead of projecting the raw mean
+    fold_in: bool = False  # "ials": the user's factors solved from the movies they rated (``fold_in``)
+    alpha: float = 1.0  # ... a rated movie's confidence 1 + alpha
+    regularization: float = 1.0
     prior: float = 0.0
     """The popularity prior's weight for a user with no rating (see ``prior_weights``); 0 = off."""
     prior_until: float = 0.0
@@ -246,7 +250,10 @@ class Profile:
         return cls(
             kind=config.get("profile", "rating"),
             recency_days=float(config.get("recency_days", 0.0)),
-            item_space=config.get("architecture", "linear") == "hybrid",
+            item_space=config.get("architecture", "linear") in ("hybrid", "ials"),
+            fold_in=config.get("architecture") == "ials",
+            alpha=float(config.get("alpha", 1.0)),
+            regularization=float(config.get("regularization", 1.0)),
             prior=float(config.get("prior", 0.0)),
             prior_until=float(config.get("prior_until", 0.0)),
         )
@@ -313,11 +320,17 @@ def profile_weights(indptr: np.ndarray, values: np.ndarray, times: np.ndarray | 
 def profile_queries(
     indptr: np.ndarray, movies: np.ndarray, weights: np.ndarray, *, profile: Profile, raw: np.ndarray,
     embeddings: np.ndarray, weight: np.ndarray, bias: np.ndarray, inner: Layers = (), exact_rows: bool = False,
+    gram: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """(b, hidden) unit query vectors of b users' rated ``movies`` (catalogue rows, grouped by ``indptr``) and
-    their ``weights`` (``profile_weights``). ``exact_rows``: each user's vector bit for bit the one a batch of
-    that user alone gets (a batch recommendation's promise): the network is applied one row at a time, since
-    BLAS sums a (b, d) x (d, h) product in another order than a (1, d) one."""
+    their ``weights`` (``profile_weights``); for a ``fold_in`` profile, the users' iALS factors (``fold_in``,
+    with the model's ``gram``). ``exact_rows``: each user's vector bit for bit the one a batch of that user
+    alone gets (a batch recommendation's promise): the network is applied one row at a time, since BLAS sums a
+    (b, d) x (d, h) product in another order than a (1, d) one."""
+    if profile.fold_in:
+        if gram is None:
+            raise ValueError("an ials model's profile needs its Y^T Y (the weights' fold_in.gram)")
+        return fold_in(indptr, movies, embeddings, gram, alpha=profile.alpha, regularization=profile.regularization)
     counts = np.diff(indptr)
     space = embeddings if profile.item_space else raw
     sums = np.zeros((len(counts), space.shape[1]), dtype=np.float32)  # (b, d or hidden)
@@ -331,6 +344,29 @@ def profile_queries(
         return np.concatenate([project(mean[i : i + 1], weight, bias, inner) for i in range(len(mean))] or
                               [np.zeros((0, weight.shape[0]), dtype=np.float32)])  # fmt: skip
     return project(mean, weight, bias, inner)
+
+
+def fold_in(
+    indptr: np.ndarray, movies: np.ndarray, factors: np.ndarray, gram: np.ndarray, *, alpha: float,
+    regularization: float,
+) -> np.ndarray:  # fmt: skip
+    """(b, f) float32 iALS user factors of b users' rated ``movies`` (grouped by ``indptr``; each a positive,
+    whatever its value): x_u = (G + reg I + alpha Y_u^T Y_u)^-1 (1 + alpha) Y_u^T 1, ``gram`` G = Y^T Y over the
+    rated movies (Hu, Koren, Volinsky 2008; the evaluation's iALS baseline folds users in the same way). One
+    user at a time, in float64, so a user's factors never depend on who shares their batch."""
+    from threadpoolctl import threadpool_limits
+
+    f = gram.shape[0]
+    base = gram.astype(np.float64) + regularization * np.eye(f)
+    out = np.zeros((len(indptr) - 1, f), dtype=np.float32)
+    with threadpool_limits(1, user_api="blas"):  # f x f: too small for threads, and the same bits in any process
+        for i, (lo, hi) in enumerate(zip(indptr[:-1].tolist(), indptr[1:].tolist(), strict=True)):
+            if hi == lo:
+                continue
+            rated = factors[np.unique(movies[lo:hi])].astype(np.float64)  # (r, f)
+            a = base + alpha * (rated.T @ rated)
+            out[i] = np.linalg.solve(a, (1.0 + alpha) * rated.sum(axis=0))
+    return out
 
 
 def inner_layers(state: dict[str, np.ndarray]) -> Layers:
@@ -347,7 +383,7 @@ def user_query(model: ServingModel, ratings: UserRatings) -> np.ndarray:
     weights = profile_weights(indptr, ratings.values, times, model.profile)
     query = profile_queries(indptr, ratings.rows, weights, profile=model.profile, raw=model.raw,
                             embeddings=model.embeddings, weight=model.weight, bias=model.bias,
-                            inner=model.inner)  # fmt: skip
+                            inner=model.inner, gram=model.gram)  # fmt: skip
     return np.asarray(query[0], dtype=np.float32)
 
 
@@ -481,10 +517,11 @@ def recommend(
                           described_query={"user_id": user_id})  # fmt: skip
         result["strategy"] = ranking.strategy
         if ranking.strategy == LIGHT_PROFILE:
+            similarity = "inner product" if model.profile.fold_in else "cosine"
             result["explanation"] = (
                 f"{len(ranking.history) if ranking.history is not None else 0} rating(s), fewer than the model's "
-                f"{model.profile.prior_until:g}: score = cosine to the profile + {ranking.prior:.3f} x popularity "
-                "(log of the movie's ratings, scaled to 1), the weight shrinking to 0 as ratings arrive"
+                f"{model.profile.prior_until:g}: score = the profile's {similarity} + {ranking.prior:.3f} x "
+                "popularity (log of the movie's ratings, scaled to 1), the weight shrinking to 0 as ratings arrive"
             )
         return result
     if params.get("keywords"):

@@ -77,11 +77,15 @@ def random_model(config: dict[str, object], *, n: int = 3000, users: int = 300, 
     weight, bias = rng.normal(size=(hidden, d)).astype(np.float32), rng.normal(size=hidden).astype(np.float32)
     projected = raw @ weight.T + bias
     projected /= np.linalg.norm(projected, axis=1, keepdims=True)
+    ials = config.get("architecture") == "ials"
+    if ials:  # factors of varied norms in an inner-product index, users folded in
+        projected *= rng.uniform(0.2, 2.0, size=(n, 1))
     counts = rng.integers(1, 400, size=users)
     counts[-2:] = [n - 3, n]
     total = int(counts.sum())
     return ServingModel(
-        version="m-random", record={"config": config}, index=MovieIndex.build(projected, IndexParams()),
+        version="m-random", record={"config": config},
+        index=MovieIndex.build(projected, IndexParams(space="ip" if ials else "cosine")),
         weight=weight, bias=bias, raw=raw, embeddings=projected.astype(np.float32),
         movie_ids=np.arange(5, 5 + n, dtype=np.int32), titles=[""] * n, descriptors=[["Drama"]] * n,
         vocabulary=["Drama"], desc_indptr=np.arange(n + 1), desc_indices=np.zeros(n, dtype=np.int32),
@@ -90,6 +94,7 @@ def random_model(config: dict[str, object], *, n: int = 3000, users: int = 300, 
         ratings_movie=np.concatenate([rng.choice(n, size=c, replace=False) for c in counts]).astype(np.int32),
         ratings_value=rng.choice(np.arange(0.5, 5.01, 0.5), size=total).astype(np.float32),
         ratings_time=rng.integers(0, 10**9, size=total) if recency else None,
+        gram=(projected.T.astype(np.float64) @ projected) if ials else None,
     )  # fmt: skip
 
 
@@ -102,6 +107,8 @@ def random_model(config: dict[str, object], *, n: int = 3000, users: int = 300, 
         {"architecture": "hybrid", "recency_days": 10.0},
         {"architecture": "hybrid", "prior": 1.0, "prior_until": 100.0},  # light users: the popularity prior
         {"prior": 3.0, "prior_until": 30.0},
+        {"architecture": "ials", "alpha": 5.0, "regularization": 2.0},  # inner product, users folded in
+        {"architecture": "ials", "prior": 1.0, "prior_until": 50.0},
     ],
 )
 def test_a_shard_s_rows_are_each_user_s_ranking_bit_for_bit(config: dict[str, object]) -> None:

@@ -145,7 +145,7 @@ def test_tied_movies_come_in_tie_order_in_every_path() -> None:
     rows, scores = index.query(vectors[0], 4)
     assert rows.tolist() == [2, 4, 5, 0] and len(set(scores.tolist())) == 1
     found = index.query_many(vectors[[0]], 4, excluded=RowSets(np.array([0, 1]), np.array([4])))
-    assert found.rows.tolist() == [2, 5, 0] + [int(found.rows[3])] and found.rows[3] not in (0, 2, 4, 5)
+    assert found.rows.tolist() == [2, 5, 0, int(found.rows[3])] and found.rows[3] not in (0, 2, 4, 5)
     allowed = np.ones(40, dtype=bool)
     allowed[4] = False
     assert index._exact(vectors[0], 3, allowed)[0].tolist() == [2, 5, 0]
