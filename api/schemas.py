@@ -23,7 +23,7 @@ from shared.ml.coliked import DEFAULT_LIKED_AT, DEFAULT_POSITIVES, MAX_LIKED_AT,
 from shared.ml.encoder import POOLINGS
 from shared.ml.fitting import ARCHITECTURES, LIMITS, PROFILES
 from shared.ml.mining import STRATEGIES
-from shared.ml.recipes import DEFAULT_RECIPE, RECIPES
+from shared.ml.recipes import AUTO, DEFAULT_RECIPE, RECIPES
 from shared.ml.titles import MAX_QUERY_CHARS, query_tokens
 from shared.store.feedback import MAX_BATCH as MAX_FEEDBACK_BATCH
 
@@ -430,9 +430,10 @@ class PipelineIn(BodySchema):
     model = String(validate=Length(1, MAX_MODEL_CHARS), metadata={"pattern": RELATIVE_PATH})
     pooling = String(validate=OneOf(POOLINGS))
     recipe = String(
-        validate=OneOf(list(RECIPES)),
+        validate=OneOf([AUTO, *RECIPES]),
         metadata={
-            "description": f"named options (shared/ml/recipes.py), default {DEFAULT_RECIPE}; fields given here win"
+            "description": f"named options (shared/ml/recipes.py), default {DEFAULT_RECIPE}: the recipe and its "
+            "setting chosen on a validation split of the dataset; fields given here win"
         },
     )
     activate = Boolean(metadata={"description": "activate the trained model when done (default true)"})
@@ -537,8 +538,10 @@ class ModelListOut(Schema):
     models = List(
         Dict(),
         metadata={
-            "description": "records: dataset, encoder, config, metrics, index, and ``evaluation`` (the table of "
-            "the last evaluation that trained the version, as POST /v1/jobs/evaluate answers it)"
+            "description": "records: dataset, encoder, config, metrics, index, ``evaluation`` (the table of "
+            "the last evaluation that trained the version, as POST /v1/jobs/evaluate answers it) and ``chosen`` "
+            "(a pipeline of recipe auto: the recipe and setting chosen on validation, why, and every setting's "
+            "validation figures)"
         },
     )
 

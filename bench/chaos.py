@@ -175,7 +175,7 @@ def busy_run(tree: Path, run_dir: Path, args: argparse.Namespace) -> Busy:
     out = Busy()
     with tree_stack(tree, run_dir, env, cpu_workers=2) as stack:
         api = stack.api
-        model = _run(api, "/v1/pipelines", {"path": "catalogue", "epochs": 1})
+        model = _run(api, "/v1/pipelines", {"path": "catalogue", "epochs": 1, "recipe": "hybrid"})
         assert model["status"] == "succeeded", model
         dataset = requests.get(f"{api}/v1/jobs/{model['id']}/result", timeout=30).json()["dataset"]
         stop = threading.Event()
@@ -207,8 +207,8 @@ def busy_run(tree: Path, run_dir: Path, args: argparse.Namespace) -> Busy:
         clients = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
         for thread in clients:
             thread.start()
-        jobs = [_submit(api, "/v1/pipelines", {"dataset": dataset, "epochs": 1, "seed": seed, "activate": False})
-                for seed in (11, 12)]  # fmt: skip
+        jobs = [_submit(api, "/v1/pipelines", {"dataset": dataset, "epochs": 1, "seed": seed, "activate": False,
+                                               "recipe": "hybrid"}) for seed in (11, 12)]  # fmt: skip
         jobs.append(_submit(api, "/v1/jobs/evaluate", {"dataset": dataset, "recipes": [], "shard_users": 10,
                                                        "baselines": ["most-popular", "item-kNN", "EASE"]}))  # fmt: skip
         every = args.worker_kill_every or 15.0

@@ -58,8 +58,8 @@ def wait_job(api: str, job_id: str, *, timeout_s: float = 600) -> dict[str, Any]
 
 
 def train_on(api: str, directory: str) -> dict[str, Any]:
-    """Run the default pipeline on ``directory`` (a name under the stack's data root): its finished record."""
-    job = requests.post(f"{api}/v1/pipelines", json={"path": directory}, timeout=30).json()
+    """Run the hybrid pipeline on ``directory`` (a name under the stack's data root): its finished record."""
+    job = requests.post(f"{api}/v1/pipelines", json={"path": directory, "recipe": "hybrid"}, timeout=30).json()
     state = wait_job(api, job["id"])
     assert state["status"] == "succeeded", state
     return state

@@ -66,7 +66,9 @@ def main() -> int:
             fresh_stack(settings, Path(run_dir)) as stack:  # fmt: skip
         client = redis.Redis.from_url(stack.settings.redis_url)
         show("before", footprint(client))
-        r = requests.post(f"{stack.api_url}/v1/pipelines", json={"path": data.name, "activate": False}, timeout=30)
+        r = requests.post(
+            f"{stack.api_url}/v1/pipelines", json={"path": data.name, "activate": False, "recipe": "hybrid"}, timeout=30
+        )
         job = wait_job(stack.api_url, r.json()["id"])
         if job["status"] != "succeeded":
             print(f"pipeline {job['status']}: {job.get('error')}", file=sys.stderr)

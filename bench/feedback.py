@@ -60,7 +60,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="movierec-feedback-") as run_dir, \
             fresh_stack(settings, Path(run_dir)) as stack:  # fmt: skip
         api = stack.api_url
-        r = requests.post(f"{api}/v1/pipelines", json={"path": data.name}, timeout=30)
+        r = requests.post(f"{api}/v1/pipelines", json={"path": data.name, "recipe": "hybrid"}, timeout=30)
         job = wait_job(api, r.json()["id"])
         if job["status"] != "succeeded":
             print(f"pipeline {job['status']}: {job.get('error')}", file=sys.stderr)

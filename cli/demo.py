@@ -114,7 +114,11 @@ def run_demo(
             print(f"API at {stack.api_url} (logs in {data_dir / 'logs'})", flush=True)
             print(f"dashboard at {stack.api_url}/ui/", flush=True)
             client = Client(stack.api_url, api_key=next(iter(stack.settings.api_keys), None))
-            print("running the pipeline: ingest, mine, encode, train, index, activate", flush=True)
+            print(
+                "running the pipeline: ingest, choose the recipe on a validation split (recipe auto), mine, "
+                "encode, train, index, activate",
+                flush=True,
+            )
             job = client.submit_pipeline(path=path.name)
             final = client.wait(job["id"])
             if final["status"] != "succeeded":
@@ -159,7 +163,10 @@ DEMO_KEYWORDS = (["Children", "family", "animation"], ["war", "violence", "drama
 
 def print_metrics(pipeline: dict[str, Any]) -> None:
     metrics = pipeline["metrics"]
-    print(f"\nmodel {pipeline['model']} (active)")
+    print(f"\nmodel {pipeline['model']} (active), recipe {pipeline['recipe']}")
+    chosen = pipeline.get("chosen") or {}
+    if chosen.get("why"):
+        print(f"  chosen: {chosen['why']}")
     print(f"  test ROC AUC before training (cosine on encoder vectors)  {metrics['test_auc_before']:.4f}")
     print(f"  test ROC AUC after training (cosine on projections)       {metrics['test_auc_after']:.4f}")
     losses = ", ".join(f"{v:.4f}" for v in metrics["train_losses"])

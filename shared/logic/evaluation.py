@@ -218,7 +218,8 @@ def _child_job(job: Job, state: EvaluationState, stage: str) -> tuple[str, dict[
         _, name, overrides = next(v for v in recipe_variants(job.params) if v[0] == recipe)
     else:
         name, overrides = recipe, chosen(state).get(recipe, {})
-    return "pipeline", {"dataset": training, "recipe": name, **overrides, "seed": seed, "activate": False}
+    fixed = job.params.get("options") or {}  # an auto pipeline's client values: every candidate trains with them
+    return "pipeline", {"dataset": training, "recipe": name, **overrides, **fixed, "seed": seed, "activate": False}
 
 
 def chosen(state: EvaluationState) -> dict[str, dict[str, Any]]:

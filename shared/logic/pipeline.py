@@ -1,14 +1,19 @@
-"""The one-job pipeline: ingest -> mine -> encode -> train -> index -> activate.
+"""The one-job pipeline: ingest -> choose -> mine -> encode -> train -> index -> activate.
 
 The ingest stage ingests the path given, or takes the dataset id given, and adds the feedback posted to it
 (``shared/store/feedback.py``): a pipeline trains on every rating known when it starts.
 
-A pipeline's options are a named recipe's (shared/ml/recipes.py; the default one when none is named) with
-the client's values over them; ``activate: false`` trains and indexes without activating (an evaluation's
-pipelines). A pipeline is a job of its own that runs each stage as an ordinary child job (so every stage
-keeps its own record, progress and result), one after the other:
+A pipeline's options are a named recipe's (shared/ml/recipes.py) with the client's values over them; the
+default, ``auto``, first chooses the recipe (stage ``choose``: a grid-mode evaluation job over ``AUTO_RECIPES``
+on its dataset, cut by ``protocol.choosing``: each user's last 20 % the validation part, a cohort held out as
+new users; every setting of every grid, serve-time ones included, scored there and the best objective
+chosen, shared/logic/evaluation.py), then trains the winner at its chosen setting on the whole dataset and
+records on the model what it chose and why (``chosen``); a dataset that cannot be split so (nobody to
+evaluate, no timestamps) trains ``FALLBACK_RECIPE``, saying why. ``activate: false`` trains and indexes
+without activating (an evaluation's pipelines). A pipeline is a job of its own that runs each stage as an
+ordinary child job (so every stage keeps its own record, progress and result), one after the other:
 
-    POST /v1/pipelines ──> pipeline job ──> workers.cpu.pipeline_step
+    POST /v1/pipelines ──> pipeline job ──> workers.cpu.pipeline_step    (ingest, choose, mine, encode, ...)
                                                │ starts the next stage's child job (params carry "parent")
                                                ▼
                             child job finishes (succeeded or failed) ──> sends pipeline_step again
@@ -31,12 +36,15 @@ from celery import Celery
 
 from shared.jobs.store import JobStore
 from shared.jobs.submit import submit
+from shared.logic.evaluation import choose
 from shared.logic.mining import DEFAULT_SEED, DEFAULT_SHARD_SIZE
 from shared.logic.services import Services
-from shared.ml.recipes import recipe_options
+from shared.ml.protocol import choosing
+from shared.ml.recipes import AUTO, AUTO_RECIPES, DEFAULT_RECIPE, FALLBACK_RECIPE, recipe_options
 
-STAGES = ("ingest", "mine", "encode", "train", "index")
-"""Activation follows the last stage, inside the step that sees the index built."""
+STAGES = ("ingest", "choose", "mine", "encode", "train", "index")
+"""Activation follows the last stage, inside the step that sees the index built. ``choose`` runs a job for the
+``auto`` recipe only; a named recipe passes it at once."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,9 @@ class StageJob:
     params: dict[str, Any]
 
 
-def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> StageJob:
-    """The child job that runs ``stage``, from the pipeline's options and the earlier stages' results."""
+def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> StageJob | None:  # noqa: PLR0911
+    """The child job that runs ``stage``, from the pipeline's options and the earlier stages' results; None for
+    a stage with nothing to run (``choose`` for a named recipe)."""
     dataset = str(results.get("ingest", {}).get("dataset") or options.get("dataset") or "")
 
     def pick(*keys: str) -> dict[str, Any]:
@@ -59,6 +68,15 @@ def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> S
         params = {"path": options["path"], "tags_per_movie": options.get("tags_per_movie", 5), "feedback": True}
         params["genres_fix_csv"] = options.get("genres_fix_csv")
         return StageJob(stage, "ingest", params)
+    if stage == "choose":
+        if options["recipe"] != AUTO:
+            return None
+        # Grid mode on the dataset itself, cut by the choosing protocol: every setting of every candidate's grid
+        # trained on the validation split's training part and scored on its validation part and new users.
+        fixed = {k: v for k, v in options.items() if k not in NOT_CANDIDATE_OPTIONS}
+        return StageJob(stage, "evaluate", {"dataset": dataset, "grid": True, "tune": False, "baselines": [],
+                                            "recipes": list(AUTO_RECIPES), "seed": options.get("seed", DEFAULT_SEED),
+                                            "options": fixed, **choosing().describe()})  # fmt: skip
     if stage == "mine":
         params = {
             "dataset": dataset,
@@ -124,9 +142,49 @@ class PipelineState:
         return self.children.get(self.current) if self.current else None
 
 
+NOT_CANDIDATE_OPTIONS = ("path", "dataset", "recipe", "activate", "genres_fix_csv", "tags_per_movie", "seed")
+"""A pipeline's values that are not the candidates' options: what to ingest, whether to activate, the seed (the
+choosing job's own). Every other value the client gave (an encoder, epochs, ...) trains every candidate."""
+
+
 def first_stage(options: dict[str, Any]) -> int:
     """Every pipeline starts with ingestion: a pipeline given a dataset id ingests its feedback."""
     return 0
+
+
+def pipeline_options(params: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """The options every stage reads: the named recipe's with the client's values over them; for ``auto``, once
+    chosen, the chosen recipe's at its chosen setting with the client's values over those."""
+    choice = results.get("choose")
+    if params.get("recipe", DEFAULT_RECIPE) != AUTO or choice is None:
+        return recipe_options(params.get("recipe"), params)
+    given = {k: v for k, v in params.items() if k != "recipe"}
+    return recipe_options(choice["recipe"], {**choice["setting"], **{k: v for k, v in given.items() if v is not None}})
+
+
+def choice_of(table: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """What ``auto`` chose, from its grid job's table: the recipe and setting with the best validation objective
+    (``evaluation.choose``), and why: every setting's objective, NDCG@10 and new users' NDCG."""
+    chosen = choose(table)
+    if chosen["default"] is None:
+        raise ValueError("no recipe could be scored on validation")
+    recipe = str(chosen["default"])
+    grid = sorted((g for g in chosen["grid"] if g["objective"] is not None), key=lambda g: -g["objective"])
+    best = grid[0]
+    runner = next((g for g in grid if g["family"] != recipe), None)
+    why = (f"{best['name']} scored the best validation objective, {best['objective']:.4f} (NDCG@10 over "
+           f"{table['users']:,} validation users and the held-out new users at 1, 3 and 10 ratings)")  # fmt: skip
+    if runner is not None:
+        why += f", against {runner['objective']:.4f} for the best other recipe, {runner['name']}"
+    keep = ("name", "family", "params", "objective", "ndcg")
+    return {"recipe": recipe, "setting": chosen["chosen"][recipe], "why": why, "job": job_id,
+            "users": table["users"], "new_users": table.get("new_users", {}),
+            "grid": [{key: g[key] for key in keep} for g in grid]}  # fmt: skip
+
+
+FALLBACK_CODES = ("data_error", "conflict")
+"""A choosing job's failures that ``auto`` answers with ``FALLBACK_RECIPE``: its dataset cannot be split for
+validation (nobody to evaluate; no timestamps). Any other failure fails the pipeline."""
 
 
 def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
@@ -139,32 +197,40 @@ def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
         job = svc.jobs.start(pipeline_id, stage="starting")  # the first step: the API's message
     if job is None or job.status != "running":
         return
-    options = recipe_options(job.params.get("recipe"), job.params)
-    state = PipelineState.read(svc.jobs, pipeline_id) or PipelineState(stage=first_stage(options))
-    stage = STAGES[state.stage]
+    state = PipelineState.read(svc.jobs, pipeline_id) or PipelineState(stage=first_stage(job.params))
     child_id = state.current_child
     if child_id is not None:
+        stage = STAGES[state.stage]
         child = svc.jobs.get(child_id)
         if child is not None and not child.finished:
             return  # not finished yet: a later notification moves it on
-        if child is None or child.status != "succeeded":
+        if child is not None and child.status == "succeeded":
+            state.results[stage] = choice_of(child.result or {}, child_id) if stage == "choose" else child.result
+        elif stage == "choose" and child is not None and (child.error or {}).get("code") in FALLBACK_CODES:
+            why = f"no validation split: {(child.error or {}).get('message', child.status)}; trained {FALLBACK_RECIPE}"
+            state.results[stage] = {"recipe": FALLBACK_RECIPE, "setting": {}, "job": child_id, "why": why}
+        else:
             reason = (child.error or {}).get("message", child.status) if child is not None else "its job expired"
             svc.jobs.fail(pipeline_id, code="stage_failed", message=f"stage {stage} failed: {reason}",
                           details={"stage": stage, "job": child_id})  # fmt: skip
             return
-        state.results[stage] = child.result
         state.stage += 1
-        if state.current is None:
-            _finish(svc, pipeline_id, state, activate=options.get("activate", True), recipe=options["recipe"])
-            return
+    while state.current is not None:
         stage = state.current
-    plan = stage_job(stage, options, state.results)
-    parent = {"id": pipeline_id, "stage": stage, "index": state.stage, "stages": len(STAGES)}
-    # A stage job belongs to whoever owns the pipeline, so the key that started it can follow every stage.
-    child = submit(celery, svc.jobs, kind=plan.kind, params={**plan.params, "parent": parent}, owner=job.owner)
-    state.children[stage] = child.id
-    state.write(svc.jobs, pipeline_id)
-    svc.jobs.progress(pipeline_id, state.stage / len(STAGES), stage=stage, message=f"{stage} queued")
+        options = pipeline_options(job.params, state.results)
+        plan = stage_job(stage, options, state.results)
+        if plan is not None:
+            parent = {"id": pipeline_id, "stage": stage, "index": state.stage, "stages": len(STAGES)}
+            # A stage job belongs to whoever owns the pipeline, so the key that started it can follow every stage.
+            child = submit(celery, svc.jobs, kind=plan.kind, params={**plan.params, "parent": parent}, owner=job.owner)
+            state.children[stage] = child.id
+            state.write(svc.jobs, pipeline_id)
+            svc.jobs.progress(pipeline_id, state.stage / len(STAGES), stage=stage, message=f"{stage} queued")
+            return
+        state.results[stage] = {"recipe": options["recipe"]}  # a named recipe: nothing to choose
+        state.stage += 1
+    options = pipeline_options(job.params, state.results)
+    _finish(svc, pipeline_id, state, activate=options.get("activate", True), recipe=options["recipe"])
 
 
 def _finish(svc: Services, pipeline_id: str, state: PipelineState, *, activate: bool, recipe: str) -> None:
@@ -172,6 +238,10 @@ def _finish(svc: Services, pipeline_id: str, state: PipelineState, *, activate: 
     of every stage."""
     results = state.results
     version = results["train"]["version"]
+    choice = results.get("choose", {})
+    if "why" in choice:  # auto: the model says what its recipe won against, and by how much
+        svc.models.update(version, chosen={key: choice[key] for key in ("recipe", "setting", "why", "job", "grid")
+                                           if key in choice})  # fmt: skip
     previous = svc.models.activate(version) if activate else svc.models.active()
     summary = {
         "dataset": results["ingest"]["dataset"],
@@ -181,6 +251,7 @@ def _finish(svc: Services, pipeline_id: str, state: PipelineState, *, activate: 
         "metrics": results["train"]["metrics"],
         "index": results["index"]["index"],
         "recipe": recipe,
+        "chosen": {key: choice[key] for key in ("setting", "why", "job") if key in choice} or None,
         "activated": version if activate else None,
         "previous": previous,
         "stage_jobs": state.children,

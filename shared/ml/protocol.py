@@ -87,6 +87,13 @@ class Protocol:
                        cohort_from=self.cohort_from + self.new_user_share * (1.0 - self.cohort_from))  # fmt: skip
 
 
+def choosing() -> Protocol:
+    """The protocol that cuts a whole dataset into a validation split to choose a recipe on (the ``auto`` recipe):
+    every user kept up to ``VALIDATION_MAX_USERS``, each one's last 20 % the validation part, a share of them
+    held out as new users (nothing was held out before it, so its cohort draws from 0)."""
+    return Protocol(min_ratings=VALIDATION_MIN_RATINGS, max_users=VALIDATION_MAX_USERS)
+
+
 def training_dataset_id(source: str, protocol: Protocol) -> str:
     """The derived training dataset's id: a hash of its source and the protocol values that cut it."""
     key = json.dumps({"from": source, "protocol": protocol.training, "part": "train"}, sort_keys=True)

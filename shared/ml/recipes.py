@@ -17,8 +17,9 @@ A recipe fixes every stage's choices:
   lower pushes the query away), ``recency_days`` (a half-life: 0 = off), and a light user's popularity prior
   (``prior`` and ``prior_until``, chosen on validation from ``SERVE_GRIDS``).
 
-``seed`` is the notebook's method as the service ran it before recipes existed, and reproduces those figures;
-the default is the recipe that scores best in the evaluation table (BENCHMARKS.md, "Recommendation quality").
+``seed`` is the notebook's method as the service ran it before recipes existed, and reproduces those figures.
+The default, ``auto``, is chosen per dataset: the recipes of ``AUTO_RECIPES`` over their grids (and serve-time
+settings) on a validation split of the pipeline's own dataset, the winner trained on all of it.
 """
 
 from __future__ import annotations
@@ -115,8 +116,17 @@ SERVE_GRIDS: dict[str, list[dict[str, Any]]] = {"hybrid": LIGHT_USER_PRIORS, "ia
 prior (shared/ml/recommend.py), {} = off. They change how a trained model ranks, not the model, so every one
 of them scores each trained setting of the grid (no training of its own)."""
 
-DEFAULT_RECIPE = "hybrid"
-"""The recipe of ``/v1/pipelines`` and ``movierec demo`` when none is named: the best row of the table."""
+AUTO = "auto"
+"""The recipe chosen per dataset: a pipeline with it first tunes ``AUTO_RECIPES`` on a validation split of its
+dataset (shared/logic/pipeline.py, stage ``choose``), then trains the winner at its chosen setting on all of it."""
+AUTO_RECIPES = ("hybrid", "ials")
+"""What ``auto`` chooses among: every recipe but ``seed``, the notebook's method kept as a fixed reference (it
+has been below every tuned row of every table, and its pipeline is the slowest); it stays one option away."""
+DEFAULT_RECIPE = AUTO
+"""The recipe of ``/v1/pipelines`` and ``movierec demo`` when none is named."""
+FALLBACK_RECIPE = "hybrid"
+"""What ``auto`` trains when its dataset cannot be split for validation (nobody to evaluate, or no timestamps):
+the recipe that led the last tuned table (BENCHMARKS.md), its recipe options as they are, the reason recorded."""
 
 
 def grid_points(grid: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -136,7 +146,9 @@ def recipe_options(name: str | None, overrides: dict[str, Any]) -> dict[str, Any
     """The pipeline options of recipe ``name`` (default ``DEFAULT_RECIPE``), then ``overrides`` (the values a
     client gave; None means not given)."""
     name = name or DEFAULT_RECIPE
-    if name not in RECIPES:
-        raise InvalidRequest(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     given = {k: v for k, v in overrides.items() if v is not None}
+    if name == AUTO:  # not chosen yet: only the client's values (ingest needs no recipe)
+        return {**given, "recipe": AUTO}
+    if name not in RECIPES:
+        raise InvalidRequest(f"unknown recipe {name!r}; known: {', '.join([AUTO, *RECIPES])}")
     return {**RECIPES[name].options, **given, "recipe": name}

@@ -37,13 +37,13 @@ KEY_A, KEY_B = "system-key-a-0123456789", "system-key-b-0123456789"
 
 @pytest.fixture(scope="module")
 def trained(api_url: str, data_root: Path, tiny_bert: str) -> dict[str, str]:
-    """The default pipeline on ml-latest-small with the tiny BERT (copied into the data root), one epoch,
+    """The hybrid pipeline on ml-latest-small with the tiny BERT (copied into the data root), one epoch,
     activated by the pipeline."""
     model_dir = data_root / "tiny-bert-system"
     if not model_dir.exists():
         shutil.copytree(tiny_bert, model_dir)
-    result = run_job(api_url, "/v1/pipelines", {"path": "ml-latest-small", "model": str(model_dir), "epochs": 1},
-                     timeout_s=600)  # fmt: skip
+    body = {"path": "ml-latest-small", "model": str(model_dir), "epochs": 1, "recipe": "hybrid"}
+    result = run_job(api_url, "/v1/pipelines", body, timeout_s=600)
     return {"version": result["model"], "dataset": result["dataset"]}
 
 

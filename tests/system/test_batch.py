@@ -26,8 +26,8 @@ NEW_USER = 1_500_000_000
 
 @pytest.fixture(scope="module")
 def model(api_url: str) -> dict[str, str]:
-    """The default pipeline on ml-latest-small, activated; feedback for a known user and a new one."""
-    result = run(api_url, "/v1/pipelines", {"path": "ml-latest-small"})
+    """The hybrid pipeline on ml-latest-small, activated; feedback for a known user and a new one."""
+    result = run(api_url, "/v1/pipelines", {"path": "ml-latest-small", "recipe": "hybrid"})
     version, dataset = result["model"], result["dataset"]
     r = requests.post(f"{api_url}/v1/models/{version}/activate", timeout=10)
     assert r.status_code == 200, r.text

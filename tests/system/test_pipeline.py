@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import requests
 
+from shared.logic.evaluation import objective
+from shared.ml.recipes import AUTO_RECIPES, FALLBACK_RECIPE, variant_label
 from tests.helpers import wait_job
 
 
@@ -15,12 +18,29 @@ def submit(api_url: str, body: dict[str, Any]) -> dict[str, Any]:
     return wait_job(api_url, r.json()["id"], timeout_s=600)
 
 
+def model_record(api_url: str, version: str) -> dict[str, Any]:
+    models = requests.get(f"{api_url}/v1/models", timeout=10).json()["models"]
+    record: dict[str, Any] = next(m for m in models if m["version"] == version)
+    return record
+
+
 def test_pipeline_from_path_to_recommendations(api_url: str) -> None:
+    """The default recipe, auto: the recipe and its setting chosen on a validation split of the dataset, the
+    winner trained on all of it, the model saying what it chose and why."""
     job = submit(api_url, {"path": "ml-latest-small", "epochs": 2, "seed": 11})
     assert job["status"] == "succeeded", job
     result = requests.get(f"{api_url}{job['result_url']}", timeout=10).json()
-    assert set(result["stage_jobs"]) == {"ingest", "mine", "encode", "train", "index"}
-    assert result["metrics"]["test_auc_after"] >= 0.95
+    assert set(result["stage_jobs"]) == {"ingest", "choose", "mine", "encode", "train", "index"}
+    assert result["recipe"] in AUTO_RECIPES and "scored the best validation objective" in result["chosen"]["why"]
+    table = requests.get(f"{api_url}/v1/jobs/{result['chosen']['job']}/result", timeout=10).json()
+    assert {r["family"] for r in table["rows"]} == set(AUTO_RECIPES) and table["new_users"]
+    assert table["training_dataset"] != result["dataset"]  # the validation split's training part, not the data
+    scores = {r["name"]: objective(r, table["users"]) for r in table["rows"]}
+    best = max(scores, key=lambda name: scores[name] or -1.0)
+    assert best == variant_label(result["recipe"], result["chosen"]["setting"])
+    record = model_record(api_url, result["model"])
+    assert record["chosen"]["recipe"] == result["recipe"] and record["chosen"]["grid"][0]["name"] == best
+    assert record["config"]["epochs"] == 2  # the client's value, over the chosen recipe's
     assert requests.get(f"{api_url}/v1/models", timeout=10).json()["active"] == result["model"]
     for stage_job in result["stage_jobs"].values():
         assert requests.get(f"{api_url}/v1/jobs/{stage_job}", timeout=10).json()["status"] == "succeeded"
@@ -38,7 +58,7 @@ def test_pipeline_from_path_to_recommendations(api_url: str) -> None:
     rows = [{"user_id": 700_000, "movie_id": m, "rating": 4.5} for m in (1, 2, 3)]
     posted = requests.post(f"{api_url}/v1/datasets/{result['dataset']}/ratings", json={"ratings": rows}, timeout=10)
     assert posted.status_code == 200, posted.text
-    third = submit(api_url, {"dataset": result["dataset"], "epochs": 2, "seed": 11})
+    third = submit(api_url, {"dataset": result["dataset"], "epochs": 2, "seed": 11, "recipe": "hybrid"})
     assert third["status"] == "succeeded", third
     version = requests.get(f"{api_url}{third['result_url']}", timeout=10).json()
     assert version["dataset"] != result["dataset"] and version["model"] != result["model"]
@@ -70,3 +90,19 @@ def test_pipeline_requests_are_validated(api_url: str) -> None:
     assert post({"path": "../.."}).status_code == 400
     assert post({"dataset": "ds-nope"}).status_code == 404
     assert post({"path": "ml-latest-small", "epochs": 0}).status_code == 400
+
+
+def test_auto_on_data_it_cannot_validate_on_trains_the_fallback_and_says_why(api_url: str, data_root: Path) -> None:
+    """Every user with two ratings: each one's last 20 % is nothing, so nobody can be evaluated on validation."""
+    directory = data_root / "two-ratings-each"
+    directory.mkdir(exist_ok=True)
+    (directory / "movies.csv").write_text(
+        "movieId,title,genres\n" + "".join(f"{m},Movie {m} (2000),Drama|Comedy\n" for m in range(1, 13))
+    )
+    ratings = "".join(f"{u},{1 + u % 12},5.0,{1000 + u}\n{u},{1 + (u + 1) % 12},4.5,{2000 + u}\n" for u in range(1, 41))
+    (directory / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings)
+    job = submit(api_url, {"path": directory.name, "epochs": 1})
+    assert job["status"] == "succeeded", job
+    result = requests.get(f"{api_url}{job['result_url']}", timeout=10).json()
+    assert result["recipe"] == FALLBACK_RECIPE and result["chosen"]["why"].startswith("no validation split: nobody")
+    assert model_record(api_url, result["model"])["chosen"]["recipe"] == FALLBACK_RECIPE

@@ -278,9 +278,9 @@ def test_the_api_and_the_pipeline_carry_the_ratings_parameters() -> None:
     asked = {"source": "ratings", "positives": 3, "liked_at": 4.5, "seed": 5}
     options = PipelineIn().load({"dataset": "ds-1", **asked})
     plan = stage_job("mine", options, {})
-    assert plan.kind == "triplets"
+    assert plan is not None and plan.kind == "triplets"
     assert {k: plan.params[k] for k in asked} == asked
     assert TripletSpec.of(plan.params).name == "triplets/ds-1/coliked-p3-l4.5-a0.75-5"
     plain = stage_job("mine", PipelineIn().load({"dataset": "ds-1"}), {})
-    assert "source" not in plain.params and TripletSpec.of(plain.params).source == "descriptors"
+    assert plain is not None and "source" not in plain.params and TripletSpec.of(plain.params).source == "descriptors"
     assert TripletSpec.of(plain.params).name == "triplets/ds-1/uniform-min-42"

@@ -10,7 +10,7 @@ import torch
 from shared.errors import InvalidRequest
 from shared.ml.fitting import TrainConfig, hinge_gradient
 from shared.ml.hybrid import spectral_embedding, train_hybrid
-from shared.ml.recipes import DEFAULT_RECIPE, RECIPES, recipe_options
+from shared.ml.recipes import DEFAULT_RECIPE, FALLBACK_RECIPE, RECIPES, recipe_options
 from shared.ml.recommend import Profile, profile_queries, profile_weights, project
 
 
@@ -118,10 +118,11 @@ def test_hybrid_without_ratings_is_refused() -> None:
 
 
 def test_recipes_fill_pipeline_options_and_the_client_wins() -> None:
-    assert DEFAULT_RECIPE in RECIPES and "seed" in RECIPES
-    options = recipe_options(None, {"epochs": 3, "lr": None})
-    assert options["recipe"] == DEFAULT_RECIPE and options["epochs"] == 3
-    assert options["lr"] == RECIPES[DEFAULT_RECIPE].options["lr"]
+    assert DEFAULT_RECIPE == "auto" and "seed" in RECIPES and FALLBACK_RECIPE in RECIPES
+    assert recipe_options(None, {"epochs": 3, "lr": None}) == {"epochs": 3, "recipe": "auto"}  # not chosen yet
+    options = recipe_options("hybrid", {"epochs": 3, "lr": None})
+    assert options["recipe"] == "hybrid" and options["epochs"] == 3
+    assert options["lr"] == RECIPES["hybrid"].options["lr"]
     seed = recipe_options("seed", {})
     assert (seed["source"], seed["architecture"], seed["hidden_dim"], seed["profile"]) == (
         "descriptors", "linear", 50, "rating",
