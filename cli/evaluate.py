@@ -18,7 +18,7 @@ from cli.stack import Stack
 from shared.infra.settings import Settings
 
 METRICS = (("recall", "Recall@{k}", 9, 4), ("ndcg", "NDCG@{k}", 8, 4), ("hr", "HR@{k}", 6, 3),
-           ("coverage", "cov@{k}", 7, 4), ("cold_recall", "cold rec", 8, 4))  # fmt: skip
+           ("coverage", "cov@{k}", 7, 4), ("cold_recall", "cold rec", 8, 4), ("cold_share", "cold%", 6, 4))  # fmt: skip
 """(field, header, width, decimals) of each metric column."""
 
 
@@ -72,8 +72,9 @@ def _notes(table: dict[str, Any], slices: list[str], reference: str | None) -> l
     lines: list[str] = []
     lines.append(
         f"# cold rec: recall over the {table['cold_users']:,} users with a relevant test movie nobody rated in "
-        "the training part; seconds: fitting and scoring (a recipe: its pipeline too), summed over shards"
+        "the training part; cold%: the share of answer slots holding such a movie"
     )
+    lines.append("# seconds: fitting and scoring (a recipe: its pipeline too), summed over shards")
     if slices:
         counts = ", ".join(f"{table['new_users'][n]:,} at {n}" for n in slices)
         lines.append(f"# new@N: NDCG@{k} of held-out users given their first N ratings, later likes relevant "

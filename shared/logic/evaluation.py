@@ -99,12 +99,15 @@ def baseline_settings(name: str, *, grid: bool) -> list[dict[str, Any]]:
 
 def fit_groups(rows: list[dict[str, Any]]) -> list[list[int]]:
     """A grid's rows as [start, end) ranges, one per scoring shard: the baseline settings that share a build
-    (``baselines.build_key``, side by side in ``table_rows``) together, every other row alone."""
+    (``baselines.build_key``, side by side in ``table_rows``) together, a recipe's serve-time settings of one
+    trained setting together (its scores made once: ``scoring._score_settings``), every other row alone."""
     groups: list[list[int]] = []
     last: tuple[Any, ...] | None = None
     for i, row in enumerate(rows):
         shared = row["kind"] == "baseline" and row["family"] in baselines.SHARED_BUILD
         key = (row["family"], baselines.build_key(row["family"], row["params"])) if shared else None
+        if row["kind"] == "recipe" and "serve" in row:  # a trained setting's serve-time settings: scored together
+            key = ("recipe", row["stage"])
         if key is not None and key == last:
             groups[-1][1] = i + 1
         else:
@@ -487,7 +490,7 @@ def build_table(
     return table
 
 
-METRIC_KEYS = ("recall", "ndcg", "hr", "coverage", "cold_recall")
+METRIC_KEYS = ("recall", "ndcg", "hr", "coverage", "cold_recall", "cold_share")
 
 
 def _slice(scored: RowScores | None) -> dict[str, Any] | None:

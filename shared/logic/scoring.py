@@ -546,6 +546,10 @@ def score_shard(
     top = np.full((len(rows), end_user - first_user, k), -1, dtype=np.int32)
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
+    if all(row["kind"] == "recipe" for row in rows) and len({row["model"] for row in rows}) == 1 and len(rows) > 1:
+        # One trained model at several serve-time settings (a grid's): its scores once, each setting's prior after.
+        seconds = _score_settings(artifacts, models, data, plan, rows=rows, pieces=pieces, top=top)
+        return top, {"items": [lo, hi], "seconds": seconds, "skipped": skipped}
     for i, row in enumerate(rows):
         started = time.perf_counter()
         scorer: evaluate.Scorer
@@ -571,6 +575,40 @@ def score_shard(
         took = time.perf_counter() - started + fit_seconds[i]
         seconds[row["name"]] = round(took, 4)
     return top, {"items": [lo, hi], "seconds": seconds, "skipped": skipped}
+
+
+def _score_settings(
+    artifacts: ArtifactStore, models: ModelStore, data: SplitData, plan: dict[str, Any], *,
+    rows: list[dict[str, Any]], pieces: list[tuple[str, int, int]], top: np.ndarray,
+) -> dict[str, float]:  # fmt: skip
+    """Rows of one trained model at several serve-time settings (``row["serve"]``), ranked into ``top``: a batch's
+    scores without the prior computed and ranked once, then for each setting only the users its prior weighs on
+    ranked again (the prior is added to their scores, as ``VersionScorer.score`` adds it); every row's time the
+    shared part's share plus its own."""
+    scorer = version_scorer(artifacts, models, rows[0]["model"])
+    k, relevant_at = int(plan["k"]), float(plan["relevant_at"])
+    own = [0.0] * len(rows)
+    shared = 0.0
+    at = 0
+    for segment, a, b in pieces:
+        split, times = data.segment(segment, relevant_at, int(plan.get("max_evaluated", 0)))
+        for start in range(a, b, BATCH_USERS):
+            started = time.perf_counter()
+            users = split.evaluated[start : min(b, start + BATCH_USERS)]
+            history = split.train[users]
+            base = scorer.score(history, times[users], serve={"prior": 0.0})  # (batch, n), kept: each setting adds
+            ranked = evaluate.top_k(base, history, k)
+            shared += time.perf_counter() - started
+            for i, row in enumerate(rows):
+                started = time.perf_counter()
+                light, priors = scorer.light(history, serve=row.get("serve"))
+                top[i, at : at + len(users)] = ranked
+                if len(light):
+                    scores = base[light] + priors[:, None] * scorer.popularity[None, :]
+                    top[i, at + light] = evaluate.top_k(scores, history[light], k, overwrite=True)
+                own[i] += time.perf_counter() - started
+            at += len(users)
+    return {row["name"]: round(shared / len(rows) + own[i], 4) for i, row in enumerate(rows)}
 
 
 def _with_model(row: dict[str, Any], trained: Mapping[str, str]) -> dict[str, Any]:

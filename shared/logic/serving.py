@@ -141,11 +141,19 @@ class VersionScorer:
                                   embeddings=self.embeddings, weight=self.weight, bias=self.bias,
                                   inner=self.inner, gram=self.gram)  # fmt: skip
         scores = np.asarray(queries @ self.embeddings.T, dtype=np.float32)
-        priors = profile.prior_weights(np.diff(ratings.indptr))
-        light = np.flatnonzero(priors > 0)
+        light, priors = self.light(ratings, serve=serve)
         if len(light):
-            scores[light] += priors[light, None] * self.popularity[None, :]
+            scores[light] += priors[:, None] * self.popularity[None, :]
         return scores
+
+    def light(self, ratings: sp.csr_matrix, *, serve: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The users of ``ratings`` (b, n) the popularity prior weighs on, and its weight for each: ``score``
+        adds weight x ``popularity`` to their rows of the scores without it (so a serve-time setting that
+        changes only the prior needs only those rows ranked again)."""
+        profile = replace(self.profile, **serve) if serve else self.profile
+        priors = profile.prior_weights(np.diff(ratings.tocsr().indptr))
+        light = np.flatnonzero(priors > 0)
+        return light, priors[light]
 
 
 SCORED_VERSIONS = 8

@@ -293,11 +293,12 @@ def _recall(hits: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
 
 
 def metrics(recommended: np.ndarray, split: Split, *, k: int = K) -> dict[str, float]:
-    """Recall, NDCG, HR, coverage and cold-start recall at k of ``recommended`` ((e, k) movie rows of the
-    evaluated users in order; -1 = nothing), with ``users`` (evaluated) and ``cold_users`` counted."""
+    """Recall, NDCG, HR, coverage, cold-start recall and cold share (the share of the answers' slots that hold
+    a movie nobody rated in the training part) at k of ``recommended`` ((e, k) movie rows of the evaluated users
+    in order; -1 = nothing), with ``users`` (evaluated) and ``cold_users`` counted."""
     e = len(split.evaluated)
     if e == 0:
-        zero = dict.fromkeys(("recall", "ndcg", "hr", "coverage", "cold_recall"), 0.0)
+        zero = dict.fromkeys(("recall", "ndcg", "hr", "coverage", "cold_recall", "cold_share"), 0.0)
         return {**zero, "users": 0, "cold_users": 0}
     rec = np.asarray(recommended, dtype=np.int64)[:, :k]  # (e, k)
     if rec.shape[0] != e:
@@ -321,6 +322,7 @@ def metrics(recommended: np.ndarray, split: Split, *, k: int = K) -> dict[str, f
         "hr": float(hits.any(axis=1).mean()),
         "coverage": len(distinct) / split.n_movies if split.n_movies else 0.0,
         "cold_recall": float(_recall(cold_hits[has_cold], n_cold[has_cold], k).mean()) if has_cold.any() else 0.0,
+        "cold_share": float((valid & split.cold[safe]).sum() / max(1, int(valid.sum()))),
         "users": e,
         "cold_users": int(has_cold.sum()),
     }

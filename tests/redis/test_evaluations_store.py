@@ -152,6 +152,50 @@ def test_a_shard_ranks_as_the_pure_functions_do_and_says_what_it_skipped(
     assert "GiB" in stats["skipped"]["EASE"] and np.all(top == -1) and not stats["seconds"]
 
 
+def test_a_model_s_serve_time_settings_scored_together_rank_as_each_alone(
+    svc: Services, source: dict[str, object]
+) -> None:
+    """A grid's light-user priors of one trained model share a cell: its scores made once, each setting's prior
+    added for the users it weighs on. The rankings are those of one cell per setting, bit for bit."""
+    from safetensors.numpy import save
+
+    derived = derive(svc.datasets, str(source["id"]), Protocol())
+    n = len(svc.artifacts.get_array(dataset_artifact(derived.training_dataset, "movie_ids")))
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(n, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    weights = {"proj.weight": rng.normal(size=(8, 4)).astype(np.float32), "proj.bias": np.zeros(8, np.float32)}
+    names = {part: f"test:m-serve/{part}" for part in ("weights", "embeddings", "input_embeddings")}
+    svc.artifacts.put_bytes(names["weights"], save(weights))
+    svc.artifacts.put_array(names["embeddings"], embeddings)
+    svc.artifacts.put_array(names["input_embeddings"], rng.normal(size=(n, 4)).astype(np.float32))
+    svc.models.put({"version": "m-serve", "dataset": derived.training_dataset, "artifacts": names,
+                    "config": {"architecture": "hybrid", "profile": "centred"}})  # fmt: skip
+    serves = [
+        {},
+        {"prior": 0.3, "prior_until": 10.0},
+        {"prior": 3.0, "prior_until": 30.0},
+        {"prior": 1.0, "prior_until": 500.0},
+    ]
+    rows = [{"name": f"hybrid {i}", "kind": "recipe", "family": "hybrid", "params": serve, "stage": "train:h",
+             "serve": serve} for i, serve in enumerate(serves)]  # fmt: skip
+    users = int(derived.summary["evaluated"])
+    segments = [
+        {"name": "all", "users": users},
+        {"name": "new-1", "users": int(derived.summary["new_user_slices"]["1"])},
+    ]
+    plan = {"training_dataset": derived.training_dataset, "relevant_at": 4.0, "k": 10, "seed": 3, "rows": rows,
+            "ease_max_bytes": 1 << 20, "chunk": 10**6, "segments": segments, "grid": True}  # fmt: skip
+    together, stats = score_shard(svc.artifacts, svc.models, {**plan, "groups": [[0, len(rows)]]}, 0, 1,
+                                  trained={"train:h": "m-serve"})  # fmt: skip
+    assert set(stats["seconds"]) == {row["name"] for row in rows}
+    alone = {**plan, "groups": [[i, i + 1] for i in range(len(rows))]}
+    for i in range(len(rows)):
+        top, _ = score_shard(svc.artifacts, svc.models, alone, i, i + 1, trained={"train:h": "m-serve"})
+        assert np.array_equal(top[0], together[i]), rows[i]["name"]
+    assert not np.array_equal(together[0], together[2])  # the prior changed someone's answer
+
+
 @pytest.mark.parametrize("family", ["item-kNN", "RP3beta", "iALS", "most-popular"])
 def test_a_test_scoring_fits_a_baseline_once_and_the_others_load_it(
     svc: Services, source: dict[str, object], family: str

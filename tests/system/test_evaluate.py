@@ -31,7 +31,7 @@ SAMPLE = "eval-sample"
 USERS = 120
 """The first users of ml-latest-small (by id), their ratings and the movies they rated: ~50 evaluated."""
 BASELINES = ["random", "most-popular", "item-kNN", "EASE", "RP3beta", "iALS"]
-METRICS = ("recall", "ndcg", "hr", "coverage", "cold_recall")
+METRICS = ("recall", "ndcg", "hr", "coverage", "cold_recall", "cold_share")
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,7 @@ def test_metrics_hand_computed() -> None:
     assert got["hr"] == pytest.approx(0.5)
     assert got["coverage"] == pytest.approx(0.8)
     assert got["cold_recall"] == pytest.approx(0.5)
+    assert got["cold_share"] == pytest.approx(1 / 6)  # movie 3 in one of the six slots
     assert (got["users"], got["cold_users"]) == (2, 2)
 
 
@@ -73,7 +74,7 @@ def test_metrics_more_relevant_than_k_and_padding() -> None:
     assert got["ndcg"] == pytest.approx(1 / (1 + 1 / math.log2(3)) / 2)
     assert got["hr"] == pytest.approx(0.5)
     assert got["coverage"] == pytest.approx(0.4)
-    assert (got["cold_recall"], got["cold_users"]) == (0.0, 0)
+    assert (got["cold_recall"], got["cold_users"], got["cold_share"]) == (0.0, 0, 0.0)
 
 
 def test_top_k_excludes_breaks_ties_low_and_pads() -> None:
@@ -242,4 +243,5 @@ def test_metrics_of_a_split_with_nobody_to_evaluate_are_zero() -> None:
     split = temporal_split(np.array([1, 1]), np.array([0, 1]), np.array([3.0, 2.0]), np.array([1, 2]), min_ratings=1)
     assert len(split.evaluated) == 0
     m = metrics(np.zeros((0, 10), dtype=np.int64), split)
-    assert m == dict.fromkeys(("recall", "ndcg", "hr", "coverage", "cold_recall"), 0.0) | {"users": 0, "cold_users": 0}
+    zero = dict.fromkeys(("recall", "ndcg", "hr", "coverage", "cold_recall", "cold_share"), 0.0)
+    assert m == zero | {"users": 0, "cold_users": 0}

@@ -155,7 +155,7 @@ def scored(ndcg: list[float], recall: list[float] | None = None) -> RowScores:
     values = np.array(ndcg)
     rec = np.array(recall if recall is not None else ndcg)
     m = {"recall": float(rec.mean()), "ndcg": float(values.mean()), "hr": 0.3, "coverage": 0.4, "cold_recall": 0.0,
-         "users": len(values), "cold_users": 1}  # fmt: skip
+         "cold_share": 0.0, "users": len(values), "cold_users": 1}  # fmt: skip
     return RowScores(m, values, rec)
 
 
@@ -212,7 +212,8 @@ def test_a_grid_lists_every_setting_with_those_that_share_a_build_in_one_shard()
     assert len({r["stage"] for r in hybrid}) == 4  # four trainings, each scored at every serve setting
     assert all(r["params"] == {**r["params"], **r["serve"]} for r in hybrid) and hybrid[0]["serve"] == {}
     groups = fit_groups(rows)
-    assert [b - a for a, b in groups] == [1, 4, 4, 4] + [1] * 7 + [1] * 4 * serve  # one shard per item-kNN shrink
+    # one shard per item-kNN shrink, and per trained hybrid setting (its serve-time settings scored together)
+    assert [b - a for a, b in groups] == [1, 4, 4, 4] + [1] * 7 + [serve] * 4
     assert groups[0][0] == 0 and groups[-1][1] == len(rows)
     assert all(a == b for (_, a), (b, _) in itertools.pairwise(groups))  # contiguous, in row order
     for a, b in groups[1:4]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from cli.evaluate import format_table
 
-METRICS = {"recall": 0.1, "ndcg": 0.09, "hr": 0.4, "coverage": 0.02, "cold_recall": 0.0}
+METRICS = {"recall": 0.1, "ndcg": 0.09, "hr": 0.4, "coverage": 0.02, "cold_recall": 0.0, "cold_share": 0.0}
 
 
 def row(name: str, family: str, *, skipped: str | None = None, grid: dict[str, float | None]) -> dict[str, Any]:
