@@ -16,14 +16,15 @@ def test_recommendations_have_a_queue_of_their_own_and_overtake_batch_work(
     assert app.amqp.router.route({}, "workers.cpu.mine_shard")["priority"] == BATCH_PRIORITY
     for i in range(3):
         app.send_task("workers.cpu.mine_shard", args=[f"job-{i}", {}, 0, 1, 1])
-    app.send_task("workers.cpu.pipeline_step", args=["p"], priority=SERVING_PRIORITY)
+    app.send_task("workers.cpu.build_index", args=["j", {}], priority=SERVING_PRIORITY)
     with app.connection_for_read() as conn:  # kombu's own consumer side, taking in the order a worker does
         queue = conn.SimpleQueue("cpu")
         taken = [queue.get(timeout=2) for _ in range(4)]
         for message in taken:
             message.ack()
         queue.close()
-    assert [m.headers["task"] for m in taken] == ["workers.cpu.pipeline_step"] + ["workers.cpu.mine_shard"] * 3
+    assert [m.headers["task"] for m in taken] == ["workers.cpu.build_index"] + ["workers.cpu.mine_shard"] * 3
+    assert app.amqp.router.route({}, "workers.cpu.pipeline_step")["queue"].name == "interactive"  # steps: never behind
 
 
 def test_queue_lengths_count_every_priority_step(settings: Settings, fresh_prefix: str) -> None:
