@@ -395,7 +395,8 @@ def objective(row: dict[str, Any], users: int) -> float | None:
     if row["ndcg"] is None:
         return None
     total, weight = float(row["ndcg"]) * users, users
-    for scored in (row.get("new_users") or {}).values():
+    slices = row.get("new_users") or {}
+    for _, scored in sorted(slices.items()):  # one order, however the table's JSON was stored
         if scored is not None and scored.get("users"):
             total, weight = total + float(scored["ndcg"]) * int(scored["users"]), weight + int(scored["users"])
     return total / weight if weight else None

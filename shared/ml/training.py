@@ -2,7 +2,7 @@
 
     train(vectors, triplets, config, device, ratings) ──┬─ "linear": shared/ml/siamese.py ``train_siamese``
                                                         │     (the notebook's network; imports torch)
-                                                        └─ "hybrid": shared/ml/hybrid.py ``train_hybrid``
+                                                        └─ "hybrid", "ials": shared/ml/hybrid.py ``train_hybrid``
                                                               (liked-space targets from ``ratings``, content tower)
 
 Both build on shared/ml/fitting.py (TrainConfig, TrainResult, the split, the metric, Adam, the epoch loop),
@@ -39,9 +39,9 @@ def train(
     runs on ``device``, by hand in numpy on the CPU unless ``autograd`` (see ``train_siamese``)."""
     if len(triplets) < 2:
         raise InvalidRequest("training needs at least 2 triplets")
-    if config.architecture == "hybrid":
+    if config.architecture in ("hybrid", "ials"):
         if ratings is None:
-            raise InvalidRequest("the hybrid architecture learns from ratings; none were given")
+            raise InvalidRequest(f"the {config.architecture} architecture learns from ratings; none were given")
         return train_hybrid(vectors, triplets, ratings, config, progress=progress)
     from shared.ml.siamese import train_siamese  # torch at import: only where a network is trained
 

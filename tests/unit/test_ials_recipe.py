@@ -83,3 +83,18 @@ def test_the_ials_recipe_names_its_options() -> None:
     options = recipe_options("ials", {"hidden_dim": 128})
     assert options["architecture"] == "ials" and options["hidden_dim"] == 128 and options["recipe"] == "ials"
     assert RECIPES["ials"].options["source"] == "ratings"  # the content tower learns from co-liked triplets
+
+
+def test_training_an_ials_config_trains_the_ials_model() -> None:
+    import torch
+
+    from shared.ml.training import train
+
+    ratings = ratings_matrix()
+    vectors = np.random.default_rng(2).normal(size=(ratings.shape[1], 12)).astype(np.float32)
+    triplets = np.array([[a, (a + 1) % 27, (a + 5) % 27] for a in range(27)] * 4)
+    config = TrainConfig(architecture="ials", hidden_dim=8, epochs=1, batch_size=16)
+    result = train(vectors, triplets, config, device=torch.device("cpu"), ratings=ratings)
+    assert "fold_in.gram" in result.state and result.warm == ratings.shape[1] - 3
+    with pytest.raises(InvalidRequest, match="ials architecture learns from ratings"):
+        train(vectors, triplets, config, device=torch.device("cpu"))
