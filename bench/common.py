@@ -57,9 +57,11 @@ def wait_job(api: str, job_id: str, *, timeout_s: float = 600) -> dict[str, Any]
     raise TimeoutError(f"job {job_id} unfinished after {timeout_s:.0f} s")
 
 
-def train_on(api: str, directory: str) -> dict[str, Any]:
-    """Run the hybrid pipeline on ``directory`` (a name under the stack's data root): its finished record."""
-    job = requests.post(f"{api}/v1/pipelines", json={"path": directory, "recipe": "hybrid"}, timeout=30).json()
+def train_on(api: str, directory: str, **options: Any) -> dict[str, Any]:
+    """Run a pipeline on ``directory`` (a name under the stack's data root), the hybrid recipe unless ``options``
+    name another (with any other pipeline option): its finished record."""
+    body = {"path": directory, "recipe": "hybrid", **options}
+    job = requests.post(f"{api}/v1/pipelines", json=body, timeout=30).json()
     state = wait_job(api, job["id"])
     assert state["status"] == "succeeded", state
     return state

@@ -1,11 +1,13 @@
 """Pipeline and serving benchmark: a fresh stack, the whole pipeline, then recommendations under load.
 
     python -m bench.serving [--seconds 15] [--clients 1,8,16] [--redis-fsync always,everysec]
+                            [--pipeline '{"recipe": "ials"}']
 
 For each ``--redis-fsync`` mode (the embedded Redis's appendfsync; ``always`` is what ``movierec up`` runs):
 
 1. A new ``movierec up`` stack (embedded Redis, API, a CPU worker with 2 processes, the GPU-queue worker)
-   and a new, empty Redis: the full pipeline on ml-latest-small, timed from POST /v1/pipelines to
+   and a new, empty Redis: the full pipeline on ml-latest-small (the hybrid recipe, or ``--pipeline``'s
+   options: another recipe, a light-user prior), timed from POST /v1/pipelines to
    ``succeeded`` (model loads included, nothing cached).
 2. For each count in ``--clients``, that many threads on this machine (``http.client``, one kept-alive
    connection each) post ``{"user_id": u}`` with ``?wait=30`` for ``--seconds`` (users drawn at random); every
@@ -77,20 +79,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", default="1,8,16", help="comma-separated client counts, one phase each")
     parser.add_argument("--redis-fsync", default="always", help="comma-separated: always, everysec")
+    parser.add_argument("--pipeline", default="{}", help='pipeline options as JSON, e.g. \'{"recipe": "ials"}\'')
     args = parser.parse_args()
     print(machine())
+    options = json.loads(args.pipeline)
     for mode in args.redis_fsync.split(","):
-        _run(mode, clients=[int(c) for c in args.clients.split(",")], seconds=args.seconds)
+        _run(mode, clients=[int(c) for c in args.clients.split(",")], seconds=args.seconds, options=options)
     return 0
 
 
-def _run(mode: str, *, clients: list[int], seconds: float) -> None:
-    print(f"# embedded Redis: appendfsync {mode}")
+def _run(mode: str, *, clients: list[int], seconds: float, options: dict[str, object]) -> None:
+    print(f"# embedded Redis: appendfsync {mode}; pipeline {json.dumps({'recipe': 'hybrid', **options})}")
     settings = Settings(key_prefix="bench", data_root=SMALL.parent, redis_fsync=mode)
     with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-serving-"))) as stack:
         api = stack.api_url
         start = time.perf_counter()
-        train_on(api, SMALL.name)
+        train_on(api, SMALL.name, **options)
         print(f"pipeline on ml-latest-small, fresh stack and Redis: {time.perf_counter() - start:.1f} s wall")
         warm(api)
         for n in clients:
