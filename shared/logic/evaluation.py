@@ -345,6 +345,7 @@ def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
     rows = table_rows(params, state)
     grid = bool(params.get("grid"))
     max_evaluated = 0 if grid else protocol.max_evaluated
+    scored = segments(split, max_evaluated)
     return {
         "dataset": split["dataset"],
         "training_dataset": split["training_dataset"],
@@ -355,9 +356,12 @@ def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
         "rows": rows,
         "grid": grid,
         "groups": fit_groups(rows),
-        "segments": segments(split, max_evaluated),
+        "segments": scored,
         "max_evaluated": max_evaluated,
-        "chunk": max(1, int(split["evaluated"])) if grid else int(params.get("shard_users", DEFAULT_SHARD_USERS)),
+        # a grid's cell is a group of settings by every user of every segment: each cell fits its own settings
+        "chunk": max(1, sum(int(s["users"]) for s in scored))
+        if grid
+        else int(params.get("shard_users", DEFAULT_SHARD_USERS)),
     }
 
 

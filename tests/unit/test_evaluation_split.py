@@ -14,6 +14,7 @@ import pytest
 from shared.jobs.sharded import ranges
 from shared.logic.evaluation import (
     EvaluationState,
+    _scoring,
     build_table,
     choose,
     fit_groups,
@@ -22,7 +23,7 @@ from shared.logic.evaluation import (
     stages,
     table_rows,
 )
-from shared.logic.scoring import RowScores, cut, ratings_matrix
+from shared.logic.scoring import RowScores, cut, plan_items, ratings_matrix
 from shared.ml import splits
 from shared.ml.protocol import Protocol, training_dataset_id
 from shared.ml.recipes import SERVE_GRIDS
@@ -211,6 +212,10 @@ def test_a_grid_lists_every_setting_with_those_that_share_a_build_in_one_shard()
     hybrid = [r for r in rows if r["family"] == "hybrid"]
     assert len({r["stage"] for r in hybrid}) == 4  # four trainings, each scored at every serve setting
     assert all(r["params"] == {**r["params"], **r["serve"]} for r in hybrid) and hybrid[0]["serve"] == {}
+    split = {"dataset": "d", "training_dataset": "t", "evaluated": 11, "new_user_slices": {"1": 66, "3": 66, "10": 0}}
+    plan = _scoring(params, EvaluationState(results={**state.results, "split": split}))
+    assert [s["name"] for s in plan["segments"]] == ["all", "new-1", "new-3"]
+    assert plan_items(plan) == len(fit_groups(rows))  # one cell per group: every user of every segment at once
     groups = fit_groups(rows)
     # one shard per item-kNN shrink, and per trained hybrid setting (its serve-time settings scored together)
     assert [b - a for a, b in groups] == [1, 4, 4, 4] + [1] * 7 + [serve] * 4
