@@ -185,6 +185,8 @@ def run_worker(
             argv.append(f"--concurrency={concurrency}")
         processes = concurrency or os.cpu_count() or 1
         threads = max(1, (os.cpu_count() or 1) // processes)
+        if queues == [INTERACTIVE_QUEUE]:  # one query at a time: a BLAS pool there only spins beside the API
+            threads = 1
 
         def limit_threads(**_: Any) -> None:
             # N prefork children each running a BLAS (or torch's own pool) with all cores would oversubscribe the

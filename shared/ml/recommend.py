@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -354,12 +354,10 @@ def fold_in(
     whatever its value): x_u = (G + reg I + alpha Y_u^T Y_u)^-1 (1 + alpha) Y_u^T 1, ``gram`` G = Y^T Y over the
     rated movies (Hu, Koren, Volinsky 2008; the evaluation's iALS baseline folds users in the same way). One
     user at a time, in float64, so a user's factors never depend on who shares their batch."""
-    from threadpoolctl import threadpool_limits
-
     f = gram.shape[0]
     base = gram.astype(np.float64) + regularization * np.eye(f)
     out = np.zeros((len(indptr) - 1, f), dtype=np.float32)
-    with threadpool_limits(1, user_api="blas"):  # f x f: too small for threads, and the same bits in any process
+    with blas().limit(limits=1, user_api="blas"):  # f x f: too small for threads, and the same bits in any process
         for i, (lo, hi) in enumerate(zip(indptr[:-1].tolist(), indptr[1:].tolist(), strict=True)):
             if hi == lo:
                 continue
@@ -367,6 +365,15 @@ def fold_in(
             a = base + alpha * (rated.T @ rated)
             out[i] = np.linalg.solve(a, (1.0 + alpha) * rated.sum(axis=0))
     return out
+
+
+@cache
+def blas() -> Any:
+    """This process's BLAS libraries, found once: ``threadpool_limits`` looks for them on every call (reading
+    /proc/self/maps, 0.35 ms: most of an ials answer's time)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def inner_layers(state: dict[str, np.ndarray]) -> Layers:
