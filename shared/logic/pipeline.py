@@ -34,7 +34,7 @@ from typing import Any
 
 from celery import Celery
 
-from shared.jobs.store import JobStore
+from shared.jobs.store import Job, JobStore
 from shared.jobs.submit import submit
 from shared.logic.evaluation import choose
 from shared.logic.mining import DEFAULT_SEED, DEFAULT_SHARD_SIZE
@@ -187,6 +187,29 @@ FALLBACK_CODES = ("data_error", "conflict")
 validation (nobody to evaluate; no timestamps). Any other failure fails the pipeline."""
 
 
+class StageFailed(Exception):
+    """A stage's job did not give the pipeline what it needs: why, in the words of the pipeline's failure."""
+
+
+def stage_result(stage: str, child: Job | None, child_id: str) -> Any:
+    """What a finished stage leaves the pipeline: its job's result; for ``choose``, the choice (``choice_of``), or
+    ``FALLBACK_RECIPE`` when the dataset could not be split for validation. ``StageFailed`` otherwise."""
+    if child is None:
+        raise StageFailed("its job expired")
+    error = child.error or {}
+    if child.status == "succeeded" and stage == "choose":
+        try:
+            return choice_of(child.result or {}, child_id)
+        except ValueError as why:  # every candidate skipped on validation
+            raise StageFailed(str(why)) from None
+    if child.status == "succeeded":
+        return child.result
+    if stage == "choose" and error.get("code") in FALLBACK_CODES:
+        reason = f"no validation split: {error.get('message', child.status)}; trained {FALLBACK_RECIPE}"
+        return {"recipe": FALLBACK_RECIPE, "setting": {}, "job": child_id, "why": reason}
+    raise StageFailed(str(error.get("message", child.status)))
+
+
 def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
     """One step: start the pipeline, or look at its current stage's job and start the next, finish or fail.
 
@@ -204,14 +227,10 @@ def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
         child = svc.jobs.get(child_id)
         if child is not None and not child.finished:
             return  # not finished yet: a later notification moves it on
-        if child is not None and child.status == "succeeded":
-            state.results[stage] = choice_of(child.result or {}, child_id) if stage == "choose" else child.result
-        elif stage == "choose" and child is not None and (child.error or {}).get("code") in FALLBACK_CODES:
-            why = f"no validation split: {(child.error or {}).get('message', child.status)}; trained {FALLBACK_RECIPE}"
-            state.results[stage] = {"recipe": FALLBACK_RECIPE, "setting": {}, "job": child_id, "why": why}
-        else:
-            reason = (child.error or {}).get("message", child.status) if child is not None else "its job expired"
-            svc.jobs.fail(pipeline_id, code="stage_failed", message=f"stage {stage} failed: {reason}",
+        try:
+            state.results[stage] = stage_result(stage, child, child_id)
+        except StageFailed as failed:
+            svc.jobs.fail(pipeline_id, code="stage_failed", message=f"stage {stage} failed: {failed}",
                           details={"stage": stage, "job": child_id})  # fmt: skip
             return
         state.stage += 1

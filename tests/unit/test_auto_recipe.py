@@ -57,3 +57,36 @@ def test_the_winner_and_its_setting_become_the_pipeline_s_options() -> None:
     assert named["architecture"] == "linear"
     with pytest.raises(ValueError, match="no recipe could be scored"):
         choice_of({"users": 1, "rows": []}, "job-2")
+
+
+def test_a_finished_stage_leaves_its_result_or_the_fallback_or_a_reason() -> None:
+    from shared.jobs.store import Job
+    from shared.logic.pipeline import StageFailed, stage_result
+    from shared.ml.recipes import FALLBACK_RECIPE
+
+    def job(status: str, *, result: Any = None, code: str = "", message: str = "") -> Job:
+        error = {"code": code, "message": message} if code else None
+        return Job(
+            id="c",
+            kind="evaluate",
+            status=status,
+            progress=1.0,
+            stage=None,
+            message=None,
+            created_at="t",
+            started_at="t",
+            finished_at="t",
+            error=error,
+            params={},
+            result=result,
+        )  # type: ignore[arg-type]
+
+    assert stage_result("mine", job("succeeded", result={"triplets": "t"}), "c") == {"triplets": "t"}
+    fallback = stage_result("choose", job("failed", code="data_error", message="nobody to evaluate in ds"), "c")
+    assert fallback["recipe"] == FALLBACK_RECIPE and fallback["why"].startswith("no validation split: nobody")
+    with pytest.raises(StageFailed, match="shard 4-5 failed"):
+        stage_result("choose", job("failed", code="internal_error", message="shard 4-5 failed"), "c")
+    with pytest.raises(StageFailed, match="no recipe could be scored"):
+        stage_result("choose", job("succeeded", result={"users": 3, "rows": []}), "c")
+    with pytest.raises(StageFailed, match="its job expired"):
+        stage_result("train", None, "c")
