@@ -79,7 +79,7 @@ def test_a_finished_stage_leaves_its_result_or_the_fallback_or_a_reason() -> Non
             error=error,
             params={},
             result=result,
-        )  # type: ignore[arg-type]
+        )
 
     assert stage_result("mine", job("succeeded", result={"triplets": "t"}), "c") == {"triplets": "t"}
     fallback = stage_result("choose", job("failed", code="data_error", message="nobody to evaluate in ds"), "c")
