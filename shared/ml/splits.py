@@ -15,9 +15,10 @@ The rules:
 - **The new-user cohort**: a share ``new_user_share`` of the kept users, drawn by a hash of the user id (the
   same users whatever the dataset's order or size), removed before training: every rating of theirs is
   NEW_USER. The evaluation brings them back as new users (``NewUsers``).
-- **At most ``max_users``** of the other kept users (0: all), drawn by another hash; the rest are DROPPED. A
-  validation split at scale samples its users so (``Protocol.validation``): every setting of every grid is
-  fitted on the sample's training part and scored on its validation part.
+- **At most ``max_users``** of the other kept users (0: all), drawn by another hash; the rest are DROPPED, and
+  so are the cohort's users beyond max_users x share / (1 - share), so that the cohort keeps its proportion to
+  them. A validation split at scale samples its users so (``Protocol.validation``): every setting of every
+  grid is fitted on the sample's training part and scored on its validation part and its cohort.
 - **kind "temporal"** (per user): each other kept user's ratings sorted by time (ties in input order); the first
   round(train_fraction n) are TRAIN, the rest TEST; the user's cut is the time of their first TEST rating.
 - **kind "global"** (one cut time for everyone, what a deployed model faces): the kept users' ratings sorted by
@@ -121,9 +122,9 @@ def assign(
     cohort = kept & in_cohort(user_values, new_user_share, cohort_from)
     regular = kept & ~cohort
     if 0 < max_users < int(regular.sum()):  # a hashed sample of them: the max_users lowest draws
-        draw = np.where(regular, hashed(user_values, SAMPLE_SALT), np.inf)
-        regular = np.zeros_like(regular)
-        regular[np.argsort(draw, kind="stable")[:max_users]] = True
+        regular = _lowest_draws(user_values, regular, max_users)
+        # ... and of the cohort, in the same proportion to them as the share asks for
+        cohort = _lowest_draws(user_values, cohort, round(max_users * new_user_share / (1.0 - new_user_share)))
     if kind == "temporal":
         early = _temporal_early(order, starts, counts, train_fraction)
     else:  # the ratings of kept users, cohort included, fix the test period
@@ -145,6 +146,16 @@ def assign(
         cut_times = np.full(len(cut_users), cut_time, dtype=np.int64)
     new_in_test = int((regular & ~has_train).sum())
     return Parts(label=label, cut_users=cut_users, cut_times=cut_times.astype(np.int64), new_in_test=new_in_test)
+
+
+def _lowest_draws(user_values: np.ndarray, among: np.ndarray, at_most: int) -> np.ndarray:
+    """(u,) bool: the ``at_most`` users of ``among`` with the lowest ``SAMPLE_SALT`` draws (all of them if fewer)."""
+    if int(among.sum()) <= at_most:
+        return among
+    draw = np.where(among, hashed(user_values, SAMPLE_SALT), np.inf)
+    out = np.zeros_like(among)
+    out[np.argsort(draw, kind="stable")[:at_most]] = True
+    return out
 
 
 def _temporal_early(order: np.ndarray, starts: np.ndarray, counts: np.ndarray, train_fraction: float) -> np.ndarray:

@@ -146,3 +146,16 @@ def test_max_users_keeps_a_hashed_sample_of_the_training_users(kind: str) -> Non
     assert np.array_equal(sample.label[inside], whole.label[inside])
     if kind == "global":
         assert np.array_equal(np.unique(sample.cut_times), np.unique(whole.cut_times))  # the same test period
+
+
+def test_a_sampled_split_keeps_its_cohort_in_proportion() -> None:
+    """At scale a validation split samples 10,000 training users; its cohort, drawn from all of them, would be
+    15 % of hundreds of thousands. It keeps max_users x share / (1 - share) of them, by a hash draw."""
+    user, _, _, ts = ratings(seed=5, users=900)
+    whole = splits.assign(user, ts, min_ratings=1, new_user_share=0.2)
+    sample = splits.assign(user, ts, min_ratings=1, new_user_share=0.2, max_users=100)
+    held = np.unique(user[sample.label == splits.NEW_USER])
+    assert len(held) == round(100 * 0.2 / 0.8) and set(held) <= set(user[whole.label == splits.NEW_USER])
+    assert len(sample.cut_users) == 100
+    assert np.array_equal(held, np.unique(user[splits.assign(user, ts, min_ratings=1, new_user_share=0.2,
+                                                              max_users=100).label == splits.NEW_USER]))  # fmt: skip
