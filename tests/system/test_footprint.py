@@ -56,7 +56,8 @@ def settle(client: redis.Redis, prefix: str, baseline: dict[str, int] | None, *,
 def test_keys_and_memory_return_to_baseline_after_results_expire(chaos_stack: Stack, chaos_settings: Settings) -> None:
     svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
     prefix, api, r = chaos_settings.key_prefix, chaos_stack.api_url, svc.redis
-    pipeline = submit(celery, svc.jobs, kind="pipeline", params={"path": "ml-latest-small"})
+    # A named recipe: auto's choosing job reads its children's results, which a 3-second result TTL expires.
+    pipeline = submit(celery, svc.jobs, kind="pipeline", params={"path": "ml-latest-small", "recipe": "hybrid"})
     done = wait_job(lambda: svc.jobs.get(pipeline.id), timeout_s=240)
     assert done is not None and done.status == "succeeded", done
     # Baseline: what stays (the dataset, the triplets, the model and its index, caches, Celery's bindings).
