@@ -152,6 +152,21 @@ def _knob(name: str, *, real: bool = False) -> Integer | Float:
     return Integer(validate=Range(int(low), int(high)), metadata=desc)
 
 
+REAL_KNOBS = {
+    "prior": "weight of the popularity prior for a user with no rating (light users); 0: off",
+    "prior_until": "ratings at which the popularity prior has shrunk to nothing",
+    "regularization": "ials: the factorisation's L2 weight (default 1)",
+    "alpha": "ials: a rated pair's confidence is 1 + alpha (default 1)",
+}
+"""What the train and pipeline bodies say of the serve-time and ials options they both take."""
+
+
+def _real(name: str, *, above_low: bool = False) -> Float:
+    """A float option within its ``LIMITS`` (above the lower one when ``above_low``), described once."""
+    low, high = LIMITS[name]
+    return Float(validate=Range(low, high, min_inclusive=not above_low), metadata={"description": REAL_KNOBS[name]})
+
+
 class TrainIn(BodySchema):
     dataset = String(required=True, validate=Length(1, 64))
     triplets = String(
@@ -172,22 +187,10 @@ class TrainIn(BodySchema):
     liked_at = Float(validate=Range(0.5, 5.0), metadata={"description": "hybrid: a rating at least this is a like"})
     profile = String(validate=OneOf(PROFILES), metadata={"description": "user profile: rating (default), centred"})
     recency_days = _knob("recency_days", real=False)
-    prior = Float(
-        validate=Range(*LIMITS["prior"]),
-        metadata={"description": "weight of the popularity prior for a user with no rating (light users); 0: off"},
-    )
-    prior_until = Float(
-        validate=Range(*LIMITS["prior_until"]),
-        metadata={"description": "ratings at which the popularity prior has shrunk to nothing"},
-    )
-    regularization = Float(
-        validate=Range(*LIMITS["regularization"], min_inclusive=False),
-        metadata={"description": "ials: the factorisation's L2 weight (default 1)"},
-    )
-    alpha = Float(
-        validate=Range(*LIMITS["alpha"]),
-        metadata={"description": "ials: a rated pair's confidence is 1 + alpha (default 1)"},
-    )
+    prior = _real("prior")
+    prior_until = _real("prior_until")
+    regularization = _real("regularization", above_low=True)
+    alpha = _real("alpha")
     layers = Integer(validate=Range(1, 4), metadata={"description": "linear: 1 (the notebook) to 4 layers"})
     dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})
 
@@ -440,22 +443,10 @@ class PipelineIn(BodySchema):
     architecture = String(validate=OneOf(ARCHITECTURES))
     profile = String(validate=OneOf(PROFILES))
     recency_days = _knob("recency_days", real=False)
-    prior = Float(
-        validate=Range(*LIMITS["prior"]),
-        metadata={"description": "weight of the popularity prior for a user with no rating (light users); 0: off"},
-    )
-    prior_until = Float(
-        validate=Range(*LIMITS["prior_until"]),
-        metadata={"description": "ratings at which the popularity prior has shrunk to nothing"},
-    )
-    regularization = Float(
-        validate=Range(*LIMITS["regularization"], min_inclusive=False),
-        metadata={"description": "ials: the factorisation's L2 weight (default 1)"},
-    )
-    alpha = Float(
-        validate=Range(*LIMITS["alpha"]),
-        metadata={"description": "ials: a rated pair's confidence is 1 + alpha (default 1)"},
-    )
+    prior = _real("prior")
+    prior_until = _real("prior_until")
+    regularization = _real("regularization", above_low=True)
+    alpha = _real("alpha")
     layers = Integer(validate=Range(1, 4), metadata={"description": "linear: 1 (the notebook) to 4 layers"})
     dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})
     epochs = _knob("epochs")
