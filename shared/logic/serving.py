@@ -170,14 +170,20 @@ def version_scorer(artifacts: ArtifactStore, models: ModelStore, version: str) -
         raise NotFound(f"model {version!r} does not exist")
     weights = load(artifacts.get_bytes(record["artifacts"]["weights"]))
     embeddings = artifacts.get_array(record["artifacts"]["embeddings"])
-    rated = artifacts.get_array(dataset_artifact(record["dataset"], "ratings_movie"))
     return VersionScorer(
         profile=Profile.of(record.get("config", {})),
         raw=artifacts.get_array(record["artifacts"]["input_embeddings"]),
         embeddings=embeddings,
-        popularity=popularity_prior(rated, len(embeddings)),
+        popularity=dataset_popularity(artifacts, record["dataset"], len(embeddings)),
         **network(weights),
     )
+
+
+@per_process(maxsize=SCORED_VERSIONS)
+def dataset_popularity(artifacts: ArtifactStore, dataset: str, n: int) -> np.ndarray:
+    """A dataset's popularity prior (``popularity_prior``), once per process: a validation grid's models share
+    one training dataset, and its ratings (27M at the notebook's scale) are read once, not once per model."""
+    return popularity_prior(artifacts.get_array(dataset_artifact(dataset, "ratings_movie")), n)
 
 
 class Catalogued(Protocol):
