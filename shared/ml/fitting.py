@@ -40,7 +40,7 @@ LIMITS: dict[str, tuple[float, float]] = {
 """Accepted range of each hyper-parameter (inclusive; margin and lr must be above their lower bound)."""
 
 
-ARCHITECTURES = ("linear", "hybrid", "ials")
+ARCHITECTURES = ("linear", "hybrid", "ials", "sequence")
 PROFILES = ("rating", "centred")
 
 ADAM_BETAS = (0.9, 0.999)
@@ -58,7 +58,8 @@ class TrainConfig:
     test_fraction: float = 0.1
     seed: int = 42
     architecture: str = "linear"
-    """"linear" (the notebook's one layer, shared/ml/siamese.py) or "hybrid" (shared/ml/hybrid.py)"""
+    """"linear" (the notebook's one layer, shared/ml/siamese.py), "hybrid" or "ials" (shared/ml/hybrid.py), or
+    "sequence" (a self-attentive model over each user's time-ordered ratings, shared/ml/sequence.py)"""
     liked_at: float = 3.5
     """The hybrid's per-movie embedding: a rating at or above this is a like."""
     profile: str = "rating"
@@ -74,9 +75,10 @@ class TrainConfig:
     alpha: float = 1.0
     """"ials": a rated pair's confidence is 1 + alpha (an unrated one's 1)."""
     layers: int = 1
-    """The linear architecture's depth: 1 is the notebook's; more adds inner ReLU layers (siamese ``build_net``)."""
+    """The linear architecture's depth: 1 is the notebook's; more adds inner ReLU layers (siamese ``build_net``).
+    "sequence": its self-attention blocks."""
     dropout: float = 0.0
-    """Dropout after each inner layer, while training."""
+    """Dropout after each inner layer (each block's sublayers for "sequence"), while training."""
 
     def __post_init__(self) -> None:
         for name, (low, high) in LIMITS.items():
