@@ -155,6 +155,8 @@ def _knob(name: str, *, real: bool = False) -> Integer | Float:
 REAL_KNOBS = {
     "prior": "weight of the popularity prior for a user with no rating (light users); 0: off",
     "prior_until": "ratings at which the popularity prior has shrunk to nothing",
+    "cold_boost": "a movie nobody rated gets this share of the query's length x a movie vector's added to its "
+    "score; 0: off",
     "regularization": "ials: the factorisation's L2 weight (default 1)",
     "alpha": "ials: a rated pair's confidence is 1 + alpha (default 1)",
 }
@@ -183,16 +185,25 @@ class TrainIn(BodySchema):
         metadata={"description": "encoder; default from settings", "pattern": RELATIVE_PATH},
     )
     pooling = String(validate=OneOf(POOLINGS))
-    architecture = String(validate=OneOf(ARCHITECTURES), metadata={"description": "linear (default), hybrid or ials"})
+    architecture = String(
+        validate=OneOf(ARCHITECTURES), metadata={"description": "linear (default), hybrid, ials or sequence"}
+    )
     liked_at = Float(validate=Range(0.5, 5.0), metadata={"description": "hybrid: a rating at least this is a like"})
     profile = String(validate=OneOf(PROFILES), metadata={"description": "user profile: rating (default), centred"})
     recency_days = _knob("recency_days", real=False)
     prior = _real("prior")
     prior_until = _real("prior_until")
+    cold_boost = _real("cold_boost")
     regularization = _real("regularization", above_low=True)
     alpha = _real("alpha")
-    layers = Integer(validate=Range(1, 4), metadata={"description": "linear: 1 (the notebook) to 4 layers"})
-    dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})
+    layers = Integer(
+        validate=Range(1, 4),
+        metadata={"description": "linear: 1 (the notebook) to 4 layers; sequence: its self-attention blocks"},
+    )
+    dropout = Float(
+        validate=Range(0.0, 0.9),
+        metadata={"description": "after each inner layer (sequence: each block's sublayers), training only"},
+    )
 
 
 class IndexIn(BodySchema):
@@ -445,10 +456,17 @@ class PipelineIn(BodySchema):
     recency_days = _knob("recency_days", real=False)
     prior = _real("prior")
     prior_until = _real("prior_until")
+    cold_boost = _real("cold_boost")
     regularization = _real("regularization", above_low=True)
     alpha = _real("alpha")
-    layers = Integer(validate=Range(1, 4), metadata={"description": "linear: 1 (the notebook) to 4 layers"})
-    dropout = Float(validate=Range(0.0, 0.9), metadata={"description": "after each inner layer, training only"})
+    layers = Integer(
+        validate=Range(1, 4),
+        metadata={"description": "linear: 1 (the notebook) to 4 layers; sequence: its self-attention blocks"},
+    )
+    dropout = Float(
+        validate=Range(0.0, 0.9),
+        metadata={"description": "after each inner layer (sequence: each block's sublayers), training only"},
+    )
     epochs = _knob("epochs")
     hidden_dim = _knob("hidden_dim")
     margin = _knob("margin", real=True)

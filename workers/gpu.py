@@ -123,5 +123,5 @@ def train_model(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 
 _TRAIN_KNOBS = (
     "epochs", "hidden_dim", "margin", "lr", "batch_size", "seed", "architecture", "liked_at", "profile", "recency_days",
-    "prior", "prior_until", "regularization", "alpha", "layers", "dropout",
+    "prior", "prior_until", "cold_boost", "regularization", "alpha", "layers", "dropout",
 )  # fmt: skip

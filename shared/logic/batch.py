@@ -83,7 +83,7 @@ def answer_part(
     users = svc.artifacts.get_array(batch_result(job_id, "user_ids"))[lo:hi]
     model = shard_model(svc.artifacts, svc.models, params["model"])
     dataset = model.record["dataset"]
-    timed = model.profile.recency_days > 0
+    timed = model.profile.timed
     stored = stored_ratings(svc.artifacts, dataset, timestamps=timed)
     rows, stats = answer_users(
         model, users, stored=stored, popular=lambda: popular(svc.artifacts, dataset, len(model.movie_ids), timed),
@@ -107,7 +107,7 @@ def shard_model(artifacts: ArtifactStore, models: ModelStore, version: str) -> S
     embeddings = artifacts.get_array(record["artifacts"]["embeddings"])
     profile = Profile.of(record.get("config", {}))
     hybrid = profile.item_space
-    rated = stored_ratings(artifacts, record["dataset"], timestamps=profile.recency_days > 0).movie
+    rated = stored_ratings(artifacts, record["dataset"], timestamps=profile.timed).movie
     raw = artifacts.get_array(record["artifacts"]["input_embeddings"]) if not hybrid else None
     return ShardModel(
         record=record,

@@ -99,7 +99,7 @@ def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> S
 
 TRAIN_OPTIONS = (
     "epochs", "hidden_dim", "margin", "lr", "batch_size", "model", "pooling", "architecture", "liked_at", "profile",
-    "recency_days", "prior", "prior_until", "regularization", "alpha", "seed", "layers", "dropout",
+    "recency_days", "prior", "prior_until", "cold_boost", "regularization", "alpha", "seed", "layers", "dropout",
 )  # fmt: skip
 """Pipeline options the train stage takes (a recipe's and the client's)."""
 

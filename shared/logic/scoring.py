@@ -50,7 +50,7 @@ from shared.infra.process import per_process
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.jobs.sharded import Deferred
 from shared.logic.descriptors import CutDescriptors, descriptors_before
-from shared.logic.serving import version_scorer
+from shared.logic.serving import VersionScorer, version_scorer
 from shared.ml import baselines, evaluate, intervals, splits
 from shared.ml.protocol import BASELINES, Protocol, training_dataset_id
 from shared.store.artifacts import ArtifactStore
@@ -582,9 +582,10 @@ def _score_settings(
     rows: list[dict[str, Any]], pieces: list[tuple[str, int, int]], top: np.ndarray,
 ) -> dict[str, float]:  # fmt: skip
     """Rows of one trained model at several serve-time settings (``row["serve"]``), ranked into ``top``: a batch's
-    scores without the prior computed and ranked once, then for each setting only the users its prior weighs on
-    ranked again (the prior is added to their scores, as ``VersionScorer.score`` adds it); every row's time the
-    shared part's share plus its own."""
+    scores without the prior or a cold bonus computed and ranked once; for each cold boost of the settings the
+    cold movies' columns raised (``VersionScorer.raise_cold``), ranked once more, and put back after; then for
+    each setting only the users its prior weighs on ranked again (the prior added to their scores, as
+    ``VersionScorer.score`` adds it). Every row's time is the shared part's share plus its own."""
     scorer = version_scorer(artifacts, models, rows[0]["model"])
     k, relevant_at = int(plan["k"]), float(plan["relevant_at"])
     own = [0.0] * len(rows)
@@ -596,19 +597,37 @@ def _score_settings(
             started = time.perf_counter()
             users = split.evaluated[start : min(b, start + BATCH_USERS)]
             history = split.train[users]
-            base = scorer.score(history, times[users], serve={"prior": 0.0})  # (batch, n), kept: each setting adds
+            queries = scorer.queries(history, times[users])
+            base = scorer.score(history, None, serve={"prior": 0.0, "cold_boost": 0.0}, queries=queries)  # kept
             ranked = evaluate.top_k(base, history, k)
             shared += time.perf_counter() - started
-            for i, row in enumerate(rows):
+            for boost, members in _by_cold_boost(scorer, rows).items():
                 started = time.perf_counter()
-                light, priors = scorer.light(history, serve=row.get("serve"))
-                top[i, at : at + len(users)] = ranked
-                if len(light):
-                    scores = base[light] + priors[:, None] * scorer.popularity[None, :]
-                    top[i, at + light] = evaluate.top_k(scores, history[light], k, overwrite=True)
-                own[i] += time.perf_counter() - started
+                saved = base[:, scorer.cold].copy() if boost > 0 else None
+                scorer.raise_cold(base, queries, boost)  # (in place: put back below)
+                boosted = evaluate.top_k(base, history, k) if saved is not None else ranked
+                own[members[0]] += time.perf_counter() - started
+                for i in members:
+                    started = time.perf_counter()
+                    light, priors = scorer.light(history, serve=rows[i].get("serve"))
+                    top[i, at : at + len(users)] = boosted
+                    if len(light):
+                        scores = base[light] + priors[:, None] * scorer.popularity[None, :]
+                        top[i, at + light] = evaluate.top_k(scores, history[light], k, overwrite=True)
+                    own[i] += time.perf_counter() - started
+                if saved is not None:
+                    base[:, scorer.cold] = saved
             at += len(users)
     return {row["name"]: round(shared / len(rows) + own[i], 4) for i, row in enumerate(rows)}
+
+
+def _by_cold_boost(scorer: VersionScorer, rows: list[dict[str, Any]]) -> dict[float, list[int]]:
+    """The rows' positions by the cold boost each setting serves with (0 where the model has no cold movie)."""
+    groups: dict[float, list[int]] = {}
+    for i, row in enumerate(rows):
+        boost = float((row.get("serve") or {}).get("cold_boost", scorer.profile.cold_boost))
+        groups.setdefault(boost if scorer.cold.any() else 0.0, []).append(i)
+    return groups
 
 
 def _with_model(row: dict[str, Any], trained: Mapping[str, str]) -> dict[str, Any]:

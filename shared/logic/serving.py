@@ -16,6 +16,7 @@ change, and neither does the index it was loaded with (a rebuilt index is seen b
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -31,12 +32,15 @@ from shared.ml.recommend import (
     Profile,
     ServingModel,
     UserRatings,
+    cold_bonus,
     inner_layers,
     popularity_prior,
     profile_queries,
     profile_weights,
     recommend,
+    vector_scale,
 )
+from shared.ml.sequence import SequenceNet
 from shared.store.artifacts import ArtifactStore
 from shared.store.datasets import load_ratings
 from shared.store.models import ModelStore
@@ -49,13 +53,14 @@ SERVED_VERSIONS = 2
 
 
 def network(state: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The trained network's arrays as ServingModel and VersionScorer take them: weight, bias, inner layers, and
-    an ials model's Y^T Y (its users' fold-in)."""
+    """The trained network's arrays as ServingModel and VersionScorer take them: weight, bias, inner layers, an
+    ials model's Y^T Y (its users' fold-in) and a sequence model's network (its users' queries)."""
     return {
         "weight": state["proj.weight"].astype(np.float32),
         "bias": state["proj.bias"].astype(np.float32),
         "inner": inner_layers(state),
         "gram": state["fold_in.gram"].astype(np.float64) if "fold_in.gram" in state else None,
+        "sequence": SequenceNet.from_state(state),
     }
 
 
@@ -75,7 +80,7 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
     vocabulary = artifacts.get_json(part("vocabulary"))
     indptr, indices = artifacts.get_array(part("desc_indptr")), artifacts.get_array(part("desc_indices"))
     profile = Profile.of(record.get("config", {}))
-    ratings = load_ratings(artifacts, record["dataset"], timestamps=profile.recency_days > 0)
+    ratings = load_ratings(artifacts, record["dataset"], timestamps=profile.timed)
     index = load_index(artifacts, record).with_ties(np.bincount(ratings.movie_index, minlength=len(indptr) - 1))
     return ServingModel(
         version=version,
@@ -125,26 +130,50 @@ class VersionScorer:
     popularity: np.ndarray  # (n,) the popularity prior of the model's dataset (``popularity_prior``)
     inner: Layers = ()
     gram: np.ndarray | None = None
+    sequence: SequenceNet | None = None
 
     def score(
-        self, ratings: sp.csr_matrix, timestamps: sp.csr_matrix | None, *, serve: dict[str, Any] | None = None
-    ) -> np.ndarray:
+        self, ratings: sp.csr_matrix, timestamps: sp.csr_matrix | None, *, serve: dict[str, Any] | None = None,
+        queries: np.ndarray | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """(b, n) float32 cosine of each user's query (from ``ratings`` (b, n), their training part) to every
-        movie, plus a light user's popularity prior (``Profile.prior_weights``); excluding what they rated is
-        the caller's. ``serve``: serve-time options over the model's own (``prior``, ``prior_until``): a
-        validation grid's settings of them score one trained model."""
+        movie, plus a cold movie's bonus (``cold_bonus``) and a light user's popularity prior
+        (``Profile.prior_weights``); excluding what they rated is the caller's. ``serve``: serve-time options over
+        the model's own (``prior``, ``prior_until``, ``cold_boost``): a validation grid's settings of them score
+        one trained model. ``queries``: the users' ``queries``, when the caller has them already."""
         profile = replace(self.profile, **serve) if serve else self.profile
-        ratings = ratings.tocsr()
-        times = timestamps.tocsr().data if timestamps is not None else None
-        weights = profile_weights(ratings.indptr, ratings.data, times, profile)
-        queries = profile_queries(ratings.indptr, ratings.indices, weights, profile=profile, raw=self.raw,
-                                  embeddings=self.embeddings, weight=self.weight, bias=self.bias,
-                                  inner=self.inner, gram=self.gram)  # fmt: skip
+        queries = self.queries(ratings, timestamps) if queries is None else queries
         scores = np.asarray(queries @ self.embeddings.T, dtype=np.float32)
+        self.raise_cold(scores, queries, profile.cold_boost)
         light, priors = self.light(ratings, serve=serve)
         if len(light):
             scores[light] += priors[:, None] * self.popularity[None, :]
         return scores
+
+    @cached_property
+    def cold(self) -> np.ndarray:
+        """(n,) bool: the movies nobody rated in the model's dataset."""
+        return np.asarray(self.popularity == 0)
+
+    @cached_property
+    def scale(self) -> float:
+        return vector_scale(self.embeddings, self.popularity)
+
+    def raise_cold(self, scores: np.ndarray, queries: np.ndarray, boost: float) -> None:
+        """Add each user's cold bonus (``cold_bonus`` of their query) to the cold movies' ``scores`` (b, n), in
+        place: what the single answer adds."""
+        if boost > 0 and self.cold.any():
+            bonuses = cold_bonus(boost, queries, self.scale)
+            scores[:, self.cold] += bonuses[:, None]
+
+    def queries(self, ratings: sp.csr_matrix, timestamps: sp.csr_matrix | None) -> np.ndarray:
+        """(b, h) the users' query vectors, as ``score`` makes them (the serve-time options change none)."""
+        ratings = ratings.tocsr()
+        times = timestamps.tocsr().data if timestamps is not None else None
+        weights = profile_weights(ratings.indptr, ratings.data, times, self.profile)
+        return profile_queries(ratings.indptr, ratings.indices, weights, profile=self.profile, raw=self.raw,
+                               embeddings=self.embeddings, weight=self.weight, bias=self.bias, inner=self.inner,
+                               gram=self.gram, times=times, sequence=self.sequence)  # fmt: skip
 
     def light(self, ratings: sp.csr_matrix, *, serve: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The users of ``ratings`` (b, n) the popularity prior weighs on, and its weight for each: ``score``

@@ -5,7 +5,7 @@
         exists already? answer its record                      (training the same thing again is free)
         else: encode_dataset ──> train (shared/ml/training.py) ──> models/<v>/weights, /embeddings, record
     version + index params ──> MovieIndex.build ──> models/<v>/index, /index/group ──> record["index"]
-                               (inner product for an ials model, cosine for the others: ``index_space``)
+                               (inner product for an ials or sequence model, cosine for the others: ``index_space``)
                                (and its map, models/<v>/map, when it has none: shared/logic/maps.py)
 
 One writer builds each part of a version, once; a serving index is never changed (a rebuilt one is written
@@ -76,15 +76,16 @@ def train_version(
             raise NotFound(f"triplets {name!r} do not exist; mine them first")
     movie_ids = artifacts.get_array(dataset_artifact(dataset, "movie_ids"))
     rows = catalogue_rows(movie_ids, np.concatenate([artifacts.get_array(n) for n in names]))  # (m, 3)
-    ratings = None
-    if config.architecture in ("hybrid", "ials"):
+    ratings, times = None, None
+    if config.architecture in ("hybrid", "ials", "sequence"):
         import scipy.sparse as sp
 
-        stored = load_ratings(artifacts, dataset, timestamps=False)
-        ratings = sp.csr_matrix(
+        stored = load_ratings(artifacts, dataset, timestamps=config.architecture == "sequence")
+        ratings = sp.csr_matrix(  # in the stored order, which ``times`` follows
             (stored.values, stored.movie_index, stored.indptr), shape=(len(stored.user_ids), len(movie_ids))
         )
-    result = train(encoded.vectors, rows, config, device=device, progress=on_epoch, ratings=ratings)
+        times = stored.timestamps
+    result = train(encoded.vectors, rows, config, device=device, progress=on_epoch, ratings=ratings, times=times)
     weights, projected = model_artifact(version, "weights"), model_artifact(version, "embeddings")
     artifacts.put_bytes(weights, save(result.state, metadata={"version": version}))
     artifacts.put_array(projected, result.projected)
@@ -112,9 +113,9 @@ def train_version(
 
 
 def index_space(record: dict[str, Any]) -> str:
-    """The index's space for a version: "ip" for an ials model (its scores are a user's factors times a movie's),
-    "cosine" for the others (unit vectors)."""
-    return "ip" if record.get("config", {}).get("architecture") == "ials" else "cosine"
+    """The index's space for a version: "ip" for an ials or a sequence model (a score is a user's factors, or
+    the network's last state, times a movie's vector, whose norm counts), "cosine" for the others (unit vectors)."""
+    return "ip" if record.get("config", {}).get("architecture") in ("ials", "sequence") else "cosine"
 
 
 def catalogue_rows(movie_ids: np.ndarray, triplets: np.ndarray) -> np.ndarray:

@@ -41,9 +41,13 @@ from shared.ml.recommend import (
     UserRatings,
     blended_top,
     check_ids,
+    cold_bonus,
     profile_queries,
     profile_weights,
+    vector_scale,
+    with_cold,
 )
+from shared.ml.sequence import SequenceNet
 
 ROW = np.dtype([("user_id", "<i4"), ("rank", "<i2"), ("movie_id", "<i4"), ("score", "<f4")])
 """One batch row, as the ``.npy`` result stores it (little-endian, packed: 14 bytes); ``score`` is the float32
@@ -68,12 +72,13 @@ class ShardModel:
     embeddings: np.ndarray  # (n, hidden) the movies' vectors, those the index holds
     movie_ids: np.ndarray  # (n,) catalogue order
     gram: np.ndarray | None = None  # an ials model's Y^T Y
+    sequence: SequenceNet | None = None  # a sequence model's network
 
     @classmethod
     def of(cls, model: ServingModel) -> ShardModel:
         return cls(record=model.record, index=model.index, weight=model.weight, bias=model.bias, inner=model.inner,
                    raw=model.raw, embeddings=model.embeddings, movie_ids=model.movie_ids,
-                   gram=model.gram)  # fmt: skip
+                   gram=model.gram, sequence=model.sequence)  # fmt: skip
 
     @cached_property
     def profile(self) -> Profile:
@@ -104,7 +109,7 @@ class StoredRatings:
     indptr: np.ndarray  # (u + 1,)
     movie: np.ndarray  # (r,) int32 catalogue rows
     value: np.ndarray  # (r,) float32
-    time: np.ndarray | None  # (r,) int64 seconds; None where the model's profile does not weigh recency
+    time: np.ndarray | None  # (r,) int64 seconds; None where the model's profile reads no times (Profile.timed)
 
     @classmethod
     def of(cls, model: ServingModel) -> StoredRatings:
@@ -148,17 +153,24 @@ def answer_users(
     weights = profile_weights(indptr, ratings.values, ratings.times, model.profile)
     queries = profile_queries(indptr, ratings.rows, weights, profile=model.profile, raw=model.raw,
                               embeddings=model.embeddings, weight=model.weight, bias=model.bias, inner=model.inner,
-                              exact_rows=True, gram=model.gram)  # fmt: skip
+                              exact_rows=True, gram=model.gram, times=ratings.times,
+                              sequence=model.sequence)  # fmt: skip
     excluded = RowSets(indptr, ratings.rows) if exclude_seen else RowSets(indptr * 0, ratings.rows[:0])
     priors = model.profile.prior_weights(counts[rated])
     light = np.flatnonzero(priors > 0)  # of the rated users: those the popularity prior still weighs on
+    bonuses = np.zeros(len(rated), dtype=np.float32)
+    if model.profile.cold_boost > 0 and (popularity() == 0).any():  # a cold movie's bonus, as the single answer's
+        bonuses = cold_bonus(model.profile.cold_boost, queries, vector_scale(model.embeddings, popularity()))
     if not len(light):
         found = model.index.query_many(queries, k, excluded=excluded, threads=threads)
+        found = cold_found(found, model.embeddings, queries, bonuses, popularity, k=k, excluded=excluded)
     else:
         heavy = np.flatnonzero(priors == 0)
         by_index = model.index.query_many(queries[heavy], k, excluded=excluded.subset(heavy), threads=threads)
+        by_index = cold_found(by_index, model.embeddings, queries[heavy], bonuses[heavy], popularity, k=k,
+                              excluded=excluded.subset(heavy))  # fmt: skip
         blended = light_rows(model.embeddings, queries[light], priors[light], popularity(), k,
-                             excluded=excluded.subset(light))  # fmt: skip
+                             excluded=excluded.subset(light), bonuses=bonuses[light])  # fmt: skip
         found = merge_found([(heavy, by_index), (light, blended)], len(rated))
     rows = user_rows(model.movie_ids, users, rated, found, popular=popular, k=k)
     stats = {"users": len(users), "rows": len(rows), "popular": len(users) - len(rated), "light": len(light),
@@ -168,14 +180,16 @@ def answer_users(
 
 def light_rows(
     embeddings: np.ndarray, queries: np.ndarray, priors: np.ndarray, popularity: np.ndarray, k: int, *,
-    excluded: RowSets,
+    excluded: RowSets, bonuses: np.ndarray | None = None,
 ) -> Found:  # fmt: skip
-    """Light users' answers, each exactly as the single answer makes it (``blended_top``, one user at a time)."""
+    """Light users' answers, each exactly as the single answer makes it (``blended_top``, one user at a time;
+    ``bonuses`` (b,): each one's cold bonus, none when not given)."""
     rows, scores, counts = [], [], []
     for i in range(len(queries)):
         allowed = np.ones(len(embeddings), dtype=bool)
         allowed[excluded.rows[excluded.indptr[i] : excluded.indptr[i + 1]]] = False
-        r, sc = blended_top(embeddings, queries[i], float(priors[i]), popularity, k=k, allowed=allowed)
+        bonus = float(bonuses[i]) if bonuses is not None else 0.0
+        r, sc = blended_top(embeddings, queries[i], float(priors[i]), popularity, k=k, allowed=allowed, bonus=bonus)
         rows.append(r)
         scores.append(sc)
         counts.append(len(r))
@@ -183,6 +197,32 @@ def light_rows(
         indptr=np.r_[0, np.cumsum(counts)].astype(np.int64),
         rows=np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
         scores=np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32),
+    )
+
+
+def cold_found(
+    found: Found, embeddings: np.ndarray, queries: np.ndarray, bonuses: np.ndarray,
+    popularity: Callable[[], np.ndarray], *, k: int, excluded: RowSets,
+) -> Found:  # fmt: skip
+    """The index's answers with the cold movies each user may get (``with_cold``, one user at a time, as the
+    single answer does), where a user's bonus is above 0; ``found`` as it is when none is."""
+    if not (bonuses > 0).any():
+        return found
+    cold = popularity() == 0
+    cold_rows = np.flatnonzero(cold)
+    rows, scores, counts = [], [], []
+    for i in range(len(queries)):
+        lo, hi = found.indptr[i], found.indptr[i + 1]
+        seen = excluded.rows[excluded.indptr[i] : excluded.indptr[i + 1]]
+        r, sc = with_cold(found.rows[lo:hi], found.scores[lo:hi], queries[i], embeddings, bonus=float(bonuses[i]),
+                          cold=cold, candidates=np.setdiff1d(cold_rows, seen), k=k)  # fmt: skip
+        rows.append(r)
+        scores.append(sc)
+        counts.append(len(r))
+    return Found(
+        indptr=np.r_[0, np.cumsum(counts)].astype(np.int64),
+        rows=np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, dtype=np.int64),
+        scores=np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, dtype=np.float32),
     )
 
 
@@ -224,7 +264,7 @@ class ShardRatings:
     indptr: np.ndarray  # (b + 1,) int64
     rows: np.ndarray  # (r,) int64 catalogue rows
     values: np.ndarray  # (r,) float32
-    times: np.ndarray | None  # (r,) int64 seconds; None where the model's profile does not weigh recency
+    times: np.ndarray | None  # (r,) int64 seconds; None where the model's profile reads no times (Profile.timed)
 
     def user(self, i: int) -> UserRatings:
         lo, hi = int(self.indptr[i]), int(self.indptr[i + 1])

@@ -34,6 +34,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "regularization": (0.0, 10000.0),
     "alpha": (0.0, 10000.0),
     "prior_until": (0.0, 100000.0),
+    "cold_boost": (0.0, 10.0),
     "layers": (1, 4),
     "dropout": (0.0, 0.9),
 }
@@ -70,6 +71,9 @@ class TrainConfig:
     """A light user's popularity prior at serving time (shared/ml/recommend.py): its weight at no rating; 0 = off."""
     prior_until: float = 0.0
     """... and the ratings at which it has shrunk to nothing."""
+    cold_boost: float = 0.0
+    """A movie nobody rated in the model's dataset gets this share of the best score it could have added to its
+    score at serving time (shared/ml/recommend.py ``cold_bonus``); 0 = off."""
     regularization: float = 1.0
     """"ials": the factorisation's L2 weight (a user's fold-in solves with it too)."""
     alpha: float = 1.0

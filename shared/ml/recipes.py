@@ -9,8 +9,11 @@ A recipe fixes every stage's choices:
   (co-liked positives and popularity-weighted negatives, ``liked_at`` and ``positives``; shared/ml/coliked.py);
 - **model**: ``architecture`` "linear" (the notebook: one linear layer over the encoder's vectors), "hybrid"
   (shared/ml/hybrid.py: a learned per-movie embedding from what users liked, and a linear content tower
-  trained on the triplets to place movies nobody rated in the same space) or "ials" (the same with implicit
-  ALS's item factors, served by inner product, a user's query their fold-in);
+  trained on the triplets to place movies nobody rated in the same space), "ials" (the same with implicit
+  ALS's item factors, served by inner product, a user's query their fold-in) or "sequence" (shared/ml/sequence.py:
+  SASRec, self-attention over each user's last ratings in time order, trained on the gpu queue with a full
+  softmax; movie vectors a content tower plus a learned per-movie residual, served by inner product, a user's
+  query the network's last state);
 - **profile**: how a user's ratings become a query (shared/ml/recommend.py): ``profile`` "rating" (the
   notebook: weights rating / 5, mean taken in the encoder's space, then projected) or "centred" (weights
   1 + (rating - the user's mean) / 2: a movie rated 2 points under the user's mean weighs 0 and anything
@@ -97,6 +100,27 @@ RECIPES: dict[str, Recipe] = {
                 "batch_size": 256,
             },
         ),
+        Recipe(
+            "sequence",
+            "SASRec: 2 self-attention blocks over each user's last 50 ratings in time order, next-movie full-softmax "
+            "cross-entropy; movie vectors a linear content tower plus a learned per-movie residual (cold movies: the "
+            "tower alone), served by inner product, a user's query the network's last state",
+            {
+                "source": "ratings",
+                "liked_at": 3.5,
+                "positives": 10,
+                "pooling": "cls",
+                "architecture": "sequence",
+                "profile": "rating",
+                "epochs": 20,
+                "hidden_dim": 64,
+                "layers": 2,
+                "dropout": 0.2,
+                "margin": 0.3,
+                "lr": 0.001,
+                "batch_size": 128,
+            },
+        ),
     )
 }
 
@@ -104,6 +128,7 @@ GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
     "seed": {},  # the notebook's method as it ran: a fixed reference, not tuned
     "hybrid": {"hidden_dim": (64, 128), "liked_at": (3.5, 4.0)},
     "ials": {"hidden_dim": (64, 128)},  # regularization 1, alpha 1: what the iALS baseline's 12-setting grid chose
+    "sequence": {},
 }
 """Each recipe's tuning grid: the options an evaluation's validation split chooses among (every combination)."""
 
@@ -112,10 +137,20 @@ LIGHT_USER_PRIORS: list[dict[str, Any]] = [{}, {"prior": 1.0, "prior_until": 30.
 notebook's scale most of the validation cohort and many of its users: a grid of 7 (0.3, 1, 3 by 10, 30) made
 validation there three times as long. On ml-latest-small, validation chose 3 and 30 for hybrid in both splits,
 and 1 or 3 and 30 for ials, from the grid of 7."""
-SERVE_GRIDS: dict[str, list[dict[str, Any]]] = {"hybrid": LIGHT_USER_PRIORS, "ials": LIGHT_USER_PRIORS}
+COLD_BOOSTS: list[dict[str, Any]] = [{}, {"cold_boost": 0.1}, {"cold_boost": 0.3}]
+"""Off, or a movie nobody rated gets 0.1 or 0.3 of the best score a movie could have added to its own
+(shared/ml/recommend.py ``cold_bonus``): a new film reaches an answer when its content scores within that of
+the best rated ones."""
+SERVE_SETTINGS: list[dict[str, Any]] = [{**prior, **cold} for prior in LIGHT_USER_PRIORS for cold in COLD_BOOSTS]
+"""Every light-user prior with every cold boost."""
+SERVE_GRIDS: dict[str, list[dict[str, Any]]] = {
+    "hybrid": SERVE_SETTINGS,
+    "ials": SERVE_SETTINGS,
+    "sequence": SERVE_SETTINGS,
+}
 """Each recipe's serve-time settings that validation chooses among beside its grid: the light-user popularity
-prior (shared/ml/recommend.py), {} = off. They change how a trained model ranks, not the model, so every one
-of them scores each trained setting of the grid (no training of its own)."""
+prior and the cold movies' boost (shared/ml/recommend.py), {} = both off. They change how a trained model
+ranks, not the model, so every one of them scores each trained setting of the grid (no training of its own)."""
 
 AUTO = "auto"
 """The recipe chosen per dataset: a pipeline with it first tunes ``AUTO_RECIPES`` on a validation split of its

@@ -12,8 +12,10 @@ The four kinds of query (each answer names its ``strategy``):
   halved every ``recency_days`` back from the user's last rating when that is set. A linear model (the
   notebook's) takes the weighted mean of the raw vectors, sum(w_i v_i) / sum(|w_i|), and projects it; a
   hybrid one sums the movies' own vectors, sum(w_i z_i) (a movie's vector there is learned, not a projection
-  of its content). Rated movies are excluded unless ``exclude_seen`` is false. The evaluation job scores
-  users with the same function.
+  of its content). An ials model's query is the user's iALS fold-in (``fold_in``); a sequence model's is its
+  network's last hidden state over the user's last ratings in time order (shared/ml/sequence.py), whatever
+  their values: both are scored by inner product, as their indexes are. Rated movies are excluded unless
+  ``exclude_seen`` is false. The evaluation job scores users with the same function.
 - ``keywords``: each keyword encoded with the model's encoder and pooling (through the vector cache), the
   mean projected. Movies with the same descriptors share a vector, so a keywords answer often ties; in every
   answer from the index tied movies come most rated first (``MovieIndex.with_ties``), and a keywords answer's
@@ -57,6 +59,7 @@ import numpy as np
 
 from shared.errors import NotFound
 from shared.ml.index import MovieIndex, concat_ranges
+from shared.ml.sequence import SequenceNet
 
 TOP_DESCRIPTORS = 10
 
@@ -108,9 +111,10 @@ class ServingModel:
     ratings_indptr: np.ndarray
     ratings_movie: np.ndarray
     ratings_value: np.ndarray
-    ratings_time: np.ndarray | None = None  # loaded when the profile weighs recency
+    ratings_time: np.ndarray | None = None  # loaded when the profile reads times (Profile.timed)
     inner: Layers = ()  # a deeper network's inner layers
     gram: np.ndarray | None = None  # an ials model's Y^T Y (its users' fold-in)
+    sequence: SequenceNet | None = None  # a sequence model's network (its users' queries)
 
     @cached_property
     def profile(self) -> Profile:
@@ -173,6 +177,16 @@ class ServingModel:
         return popularity_prior(self.ratings_movie, len(self.movie_ids))
 
     @cached_property
+    def cold(self) -> np.ndarray:
+        """(n,) bool: the movies nobody rated in the model's dataset (their vectors are the content tower's)."""
+        return np.asarray(self.popularity == 0)
+
+    @cached_property
+    def scale(self) -> float:
+        """The median length of the rated movies' vectors (``vector_scale``): a cold bonus's unit."""
+        return vector_scale(self.embeddings, self.popularity)
+
+    @cached_property
     def popular(self) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue rows by rating count, most first (ties to the lower row), and each one's score (count /
         the top count): what a user with no ratings is answered."""
@@ -205,7 +219,7 @@ class UserRatings:
 
     rows: np.ndarray  # (r,) int64 catalogue rows
     values: np.ndarray  # (r,) float32
-    times: np.ndarray | None = None  # (r,) int64 seconds; None where the model's profile does not weigh recency
+    times: np.ndarray | None = None  # (r,) int64 seconds; None where the model's profile reads no times (Profile.timed)
 
     @classmethod
     def empty(cls) -> UserRatings:
@@ -238,25 +252,41 @@ class Profile:
     recency_days: float = 0.0
     item_space: bool = False  # sum the movies' own vectors (hybrid) instead of projecting the raw mean
     fold_in: bool = False  # "ials": the user's factors solved from the movies they rated (``fold_in``)
+    sequence: bool = False  # "sequence": the network's last hidden state over the user's ratings in time order
     alpha: float = 1.0  # ... a rated movie's confidence 1 + alpha
     regularization: float = 1.0
     prior: float = 0.0
     """The popularity prior's weight for a user with no rating (see ``prior_weights``); 0 = off."""
     prior_until: float = 0.0
     """Ratings at which the prior has shrunk to nothing."""
+    cold_boost: float = 0.0
+    """A cold movie's bonus (``cold_bonus``) as a share of the best score it could have; 0 = off."""
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> Profile:
         return cls(
             kind=config.get("profile", "rating"),
             recency_days=float(config.get("recency_days", 0.0)),
-            item_space=config.get("architecture", "linear") in ("hybrid", "ials"),
+            item_space=config.get("architecture", "linear") in ("hybrid", "ials", "sequence"),
             fold_in=config.get("architecture") == "ials",
+            sequence=config.get("architecture") == "sequence",
             alpha=float(config.get("alpha", 1.0)),
             regularization=float(config.get("regularization", 1.0)),
             prior=float(config.get("prior", 0.0)),
             prior_until=float(config.get("prior_until", 0.0)),
+            cold_boost=float(config.get("cold_boost", 0.0)),
         )
+
+    @property
+    def timed(self) -> bool:
+        """Whether the profile reads its ratings' times: to weigh them by recency, or to read them in order."""
+        return self.recency_days > 0 or self.sequence
+
+    @property
+    def inner_product(self) -> bool:
+        """Whether the model's scores are inner products (its movie vectors keep their norms, as its index does)
+        rather than cosines of unit vectors."""
+        return self.fold_in or self.sequence
 
     def prior_weights(self, counts: np.ndarray) -> np.ndarray:
         """(b,) float32 weight of the popularity prior for users with ``counts`` (b,) ratings: ``prior`` x
@@ -267,6 +297,43 @@ class Profile:
         return (self.prior * np.maximum(0.0, 1.0 - counts / self.prior_until)).astype(np.float32)
 
 
+def cold_bonus(boost: float, queries: np.ndarray, scale: float) -> np.ndarray:
+    """(b,) float32 what a cold movie (one nobody rated in the model's dataset: ``popularity`` 0) gets added to
+    its score for each of b ``queries`` (b, h): ``boost`` x |query| x ``scale`` (the median length of the rated
+    movies' vectors, ``vector_scale``), a share of the best score a typical movie could have. Scale-free: for a
+    cosine model (unit vectors) it is ``boost`` itself, and an inner-product model's users get the same share
+    whatever their query's length. Cold movies then reach an answer when their score is within the bonus of the
+    best: a new film whose content matches the user's taste. ``Profile.cold_boost`` is chosen on validation."""
+    if boost <= 0:
+        return np.zeros(len(queries), dtype=np.float32)
+    norms = np.linalg.norm(np.asarray(queries, dtype=np.float32), axis=1)
+    return np.asarray(np.float32(boost * scale) * norms, dtype=np.float32)
+
+
+def vector_scale(embeddings: np.ndarray, popularity: np.ndarray) -> float:
+    """The median length of the rated movies' vectors (1.0 for unit vectors; 1.0 when none is rated)."""
+    rated = np.asarray(embeddings)[np.asarray(popularity) > 0]
+    return float(np.median(np.linalg.norm(rated, axis=1))) if len(rated) else 1.0
+
+
+def with_cold(
+    rows: np.ndarray, scores: np.ndarray, query: np.ndarray, embeddings: np.ndarray, *, bonus: float,
+    cold: np.ndarray, candidates: np.ndarray, k: int,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The k best of an index's answer (``rows``, ``scores``: its best k by the model's score alone) and the cold
+    movies an answer may hold (``candidates``: their rows, ascending), each cold one scored exactly (its vector
+    times ``query``) plus ``bonus``. Exact: the bonus only raises cold movies, so a rated movie in the best k
+    with it was in the best k without it. Ties: the index's movies first (in its order), then cold ones by row."""
+    if bonus <= 0 or not len(candidates):
+        return rows, scores
+    rated = ~cold[rows]  # the index's cold movies come back among the candidates, scored the same way
+    raised = np.asarray(embeddings[candidates] @ query, dtype=np.float32) + np.float32(bonus)
+    all_rows = np.concatenate([rows[rated], candidates]).astype(np.int64)
+    all_scores = np.concatenate([np.asarray(scores, dtype=np.float32)[rated], raised])
+    best = np.argsort(-all_scores, kind="stable")[:k]
+    return all_rows[best], all_scores[best]
+
+
 def popularity_prior(ratings_movie: np.ndarray, n: int) -> np.ndarray:
     """(n,) float32 in [0, 1]: each movie's log(1 + ratings) / log(1 + the most-rated movie's): the prior a light
     user's scores are blended with (a log, so the head does not swamp what the user's few ratings say)."""
@@ -275,12 +342,16 @@ def popularity_prior(ratings_movie: np.ndarray, n: int) -> np.ndarray:
 
 
 def blended_top(
-    embeddings: np.ndarray, query: np.ndarray, weight: float, popularity: np.ndarray, *, k: int, allowed: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    embeddings: np.ndarray, query: np.ndarray, weight: float, popularity: np.ndarray, *, k: int, allowed: np.ndarray,
+    bonus: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """A light user's k rows among ``allowed`` (a boolean mask) by cosine to ``query`` plus ``weight`` x the
-    popularity prior, best first (ties to the lower row), and those scores: an exact scan of every movie, since
-    the index ranks by cosine alone (a light user is one whose profile is a few ratings: a (n, hidden) product)."""
+    popularity prior (plus ``bonus`` for a cold movie: popularity 0), best first (ties to the lower row), and
+    those scores: an exact scan of every movie, since the index ranks by cosine alone (a light user is one whose
+    profile is a few ratings: a (n, hidden) product)."""
     scores = np.asarray(embeddings @ query, dtype=np.float32) + np.float32(weight) * popularity  # (n,)
+    if bonus > 0:
+        scores[popularity == 0] += np.float32(bonus)
     rows = np.flatnonzero(allowed)
     k = min(k, len(rows))
     if k == 0:
@@ -320,17 +391,24 @@ def profile_weights(indptr: np.ndarray, values: np.ndarray, times: np.ndarray | 
 def profile_queries(
     indptr: np.ndarray, movies: np.ndarray, weights: np.ndarray, *, profile: Profile, raw: np.ndarray,
     embeddings: np.ndarray, weight: np.ndarray, bias: np.ndarray, inner: Layers = (), exact_rows: bool = False,
-    gram: np.ndarray | None = None,
+    gram: np.ndarray | None = None, times: np.ndarray | None = None, sequence: SequenceNet | None = None,
 ) -> np.ndarray:  # fmt: skip
     """(b, hidden) unit query vectors of b users' rated ``movies`` (catalogue rows, grouped by ``indptr``) and
     their ``weights`` (``profile_weights``); for a ``fold_in`` profile, the users' iALS factors (``fold_in``,
-    with the model's ``gram``). ``exact_rows``: each user's vector bit for bit the one a batch of that user
-    alone gets (a batch recommendation's promise): the network is applied one row at a time, since BLAS sums a
-    (b, d) x (d, h) product in another order than a (1, d) one."""
+    with the model's ``gram``); for a ``sequence`` one, the network's last hidden state over each user's movies
+    in time order (``times`` (r,), aligned with ``movies``). ``exact_rows``: each user's vector bit for bit the
+    one a batch of that user alone gets (a batch recommendation's promise): the network is applied one row at a
+    time, since BLAS sums a (b, d) x (d, h) product in another order than a (1, d) one. (The fold-in and the
+    sequence network always go one user at a time.)"""
     if profile.fold_in:
         if gram is None:
             raise ValueError("an ials model's profile needs its Y^T Y (the weights' fold_in.gram)")
         return fold_in(indptr, movies, embeddings, gram, alpha=profile.alpha, regularization=profile.regularization)
+    if profile.sequence:
+        if sequence is None:
+            raise ValueError("a sequence model's profile needs its network (the weights' seq.* tensors)")
+        with blas().limit(limits=1, user_api="blas"):  # (50, h) products: one thread, the same bits in any process
+            return sequence.queries(embeddings, indptr, movies, times)
     counts = np.diff(indptr)
     space = embeddings if profile.item_space else raw
     sums = np.zeros((len(counts), space.shape[1]), dtype=np.float32)  # (b, d or hidden)
@@ -390,7 +468,8 @@ def user_query(model: ServingModel, ratings: UserRatings) -> np.ndarray:
     weights = profile_weights(indptr, ratings.values, times, model.profile)
     query = profile_queries(indptr, ratings.rows, weights, profile=model.profile, raw=model.raw,
                             embeddings=model.embeddings, weight=model.weight, bias=model.bias,
-                            inner=model.inner, gram=model.gram)  # fmt: skip
+                            inner=model.inner, gram=model.gram, times=times,
+                            sequence=model.sequence)  # fmt: skip
     return np.asarray(query[0], dtype=np.float32)
 
 
@@ -473,6 +552,7 @@ class Ranking:
     strategy: str  # "profile", LIGHT_PROFILE or "popular"
     history: np.ndarray | None  # the rows the user rated (None: no ratings)
     prior: float = 0.0  # LIGHT_PROFILE: the popularity prior's weight
+    bonus: float = 0.0  # what a cold movie's score got (``cold_bonus``); 0 when the model's cold_boost is off
 
 
 LIGHT_PROFILE = "light-profile"
@@ -500,12 +580,15 @@ def user_ranking(
     excluded = rated if exclude_seen else rated[:0]
     query = user_query(model, ratings)
     prior = float(model.profile.prior_weights(np.array([len(ratings)]))[0])
+    bonus = float(cold_bonus(model.profile.cold_boost, query[None, :], model.scale)[0]) if model.cold.any() else 0.0
+    mask = allowed(model, excluded, genres)
     if prior > 0:  # a light user: the popularity prior, shrinking as ratings arrive, beside the profile
-        rows, scores = blended_top(model.embeddings, query, prior, model.popularity, k=k,
-                                   allowed=allowed(model, excluded, genres))  # fmt: skip
-        return Ranking(rows, scores, LIGHT_PROFILE, rated, prior)
-    rows, scores = search(model, query, k=k, excluded=excluded, genres=genres)
-    return Ranking(rows, scores, "profile", rated)
+        rows, scores = blended_top(model.embeddings, query, prior, model.popularity, k=k, allowed=mask, bonus=bonus)
+        return Ranking(rows, scores, LIGHT_PROFILE, rated, prior, bonus)
+    rows, scores = model.index.query(query, k, allowed=mask)
+    rows, scores = with_cold(rows, scores, query, model.embeddings, bonus=bonus, cold=model.cold,
+                             candidates=np.flatnonzero(model.cold & mask), k=k)  # fmt: skip
+    return Ranking(rows, scores, "profile", rated, bonus=bonus)
 
 
 def recommend(
@@ -523,13 +606,23 @@ def recommend(
         result = describe(model, ranking.rows, ranking.scores, history=ranking.history,
                           described_query={"user_id": user_id})  # fmt: skip
         result["strategy"] = ranking.strategy
+        similarity = "inner product" if model.profile.inner_product else "cosine"
+        lines = []
         if ranking.strategy == LIGHT_PROFILE:
-            similarity = "inner product" if model.profile.fold_in else "cosine"
-            result["explanation"] = (
+            lines.append(
                 f"{len(ranking.history) if ranking.history is not None else 0} rating(s), fewer than the model's "
                 f"{model.profile.prior_until:g}: score = the profile's {similarity} + {ranking.prior:.3f} x "
                 "popularity (log of the movie's ratings, scaled to 1), the weight shrinking to 0 as ratings arrive"
             )
+        cold = int(model.cold[ranking.rows].sum()) if ranking.bonus > 0 else 0
+        if cold:
+            lines.append(
+                f"{cold} of these movies nobody has rated yet: each scored its {similarity} to the profile + "
+                f"{ranking.bonus:.3f} (the model's cold_boost {model.profile.cold_boost:g} of the best score a "
+                "movie could have), so a new film reaches the answer when its content is close to the user's taste"
+            )
+        if lines:
+            result["explanation"] = "; ".join(lines)
         return result
     if params.get("keywords"):
         # The keywords' mean in the raw encoder space, projected.

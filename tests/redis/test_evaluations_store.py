@@ -155,8 +155,9 @@ def test_a_shard_ranks_as_the_pure_functions_do_and_says_what_it_skipped(
 def test_a_model_s_serve_time_settings_scored_together_rank_as_each_alone(
     svc: Services, source: dict[str, object]
 ) -> None:
-    """A grid's light-user priors of one trained model share a cell: its scores made once, each setting's prior
-    added for the users it weighs on. The rankings are those of one cell per setting, bit for bit."""
+    """A grid's light-user priors and cold boosts of one trained model share a cell: its scores made once, each
+    cold boost's columns raised and ranked once, each setting's prior added for the users it weighs on. The
+    rankings are those of one cell per setting, bit for bit."""
     from safetensors.numpy import save
 
     derived = derive(svc.datasets, str(source["id"]), Protocol())
@@ -176,6 +177,9 @@ def test_a_model_s_serve_time_settings_scored_together_rank_as_each_alone(
         {"prior": 0.3, "prior_until": 10.0},
         {"prior": 3.0, "prior_until": 30.0},
         {"prior": 1.0, "prior_until": 500.0},
+        {"cold_boost": 0.3},
+        {"prior": 3.0, "prior_until": 30.0, "cold_boost": 0.1},
+        {"prior": 1.0, "prior_until": 500.0, "cold_boost": 0.3},
     ]
     rows = [{"name": f"hybrid {i}", "kind": "recipe", "family": "hybrid", "params": serve, "stage": "train:h",
              "serve": serve} for i, serve in enumerate(serves)]  # fmt: skip
@@ -194,6 +198,7 @@ def test_a_model_s_serve_time_settings_scored_together_rank_as_each_alone(
         top, _ = score_shard(svc.artifacts, svc.models, alone, i, i + 1, trained={"train:h": "m-serve"})
         assert np.array_equal(top[0], together[i]), rows[i]["name"]
     assert not np.array_equal(together[0], together[2])  # the prior changed someone's answer
+    assert not np.array_equal(together[0], together[4])  # and the cold boost: movies nobody rated in training
 
 
 @pytest.mark.parametrize("family", ["item-kNN", "RP3beta", "iALS", "most-popular"])

@@ -106,3 +106,48 @@ def test_auto_on_data_it_cannot_validate_on_trains_the_fallback_and_says_why(api
     result = requests.get(f"{api_url}{job['result_url']}", timeout=10).json()
     assert result["recipe"] == FALLBACK_RECIPE and result["chosen"]["why"].startswith("no validation split: nobody")
     assert model_record(api_url, result["model"])["chosen"]["recipe"] == FALLBACK_RECIPE
+
+
+def test_the_sequence_recipe_serves_a_users_last_movies_in_order(api_url: str) -> None:
+    """SASRec through the whole service: trained on the gpu queue, indexed by inner product, a user's query the
+    network's state after their ratings in time order, so feedback counts at once and its order matters; the
+    batch answers as the single query does."""
+    job = submit(api_url, {"path": "ml-latest-small", "recipe": "sequence", "epochs": 2, "seed": 11})
+    assert job["status"] == "succeeded", job
+    result = requests.get(f"{api_url}{job['result_url']}", timeout=10).json()
+    record = model_record(api_url, result["model"])
+    assert record["config"]["architecture"] == "sequence" and record["index"]["params"]["space"] == "ip"
+    activated = requests.post(f"{api_url}/v1/models/{result['model']}/activate", timeout=10)
+    assert activated.status_code == 200, activated.text
+
+    def answer(user_id: int) -> dict[str, Any]:
+        r = requests.post(f"{api_url}/v1/recommendations?wait=30", json={"user_id": user_id, "k": 10}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == result["model"]
+        return dict(r.json())
+
+    # Two new users rate the same three movies, in opposite orders: a sequence model answers them apart.
+    movies = [1, 2571, 318]  # Toy Story, The Matrix, The Shawshank Redemption
+    forward, backward = 1_600_000_001, 1_600_000_002
+    rows = [{"user_id": forward, "movie_id": m, "rating": 4.0, "timestamp": 1_700_000_000 + i}
+            for i, m in enumerate(movies)] + [{"user_id": backward, "movie_id": m, "rating": 4.0,
+            "timestamp": 1_700_000_000 + i} for i, m in enumerate(reversed(movies))]  # fmt: skip
+    posted = requests.post(f"{api_url}/v1/datasets/{result['dataset']}/ratings", json={"ratings": rows}, timeout=10)
+    assert posted.status_code == 200, posted.text
+    first, second = answer(forward), answer(backward)
+    assert first["strategy"] == second["strategy"] == "profile"
+    assert not set(movies) & {i["movie_id"] for i in first["items"] + second["items"]}
+    assert [i["movie_id"] for i in first["items"]] != [i["movie_id"] for i in second["items"]]
+
+    r = requests.post(f"{api_url}/v1/jobs/recommend-batch", json={"users": [1, forward, backward], "k": 10},
+                      timeout=30)  # fmt: skip
+    assert r.status_code == 202, r.text
+    batch = wait_job(api_url, r.json()["id"], timeout_s=300)
+    assert batch["status"] == "succeeded", batch
+    csv_text = requests.get(f"{api_url}{batch['result_url']}", params={"format": "csv"}, timeout=30).text
+    got: dict[int, list[tuple[int, float]]] = {}
+    for line in csv_text.splitlines()[1:]:
+        who, _, movie, score = line.split(",")
+        got.setdefault(int(who), []).append((int(movie), float(score)))
+    for user in (1, forward, backward):
+        assert got[user] == [(i["movie_id"], i["score"]) for i in answer(user)["items"]]  # the same text

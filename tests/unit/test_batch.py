@@ -9,12 +9,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from shared.jobs.sharded import ShardPlan
 from shared.logic.batch import listed_users
 from shared.ml.batch import CSV_ROWS_PER_CHUNK, ROW, ShardModel, StoredRatings, answer_users, csv_text, npy_header
+from shared.ml.fitting import TrainConfig
 from shared.ml.index import IndexParams, MovieIndex
 from shared.ml.recommend import ServingModel, UserRatings, recommend, user_ranking
+from shared.ml.sequence import SequenceNet, train_sequence
 
 
 def small_model(n: int = 40, users: int = 5) -> ServingModel:
@@ -67,6 +70,10 @@ def test_each_user_s_rows_are_recommend_s_items_in_order() -> None:
     assert at == len(rows) and len(rows) == 4 * 6 + 3  # user 5 rated all but 3 movies
 
 
+COLD = 40
+"""Movies nobody rated in a random model whose config has a cold_boost."""
+
+
 def random_model(config: dict[str, object], *, n: int = 3000, users: int = 300, d: int = 24) -> ServingModel:
     """A model of ``config`` (architecture, profile, recency_days) over n movies, a third of them sharing
     another's vector (as movies with the same descriptors do), users with 1 to 400 ratings, one with all but 3
@@ -78,23 +85,43 @@ def random_model(config: dict[str, object], *, n: int = 3000, users: int = 300, 
     projected = raw @ weight.T + bias
     projected /= np.linalg.norm(projected, axis=1, keepdims=True)
     ials = config.get("architecture") == "ials"
+    sequence = config.get("architecture") == "sequence"
     if ials:  # factors of varied norms in an inner-product index, users folded in
         projected *= rng.uniform(0.2, 2.0, size=(n, 1))
     counts = rng.integers(1, 400, size=users)
     counts[-2:] = [n - 3, n]
     total = int(counts.sum())
+    ratings_movie = np.concatenate([rng.choice(n, size=c, replace=False) for c in counts]).astype(np.int32)
+    ratings_value = rng.choice(np.arange(0.5, 5.01, 0.5), size=total).astype(np.float32)
+    ratings_time = rng.integers(0, 10**9, size=total) if recency or sequence else None
+    if "cold_boost" in config:  # the last COLD movies rated by nobody: the cold bonus has movies to raise
+        keep = ratings_movie < n - COLD
+        owner = np.repeat(np.arange(users), counts)[keep]
+        counts = np.bincount(owner, minlength=users)
+        ratings_movie, ratings_value = ratings_movie[keep], ratings_value[keep]
+        ratings_time = ratings_time[keep] if ratings_time is not None else None
+    net = None
+    if sequence:  # a network trained for a step on these ratings: its movie vectors, content tower and blocks
+        indptr = np.r_[0, np.cumsum(counts)]
+        config_ = TrainConfig(architecture="sequence", hidden_dim=hidden, layers=2, epochs=1, batch_size=512)
+        trained = train_sequence(raw, np.zeros((0, 3), np.int64), indptr, ratings_movie, ratings_time, config_,
+                                 device=torch.device("cpu"))  # fmt: skip
+        state = {k: v.numpy() for k, v in trained.state.items()}
+        projected, weight, bias = trained.projected, state["proj.weight"], state["proj.bias"]
+        net = SequenceNet.from_state(state)
     return ServingModel(
         version="m-random", record={"config": config},
-        index=MovieIndex.build(projected, IndexParams(space="ip" if ials else "cosine")),
+        index=MovieIndex.build(projected, IndexParams(space="ip" if ials or sequence else "cosine")),
         weight=weight, bias=bias, raw=raw, embeddings=projected.astype(np.float32),
         movie_ids=np.arange(5, 5 + n, dtype=np.int32), titles=[""] * n, descriptors=[["Drama"]] * n,
         vocabulary=["Drama"], desc_indptr=np.arange(n + 1), desc_indices=np.zeros(n, dtype=np.int32),
         user_ids=np.arange(2, 2 * users + 1, 2, dtype=np.int32),
         ratings_indptr=np.r_[0, np.cumsum(counts)].astype(np.int64),
-        ratings_movie=np.concatenate([rng.choice(n, size=c, replace=False) for c in counts]).astype(np.int32),
-        ratings_value=rng.choice(np.arange(0.5, 5.01, 0.5), size=total).astype(np.float32),
-        ratings_time=rng.integers(0, 10**9, size=total) if recency else None,
+        ratings_movie=ratings_movie,
+        ratings_value=ratings_value,
+        ratings_time=ratings_time,
         gram=(projected.T.astype(np.float64) @ projected) if ials else None,
+        sequence=net,
     )  # fmt: skip
 
 
@@ -109,6 +136,11 @@ def random_model(config: dict[str, object], *, n: int = 3000, users: int = 300, 
         {"prior": 3.0, "prior_until": 30.0},
         {"architecture": "ials", "alpha": 5.0, "regularization": 2.0},  # inner product, users folded in
         {"architecture": "ials", "prior": 1.0, "prior_until": 50.0},
+        {"architecture": "sequence"},  # inner product, the network's state over the ratings in time order
+        {"architecture": "sequence", "prior": 3.0, "prior_until": 30.0},
+        {"architecture": "hybrid", "cold_boost": 0.3},  # movies nobody rated raised by 0.3 of the best score
+        {"architecture": "ials", "cold_boost": 0.1, "prior": 3.0, "prior_until": 30.0},
+        {"architecture": "sequence", "cold_boost": 0.3, "prior": 1.0, "prior_until": 50.0},
     ],
 )
 def test_a_shard_s_rows_are_each_user_s_ranking_bit_for_bit(config: dict[str, object]) -> None:
@@ -123,10 +155,11 @@ def test_a_shard_s_rows_are_each_user_s_ranking_bit_for_bit(config: dict[str, ob
     for k, exclude_seen, threads in [(10, True, 1), (1, True, 2), (100, True, 1), (10, False, 2)]:
         rows, stats = answer(model, users, k=k, exclude_seen=exclude_seen, feedback=feedback, threads=threads)
         assert stats["popular"] == 2  # users 1 and 10**9; 3 has feedback
-        at, light = 0, 0
+        at, light, cold = 0, 0, 0
         for user in users.tolist():
             one = user_ranking(model, user, k=k, exclude_seen=exclude_seen, feedback=feedback.get(user))
             light += one.strategy == "light-profile"
+            cold += int(model.cold[one.rows].sum())
             mine = rows[at : at + len(one.rows)]
             assert mine["user_id"].tolist() == [user] * len(one.rows)
             assert mine["rank"].tolist() == list(range(1, len(one.rows) + 1))
@@ -135,6 +168,7 @@ def test_a_shard_s_rows_are_each_user_s_ranking_bit_for_bit(config: dict[str, ob
             at += len(one.rows)
         assert at == len(rows) == stats["rows"]
         assert stats["light"] == light and (light > 0) == ("prior" in config)
+        assert (cold > 0) == ("cold_boost" in config)  # the bonus brings movies nobody rated into answers
 
 
 def test_listed_users_keep_their_first_place() -> None:
