@@ -156,8 +156,9 @@ AUTO = "auto"
 """The recipe chosen per dataset: a pipeline with it first tunes ``AUTO_RECIPES`` on a validation split of its
 dataset (shared/logic/pipeline.py, stage ``choose``), then trains the winner at its chosen setting on all of it."""
 AUTO_RECIPES = ("hybrid", "ials")
-"""What ``auto`` chooses among: every recipe but ``seed``, the notebook's method kept as a fixed reference (it
-has been below every tuned row of every table, and its pipeline is the slowest); it stays one option away."""
+"""What ``auto`` chooses among: not ``seed``, the notebook's method kept as a fixed reference (below every tuned
+row of every table), nor ``sequence``, last of the three on validation in both of ml-latest-small's splits and
+minutes of CPU training per candidate (BENCHMARKS.md, session 15); both stay one option away."""
 DEFAULT_RECIPE = AUTO
 """The recipe of ``/v1/pipelines`` and ``movierec demo`` when none is named."""
 FALLBACK_RECIPE = "hybrid"

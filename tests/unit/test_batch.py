@@ -14,7 +14,7 @@ import torch
 from shared.jobs.sharded import ShardPlan
 from shared.logic.batch import listed_users
 from shared.ml.batch import CSV_ROWS_PER_CHUNK, ROW, ShardModel, StoredRatings, answer_users, csv_text, npy_header
-from shared.ml.fitting import TrainConfig
+from shared.ml.fitting import TrainConfig, TrainResult
 from shared.ml.index import IndexParams, MovieIndex
 from shared.ml.recommend import ServingModel, UserRatings, recommend, user_ranking
 from shared.ml.sequence import SequenceNet, train_sequence
@@ -72,6 +72,8 @@ def test_each_user_s_rows_are_recommend_s_items_in_order() -> None:
 
 COLD = 40
 """Movies nobody rated in a random model whose config has a cold_boost."""
+_TRAINED: dict[tuple[int, int, int, bool], TrainResult] = {}
+"""Sequence networks trained for random models, by shape and cold movies: one training serves every config."""
 
 
 def random_model(config: dict[str, object], *, n: int = 3000, users: int = 300, d: int = 24) -> ServingModel:
@@ -102,10 +104,13 @@ def random_model(config: dict[str, object], *, n: int = 3000, users: int = 300, 
         ratings_time = ratings_time[keep] if ratings_time is not None else None
     net = None
     if sequence:  # a network trained for a step on these ratings: its movie vectors, content tower and blocks
-        indptr = np.r_[0, np.cumsum(counts)]
-        config_ = TrainConfig(architecture="sequence", hidden_dim=hidden, layers=2, epochs=1, batch_size=512)
-        trained = train_sequence(raw, np.zeros((0, 3), np.int64), indptr, ratings_movie, ratings_time, config_,
-                                 device=torch.device("cpu"))  # fmt: skip
+        key = (n, users, d, "cold_boost" in config)  # the rest is seeded: the same key, the same ratings
+        if key not in _TRAINED:
+            indptr = np.r_[0, np.cumsum(counts)]
+            config_ = TrainConfig(architecture="sequence", hidden_dim=hidden, layers=2, epochs=1, batch_size=512)
+            _TRAINED[key] = train_sequence(raw, np.zeros((0, 3), np.int64), indptr, ratings_movie, ratings_time,
+                                           config_, device=torch.device("cpu"))  # fmt: skip
+        trained = _TRAINED[key]
         state = {k: v.numpy() for k, v in trained.state.items()}
         projected, weight, bias = trained.projected, state["proj.weight"], state["proj.bias"]
         net = SequenceNet.from_state(state)
