@@ -152,21 +152,27 @@ def _knob(name: str, *, real: bool = False) -> Integer | Float:
     return Integer(validate=Range(int(low), int(high)), metadata=desc)
 
 
-REAL_KNOBS = {
+DESCRIBED_KNOBS = {
     "prior": "weight of the popularity prior for a user with no rating (light users); 0: off",
     "prior_until": "ratings at which the popularity prior has shrunk to nothing",
     "cold_boost": "a movie nobody rated gets this share of the query's length x a movie vector's added to its "
     "score; 0: off",
     "regularization": "ials: the factorisation's L2 weight (default 1)",
     "alpha": "ials: a rated pair's confidence is 1 + alpha (default 1)",
+    "layers": "linear: 1 (the notebook) to 4 layers; sequence: its self-attention blocks",
+    "dropout": "after each inner layer (sequence: each block's sublayers), training only",
 }
-"""What the train and pipeline bodies say of the serve-time and ials options they both take."""
+"""What the train and pipeline bodies say of the options they both take beside the numeric knobs."""
 
 
-def _real(name: str, *, above_low: bool = False) -> Float:
-    """A float option within its ``LIMITS`` (above the lower one when ``above_low``), described once."""
+def _described(name: str, *, above_low: bool = False) -> Integer | Float:
+    """An option within its ``LIMITS`` (above the lower one when ``above_low``), described once: an integer one
+    where both limits are integers, else a float one."""
     low, high = LIMITS[name]
-    return Float(validate=Range(low, high, min_inclusive=not above_low), metadata={"description": REAL_KNOBS[name]})
+    meta = {"description": DESCRIBED_KNOBS[name]}
+    if isinstance(low, int) and isinstance(high, int):
+        return Integer(validate=Range(low, high, min_inclusive=not above_low), metadata=meta)
+    return Float(validate=Range(low, high, min_inclusive=not above_low), metadata=meta)
 
 
 class TrainIn(BodySchema):
@@ -191,19 +197,13 @@ class TrainIn(BodySchema):
     liked_at = Float(validate=Range(0.5, 5.0), metadata={"description": "hybrid: a rating at least this is a like"})
     profile = String(validate=OneOf(PROFILES), metadata={"description": "user profile: rating (default), centred"})
     recency_days = _knob("recency_days", real=False)
-    prior = _real("prior")
-    prior_until = _real("prior_until")
-    cold_boost = _real("cold_boost")
-    regularization = _real("regularization", above_low=True)
-    alpha = _real("alpha")
-    layers = Integer(
-        validate=Range(1, 4),
-        metadata={"description": "linear: 1 (the notebook) to 4 layers; sequence: its self-attention blocks"},
-    )
-    dropout = Float(
-        validate=Range(0.0, 0.9),
-        metadata={"description": "after each inner layer (sequence: each block's sublayers), training only"},
-    )
+    prior = _described("prior")
+    prior_until = _described("prior_until")
+    cold_boost = _described("cold_boost")
+    regularization = _described("regularization", above_low=True)
+    alpha = _described("alpha")
+    layers = _described("layers")
+    dropout = _described("dropout")
 
 
 class IndexIn(BodySchema):
@@ -454,19 +454,13 @@ class PipelineIn(BodySchema):
     architecture = String(validate=OneOf(ARCHITECTURES))
     profile = String(validate=OneOf(PROFILES))
     recency_days = _knob("recency_days", real=False)
-    prior = _real("prior")
-    prior_until = _real("prior_until")
-    cold_boost = _real("cold_boost")
-    regularization = _real("regularization", above_low=True)
-    alpha = _real("alpha")
-    layers = Integer(
-        validate=Range(1, 4),
-        metadata={"description": "linear: 1 (the notebook) to 4 layers; sequence: its self-attention blocks"},
-    )
-    dropout = Float(
-        validate=Range(0.0, 0.9),
-        metadata={"description": "after each inner layer (sequence: each block's sublayers), training only"},
-    )
+    prior = _described("prior")
+    prior_until = _described("prior_until")
+    cold_boost = _described("cold_boost")
+    regularization = _described("regularization", above_low=True)
+    alpha = _described("alpha")
+    layers = _described("layers")
+    dropout = _described("dropout")
     epochs = _knob("epochs")
     hidden_dim = _knob("hidden_dim")
     margin = _knob("margin", real=True)
