@@ -14,41 +14,23 @@ from pathlib import Path
 import pytest
 import requests
 
-from cli.demo import _download_small
+from cli.demo import OFFLINE_SAMPLE, _download_small, find_demo_data
 from cli.stack import free_port
+from shared.infra.defaults import DEFAULT_TAGS_PER_MOVIE
 from shared.infra.settings import Settings
+from shared.ml.movielens import read_catalogue, read_ratings
 from tests.conftest import SMALL
-from tests.helpers import REPO, cli, embedded_env
+from tests.helpers import REPO, embedded_env
 
 
-def test_demo_runs_the_embedded_stack_and_prints_figures(settings: Settings, tmp_path: Path) -> None:
+def test_demo_runs_the_embedded_stack_prints_figures_and_serves_the_dashboard(
+    settings: Settings, tmp_path: Path
+) -> None:
     env = embedded_env(settings, tmp_path)
-    done = cli("demo", "--data", str(SMALL), "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1", env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
-    assert "movies kept" in out and "9,709" in out and "100,836" in out
-    assert "test ROC AUC after training" in out
-    assert re.search(r"recipe (hybrid|ials)\n  chosen: \S+.* scored the best validation objective", out), out
-    for title in (
-        r"user 1 \((light-)?profile\):",  # a light user's answer when the chosen setting has a prior
-        r"user 2 \((light-)?profile\):",
-        r"user 3 \((light-)?profile\):",
-        r"keywords \['Children', 'family', 'animation'\] \(keywords\):",
-        r"keywords \['war', 'violence', 'drama'\] \(keywords\):",
-    ):
-        assert re.search(f"recommendations for {title}", out), title
-    assert out.count("top descriptors of these") == 5 and out.count("top descriptors of the user's history") == 3
-    assert "the stack stops now; `movierec demo --serve`" in out and "/ui/" in out.splitlines()[-2]
-
-
-def test_demo_offline_generates_a_sample_and_serves_the_dashboard(settings: Settings, tmp_path: Path) -> None:
-    env = embedded_env(settings, tmp_path)
-    env["MOVIEREC_DEMO_URL"] = f"http://127.0.0.1:{free_port()}/ml-latest-small.zip"  # nothing listens
-    env.pop("MOVIEREC_DEMO_DATA", None)
     port = free_port()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(tmp_path / "demo"), "--cpu-workers", "1",
-         "--serve", "--port", str(port)],
+        [sys.executable, "-m", "cli.main", "demo", "--data", str(SMALL), "--data-dir", str(tmp_path / "demo"),
+         "--cpu-workers", "1", "--serve", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
     )  # fmt: skip
     try:
@@ -59,8 +41,18 @@ def test_demo_offline_generates_a_sample_and_serves_the_dashboard(settings: Sett
             if "Ctrl-C stops the stack" in line:
                 break
         out = "".join(lines)
-        assert "generated sample" in out and "movies kept" in out, out
-        assert "recommendations for keywords ['war', 'violence', 'drama']" in out
+        assert "movies kept" in out and "9,709" in out and "100,836" in out, out
+        assert "test ROC AUC after training" in out
+        assert re.search(r"recipe (hybrid|ials)\n  chosen: \S+.* scored the best validation objective", out), out
+        for title in (
+            r"user 1 \((light-)?profile\):",  # a light user's answer when the chosen setting has a prior
+            r"user 2 \((light-)?profile\):",
+            r"user 3 \((light-)?profile\):",
+            r"keywords \['Children', 'family', 'animation'\] \(keywords\):",
+            r"keywords \['war', 'violence', 'drama'\] \(keywords\):",
+        ):
+            assert re.search(f"recommendations for {title}", out), title
+        assert out.count("top descriptors of these") == 5 and out.count("top descriptors of the user's history") == 3
         assert f"dashboard: http://127.0.0.1:{port}/ui/" in out
         page = requests.get(f"http://127.0.0.1:{port}/ui/", timeout=10)
         assert page.status_code == 200 and "movierec" in page.text
@@ -71,6 +63,22 @@ def test_demo_offline_generates_a_sample_and_serves_the_dashboard(settings: Sett
     finally:
         if demo.poll() is None:
             demo.kill()
+
+
+def test_offline_the_demo_generates_a_movielens_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No data named and nothing downloadable: the demo runs on a generated sample in MovieLens format (the same
+    stack and pipeline as above, which ``movierec synth``'s tests also ingest and train on)."""
+    monkeypatch.delenv("MOVIEREC_DEMO_DATA", raising=False)
+    monkeypatch.setenv("MOVIEREC_DEMO_URL", f"http://127.0.0.1:{free_port()}/ml-latest-small.zip")  # nothing listens
+    found = find_demo_data(None, cache=tmp_path / "cache")
+    written = found.path.joinpath("ratings.csv").stat().st_mtime_ns
+    assert "generated sample" in found.origin and found.path == tmp_path / "cache" / "synthetic-sample"
+    catalogue = read_catalogue(found.path, tags_per_movie=DEFAULT_TAGS_PER_MOVIE)
+    ratings = read_ratings(found.path / "ratings.csv", catalogue.movie_ids)
+    assert ratings.rows_read == OFFLINE_SAMPLE.ratings and len(ratings.user_ids) == OFFLINE_SAMPLE.users
+    assert ratings.kept > 0.9 * ratings.rows_read  # rated movies have descriptors
+    again = find_demo_data(None, cache=tmp_path / "cache")  # generated once, then reused
+    assert again == found and again.path.joinpath("ratings.csv").stat().st_mtime_ns == written
 
 
 def test_download_is_checked_as_a_zip_with_the_expected_files(tmp_path: Path) -> None:

@@ -70,7 +70,6 @@ def _tmpfs(where: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-@pytest.mark.slow
 def test_up_recovers_by_itself_once_a_full_disk_is_freed(settings: Settings, tmp_path: Path) -> None:
     """The true case of issue #14 finding 2: Redis's data dir on a 16 MB tmpfs, filled, then freed."""
     with _tmpfs(tmp_path / "disk", "16m") as disk:
