@@ -238,7 +238,9 @@ def test_the_module_imports_without_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_the_full_softmax_is_torchs_cross_entropy() -> None:
+@pytest.mark.parametrize("chunk", [sequence.SOFTMAX_CHUNK, 7 * 50])  # one chunk; 7 rows at a time, a short last
+def test_the_full_softmax_is_torchs_cross_entropy(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sequence, "SOFTMAX_CHUNK", chunk)
     generator = torch.Generator().manual_seed(0)
     hv = torch.randn(30, 8, generator=generator, dtype=torch.float64) * 3
     z = torch.randn(50, 8, generator=generator, dtype=torch.float64)
