@@ -238,6 +238,22 @@ def test_the_module_imports_without_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_on_a_cpu_with_bfloat16_the_products_are_bfloat16_and_near_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(1)
+    hv = torch.randn(40, 16, generator=generator) * 2
+    z = torch.randn(300, 16, generator=generator)
+    targets = torch.randint(300, (40,), generator=generator)
+    monkeypatch.setattr(sequence, "_cpu_bf16", lambda: True)
+    assert sequence._product_dtype(hv) == torch.bfloat16 and sequence._product_dtype(hv.double()) == torch.float64
+    low = sequence._full_softmax()(hv, z, targets)
+    monkeypatch.setenv("MOVIEREC_SEQUENCE_FP32", "1")
+    assert sequence._product_dtype(hv) == torch.float32
+    exact = sequence._full_softmax()(hv, z, targets)
+    torch.testing.assert_close(exact, torch.nn.functional.cross_entropy(hv @ z.T, targets))
+    assert low.dtype == torch.float32 and abs(float(low) - float(exact)) < 0.02 * float(exact)
+    assert float(low) != float(exact)  # bfloat16 products did run
+
+
 @pytest.mark.parametrize("chunk", [sequence.SOFTMAX_CHUNK, 7 * 50])  # one chunk; 7 rows at a time, a short last
 def test_the_full_softmax_is_torchs_cross_entropy(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sequence, "SOFTMAX_CHUNK", chunk)
