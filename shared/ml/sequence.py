@@ -419,7 +419,8 @@ def _product_dtype(hv: torch.Tensor) -> torch.dtype:
 def _cpu_bf16() -> bool:
     import torch
 
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported
+    return bool(torch.backends.mkldnn.is_available() and native())  # type: ignore[no-untyped-call]
 
 
 @functools.cache
