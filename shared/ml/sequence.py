@@ -301,6 +301,7 @@ class SequenceNet:
         self.max_len, self.hidden_dim = self.w["seq.pos"].shape
         self.scale = np.float32(self.hidden_dim**0.5)
         self.inv_sqrt = np.float32(self.hidden_dim**-0.5)
+        self.future = np.triu(np.ones((self.max_len, self.max_len), dtype=bool), k=1)  # key j after query i
 
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray]) -> SequenceNet | None:
@@ -317,16 +318,15 @@ class SequenceNet:
         if length == 0:
             return np.zeros(self.hidden_dim, dtype=np.float32)
         x = np.asarray(embeddings[history], dtype=np.float32) * self.scale + self.w["seq.pos"][self.max_len - length :]
-        future = np.triu(np.ones((length, length), dtype=bool), k=1)  # key j after query i: not read
         for k in range(self.layers):
             p = f"seq.blocks.{k}."
             y = self._norm(x, p + "ln1")
             rows = y[-1:] if k == self.layers - 1 else y  # the last block: only the last position is read
             q, key, v = self._linear(rows, p + "attn.q"), self._linear(y, p + "attn.k"), self._linear(y, p + "attn.v")
             scores = q @ key.T * self.inv_sqrt  # (rows, length)
-            scores[future[-len(rows) :]] = -np.inf
+            scores[self.future[length - len(q) : length, :length]] = -np.inf
             scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-            x = x[-len(rows) :] + self._linear(scores / scores.sum(axis=1, keepdims=True) @ v, p + "attn.o")
+            x = x[-len(q) :] + self._linear(scores / scores.sum(axis=1, keepdims=True) @ v, p + "attn.o")
             inner = _gelu(self._linear(self._norm(x, p + "ln2"), p + "ffn.in"))
             x = x + self._linear(inner, p + "ffn.out")
         return np.asarray(self._norm(x[-1:], "seq.norm")[0], dtype=np.float32)
@@ -348,9 +348,9 @@ class SequenceNet:
         return np.asarray(x @ self.w[name + ".weight"].T + self.w[name + ".bias"], dtype=np.float32)
 
     def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
-        mean = x.mean(axis=-1, keepdims=True)
-        centred = x - mean
-        var = (centred * centred).mean(axis=-1, keepdims=True)  # biased, as torch's
+        width = x.shape[-1]  # np.add.reduce / width is x.mean's arithmetic, without its Python-level overhead
+        centred = x - np.add.reduce(x, axis=-1, keepdims=True) / width
+        var = np.add.reduce(centred * centred, axis=-1, keepdims=True) / width  # biased, as torch's
         scaled = centred / np.sqrt(var + np.float32(LN_EPS))
         return np.asarray(scaled * self.w[name + ".weight"] + self.w[name + ".bias"], dtype=np.float32)
 
