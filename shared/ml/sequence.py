@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,12 @@ LN_EPS = 1e-5
 """LayerNorm's epsilon (torch's default), in both forwards."""
 POSITION_STD = 0.02
 """Initial standard deviation of the position embedding."""
+CPU_HOURS = 1.0
+"""A training on the CPU that would take longer than this many hours (MOVIEREC_SEQUENCE_CPU_HOURS overrides) stops
+after its first steps with an InvalidRequest saying so: at the notebook's scale (27M ratings, about 540,000
+windows) 20 CPU epochs would take hours, where ml-latest-small's take 2 minutes."""
+PROBE_STEPS = 5
+"""The steps timed (after a first, warm-up one) to project a CPU training's time."""
 SOFTMAX_CHUNK = 1 << 22
 """Training's full softmax computes its logits this many at a time (rows x movies, 16 MiB of float32): small
 enough to stay in the cache between the softmax and the two gradient products (``_full_softmax``)."""
@@ -134,7 +141,8 @@ def train_sequence(  # noqa: PLR0917 - the service calls it with these six posit
     least one rating. train_losses: each epoch's mean step cross-entropy (the sampled one above
     FULL_SOFTMAX_LIMIT movies; the residual's penalty left out); val_losses: the full softmax's on the held-out
     windows, dropout off. Raises InvalidRequest when the ratings give fewer than 2 windows (nobody has 2
-    ratings, or one user alone has 2 to MAX_LEN + 1)."""
+    ratings, or one user alone has 2 to MAX_LEN + 1), and on the CPU after its first steps when the whole
+    training would take more than CPU_HOURS."""
     import torch
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -192,6 +200,8 @@ class _Fit:
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the order and the negatives
         self.optimiser = torch.optim.Adam(list(self.params.values()), lr=config.lr)
         self.sampled = self.n > FULL_SOFTMAX_LIMIT
+        self.steps = config.epochs * -(-len(train_idx) // config.batch_size)  # the whole training's
+        self.done, self.probe_started = 0, 0.0
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         """bfloat16 autocast on CUDA, plain float32 elsewhere."""
@@ -231,7 +241,30 @@ class _Fit:
         self.optimiser.zero_grad(set_to_none=True)
         total.backward()  # type: ignore[no-untyped-call]
         self.optimiser.step()
+        self._check_cpu_time()
         return float(loss.detach())
+
+    def _check_cpu_time(self) -> None:
+        """On the CPU, after PROBE_STEPS timed steps: an InvalidRequest when the whole training would take more
+        than CPU_HOURS (MOVIEREC_SEQUENCE_CPU_HOURS), naming what it would take and what to do instead."""
+        self.done += 1
+        if self.device.type != "cpu" or self.done > 1 + PROBE_STEPS:
+            return
+        if self.done == 1:
+            self.probe_started = time.perf_counter()
+            return
+        if self.done < 1 + PROBE_STEPS:
+            return
+        per_step = (time.perf_counter() - self.probe_started) / PROBE_STEPS
+        hours = per_step * self.steps / 3600
+        limit = float(os.environ.get("MOVIEREC_SEQUENCE_CPU_HOURS") or CPU_HOURS)
+        if hours > limit:
+            raise InvalidRequest(
+                f"the sequence model would train for about {hours:.1f} hours on this worker's CPU "
+                f"({self.steps:,} steps of {self.config.batch_size} windows over {self.n:,} movies, "
+                f"{per_step * 1000:.0f} ms a step), over the limit of {limit:g} (MOVIEREC_SEQUENCE_CPU_HOURS); "
+                "train it on a gpu worker with CUDA, with fewer epochs, or choose another recipe"
+            )
 
     def validation_loss(self) -> float:
         """The full softmax's mean cross-entropy over the held-out windows' targets, dropout off; its logits

@@ -270,3 +270,20 @@ def test_the_full_softmax_is_torchs_cross_entropy(chunk: int, monkeypatch: pytes
     torch.testing.assert_close(mine, ref.float())
     torch.testing.assert_close(mine_hv.grad, ref_hv.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(mine_z.grad, ref_z.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cpu_training_that_would_take_too_long_stops_after_its_first_steps_saying_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    indptr, movies, times, _ = ring_users(12, seed=1)
+    endless = TrainConfig(architecture="sequence", hidden_dim=8, layers=1, batch_size=4, epochs=200, seed=7)
+    monkeypatch.setenv("MOVIEREC_SEQUENCE_CPU_HOURS", "1e-6")  # 3.6 ms: a limit 200 epochs pass
+    with pytest.raises(InvalidRequest, match=r"would train for about [\d.]+ hours on this worker's CPU") as caught:
+        train_sequence(movie_vectors(), some_triplets(), indptr, movies, times, endless, device=CPU)
+    assert "over the limit of 1e-06 (MOVIEREC_SEQUENCE_CPU_HOURS)" in str(caught.value)
+    assert "a gpu worker with CUDA" in str(caught.value)
+    monkeypatch.delenv("MOVIEREC_SEQUENCE_CPU_HOURS")  # the default: an hour
+    short = TrainConfig(**{**endless.as_dict(), "epochs": 3})
+    assert (
+        len(train_sequence(movie_vectors(), some_triplets(), indptr, movies, times, short, device=CPU).val_losses) == 3
+    )
