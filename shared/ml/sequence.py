@@ -248,12 +248,10 @@ class _Fit:
         """On the CPU, after PROBE_STEPS timed steps: an InvalidRequest when the whole training would take more
         than CPU_HOURS (MOVIEREC_SEQUENCE_CPU_HOURS), naming what it would take and what to do instead."""
         self.done += 1
-        if self.device.type != "cpu" or self.done > 1 + PROBE_STEPS:
+        if self.device.type != "cpu" or self.done not in (1, 1 + PROBE_STEPS):
             return
-        if self.done == 1:
+        if self.done == 1:  # the warm-up step is done: the probe starts
             self.probe_started = time.perf_counter()
-            return
-        if self.done < 1 + PROBE_STEPS:
             return
         per_step = (time.perf_counter() - self.probe_started) / PROBE_STEPS
         hours = per_step * self.steps / 3600
