@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -84,15 +86,43 @@ def run_job(args: argparse.Namespace) -> int:
                 return 1
             table = requests.get(f"{stack.api_url}{job['result_url']}", timeout=30).json()
             started, finished = (pd.Timestamp(job[k]) for k in ("started_at", "finished_at"))
-            tables.append((table, (finished - started).total_seconds()))
-    for table, job_s in tables:
+            tables.append((table, (finished - started).total_seconds(), timeline(stack.api_url, job, table)))
+        if args.logs is not None:  # the workers' logs outlive the stack's directory: each task's time is there
+            shutil.copytree(Path(run_dir) / "logs", args.logs, dirs_exist_ok=True)
+    for table, job_s, stages in tables:
         print(format_table(table))
-        print(f"# the {table['protocol']['split']} job: {job_s:.0f} s\n")
+        print(f"# the {table['protocol']['split']} job: {job_s:.0f} s; its stages (seconds from its start):")
+        print("\n".join(stages) + "\n")
     if args.json:
-        args.json.write_text(json.dumps([t for t, _ in tables], indent=1, sort_keys=True))
+        args.json.write_text(json.dumps([t for t, _, _ in tables], indent=1, sort_keys=True))
     took = time.perf_counter() - start
     print(f"# wall time: {took:.0f} s in all (stack start {up:.0f} s)")
     return 0
+
+
+def timeline(api: str, job: dict[str, Any], table: dict[str, Any]) -> list[str]:
+    """Where an evaluation's time went: each child job (ingest, validation, a recipe's pipeline; validation's own
+    trainings and each pipeline's stages indented under it) as its start and end in seconds from the job's
+    start; the scoring is what follows the last training."""
+    origin = pd.Timestamp(job["started_at"])
+    lines: list[str] = []
+
+    def walk(jobs: dict[str, str], depth: int) -> None:
+        children = {stage: requests.get(f"{api}/v1/jobs/{child}", timeout=30).json() for stage, child in jobs.items()}
+        for stage, child in sorted(children.items(), key=lambda kv: str(kv[1].get("started_at"))):
+            if not (child.get("started_at") and child.get("finished_at")):
+                continue
+            start, end = ((pd.Timestamp(child[k]) - origin).total_seconds() for k in ("started_at", "finished_at"))
+            name = f"{'  ' * depth}{stage}"
+            lines.append(f"#   {name:<40} {start:7.0f} -> {end:7.0f}  ({end - start:.0f} s)")
+            if child.get("result_url") and child.get("kind") in ("evaluate", "pipeline"):
+                inner = requests.get(f"{api}{child['result_url']}", timeout=30).json()
+                walk(inner.get("jobs") or inner.get("stage_jobs") or {}, depth + 1)
+
+    walk(table.get("jobs", {}), 0)
+    finished = (pd.Timestamp(job["finished_at"]) - origin).total_seconds()
+    lines.append(f"#   {'the job':<40} {0:7.0f} -> {finished:7.0f}")
+    return lines
 
 
 def load(directory: Path) -> Split:
@@ -166,6 +196,7 @@ def main() -> int:
     parser.add_argument("--splits", default="temporal,global", help="one job per split, in this order")
     parser.add_argument("--no-tune", action="store_true", help="every row at its default setting (no validation)")
     parser.add_argument("--json", type=Path, default=None, help="also write the tables here as JSON")
+    parser.add_argument("--logs", type=Path, default=None, help="copy the stack's logs (every task's time) here")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--shard-users", type=int, default=200, help="evaluated users per scoring shard")
     parser.add_argument(
