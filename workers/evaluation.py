@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import current_app, shared_task
 
-from shared.jobs.kinds import EVALUATE_STEP
+from shared.jobs.kinds import EVALUATE_SHARD, EVALUATE_STEP
+from shared.jobs.leases import Admission
 from shared.jobs.progress import Position
 from shared.jobs.sharded import ShardPlan
 from shared.jobs.store import Job
 from shared.logic.evaluation import EvaluationState, advance, build_table, parent, trained_models
-from shared.logic.scoring import NotTrained, derive, part_names, recipe_cell, row_scores, score_shard, store_part
+from shared.logic.scoring import (
+    FitPending,
+    NotTrained,
+    derive,
+    part_names,
+    recipe_cell,
+    row_scores,
+    score_shard,
+    store_part,
+)
 from shared.logic.services import Services
 from shared.ml.protocol import Protocol
 
@@ -58,16 +70,44 @@ def evaluation_shard(job_id: str, plan: dict[str, Any], lo: int, hi: int, total:
         state = EvaluationState.read(svc.jobs, job_id) if recipe_cell(plan, lo) else None
         trained = trained_models(state or EvaluationState())
         try:
-            top, stats = score_shard(svc.artifacts, svc.models, plan, lo, hi, trained=trained)
+            top, stats = score_shard(svc.artifacts, svc.models, plan, lo, hi, trained=trained,
+                                     claim=lambda fit_id: _fitting(job_id, fit_id))  # fmt: skip
         except NotTrained:
             # Sent again before its recipe's pipeline finished (the step sends the recipes' cells once all have):
             # a step moves the job on, and sends this cell again when the model is there.
             current_app.send_task(EVALUATE_STEP.name, args=[job_id])
             raise
+        except FitPending:
+            # Its baseline is being fitted by another process: this cell comes back once that fit is likely
+            # stored, and loads it; meanwhile this process takes other work.
+            current_app.send_task(EVALUATE_SHARD.name, args=[job_id, plan, lo, hi, total], countdown=FIT_WAIT_S)
+            raise
         store_part(svc.artifacts, job_id, lo, top, ttl_s=svc.settings.result_ttl_s)
         return stats
 
     run_shard("evaluate", job_id, plan, (lo, hi, total), work, describe=_scored)
+
+
+FIT_WAIT_S = 20
+"""How long a cell whose baseline another process is fitting waits before it is tried again (a fit at the
+notebook's scale takes minutes; a try that finds it still running costs two Redis round trips)."""
+
+
+@contextmanager
+def _fitting(job_id: str, fit_id: str) -> Iterator[bool]:
+    """The lease on fitting one stored baseline of a job's scoring (a unit of the job, renewed while its process
+    lives): True for the process that is to fit it, False while another live one holds it."""
+    svc, name = services(), f"fit-{fit_id}"
+    admission, starts = svc.units.admit(job_id, name)
+    if admission is Admission.BUSY:
+        yield False
+        return
+    if admission is Admission.POISON:
+        raise RuntimeError(f"fitting baseline {fit_id} was started {starts} times and its process died each time")
+    try:
+        yield True
+    finally:
+        svc.units.release(job_id, name)
 
 
 def _scored(job: Job, done: int, total: int) -> tuple[Position, str] | None:

@@ -20,7 +20,8 @@
     score_shard(plan, cell) ──> top-k of one cell: a group of rows (one row of a test scoring; a grid's settings
                                 that share a build, fitted together) by a chunk of users (a test scoring's
                                 ``shard_users``; a grid's every validation user); a test scoring's baselines
-                                are fitted once for the cluster and stored (``fitted_baseline``)
+                                are fitted once for the cluster, by the one cell that claims the fit,
+                                and stored (``fitted_baseline``; a cell that finds it claimed: ``FitPending``)
 
 The split is ``shared.ml.evaluate.split_ratings`` (``shared.ml.splits.assign``'s labels); the training dataset
 is cut by the same labels and checked against the split (the same matrix, or the derivation fails). Both are
@@ -35,7 +36,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from hashlib import sha256
 from typing import Any
@@ -370,8 +372,9 @@ def fit_baseline(
     """Baseline ``name`` at ``params`` (JSON: hashable for ``fitted_baseline``'s cache) fitted on the split's
     training part (nothing of the test part reaches it). One of ``baselines.STORED`` is fitted once for the
     whole cluster: the first shard to need it fits it and stores it (``evaluation_fit_artifact``, content
-    addressed like the split), every later one loads it. Two shards that start on it at once both fit it, and
-    store the same arrays; a test scoring's cells are ordered (``cell``) so that this is rare."""
+    addressed like the split), every later one loads it. A scoring cell fits it under a claim (``_fitted``), so
+    that a second cell waits for the fit rather than making it again beside the first; two callers without
+    one would both fit it and store the same arrays."""
     fit_id = stored_fit_id(name, params, seed)
     stored = name in baselines.STORED
     if stored:
@@ -503,6 +506,22 @@ class NotTrained(Deferred):
     """A recipe's cell sent before its model was trained (the janitor resending it early): nothing scored."""
 
 
+Claim = Callable[[str], AbstractContextManager[bool]]
+"""Taken around fitting a baseline to store (by its fit id): True for the one process to fit it, False while
+another live one is (a worker's lease, ``workers.evaluation``)."""
+
+
+def no_claim(_: str) -> AbstractContextManager[bool]:
+    """Every caller may fit (one process, or a test): the claim of a single scorer."""
+    return nullcontext(True)
+
+
+class FitPending(Deferred):
+    """A test scoring's cell whose baseline another live process is fitting: nothing scored. The worker sends
+    the cell again a little later, by when the fit is stored for it to load. Fitting it a second time beside
+    the first (as cells did before) cost a 27M-rating evaluation 292 s of a core on iALS alone."""
+
+
 def _shares_fit(plan: dict[str, Any], group: int) -> bool:
     """Whether a group's row is a baseline fitted once and stored for the others (a test scoring's)."""
     first, end = plan["groups"][group]
@@ -518,13 +537,15 @@ def score_shard(
     hi: int,
     *,
     trained: Mapping[str, str] | None = None,
+    claim: Claim = no_claim,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Cell ``lo`` of the plan ranked (a shard is one cell: ``hi`` is ``lo + 1``): ((rows of its group, users of
     its chunk, k) int32 top-k movie rows, -1 where nothing; stats {"items", "seconds" per row (fitting included
     where this shard fitted it), "skipped" per row that could not run}). A grid's group of settings is fitted
     together by its shard (``_fit_group``); a test scoring's row, once for the cluster (``fitted_baseline``).
     A recipe's row is ranked by the model ``trained`` names for its training stage (the plan is made while the
-    recipes train); ``NotTrained`` when there is none yet."""
+    recipes train); ``NotTrained`` when there is none yet. A baseline fitted to store is fitted under ``claim``
+    (``FitPending`` while another process fits it)."""
     if hi != lo + 1:
         raise ValueError(f"an evaluation shard scores one cell, not [{lo}, {hi})")
     group, first_user, end_user = cell(plan, lo)
@@ -541,7 +562,7 @@ def score_shard(
         fits, fit_seconds = [], []
         for row in rows:
             started = time.perf_counter()
-            fits.append(_fitted(artifacts, plan, row) if row["kind"] == "baseline" else None)
+            fits.append(_fitted(artifacts, plan, row, claim) if row["kind"] == "baseline" else None)
             fit_seconds.append(time.perf_counter() - started)
     top = np.full((len(rows), end_user - first_user, k), -1, dtype=np.int32)
     seconds: dict[str, float] = {}
@@ -639,11 +660,24 @@ def _with_model(row: dict[str, Any], trained: Mapping[str, str]) -> dict[str, An
     return {**row, "model": model}
 
 
-def _fitted(artifacts: ArtifactStore, plan: dict[str, Any], row: dict[str, Any]) -> Fitted:
-    """A test scoring's baseline row, fitted once (stored where it can be) and loaded once per process."""
-    return fitted_baseline(artifacts, plan["training_dataset"], float(plan["relevant_at"]), row["family"],
-                           json.dumps(row.get("params", {}), sort_keys=True), seed=int(plan["seed"]),
-                           ease_max_bytes=int(plan["ease_max_bytes"]))  # fmt: skip
+def _fitted(artifacts: ArtifactStore, plan: dict[str, Any], row: dict[str, Any], claim: Claim) -> Fitted:
+    """A test scoring's baseline row, fitted once (stored where it can be) and loaded once per process. A fit
+    to store is made under ``claim`` of its fit id: a cell that finds another live process fitting it raises
+    ``FitPending`` rather than fitting it a second time beside it."""
+    name, params, seed = row["family"], json.dumps(row.get("params", {}), sort_keys=True), int(plan["seed"])
+    training_ds = plan["training_dataset"]
+
+    def fitted() -> Fitted:
+        return fitted_baseline(artifacts, training_ds, float(plan["relevant_at"]), name, params, seed=seed,
+                               ease_max_bytes=int(plan["ease_max_bytes"]))  # fmt: skip
+
+    fit_id = stored_fit_id(name, params, seed)
+    if name not in baselines.STORED or artifacts.exists(evaluation_fit_artifact(training_ds, fit_id, "summary")):
+        return fitted()
+    with claim(fit_id) as mine:
+        if not mine:
+            raise FitPending(f"{row['name']} is being fitted by another process")
+        return fitted()
 
 
 def _fit_group(split: evaluate.Split, plan: dict[str, Any], rows: list[dict[str, Any]]) -> list[Fitted | None]:

@@ -4,6 +4,7 @@ it, both reused; a shard's rankings the same as the pure functions' (shared/logi
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,13 @@ from shared.infra.process import clear_process_caches
 from shared.infra.settings import Settings
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.scoring import (
+    FitPending,
     cell,
     cut,
     derive,
     fit_baseline,
     load_split,
+    no_claim,
     plan_items,
     score_shard,
     stored_fit_id,
@@ -254,3 +257,31 @@ def test_a_tag_of_the_test_period_changes_nothing_in_the_training_part(
                 assert svc.artifacts.get_json(key_a) == svc.artifacts.get_json(key_b), name
             continue
         assert np.array_equal(svc.artifacts.get_array(key_a), svc.artifacts.get_array(key_b)), name
+
+
+def test_a_cell_whose_baseline_another_process_is_fitting_defers_and_later_loads_the_fit(
+    svc: Services, source: dict[str, object]
+) -> None:
+    """One process fits a stored baseline; a cell that finds the claim held scores nothing (``FitPending``: the
+    worker sends it again), and once the fit is stored it loads it without a claim."""
+    derived = derive(svc.datasets, str(source["id"]), Protocol())
+    rows = [{"name": "item-kNN", "kind": "baseline", "family": "item-kNN", "params": {}}]
+    plan = {"training_dataset": derived.training_dataset, "relevant_at": 4.0, "k": 10, "seed": 3, "rows": rows,
+            "ease_max_bytes": 1 << 20, "groups": [[0, 1]], "chunk": 50,
+            "segments": [{"name": "all", "users": 100}]}  # fmt: skip
+    summary = evaluation_fit_artifact(derived.training_dataset, stored_fit_id("item-kNN", "{}", 3), "summary")
+    claims: list[str] = []
+
+    def held(fit_id: str) -> AbstractContextManager[bool]:
+        claims.append(fit_id)
+        return nullcontext(False)  # another live process fits it
+
+    with pytest.raises(FitPending, match="item-kNN is being fitted by another process"):
+        score_shard(svc.artifacts, svc.models, plan, 0, 1, claim=held)
+    assert claims == [stored_fit_id("item-kNN", "{}", 3)] and not svc.artifacts.exists(summary)
+    first, _ = score_shard(svc.artifacts, svc.models, plan, 0, 1, claim=no_claim)  # the fitter: fits, stores
+    assert svc.artifacts.exists(summary)
+    clear_process_caches()  # another process: nothing cached, the fit stored
+    later, stats = score_shard(svc.artifacts, svc.models, plan, 1, 2, claim=held)
+    assert len(claims) == 1 and set(stats["seconds"]) == {"item-kNN"}  # loaded, no claim taken
+    assert np.all(later >= 0) and np.all(first >= 0)
