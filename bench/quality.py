@@ -1,7 +1,7 @@
 """Recommendation quality under issue #24's protocol: the evaluation job on a fresh stack, one table per split.
 
     python -m bench.quality [--data DIR] [--splits temporal,global] [--recipes seed,hybrid] [--baselines ...]
-                            [--seed 42] [--cpu-workers 2] [--no-tune] [--json out.json]
+                            [--seed 42] [--cpu-workers 2] [--no-tune] [--json out.json] [--logs DIR]
     python -m bench.quality --pure [--data DIR] [--ease-max-gib 4]
 
 Data: a MovieLens directory (default ml-latest-small). The default run starts a fresh ``movierec up`` stack
@@ -9,7 +9,8 @@ Data: a MovieLens directory (default ml-latest-small). The default run starts a 
 ``POST /v1/jobs/evaluate`` per split with the directory: ingested, split by time with a share of users held out
 as new users, every setting of every row's grid scored on a validation split of the training part, the chosen
 settings refitted on the training part and scored once on the test part and on the new users, each row with a
-paired bootstrap interval against the baseline chosen on validation. It prints each job's table and wall time.
+paired bootstrap interval against the baseline chosen on validation. It prints each job's table, wall time and
+stage timeline (every child job and pipeline stage); ``--logs`` keeps the workers' logs (each task's time).
 Rows: random (the run's seed), most-popular, item-kNN, EASE (skipped, saying why, over its memory budget),
 RP3beta, iALS (shared/ml/baselines.py) and each recipe (shared/ml/recipes.py). A row's seconds are its fitting
 and scoring summed over the shards (and for a recipe, its pipeline's wall time).

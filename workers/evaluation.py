@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from celery import current_app, shared_task
 
 from shared.jobs.kinds import EVALUATE_SHARD, EVALUATE_STEP
-from shared.jobs.leases import Admission
 from shared.jobs.progress import Position
 from shared.jobs.sharded import ShardPlan
 from shared.jobs.store import Job
@@ -93,21 +91,11 @@ FIT_WAIT_S = 20
 notebook's scale takes minutes; a try that finds it still running costs two Redis round trips)."""
 
 
-@contextmanager
-def _fitting(job_id: str, fit_id: str) -> Iterator[bool]:
-    """The lease on fitting one stored baseline of a job's scoring (a unit of the job, renewed while its process
-    lives): True for the process that is to fit it, False while another live one holds it."""
-    svc, name = services(), f"fit-{fit_id}"
-    admission, starts = svc.units.admit(job_id, name)
-    if admission is Admission.BUSY:
-        yield False
-        return
-    if admission is Admission.POISON:
-        raise RuntimeError(f"fitting baseline {fit_id} was started {starts} times and its process died each time")
-    try:
-        yield True
-    finally:
-        svc.units.release(job_id, name)
+def _fitting(job_id: str, fit_id: str) -> AbstractContextManager[bool]:
+    """The lease on fitting one stored baseline of a job's scoring: a unit of the job (``unit``: renewed while its
+    process lives, dropped when it is done or raised), True for the process that is to fit it, False while
+    another live one holds it; a fit whose process died every time fails the job, as any unit's."""
+    return unit(job_id, f"fit-{fit_id}", where=f"fitting baseline {fit_id}")
 
 
 def _scored(job: Job, done: int, total: int) -> tuple[Position, str] | None:
