@@ -31,13 +31,13 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from shared.ml.evaluate import Skipped, kth_largest
+from shared.ml.evaluate import Skipped
 
 __all__ = ["DEFAULTS", "GRIDS", "NAMES", "Baseline", "EaseModel", "IalsModel", "SimilarityModel", "Skipped"]
 __all__ += ["build_key", "fit", "fit_many", "grid", "grid_groups", "label"]
@@ -82,9 +82,8 @@ IALS_ITERATIONS = 15
 """ALS sweeps (users then items) of every iALS fit: fixed, not tuned, as implicit's default."""
 
 BLOCK_CELLS = 1 << 24
-"""Similarity rows are built a block at a time, BLOCK_CELLS / n rows: a block is a dense (b, n) float32 array
-(64 MB, about three times that with its masks) at most, never an n x n one; only the stored entries of a
-block's product are ranked (``_top_k_entries``)."""
+"""Similarity rows are built a block at a time, BLOCK_CELLS / n rows, each row's product summed and cut to its
+top k at once (``_top_k_of_product``): a block's output is at most (b, k) entries, never an n x n matrix."""
 
 FOLD_IN_USERS = 256
 """iALS users folded in at a time: their normal equations are FOLD_IN_USERS x f x f float64 (32 MB at f=128)."""
@@ -331,55 +330,42 @@ def _block_rows(n: int) -> int:
     return max(1, min(n, BLOCK_CELLS // max(n, 1)))
 
 
-def _top_k_entries(block: sp.csr_matrix, lo: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, values) of each row's k largest positive off-diagonal entries of ``block`` (a (b, n) CSR of
-    rows lo..lo+b of an (n, n) matrix), ties to the lower column.
+def _top_k_of_product(
+    left: sp.csr_matrix, right: sp.csr_matrix, lo: int, hi: int, k: int, *, scale: _Scale
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, values) of each row i in lo..hi of ``left @ right`` ((n, u) and (u, n) float32 CSR), each
+    entry scaled (``_Scale``), cut to the row's k largest positive entries but the diagonal one, ties to the
+    lower column.
 
-    Only the stored entries are ranked, row by row in groups of rows that store about as many (within a factor
-    of two), each group laid out dense (``_top_k_laid_out``): a block of a sparse co-rating matrix (a
-    validation sample's holds 8 % of the cells at 58,000 movies, a few rows nearly all) costs about its
-    entries, not b x n."""
-    counts = np.diff(block.indptr)
-    size_class = np.frexp(counts)[1]  # (b,) 0 for an empty row, else floor(log2(count)) + 1
-    parts = []
-    for c in np.unique(size_class[size_class > 0]):
-        rows = np.flatnonzero(size_class == c)
-        found, cols, values = _top_k_laid_out(block[rows], rows + lo, k)
-        parts.append((rows[found] + lo, cols, values))
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    rows, cols, values = (np.concatenate(part) for part in zip(*parts, strict=True))
-    return rows, cols, values
+    One compiled pass per row (shared/ml/similarity_kernel.py): the row's products summed into a dense
+    accumulator in the order of scipy's sparse product, so the same float32 bits, then scaled and ranked
+    through a heap of k. Its cost is the co-rating pairs plus n per row, and no sparse matrix of the product
+    is built: at the notebook's scale a block of co-rating rows is 98 % full, and scipy's product with its
+    rows laid out for ranking took 10x as long (BENCHMARKS.md)."""
+    from shared.ml.similarity_kernel import top_k_rows
+
+    rows = np.empty((hi - lo) * k, dtype=np.int64)
+    cols = np.empty((hi - lo) * k, dtype=np.int64)
+    values = np.empty((hi - lo) * k, dtype=np.float32)
+    found = top_k_rows(
+        left.indptr, left.indices, left.data, right.indptr, right.indices, right.data, lo, hi, k,
+        scale.mode, scale.row, scale.col, np.float32(scale.shift), rows, cols, values,
+    )  # fmt: skip
+    return rows[:found], cols[:found], values[:found]
 
 
-def _top_k_laid_out(block: sp.csr_matrix, movies: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows of ``block``, cols, values) of each row's k largest positive entries but the one in column
-    ``movies[row]``, ties to the lower column: the stored entries laid out (b, w), w the most a row stores, and
-    a partition per row (``kth_largest``), no sort but of the entries tied with a row's k-th largest."""
-    b = block.shape[0]
-    counts = np.diff(block.indptr)
-    w = int(counts.max(initial=0))
-    owner = np.repeat(np.arange(b), counts)  # (nnz,) row of each entry
-    slot = np.arange(len(owner)) - block.indptr[owner]  # (nnz,) its place in the row's layout
-    values = np.zeros((b, w), dtype=np.float32)  # (b, w) stored values, 0 in the padding
-    values[owner, slot] = block.data
-    columns = np.full((b, w), block.shape[1], dtype=np.int64)  # (b, w) their columns
-    columns[owner, slot] = block.indices
-    values[columns == movies[:, None]] = 0  # no movie is its own neighbour
-    values[~(values > 0)] = 0  # only positive entries are kept (NaN among the dropped)
-    kth = kth_largest(values, k) if k < w else np.zeros(b, np.float32)  # (b,) k-th largest
-    keep = values > kth[:, None]  # (b, w) certainly kept
-    room = k - keep.sum(axis=1)  # (b,) places left for entries equal to the k-th largest
-    tied = values == kth[:, None]
-    tied[kth <= 0] = False  # a row with fewer than k positive entries keeps them all, and no zero
-    t_rows, t_slots = np.nonzero(tied)
-    order = np.lexsort((columns[t_rows, t_slots], t_rows))  # each row's tied entries by column
-    t_rows, t_slots = t_rows[order], t_slots[order]
-    first = np.arange(len(t_rows)) - np.searchsorted(t_rows, t_rows)  # (t,) rank among its row's ties
-    fits = first < room[t_rows]
-    keep[t_rows[fits], t_slots[fits]] = True
-    rows, slots = np.nonzero(keep)
-    return rows, columns[rows, slots], values[rows, slots]
+@dataclass(frozen=True)
+class _Scale:
+    """How a product's entry (i, j) becomes a similarity, in float32 as numpy would compute it: ``COSINE``
+    p / (row[i] * col[j] + shift) (item-kNN's shrunk cosine), ``COLUMN`` p * col[j] (RP3beta's popularity)."""
+
+    mode: int
+    row: np.ndarray  # (n,) float32
+    col: np.ndarray  # (n,) float32
+    shift: float = 0.0
+
+    COSINE: ClassVar[int] = 0  # shared/ml/similarity_kernel.py's COSINE
+    COLUMN: ClassVar[int] = 1  # and COLUMN
 
 
 def _cut(blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> sp.csr_matrix:
@@ -397,15 +383,12 @@ def _item_knn(x: sp.csr_matrix, *, k: int, shrink: float) -> sp.csr_matrix:
     n = x.shape[1]
     xt = sp.csr_matrix(x.T)  # (n, u)
     norms = np.sqrt(np.asarray(x.sum(axis=0), dtype=np.float64).ravel()).astype(np.float32)  # (n,) |x_i|
+    scale = _Scale(_Scale.COSINE, row=norms, col=norms, shift=shrink)
     step = _block_rows(n)
     blocks = []
     for lo in range(0, n, step):
-        sim = sp.csr_matrix(xt[lo : lo + step] @ x)  # (b, n) float32 co-rating counts (exact below 2^24)
-        rows = np.repeat(np.arange(lo, lo + sim.shape[0]), np.diff(sim.indptr))  # (nnz,) movie of each entry
-        denominator = norms[rows] * norms[sim.indices]  # (nnz,) float32, as a dense block would divide
-        denominator += np.float32(shrink)
-        sim.data /= denominator
-        blocks.append(_top_k_entries(sim, lo, k))
+        # co-rating counts (float32: exact below 2^24) / (|x_i| |x_j| + shrink)
+        blocks.append(_top_k_of_product(xt, x, lo, min(n, lo + step), k, scale=scale))
     return _cut(blocks, n)
 
 
@@ -425,13 +408,12 @@ def _rp3beta(x: sp.csr_matrix, *, alpha: float, beta: float, k: int, normalize: 
     p_ui.data **= alpha
     p_iu.data **= alpha
     p_ui, p_iu = sp.csr_matrix(p_ui, dtype=np.float32), sp.csr_matrix(p_iu, dtype=np.float32)
-    degree = degree.astype(np.float32)
+    scale = _Scale(_Scale.COLUMN, row=np.ones(n, np.float32), col=degree.astype(np.float32))
     step = _block_rows(n)
     blocks = []
     for lo in range(0, n, step):
-        walk = sp.csr_matrix(p_iu[lo : lo + step] @ p_ui)  # (b, n) float32 two-step walks, to the power alpha
-        walk.data *= degree[walk.indices]
-        blocks.append(_top_k_entries(walk, lo, k))
+        # two-step walks (to the power alpha) x popularity_j^-beta
+        blocks.append(_top_k_of_product(p_iu, p_ui, lo, min(n, lo + step), k, scale=scale))
     w = _cut(blocks, n)
     return _normalize_rows(w) if normalize else w
 

@@ -131,32 +131,48 @@ def _rp3beta_dense(train: sp.csr_matrix, alpha: float, beta: float) -> np.ndarra
     return w
 
 
-@pytest.mark.parametrize("k", [1, 3, 20, 200])
-def test_top_k_entries_of_rows_of_every_size_match_a_sort(k: int) -> None:
-    """Rows that store 0, a few, many and all of the columns (each size class laid out apart), rounded values so
-    that ties at the k-th are common, a diagonal entry that must go, and a zero and a negative that never count."""
-    rng = np.random.default_rng(11)
-    n, lo = 300, 40
-    dense = np.round(rng.random((12, n)), 1).astype(np.float32)
-    dense *= rng.random((12, 1)) ** 3 > rng.random((12, n))  # row densities from 0 % to ~100 %
-    dense[0] = 0
-    dense[5, lo + 5] = 9.0  # movie 45's own entry
-    dense[6, :4] = -1.0
-    r, c = np.nonzero(dense)  # row-major; then the columns put out of order within rows, as a product leaves them
-    order = np.lexsort((rng.random(len(r)), r))
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=12))])
-    block = sp.csr_matrix((dense[r, c][order], c[order], indptr), shape=dense.shape)
-    assert not block.has_sorted_indices
-    block.data[:3] = 0.0  # stored zeros
-    rows, cols, values = baselines._top_k_entries(block, lo, k)
-    got = sorted(zip(rows.tolist(), cols.tolist(), values.tolist(), strict=True))
+def _product_reference(left, right, lo, hi, k, scale) -> list[tuple[int, int, float]]:
+    """scipy's sparse product of rows lo..hi, scaled by numpy in float32, each row's k largest positive entries
+    but the diagonal by a sort (value descending, then column)."""
+    block = (left[lo:hi] @ right).toarray()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if scale.mode == baselines._Scale.COSINE:
+            block = block / (scale.row[lo:hi, None] * scale.col[None, :] + np.float32(scale.shift))
+        else:
+            block = block * scale.col[None, :]
+    assert block.dtype == np.float32
     want = []
-    for i in range(12):
-        row = block.toarray()[i]
-        candidates = [j for j in range(n) if row[j] > 0 and j != lo + i]
-        for j in sorted(candidates, key=lambda j: (-row[j], j))[:k]:
-            want.append((lo + i, j, float(row[j])))
-    assert got == sorted(want)
+    for r, row in enumerate(block):
+        candidates = [j for j in range(len(row)) if row[j] > 0 and j != lo + r]
+        want += [(lo + r, j, float(row[j])) for j in sorted(candidates, key=lambda j: (-row[j], j))[:k]]
+    return sorted(want)
+
+
+@pytest.mark.parametrize("k", [1, 3, 20, 200])
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("mode", ["cosine", "column"])
+def test_top_k_of_a_product_matches_scipys_product_and_a_sort(k: int, binary: bool, mode: str) -> None:
+    """Each row's top k of a product against scipy's product, bit for bit, ranked by a sort: 0/1 weights (counts
+    tie often at the k-th), rounding weights (a walk's powers), an empty row, a user who rated nothing, rows
+    from empty to full, the diagonal that must go, and a block in the middle."""
+    rng = np.random.default_rng(11)
+    n, users, lo, hi = 120, 90, 40, 80
+    x = sp.random(users, n, density=0.15, random_state=rng, dtype=np.float64).tocsr()
+    x.data = np.ones_like(x.data) if binary else x.data**0.37
+    x = sp.csr_matrix(x, dtype=np.float32)
+    left = sp.lil_matrix(x.T)  # (n, u)
+    left[lo + 3, :] = 0  # a movie nobody rated
+    right = x.tolil()
+    right[5, :] = 0  # a user who rated nothing
+    left, right = sp.csr_matrix(left), sp.csr_matrix(right)
+    left.eliminate_zeros()
+    right.eliminate_zeros()
+    norms = rng.random(n).astype(np.float32) + 0.5
+    scale = (baselines._Scale(baselines._Scale.COSINE, row=norms, col=norms, shift=2.5) if mode == "cosine" else
+             baselines._Scale(baselines._Scale.COLUMN, row=np.ones(n, np.float32), col=norms))  # fmt: skip
+    rows, cols, values = baselines._top_k_of_product(left, right, lo, hi, k, scale=scale)
+    got = sorted(zip(rows.tolist(), cols.tolist(), values.tolist(), strict=True))
+    assert got == _product_reference(left, right, lo, hi, k, scale)
 
 
 @pytest.mark.parametrize(("alpha", "beta"), [(1.0, 0.0), (0.5, 0.6), (1.3, 0.3)])
