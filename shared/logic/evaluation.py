@@ -16,7 +16,8 @@ short steps (``workers.evaluation.evaluation_step``), none of which waits for an
                       scored on validation and its new-user slices; the best   │
                       setting of each row is chosen there (``objective``)      │
       train:<recipe>  per recipe, its chosen setting: child job ``pipeline`` ──┘
-                      {"dataset": training dataset, "recipe", overrides, "seed", "activate": false};
+                      {"dataset": training dataset, "recipe", overrides, "seed", "activate": false,
+                      "index": false}: scored from its vectors, never indexed;
                       as the first of these stages begins, every recipe's child is submitted at once and
                       the scoring is planned: the baselines' cells are sent then (at ``IDLE_PRIORITY``),
                       so the CPU workers score them while the pipelines train on the gpu queue
@@ -222,7 +223,8 @@ def _child_job(job: Job, state: EvaluationState, stage: str) -> tuple[str, dict[
     else:
         name, overrides = recipe, chosen(state).get(recipe, {})
     fixed = job.params.get("options") or {}  # an auto pipeline's client values: every candidate trains with them
-    return "pipeline", {"dataset": training, "recipe": name, **overrides, **fixed, "seed": seed, "activate": False}
+    return "pipeline", {"dataset": training, "recipe": name, **overrides, **fixed, "seed": seed, "activate": False,
+                        "index": False}  # fmt: skip
 
 
 def chosen(state: EvaluationState) -> dict[str, dict[str, Any]]:

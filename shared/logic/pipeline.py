@@ -10,8 +10,13 @@ new users; every setting of every grid, serve-time ones included, scored there a
 chosen, shared/logic/evaluation.py), then trains the winner at its chosen setting on the whole dataset and
 records on the model what it chose and why (``chosen``); a dataset that cannot be split so (nobody to
 evaluate, no timestamps) trains ``FALLBACK_RECIPE``, saying why. ``activate: false`` trains and indexes
-without activating (an evaluation's pipelines). A pipeline is a job of its own that runs each stage as an
-ordinary child job (so every stage keeps its own record, progress and result), one after the other:
+without activating; an evaluation's pipelines also pass ``index: false`` (internal, not an API option): their
+models are scored from their vectors (shared/logic/serving.py ``version_scorer``), and one that is to be served
+later is indexed then (``POST /v1/jobs/index``, which activation asks for). At the notebook's scale an index
+costs 7-20 s of a CPU process, and an evaluation trained ten models it never served.
+
+A pipeline is a job of its own that runs each stage as an ordinary child job (so every stage keeps its own
+record, progress and result), one after the other:
 
     POST /v1/pipelines ──> pipeline job ──> workers.cpu.pipeline_step    (ingest, choose, mine, encode, ...)
                                                │ starts the next stage's child job (params carry "parent")
@@ -56,7 +61,7 @@ class StageJob:
 
 def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> StageJob | None:  # noqa: PLR0911
     """The child job that runs ``stage``, from the pipeline's options and the earlier stages' results; None for
-    a stage with nothing to run (``choose`` for a named recipe)."""
+    a stage with nothing to run (``choose`` for a named recipe, ``index`` for ``"index": false``)."""
     dataset = str(results.get("ingest", {}).get("dataset") or options.get("dataset") or "")
 
     def pick(*keys: str) -> dict[str, Any]:
@@ -92,6 +97,8 @@ def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> S
         knobs = pick(*TRAIN_OPTIONS)
         return StageJob(stage, "train", {"dataset": dataset, "triplets": results["mine"]["triplets"], **knobs})
     if stage == "index":
+        if options.get("index") is False:  # an evaluation's model: scored by its vectors, never served
+            return None
         params = {"version": results["train"]["version"], **pick("m", "ef_construction", "ef")}
         return StageJob(stage, "index", params)
     raise ValueError(f"unknown stage {stage!r}")
@@ -142,9 +149,9 @@ class PipelineState:
         return self.children.get(self.current) if self.current else None
 
 
-NOT_CANDIDATE_OPTIONS = ("path", "dataset", "recipe", "activate", "genres_fix_csv", "tags_per_movie", "seed")
-"""A pipeline's values that are not the candidates' options: what to ingest, whether to activate, the seed (the
-choosing job's own). Every other value the client gave (an encoder, epochs, ...) trains every candidate."""
+NOT_CANDIDATE_OPTIONS = ("path", "dataset", "recipe", "activate", "index", "genres_fix_csv", "tags_per_movie", "seed")
+"""A pipeline's values that are not the candidates' options: what to ingest, whether to activate and index, the
+seed (the choosing job's own). Every other value the client gave (an encoder, epochs, ...) trains every candidate."""
 
 
 def first_stage(options: dict[str, Any]) -> int:
@@ -246,7 +253,8 @@ def advance(svc: Services, celery: Celery, pipeline_id: str) -> None:
             state.write(svc.jobs, pipeline_id)
             svc.jobs.progress(pipeline_id, state.stage / len(STAGES), stage=stage, message=f"{stage} queued")
             return
-        state.results[stage] = {"recipe": options["recipe"]}  # a named recipe: nothing to choose
+        # nothing to run: a named recipe has nothing to choose, an unindexed model no index
+        state.results[stage] = {"recipe": options["recipe"]} if stage == "choose" else {"index": None}
         state.stage += 1
     options = pipeline_options(job.params, state.results)
     _finish(svc, pipeline_id, state, activate=options.get("activate", True), recipe=options["recipe"])

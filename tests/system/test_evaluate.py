@@ -124,6 +124,10 @@ def test_the_table_scores_the_recipe_and_the_baselines(
     seed = table["rows"][-1]
     pipeline = requests.get(f"{api_url}/v1/jobs/{table['jobs']['train:seed']}/result", timeout=10).json()
     assert pipeline["model"] == seed["model"] and pipeline["activated"] is None
+    # Scored from its vectors, never indexed: serving it later takes an index job first, as activation says.
+    assert pipeline["index"] is None and "index" not in pipeline["stage_jobs"]
+    refused = requests.post(f"{api_url}/v1/models/{seed['model']}/activate", timeout=10)
+    assert refused.status_code == 409 and "/v1/jobs/index" in refused.json()["error"]["message"]
     assert pipeline["dataset"] == table["training_dataset"] != table["dataset"]
     models = {m["version"]: m for m in requests.get(f"{api_url}/v1/models", timeout=10).json()["models"]}
     assert comparable(models[seed["model"]]["evaluation"]) == comparable(table)

@@ -28,6 +28,13 @@ def test_choose_runs_a_grid_job_for_auto_only() -> None:
     assert stage_job("choose", {"recipe": "hybrid"}, {"ingest": {"dataset": "ds-1"}}) is None
 
 
+def test_an_evaluation_s_pipeline_is_not_indexed() -> None:
+    trained = {"train": {"version": "m-1"}}
+    plan = stage_job("index", {"recipe": "hybrid", "ef": 50}, trained)
+    assert plan is not None and plan.kind == "index" and plan.params == {"version": "m-1", "ef": 50}
+    assert stage_job("index", {"recipe": "hybrid", "activate": False, "index": False}, trained) is None
+
+
 def row(name: str, family: str, ndcg: float, new: float, params: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "family": family, "kind": "recipe", "params": params, "ndcg": ndcg, "recall": ndcg,
             "skipped": None, "new_users": {"new-1": {"ndcg": new, "users": 20}}}  # fmt: skip
