@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,7 @@ from shared.jobs.sharded import ShardPlan, send_shards
 from shared.jobs.store import Job
 from shared.logic.feedback import feedback_version
 from shared.logic.ingest import DatasetOptions, confine, ingest
-from shared.logic.mining import (
-    TripletSpec,
-    join,
-    mine_part,
-    part_names,
-    shard_stats,
-    store_part,
-    stored_count,
-)
+from shared.logic.mining import TripletSpec, join, mine_shard_part, part_names, stored_count
 from shared.logic.pipeline import advance
 from shared.logic.services import Services
 from shared.logic.uploads import UNZIPPED_PER_UPLOADED, drop_upload, unpack_upload
@@ -154,10 +145,7 @@ def mine_shard(job_id: str, params: dict[str, Any], lo: int, hi: int, total: int
     spec = _spec(params)
 
     def work(svc: Services) -> dict[str, Any]:
-        started = time.perf_counter()
-        result = mine_part(svc.artifacts, spec, lo, hi)
-        store_part(svc.artifacts, spec, job_id, lo, result, ttl_s=svc.settings.result_ttl_s)
-        return shard_stats(lo, hi, result, time.perf_counter() - started)
+        return mine_shard_part(svc.artifacts, spec, job_id, lo, hi, ttl_s=svc.settings.result_ttl_s)
 
     run_shard("triplets", job_id, params, (lo, hi, total), work)
 

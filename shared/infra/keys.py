@@ -266,6 +266,12 @@ def triplets_part(triplets: str, job_id: str, lo: int) -> str:
     return f"{triplets}/part/{job_id}/{shard_id(lo)}"
 
 
+def triplets_range(triplets: str, lo: int, hi: int) -> str:
+    """Which job mined anchors [lo, hi) of ``triplets`` (JSON {"job"}), for an identical job's shard of that range
+    to take its part rather than mine it again (shared/logic/mining.py ``mine_shard_part``)."""
+    return f"{triplets}/range/{shard_id(lo)}-{shard_id(hi)}"
+
+
 def embeddings_artifact(ds_id: str, identity: str, pooling: str) -> str:
     """A dataset's (movies, dim) encoder matrix for one model identity and pooling."""
     return f"embeddings/{ds_id}/{identity[:16]}-{pooling}"

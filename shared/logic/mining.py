@@ -19,11 +19,16 @@ names joined with "+". Either way a shard is a range of anchor movies and ``mine
 Outputs are named by (dataset, source, its parameters, seed) only, never by shard size or worker: a
 redelivered shard rewrites its own part, a second join rewrites the same array, and a job whose array already
 exists is answered from it without mining again. Parts also carry the job id: two jobs of the same spec running at
-once (two clients asking at the same moment) each join and drop their own parts, never the other's.
+once (two clients asking at the same moment, or an evaluation's recipes that share their triplets) each join and
+drop their own parts, never the other's. They do not mine twice (``mine_shard_part``): a shard records which job
+mined its range (``triplets/<name>/range/<lo>-<hi>``), and the same range of an identical job takes a copy of
+that part, or nothing once the triplets are joined (its join answers them as stored). At the notebook's scale
+an evaluation's `hybrid` and `ials` pipelines mine the same co-liked triplets at the same moment.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,6 +41,7 @@ from shared.infra.keys import (
     dataset_artifact,
     triplets_artifact,
     triplets_part,
+    triplets_range,
 )
 from shared.infra.process import per_process
 from shared.ml import coliked
@@ -177,6 +183,37 @@ def store_part(
     artifacts: ArtifactStore, spec: TripletSpec, job_id: str, lo: int, result: PartResult, *, ttl_s: int
 ) -> None:
     artifacts.put_array(spec.part(job_id, lo), result.triplets, ttl_s=ttl_s)
+
+
+def mine_shard_part(
+    artifacts: ArtifactStore, spec: TripletSpec, job_id: str, lo: int, hi: int, *, ttl_s: int
+) -> dict[str, Any]:
+    """Anchors [lo, hi) of ``spec`` mined and stored as job ``job_id``'s part (``store_part``); answers the
+    shard's stats. Mining is deterministic for a spec, so an identical job's part of the same range is this
+    one's: when one is stored, it is copied instead (stats ``"reused": true``), and when the joined triplets
+    are stored already, nothing is (the job's join answers them as stored)."""
+    started = time.perf_counter()
+    if artifacts.exists(spec.name):
+        return {"anchors": [lo, hi], "seconds": 0.0, "reused": True}
+    mined = _mined_by_another(artifacts, spec, job_id, lo, hi)
+    if mined is not None:
+        artifacts.put_array(spec.part(job_id, lo), mined, ttl_s=ttl_s)
+        return {"anchors": [lo, hi], "seconds": round(time.perf_counter() - started, 3), "reused": True,
+                "triplets": len(mined)}  # fmt: skip
+    result = mine_part(artifacts, spec, lo, hi)
+    store_part(artifacts, spec, job_id, lo, result, ttl_s=ttl_s)
+    artifacts.put_json(triplets_range(spec.name, lo, hi), {"job": job_id}, ttl_s=ttl_s)
+    return shard_stats(lo, hi, result, time.perf_counter() - started)
+
+
+def _mined_by_another(artifacts: ArtifactStore, spec: TripletSpec, job_id: str, lo: int, hi: int) -> np.ndarray | None:
+    """The part of anchors [lo, hi) that another job of the same spec stored, or None (none did; or it has
+    finished and dropped its parts, or they expired)."""
+    try:
+        owner = str(artifacts.get_json(triplets_range(spec.name, lo, hi))["job"])
+        return None if owner == job_id else artifacts.get_array(spec.part(owner, lo))
+    except NotFound:
+        return None
 
 
 def shard_stats(lo: int, hi: int, result: PartResult, seconds: float) -> dict[str, Any]:
