@@ -7,13 +7,22 @@
             └─ a heap of the k best by (value descending, column ascending), positive values only
                └─ (rows, cols, values) appended to the caller's arrays
 
-Imported on first use (numba's import and the compilation, cached on disk where the package's directory is
-writable, cost about a second), so that importing shared.ml.baselines stays cheap for the API.
+Imported on first use (numba's import and the compilation cost about a second), so that importing
+shared.ml.baselines stays cheap for the API. The compiled code is cached under ``NUMBA_CACHE_DIR``, by default
+a directory of the system's temporary one: numba's own default, beside the source or in the home directory,
+is not writable in every deployment (an image's read-only site-packages, a user without a home), and with no
+writable place numba refuses to compile a cached function at all.
 """
 
 from __future__ import annotations
 
-import numba
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "movierec-numba"))
+
+import numba  # after its cache directory is set
 import numpy as np
 
 COSINE = 0
