@@ -203,17 +203,6 @@ def as_binary(ratings: sp.csr_matrix) -> sp.csr_matrix:
 
 
 # -- ranking and metrics -----------------------------------------------------------------------------------
-def kth_largest(values: np.ndarray, k: int) -> np.ndarray:
-    """(b,) the k-th largest value of each row of ``values`` ((b, n) float, no NaN; 1 <= k <= n), by value: ties
-    count once each. torch's top-k selection, about ten times ``np.partition``'s speed on rows of 58,000 movies
-    (issue #24: ranking was most of the evaluation at the notebook's scale)."""
-    import torch
-
-    with torch.no_grad():
-        top = torch.topk(torch.from_numpy(np.ascontiguousarray(values)), k, dim=1, sorted=False).values  # (b, k)
-        return np.asarray(top.min(dim=1).values.numpy())
-
-
 def top_k(scores: np.ndarray, exclude: sp.csr_matrix, k: int, *, overwrite: bool = False) -> np.ndarray:
     """(b, k) int64 movie rows of the k best scores per row, excluded movies (``exclude``'s nonzeros, a
     (b, n) CSR) left out; ties to the lower movie row; -1 pads a row with fewer than k candidates.

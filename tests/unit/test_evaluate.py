@@ -13,7 +13,6 @@ from shared.ml import baselines
 from shared.ml.evaluate import (
     EASE_MAX_BYTES,
     Split,
-    kth_largest,
     metrics,
     popular_scorer,
     random_scorer,
@@ -81,17 +80,6 @@ def test_top_k_excludes_breaks_ties_low_and_pads() -> None:
     scores = np.array([[0.5, 0.9, 0.5, 0.5, 0.1], [1.0, 2.0, 3.0, 4.0, 5.0]])
     exclude = csr([[1], [0, 1, 2, 3]], 5)
     assert top_k(scores, exclude, 3).tolist() == [[0, 2, 3], [4, -1, -1]]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kth_largest_matches_a_sort_with_ties_and_infinities(dtype: type) -> None:
-    rng = np.random.default_rng(3)
-    values = np.round(rng.normal(size=(40, 300)), 1).astype(dtype)  # many ties
-    values[5] = -np.inf
-    values[6, :250] = -np.inf
-    for k in (1, 10, 200, 300):
-        want = -np.sort(-values, axis=1)[:, k - 1]
-        assert np.array_equal(kth_largest(values, k), want)
 
 
 def _slow_top_k(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
