@@ -23,10 +23,10 @@ from shared.logic.scoring import (
     NotTrained,
     derive,
     part_names,
-    recipe_cell,
     row_scores,
     score_shard,
     store_part,
+    trained_cell,
 )
 from shared.logic.services import Services
 from shared.ml.protocol import Protocol
@@ -65,7 +65,7 @@ def evaluation_shard(job_id: str, plan: dict[str, Any], lo: int, hi: int, total:
     by lo."""
 
     def work(svc: Services) -> dict[str, Any]:
-        state = EvaluationState.read(svc.jobs, job_id) if recipe_cell(plan, lo) else None
+        state = EvaluationState.read(svc.jobs, job_id) if trained_cell(plan, lo) else None
         trained = trained_models(state or EvaluationState())
         try:
             top, stats = score_shard(svc.artifacts, svc.models, plan, lo, hi, trained=trained,

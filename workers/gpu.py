@@ -113,6 +113,7 @@ def train_model(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
         record, reused = train_version(
             ctx.services.artifacts, ctx.services.models, ctx.services.vectors, encoder, dataset=params["dataset"],
             triplets=params["triplets"], config=config, device=device(), created_at=utcnow_iso(), on_epoch=on_epoch,
+            store_fit=params.get("store_fit"),
         )  # fmt: skip
         metrics = record["metrics"]
         message = f"test AUC {metrics['test_auc_before']:.4f} -> {metrics['test_auc_after']:.4f}"

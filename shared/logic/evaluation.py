@@ -17,12 +17,16 @@ short steps (``workers.evaluation.evaluation_step``), none of which waits for an
                       setting of each row is chosen there (``objective``)      │
       train:<recipe>  per recipe, its chosen setting: child job ``pipeline`` ──┘
                       {"dataset": training dataset, "recipe", overrides, "seed", "activate": false,
-                      "index": false}: scored from its vectors, never indexed;
+                      "index": false}: scored from its vectors, never indexed; an ``ials`` recipe
+                      whose factorisation is the job's iALS setting also {"store_fit"}: its training
+                      stores that fit for the iALS row (``factorised_by``, shared/logic/fits.py);
                       as the first of these stages begins, every recipe's child is submitted at once and
                       the scoring is planned: the baselines' cells are sent then (at ``IDLE_PRIORITY``),
-                      so the CPU workers score them while the pipelines train on the gpu queue
-      score           the recipes' cells, once every recipe is trained (each cell looks its model up in
-                      the job's state). A shard per cell, a row by a chunk of ``shard_users`` users of every
+                      so the CPU workers score them while the pipelines train on the gpu queue; as each
+                      pipeline finishes, the cells that waited for it (its recipe's; the iALS row it
+                      fitted) are sent, and score while the later ones train
+      score           the cells not sent yet (each recipe's cell looks its model up in the job's state).
+                      A shard per cell, a row by a chunk of ``shard_users`` users of every
                       segment (the test part's users, then each new-user slice's), the cells of the first
                       chunk first; each baseline is fitted once for the cluster, by the first cell that
                       wants it, and stored for the others (shared/logic/scoring.py); the shard that
@@ -32,8 +36,9 @@ short steps (``workers.evaluation.evaluation_step``), none of which waits for an
 
 A grid-mode job (the ``validate`` child) has no ingest and no validate stage: it trains ``train:<variant>``
 for every setting of every recipe's grid and scores one shard per row of the table, every validation user in
-one chunk, each fitting its baseline setting itself; item-kNN's and RP3beta's settings that share a similarity
-build share a shard and the build (``baselines.fit_many``). ``"tune": false`` skips validation: every row at its
+one chunk, each fitting its baseline setting itself (an iALS setting that an ``ials`` variant's training fitted
+is loaded); item-kNN's and RP3beta's settings that share a similarity build share a shard and the build
+(``baselines.fit_many``). ``"tune": false`` skips validation: every row at its
 default setting.
 
 Only the training dataset reaches a recipe's pipeline and a baseline; the test part and the cohort are read by
@@ -60,12 +65,14 @@ from shared.jobs.progress import Position, report
 from shared.jobs.sharded import ShardPlan, send_shards, stored_plan
 from shared.jobs.store import Job, JobStore
 from shared.jobs.submit import submit
-from shared.logic.scoring import RowScores, plan_items, recipe_cell, segments, stored_split
+from shared.logic import fits
+from shared.logic.scoring import RowScores, cell_stage, plan_items, segments, stored_split, trained_cell
 from shared.logic.services import Services
 from shared.ml import baselines, intervals
 from shared.ml.evaluate import EASE_MAX_BYTES
+from shared.ml.fitting import TrainConfig
 from shared.ml.protocol import DEFAULT_SEED, DEFAULT_SHARD_USERS, Protocol, baselines_of, recipes_of
-from shared.ml.recipes import GRIDS, SERVE_GRIDS, grid_points, variant_label
+from shared.ml.recipes import GRIDS, SERVE_GRIDS, grid_points, recipe_options, variant_label
 
 STATE_FIELD = "evaluation"
 """The evaluation job's record field that holds its ``EvaluationState``."""
@@ -190,6 +197,8 @@ def _child_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState
                       details={"stage": stage, "job": child_id})  # fmt: skip
         return False
     state.results[stage] = _child_result(kind, finished)
+    if kind == "train":
+        _send_trained_cells(svc, celery, job, state, stage)
     return True
 
 
@@ -223,13 +232,45 @@ def _child_job(job: Job, state: EvaluationState, stage: str) -> tuple[str, dict[
     else:
         name, overrides = recipe, chosen(state).get(recipe, {})
     fixed = job.params.get("options") or {}  # an auto pipeline's client values: every candidate trains with them
+    shares = factorised_by(job.params, state).get(stage)
+    store = {"store_fit": fits.fit_id("iALS", json.dumps(shares, sort_keys=True), seed)} if shares else {}
     return "pipeline", {"dataset": training, "recipe": name, **overrides, **fixed, "seed": seed, "activate": False,
-                        "index": False}  # fmt: skip
+                        "index": False, **store}  # fmt: skip
 
 
 def chosen(state: EvaluationState) -> dict[str, dict[str, Any]]:
     """Each row's setting chosen on validation ({} before validation, or without it: the defaults)."""
     return dict(state.results.get("validate", {}).get("chosen", {}))
+
+
+def factorised_by(params: dict[str, Any], state: EvaluationState) -> dict[str, dict[str, Any]]:
+    """The iALS rows a recipe's training fits: {training stage: the iALS setting} for each ``ials`` pipeline whose
+    factorisation (factors = its hidden_dim, its regularization and alpha; the job's seed, the same training
+    dataset) is one of the job's iALS settings (the chosen one, or every one of a grid). Its pipeline stores
+    that factorisation (``store_fit``) and the iALS row loads it (shared/logic/fits.py): one fit for both."""
+    if "iALS" not in baselines_of(params):
+        return {}
+    grid, picked, fixed = bool(params.get("grid")), chosen(state), params.get("options") or {}
+    settings = [picked["iALS"]] if "iALS" in picked else baseline_settings("iALS", grid=grid)
+    labels = {baselines.label("iALS", setting): setting for setting in settings}
+    if grid:
+        pipelines = [(f"train:{label}", recipe, overrides) for label, recipe, overrides in recipe_variants(params)]
+    else:
+        pipelines = [(f"train:{recipe}", recipe, picked.get(recipe, {})) for recipe in recipes_of(params)]
+    out: dict[str, dict[str, Any]] = {}
+    for stage, recipe, overrides in pipelines:
+        options = recipe_options(recipe, {**overrides, **fixed})
+        if options.get("architecture") != "ials":
+            continue
+        factorisation = {
+            "factors": options.get("hidden_dim", TrainConfig.hidden_dim),
+            "regularization": options.get("regularization", TrainConfig.regularization),
+            "alpha": options.get("alpha", TrainConfig.alpha),
+        }
+        setting = labels.pop(baselines.label("iALS", factorisation), None)  # each iALS row fitted by one at most
+        if setting is not None:
+            out[stage] = setting
+    return out
 
 
 def _split_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> bool:
@@ -257,7 +298,8 @@ TRAINING = "train"
 scoring cells (they need no model)."""
 
 SCORING = "score"
-"""``EvaluationState.sent``'s mark of the recipes' scoring cells sent (every cell, for a job with no recipe)."""
+"""``EvaluationState.sent``'s mark of the scoring cells sent (every cell, for a job with no recipe); with
+``:<training stage>`` after it, of the cells that waited for that training, sent as it finished."""
 
 
 def _start_training(svc: Services, celery: Celery, job: Job, state: EvaluationState) -> None:
@@ -269,22 +311,37 @@ def _start_training(svc: Services, celery: Celery, job: Job, state: EvaluationSt
         if stage.startswith("train:") and stage not in state.children:
             _submit_child(svc, celery, job, state, stage)
     plan = _plan(job.params, state)
-    send_shards(svc.jobs, celery, job.id, "evaluate", plan, only=lambda lo: not recipe_cell(plan.payload, lo))
+    send_shards(svc.jobs, celery, job.id, "evaluate", plan, only=lambda lo: not trained_cell(plan.payload, lo))
     state.sent.append(TRAINING)
     state.write(svc.jobs, job.id)
 
 
+def _send_trained_cells(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> None:
+    """The cells that waited for training ``stage`` (its recipe's rows; an iALS row it fitted), sent as soon as
+    it is done, so that they score while the later pipelines train; once (``EvaluationState.sent``)."""
+    plan = stored_plan(svc.jobs, job.id)
+    mark = f"{SCORING}:{stage}"
+    if plan is None or mark in state.sent:
+        return  # no plan yet: ``_score_stage`` sends every cell
+    send_shards(svc.jobs, celery, job.id, "evaluate", plan, only=lambda lo: cell_stage(plan.payload, lo) == stage)
+    state.sent.append(mark)
+
+
 def _score_stage(svc: Services, celery: Celery, job: Job, state: EvaluationState, stage: str) -> bool:
-    """Send the scoring cells not sent yet (the recipes', their models trained; or all of them, for a job with
-    no recipe), once; the shards and the join finish the job."""
+    """Send the scoring cells not sent yet (those of a training whose cells did not go when it finished; all of
+    them, for a job with no recipe), once; the shards and the join finish the job."""
     if SCORING not in state.sent:
         early = stored_plan(svc.jobs, job.id)  # planned as the training began: its baselines' cells are sent
         plan = early or _plan(job.params, state)
-        recipes = (lambda lo: recipe_cell(plan.payload, lo)) if early is not None else None
-        done = len(svc.jobs.shards_done(job.id))  # the baselines' cells scored while the recipes trained
+
+        def unsent(lo: int) -> bool:
+            waits = cell_stage(plan.payload, lo)
+            return waits is not None and f"{SCORING}:{waits}" not in state.sent
+
+        done = len(svc.jobs.shards_done(job.id))  # the cells scored while the recipes trained
         where = parent(job.id, job.params, stage)
         report(svc.jobs, job, where, done / max(1, len(plan.ranges)), f"{done} of {len(plan.ranges)} shards scored")
-        send_shards(svc.jobs, celery, job.id, "evaluate", plan, only=recipes)
+        send_shards(svc.jobs, celery, job.id, "evaluate", plan, only=unsent if early is not None else None)
         state.sent.append(SCORING)
         state.write(svc.jobs, job.id)
     return False
@@ -320,12 +377,16 @@ def table_rows(params: dict[str, Any], state: EvaluationState) -> list[dict[str,
     """The rows a job scores: {"name", "kind", "family", "params"} of every baseline and recipe, at every setting
     of their grids (grid mode), at the setting chosen on validation, or at their defaults; a recipe's also its
     training ``stage``, whose result in the job's state names its model (the scoring is planned while the
-    recipes train: a recipe's cells look their model up when they run, the join when it builds the table)."""
+    recipes train: a recipe's cells look their model up when they run, the join when it builds the table); an
+    iALS row whose fit a recipe's training makes (``factorised_by``), that training's ``stage``."""
     grid, picked = bool(params.get("grid")), chosen(state)
+    fitted_by = {baselines.label("iALS", setting): stage for stage, setting in factorised_by(params, state).items()}
     rows = []
     for b in baselines_of(params):
         for setting in [picked[b]] if b in picked else baseline_settings(b, grid=grid):
-            rows.append({"name": variant_label(b, setting), "kind": "baseline", "family": b, "params": setting})
+            row = {"name": variant_label(b, setting), "kind": "baseline", "family": b, "params": setting}
+            stage = fitted_by.get(baselines.label(b, setting)) if b == "iALS" else None
+            rows.append({**row, "stage": stage} if stage else row)  # its fit: the recipe's (``factorised_by``)
     if not grid:
         for recipe in recipes_of(params):
             setting = picked.get(recipe, {})

@@ -94,7 +94,7 @@ def stage_job(stage: str, options: dict[str, Any], results: dict[str, Any]) -> S
     if stage == "encode":
         return StageJob(stage, "encode", {"dataset": dataset, **pick("model", "pooling")})
     if stage == "train":
-        knobs = pick(*TRAIN_OPTIONS)
+        knobs = pick(*TRAIN_OPTIONS, "store_fit")  # store_fit: an evaluation's (shared/logic/fits.py)
         return StageJob(stage, "train", {"dataset": dataset, "triplets": results["mine"]["triplets"], **knobs})
     if stage == "index":
         if options.get("index") is False:  # an evaluation's model: scored by its vectors, never served
@@ -149,7 +149,9 @@ class PipelineState:
         return self.children.get(self.current) if self.current else None
 
 
-NOT_CANDIDATE_OPTIONS = ("path", "dataset", "recipe", "activate", "index", "genres_fix_csv", "tags_per_movie", "seed")
+NOT_CANDIDATE_OPTIONS = (
+    "path", "dataset", "recipe", "activate", "index", "store_fit", "genres_fix_csv", "tags_per_movie", "seed",
+)  # fmt: skip
 """A pipeline's values that are not the candidates' options: what to ingest, whether to activate and index, the
 seed (the choosing job's own). Every other value the client gave (an encoder, epochs, ...) trains every candidate."""
 

@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from hashlib import sha256
 from typing import Any
 
 import numpy as np
@@ -47,10 +46,11 @@ import scipy.sparse as sp
 
 from shared.errors import Conflict, NotFound
 from shared.infra.clock import utcnow_iso
-from shared.infra.keys import dataset_artifact, evaluation_fit_artifact, evaluation_part, evaluation_split_artifact
+from shared.infra.keys import dataset_artifact, evaluation_part, evaluation_split_artifact
 from shared.infra.process import per_process
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.jobs.sharded import Deferred
+from shared.logic import fits
 from shared.logic.descriptors import CutDescriptors, descriptors_before
 from shared.logic.serving import VersionScorer, version_scorer
 from shared.ml import baselines, evaluate, intervals, splits
@@ -371,46 +371,25 @@ def fit_baseline(
 ) -> Fitted:
     """Baseline ``name`` at ``params`` (JSON: hashable for ``fitted_baseline``'s cache) fitted on the split's
     training part (nothing of the test part reaches it). One of ``baselines.STORED`` is fitted once for the
-    whole cluster: the first shard to need it fits it and stores it (``evaluation_fit_artifact``, content
-    addressed like the split), every later one loads it. A scoring cell fits it under a claim (``_fitted``), so
-    that a second cell waits for the fit rather than making it again beside the first; two callers without
-    one would both fit it and store the same arrays."""
-    fit_id = stored_fit_id(name, params, seed)
+    whole cluster: the first shard to need it fits it and stores it (shared/logic/fits.py, content addressed
+    like the split), every later one loads it (an iALS row may find it stored by the ``ials`` recipe's
+    training). A scoring cell fits it under a claim (``_fitted``), so that a second cell waits for the fit
+    rather than making it again beside the first; two callers without one would both fit it and store the
+    same arrays."""
+    fit = fits.fit_id(name, params, seed)
     stored = name in baselines.STORED
     if stored:
         started = time.perf_counter()
-        model = _stored_fit(artifacts, training_ds, fit_id)
+        model = fits.load(artifacts, training_ds, fit)
         if model is not None:
             return Fitted(model.score, None, time.perf_counter() - started, model)
     split = load_split(artifacts, training_ds, relevant_at).split
     fitted = fit_settings(split, name, [json.loads(params)], seed=seed, max_bytes=ease_max_bytes)[0]
     if stored and fitted.model is not None:
         started = time.perf_counter()
-        _store_fit(artifacts, training_ds, fit_id, fitted)
+        fits.store(artifacts, training_ds, fit, fitted.model, seconds=fitted.seconds, by="scoring")
         fitted = replace(fitted, seconds=fitted.seconds + time.perf_counter() - started)
     return fitted
-
-
-def stored_fit_id(name: str, params: str, seed: int) -> str:
-    """The name a fit of baseline ``name`` at ``params`` (JSON, keys sorted) with ``seed`` is stored under."""
-    return f"{name}-{sha256(f'{params}|{seed}'.encode()).hexdigest()[:16]}"
-
-
-def _stored_fit(artifacts: ArtifactStore, training_ds: str, fit_id: str) -> baselines.Baseline | None:
-    if not artifacts.exists(evaluation_fit_artifact(training_ds, fit_id, "summary")):
-        return None
-    parts = artifacts.get_json(evaluation_fit_artifact(training_ds, fit_id, "summary"))["parts"]
-    arrays = {part: artifacts.get_array(evaluation_fit_artifact(training_ds, fit_id, part)) for part in parts}
-    return baselines.from_arrays(arrays)
-
-
-def _store_fit(artifacts: ArtifactStore, training_ds: str, fit_id: str, fitted: Fitted) -> None:
-    assert fitted.model is not None
-    arrays = baselines.to_arrays(fitted.model)
-    for part, array in arrays.items():
-        artifacts.put_array(evaluation_fit_artifact(training_ds, fit_id, part), array)
-    summary = {"parts": sorted(arrays), "seconds": round(fitted.seconds, 3), "at": utcnow_iso()}
-    artifacts.put_json(evaluation_fit_artifact(training_ds, fit_id, "summary"), summary)
 
 
 def fit_settings(
@@ -496,10 +475,18 @@ def cell(plan: dict[str, Any], item: int) -> tuple[int, int, int]:
     return group, min(total, chunk * size), min(total, (chunk + 1) * size)
 
 
-def recipe_cell(plan: dict[str, Any], item: int) -> bool:
-    """Whether cell ``item`` ranks a recipe's row (it needs the recipe's trained model; a baseline's does not)."""
+def cell_stage(plan: dict[str, Any], item: int) -> str | None:
+    """The recipe training cell ``item`` waits for: it ranks a recipe's row (the trained model), or a baseline's
+    fitted by a recipe's training (an iALS row with a ``stage``: the ``ials`` recipe's factorisation,
+    shared/logic/fits.py); None for any other baseline's cell, which needs nothing trained. A group's rows share
+    one stage (a recipe's serve-time settings of one trained setting; a baseline row alone)."""
     first, end = plan["groups"][cell(plan, item)[0]]
-    return any(row["kind"] == "recipe" for row in plan["rows"][first:end])
+    return next((row["stage"] for row in plan["rows"][first:end] if "stage" in row), None)
+
+
+def trained_cell(plan: dict[str, Any], item: int) -> bool:
+    """Whether cell ``item`` waits for a recipe's training (``cell_stage``)."""
+    return cell_stage(plan, item) is not None
 
 
 class NotTrained(Deferred):
@@ -554,15 +541,15 @@ def score_shard(
     rows = [_with_model(row, trained or {}) for row in rows]
     data = load_split(artifacts, plan["training_dataset"], float(plan["relevant_at"]))
     k, relevant_at = int(plan["k"]), float(plan["relevant_at"])
-    fits: list[Fitted | None]
+    fitted_rows: list[Fitted | None]
     if plan.get("grid"):
-        fits = _fit_group(data.split, plan, rows)
-        fit_seconds = [f.seconds if f is not None else 0.0 for f in fits]
+        fitted_rows = _fit_group(artifacts, data.split, plan, rows)
+        fit_seconds = [f.seconds if f is not None else 0.0 for f in fitted_rows]
     else:
-        fits, fit_seconds = [], []
+        fitted_rows, fit_seconds = [], []
         for row in rows:
             started = time.perf_counter()
-            fits.append(_fitted(artifacts, plan, row, claim) if row["kind"] == "baseline" else None)
+            fitted_rows.append(_fitted(artifacts, plan, row, claim) if row["kind"] == "baseline" else None)
             fit_seconds.append(time.perf_counter() - started)
     top = np.full((len(rows), end_user - first_user, k), -1, dtype=np.int32)
     seconds: dict[str, float] = {}
@@ -574,7 +561,7 @@ def score_shard(
     for i, row in enumerate(rows):
         started = time.perf_counter()
         scorer: evaluate.Scorer
-        fitted = fits[i]
+        fitted = fitted_rows[i]
         if fitted is not None:
             if fitted.scorer is None:
                 skipped[row["name"]] = str(fitted.skipped)
@@ -652,12 +639,14 @@ def _by_cold_boost(scorer: VersionScorer, rows: list[dict[str, Any]]) -> dict[fl
 
 
 def _with_model(row: dict[str, Any], trained: Mapping[str, str]) -> dict[str, Any]:
-    if row["kind"] != "recipe":
+    """A recipe's row with the model its training stage made; a baseline's fitted by a recipe's training as it
+    is, once that training is done (its fit stored); ``NotTrained`` before."""
+    if "stage" not in row:
         return row
     model = trained.get(row["stage"])
     if model is None:
         raise NotTrained(f"{row['name']} is not trained yet ({row['stage']})")
-    return {**row, "model": model}
+    return {**row, "model": model} if row["kind"] == "recipe" else row
 
 
 def _fitted(artifacts: ArtifactStore, plan: dict[str, Any], row: dict[str, Any], claim: Claim) -> Fitted:
@@ -671,24 +660,35 @@ def _fitted(artifacts: ArtifactStore, plan: dict[str, Any], row: dict[str, Any],
         return fitted_baseline(artifacts, training_ds, float(plan["relevant_at"]), name, params, seed=seed,
                                ease_max_bytes=int(plan["ease_max_bytes"]))  # fmt: skip
 
-    fit_id = stored_fit_id(name, params, seed)
-    if name not in baselines.STORED or artifacts.exists(evaluation_fit_artifact(training_ds, fit_id, "summary")):
+    fit = fits.fit_id(name, params, seed)
+    if name not in baselines.STORED or fits.exists(artifacts, training_ds, fit):
         return fitted()
-    with claim(fit_id) as mine:
+    with claim(fit) as mine:
         if not mine:
             raise FitPending(f"{row['name']} is being fitted by another process")
         return fitted()
 
 
-def _fit_group(split: evaluate.Split, plan: dict[str, Any], rows: list[dict[str, Any]]) -> list[Fitted | None]:
+def _fit_group(
+    artifacts: ArtifactStore, split: evaluate.Split, plan: dict[str, Any], rows: list[dict[str, Any]]
+) -> list[Fitted | None]:
     """A validation shard's rows fitted (None for a recipe), the settings of one baseline together
-    (``fit_settings``). Nothing is cached: no other shard fits these settings."""
+    (``fit_settings``). Nothing is cached, since no other shard fits these settings, except an iALS setting
+    that a recipe's training fitted and stored (a row with a ``stage``): it is loaded."""
     out: list[Fitted | None] = [None] * len(rows)
     by_family: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        if row["kind"] == "baseline":
-            by_family.setdefault(row["family"], []).append(i)
     seed, max_bytes = int(plan["seed"]), int(plan["ease_max_bytes"])
+    for i, row in enumerate(rows):
+        if row["kind"] != "baseline":
+            continue
+        if "stage" in row:
+            started = time.perf_counter()
+            fit = fits.fit_id(row["family"], json.dumps(row.get("params", {}), sort_keys=True), seed)
+            model = fits.load(artifacts, plan["training_dataset"], fit)
+            if model is not None:
+                out[i] = Fitted(model.score, None, time.perf_counter() - started, model)
+                continue
+        by_family.setdefault(row["family"], []).append(i)
     for family, members in by_family.items():
         settings = [rows[i].get("params", {}) for i in members]
         for i, fitted in zip(members, fit_settings(split, family, settings, seed=seed, max_bytes=max_bytes),

@@ -23,6 +23,7 @@ import numpy as np
 
 from shared.errors import NotFound
 from shared.infra.keys import dataset_artifact, model_artifact
+from shared.logic import fits
 from shared.logic.encoding import describe, encode_dataset
 from shared.logic.maps import build_map, has_map
 from shared.ml.encoder import Encoder
@@ -52,9 +53,13 @@ def train_version(
     device: torch.device,
     created_at: str,
     on_epoch: OnEpoch | None = None,
+    store_fit: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Train the Siamese projection of ``dataset`` on ``triplets`` (one artifact, or several whose rows are
-    joined: descriptor and co-liked triplets together): (the version's record, whether it existed)."""
+    joined: descriptor and co-liked triplets together): (the version's record, whether it existed). An "ials"
+    model's factorisation is also stored as the iALS baseline's fit ``store_fit`` of ``dataset`` when asked (an
+    evaluation's: shared/logic/fits.py); a version that existed already stores nothing, and the evaluation's
+    scoring fits its iALS row itself."""
     from safetensors.torch import save
 
     from shared.ml.training import train
@@ -85,7 +90,11 @@ def train_version(
             (stored.values, stored.movie_index, stored.indptr), shape=(len(stored.user_ids), len(movie_ids))
         )
         times = stored.timestamps
+    started = time.perf_counter()
     result = train(encoded.vectors, rows, config, device=device, progress=on_epoch, ratings=ratings, times=times)
+    if store_fit and result.factorisation is not None:
+        fits.store(artifacts, dataset, store_fit, result.factorisation, seconds=time.perf_counter() - started,
+                   by=f"model {version}")  # fmt: skip
     weights, projected = model_artifact(version, "weights"), model_artifact(version, "embeddings")
     artifacts.put_bytes(weights, save(result.state, metadata={"version": version}))
     artifacts.put_array(projected, result.projected)

@@ -18,7 +18,8 @@ Redis. Data flow:
 
 Nothing about a user is kept from training: ``score`` depends on the history it is given only, so a new user
 (fold-in) and a training user with the same history get the same scores. Ties in every top-k cut go to the
-lower movie row, and iALS is seeded and single-threaded, so the same inputs give the same bytes.
+lower movie row, and iALS is seeded (its threads solve independent rows), so the same inputs give the same
+bytes.
 
 Errors: ``ValueError`` for an unknown name, an unknown parameter or a value out of its range;
 ``evaluate.Skipped`` when a model cannot run on this data (EASE's two dense m x m matrices over ``max_bytes``;
@@ -483,9 +484,13 @@ class IalsModel:
         return out
 
 
-def _ials(x: sp.csr_matrix, *, factors: int, regularization: float, alpha: float, seed: int) -> IalsModel:
-    """Item factors by implicit's CPU ALS (conjugate gradient, ``IALS_ITERATIONS`` sweeps), one thread and
-    one BLAS thread: deterministic for a seed, and no oversubscription in a small worker."""
+def _ials(
+    x: sp.csr_matrix, *, factors: int, regularization: float, alpha: float, seed: int, threads: int = 1
+) -> IalsModel:
+    """Item factors by implicit's CPU ALS (conjugate gradient, ``IALS_ITERATIONS`` sweeps) on ``threads`` threads
+    and one BLAS thread: deterministic for a seed whatever ``threads`` (each user's and each movie's solve is its
+    own, against a Y^T Y made before the sweep on one BLAS thread; checked by a unit test). A worker process
+    that shares its cores with others keeps to 1; the ``ials`` recipe's training, alone on its queue, takes more."""
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
@@ -501,7 +506,7 @@ def _ials(x: sp.csr_matrix, *, factors: int, regularization: float, alpha: float
             dtype=np.float32,
             iterations=IALS_ITERATIONS,
             calculate_training_loss=False,
-            num_threads=1,
+            num_threads=threads,
             random_state=seed,
         )
         model.fit(confidence, show_progress=False)

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import numpy as np
 
 from shared.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from shared.ml.baselines import IalsModel
 
 LIMITS: dict[str, tuple[float, float]] = {
     "epochs": (1, 200),
@@ -115,6 +118,9 @@ class TrainResult:
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
     warm: int | None = None  # the hybrid: movies with a learned per-movie embedding
+    factorisation: IalsModel | None = None
+    """"ials": the iALS model (``baselines.IalsModel``: every movie's factors as implicit made them) that the
+    vectors were taken from; an evaluation stores it for its iALS row (shared/logic/fits.py)."""
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:

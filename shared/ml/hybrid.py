@@ -10,7 +10,7 @@
     movie vector z_j = e_j for a movie someone liked, else c(x_j)   (unit length; served by the hnswlib index)
 
 The "ials" architecture is the same with iALS's item factors for E (every rating a positive, confidence
-1 + alpha; ``ials_embedding``): a rated movie keeps its factors as they are (norms included: the index is an
+1 + alpha; ``ials_factorisation``): a rated movie keeps its factors as they are (norms included: the index is an
 inner-product one), a cold one the tower's direction at the median rated norm, and the state carries Y^T Y,
 so a user's query is their iALS fold-in, solved from their ratings at query time (shared/ml/recommend.py).
 
@@ -26,6 +26,7 @@ inputs and seed give the same weights.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,6 +37,7 @@ from shared.ml.fitting import NORM_EPS, Adam, TrainResult, hinge_gradient, run_e
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
+    from shared.ml.baselines import IalsModel
     from shared.ml.fitting import Progress, TrainConfig
 
 NULL_SPACE = 1e-6
@@ -87,8 +89,10 @@ def train_hybrid(
 
     d = vectors.shape[1]
     h = config.hidden_dim
+    factorisation = None
     if config.architecture == "ials":
-        e, gram = ials_embedding(ratings, config)
+        factorisation = ials_factorisation(ratings, config)
+        e, gram = ials_embedding(ratings, factorisation)
     else:
         e, gram = spectral_embedding(ratings, liked_at=config.liked_at, dim=h), None  # (n, h)
     norms = np.linalg.norm(e, axis=1)
@@ -128,19 +132,26 @@ def train_hybrid(
     if gram is not None:
         result.state["fold_in.gram"] = torch.from_numpy(gram)
     result.warm = int(warm.sum())
+    result.factorisation = factorisation
     return result
 
 
-def ials_embedding(ratings: sp.csr_matrix, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """((n, hidden_dim) float32 iALS item factors Y, rows of movies nobody rated zero; (f, f) float64 Y^T Y over
-    the rated ones): the factorisation of the evaluation's iALS baseline (``baselines._ials``: every rating a
-    positive with confidence 1 + alpha), whose fold-in a user's query is (shared/ml/recommend.py)."""
-    from shared.ml.baselines import _ials
+def ials_factorisation(ratings: sp.csr_matrix, config: TrainConfig) -> IalsModel:
+    """The evaluation's iALS baseline at factors ``hidden_dim``, ``regularization``, ``alpha`` and ``seed``, fitted
+    on ``ratings`` as ``baselines.fit`` fits it (``_binary``: who rated what, sorted; then ``_ials``), so the
+    same bytes: an evaluation's iALS row at that setting loads this fit instead of making it again
+    (shared/logic/fits.py). On every core this process may use (the bits do not depend on it)."""
+    from shared.ml.baselines import _binary, _ials
 
-    x = ratings.tocsr()
-    rated = np.bincount(x.indices, minlength=x.shape[1]) > 0
-    model = _ials(x, factors=config.hidden_dim, regularization=config.regularization, alpha=config.alpha,
-                  seed=config.seed)  # fmt: skip
+    return _ials(_binary(ratings), factors=config.hidden_dim, regularization=config.regularization,
+                 alpha=config.alpha, seed=config.seed, threads=len(os.sched_getaffinity(0)))  # fmt: skip
+
+
+def ials_embedding(ratings: sp.csr_matrix, model: IalsModel) -> tuple[np.ndarray, np.ndarray]:
+    """((n, f) float32 iALS item factors Y of ``model``, rows of movies nobody rated in ``ratings`` zero; (f, f)
+    float64 Y^T Y over the rated ones): every rating a positive with confidence 1 + alpha, a user's query their
+    fold-in (shared/ml/recommend.py)."""
+    rated = np.bincount(ratings.indices, minlength=ratings.shape[1]) > 0
     factors = np.where(rated[:, None], model.item_factors, 0.0).astype(np.float32)
     y = factors[rated].astype(np.float64)
     return factors, y.T @ y

@@ -24,7 +24,7 @@ from shared.jobs.kinds import (
 )
 from shared.jobs.sharded import PLAN_FIELD, Deferred, ShardPlan, stored_plan
 from shared.logic.evaluation import EvaluationState, advance, trained_models
-from shared.logic.scoring import NotTrained, recipe_cell, score_shard
+from shared.logic.scoring import NotTrained, score_shard, trained_cell
 from shared.logic.services import Services
 from shared.ml.protocol import Protocol
 from tests.conftest import delete_prefix
@@ -103,7 +103,7 @@ def test_the_baselines_cells_are_sent_with_the_pipelines_and_the_recipes_once_tr
     assert plan.payload["rows"][1]["stage"] == "train:seed" and "model" not in plan.payload["rows"][1]
     cells = sent(svc)  # random's three chunks of 10 users, not seed's: its model is not trained
     assert [(task, args[2]) for task, args in cells if task == EVALUATE_SHARD.name] == [
-        (EVALUATE_SHARD.name, lo) for lo in range(plan.items) if not recipe_cell(plan.payload, lo)
+        (EVALUATE_SHARD.name, lo) for lo in range(plan.items) if not trained_cell(plan.payload, lo)
     ]
     assert len(cells) == 3 and [task for task, _ in sent(svc, INTERACTIVE_QUEUE)] == [PIPELINE_STEP.name]  # the child's
     advance(svc, celery, job_id)  # the child still runs: nothing new
@@ -111,16 +111,16 @@ def test_the_baselines_cells_are_sent_with_the_pipelines_and_the_recipes_once_tr
     svc.jobs.start(state.children["train:seed"], stage="train")
     svc.jobs.succeed(state.children["train:seed"], {"model": "mv-1"})
     advance(svc, celery, job_id)  # trained: seed's cells now, with the same plan (the cells look the model up)
-    recipes = [lo for lo in range(plan.items) if recipe_cell(plan.payload, lo)]
+    recipes = [lo for lo in range(plan.items) if trained_cell(plan.payload, lo)]
     assert sent(svc) == [(EVALUATE_SHARD.name, [job_id, plan.payload, lo, lo + 1, plan.items]) for lo in recipes]
     state = EvaluationState.read(svc.jobs, job_id)
     assert state is not None and trained_models(state) == {"train:seed": "mv-1"}
 
 
-def test_a_recipe_cell_before_its_model_is_deferred(svc: Services) -> None:
+def test_a_trained_cell_before_its_model_is_deferred(svc: Services) -> None:
     plan = {"rows": [{"name": "seed", "kind": "recipe", "family": "seed", "stage": "train:seed"}],
             "groups": [[0, 1]], "segments": [{"name": "all", "users": 5}], "chunk": 5}  # fmt: skip
-    assert recipe_cell(plan, 0)
+    assert trained_cell(plan, 0)
     with pytest.raises(NotTrained, match="seed is not trained yet"):
         score_shard(svc.artifacts, svc.models, plan, 0, 1, trained={})
     assert issubclass(NotTrained, Deferred)  # the frame counts it not done and publishes nothing

@@ -16,6 +16,7 @@ from shared.errors import Conflict
 from shared.infra.keys import dataset_artifact, evaluation_fit_artifact
 from shared.infra.process import clear_process_caches
 from shared.infra.settings import Settings
+from shared.logic.fits import fit_id
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.scoring import (
     FitPending,
@@ -27,7 +28,6 @@ from shared.logic.scoring import (
     no_claim,
     plan_items,
     score_shard,
-    stored_fit_id,
     stored_split,
 )
 from shared.logic.services import Services
@@ -212,7 +212,7 @@ def test_a_test_scoring_fits_a_baseline_once_and_the_others_load_it(
     split = load_split(svc.artifacts, derived.training_dataset, 4.0).split
     history = split.train[split.evaluated[:40]]
     first = fit_baseline(svc.artifacts, derived.training_dataset, 4.0, family, "{}", seed=3, ease_max_bytes=1 << 30)
-    summary = evaluation_fit_artifact(derived.training_dataset, stored_fit_id(family, "{}", 3), "summary")
+    summary = evaluation_fit_artifact(derived.training_dataset, fit_id(family, "{}", 3), "summary")
     stored = svc.artifacts.exists(summary)
     again = fit_baseline(svc.artifacts, derived.training_dataset, 4.0, family, "{}", seed=3, ease_max_bytes=1 << 30)
     assert first.scorer is not None and again.scorer is not None
@@ -269,16 +269,16 @@ def test_a_cell_whose_baseline_another_process_is_fitting_defers_and_later_loads
     plan = {"training_dataset": derived.training_dataset, "relevant_at": 4.0, "k": 10, "seed": 3, "rows": rows,
             "ease_max_bytes": 1 << 20, "groups": [[0, 1]], "chunk": 50,
             "segments": [{"name": "all", "users": 100}]}  # fmt: skip
-    summary = evaluation_fit_artifact(derived.training_dataset, stored_fit_id("item-kNN", "{}", 3), "summary")
+    summary = evaluation_fit_artifact(derived.training_dataset, fit_id("item-kNN", "{}", 3), "summary")
     claims: list[str] = []
 
-    def held(fit_id: str) -> AbstractContextManager[bool]:
-        claims.append(fit_id)
+    def held(fit: str) -> AbstractContextManager[bool]:
+        claims.append(fit)
         return nullcontext(False)  # another live process fits it
 
     with pytest.raises(FitPending, match="item-kNN is being fitted by another process"):
         score_shard(svc.artifacts, svc.models, plan, 0, 1, claim=held)
-    assert claims == [stored_fit_id("item-kNN", "{}", 3)] and not svc.artifacts.exists(summary)
+    assert claims == [fit_id("item-kNN", "{}", 3)] and not svc.artifacts.exists(summary)
     first, _ = score_shard(svc.artifacts, svc.models, plan, 0, 1, claim=no_claim)  # the fitter: fits, stores
     assert svc.artifacts.exists(summary)
     clear_process_caches()  # another process: nothing cached, the fit stored

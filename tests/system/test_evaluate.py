@@ -18,8 +18,10 @@ import redis
 import requests
 
 from cli.stack import Stack
+from shared.infra.keys import evaluation_fit_artifact
 from shared.infra.settings import Settings
 from shared.logic.evaluation import objective
+from shared.logic.fits import fit_id
 from shared.ml import baselines, evaluate, splits
 from shared.ml.evaluate import EASE_MAX_BYTES
 from shared.ml.recipes import GRIDS, RECIPES, SERVE_GRIDS, grid_points
@@ -324,3 +326,42 @@ def test_a_global_split_cuts_everyone_at_one_time(
         "most-popular",
         "EASE",
     )
+
+
+def test_the_ials_recipe_and_the_ials_row_share_one_factorisation(
+    api_url: str, app: Any, first: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    """The ``ials`` recipe's training stores its factorisation for the iALS row at the same setting, which loads
+    it (shared/logic/fits.py): on validation for the four settings its variants train, on test when the two rows
+    chose one setting. Either way the iALS row scores what ``baselines.fit`` gives in one process."""
+    _, source_table = first
+    _, table = run(api_url, {"dataset": source_table["dataset"], "recipes": ["ials"], "baselines": ["iALS"],
+                             "shard_users": 20, "seed": 7})  # fmt: skip
+    svc = app.extensions["movierec"]
+    row, recipe = table["rows"]
+    assert (row["family"], recipe["family"]) == ("iALS", "ials")
+
+    def summary(dataset: str, setting: dict[str, Any]) -> dict[str, Any]:
+        name = evaluation_fit_artifact(dataset, fit_id("iALS", json.dumps(setting, sort_keys=True), 7), "summary")
+        return svc.artifacts.get_json(name) if svc.artifacts.exists(name) else {}
+
+    validation = requests.get(f"{api_url}/v1/jobs/{table['jobs']['validate']}/result", timeout=10).json()
+    by = {(s["factors"], s["alpha"]): summary(validation["training_dataset"], s).get("by", "")
+          for s in baselines.grid("iALS") if s["regularization"] == 1.0}  # fmt: skip
+    assert len(by) == 4 and all(who.startswith("model ") for who in by.values()), by  # the variants' trainings
+    others = [s for s in baselines.grid("iALS") if s["regularization"] != 1.0]  # no variant trains these:
+    assert not any(summary(validation["training_dataset"], s) for s in others)  # their shards fit them, store none
+    # The test part: one fit when the recipe's chosen factorisation is the row's chosen setting.
+    options = {**RECIPES["ials"].options, **recipe["params"]}
+    ours = {"factors": options["hidden_dim"], "regularization": options["regularization"], "alpha": options["alpha"]}
+    shared = baselines.label("iALS", ours) == baselines.label("iALS", row["params"])
+    assert summary(table["training_dataset"], row["params"])["by"] == (f"model {recipe['model']}" if shared
+                                                                       else "scoring")  # fmt: skip
+    source = requests.get(f"{api_url}/v1/datasets/{table['dataset']}", timeout=10).json()
+    ratings = load_ratings(svc.artifacts, table["dataset"], timestamps=True)
+    users = np.repeat(ratings.user_ids, np.diff(ratings.indptr))
+    split, _, _ = evaluate.split_ratings(users, ratings.movie_index, ratings.values, ratings.timestamps,
+                                         n_movies=source["counts"]["movies"], new_user_share=0.15)  # fmt: skip
+    model = baselines.fit("iALS", split.train, row["params"], seed=7, max_bytes=EASE_MAX_BYTES)
+    expected = evaluate.metrics(evaluate.recommend(model.score, split), split)
+    assert {m: row[m] for m in METRICS} == {m: expected[m] for m in METRICS}

@@ -11,9 +11,10 @@ import pytest
 import scipy.sparse as sp
 
 from shared.errors import InvalidRequest
+from shared.ml import baselines
 from shared.ml.baselines import IalsModel, _ials
 from shared.ml.fitting import TrainConfig
-from shared.ml.hybrid import train_hybrid
+from shared.ml.hybrid import ials_factorisation, train_hybrid
 from shared.ml.recipes import RECIPES, recipe_options
 from shared.ml.recommend import Profile, fold_in, user_ranking
 from tests.unit.test_batch import random_model
@@ -59,6 +60,7 @@ def test_the_ials_model_keeps_the_factors_and_places_cold_movies_by_content() ->
     gram = result.state["fold_in.gram"].numpy()
     np.testing.assert_allclose(gram, factors[warm].T.astype(np.float64) @ factors[warm], rtol=1e-6)
     assert result.warm == n - 3
+    assert result.factorisation is not None and result.factorisation.item_factors.tobytes() == factors.tobytes()
     with pytest.raises(InvalidRequest, match="regularization must be above 0"):
         TrainConfig(architecture="ials", regularization=0.0)
 
@@ -98,3 +100,31 @@ def test_training_an_ials_config_trains_the_ials_model() -> None:
     assert "fold_in.gram" in result.state and result.warm == ratings.shape[1] - 3
     with pytest.raises(InvalidRequest, match="ials architecture learns from ratings"):
         train(vectors, triplets, config, device=torch.device("cpu"))
+
+
+def test_the_recipe_s_factorisation_is_the_ials_baseline_s_bit_for_bit() -> None:
+    """What an evaluation's iALS row loads instead of fitting it (shared/logic/fits.py): the same bytes as
+    ``baselines.fit`` at factors = hidden_dim, the recipe's regularization, alpha and seed, even from a matrix
+    whose rows list their movies out of order (as a dataset stores them) with an explicit zero."""
+    ratings = ratings_matrix(users=80, n=40, seed=5)
+    shuffled = ratings.copy()
+    rng = np.random.default_rng(0)
+    for u in range(shuffled.shape[0]):  # each row's entries in another order: the same matrix
+        lo, hi = shuffled.indptr[u], shuffled.indptr[u + 1]
+        order = lo + rng.permutation(hi - lo)
+        shuffled.indices[lo:hi], shuffled.data[lo:hi] = shuffled.indices[order], shuffled.data[order]
+    shuffled.has_sorted_indices = False
+    config = TrainConfig(architecture="ials", hidden_dim=6, regularization=1.0, alpha=10.0, seed=9)
+    ours = ials_factorisation(shuffled, config)
+    theirs = baselines.fit("iALS", ratings, {"factors": 6, "regularization": 1.0, "alpha": 10.0}, seed=9,
+                           max_bytes=1 << 20)  # fmt: skip
+    assert isinstance(theirs, IalsModel)
+    assert ours.item_factors.tobytes() == theirs.item_factors.tobytes()
+    assert (ours.regularization, ours.alpha) == (1.0, 10.0)
+
+
+def test_ials_threads_do_not_change_the_factors() -> None:
+    """Each user's and each movie's solve is its own: 1, 2 or 4 threads give the same bytes."""
+    x = baselines._binary(ratings_matrix(users=300, n=60, seed=8))
+    fitted = [_ials(x, factors=8, regularization=0.1, alpha=5.0, seed=2, threads=t).item_factors for t in (1, 2, 4)]
+    assert fitted[0].tobytes() == fitted[1].tobytes() == fitted[2].tobytes()
