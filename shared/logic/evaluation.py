@@ -323,6 +323,7 @@ def _send_trained_cells(svc: Services, celery: Celery, job: Job, state: Evaluati
     mark = f"{SCORING}:{stage}"
     if plan is None or mark in state.sent:
         return  # no plan yet: ``_score_stage`` sends every cell
+    state.write(svc.jobs, job.id)  # the stage's result first: a cell reads its model there (else NotTrained)
     send_shards(svc.jobs, celery, job.id, "evaluate", plan, only=lambda lo: cell_stage(plan.payload, lo) == stage)
     state.sent.append(mark)
 
