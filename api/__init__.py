@@ -15,14 +15,14 @@ api/context.py    what the blueprints share: the app's services and Celery app, 
 api/errors.py     every error as {"error": {"code", "message", "details"}}
 api/schemas.py    request and response schemas, which also make /openapi.json
 api/openapi.py    the apispec machinery: rules across fields, enforced and written into the spec
-api/auth.py       optional bearer keys (MOVIEREC_API_KEYS) and the owner of a job
+api/auth.py       optional bearer keys (MOVIEREC_API_KEYS), each route's least role, the owner of a job
 api/jsonio.py     strict JSON: no NaN/Infinity, no lone surrogates, bounded depth
 api/ui.py         /ui/: the dashboard (templates and static files in api/), a client of the JSON API
 api/server.py     ``movierec api``: gunicorn's gevent workers, with deadlines on slow clients (api/connections.py)
 
 The factory imports the blueprints; each blueprint imports api/context.py, never this package.
 
-Every request passes, in this order: the key check (401), the content type (415), the body's JSON
+Every request passes, in this order: the key check (401), the key's role (403), the content type (415), the body's JSON
 (400, or 413 over MOVIEREC_MAX_BODY_BYTES), then the view's schema (400 naming the field and limit).
 A multipart upload (api/uploads.py) skips the JSON steps and is streamed under MOVIEREC_MAX_UPLOAD_BYTES.
 """
@@ -87,7 +87,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
         if isinstance(spec, str):  # only with SPEC_PROCESSOR_PASS_OBJECT, which we do not set
             return spec
         spec = merge_duplicate_schemas(document_errors(uploads.document_uploads(spec)))
-        return auth.document_security(spec, required=keys.enabled)
+        return auth.document_security(spec, required=keys.enabled, roles=auth.spec_roles(app))
 
     # The blueprints are imported here, not at the top: api/server.py imports this package in gunicorn's master
     # before it sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client (api/metrics.py) fixes its mode on import.
@@ -108,4 +108,5 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
         ui,
     ):
         app.register_blueprint(blueprint.bp)
+    auth.check_routes(app)  # every route has a role (api/auth.py ROUTE_ROLES), or the app does not start
     return app

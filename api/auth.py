@@ -1,17 +1,21 @@
-"""Optional bearer keys (``MOVIEREC_API_KEYS``) and who owns a job.
+"""Optional bearer keys (``MOVIEREC_API_KEYS``), the role each one has, and who owns a job.
 
 With no key configured the API is open and jobs have no owner. With keys, every request but ``/healthz``
 must carry ``Authorization: Bearer <key>`` (else 401 with ``WWW-Authenticate: Bearer``), and the key it
-carries decides what the job routes show:
+carries decides what the caller may do and see:
 
+    entry KEY | TENANT:ROLE:KEY (shared/infra/apikeys.py) ──> the key's tenant and role
     key ──sha256──> owner id ("k-" + 32 hex)  stored in each job record it creates (never the key)
+    request ──> ROUTE_ROLES[endpoint]         the least role the route needs; a lower one: 403 naming it
     GET /v1/jobs/<id>, .../result, DELETE    another owner's job answers 404, as an unknown id does
     GET /v1/jobs                             lists the caller's jobs only
     pipelines                                each stage job inherits the pipeline's owner (shared.logic.pipeline)
 
-Datasets and models are shared by every key: they are content addressed, and one key's ingest is as
-good as another's. Keys are compared as sha256 digests with ``hmac.compare_digest`` against every
-configured key, so neither the time taken nor an early exit tells which part of a guess was right.
+Every route of the app has a row in ``ROUTE_ROLES`` (``check_routes`` refuses to start otherwise), and
+/openapi.json names it on each operation (``x-role``) with the 403 a lower role gets. Datasets and models
+are shared by every key of the one tenant that exists so far: they are content addressed, and one key's
+ingest is as good as another's. Keys are compared as sha256 digests with ``hmac.compare_digest`` against
+every configured key, so neither the time taken nor an early exit tells which part of a guess was right.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from apiflask import APIFlask
 from flask import Response, g, request
+
+from shared.infra.apikeys import DEFAULT_TENANT, ROLES, allows, parse_entry
 
 from .errors import ERROR_SCHEMA_REF, error_response
 
@@ -48,30 +55,100 @@ def owner_id(key: str) -> str:
     return "k-" + hashlib.sha256(b"movierec owner\x00" + key.encode()).hexdigest()[:32]
 
 
-class KeyRing:
-    """The configured keys, as digests; ``identify`` answers the owner id of a presented key, or None."""
+ROUTE_ROLES: dict[str, str] = {
+    # what any key may do: read, recommend, follow its own jobs
+    "health.readyz": "reader",
+    "metrics.metrics": "reader",
+    "openapi.spec": "reader",
+    "openapi.docs": "reader",
+    "openapi.swagger_ui_oauth_redirect": "reader",
+    "static": "reader",
+    "system.system": "reader",
+    "datasets.list_datasets": "reader",
+    "datasets.get_dataset": "reader",
+    "datasets.list_movies": "reader",
+    "feedback.user_ratings": "reader",
+    "models.list_models": "reader",
+    "models.movie_map": "reader",
+    "movies.search_movies": "reader",
+    "movies.similar_movies": "reader",
+    "recommendations.recommend": "reader",
+    "jobs.create_recommend_batch": "reader",
+    "jobs.list_jobs": "reader",
+    "jobs.get_job": "reader",
+    "jobs.get_result": "reader",
+    "jobs.cancel_job": "reader",
+    # a writer adds to what users rated
+    "feedback.post_ratings": "writer",
+    # an admin changes what is served: data in, models trained and evaluated, activation, deletion
+    "datasets.create_dataset": "admin",
+    "datasets.delete_dataset": "admin",
+    "jobs.create_triplets": "admin",
+    "jobs.create_encode": "admin",
+    "jobs.create_train": "admin",
+    "jobs.create_index": "admin",
+    "jobs.create_evaluate": "admin",
+    "pipelines.create_pipeline": "admin",
+    "models.activate": "admin",
+    "models.delete_model": "admin",
+}
+"""The least role each endpoint needs (README.md's matrix). A route without a row stops the app from starting
+(``check_routes``), so a new route cannot ship open to every role by omission."""
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        keys = tuple(keys)
-        for key in keys:  # refuse to start rather than run with a guessable key; never echo the key
+
+class KeyRing:
+    """The configured keys, as digests; ``identify`` answers a presented key's (owner id, tenant, role), or None."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self._entries: list[tuple[bytes, Caller]] = []
+        for i, entry in enumerate(entries, start=1):
+            parsed = parse_entry(entry, i)  # refuse to start rather than guess; never echo the key
+            key = parsed.key
             if len(key) < MIN_KEY_CHARS or not _KEY_SHAPE.match(key):
                 raise ValueError(
-                    f"MOVIEREC_API_KEYS: each key must be at least {MIN_KEY_CHARS} characters of "
-                    "A-Z a-z 0-9 . _ ~ + / - (then optional '='), keys separated by commas"
+                    f"MOVIEREC_API_KEYS entry {i}: each key must be at least {MIN_KEY_CHARS} characters of "
+                    "A-Z a-z 0-9 . _ ~ + / - (then optional '='), entries separated by commas"
                 )
-        self._entries = [(hashlib.sha256(k.encode()).digest(), owner_id(k)) for k in keys]
+            if parsed.tenant != DEFAULT_TENANT:
+                raise ValueError(
+                    f"MOVIEREC_API_KEYS entry {i}: tenant {parsed.tenant!r}: only the tenant {DEFAULT_TENANT!r} "
+                    "exists yet (keys of one deployment share its data); separate tenants are not built"
+                )
+            caller = Caller(owner=owner_id(key), tenant=parsed.tenant, role=parsed.role)
+            self._entries.append((hashlib.sha256(key.encode()).digest(), caller))
+        digests = [digest for digest, _ in self._entries]
+        if len(set(digests)) != len(digests):
+            raise ValueError("MOVIEREC_API_KEYS: a key appears twice; give each key one tenant and one role")
 
     @property
     def enabled(self) -> bool:
         return bool(self._entries)
 
-    def identify(self, presented: str) -> str | None:
+    def identify(self, presented: str) -> Caller | None:
         digest = hashlib.sha256(presented.encode()).digest()
         found = None
-        for stored, owner in self._entries:  # no early exit: every key is compared every time
+        for stored, caller in self._entries:  # no early exit: every key is compared every time
             if hmac.compare_digest(digest, stored):
-                found = owner
+                found = caller
         return found
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request's key is: the owner id its jobs carry, its tenant, its role."""
+
+    owner: str
+    tenant: str
+    role: str
+
+
+def check_routes(app: APIFlask) -> None:
+    """Every endpoint of ``app`` but the open ones has a role, and every row names an endpoint: RuntimeError
+    otherwise, at start-up."""
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()} - OPEN_ENDPOINTS
+    missing, stale = sorted(endpoints - set(ROUTE_ROLES)), sorted(set(ROUTE_ROLES) - endpoints)
+    if missing or stale:
+        raise RuntimeError(f"api/auth.py ROUTE_ROLES: no role for {missing}; rows for no route: {stale}")
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -85,8 +162,8 @@ def bearer_token(header: str | None) -> str | None:
 
 def current_owner() -> str | None:
     """The owner id of this request's key; None when the API is open (every job visible)."""
-    owner: str | None = g.get("owner")
-    return owner
+    caller: Caller | None = g.get("caller")
+    return caller.owner if caller is not None else None
 
 
 def visible(job_owner: str | None) -> bool:
@@ -122,10 +199,14 @@ def install(app: APIFlask, keys: Iterable[str]) -> KeyRing:
         token = bearer_token(header)
         if token is None:
             return _unauthorized("send Authorization: Bearer <key>")
-        owner = ring.identify(token)
-        if owner is None:
+        caller = ring.identify(token)
+        if caller is None:
             return _unauthorized("the key is not valid", error="invalid_token")
-        g.owner = owner
+        g.caller = caller
+        needed = ROUTE_ROLES.get(str(request.endpoint), "admin")  # an unknown path answers 404 after this
+        if request.endpoint is not None and not allows(caller.role, needed):
+            message = f"this route needs the {needed} role or above; this key's role is {caller.role}"
+            return error_response(403, "forbidden", message, details={"needed": needed, "role": caller.role})
         return None
 
     return ring
@@ -134,9 +215,17 @@ def install(app: APIFlask, keys: Iterable[str]) -> KeyRing:
 _UNAUTHORIZED = {"error": {"code": "unauthorized", "message": "send Authorization: Bearer <key>", "details": {}}}
 
 
-def document_security(spec: dict[Any, Any], *, required: bool) -> dict[Any, Any]:
+def _forbidden(needed: str) -> dict[str, Any]:
+    lower = ROLES[ROLES.index(needed) - 1]
+    message = f"this route needs the {needed} role or above; this key's role is {lower}"
+    return {"error": {"code": "forbidden", "message": message, "details": {"needed": needed, "role": lower}}}
+
+
+def document_security(spec: dict[Any, Any], *, required: bool, roles: dict[tuple[str, str], str]) -> dict[Any, Any]:
     """The requirement in /openapi.json: with keys, every operation but the open ones needs one and may
-    answer 401; an open server accepts and ignores a key, so there the requirement is optional (``{}``)."""
+    answer 401, and one that needs more than a reader may answer 403; an open server accepts and ignores a key,
+    so there the requirement is optional (``{}``). Each operation names its least role (``x-role``); ``roles``
+    maps (path as the spec writes it, method) to it."""
     spec["security"] = [{SCHEME_NAME: []}] if required else [{SCHEME_NAME: []}, {}]
     for path, operations in spec.get("paths", {}).items():
         for method, operation in operations.items():
@@ -144,10 +233,35 @@ def document_security(spec: dict[Any, Any], *, required: bool) -> dict[Any, Any]
                 continue
             if path in OPEN_PATHS:
                 operation["security"] = []
-            elif required:
-                operation.setdefault("responses", {})["401"] = {
-                    "description": "missing or unknown API key",
-                    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-                    "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}, "example": _UNAUTHORIZED}},
+                continue
+            needed = roles[(path, method)]
+            operation["x-role"] = needed
+            if not required:
+                continue
+            responses = operation.setdefault("responses", {})
+            responses["401"] = {
+                "description": "missing or unknown API key",
+                "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}, "example": _UNAUTHORIZED}},
+            }
+            if needed != ROLES[0]:
+                responses["403"] = {
+                    "description": f"the key's role is below {needed}",
+                    "content": {
+                        "application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}, "example": _forbidden(needed)}
+                    },
                 }
     return spec
+
+
+def spec_roles(app: APIFlask) -> dict[tuple[str, str], str]:
+    """Each (OpenAPI path, lower-case method) of ``app``'s routes with its least role: Flask's ``<uuid:job_id>``
+    written as the spec writes it, ``{job_id}``."""
+    out: dict[tuple[str, str], str] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in OPEN_ENDPOINTS:
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for method in rule.methods or ():
+            out[(path, method.lower())] = ROUTE_ROLES[rule.endpoint]
+    return out

@@ -114,7 +114,7 @@ def run_demo(
         try:
             print(f"API at {stack.api_url} (logs in {data_dir / 'logs'})", flush=True)
             print(f"dashboard at {stack.api_url}/ui/", flush=True)
-            client = Client(stack.api_url, api_key=next(iter(stack.settings.api_keys), None))
+            client = Client(stack.api_url, api_key=stack.settings.client_key)
             print(
                 "running the pipeline: ingest, choose the recipe on a validation split (recipe auto), mine, "
                 "encode, train, index, activate",

@@ -155,5 +155,5 @@ def run_evaluate(
                   embedded_redis=embedded_redis, log_dir=data_dir / "logs")  # fmt: skip
     print(f"starting Redis, the API and the workers (logs in {data_dir / 'logs'}) ...", file=sys.stderr, flush=True)
     with stack:
-        client = Client(stack.api_url, api_key=next(iter(stack.settings.api_keys), None))
+        client = Client(stack.api_url, api_key=stack.settings.client_key)
         return show(client, {**body, "path": path.name})

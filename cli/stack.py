@@ -461,7 +461,7 @@ class Stack:
             return None if dead is None else f"{dead.name} exited with status {dead.process.returncode} while starting"
 
         deadline = time.monotonic() + timeout_s
-        wait_ready(self.api_url, timeout_s=timeout_s, api_key=next(iter(self.settings.api_keys), None), died=died)
+        wait_ready(self.api_url, timeout_s=timeout_s, api_key=self.settings.client_key, died=died)
         if self.flower_url is not None:
             wait_answering(f"{self.flower_url}/healthcheck", timeout_s=max(1.0, deadline - time.monotonic()), died=died)
 

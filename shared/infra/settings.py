@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.infra import defaults
+from shared.infra import apikeys, defaults
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 """Where a process looks for Redis when ``REDIS_URL`` is unset (``movierec up`` sets it for its children)."""
@@ -125,18 +125,24 @@ class Settings(BaseSettings):
     max_models: int = Field(default=DEFAULT_MAX_MODELS, ge=0)
     log_level: str = "INFO"
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
-    """Bearer tokens the API accepts (comma-separated in the environment); empty: the API is open."""
+    """Bearer tokens the API accepts, each ``KEY`` or ``TENANT:ROLE:KEY`` (comma-separated in the environment, or
+    ``@path`` of a file of them: shared/infra/apikeys.py); empty: the API is open."""
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_api_keys(cls, value: object) -> object:
-        # Only split here: pydantic prints the input of a failed field, so the keys' shape is checked where
-        # the API starts (api.auth.KeyRing), whose message never shows a key.
+        # Only split here: pydantic prints the input of a failed field, so the entries are checked where the API
+        # starts (api.auth.KeyRing), whose messages never show a key.
         if isinstance(value, str):
-            value = value.split(",")
+            return apikeys.split_entries(value)
         if isinstance(value, list | tuple):
             return tuple(k.strip() for k in value if isinstance(k, str) and k.strip())
         return value
+
+    @property
+    def client_key(self) -> str | None:
+        """The key this project's own clients send (the demo, ``movierec evaluate``): the first admin key's."""
+        return apikeys.client_key(self.api_keys)
 
     @property
     def soft_time_limit_s(self) -> int:

@@ -20,6 +20,7 @@ import requests
 
 from api import create_app
 from api.auth import MIN_KEY_CHARS, KeyRing, bearer_token, owner_id
+from api.auth import Caller as KeyCaller
 from cli.stack import Stack, free_port
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
@@ -303,6 +304,7 @@ def test_keys_come_from_the_environment_comma_separated(monkeypatch: pytest.Monk
 def test_keyring_identifies_each_key() -> None:
     ring = KeyRing(KEYS)
     assert ring.enabled and not KeyRing([]).enabled
-    assert ring.identify(KEY_A) == owner_id(KEY_A) and ring.identify(KEY_B) == owner_id(KEY_B)
+    assert ring.identify(KEY_A) == KeyCaller(owner=owner_id(KEY_A), tenant="default", role="admin")  # a plain KEY
+    assert ring.identify(KEY_B) == KeyCaller(owner=owner_id(KEY_B), tenant="default", role="admin")
     assert ring.identify(KEY_A + "x") is None and ring.identify("") is None
     assert bearer_token(f"Bearer {KEY_A}") == KEY_A and bearer_token("Basic abc") is None
