@@ -11,6 +11,7 @@ api/feedback.py   /v1/datasets/<id>/ratings (feedback) and /v1/users/<id>/rating
 api/models.py     /v1/models: versions, activation, deletion, a version's map (read; its index job builds it)
 api/metrics.py    /metrics: Prometheus text from prometheus_client (shared/infra/metrics.py says what and how)
 api/system.py     /v1/system: the overview a dashboard polls (queues, job counts, active model, latest evaluation)
+api/audit.py      /v1/audit: who changed what and when, and the hook that records it
 api/context.py    what the blueprints share: the app's services and Celery app, submit-and-answer-202, quotas
 api/errors.py     every error as {"error": {"code", "message", "details"}}
 api/schemas.py    request and response schemas, which also make /openapi.json
@@ -91,7 +92,20 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
 
     # The blueprints are imported here, not at the top: api/server.py imports this package in gunicorn's master
     # before it sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client (api/metrics.py) fixes its mode on import.
-    from . import datasets, feedback, health, jobs, metrics, models, movies, pipelines, recommendations, system, ui
+    from . import (
+        audit,
+        datasets,
+        feedback,
+        health,
+        jobs,
+        metrics,
+        models,
+        movies,
+        pipelines,
+        recommendations,
+        system,
+        ui,
+    )
 
     metrics.install(app)
     for blueprint in (
@@ -105,8 +119,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
         pipelines,
         feedback,
         system,
+        audit,
         ui,
     ):
         app.register_blueprint(blueprint.bp)
+    audit.install(app)
     auth.check_routes(app)  # every route has a role (api/auth.py ROUTE_ROLES), or the app does not start
     return app

@@ -91,6 +91,7 @@ ROUTE_ROLES: dict[str, str] = {
     "pipelines.create_pipeline": "admin",
     "models.activate": "admin",
     "models.delete_model": "admin",
+    "audit.audit": "admin",
 }
 """The least role each endpoint needs (README.md's matrix). A route without a row stops the app from starting
 (``check_routes``), so a new route cannot ship open to every role by omission."""
@@ -158,6 +159,12 @@ def bearer_token(header: str | None) -> str | None:
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+def current_caller() -> Caller | None:
+    """Who this request's key is; None when the API is open."""
+    caller: Caller | None = g.get("caller")
+    return caller
 
 
 def current_owner() -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
-from apiflask.validators import Length, OneOf, Range
+from apiflask.validators import Length, OneOf, Range, Regexp
 from marshmallow import RAISE, ValidationError, validates
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
@@ -725,3 +725,36 @@ class ModelMapOut(Schema):
     movies = Nested(
         MapMoviesOut, metadata={"description": "columns, one entry per movie, in the dataset's catalogue order"}
     )
+
+
+AUDIT_ID = r"^\d{1,20}-\d{1,20}$"
+"""A stream id of the audit trail: what ``before`` pages by."""
+
+
+class AuditQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    limit = Integer(load_default=100, validate=Range(1, 1000))
+    before = String(
+        validate=Regexp(AUDIT_ID, error="before is the id of an entry (from a page's next)"),
+        metadata={"description": "the next page: entries older than this id (a page's next)"},
+    )
+
+
+class AuditEntryOut(Schema):
+    id = String(metadata={"description": "the entry's stream id: its order, and what before pages by"})
+    at = String(metadata={"description": "when, ISO 8601 UTC (Redis's clock)"})
+    owner = String(metadata={"description": "who: the key's owner id (a hash, never the key); open without keys"})
+    role = String(allow_none=True, metadata={"description": "the key's role (null without keys)"})
+    action = String(metadata={"description": "the method and route, e.g. POST /v1/datasets"})
+    target = Dict(metadata={"description": "the ids in the path"})
+    status = Integer(metadata={"description": "the HTTP status answered"})
+    outcome = String(metadata={"description": "accepted (a job started), done, refused: quota_exceeded, forbidden"})
+    job = String(allow_none=True, metadata={"description": "the job a 202 started"})
+
+
+class AuditOut(Schema):
+    entries = List(Nested(AuditEntryOut), metadata={"description": "newest first"})
+    next = String(allow_none=True, metadata={"description": "before= for the next page; null at the end"})
+    kept = Dict(metadata={"description": "how much the trail keeps: max_entries and retention_s"})

@@ -19,6 +19,7 @@ as an f-string (tests/unit/test_keys.py greps for it).
     <prefix>:model:<version> / :models / :active_model   model records, their index, the serving pointer
     <prefix>:feedback:<ds>:user:<uid> / :users / :rows   ratings given after ingest (shared/store/feedback.py)
     <prefix>:uploads:in_flight / :in_flight:expiry   bytes of the uploads being received (shared/store/inflight.py)
+    <prefix>:audit                         stream: who changed what and when, bounded (shared/store/audit.py)
     <prefix>:metrics:jobs|job_seconds      job outcome counters and duration histograms (shared/infra/metrics.py)
     <prefix>:readyz-probe                  never written: /readyz DELs it to see whether Redis takes writes
     <prefix>:art:<name>[:<i>|:tmp:<id>[:<i>]]   an artifact's manifest, its chunks, a write in progress
@@ -173,6 +174,12 @@ class Keys:
     def uploads_in_flight_expiry(self) -> str:
         """Sorted set: upload id -> the Redis time its lease on the budget ends unless renewed."""
         return f"{self.prefix}:uploads:in_flight:expiry"
+
+    # -- the audit trail (shared/store/audit.py) ----------------------------------------------------------
+    @property
+    def audit(self) -> str:
+        """Stream: one entry per change of state through the API (who, what, when, the outcome)."""
+        return f"{self.prefix}:audit"
 
     def artifact(self, name: str) -> str:
         """An artifact's manifest; ``artifact_chunk`` and ``artifact_tmp`` derive from it."""

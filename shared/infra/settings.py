@@ -44,6 +44,12 @@ DEFAULT_MAX_FEEDBACK_ROWS = 1_000_000
 DEFAULT_MAX_FEEDBACK_ROWS_PER_USER = 10_000
 """Feedback rows one user may hold in one dataset (409 quota_exceeded beyond); 0: no cap."""
 
+DEFAULT_AUDIT_MAX_ENTRIES = 100_000
+"""About 30 MB of Redis at most (an entry is ~300 bytes): months of a team's state changes."""
+
+DEFAULT_AUDIT_RETENTION_S = 90 * 24 * 3600
+"""Ninety days, a common retention for an audit log."""
+
 DEFAULT_HEADER_TIMEOUT_S = 10
 """Seconds a client has to send a request's line and headers (and to start the next one on a kept-alive
 connection) before the API closes the connection (api/connections.py)."""
@@ -102,6 +108,10 @@ class Settings(BaseSettings):
     max_uploads_in_flight_bytes: int = Field(default=DEFAULT_MAX_UPLOADS_IN_FLIGHT_BYTES, ge=0)
     max_feedback_rows: int = Field(default=DEFAULT_MAX_FEEDBACK_ROWS, ge=0)
     max_feedback_rows_per_user: int = Field(default=DEFAULT_MAX_FEEDBACK_ROWS_PER_USER, ge=0)
+    audit_max_entries: int = Field(default=DEFAULT_AUDIT_MAX_ENTRIES, ge=100, le=10_000_000)
+    """The audit trail keeps about this many entries, the newest (shared/store/audit.py)."""
+    audit_retention_s: int = Field(default=DEFAULT_AUDIT_RETENTION_S, ge=60)
+    """... and none older than this."""
     header_timeout_s: int = Field(default=DEFAULT_HEADER_TIMEOUT_S, ge=1, le=3600)
     body_timeout_s: int = Field(default=DEFAULT_BODY_TIMEOUT_S, ge=1, le=3600)
     body_min_rate: int = Field(default=DEFAULT_BODY_MIN_RATE, ge=1)
@@ -176,6 +186,8 @@ class Settings(BaseSettings):
         env["MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES"] = str(self.max_uploads_in_flight_bytes)
         env["MOVIEREC_MAX_FEEDBACK_ROWS"] = str(self.max_feedback_rows)
         env["MOVIEREC_MAX_FEEDBACK_ROWS_PER_USER"] = str(self.max_feedback_rows_per_user)
+        env["MOVIEREC_AUDIT_MAX_ENTRIES"] = str(self.audit_max_entries)
+        env["MOVIEREC_AUDIT_RETENTION_S"] = str(self.audit_retention_s)
         env["MOVIEREC_HEADER_TIMEOUT_S"] = str(self.header_timeout_s)
         env["MOVIEREC_BODY_TIMEOUT_S"] = str(self.body_timeout_s)
         env["MOVIEREC_BODY_MIN_RATE"] = str(self.body_min_rate)

@@ -21,6 +21,7 @@ from shared.jobs.leases import UnitGuard
 from shared.jobs.store import JobStore
 from shared.logic.catalogue import Catalogue
 from shared.store.artifacts import ArtifactStore
+from shared.store.audit import AuditLog
 from shared.store.datasets import DatasetStore
 from shared.store.feedback import FeedbackStore
 from shared.store.models import ModelStore
@@ -42,6 +43,7 @@ class Services:
     feedback: FeedbackStore
     vectors: VectorCache
     catalogue: Catalogue
+    audit: AuditLog
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -63,6 +65,12 @@ class Services:
             feedback=feedback,
             vectors=VectorCache(client, prefix=prefix),
             catalogue=Catalogue(datasets, feedback, models, prefix=prefix),
+            audit=AuditLog(
+                client,
+                key=Keys(prefix).audit,
+                max_entries=settings.audit_max_entries,
+                retention_s=settings.audit_retention_s,
+            ),
         )
 
     @property
