@@ -25,6 +25,7 @@ from shared.ml.fitting import ARCHITECTURES, LIMITS, PROFILES
 from shared.ml.mining import STRATEGIES
 from shared.ml.recipes import AUTO, DEFAULT_RECIPE, RECIPES
 from shared.ml.titles import MAX_QUERY_CHARS, query_tokens
+from shared.store.audit import MAX_ID_PART
 from shared.store.feedback import MAX_BATCH as MAX_FEEDBACK_BATCH
 
 from .openapi import BodySchema, ExactlyOne, NotAllEmpty
@@ -740,6 +741,11 @@ class AuditQuery(Schema):
         validate=Regexp(AUDIT_ID, error="before is the id of an entry (from a page's next)"),
         metadata={"description": "the next page: entries older than this id (a page's next)"},
     )
+
+    @validates("before")
+    def _id_parts(self, value: str, **_: Any) -> None:
+        if any(int(part) > MAX_ID_PART for part in value.split("-")):
+            raise ValidationError(f"before: each part of an entry's id is at most {MAX_ID_PART}")
 
 
 class AuditEntryOut(Schema):

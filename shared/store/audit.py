@@ -31,6 +31,19 @@ def _at(stream_id: str) -> str:
     return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+MAX_ID_PART = (1 << 64) - 1
+"""The largest part of a stream id (milliseconds, and the sequence within one)."""
+
+
+def _just_before(stream_id: str) -> str | None:
+    """The greatest stream id below ``stream_id`` ("<ms>-<seq>", each part at most ``MAX_ID_PART``), None for
+    0-0: an inclusive end for XREVRANGE, whose exclusive "(" form Redis refuses at 0-0."""
+    ms, seq = (int(part) for part in stream_id.split("-", 1))
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{MAX_ID_PART}" if ms > 0 else None
+
+
 class AuditLog:
     """One deployment's audit trail under ``key`` (``Keys.audit``)."""
 
@@ -51,7 +64,9 @@ class AuditLog:
     def read(self, *, limit: int, before: str | None = None) -> tuple[list[Entry], str | None]:
         """Up to ``limit`` entries, newest first, older than the stream id ``before`` (all when None); and the
         cursor of the next page (None at the end)."""
-        high = f"({before}" if before else "+"
+        high = _just_before(before) if before else "+"
+        if high is None:
+            return [], None  # nothing is older than the first id there can be
         low = self._oldest(int(cast("tuple[int, int]", self._r.time())[0]) * 1000)  # none past its retention
         rows = cast("list[tuple[bytes, dict[bytes, bytes]]]", self._r.xrevrange(self._key, high, low, count=limit + 1))
         entries = []

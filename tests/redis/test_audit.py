@@ -26,6 +26,10 @@ def test_entries_come_back_newest_first_a_page_at_a_time(redis_client: redis.Red
     page, cursor = log.read(limit=3, before=cursor)
     assert [e["n"] for e in page] == [0] and cursor is None
     assert log.read(limit=10) == (log.read(limit=7)[0], None)
+    assert log.read(limit=3, before="0-0") == ([], None)  # nothing can be older (the fuzzer's case: not a 500)
+    ms, seq = (int(p) for p in ids[3].split("-"))
+    assert [e["n"] for e in log.read(limit=10, before=f"{ms}-{seq}")[0]] == [2, 1, 0]  # strictly older
+    assert [e["n"] for e in log.read(limit=10, before=f"{ms + 1}-0")[0]][-1] == 0
 
 
 def test_the_trail_keeps_the_newest_entries_and_none_past_their_retention(
