@@ -131,7 +131,8 @@ GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
     # was tried at the notebook's scale, where the iALS row chose 10: validation still chose 1 for the recipe
     # (its light-user prior), and the job took 706 s against 643 (BENCHMARKS.md, session 19).
     "ials": {"hidden_dim": (64, 128)},
-    "sequence": {},
+    # SASRec's own two dropout rates (Kang and McAuley 2018): 0.2 for its dense MovieLens-1M, 0.5 for sparse data
+    "sequence": {"dropout": (0.2, 0.5)},
 }
 """Each recipe's tuning grid: the options an evaluation's validation split chooses among (every combination)."""
 

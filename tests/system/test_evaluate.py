@@ -220,8 +220,8 @@ def test_by_default_every_recipe_and_every_baseline(api_url: str, first: tuple[d
     assert metrics[: len(BASELINES) + 1] == [{m: r[m] for m in ("name", *METRICS)} for r in table["rows"]]
     validation = requests.get(f"{api_url}/v1/jobs/{full['jobs']['validate']}/result", timeout=10).json()
     recipes = [r for r in validation["rows"] if r["kind"] == "recipe"]
-    # seed; hybrid's 2 x 2 grid, ials's 2 and sequence's 1, each at every light-user prior setting
-    assert len(recipes) == 1 + (4 + 2 + 1) * len(SERVE_GRIDS["hybrid"])
+    # seed; hybrid's 2 x 2 grid, ials's 2 and sequence's 2, each at every light-user prior setting
+    assert len(recipes) == 1 + (4 + 2 + 2) * len(SERVE_GRIDS["hybrid"])
     assert len(recipes) == sum(len(grid_points(GRIDS[r])) * len(SERVE_GRIDS.get(r, [{}])) for r in RECIPES)
     best = max(recipes, key=lambda r: objective(r, validation["users"]) or -1.0)
     assert full["best"] == best["family"]  # the default: chosen on validation

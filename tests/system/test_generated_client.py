@@ -22,21 +22,23 @@ from typing import Any
 import pytest
 import requests
 
+from cli.stack import Stack, free_port
+from shared.infra.settings import Settings
+from tests.helpers import answers, running
+
 pytestmark = pytest.mark.system
 
 PACKAGE = "movierec_client"
 
 
-@pytest.fixture(scope="module")
-def client_package(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Generate the client from the running server's spec; its import name is on ``sys.path`` while the module runs."""
-    where = tmp_path_factory.mktemp("generated")
-    spec = requests.get(f"{api_url}/openapi.json", timeout=10).json()
+def _generate(spec: dict[str, Any], where: Path, package: str) -> Iterator[str]:
+    """Generate ``package`` from ``spec`` under ``where``; its import name is on ``sys.path`` while the caller
+    holds it."""
     (where / "openapi.json").write_text(json.dumps(spec))
     bin_dir = Path(sys.executable).parent
     generated = subprocess.run(
         [str(bin_dir / "openapi-python-client"), "generate", "--path", str(where / "openapi.json"),
-         "--output-path", str(where / PACKAGE), "--meta", "none"],
+         "--output-path", str(where / package), "--meta", "none"],
         env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},  # its ruff post-hooks
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
@@ -45,11 +47,40 @@ def client_package(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     assert "Warning" not in generated.stdout + generated.stderr, generated.stdout + generated.stderr
     sys.path.insert(0, str(where))
     try:
-        yield PACKAGE
+        yield package
     finally:
         sys.path.remove(str(where))
-        for name in [m for m in sys.modules if m == PACKAGE or m.startswith(f"{PACKAGE}.")]:
+        for name in [m for m in sys.modules if m == package or m.startswith(f"{package}.")]:
             del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def client_package(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Generate the client from the running server's spec."""
+    spec = requests.get(f"{api_url}/openapi.json", timeout=10).json()
+    yield from _generate(spec, tmp_path_factory.mktemp("generated"), PACKAGE)
+
+
+ROLE_KEYS = {role: f"{role}-gen-" + role[0] * 20 for role in ("reader", "admin")}
+
+
+@pytest.fixture(scope="module")
+def keyed_api(settings: Settings, stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``movierec api`` with a reader's and an admin's key."""
+    entries = tuple(f"default:{role}:{key}" for role, key in ROLE_KEYS.items())
+    port, log = free_port(), tmp_path_factory.mktemp("keyed-gen") / "api.log"
+    command = [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "1"]
+    env = settings.model_copy(update={"api_keys": entries}).child_env()
+    with running(command, log, env=env, ready=answers(f"http://127.0.0.1:{port}/healthz")):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def keyed_package(keyed_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The client generated from the keyed server's spec, which documents each operation's 401 and 403."""
+    headers = {"Authorization": f"Bearer {ROLE_KEYS['reader']}"}
+    spec = requests.get(f"{keyed_api}/openapi.json", headers=headers, timeout=10).json()
+    yield from _generate(spec, tmp_path_factory.mktemp("generated-keyed"), f"{PACKAGE}_keyed")
 
 
 def _module(package: str, name: str) -> ModuleType:
@@ -81,3 +112,22 @@ def test_a_generated_client_runs_a_pipeline_and_gets_recommendations(client_pack
         result: Any = answered.parsed
         assert len(result.items) == 5
         assert all(isinstance(item.movie_id, int) and item.title for item in result.items)
+
+
+def test_a_generated_client_carries_its_key_and_reads_a_403(keyed_package: str, keyed_api: str) -> None:
+    """The generated client sends its token and parses a role's refusal into the error model: what it says is
+    what the API said (the role needed), not an unexpected status."""
+    package = importlib.import_module(f"{keyed_package}.client")
+    models = _module(keyed_package, "models")
+    delete = _module(keyed_package, "api.datasets.delete_v1_datasets_dataset_id")
+    reader = package.AuthenticatedClient(base_url=keyed_api, token=ROLE_KEYS["reader"],
+                                         raise_on_unexpected_status=True)  # fmt: skip
+    with reader as c:
+        refused = delete.sync_detailed(client=c, dataset_id="ds-no-such")
+    assert refused.status_code == 403
+    error: Any = refused.parsed
+    assert isinstance(error, models.ErrorOut) and error.error.code == "forbidden"
+    assert "needs the admin role" in error.error.message
+    admin = package.AuthenticatedClient(base_url=keyed_api, token=ROLE_KEYS["admin"], raise_on_unexpected_status=True)
+    with admin as c:
+        assert delete.sync_detailed(client=c, dataset_id="ds-no-such").status_code == 404  # past the role check
