@@ -12,6 +12,7 @@ api/models.py     /v1/models: versions, activation, deletion, a version's map (r
 api/metrics.py    /metrics: Prometheus text from prometheus_client (shared/infra/metrics.py says what and how)
 api/system.py     /v1/system: the overview a dashboard polls (queues, job counts, active model, latest evaluation)
 api/audit.py      /v1/audit: who changed what and when, and the hook that records it
+api/quotas.py     /v1/quotas: each cap with what is held against it (an admin's view)
 api/context.py    what the blueprints share: the app's services and Celery app, submit-and-answer-202, quotas
 api/errors.py     every error as {"error": {"code", "message", "details"}}
 api/schemas.py    request and response schemas, which also make /openapi.json
@@ -102,6 +103,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
         models,
         movies,
         pipelines,
+        quotas,
         recommendations,
         system,
         ui,
@@ -120,6 +122,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
         feedback,
         system,
         audit,
+        quotas,
         ui,
     ):
         app.register_blueprint(blueprint.bp)

@@ -92,6 +92,7 @@ ROUTE_ROLES: dict[str, str] = {
     "models.activate": "admin",
     "models.delete_model": "admin",
     "audit.audit": "admin",
+    "quotas.quotas": "admin",
 }
 """The least role each endpoint needs (README.md's matrix). A route without a row stops the app from starting
 (``check_routes``), so a new route cannot ship open to every role by omission."""

@@ -764,3 +764,29 @@ class AuditOut(Schema):
     entries = List(Nested(AuditEntryOut), metadata={"description": "newest first"})
     next = String(allow_none=True, metadata={"description": "before= for the next page; null at the end"})
     kept = Dict(metadata={"description": "how much the trail keeps: max_entries and retention_s"})
+
+
+class QuotaOut(Schema):
+    used = Integer(metadata={"description": "what is held now"})
+    limit = Integer(allow_none=True, metadata={"description": "the cap; null: none"})
+    setting = String(metadata={"description": "the environment variable that sets the cap"})
+
+
+class DatasetFeedbackOut(Schema):
+    dataset = String()
+    used = Integer(metadata={"description": "feedback rows stored for the dataset"})
+
+
+class FeedbackQuotaOut(Schema):
+    limit = Integer(allow_none=True, metadata={"description": "rows a dataset may hold; null: no cap"})
+    setting = String()
+    per_user_limit = Integer(allow_none=True, metadata={"description": "rows one user may hold in a dataset"})
+    per_user_setting = String()
+    datasets = List(Nested(DatasetFeedbackOut), metadata={"description": "each dataset that holds feedback"})
+
+
+class QuotasOut(Schema):
+    datasets = Nested(QuotaOut)
+    models = Nested(QuotaOut)
+    feedback_rows = Nested(FeedbackQuotaOut)
+    uploads_in_flight_bytes = Nested(QuotaOut, metadata={"description": "bytes the uploads being received hold"})

@@ -1,6 +1,7 @@
-"""The audit trail through the API (issue #26, item 4): every change of state an admin route accepted, every
-request a role refused there, and every quota refusal, with the key's owner id and never the key; readable by
-an admin at ``GET /v1/audit``, newest first. In process (Flask's client) on a prefix of its own, real Redis."""
+"""The audit trail and the quotas view through the API (issue #26, items 2 and 4): every change of state an
+admin route accepted, every request a role refused there, and every quota refusal, with the key's owner id and
+never the key, readable by an admin at ``GET /v1/audit``, newest first; each cap with what is held against it at
+``GET /v1/quotas``. In process (Flask's client) on a prefix of its own, real Redis."""
 
 from __future__ import annotations
 
@@ -71,3 +72,18 @@ def test_who_changed_what_and_when(audited: Any) -> None:
         bad = client.get(f"/v1/audit?before={wrong}", headers=as_("admin"))
         assert bad.status_code == 400 and "before" in bad.get_json()["error"]["message"], wrong
     assert client.get("/v1/audit?before=0-0", headers=as_("admin")).get_json()["entries"] == []
+
+
+def test_an_admin_sees_each_quota_and_what_is_held_against_it(audited: Any) -> None:
+    client, svc = audited.test_client(), audited.extensions["movierec"]
+    seed_dataset(audited, "ds-q")
+    assert svc.feedback.add("ds-q", [(7, 10, 4.0, 1_700_000_000), (7, 20, 3.0, 1_700_000_001)]) == 2
+    answer = client.get("/v1/quotas", headers=as_("admin"))
+    assert answer.status_code == 200, answer.get_json()
+    body = answer.get_json()
+    assert body["datasets"] == {"used": 1, "limit": 2, "setting": "MOVIEREC_MAX_DATASETS"}
+    assert body["models"] == {"used": 0, "limit": None, "setting": "MOVIEREC_MAX_MODELS"}  # 0: no cap
+    assert body["feedback_rows"]["datasets"] == [{"dataset": "ds-q", "used": 2}]
+    assert body["feedback_rows"]["limit"] == svc.settings.max_feedback_rows
+    assert body["uploads_in_flight_bytes"]["used"] == 0
+    assert client.get("/v1/quotas", headers=as_("writer")).status_code == 403  # an admin's view
