@@ -13,13 +13,12 @@ are recorded. A failure to write the trail is logged and the answer goes out: th
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from apiflask import APIBlueprint, APIFlask
 from flask import Response, request
 
-from .auth import ROUTE_ROLES, current_caller
+from .auth import ROUTE_ROLES, current_caller, openapi_path
 from .context import services
 from .schemas import AuditOut, AuditQuery
 
@@ -65,8 +64,7 @@ def _outcome(response: Response) -> str | None:
 
 def _route() -> str:
     """The request's route as /openapi.json writes it: /v1/models/{version}/activate."""
-    rule = request.url_rule.rule if request.url_rule is not None else request.path
-    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+    return openapi_path(request.url_rule.rule) if request.url_rule is not None else request.path
 
 
 def install(app: APIFlask) -> None:

@@ -262,6 +262,11 @@ def document_security(spec: dict[Any, Any], *, required: bool, roles: dict[tuple
     return spec
 
 
+def openapi_path(rule: str) -> str:
+    """A Flask rule as /openapi.json writes its path: ``/v1/jobs/<uuid:job_id>`` -> ``/v1/jobs/{job_id}``."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
 def spec_roles(app: APIFlask) -> dict[tuple[str, str], str]:
     """Each (OpenAPI path, lower-case method) of ``app``'s routes with its least role: Flask's ``<uuid:job_id>``
     written as the spec writes it, ``{job_id}``."""
@@ -269,7 +274,7 @@ def spec_roles(app: APIFlask) -> dict[tuple[str, str], str]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint in OPEN_ENDPOINTS:
             continue
-        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        path = openapi_path(rule.rule)
         for method in rule.methods or ():
             out[(path, method.lower())] = ROUTE_ROLES[rule.endpoint]
     return out

@@ -15,10 +15,9 @@ from typing import Any
 
 from apiflask import APIBlueprint
 
-from shared.store.inflight import InFlightBudget
-
 from .context import services
 from .schemas import QuotasOut
+from .uploads import in_flight_budget
 
 bp = APIBlueprint("quotas", __name__, url_prefix="/v1/quotas", tag="quotas")
 
@@ -32,8 +31,8 @@ def _cap(value: int) -> int | None:
 def quotas() -> dict[str, Any]:
     """Every cap (null where none is set) with its setting's name and what is held against it now."""
     svc = services()
-    settings, keys = svc.settings, svc.keys
-    budget = InFlightBudget(svc.redis, key=keys.uploads_in_flight, expiry_key=keys.uploads_in_flight_expiry)
+    settings = svc.settings
+    budget, in_flight_cap = in_flight_budget()
     feedback = [{"dataset": r["id"], "used": svc.feedback.rows(r["id"])} for r in svc.datasets.records()]
     return {
         "datasets": {"used": svc.datasets.count(), "limit": _cap(settings.max_datasets),
@@ -48,7 +47,7 @@ def quotas() -> dict[str, Any]:
         },
         "uploads_in_flight_bytes": {
             "used": budget.held(),
-            "limit": settings.max_uploads_in_flight_bytes or settings.max_upload_bytes,
+            "limit": in_flight_cap,
             "setting": "MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES",
         },
     }  # fmt: skip

@@ -104,6 +104,15 @@ def receive(artifacts: ArtifactStore, *, limit: int, ttl_s: int) -> Upload:
     return upload
 
 
+def in_flight_budget() -> tuple[InFlightBudget, int]:
+    """The deployment's budget of bytes that uploads being received hold, and its cap
+    (MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES; 0: one upload's limit, MOVIEREC_MAX_UPLOAD_BYTES)."""
+    svc = services()
+    keys, settings = svc.keys, svc.settings
+    budget = InFlightBudget(svc.redis, key=keys.uploads_in_flight, expiry_key=keys.uploads_in_flight_expiry)
+    return budget, settings.max_uploads_in_flight_bytes or settings.max_upload_bytes
+
+
 class _Held:
     """One upload's share of the in-flight budget: ``grow`` takes more (or 503), ``renew`` keeps the lease
     alive, ``release`` gives it all back."""
@@ -115,11 +124,8 @@ class _Held:
 
     @classmethod
     def of(cls, upload_id: str) -> _Held:
-        svc = services()
-        keys, settings = svc.keys, svc.settings
-        budget = InFlightBudget(svc.redis, key=keys.uploads_in_flight, expiry_key=keys.uploads_in_flight_expiry)
-        cap = settings.max_uploads_in_flight_bytes or settings.max_upload_bytes
-        return cls(budget, upload_id, cap=cap, lease_s=settings.lease_ttl_s)
+        budget, cap = in_flight_budget()
+        return cls(budget, upload_id, cap=cap, lease_s=services().settings.lease_ttl_s)
 
     def grow(self, nbytes: int) -> None:
         if nbytes > self.cap:

@@ -233,7 +233,7 @@ def _child_job(job: Job, state: EvaluationState, stage: str) -> tuple[str, dict[
         name, overrides = recipe, chosen(state).get(recipe, {})
     fixed = job.params.get("options") or {}  # an auto pipeline's client values: every candidate trains with them
     shares = factorised_by(job.params, state).get(stage)
-    store = {"store_fit": fits.fit_id("iALS", json.dumps(shares, sort_keys=True), seed)} if shares else {}
+    store = {"store_fit": fits.setting_fit_id("iALS", shares, seed)} if shares else {}
     return "pipeline", {"dataset": training, "recipe": name, **overrides, **fixed, "seed": seed, "activate": False,
                         "index": False, **store}  # fmt: skip
 

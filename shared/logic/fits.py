@@ -1,7 +1,8 @@
 """Fitted baselines stored for a cluster: one fit made once, loaded by every process that scores with it.
 
     fit_id(name, params JSON, seed) ──> "<name>-<hash>": what a fit is stored under, beside its training
-                                        dataset (``evaluation_fit_artifact``: ``evaluations/<ds>/fits/<id>/``)
+                                        dataset (``evaluation_fit_artifact``: ``evaluations/<ds>/fits/<id>/``);
+                                        ``setting_fit_id`` from a setting's mapping, the same id
     store(training_ds, fit_id, model, seconds) ──> the model's arrays (``baselines.to_arrays``), then a
                                                    ``summary`` naming them, written last
     load(training_ds, fit_id) ──> the model (``baselines.from_arrays``), or None while no summary is stored
@@ -21,7 +22,10 @@ Both writers of one fit id write the same arrays, so a race between them stores 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from hashlib import sha256
+from typing import Any
 
 from shared.infra.clock import utcnow_iso
 from shared.infra.keys import evaluation_fit_artifact
@@ -32,6 +36,11 @@ from shared.store.artifacts import ArtifactStore
 def fit_id(name: str, params: str, seed: int) -> str:
     """The name a fit of baseline ``name`` at ``params`` (JSON, keys sorted) with ``seed`` is stored under."""
     return f"{name}-{sha256(f'{params}|{seed}'.encode()).hexdigest()[:16]}"
+
+
+def setting_fit_id(name: str, setting: Mapping[str, Any], seed: int) -> str:
+    """``fit_id`` of a setting given as a mapping (a table row's ``params``, an evaluation's chosen setting)."""
+    return fit_id(name, json.dumps(dict(setting), sort_keys=True), seed)
 
 
 def exists(artifacts: ArtifactStore, training_ds: str, fit: str) -> bool:

@@ -683,7 +683,7 @@ def _fit_group(
             continue
         if "stage" in row:
             started = time.perf_counter()
-            fit = fits.fit_id(row["family"], json.dumps(row.get("params", {}), sort_keys=True), seed)
+            fit = fits.setting_fit_id(row["family"], row.get("params", {}), seed)
             model = fits.load(artifacts, plan["training_dataset"], fit)
             if model is not None:
                 out[i] = Fitted(model.score, None, time.perf_counter() - started, model)

@@ -21,7 +21,7 @@ from cli.stack import Stack
 from shared.infra.keys import evaluation_fit_artifact
 from shared.infra.settings import Settings
 from shared.logic.evaluation import objective
-from shared.logic.fits import fit_id
+from shared.logic.fits import setting_fit_id
 from shared.ml import baselines, evaluate, splits
 from shared.ml.evaluate import EASE_MAX_BYTES
 from shared.ml.recipes import GRIDS, RECIPES, SERVE_GRIDS, grid_points
@@ -343,7 +343,7 @@ def test_the_ials_recipe_and_the_ials_row_share_one_factorisation(
     assert (row["family"], recipe["family"]) == ("iALS", "ials")
 
     def summary(dataset: str, setting: dict[str, Any]) -> dict[str, Any]:
-        name = evaluation_fit_artifact(dataset, fit_id("iALS", json.dumps(setting, sort_keys=True), 7), "summary")
+        name = evaluation_fit_artifact(dataset, setting_fit_id("iALS", setting, 7), "summary")
         return svc.artifacts.get_json(name) if svc.artifacts.exists(name) else {}
 
     validation = requests.get(f"{api_url}/v1/jobs/{table['jobs']['validate']}/result", timeout=10).json()

@@ -7,7 +7,6 @@ shard stats (``shared.logic.evaluation.build_table``); the content-addressed ids
 from __future__ import annotations
 
 import itertools
-import json
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from shared.logic.evaluation import (
     stages,
     table_rows,
 )
-from shared.logic.fits import fit_id
+from shared.logic.fits import setting_fit_id
 from shared.logic.scoring import RowScores, cell_stage, cut, plan_items, ratings_matrix
 from shared.ml import splits
 from shared.ml.protocol import Protocol, training_dataset_id
@@ -265,7 +264,7 @@ def test_an_ials_pipeline_fits_the_ials_row_at_its_setting_and_only_that_one() -
     assert "stage" not in rows["item-kNN k=50 shrink=0"] and rows["hybrid hidden_dim=64"]["stage"] == "train:hybrid"
     job = Job("e", "evaluate", "running", 0.0, None, None, "now", None, None, None, params)
     kind, child = _child_job(job, state, "train:ials")
-    assert kind == "pipeline" and child["store_fit"] == fit_id("iALS", json.dumps(ials, sort_keys=True), 7)
+    assert kind == "pipeline" and child["store_fit"] == setting_fit_id("iALS", ials, 7)
     assert "store_fit" not in _child_job(job, state, "train:hybrid")[1]
     plan = _scoring(params, state)
     stages = {cell_stage(plan, lo) for lo in range(plan_items(plan))}
