@@ -333,7 +333,7 @@ def test_the_ials_recipe_and_the_ials_row_share_one_factorisation(
 ) -> None:
     """The ``ials`` recipe's training stores its factorisation for the iALS row at the same setting, which loads
     it (shared/logic/fits.py): on validation for the two settings its variants train, on test where the two rows
-    chose one setting (on this sample both chose 128 factors, regularization 1, alpha 1). The iALS row scores
+    chose one setting (they may or may not on this sample: see below). The iALS row scores
     what ``baselines.fit`` gives in one process."""
     _, source_table = first
     _, table = run(api_url, {"dataset": source_table["dataset"], "recipes": ["ials"], "baselines": ["iALS"],
@@ -352,11 +352,14 @@ def test_the_ials_recipe_and_the_ials_row_share_one_factorisation(
     assert len(by) == 2 and all(who.startswith("model ") for who in by), by  # the two variants' trainings
     others = [s for s in baselines.grid("iALS") if s not in trained]  # no variant trains these:
     assert not any(summary(validation["training_dataset"], s) for s in others)  # their shards fit them, store none
-    # The test part: one fit when the recipe's chosen factorisation is the row's chosen setting.
+    # The test part: one fit when the recipe's chosen factorisation is the row's chosen setting, else the row's
+    # own. Whether validation chose them alike is the sample's (and the CPU's: 64 and 128 factors are near-tied on
+    # this sample's validation, and chose apart on an AVX-512 machine where they had chosen alike on another).
     options = {**RECIPES["ials"].options, **recipe["params"]}
     ours = {"factors": options["hidden_dim"], "regularization": options["regularization"], "alpha": options["alpha"]}
-    assert baselines.label("iALS", ours) == baselines.label("iALS", row["params"])  # chosen alike on this sample
-    assert summary(table["training_dataset"], row["params"])["by"] == f"model {recipe['model']}"
+    alike = baselines.label("iALS", ours) == baselines.label("iALS", row["params"])
+    fitted_by = summary(table["training_dataset"], row["params"]).get("by", "")
+    assert (fitted_by == f"model {recipe['model']}") == alike, (ours, row["params"], fitted_by)
     source = requests.get(f"{api_url}/v1/datasets/{table['dataset']}", timeout=10).json()
     ratings = load_ratings(svc.artifacts, table["dataset"], timestamps=True)
     users = np.repeat(ratings.user_ids, np.diff(ratings.indptr))
