@@ -5,6 +5,8 @@ must carry ``Authorization: Bearer <key>`` (else 401 with ``WWW-Authenticate: Be
 carries decides what the caller may do and see:
 
     entry KEY | TENANT:ROLE:KEY (shared/infra/apikeys.py) ──> the key's tenant and role
+    tenant ──> api/context.py services()      every view reads and writes the tenant's keyspace only, so
+                                             another tenant's ids answer 404 as unknown ones do
     key ──sha256──> owner id ("k-" + 32 hex)  stored in each job record it creates (never the key)
     request ──> ROUTE_ROLES[endpoint]         the least role the route needs; a lower one: 403 naming it
     GET /v1/jobs/<id>, .../result, DELETE    another owner's job answers 404, as an unknown id does
@@ -13,8 +15,8 @@ carries decides what the caller may do and see:
 
 Every route of the app has a row in ``ROUTE_ROLES`` (``check_routes`` refuses to start otherwise), and
 /openapi.json names it on each operation (``x-role``) with the 403 a lower role gets. Datasets and models
-are shared by every key of the one tenant that exists so far: they are content addressed, and one key's
-ingest is as good as another's. Keys are compared as sha256 digests with ``hmac.compare_digest`` against
+are shared by every key of one tenant: they are content addressed, and one key's ingest is as good as
+another's; jobs are each key's own. Keys are compared as sha256 digests with ``hmac.compare_digest`` against
 every configured key, so neither the time taken nor an early exit tells which part of a guess was right.
 """
 
@@ -28,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from apiflask import APIFlask
-from flask import Response, g, request
+from flask import Response, current_app, g, request
 
-from shared.infra.apikeys import DEFAULT_TENANT, ROLES, allows, parse_entry
+from shared.infra.apikeys import ROLES, allows, parse_entry
 
 from .errors import ERROR_SCHEMA_REF, error_response
 
@@ -111,11 +113,6 @@ class KeyRing:
                     f"MOVIEREC_API_KEYS entry {i}: each key must be at least {MIN_KEY_CHARS} characters of "
                     "A-Z a-z 0-9 . _ ~ + / - (then optional '='), entries separated by commas"
                 )
-            if parsed.tenant != DEFAULT_TENANT:
-                raise ValueError(
-                    f"MOVIEREC_API_KEYS entry {i}: tenant {parsed.tenant!r}: only the tenant {DEFAULT_TENANT!r} "
-                    "exists yet (keys of one deployment share its data); separate tenants are not built"
-                )
             caller = Caller(owner=owner_id(key), tenant=parsed.tenant, role=parsed.role)
             self._entries.append((hashlib.sha256(key.encode()).digest(), caller))
         digests = [digest for digest, _ in self._entries]
@@ -125,6 +122,11 @@ class KeyRing:
     @property
     def enabled(self) -> bool:
         return bool(self._entries)
+
+    @property
+    def tenants(self) -> frozenset[str]:
+        """The tenants the keys name."""
+        return frozenset(caller.tenant for _, caller in self._entries)
 
     def identify(self, presented: str) -> Caller | None:
         digest = hashlib.sha256(presented.encode()).digest()
@@ -172,6 +174,17 @@ def current_owner() -> str | None:
     """The owner id of this request's key; None when the API is open (every job visible)."""
     caller: Caller | None = g.get("caller")
     return caller.owner if caller is not None else None
+
+
+def sees_deployment() -> bool:
+    """Whether the caller sees the whole deployment (every tenant's counts, the queues' depth): where the API is
+    open, with an ``operator``'s key, and with an ``admin``'s where every key is of one tenant (the deployment is
+    that tenant: a deployment's keys from before tenants keep the view they had)."""
+    caller = current_caller()
+    if caller is None:
+        return True
+    ring: KeyRing = current_app.extensions["movierec.keys"]
+    return allows(caller.role, "operator") or (allows(caller.role, "admin") and len(ring.tenants) == 1)
 
 
 def visible(job_owner: str | None) -> bool:

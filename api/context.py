@@ -23,6 +23,16 @@ from . import auth
 
 
 def services() -> Services:
+    """The services of the caller's tenant (its key's: api/auth.py), the default tenant's when the API is open:
+    every view reaches data through here, so another tenant's ids are not keys in what it reads."""
+    svc: Services = current_app.extensions["movierec"]
+    caller = auth.current_caller()
+    return svc if caller is None else svc.for_tenant(caller.tenant)
+
+
+def deployment() -> Services:
+    """The default tenant's services, whence every tenant's (``Services.for_tenant``): for the views of the whole
+    deployment (an operator's ``/v1/system`` and ``/metrics``, ``/readyz``)."""
     svc: Services = current_app.extensions["movierec"]
     return svc
 
@@ -82,8 +92,17 @@ def fastlane() -> FastLane:
 
 
 def submit_job(*, kind: str, params: dict[str, Any]) -> Job:
-    """Record and enqueue a job as the caller: with API keys it belongs to the caller's key (``api.auth``)."""
-    return submit(celery(), services().jobs, kind=kind, params=params, owner=auth.current_owner())
+    """Record and enqueue a job as the caller: with API keys it belongs to the caller's key (``api.auth``), and
+    to its tenant; QuotaExceeded (409) when the tenant has ``MOVIEREC_MAX_JOBS_IN_FLIGHT`` unfinished jobs."""
+    svc = services()
+    limit = svc.settings.max_jobs_in_flight
+    if limit and (held := svc.jobs.active_count()) >= limit:
+        raise QuotaExceeded(
+            f"{held} jobs are unfinished and MOVIEREC_MAX_JOBS_IN_FLIGHT is {limit}: wait for some to finish "
+            "(GET /v1/jobs?status=running), cancel some (DELETE /v1/jobs/<id>) or raise the cap",
+            details={"kind": "jobs_in_flight", "limit": limit, "held": held, "setting": "MOVIEREC_MAX_JOBS_IN_FLIGHT"},
+        )
+    return submit(celery(), svc.jobs, kind=kind, params=params, owner=auth.current_owner())
 
 
 def accepted(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:

@@ -25,7 +25,7 @@ from apiflask import APIBlueprint
 from shared.infra.redisconn import TRANSIENT_CAUSES, TLSError, transient_cause
 from shared.jobs.kinds import QUEUES
 
-from .context import services
+from .context import deployment
 from .errors import error_response
 from .schemas import HealthOut, ReadyOut
 
@@ -72,9 +72,9 @@ def redis_problem(client: redis.Redis, probe_key: str) -> tuple[str, str] | None
 )
 def readyz() -> Any:
     """Redis answers and takes writes, and at least one live worker consumes each queue."""
-    svc = services()
+    svc = deployment()
     try:
-        problem = redis_problem(svc.redis, svc.keys.readyz_probe)
+        problem = redis_problem(svc.redis, svc.cluster_keys.readyz_probe)
         if problem is not None:
             cause, message = problem
             return error_response(503, "not_ready", message, {"redis": True, "workers": {}, "cause": cause})

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from apiflask import APIBlueprint, APIFlask
 from flask import Flask, Response, g, request, request_started
@@ -22,7 +24,8 @@ from shared.jobs.celery_app import MovierecCelery, queue_lengths
 from shared.jobs.kinds import QUEUES
 from shared.logic.services import Services
 
-from .context import celery, services
+from .auth import sees_deployment
+from .context import celery, deployment, services
 
 bp = APIBlueprint("metrics", __name__, tag="metrics")
 
@@ -77,30 +80,134 @@ def _finished(response: Response) -> Response:
 @bp.get("/metrics")
 @bp.doc(responses=_TEXT)
 def metrics() -> Response:
-    """Request durations, finished jobs and their durations, queue lengths, live workers, the active model."""
+    """Request durations, finished jobs and their durations, queue lengths, live workers, the active model.
+
+    Every metric of a tenant's data has a ``tenant`` label. A key that sees the deployment (an operator's:
+    api/auth.py ``sees_deployment``) gets every tenant's and the queues' lengths; any other key, its own
+    tenant's only. The request durations are the API processes', by route and status: they name no tenant."""
     registry = CollectorRegistry()
     if os.environ.get(MULTIPROC_ENV):
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # every gunicorn worker's requests, summed
     else:
         registry.register(_OWN)
-    registry.register(RedisCollector(services(), celery()))
+    tenants = [deployment().for_tenant(name) for name in deployment().tenants()] if sees_deployment() else [services()]
+    registry.register(RedisCollector(tenants, celery(), queues=sees_deployment()))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 class RedisCollector:
-    """A prometheus_client collector that reads the deployment's state and the pushed job metrics from Redis
-    when scraped (three round trips and the queues' own: a pipeline, the active model's record, the worker
-    heartbeats)."""
+    """A prometheus_client collector that reads the tenants' state and their pushed job metrics from Redis when
+    scraped (per tenant: a pipeline and its active model's record; then the worker heartbeats and, with
+    ``queues``, the queues' lengths)."""
 
-    def __init__(self, services: Services, celery: MovierecCelery) -> None:
-        self._svc = services
+    def __init__(self, tenants: list[Services], celery: MovierecCelery, *, queues: bool) -> None:
+        self._tenants = tenants
         self._celery = celery
+        self._queues = queues
 
     def describe(self) -> list[Metric]:
         return []  # not known before a scrape; a registry then takes our names as unchecked
 
     def collect(self) -> Iterator[Metric]:
-        svc, keys = self._svc, self._svc.keys
+        yield from self._cluster()
+        states = [TenantState.read(tenant) for tenant in self._tenants]
+        yield from self._stores(states)
+        yield from self._jobs(states)
+
+    def _cluster(self) -> Iterator[Metric]:
+        """The deployment's: live workers, and with ``queues`` the queues' lengths."""
+        if self._queues:
+            queues = queue_lengths(self._celery, QUEUES)
+            g = GaugeMetricFamily("movierec_queue_length", "Messages waiting in a Celery queue.", labels=["queue"])
+            for queue in QUEUES:
+                g.add_metric([queue], queues.get(queue, 0))
+            yield g
+        live = self._tenants[0].live_queues()
+        g = GaugeMetricFamily("movierec_workers", "Live workers consuming a queue.", labels=["queue"])
+        for queue in QUEUES:
+            g.add_metric([queue], live.get(queue, 0))
+        yield g
+
+    def _stores(self, states: list[TenantState]) -> Iterator[Metric]:
+        """Each tenant's job index, active model and stores."""
+        label = ["tenant"]
+        g = GaugeMetricFamily("movierec_jobs_indexed", "Job records in the listing index (finished ones expire).",
+                              labels=label)  # fmt: skip
+        for state in states:
+            g.add_metric([state.tenant], state.jobs)
+        yield g
+        g = GaugeMetricFamily(
+            "movierec_active_model", "1 for the version recommendations use.", labels=["tenant", "version"]
+        )
+        for state in states:
+            if state.active:
+                g.add_metric([state.tenant, state.active], 1)
+        yield g
+        g = GaugeMetricFamily(
+            "movierec_index_items", "Movies in the active model version's index.", labels=["tenant", "version"]
+        )
+        for state in states:
+            index = (state.record or {}).get("index") or {}
+            if state.active and "n" in index:
+                g.add_metric([state.tenant, state.active], index["n"])
+        yield g
+        for name, doc, attr in (("datasets", "Datasets stored.", "datasets"), ("models", "Model versions stored.",
+                                                                               "models")):  # fmt: skip
+            g = GaugeMetricFamily(f"movierec_{name}", doc, labels=label)
+            for state in states:
+                g.add_metric([state.tenant], getattr(state, attr))
+            yield g
+
+    def _jobs(self, states: list[TenantState]) -> Iterator[Metric]:
+        """Each tenant's finished jobs and their durations (pushed by every process: shared/infra/metrics.py)."""
+        c = CounterMetricFamily(
+            "movierec_jobs_finished", "Jobs finished, by kind and final status.", labels=["tenant", "kind", "status"]
+        )
+        for state in states:
+            for field, value in sorted(cells(state.finished).items()):
+                if len(field) == 2:
+                    c.add_metric([state.tenant, *field], value)
+        yield c
+
+        for name, doc in (
+            ("run", "Seconds a job ran: started (first time) to finished."),
+            ("latency", "Seconds from a job's creation to its finish, the wait in the queue included."),
+        ):
+            h = HistogramMetricFamily(f"movierec_job_{name}_seconds", doc, labels=["tenant", "kind"])
+            for state in states:
+                seconds = cells(state.seconds)
+                for kind in sorted({field[0] for field in seconds}):
+                    if (kind, name, "count") in seconds:
+                        buckets, total = histogram(seconds, name, [kind])
+                        h.add_metric([state.tenant, kind], buckets, total)
+            yield h
+        h = HistogramMetricFamily(
+            "movierec_recommendation_latency_seconds",
+            f"Seconds from a recommendation's request to its answer (jobs of kind {', '.join(SERVING_KINDS)}).",
+            labels=["tenant"],
+        )
+        for state in states:
+            buckets, total = histogram(cells(state.seconds), "latency", list(SERVING_KINDS))
+            h.add_metric([state.tenant], buckets, total)
+        yield h
+
+
+@dataclass(frozen=True)
+class TenantState:
+    """What a scrape reads of one tenant: one pipeline, and its active model's record."""
+
+    tenant: str
+    jobs: int
+    datasets: int
+    models: int
+    active: str | None
+    record: dict[str, Any] | None
+    finished: Mapping[bytes, bytes]
+    seconds: Mapping[bytes, bytes]
+
+    @classmethod
+    def read(cls, svc: Services) -> TenantState:
+        keys = svc.keys
         pipe = svc.redis.pipeline(transaction=False)
         pipe.zcard(keys.jobs)
         pipe.zcard(keys.datasets)
@@ -108,59 +215,7 @@ class RedisCollector:
         pipe.get(keys.active_model)
         pipe.hgetall(keys.metrics_jobs)
         pipe.hgetall(keys.metrics_job_seconds)
-        jobs, datasets, models, active_raw, finished_raw, seconds_raw = pipe.execute()
+        jobs, datasets, models, active_raw, finished, seconds = pipe.execute()
         active = active_raw.decode() if active_raw else None
         record = svc.models.get(active) if active else None
-
-        queues = queue_lengths(self._celery, QUEUES)
-        g = GaugeMetricFamily("movierec_queue_length", "Messages waiting in a Celery queue.", labels=["queue"])
-        for queue in QUEUES:
-            g.add_metric([queue], queues.get(queue, 0))
-        yield g
-        live = svc.live_queues()
-        g = GaugeMetricFamily("movierec_workers", "Live workers consuming a queue.", labels=["queue"])
-        for queue in QUEUES:
-            g.add_metric([queue], live.get(queue, 0))
-        yield g
-        yield GaugeMetricFamily(
-            "movierec_jobs_indexed", "Job records in the listing index (finished ones expire).", value=jobs
-        )
-        g = GaugeMetricFamily("movierec_active_model", "1 for the version recommendations use.", labels=["version"])
-        if active:
-            g.add_metric([active], 1)
-        yield g
-        g = GaugeMetricFamily("movierec_index_items", "Movies in the active model version's index.", labels=["version"])
-        index = (record or {}).get("index") or {}
-        if active and "n" in index:
-            g.add_metric([active], index["n"])
-        yield g
-        yield GaugeMetricFamily("movierec_datasets", "Datasets stored.", value=datasets)
-        yield GaugeMetricFamily("movierec_models", "Model versions stored.", value=models)
-
-        c = CounterMetricFamily(
-            "movierec_jobs_finished", "Jobs finished, by kind and final status.", labels=["kind", "status"]
-        )
-        for field, value in sorted(cells(finished_raw).items()):
-            if len(field) == 2:
-                c.add_metric(list(field), value)
-        yield c
-
-        seconds = cells(seconds_raw)
-        kinds = sorted({field[0] for field in seconds})
-        for name, doc in (
-            ("run", "Seconds a job ran: started (first time) to finished."),
-            ("latency", "Seconds from a job's creation to its finish, the wait in the queue included."),
-        ):
-            h = HistogramMetricFamily(f"movierec_job_{name}_seconds", doc, labels=["kind"])
-            for kind in kinds:
-                if (kind, name, "count") in seconds:
-                    buckets, total = histogram(seconds, name, [kind])
-                    h.add_metric([kind], buckets, total)
-            yield h
-        h = HistogramMetricFamily(
-            "movierec_recommendation_latency_seconds",
-            f"Seconds from a recommendation's request to its answer (jobs of kind {', '.join(SERVING_KINDS)}).",
-        )
-        buckets, total = histogram(seconds, "latency", list(SERVING_KINDS))
-        h.add_metric([], buckets, total)
-        yield h
+        return cls(svc.tenant, jobs, datasets, models, active, record, finished, seconds)

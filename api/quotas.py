@@ -29,7 +29,8 @@ def _cap(value: int) -> int | None:
 @bp.get("")
 @bp.output(QuotasOut)
 def quotas() -> dict[str, Any]:
-    """Every cap (null where none is set) with its setting's name and what is held against it now."""
+    """Every cap (null where none is set) with its setting's name and what the caller's tenant holds against it
+    now: each cap is per tenant."""
     svc = services()
     settings = svc.settings
     budget, in_flight_cap = in_flight_budget()
@@ -45,6 +46,8 @@ def quotas() -> dict[str, Any]:
             "per_user_setting": "MOVIEREC_MAX_FEEDBACK_ROWS_PER_USER",
             "datasets": [f for f in feedback if f["used"]],
         },
+        "jobs_in_flight": {"used": svc.jobs.active_count(), "limit": _cap(settings.max_jobs_in_flight),
+                           "setting": "MOVIEREC_MAX_JOBS_IN_FLIGHT"},
         "uploads_in_flight_bytes": {
             "used": budget.held(),
             "limit": in_flight_cap,

@@ -52,7 +52,7 @@ FAST_LANE_S = 1.0
 def answer_within(*, params: dict[str, Any], wait_s: float) -> Any:
     """The answer (200) from the fast lane or a recommend job that succeeds within ``wait_s``, else the job (202)."""
     started = time.monotonic()
-    answer = fastlane().ask(params, min(wait_s, FAST_LANE_S))
+    answer = fastlane().ask(params, min(wait_s, FAST_LANE_S), tenant=services().tenant)
     if wait_s > 0:
         ANSWERED_BY.labels("fast_lane" if answer is not None else "job").inc()
     if answer is not None:

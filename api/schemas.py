@@ -661,7 +661,12 @@ class ReadyOut(Schema):
 
 class QueueOut(Schema):
     name = String()
-    depth = Integer(metadata={"description": "messages waiting in the queue, every priority step counted"})
+    depth = Integer(
+        metadata={
+            "description": "messages waiting in the queue, every priority step counted (for a key that does not "
+            "see the deployment: its tenant's jobs queued there)"
+        }
+    )
     workers = Integer(metadata={"description": "live workers consuming it (heartbeats)"})
 
 
@@ -679,15 +684,38 @@ class LatestEvaluationOut(Schema):
     table = Dict(metadata={"description": "the evaluation's table, as POST /v1/jobs/evaluate answers it"})
 
 
+class TenantCountsOut(Schema):
+    tenant = String()
+    jobs = Nested(JobCountsOut)
+    datasets = Integer(metadata={"description": "datasets the tenant stores"})
+    models = Integer(metadata={"description": "model versions the tenant stores"})
+    active_model = String(allow_none=True, metadata={"description": "the tenant's active model version; null if none"})
+
+
 class SystemOut(Schema):
-    queues = List(Nested(QueueOut), metadata={"description": "every queue, in a fixed order"})
-    jobs = Nested(JobCountsOut, metadata={"description": "every owner's jobs (with API keys too): counts only"})
+    tenant = String(metadata={"description": "the caller's tenant: every figure but `tenants` is its own"})
+    queues = List(
+        Nested(QueueOut),
+        metadata={
+            "description": "every queue, in a fixed order; its depth is every tenant's messages where the key sees "
+            "the deployment (see `tenants`), else the caller's tenant's jobs queued there"
+        },
+    )
+    jobs = Nested(JobCountsOut, metadata={"description": "every owner's jobs of the tenant: counts only"})
     active_model = Dict(
         allow_none=True, metadata={"description": "the active model's record as GET /v1/models lists it; null if none"}
     )
     latest_evaluation = Nested(LatestEvaluationOut, allow_none=True, metadata={"description": "null if none"})
     datasets = Integer(metadata={"description": "datasets stored"})
     models = Integer(metadata={"description": "model versions stored"})
+    tenants = List(
+        Nested(TenantCountsOut),
+        allow_none=True,
+        metadata={
+            "description": "every tenant's counts, each named, where the key sees the deployment (an operator's "
+            "key, an open API, an admin's key where every key is of one tenant); null for any other key"
+        },
+    )
 
 
 MAX_MAP_MOVIES = 100_000
@@ -789,4 +817,5 @@ class QuotasOut(Schema):
     datasets = Nested(QuotaOut)
     models = Nested(QuotaOut)
     feedback_rows = Nested(FeedbackQuotaOut)
+    jobs_in_flight = Nested(QuotaOut, metadata={"description": "unfinished jobs, a pipeline's stages included"})
     uploads_in_flight_bytes = Nested(QuotaOut, metadata={"description": "bytes the uploads being received hold"})

@@ -43,13 +43,24 @@ def fresh_stack(settings: Settings, run_dir: Path, *, cpu_workers: int = 2) -> I
         yield stack
 
 
+HTTP = requests.Session()
+"""The benchmarks' HTTP client for the helpers below: ``use_key`` makes it send a bearer key."""
+
+
+def use_key(key: str | None) -> None:
+    """Send ``Authorization: Bearer <key>`` on every request of the helpers below (None: none)."""
+    HTTP.headers.pop("Authorization", None)
+    if key:
+        HTTP.headers["Authorization"] = f"Bearer {key}"
+
+
 def wait_job(api: str, job_id: str, *, timeout_s: float = 600) -> dict[str, Any]:
     """The job's record once it has finished (polled over HTTP, every 0.1 s at first, then less often, up to once
     a second: a long job's thousands of polls would load the machine it is measured on)."""
     deadline = time.monotonic() + timeout_s
     pause = 0.1
     while time.monotonic() < deadline:
-        job: dict[str, Any] = requests.get(f"{api}/v1/jobs/{job_id}", timeout=30).json()
+        job: dict[str, Any] = HTTP.get(f"{api}/v1/jobs/{job_id}", timeout=30).json()
         if job.get("status") in FINISHED:
             return job
         time.sleep(pause)
@@ -61,7 +72,7 @@ def train_on(api: str, directory: str, **options: Any) -> dict[str, Any]:
     """Run a pipeline on ``directory`` (a name under the stack's data root), the hybrid recipe unless ``options``
     name another (with any other pipeline option): its finished record."""
     body = {"path": directory, "recipe": "hybrid", **options}
-    job = requests.post(f"{api}/v1/pipelines", json=body, timeout=30).json()
+    job = HTTP.post(f"{api}/v1/pipelines", json=body, timeout=30).json()
     state = wait_job(api, job["id"])
     assert state["status"] == "succeeded", state
     return state
@@ -70,7 +81,7 @@ def train_on(api: str, directory: str, **options: Any) -> dict[str, Any]:
 def warm(api: str) -> None:
     """A few users' recommendations, so that each worker process has loaded the active model."""
     for user in range(1, 9):
-        requests.post(f"{api}/v1/recommendations?wait=30", json={"user_id": user}, timeout=60)
+        HTTP.post(f"{api}/v1/recommendations?wait=30", json={"user_id": user}, timeout=60)
 
 
 @dataclass(frozen=True)

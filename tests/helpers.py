@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -239,6 +240,19 @@ def running(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def readme_matrix() -> dict[tuple[str, str], str]:
+    """README.md's roles table: {(METHOD, /path as the spec writes it): least role} (tests/api/test_roles.py,
+    tests/system/test_tenants.py)."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| route | least role |") :].split("\n\n", 1)[0]
+    out: dict[tuple[str, str], str] = {}
+    for line in table.splitlines()[2:]:
+        routes, role = (cell.strip() for cell in line.strip("|").split("|"))
+        for method, path in re.findall(r"`(GET|POST|PUT|PATCH|DELETE) ([^`]+)`", routes):
+            out[(method, path)] = role
+    return out
 
 
 def answers(url: str) -> Callable[[], bool]:

@@ -37,7 +37,7 @@ from redis.exceptions import LockNotOwnedError
 from shared.errors import MovierecError
 from shared.infra.process import per_process
 from shared.infra.redisconn import sent_ahead, transient_cause
-from shared.jobs.celery_app import settings_of
+from shared.jobs.celery_app import settings_of, task_tenant
 from shared.jobs.kinds import PIPELINE_STEP
 from shared.jobs.leases import Admission
 from shared.jobs.progress import Position, report
@@ -53,9 +53,15 @@ RETRY_CAP_S = 60.0
 
 
 @per_process(maxsize=1)
-def services() -> Services:
-    """This process's services, built on first use (again in a forked child: see shared/infra/process.py)."""
+def process_services() -> Services:
+    """This process's services (the default tenant's, whence every tenant's), built on first use (again in a
+    forked child: see shared/infra/process.py)."""
     return Services.from_settings(settings_of(current_app))
+
+
+def services() -> Services:
+    """The services of the tenant whose job the running task works on (its message's ``TENANT_HEADER``)."""
+    return process_services().for_tenant(task_tenant())
 
 
 @dataclass

@@ -23,7 +23,7 @@ from shared.jobs.celery_app import settings_of
 from shared.jobs.fastlane import Responder
 from shared.logic.serving import answer_query
 
-from .base import JobContext, Outcome, run_job, services
+from .base import JobContext, Outcome, process_services, run_job
 
 RECOMMENDATION_TTL_S = 3600
 """Answers are for the asker, now: kept an hour (or the result TTL, if shorter), not the week other results are,
@@ -47,5 +47,9 @@ def recommend(job_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
 def start_responder(**_: Any) -> None:
     """Answer the fast lane from this pool process (connected to ``worker_process_init`` by workers/main.py)."""
     settings = settings_of(current_app)
-    svc = services()
-    Responder(svc.redis, prefix=settings.key_prefix, answer=lambda params: answer_query(services(), params)).start()
+    svc = process_services()
+
+    def answer(tenant: str, params: dict[str, Any]) -> dict[str, Any]:
+        return answer_query(svc.for_tenant(tenant), params)
+
+    Responder(svc.redis, prefix=settings.key_prefix, answer=answer).start()

@@ -33,9 +33,13 @@ The janitor is the only redelivery of a message whose worker died whole: the bro
 worker has taken it (no kombu ack emulation, see shared/jobs/celery_app.py). Between a worker taking a message
 and its lease there are milliseconds; the second sighting a sweep interval later covers them.
 
-Keys, all with a TTL: ``<prefix>:janitor:lock`` (one interval), ``<prefix>:janitor:idle:<job>`` (the sweep that
-first found the job idle; a few intervals), ``<prefix>:janitor:queued:<job>`` (where the last sweep saw the
-queued job wait, for its ETA; a few intervals), ``<prefix>:janitor:resends:<job>`` (a day).
+A sweep walks every tenant's jobs in turn (``Services.tenants``: each tenant's jobs live in its keyspace), and
+the messages it sends name the job's tenant (shared/jobs/celery_app.py ``TENANT_HEADER``).
+
+Keys, all with a TTL: ``<prefix>:janitor:lock`` (one interval; the deployment's), and in the job's tenant's
+keyspace ``<prefix>:janitor:idle:<job>`` (the sweep that first found the job idle; a few intervals),
+``<prefix>:janitor:queued:<job>`` (where the last sweep saw the queued job wait, for its ETA; a few intervals),
+``<prefix>:janitor:resends:<job>`` (a day).
 """
 
 from __future__ import annotations
@@ -48,9 +52,8 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-from shared.infra.keys import Keys
 from shared.jobs import kinds
-from shared.jobs.celery_app import Waiting, waiting_jobs
+from shared.jobs.celery_app import TENANT_HEADER, Waiting, waiting_jobs
 from shared.jobs.kinds import PIPELINE_STEP, Task
 from shared.jobs.sharded import pending, stored_plan
 from shared.jobs.store import Job
@@ -78,7 +81,6 @@ class Janitor:
         self._svc = services
         self._celery = celery
         self._worker = worker
-        self._keys = Keys(services.settings.key_prefix)
         self._interval = services.settings.janitor_interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,7 +98,7 @@ class Janitor:
     def _loop(self) -> None:
         while not self._stop.wait(self._interval / 3):
             try:
-                lock = self._keys.janitor_lock
+                lock = self._svc.cluster_keys.janitor_lock
                 if self._svc.redis.set(lock, self._worker, nx=True, px=int(self._interval * 1000)):
                     report = self.sweep()
                     if any(report.values()):
@@ -108,12 +110,34 @@ class Janitor:
 
     # -- one sweep -------------------------------------------------------------------------------------
     def sweep(self) -> dict[str, int]:
-        """Prune expired ids, then look after the active jobs; answers what it did."""
+        """Prune expired ids, then look after the active jobs, tenant by tenant (one walk of the queues for all:
+        job ids are UUIDs); answers what it did, summed over the tenants."""
+        tenants = [self._svc.for_tenant(name) for name in self._svc.tenants()]
+        report = {"pruned": sum(svc.jobs.prune_expired() for svc in tenants), "resent": 0, "failed": 0,
+                  "forgotten": 0, "waiting": 0}  # fmt: skip
+        active = {svc.tenant: set(svc.jobs.active_ids()) for svc in tenants}
+        waiting = waiting_jobs(self._celery) if any(active.values()) else {}  # once a sweep, not once a job
+        for svc in tenants:
+            done = TenantSweep(svc, self._celery).sweep(active[svc.tenant], waiting)
+            for what, count in done.items():
+                report[what] += count
+        return report
+
+
+class TenantSweep:
+    """One tenant's part of a sweep: its jobs, its keys; the messages it sends name the tenant."""
+
+    def __init__(self, services: Services, celery: Celery) -> None:
+        self._svc = services
+        self._celery = celery
+        self._keys = services.keys
+        self._interval = services.settings.janitor_interval_s
+        self._headers = {TENANT_HEADER: services.tenant}
+
+    def sweep(self, active: set[str], waiting: dict[str, Waiting]) -> dict[str, int]:
+        """Look after the tenant's ``active`` jobs, given what waits in the queues; answers what it did."""
         jobs = self._svc.jobs
-        report = {"pruned": jobs.prune_expired(), "resent": 0, "failed": 0, "forgotten": 0, "waiting": 0}
-        active = set(jobs.active_ids())
-        waiting = waiting_jobs(self._celery) if active else {}  # once a sweep, not once a job
-        report["waiting"] = len(waiting.keys() & active)
+        report = {"resent": 0, "failed": 0, "forgotten": 0, "waiting": len(waiting.keys() & active)}
         queued: dict[str, Waiting] = {}  # the queued jobs to tell where they wait, once the sweep is done
         for job_id in active:
             job = jobs.get(job_id)
@@ -209,12 +233,13 @@ class Janitor:
             self._svc.jobs.fail(job.id, code="lost", message=message, details={"resends": MAX_RESENDS})
             parent = job.params.get("parent")
             if parent:
-                self._celery.send_task(parent.get("step") or PIPELINE_STEP.name, args=[parent["id"]])
+                self._celery.send_task(parent.get("step") or PIPELINE_STEP.name, args=[parent["id"]],
+                                       headers=self._headers)  # fmt: skip
             log.warning("janitor: job %s failed: %s", job.id, message)
             return False
         self._svc.redis.delete(self._keys.janitor_queued(job.id))
         for unit in units:
-            self._celery.send_task(unit.task.name, args=unit.args)
+            self._celery.send_task(unit.task.name, args=unit.args, headers=self._headers)
         log.warning("janitor: job %s (%s) was idle with no worker on it; sent %s again", job.id, job.kind,
                     ", ".join(u.name for u in units))  # fmt: skip
         return True

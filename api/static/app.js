@@ -186,13 +186,44 @@ function renderOverview(main) {
   const jobs = el("div", { class: "tiles" });
   const model = el("div");
   const evaluation = el("div");
+  const tenant = el("p", { class: "muted", id: "tenant" });
+  const tenants = el("div", { id: "tenants" });
   main.replaceChildren(
+    tenant,
     el("div", { class: "grid" }, section("Queues", queues), section("Jobs", jobs)),
     section("Active model", model),
     section("Evaluation", evaluation),
+    tenants,
   );
   every(2000, async () => {
     const { data } = await api("/v1/system");
+    // Every figure is the key's tenant's; an operator's key also gets every tenant's row.
+    tenant.replaceChildren(el("span", { text: "Tenant: " }), el("strong", { text: data.tenant }));
+    tenants.replaceChildren(
+      ...(data.tenants
+        ? [
+            section(
+              "Tenants",
+              table(
+                ["tenant", "queued", "running", "failed", "datasets", "models", "active model"],
+                data.tenants.map((t) =>
+                  el(
+                    "tr",
+                    { "data-tenant": t.tenant },
+                    el("td", { text: t.tenant }),
+                    el("td", { class: "num", text: t.jobs.queued }),
+                    el("td", { class: "num", text: t.jobs.running }),
+                    el("td", { class: "num", text: t.jobs.failed }),
+                    el("td", { class: "num", text: t.datasets }),
+                    el("td", { class: "num", text: t.models }),
+                    el("td", { text: t.active_model || "–" }),
+                  ),
+                ),
+              ),
+            ),
+          ]
+        : []),
+    );
     queues.replaceChildren(
       table(
         ["queue", "waiting", "live workers"],

@@ -9,29 +9,27 @@
 
 A role can do everything the roles before it in ``ROLES`` can: a ``reader`` asks for recommendations, searches,
 reads the catalogue, the models and the dashboard and follows its own jobs; a ``writer`` also posts feedback;
-an ``admin`` also ingests, uploads, trains, evaluates, activates and deletes. Which route needs which role is
-api/auth.py's ``ROUTE_ROLES`` (README.md's matrix, checked against the app by a test).
+an ``admin`` also ingests, uploads, trains, evaluates, activates and deletes, and reads its tenant's quotas and
+audit trail; an ``operator`` also sees every tenant's counts in ``/v1/system`` and ``/metrics``. Which route
+needs which role is api/auth.py's ``ROUTE_ROLES`` (README.md's matrix, checked against the app by a test).
+Each key sees its own tenant's data only (shared/infra/keys.py ``tenant_prefix``).
 
 A key is never printed: a malformed entry's error names its position, not its text. Pure: no Flask, no Redis.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROLES = ("reader", "writer", "admin")
-"""Every role, each allowed what the ones before it are (``allows``)."""
+from shared.infra.keys import DEFAULT_TENANT, TENANT_SHAPE
 
-DEFAULT_TENANT = "default"
-"""The tenant of a plain ``KEY`` entry, of an open API, and of a store made before tenants existed."""
+ROLES = ("reader", "writer", "admin", "operator")
+"""Every role, each allowed what the ones before it are (``allows``). An ``operator`` is its tenant's admin who
+also sees the whole deployment: ``/v1/system`` and ``/metrics`` over every tenant, each named."""
 
 DEFAULT_ROLE = "admin"
 """The role of a plain ``KEY`` entry: every route, as every key could before roles."""
-
-TENANT_SHAPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-"""A tenant's name: lower-case letters, digits, '-' and '_', at most 32, not starting with a symbol."""
 
 
 @dataclass(frozen=True)

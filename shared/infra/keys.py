@@ -1,7 +1,22 @@
 """Every Redis key and every artifact name movierec writes, named once.
 
 Redis keys carry the deployment's prefix (``MOVIEREC_KEY_PREFIX``), so deployments and test runs share one
-Redis safely; ``Keys(prefix)`` builds them. Artifact names carry no prefix (the artifact store adds
+Redis safely; ``Keys(prefix)`` builds them.
+
+A deployment holds tenants (issue #26), and each tenant's data lives under a prefix of its own, its *keyspace*
+(``tenant_prefix``): every key below is a tenant's, except the cluster's machinery marked [cluster], which
+lives under the deployment's prefix alone and holds no tenant's data.
+
+    tenant "default"   <prefix>                  the deployment's own prefix: a store made before tenants
+                                                 existed opens as tenant "default", every key where it was
+    tenant T           <prefix>:tenant:<T>       T's keys; no key kind below is named "tenant", so no key
+                                                 of the default tenant can be mistaken for one of T's
+    <prefix>:tenants                             [cluster] set: every tenant that has queued a job (the
+                                                 janitor sweeps each one's jobs)
+
+So a tenant's datasets, models, feedback, artifacts, cached vectors, audit trail, uploads in flight, jobs,
+locks, janitor marks and job metrics are all keys of its keyspace: another tenant's id is not a key in it,
+and answers as an unknown id does. Artifact names carry no prefix (the artifact store adds
 ``<prefix>:art:``); the functions at the bottom build them. No other module writes a key or an artifact name
 as an f-string (tests/unit/test_keys.py greps for it).
 
@@ -10,28 +25,47 @@ as an f-string (tests/unit/test_keys.py greps for it).
     <prefix>:job:<id>:shards               hash: shard -> stats of a sharded job's finished shards
     <prefix>:jobs / :jobs:active / :jobs:expiry   the listing index, the unfinished ids, the expiry index
     <prefix>:lock:<name>                   a short exclusive claim (redis-py's Lock), e.g. a pipeline's step
-    <prefix>:unit:<job>:<unit>:lease|starts  who runs a unit of work, and how often it was started
-    <prefix>:worker:<name>                 a worker's heartbeat
-    <prefix>:fastlane:responders           the fast lane's live responders (its ask and reply channels are
+    <prefix>:unit:<job>:<unit>:lease|starts  [cluster] who runs a unit of work, how often it was started
+    <prefix>:worker:<name>                 [cluster] a worker's heartbeat
+    <prefix>:fastlane:responders           [cluster] the fast lane's live responders (its ask and reply channels are
                                            pub/sub, not keys: shared/jobs/fastlane.py)
-    <prefix>:janitor:lock|idle:<job>|queued:<job>|resends:<job>   the janitor's sweep lock and marks
+    <prefix>:janitor:lock                  [cluster] the janitor's sweep lock
+    <prefix>:janitor:idle:<job>|queued:<job>|resends:<job>   the janitor's marks on a job
     <prefix>:dataset:<id> / :datasets      a dataset's record, and the index of them
     <prefix>:model:<version> / :models / :active_model   model records, their index, the serving pointer
     <prefix>:feedback:<ds>:user:<uid> / :users / :rows   ratings given after ingest (shared/store/feedback.py)
     <prefix>:uploads:in_flight / :in_flight:expiry   bytes of the uploads being received (shared/store/inflight.py)
     <prefix>:audit                         stream: who changed what and when, bounded (shared/store/audit.py)
     <prefix>:metrics:jobs|job_seconds      job outcome counters and duration histograms (shared/infra/metrics.py)
-    <prefix>:readyz-probe                  never written: /readyz DELs it to see whether Redis takes writes
+    <prefix>:readyz-probe                  [cluster] never written: /readyz DELs it to see whether Redis takes writes
     <prefix>:art:<name>[:<i>|:tmp:<id>[:<i>]]   an artifact's manifest, its chunks, a write in progress
                                            (``artifacts_under``: a SCAN pattern for a name prefix's artifacts)
     <prefix>:vec:<model identity>:<pooling>:<sha1(text)>   one cached string vector
-    <prefix>:celery:...                    Celery's queues (kombu's ``global_keyprefix``; kombu names the rest)
+    <prefix>:celery:...                    [cluster] Celery's queues (kombu's ``global_keyprefix``; kombu names
+                                           the rest); each message names its job's tenant in a header
+                                           (shared/jobs/celery_app.py ``TENANT_HEADER``)
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+DEFAULT_TENANT = "default"
+"""The tenant of a plain ``KEY`` entry of ``MOVIEREC_API_KEYS``, of an open API, and of a store made before
+tenants existed: its keyspace is the deployment's prefix itself."""
+
+TENANT_SHAPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+"""A tenant's name: lower-case letters, digits, '-' and '_', at most 32, not starting with a symbol (so no glob
+character, no ':', nothing a key could be confused by)."""
+
+
+def tenant_prefix(prefix: str, tenant: str) -> str:
+    """The prefix of ``tenant``'s keyspace in the deployment whose prefix is ``prefix`` (see the module docstring);
+    ValueError for a name that is not a tenant's."""
+    if not TENANT_SHAPE.match(tenant):
+        raise ValueError(f"{tenant!r} is not a tenant's name (1-32 of a-z 0-9 - _, starting with a-z 0-9)")
+    return prefix if tenant == DEFAULT_TENANT else f"{prefix}:tenant:{tenant}"
 
 
 @dataclass(frozen=True)
@@ -208,8 +242,19 @@ class Keys:
 
     @property
     def everything(self) -> str:
-        """A SCAN pattern matching every key of this deployment."""
+        """A SCAN pattern matching every key under this prefix (the default tenant's: every other tenant's too)."""
         return f"{self.prefix}:*"
+
+    # -- tenants (shared/logic/services.py) ---------------------------------------------------------------
+    @property
+    def tenants(self) -> str:
+        """[cluster] Set: the name of every tenant that has queued a job."""
+        return f"{self.prefix}:tenants"
+
+    @property
+    def other_tenants(self) -> str:
+        """[cluster] A SCAN pattern matching every key of every tenant but the default one."""
+        return f"{self.prefix}:tenant:*"
 
 
 def shard_id(lo: int) -> str:

@@ -24,6 +24,11 @@ Task events are off: Flower (``movierec flower``) turns them on in the workers i
 (``worker_send_task_events``) they cost the serving path about a quarter of its throughput on 2 cores
 (BENCHMARKS.md, "Metrics and task events"); the API sends no ``task-sent`` events, so Flower shows a task from
 when a worker receives it.
+
+Every message names the tenant whose job it works on in its ``TENANT_HEADER`` (shared/infra/keys.py: a tenant
+is a keyspace). ``submit`` and the janitor set it from the job; a message a task sends while it runs (a shard,
+a join, a pipeline's step, a retry) inherits its sender's (``carry_tenant``). A worker builds that tenant's
+services for each task it runs (workers/base.py ``services``).
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from celery import Celery
+from celery import Celery, current_task
+from celery.signals import before_task_publish
 
 from shared.infra.broker import SENTINEL_TRANSPORT, TRANSPORT
-from shared.infra.keys import Keys
+from shared.infra.keys import DEFAULT_TENANT, TENANT_SHAPE, Keys
 from shared.infra.redisconn import RedisTarget
 from shared.infra.settings import Settings
 from shared.jobs.kinds import CPU_QUEUE, PRIORITY_STEPS, QUEUES, TASK_MODULES, routes
@@ -110,6 +116,31 @@ def _job_of(raw: bytes) -> str | None:
     except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
         return None
     return args[0] if args and isinstance(args[0], str) else None
+
+
+TENANT_HEADER = "movierec_tenant"
+"""The message header naming the tenant whose job a task works on (see the module docstring)."""
+
+
+def task_tenant() -> str:
+    """The tenant of the task this thread runs: its message's header; the default tenant outside a task and for
+    a message sent before tenants existed. ValueError for a header that names no tenant."""
+    tenant = current_task.request.get(TENANT_HEADER) if current_task else None  # a proxy: false outside a task
+    if tenant is None:
+        return DEFAULT_TENANT
+    if not isinstance(tenant, str) or not TENANT_SHAPE.match(tenant):
+        raise ValueError(f"a task message names {tenant!r} as its tenant, which is not a tenant's name")
+    return tenant
+
+
+def carry_tenant(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """``before_task_publish``: a message sent without a tenant (inside a task: a shard, a join, a step, a retry)
+    carries the sending task's."""
+    if headers is not None and TENANT_HEADER not in headers:
+        headers[TENANT_HEADER] = task_tenant()
+
+
+before_task_publish.connect(carry_tenant, weak=False)
 
 
 class MovierecCelery(Celery):  # type: ignore[misc]

@@ -9,8 +9,8 @@ message, the worker's admission and start, its success, each a write that Redis 
       pick a live responder: ZSET <prefix>:fastlane:responders     beats every BEAT_S: ZADD its channel, Redis time
       (channel -> the Redis time of its last beat; read once a
       second), at random
-      PUBLISH <prefix>:fastlane:ask:<host>:<pid>  ────────────>   SUBSCRIBE'd there: answer(params)
-        {"id", "reply", "params"}
+      PUBLISH <prefix>:fastlane:ask:<host>:<pid>  ────────────>   SUBSCRIBE'd there: answer(tenant, params)
+        {"id", "reply", "tenant", "params"}                        (with that tenant's data: see Answer)
       wait on this process's reply channel   <────────────────   PUBLISH <reply> {"id", "ok", "result" | "error"}
         (one SUBSCRIBE per API process, <prefix>:fastlane:reply:<uuid>)
 
@@ -37,7 +37,7 @@ from typing import Any, cast
 import redis
 
 from shared.infra.clock import RedisClock
-from shared.infra.keys import Keys
+from shared.infra.keys import DEFAULT_TENANT, Keys
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ SUBSCRIBE_S = 0.1
 TRIES = 2
 """Responders tried when a PUBLISH reaches no one, before the durable path."""
 
-Answer = Callable[[dict[str, Any]], dict[str, Any]]
-"""A responder's work: the query's parameters -> its JSON answer (raising for an answer that is an error)."""
+Answer = Callable[[str, dict[str, Any]], dict[str, Any]]
+"""A responder's work: (the asker's tenant, the query's parameters) -> its JSON answer, from that tenant's data
+(raising for an answer that is an error). The lane is the deployment's; what an answer reads is the tenant's."""
 
 
 class FastLane:
@@ -72,8 +73,9 @@ class FastLane:
         self._listening = threading.Event()
         threading.Thread(target=self._listen, name="movierec-fastlane", daemon=True).start()
 
-    def ask(self, params: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
-        """A responder's answer to ``params`` within ``timeout_s``; None when the durable path must answer."""
+    def ask(self, params: dict[str, Any], timeout_s: float, *, tenant: str) -> dict[str, Any] | None:
+        """A responder's answer to ``params`` from ``tenant``'s data within ``timeout_s``; None when the durable
+        path must answer."""
         if timeout_s <= 0 or not self._listening.wait(min(timeout_s, SUBSCRIBE_S)):
             return None  # no reply channel (Redis away?): the durable path says what is wrong
         request_id = uuid.uuid4().hex
@@ -81,7 +83,7 @@ class FastLane:
         with self._lock:
             self._waiting[request_id] = (done, slot)
         try:
-            message = json.dumps({"id": request_id, "reply": self._reply, "params": params})
+            message = json.dumps({"id": request_id, "reply": self._reply, "tenant": tenant, "params": params})
             if not self._publish(message):
                 return None
             if not done.wait(timeout_s):
@@ -181,7 +183,8 @@ class Responder:
 
     def _reply(self, request: dict[str, Any]) -> None:
         try:
-            reply = {"id": request["id"], "ok": True, "result": self._answer(request["params"])}
+            tenant = request.get("tenant", DEFAULT_TENANT)  # an API process from before tenants names none
+            reply = {"id": request["id"], "ok": True, "result": self._answer(tenant, request["params"])}
         except Exception as exc:  # noqa: BLE001 - the asker takes the durable path, which reports the error
             log.debug("fast lane: %s; the asker takes the durable path", exc)
             reply = {"id": request["id"], "ok": False}

@@ -12,6 +12,9 @@ message is sent, so an id answered with 202 is always known:
                          takes them out of both indexes once that time has passed
     <prefix>:job:<id>:shards   hash shard -> stats of a sharded job's finished shards (same TTL as the job)
 
+``<prefix>`` is the tenant's keyspace (shared/infra/keys.py): one store per tenant, so another tenant's job id is
+not a key here. Creating a job adds its tenant to the deployment's registry (``registry``), for the janitor.
+
 Status moves queued -> running -> succeeded | failed, or queued|running -> cancelled. Every move is one Lua
 script that checks the current status, so a cancelled job never turns succeeded and a late progress
 report never revives a finished job. A finished record expires after ``result_ttl_s``; its id then
@@ -36,7 +39,7 @@ from redis.lock import Lock
 
 from shared.infra.clock import RedisClock, iso
 from shared.infra.durability import Durability
-from shared.infra.keys import Keys
+from shared.infra.keys import DEFAULT_TENANT, Keys
 from shared.infra.metrics import lua_buckets
 from shared.infra.redisconn import Script
 
@@ -183,9 +186,21 @@ class Job:
 class JobStore:
     """Create, move and read job records. Safe to share between threads; one per process."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str, result_ttl_s: int, wait_replicas: int = 0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        result_ttl_s: int,
+        wait_replicas: int = 0,
+        tenant: str = DEFAULT_TENANT,
+        registry: str | None = None,
+    ) -> None:
         self._r = client
         self._keys = Keys(prefix)
+        self.tenant = tenant
+        """Whose jobs these are: each job's message names it (shared/jobs/submit.py)."""
+        self._registry = registry
         self._ttl = result_ttl_s
         self._durability: Durability | None = None
         self._wait_replicas = wait_replicas
@@ -237,6 +252,8 @@ class JobStore:
         pipe.hset(self._key(job_id), mapping=fields)
         pipe.zadd(self._keys.jobs, {job_id: now})
         pipe.sadd(self._keys.jobs_active, job_id)
+        if self._registry is not None:  # the janitor sweeps every tenant that has queued a job
+            pipe.sadd(self._registry, self.tenant)
         return Job.from_hash({k.encode(): v.encode() for k, v in fields.items()})
 
     def durability(self) -> Durability:
@@ -294,14 +311,31 @@ class JobStore:
         """Ids of the jobs not finished yet (queued or running, or whose record vanished: see ``forget``)."""
         return tuple(sorted(i.decode() for i in cast("set[bytes]", self._r.smembers(self._keys.jobs_active))))
 
+    def active_count(self) -> int:
+        """How many jobs are unfinished (one SCARD: an id whose record vanished counts until the janitor's sweep)."""
+        return cast(int, self._r.scard(self._keys.jobs_active))
+
     def active_statuses(self) -> dict[Status, int]:
         """How many unfinished jobs are queued and how many running, counted now (one round trip for the ids,
         one for their statuses; a record that vanished counts for nothing)."""
+        statuses = [status for status, _ in self._active_kinds()]
+        return {status: statuses.count(status) for status in ACTIVE}
+
+    def queued_kinds(self) -> dict[str, int]:
+        """How many jobs of each kind are queued, counted now (as ``active_statuses``)."""
+        counts: dict[str, int] = {}
+        for status, kind in self._active_kinds():
+            if status == "queued":
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    def _active_kinds(self) -> Sequence[tuple[str, str]]:
+        """(status, kind) of each unfinished job whose record lives."""
         pipe = self._r.pipeline(transaction=False)
         for job_id in self.active_ids():
-            pipe.hget(self._key(job_id), "status")
-        statuses = [s.decode() for s in cast("list[bytes | None]", pipe.execute()) if s is not None]
-        return {status: statuses.count(status) for status in ACTIVE}
+            pipe.hmget(self._key(job_id), ["status", "kind"])
+        rows = cast("list[list[bytes | None]]", pipe.execute())
+        return [(status.decode(), kind.decode()) for status, kind in rows if status is not None and kind is not None]
 
     def count(self) -> int:
         """Ids in the listing index: every job whose record lives, and expired ones until the janitor prunes them."""

@@ -16,6 +16,7 @@ from kombu.exceptions import OperationalError
 from shared.errors import ServiceUnavailable
 from shared.infra.broker import onto
 from shared.infra.redisconn import TRANSIENT_CAUSES, transient_cause
+from shared.jobs.celery_app import TENANT_HEADER
 from shared.jobs.kinds import task_of
 from shared.jobs.store import Job, JobStore
 
@@ -23,7 +24,8 @@ from shared.jobs.store import Job, JobStore
 def submit(celery: Celery, jobs: JobStore, *, kind: str, params: dict[str, Any], owner: str | None = None) -> Job:
     """Record a job of ``kind`` and send it to its task (shared/jobs/kinds.py).
 
-    ``owner``: who may see the job when the API runs with keys (``api.auth``); None when it is open.
+    ``owner``: who may see the job when the API runs with keys (``api.auth``); None when it is open. The job is
+    ``jobs``' tenant's, and its message says so (``TENANT_HEADER``).
     """
     task = task_of(kind).name
     pipe = jobs.pipeline()
@@ -32,7 +34,12 @@ def submit(celery: Celery, jobs: JobStore, *, kind: str, params: dict[str, Any],
         with onto(pipe):
             # The params are in the record: the message's printable form (worker logs, events) names the job only.
             celery.send_task(
-                task, args=[job.id, params], task_id=job.id, argsrepr=f"[{job.id!r}, ...]", kwargsrepr="{}"
+                task,
+                args=[job.id, params],
+                task_id=job.id,
+                argsrepr=f"[{job.id!r}, ...]",
+                kwargsrepr="{}",
+                headers={TENANT_HEADER: jobs.tenant},
             )
         pipe.execute()
     except (redis.RedisError, OperationalError, OSError) as exc:

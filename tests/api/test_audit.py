@@ -86,4 +86,5 @@ def test_an_admin_sees_each_quota_and_what_is_held_against_it(audited: Any) -> N
     assert body["feedback_rows"]["datasets"] == [{"dataset": "ds-q", "used": 2}]
     assert body["feedback_rows"]["limit"] == svc.settings.max_feedback_rows
     assert body["uploads_in_flight_bytes"]["used"] == 0
+    assert body["jobs_in_flight"] == {"used": 0, "limit": None, "setting": "MOVIEREC_MAX_JOBS_IN_FLIGHT"}
     assert client.get("/v1/quotas", headers=as_("writer")).status_code == 403  # an admin's view

@@ -70,10 +70,12 @@ def test_a_real_job_counts_in_the_job_metrics(client: Any) -> None:
     job = wait_job(lambda: client.get(f"/v1/jobs/{job_id}").get_json(), job_id, timeout_s=300)
     assert job["status"] == "succeeded", job
     after = scrape(client)
-    finished = ("movierec_jobs_finished_total", {"kind": "ingest", "status": "succeeded"})
+    # The open API is one tenant, "default", and every tenant metric names it.
+    finished = ("movierec_jobs_finished_total", {"tenant": "default", "kind": "ingest", "status": "succeeded"})
     assert value(after, finished[0], **finished[1]) >= value(before, finished[0], **finished[1]) + 1
+    ingest = {"tenant": "default", "kind": "ingest"}
     for histogram in ("movierec_job_run_seconds", "movierec_job_latency_seconds"):
         count = f"{histogram}_count"
-        assert value(after, count, kind="ingest") >= value(before, count, kind="ingest") + 1
-        assert value(after, f"{histogram}_bucket", kind="ingest", le="+Inf") == value(after, count, kind="ingest")
-    assert value(after, "movierec_datasets") >= 1
+        assert value(after, count, **ingest) >= value(before, count, **ingest) + 1
+        assert value(after, f"{histogram}_bucket", **ingest, le="+Inf") == value(after, count, **ingest)
+    assert value(after, "movierec_datasets", tenant="default") >= 1

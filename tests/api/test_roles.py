@@ -1,4 +1,5 @@
-"""Roles (issue #26): each key is a reader, a writer or an admin, and every route answers README.md's matrix.
+"""Roles (issue #26): each key is a reader, a writer, an admin or an operator, and every route answers README.md's
+matrix. (Tenants, the other half of the matrix: tests/system/test_tenants.py.)
 
 The matrix test walks every operation of /openapi.json with each role and with no key, in process (Flask's
 client) against the session's Redis: a role below the route's answers 403 naming the role needed, before the
@@ -25,25 +26,13 @@ from api.auth import OPEN_PATHS, ROUTE_ROLES, KeyRing, check_routes
 from cli.stack import Stack, free_port
 from shared.infra.apikeys import ROLES, KeyEntry, allows, client_key, parse_entry, split_entries
 from shared.infra.settings import Settings
-from tests.helpers import REPO, answers, running
+from tests.helpers import answers, readme_matrix, running
 
 KEYS = {role: f"{role}-key-" + role[0] * 20 for role in ROLES}
 ENTRIES = tuple(f"default:{role}:{key}" for role, key in KEYS.items())
 
 PARAMS = {"dataset_id": "ds-no-such", "version": "m-no-such", "user_id": "1", "movie_id": "1"}
 """What each path parameter is filled with: ids nobody has (a job id: a fresh uuid)."""
-
-
-def readme_matrix() -> dict[tuple[str, str], str]:
-    """README.md's roles table: {(METHOD, /path as the spec writes it): least role}."""
-    text = (REPO / "README.md").read_text()
-    table = text[text.index("| route | least role |") :].split("\n\n", 1)[0]
-    out: dict[tuple[str, str], str] = {}
-    for line in table.splitlines()[2:]:
-        routes, role = (cell.strip() for cell in line.strip("|").split("|"))
-        for method, path in re.findall(r"`(GET|POST|PUT|PATCH|DELETE) ([^`]+)`", routes):
-            out[(method, path)] = role
-    return out
 
 
 MATRIX = readme_matrix()
@@ -76,7 +65,7 @@ def test_the_spec_has_a_row_in_the_matrix_for_every_operation_and_names_its_role
         assert operation["x-role"] == MATRIX[op], op
         responses = operation["responses"]
         assert "401" in responses and ("403" in responses) == (MATRIX[op] != "reader"), op
-    assert set(ROLES) == set(MATRIX.values())
+    assert set(MATRIX.values()) == set(ROLES) - {"operator"}  # an operator's is a wider view, no route of its own
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(MATRIX))
@@ -128,7 +117,7 @@ def test_entries_are_a_key_or_tenant_role_key() -> None:
 
 def test_keys_may_come_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = tmp_path / "keys"
-    keys.write_text(f"# the team's keys\n{ENTRIES[0]}\n\n  {ENTRIES[1]} , {ENTRIES[2]}\n")
+    keys.write_text(f"# the team's keys\n{ENTRIES[0]}\n\n  {ENTRIES[1]} , {ENTRIES[2]}\n" + "\n".join(ENTRIES[3:]))
     assert split_entries(f"@{keys}") == ENTRIES
     monkeypatch.setenv("MOVIEREC_API_KEYS", f"@{keys}")
     settings = Settings()
@@ -138,13 +127,14 @@ def test_keys_may_come_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         split_entries(f"@{tmp_path / 'missing'}")
 
 
-def test_a_second_tenant_or_a_key_given_twice_refuses_to_start() -> None:
-    """Only the tenant "default" exists until tenants' data is separated: another name must not look like it is."""
-    with pytest.raises(ValueError, match="only the tenant 'default' exists yet") as caught:
-        KeyRing([ENTRIES[0], f"team-b:admin:{'b' * 20}"])
-    assert "b" * 20 not in str(caught.value)
-    with pytest.raises(ValueError, match="a key appears twice"):
-        KeyRing([f"default:admin:{KEYS['admin']}", f"default:reader:{KEYS['admin']}"])
+def test_tenants_are_named_by_the_keys_and_a_key_given_twice_refuses_to_start() -> None:
+    ring = KeyRing([ENTRIES[0], f"team-b:admin:{'b' * 20}", f"team-b:reader:{'c' * 20}"])
+    assert ring.tenants == {"default", "team-b"}
+    caller = ring.identify("c" * 20)
+    assert caller is not None and (caller.tenant, caller.role) == ("team-b", "reader")
+    with pytest.raises(ValueError, match="a key appears twice") as caught:
+        KeyRing([f"default:admin:{KEYS['admin']}", f"team-b:reader:{KEYS['admin']}"])
+    assert KEYS["admin"] not in str(caught.value)
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,10 @@ def get_ok(client: Any, path: str, **kw: Any) -> Any:
 # -- /v1/system ------------------------------------------------------------------------------------------
 def test_system_overview(client: Any, trained: dict[str, str]) -> None:
     body = get_ok(client, "/v1/system")
-    assert set(body) == {"queues", "jobs", "active_model", "latest_evaluation", "datasets", "models"}
+    keys = {"tenant", "queues", "jobs", "active_model", "latest_evaluation", "datasets", "models", "tenants"}
+    assert set(body) == keys and body["tenant"] == "default"
+    own = next(row for row in body["tenants"] if row["tenant"] == "default")  # open: the whole deployment's view
+    assert (own["datasets"], own["models"]) == (body["datasets"], body["models"])
     assert [q["name"] for q in body["queues"]] == list(QUEUES)
     for queue in body["queues"]:
         assert set(queue) == {"name", "depth", "workers"} and queue["workers"] >= 1 and queue["depth"] >= 0
@@ -118,6 +121,87 @@ def test_job_counts_are_exact_and_take_in_every_owner(own_app: Any) -> None:
     depth = {q["name"]: q["depth"] for q in body["queues"]}
     assert depth == {"interactive": 0, "cpu": 1, "gpu": 0}  # the ingest's message waits: no worker on this prefix
     assert sent.status == "queued"
+
+
+TENANT_KEYS = {"acme": "acme-admin-key-0123456789", "globex": "globex-reader-0123456789",
+               "globex-admin": "globex-admin-key-0123456789", "ops": "ops-operator-key-0123456789"}  # fmt: skip
+
+
+@pytest.fixture
+def tenants_app(settings: Settings) -> Iterator[Any]:
+    """An app whose keys are of two tenants and an operator's, on a key prefix of its own (no worker)."""
+    prefix = f"{settings.key_prefix}-ten-{uuid.uuid4().hex[:8]}"
+    entries = (f"acme:admin:{TENANT_KEYS['acme']}", f"globex:reader:{TENANT_KEYS['globex']}",
+               f"globex:admin:{TENANT_KEYS['globex-admin']}", f"default:operator:{TENANT_KEYS['ops']}")  # fmt: skip
+    own = settings.model_copy(update={"key_prefix": prefix, "api_keys": entries, "max_jobs_in_flight": 2})
+    yield create_app({"TESTING": True}, settings=own)
+    delete_prefix(connect(settings.redis_url), prefix)
+
+
+def test_each_tenant_sees_its_own_counts_and_an_operator_sees_every_tenant(tenants_app: Any) -> None:
+    deployment, client = tenants_app.extensions["movierec"], tenants_app.test_client()
+    acme, globex = deployment.for_tenant("acme"), deployment.for_tenant("globex")
+    celery = tenants_app.extensions["celery"]
+    for _ in range(2):
+        submit(celery, acme.jobs, kind="ingest", params={"path": "x"}, owner=owner_id(TENANT_KEYS["acme"]))
+    submit(celery, globex.jobs, kind="train", params={"dataset": "ds-x"}, owner=owner_id(TENANT_KEYS["globex"]))
+    acme.redis.hincrby(acme.keys.metrics_jobs, "ingest\tsucceeded", 7)
+    acme.models.put({"version": "m-acme", "dataset": "ds-a", "index": {"name": "i"}})
+    acme.models.activate("m-acme")
+
+    def system(tenant: str) -> dict[str, Any]:
+        return dict(get_ok(client, "/v1/system", headers={"Authorization": f"Bearer {TENANT_KEYS[tenant]}"}))
+
+    mine = system("acme")
+    assert mine["tenant"] == "acme" and mine["tenants"] is None  # no other tenant's name or count
+    assert mine["jobs"] == {"queued": 2, "running": 0, "succeeded": 7, "failed": 0, "cancelled": 0}
+    assert {q["name"]: q["depth"] for q in mine["queues"]} == {"interactive": 0, "cpu": 2, "gpu": 0}
+    assert mine["active_model"]["version"] == "m-acme" and mine["models"] == 1
+    theirs = system("globex")
+    assert theirs["tenant"] == "globex" and theirs["tenants"] is None
+    assert theirs["jobs"] == {"queued": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    assert {q["name"]: q["depth"] for q in theirs["queues"]} == {"interactive": 0, "cpu": 0, "gpu": 1}
+    assert theirs["active_model"] is None and theirs["models"] == 0
+    whole = system("ops")
+    assert whole["tenant"] == "default" and whole["jobs"]["queued"] == 0  # its own tenant's figures
+    assert {q["name"]: q["depth"] for q in whole["queues"]} == {"interactive": 0, "cpu": 2, "gpu": 1}  # the broker's
+    rows = {row["tenant"]: row for row in whole["tenants"]}
+    assert set(rows) == {"acme", "default", "globex"}
+    assert rows["acme"] == {"tenant": "acme", "jobs": mine["jobs"], "datasets": 0, "models": 1,
+                            "active_model": "m-acme"}  # fmt: skip
+    assert rows["globex"]["jobs"] == theirs["jobs"] and rows["globex"]["active_model"] is None
+
+    def tenants_in_metrics(tenant: str) -> set[str]:
+        r = client.get("/metrics", headers={"Authorization": f"Bearer {TENANT_KEYS[tenant]}"})
+        assert r.status_code == 200
+        text = r.get_data(as_text=True)
+        return {line.split('tenant="', 1)[1].split('"', 1)[0] for line in text.splitlines() if 'tenant="' in line}
+
+    assert tenants_in_metrics("acme") == {"acme"} and tenants_in_metrics("globex") == {"globex"}
+    assert tenants_in_metrics("ops") == {"acme", "default", "globex"}
+    metrics = client.get("/metrics", headers={"Authorization": f"Bearer {TENANT_KEYS['globex']}"})
+    assert "movierec_queue_length" not in metrics.get_data(as_text=True)  # every tenant's messages: not a tenant's
+
+
+def test_jobs_in_flight_are_capped_per_tenant(tenants_app: Any) -> None:
+    client = tenants_app.test_client()
+
+    def ingest(key: str) -> Any:
+        headers = {"Authorization": f"Bearer {TENANT_KEYS[key]}"}
+        return client.post("/v1/datasets", json={"path": "ml-latest-small"}, headers=headers)
+
+    assert [ingest("acme").status_code for _ in range(2)] == [202, 202]  # no worker here: both stay queued
+    refused = ingest("acme")
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "quota_exceeded"
+    assert refused.get_json()["error"]["details"] == {"kind": "jobs_in_flight", "limit": 2, "held": 2,
+                                                      "setting": "MOVIEREC_MAX_JOBS_IN_FLIGHT"}  # fmt: skip
+    assert ingest("globex-admin").status_code == 202  # another tenant's cap is its own
+    quotas = client.get("/v1/quotas", headers={"Authorization": f"Bearer {TENANT_KEYS['acme']}"}).get_json()
+    assert quotas["jobs_in_flight"] == {"used": 2, "limit": 2, "setting": "MOVIEREC_MAX_JOBS_IN_FLIGHT"}
+    trail = client.get("/v1/audit", headers={"Authorization": f"Bearer {TENANT_KEYS['acme']}"}).get_json()
+    assert [e["outcome"] for e in trail["entries"]] == ["refused: quota_exceeded", "accepted", "accepted"]
+    theirs = client.get("/v1/audit", headers={"Authorization": f"Bearer {TENANT_KEYS['globex-admin']}"}).get_json()
+    assert [e["outcome"] for e in theirs["entries"]] == ["accepted"]  # each tenant's trail is its own
 
 
 def test_active_model_and_latest_evaluation(own_app: Any) -> None:

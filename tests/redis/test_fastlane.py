@@ -12,13 +12,17 @@ from shared.jobs.fastlane import FastLane, Responder
 
 
 def test_a_live_responder_answers_and_writes_nothing(redis_client: redis.Redis, fresh_prefix: str) -> None:
-    responder = Responder(redis_client, prefix=fresh_prefix, answer=lambda params: {"twice": params["n"] * 2})
+    def answer(tenant: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {"twice": params["n"] * 2, "tenant": tenant}
+
+    responder = Responder(redis_client, prefix=fresh_prefix, answer=answer)
     responder.start()
     try:
         lane = FastLane(redis_client, prefix=fresh_prefix)
         _wait_live(lane)
         keys_before = set(redis_client.scan_iter(f"{fresh_prefix}:*"))
-        assert [lane.ask({"n": n}, 5.0) for n in range(20)] == [{"twice": n * 2} for n in range(20)]
+        answers = [lane.ask({"n": n}, 5.0, tenant="acme" if n % 2 else "default") for n in range(20)]
+        assert answers == [{"twice": n * 2, "tenant": "acme" if n % 2 else "default"} for n in range(20)]
         assert set(redis_client.scan_iter(f"{fresh_prefix}:*")) == keys_before
     finally:
         responder.stop()
@@ -27,22 +31,23 @@ def test_a_live_responder_answers_and_writes_nothing(redis_client: redis.Redis, 
 def test_no_answer_means_the_durable_path(redis_client: redis.Redis, fresh_prefix: str) -> None:
     lane = FastLane(redis_client, prefix=fresh_prefix)
     started = time.monotonic()
-    assert lane.ask({"n": 1}, 5.0) is None  # no responder lives: at once, not after the deadline
+    assert lane.ask({"n": 1}, 5.0, tenant="default") is None  # no responder lives: at once, not after the deadline
     assert time.monotonic() - started < 2.0
 
-    def broken(params: dict[str, Any]) -> dict[str, Any]:
+    def broken(tenant: str, params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("no such model")
 
     failing = Responder(redis_client, prefix=fresh_prefix, answer=broken)
     failing.start()
     try:
         _wait_live(lane)
-        assert lane.ask({"n": 1}, 5.0) is None  # an error: the durable path reports it as every job does
+        # An error: the durable path reports it as every job does.
+        assert lane.ask({"n": 1}, 5.0, tenant="default") is None
     finally:
         failing.stop()
     # A responder that beat a moment ago but is gone: its PUBLISH reaches no one, and nobody else lives.
     redis_client.zadd(Keys(fresh_prefix).fastlane_responders, {f"{fresh_prefix}:fastlane:ask:gone:1": time.time()})
-    assert FastLane(redis_client, prefix=fresh_prefix).ask({"n": 1}, 5.0) is None
+    assert FastLane(redis_client, prefix=fresh_prefix).ask({"n": 1}, 5.0, tenant="default") is None
 
 
 def _wait_live(lane: FastLane) -> None:

@@ -115,11 +115,13 @@ def own_services(settings: Settings, fresh_prefix: str) -> tuple[Services, Any]:
 
 def scrape(svc: Services, celery: Any) -> dict[str, Any]:
     registry = CollectorRegistry()
-    registry.register(RedisCollector(svc, celery))
+    registry.register(RedisCollector([svc], celery, queues=True))
     return {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
 
 
 def samples(family: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A family's samples by name and labels, less the tenant label, which must name the default tenant."""
+    assert all(s.labels.pop("tenant") == "default" for s in family.samples if "tenant" in s.labels)
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
 
 

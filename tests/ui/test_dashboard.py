@@ -111,6 +111,42 @@ def keyed_server(settings: Settings) -> Iterator[tuple[str, str]]:
     thread.join(timeout=10)
 
 
+@pytest.fixture
+def tenants_server(settings: Settings) -> Iterator[tuple[str, dict[str, str]]]:
+    """The API with a tenant's reader key and an operator's, served from this process on the session stack."""
+    from api import create_app
+
+    keys = {"reader": "dashboard-acme-reader-" + "r" * 8, "operator": "dashboard-operator-" + "o" * 8}
+    entries = (f"acme:reader:{keys['reader']}", f"default:operator:{keys['operator']}")
+    app = create_app(settings=settings.model_copy(update={"api_keys": entries}))
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}", keys
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def test_the_overview_names_the_key_s_tenant_and_only_an_operator_sees_every_tenant(
+    page: Page, tenants_server: tuple[str, dict[str, str]]
+) -> None:
+    url, keys = tenants_server
+    page.goto(f"{url}/ui/")
+    page.fill("#key-input", keys["reader"])
+    page.click("#key-form button")
+    expect(page.locator("#tenant strong")).to_have_text("acme")
+    expect(page.locator("tr[data-queue=cpu]")).to_be_visible()
+    expect(page.locator("[data-status=succeeded] strong")).to_have_text("0")  # the session's jobs are not acme's
+    assert page.locator("#tenants tr[data-tenant]").count() == 0
+    page.evaluate("sessionStorage.clear()")
+    page.goto(f"{url}/ui/")
+    page.fill("#key-input", keys["operator"])
+    page.click("#key-form button")
+    expect(page.locator("#tenant strong")).to_have_text("default")
+    expect(page.locator("#tenants tr[data-tenant=default]")).to_be_visible()
+
+
 def test_the_page_asks_for_a_key_and_shows_hostile_text_as_text(page: Page, keyed_server: tuple[str, str],
                                                                  screenshot: Shoot) -> None:  # fmt: skip
     url, key = keyed_server
