@@ -251,11 +251,6 @@ class Keys:
         """[cluster] Set: the name of every tenant that has queued a job."""
         return f"{self.prefix}:tenants"
 
-    @property
-    def other_tenants(self) -> str:
-        """[cluster] A SCAN pattern matching every key of every tenant but the default one."""
-        return f"{self.prefix}:tenant:*"
-
 
 def shard_id(lo: int) -> str:
     """A shard of a sharded job (shared/jobs/sharded.py), named by its first item, zero-padded so names sort in

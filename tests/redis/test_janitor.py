@@ -12,7 +12,7 @@ import redis
 
 from shared.infra.keys import Keys, shard_id
 from shared.infra.settings import Settings
-from shared.jobs.celery_app import make_celery
+from shared.jobs.celery_app import TENANT_HEADER, make_celery
 from shared.jobs.kinds import (
     BATCH_PRIORITY,
     INGEST,
@@ -73,6 +73,21 @@ def test_an_idle_job_is_resent_on_the_second_sweep_only(svc: Services, janitor: 
     assert sent(svc) == [(INGEST.name, [job.id, {"path": "p"}])]
     clear(svc)
     assert janitor.sweep()["resent"] == 0  # idle again: counted from scratch
+
+
+def test_each_tenant_s_lost_job_is_resent_naming_its_tenant(svc: Services, janitor: Janitor) -> None:
+    acme = svc.for_tenant("acme")
+    theirs, ours = acme.jobs.create("ingest", {"path": "a"}), svc.jobs.create("ingest", {"path": "d"})
+    assert svc.tenants() == ["acme", "default"]  # the job made acme known to the sweep
+    assert janitor.sweep()["resent"] == 0  # first sighting, each in its tenant's keyspace
+    assert svc.redis.exists(acme.keys.janitor_idle(theirs.id), svc.keys.janitor_idle(ours.id)) == 2
+    assert not svc.redis.exists(svc.keys.janitor_idle(theirs.id))
+    assert janitor.sweep()["resent"] == 2
+    with make_celery(svc.settings).connection_for_read() as conn:
+        messages = []
+        while (message := conn.default_channel.basic_get("cpu", no_ack=True)) is not None:
+            messages.append((message.decode()[0][0], message.headers.get(TENANT_HEADER)))
+    assert sorted(messages) == sorted([(theirs.id, "acme"), (ours.id, "default")])
 
 
 def test_a_leased_job_is_left_alone(svc: Services, janitor: Janitor) -> None:

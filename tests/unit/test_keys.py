@@ -24,6 +24,7 @@ from shared.infra.keys import (
     meta_of,
     model_artifact,
     model_artifacts,
+    tenant_prefix,
     triplets_artifact,
     triplets_part,
 )
@@ -92,6 +93,18 @@ def test_every_key_carries_the_prefix_and_is_documented() -> None:
         kind = key.removeprefix("mr:").split(":", 1)[0]  # job, jobs, lock, unit, worker, janitor, ...
         if kind != "*":
             assert f"<prefix>:{kind}" in table or f":{kind}" in table, f"Keys.{name} is missing from the table"
+
+
+def test_a_tenant_is_a_keyspace_no_key_of_another_can_fall_in() -> None:
+    assert tenant_prefix("mr", "default") == "mr"  # a store from before tenants opens as the default tenant
+    assert tenant_prefix("mr", "acme") == "mr:tenant:acme"
+    for bad in ("", "Acme", "a:b", "a*", "-a", "a" * 33):
+        with pytest.raises(ValueError, match="not a tenant's name"):
+            tenant_prefix("mr", bad)
+    kinds = {key.removeprefix("mr:").split(":", 1)[0] for _, key in _members()}
+    assert "tenant" not in kinds  # so <prefix>:tenant:... is never a key of the default tenant
+    acme = Keys(tenant_prefix("mr", "acme"))
+    assert acme.dataset("ds-1") == "mr:tenant:acme:dataset:ds-1" and not acme.dataset("x").startswith(K.dataset(""))
 
 
 def test_every_key_is_distinct() -> None:
