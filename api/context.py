@@ -67,6 +67,23 @@ def require_room(kind: Literal["datasets", "models"], needed: int = 1) -> None:
         )
 
 
+def require_storage() -> None:
+    """QuotaExceeded (409 ``quota_exceeded``) when the tenant's keyspace holds ``MOVIEREC_MAX_STORED_BYTES`` or
+    more (measured a minute ago at most: shared/store/usage.py); checked before work that stores is accepted."""
+    svc = services()
+    limit = svc.settings.max_stored_bytes
+    if limit and (held := svc.usage.held()) >= limit:
+        raise QuotaExceeded(
+            f"the tenant stores {held} bytes and MOVIEREC_MAX_STORED_BYTES is {limit}: free room with "
+            "DELETE /v1/datasets/<id> or DELETE /v1/models/<version>, or raise the cap",
+            details={"kind": "stored_bytes", "limit": limit, "held": held, "setting": "MOVIEREC_MAX_STORED_BYTES"},
+        )
+
+
+SERVING_KIND = "recommend"
+"""The one kind of job that stores nothing lasting (an answer, kept an hour): never refused for storage."""
+
+
 def has_feedback(ds_id: str) -> bool:
     """Whether feedback was posted to the dataset (its base): a pipeline or an evaluation over it then stores a
     feedback version, one dataset more."""
@@ -93,8 +110,11 @@ def fastlane() -> FastLane:
 
 def submit_job(*, kind: str, params: dict[str, Any]) -> Job:
     """Record and enqueue a job as the caller: with API keys it belongs to the caller's key (``api.auth``), and
-    to its tenant; QuotaExceeded (409) when the tenant has ``MOVIEREC_MAX_JOBS_IN_FLIGHT`` unfinished jobs."""
+    to its tenant; QuotaExceeded (409) when the tenant has ``MOVIEREC_MAX_JOBS_IN_FLIGHT`` unfinished jobs, or,
+    for a job that stores, when it holds ``MOVIEREC_MAX_STORED_BYTES``."""
     svc = services()
+    if kind != SERVING_KIND:
+        require_storage()
     limit = svc.settings.max_jobs_in_flight
     if limit and (held := svc.jobs.active_count()) >= limit:
         raise QuotaExceeded(

@@ -13,7 +13,7 @@ from shared.logic.ingest import confine
 from shared.logic.uploads import drop_upload
 
 from . import uploads
-from .context import accepted, require_room, services, submit_job
+from .context import accepted, require_room, require_storage, services, submit_job
 from .schemas import DatasetDeletedOut, DatasetIn, DatasetListOut, DatasetOut, JobOut, MoviesOut, MoviesQuery
 
 bp = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", tag="datasets")
@@ -24,6 +24,7 @@ def upload_dataset() -> Any:
     ingest job that names the upload instead of a path."""
     svc = services()
     require_room("datasets")
+    require_storage()  # before the body is read, not only once it is stored
     upload = uploads.receive(svc.artifacts, limit=svc.settings.max_upload_bytes, ttl_s=svc.settings.result_ttl_s)
     params = {"upload": upload.id, "files": upload.files, "source": upload.source, **upload.form}
     try:

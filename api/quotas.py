@@ -46,6 +46,8 @@ def quotas() -> dict[str, Any]:
             "per_user_setting": "MOVIEREC_MAX_FEEDBACK_ROWS_PER_USER",
             "datasets": [f for f in feedback if f["used"]],
         },
+        "stored_bytes": {"used": svc.usage.held(max_age_s=0), "limit": _cap(settings.max_stored_bytes),
+                         "setting": "MOVIEREC_MAX_STORED_BYTES"},
         "jobs_in_flight": {"used": svc.jobs.active_count(), "limit": _cap(settings.max_jobs_in_flight),
                            "setting": "MOVIEREC_MAX_JOBS_IN_FLIGHT"},
         "uploads_in_flight_bytes": {

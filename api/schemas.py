@@ -817,5 +817,6 @@ class QuotasOut(Schema):
     datasets = Nested(QuotaOut)
     models = Nested(QuotaOut)
     feedback_rows = Nested(FeedbackQuotaOut)
+    stored_bytes = Nested(QuotaOut, metadata={"description": "bytes the tenant's keys hold in Redis, measured now"})
     jobs_in_flight = Nested(QuotaOut, metadata={"description": "unfinished jobs, a pipeline's stages included"})
     uploads_in_flight_bytes = Nested(QuotaOut, metadata={"description": "bytes the uploads being received hold"})

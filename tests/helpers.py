@@ -26,7 +26,7 @@ from typing import Any, TypeVar, overload
 
 import requests
 
-from cli.stack import Stack
+from cli.stack import Stack, free_port
 from shared.infra.settings import Settings
 from shared.jobs.store import Job
 
@@ -253,6 +253,18 @@ def readme_matrix() -> dict[tuple[str, str], str]:
         for method, path in re.findall(r"`(GET|POST|PUT|PATCH|DELETE) ([^`]+)`", routes):
             out[(method, path)] = role
     return out
+
+
+@contextlib.contextmanager
+def keyed_api(settings: Settings, entries: Sequence[str], log_dir: Path) -> Iterator[str]:
+    """A real ``movierec api`` (one gunicorn worker) on ``settings``' Redis and prefix, so the session stack's
+    workers serve it, with ``entries`` as MOVIEREC_API_KEYS: its base URL while it runs."""
+    own = settings.model_copy(update={"api_keys": tuple(entries)})
+    port = free_port()
+    command = [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "1"]
+    ready = answers(f"http://127.0.0.1:{port}/healthz")
+    with running(command, log_dir / "api.log", env=own.child_env(), ready=ready):
+        yield f"http://127.0.0.1:{port}"
 
 
 def answers(url: str) -> Callable[[], bool]:

@@ -36,6 +36,8 @@ as an f-string (tests/unit/test_keys.py greps for it).
     <prefix>:feedback:<ds>:user:<uid> / :users / :rows   ratings given after ingest (shared/store/feedback.py)
     <prefix>:uploads:in_flight / :in_flight:expiry   bytes of the uploads being received (shared/store/inflight.py)
     <prefix>:audit                         stream: who changed what and when, bounded (shared/store/audit.py)
+    <prefix>:usage:stored_bytes            the bytes the tenant's keyspace held when last measured, a minute
+                                           (shared/store/usage.py)
     <prefix>:metrics:jobs|job_seconds      job outcome counters and duration histograms (shared/infra/metrics.py)
     <prefix>:readyz-probe                  [cluster] never written: /readyz DELs it to see whether Redis takes writes
     <prefix>:art:<name>[:<i>|:tmp:<id>[:<i>]]   an artifact's manifest, its chunks, a write in progress
@@ -214,6 +216,12 @@ class Keys:
     def audit(self) -> str:
         """Stream: one entry per change of state through the API (who, what, when, the outcome)."""
         return f"{self.prefix}:audit"
+
+    # -- what a tenant stores (shared/store/usage.py) -----------------------------------------------------------
+    @property
+    def usage_stored_bytes(self) -> str:
+        """String: the bytes the keyspace held at its last measurement (``MOVIEREC_MAX_STORED_BYTES``), a minute."""
+        return f"{self.prefix}:usage:stored_bytes"
 
     def artifact(self, name: str) -> str:
         """An artifact's manifest; ``artifact_chunk`` and ``artifact_tmp`` derive from it."""

@@ -88,6 +88,10 @@ DEFAULT_MAX_DATASETS = 0
 DEFAULT_MAX_MODELS = 0
 """Stored model versions beyond which the API refuses a new training or pipeline (409 quota_exceeded); 0: no cap."""
 
+DEFAULT_MAX_STORED_BYTES = 0
+"""Bytes a tenant's keyspace may hold in Redis (measured a minute at most before) beyond which the API refuses new
+work that stores (409 quota_exceeded); 0: no cap."""
+
 DEFAULT_MAX_JOBS_IN_FLIGHT = 0
 """A tenant's unfinished jobs (queued or running, a pipeline's stages included) beyond which the API refuses a new
 job (409 quota_exceeded); 0: no cap."""
@@ -138,6 +142,7 @@ class Settings(BaseSettings):
     max_datasets: int = Field(default=DEFAULT_MAX_DATASETS, ge=0)
     max_models: int = Field(default=DEFAULT_MAX_MODELS, ge=0)
     max_jobs_in_flight: int = Field(default=DEFAULT_MAX_JOBS_IN_FLIGHT, ge=0)
+    max_stored_bytes: int = Field(default=DEFAULT_MAX_STORED_BYTES, ge=0)
     log_level: str = "INFO"
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
     """Bearer tokens the API accepts, each ``KEY`` or ``TENANT:ROLE:KEY`` (comma-separated in the environment, or
@@ -188,6 +193,7 @@ class Settings(BaseSettings):
         env["MOVIEREC_MAX_DATASETS"] = str(self.max_datasets)
         env["MOVIEREC_MAX_MODELS"] = str(self.max_models)
         env["MOVIEREC_MAX_JOBS_IN_FLIGHT"] = str(self.max_jobs_in_flight)
+        env["MOVIEREC_MAX_STORED_BYTES"] = str(self.max_stored_bytes)
         env["MOVIEREC_MAX_UPLOAD_BYTES"] = str(self.max_upload_bytes)
         env["MOVIEREC_MAX_UPLOADS_IN_FLIGHT_BYTES"] = str(self.max_uploads_in_flight_bytes)
         env["MOVIEREC_MAX_FEEDBACK_ROWS"] = str(self.max_feedback_rows)

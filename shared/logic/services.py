@@ -39,6 +39,7 @@ from shared.store.audit import AuditLog
 from shared.store.datasets import DatasetStore
 from shared.store.feedback import FeedbackStore
 from shared.store.models import ModelStore
+from shared.store.usage import StoredBytes
 from shared.store.vectors import VectorCache
 
 Connection = redis.Redis
@@ -64,6 +65,7 @@ class Services:
     vectors: VectorCache
     catalogue: Catalogue
     audit: AuditLog
+    usage: StoredBytes
     tenant: str = DEFAULT_TENANT
     _family: dict[str, Services] = field(default_factory=dict, repr=False, compare=False)
     """Every tenant's services built so far in this process, this one's included: one dict for all of them."""
@@ -132,6 +134,7 @@ class Services:
                 max_entries=settings.audit_max_entries,
                 retention_s=settings.audit_retention_s,
             ),
+            usage=StoredBytes(client, prefix=prefix, default=tenant == DEFAULT_TENANT),
             tenant=tenant,
             _family=family,
         )

@@ -23,10 +23,10 @@ import pytest
 
 from api import create_app
 from api.auth import OPEN_PATHS, ROUTE_ROLES, KeyRing, check_routes
-from cli.stack import Stack, free_port
+from cli.stack import Stack
 from shared.infra.apikeys import ROLES, KeyEntry, allows, client_key, parse_entry, split_entries
 from shared.infra.settings import Settings
-from tests.helpers import answers, readme_matrix, running
+from tests.helpers import keyed_api, readme_matrix
 
 KEYS = {role: f"{role}-key-" + role[0] * 20 for role in ROLES}
 ENTRIES = tuple(f"default:{role}:{key}" for role, key in KEYS.items())
@@ -139,13 +139,9 @@ def test_tenants_are_named_by_the_keys_and_a_key_given_twice_refuses_to_start() 
 
 @pytest.fixture(scope="module")
 def roles_url(settings: Settings, stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``movierec api`` with the three role keys in MOVIEREC_API_KEYS."""
-    own = settings.model_copy(update={"api_keys": ENTRIES})
-    port = free_port()
-    log = tmp_path_factory.mktemp("roles-api") / "api.log"
-    command = [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "1"]
-    with running(command, log, env=own.child_env(), ready=answers(f"http://127.0.0.1:{port}/healthz")):
-        yield f"http://127.0.0.1:{port}"
+    """A real ``movierec api`` with the role keys in MOVIEREC_API_KEYS."""
+    with keyed_api(settings, ENTRIES, tmp_path_factory.mktemp("roles-api")) as url:
+        yield url
 
 
 def test_the_cli_shows_a_403_and_the_role_it_needs(settings: Settings, roles_url: str) -> None:

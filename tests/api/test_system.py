@@ -204,6 +204,29 @@ def test_jobs_in_flight_are_capped_per_tenant(tenants_app: Any) -> None:
     assert [e["outcome"] for e in theirs["entries"]] == ["accepted"]  # each tenant's trail is its own
 
 
+def test_stored_bytes_are_capped_per_tenant(settings: Settings) -> None:
+    prefix = f"{settings.key_prefix}-bytes-{uuid.uuid4().hex[:8]}"
+    entries = (f"acme:admin:{TENANT_KEYS['acme']}", f"globex:admin:{TENANT_KEYS['globex-admin']}")
+    own = settings.model_copy(update={"key_prefix": prefix, "api_keys": entries, "max_stored_bytes": 100_000})
+    app = create_app({"TESTING": True}, settings=own)
+    try:
+        client, acme = app.test_client(), app.extensions["movierec"].for_tenant("acme")
+        acme.artifacts.put_array("blob/x", np.zeros(50_000, dtype=np.float32))  # 200 kB in acme's keyspace
+        as_acme = {"Authorization": f"Bearer {TENANT_KEYS['acme']}"}
+        as_globex = {"Authorization": f"Bearer {TENANT_KEYS['globex-admin']}"}
+        held = client.get("/v1/quotas", headers=as_acme).get_json()["stored_bytes"]
+        assert held["limit"] == 100_000 and 200_000 <= held["used"] < 300_000, held
+        assert client.get("/v1/quotas", headers=as_globex).get_json()["stored_bytes"]["used"] < 10_000
+        refused = client.post("/v1/datasets", json={"path": "ml-latest-small"}, headers=as_acme)
+        assert refused.status_code == 409 and refused.get_json()["error"]["details"]["kind"] == "stored_bytes"
+        assert client.post("/v1/datasets", json={"path": "ml-latest-small"}, headers=as_globex).status_code == 202
+        acme.artifacts.delete("blob/x")
+        acme.redis.delete(acme.keys.usage_stored_bytes)  # the minute's measurement, made again now
+        assert client.post("/v1/datasets", json={"path": "ml-latest-small"}, headers=as_acme).status_code == 202
+    finally:
+        delete_prefix(connect(settings.redis_url), prefix)
+
+
 def test_active_model_and_latest_evaluation(own_app: Any) -> None:
     svc, client = own_app.extensions["movierec"], own_app.test_client()
     auth = {"Authorization": f"Bearer {KEY_B}"}

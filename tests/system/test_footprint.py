@@ -11,6 +11,7 @@ import redis
 import requests
 
 from cli.stack import Stack
+from shared.infra.keys import tenant_prefix
 from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
 from shared.jobs.submit import submit
@@ -18,16 +19,28 @@ from shared.logic.services import Services
 from tests.helpers import wait_job, wait_jobs
 
 RESULT_TTL_S = 3
+KEY = "footprint-admin-key-" + "f" * 12
+
+
+@pytest.fixture(params=["default", "acme"])
+def tenant(request: pytest.FixtureRequest) -> str:
+    """Whose footprint: the default tenant's (an open API) or tenant acme's (the API keyed for it alone)."""
+    return str(request.param)
 
 
 @pytest.fixture
-def chaos_overrides() -> dict[str, Any]:
-    return {"result_ttl_s": RESULT_TTL_S}
+def chaos_overrides(tenant: str) -> dict[str, Any]:
+    keys = () if tenant == "default" else (f"{tenant}:admin:{KEY}",)
+    return {"result_ttl_s": RESULT_TTL_S, "api_keys": keys}
 
 
 TRANSIENT = re.compile(r":janitor:lock$|:audit$")
 """The sweep lock comes and goes every interval, whatever else happens; the audit trail records the test's
 cancellation and is bounded by its own count and retention (tests/redis/test_audit.py), not by results' TTL."""
+
+
+CLUSTER = re.compile(r"^[^:]+:(celery:|worker:|tenants$|fastlane:|_kombu|unacked)|^_kombu")
+"""The deployment's own keys, no tenant's (shared/infra/keys.py marks them [cluster])."""
 
 
 def footprint(client: redis.Redis, prefix: str) -> dict[str, int]:
@@ -43,7 +56,9 @@ def settle(client: redis.Redis, prefix: str, baseline: dict[str, int] | None, *,
         now = footprint(client, prefix)
         # Settled: no result left to expire (heartbeats and the vector cache live on) and no id left to prune.
         # A key scanned a moment ago may have expired since (PTTL -2): it is leaving too, so not settled.
-        expiring = [k for k in now if client.pttl(k) != -1 and k.split(":")[1] not in ("worker", "vec")]
+        expiring = [
+            k for k in now if client.pttl(k) != -1 and k[len(prefix) + 1 :].split(":")[0] not in ("worker", "vec")
+        ]
         expiring += [k for k in now if k.endswith(":jobs:expiry")]
         if (baseline is None and not expiring) or now.keys() == (baseline or {}).keys():
             return now
@@ -54,9 +69,14 @@ def settle(client: redis.Redis, prefix: str, baseline: dict[str, int] | None, *,
         time.sleep(0.5)
 
 
-def test_keys_and_memory_return_to_baseline_after_results_expire(chaos_stack: Stack, chaos_settings: Settings) -> None:
-    svc, celery = Services.from_settings(chaos_settings), make_celery(chaos_settings)
-    prefix, api, r = chaos_settings.key_prefix, chaos_stack.api_url, svc.redis
+def test_keys_and_memory_return_to_baseline_after_results_expire(
+    chaos_stack: Stack, chaos_settings: Settings, tenant: str
+) -> None:
+    """Per tenant: its keyspace's keys and bytes come back (for tenant acme, nothing of its lands in the
+    default tenant's keyspace either)."""
+    svc, celery = Services.from_settings(chaos_settings, tenant), make_celery(chaos_settings)
+    prefix, api, r = tenant_prefix(chaos_settings.key_prefix, tenant), chaos_stack.api_url, svc.redis
+    auth = {"Authorization": f"Bearer {KEY}"} if tenant != "default" else {}
     # A named recipe: auto's choosing job reads its children's results, which a 3-second result TTL expires.
     pipeline = submit(celery, svc.jobs, kind="pipeline", params={"path": "ml-latest-small", "recipe": "hybrid"})
     done = wait_job(lambda: svc.jobs.get(pipeline.id), timeout_s=240)
@@ -66,17 +86,18 @@ def test_keys_and_memory_return_to_baseline_after_results_expire(chaos_stack: St
 
     ids = []
     for user in range(1, 101):
-        answer = requests.post(f"{api}/v1/recommendations?wait=0", json={"user_id": user, "k": 5}, timeout=30)
+        answer = requests.post(f"{api}/v1/recommendations?wait=0", json={"user_id": user, "k": 5}, headers=auth,
+                               timeout=30)  # fmt: skip
         assert answer.status_code == 202, answer.text
         ids.append(answer.json()["id"])
     for _ in range(3):  # strings the cache already holds (descriptors): no new cache entry
-        answer = requests.post(f"{api}/v1/jobs/encode", json={"texts": ["drama", "comedy"]}, timeout=30)
+        answer = requests.post(f"{api}/v1/jobs/encode", json={"texts": ["drama", "comedy"]}, headers=auth, timeout=30)
         assert answer.status_code == 202, answer.text
         ids.append(answer.json()["id"])
     failing = {"dataset": "ds-0000000000000000", "shard_size": 100, "seed": 1, "negatives": "uniform-min"}
     ids.append(submit(celery, svc.jobs, kind="triplets", params=failing).id)
     cancelled = submit(celery, svc.jobs, kind="triplets", params=failing)
-    requests.delete(f"{api}/v1/jobs/{cancelled.id}", timeout=30)
+    requests.delete(f"{api}/v1/jobs/{cancelled.id}", headers=auth, timeout=30)
     wait_jobs(svc.jobs.get, ids, timeout_s=120)
     peak = footprint(r, prefix)
     assert len(peak) > len(baseline) + 100
@@ -88,5 +109,9 @@ def test_keys_and_memory_return_to_baseline_after_results_expire(chaos_stack: St
         f"footprint: baseline {len(baseline)} keys / {sum(baseline.values()):,} B; after {len(ids)} jobs "
         f"{len(peak)} keys / {sum(peak.values()):,} B; once expired {len(after)} keys / {sum(after.values()):,} B"
     )
-    gone = requests.get(f"{api}/v1/jobs/{ids[0]}", timeout=30)
+    gone = requests.get(f"{api}/v1/jobs/{ids[0]}", headers=auth, timeout=30)
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+    if tenant != "default":  # the default tenant's keyspace holds none of acme's: only the cluster's machinery
+        others = footprint(r, chaos_settings.key_prefix)
+        outside = [k for k in others if not k.startswith(f"{prefix}:") and CLUSTER.search(k) is None]
+        assert outside == [], outside[:10]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ import pytest
 import redis
 import requests
 
-from cli.stack import Stack, free_port
+from cli.stack import Stack
 from shared.infra.keys import Keys, tenant_prefix
 from shared.infra.settings import Settings
-from tests.helpers import answers, readme_matrix, running, wait_job
+from tests.helpers import keyed_api, readme_matrix, wait_job
 
 ROLES = ("reader", "writer", "admin")
 TENANTS = ("acme", "globex")
@@ -87,12 +86,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(settings: Settings, stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    own = settings.model_copy(update={"api_keys": ENTRIES})
-    port = free_port()
-    log = tmp_path_factory.mktemp("tenants-api") / "api.log"
-    command = [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", "1"]
-    with running(command, log, env=own.child_env(), ready=answers(f"http://127.0.0.1:{port}/healthz")):
-        url = f"http://127.0.0.1:{port}"
+    with keyed_api(settings, ENTRIES, tmp_path_factory.mktemp("tenants-api")) as url:
         admin = As(url, KEYS[("acme", "admin")])
         jobs = []
         job, ingested = admin.run("/v1/datasets", {"path": "ml-latest-small"})

@@ -5,6 +5,7 @@ hostile text shown as text."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -95,20 +96,28 @@ def test_a_pipeline_from_the_page_then_recommendations_by_title(page: Page, api_
     screenshot(page, "map")
 
 
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` served over real HTTP from a thread of this process: its base URL while it runs."""
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
 @pytest.fixture
 def keyed_server(settings: Settings) -> Iterator[tuple[str, str]]:
     """The API with keys, served over real HTTP from this process, on the session stack's Redis and workers."""
     from api import create_app
 
     key = "dashboard-test-key-" + "x" * 8
-    app = create_app(settings=settings.model_copy(update={"api_keys": (key,)}))
-    port = free_port()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}", key
-    server.shutdown()
-    thread.join(timeout=10)
+    with serving(create_app(settings=settings.model_copy(update={"api_keys": (key,)}))) as url:
+        yield url, key
 
 
 @pytest.fixture
@@ -118,14 +127,8 @@ def tenants_server(settings: Settings) -> Iterator[tuple[str, dict[str, str]]]:
 
     keys = {"reader": "dashboard-acme-reader-" + "r" * 8, "operator": "dashboard-operator-" + "o" * 8}
     entries = (f"acme:reader:{keys['reader']}", f"default:operator:{keys['operator']}")
-    app = create_app(settings=settings.model_copy(update={"api_keys": entries}))
-    port = free_port()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}", keys
-    server.shutdown()
-    thread.join(timeout=10)
+    with serving(create_app(settings=settings.model_copy(update={"api_keys": entries}))) as url:
+        yield url, keys
 
 
 def test_the_overview_names_the_key_s_tenant_and_only_an_operator_sees_every_tenant(
