@@ -222,6 +222,8 @@ class ActivateOut(Schema):
 MAX_K = 100
 MAX_KEYWORDS = 20
 MAX_EXAMPLES = 100
+MAX_EXCLUDED = 1000
+MAX_YEAR = 9999
 
 
 class RecommendIn(BodySchema):
@@ -234,6 +236,17 @@ class RecommendIn(BodySchema):
     k = Integer(load_default=10, validate=Range(1, MAX_K))
     exclude_seen = Boolean(load_default=True)
     genres = List(String(validate=Length(1, 64)), validate=Length(1, 20))
+    year_min = Integer(validate=Range(1, MAX_YEAR), metadata={"description": "only movies of this year or later"})
+    year_max = Integer(
+        validate=Range(1, MAX_YEAR),
+        metadata={"description": "only movies of this year or earlier (a movie's year: its title's; none, no range)"},
+    )
+    exclude_ids = List(  # "exclude" in the body; the attribute would hide marshmallow's own Schema.exclude
+        Integer(validate=Range(1, 2**31 - 1)),
+        data_key="exclude",
+        validate=Length(0, MAX_EXCLUDED),
+        metadata={"description": "movie ids the answer must not hold (an id the catalogue does not hold is ignored)"},
+    )
 
 
 class BatchUsers(Raw):

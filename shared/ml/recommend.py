@@ -43,8 +43,12 @@ index ranks by cosine only. An evaluation chooses ``prior`` and ``prior_until`` 
 users come back with 1, 3 and 10 ratings (shared/ml/recipes.py ``SERVE_GRIDS``); the evaluation job scores
 the same blend (shared/logic/serving.py ``VersionScorer``). The answer's ``explanation`` says how it ranked.
 
-``genres`` keeps movies having at least one of the listed genres (compared case-insensitively with the
-movie's descriptors). When exclusions and filters leave fewer than k movies, the answer has what there is.
+Serve-time rules (``Filters``, every query's): ``genres`` keeps movies having at least one of the listed genres
+(compared case-insensitively with the movie's descriptors); ``year_min`` / ``year_max`` keep movies whose title's
+year lies in that range, both ends included (a title with no year is kept by no range); ``exclude`` leaves those
+movie ids out (an id the catalogue does not hold excludes nothing). Each is a mask over the catalogue that the
+index search honours, so the k answered are the k best of the movies allowed, not k filtered after the fact.
+When exclusions and filters leave fewer than k movies, the answer has what there is.
 Each answer names the 10 most common descriptors among its items and, for a user, among their rated movies.
 """
 
@@ -60,6 +64,7 @@ import numpy as np
 from shared.errors import NotFound
 from shared.ml.index import MovieIndex, concat_ranges
 from shared.ml.sequence import SequenceNet
+from shared.ml.titles import year_of
 
 TOP_DESCRIPTORS = 10
 
@@ -151,6 +156,15 @@ class ServingModel:
     @cached_property
     def known_users(self) -> frozenset[int]:
         return frozenset(self.user_ids.tolist())
+
+    @cached_property
+    def years(self) -> np.ndarray:
+        """(n,) int32: each movie's year from its title, 0 where the title has none (the year filter's)."""
+        return np.array([year_of(title) or 0 for title in self.titles], dtype=np.int32)
+
+    def known_rows(self, movie_ids: list[int]) -> np.ndarray:
+        """Catalogue rows of those of ``movie_ids`` the catalogue holds (the others have none)."""
+        return self.rows_of([m for m in movie_ids if m in self.known_movies])
 
     def rows_of(self, movie_ids: list[int]) -> np.ndarray:
         """Catalogue rows of ``movie_ids``; NotFound naming any that is not in the catalogue."""
@@ -485,20 +499,62 @@ def example_query(model: ServingModel, liked: np.ndarray, disliked: np.ndarray) 
     return np.asarray(-neg, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Filters:
+    """A query's serve-time rules (see the module docstring): what an answer may hold."""
+
+    genres: tuple[str, ...] = ()
+    year_min: int | None = None
+    year_max: int | None = None
+    exclude: tuple[int, ...] = ()  # movie ids
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> Filters:
+        """The rules a recommendation job's parameters name (absent ones: none; the body's ``exclude`` is
+        ``exclude_ids`` there: api/schemas.py ``RecommendIn``)."""
+        return cls(
+            genres=tuple(params.get("genres") or ()),
+            year_min=params.get("year_min"),
+            year_max=params.get("year_max"),
+            exclude=tuple(params.get("exclude_ids") or ()),
+        )
+
+    def described(self) -> dict[str, Any]:
+        """The rules given, as an answer's ``query`` states them."""
+        given = {"genres": list(self.genres), "year_min": self.year_min, "year_max": self.year_max,
+                 "exclude": list(self.exclude)}  # fmt: skip
+        return {name: value for name, value in given.items() if value not in (None, [])}
+
+    def mask(self, model: ServingModel) -> np.ndarray | None:
+        """(n,) bool: the rows these rules allow; None when they allow every row."""
+        if not (self.genres or self.exclude) and self.year_min is None and self.year_max is None:
+            return None
+        mask = model.with_any(list(self.genres)) if self.genres else np.ones(len(model.movie_ids), dtype=bool)
+        if self.year_min is not None or self.year_max is not None:
+            years = model.years  # 0: the title has none, kept by no range
+            lo, hi = self.year_min if self.year_min is not None else 1, self.year_max or np.iinfo(np.int32).max
+            mask &= (years >= lo) & (years <= hi)
+        if self.exclude:
+            mask[model.known_rows(list(self.exclude))] = False
+        return mask
+
+
+NO_FILTERS = Filters()
+
+
 def search(
-    model: ServingModel, query: np.ndarray, *, k: int, excluded: np.ndarray, genres: list[str] | None
+    model: ServingModel, query: np.ndarray, *, k: int, excluded: np.ndarray, filters: Filters = NO_FILTERS
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k rows (and their cosine scores) nearest ``query`` in the index, ``excluded`` rows left out, only
-    movies having one of ``genres`` when given."""
-    return model.index.query(query, k, allowed=allowed(model, excluded, genres))
+    the movies ``filters`` allow."""
+    return model.index.query(query, k, allowed=allowed(model, excluded, filters))
 
 
-def allowed(model: ServingModel, excluded: np.ndarray, genres: list[str] | None) -> np.ndarray:
-    """(n,) bool: the rows an answer may hold, ``excluded`` left out, only movies having one of ``genres``."""
-    mask = np.ones(len(model.movie_ids), dtype=bool)
+def allowed(model: ServingModel, excluded: np.ndarray, filters: Filters = NO_FILTERS) -> np.ndarray:
+    """(n,) bool: the rows an answer may hold, ``excluded`` left out, only those ``filters`` allow."""
+    mask = filters.mask(model)
+    mask = np.ones(len(model.movie_ids), dtype=bool) if mask is None else mask
     mask[excluded] = False
-    if genres:
-        mask &= model.with_any(genres)
     return mask
 
 
@@ -535,11 +591,11 @@ def answer(
     *,
     k: int,
     excluded: np.ndarray,
-    genres: list[str] | None,
+    filters: Filters = NO_FILTERS,
     history: np.ndarray | None,
     described_query: dict[str, Any],
 ) -> dict[str, Any]:
-    rows, scores = search(model, query, k=k, excluded=excluded, genres=genres)
+    rows, scores = search(model, query, k=k, excluded=excluded, filters=filters)
     return describe(model, rows, scores, history=history, described_query=described_query)
 
 
@@ -565,15 +621,15 @@ def user_ranking(
     *,
     k: int,
     exclude_seen: bool = True,
-    genres: list[str] | None = None,
+    filters: Filters = NO_FILTERS,
     feedback: UserRatings | None = None,
 ) -> Ranking:
     """A user's k movies: from their ratings (stored, with ``feedback`` over them), else the most popular."""
     ratings = (feedback or UserRatings.empty()).over(model.stored_ratings(user_id))
     if not len(ratings):
         order, scores = model.popular
-        if genres:
-            keep = model.with_any(genres)[order]
+        if (rules := filters.mask(model)) is not None:
+            keep = rules[order]
             order, scores = order[keep], scores[keep]
         return Ranking(order[:k], scores[:k], "popular", None)
     rated = ratings.rows
@@ -581,7 +637,7 @@ def user_ranking(
     query = user_query(model, ratings)
     prior = float(model.profile.prior_weights(np.array([len(ratings)]))[0])
     bonus = float(cold_bonus(model.profile.cold_boost, query[None, :], model.scale)[0]) if model.cold.any() else 0.0
-    mask = allowed(model, excluded, genres)
+    mask = allowed(model, excluded, filters)
     if prior > 0:  # a light user: the popularity prior, shrinking as ratings arrive, beside the profile
         rows, scores = blended_top(model.embeddings, query, prior, model.popularity, k=k, allowed=mask, bonus=bonus)
         return Ranking(rows, scores, LIGHT_PROFILE, rated, prior, bonus)
@@ -595,14 +651,24 @@ def recommend(
     model: ServingModel, params: dict[str, Any], *, encode: Encode, feedback: UserRatings | None = None
 ) -> dict[str, Any]:
     """Answer one query of a recommendation job's parameters: exactly one of ``user_id``, ``keywords``,
-    ``liked``/``disliked`` or ``similar_to`` (the API checked that), plus ``k``, ``exclude_seen`` and ``genres``.
-    ``feedback``: the user's ratings given after ingest (catalogue rows), over their stored ones."""
+    ``liked``/``disliked`` or ``similar_to`` (the API checked that), plus ``k``, ``exclude_seen`` and the
+    serve-time rules (``Filters``). ``feedback``: the user's ratings given after ingest (catalogue rows), over their
+    stored ones."""
+    filters = Filters.of(params)
+    result = _answer(model, params, filters, encode=encode, feedback=feedback)
+    result["query"] = {**result["query"], **filters.described()}
+    return result
+
+
+def _answer(
+    model: ServingModel, params: dict[str, Any], filters: Filters, *, encode: Encode, feedback: UserRatings | None
+) -> dict[str, Any]:
     if params.get("similar_to") is not None:
-        return similar(model, int(params["similar_to"]), k=int(params["k"]), genres=params.get("genres"))
+        return similar(model, int(params["similar_to"]), k=int(params["k"]), filters=filters)
     if params.get("user_id") is not None:
         user_id = int(params["user_id"])
         ranking = user_ranking(model, user_id, k=int(params["k"]), exclude_seen=params["exclude_seen"],
-                               genres=params.get("genres"), feedback=feedback)  # fmt: skip
+                               filters=filters, feedback=feedback)  # fmt: skip
         result = describe(model, ranking.rows, ranking.scores, history=ranking.history,
                           described_query={"user_id": user_id})  # fmt: skip
         result["strategy"] = ranking.strategy
@@ -639,7 +705,7 @@ def recommend(
         described = {"liked": liked, "disliked": disliked}
         strategy, explanation = "examples", None
     result = answer(
-        model, query, k=int(params["k"]), excluded=excluded, genres=params.get("genres"), history=None,
+        model, query, k=int(params["k"]), excluded=excluded, filters=filters, history=None,
         described_query=described,
     )  # fmt: skip
     return {**result, "strategy": strategy, **({"explanation": explanation} if explanation else {})}
@@ -651,11 +717,11 @@ KEYWORDS_EXPLANATION = (
 )
 
 
-def similar(model: ServingModel, movie_id: int, *, k: int, genres: list[str] | None = None) -> dict[str, Any]:
+def similar(model: ServingModel, movie_id: int, *, k: int, filters: Filters = NO_FILTERS) -> dict[str, Any]:
     """The ``k`` movies nearest to ``movie_id`` (its own vector the query, itself excluded), each with the
     descriptors it shares with the movie."""
     rows = model.rows_of([movie_id])
-    result = answer(model, model.embeddings[rows[0]], k=k, excluded=rows, genres=genres, history=None,
+    result = answer(model, model.embeddings[rows[0]], k=k, excluded=rows, filters=filters, history=None,
                     described_query={"similar_to": movie_id})  # fmt: skip
     own = {d.lower() for d in model.descriptors[int(rows[0])]}
     for item in result["items"]:

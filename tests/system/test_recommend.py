@@ -62,6 +62,31 @@ def test_keywords_examples_and_genres(api_url: str, versions: list[str]) -> None
     assert 0 < len(few["items"]) <= 100
 
 
+def test_serve_time_rules_over_http(api_url: str, versions: list[str]) -> None:
+    """Years, excluded ids and genres through the API, the fast lane and the job (``?wait=0``) alike."""
+    import pandas as pd
+
+    movies = pd.read_csv(SMALL / "movies.csv").set_index("movieId")
+    year = movies.title.str.extract(r"\((\d{4})\)\s*$")[0].astype("Int64")
+    plain = recommend(api_url, {"user_id": 1, "k": 20}).json()
+    first = [i["movie_id"] for i in plain["items"]]
+    rules = {"user_id": 1, "k": 10, "year_min": 1990, "year_max": 1999, "exclude": first[:3], "genres": ["Drama"]}
+    ruled = recommend(api_url, rules).json()
+    ids = [i["movie_id"] for i in ruled["items"]]
+    assert len(ids) == 10 and not set(ids) & set(first[:3])
+    assert all(1990 <= year[m] <= 1999 and "Drama" in movies.genres[m] for m in ids)
+    assert ruled["query"] == {"user_id": 1, "year_min": 1990, "year_max": 1999, "exclude": first[:3],
+                              "genres": ["Drama"]}  # fmt: skip
+    queued = requests.post(f"{api_url}/v1/recommendations", params={"wait": 0}, json=rules, timeout=30)
+    assert queued.status_code == 202
+    job = wait_job(api_url, queued.json()["id"], timeout_s=60)
+    result = requests.get(f"{api_url}{job['result_url']}", timeout=30).json()
+    assert [i["movie_id"] for i in result["items"]] == ids  # the durable path answers the same
+    for bad in ({"year_min": 0}, {"year_max": 10_000}, {"exclude": list(range(1, 1002))}, {"exclude": [0]}):
+        r = recommend(api_url, {"user_id": 1, **bad})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "validation_error", bad
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [

@@ -11,6 +11,7 @@ import pytest
 from shared.errors import NotFound
 from shared.ml.index import IndexParams, MovieIndex, concat_ranges
 from shared.ml.recommend import (
+    Filters,
     ServingModel,
     UserRatings,
     answer,
@@ -50,7 +51,7 @@ def model() -> ServingModel:
         raw=raw,
         embeddings=projected.astype(np.float32),
         movie_ids=np.array([10, 20, 30, 40, 50, 60], dtype=np.int32),
-        titles=[f"movie {i}" for i in range(n)],
+        titles=[f"movie {i} ({1990 + i})" for i in range(n - 1)] + [f"movie {n - 1}"],  # the last has no year
         descriptors=DESCRIPTORS,
         vocabulary=vocabulary,
         desc_indptr=indptr,
@@ -94,7 +95,7 @@ def test_feedback_goes_over_the_stored_ratings_the_last_rating_of_a_movie_winnin
     assert answered["strategy"] == "profile"
     assert {i["movie_id"] for i in answered["items"]} == {20, 40}  # rows 0, 2, 4 and the new 5 are seen
     expected = user_query(model, merged)
-    top = answer(model, expected, k=6, excluded=merged.rows, genres=None, history=None, described_query={})
+    top = answer(model, expected, k=6, excluded=merged.rows, history=None, described_query={})
     assert [i["movie_id"] for i in answered["items"]] == [i["movie_id"] for i in top["items"]]
     # A user unknown at ingest, created by feedback: a profile of their one rating, that movie's neighbours.
     new_user = recommend(model, {**params, "user_id": 8}, encode=no_encoder, feedback=newer)
@@ -113,6 +114,37 @@ def test_a_user_with_no_ratings_gets_the_most_rated_movies(model: ServingModel) 
     assert [i["score"] for i in answered["items"]] == [1.0, 1.0]
     family = recommend(model, {**params, "k": 5, "genres": ["family"]}, encode=no_encoder)
     assert [i["movie_id"] for i in family["items"]] == [30, 40]
+
+
+def test_serve_time_rules_keep_the_best_of_the_movies_they_allow(model: ServingModel) -> None:
+    """Years (by the title; a title without one is kept by no range), excluded ids (an unknown one excludes
+    nothing) and genres, together: each a mask the search honours, and the answer states them."""
+
+    def no_encoder(texts: list[str]) -> np.ndarray:
+        raise AssertionError(texts)
+
+    assert model.years.tolist() == [1990, 1991, 1992, 1993, 1994, 0]
+    every = recommend(model, {"k": 6, "exclude_seen": False, "liked": [20]}, encode=no_encoder)
+    ranked = [i["movie_id"] for i in every["items"]]  # all but the liked movie, best first
+    for rules, kept in (
+        ({"year_min": 1992}, {30, 40, 50}),
+        ({"year_max": 1991}, {10}),
+        ({"year_min": 1991, "year_max": 1993}, {30, 40}),
+        ({"year_min": 1995}, set()),
+        ({"exclude_ids": [30, 99_999]}, {10, 40, 50, 60}),
+        ({"exclude_ids": [40], "genres": ["drama"], "year_min": 1990}, {10, 30, 50}),
+    ):
+        got = recommend(model, {"k": 6, "exclude_seen": False, "liked": [20], **rules}, encode=no_encoder)
+        assert [i["movie_id"] for i in got["items"]] == [m for m in ranked if m in kept], rules
+        stated = {("exclude" if name == "exclude_ids" else name): value for name, value in rules.items()}
+        assert got["query"] == {"liked": [20], "disliked": [], **stated}
+        top = recommend(model, {"k": 1, "exclude_seen": False, "liked": [20], **rules}, encode=no_encoder)
+        assert [i["movie_id"] for i in top["items"]] == [m for m in ranked if m in kept][:1]  # the best allowed
+    # A user with no ratings: the most rated of the movies allowed.
+    popular = recommend(model, {"k": 2, "exclude_seen": True, "user_id": 8, "year_min": 1991}, encode=no_encoder)
+    assert [i["movie_id"] for i in popular["items"]] == [30, 50] and popular["strategy"] == "popular"
+    seen = recommend(model, {"k": 6, "exclude_seen": True, "user_id": 7, "exclude_ids": [20]}, encode=no_encoder)
+    assert {i["movie_id"] for i in seen["items"]} == {40, 60}  # neither rated (10, 30, 50) nor excluded (20)
 
 
 def test_the_example_query_moves_from_disliked_towards_liked(model: ServingModel) -> None:
@@ -134,17 +166,18 @@ def test_top_descriptors_count_as_counter_most_common_ties_in_first_seen_order(
 
 def test_answers_exclude_filter_and_return_fewer_than_k_when_that_is_all(model: ServingModel) -> None:
     query, rated = user_profile(model, 7)
-    result = answer(model, query, k=10, excluded=rated, genres=None, history=rated, described_query={"user_id": 7})
+    result = answer(model, query, k=10, excluded=rated, history=rated, described_query={"user_id": 7})
     assert sorted(item["movie_id"] for item in result["items"]) == [20, 40, 60]  # all but the rated, not 10
     scores = [item["score"] for item in result["items"]]
     assert scores == sorted(scores, reverse=True)
     assert result["history_top_descriptors"][0] == ["Drama", 3]
 
-    drama = answer(model, query, k=2, excluded=rated[:0], genres=["drama"], history=None, described_query={})
+    drama = answer(model, query, k=2, excluded=rated[:0], filters=Filters(genres=("drama",)), history=None,
+                   described_query={})  # fmt: skip
     assert {item["movie_id"] for item in drama["items"]} <= {10, 30, 50} and len(drama["items"]) == 2
     assert drama["history_top_descriptors"] == []
 
-    nothing = answer(model, query, k=5, excluded=np.arange(6), genres=None, history=None, described_query={})
+    nothing = answer(model, query, k=5, excluded=np.arange(6), history=None, described_query={})
     assert nothing["items"] == [] and nothing["top_descriptors"] == []
 
 
