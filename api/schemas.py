@@ -241,6 +241,14 @@ class RecommendIn(BodySchema):
         validate=Range(1, MAX_YEAR),
         metadata={"description": "only movies of this year or earlier (a movie's year: its title's; none, no range)"},
     )
+    diversity = Float(
+        validate=Range(0, 1),
+        allow_nan=False,
+        metadata={
+            "description": "0 (relevance alone, the default) to 1: the answer chosen by maximal marginal relevance "
+            "from a pool of 5 k (at least 50) candidates, each trading relevance against its likeness to those chosen"
+        },
+    )
     exclude_ids = List(  # "exclude" in the body; the attribute would hide marshmallow's own Schema.exclude
         Integer(validate=Range(1, 2**31 - 1)),
         data_key="exclude",

@@ -1,4 +1,4 @@
-"""Recommendations from the active model: queries, exclusions, filters, explanations.
+"""Recommendations from the active model: queries, exclusions, rules, explanations.
 
     active pointer ──> ServingModel (loaded once per worker process and version; the old one kept beside it)
                          index (hnswlib over projected vectors), projection (W, b), raw movie vectors,
@@ -43,12 +43,14 @@ index ranks by cosine only. An evaluation chooses ``prior`` and ``prior_until`` 
 users come back with 1, 3 and 10 ratings (shared/ml/recipes.py ``SERVE_GRIDS``); the evaluation job scores
 the same blend (shared/logic/serving.py ``VersionScorer``). The answer's ``explanation`` says how it ranked.
 
-Serve-time rules (``Filters``, every query's): ``genres`` keeps movies having at least one of the listed genres
+Serve-time rules (``Rules``, every query's): ``genres`` keeps movies having at least one of the listed genres
 (compared case-insensitively with the movie's descriptors); ``year_min`` / ``year_max`` keep movies whose title's
 year lies in that range, both ends included (a title with no year is kept by no range); ``exclude`` leaves those
 movie ids out (an id the catalogue does not hold excludes nothing). Each is a mask over the catalogue that the
 index search honours, so the k answered are the k best of the movies allowed, not k filtered after the fact.
-When exclusions and filters leave fewer than k movies, the answer has what there is.
+``diversity`` (0 to 1) chooses the k by maximal marginal relevance from a pool several times wider
+(``diversified``).
+When exclusions and rules leave fewer than k movies, the answer has what there is.
 Each answer names the 10 most common descriptors among its items and, for a user, among their rated movies.
 """
 
@@ -500,16 +502,17 @@ def example_query(model: ServingModel, liked: np.ndarray, disliked: np.ndarray) 
 
 
 @dataclass(frozen=True)
-class Filters:
+class Rules:
     """A query's serve-time rules (see the module docstring): what an answer may hold."""
 
     genres: tuple[str, ...] = ()
     year_min: int | None = None
     year_max: int | None = None
     exclude: tuple[int, ...] = ()  # movie ids
+    diversity: float = 0.0  # MMR's weight: 0 ranks by relevance alone
 
     @classmethod
-    def of(cls, params: dict[str, Any]) -> Filters:
+    def of(cls, params: dict[str, Any]) -> Rules:
         """The rules a recommendation job's parameters name (absent ones: none; the body's ``exclude`` is
         ``exclude_ids`` there: api/schemas.py ``RecommendIn``)."""
         return cls(
@@ -517,13 +520,20 @@ class Filters:
             year_min=params.get("year_min"),
             year_max=params.get("year_max"),
             exclude=tuple(params.get("exclude_ids") or ()),
+            diversity=float(params.get("diversity") or 0.0),
         )
 
     def described(self) -> dict[str, Any]:
         """The rules given, as an answer's ``query`` states them."""
         given = {"genres": list(self.genres), "year_min": self.year_min, "year_max": self.year_max,
-                 "exclude": list(self.exclude)}  # fmt: skip
+                 "exclude": list(self.exclude), "diversity": self.diversity or None}  # fmt: skip
         return {name: value for name, value in given.items() if value not in (None, [])}
+
+    def pool(self, k: int) -> int:
+        """How many candidates to rank before the answer's k are chosen: k itself, or with ``diversity`` a pool
+        ``MMR_POOL`` times as wide (at least ``MMR_MIN_POOL``), since MMR over k candidates could only reorder
+        them."""
+        return max(k * MMR_POOL, MMR_MIN_POOL) if self.diversity > 0 else k
 
     def mask(self, model: ServingModel) -> np.ndarray | None:
         """(n,) bool: the rows these rules allow; None when they allow every row."""
@@ -539,20 +549,55 @@ class Filters:
         return mask
 
 
-NO_FILTERS = Filters()
+NO_RULES = Rules()
+
+MMR_POOL = 5
+"""With ``diversity``, the candidates MMR chooses among: this many times k (``Rules.pool``)."""
+
+MMR_MIN_POOL = 50
+"""... and at least this many."""
+
+
+def diversified(
+    model: ServingModel, rows: np.ndarray, scores: np.ndarray, *, k: int, rules: Rules
+) -> tuple[np.ndarray, np.ndarray]:
+    """The answer's k of the candidates ``rows`` (best first, with their ``scores``): the first k without
+    ``diversity``; with it, maximal marginal relevance (Carbonell and Goldstein, 1998): k times, the candidate
+    maximising (1 - diversity) x relevance - diversity x its highest cosine to those already chosen, relevance
+    the candidates' scores scaled to [0, 1] over the pool (so the weight means the same for a cosine, an inner
+    product or a blended score). Each keeps its own score; the answer is in the order chosen."""
+    if rules.diversity <= 0 or len(rows) <= 1:
+        return rows[:k], scores[:k]
+    vectors = model.embeddings[rows].astype(np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    spread = float(scores.max() - scores.min())
+    relevance = (scores - scores.min()) / spread if spread > 0 else np.ones(len(rows), dtype=np.float32)
+    weight = rules.diversity
+    closest = np.full(len(rows), -np.inf, dtype=np.float32)  # each candidate's highest cosine to the chosen
+    chosen: list[int] = []
+    free = np.ones(len(rows), dtype=bool)
+    for _ in range(min(k, len(rows))):
+        redundancy = np.where(np.isfinite(closest), closest, 0.0)
+        value = np.where(free, (1 - weight) * relevance - weight * redundancy, -np.inf)
+        best = int(np.argmax(value))  # ties to the more relevant (earlier) candidate
+        chosen.append(best)
+        free[best] = False
+        closest = np.maximum(closest, vectors @ vectors[best])
+    picked = np.asarray(chosen, dtype=np.int64)
+    return rows[picked], scores[picked]
 
 
 def search(
-    model: ServingModel, query: np.ndarray, *, k: int, excluded: np.ndarray, filters: Filters = NO_FILTERS
+    model: ServingModel, query: np.ndarray, *, k: int, excluded: np.ndarray, rules: Rules = NO_RULES
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k rows (and their cosine scores) nearest ``query`` in the index, ``excluded`` rows left out, only
-    the movies ``filters`` allow."""
-    return model.index.query(query, k, allowed=allowed(model, excluded, filters))
+    the movies ``rules`` allow."""
+    return model.index.query(query, k, allowed=allowed(model, excluded, rules))
 
 
-def allowed(model: ServingModel, excluded: np.ndarray, filters: Filters = NO_FILTERS) -> np.ndarray:
-    """(n,) bool: the rows an answer may hold, ``excluded`` left out, only those ``filters`` allow."""
-    mask = filters.mask(model)
+def allowed(model: ServingModel, excluded: np.ndarray, rules: Rules = NO_RULES) -> np.ndarray:
+    """(n,) bool: the rows an answer may hold, ``excluded`` left out, only those ``rules`` allow."""
+    mask = rules.mask(model)
     mask = np.ones(len(model.movie_ids), dtype=bool) if mask is None else mask
     mask[excluded] = False
     return mask
@@ -591,11 +636,12 @@ def answer(
     *,
     k: int,
     excluded: np.ndarray,
-    filters: Filters = NO_FILTERS,
+    rules: Rules = NO_RULES,
     history: np.ndarray | None,
     described_query: dict[str, Any],
 ) -> dict[str, Any]:
-    rows, scores = search(model, query, k=k, excluded=excluded, filters=filters)
+    rows, scores = search(model, query, k=rules.pool(k), excluded=excluded, rules=rules)
+    rows, scores = diversified(model, rows, scores, k=k, rules=rules)
     return describe(model, rows, scores, history=history, described_query=described_query)
 
 
@@ -621,29 +667,33 @@ def user_ranking(
     *,
     k: int,
     exclude_seen: bool = True,
-    filters: Filters = NO_FILTERS,
+    rules: Rules = NO_RULES,
     feedback: UserRatings | None = None,
 ) -> Ranking:
     """A user's k movies: from their ratings (stored, with ``feedback`` over them), else the most popular."""
     ratings = (feedback or UserRatings.empty()).over(model.stored_ratings(user_id))
     if not len(ratings):
         order, scores = model.popular
-        if (rules := filters.mask(model)) is not None:
-            keep = rules[order]
+        if (mask := rules.mask(model)) is not None:
+            keep = mask[order]
             order, scores = order[keep], scores[keep]
-        return Ranking(order[:k], scores[:k], "popular", None)
+        rows, scores = diversified(model, order[: rules.pool(k)], scores[: rules.pool(k)], k=k, rules=rules)
+        return Ranking(rows, scores, "popular", None)
     rated = ratings.rows
     excluded = rated if exclude_seen else rated[:0]
     query = user_query(model, ratings)
     prior = float(model.profile.prior_weights(np.array([len(ratings)]))[0])
     bonus = float(cold_bonus(model.profile.cold_boost, query[None, :], model.scale)[0]) if model.cold.any() else 0.0
-    mask = allowed(model, excluded, filters)
+    mask, pool = allowed(model, excluded, rules), rules.pool(k)
     if prior > 0:  # a light user: the popularity prior, shrinking as ratings arrive, beside the profile
-        rows, scores = blended_top(model.embeddings, query, prior, model.popularity, k=k, allowed=mask, bonus=bonus)
+        rows, scores = blended_top(model.embeddings, query, prior, model.popularity, k=pool, allowed=mask,
+                                   bonus=bonus)  # fmt: skip
+        rows, scores = diversified(model, rows, scores, k=k, rules=rules)
         return Ranking(rows, scores, LIGHT_PROFILE, rated, prior, bonus)
-    rows, scores = model.index.query(query, k, allowed=mask)
+    rows, scores = model.index.query(query, pool, allowed=mask)
     rows, scores = with_cold(rows, scores, query, model.embeddings, bonus=bonus, cold=model.cold,
-                             candidates=np.flatnonzero(model.cold & mask), k=k)  # fmt: skip
+                             candidates=np.flatnonzero(model.cold & mask), k=pool)  # fmt: skip
+    rows, scores = diversified(model, rows, scores, k=k, rules=rules)
     return Ranking(rows, scores, "profile", rated, bonus=bonus)
 
 
@@ -652,23 +702,29 @@ def recommend(
 ) -> dict[str, Any]:
     """Answer one query of a recommendation job's parameters: exactly one of ``user_id``, ``keywords``,
     ``liked``/``disliked`` or ``similar_to`` (the API checked that), plus ``k``, ``exclude_seen`` and the
-    serve-time rules (``Filters``). ``feedback``: the user's ratings given after ingest (catalogue rows), over their
+    serve-time rules (``Rules``). ``feedback``: the user's ratings given after ingest (catalogue rows), over their
     stored ones."""
-    filters = Filters.of(params)
-    result = _answer(model, params, filters, encode=encode, feedback=feedback)
-    result["query"] = {**result["query"], **filters.described()}
+    rules = Rules.of(params)
+    result = _answer(model, params, rules, encode=encode, feedback=feedback)
+    result["query"] = {**result["query"], **rules.described()}
+    if rules.diversity > 0:
+        pool = rules.pool(int(params["k"]))
+        weight = f"{rules.diversity:g}"
+        mmr = (f"diversified: each item chosen from the best {pool} by (1 - {weight}) x relevance - {weight} x its "
+               "highest cosine to the items before it (maximal marginal relevance)")  # fmt: skip
+        result["explanation"] = "; ".join(filter(None, [result.get("explanation"), mmr]))
     return result
 
 
 def _answer(
-    model: ServingModel, params: dict[str, Any], filters: Filters, *, encode: Encode, feedback: UserRatings | None
+    model: ServingModel, params: dict[str, Any], rules: Rules, *, encode: Encode, feedback: UserRatings | None
 ) -> dict[str, Any]:
     if params.get("similar_to") is not None:
-        return similar(model, int(params["similar_to"]), k=int(params["k"]), filters=filters)
+        return similar(model, int(params["similar_to"]), k=int(params["k"]), rules=rules)
     if params.get("user_id") is not None:
         user_id = int(params["user_id"])
         ranking = user_ranking(model, user_id, k=int(params["k"]), exclude_seen=params["exclude_seen"],
-                               filters=filters, feedback=feedback)  # fmt: skip
+                               rules=rules, feedback=feedback)  # fmt: skip
         result = describe(model, ranking.rows, ranking.scores, history=ranking.history,
                           described_query={"user_id": user_id})  # fmt: skip
         result["strategy"] = ranking.strategy
@@ -705,7 +761,7 @@ def _answer(
         described = {"liked": liked, "disliked": disliked}
         strategy, explanation = "examples", None
     result = answer(
-        model, query, k=int(params["k"]), excluded=excluded, filters=filters, history=None,
+        model, query, k=int(params["k"]), excluded=excluded, rules=rules, history=None,
         described_query=described,
     )  # fmt: skip
     return {**result, "strategy": strategy, **({"explanation": explanation} if explanation else {})}
@@ -717,11 +773,11 @@ KEYWORDS_EXPLANATION = (
 )
 
 
-def similar(model: ServingModel, movie_id: int, *, k: int, filters: Filters = NO_FILTERS) -> dict[str, Any]:
+def similar(model: ServingModel, movie_id: int, *, k: int, rules: Rules = NO_RULES) -> dict[str, Any]:
     """The ``k`` movies nearest to ``movie_id`` (its own vector the query, itself excluded), each with the
     descriptors it shares with the movie."""
     rows = model.rows_of([movie_id])
-    result = answer(model, model.embeddings[rows[0]], k=k, excluded=rows, filters=filters, history=None,
+    result = answer(model, model.embeddings[rows[0]], k=k, excluded=rows, rules=rules, history=None,
                     described_query={"similar_to": movie_id})  # fmt: skip
     own = {d.lower() for d in model.descriptors[int(rows[0])]}
     for item in result["items"]:

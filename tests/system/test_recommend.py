@@ -82,7 +82,11 @@ def test_serve_time_rules_over_http(api_url: str, versions: list[str]) -> None:
     job = wait_job(api_url, queued.json()["id"], timeout_s=60)
     result = requests.get(f"{api_url}{job['result_url']}", timeout=30).json()
     assert [i["movie_id"] for i in result["items"]] == ids  # the durable path answers the same
-    for bad in ({"year_min": 0}, {"year_max": 10_000}, {"exclude": list(range(1, 1002))}, {"exclude": [0]}):
+    diverse = recommend(api_url, {"user_id": 1, "k": 10, "diversity": 0.5}).json()
+    assert len(diverse["items"]) == 10 and diverse["items"][0]["movie_id"] == first[0]  # MMR's first: the best
+    assert "maximal marginal relevance" in diverse["explanation"] and diverse["query"]["diversity"] == 0.5
+    for bad in ({"year_min": 0}, {"year_max": 10_000}, {"exclude": list(range(1, 1002))}, {"exclude": [0]},
+                {"diversity": 1.5}, {"diversity": -0.1}):  # fmt: skip
         r = recommend(api_url, {"user_id": 1, **bad})
         assert r.status_code == 400 and r.json()["error"]["code"] == "validation_error", bad
 

@@ -4,6 +4,8 @@ descriptor counts, exclusions, the genre filter and fewer than k."""
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
@@ -11,11 +13,12 @@ import pytest
 from shared.errors import NotFound
 from shared.ml.index import IndexParams, MovieIndex, concat_ranges
 from shared.ml.recommend import (
-    Filters,
+    Rules,
     ServingModel,
     UserRatings,
     answer,
     check_ids,
+    diversified,
     example_query,
     recommend,
     user_query,
@@ -147,6 +150,38 @@ def test_serve_time_rules_keep_the_best_of_the_movies_they_allow(model: ServingM
     assert {i["movie_id"] for i in seen["items"]} == {40, 60}  # neither rated (10, 30, 50) nor excluded (20)
 
 
+def test_diversity_chooses_by_maximal_marginal_relevance_from_a_wider_pool() -> None:
+    # Rows 0 and 1 are near copies and the most relevant; row 2 is less relevant and unlike them; row 3 is like 0.
+    embeddings = np.array([[1, 0, 0], [0.99, 0.14, 0], [0, 1, 0], [0.95, 0, 0.31]], dtype=np.float32)
+    model = cast(ServingModel, SimpleNamespace(embeddings=embeddings))
+    rows, scores = np.arange(4), np.array([0.9, 0.89, 0.5, 0.4], dtype=np.float32)
+    plain = diversified(model, rows, scores, k=2, rules=Rules())
+    assert plain[0].tolist() == [0, 1] and plain[1].tolist() == scores[:2].tolist()
+    mmr = diversified(model, rows, scores, k=3, rules=Rules(diversity=0.5))
+    assert mmr[0].tolist() == [0, 2, 1] and mmr[1].tolist() == scores[[0, 2, 1]].tolist()  # each keeps its score
+    # By hand: after row 0, row 1 scores 0.5 x 0.98 - 0.5 x 0.99 < 0; row 2 scores 0.5 x 0.2 - 0 = 0.1.
+    assert diversified(model, rows, scores, k=2, rules=Rules(diversity=1.0))[0].tolist() == [0, 2]
+    assert Rules().pool(10) == 10 and Rules(diversity=0.3).pool(10) == 50 and Rules(diversity=0.3).pool(20) == 100
+
+
+def test_a_diverse_answer_reaches_past_the_top_k(model: ServingModel) -> None:
+    def no_encoder(texts: list[str]) -> np.ndarray:
+        raise AssertionError(texts)
+
+    base = {"k": 2, "exclude_seen": False, "liked": [20]}
+    plain = [i["movie_id"] for i in recommend(model, base, encode=no_encoder)["items"]]
+    every = [i["movie_id"] for i in recommend(model, {**base, "k": 5}, encode=no_encoder)["items"]]
+    diverse = recommend(model, {**base, "diversity": 1.0}, encode=no_encoder)
+    ids = [i["movie_id"] for i in diverse["items"]]
+    assert ids[0] == plain[0] == every[0] and len(ids) == 2
+    assert "maximal marginal relevance" in diverse["explanation"] and diverse["query"]["diversity"] == 1.0
+    # With weight 1 the second is the candidate least like the first, from all five, not the second best.
+    vectors = model.embeddings / np.linalg.norm(model.embeddings, axis=1, keepdims=True)
+    first = int(np.flatnonzero(model.movie_ids == ids[0])[0])
+    rows = [int(np.flatnonzero(model.movie_ids == m)[0]) for m in every[1:]]
+    assert ids[1] == model.movie_ids[min(rows, key=lambda r: float(vectors[r] @ vectors[first]))]
+
+
 def test_the_example_query_moves_from_disliked_towards_liked(model: ServingModel) -> None:
     p = model.project(model.raw)
     liked, disliked = np.array([1, 3]), np.array([5])
@@ -172,7 +207,7 @@ def test_answers_exclude_filter_and_return_fewer_than_k_when_that_is_all(model: 
     assert scores == sorted(scores, reverse=True)
     assert result["history_top_descriptors"][0] == ["Drama", 3]
 
-    drama = answer(model, query, k=2, excluded=rated[:0], filters=Filters(genres=("drama",)), history=None,
+    drama = answer(model, query, k=2, excluded=rated[:0], rules=Rules(genres=("drama",)), history=None,
                    described_query={})  # fmt: skip
     assert {item["movie_id"] for item in drama["items"]} <= {10, 30, 50} and len(drama["items"]) == 2
     assert drama["history_top_descriptors"] == []
