@@ -42,7 +42,9 @@ def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
     # Unknown movie ids are 404 here, before anything is queued; a user unknown to the dataset is not an error:
     # with feedback they have a profile, without it they get the most popular movies.
     services().catalogue.check_ids(dataset, movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])])
-    return answer_within(params={**body, "model": version}, wait_s=query["wait"])
+    # Every answer is a page: "shown" (what the body's cursor carries; none on a first page) is left out of it,
+    # and its next_cursor adds what it answered (shared/ml/pages.py).
+    return answer_within(params={**body, "shown": body.get("shown", []), "model": version}, wait_s=query["wait"])
 
 
 FAST_LANE_S = 1.0

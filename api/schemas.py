@@ -23,6 +23,7 @@ from shared.ml.coliked import DEFAULT_LIKED_AT, DEFAULT_POSITIVES, MAX_LIKED_AT,
 from shared.ml.encoder import POOLINGS
 from shared.ml.fitting import ARCHITECTURES, LIMITS, PROFILES
 from shared.ml.mining import STRATEGIES
+from shared.ml.pages import decode_cursor
 from shared.ml.recipes import AUTO, DEFAULT_RECIPE, RECIPES
 from shared.ml.titles import MAX_QUERY_CHARS, query_tokens
 from shared.store.audit import MAX_ID_PART
@@ -223,7 +224,21 @@ MAX_K = 100
 MAX_KEYWORDS = 20
 MAX_EXAMPLES = 100
 MAX_EXCLUDED = 1000
+MAX_CURSOR_CHARS = 65_536
 MAX_YEAR = 9999
+
+
+class Cursor(String):
+    """A ``next_cursor`` sent back (shared/ml/pages.py): loaded as the movie ids it carries."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not 1 <= len(text) <= MAX_CURSOR_CHARS:
+            raise ValidationError(f"a cursor is 1 to {MAX_CURSOR_CHARS} characters")
+        try:
+            return decode_cursor(text)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
 
 
 class RecommendIn(BodySchema):
@@ -247,6 +262,16 @@ class RecommendIn(BodySchema):
         metadata={
             "description": "0 (relevance alone, the default) to 1: the answer chosen by maximal marginal relevance "
             "from a pool of 5 k (at least 50) candidates, each trading relevance against its likeness to those chosen"
+        },
+    )
+    shown = Cursor(  # "cursor" in the body: the ids it carries
+        data_key="cursor",
+        metadata={
+            "minLength": 1,
+            "maxLength": MAX_CURSOR_CHARS,
+            "description": "the next_cursor of this query's previous page: the next page holds none of the movies "
+            "answered so far in the session (at most 5,000 of them); any other string is refused 400",
+            "pattern": r"^p1\.[A-Za-z0-9_-]+$",
         },
     )
     exclude_ids = List(  # "exclude" in the body; the attribute would hide marshmallow's own Schema.exclude
@@ -327,6 +352,13 @@ class RecommendationsOut(Schema):
         }
     )
     explanation = String(metadata={"description": "how the items were ranked, where it is more than cosine"})
+    next_cursor = String(
+        allow_none=True,
+        metadata={
+            "description": "POST /v1/recommendations: send it back as `cursor` with the same query for the next "
+            "page, which holds none of the movies answered so far; null once the session has been answered 5,000"
+        },
+    )
     items = List(Nested(RecommendedMovie))
     top_descriptors = List(
         List(Raw()), metadata={"description": "[descriptor, count] pairs: the 10 most common among the items"}

@@ -65,6 +65,7 @@ import numpy as np
 
 from shared.errors import NotFound
 from shared.ml.index import MovieIndex, concat_ranges
+from shared.ml.pages import next_cursor
 from shared.ml.sequence import SequenceNet
 from shared.ml.titles import year_of
 
@@ -514,12 +515,13 @@ class Rules:
     @classmethod
     def of(cls, params: dict[str, Any]) -> Rules:
         """The rules a recommendation job's parameters name (absent ones: none; the body's ``exclude`` is
-        ``exclude_ids`` there: api/schemas.py ``RecommendIn``)."""
+        ``exclude_ids`` there, and a page's ``shown``, the movies its cursor carries, are excluded too:
+        api/schemas.py ``RecommendIn``)."""
         return cls(
             genres=tuple(params.get("genres") or ()),
             year_min=params.get("year_min"),
             year_max=params.get("year_max"),
-            exclude=tuple(params.get("exclude_ids") or ()),
+            exclude=tuple(params.get("exclude_ids") or ()) + tuple(params.get("shown") or ()),
             diversity=float(params.get("diversity") or 0.0),
         )
 
@@ -706,7 +708,9 @@ def recommend(
     stored ones."""
     rules = Rules.of(params)
     result = _answer(model, params, rules, encode=encode, feedback=feedback)
-    result["query"] = {**result["query"], **rules.described()}
+    result["query"] = {**result["query"], **Rules.of({**params, "shown": ()}).described()}
+    if "shown" in params:  # a page of a session (POST /v1/recommendations): the cursor to the next one
+        result["next_cursor"] = next_cursor(params["shown"], (item["movie_id"] for item in result["items"]))
     if rules.diversity > 0:
         pool = rules.pool(int(params["k"]))
         weight = f"{rules.diversity:g}"

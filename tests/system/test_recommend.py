@@ -82,6 +82,19 @@ def test_serve_time_rules_over_http(api_url: str, versions: list[str]) -> None:
     job = wait_job(api_url, queued.json()["id"], timeout_s=60)
     result = requests.get(f"{api_url}{job['result_url']}", timeout=30).json()
     assert [i["movie_id"] for i in result["items"]] == ids  # the durable path answers the same
+    # Pages: each next page holds none of the movies answered before it, by the fast lane and by a job alike.
+    page1 = recommend(api_url, {"user_id": 1, "k": 10}).json()
+    page2 = recommend(api_url, {"user_id": 1, "k": 10, "cursor": page1["next_cursor"]}).json()
+    page3 = recommend(api_url, {"user_id": 1, "k": 10, "cursor": page2["next_cursor"]}).json()
+    assert [i["movie_id"] for i in page1["items"]] == first[:10]
+    assert len({i["movie_id"] for p in (page1, page2, page3) for i in p["items"]}) == 30
+    queued = requests.post(f"{api_url}/v1/recommendations", params={"wait": 0}, timeout=30,
+                           json={"user_id": 1, "k": 10, "cursor": page2["next_cursor"]})  # fmt: skip
+    job = wait_job(api_url, queued.json()["id"], timeout_s=60)
+    as_job = requests.get(f"{api_url}{job['result_url']}", timeout=30).json()
+    assert as_job["items"] == page3["items"] and as_job["next_cursor"] == page3["next_cursor"]
+    damaged = recommend(api_url, {"user_id": 1, "cursor": page1["next_cursor"][:-4] + "AAAA"})
+    assert damaged.status_code == 400 and "cursor" in damaged.json()["error"]["message"]
     diverse = recommend(api_url, {"user_id": 1, "k": 10, "diversity": 0.5}).json()
     assert len(diverse["items"]) == 10 and diverse["items"][0]["movie_id"] == first[0]  # MMR's first: the best
     assert "maximal marginal relevance" in diverse["explanation"] and diverse["query"]["diversity"] == 0.5

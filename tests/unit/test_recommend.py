@@ -12,6 +12,7 @@ import pytest
 
 from shared.errors import NotFound
 from shared.ml.index import IndexParams, MovieIndex, concat_ranges
+from shared.ml.pages import decode_cursor
 from shared.ml.recommend import (
     Rules,
     ServingModel,
@@ -180,6 +181,23 @@ def test_a_diverse_answer_reaches_past_the_top_k(model: ServingModel) -> None:
     first = int(np.flatnonzero(model.movie_ids == ids[0])[0])
     rows = [int(np.flatnonzero(model.movie_ids == m)[0]) for m in every[1:]]
     assert ids[1] == model.movie_ids[min(rows, key=lambda r: float(vectors[r] @ vectors[first]))]
+
+
+def test_pages_of_a_session_never_answer_a_movie_twice(model: ServingModel) -> None:
+    def no_encoder(texts: list[str]) -> np.ndarray:
+        raise AssertionError(texts)
+
+    base, shown, pages = {"k": 2, "exclude_seen": False, "liked": [20]}, [], []
+    while True:
+        page = recommend(model, {**base, "shown": shown}, encode=no_encoder)
+        pages.append([i["movie_id"] for i in page["items"]])
+        assert page["query"] == {"liked": [20], "disliked": []}  # the cursor's ids are no rule of the query's
+        shown = decode_cursor(page["next_cursor"])
+        if not page["items"]:
+            break
+    every = [i["movie_id"] for i in recommend(model, {**base, "k": 6}, encode=no_encoder)["items"]]
+    assert pages == [every[0:2], every[2:4], every[4:5], []]  # the ranking, two at a time, then nothing
+    assert "next_cursor" not in recommend(model, base, encode=no_encoder)  # no page asked for: no cursor
 
 
 def test_the_example_query_moves_from_disliked_towards_liked(model: ServingModel) -> None:
