@@ -51,4 +51,5 @@ def similar_movies(movie_id: int, query: dict[str, Any]) -> Any:
     """The k movies nearest to one in the active model's index, the movie itself left out."""
     version, dataset = active_model()
     services().catalogue.check_ids(dataset, movie_ids=[movie_id])
-    return answer_within(params={"similar_to": movie_id, "k": query["k"], "model": version}, wait_s=query["wait"])
+    rules = {name: value for name, value in query.items() if name != "wait"}  # k and the serve-time rules
+    return answer_within(params={**rules, "similar_to": movie_id, "model": version}, wait_s=query["wait"])

@@ -241,15 +241,10 @@ class Cursor(String):
             raise ValidationError(str(exc)) from None
 
 
-class RecommendIn(BodySchema):
-    rules = (ExactlyOne("user_id", "keywords", ("liked", "disliked")),)
+class ServeRules(Schema):
+    """The serve-time rules every answer may carry (shared/ml/recommend.py ``Rules``): in a recommendation's body
+    and a similar-movie query's string alike."""
 
-    user_id = Integer(validate=Range(1, 2**31 - 1))
-    keywords = List(String(validate=Length(1, 100)), validate=Length(1, MAX_KEYWORDS))
-    liked = List(Integer(validate=Range(1, 2**31 - 1)), validate=Length(0, MAX_EXAMPLES))
-    disliked = List(Integer(validate=Range(1, 2**31 - 1)), validate=Length(0, MAX_EXAMPLES))
-    k = Integer(load_default=10, validate=Range(1, MAX_K))
-    exclude_seen = Boolean(load_default=True)
     genres = List(String(validate=Length(1, 64)), validate=Length(1, 20))
     year_min = Integer(validate=Range(1, MAX_YEAR), metadata={"description": "only movies of this year or later"})
     year_max = Integer(
@@ -264,6 +259,23 @@ class RecommendIn(BodySchema):
             "from a pool of 5 k (at least 50) candidates, each trading relevance against its likeness to those chosen"
         },
     )
+    exclude_ids = List(  # "exclude" in the body; the attribute would hide marshmallow's own Schema.exclude
+        Integer(validate=Range(1, 2**31 - 1)),
+        data_key="exclude",
+        validate=Length(0, MAX_EXCLUDED),
+        metadata={"description": "movie ids the answer must not hold (an id the catalogue does not hold is ignored)"},
+    )
+
+
+class RecommendIn(ServeRules, BodySchema):
+    rules = (ExactlyOne("user_id", "keywords", ("liked", "disliked")),)
+
+    user_id = Integer(validate=Range(1, 2**31 - 1))
+    keywords = List(String(validate=Length(1, 100)), validate=Length(1, MAX_KEYWORDS))
+    liked = List(Integer(validate=Range(1, 2**31 - 1)), validate=Length(0, MAX_EXAMPLES))
+    disliked = List(Integer(validate=Range(1, 2**31 - 1)), validate=Length(0, MAX_EXAMPLES))
+    k = Integer(load_default=10, validate=Range(1, MAX_K))
+    exclude_seen = Boolean(load_default=True)
     shown = Cursor(  # "cursor" in the body: the ids it carries
         data_key="cursor",
         metadata={
@@ -273,12 +285,6 @@ class RecommendIn(BodySchema):
             "answered so far in the session (at most 5,000 of them); any other string is refused 400",
             "pattern": r"^p1\.[A-Za-z0-9_-]+$",
         },
-    )
-    exclude_ids = List(  # "exclude" in the body; the attribute would hide marshmallow's own Schema.exclude
-        Integer(validate=Range(1, 2**31 - 1)),
-        data_key="exclude",
-        validate=Length(0, MAX_EXCLUDED),
-        metadata={"description": "movie ids the answer must not hold (an id the catalogue does not hold is ignored)"},
     )
 
 
@@ -460,7 +466,7 @@ class MovieSearchOut(Schema):
     movies = List(Nested(FoundMovie), metadata={"description": "best match first"})
 
 
-class SimilarQuery(WaitQuery):
+class SimilarQuery(ServeRules, WaitQuery):
     k = Integer(load_default=10, validate=Range(1, MAX_K))
 
 

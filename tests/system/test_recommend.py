@@ -95,6 +95,20 @@ def test_serve_time_rules_over_http(api_url: str, versions: list[str]) -> None:
     assert as_job["items"] == page3["items"] and as_job["next_cursor"] == page3["next_cursor"]
     damaged = recommend(api_url, {"user_id": 1, "cursor": page1["next_cursor"][:-4] + "AAAA"})
     assert damaged.status_code == 400 and "cursor" in damaged.json()["error"]["message"]
+    # A movie's neighbours take the same rules, in the query string.
+    near = requests.get(f"{api_url}/v1/movies/1/similar", params={"k": 10, "wait": 30}, timeout=60).json()
+    nearest = [i["movie_id"] for i in near["items"]]
+    ruled_near = requests.get(f"{api_url}/v1/movies/1/similar", timeout=60, params={
+        "k": 5, "wait": 30, "year_min": 1990, "year_max": 1999, "exclude": nearest[:2], "genres": ["Children"],
+        "diversity": 0.3})  # fmt: skip
+    assert ruled_near.status_code == 200, ruled_near.text
+    near_ids = [i["movie_id"] for i in ruled_near.json()["items"]]
+    assert near_ids and not set(near_ids) & set(nearest[:2]) and 1 not in near_ids
+    assert all(1990 <= year[m] <= 1999 and "Children" in movies.genres[m] for m in near_ids)
+    assert ruled_near.json()["query"] == {"similar_to": 1, "genres": ["Children"], "year_min": 1990,
+                                          "year_max": 1999, "exclude": nearest[:2], "diversity": 0.3}  # fmt: skip
+    bad = requests.get(f"{api_url}/v1/movies/1/similar", params={"year_min": 0}, timeout=30)
+    assert bad.status_code == 400 and "year_min" in bad.json()["error"]["message"]
     diverse = recommend(api_url, {"user_id": 1, "k": 10, "diversity": 0.5}).json()
     assert len(diverse["items"]) == 10 and diverse["items"][0]["movie_id"] == first[0]  # MMR's first: the best
     assert "maximal marginal relevance" in diverse["explanation"] and diverse["query"]["diversity"] == 0.5
@@ -240,7 +254,8 @@ def test_similar_movies_share_descriptors(api_url: str, versions: list[str]) -> 
         ("/v1/movies/1/similar", {"k": 0}, 400),
         ("/v1/movies/1/similar", {"k": 101}, 400),
         ("/v1/movies/1/similar", {"wait": 31}, 400),
-        ("/v1/movies/1/similar", {"genres": "Comedy"}, 400),
+        ("/v1/movies/1/similar", {"colour": "red"}, 400),  # no such rule
+        ("/v1/movies/1/similar", {"diversity": 2}, 400),
         ("/v1/movies", {}, 400),
         ("/v1/movies", {"q": ""}, 400),
         ("/v1/movies", {"q": "?!"}, 400),
