@@ -511,22 +511,24 @@ class Rules:
     year_max: int | None = None
     exclude: tuple[int, ...] = ()  # movie ids
     diversity: float = 0.0  # MMR's weight: 0 ranks by relevance alone
+    shown: tuple[int, ...] = ()  # movie ids a page's cursor carries (shared/ml/pages.py): excluded too
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> Rules:
         """The rules a recommendation job's parameters name (absent ones: none; the body's ``exclude`` is
-        ``exclude_ids`` there, and a page's ``shown``, the movies its cursor carries, are excluded too:
-        api/schemas.py ``RecommendIn``)."""
+        ``exclude_ids`` there, and ``shown`` the movies its ``cursor`` carries: api/schemas.py ``RecommendIn``)."""
         return cls(
             genres=tuple(params.get("genres") or ()),
             year_min=params.get("year_min"),
             year_max=params.get("year_max"),
-            exclude=tuple(params.get("exclude_ids") or ()) + tuple(params.get("shown") or ()),
+            exclude=tuple(params.get("exclude_ids") or ()),
             diversity=float(params.get("diversity") or 0.0),
+            shown=tuple(params.get("shown") or ()),
         )
 
     def described(self) -> dict[str, Any]:
-        """The rules given, as an answer's ``query`` states them."""
+        """The rules given, as an answer's ``query`` states them (a cursor's movies are the session's, not the
+        query's)."""
         given = {"genres": list(self.genres), "year_min": self.year_min, "year_max": self.year_max,
                  "exclude": list(self.exclude), "diversity": self.diversity or None}  # fmt: skip
         return {name: value for name, value in given.items() if value not in (None, [])}
@@ -539,15 +541,15 @@ class Rules:
 
     def mask(self, model: ServingModel) -> np.ndarray | None:
         """(n,) bool: the rows these rules allow; None when they allow every row."""
-        if not (self.genres or self.exclude) and self.year_min is None and self.year_max is None:
+        if not (self.genres or self.exclude or self.shown) and self.year_min is None and self.year_max is None:
             return None
         mask = model.with_any(list(self.genres)) if self.genres else np.ones(len(model.movie_ids), dtype=bool)
         if self.year_min is not None or self.year_max is not None:
             years = model.years  # 0: the title has none, kept by no range
             lo, hi = self.year_min if self.year_min is not None else 1, self.year_max or np.iinfo(np.int32).max
             mask &= (years >= lo) & (years <= hi)
-        if self.exclude:
-            mask[model.known_rows(list(self.exclude))] = False
+        if self.exclude or self.shown:
+            mask[model.known_rows([*self.exclude, *self.shown])] = False
         return mask
 
 
@@ -708,7 +710,7 @@ def recommend(
     stored ones."""
     rules = Rules.of(params)
     result = _answer(model, params, rules, encode=encode, feedback=feedback)
-    result["query"] = {**result["query"], **Rules.of({**params, "shown": ()}).described()}
+    result["query"] = {**result["query"], **rules.described()}
     if "shown" in params:  # a page of a session (POST /v1/recommendations): the cursor to the next one
         result["next_cursor"] = next_cursor(params["shown"], (item["movie_id"] for item in result["items"]))
     if rules.diversity > 0:

@@ -107,8 +107,8 @@ def test_serve_time_rules_over_http(api_url: str, versions: list[str]) -> None:
     assert all(1990 <= year[m] <= 1999 and "Children" in movies.genres[m] for m in near_ids)
     assert ruled_near.json()["query"] == {"similar_to": 1, "genres": ["Children"], "year_min": 1990,
                                           "year_max": 1999, "exclude": nearest[:2], "diversity": 0.3}  # fmt: skip
-    bad = requests.get(f"{api_url}/v1/movies/1/similar", params={"year_min": 0}, timeout=30)
-    assert bad.status_code == 400 and "year_min" in bad.json()["error"]["message"]
+    refused = requests.get(f"{api_url}/v1/movies/1/similar", params={"year_min": 0}, timeout=30)
+    assert refused.status_code == 400 and "year_min" in refused.json()["error"]["message"]
     diverse = recommend(api_url, {"user_id": 1, "k": 10, "diversity": 0.5}).json()
     assert len(diverse["items"]) == 10 and diverse["items"][0]["movie_id"] == first[0]  # MMR's first: the best
     assert "maximal marginal relevance" in diverse["explanation"] and diverse["query"]["diversity"] == 0.5
