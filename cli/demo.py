@@ -189,6 +189,8 @@ def print_recommendations(title: str, answer: dict[str, Any]) -> None:
     if answer.get("history_top_descriptors"):
         history = ", ".join(f"{d} ({n})" for d, n in answer["history_top_descriptors"])
         print(f"  top descriptors of the user's history: {history}")
+    if answer.get("next_cursor"):
+        print(f"  next page: --cursor {answer['next_cursor']}")
 
 
 def print_dataset(record: dict[str, object]) -> None:

@@ -268,6 +268,9 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         title = f"liked {args.liked or []}, disliked {args.disliked or []}"
     if args.genres:
         body["genres"] = [g.strip() for g in args.genres.split(",") if g.strip()]
+    rules = {"year_min": args.year_min, "year_max": args.year_max, "exclude": args.exclude,
+             "diversity": args.diversity, "cursor": args.cursor}  # fmt: skip
+    body.update({name: value for name, value in rules.items() if value is not None})
     print_recommendations(title, _client(args).recommend(**body))
     return 0
 
@@ -413,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_service_commands(sub)
     _add_client_commands(sub)
+    _add_recommend_command(sub)
     _add_batch_command(sub)
     _add_movie_commands(sub)
     _add_feedback_commands(sub)
@@ -538,6 +542,8 @@ def _add_client_commands(sub: Any) -> None:
     p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
     p.set_defaults(func=_cmd_status)
 
+
+def _add_recommend_command(sub: Any) -> None:
     p = sub.add_parser("recommend", help="ask the active model for movies (a user, keywords, or liked/disliked)")
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--user", type=int, help="a user id of the model's dataset")
@@ -546,6 +552,11 @@ def _add_client_commands(sub: Any) -> None:
     p.add_argument("--disliked", type=int, nargs="+", help="movie ids to move away from (with --liked)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--genres", help="comma-separated genres to keep")
+    p.add_argument("--year-min", type=int, help="only movies of this year or later (the title's year)")
+    p.add_argument("--year-max", type=int, help="only movies of this year or earlier")
+    p.add_argument("--exclude", type=int, nargs="+", help="movie ids the answer must not hold")
+    p.add_argument("--diversity", type=float, help="0 to 1: choose by maximal marginal relevance")
+    p.add_argument("--cursor", help="the next page of the same query (the cursor the previous page printed)")
     p.add_argument("--include-seen", action="store_true", help="with --user: do not exclude rated movies")
     p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
     p.set_defaults(func=_cmd_recommend)

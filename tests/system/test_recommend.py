@@ -3,6 +3,7 @@ title search and similar movies over the active model."""
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -197,6 +198,18 @@ def test_cli_recommend(api_url: str, versions: list[str]) -> None:
     assert new_user.returncode == 0 and "recommendations for user 999999 (popular)" in new_user.stdout
     missing = cli("--liked", "99999999")
     assert missing.returncode == 1 and "404 not_found" in missing.stderr
+    ruled = cli("--user", "1", "--k", "4", "--year-min", "1990", "--year-max", "1999", "--diversity", "0.3")
+    assert ruled.returncode == 0, ruled.stderr
+    cursor = ruled.stdout.split("next page: --cursor ", 1)[1].split()[0]
+    following = cli("--user", "1", "--k", "4", "--year-min", "1990", "--year-max", "1999", "--diversity", "0.3",
+                    "--cursor", cursor)  # fmt: skip
+    assert following.returncode == 0, following.stderr
+    first = {line for line in ruled.stdout.splitlines() if line.startswith("  0.")}
+    second = {line for line in following.stdout.splitlines() if line.startswith("  0.")}
+    assert len(first) == len(second) == 4 and not first & second  # a page holds none of the one before
+    assert all(re.search(r"\((199\d)\)  \[", line) for line in first | second)  # each of the 1990s
+    bad = cli("--user", "1", "--year-min", "0")
+    assert bad.returncode == 1 and "400" in bad.stderr and "year_min" in bad.stderr
 
 
 def active(api_url: str) -> str:
