@@ -525,12 +525,29 @@ function renderTry(main) {
   const k = el("input", { type: "number", min: 1, max: 100, value: 10, "aria-label": "how many", class: "narrow" });
   const liked = chipList("liked");
   const disliked = chipList("disliked");
+  // The serve-time rules every query takes (README, "Serve-time rules"): empty fields are no rule.
+  const yearMin = el("input", { type: "number", min: 1, max: 9999, id: "year-min", class: "narrow", "aria-label": "from year" });
+  const yearMax = el("input", { type: "number", min: 1, max: 9999, id: "year-max", class: "narrow", "aria-label": "to year" });
+  const diversity = el("input", { type: "number", min: 0, max: 1, step: 0.1, id: "diversity", class: "narrow",
+    "aria-label": "diversity, 0 to 1" });
+  const next = el("button", { type: "button", id: "next-page", text: "Next page", disabled: true });
+  let last = null; // the last query asked and its answer's next_cursor: the next page is that query with it
 
-  async function ask(body, examples = []) {
+  function rules() {
+    const given = {};
+    if (yearMin.value) given.year_min = Number(yearMin.value);
+    if (yearMax.value) given.year_max = Number(yearMax.value);
+    if (diversity.value && Number(diversity.value) > 0) given.diversity = Number(diversity.value);
+    return given;
+  }
+
+  async function ask(body, examples = [], cursor = null) {
     out.replaceChildren(el("p", { class: "muted", text: "asking…" }));
+    next.disabled = true;
     try {
-      let { status, data } = await api("/v1/recommendations", { method: "POST", body: { ...body, k: Number(k.value) },
-        query: { wait: 10 } });
+      const query = cursor ? body : { ...body, ...rules(), k: Number(k.value) };
+      let { status, data } = await api("/v1/recommendations", { method: "POST",
+        body: cursor ? { ...query, cursor } : query, query: { wait: 10 } });
       if (status === 202) {
         const job = await waitForJob(data.id);
         if (job.status !== "succeeded") throw new Error((job.error && job.error.message) || job.status);
@@ -538,6 +555,8 @@ function renderTry(main) {
       }
       sessionStorage.setItem(LAST_ANSWER, JSON.stringify({ model: data.model, movies: data.items.map((i) => i.movie_id) }));
       out.replaceChildren(explain(data, examples));
+      last = data.next_cursor ? { query, examples, cursor: data.next_cursor } : null;
+      next.disabled = !last;
     } catch (error) {
       showError(out, error);
     }
@@ -562,10 +581,12 @@ function renderTry(main) {
     const ids = liked.ids();
     ask({ liked: ids, disliked: disliked.ids() }, ids.flatMap((id) => liked.descriptors.get(id) || []));
   });
+  next.addEventListener("click", () => last && ask(last.query, last.examples, last.cursor));
   main.replaceChildren(
-    section("Ask", el("p", {}, el("label", {}, "How many ", k)), byUser, byWords,
+    section("Ask", el("p", {}, el("label", {}, "How many ", k), " ", el("label", {}, "Years ", yearMin), " to ",
+      yearMax, " ", el("label", {}, "Diversity ", diversity)), byUser, byWords,
       el("h3", { text: "Movies you liked or disliked" }), byExamples),
-    section("Answer", out),
+    section("Answer", el("p", {}, next), out),
   );
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,15 @@ def test_a_pipeline_from_the_page_then_recommendations_by_title(page: Page, api_
     direct = requests.post(f"{api_url}/v1/recommendations?wait=30", json={"liked": [1], "k": 10}, timeout=60).json()
     assert shown == [item["title"] for item in direct["items"]]
     screenshot(page, "try")
+    page.click("#next-page")  # the same query's next page: none of the movies just answered
+    expect(rows.first).not_to_have_text(shown[0], timeout=30_000)
+    expect(rows).to_have_count(10)
+    assert not set(rows.locator("td.title").all_text_contents()) & set(shown)
+    page.fill("#year-min", "1990")
+    page.fill("#year-max", "1999")
+    page.click("#ask-examples")
+    expect(rows.first.locator("td.title")).to_have_text(re.compile(r"\(199\d\)$"), timeout=30_000)
+    assert all(re.search(r"\(199\d\)$", title) for title in rows.locator("td.title").all_text_contents())
 
     page.goto(f"{api_url}/ui/map")
     expect(page.get_by_role("status")).to_contain_text("ringed: the 10 movies of the last answer", timeout=30_000)
