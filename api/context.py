@@ -8,6 +8,7 @@ downward: the factory imports the blueprints, the blueprints import this module.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
 from flask import current_app, url_for
@@ -67,17 +68,23 @@ def require_room(kind: Literal["datasets", "models"], needed: int = 1) -> None:
         )
 
 
-def require_storage() -> None:
-    """QuotaExceeded (409 ``quota_exceeded``) when the tenant's keyspace holds ``MOVIEREC_MAX_STORED_BYTES`` or
-    more (measured a minute ago at most: shared/store/usage.py); checked before work that stores is accepted."""
-    svc = services()
-    limit = svc.settings.max_stored_bytes
-    if limit and (held := svc.usage.held()) >= limit:
+def require_below(limit: int, held: Callable[[], int], *, kind: str, setting: str, remedy: str) -> None:
+    """QuotaExceeded (409 ``quota_exceeded``) when cap ``limit`` is set (0: none) and what the tenant holds,
+    ``held()`` (asked only then), has reached it; the message says how much, the cap's setting and ``remedy``."""
+    if limit and (now := held()) >= limit:
         raise QuotaExceeded(
-            f"the tenant stores {held} bytes and MOVIEREC_MAX_STORED_BYTES is {limit}: free room with "
-            "DELETE /v1/datasets/<id> or DELETE /v1/models/<version>, or raise the cap",
-            details={"kind": "stored_bytes", "limit": limit, "held": held, "setting": "MOVIEREC_MAX_STORED_BYTES"},
+            f"the tenant holds {now} {kind.replace('_', ' ')} and {setting} is {limit}: {remedy}, or raise the cap",
+            details={"kind": kind, "limit": limit, "held": now, "setting": setting},
         )
+
+
+def require_storage() -> None:
+    """QuotaExceeded when the tenant's keyspace holds ``MOVIEREC_MAX_STORED_BYTES`` or more (measured a minute
+    ago at most: shared/store/usage.py); checked before work that stores is accepted."""
+    svc = services()
+    require_below(svc.settings.max_stored_bytes, svc.usage.held, kind="stored_bytes",
+                  setting="MOVIEREC_MAX_STORED_BYTES",
+                  remedy="free room with DELETE /v1/datasets/<id> or DELETE /v1/models/<version>")  # fmt: skip
 
 
 SERVING_KIND = "recommend"
@@ -102,7 +109,7 @@ def fastlane() -> FastLane:
     lanes: dict[int, FastLane] = current_app.extensions.setdefault("movierec.fastlane", {})
     pid = os.getpid()
     if pid not in lanes:
-        svc = services()
+        svc = deployment()  # the lane is the deployment's; each request names its tenant (``FastLane.ask``)
         lanes.clear()
         lanes[pid] = FastLane(svc.redis, prefix=svc.settings.key_prefix)
     return lanes[pid]
@@ -115,13 +122,10 @@ def submit_job(*, kind: str, params: dict[str, Any]) -> Job:
     svc = services()
     if kind != SERVING_KIND:
         require_storage()
-    limit = svc.settings.max_jobs_in_flight
-    if limit and (held := svc.jobs.active_count()) >= limit:
-        raise QuotaExceeded(
-            f"{held} jobs are unfinished and MOVIEREC_MAX_JOBS_IN_FLIGHT is {limit}: wait for some to finish "
-            "(GET /v1/jobs?status=running), cancel some (DELETE /v1/jobs/<id>) or raise the cap",
-            details={"kind": "jobs_in_flight", "limit": limit, "held": held, "setting": "MOVIEREC_MAX_JOBS_IN_FLIGHT"},
-        )
+    require_below(svc.settings.max_jobs_in_flight, svc.jobs.active_count, kind="jobs_in_flight",
+                  setting="MOVIEREC_MAX_JOBS_IN_FLIGHT",
+                  remedy="wait for some to finish (GET /v1/jobs?status=running) or cancel some "
+                  "(DELETE /v1/jobs/<id>)")  # fmt: skip
     return submit(celery(), svc.jobs, kind=kind, params=params, owner=auth.current_owner())
 
 

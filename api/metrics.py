@@ -90,8 +90,9 @@ def metrics() -> Response:
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # every gunicorn worker's requests, summed
     else:
         registry.register(_OWN)
-    tenants = [deployment().for_tenant(name) for name in deployment().tenants()] if sees_deployment() else [services()]
-    registry.register(RedisCollector(tenants, celery(), queues=sees_deployment()))
+    whole = sees_deployment()
+    tenants = [deployment().for_tenant(name) for name in deployment().tenants()] if whole else [services()]
+    registry.register(RedisCollector(tenants, celery(), queues=whole))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
