@@ -19,8 +19,10 @@ def error_of(response: Any, status: int) -> dict[str, Any]:
 
 
 def job_count(app: Any) -> int:
+    """Jobs a request made: a pipeline's steps, which an earlier test's pipeline may still be enqueueing in the
+    background, are left out (counting them failed CI)."""
     with app.app_context():
-        return len(api_services().jobs.list(limit=500))
+        return sum("parent" not in job.params for job in api_services().jobs.list(limit=500))
 
 
 def test_malformed_json_is_400(client: Any) -> None:
