@@ -96,6 +96,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     from . import (
         audit,
         datasets,
+        events,
+        experiments,
         feedback,
         health,
         jobs,
@@ -120,6 +122,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
         movies,
         pipelines,
         feedback,
+        events,
+        experiments,
         system,
         audit,
         quotas,

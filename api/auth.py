@@ -80,8 +80,11 @@ ROUTE_ROLES: dict[str, str] = {
     "jobs.get_job": "reader",
     "jobs.get_result": "reader",
     "jobs.cancel_job": "reader",
-    # a writer adds to what users rated
+    "experiments.list_experiments": "reader",
+    "experiments.get_experiment": "reader",
+    # a writer adds to what users rated and did
     "feedback.post_ratings": "writer",
+    "events.post_events": "writer",
     # an admin changes what is served: data in, models trained and evaluated, activation, deletion
     "datasets.create_dataset": "admin",
     "datasets.delete_dataset": "admin",
@@ -94,6 +97,11 @@ ROUTE_ROLES: dict[str, str] = {
     "models.activate": "admin",
     "models.delete_model": "admin",
     "audit.audit": "admin",
+    "events.list_events": "admin",
+    "experiments.create_experiment": "admin",
+    "experiments.move_experiment": "admin",
+    "experiments.promote_experiment": "admin",
+    "experiments.delete_experiment": "admin",
     "quotas.quotas": "admin",
 }
 """The least role each endpoint needs (README.md's matrix). A route without a row stops the app from starting

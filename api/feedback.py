@@ -12,6 +12,7 @@ from typing import Any
 from apiflask import APIBlueprint
 
 from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.logic.online import attribute, record
 from shared.store.feedback import MAX_PROBLEMS, FeedbackCaps, problems
 
 from .context import active_model, services
@@ -32,7 +33,8 @@ bp = APIBlueprint("feedback", __name__, tag="feedback")
 def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """Ratings given after ingest, up to 10,000 a request. The last rating of a (user, movie) wins; a user the
     dataset does not know is created by their first rating. Posting to a feedback version (a pipeline's
-    dataset) posts to the dataset it was made from."""
+    dataset) posts to the dataset it was made from. A rating citing the ``recommendation_id`` of the answer that
+    showed its movie is also a rating event credited to that answer (POST /v1/events)."""
     svc = services()
     catalogue = svc.catalogue
     base = catalogue.feedback_base(dataset_id)
@@ -50,13 +52,31 @@ def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
             details={"rows": bad[:MAX_PROBLEMS], "bad": len(bad)},
         )
     now = int(time.time())
+    cited = [i for i, r in enumerate(rows) if "recommendation_id" in r]
+    events, bad = attribute(svc, [_event(rows[i], now) for i in cited], movie_ids=catalogue.movie_ids(base),
+                            scale=scale[:2]) if cited else ([], [])  # fmt: skip
+    if bad:
+        first = {**bad[0], "row": cited[bad[0]["row"]]}
+        raise InvalidRequest(
+            f"{len(bad)} of {len(rows)} ratings cite an answer they cannot be credited to (row {first['row']}: "
+            f"{first['problem']}); nothing of this batch was stored",
+            details={"rows": [{**b, "row": cited[b["row"]]} for b in bad[:MAX_PROBLEMS]], "bad": len(bad)},
+        )
     stored = [(r["user_id"], r["movie_id"], float(r["rating"]), r.get("timestamp", now)) for r in rows]
     caps = FeedbackCaps(rows=svc.settings.max_feedback_rows, rows_per_user=svc.settings.max_feedback_rows_per_user)
     svc.feedback.add(base, stored, caps=caps)
+    if events:
+        record(svc, events)  # after the ratings: a refused batch credits nothing
     users = sorted({r[0] for r in stored})
     known = catalogue.user_ids(base)
     new_users = [u for u in users if u not in known]
     return {"dataset": base, "stored": len(stored), "users": len(users), "new_users": new_users}
+
+
+def _event(row: dict[str, Any], now: int) -> dict[str, Any]:
+    """A rating that cites the answer that showed its movie, as the event it is credited as."""
+    return {"type": "rating", "user_id": row["user_id"], "movie_id": row["movie_id"], "rating": float(row["rating"]),
+            "timestamp": row.get("timestamp", now), "recommendation_id": row["recommendation_id"]}  # fmt: skip
 
 
 @bp.get("/v1/users/<int:user_id>/ratings")

@@ -257,8 +257,8 @@ def _batch_rows(job: Job, fmt: str) -> Response:
         raise Conflict(f"the rows of job {job.id!r} have expired", details={"status": job.status})
     headers = {"Content-Disposition": f'attachment; filename="{job.id}.{fmt}"'}
     if fmt == "csv":
-        return Response(stream_with_context(batch.csv_stream(artifacts, job.id, result)), mimetype="text/csv",
-                        headers=headers)  # fmt: skip
+        rows = batch.csv_stream(artifacts, job.id, result, secret=services().events.secret())
+        return Response(stream_with_context(rows), mimetype="text/csv", headers=headers)
     headers["Content-Length"] = str(batch.npy_size(result))
     return Response(stream_with_context(batch.npy_stream(artifacts, job.id, result)),
                     mimetype="application/octet-stream", headers=headers)  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import current_app
 
+from shared.errors import Conflict
 from shared.logic.maps import map_answer
 
 from .context import services
@@ -32,10 +33,15 @@ def activate(version: str) -> dict[str, Any]:
 
 @bp.delete("/<version>")
 @bp.output(ModelDeletedOut)
-@bp.doc(responses={404: "unknown model version", 409: "the version is the active model"})
+@bp.doc(responses={404: "unknown model version", 409: "the version is the active model, or a variant of an "
+                        "experiment that has not ended"})  # fmt: skip
 def delete_model(version: str) -> dict[str, Any]:
-    """Delete a version that is not active: its record and every artifact (weights, embeddings, index)."""
+    """Delete a version that is neither active nor serving an experiment that has not ended: its record and every
+    artifact (weights, embeddings, index)."""
     svc = services()
+    if experiments := svc.experiments.uses(version):
+        raise Conflict(f"model {version!r} is a variant of experiment(s) {', '.join(experiments)}: end them first "
+                       "(POST /v1/experiments/<name>/end)")  # fmt: skip
     keys, freed = svc.models.delete(version, svc.artifacts)
     return {"deleted": version, "keys": keys, "bytes": freed}
 

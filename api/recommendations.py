@@ -13,6 +13,8 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import jsonify
 
+from shared.logic.online import assignment
+
 from .context import accepted, active_model, fastlane, services, submit_job
 from .metrics import ANSWERED_BY
 from .schemas import JobOut, RecommendationsOut, RecommendIn, WaitQuery
@@ -37,14 +39,19 @@ _RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
 @bp.doc(responses=_RESPONSES)
 def recommend(body: dict[str, Any], query: dict[str, Any]) -> Any:
     """Movies for a user (from their ratings, feedback included; the most popular ones for a user with none), for
-    keywords, or like some movies and unlike others."""
+    keywords, or like some movies and unlike others. Every answer carries a ``recommendation_id`` to cite in the
+    events it leads to; while an experiment runs, a user's answer comes from their variant's model (or both
+    models, interleaved) and names the experiment."""
     version, dataset = active_model()
     # Unknown movie ids are 404 here, before anything is queued; a user unknown to the dataset is not an error:
     # with feedback they have a profile, without it they get the most popular movies.
     services().catalogue.check_ids(dataset, movie_ids=[*(body.get("liked") or []), *(body.get("disliked") or [])])
     # Every answer is a page: "shown" (what the body's cursor carries; none on a first page) is left out of it,
     # and its next_cursor adds what it answered (shared/ml/pages.py).
-    return answer_within(params={**body, "shown": body.get("shown", []), "model": version}, wait_s=query["wait"])
+    params = {**body, "shown": body.get("shown", []), "model": version}
+    if body.get("user_id") is not None and (running := services().experiments.running()) is not None:
+        params.update(assignment(running, int(body["user_id"])))  # the user's variant's model, or both of them
+    return answer_within(params=params, wait_s=query["wait"])
 
 
 FAST_LANE_S = 1.0

@@ -18,7 +18,9 @@ from shared.jobs.store import MAX_LIST_LIMIT, STATUSES
 from shared.logic.batch import DEFAULT_SHARD_USERS, MAX_LISTED_USERS, MAX_SHARD_USERS, MIN_SHARD_USERS
 from shared.logic.ingest import MAX_TAGS_PER_MOVIE
 from shared.logic.mining import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE, SOURCES
+from shared.logic.online import DEFAULT_BUCKET_S, DEFAULT_K, EVENT_TYPES, KINDS
 from shared.ml import protocol
+from shared.ml.attribution import MAX_ID_CHARS
 from shared.ml.coliked import DEFAULT_LIKED_AT, DEFAULT_POSITIVES, MAX_LIKED_AT, MAX_POSITIVES, MIN_LIKED_AT
 from shared.ml.encoder import POOLINGS
 from shared.ml.fitting import ARCHITECTURES, LIMITS, PROFILES
@@ -365,6 +367,18 @@ class RecommendationsOut(Schema):
             "page, which holds none of the movies answered so far; null once the session has been answered 5,000"
         },
     )
+    recommendation_id = String(
+        metadata={
+            "description": "cite it in the events this answer leads to (POST /v1/events) and in feedback ratings "
+            "of its movies: it carries what the answer showed, signed"
+        }
+    )
+    experiment = Dict(
+        metadata={
+            "description": "while an experiment chose this answer's model: its name and the user's variant "
+            "(interleaved: both variants' items, drafted in turns)"
+        }
+    )
     items = List(Nested(RecommendedMovie))
     top_descriptors = List(
         List(Raw()), metadata={"description": "[descriptor, count] pairs: the 10 most common among the items"}
@@ -383,6 +397,10 @@ class RatingIn(BodySchema):
     rating = Float(required=True, allow_nan=False, metadata={"description": "on the dataset's scale"})
     timestamp = Integer(
         validate=Range(0, 2**62), metadata={"description": "seconds since the epoch; the time of the request if absent"}
+    )
+    recommendation_id = String(
+        validate=Length(1, MAX_ID_CHARS),
+        metadata={"description": "the answer that showed the movie, when one did: the rating is credited to it"},
     )
 
 
@@ -690,8 +708,9 @@ RESULT_FORMATS = {
     "npy": "the array the job produced: encode (vectors), triplets ((n, 3) movie ids), recommend-batch (one "
     "structured array, a CSV row each: user_id <i4, rank <i2, movie_id <i4, score <f4); 409 no_such_form for "
     "other kinds",
-    "csv": "recommend-batch only, streamed: user_id,rank,movie_id,score (rank 1 the best; a user's rows in "
-    "rank order, users in the job's order); 409 no_such_form for other kinds",
+    "csv": "recommend-batch only, streamed: user_id,rank,movie_id,score,recommendation_id (rank 1 the best; a "
+    "user's rows in rank order, users in the job's order; a user's answer's id on each of its rows); 409 "
+    "no_such_form for other kinds",
 }
 """The result formats, and the kinds of job each applies to (``GET /v1/jobs/<id>/result?format=``)."""
 
@@ -879,3 +898,160 @@ class QuotasOut(Schema):
     stored_bytes = Nested(QuotaOut, metadata={"description": "bytes the tenant's keys hold in Redis, measured now"})
     jobs_in_flight = Nested(QuotaOut, metadata={"description": "unfinished jobs, a pipeline's stages included"})
     uploads_in_flight_bytes = Nested(QuotaOut, metadata={"description": "bytes the uploads being received hold"})
+
+
+MAX_EVENTS = 1000
+"""Events a request may post."""
+
+
+class EventIn(BodySchema):
+    class Meta:
+        unknown = RAISE
+
+    type = String(required=True, validate=OneOf(EVENT_TYPES))
+    user_id = Integer(required=True, validate=Range(1, 2**31 - 1))
+    movie_id = Integer(required=True, validate=Range(1, 2**31 - 1))
+    recommendation_id = String(
+        validate=Length(1, MAX_ID_CHARS),
+        metadata={
+            "description": "the answer that showed the movie (its recommendation_id): the event is credited to "
+            "it, and to its experiment if one chose it"
+        },
+    )
+    position = Integer(
+        validate=Range(1, 255),
+        metadata={"description": "where the answer showed the movie, 1-based; found from the answer when absent"},
+    )
+    timestamp = Integer(
+        validate=Range(0, 2**62), metadata={"description": "seconds since the epoch; the time of the request if absent"}
+    )
+    rating = Float(
+        allow_none=False,
+        allow_nan=False,
+        metadata={"description": "a rating event's rating, on the dataset's scale (and only theirs)"},
+    )
+
+
+class EventsIn(BodySchema):
+    class Meta:
+        unknown = RAISE
+
+    events = List(Nested(EventIn), required=True, validate=Length(1, MAX_EVENTS))
+
+
+class EventsStoredOut(Schema):
+    accepted = Integer(metadata={"description": "events logged (all of the batch)"})
+    credited = Integer(metadata={"description": "of them, credited to an experiment's counters"})
+    experiments = List(String(), metadata={"description": "the experiments credited"})
+
+
+class EventsQuery(AuditQuery):
+    pass
+
+
+class EventsOut(Schema):
+    events = List(Dict(), metadata={"description": "newest first: each as posted, with what attribution found"})
+    next = String(allow_none=True, metadata={"description": "before= for the next page; null at the end"})
+    kept = Dict(metadata={"description": "how much the log keeps: max_entries and retention_s"})
+
+
+EXPERIMENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class VariantIn(BodySchema):
+    class Meta:
+        unknown = RAISE
+
+    model = String(required=True, validate=Length(1, MAX_MODEL_CHARS))
+    share = Float(
+        load_default=1.0,
+        validate=Range(0, 1_000_000, min_inclusive=False),
+        allow_nan=False,
+        metadata={"description": "its part of the users (shares are normalised); ignored by an interleaving"},
+    )
+    name = String(validate=Regexp(EXPERIMENT_NAME), metadata={"description": "A, B, ... when absent"})
+
+
+class ExperimentIn(BodySchema):
+    class Meta:
+        unknown = RAISE
+
+    name = String(required=True, validate=Regexp(EXPERIMENT_NAME))
+    kind = String(
+        load_default="ab", validate=OneOf(KINDS),
+        metadata={"description": "ab: each user answered by one variant's model, by a keyed hash of their id; "
+                  "interleave: every user answered by both of two models at once (team-draft interleaving)"},
+    )  # fmt: skip
+    unit = String(load_default="user", validate=OneOf(["user"]), metadata={"description": "what is bucketed"})
+    variants = List(Nested(VariantIn), required=True, validate=Length(2, 10))
+    k = Integer(
+        load_default=DEFAULT_K,
+        validate=Range(1, MAX_K),
+        metadata={"description": "CTR@k's k: positions past it count in all, not in the rates"},
+    )
+    bucket_s = Integer(
+        load_default=DEFAULT_BUCKET_S,
+        validate=Range(1, 86_400),
+        metadata={"description": "seconds per point of the experiment's time series"},
+    )
+
+    @validates("variants")
+    def _variants(self, value: list[dict[str, Any]], **_: Any) -> None:
+        names = [v.get("name") for v in value if v.get("name")]
+        if len(set(names)) != len(names):
+            raise ValidationError("variants: names must differ")
+        if len({v["model"] for v in value}) != len(value):
+            raise ValidationError("variants: each serves a different model")
+
+
+class PromoteIn(BodySchema):
+    class Meta:
+        unknown = RAISE
+
+    variant = String(
+        validate=Regexp(EXPERIMENT_NAME),
+        metadata={"description": "the variant whose model to activate; the significant winner when absent"},
+    )
+
+
+class ExperimentOut(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = String()
+    number = Integer()
+    kind = String()
+    unit = String()
+    state = String(metadata={"description": "running, paused or ended"})
+    variants = List(
+        Dict(),
+        metadata={
+            "description": "name, model and share; with the report, each one's counts, rates (ctr is CTR@k) "
+            "with intervals clustered by user, and each against the first"
+        },
+    )
+    k = Integer()
+    bucket_s = Integer()
+    created = String()
+    started = String()
+    paused = String()
+    ended = String()
+    promoted = Dict(allow_none=True)
+    level = Float(metadata={"description": "the intervals' confidence level"})
+    leader = Dict(
+        metadata={"description": "an A/B test's variant with the highest CTR@k, and whether its lead is significant"}
+    )
+    totals = Dict(metadata={"description": "an interleaving's counts and rates over its answers"})
+    interleaving = Dict(
+        metadata={
+            "description": "an interleaving's preference over users (wins, ties, p-value of the "
+            "sign test) and the variant preferred"
+        }
+    )
+    series = Dict(
+        metadata={"description": "cumulative impressions and clicks per variant (per team), a point per bucket_s"}
+    )
+
+
+class ExperimentListOut(Schema):
+    experiments = List(Nested(ExperimentOut))

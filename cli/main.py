@@ -567,8 +567,8 @@ def _add_batch_command(sub: Any) -> None:
         "recommend-batch",
         help="recommendations for many users as a job; the rows saved as CSV or .npy",
         description="Submit POST /v1/jobs/recommend-batch, wait for it (a progress bar with an ETA on stderr), "
-        "then stream its rows (user_id,rank,movie_id,score) into --out, CSV or .npy by its suffix. Each user's "
-        "rows are what movierec recommend --user answers.",
+        "then stream its rows (user_id,rank,movie_id,score, and in a CSV recommendation_id) into --out, CSV or "
+        ".npy by its suffix. Each user's rows are what movierec recommend --user answers.",
     )
     p.add_argument("--users", required=True, help="'all', or comma-separated user ids, e.g. 1,2,3")
     p.add_argument("--k", type=int, default=10, help="movies per user, 1..100 (default %(default)s)")

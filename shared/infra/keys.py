@@ -36,6 +36,11 @@ as an f-string (tests/unit/test_keys.py greps for it).
     <prefix>:feedback:<ds>:user:<uid> / :users / :rows   ratings given after ingest (shared/store/feedback.py)
     <prefix>:uploads:in_flight / :in_flight:expiry   bytes of the uploads being received (shared/store/inflight.py)
     <prefix>:audit                         stream: who changed what and when, bounded (shared/store/audit.py)
+    <prefix>:events                        stream: events posted, bounded in count and age (shared/store/events.py)
+    <prefix>:attribution:secret            the key that tags the tenant's recommendation ids (shared/ml/attribution.py)
+    <prefix>:experiments / :experiments:seq / :experiments:running   experiment records by name, the last number
+                                           given, the running one's record (shared/store/experiments.py)
+    <prefix>:experiment:<n>:totals|users|series   an experiment's counters: in all, per user, per time bucket
     <prefix>:usage:stored_bytes            the bytes the tenant's keyspace held when last measured, a minute
                                            (shared/store/usage.py)
     <prefix>:metrics:jobs|job_seconds      job outcome counters and duration histograms (shared/infra/metrics.py)
@@ -216,6 +221,37 @@ class Keys:
     def audit(self) -> str:
         """Stream: one entry per change of state through the API (who, what, when, the outcome)."""
         return f"{self.prefix}:audit"
+
+    # -- what users did with what was served (shared/store/events.py, shared/store/experiments.py) ------------
+    @property
+    def events(self) -> str:
+        """Stream: the events posted (impressions, clicks, plays, ratings), bounded in count and age."""
+        return f"{self.prefix}:events"
+
+    @property
+    def attribution_secret(self) -> str:
+        """String: the key of the tenant's recommendation ids' tags (shared/ml/attribution.py), made once."""
+        return f"{self.prefix}:attribution:secret"
+
+    @property
+    def experiments(self) -> str:
+        """Hash: experiment name -> its record (JSON)."""
+        return f"{self.prefix}:experiments"
+
+    @property
+    def experiments_seq(self) -> str:
+        """String: the last experiment number given (an experiment's counters are named by its number)."""
+        return f"{self.prefix}:experiments:seq"
+
+    @property
+    def experiment_running(self) -> str:
+        """String: the running experiment's record (JSON), read once per recommendation; absent when none runs."""
+        return f"{self.prefix}:experiments:running"
+
+    def experiment_counts(self, number: int) -> tuple[str, str, str]:
+        """Hashes of an experiment's counters: totals, per user (the intervals' units), per time bucket."""
+        base = f"{self.prefix}:experiment:{number}"
+        return f"{base}:totals", f"{base}:users", f"{base}:series"
 
     # -- what a tenant stores (shared/store/usage.py) -----------------------------------------------------------
     @property

@@ -50,6 +50,17 @@ DEFAULT_AUDIT_MAX_ENTRIES = 100_000
 DEFAULT_AUDIT_RETENTION_S = 90 * 24 * 3600
 """Ninety days, a common retention for an audit log."""
 
+DEFAULT_EVENTS_MAX_ENTRIES = 1_000_000
+"""Events a tenant's log keeps, about (shared/store/events.py): ~100 MB of Redis at ~100 bytes an event, a day of
+a dozen events a second."""
+
+DEFAULT_EVENTS_RETENTION_S = 7 * 24 * 3600
+"""A week: the log is for looking back at what users did lately; the experiments' counts outlive it."""
+
+DEFAULT_ATTRIBUTION_WINDOW_S = 7 * 24 * 3600
+"""An event counts for the answer it cites when it comes this soon after the answer (a rating of 4 or more of a
+shown movie within a week is the experiments' "liked"); later it is logged, not credited."""
+
 DEFAULT_HEADER_TIMEOUT_S = 10
 """Seconds a client has to send a request's line and headers (and to start the next one on a kept-alive
 connection) before the API closes the connection (api/connections.py)."""
@@ -120,6 +131,12 @@ class Settings(BaseSettings):
     """The audit trail keeps about this many entries, the newest (shared/store/audit.py)."""
     audit_retention_s: int = Field(default=DEFAULT_AUDIT_RETENTION_S, ge=60)
     """... and none older than this."""
+    events_max_entries: int = Field(default=DEFAULT_EVENTS_MAX_ENTRIES, ge=100, le=100_000_000)
+    """A tenant's event log keeps about this many events, the newest (shared/store/events.py)."""
+    events_retention_s: int = Field(default=DEFAULT_EVENTS_RETENTION_S, ge=60)
+    """... and none much older than this."""
+    attribution_window_s: int = Field(default=DEFAULT_ATTRIBUTION_WINDOW_S, ge=1)
+    """How long after an answer an event citing it is credited to its experiment."""
     header_timeout_s: int = Field(default=DEFAULT_HEADER_TIMEOUT_S, ge=1, le=3600)
     body_timeout_s: int = Field(default=DEFAULT_BODY_TIMEOUT_S, ge=1, le=3600)
     body_min_rate: int = Field(default=DEFAULT_BODY_MIN_RATE, ge=1)
@@ -200,6 +217,9 @@ class Settings(BaseSettings):
         env["MOVIEREC_MAX_FEEDBACK_ROWS_PER_USER"] = str(self.max_feedback_rows_per_user)
         env["MOVIEREC_AUDIT_MAX_ENTRIES"] = str(self.audit_max_entries)
         env["MOVIEREC_AUDIT_RETENTION_S"] = str(self.audit_retention_s)
+        env["MOVIEREC_EVENTS_MAX_ENTRIES"] = str(self.events_max_entries)
+        env["MOVIEREC_EVENTS_RETENTION_S"] = str(self.events_retention_s)
+        env["MOVIEREC_ATTRIBUTION_WINDOW_S"] = str(self.attribution_window_s)
         env["MOVIEREC_HEADER_TIMEOUT_S"] = str(self.header_timeout_s)
         env["MOVIEREC_BODY_TIMEOUT_S"] = str(self.body_timeout_s)
         env["MOVIEREC_BODY_MIN_RATE"] = str(self.body_min_rate)

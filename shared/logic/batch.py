@@ -23,6 +23,7 @@ resolved once per job, so a replanning (the janitor resending a lost planning ta
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ from shared.errors import Conflict
 from shared.infra.keys import batch_part, batch_result, dataset_artifact
 from shared.infra.process import per_process
 from shared.jobs.sharded import ShardPlan
+from shared.logic.online import batch_ids
 from shared.logic.services import Services
 from shared.logic.serving import SERVED_VERSIONS, feedback_for, load_index, network
 from shared.ml.batch import CSV_HEADER, ROW, ShardModel, StoredRatings, answer_users, csv_text, npy_header
@@ -185,11 +187,13 @@ def _parts(artifacts: ArtifactStore, job_id: str, result: dict[str, Any]) -> Ite
         yield artifacts.get_array(batch_part(job_id, int(part["range"][0])))
 
 
-def csv_stream(artifacts: ArtifactStore, job_id: str, result: dict[str, Any]) -> Iterator[bytes]:
-    """The result as CSV (``user_id,rank,movie_id,score``), a part at a time."""
+def csv_stream(artifacts: ArtifactStore, job_id: str, result: dict[str, Any], *, secret: bytes) -> Iterator[bytes]:
+    """The result as CSV (``user_id,rank,movie_id,score,recommendation_id``), a part at a time: each user's rows
+    carry the id of their answer (shared/logic/online.py ``batch_ids``), made as they are sent."""
     yield CSV_HEADER.encode()
+    at = int(time.time())
     for rows in _parts(artifacts, job_id, result):
-        for text in csv_text(rows):
+        for text in csv_text(rows, batch_ids(secret, rows["user_id"], rows["movie_id"], at=at)):
             yield text.encode()
 
 

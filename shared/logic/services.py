@@ -37,6 +37,8 @@ from shared.logic.catalogue import Catalogue
 from shared.store.artifacts import ArtifactStore
 from shared.store.audit import AuditLog
 from shared.store.datasets import DatasetStore
+from shared.store.events import EventLog
+from shared.store.experiments import ExperimentStore
 from shared.store.feedback import FeedbackStore
 from shared.store.models import ModelStore
 from shared.store.usage import StoredBytes
@@ -66,6 +68,8 @@ class Services:
     catalogue: Catalogue
     audit: AuditLog
     usage: StoredBytes
+    events: EventLog
+    experiments: ExperimentStore
     tenant: str = DEFAULT_TENANT
     _family: dict[str, Services] = field(default_factory=dict, repr=False, compare=False)
     """Every tenant's services built so far in this process, this one's included: one dict for all of them."""
@@ -135,6 +139,14 @@ class Services:
                 retention_s=settings.audit_retention_s,
             ),
             usage=StoredBytes(client, prefix=prefix, default=tenant == DEFAULT_TENANT),
+            events=EventLog(
+                client,
+                key=Keys(prefix).events,
+                secret_key=Keys(prefix).attribution_secret,
+                max_entries=settings.events_max_entries,
+                retention_s=settings.events_retention_s,
+            ),
+            experiments=ExperimentStore(client, prefix=prefix),
             tenant=tenant,
             _family=family,
         )

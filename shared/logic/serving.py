@@ -25,6 +25,7 @@ from shared.errors import Conflict, NotFound
 from shared.infra.keys import dataset_artifact
 from shared.infra.process import per_process
 from shared.logic.encoding import encode_cached
+from shared.logic.online import interleaved, stamped
 from shared.logic.services import Services
 from shared.ml.index import IndexParams, MovieIndex
 from shared.ml.recommend import (
@@ -48,8 +49,9 @@ from shared.store.models import ModelStore
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
-SERVED_VERSIONS = 2
-"""Versions a process keeps loaded: the one it serves and the one before (a rollback, a hot swap)."""
+SERVED_VERSIONS = 3
+"""Versions a process keeps loaded: the one it serves and the one before (a rollback, a hot swap), or the two of an
+interleaving beside the active one."""
 
 
 def network(state: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -240,7 +242,16 @@ def feedback_for(svc: Services, model: Catalogued, user_ids: list[int]) -> dict[
 
 
 def answer_query(svc: Services, params: dict[str, Any]) -> dict[str, Any]:
-    """A recommendation job's answer, from the model version the API pinned in ``params["model"]``."""
+    """A recommendation job's answer, from the model version the API pinned in ``params["model"]`` (or the two of
+    ``params["interleave"]``, interleaved), stamped with its recommendation id (shared/logic/online.py)."""
+    if params.get("interleave"):
+        first, second = (_answer_with(svc, {**params, "model": version}) for version in params["interleave"])
+        answer, teams = interleaved(first, second, params)
+        return stamped(svc, answer, params, teams)
+    return stamped(svc, _answer_with(svc, params), params)
+
+
+def _answer_with(svc: Services, params: dict[str, Any]) -> dict[str, Any]:
     model = load_serving(svc.artifacts, svc.models, params["model"])
 
     def encode(texts: list[str]) -> np.ndarray:

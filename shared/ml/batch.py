@@ -26,7 +26,7 @@ each part's bytes, so neither form is ever built whole in memory.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -53,7 +53,7 @@ ROW = np.dtype([("user_id", "<i4"), ("rank", "<i2"), ("movie_id", "<i4"), ("scor
 """One batch row, as the ``.npy`` result stores it (little-endian, packed: 14 bytes); ``score`` is the float32
 cosine the single-user answer rounds to 6 decimals for its JSON (the CSV writes it so rounded: the same text)."""
 
-CSV_HEADER = "user_id,rank,movie_id,score\n"
+CSV_HEADER = "user_id,rank,movie_id,score,recommendation_id\n"
 CSV_ROWS_PER_CHUNK = 20_000
 """Rows formatted per piece of a streamed CSV (about 0.5 MB of text)."""
 
@@ -328,15 +328,17 @@ def user_rows(
     return out
 
 
-def csv_text(rows: np.ndarray) -> Iterator[str]:
-    """``rows`` (of ``ROW``) as CSV lines, ``CSV_ROWS_PER_CHUNK`` at a time (no header). A score is written as
-    the single-user answer's JSON carries it (rounded to 6 decimals), the shortest text that reads back to it."""
+def csv_text(rows: np.ndarray, ids: Sequence[str]) -> Iterator[str]:
+    """``rows`` (of ``ROW``) as CSV lines, ``CSV_ROWS_PER_CHUNK`` at a time (no header), each ending in its
+    recommendation id from ``ids`` (one per row). A score is written as the single-user answer's JSON carries it
+    (rounded to 6 decimals), the shortest text that reads back to it."""
     for lo in range(0, len(rows), CSV_ROWS_PER_CHUNK):
         part = rows[lo : lo + CSV_ROWS_PER_CHUNK]
         yield "".join(
-            f"{u},{r},{m},{s!r}\n"
-            for u, r, m, s in zip(part["user_id"].tolist(), part["rank"].tolist(), part["movie_id"].tolist(),
-                                  part["score"].astype(np.float64).round(6).tolist(), strict=True)
+            f"{u},{r},{m},{s!r},{i}\n"
+            for u, r, m, s, i in zip(part["user_id"].tolist(), part["rank"].tolist(), part["movie_id"].tolist(),
+                                     part["score"].astype(np.float64).round(6).tolist(),
+                                     ids[lo : lo + CSV_ROWS_PER_CHUNK], strict=True)
         )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from shared.jobs.sharded import PLAN_FIELD, ShardPlan
 from shared.logic import batch
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.services import Services
+from shared.ml.attribution import verify
 from shared.ml.batch import ROW
 from tests.conftest import SMALL, delete_prefix
 from tests.redis.test_janitor import clear, sent
@@ -66,10 +67,16 @@ def test_parts_stream_as_csv_and_as_one_npy(svc: Services) -> None:
     expected = io.BytesIO()
     np.save(expected, whole, allow_pickle=False)
     assert npy == expected.getvalue()
-    text = b"".join(batch.csv_stream(svc.artifacts, "j1", result)).decode()
+    text = b"".join(batch.csv_stream(svc.artifacts, "j1", result, secret=b"s")).decode()
     lines = text.splitlines()
-    assert lines[0] == "user_id,rank,movie_id,score" and len(lines) == 10
-    assert lines[1] == "5,1,100,0.9" and lines[-1] == "2,3,102,-0.3"
+    assert lines[0] == "user_id,rank,movie_id,score,recommendation_id" and len(lines) == 10
+    assert lines[1].startswith("5,1,100,0.9,r1.") and lines[-1].startswith("2,3,102,-0.3,r1.")
+    by_user: dict[str, set[str]] = {}
+    for line in lines[1:]:
+        by_user.setdefault(line.split(",")[0], set()).add(line.split(",")[4])
+    assert all(len(ids) == 1 for ids in by_user.values())  # one id per user's answer, on each of its rows
+    served = verify(b"s", next(iter(by_user["5"])))
+    assert served.user_id == 5 and served.position(100) == 1
     svc.artifacts.delete(batch_part("j1", 2))
     assert not batch.parts_stored(svc.artifacts, "j1", result)
 

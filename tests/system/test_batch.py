@@ -63,8 +63,8 @@ def csv_rows(api_url: str, job_id: str) -> list[tuple[int, int, int, float]]:
     r = requests.get(f"{api_url}/v1/jobs/{job_id}/result", params={"format": "csv"}, timeout=60)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/csv"), r.text[:200]
     lines = list(csv.reader(io.StringIO(r.text)))
-    assert lines[0] == ["user_id", "rank", "movie_id", "score"]
-    return [(int(u), int(k), int(m), float(s)) for u, k, m, s in lines[1:]]
+    assert lines[0] == ["user_id", "rank", "movie_id", "score", "recommendation_id"]
+    return [(int(u), int(k), int(m), float(s)) for u, k, m, s, _ in lines[1:]]
 
 
 def npy_rows(api_url: str, job_id: str) -> np.ndarray:
@@ -172,7 +172,7 @@ def test_cli_recommend_batch(api_url: str, model: dict[str, str], tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert "12 rows for 3 users" in done.stdout
     lines = (tmp_path / "three.csv").read_text().splitlines()
-    assert lines[0] == "user_id,rank,movie_id,score" and len(lines) == 13
+    assert lines[0] == "user_id,rank,movie_id,score,recommendation_id" and len(lines) == 13
     expected = [f"2,{i + 1},{it['movie_id']},{it['score']!r}" for i, it in enumerate(single(api_url, 2, 4)["items"])]
     assert lines[5:9] == expected
     done = cli("--users", "all", "--k", "2", "--out", str(tmp_path / "all.npy"))

@@ -194,14 +194,15 @@ def test_csv_scores_read_back_to_the_answer_s_rounded_scores() -> None:
     rows = np.zeros(len(scores), dtype=ROW)
     rows["user_id"], rows["rank"], rows["movie_id"] = 7, 1, 42
     rows["score"] = scores  # float32, as stored
-    text = "".join(csv_text(rows))
+    text = "".join(csv_text(rows, ["r1.x"] * len(rows)))
+    assert all(line.endswith(",r1.x") for line in text.splitlines())
     assert [float(line.split(",")[3]) for line in text.splitlines()] == scores.tolist()
     assert [line.split(",")[3] for line in text.splitlines()] == [repr(s) for s in scores.tolist()]
 
 
 def test_csv_comes_in_pieces() -> None:
     rows = np.zeros(CSV_ROWS_PER_CHUNK * 2 + 1, dtype=ROW)
-    pieces = list(csv_text(rows))
+    pieces = list(csv_text(rows, ["r1.x"] * len(rows)))
     assert len(pieces) == 3 and sum(p.count("\n") for p in pieces) == len(rows)
 
 

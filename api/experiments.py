@@ -1,0 +1,127 @@
+"""``/v1/experiments``: A/B tests and interleavings of model versions, and their online metrics (issue #27).
+
+POST /v1/experiments ──> the variants' models checked servable ──> ExperimentStore.create: running
+POST /v1/recommendations (a user's) ──> its variant's model (api/recommendations.py, shared/logic/online.py)
+POST /v1/experiments/<name>/pause | resume | end ──> its state; a paused or ended one chooses no model
+POST /v1/experiments/<name>/promote ──> its winner's model activated (the one named, or the significant
+    winner), and the experiment ended
+GET /v1/experiments[/<name>] ──> each one's record and report (shared/logic/online.py ``report``)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from apiflask import APIBlueprint
+
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.logic.online import STATE_MOVES, new_record, report, winner
+from shared.store.experiments import ENDED
+
+from .context import services
+from .schemas import ExperimentIn, ExperimentListOut, ExperimentOut, PromoteIn
+
+bp = APIBlueprint("experiments", __name__, url_prefix="/v1/experiments", tag="experiments")
+
+
+@bp.post("")
+@bp.input(ExperimentIn, arg_name="body", example={"name": "new-model", "variants": [
+    {"model": "v-old", "share": 0.5}, {"model": "v-new", "share": 0.5}]})  # fmt: skip
+@bp.output(ExperimentOut, status_code=201)
+@bp.doc(responses={400: "an interleaving of other than two variants", 404: "a variant's model does not exist",
+                   409: "a variant's model has no index; another experiment runs; the name is taken"})  # fmt: skip
+def create_experiment(body: dict[str, Any]) -> dict[str, Any]:
+    """Start an experiment: from now on each user's recommendations come from their variant's model (``ab``: a
+    keyed hash of the user id picks it, the same in every API process and after restarts), or from both models
+    interleaved (``interleave``: exactly two variants). One experiment runs at a time."""
+    svc = services()
+    if body["kind"] == "interleave" and len(body["variants"]) != 2:
+        raise InvalidRequest("an interleaving has exactly two variants", details={"variants": len(body["variants"])})
+    for variant in body["variants"]:
+        if svc.models.get(variant["model"]) is None:
+            raise NotFound(f"model {variant['model']!r} does not exist")
+        if svc.models.servable_dataset(variant["model"]) is None:
+            raise Conflict(f"model {variant['model']!r} has no index: index it first (POST /v1/jobs/index)")
+    record = new_record(body["name"], body["kind"], body["variants"], k=body["k"], bucket_s=body["bucket_s"])
+    made = svc.experiments.create({**record, "started": record["created"]})
+    return report(svc, made)
+
+
+@bp.get("")
+@bp.output(ExperimentListOut)
+def list_experiments() -> dict[str, Any]:
+    """Every experiment, newest first, each with its metrics."""
+    svc = services()
+    return {"experiments": [report(svc, record) for record in svc.experiments.all()]}
+
+
+@bp.get("/<name>")
+@bp.output(ExperimentOut)
+@bp.doc(responses={404: "unknown experiment"})
+def get_experiment(name: str) -> dict[str, Any]:
+    """An experiment and its online metrics: per variant, impressions, clicks, plays and ratings; CTR@k, plays and
+    liked (ratings of 4 or more) per impression, with 95% intervals clustered by user, and each variant against
+    the first; an interleaving's preference with its sign test; cumulative counts over time."""
+    svc = services()
+    return report(svc, svc.experiments.get(name))
+
+
+@bp.post("/<name>/<any(pause, resume, end):action>")
+@bp.output(ExperimentOut)
+@bp.doc(responses={404: "unknown experiment", 409: "the experiment is not in a state this moves from (resume: "
+                        "another experiment runs)"})  # fmt: skip
+def move_experiment(name: str, action: str) -> dict[str, Any]:
+    """Pause (its users get the active model again, its counts are kept), resume, or end it for good."""
+    svc = services()
+    needed, state = STATE_MOVES[action]
+    record = svc.experiments.get(name)
+    if needed is not None and record["state"] != needed:
+        raise Conflict(f"experiment {name!r} is {record['state']}, not {needed}: it cannot {action}")
+    moved = svc.experiments.set_state(name, state, **{_past(action): _now()})
+    return report(svc, moved)
+
+
+@bp.post("/<name>/promote")
+@bp.input(PromoteIn, arg_name="body")
+@bp.output(ExperimentOut)
+@bp.doc(responses={404: "unknown experiment or variant", 409: "no variant named, and none won significantly "
+                        "(yet): name one to promote it anyway; or its model can no longer serve"})  # fmt: skip
+def promote_experiment(name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Activate a variant's model (the one named, else the significant winner) and end the experiment."""
+    svc = services()
+    record = svc.experiments.get(name)
+    found = report(svc, record)
+    if "variant" in body:
+        chosen = next((v for v in record["variants"] if v["name"] == body["variant"]), None)
+        if chosen is None:
+            raise NotFound(f"experiment {name!r} has no variant {body['variant']!r}")
+    else:
+        chosen = winner(found)
+        if chosen is None:
+            raise Conflict(f"no variant of {name!r} has won significantly yet: name the one to promote "
+                           '({"variant": "B"}) to activate it anyway, or wait for more users')  # fmt: skip
+    svc.models.activate(chosen["model"])
+    promoted = {"variant": chosen.get("name", chosen.get("variant")), "model": chosen["model"], "at": _now()}
+    fields = {"promoted": promoted, **({} if record["state"] == ENDED else {"ended": _now()})}
+    if record["state"] == ENDED:
+        moved = svc.experiments.mark(name, **fields)
+    else:
+        moved = svc.experiments.set_state(name, ENDED, **fields)
+    return report(svc, moved)
+
+
+@bp.delete("/<name>")
+@bp.output(ExperimentOut)
+@bp.doc(responses={404: "unknown experiment"})
+def delete_experiment(name: str) -> dict[str, Any]:
+    """Delete an experiment and its counts (the event log keeps the events)."""
+    return services().experiments.delete(name)
+
+
+def _past(action: str) -> str:
+    return {"pause": "paused", "resume": "started", "end": "ended"}[action]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

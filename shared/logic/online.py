@@ -1,0 +1,412 @@
+"""What users did with what we served (issue #27): answers stamped with a recommendation id, experiments that pick
+a user's model, events credited to the answer that caused them, and each experiment's online metrics.
+
+    a recommendation (api/recommendations.py) ──> assignment(running experiment, user) ──> params: the variant's
+        model (an A/B test) or both models (an interleaving), and the experiment's number and variant
+    the worker (shared/logic/serving.py answer_query) ──> interleaved(answer a, answer b) when asked (team draft)
+        └─ stamped(svc, answer, params) ──> "recommendation_id": the answer signed (shared/ml/attribution.py),
+           and "experiment": {name, variant} where one chose the model
+    POST /v1/events, a feedback rating citing an answer ──> attribute(svc, events): each checked, its answer read
+        back from the id it cites ──> record(svc, attributed): one pipeline: the log (shared/store/events.py) and
+        each credited event's counters (shared/store/experiments.py): in all, per user, per time bucket
+    GET /v1/experiments/<name>, the dashboard, /metrics ──> report(svc, record): the counters through
+        shared/ml/online.py: per variant CTR@k, plays and liked per impression with intervals clustered by user,
+        each variant against the first, and an interleaving's preference with its sign test
+
+An event is *credited* when it cites an answer made under an experiment that still exists, within
+``MOVIEREC_ATTRIBUTION_WINDOW_S`` of it; every valid event is logged. A click or a play needs no impression
+before it (clients may send only clicks), but the rates divide by the impressions posted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+
+from shared.ml.attribution import INTERLEAVED, BadId, Served, movie_hash, sign, verify
+from shared.ml.online import LEVEL, Ratio, difference, preference, ratio, team_draft, variant_of
+from shared.ml.pages import next_cursor
+from shared.store.experiments import ENDED, RUNNING, Record
+
+if TYPE_CHECKING:
+    from shared.logic.services import Services
+
+AB, INTERLEAVE = "ab", "interleave"
+KINDS = (AB, INTERLEAVE)
+EVENT_TYPES = ("impression", "click", "play", "rating")
+LIKED_AT = 4.0
+"""A rating this high or higher of a shown movie is the experiments' "liked" (on MovieLens's 0.5-5 scale)."""
+DEFAULT_K = 10
+"""CTR@k's k: impressions and clicks at positions past it are counted in all, not in the rate."""
+DEFAULT_BUCKET_S = 60
+"""An experiment's time series has a point per this many seconds."""
+
+
+def new_record(
+    name: str, kind: str, variants: Sequence[dict[str, Any]], *, k: int = DEFAULT_K, bucket_s: int = DEFAULT_BUCKET_S,
+    now: float | None = None,
+) -> Record:  # fmt: skip
+    """An experiment's record before it is stored: its variants named (A, B, ... when not), shares normalised, a
+    salt of its own (so a user's bucket in one experiment says nothing of their bucket in the next)."""
+    total = sum(float(v.get("share", 1.0)) for v in variants)
+    named = [
+        {"name": v.get("name") or chr(ord("A") + i), "model": v["model"], "share": float(v.get("share", 1.0)) / total}
+        for i, v in enumerate(variants)
+    ]
+    return {
+        "name": name,
+        "kind": kind,
+        "unit": "user",
+        "variants": named,
+        "k": k,
+        "bucket_s": bucket_s,
+        "salt": os.urandom(16).hex(),
+        "created": _iso(now if now is not None else time.time()),
+    }
+
+
+def assignment(record: Record, user_id: int) -> dict[str, Any]:
+    """The params that make a user's answer the experiment's: the model of the user's variant (a keyed hash of
+    their id: the same variant in every process, after every restart) or, interleaving, both models."""
+    tag = {"number": int(record["number"]), "name": record["name"]}
+    variants = record["variants"]
+    if record["kind"] == INTERLEAVE:
+        return {"model": variants[0]["model"], "interleave": [v["model"] for v in variants],
+                "experiment": {**tag, "variant": INTERLEAVED}}  # fmt: skip
+    v = variant_of(bytes.fromhex(record["salt"]), user_id, [float(x["share"]) for x in variants])
+    return {"model": variants[v]["model"], "experiment": {**tag, "variant": v, "variant_name": variants[v]["name"]}}
+
+
+def interleaved(
+    first: dict[str, Any], second: dict[str, Any], params: dict[str, Any], *, rng: random.Random | None = None
+) -> tuple[dict[str, Any], list[int]]:
+    """Two models' answers to one query as one (team-draft interleaving), and each item's team (0: the first's).
+    The items keep the scores their own model gave; the cursor covers the merged items."""
+    k = int(params["k"])
+    by_id = {item["movie_id"]: item for item in second["items"]} | {item["movie_id"]: item for item in first["items"]}
+    ids, teams = team_draft([i["movie_id"] for i in first["items"]], [i["movie_id"] for i in second["items"]], k=k,
+                            rng=rng or random.Random())  # fmt: skip
+    merged = {**first, "items": [by_id[m] for m in ids]}
+    merged["explanation"] = "; ".join(filter(None, [
+        f"interleaved: the items of models {first['model']} and {second['model']} drafted in turns (team-draft "
+        "interleaving), each keeping its own model's score", first.get("explanation")]))  # fmt: skip
+    if "shown" in params:
+        merged["next_cursor"] = next_cursor(params["shown"], ids)
+    return merged, teams
+
+
+def stamped(svc: Services, answer: dict[str, Any], params: dict[str, Any], teams: Sequence[int] = ()) -> dict[str, Any]:
+    """``answer`` with its ``recommendation_id`` and, where an experiment chose its model, ``experiment``."""
+    experiment = params.get("experiment") or {}
+    user_id = params.get("user_id")
+    served = Served.of(
+        [item["movie_id"] for item in answer["items"]],
+        at=int(time.time()),
+        user_id=int(user_id) if user_id is not None else 0,
+        experiment=int(experiment.get("number", 0)),
+        variant=int(experiment.get("variant", 0)),
+        teams=teams,
+    )
+    answer["recommendation_id"] = sign(svc.events.secret(), served)
+    if experiment:
+        variant = "interleaved" if experiment["variant"] == INTERLEAVED else experiment["variant_name"]
+        answer["experiment"] = {"name": experiment["name"], "variant": variant}
+    return answer
+
+
+def batch_ids(secret: bytes, user_ids: np.ndarray, movie_ids: np.ndarray, *, at: int) -> list[str]:
+    """The recommendation id of each user's rows of a batch (``user_ids`` in blocks, as the rows come): one id a
+    user, repeated on each of their rows."""
+    out: list[str] = []
+    if not len(user_ids):
+        return out
+    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
+    ends = [*starts[1:].tolist(), len(user_ids)]
+    for lo, hi in zip(starts.tolist(), ends, strict=True):
+        rid = sign(secret, Served.of(movie_ids[lo:hi].tolist(), at=at, user_id=int(user_ids[lo])))
+        out.extend([rid] * (hi - lo))
+    return out
+
+
+# -- events -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Attributed:
+    """A valid event as logged, and the counters it adds to (when credited)."""
+
+    event: dict[str, Any]
+    experiment: int = 0  # credited to this experiment's counters; 0: logged only
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """What a batch's events are checked against."""
+
+    secret: bytes  # the tenant's attribution secret
+    movie_ids: frozenset[int]  # the active model's catalogue
+    scale: tuple[float, float]  # its dataset's lowest and highest rating
+    now_s: int
+    window_s: int  # MOVIEREC_ATTRIBUTION_WINDOW_S
+
+
+def attribute(
+    svc: Services, events: list[dict[str, Any]], *, movie_ids: frozenset[int], scale: tuple[float, float],
+    now: float | None = None,
+) -> tuple[list[Attributed], list[dict[str, Any]]]:  # fmt: skip
+    """Each event checked (its movie known, a rating on the scale, the answer it cites signed by this tenant, for
+    its user, showing its movie) and credited; and the problems, one per bad event (``row``, ``problem``)."""
+    checks = _Checks(svc.events.secret(), movie_ids, scale, int(now if now is not None else time.time()),
+                     svc.settings.attribution_window_s)  # fmt: skip
+    experiments: set[int] | None = None
+    out: list[Attributed] = []
+    problems: list[dict[str, Any]] = []
+    for row, event in enumerate(events):
+        try:
+            logged, number = _attribute_one(event, checks)
+        except _Refused as err:
+            problems.append({"row": row, "problem": str(err)})
+            continue
+        if number:
+            if experiments is None:
+                experiments = {int(r["number"]) for r in svc.experiments.all()}
+            if number not in experiments:
+                logged["credited"], number = "no such experiment", 0
+        out.append(Attributed(logged, number))
+    return out, problems
+
+
+class _Refused(ValueError):
+    """An event that cannot be stored, and why."""
+
+
+def _attribute_one(event: dict[str, Any], checks: _Checks) -> tuple[dict[str, Any], int]:
+    """The event as logged and the experiment it is credited to (0: none); _Refused for a bad one."""
+    movie = int(event["movie_id"])
+    if movie not in checks.movie_ids:
+        raise _Refused(f"movie {movie} is not in the active model's catalogue")
+    rating = event.get("rating")
+    if (rating is None) != (event["type"] != "rating"):
+        raise _Refused("a rating event has a rating, and only a rating event has one")
+    low, high = checks.scale
+    if rating is not None and not low <= float(rating) <= high:
+        raise _Refused(f"rating {rating:g} is off the dataset's scale ({low:g} to {high:g})")
+    logged = {**event, "timestamp": int(event.get("timestamp", checks.now_s))}
+    if event.get("recommendation_id") is None:
+        return logged, 0
+    served = _cited(event, movie, checks)
+    logged["position"] = event.get("position") or served.position(movie)
+    if not served.experiment:
+        return logged, 0
+    logged["experiment"], logged["variant"] = served.experiment, served.variant
+    if served.variant == INTERLEAVED:
+        logged["team"] = served.team(logged["position"])
+    age = logged["timestamp"] - served.at
+    if not -60 <= age <= checks.window_s:  # a minute of clock skew between the API and the worker that made the id
+        logged["credited"] = "outside the attribution window"
+        return logged, 0
+    logged["answered_at"] = served.at
+    return logged, served.experiment
+
+
+def _cited(event: dict[str, Any], movie: int, checks: _Checks) -> Served:
+    """The answer an event cites, checked: made by this tenant, for the event's user, showing its movie (at its
+    position, when it names one)."""
+    try:
+        served = verify(checks.secret, event["recommendation_id"])
+    except BadId as err:
+        raise _Refused(f"recommendation_id: {err}") from None
+    if served.user_id and served.user_id != int(event["user_id"]):
+        raise _Refused(f"the answer it cites was made for user {served.user_id}, not {event['user_id']}")
+    position = event.get("position")
+    if position is not None:
+        if not (position <= len(served.hashes) and served.hashes[position - 1] == movie_hash(movie)):
+            raise _Refused(f"the answer it cites did not show movie {movie} at position {position}")
+    elif served.position(movie) is None:
+        raise _Refused(f"the answer it cites did not show movie {movie}")
+    return served
+
+
+def record(svc: Services, attributed: list[Attributed], *, now: float | None = None) -> dict[str, Any]:
+    """Log every event and add the credited ones to their experiments' counters, in one round trip; a summary."""
+    now_s = now if now is not None else time.time()
+    by_experiment: dict[int, list[dict[str, Any]]] = {}
+    for a in attributed:
+        if a.experiment:
+            by_experiment.setdefault(a.experiment, []).append(a.event)
+    records = {int(r["number"]): r for r in svc.experiments.all()} if by_experiment else {}
+    pipe = svc.redis.pipeline(transaction=False)
+    svc.events.add(pipe, [a.event for a in attributed], now_ms=int(now_s * 1000))
+    for number, events in by_experiment.items():
+        svc.experiments.count(pipe, number, *increments(records[number], events, now=now_s))
+    pipe.execute()
+    return {"accepted": len(attributed), "credited": sum(len(e) for e in by_experiment.values()),
+            "experiments": sorted(records[n]["name"] for n in by_experiment)}  # fmt: skip
+
+
+def increments(
+    record: Record, events: list[dict[str, Any]], *, now: float
+) -> tuple[Counter[str], Counter[str], Counter[str]]:
+    """The counters credited events add to (totals, per user, per time bucket): per variant ``v`` (``x`` an
+    interleaving's), each type's count, impressions and clicks at positions <= k, and liked (a rating of
+    ``LIKED_AT`` or more); per user, the same of positions <= k, and an interleaving's clicks by team."""
+    totals: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    series: Counter[str] = Counter()
+    k, bucket = int(record["k"]), int(now // int(record["bucket_s"])) * int(record["bucket_s"])
+    for e in events:
+        v = "x" if e["variant"] == INTERLEAVED else str(e["variant"])
+        u, kind = e["user_id"], e["type"]
+        totals[f"{v}:{kind}s"] += 1
+        at_k = int(e["position"]) <= k
+        if kind == "impression" and at_k:
+            totals[f"{v}:impressions@k"] += 1
+            users[f"{u}:{v}:i"] += 1
+            series[f"{bucket}:{v}:i"] += 1
+        elif kind == "click" and at_k:
+            totals[f"{v}:clicks@k"] += 1
+            users[f"{u}:{v}:c"] += 1
+            series[f"{bucket}:{v}:c"] += 1
+            if e.get("team") is not None:
+                totals[f"t{e['team']}:clicks@k"] += 1
+                users[f"{u}:t{e['team']}"] += 1
+                series[f"{bucket}:t{e['team']}"] += 1
+        elif kind == "play":
+            users[f"{u}:{v}:p"] += 1
+        elif kind == "rating" and float(e["rating"]) >= LIKED_AT:
+            totals[f"{v}:liked"] += 1
+            users[f"{u}:{v}:l"] += 1
+    return totals, users, series
+
+
+# -- metrics -------------------------------------------------------------------------------------------------
+def report(svc: Services, record: Record) -> dict[str, Any]:
+    """An experiment's record and its online metrics (GET /v1/experiments/<name>)."""
+    totals, users, series = svc.experiments.counts(int(record["number"]))
+    variants = record["variants"]
+    keys = ["x"] if record["kind"] == INTERLEAVE else [str(i) for i in range(len(variants))]
+    per_user = _per_user(users)
+    rows = []
+    for key in keys:
+        arrays = per_user.get(key, {})
+        none = np.zeros(len(arrays.get("_users", ())))
+        impressions = arrays.get("i", none)
+        rates = {name: ratio(arrays.get(m, none), impressions)
+                 for name, m in (("ctr", "c"), ("plays_rate", "p"), ("liked_rate", "l"))}  # fmt: skip
+        rows.append((key, {
+            "users": len(impressions),
+            **{kind: totals.get(f"{key}:{kind}", 0) for kind in
+               ("impressions", "clicks", "plays", "ratings", "impressions@k", "clicks@k", "liked")},
+        }, rates))  # fmt: skip
+    out: dict[str, Any] = {**{k: v for k, v in record.items() if k != "salt"}, "level": LEVEL}
+    if record["kind"] == INTERLEAVE:
+        out["totals"] = {**rows[0][1], **{n: r.to_json() for n, r in rows[0][2].items()}}
+        credit = [per_user.get(f"t{t}", {}).get("", np.zeros(0)) for t in (0, 1)]
+        pref = preference(*_aligned(per_user, "t0", "t1"))
+        out["interleaving"] = {
+            **pref.to_json(),
+            "clicks": {variants[t]["name"]: int(credit[t].sum()) for t in (0, 1)},
+            "preferred": _preferred(variants, pref.preference, pref.significant),
+        }
+    else:
+        control = rows[0][2]
+        out["variants"] = [
+            {**variants[i], **counts, **{n: r.to_json() for n, r in rates.items()},
+             **({"vs_" + variants[0]["name"]: {n: difference(control[n], rates[n]).to_json()
+                                              for n in ("ctr", "liked_rate")}} if i else {})}
+            for i, (_, counts, rates) in enumerate(rows)
+        ]  # fmt: skip
+        out["leader"] = _leader(variants, [rates["ctr"] for _, _, rates in rows])
+    out["series"] = _series(series, record, keys)
+    return out
+
+
+def _per_user(users: dict[str, int]) -> dict[str, dict[str, np.ndarray]]:
+    """``{u}:{v}:{m}`` and ``{u}:t{team}`` counters as aligned per-user arrays: variant -> metric -> (users,), every
+    metric of a variant over the same users (those with any of its counters), in one order."""
+    by: dict[str, dict[int, dict[str, int]]] = {}
+    for field_name, count in users.items():
+        parts = field_name.split(":")
+        u, v, m = (int(parts[0]), parts[1], parts[2]) if len(parts) == 3 else (int(parts[0]), parts[1], "")
+        by.setdefault(v, {}).setdefault(u, {})[m] = count
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for v, per in by.items():
+        order = sorted(per)
+        metrics = {m for counts in per.values() for m in counts}
+        out[v] = {m: np.array([per[u].get(m, 0) for u in order], dtype=np.float64) for m in metrics}
+        out[v]["_users"] = np.array(order, dtype=np.int64)
+    return out
+
+
+def _aligned(per_user: dict[str, dict[str, np.ndarray]], a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two teams' per-user credits over the union of their users (a user credited by one team only has 0 in the
+    other's)."""
+    ua = dict(zip(per_user.get(a, {}).get("_users", np.zeros(0)).tolist(),
+                  per_user.get(a, {}).get("", np.zeros(0)).tolist(), strict=True))  # fmt: skip
+    ub = dict(zip(per_user.get(b, {}).get("_users", np.zeros(0)).tolist(),
+                  per_user.get(b, {}).get("", np.zeros(0)).tolist(), strict=True))  # fmt: skip
+    users = sorted(set(ua) | set(ub))
+    return np.array([ua.get(u, 0) for u in users], dtype=np.float64), np.array(
+        [ub.get(u, 0) for u in users], dtype=np.float64
+    )
+
+
+def _leader(variants: list[dict[str, Any]], ctrs: list[Ratio]) -> dict[str, Any]:
+    """The variant with the highest CTR@k, and whether its lead over the first variant is significant (for the
+    first itself: whether it beats every other significantly)."""
+    best = max(range(len(ctrs)), key=lambda i: ctrs[i].value)
+    if best:
+        significant = difference(ctrs[0], ctrs[best]).significant
+    else:
+        significant = len(ctrs) > 1 and all(difference(ctrs[0], c).significant for c in ctrs[1:])
+    return {"variant": variants[best]["name"], "model": variants[best]["model"], "significant": bool(significant)}
+
+
+def _preferred(variants: list[dict[str, Any]], pref: float, significant: bool) -> dict[str, Any] | None:
+    if pref == 0:
+        return None
+    chosen = variants[1] if pref > 0 else variants[0]
+    return {"variant": chosen["name"], "model": chosen["model"], "significant": bool(significant)}
+
+
+def winner(report_: dict[str, Any]) -> dict[str, Any] | None:
+    """The variant an experiment's report says won significantly (its leader, or an interleaving's preferred)."""
+    found = report_.get("interleaving", {}).get("preferred") if report_["kind"] == INTERLEAVE else report_["leader"]
+    return cast("dict[str, Any] | None", found) if found and found["significant"] else None
+
+
+def _series(series: dict[str, int], record: Record, keys: list[str]) -> dict[str, Any]:
+    """Points in time order: each bucket's start and, per variant (per team in an interleaving), the cumulative
+    impressions and clicks up to it (cumulative: a rate over a minute of a quiet experiment is noise)."""
+    buckets = sorted({int(f.split(":", 1)[0]) for f in series})
+    names = [v["name"] for v in record["variants"]]
+    running: Counter[str] = Counter()
+    points = []
+    for b in buckets:
+        point: dict[str, Any] = {"t": _iso(b)}
+        if record["kind"] == INTERLEAVE:
+            for t in (0, 1):
+                running[f"t{t}"] += series.get(f"{b}:t{t}", 0)
+            running["i"] += series.get(f"{b}:x:i", 0)
+            point["impressions"] = running["i"]
+            point["clicks"] = {names[t]: running[f"t{t}"] for t in (0, 1)}
+        else:
+            for key, name in zip(keys, names, strict=True):
+                running[f"{key}:i"] += series.get(f"{b}:{key}:i", 0)
+                running[f"{key}:c"] += series.get(f"{b}:{key}:c", 0)
+                point[name] = {"impressions": running[f"{key}:i"], "clicks": running[f"{key}:c"]}
+        points.append(point)
+    return {"bucket_s": int(record["bucket_s"]), "cumulative": True, "points": points}
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+STATE_MOVES = {"pause": (RUNNING, "paused"), "resume": ("paused", RUNNING), "end": (None, ENDED)}
+"""POST /v1/experiments/<name>/<action>: the state it needs (None: any but ended) and the one it leaves."""

@@ -1,0 +1,50 @@
+"""The event log: what users did with what was served (issue #27), bounded in count and age; and the secret that
+tags a tenant's recommendation ids.
+
+    POST /v1/events, a feedback rating citing an answer (shared/logic/online.py) ──> EventLog.add(pipe, events)
+        XADD <prefix>:events MAXLEN ~ max_entries      the oldest go once there are too many
+        XTRIM <prefix>:events MINID ~ now - retention   and none stays much past its retention
+    GET /v1/events?limit&before ──> EventLog.read (shared/store/audit.py's paging) ──> the newest first
+
+An event is a flat JSON object as posted (``type``, ``user_id``, ``movie_id``, ``recommendation_id``, ``position``,
+``timestamp``, ``rating``) plus what attribution found: ``experiment``, ``variant``, ``position``, ``credited``.
+Trimming is approximate (whole radix-tree nodes), unlike the audit trail's: events come thousands a second, and
+an exact trim would cost each batch a walk of the stream's head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, cast
+
+import redis
+
+from shared.store.audit import AuditLog
+
+SECRET_BYTES = 32
+
+
+class EventLog(AuditLog):
+    """A tenant's events under ``key`` (``Keys.events``), and its attribution secret under ``secret_key``."""
+
+    def __init__(
+        self, client: redis.Redis, *, key: str, secret_key: str, max_entries: int, retention_s: int
+    ) -> None:  # fmt: skip
+        super().__init__(client, key=key, max_entries=max_entries, retention_s=retention_s)
+        self._secret_key = secret_key
+        self._secret: bytes | None = None
+
+    def add(self, pipe: redis.client.Pipeline, events: list[dict[str, Any]], *, now_ms: int) -> None:
+        """Queue ``events`` on ``pipe`` (the caller's, beside its counters: one round trip for a batch)."""
+        for event in events:
+            pipe.xadd(self._key, {"e": json.dumps(event, separators=(",", ":"))}, maxlen=self.max_entries,
+                      approximate=True)  # fmt: skip
+        pipe.xtrim(self._key, minid=self._oldest(now_ms), approximate=True)
+
+    def secret(self) -> bytes:
+        """The tenant's attribution secret: made by the first process that asks (SET NX), then read once."""
+        if self._secret is None:
+            self._r.set(self._secret_key, os.urandom(SECRET_BYTES), nx=True)
+            self._secret = cast("bytes", self._r.get(self._secret_key))
+        return self._secret

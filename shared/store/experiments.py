@@ -1,0 +1,143 @@
+"""Experiments: their records, the running one, and their counters (issue #27). A store: no arithmetic here.
+
+    POST /v1/experiments ──> ExperimentStore.create: a number (INCR), a record (HSET name), running (SET)
+    a recommendation ──> ExperimentStore.running(): one GET, the running record (or None)
+    POST /v1/events ──> ExperimentStore.count(pipe, number, totals, users, series): HINCRBYs on the caller's pipe
+    GET /v1/experiments/<name> ──> ExperimentStore.counts(number): the three hashes, for shared/logic/online.py
+
+At most one experiment of a tenant runs at a time: a user's answer comes from one place. The running record is
+kept whole under its own key, so a recommendation reads it in one GET; the record of an experiment changes
+only in its ``state`` and timestamps, always through ``_save``, which writes both. Counters are named by the
+experiment's number, not its name, so a name deleted and made again starts from nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, cast
+
+import redis
+
+from shared.errors import Conflict, NotFound
+from shared.infra.keys import Keys
+
+RUNNING, PAUSED, ENDED = "running", "paused", "ended"
+STATES = (RUNNING, PAUSED, ENDED)
+MAX_EXPERIMENTS = 100
+"""Experiments a tenant may hold (each keeps per-user counters until deleted)."""
+
+Record = dict[str, Any]
+
+
+class ExperimentStore:
+    def __init__(self, client: redis.Redis, *, prefix: str) -> None:
+        self._r, self._keys = client, Keys(prefix)
+
+    def create(self, record: Record) -> Record:
+        """Store a new experiment, running; Conflict when the name is taken, another runs or there are too many."""
+        name = record["name"]
+        if self._r.hexists(self._keys.experiments, name):
+            raise Conflict(f"experiment {name!r} exists: DELETE /v1/experiments/{name} first, or pick another name")
+        if int(cast("int", self._r.hlen(self._keys.experiments))) >= MAX_EXPERIMENTS:
+            raise Conflict(f"{MAX_EXPERIMENTS} experiments are stored: delete some (DELETE /v1/experiments/<name>)")
+        running = self.running()
+        if running is not None:
+            raise Conflict(f"experiment {running['name']!r} is running: pause or end it first (one runs at a time)")
+        number = int(cast("int", self._r.incr(self._keys.experiments_seq)))
+        made = {**record, "number": number, "state": RUNNING}
+        self._save(made)
+        return made
+
+    def get(self, name: str) -> Record:
+        raw = cast("bytes | None", self._r.hget(self._keys.experiments, name))
+        if raw is None:
+            raise NotFound(f"experiment {name!r} does not exist")
+        return cast("Record", json.loads(raw))
+
+    def all(self) -> list[Record]:
+        """Every experiment, newest first."""
+        raw = cast("dict[bytes, bytes]", self._r.hgetall(self._keys.experiments))
+        return sorted((json.loads(v) for v in raw.values()), key=lambda r: -int(r["number"]))
+
+    def running(self) -> Record | None:
+        raw = cast("bytes | None", self._r.get(self._keys.experiment_running))
+        return cast("Record", json.loads(raw)) if raw is not None else None
+
+    def set_state(self, name: str, state: str, **fields: Any) -> Record:
+        """Move an experiment to ``state`` (with ``fields`` recorded beside it); Conflict for a move that is not
+        one (an ended experiment stays ended; one runs at a time)."""
+        record = self.get(name)
+        if record["state"] == ENDED:
+            raise Conflict(f"experiment {name!r} has ended")
+        if state == RUNNING and record["state"] != RUNNING:
+            running = self.running()
+            if running is not None and running["name"] != name:
+                raise Conflict(f"experiment {running['name']!r} is running: pause or end it first")
+        updated = {**record, **fields, "state": state}
+        self._save(updated)
+        return updated
+
+    def mark(self, name: str, **fields: Any) -> Record:
+        """Record ``fields`` beside an experiment's state (which stays)."""
+        updated = {**self.get(name), **fields}
+        self._save(updated)
+        return updated
+
+    def delete(self, name: str) -> Record:
+        record = self.get(name)
+        pipe = self._r.pipeline()
+        pipe.hdel(self._keys.experiments, name)
+        pipe.delete(*self._keys.experiment_counts(int(record["number"])))
+        if record["state"] == RUNNING:
+            pipe.delete(self._keys.experiment_running)
+        pipe.execute()
+        return record
+
+    def uses(self, version: str) -> list[str]:
+        """The experiments, not ended, that serve model ``version``."""
+        return [r["name"] for r in self.all() if r["state"] != ENDED and version in _models(r)]
+
+    def _save(self, record: Record) -> None:
+        text = json.dumps(record, separators=(",", ":"))
+        pipe = self._r.pipeline()
+        pipe.hset(self._keys.experiments, record["name"], text)
+        if record["state"] == RUNNING:
+            pipe.set(self._keys.experiment_running, text)
+        else:
+            # Only this experiment's own record leaves the running key (a WATCH-free compare: the key holds at most
+            # one record, and ``create``/``set_state`` refused to run a second).
+            running = self.running()
+            if running is not None and running["name"] == record["name"]:
+                pipe.delete(self._keys.experiment_running)
+        pipe.execute()
+
+    # -- counters ------------------------------------------------------------------------------------------
+    def count(
+        self, pipe: redis.client.Pipeline, number: int, totals: Mapping[str, int], users: Mapping[str, int],
+        series: Mapping[str, int],
+    ) -> None:  # fmt: skip
+        """Queue the increments of an experiment's counters on ``pipe``."""
+        for key, increments in zip(self._keys.experiment_counts(number), (totals, users, series), strict=True):
+            for field_name, by in increments.items():
+                pipe.hincrby(key, field_name, by)
+
+    def counts(self, number: int) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        """An experiment's counters: totals, per user, per time bucket (field -> count)."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in self._keys.experiment_counts(number):
+            pipe.hgetall(key)
+        hashes = cast("list[dict[bytes, bytes]]", pipe.execute())
+        totals, users, series = ({k.decode(): int(v) for k, v in h.items()} for h in hashes)
+        return totals, users, series
+
+    def totals(self, numbers: list[int]) -> list[dict[str, int]]:
+        """The totals of several experiments at once (/metrics)."""
+        pipe = self._r.pipeline(transaction=False)
+        for number in numbers:
+            pipe.hgetall(self._keys.experiment_counts(number)[0])
+        return [{k.decode(): int(v) for k, v in h.items()} for h in cast("list[dict[bytes, bytes]]", pipe.execute())]
+
+
+def _models(record: Record) -> set[str]:
+    return {v["model"] for v in record["variants"]}
