@@ -17,7 +17,7 @@ from apiflask import APIBlueprint
 
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.logic.online import STATE_MOVES, new_record, report, winner
-from shared.store.experiments import ENDED
+from shared.store.experiments import ENDED, RUNNING
 
 from .context import services
 from .schemas import ExperimentIn, ExperimentListOut, ExperimentOut, PromoteIn
@@ -67,12 +67,34 @@ def get_experiment(name: str) -> dict[str, Any]:
     return report(svc, svc.experiments.get(name))
 
 
-@bp.post("/<name>/<any(pause, resume, end):action>")
+_MOVE_RESPONSES = {404: "unknown experiment", 409: "the experiment is not in a state this moves from"}
+
+
+@bp.post("/<name>/pause")
 @bp.output(ExperimentOut)
-@bp.doc(responses={404: "unknown experiment", 409: "the experiment is not in a state this moves from (resume: "
-                        "another experiment runs)"})  # fmt: skip
-def move_experiment(name: str, action: str) -> dict[str, Any]:
-    """Pause (its users get the active model again, its counts are kept), resume, or end it for good."""
+@bp.doc(responses=_MOVE_RESPONSES)
+def pause_experiment(name: str) -> dict[str, Any]:
+    """Pause a running experiment: its users get the active model again; its counts are kept."""
+    return _move(name, "pause")
+
+
+@bp.post("/<name>/resume")
+@bp.output(ExperimentOut)
+@bp.doc(responses={**_MOVE_RESPONSES, 409: "the experiment is not paused, or another one runs"})
+def resume_experiment(name: str) -> dict[str, Any]:
+    """Run a paused experiment again: each user back in the variant they were in."""
+    return _move(name, "resume")
+
+
+@bp.post("/<name>/end")
+@bp.output(ExperimentOut)
+@bp.doc(responses={**_MOVE_RESPONSES, 409: "the experiment has ended already"})
+def end_experiment(name: str) -> dict[str, Any]:
+    """End an experiment for good (its report stays until it is deleted; its winner may still be promoted)."""
+    return _move(name, "end")
+
+
+def _move(name: str, action: str) -> dict[str, Any]:
     svc = services()
     needed, state = STATE_MOVES[action]
     record = svc.experiments.get(name)
@@ -113,10 +135,13 @@ def promote_experiment(name: str, body: dict[str, Any]) -> dict[str, Any]:
 
 @bp.delete("/<name>")
 @bp.output(ExperimentOut)
-@bp.doc(responses={404: "unknown experiment"})
+@bp.doc(responses={404: "unknown experiment", 409: "the experiment runs: pause or end it first"})
 def delete_experiment(name: str) -> dict[str, Any]:
-    """Delete an experiment and its counts (the event log keeps the events)."""
-    return services().experiments.delete(name)
+    """Delete an experiment that does not run, and its counts (the event log keeps the events)."""
+    svc = services()
+    if svc.experiments.get(name)["state"] == RUNNING:
+        raise Conflict(f"experiment {name!r} is running: pause or end it first (POST /v1/experiments/{name}/end)")
+    return svc.experiments.delete(name)
 
 
 def _past(action: str) -> str:

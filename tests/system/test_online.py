@@ -31,6 +31,7 @@ def versions(api_url: str) -> Iterator[list[str]]:
     assert requests.post(f"{api_url}/v1/models/{made[0]}/activate", timeout=10).status_code == 200
     yield made
     for experiment in requests.get(f"{api_url}/v1/experiments", timeout=10).json()["experiments"]:
+        requests.post(f"{api_url}/v1/experiments/{experiment['name']}/end", timeout=10)
         requests.delete(f"{api_url}/v1/experiments/{experiment['name']}", timeout=10)
     requests.post(f"{api_url}/v1/models/{made[0]}/activate", timeout=10)
 
@@ -39,6 +40,7 @@ def versions(api_url: str) -> Iterator[list[str]]:
 def experiment(api_url: str, versions: list[str]) -> Iterator[str]:
     """The name this test's experiment takes; deleted after it, and the first version active again."""
     yield "exp-test"
+    requests.post(f"{api_url}/v1/experiments/exp-test/end", timeout=10)
     requests.delete(f"{api_url}/v1/experiments/exp-test", timeout=10)
     requests.post(f"{api_url}/v1/models/{versions[0]}/activate", timeout=10)
 
@@ -148,8 +150,9 @@ def test_an_ab_test_buckets_each_user_for_good_counts_their_events_and_promotes_
     assert [v["share"] for v in r.json()["variants"]] == [0.5, 0.5] and r.json()["state"] == "running"
     again = requests.post(f"{api_url}/v1/experiments", json={**body, "name": "other"}, timeout=10)
     assert again.status_code == 409 and "is running" in again.json()["error"]["message"]
-    # A model an experiment serves cannot be deleted under it.
+    # Neither a model an experiment serves nor a running experiment can be deleted.
     assert requests.delete(f"{api_url}/v1/models/{versions[1]}", timeout=10).status_code == 409
+    assert requests.delete(f"{api_url}/v1/experiments/{experiment}", timeout=10).status_code == 409
 
     variants: dict[int, str] = {}
     events = []
