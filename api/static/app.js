@@ -2,6 +2,9 @@
 // Every value from the API reaches the page through textContent or an attribute (el() below), never as HTML.
 
 const ROOT = document.body.dataset.api || "";
+const HOME = document.body.dataset.home || "/ui/";
+const ROLE_HEADER = "X-Movierec-Role"; // api/ui.py ROLE_HEADER: the role of the key an answer was given to
+const ROLES = ["reader", "writer", "admin", "operator"]; // shared/infra/apikeys.py ROLES, each allowed the ones before
 const KEY_STORE = "movierec.apiKey";
 const LAST_ANSWER = "movierec.lastAnswer";
 const PIPELINE_STAGES = ["ingest", "mine", "encode", "train", "index"];
@@ -106,7 +109,7 @@ async function api(path, { method = "GET", body, query } = {}) {
       const error = (data && data.error) || {};
       throw new ApiError(response.status, error.code, error.message || `HTTP ${response.status}`, error.details);
     }
-    return { status: response.status, data };
+    return { status: response.status, data, role: response.headers.get(ROLE_HEADER) };
   }
 }
 
@@ -116,11 +119,18 @@ function setConnection(ok, message) {
   node.className = ok ? "muted" : "error";
 }
 
-// Run `tick` now and every `ms` until the page goes; a failure is shown and retried, never fatal.
+// Whether a key of `role` may use a route that needs `needed` (no role: the API has no keys, and is open). Only
+// what a page offers follows it; the API refuses what the role may not do whatever the page shows.
+function allows(role, needed) {
+  return !role || ROLES.indexOf(role) >= ROLES.indexOf(needed);
+}
+
+// Run `tick` now and every `ms` until the page goes or `tick` answers false; a failure is shown and retried,
+// never fatal.
 function every(ms, tick) {
   const run = async () => {
     try {
-      await tick();
+      if ((await tick()) === false) return;
     } catch (error) {
       if (error instanceof ApiError) setConnection(true);
       else setConnection(false, `the API does not answer (${error.message})`);

@@ -119,7 +119,11 @@ def recommendations(world: World) -> list[bytes]:
     """acme's answers to a profile, a new user's feedback and keywords, as the bytes of their JSON (but each answer's
     own recommendation_id, signed anew each time: checked to be acme's, then left out)."""
     reader = world.as_("acme", "reader")
-    bodies = [{"user_id": 1, "k": 10}, {"user_id": NEW_USER, "k": 10}, {"keywords": ["Children", "animation"], "k": 5}]
+    bodies: list[dict[str, Any]] = [
+        {"user_id": 1, "k": 10},
+        {"user_id": NEW_USER, "k": 10},
+        {"keywords": ["Children", "animation"], "k": 5},
+    ]
     out = []
     for body in bodies:
         r = reader.call("POST", "/v1/recommendations", params={"wait": 30}, json=body)
