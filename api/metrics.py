@@ -114,6 +114,7 @@ class RedisCollector:
         states = [TenantState.read(tenant) for tenant in self._tenants]
         yield from self._stores(states)
         yield from self._jobs(states)
+        yield from self._experiments()
 
     def _cluster(self) -> Iterator[Metric]:
         """The deployment's: live workers, and with ``queues`` the queues' lengths."""
@@ -191,6 +192,38 @@ class RedisCollector:
             buckets, total = histogram(cells(state.seconds), "latency", list(SERVING_KINDS))
             h.add_metric([state.tenant], buckets, total)
         yield h
+
+    def _experiments(self) -> Iterator[Metric]:
+        """Each tenant's experiments' counters (their intervals need every user's counts: GET /v1/experiments)."""
+        state = GaugeMetricFamily("movierec_experiment_state", "1 for an experiment's state.",
+                                  labels=["tenant", "experiment", "kind", "state"])  # fmt: skip
+        events = CounterMetricFamily(
+            "movierec_experiment_events",
+            "Events credited to an experiment, by variant (interleaved: both) and type.",
+            labels=["tenant", "experiment", "variant", "type"],
+        )
+        ctr = GaugeMetricFamily("movierec_experiment_ctr", "Clicks per impression at positions <= the experiment's k.",
+                                labels=["tenant", "experiment", "variant"])  # fmt: skip
+        team = CounterMetricFamily("movierec_experiment_team_clicks", "An interleaving's clicks credited to each "
+                                   "variant's items.", labels=["tenant", "experiment", "variant"])  # fmt: skip
+        for svc in self._tenants:
+            records = svc.experiments.all()
+            for record, totals in zip(
+                records, svc.experiments.totals([int(r["number"]) for r in records]), strict=True
+            ):
+                labels = [svc.tenant, record["name"]]
+                state.add_metric([*labels, record["kind"], record["state"]], 1)
+                names = [v["name"] for v in record["variants"]]
+                served = [("x", "interleaved")] if record["kind"] == "interleave" else list(enumerate(names))
+                for key, name in served:
+                    for kind in ("impressions", "clicks", "plays", "ratings"):
+                        events.add_metric([*labels, name, kind.rstrip("s")], totals.get(f"{key}:{kind}", 0))
+                    shown = totals.get(f"{key}:impressions@k", 0)
+                    ctr.add_metric([*labels, name], totals.get(f"{key}:clicks@k", 0) / shown if shown else 0.0)
+                if record["kind"] == "interleave":
+                    for t, name in enumerate(names):
+                        team.add_metric([*labels, name], totals.get(f"t{t}:clicks@k", 0))
+        yield from (state, events, ctr, team)
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,11 @@ def test_an_ab_test_buckets_each_user_for_good_counts_their_events_and_promotes_
     assert b["vs_A"]["ctr"]["significant"] and b["vs_A"]["ctr"]["difference"] == pytest.approx(0.4)
     assert report["leader"] == {"variant": "new", "model": versions[1], "significant": True}
     assert report["series"]["points"][-1]["new"] == {"impressions": 5 * new_users, "clicks": 2 * new_users}
+    metrics = requests.get(f"{api_url}/metrics", timeout=10).text
+    labels = f'experiment="{experiment}",tenant="default",variant="new"'
+    assert f"movierec_experiment_ctr{{{labels}}} 0.4" in metrics
+    clicks = f'experiment="{experiment}",tenant="default",type="click",variant="new"'
+    assert f"movierec_experiment_events_total{{{clicks}}} {2 * new_users}.0" in metrics
 
     # Paused: users are answered by the active model again, naming no experiment; resumed, by their variant.
     assert requests.post(f"{api_url}/v1/experiments/{experiment}/pause", timeout=10).json()["state"] == "paused"
