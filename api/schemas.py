@@ -919,7 +919,7 @@ class EventIn(BodySchema):
         },
     )
     position = Integer(
-        validate=Range(1, 255),
+        validate=Range(1, MAX_K),
         metadata={"description": "where the answer showed the movie, 1-based; found from the answer when absent"},
     )
     timestamp = Integer(

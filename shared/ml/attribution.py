@@ -17,7 +17,7 @@ A movie is carried as a 16-bit hash of its id, enough to tell which of an answer
 movie the answer did not show matches by chance with probability n / 65,536) and to find its position and, in an
 interleaving, its team, without the client having to send either. The tag is keyed by the tenant's secret
 (shared/store/events.py), so an id cannot be forged, altered or used in another tenant's keyspace; 10 items
-make a 58-character id, 100 items 310.
+make a 66-character id, 100 items 306 (323 for an interleaving's).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,10 +36,12 @@ TAG = "r1."
 """Every recommendation id starts so (its format's version): anything else is not one."""
 INTERLEAVED = 255
 """The variant of an interleaving's answer: its items come from both variants, each movie's team says whose."""
-MAX_ITEMS = 255
-"""The most movies one id describes (an answer's k is at most 100)."""
+MAX_ITEMS = 100
+"""The most movies one id describes: an answer's k is at most 100 (api/schemas.py ``MAX_K``)."""
 MAX_ID_CHARS = 400
-"""The longest id ``sign`` makes (255 items of an interleaving), and so the longest an event may cite."""
+"""Longer than any id ``sign`` makes (100 items of an interleaving: 323 characters), and so the longest an event
+may cite."""
+_TEXT = re.compile(r"^[A-Za-z0-9_-]+$")
 
 _HEAD = struct.Struct(">BIIIBB")
 _VERSION = 1
@@ -107,6 +110,8 @@ def verify(secret: bytes, rid: str) -> Served:
     if not rid.startswith(TAG) or len(rid) > MAX_ID_CHARS:
         raise BadId("not a recommendation id")
     text = rid[len(TAG) :]
+    if not _TEXT.match(text):
+        raise BadId("not a recommendation id")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
