@@ -11,7 +11,7 @@ from typing import Any
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.validators import Length, OneOf, Range, Regexp
-from marshmallow import RAISE, ValidationError, validates
+from marshmallow import RAISE, ValidationError, validates, validates_schema
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
 from shared.jobs.store import MAX_LIST_LIMIT, STATUSES
@@ -31,7 +31,7 @@ from shared.ml.titles import MAX_QUERY_CHARS, query_tokens
 from shared.store.audit import MAX_ID_PART
 from shared.store.feedback import MAX_BATCH as MAX_FEEDBACK_BATCH
 
-from .openapi import BodySchema, ExactlyOne, NotAllEmpty
+from .openapi import BodySchema, ExactlyOne, NotAllEmpty, PlainList
 
 MAX_PATH_CHARS = 4096
 _SEGMENT = r"(?:[^/\x00.][^/\x00]*|\.[^/\x00.][^/\x00]*|\.\.[^/\x00]+|\.)"
@@ -936,7 +936,7 @@ class EventsIn(BodySchema):
     class Meta:
         unknown = RAISE
 
-    events = List(Nested(EventIn), required=True, validate=Length(1, MAX_EVENTS))
+    events = PlainList(EventIn, required=True, validate=Length(1, MAX_EVENTS))
 
 
 class EventsStoredOut(Schema):
@@ -995,13 +995,13 @@ class ExperimentIn(BodySchema):
         metadata={"description": "seconds per point of the experiment's time series"},
     )
 
-    @validates("variants")
-    def _variants(self, value: list[dict[str, Any]], **_: Any) -> None:
-        names = [v.get("name") for v in value if v.get("name")]
+    @validates_schema(skip_on_field_errors=True)
+    def _variants(self, data: dict[str, Any], **_: Any) -> None:
+        names = [v["name"] for v in data["variants"] if v.get("name")]
         if len(set(names)) != len(names):
-            raise ValidationError("variants: names must differ")
-        if len({v["model"] for v in value}) != len(value):
-            raise ValidationError("variants: each serves a different model")
+            raise ValidationError("variants' names must differ", field_name="variants")
+        if data["kind"] == "interleave" and len(data["variants"]) != 2:
+            raise ValidationError("an interleaving has exactly two variants", field_name="variants")
 
 
 class PromoteIn(BodySchema):

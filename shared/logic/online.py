@@ -25,7 +25,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -153,6 +153,7 @@ class _Checks:
     scale: tuple[float, float]  # its dataset's lowest and highest rating
     now_s: int
     window_s: int  # MOVIEREC_ATTRIBUTION_WINDOW_S
+    seen: dict[str, Served] = field(default_factory=dict)  # the ids verified so far
 
 
 def attribute(
@@ -217,10 +218,13 @@ def _attribute_one(event: dict[str, Any], checks: _Checks) -> tuple[dict[str, An
 def _cited(event: dict[str, Any], movie: int, checks: _Checks) -> Served:
     """The answer an event cites, checked: made by this tenant, for the event's user, showing its movie (at its
     position, when it names one)."""
-    try:
-        served = verify(checks.secret, event["recommendation_id"])
-    except BadId as err:
-        raise _Refused(f"recommendation_id: {err}") from None
+    rid = event["recommendation_id"]
+    served = checks.seen.get(rid)  # a batch cites each answer once an item: its impressions, its clicks
+    if served is None:
+        try:
+            served = checks.seen[rid] = verify(checks.secret, rid)
+        except BadId as err:
+            raise _Refused(f"recommendation_id: {err}") from None
     if served.user_id and served.user_id != int(event["user_id"]):
         raise _Refused(f"the answer it cites was made for user {served.user_id}, not {event['user_id']}")
     position = event.get("position")

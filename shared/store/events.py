@@ -19,10 +19,21 @@ import os
 from typing import Any, cast
 
 import redis
+from redis.commands.core import Script
 
 from shared.store.audit import AuditLog
 
 SECRET_BYTES = 32
+
+_ADD = """
+-- KEYS[1] the stream; ARGV[1] the entries it keeps, about; ARGV[2] the oldest id it keeps, about;
+-- ARGV[3..] the events, JSON. One call a batch: a command a event from the client costs ~20 us of its CPU.
+for i = 3, #ARGV do
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
+end
+redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[2])
+return #ARGV - 2
+"""
 
 
 class EventLog(AuditLog):
@@ -34,13 +45,12 @@ class EventLog(AuditLog):
         super().__init__(client, key=key, max_entries=max_entries, retention_s=retention_s)
         self._secret_key = secret_key
         self._secret: bytes | None = None
+        self._add = Script(client, _ADD)
 
     def add(self, pipe: redis.client.Pipeline, events: list[dict[str, Any]], *, now_ms: int) -> None:
         """Queue ``events`` on ``pipe`` (the caller's, beside its counters: one round trip for a batch)."""
-        for event in events:
-            pipe.xadd(self._key, {"e": json.dumps(event, separators=(",", ":"))}, maxlen=self.max_entries,
-                      approximate=True)  # fmt: skip
-        pipe.xtrim(self._key, minid=self._oldest(now_ms), approximate=True)
+        texts = [json.dumps(event, separators=(",", ":")) for event in events]
+        self._add(keys=[self._key], args=[self.max_entries, self._oldest(now_ms), *texts], client=pipe)
 
     def secret(self) -> bytes:
         """The tenant's attribution secret: made by the first process that asks (SET NX), then read once."""

@@ -1,0 +1,164 @@
+"""Events benchmark (issue #27): how many events a second ``POST /v1/events`` takes in, and what they cost a
+recommendation's latency while they flow.
+
+    python -m bench.events [--seconds 10] [--batch 500] [--senders 2] [--rate 5000] [--rounds 3]
+
+A fresh ``movierec up`` stack (embedded Redis, fsync on every write, the API with its default processes, a CPU
+worker of 2 processes) trains two models on ml-latest-small (the hybrid and the seed recipe) and runs an A/B
+test between them, so every event is checked, logged and credited to a variant: the costliest path. Answers to
+real users give the events their recommendation ids (impressions of every item, clicks on some).
+
+1. Intake: ``--senders`` threads post batches of ``--batch`` events as fast as they are answered, for
+   ``--seconds``: events a second, and each batch's latency.
+2. Side by side, ``--rounds`` times in turn: one client's recommendations for ``--seconds`` (bench.serving's
+   load) with nothing else running, then again while one thread posts ``--rate`` events a second (batches of
+   ``--batch``, paced). Reported: each phase's p50 and p99, and the events a second actually taken in.
+
+The load generator shares the machine's cores with the stack, as a user's would on one host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.infra.settings import Settings
+
+from .common import HTTP, fresh_stack, machine, percentile, train_on, warm
+from .serving import SMALL, _load
+
+
+def model(api: str, pipeline: dict[str, Any]) -> str:
+    """The version a finished pipeline trained."""
+    return str(HTTP.get(f"{api}/v1/jobs/{pipeline['id']}/result", timeout=30).json()["model"])
+
+
+def answers(api: str, users: int) -> list[dict[str, Any]]:
+    """Real answers (k = 10) to ``users`` random users: what events cite."""
+    out = []
+    for user in random.Random(0).sample(range(1, 611), users):
+        answer = HTTP.post(f"{api}/v1/recommendations?wait=30", json={"user_id": user, "k": 10}, timeout=60).json()
+        out.append({"user_id": user, **answer})
+    return out
+
+
+def batches(served: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+    """Request bodies of ``size`` events each: every answer's impressions, and a click on its first two items."""
+    events = []
+    for answer in served:
+        rid, user = answer["recommendation_id"], answer["user_id"]
+        for i, item in enumerate(answer["items"]):
+            events.append(
+                {"type": "impression", "user_id": user, "movie_id": item["movie_id"], "recommendation_id": rid}
+            )
+            if i < 2:
+                events.append(
+                    {"type": "click", "user_id": user, "movie_id": item["movie_id"], "recommendation_id": rid}
+                )
+    return [{"events": events[lo : lo + size]} for lo in range(0, len(events) - size + 1, size)]
+
+
+def post(api: str, body: dict[str, Any]) -> float:
+    t = time.perf_counter()
+    r = HTTP.post(f"{api}/v1/events", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["credited"] == len(body["events"]), r.text
+    return time.perf_counter() - t
+
+
+def intake(api: str, bodies: list[dict[str, Any]], *, senders: int, seconds: float) -> tuple[int, list[float], float]:
+    """(events taken in, batch latencies, wall seconds) of ``senders`` threads posting as fast as answered."""
+    taken, latencies, lock = [0], [], threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def send(offset: int) -> None:
+        i = offset
+        while time.monotonic() < stop:
+            body = bodies[i % len(bodies)]
+            took = post(api, body)
+            with lock:
+                taken[0] += len(body["events"])
+                latencies.append(took)
+            i += senders
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(senders)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return taken[0], latencies, time.perf_counter() - began
+
+
+class Paced(threading.Thread):
+    """Posts ``rate`` events a second (batches from ``bodies``) until stopped; counts what it got in."""
+
+    def __init__(self, api: str, bodies: list[dict[str, Any]], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.api, self.bodies, self.rate = api, bodies, rate
+        self.stopping = threading.Event()
+        self.taken = 0
+        self.began = self.ended = 0.0
+
+    def run(self) -> None:
+        self.began = time.perf_counter()
+        i = 0
+        while not self.stopping.is_set():
+            body = self.bodies[i % len(self.bodies)]
+            due = self.began + (self.taken + len(body["events"])) / self.rate
+            self.stopping.wait(max(0.0, due - time.perf_counter()))
+            if self.stopping.is_set():
+                break
+            post(self.api, body)
+            self.taken += len(body["events"])
+            i += 1
+        self.ended = time.perf_counter()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=500, help="events a request (1..1000)")
+    parser.add_argument("--senders", type=int, default=2, help="threads posting events in the intake phase")
+    parser.add_argument("--rate", type=float, default=5000.0, help="events a second while recommendations run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--users", type=int, default=400, help="answers the events cite")
+    args = parser.parse_args()
+    print(machine(f"{args.senders} sender thread(s) of {args.batch} events, one recommendation client"))
+    settings = Settings(key_prefix="bench-events", data_root=SMALL.parent)
+    with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-events-"))) as stack:
+        api = stack.api_url
+        seed, default = (model(api, train_on(api, SMALL.name, **options)) for options in ({"recipe": "seed"}, {}))
+        experiment = {"name": "bench", "variants": [{"model": default}, {"model": seed}]}
+        assert HTTP.post(f"{api}/v1/experiments", json=experiment, timeout=30).status_code == 201
+        warm(api)
+        bodies = batches(answers(api, args.users), args.batch)
+        taken, latencies, wall = intake(api, bodies, senders=args.senders, seconds=args.seconds)
+        p50, p99 = statistics.median(latencies) * 1000, percentile(latencies, 0.99) * 1000
+        print(f"intake: {taken / wall:,.0f} events/s ({taken:,} in {wall:.1f} s), a batch of {args.batch}: "
+              f"p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
+        for round_ in range(1, args.rounds + 1):
+            for flowing in (False, True):
+                paced = Paced(api, bodies, args.rate) if flowing else None
+                if paced:
+                    paced.start()
+                got, errors, elapsed = _load(api, clients=1, seconds=args.seconds, key=None)
+                rate = ""
+                if paced:
+                    paced.stopping.set()
+                    paced.join()
+                    rate = f", events {paced.taken / (paced.ended - paced.began):,.0f}/s"
+                print(f"round {round_}, recommendations {'with events' if flowing else 'alone      '}: "
+                      f"{len(got) / elapsed:.0f} answers/s, p50 {statistics.median(got) * 1000:.1f} ms, "
+                      f"p99 {percentile(got, 0.99) * 1000:.1f} ms, errors {len(errors)}{rate}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
