@@ -34,9 +34,10 @@ def chaos_overrides(tenant: str) -> dict[str, Any]:
     return {"result_ttl_s": RESULT_TTL_S, "api_keys": keys}
 
 
-TRANSIENT = re.compile(r":janitor:lock$|:audit$")
+TRANSIENT = re.compile(r":janitor:lock$|:audit$|:events$|:attribution:secret$")
 """The sweep lock comes and goes every interval, whatever else happens; the audit trail records the test's
-cancellation and is bounded by its own count and retention (tests/redis/test_audit.py), not by results' TTL."""
+cancellation and the event log events, each bounded by its own count and retention (tests/redis/test_audit.py),
+not by results' TTL; the tenant's attribution secret (32 bytes) is made on its first answer and kept for good."""
 
 
 CLUSTER = re.compile(r"^[^:]+:(celery:|worker:|tenants$|fastlane:|_kombu|unacked)|^_kombu")

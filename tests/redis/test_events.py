@@ -1,0 +1,87 @@
+"""The event log and the experiment store (shared/store/events.py, shared/store/experiments.py) on a real Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import cast
+
+import pytest
+import redis
+
+from shared.errors import Conflict, NotFound
+from shared.infra.keys import Keys
+from shared.store.events import EventLog
+from shared.store.experiments import ExperimentStore
+
+
+def event_log(client: redis.Redis, prefix: str, *, max_entries: int = 1000, retention_s: int = 3600) -> EventLog:
+    keys = Keys(prefix)
+    return EventLog(client, key=keys.events, secret_key=keys.attribution_secret, max_entries=max_entries,
+                    retention_s=retention_s)  # fmt: skip
+
+
+def test_a_batch_is_logged_in_one_call_newest_first(redis_client: redis.Redis, fresh_prefix: str) -> None:
+    log = event_log(redis_client, fresh_prefix)
+    pipe = redis_client.pipeline(transaction=False)
+    log.add(pipe, [{"type": "click", "n": i} for i in range(5)], now_ms=int(time.time() * 1000))
+    assert pipe.execute() == [5]
+    page, cursor = log.read(limit=3)
+    assert [e["n"] for e in page] == [4, 3, 2] and cursor is not None
+    assert [e["n"] for e in log.read(limit=3, before=cursor)[0]] == [1, 0]
+
+
+def test_the_log_stays_about_its_size_and_drops_what_passed_its_retention(
+    redis_client: redis.Redis, fresh_prefix: str
+) -> None:
+    log = event_log(redis_client, fresh_prefix, max_entries=1000, retention_s=60)
+    now_ms = int(time.time() * 1000)
+    for _ in range(20):
+        pipe = redis_client.pipeline(transaction=False)
+        log.add(pipe, [{"type": "impression"}] * 1000, now_ms=now_ms)
+        pipe.execute()
+    assert 1000 <= log.count() <= 1000 + 100  # whole stream nodes of 100 entries go (trimming with ~)
+    pipe = redis_client.pipeline(transaction=False)
+    log.add(pipe, [{"type": "click"}], now_ms=now_ms + 3_600_000)  # an hour on: every earlier event is past 60 s
+    pipe.execute()
+    assert log.count() <= 100 and log.read(limit=10, before=None)[0] == []  # none past its retention is shown
+
+
+def test_the_secret_is_made_once_and_shared_by_every_process(redis_client: redis.Redis, fresh_prefix: str) -> None:
+    first, second = event_log(redis_client, fresh_prefix), event_log(redis_client, fresh_prefix)
+    assert len(first.secret()) == 32 and first.secret() == second.secret()
+    assert cast("bytes", redis_client.get(Keys(fresh_prefix).attribution_secret)) == first.secret()
+
+
+def record(name: str, *models: str) -> dict[str, object]:
+    return {"name": name, "kind": "ab", "variants": [{"name": m, "model": m, "share": 1} for m in models]}
+
+
+def test_one_experiment_runs_at_a_time_and_its_counts_go_with_it(redis_client: redis.Redis, fresh_prefix: str) -> None:
+    store = ExperimentStore(redis_client, prefix=fresh_prefix)
+    made = store.create(record("a", "m1", "m2"))
+    assert made["number"] == 1 and made["state"] == "running" and store.running() == made
+    with pytest.raises(Conflict, match="is running"):
+        store.create(record("b", "m1", "m3"))
+    with pytest.raises(Conflict, match="exists"):
+        store.create(record("a", "m1", "m3"))
+    assert store.uses("m2") == ["a"] and store.uses("m9") == []
+    pipe = redis_client.pipeline()
+    store.count(pipe, 1, {"0:clicks": 2}, {"7:0:c": 2}, {"60:0:c": 2})
+    pipe.execute()
+    assert store.counts(1) == ({"0:clicks": 2}, {"7:0:c": 2}, {"60:0:c": 2})
+    paused = store.set_state("a", "paused")
+    assert paused["state"] == "paused" and store.running() is None
+    second = store.create(record("b", "m1", "m3"))  # the next one gets a number of its own
+    assert second["number"] == 2
+    with pytest.raises(Conflict, match="'b' is running"):
+        store.set_state("a", "running")
+    store.set_state("b", "ended")
+    assert store.set_state("a", "running")["state"] == "running"
+    store.set_state("a", "ended")
+    with pytest.raises(Conflict, match="has ended"):
+        store.set_state("a", "running")
+    assert store.uses("m2") == []  # an ended experiment holds no model
+    store.delete("a")
+    assert store.counts(1) == ({}, {}, {}) and [r["name"] for r in store.all()] == ["b"]
+    with pytest.raises(NotFound):
+        store.get("a")
