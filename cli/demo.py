@@ -181,6 +181,9 @@ def print_metrics(pipeline: dict[str, Any]) -> None:
 
 def print_recommendations(title: str, answer: dict[str, Any]) -> None:
     strategy = f" ({answer['strategy']})" if answer.get("strategy") else ""
+    experiment = answer.get("experiment")
+    if experiment:
+        strategy += f", experiment {experiment['name']}: variant {experiment['variant']}"
     print(f"\nrecommendations for {title}{strategy}:")
     for item in answer["items"]:
         print(f"  {item['score']:.3f}  {item['title']}  [{', '.join(item['descriptors'][:6])}]")
@@ -191,6 +194,8 @@ def print_recommendations(title: str, answer: dict[str, Any]) -> None:
         print(f"  top descriptors of the user's history: {history}")
     if answer.get("next_cursor"):
         print(f"  next page: --cursor {answer['next_cursor']}")
+    if answer.get("recommendation_id"):
+        print(f"  recommendation id (cite it in POST /v1/events): {answer['recommendation_id']}")
 
 
 def print_dataset(record: dict[str, object]) -> None:

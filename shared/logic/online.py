@@ -90,10 +90,10 @@ def interleaved(
     """Two models' answers to one query as one (team-draft interleaving), and each item's team (0: the first's).
     The items keep the scores their own model gave; the cursor covers the merged items."""
     k = int(params["k"])
-    by_id = {item["movie_id"]: item for item in second["items"]} | {item["movie_id"]: item for item in first["items"]}
+    by_team = [{item["movie_id"]: item for item in answer["items"]} for answer in (first, second)]
     ids, teams = team_draft([i["movie_id"] for i in first["items"]], [i["movie_id"] for i in second["items"]], k=k,
                             rng=rng or random.Random())  # fmt: skip
-    merged = {**first, "items": [by_id[m] for m in ids]}
+    merged = {**first, "items": [by_team[team][m] for m, team in zip(ids, teams, strict=True)]}
     merged["explanation"] = "; ".join(filter(None, [
         f"interleaved: the items of models {first['model']} and {second['model']} drafted in turns (team-draft "
         "interleaving), each keeping its own model's score", first.get("explanation")]))  # fmt: skip

@@ -115,4 +115,5 @@ def test_interleaved_answers_keep_each_items_own_model_entry_and_page_on() -> No
     assert len(ids) == 4 and len(teams) == 4 and set(ids) <= {1, 2, 3, 4, 5, 6, 7}
     for item, team in zip(merged["items"], teams, strict=True):
         assert item["movie_id"] in ([1, 2, 3, 4] if team == 0 else [2, 5, 6, 7])
+        assert item["by"] == "ab"[team]  # the entry (and score) of the model that picked it
     assert "interleaved" in merged["explanation"] and merged["next_cursor"]
