@@ -210,8 +210,14 @@ def _unauthorized(message: str, *, error: str | None = None) -> Response:
     return response
 
 
+ROLE_HEADER = "X-Movierec-Role"
+"""The response header naming the role of the key a request carried (the key's own, so it tells nobody anything
+new): what a client, the dashboard included, may offer that key."""
+
+
 def install(app: APIFlask, keys: Iterable[str]) -> KeyRing:
-    """Check the key on every request (registered first, so a refused caller learns nothing else)."""
+    """Check the key on every request (registered first, so a refused caller learns nothing else), and name its
+    role on the answer (``ROLE_HEADER``)."""
     ring = KeyRing(keys)
     app.extensions["movierec.keys"] = ring
     app.config["SECURITY_SCHEMES"] = {
@@ -239,6 +245,13 @@ def install(app: APIFlask, keys: Iterable[str]) -> KeyRing:
             message = f"this route needs the {needed} role or above; this key's role is {caller.role}"
             return error_response(403, "forbidden", message, details={"needed": needed, "role": caller.role})
         return None
+
+    @app.after_request
+    def name_the_role(response: Response) -> Response:
+        caller = current_caller()
+        if caller is not None:
+            response.headers[ROLE_HEADER] = caller.role
+        return response
 
     return ring
 

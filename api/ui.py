@@ -15,18 +15,21 @@ front-end build step, nothing fetched from a CDN.
                           liked/disliked movies, each answer with its descriptors and why
     map       /ui/map     GET /v1/models/<active>/map: the movies in 2-D, coloured by main genre, the last answer's
                           movies ringed
-    experiments /ui/experiments         GET /v1/experiments every 2 s: each one's state, variants, leader
-    experiment  /ui/experiments/<name>  GET /v1/experiments/<name> every 2 s: per-variant rates with intervals, or an
-                          interleaving's wins, and the cumulative series drawn as SVG; POST .../pause|resume|end|
-                          promote (the buttons shown to an admin's key only)
+    experiments /ui/experiments
+                          GET /v1/experiments every 2 s: each one's state, variants (models), leader and whether
+                          it leads significantly
+    experiment  /ui/experiments/<name>
+                          GET /v1/experiments/<name> every 2 s: per-variant rates with their intervals, each against
+                          the first, or an interleaving's wins; the cumulative series drawn as inline SVG;
+                          POST .../pause|resume|end|promote (offered to an admin's key only)
 
 With ``MOVIEREC_API_KEYS`` set, the first 401 makes the page ask for a key; it is kept in the tab's
 ``sessionStorage`` (gone with the tab) and sent as a bearer token. Everything the page shows is put in with
 ``textContent`` or attributes, never as HTML, so a title like ``<img onerror=...>`` stays text; the content
 security policy below refuses inline scripts and any other origin as a second line.
 
-Which actions a page offers follows the key's role, which each API answer names in ``ROLE_HEADER`` (``role``
-below); a page hides what the role may not do, and the API still refuses it (403) whatever the page shows.
+Which actions a page offers follows the key's role, which each API answer names in ``ROLE_HEADER``
+(api/auth.py); a page hides what the role may not do, and the API still refuses it (403) whatever the page shows.
 Without keys there is no role and no header: the API is open, and so is every action.
 """
 
@@ -34,8 +37,6 @@ from __future__ import annotations
 
 from apiflask import APIBlueprint
 from flask import Response, abort, render_template
-
-from .auth import current_caller
 
 PAGES = {
     "": "Overview",
@@ -46,9 +47,6 @@ PAGES = {
     "experiments": "Experiments",
 }
 """Each page's path under /ui/ and its title, in the navigation's order."""
-
-ROLE_HEADER = "X-Movierec-Role"
-"""The response header naming the role of the key a request carried: what the dashboard offers that key."""
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -72,16 +70,6 @@ def harden(response: Response) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Frame-Options"] = "DENY"
-    return response
-
-
-@bp.after_app_request
-def role(response: Response) -> Response:
-    """Name the key's role on every answer the API gives it, so a page can leave out what the role may not do
-    (api/auth.py identifies the key of each API request; the pages themselves are open and take none)."""
-    caller = current_caller()
-    if caller is not None:
-        response.headers[ROLE_HEADER] = caller.role
     return response
 
 

@@ -3,7 +3,7 @@
 
 const ROOT = document.body.dataset.api || "";
 const HOME = document.body.dataset.home || "/ui/";
-const ROLE_HEADER = "X-Movierec-Role"; // api/ui.py ROLE_HEADER: the role of the key an answer was given to
+const ROLE_HEADER = "X-Movierec-Role"; // api/auth.py ROLE_HEADER: the role of the key an answer was given to
 const ROLES = ["reader", "writer", "admin", "operator"]; // shared/infra/apikeys.py ROLES, each allowed the ones before
 const KEY_STORE = "movierec.apiKey";
 const LAST_ANSWER = "movierec.lastAnswer";
@@ -689,6 +689,329 @@ function drawMap(canvas, tip, data, highlighted) {
   canvas.addEventListener("mouseleave", () => (tip.hidden = true));
 }
 
+// -- experiments -------------------------------------------------------------------------------------------
+// The SVG namespace, spelled from the page's own (XHTML's: ".../1999/xhtml"), so that this script names no URL at
+// all (tests/api/test_ui.py looks for any).
+const SVG = document.documentElement.namespaceURI.replace("1999/xhtml", "2000/svg");
+const KIND_NAMES = { ab: "A/B test", interleave: "interleaving" };
+
+// An SVG element: el() for the SVG namespace (attributes and text only, never markup).
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "text") node.textContent = String(value);
+    else node.setAttribute(name, String(value));
+  }
+  node.append(...children.flat(Infinity).filter((child) => child !== null && child !== undefined && child !== false));
+  return node;
+}
+
+function experimentUrl(name) {
+  return `${HOME}experiments/${encodeURIComponent(name)}`;
+}
+
+function percent(value, digits = 1) {
+  return typeof value === "number" ? `${(value * 100).toFixed(digits)}%` : "–";
+}
+
+// A rate with its interval, "12.0% [8.1%, 15.9%]" (the report's level, 95%: the interval clustered by user).
+function rate(r) {
+  return r && typeof r.value === "number" ? `${percent(r.value)} [${percent(r.low)}, ${percent(r.high)}]` : "–";
+}
+
+function pValue(p) {
+  return typeof p !== "number" ? "p –" : p < 0.001 ? "p < 0.001" : `p = ${p.toFixed(3)}`;
+}
+
+function signed(value) {
+  return `${value < 0 ? "−" : "+"}${Math.abs(value * 100).toFixed(1)}`;
+}
+
+// A variant against the first: the difference in percentage points with its interval, the p-value and the verdict.
+function versus(d) {
+  if (!d) return "–";
+  const verdict = !d.significant ? "a tie" : d.difference > 0 ? "significantly higher" : "significantly lower";
+  return `${signed(d.difference)} pp [${signed(d.low)}, ${signed(d.high)}] · ${pValue(d.p_value)} · ${verdict}`;
+}
+
+function stateBadge(state) {
+  return el("span", { class: `badge ${state}`, "data-state": state, text: state });
+}
+
+// Who is ahead and whether it counts: an A/B test's leader by CTR@k, an interleaving's preferred variant.
+function verdictOf(report) {
+  const level = `${Math.round((report.level || 0.95) * 100)}%`;
+  const ahead = report.kind === "interleave" ? (report.interleaving || {}).preferred : report.leader;
+  if (!ahead) return el("span", { class: "muted", text: "no preference yet" });
+  const verb = report.kind === "interleave" ? "preferred" : "leads";
+  return el(
+    "span",
+    { class: "verdict", "data-variant": ahead.variant, "data-significant": String(ahead.significant) },
+    el("strong", { text: ahead.variant }), " ", el("code", { text: ahead.model }), ` ${verb}: `,
+    ahead.significant ? el("span", { class: "badge succeeded", text: `significant at ${level}` })
+      : el("span", { class: "muted", text: `not significant at ${level}, a tie so far` }),
+  );
+}
+
+function usersOf(report) {
+  return report.kind === "interleave" ? (report.totals || {}).users || 0
+    : (report.variants || []).reduce((sum, v) => sum + (v.users || 0), 0);
+}
+
+function renderExperiments(main) {
+  const list = el("div");
+  main.replaceChildren(section("Experiments", list));
+  every(2000, async () => {
+    const { data } = await api("/v1/experiments");
+    const rows = data.experiments.map((x) =>
+      el(
+        "tr",
+        { "data-experiment": x.name, "data-state": x.state },
+        el("td", {}, el("a", { href: experimentUrl(x.name), text: x.name })),
+        el("td", { text: KIND_NAMES[x.kind] || x.kind }),
+        el("td", {}, stateBadge(x.state)),
+        el("td", {}, x.variants.map((v) =>
+          el("div", {}, el("strong", { text: v.name }), " ", el("code", { text: v.model }),
+            x.kind === "ab" ? el("span", { class: "muted", text: ` ${percent(v.share, 0)}` }) : null))),
+        el("td", { class: "num", text: usersOf(x).toLocaleString() }),
+        el("td", {}, verdictOf(x)),
+        el("td", { class: "muted", text: (x.created || "").replace("T", " ").slice(0, 19) }),
+      ),
+    );
+    list.replaceChildren(
+      rows.length
+        ? table(["name", "kind", "state", "variants (models, shares)", "users", "ahead", "created"], rows,
+          { class: "experiments" })
+        : el("p", { class: "muted", text: "No experiment yet: an admin's POST /v1/experiments starts one (README, " +
+            "\"What users did: attribution and experiments\")." }),
+    );
+  });
+}
+
+// The buttons an admin's key gets: each POSTs its action and shows the answer, or the API's refusal, in `status`.
+function experimentActions(report, status, refresh) {
+  const act = (label, path, body, attrs = {}) =>
+    el("button", {
+      type: "button",
+      class: "small",
+      text: label,
+      "data-action": path,
+      ...attrs,
+      onclick: async (event) => {
+        event.target.disabled = true;
+        try {
+          const { data } = await api(`/v1/experiments/${encodeURIComponent(report.name)}/${path}`,
+            { method: "POST", body });
+          status.className = "muted";
+          status.textContent = data.promoted && path === "promote"
+            ? `promoted ${data.promoted.variant}: model ${data.promoted.model} is active; the experiment ended`
+            : `${report.name} is ${data.state}`;
+        } catch (error) {
+          status.className = "error";
+          status.textContent = error.message;
+        }
+        await refresh().catch(() => null); // the next tick shows what went wrong
+      },
+    });
+  const buttons = [];
+  if (report.state === "running") buttons.push(act("Pause", "pause"));
+  if (report.state === "paused") buttons.push(act("Resume", "resume"));
+  if (report.state !== "ended") buttons.push(act("End", "end"));
+  if (!report.promoted) {
+    buttons.push(act("Promote the winner", "promote", {}, { title: "activate the variant that won significantly" }));
+    for (const v of report.variants) {
+      buttons.push(act(`Promote ${v.name}`, "promote", { variant: v.name },
+        { "data-variant": v.name, title: `activate ${v.model} whatever the numbers say` }));
+    }
+  }
+  return buttons.length ? el("div", { class: "actions" }, buttons) : null;
+}
+
+function experimentFacts(report) {
+  const facts = [
+    ["kind", `${KIND_NAMES[report.kind] || report.kind}, by ${report.unit}`],
+    ["state", stateBadge(report.state)],
+    ["ahead", verdictOf(report)],
+    ["CTR@k's k", report.k],
+    ["created", report.created],
+    ["started", report.started],
+    ["paused", report.paused],
+    ["ended", report.ended],
+    ["promoted", report.promoted &&
+      `${report.promoted.variant} (model ${report.promoted.model}) at ${report.promoted.at}`],
+  ];
+  return el("dl", { class: "facts" }, facts.filter(([, value]) => value !== undefined && value !== null)
+    .map(([term, value]) => [el("dt", { text: term }), el("dd", { "data-fact": term }, value)]));
+}
+
+function variantTable(report) {
+  const first = report.variants[0].name;
+  const vs = "vs_control";
+  const rows = report.variants.map((v, i) =>
+    el(
+      "tr",
+      { "data-variant": v.name },
+      el("td", {}, el("strong", { text: v.name })),
+      el("td", {}, el("code", { text: v.model })),
+      el("td", { class: "num", text: percent(v.share, 0) }),
+      el("td", { class: "num users", text: v.users }),
+      el("td", { class: "num impressions", text: v.impressions }),
+      el("td", { class: "num clicks", text: v.clicks }),
+      el("td", { class: "num ctr", text: rate(v.ctr) }),
+      el("td", { class: "num liked", text: rate(v.liked_rate) }),
+      el("td", { class: "vs-ctr", text: i ? versus((v[vs] || {}).ctr) : "(the baseline)" }),
+      el("td", { class: "vs-liked", text: i ? versus((v[vs] || {}).liked_rate) : "" }),
+    ),
+  );
+  return table(["variant", "model", "share", "users", "impressions", "clicks", `CTR@${report.k}`,
+    "liked per impression", `CTR@${report.k} vs ${first}`, `liked vs ${first}`], rows, { class: "variants" });
+}
+
+function interleavingFacts(report) {
+  const totals = report.totals || {};
+  const x = report.interleaving || {};
+  const [a, b] = report.variants;
+  const facts = [
+    ["users", totals.users], ["impressions", totals.impressions], ["clicks", totals.clicks],
+    [`CTR@${report.k}`, rate(totals.ctr)], ["liked per impression", rate(totals.liked_rate)],
+    [`users preferring ${a.name}`, x.wins_a], [`users preferring ${b.name}`, x.wins_b], ["ties", x.ties],
+    [`preference for ${b.name}`, typeof x.preference === "number" ? x.preference.toFixed(3) : "–"],
+    ["sign test", `${pValue(x.p_value)} · ${x.significant ? "significant" : "a tie"}`],
+    ["clicks credited", report.variants.map((v) => `${v.name}: ${(x.clicks || {})[v.name] || 0}`).join(", ")],
+    ["preferred", verdictOf(report)],
+  ];
+  return el("dl", { class: "facts interleaving" },
+    facts.map(([term, value]) => [el("dt", { text: term }), el("dd", { "data-fact": term }, value ?? "–")]));
+}
+
+// The cumulative series as lines: per variant its CTR (clicks / impressions so far) for an A/B test, per team
+// the clicks credited so far for an interleaving. One <path class="series" data-variant=...> a variant.
+function seriesLines(report) {
+  const names = report.variants.map((v) => v.name);
+  const interleave = report.kind === "interleave";
+  return names.map((name) => ({
+    name,
+    points: report.series.points.flatMap((p) => {
+      const t = Date.parse(p.t);
+      if (interleave) return [{ t, y: (p.clicks || {})[name] || 0 }];
+      const counts = p[name] || {};
+      return counts.impressions ? [{ t, y: counts.clicks / counts.impressions }] : [];
+    }),
+  }));
+}
+
+const MARKED_POINTS = 100; // a line with more points than this is drawn without a dot at each
+const TIME_STEPS_S = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+
+// A step for axis ticks near a fifth of `span`: 1, 2 or 5 times a power of ten.
+function niceStep(span) {
+  const raw = span / 5 || 1;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((m) => m * power).find((step) => step >= raw);
+}
+
+function drawSeries(report) {
+  const W = 760, H = 300, left = 64, right = 32, top = 14, bottom = 48; // right: room for the last time label
+  const interleave = report.kind === "interleave";
+  const lines = seriesLines(report);
+  const all = lines.flatMap((line) => line.points);
+  const bucket = (report.series.bucket_s || 60) * 1000;
+  let [t0, t1] = [Math.min(...all.map((p) => p.t)), Math.max(...all.map((p) => p.t))];
+  if (t0 === t1) [t0, t1] = [t0 - bucket, t1 + bucket];
+  const highest = Math.max(...all.map((p) => p.y), 0) * 1.1; // headroom above the highest point
+  const step = niceStep(highest || (interleave ? 5 : 0.1));
+  const yMax = Math.max(step, Math.ceil(highest / step) * step);
+  const sx = (t) => left + ((t - t0) / (t1 - t0)) * (W - left - right);
+  const sy = (y) => H - bottom - (y / yMax) * (H - top - bottom);
+  const yLabel = (y) => (interleave ? String(Math.round(y)) : percent(y, step < 0.01 ? 1 : 0));
+  const ticks = [];
+  for (let y = 0; y <= yMax + step / 2; y += step) {
+    ticks.push(svg("line", { class: "grid", x1: left, x2: W - right, y1: sy(y), y2: sy(y) }),
+      svg("text", { x: left - 6, y: sy(y) + 4, "text-anchor": "end", text: yLabel(y) }));
+  }
+  // Time ticks on whole steps of the clock (1 s up to a day), at most about six of them.
+  const tStep = TIME_STEPS_S.find((s) => s * 1000 * 6 >= t1 - t0) * 1000 || t1 - t0;
+  for (let t = Math.ceil(t0 / tStep) * tStep; t <= t1; t += tStep) {
+    const iso = new Date(t).toISOString();
+    ticks.push(svg("line", { class: "tick", x1: sx(t), x2: sx(t), y1: H - bottom, y2: H - bottom + 4 }),
+      svg("text", { x: sx(t), y: H - bottom + 16, "text-anchor": "middle",
+        text: tStep >= 86_400_000 ? iso.slice(0, 10) : tStep >= 60_000 ? iso.slice(11, 16) : iso.slice(11, 19) }));
+  }
+  const paths = lines.map((line, i) => {
+    const colour = PALETTE[i % PALETTE.length];
+    const d = line.points.map((p, j) => `${j ? "L" : "M"}${sx(p.t).toFixed(1)},${sy(p.y).toFixed(1)}`).join(" ");
+    return svg("g", { "data-variant": line.name },
+      svg("path", { class: "series", "data-variant": line.name, d: d || null, stroke: colour, fill: "none" },
+        svg("title", { text: line.name })),
+      line.points.length > MARKED_POINTS ? null : line.points.map((p) =>
+        svg("circle", { class: "point", cx: sx(p.t).toFixed(1), cy: sy(p.y).toFixed(1), r: 2.5, fill: colour })));
+  });
+  return svg(
+    "svg",
+    { class: "plot", viewBox: `0 0 ${W} ${H}`, role: "img",
+      "aria-label": interleave ? "cumulative clicks credited to each variant over time"
+        : `cumulative CTR@${report.k} of each variant over time` },
+    ticks,
+    svg("line", { class: "axis", x1: left, x2: W - right, y1: H - bottom, y2: H - bottom }),
+    svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: H - bottom }),
+    svg("text", { class: "label", x: (left + W - right) / 2, y: H - 10, "text-anchor": "middle", text: "time (UTC)" }),
+    svg("text", { class: "label", x: 14, y: (top + H - bottom) / 2, "text-anchor": "middle",
+      transform: `rotate(-90 14 ${(top + H - bottom) / 2})`,
+      text: interleave ? "clicks credited, cumulative" : `CTR@${report.k}, cumulative` }),
+    paths,
+  );
+}
+
+function seriesLegend(report) {
+  const legend = el("ul", { class: "legend" }, report.variants.map((v, i) =>
+    el("li", { "data-variant": v.name }, el("span", { class: "swatch", "data-colour": i % PALETTE.length }),
+      el("strong", { text: v.name }), " ", el("code", { text: v.model }))));
+  for (const swatch of legend.querySelectorAll(".swatch")) swatch.style.background = PALETTE[swatch.dataset.colour];
+  return legend;
+}
+
+function renderExperiment(main) {
+  const name = document.body.dataset.experiment;
+  const status = el("p", { class: "muted", role: "status", id: "experiment-status" });
+  const head = el("div", { id: "experiment" });
+  const numbers = el("div", { id: "experiment-numbers" });
+  const plot = el("div", { id: "experiment-plot" });
+  main.replaceChildren(
+    el("p", {}, el("a", { href: `${HOME}experiments`, text: "← every experiment" })),
+    section(`Experiment ${name}`, head, status),
+    section("Numbers", numbers),
+    section("Over time", plot),
+  );
+  async function refresh() {
+    let answer;
+    try {
+      answer = await api(`/v1/experiments/${encodeURIComponent(name)}`);
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      showError(head, error);
+      numbers.replaceChildren();
+      plot.replaceChildren();
+      return error.status !== 404; // a deleted experiment stays deleted: stop asking
+    }
+    const { data: report, role } = answer;
+    head.replaceChildren(experimentFacts(report),
+      allows(role, "admin") ? experimentActions(report, status, refresh) : null);
+    numbers.replaceChildren(report.kind === "interleave" ? interleavingFacts(report) : variantTable(report));
+    const points = report.series.points.length;
+    plot.replaceChildren(
+      seriesLines(report).some((line) => line.points.length)
+        ? el("div", {}, drawSeries(report), seriesLegend(report),
+          el("p", { class: "muted", text: `${points} point${points === 1 ? "" : "s"}, one per ` +
+            `${report.series.bucket_s} s with events, each counting everything up to it` }))
+        : el("p", { class: "muted", text: "No event credited yet: the plot starts at the first impression." }),
+    );
+    return true;
+  }
+  every(2000, refresh);
+}
+
 // -- start -------------------------------------------------------------------------------------------------
-const PAGES = { overview: renderOverview, jobs: renderJobs, models: renderModels, try: renderTry, map: renderMap };
+const PAGES = { overview: renderOverview, jobs: renderJobs, models: renderModels, try: renderTry, map: renderMap,
+  experiments: renderExperiments, experiment: renderExperiment };
 PAGES[document.body.dataset.page](document.getElementById("main"));

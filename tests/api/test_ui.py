@@ -23,7 +23,9 @@ def keyed(settings: Settings) -> Any:
     return app.test_client()
 
 
-@pytest.mark.parametrize("path", ["/ui/", "/ui/jobs", "/ui/models", "/ui/try", "/ui/map"])
+@pytest.mark.parametrize(
+    "path", ["/ui/", "/ui/jobs", "/ui/models", "/ui/try", "/ui/map", "/ui/experiments", "/ui/experiments/any-name"]
+)
 def test_every_page_is_open_and_hardened(keyed: Any, path: str) -> None:
     r = keyed.get(path)  # no key: a page holds no data, and asks for a key before it calls the API
     assert r.status_code == 200 and r.mimetype == "text/html"
@@ -38,6 +40,12 @@ def test_every_page_is_open_and_hardened(keyed: Any, path: str) -> None:
 def test_the_data_behind_the_pages_still_needs_a_key(keyed: Any) -> None:
     assert keyed.get("/v1/system").status_code == 401
     assert keyed.get("/v1/jobs").status_code == 401
+    assert "X-Movierec-Role" not in keyed.get("/v1/jobs").headers
+
+
+def test_every_answer_to_a_key_names_its_role(keyed: Any) -> None:
+    r = keyed.get("/v1/jobs", headers={"Authorization": "Bearer " + "k" * 24})
+    assert r.status_code == 200 and r.headers["X-Movierec-Role"] == "admin"
 
 
 def test_unknown_pages_and_files_are_json_404s(keyed: Any) -> None:

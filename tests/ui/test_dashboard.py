@@ -142,8 +142,8 @@ def tenants_server(settings: Settings) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def test_the_overview_names_the_key_s_tenant_and_only_an_operator_sees_every_tenant(
-    page: Page, tenants_server: tuple[str, dict[str, str]]
-) -> None:
+    tenants_server: tuple[str, dict[str, str]], page: Page
+) -> None:  # the server first: torn down after the page, whose polls it answers until then
     url, keys = tenants_server
     page.goto(f"{url}/ui/")
     page.fill("#key-input", keys["reader"])
@@ -160,7 +160,7 @@ def test_the_overview_names_the_key_s_tenant_and_only_an_operator_sees_every_ten
     expect(page.locator("#tenants tr[data-tenant=default]")).to_be_visible()
 
 
-def test_the_page_asks_for_a_key_and_shows_hostile_text_as_text(page: Page, keyed_server: tuple[str, str],
+def test_the_page_asks_for_a_key_and_shows_hostile_text_as_text(keyed_server: tuple[str, str], page: Page,
                                                                  screenshot: Shoot) -> None:  # fmt: skip
     url, key = keyed_server
     page.goto(f"{url}/ui/")  # the page itself is open: it holds no data
