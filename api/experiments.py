@@ -31,18 +31,26 @@ bp = APIBlueprint("experiments", __name__, url_prefix="/v1/experiments", tag="ex
 @bp.output(ExperimentOut, status_code=201)
 @bp.doc(responses={400: "an interleaving of other than two variants, or variants of one name",
                    404: "a variant's model does not exist",
-                   409: "a variant's model has no index; another experiment runs; the name is taken"})  # fmt: skip
+                   409: "a variant's model has no index, or the models are of different datasets; another "
+                        "experiment runs; the name is taken"})  # fmt: skip
 def create_experiment(body: dict[str, Any]) -> dict[str, Any]:
     """Start an experiment: from now on each user's recommendations come from their variant's model (``ab``: a
     keyed hash of the user id picks it, the same in every API process and after restarts), or from both models
     interleaved (``interleave``: exactly two variants). One experiment runs at a time."""
     svc = services()
+    datasets = set()
     for variant in body["variants"]:
         if svc.models.get(variant["model"]) is None:
             raise NotFound(f"model {variant['model']!r} does not exist")
-        if svc.models.servable_dataset(variant["model"]) is None:
+        dataset = svc.models.servable_dataset(variant["model"])
+        if dataset is None:
             raise Conflict(f"model {variant['model']!r} has no index: index it first (POST /v1/jobs/index)")
-    record = new_record(body["name"], body["kind"], body["variants"], k=body["k"], bucket_s=body["bucket_s"])
+        datasets.add(dataset)
+    if len(datasets) > 1:  # a user's ratings, and the movies events name, are of one dataset
+        raise Conflict(f"the variants' models are of {len(datasets)} datasets ({', '.join(sorted(datasets))}): an "
+                       "experiment compares models of one", details={"datasets": sorted(datasets)})  # fmt: skip
+    record = new_record(body["name"], body["kind"], body["variants"], dataset=datasets.pop(), k=body["k"],
+                        bucket_s=body["bucket_s"], seed=body.get("seed"))  # fmt: skip
     made = svc.experiments.create({**record, "started": record["created"]})
     return report(svc, made)
 

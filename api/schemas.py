@@ -994,6 +994,13 @@ class ExperimentIn(BodySchema):
         validate=Range(1, 86_400),
         metadata={"description": "seconds per point of the experiment's time series"},
     )
+    seed = Integer(
+        validate=Range(0, 2**63 - 1),
+        metadata={
+            "description": "makes the users' buckets and an interleaving's coins a function of it, so a replay "
+            "repeats them (random when absent: who knows the seed can tell a user's variant)"
+        },
+    )
 
     @validates_schema(skip_on_field_errors=True)
     def _variants(self, data: dict[str, Any], **_: Any) -> None:
@@ -1032,6 +1039,7 @@ class ExperimentOut(Schema):
     )
     k = Integer()
     bucket_s = Integer()
+    dataset = String(metadata={"description": "the one dataset of the variants' models"})
     created = String()
     started = String()
     paused = String()

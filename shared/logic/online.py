@@ -20,11 +20,13 @@ before it (clients may send only clicks), but the rates divide by the impression
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -50,11 +52,12 @@ DEFAULT_BUCKET_S = 60
 
 
 def new_record(
-    name: str, kind: str, variants: Sequence[dict[str, Any]], *, k: int = DEFAULT_K, bucket_s: int = DEFAULT_BUCKET_S,
-    now: float | None = None,
+    name: str, kind: str, variants: Sequence[dict[str, Any]], *, dataset: str, k: int = DEFAULT_K,
+    bucket_s: int = DEFAULT_BUCKET_S, seed: int | None = None, now: float | None = None,
 ) -> Record:  # fmt: skip
     """An experiment's record before it is stored: its variants named (A, B, ... when not), shares normalised, a
-    salt of its own (so a user's bucket in one experiment says nothing of their bucket in the next)."""
+    salt of its own (so a user's bucket in one experiment says nothing of their bucket in the next; made from
+    ``seed`` when one is given, so a replay buckets and interleaves alike), the one dataset of its models."""
     total = sum(float(v.get("share", 1.0)) for v in variants)
     named = [
         {"name": v.get("name") or chr(ord("A") + i), "model": v["model"], "share": float(v.get("share", 1.0)) / total}
@@ -67,7 +70,10 @@ def new_record(
         "variants": named,
         "k": k,
         "bucket_s": bucket_s,
-        "salt": os.urandom(16).hex(),
+        "salt": (
+            hashlib.sha256(f"movierec experiment {seed}".encode()).digest()[:16] if seed is not None else os.urandom(16)
+        ).hex(),
+        "dataset": dataset,
         "created": _iso(now if now is not None else time.time()),
     }
 
@@ -78,8 +84,10 @@ def assignment(record: Record, user_id: int) -> dict[str, Any]:
     tag = {"number": int(record["number"]), "name": record["name"]}
     variants = record["variants"]
     if record["kind"] == INTERLEAVE:
+        # The draft's coins: the user's own (keyed by the salt), so the same user's same page interleaves alike
+        coin = hmac.new(bytes.fromhex(record["salt"]), f"coin {user_id}".encode(), hashlib.sha256).hexdigest()[:16]
         return {"model": variants[0]["model"], "interleave": [v["model"] for v in variants],
-                "experiment": {**tag, "variant": INTERLEAVED}}  # fmt: skip
+                "experiment": {**tag, "variant": INTERLEAVED, "coin": coin}}  # fmt: skip
     v = variant_of(bytes.fromhex(record["salt"]), user_id, [float(x["share"]) for x in variants])
     return {"model": variants[v]["model"], "experiment": {**tag, "variant": v, "variant_name": variants[v]["name"]}}
 
@@ -91,8 +99,11 @@ def interleaved(
     The items keep the scores their own model gave; the cursor covers the merged items."""
     k = int(params["k"])
     by_team = [{item["movie_id"]: item for item in answer["items"]} for answer in (first, second)]
+    if rng is None:  # the user's coins, on this page (an answer a user asks again is drafted alike)
+        coin = (params.get("experiment") or {}).get("coin")
+        rng = random.Random(f"{coin}:{len(params.get('shown', []))}") if coin else random.Random()
     ids, teams = team_draft([i["movie_id"] for i in first["items"]], [i["movie_id"] for i in second["items"]], k=k,
-                            rng=rng or random.Random())  # fmt: skip
+                            rng=rng)  # fmt: skip
     merged = {**first, "items": [by_team[team][m] for m, team in zip(ids, teams, strict=True)]}
     merged["explanation"] = "; ".join(filter(None, [
         f"interleaved: the items of models {first['model']} and {second['model']} drafted in turns (team-draft "
@@ -153,7 +164,17 @@ class _Checks:
     scale: tuple[float, float]  # its dataset's lowest and highest rating
     now_s: int
     window_s: int  # MOVIEREC_ATTRIBUTION_WINDOW_S
+    experiments: dict[int, Record]  # the tenant's experiments by number
+    catalogue: Callable[[str], frozenset[int]]  # a dataset's movie ids
     seen: dict[str, Served] = field(default_factory=dict)  # the ids verified so far
+
+    def movies(self, served: Served | None) -> tuple[frozenset[int], str]:
+        """The catalogue an event's movie must be in: the dataset of the experiment whose answer it cites (its
+        variants' one dataset), else the active model's; and its name in a refusal."""
+        record = self.experiments.get(served.experiment) if served is not None and served.experiment else None
+        if record is not None and record.get("dataset"):
+            return self.catalogue(record["dataset"]), f"experiment {record['name']!r}'s catalogue"
+        return self.movie_ids, "the active model's catalogue"
 
 
 def attribute(
@@ -162,9 +183,12 @@ def attribute(
 ) -> tuple[list[Attributed], list[dict[str, Any]]]:  # fmt: skip
     """Each event checked (its movie known, a rating on the scale, the answer it cites signed by this tenant, for
     its user, showing its movie) and credited; and the problems, one per bad event (``row``, ``problem``)."""
-    checks = _Checks(svc.events.secret(), movie_ids, scale, int(now if now is not None else time.time()),
-                     svc.settings.attribution_window_s)  # fmt: skip
-    experiments: set[int] | None = None
+    cites = any("recommendation_id" in event for event in events)
+    checks = _Checks(
+        svc.events.secret(), movie_ids, scale, int(now if now is not None else time.time()),
+        svc.settings.attribution_window_s, {int(r["number"]): r for r in svc.experiments.all()} if cites else {},
+        svc.catalogue.movie_ids,
+    )  # fmt: skip
     out: list[Attributed] = []
     problems: list[dict[str, Any]] = []
     for row, event in enumerate(events):
@@ -173,11 +197,8 @@ def attribute(
         except _Refused as err:
             problems.append({"row": row, "problem": str(err)})
             continue
-        if number:
-            if experiments is None:
-                experiments = {int(r["number"]) for r in svc.experiments.all()}
-            if number not in experiments:
-                logged["credited"], number = "no such experiment", 0
+        if number and number not in checks.experiments:
+            logged["credited"], number = "no such experiment", 0
         out.append(Attributed(logged, number))
     return out, problems
 
@@ -189,8 +210,10 @@ class _Refused(ValueError):
 def _attribute_one(event: dict[str, Any], checks: _Checks) -> tuple[dict[str, Any], int]:
     """The event as logged and the experiment it is credited to (0: none); _Refused for a bad one."""
     movie = int(event["movie_id"])
-    if movie not in checks.movie_ids:
-        raise _Refused(f"movie {movie} is not in the active model's catalogue")
+    served = _cited(event, movie, checks) if event.get("recommendation_id") is not None else None
+    movies, which = checks.movies(served)
+    if movie not in movies:
+        raise _Refused(f"movie {movie} is not in {which}")
     rating = event.get("rating")
     if (rating is None) != (event["type"] != "rating"):
         raise _Refused("a rating event has a rating, and only a rating event has one")
@@ -198,9 +221,8 @@ def _attribute_one(event: dict[str, Any], checks: _Checks) -> tuple[dict[str, An
     if rating is not None and not low <= float(rating) <= high:
         raise _Refused(f"rating {rating:g} is off the dataset's scale ({low:g} to {high:g})")
     logged = {**event, "timestamp": int(event.get("timestamp", checks.now_s))}
-    if event.get("recommendation_id") is None:
+    if served is None:
         return logged, 0
-    served = _cited(event, movie, checks)
     logged["position"] = event.get("position") or served.position(movie)
     if not served.experiment:
         return logged, 0
@@ -321,8 +343,8 @@ def report(svc: Services, record: Record) -> dict[str, Any]:
         control = rows[0][2]
         out["variants"] = [
             {**variants[i], **counts, **{n: r.to_json() for n, r in rates.items()},
-             **({"vs_" + variants[0]["name"]: {n: difference(control[n], rates[n]).to_json()
-                                              for n in ("ctr", "liked_rate")}} if i else {})}
+             **({"vs_control": {"variant": variants[0]["name"], **{n: difference(control[n], rates[n]).to_json()
+                                                                    for n in ("ctr", "liked_rate")}}} if i else {})}
             for i, (_, counts, rates) in enumerate(rows)
         ]  # fmt: skip
         out["leader"] = _leader(variants, [rates["ctr"] for _, _, rates in rows])

@@ -197,19 +197,29 @@ class Difference:
     p_value: float  # 2 * (1 - Phi(|diff| / se)); 1.0 when se == 0 and diff == 0; 0.0 when se == 0 and diff != 0
     relative: float | None  # difference / a.value, None when a.value == 0
     level: float  # e.g. 0.95
+    units: int = 0  # the fewer of the two sides' units
+    min_units: int = 0  # the fewest units a side needs for the difference to count (``MIN_UNITS``)
 
     @property
     def significant(self) -> bool:
-        """p_value < 1 - level: the interval excludes 0."""
-        return self.p_value < 1 - self.level
+        """p_value < 1 - level (the interval excludes 0), with at least ``min_units`` units a side: the normal
+        interval of a handful of users is no interval (with one user a side, or every user alike, se is 0 and
+        any difference would read as certain)."""
+        return self.p_value < 1 - self.level and self.units >= self.min_units
 
     def to_json(self) -> dict[str, Any]:
         return {**_rounded(asdict(self)), "significant": self.significant}
 
 
-def difference(a: Ratio, b: Ratio, *, level: float = LEVEL) -> Difference:
+MIN_UNITS = 20
+"""Units (users) each side of a difference needs before it can be significant: the delta method's normal interval
+is a large-sample one, and below some tens of users it is far too narrow."""
+
+
+def difference(a: Ratio, b: Ratio, *, level: float = LEVEL, min_units: int = MIN_UNITS) -> Difference:
     """b - a of two Ratios over disjoint users (two variants'), with se = sqrt(a.se**2 + b.se**2), the normal
-    interval at ``level`` and the two-sided p-value of no difference."""
+    interval at ``level`` and the two-sided p-value of no difference; significant only with ``min_units`` units
+    a side."""
     z = _z(level)
     diff = b.value - a.value
     se = math.hypot(a.se, b.se)
@@ -217,7 +227,8 @@ def difference(a: Ratio, b: Ratio, *, level: float = LEVEL) -> Difference:
     # cancellation that rounds a small p to 0.
     p_value = float(2 * stats.norm.sf(abs(diff) / se)) if se > 0 else float(diff == 0)
     return Difference(difference=diff, low=diff - z * se, high=diff + z * se, p_value=min(1.0, p_value),
-                      relative=diff / a.value if a.value != 0 else None, level=level)  # fmt: skip
+                      relative=diff / a.value if a.value != 0 else None, level=level,
+                      units=min(a.units, b.units), min_units=min_units)  # fmt: skip
 
 
 # -- interleaving outcomes -----------------------------------------------------------------------------------

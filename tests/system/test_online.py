@@ -144,7 +144,8 @@ def test_a_bad_event_is_400_naming_it_and_nothing_of_its_batch_is_stored(api_url
 def test_an_ab_test_buckets_each_user_for_good_counts_their_events_and_promotes_its_winner(
     api_url: str, app: Any, versions: list[str], experiment: str
 ) -> None:
-    body = {"name": experiment, "variants": [{"model": versions[0]}, {"model": versions[1], "name": "new"}]}
+    body = {"name": experiment, "variants": [{"model": versions[0]}, {"model": versions[1], "name": "new"}],
+            "seed": 7}  # fmt: skip
     r = requests.post(f"{api_url}/v1/experiments", json=body, timeout=10)
     assert r.status_code == 201, r.text
     assert [v["share"] for v in r.json()["variants"]] == [0.5, 0.5] and r.json()["state"] == "running"
@@ -179,7 +180,7 @@ def test_an_ab_test_buckets_each_user_for_good_counts_their_events_and_promotes_
     assert b["users"] == new_users and a["users"] == len(USERS) - new_users
     assert b["impressions"] == 5 * new_users and b["clicks"] == 2 * new_users and a["clicks"] == 0
     assert b["ctr"]["value"] == pytest.approx(0.4) and a["ctr"]["value"] == 0
-    assert b["vs_A"]["ctr"]["significant"] and b["vs_A"]["ctr"]["difference"] == pytest.approx(0.4)
+    assert b["vs_control"]["ctr"]["significant"] and b["vs_control"]["ctr"]["difference"] == pytest.approx(0.4)
     assert report["leader"] == {"variant": "new", "model": versions[1], "significant": True}
     assert report["series"]["points"][-1]["new"] == {"impressions": 5 * new_users, "clicks": 2 * new_users}
     metrics = requests.get(f"{api_url}/metrics", timeout=10).text
@@ -203,6 +204,12 @@ def test_an_ab_test_buckets_each_user_for_good_counts_their_events_and_promotes_
     assert "experiment" not in recommend(api_url, {"user_id": 1, "k": 5})
     assert requests.post(f"{api_url}/v1/experiments/{experiment}/resume", timeout=10).status_code == 409
 
+    # Made again with its seed, the experiment puts every user where it did.
+    assert requests.delete(f"{api_url}/v1/experiments/{experiment}", timeout=10).status_code == 200
+    assert requests.post(f"{api_url}/v1/experiments", json=body, timeout=10).status_code == 201
+    for user in list(USERS)[:10]:
+        assert recommend(api_url, {"user_id": user, "k": 5})["experiment"]["variant"] == variants[user]
+
 
 def test_an_interleaving_drafts_both_models_answers_and_credits_each_click_to_its_team(
     api_url: str, versions: list[str], experiment: str
@@ -224,6 +231,8 @@ def test_an_interleaving_drafts_both_models_answers_and_credits_each_click_to_it
         a, b = own[0][user], own[1][user]
         assert len(set(ids)) == 10 and set(ids) <= set(a) | set(b)
         assert a[0] in ids[:2] and b[0] in ids[:2]  # the first round: each team's best
+        again = recommend(api_url, {"user_id": user, "k": 10})
+        assert [i["movie_id"] for i in again["items"]] == ids  # a user's coins are their own: drafted alike
         events += shown(answer, user)
         events += [{"type": "click", "user_id": user, "movie_id": m, "recommendation_id": answer["recommendation_id"]}
                    for m in [m for m in ids if m not in a][:1]]  # fmt: skip

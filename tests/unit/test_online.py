@@ -327,6 +327,8 @@ def test_difference_hand_computed() -> None:
         "p_value": 0.0455,
         "relative": 0.5,
         "level": 0.95,
+        "units": 100,
+        "min_units": 20,
         "significant": True,
     }
     # b behind a: the same p, the interval mirrored
@@ -358,6 +360,18 @@ def test_difference_without_spread_and_without_a_baseline() -> None:
     assert apart.p_value == 0.0 and apart.significant
     from_zero = difference(rate(0.0, 0.0), rate(0.1, 0.01))
     assert from_zero.relative is None and from_zero.to_json()["relative"] is None
+
+
+def test_a_difference_of_a_few_users_is_never_significant() -> None:
+    """One user a side (or every user alike) has se 0: the p-value is 0, yet nothing is known (bench.online saw
+    A/B tests called after their first user)."""
+    one = ratio(np.array([0.0]), np.array([5.0])), ratio(np.array([2.0]), np.array([5.0]))
+    got = difference(*one)
+    assert got.p_value == 0.0 and got.units == 1 and not got.significant
+    alike = ratio(np.zeros(19), np.full(19, 5.0)), ratio(np.full(19, 2.0), np.full(19, 5.0))
+    assert not difference(*alike).significant  # 19 a side: one short
+    enough = ratio(np.zeros(20), np.full(20, 5.0)), ratio(np.full(20, 2.0), np.full(20, 5.0))
+    assert difference(*enough).significant and not difference(*enough, min_units=21).significant
 
 
 def test_difference_level_is_honoured() -> None:
