@@ -8,6 +8,7 @@ downward: the factory imports the blueprints, the blueprints import this module.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -21,6 +22,12 @@ from shared.jobs.submit import submit
 from shared.logic.services import Services
 
 from . import auth
+
+
+def cooperate() -> None:
+    """Let this worker's other requests run a moment: the API's gevent workers switch between requests only where
+    one waits (I/O, a sleep), so a long stretch of work in a view calls this between its slices."""
+    time.sleep(0)  # gevent's sleep where gunicorn's gevent worker patched it; a no-op yield of the thread elsewhere
 
 
 def services() -> Services:

@@ -17,7 +17,7 @@ from shared.errors import InvalidRequest
 from shared.logic.online import attribute, record
 from shared.store.feedback import MAX_PROBLEMS
 
-from .context import active_model, services
+from .context import active_model, cooperate, services
 from .schemas import EventsIn, EventsOut, EventsQuery, EventsStoredOut
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1/events", tag="events")
@@ -37,7 +37,8 @@ def post_events(body: dict[str, Any]) -> dict[str, Any]:
     dataset = active_model()[1]
     base = svc.catalogue.feedback_base(dataset)
     low, high, _ = svc.catalogue.rating_scale(base)
-    events, bad = attribute(svc, body["events"], movie_ids=svc.catalogue.movie_ids(base), scale=(low, high))
+    events, bad = attribute(svc, body["events"], movie_ids=svc.catalogue.movie_ids(base), scale=(low, high),
+                            pause=cooperate)  # fmt: skip
     if bad:
         first = bad[0]
         raise InvalidRequest(
@@ -45,7 +46,7 @@ def post_events(body: dict[str, Any]) -> dict[str, Any]:
             "nothing of this batch was stored",
             details={"rows": bad[:MAX_PROBLEMS], "bad": len(bad)},
         )
-    return record(svc, events)
+    return record(svc, events, pause=cooperate)
 
 
 @bp.get("")

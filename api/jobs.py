@@ -183,8 +183,8 @@ def create_evaluate(body: dict[str, Any]) -> Any:
 @bp.output(JobOut, status_code=202, description="the batch job, queued (cpu queue, sharded)")
 @bp.doc(responses={400: "invalid request", 409: "no model is active"})
 def create_recommend_batch(body: dict[str, Any]) -> Any:
-    """Recommendations for many users (or "all") with the active model, each user's the single-user answer;
-    the rows as CSV or .npy from the job's result."""
+    """Recommendations for many users (or "all") with the active model, each user's the single-user answer
+    (with the same serve-time rules, when given); the rows as CSV or .npy from the job's result."""
     version, dataset = active_model()
     return accepted(submit_job(kind="recommend-batch", params={**body, "model": version, "dataset": dataset}))
 

@@ -315,7 +315,7 @@ def _user_id(value: Any) -> int | None:
     return value
 
 
-class RecommendBatchIn(BodySchema):
+class RecommendBatchIn(ServeRules, BodySchema):
     users = BatchUsers(
         required=True,
         metadata={

@@ -15,6 +15,10 @@
         ▼ sends the join
     workers.batch.batch_join ──> the job succeeds with a summary (users, rows, parts, users per second)
 
+With serve-time rules (genres, years, excluded ids, diversity) a shard answers its users one at a time by the
+single answer's own path over the whole loaded model (``ruled_rows``): the rules read the catalogue's text, which
+``ShardModel`` leaves out, and MMR ranks each user's own pool.
+
 The parts are the result: ``GET /v1/jobs/<id>/result?format=csv|npy`` reads them one after the other and
 streams them (``csv_stream``, ``npy_stream``), so no process ever holds all the rows. They and the users array
 live as long as the job's record (the result TTL). A redelivered shard rewrites its own part; the users are
@@ -35,9 +39,18 @@ from shared.infra.process import per_process
 from shared.jobs.sharded import ShardPlan
 from shared.logic.online import batch_ids
 from shared.logic.services import Services
-from shared.logic.serving import SERVED_VERSIONS, feedback_for, load_index, network
-from shared.ml.batch import CSV_HEADER, ROW, ShardModel, StoredRatings, answer_users, csv_text, npy_header
-from shared.ml.recommend import Profile, most_popular, popularity_prior
+from shared.logic.serving import SERVED_VERSIONS, feedback_for, load_index, load_serving, network
+from shared.ml.batch import (
+    CSV_HEADER,
+    ROW,
+    ShardModel,
+    StoredRatings,
+    answer_users,
+    csv_text,
+    npy_header,
+    ruled_rows,
+)
+from shared.ml.recommend import NO_RULES, Profile, Rules, most_popular, popularity_prior
 from shared.store.artifacts import ArtifactStore
 from shared.store.datasets import load_ratings
 from shared.store.models import ModelStore
@@ -83,6 +96,12 @@ def answer_part(
     """The rows of the job's users [lo, hi) and the shard's stats; the shard's feedback read in one round trip
     (``serving.feedback_for``, as a single query reads it)."""
     users = svc.artifacts.get_array(batch_result(job_id, "user_ids"))[lo:hi]
+    rules = Rules.of(params)
+    if rules != NO_RULES:  # the single answer's path, user by user (shared/ml/batch.py ``ruled_rows``)
+        whole = load_serving(svc.artifacts, svc.models, params["model"])
+        rows, stats = ruled_rows(whole, users, k=int(params["k"]), exclude_seen=bool(params.get("exclude_seen", True)),
+                                 rules=rules, feedback=feedback_for(svc, whole, users.tolist()))  # fmt: skip
+        return rows, {**stats, "range": [lo, hi]}
     model = shard_model(svc.artifacts, svc.models, params["model"])
     dataset = model.record["dataset"]
     timed = model.profile.timed
@@ -166,6 +185,7 @@ def summary(params: dict[str, Any], plan: ShardPlan, stats: list[dict[str, Any]]
         "users": plan.items,
         "k": int(params["k"]),
         "exclude_seen": bool(params.get("exclude_seen", True)),
+        "rules": Rules.of(params).described(),
         "rows": rows,
         "popular": sum(int(s["popular"]) for s in stats),
         "light": sum(int(s.get("light", 0)) for s in stats),

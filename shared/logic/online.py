@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import random
 import time
@@ -177,12 +178,18 @@ class _Checks:
         return self.movie_ids, "the active model's catalogue"
 
 
+PAUSE_EVERY = 100
+"""Events checked between two calls of ``attribute``'s ``pause`` (about a millisecond of work)."""
+
+
 def attribute(
     svc: Services, events: list[dict[str, Any]], *, movie_ids: frozenset[int], scale: tuple[float, float],
-    now: float | None = None,
+    now: float | None = None, pause: Callable[[], None] = lambda: None,
 ) -> tuple[list[Attributed], list[dict[str, Any]]]:  # fmt: skip
     """Each event checked (its movie known, a rating on the scale, the answer it cites signed by this tenant, for
-    its user, showing its movie) and credited; and the problems, one per bad event (``row``, ``problem``)."""
+    its user, showing its movie) and credited; and the problems, one per bad event (``row``, ``problem``).
+    ``pause`` is called every ``PAUSE_EVERY`` events: the API's gevent worker lets its other requests run there,
+    so a batch of a thousand events does not hold a recommendation up for its whole check."""
     cites = any("recommendation_id" in event for event in events)
     checks = _Checks(
         svc.events.secret(), movie_ids, scale, int(now if now is not None else time.time()),
@@ -192,6 +199,8 @@ def attribute(
     out: list[Attributed] = []
     problems: list[dict[str, Any]] = []
     for row, event in enumerate(events):
+        if row and not row % PAUSE_EVERY:
+            pause()
         try:
             logged, number = _attribute_one(event, checks)
         except _Refused as err:
@@ -258,16 +267,24 @@ def _cited(event: dict[str, Any], movie: int, checks: _Checks) -> Served:
     return served
 
 
-def record(svc: Services, attributed: list[Attributed], *, now: float | None = None) -> dict[str, Any]:
-    """Log every event and add the credited ones to their experiments' counters, in one round trip; a summary."""
+def record(
+    svc: Services, attributed: list[Attributed], *, now: float | None = None, pause: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
+    """Log every event and add the credited ones to their experiments' counters, in one round trip; a summary.
+    ``pause``: as ``attribute``'s, between slices of the events' encoding."""
     now_s = now if now is not None else time.time()
     by_experiment: dict[int, list[dict[str, Any]]] = {}
     for a in attributed:
         if a.experiment:
             by_experiment.setdefault(a.experiment, []).append(a.event)
     records = {int(r["number"]): r for r in svc.experiments.all()} if by_experiment else {}
+    texts = []
+    for lo in range(0, len(attributed), PAUSE_EVERY):
+        if lo:
+            pause()
+        texts += [json.dumps(a.event, separators=(",", ":")) for a in attributed[lo : lo + PAUSE_EVERY]]
     pipe = svc.redis.pipeline(transaction=False)
-    svc.events.add(pipe, [a.event for a in attributed], now_ms=int(now_s * 1000))
+    svc.events.add(pipe, texts, now_ms=int(now_s * 1000))
     for number, events in by_experiment.items():
         svc.experiments.count(pipe, number, *increments(records[number], events, now=now_s))
     pipe.execute()

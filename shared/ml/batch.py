@@ -35,8 +35,10 @@ import numpy as np
 
 from shared.ml.index import Found, MovieIndex, RowSets, concat_ranges
 from shared.ml.recommend import (
+    LIGHT_PROFILE,
     Layers,
     Profile,
+    Rules,
     ServingModel,
     UserRatings,
     blended_top,
@@ -44,6 +46,7 @@ from shared.ml.recommend import (
     cold_bonus,
     profile_queries,
     profile_weights,
+    user_ranking,
     vector_scale,
     with_cold,
 )
@@ -175,6 +178,29 @@ def answer_users(
     rows = user_rows(model.movie_ids, users, rated, found, popular=popular, k=k)
     stats = {"users": len(users), "rows": len(rows), "popular": len(users) - len(rated), "light": len(light),
              "seconds": round(time.perf_counter() - started, 4)}  # fmt: skip
+    return rows, stats
+
+
+def ruled_rows(
+    model: ServingModel, users: np.ndarray, *, k: int, exclude_seen: bool, rules: Rules,
+    feedback: dict[int, UserRatings],
+) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    """``users`` answered with serve-time ``rules`` (genres, years, excluded ids, diversity): each by the single
+    answer's own ``user_ranking``, one user at a time, since a rule reads the catalogue's text (genres, years)
+    that ``ShardModel`` leaves out and diversity ranks each user's own pool. Rows and stats as ``answer_users``'."""
+    started = time.perf_counter()
+    parts, strategies = [], []
+    for user in users.tolist():
+        ranking = user_ranking(model, int(user), k=k, exclude_seen=exclude_seen, rules=rules,
+                               feedback=feedback.get(int(user)))  # fmt: skip
+        part = np.zeros(len(ranking.rows), dtype=ROW)
+        part["user_id"], part["rank"] = user, np.arange(1, len(ranking.rows) + 1)
+        part["movie_id"], part["score"] = model.movie_ids[ranking.rows], ranking.scores
+        parts.append(part)
+        strategies.append(ranking.strategy)
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=ROW)
+    stats = {"users": len(users), "rows": len(rows), "popular": strategies.count("popular"),
+             "light": strategies.count(LIGHT_PROFILE), "seconds": round(time.perf_counter() - started, 4)}  # fmt: skip
     return rows, stats
 
 

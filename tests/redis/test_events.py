@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import cast
 
@@ -23,7 +24,7 @@ def event_log(client: redis.Redis, prefix: str, *, max_entries: int = 1000, rete
 def test_a_batch_is_logged_in_one_call_newest_first(redis_client: redis.Redis, fresh_prefix: str) -> None:
     log = event_log(redis_client, fresh_prefix)
     pipe = redis_client.pipeline(transaction=False)
-    log.add(pipe, [{"type": "click", "n": i} for i in range(5)], now_ms=int(time.time() * 1000))
+    log.add(pipe, [json.dumps({"type": "click", "n": i}) for i in range(5)], now_ms=int(time.time() * 1000))
     assert pipe.execute() == [5]
     page, cursor = log.read(limit=3)
     assert [e["n"] for e in page] == [4, 3, 2] and cursor is not None
@@ -37,11 +38,11 @@ def test_the_log_stays_about_its_size_and_drops_what_passed_its_retention(
     now_ms = int(time.time() * 1000)
     for _ in range(20):
         pipe = redis_client.pipeline(transaction=False)
-        log.add(pipe, [{"type": "impression"}] * 1000, now_ms=now_ms)
+        log.add(pipe, [json.dumps({"type": "impression"})] * 1000, now_ms=now_ms)
         pipe.execute()
     assert 1000 <= log.count() <= 1000 + 100  # whole stream nodes of 100 entries go (trimming with ~)
     pipe = redis_client.pipeline(transaction=False)
-    log.add(pipe, [{"type": "click"}], now_ms=now_ms + 3_600_000)  # an hour on: every earlier event is past 60 s
+    log.add(pipe, [json.dumps({"type": "click"})], now_ms=now_ms + 3_600_000)  # an hour on: every earlier event is past 60 s
     pipe.execute()
     assert log.count() <= 100 and log.read(limit=10, before=None)[0] == []  # none past its retention is shown
 

@@ -106,6 +106,28 @@ def test_batch_rows_are_the_single_user_answers(api_url: str, model: dict[str, s
     assert np.allclose(array["score"], [s for *_, s in rows], atol=1e-6)
 
 
+def test_a_batch_keeps_the_serve_time_rules_as_each_single_answer_does(api_url: str, model: dict[str, str]) -> None:
+    plain = [item["movie_id"] for item in single(api_url, 1, 5)["items"]]
+    rules = {"genres": ["Comedy", "Drama"], "year_min": 1990, "year_max": 2010, "exclude": plain[:2],
+             "diversity": 0.4}  # fmt: skip
+    users = [1, 5, UNKNOWN_USER, NEW_USER]
+    job, result = batch(api_url, {"users": users, "k": 5, **rules})
+    assert result["rules"] == rules and result["popular"] == 1
+    rows = by_user(csv_rows(api_url, job["id"]))
+    assert list(rows) == users
+    for user in users:
+        r = requests.post(f"{api_url}/v1/recommendations", params={"wait": 30},
+                          json={"user_id": user, "k": 5, **rules}, timeout=60)  # fmt: skip
+        expected = r.json()["items"]
+        assert [(rank, movie) for rank, movie, _ in rows[user]] == [(i + 1, it["movie_id"]) for i, it in
+                                                                    enumerate(expected)]  # fmt: skip
+        assert [s for *_, s in rows[user]] == [it["score"] for it in expected]
+        assert not set(plain[:2]) & {movie for _, movie, _ in rows[user]}
+        for item in expected:
+            year = int(item["title"].rstrip(") ")[-4:])
+            assert 1990 <= year <= 2010 and {"comedy", "drama"} & {d.lower() for d in item["descriptors"]}, item
+
+
 def test_feedback_reaches_the_batch(api_url: str, model: dict[str, str]) -> None:
     """User 5 rated movie 2571 after ingest: it is seen now, so it is excluded from their batch rows."""
     job, _ = batch(api_url, {"users": [5], "k": 100})
@@ -144,7 +166,8 @@ def test_all_users_with_progress_and_every_format(api_url: str, model: dict[str,
         {"users": "all", "k": 0},
         {"users": "all", "k": 101},
         {"users": "all", "shard_users": 0},
-        {"users": "all", "genres": ["Drama"]},
+        {"users": "all", "diversity": 2},
+        {"users": "all", "year_min": 0},
     ],
 )
 def test_bad_requests_are_400(api_url: str, model: dict[str, str], body: dict[str, Any]) -> None:
@@ -174,7 +197,8 @@ def test_cli_recommend_batch(api_url: str, model: dict[str, str], tmp_path: Path
     lines = (tmp_path / "three.csv").read_text().splitlines()
     assert lines[0] == "user_id,rank,movie_id,score,recommendation_id" and len(lines) == 13
     expected = [f"2,{i + 1},{it['movie_id']},{it['score']!r}" for i, it in enumerate(single(api_url, 2, 4)["items"])]
-    assert lines[5:9] == expected
+    assert [line.rsplit(",", 1)[0] for line in lines[5:9]] == expected
+    assert len({line.rsplit(",", 1)[1] for line in lines[5:9]}) == 1  # user 2's answer's recommendation id
     done = cli("--users", "all", "--k", "2", "--out", str(tmp_path / "all.npy"))
     assert done.returncode == 0, done.stderr
     array = np.load(tmp_path / "all.npy", allow_pickle=False)
