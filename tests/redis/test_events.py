@@ -42,7 +42,9 @@ def test_the_log_stays_about_its_size_and_drops_what_passed_its_retention(
         pipe.execute()
     assert 1000 <= log.count() <= 1000 + 100  # whole stream nodes of 100 entries go (trimming with ~)
     pipe = redis_client.pipeline(transaction=False)
-    log.add(pipe, [json.dumps({"type": "click"})], now_ms=now_ms + 3_600_000)  # an hour on: every earlier event is past 60 s
+    log.add(
+        pipe, [json.dumps({"type": "click"})], now_ms=now_ms + 3_600_000
+    )  # an hour on: every earlier event is past 60 s
     pipe.execute()
     assert log.count() <= 100 and log.read(limit=10, before=None)[0] == []  # none past its retention is shown
 
