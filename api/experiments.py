@@ -20,7 +20,7 @@ from shared.logic.online import STATE_MOVES, new_record, report, winner
 from shared.store.experiments import ENDED, RUNNING
 
 from .context import services
-from .schemas import ExperimentIn, ExperimentListOut, ExperimentOut, PromoteIn
+from .schemas import ExperimentIn, ExperimentListOut, ExperimentOut, PromoteQuery
 
 bp = APIBlueprint("experiments", __name__, url_prefix="/v1/experiments", tag="experiments")
 
@@ -112,24 +112,24 @@ def _move(name: str, action: str) -> dict[str, Any]:
 
 
 @bp.post("/<name>/promote")
-@bp.input(PromoteIn, arg_name="body")
+@bp.input(PromoteQuery, location="query", arg_name="query", unknown=None)
 @bp.output(ExperimentOut)
 @bp.doc(responses={404: "unknown experiment or variant", 409: "no variant named, and none won significantly "
                         "(yet): name one to promote it anyway; or its model can no longer serve"})  # fmt: skip
-def promote_experiment(name: str, body: dict[str, Any]) -> dict[str, Any]:
+def promote_experiment(name: str, query: dict[str, Any]) -> dict[str, Any]:
     """Activate a variant's model (the one named, else the significant winner) and end the experiment."""
     svc = services()
     record = svc.experiments.get(name)
     found = report(svc, record)
-    if "variant" in body:
-        chosen = next((v for v in record["variants"] if v["name"] == body["variant"]), None)
+    if "variant" in query:
+        chosen = next((v for v in record["variants"] if v["name"] == query["variant"]), None)
         if chosen is None:
-            raise NotFound(f"experiment {name!r} has no variant {body['variant']!r}")
+            raise NotFound(f"experiment {name!r} has no variant {query['variant']!r}")
     else:
         chosen = winner(found)
         if chosen is None:
             raise Conflict(f"no variant of {name!r} has won significantly yet: name the one to promote "
-                           '({"variant": "B"}) to activate it anyway, or wait for more users')  # fmt: skip
+                           "(?variant=B) to activate it anyway, or wait for more users")  # fmt: skip
     svc.models.activate(chosen["model"])
     promoted = {"variant": chosen.get("name", chosen.get("variant")), "model": chosen["model"], "at": _now()}
     fields = {"promoted": promoted, **({} if record["state"] == ENDED else {"ended": _now()})}

@@ -11,8 +11,8 @@ real users give the events their recommendation ids (impressions of every item, 
 1. Intake: ``--senders`` threads post batches of ``--batch`` events as fast as they are answered, for
    ``--seconds``: events a second, and each batch's latency.
 2. Side by side, ``--rounds`` times in turn: one client's recommendations for ``--seconds`` (bench.serving's
-   load) with nothing else running, then again while one thread posts ``--rate`` events a second (batches of
-   ``--batch``, paced). Reported: each phase's p50 and p99, and the events a second actually taken in.
+   load) with nothing else running, then again while a process of its own posts ``--rate`` events a second
+   (batches of ``--batch``, paced). Reported: each phase's p50 and p99, and the events a second taken in.
 
 The load generator shares the machine's cores with the stack, as a user's would on one host.
 """
@@ -20,6 +20,9 @@ The load generator shares the machine's cores with the stack, as a user's would 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
+import multiprocessing
 import random
 import statistics
 import sys
@@ -28,6 +31,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.infra.settings import Settings
 
@@ -96,29 +100,41 @@ def intake(api: str, bodies: list[dict[str, Any]], *, senders: int, seconds: flo
     return taken[0], latencies, time.perf_counter() - began
 
 
-class Paced(threading.Thread):
-    """Posts ``rate`` events a second (batches from ``bodies``) until stopped; counts what it got in."""
+class Paced:
+    """Posts ``rate`` events a second (batches from ``bodies``, encoded once) from a process of its own until
+    stopped, so the recommendation client measured beside it shares no interpreter lock with the sender."""
 
     def __init__(self, api: str, bodies: list[dict[str, Any]], rate: float) -> None:
-        super().__init__(daemon=True)
-        self.api, self.bodies, self.rate = api, bodies, rate
-        self.stopping = threading.Event()
-        self.taken = 0
-        self.began = self.ended = 0.0
+        self.api, self.rate = api, rate
+        self.payloads = [(json.dumps(body).encode(), len(body["events"])) for body in bodies]
+        context = multiprocessing.get_context("fork")
+        self.stopping = context.Event()
+        self.report: Any = context.Queue()
+        self.process = context.Process(target=self._run, daemon=True)
+        self.taken, self.seconds = 0, 0.0
 
-    def run(self) -> None:
-        self.began = time.perf_counter()
-        i = 0
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.taken, self.seconds = self.report.get(timeout=60)
+        self.process.join(timeout=60)
+
+    def _run(self) -> None:
+        where = urlsplit(self.api)
+        conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=60)
+        began, taken, i = time.perf_counter(), 0, 0
         while not self.stopping.is_set():
-            body = self.bodies[i % len(self.bodies)]
-            due = self.began + (self.taken + len(body["events"])) / self.rate
-            self.stopping.wait(max(0.0, due - time.perf_counter()))
-            if self.stopping.is_set():
+            payload, n = self.payloads[i % len(self.payloads)]
+            if self.stopping.wait(max(0.0, began + (taken + n) / self.rate - time.perf_counter())):
                 break
-            post(self.api, body)
-            self.taken += len(body["events"])
-            i += 1
-        self.ended = time.perf_counter()
+            conn.request("POST", "/v1/events", body=payload, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200, response.status
+            taken, i = taken + n, i + 1
+        self.report.put((taken, time.perf_counter() - began))
 
 
 def main() -> int:
@@ -151,9 +167,8 @@ def main() -> int:
                 got, errors, elapsed = _load(api, clients=1, seconds=args.seconds, key=None)
                 rate = ""
                 if paced:
-                    paced.stopping.set()
-                    paced.join()
-                    rate = f", events {paced.taken / (paced.ended - paced.began):,.0f}/s"
+                    paced.stop()
+                    rate = f", events {paced.taken / paced.seconds:,.0f}/s"
                 print(f"round {round_}, recommendations {'with events' if flowing else 'alone      '}: "
                       f"{len(got) / elapsed:.0f} answers/s, p50 {statistics.median(got) * 1000:.1f} ms, "
                       f"p99 {percentile(got, 0.99) * 1000:.1f} ms, errors {len(errors)}{rate}")  # fmt: skip

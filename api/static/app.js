@@ -791,7 +791,7 @@ function renderExperiments(main) {
 
 // The buttons an admin's key gets: each POSTs its action and shows the answer, or the API's refusal, in `status`.
 function experimentActions(report, status, refresh) {
-  const act = (label, path, body, attrs = {}) =>
+  const act = (label, path, query, attrs = {}) =>
     el("button", {
       type: "button",
       class: "small",
@@ -802,7 +802,7 @@ function experimentActions(report, status, refresh) {
         event.target.disabled = true;
         try {
           const { data } = await api(`/v1/experiments/${encodeURIComponent(report.name)}/${path}`,
-            { method: "POST", body });
+            { method: "POST", query });
           status.className = "muted";
           status.textContent = data.promoted && path === "promote"
             ? `promoted ${data.promoted.variant}: model ${data.promoted.model} is active; the experiment ended`
@@ -819,7 +819,7 @@ function experimentActions(report, status, refresh) {
   if (report.state === "paused") buttons.push(act("Resume", "resume"));
   if (report.state !== "ended") buttons.push(act("End", "end"));
   if (!report.promoted) {
-    buttons.push(act("Promote the winner", "promote", {}, { title: "activate the variant that won significantly" }));
+    buttons.push(act("Promote the winner", "promote", undefined, { title: "activate the variant that won significantly" }));
     for (const v of report.variants) {
       buttons.push(act(`Promote ${v.name}`, "promote", { variant: v.name },
         { "data-variant": v.name, title: `activate ${v.model} whatever the numbers say` }));

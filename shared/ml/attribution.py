@@ -116,6 +116,8 @@ def verify(secret: bytes, rid: str) -> Served:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise BadId("not a recommendation id") from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != text:  # a last character's unused bits altered
+        raise BadId("not a recommendation id")
     if len(raw) < _HEAD.size + _NONCE_BYTES + _MAC_BYTES:
         raise BadId("not a recommendation id")
     body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]

@@ -40,7 +40,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 LEVEL = 0.95
 """Two-sided confidence level of every interval here (and 1 - LEVEL the p-value below which a result counts)."""
@@ -49,11 +48,19 @@ _BUCKET_BYTES = 8
 _BELOW_ONE = math.nextafter(1.0, 0.0)
 
 
+def _stats() -> Any:
+    """scipy.stats, imported when a report is first computed: the API's answer path imports this module (bucketing,
+    the draft) and must not load scipy (tests/api/test_imports.py)."""
+    from scipy import stats
+
+    return stats
+
+
 def _z(level: float) -> float:
     """The standard normal quantile that leaves (1 - level) / 2 in each tail."""
     if not 0 < level < 1:
         raise ValueError(f"level must lie strictly between 0 and 1, not {level}")
-    return float(stats.norm.ppf((1 + level) / 2))
+    return float(_stats().norm.ppf((1 + level) / 2))
 
 
 def _rounded(fields: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +232,7 @@ def difference(a: Ratio, b: Ratio, *, level: float = LEVEL, min_units: int = MIN
     se = math.hypot(a.se, b.se)
     # With no spread at all, any difference is certain and none is no evidence. sf(x) is 1 - cdf(x) without the
     # cancellation that rounds a small p to 0.
-    p_value = float(2 * stats.norm.sf(abs(diff) / se)) if se > 0 else float(diff == 0)
+    p_value = float(2 * _stats().norm.sf(abs(diff) / se)) if se > 0 else float(diff == 0)
     return Difference(difference=diff, low=diff - z * se, high=diff + z * se, p_value=min(1.0, p_value),
                       relative=diff / a.value if a.value != 0 else None, level=level,
                       units=min(a.units, b.units), min_units=min_units)  # fmt: skip
@@ -263,7 +270,7 @@ def preference(credit_a: np.ndarray, credit_b: np.ndarray, *, level: float = LEV
     counted = wins_a + wins_b + ties
     # Ties carry no sign: the test asks only whether, among users who preferred one side, b's share is 1/2.
     wins = wins_a + wins_b
-    p_value = float(stats.binomtest(wins_b, wins, 0.5).pvalue) if wins else 1.0
+    p_value = float(_stats().binomtest(wins_b, wins, 0.5).pvalue) if wins else 1.0
     return Preference(wins_a=wins_a, wins_b=wins_b, ties=ties,
                       preference=(wins_b - wins_a) / counted if counted else 0.0, p_value=min(1.0, p_value),
                       level=level)  # fmt: skip

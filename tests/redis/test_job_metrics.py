@@ -143,6 +143,10 @@ def test_the_collector_exports_the_pushed_cells_as_cumulative_histograms(
         "movierec_job_run_seconds": "histogram",
         "movierec_job_latency_seconds": "histogram",
         "movierec_recommendation_latency_seconds": "histogram",
+        "movierec_experiment_state": "gauge",
+        "movierec_experiment_events": "counter",
+        "movierec_experiment_ctr": "gauge",
+        "movierec_experiment_team_clicks": "counter",
     }
     serving = samples(families["movierec_recommendation_latency_seconds"])
     assert serving[("movierec_recommendation_latency_seconds_count", ())] == 0

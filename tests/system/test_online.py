@@ -198,7 +198,7 @@ def test_an_ab_test_buckets_each_user_for_good_counts_their_events_and_promotes_
     assert requests.post(f"{api_url}/v1/experiments/{experiment}/resume", timeout=10).json()["state"] == "running"
     assert recommend(api_url, {"user_id": user_b, "k": 5})["model"] == versions[1]
 
-    promoted = requests.post(f"{api_url}/v1/experiments/{experiment}/promote", json={}, timeout=10).json()
+    promoted = requests.post(f"{api_url}/v1/experiments/{experiment}/promote", timeout=10).json()
     assert promoted["state"] == "ended" and promoted["promoted"]["model"] == versions[1]
     assert requests.get(f"{api_url}/v1/models", timeout=10).json()["active"] == versions[1]
     assert "experiment" not in recommend(api_url, {"user_id": 1, "k": 5})
