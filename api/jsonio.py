@@ -175,8 +175,8 @@ def shape_problem(value: Any, schema: Schema) -> JSONRejected | None:
                 unknown = _unknown_field(node, spec)
                 if unknown is not None:
                     return JSONRejected("Unknown field.", code="validation_error", field=[*path, unknown])
-                named = ((node[name], field, [*path, name]) for name, field in _named(spec).items() if name in node)
-                stack.extend(named)
+                # Only what may hold a list or an object is walked: the loop has nothing to say of a scalar.
+                stack.extend((node[name], field, [*path, name]) for name, field in _containers(spec) if name in node)
         elif isinstance(spec, Nested):
             nested = spec.schema
             if spec.many:
@@ -252,9 +252,26 @@ def _too_many_values(data: bytes, schema: Schema) -> JSONRejected | None:
                         details={"json": [f"more than {bound} values"], "max_values": bound})  # fmt: skip
 
 
+_NAMED: dict[int, dict[str, Field[Any]]] = {}
+_WALKED: dict[int, list[tuple[str, Field[Any]]]] = {}
+
+
 def _named(schema: Schema) -> dict[str, Field[Any]]:
-    """A schema's fields by the name a body gives them."""
-    return {field.data_key or name: field for name, field in schema.fields.items()}
+    """A schema's fields by the name a body gives them (once per schema: a body of a thousand objects asks a
+    thousand times)."""
+    found = _NAMED.get(id(schema))
+    if found is None:
+        found = _NAMED[id(schema)] = {field.data_key or name: field for name, field in schema.fields.items()}
+    return found
+
+
+def _containers(schema: Schema) -> list[tuple[str, Field[Any]]]:
+    """A schema's fields (by body name) that may hold a list or an object: those ``shape_problem`` walks into."""
+    found = _WALKED.get(id(schema))
+    if found is None:
+        kinds = (List, Nested)
+        found = _WALKED[id(schema)] = [(n, f) for n, f in _named(schema).items() if isinstance(f, kinds)]
+    return found
 
 
 def _unknown_field(node: dict[str, Any], schema: Schema) -> str | None:
