@@ -148,6 +148,21 @@ def run_job(api_url: str, path: str, body: dict[str, Any], *, timeout_s: float =
     return dict(requests.get(f"{api_url}{job['result_url']}", timeout=30).json())
 
 
+def two_versions(api_url: str) -> list[str]:
+    """Two trained, indexed versions of ml-latest-small (seeds 1 and 2, one epoch each), the first one active:
+    what the tests of activation, rollback and experiments compare."""
+    dataset = run_job(api_url, "/v1/datasets", {"path": "ml-latest-small"})["dataset"]
+    run_job(api_url, "/v1/jobs/triplets", {"dataset": dataset})
+    made = []
+    for seed in (1, 2):
+        version = run_job(api_url, "/v1/jobs/train", {"dataset": dataset, "epochs": 1, "seed": seed})["version"]
+        run_job(api_url, "/v1/jobs/index", {"version": version})
+        made.append(version)
+    r = requests.post(f"{api_url}/v1/models/{made[0]}/activate", timeout=10)
+    assert r.status_code == 200 and r.json()["active"] == made[0], r.text
+    return made
+
+
 def wait_jobs(
     fetch: Callable[[str], Record | None],
     ids: Sequence[str],

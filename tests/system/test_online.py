@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import run_job as run
-from tests.helpers import wait_job
+from tests.helpers import two_versions, wait_job
 
 USERS = range(1, 61)
 
@@ -21,14 +20,7 @@ USERS = range(1, 61)
 def versions(api_url: str) -> Iterator[list[str]]:
     """Two trained, indexed versions of ml-latest-small (seeds 1 and 2), the first one active; no experiment is
     left behind."""
-    dataset = run(api_url, "/v1/datasets", {"path": "ml-latest-small"})["dataset"]
-    run(api_url, "/v1/jobs/triplets", {"dataset": dataset})
-    made = []
-    for seed in (1, 2):
-        version = run(api_url, "/v1/jobs/train", {"dataset": dataset, "epochs": 1, "seed": seed})["version"]
-        run(api_url, "/v1/jobs/index", {"version": version})
-        made.append(version)
-    assert requests.post(f"{api_url}/v1/models/{made[0]}/activate", timeout=10).status_code == 200
+    made = two_versions(api_url)
     yield made
     for experiment in requests.get(f"{api_url}/v1/experiments", timeout=10).json()["experiments"]:
         requests.post(f"{api_url}/v1/experiments/{experiment['name']}/end", timeout=10)

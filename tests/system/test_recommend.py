@@ -11,23 +11,13 @@ import pytest
 import requests
 
 from tests.conftest import SMALL
-from tests.helpers import run_job as run
-from tests.helpers import wait_job, wait_until
+from tests.helpers import two_versions, wait_job, wait_until
 
 
 @pytest.fixture(scope="module")
 def versions(api_url: str) -> list[str]:
     """Two trained, indexed versions of ml-latest-small (seeds 1 and 2), the first one active."""
-    dataset = run(api_url, "/v1/datasets", {"path": "ml-latest-small"})["dataset"]
-    run(api_url, "/v1/jobs/triplets", {"dataset": dataset})
-    made = []
-    for seed in (1, 2):
-        version = run(api_url, "/v1/jobs/train", {"dataset": dataset, "epochs": 1, "seed": seed})["version"]
-        run(api_url, "/v1/jobs/index", {"version": version})
-        made.append(version)
-    r = requests.post(f"{api_url}/v1/models/{made[0]}/activate", timeout=10)
-    assert r.status_code == 200 and r.json()["active"] == made[0]
-    return made
+    return two_versions(api_url)
 
 
 def recommend(api_url: str, body: dict[str, Any], wait: float = 30) -> requests.Response:

@@ -20,7 +20,7 @@ import requests
 from playwright.sync_api import Browser, Page, expect
 
 from shared.infra.settings import Settings
-from tests.helpers import run_job as run
+from tests.helpers import two_versions
 from tests.ui.test_dashboard import serving
 
 Shoot = Callable[[Page, str], Path]
@@ -44,14 +44,7 @@ def versions(api_url: str) -> Iterator[list[str]]:
     the first active (answers and events need one); afterwards no experiment of this module is left and the model
     active before it is active again."""
     active = requests.get(f"{api_url}/v1/models", timeout=10).json()["active"]
-    dataset = run(api_url, "/v1/datasets", {"path": "ml-latest-small"})["dataset"]
-    run(api_url, "/v1/jobs/triplets", {"dataset": dataset})
-    made = []
-    for seed in (1, 2):
-        version = run(api_url, "/v1/jobs/train", {"dataset": dataset, "epochs": 1, "seed": seed})["version"]
-        run(api_url, "/v1/jobs/index", {"version": version})
-        made.append(version)
-    assert requests.post(f"{api_url}/v1/models/{made[0]}/activate", timeout=10).status_code == 200
+    made = two_versions(api_url)
     yield made
     for experiment in requests.get(f"{api_url}/v1/experiments", timeout=10).json()["experiments"]:
         if experiment["name"].startswith("ui-"):
