@@ -2,7 +2,8 @@
 two trained models through the API, and we count how many of them each kind of experiment needed.
 
     python -m bench.online [--data DIR] [--users 0] [--check-every 5] [--stable 3] [--repeats 20] [--seed 42]
-                           [--k 10] [--control seed] [--default auto] [--json out.json] [--cpu-workers 2]
+                           [--k 10] [--control seed] [--default auto] [--clicks all|position] [--json out.json]
+                           [--cpu-workers 2]
 
 1. **Held out.** ``--data``'s ratings cut as the evaluation cuts them (shared/ml/evaluate.py ``split_ratings``,
    the per-user temporal split: each user with at least 10 ratings keeps the first 80 % by time, so at least two
@@ -16,7 +17,8 @@ two trained models through the API, and we count how many of them each kind of e
 3. **Replayed.** Per experiment (``ab``: the two 50/50 by the API's keyed hash; ``interleave``:
    both at once, team draft), the users in a fresh seeded random order; each asks for ``--k`` recommendations
    (``POST /v1/recommendations``), and posts an impression for every movie shown, a click for every shown movie
-   their held-out ratings rate 4 or more, and a rating event with their held-out rating for every shown movie
+   their held-out ratings rate 4 or more (``--clicks position``: by a position-based click model, with noise:
+   ``CLICK_MODELS``), and a rating event with their held-out rating for every shown movie
    they rated later, each citing the answer (``POST /v1/events``). Every ``--check-every`` users the events are
    posted and the report read (``GET /v1/experiments/<name>``): the p-value and whether the lead is
    significant. An experiment stops once significant at ``--stable`` checks in a row, or when the users run
@@ -150,17 +152,37 @@ def offline(api: str, version: str, held: HeldOut, *, k: int) -> dict[str, float
     return {"ndcg": m["ndcg"], "recall": m["recall"], "hr": m["hr"], "users": m["users"]}
 
 
-def events_of(answer: dict[str, Any], user: int, later: dict[int, float]) -> list[dict[str, Any]]:
-    """What the user does with an answer: an impression of every movie shown; a click of each they rated
-    ``LIKED_AT`` or more later, and a rating event of each they rated later, with that rating."""
+CLICK_MODELS = ("all", "position")
+"""How a simulated user clicks (``--clicks``): ``all``, every shown movie they liked later, wherever it is shown;
+``position``, a position-based model (Craswell et al. 2008's examination hypothesis): the movie at position i is
+looked at with probability 1 / log2(i + 1), and a movie looked at is clicked with probability ``LIKED_CLICK`` when
+liked later and ``NOISE_CLICK`` when not: real users' position bias and noise, which a within-user comparison
+cancels and a between-user one does not."""
+LIKED_CLICK, NOISE_CLICK = 0.9, 0.05
+
+
+def events_of(
+    answer: dict[str, Any], user: int, later: dict[int, float], *, clicks: str = "all",
+    rng: random.Random | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """What the user does with an answer: an impression of every movie shown; a click of each they liked (rated
+    ``LIKED_AT`` or more later; by ``clicks``' model), and a rating event of each they rated later, with that
+    rating."""
     out: list[dict[str, Any]] = []
-    for item in answer["items"]:
+    draw = rng or random.Random(user)
+    for position, item in enumerate(answer["items"], start=1):
         cited = {"user_id": user, "movie_id": item["movie_id"], "recommendation_id": answer["recommendation_id"]}
         out.append({"type": "impression", **cited})
         rating = later.get(item["movie_id"])
+        liked = rating is not None and rating >= LIKED_AT
+        if clicks == "all":
+            clicked = liked
+        else:
+            looked = draw.random() < 1 / math.log2(position + 1)
+            clicked = looked and draw.random() < (LIKED_CLICK if liked else NOISE_CLICK)
+        if clicked:
+            out.append({"type": "click", **cited})
         if rating is not None:
-            if rating >= LIKED_AT:
-                out.append({"type": "click", **cited})
             out.append({"type": "rating", **cited, "rating": rating})
     return out
 
@@ -190,6 +212,7 @@ class Replay:
     k: int
     check_every: int
     stable: int
+    clicks: str = "all"  # CLICK_MODELS
 
 
 def run_experiment(
@@ -230,7 +253,8 @@ def run_experiment(
         answer = recommend(api, user, how.k)
         if answer.get("experiment", {}).get("name") != name:
             raise RuntimeError(f"user {user}'s answer names no experiment {name!r}: {answer.get('experiment')}")
-        pending.extend(events_of(answer, user, held.later.get(user, {})))
+        draw = random.Random(f"{seed}-{user}")  # a user's clicks replay alike
+        pending.extend(events_of(answer, user, held.later.get(user, {}), clicks=how.clicks, rng=draw))
         if n % how.check_every and n != len(users):
             continue
         flush()
@@ -327,11 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10, help="movies per answer, and CTR@k's k")
     parser.add_argument("--control", default=CONTROL, help="the first variant's recipe (and name)")
     parser.add_argument("--default", default=DEFAULT_RECIPE, help="the second variant's recipe (named default)")
+    parser.add_argument("--clicks", choices=CLICK_MODELS, default="all", help="how a simulated user clicks")
     parser.add_argument("--json", type=Path, default=None, help="also write the runs here as JSON")
     parser.add_argument("--cpu-workers", type=int, default=2, help="CPU worker processes of the stack")
     args = parser.parse_args(argv)
-    how = Replay(k=args.k, check_every=max(1, args.check_every), stable=max(1, args.stable))
-    print(machine(f"{args.cpu_workers} CPU worker processes"), flush=True)
+    how = Replay(k=args.k, check_every=max(1, args.check_every), stable=max(1, args.stable), clicks=args.clicks)
+    print(machine(f"{args.cpu_workers} CPU worker processes", f"clicks: {args.clicks}"), flush=True)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="movierec-online-") as scratch:
         root = Path(scratch) / "data"
@@ -386,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "machine": machine(), "data": str(args.data), "users": len(population), "k": args.k,
-            "check_every": how.check_every, "stable": how.stable, "seed": args.seed,
+            "check_every": how.check_every, "stable": how.stable, "seed": args.seed, "clicks": how.clicks,
             "held_out": {"train_ratings": held.train_ratings, "held_out_ratings": held.held_out_ratings,
                          "users": len(held.later)},
             "control": args.control, "default": args.default, "models": models, "runs": runs, "summary": found,

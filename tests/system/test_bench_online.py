@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.online import hold_out
+from bench.online import events_of, hold_out
 from cli.synth import SynthSpec, write_synthetic
 from tests.helpers import REPO
 
@@ -97,3 +97,28 @@ def test_the_replay_runs_both_experiments_end_to_end(synthetic: Path, tmp_path: 
     assert sum(interleave["wins"].values()) + interleave["ties"] > 0  # somebody clicked
     assert set(report["summary"]) >= {"ab", "interleave", "ratio_first_significant", "ratio_stopped"}
     assert "kind       run users" in done.stdout and "# wall time:" in done.stdout
+
+
+class Scripted:
+    """An rng whose every draw is ``value``."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_the_click_models() -> None:
+    answer = {"recommendation_id": "r1.x", "items": [{"movie_id": m} for m in (10, 20, 30)]}
+    later = {20: 4.5, 30: 2.0}
+
+    def clicked(**how: Any) -> list[int]:
+        return [e["movie_id"] for e in events_of(answer, 7, later, **how) if e["type"] == "click"]
+
+    assert clicked() == [20]  # every liked movie shown, wherever
+    assert clicked(clicks="position", rng=Scripted(0.0)) == [10, 20, 30]  # all looked at; noise clicks too
+    assert clicked(clicks="position", rng=Scripted(0.5)) == [20]  # looked at 1, 2 (1/log2(4) = 0.5 is not < 0.5)
+    assert clicked(clicks="position", rng=Scripted(0.95)) == []  # nothing clicked
+    ratings = [e for e in events_of(answer, 7, later, clicks="position", rng=Scripted(0.95)) if e["type"] == "rating"]
+    assert [(e["movie_id"], e["rating"]) for e in ratings] == [(20, 4.5), (30, 2.0)]  # ratings whatever is clicked
