@@ -152,13 +152,16 @@ def offline(api: str, version: str, held: HeldOut, *, k: int) -> dict[str, float
     return {"ndcg": m["ndcg"], "recall": m["recall"], "hr": m["hr"], "users": m["users"]}
 
 
-CLICK_MODELS = ("all", "position")
+CLICK_MODELS = ("all", "position", "propensity")
 """How a simulated user clicks (``--clicks``): ``all``, every shown movie they liked later, wherever it is shown;
 ``position``, a position-based model (Craswell et al. 2008's examination hypothesis): the movie at position i is
 looked at with probability 1 / log2(i + 1), and a movie looked at is clicked with probability ``LIKED_CLICK`` when
-liked later and ``NOISE_CLICK`` when not: real users' position bias and noise, which a within-user comparison
-cancels and a between-user one does not."""
+liked later and ``NOISE_CLICK`` when not: real users' position bias and noise; ``propensity``, the same with each
+user's own appetite for clicking, both probabilities times a factor drawn once per user (log-normal, median 1,
+``PROPENSITY_SIGMA``; capped at 1): the between-user spread a within-user comparison cancels and an A/B test
+does not."""
 LIKED_CLICK, NOISE_CLICK = 0.9, 0.05
+PROPENSITY_SIGMA = 1.0
 
 
 def events_of(
@@ -170,6 +173,7 @@ def events_of(
     rating."""
     out: list[dict[str, Any]] = []
     draw = rng or random.Random(user)
+    appetite = random.Random(f"appetite {user}").lognormvariate(0, PROPENSITY_SIGMA) if clicks == "propensity" else 1
     for position, item in enumerate(answer["items"], start=1):
         cited = {"user_id": user, "movie_id": item["movie_id"], "recommendation_id": answer["recommendation_id"]}
         out.append({"type": "impression", **cited})
@@ -179,7 +183,7 @@ def events_of(
             clicked = liked
         else:
             looked = draw.random() < 1 / math.log2(position + 1)
-            clicked = looked and draw.random() < (LIKED_CLICK if liked else NOISE_CLICK)
+            clicked = looked and draw.random() < min(1.0, appetite * (LIKED_CLICK if liked else NOISE_CLICK))
         if clicked:
             out.append({"type": "click", **cited})
         if rating is not None:
