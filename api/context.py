@@ -10,18 +10,30 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from flask import current_app, url_for
 
-from shared.errors import Conflict, QuotaExceeded
+from shared.errors import Conflict, InvalidRequest, QuotaExceeded
 from shared.jobs.celery_app import MovierecCelery
 from shared.jobs.fastlane import FastLane
 from shared.jobs.store import Job
 from shared.jobs.submit import submit
 from shared.logic.services import Services
+from shared.store.feedback import MAX_PROBLEMS
 
 from . import auth
+
+
+def refuse_rows(bad: list[dict[str, Any]], *, total: int, what: str, why: str = "cannot be stored") -> NoReturn:
+    """400 for a batch with bad rows (each ``{"row", "problem"}``): the first in the message, the first
+    ``MAX_PROBLEMS`` in ``details.rows``, how many in ``details.bad``; nothing of the batch is stored."""
+    first = bad[0]
+    raise InvalidRequest(
+        f"{len(bad)} of {total} {what} {why} (row {first['row']}: {first['problem']}); nothing of this batch was "
+        "stored",
+        details={"rows": bad[:MAX_PROBLEMS], "bad": len(bad)},
+    )
 
 
 def cooperate() -> None:

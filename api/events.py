@@ -13,11 +13,9 @@ from typing import Any
 
 from apiflask import APIBlueprint
 
-from shared.errors import InvalidRequest
 from shared.logic.online import attribute, record
-from shared.store.feedback import MAX_PROBLEMS
 
-from .context import active_model, cooperate, services
+from .context import active_model, cooperate, refuse_rows, services
 from .schemas import EventsIn, EventsOut, EventsQuery, EventsStoredOut
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1/events", tag="events")
@@ -40,12 +38,7 @@ def post_events(body: dict[str, Any]) -> dict[str, Any]:
     events, bad = attribute(svc, body["events"], movie_ids=svc.catalogue.movie_ids(base), scale=(low, high),
                             pause=cooperate)  # fmt: skip
     if bad:
-        first = bad[0]
-        raise InvalidRequest(
-            f"{len(bad)} of {len(body['events'])} events cannot be stored (row {first['row']}: {first['problem']}); "
-            "nothing of this batch was stored",
-            details={"rows": bad[:MAX_PROBLEMS], "bad": len(bad)},
-        )
+        refuse_rows(bad, total=len(body["events"]), what="events")
     return record(svc, events, pause=cooperate)
 
 

@@ -10,13 +10,12 @@ GET /v1/experiments[/<name>] ──> each one's record and report (shared/logic/
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from apiflask import APIBlueprint
 
 from shared.errors import Conflict, NotFound
-from shared.logic.online import STATE_MOVES, new_record, report, winner
+from shared.logic.online import STATE_MOVES, iso, new_record, report, winner
 from shared.store.experiments import ENDED, RUNNING
 
 from .context import services
@@ -103,11 +102,11 @@ def end_experiment(name: str) -> dict[str, Any]:
 
 def _move(name: str, action: str) -> dict[str, Any]:
     svc = services()
-    needed, state = STATE_MOVES[action]
+    needed, state, when = STATE_MOVES[action]
     record = svc.experiments.get(name)
     if needed is not None and record["state"] != needed:
         raise Conflict(f"experiment {name!r} is {record['state']}, not {needed}: it cannot {action}")
-    moved = svc.experiments.set_state(name, state, **{_past(action): _now()})
+    moved = svc.experiments.set_state(name, state, **{when: iso()})
     return report(svc, moved)
 
 
@@ -131,8 +130,8 @@ def promote_experiment(name: str, query: dict[str, Any]) -> dict[str, Any]:
             raise Conflict(f"no variant of {name!r} has won significantly yet: name the one to promote "
                            "(?variant=B) to activate it anyway, or wait for more users")  # fmt: skip
     svc.models.activate(chosen["model"])
-    promoted = {"variant": chosen.get("name", chosen.get("variant")), "model": chosen["model"], "at": _now()}
-    fields = {"promoted": promoted, **({} if record["state"] == ENDED else {"ended": _now()})}
+    promoted = {"variant": chosen.get("name", chosen.get("variant")), "model": chosen["model"], "at": iso()}
+    fields = {"promoted": promoted, **({} if record["state"] == ENDED else {"ended": iso()})}
     if record["state"] == ENDED:
         moved = svc.experiments.mark(name, **fields)
     else:
@@ -149,11 +148,3 @@ def delete_experiment(name: str) -> dict[str, Any]:
     if svc.experiments.get(name)["state"] == RUNNING:
         raise Conflict(f"experiment {name!r} is running: pause or end it first (POST /v1/experiments/{name}/end)")
     return svc.experiments.delete(name)
-
-
-def _past(action: str) -> str:
-    return {"pause": "paused", "resume": "started", "end": "ended"}[action]
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -11,11 +11,11 @@ from typing import Any
 
 from apiflask import APIBlueprint
 
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.errors import Conflict, NotFound
 from shared.logic.online import attribute, record
-from shared.store.feedback import MAX_PROBLEMS, FeedbackCaps, problems
+from shared.store.feedback import FeedbackCaps, problems
 
-from .context import active_model, services
+from .context import active_model, refuse_rows, services
 from .schemas import RatingsIn, RatingsStoredOut, UserRatingsOut, UserRatingsQuery
 
 bp = APIBlueprint("feedback", __name__, tag="feedback")
@@ -45,23 +45,14 @@ def post_ratings(dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
                        "post ratings to a dataset that has some")  # fmt: skip
     bad = problems(rows, catalogue.movie_ids(base), scale)
     if bad:
-        first = bad[0]
-        raise InvalidRequest(
-            f"{len(bad)} of {len(rows)} ratings cannot be stored (row {first['row']}: {first['problem']}); "
-            "nothing of this batch was stored",
-            details={"rows": bad[:MAX_PROBLEMS], "bad": len(bad)},
-        )
+        refuse_rows(bad, total=len(rows), what="ratings")
     now = int(time.time())
     cited = [i for i, r in enumerate(rows) if "recommendation_id" in r]
     events, bad = attribute(svc, [_event(rows[i], now) for i in cited], movie_ids=catalogue.movie_ids(base),
                             scale=scale[:2]) if cited else ([], [])  # fmt: skip
     if bad:
-        first = {**bad[0], "row": cited[bad[0]["row"]]}
-        raise InvalidRequest(
-            f"{len(bad)} of {len(rows)} ratings cite an answer they cannot be credited to (row {first['row']}: "
-            f"{first['problem']}); nothing of this batch was stored",
-            details={"rows": [{**b, "row": cited[b["row"]]} for b in bad[:MAX_PROBLEMS]], "bad": len(bad)},
-        )
+        refuse_rows([{**b, "row": cited[b["row"]]} for b in bad], total=len(rows), what="ratings",
+                    why="cite an answer they cannot be credited to")  # fmt: skip
     stored = [(r["user_id"], r["movie_id"], float(r["rating"]), r.get("timestamp", now)) for r in rows]
     caps = FeedbackCaps(rows=svc.settings.max_feedback_rows, rows_per_user=svc.settings.max_feedback_rows_per_user)
     svc.feedback.add(base, stored, caps=caps)

@@ -36,7 +36,7 @@ import numpy as np
 from shared.ml.attribution import INTERLEAVED, BadId, Served, movie_hash, sign, verify
 from shared.ml.online import LEVEL, Ratio, difference, preference, ratio, team_draft, variant_of
 from shared.ml.pages import next_cursor
-from shared.store.experiments import ENDED, RUNNING, Record
+from shared.store.experiments import ENDED, PAUSED, RUNNING, Record
 
 if TYPE_CHECKING:
     from shared.logic.services import Services
@@ -75,7 +75,7 @@ def new_record(
             hashlib.sha256(f"movierec experiment {seed}".encode()).digest()[:16] if seed is not None else os.urandom(16)
         ).hex(),
         "dataset": dataset,
-        "created": _iso(now if now is not None else time.time()),
+        "created": iso(now),
     }
 
 
@@ -153,7 +153,7 @@ class Attributed:
     """A valid event as logged, and the counters it adds to (when credited)."""
 
     event: dict[str, Any]
-    experiment: int = 0  # credited to this experiment's counters; 0: logged only
+    experiment: Record | None = None  # the experiment whose counters it adds to; None: logged only
 
 
 @dataclass(frozen=True)
@@ -206,9 +206,10 @@ def attribute(
         except _Refused as err:
             problems.append({"row": row, "problem": str(err)})
             continue
-        if number and number not in checks.experiments:
-            logged["credited"], number = "no such experiment", 0
-        out.append(Attributed(logged, number))
+        credited = checks.experiments.get(number) if number else None
+        if number and credited is None:
+            logged["credited"] = "no such experiment"
+        out.append(Attributed(logged, credited))
     return out, problems
 
 
@@ -270,14 +271,16 @@ def _cited(event: dict[str, Any], movie: int, checks: _Checks) -> Served:
 def record(
     svc: Services, attributed: list[Attributed], *, now: float | None = None, pause: Callable[[], None] = lambda: None
 ) -> dict[str, Any]:
-    """Log every event and add the credited ones to their experiments' counters, in one round trip; a summary.
-    ``pause``: as ``attribute``'s, between slices of the events' encoding."""
+    """Log every event and add the credited ones to their experiments' counters (the records ``attribute`` read),
+    in one round trip; a summary. ``pause``: as ``attribute``'s, between slices of the events' encoding."""
     now_s = now if now is not None else time.time()
     by_experiment: dict[int, list[dict[str, Any]]] = {}
+    records: dict[int, Record] = {}
     for a in attributed:
-        if a.experiment:
-            by_experiment.setdefault(a.experiment, []).append(a.event)
-    records = {int(r["number"]): r for r in svc.experiments.all()} if by_experiment else {}
+        if a.experiment is not None:
+            number = int(a.experiment["number"])
+            records[number] = a.experiment
+            by_experiment.setdefault(number, []).append(a.event)
     texts = []
     for lo in range(0, len(attributed), PAUSE_EVERY):
         if lo:
@@ -431,7 +434,7 @@ def _series(series: dict[str, int], record: Record, keys: list[str]) -> dict[str
     running: Counter[str] = Counter()
     points = []
     for b in buckets:
-        point: dict[str, Any] = {"t": _iso(b)}
+        point: dict[str, Any] = {"t": iso(b)}
         if record["kind"] == INTERLEAVE:
             for t in (0, 1):
                 running[f"t{t}"] += series.get(f"{b}:t{t}", 0)
@@ -447,9 +450,12 @@ def _series(series: dict[str, int], record: Record, keys: list[str]) -> dict[str
     return {"bucket_s": int(record["bucket_s"]), "cumulative": True, "points": points}
 
 
-def _iso(t: float) -> str:
+def iso(t: float | None = None) -> str:
+    """``t`` (now when None) as an experiment's records and series write times: ISO 8601 UTC, to the second."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-STATE_MOVES = {"pause": (RUNNING, "paused"), "resume": ("paused", RUNNING), "end": (None, ENDED)}
-"""POST /v1/experiments/<name>/<action>: the state it needs (None: any but ended) and the one it leaves."""
+STATE_MOVES = {"pause": (RUNNING, PAUSED, "paused"), "resume": (PAUSED, RUNNING, "started"),
+               "end": (None, ENDED, "ended")}  # fmt: skip
+"""POST /v1/experiments/<name>/<action>: the state it needs (None: any but ended), the one it leaves, and the
+record's field that says when."""
