@@ -244,16 +244,21 @@ def feedback_for(svc: Services, model: Catalogued, user_ids: list[int]) -> dict[
 def answer_query(svc: Services, params: dict[str, Any]) -> dict[str, Any]:
     """A recommendation job's answer, from the model version the API pinned in ``params["model"]`` (or the two of
     ``params["interleave"]``, interleaved), stamped with its recommendation id (shared/logic/online.py)."""
-    if params.get("interleave"):
-        first, second = (_answer_with(svc, {**params, "model": version}) for version in params["interleave"])
-        answer, teams = interleaved(first, second, params)
+    versions = params.get("interleave") or [params["model"]]
+    models = [load_serving(svc.artifacts, svc.models, version) for version in versions]
+    user_id = params.get("user_id")
+    # Read once: an interleaving's models are of one dataset (api/experiments.py), so of one catalogue's rows.
+    feedback = feedback_for(svc, models[0], [int(user_id)]).get(int(user_id)) if user_id is not None else None
+    answers = [_answer_with(svc, model, params, feedback) for model in models]
+    if len(answers) == 2:
+        answer, teams = interleaved(answers[0], answers[1], params)
         return stamped(svc, answer, params, teams)
-    return stamped(svc, _answer_with(svc, params), params)
+    return stamped(svc, answers[0], params)
 
 
-def _answer_with(svc: Services, params: dict[str, Any]) -> dict[str, Any]:
-    model = load_serving(svc.artifacts, svc.models, params["model"])
-
+def _answer_with(
+    svc: Services, model: ServingModel, params: dict[str, Any], feedback: UserRatings | None
+) -> dict[str, Any]:
     def encode(texts: list[str]) -> np.ndarray:
         import torch
 
@@ -264,6 +269,4 @@ def _answer_with(svc: Services, params: dict[str, Any]) -> dict[str, Any]:
         vectors, _ = encode_cached(svc.vectors, encoder, texts)
         return vectors
 
-    user_id = params.get("user_id")
-    feedback = feedback_for(svc, model, [int(user_id)]).get(int(user_id)) if user_id is not None else None
     return recommend(model, params, encode=encode, feedback=feedback)
