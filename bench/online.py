@@ -45,19 +45,22 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import redis
 
 from shared.infra.settings import Settings
-from shared.logic.online import AB, INTERLEAVE, LIKED_AT
+from shared.logic.online import AB, INTERLEAVE, LIKED_AT, per_user
 from shared.ml.evaluate import Split, metrics, split_ratings
+from shared.ml.online import difference, preference, ratio
 from shared.ml.protocol import DEFAULT_MIN_RATINGS, DEFAULT_TRAIN_FRACTION
 from shared.ml.recipes import DEFAULT_RECIPE
 from shared.ml.splits import TEST
+from shared.store.experiments import ExperimentStore
 
 from .common import HTTP, fresh_stack, machine, percentile, train_on
 
@@ -277,6 +280,97 @@ def run_experiment(
             "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
 
 
+# -- power at a fixed number of users ------------------------------------------------------------------------
+POWER_SIZES = (10, 20, 30, 40, 50, 60, 80, 100, 120, 150, 200, 250, 300, 400, 500, 600)
+"""Users per experiment at which the power is estimated."""
+POWER = 0.8
+"""The power a kind of experiment needs: the share of experiments of that many users that find the difference
+(significant, in the full replay's direction)."""
+POWER_DRAWS = 1000
+"""Experiments drawn per size: the power's standard error is at most 0.016."""
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Every replayed user's counters in one experiment over all of them, as the experiment store kept them (the
+    counters GET /v1/experiments reads): an A/B test's variant, impressions@k and clicks@k per user; an
+    interleaving's clicks credited to each team per user (0 and 0 for a user who clicked nothing)."""
+
+    kind: str
+    first: np.ndarray  # A/B: the variant (0 control, 1 default); interleaving: team a's clicks. (users,)
+    second: np.ndarray  # A/B: impressions@k; interleaving: team b's clicks. (users,)
+    third: np.ndarray  # A/B: clicks@k; interleaving: unused (zeros). (users,)
+
+
+def outcomes(settings: Settings, api: str, name: str, users: Sequence[int]) -> Outcomes:
+    """The per-user counters of experiment ``name`` (run over ``users``), read from the stack's Redis."""
+    record = _call("GET", f"{api}/v1/experiments/{name}")
+    store = ExperimentStore(redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix)
+    by_user = per_user(store.counts(int(record["number"]))[1])
+    if record["kind"] == INTERLEAVE:
+        ca, cb = ({int(u): c for u, c in zip(by_user.get(t, {}).get("_users", ()), by_user.get(t, {}).get("", ()),
+                                             strict=True)} for t in ("t0", "t1"))  # fmt: skip
+        a = np.array([ca.get(u, 0.0) for u in users])
+        return Outcomes(INTERLEAVE, a, np.array([cb.get(u, 0.0) for u in users]), np.zeros_like(a))
+    variant, shown, clicked = [], [], []
+    for v in ("0", "1"):
+        arrays = by_user[v]
+        variant.append(np.full(len(arrays["_users"]), int(v)))
+        shown.append(arrays["i"])
+        clicked.append(arrays.get("c", np.zeros_like(arrays["i"])))
+    return Outcomes(AB, np.concatenate(variant), np.concatenate(shown), np.concatenate(clicked))
+
+
+def significant_in(o: Outcomes, rows: np.ndarray) -> tuple[bool, float]:
+    """(significant?, signed effect) of an experiment whose users are ``rows`` of ``o``, by the API's own tests
+    (shared/ml/online.py): an A/B test's CTR@k difference, with its 20 users a side; an interleaving's sign test."""
+    if o.kind == INTERLEAVE:
+        p = preference(o.first[rows], o.second[rows])
+        return p.significant, p.preference
+    v = o.first[rows]
+    a, b = rows[v == 0], rows[v == 1]
+    d = difference(ratio(o.third[a], o.second[a]), ratio(o.third[b], o.second[b]))
+    return d.significant, d.difference
+
+
+def power_curve(o: Outcomes, *, draws: int, seed: int, sizes: Sequence[int] = POWER_SIZES) -> dict[str, Any]:
+    """How often an experiment of n users drawn from the replayed ones (with replacement: users like these, an
+    A/B test's split as random as the keyed hash) finds the full replay's difference, significant and in its
+    direction, per n of ``sizes``; and the fewest of them with ``POWER``. Fixed-size tests, read once each: no
+    peeking, no stopping rule."""
+    rng = np.random.default_rng(seed)
+    everyone = np.arange(len(o.first))
+    _, effect = significant_in(o, everyone)
+    direction = float(np.sign(effect))
+    curve = []
+    for n in sizes:
+        found = 0
+        for _ in range(draws):
+            sig, eff = significant_in(o, rng.integers(0, len(everyone), n))
+            found += sig and float(np.sign(eff)) == direction
+        curve.append({"users": n, "power": found / draws})
+    enough = next((c["users"] for c in curve if c["power"] >= POWER), None)
+    return {"effect": effect, "curve": curve, "users_at_power": enough}
+
+
+def power_text(power: dict[str, dict[str, Any]], *, draws: int) -> str:
+    """The power curves as lines: per kind, its power at each size, the fewest users with ``POWER``; then how many
+    times as many users the A/B test needed."""
+    lines = [f"# power over {draws} fixed-size experiments a size (users drawn from the full replay, each read once)"]
+    for kind, p in power.items():
+        curve = " ".join(f"{c['users']}:{c['power']:.2f}" for c in p["curve"])
+        lines.append(
+            f"# {KIND_LABEL[kind]:<10} effect {p['effect']:+.4f}; users:power {curve}; "
+            f"users for power {POWER:g}: {p['users_at_power'] or 'more than ' + str(POWER_SIZES[-1])}"
+        )
+    ab, il = (power.get(kind, {}).get("users_at_power") for kind in (AB, INTERLEAVE))
+    lines.append(
+        f"# users an A/B test needed per user an interleaving needed at power {POWER:g}: "
+        f"{_ratio_text(round(ab / il, 2) if ab and il else None)}"
+    )
+    return "\n".join(lines)
+
+
 # -- the table -------------------------------------------------------------------------------------------------
 def spread(values: Sequence[int | None]) -> dict[str, Any]:
     """Users to a point over runs: the median and quartiles (nearest rank), a run that never got there counting as
@@ -358,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clicks", choices=CLICK_MODELS, default="all", help="how a simulated user clicks")
     parser.add_argument("--json", type=Path, default=None, help="also write the runs here as JSON")
     parser.add_argument("--cpu-workers", type=int, default=2, help="CPU worker processes of the stack")
+    parser.add_argument("--power-draws", type=int, default=POWER_DRAWS,
+                        help="experiments drawn per size for the power curves (0: none)")  # fmt: skip
     args = parser.parse_args(argv)
     how = Replay(k=args.k, check_every=max(1, args.check_every), stable=max(1, args.stable), clicks=args.clicks)
     print(machine(f"{args.cpu_workers} CPU worker processes", f"clicks: {args.clicks}"), flush=True)
@@ -400,6 +496,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     runs.append(run)
                     print(f"# {run['name']}: {run['users']} users in {run['seconds']:.1f} s, "
                           f"{run['events']['credited']:,} events credited", flush=True)  # fmt: skip
+            power = {}
+            for kind in (AB, INTERLEAVE) if args.power_draws else ():
+                name, order = f"{kind}-all", list(population)
+                random.Random(f"{args.seed}-{kind}-all").shuffle(order)
+                run_experiment(api, name, kind, variants=variants, users=order, held=held, seed=args.seed * 1000 + 999,
+                               how=replace(how, check_every=len(order), stable=len(order) + 1))  # fmt: skip
+                power[kind] = power_curve(outcomes(stack.settings, api, name, order), draws=args.power_draws,
+                                          seed=args.seed)  # fmt: skip
     print("\n".join(table(runs, k=args.k)))
     found = summary(runs)
     for kind in (AB, INTERLEAVE):
@@ -410,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# users an A/B test needed per user an interleaving needed (medians): "
           f"{_ratio_text(found['ratio_first_significant'])} at first significance, "
           f"{_ratio_text(found['ratio_stopped'])} at the stop")  # fmt: skip
+    if power:
+        print(power_text(power, draws=args.power_draws))
     took = time.perf_counter() - began
     print(f"# wall time: {took:.0f} s")
     if args.json:
@@ -419,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "held_out": {"train_ratings": held.train_ratings, "held_out_ratings": held.held_out_ratings,
                          "users": len(held.later)},
             "control": args.control, "default": args.default, "models": models, "runs": runs, "summary": found,
+            "power": power, "power_draws": args.power_draws,
             "seconds": round(took, 1),
         }, indent=1))  # fmt: skip
     return 0

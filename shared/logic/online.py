@@ -336,10 +336,10 @@ def report(svc: Services, record: Record) -> dict[str, Any]:
     totals, users, series = svc.experiments.counts(int(record["number"]))
     variants = record["variants"]
     keys = ["x"] if record["kind"] == INTERLEAVE else [str(i) for i in range(len(variants))]
-    per_user = _per_user(users)
+    by_user = per_user(users)
     rows = []
     for key in keys:
-        arrays = per_user.get(key, {})
+        arrays = by_user.get(key, {})
         none = np.zeros(len(arrays.get("_users", ())))
         impressions = arrays.get("i", none)
         rates = {name: ratio(arrays.get(m, none), impressions)
@@ -352,8 +352,8 @@ def report(svc: Services, record: Record) -> dict[str, Any]:
     out: dict[str, Any] = {**{k: v for k, v in record.items() if k != "salt"}, "level": LEVEL}
     if record["kind"] == INTERLEAVE:
         out["totals"] = {**rows[0][1], **{n: r.to_json() for n, r in rows[0][2].items()}}
-        credit = [per_user.get(f"t{t}", {}).get("", np.zeros(0)) for t in (0, 1)]
-        pref = preference(*_aligned(per_user, "t0", "t1"))
+        credit = [by_user.get(f"t{t}", {}).get("", np.zeros(0)) for t in (0, 1)]
+        pref = preference(*aligned(by_user, "t0", "t1"))
         out["interleaving"] = {
             **pref.to_json(),
             "clicks": {variants[t]["name"]: int(credit[t].sum()) for t in (0, 1)},
@@ -372,7 +372,7 @@ def report(svc: Services, record: Record) -> dict[str, Any]:
     return out
 
 
-def _per_user(users: dict[str, int]) -> dict[str, dict[str, np.ndarray]]:
+def per_user(users: dict[str, int]) -> dict[str, dict[str, np.ndarray]]:
     """``{u}:{v}:{m}`` and ``{u}:t{team}`` counters as aligned per-user arrays: variant -> metric -> (users,), every
     metric of a variant over the same users (those with any of its counters), in one order."""
     by: dict[str, dict[int, dict[str, int]]] = {}
@@ -389,17 +389,14 @@ def _per_user(users: dict[str, int]) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _aligned(per_user: dict[str, dict[str, np.ndarray]], a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+def aligned(by_user: dict[str, dict[str, np.ndarray]], a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
     """Two teams' per-user credits over the union of their users (a user credited by one team only has 0 in the
     other's)."""
-    ua = dict(zip(per_user.get(a, {}).get("_users", np.zeros(0)).tolist(),
-                  per_user.get(a, {}).get("", np.zeros(0)).tolist(), strict=True))  # fmt: skip
-    ub = dict(zip(per_user.get(b, {}).get("_users", np.zeros(0)).tolist(),
-                  per_user.get(b, {}).get("", np.zeros(0)).tolist(), strict=True))  # fmt: skip
+    ua, ub = ({int(u): c for u, c in zip(by_user.get(t, {}).get("_users", ()), by_user.get(t, {}).get("", ()),
+                                         strict=True)} for t in (a, b))  # fmt: skip
     users = sorted(set(ua) | set(ub))
-    return np.array([ua.get(u, 0) for u in users], dtype=np.float64), np.array(
-        [ub.get(u, 0) for u in users], dtype=np.float64
-    )
+    return (np.array([ua.get(u, 0) for u in users], dtype=np.float64),
+            np.array([ub.get(u, 0) for u in users], dtype=np.float64))  # fmt: skip
 
 
 def _leader(variants: list[dict[str, Any]], ctrs: list[Ratio]) -> dict[str, Any]:
