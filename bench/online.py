@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import redis
+from scipy.stats import norm
 
 from shared.infra.settings import Settings
 from shared.logic.online import AB, INTERLEAVE, LIKED_AT, per_user
@@ -350,7 +351,28 @@ def power_curve(o: Outcomes, *, draws: int, seed: int, sizes: Sequence[int] = PO
             found += sig and float(np.sign(eff)) == direction
         curve.append({"users": n, "power": found / draws})
     enough = next((c["users"] for c in curve if c["power"] >= POWER), None)
-    return {"effect": effect, "curve": curve, "users_at_power": enough}
+    return {"effect": effect, "curve": curve, "users_at_power": enough, "projected": projected_users(o)}
+
+
+def projected_users(o: Outcomes, *, level: float = 0.95, power: float = POWER) -> float | None:
+    """The users a fixed-size test needs for ``power``, projected from the full replay by the normal approximation
+    (the usual sample-size formula, n = N ((z_level + z_power) / z_N)^2 for an A/B test's difference of CTRs with
+    its clustered standard error; for the sign test, the binomial's normal approximation over the share of users
+    who click): beyond the replay's users, where the curve cannot reach. None when the replay shows no effect."""
+    za, zb = float(norm.ppf(0.5 + level / 2)), float(norm.ppf(power))
+    if o.kind == INTERLEAVE:
+        wins_a, wins_b = int((o.first > o.second).sum()), int((o.second > o.first).sum())
+        share, wins = wins_b / max(1, wins_a + wins_b), wins_a + wins_b
+        if not wins or share == 0.5:
+            return None
+        per_clicker = ((za * 0.5 + zb * math.sqrt(share * (1 - share))) / (share - 0.5)) ** 2
+        return per_clicker * len(o.first) / wins
+    v = o.first
+    a, b = (ratio(o.third[v == side], o.second[v == side]) for side in (0, 1))
+    se = math.hypot(a.se, b.se)
+    if se == 0 or a.value == b.value:
+        return None
+    return len(v) * ((za + zb) / (abs(b.value - a.value) / se)) ** 2
 
 
 def power_text(power: dict[str, dict[str, Any]], *, draws: int) -> str:
@@ -359,15 +381,18 @@ def power_text(power: dict[str, dict[str, Any]], *, draws: int) -> str:
     lines = [f"# power over {draws} fixed-size experiments a size (users drawn from the full replay, each read once)"]
     for kind, p in power.items():
         curve = " ".join(f"{c['users']}:{c['power']:.2f}" for c in p["curve"])
+        projected = "-" if p["projected"] is None else f"{p['projected']:,.0f}"
         lines.append(
             f"# {KIND_LABEL[kind]:<10} effect {p['effect']:+.4f}; users:power {curve}; "
-            f"users for power {POWER:g}: {p['users_at_power'] or 'more than ' + str(POWER_SIZES[-1])}"
+            f"users for power {POWER:g}: {p['users_at_power'] or 'more than ' + str(POWER_SIZES[-1])} "
+            f"(projected from the full replay: {projected})"
         )
-    ab, il = (power.get(kind, {}).get("users_at_power") for kind in (AB, INTERLEAVE))
-    lines.append(
-        f"# users an A/B test needed per user an interleaving needed at power {POWER:g}: "
-        f"{_ratio_text(round(ab / il, 2) if ab and il else None)}"
-    )
+    for what, field in (("drawn", "users_at_power"), ("projected", "projected")):
+        ab, il = (power.get(kind, {}).get(field) for kind in (AB, INTERLEAVE))
+        lines.append(
+            f"# users an A/B test needs per user an interleaving needs at power {POWER:g}, {what}: "
+            f"{_ratio_text(round(ab / il, 2) if ab and il else None)}"
+        )
     return "\n".join(lines)
 
 

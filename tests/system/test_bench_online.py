@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.online import events_of, hold_out
+from bench.online import POWER_SIZES, Outcomes, events_of, hold_out, power_curve, projected_users
 from cli.synth import SynthSpec, write_synthetic
+from shared.logic.online import AB, INTERLEAVE
+from shared.ml.online import ratio
 from tests.helpers import REPO
 
 SYNTH = SynthSpec(movies=300, users=60, ratings=4000, seed=5, taste=True)
@@ -62,7 +64,7 @@ def test_the_replay_runs_both_experiments_end_to_end(synthetic: Path, tmp_path: 
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("MOVIEREC_")}
     # A fixed default recipe: auto's validation grid is bench.quality's to test, and would double this test's time.
     args = ["--data", str(synthetic), "--users", "30", "--check-every", "10", "--repeats", "1", "--k", "5",
-            "--default", "hybrid", "--json", str(out)]  # fmt: skip
+            "--default", "hybrid", "--power-draws", "50", "--json", str(out)]  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "bench.online", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=240, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -96,7 +98,16 @@ def test_the_replay_runs_both_experiments_end_to_end(synthetic: Path, tmp_path: 
     assert set(interleave["wins"]) == {"seed", "default"} and -1 <= interleave["preference"] <= 1
     assert sum(interleave["wins"].values()) + interleave["ties"] > 0  # somebody clicked
     assert set(report["summary"]) >= {"ab", "interleave", "ratio_first_significant", "ratio_stopped"}
+    # The power curves: one experiment of each kind over all 30 users, then fixed-size experiments drawn from it.
+    for kind in ("ab", "interleave"):
+        power = report["power"][kind]
+        assert [c["users"] for c in power["curve"]] == list(POWER_SIZES)
+        assert all(0 <= c["power"] <= 1 for c in power["curve"])
+        at = power["users_at_power"]
+        assert at is None or next(c["power"] for c in power["curve"] if c["users"] == at) >= 0.8
+        assert power["projected"] is None or power["projected"] > 0
     assert "kind       run users" in done.stdout and "# wall time:" in done.stdout
+    assert "# power over 50 fixed-size experiments" in done.stdout
 
 
 class Scripted:
@@ -122,3 +133,29 @@ def test_the_click_models() -> None:
     assert clicked(clicks="position", rng=Scripted(0.95)) == []  # nothing clicked
     ratings = [e for e in events_of(answer, 7, later, clicks="position", rng=Scripted(0.95)) if e["type"] == "rating"]
     assert [(e["movie_id"], e["rating"]) for e in ratings] == [(20, 4.5), (30, 2.0)]  # ratings whatever is clicked
+
+
+def test_power_of_fixed_size_experiments() -> None:
+    # An interleaving where every user clicks and prefers b: the sign test is significant from 6 users on (2 / 2**6
+    # < 0.05), so every drawn experiment of 10 or more finds it; the projection is the binomial's for a share of 1.
+    users = 40
+    always_b = Outcomes(INTERLEAVE, np.zeros(users), np.ones(users), np.zeros(users))
+    curve = power_curve(always_b, draws=20, seed=0, sizes=(5, 10, 20))
+    assert [c["power"] for c in curve["curve"]] == [0.0, 1.0, 1.0] and curve["users_at_power"] == 10
+    assert curve["effect"] == 1.0
+    assert projected_users(always_b) == pytest.approx((1.959964 * 0.5 / 0.5) ** 2, rel=1e-5)
+    # No user with a preference: no effect, so nothing to project, and no draw is significant.
+    indifferent = Outcomes(INTERLEAVE, np.ones(users), np.ones(users), np.zeros(users))
+    assert projected_users(indifferent) is None
+    assert power_curve(indifferent, draws=10, seed=0, sizes=(20,))["curve"][0]["power"] == 0.0
+    # An A/B test whose sides click at 0.1 and 0.3 of 10 impressions a user with a spread: the normal
+    # approximation n = N ((z_0.975 + z_0.8) / z_N)^2, z_N the difference over its clustered standard error.
+    rng = np.random.default_rng(1)
+    variant = np.repeat([0, 1], 100)
+    clicks = rng.binomial(10, np.where(variant == 1, 0.3, 0.1)).astype(float)
+    ab = Outcomes(AB, variant, np.full(200, 10.0), clicks)
+    a, b = ratio(clicks[:100], np.full(100, 10.0)), ratio(clicks[100:], np.full(100, 10.0))
+    z = (b.value - a.value) / np.hypot(a.se, b.se)
+    assert projected_users(ab) == pytest.approx(200 * ((1.959964 + 0.841621) / z) ** 2, rel=1e-5)
+    # With 200 users and a z this large every drawn experiment of 100 finds it, in b's direction.
+    assert z > 5 and power_curve(ab, draws=20, seed=0, sizes=(100,))["curve"][0]["power"] == 1.0
