@@ -44,6 +44,7 @@ from marshmallow.fields import Boolean, Field, List, Nested, Number, String
 from marshmallow.validate import Length
 
 from .errors import error_response
+from .openapi import PlainList
 
 MAX_JSON_DEPTH = 32
 """Arrays and objects nested deeper than this are refused (our deepest input, encode's items, is 2)."""
@@ -188,7 +189,8 @@ def shape_problem(value: Any, schema: Schema) -> JSONRejected | None:
             problem = _length_problem(node, spec)
             if problem is not None:
                 return JSONRejected(problem, code="validation_error", field=path)
-            if isinstance(spec.inner, List | Nested):
+            # A PlainList's items are flat objects it checks itself, unknown keys included, on its way to marshmallow
+            if isinstance(spec.inner, List | Nested) and not isinstance(spec, PlainList):
                 stack.extend((item, spec.inner, [*path, i]) for i, item in enumerate(node))
     return None
 

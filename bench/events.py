@@ -10,9 +10,13 @@ real users give the events their recommendation ids (impressions of every item, 
 
 1. Intake: ``--senders`` threads post batches of ``--batch`` events as fast as they are answered, for
    ``--seconds``: events a second, and each batch's latency.
+   Also the CPU the stack's processes (the API's, the workers', Redis's) spent per event taken in.
 2. Side by side, ``--rounds`` times in turn: one client's recommendations for ``--seconds`` (bench.serving's
    load) with nothing else running, then again while a process of its own posts ``--rate`` events a second
-   (batches of ``--batch``, paced). Reported: each phase's p50 and p99, and the events a second taken in.
+   (batches of ``--batch``, paced), then while a process of its own burns the CPU those events cost (phase 1's
+   CPU per event, a batch's worth at a time, ``--rate / --batch`` times a second) and posts nothing: the control
+   that tells the events' own cost (a lock, Redis held, a request stuck behind a batch) from the cost of any
+   work of that size on these cores. Reported: each phase's p50 and p99, and the events a second taken in.
 
 The load generator shares the machine's cores with the stack, as a user's would on one host.
 """
@@ -29,10 +33,14 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
+
+from cli.stack import Stack
 from shared.infra.settings import Settings
 
 from .common import HTTP, fresh_stack, machine, percentile, train_on, warm
@@ -100,6 +108,50 @@ def intake(api: str, bodies: list[dict[str, Any]], *, senders: int, seconds: flo
     return taken[0], latencies, time.perf_counter() - began
 
 
+def server_cpu_s(stack: Stack) -> float:
+    """CPU seconds (user and system) the stack's processes have spent so far: Redis, and every child of ``movierec
+    up`` with its own children (the API's workers, the worker pools)."""
+    redis = stack.redis.process if stack.redis is not None else None
+    roots = [c.process.pid for c in stack.children] + ([redis.pid] if redis is not None else [])
+    total = 0.0
+    for pid in roots:
+        with suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for p in [root, *root.children(recursive=True)]:
+                with suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+    return total
+
+
+class Burner:
+    """Burns ``burst_s`` of CPU ``per_s`` times a second in a process of its own, posting nothing: the events'
+    CPU without the events."""
+
+    def __init__(self, burst_s: float, per_s: float) -> None:
+        self.burst_s, self.per_s = burst_s, per_s
+        context = multiprocessing.get_context("fork")
+        self.stopping = context.Event()
+        self.process = context.Process(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.process.join(timeout=60)
+
+    def _run(self) -> None:
+        due = time.perf_counter()
+        while not self.stopping.is_set():
+            began = time.process_time()
+            while time.process_time() - began < self.burst_s:
+                sum(i * i for i in range(200))
+            due += 1 / self.per_s
+            if self.stopping.wait(max(0.0, due - time.perf_counter())):
+                break
+
+
 class Paced:
     """Posts ``rate`` events a second (batches from ``bodies``, encoded once) from a process of its own until
     stopped, so the recommendation client measured beside it shares no interpreter lock with the sender."""
@@ -155,21 +207,29 @@ def main() -> int:
         assert HTTP.post(f"{api}/v1/experiments", json=experiment, timeout=30).status_code == 201
         warm(api)
         bodies = batches(answers(api, args.users), args.batch)
+        cpu_before = server_cpu_s(stack)
         taken, latencies, wall = intake(api, bodies, senders=args.senders, seconds=args.seconds)
+        per_event = (server_cpu_s(stack) - cpu_before) / taken
         p50, p99 = statistics.median(latencies) * 1000, percentile(latencies, 0.99) * 1000
         print(f"intake: {taken / wall:,.0f} events/s ({taken:,} in {wall:.1f} s), a batch of {args.batch}: "
-              f"p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
+              f"p50 {p50:.0f} ms, p99 {p99:.0f} ms; the stack's CPU {per_event * 1e6:.1f} us an event, "
+              f"{per_event * args.rate:.1%} of a core at {args.rate:,.0f} events/s")  # fmt: skip
         for round_ in range(1, args.rounds + 1):
-            for flowing in (False, True):
-                paced = Paced(api, bodies, args.rate) if flowing else None
-                if paced:
-                    paced.start()
+            for phase in ("alone", "with events", "with a burner"):
+                side: Paced | Burner | None = None
+                if phase == "with events":
+                    side = Paced(api, bodies, args.rate)
+                elif phase == "with a burner":
+                    side = Burner(per_event * args.batch, args.rate / args.batch)
+                if side:
+                    side.start()
                 got, errors, elapsed = _load(api, clients=1, seconds=args.seconds, key=None)
                 rate = ""
-                if paced:
-                    paced.stop()
-                    rate = f", events {paced.taken / paced.seconds:,.0f}/s"
-                print(f"round {round_}, recommendations {'with events' if flowing else 'alone      '}: "
+                if side:
+                    side.stop()
+                if isinstance(side, Paced):
+                    rate = f", events {side.taken / side.seconds:,.0f}/s"
+                print(f"round {round_}, recommendations {phase:<13}: "
                       f"{len(got) / elapsed:.0f} answers/s, p50 {statistics.median(got) * 1000:.1f} ms, "
                       f"p99 {percentile(got, 0.99) * 1000:.1f} ms, errors {len(errors)}{rate}")  # fmt: skip
     return 0

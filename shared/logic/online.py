@@ -168,14 +168,22 @@ class _Checks:
     experiments: dict[int, Record]  # the tenant's experiments by number
     catalogue: Callable[[str], frozenset[int]]  # a dataset's movie ids
     seen: dict[str, Served] = field(default_factory=dict)  # the ids verified so far
+    catalogues: dict[int, tuple[frozenset[int], str]] = field(default_factory=dict)  # ``movies`` by experiment
 
     def movies(self, served: Served | None) -> tuple[frozenset[int], str]:
         """The catalogue an event's movie must be in: the dataset of the experiment whose answer it cites (its
-        variants' one dataset), else the active model's; and its name in a refusal."""
-        record = self.experiments.get(served.experiment) if served is not None and served.experiment else None
-        if record is not None and record.get("dataset"):
-            return self.catalogue(record["dataset"]), f"experiment {record['name']!r}'s catalogue"
-        return self.movie_ids, "the active model's catalogue"
+        variants' one dataset), else the active model's; and its name in a refusal (once per experiment a
+        batch)."""
+        number = served.experiment if served is not None else 0
+        found = self.catalogues.get(number)
+        if found is None:
+            record = self.experiments.get(number) if number else None
+            if record is not None and record.get("dataset"):
+                found = self.catalogue(record["dataset"]), f"experiment {record['name']!r}'s catalogue"
+            else:
+                found = self.movie_ids, "the active model's catalogue"
+            self.catalogues[number] = found
+        return found
 
 
 PAUSE_EVERY = 100
@@ -220,7 +228,7 @@ class _Refused(ValueError):
 def _attribute_one(event: dict[str, Any], checks: _Checks) -> tuple[dict[str, Any], int]:
     """The event as logged and the experiment it is credited to (0: none); _Refused for a bad one."""
     movie = int(event["movie_id"])
-    served = _cited(event, movie, checks) if event.get("recommendation_id") is not None else None
+    served, position = _cited(event, movie, checks) if event.get("recommendation_id") is not None else (None, 0)
     movies, which = checks.movies(served)
     if movie not in movies:
         raise _Refused(f"movie {movie} is not in {which}")
@@ -233,7 +241,7 @@ def _attribute_one(event: dict[str, Any], checks: _Checks) -> tuple[dict[str, An
     logged = {**event, "timestamp": int(event.get("timestamp", checks.now_s))}
     if served is None:
         return logged, 0
-    logged["position"] = event.get("position") or served.position(movie)
+    logged["position"] = position
     if not served.experiment:
         return logged, 0
     logged["experiment"], logged["variant"] = served.experiment, served.variant
@@ -247,9 +255,9 @@ def _attribute_one(event: dict[str, Any], checks: _Checks) -> tuple[dict[str, An
     return logged, served.experiment
 
 
-def _cited(event: dict[str, Any], movie: int, checks: _Checks) -> Served:
+def _cited(event: dict[str, Any], movie: int, checks: _Checks) -> tuple[Served, int]:
     """The answer an event cites, checked: made by this tenant, for the event's user, showing its movie (at its
-    position, when it names one)."""
+    position, when it names one); and that position."""
     rid = event["recommendation_id"]
     served = checks.seen.get(rid)  # a batch cites each answer once an item: its impressions, its clicks
     if served is None:
@@ -263,9 +271,15 @@ def _cited(event: dict[str, Any], movie: int, checks: _Checks) -> Served:
     if position is not None:
         if not (position <= len(served.hashes) and served.hashes[position - 1] == movie_hash(movie)):
             raise _Refused(f"the answer it cites did not show movie {movie} at position {position}")
-    elif served.position(movie) is None:
+        return served, int(position)
+    found = served.position(movie)
+    if found is None:
         raise _Refused(f"the answer it cites did not show movie {movie}")
-    return served
+    return served, found
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+"""An event's log text (json.dumps with separators would build an encoder a call: a third of the time)."""
 
 
 def record(
@@ -285,7 +299,7 @@ def record(
     for lo in range(0, len(attributed), PAUSE_EVERY):
         if lo:
             pause()
-        texts += [json.dumps(a.event, separators=(",", ":")) for a in attributed[lo : lo + PAUSE_EVERY]]
+        texts += [_COMPACT(a.event) for a in attributed[lo : lo + PAUSE_EVERY]]
     pipe = svc.redis.pipeline(transaction=False)
     svc.events.add(pipe, texts, now_ms=int(now_s * 1000))
     for number, events in by_experiment.items():

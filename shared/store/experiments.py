@@ -2,7 +2,8 @@
 
     POST /v1/experiments ──> ExperimentStore.create: a number (INCR), a record (HSET name), running (SET)
     a recommendation ──> ExperimentStore.running(): one GET, the running record (or None)
-    POST /v1/events ──> ExperimentStore.count(pipe, number, totals, users, series): HINCRBYs on the caller's pipe
+    POST /v1/events ──> ExperimentStore.count(pipe, number, totals, users, series): one script on the caller's
+        pipe, HINCRBY of every counter (a command each from the client cost a batch of 500 events ~4 ms of CPU)
     GET /v1/experiments/<name> ──> ExperimentStore.counts(number): the three hashes, for shared/logic/online.py
 
 At most one experiment of a tenant runs at a time: a user's answer comes from one place. The running record is
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import redis
+from redis.commands.core import Script
 
 from shared.errors import Conflict, NotFound
 from shared.infra.keys import Keys
@@ -30,9 +32,23 @@ MAX_EXPERIMENTS = 100
 Record = dict[str, Any]
 
 
+_COUNT = """
+-- KEYS: the totals, per-user and per-bucket hashes; ARGV[1], ARGV[2]: how many field/increment pairs go to the
+-- first and to the second; then the pairs, the third hash's last.
+local firsts, seconds = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+    local pair = (i - 1) / 2
+    local key = KEYS[pair <= firsts and 1 or (pair <= firsts + seconds and 2 or 3)]
+    redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+end
+return (#ARGV - 2) / 2
+"""
+
+
 class ExperimentStore:
     def __init__(self, client: redis.Redis, *, prefix: str) -> None:
         self._r, self._keys = client, Keys(prefix)
+        self._count = Script(client, _COUNT)
 
     def create(self, record: Record) -> Record:
         """Store a new experiment, running; Conflict when the name is taken, another runs or there are too many."""
@@ -117,10 +133,12 @@ class ExperimentStore:
         self, pipe: redis.client.Pipeline, number: int, totals: Mapping[str, int], users: Mapping[str, int],
         series: Mapping[str, int],
     ) -> None:  # fmt: skip
-        """Queue the increments of an experiment's counters on ``pipe``."""
-        for key, increments in zip(self._keys.experiment_counts(number), (totals, users, series), strict=True):
+        """Queue the increments of an experiment's counters on ``pipe``: one command, however many counters."""
+        args: list[str | int] = [len(totals), len(users)]
+        for increments in (totals, users, series):
             for field_name, by in increments.items():
-                pipe.hincrby(key, field_name, by)
+                args += (field_name, by)
+        self._count(keys=self._keys.experiment_counts(number), args=args, client=pipe)
 
     def counts(self, number: int) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
         """An experiment's counters: totals, per user, per time bucket (field -> count)."""

@@ -41,6 +41,16 @@ def test_unknown_fields_are_400(client: Any) -> None:
     assert err["details"]["json"]["bogus"] == ["Unknown field."]
 
 
+def test_an_unknown_field_deep_in_a_plain_list_is_400_naming_it(client: Any) -> None:
+    # The strict check leaves a PlainList's items to the list itself, which hands a list it cannot pass plainly to
+    # marshmallow: the same answer, named at the item.
+    events = [{"type": "click", "user_id": 1, "movie_id": 1} for _ in range(5)]
+    events[3]["bogus"] = 1
+    err = error_of(client.post("/v1/events", json={"events": events}), 400)
+    assert err["code"] == "validation_error"
+    assert err["details"]["json"] == {"events": {"3": {"bogus": ["Unknown field."]}}}
+
+
 @pytest.mark.parametrize(
     "body",
     [

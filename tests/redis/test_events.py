@@ -72,6 +72,13 @@ def test_one_experiment_runs_at_a_time_and_its_counts_go_with_it(redis_client: r
     store.count(pipe, 1, {"0:clicks": 2}, {"7:0:c": 2}, {"60:0:c": 2})
     pipe.execute()
     assert store.counts(1) == ({"0:clicks": 2}, {"7:0:c": 2}, {"60:0:c": 2})
+    # One command a call, each increment to its own hash whatever the sizes (an empty one included).
+    store.count(pipe, 1, {"0:clicks": 1, "0:impressions": 3}, {}, {"60:0:c": 1, "120:0:i": 3, "120:0:c": 1})
+    store.count(pipe, 1, {}, {"7:0:c": -1, "8:0:i": 5}, {})
+    assert len(pipe) == 2
+    pipe.execute()
+    assert store.counts(1) == ({"0:clicks": 3, "0:impressions": 3}, {"7:0:c": 1, "8:0:i": 5},
+                               {"60:0:c": 3, "120:0:i": 3, "120:0:c": 1})  # fmt: skip
     paused = store.set_state("a", "paused")
     assert paused["state"] == "paused" and store.running() is None
     second = store.create(record("b", "m1", "m3"))  # the next one gets a number of its own
