@@ -148,13 +148,22 @@ class PlainList(List[Any]):
     does not pass goes, with the whole list, through marshmallow, so what is refused and how is marshmallow's
     (tests/unit/test_plain_list.py holds the two to the same answers)."""
 
-    def __init__(self, schema: type[Schema], **kwargs: Any) -> None:
+    def __init__(
+        self, schema: type[Schema], *, pause: Callable[[], None] = lambda: None, pause_every: int = 100, **kwargs: Any
+    ) -> None:  # fmt: skip
         super().__init__(Nested(schema), **kwargs)
         self._fields = _plain_fields(schema())
+        self._pause, self._pause_every = pause, pause_every
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        """Each item checked plainly, ``pause`` called every ``pause_every`` items (the API's gevent worker serves
+        its other requests there); the whole list through marshmallow when one item is not plainly valid."""
         if self._fields is not None and isinstance(value, list):
-            loaded = [_plainly(self._fields, item) for item in value]
+            loaded = []
+            for lo in range(0, len(value), self._pause_every):
+                if lo:
+                    self._pause()
+                loaded += [_plainly(self._fields, item) for item in value[lo : lo + self._pause_every]]
             if all(item is not None for item in loaded):
                 return cast("list[Any]", loaded)
         return cast("list[Any]", super()._deserialize(value, attr, data, **kwargs))

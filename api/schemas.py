@@ -18,7 +18,7 @@ from shared.jobs.store import MAX_LIST_LIMIT, STATUSES
 from shared.logic.batch import DEFAULT_SHARD_USERS, MAX_LISTED_USERS, MAX_SHARD_USERS, MIN_SHARD_USERS
 from shared.logic.ingest import MAX_TAGS_PER_MOVIE
 from shared.logic.mining import DEFAULT_SEED, DEFAULT_SHARD_SIZE, MAX_SHARD_SIZE, MIN_SHARD_SIZE, SOURCES
-from shared.logic.online import DEFAULT_BUCKET_S, DEFAULT_K, EVENT_TYPES, KINDS
+from shared.logic.online import DEFAULT_BUCKET_S, DEFAULT_K, EVENT_TYPES, KINDS, PAUSE_EVERY
 from shared.ml import protocol
 from shared.ml.attribution import MAX_ID_CHARS
 from shared.ml.coliked import DEFAULT_LIKED_AT, DEFAULT_POSITIVES, MAX_LIKED_AT, MAX_POSITIVES, MIN_LIKED_AT
@@ -30,6 +30,7 @@ from shared.ml.recipes import AUTO, DEFAULT_RECIPE, RECIPES
 from shared.ml.titles import MAX_QUERY_CHARS, query_tokens
 from shared.store.feedback import MAX_BATCH as MAX_FEEDBACK_BATCH
 
+from .context import cooperate
 from .openapi import BodySchema, ExactlyOne, NotAllEmpty, PlainList
 
 MAX_PATH_CHARS = 4096
@@ -932,7 +933,7 @@ class EventsIn(BodySchema):
     class Meta:
         unknown = RAISE
 
-    events = PlainList(EventIn, required=True, validate=Length(1, MAX_EVENTS))
+    events = PlainList(EventIn, required=True, validate=Length(1, MAX_EVENTS), pause=cooperate, pause_every=PAUSE_EVERY)
 
 
 class EventsStoredOut(Schema):

@@ -82,3 +82,13 @@ def test_schemas_it_cannot_check_plainly_go_to_marshmallow() -> None:
     for schema in (Defaulted, Nullable, Nan, Keyed):
         assert _plain_fields(schema()) is None
     assert PlainList(Defaulted).deserialize([{}]) == [{"n": 3}]  # marshmallow's own answer
+
+
+def test_a_long_list_pauses_between_slices_and_loads_the_same() -> None:
+    paused: list[int] = []
+
+    class Paced(Schema):
+        events = PlainList(EventIn, required=True, pause=lambda: paused.append(1), pause_every=25)
+
+    body = {"events": [{"type": "click", "user_id": u, "movie_id": 1} for u in range(1, 61)]}
+    assert Paced().load(body) == Slow().load(body) and len(paused) == 2  # after items 25 and 50, not before the first
