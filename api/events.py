@@ -12,25 +12,28 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint
+from flask import request
 
 from shared.logic.online import attribute, record
 
 from .context import active_model, cooperate, refuse_rows, services
-from .schemas import EventsIn, EventsOut, EventsQuery, EventsStoredOut
+from .schemas import EventsHeaders, EventsIn, EventsOut, EventsQuery, EventsStoredOut
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1/events", tag="events")
 
 
 @bp.post("")
+@bp.input(EventsHeaders, location="headers", arg_name="headers")
 @bp.input(EventsIn, arg_name="body", example={"events": [{"type": "click", "user_id": 1, "movie_id": 1}]})
 @bp.output(EventsStoredOut, description="every event logged; those citing an experiment's answer counted")
 @bp.doc(responses={400: "an event names a movie the active model does not know, a rating off the scale, or an "
                         "answer this tenant did not make, made for another user or that did not show the movie "
                         "(details.rows names them): nothing of the batch is stored",
-                   409: "no model is active"})  # fmt: skip
-def post_events(body: dict[str, Any]) -> dict[str, Any]:
+                   409: "no model is active, or the Idempotency-Key came with another batch within a day"})  # fmt: skip
+def post_events(headers: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """Up to 1,000 events a request. An event citing a ``recommendation_id`` is credited to that answer: to its
-    experiment's variant, at the position the answer showed the movie, within MOVIEREC_ATTRIBUTION_WINDOW_S."""
+    experiment's variant, at the position the answer showed the movie, within MOVIEREC_ATTRIBUTION_WINDOW_S. A
+    client that may send a batch twice (a retry after a timeout) names it with an ``Idempotency-Key``."""
     svc = services()
     dataset = active_model()[1]
     base = svc.catalogue.feedback_base(dataset)
@@ -39,7 +42,8 @@ def post_events(body: dict[str, Any]) -> dict[str, Any]:
                             pause=cooperate)  # fmt: skip
     if bad:
         refuse_rows(bad, total=len(body["events"]), what="events")
-    return record(svc, events, pause=cooperate)
+    key = headers.get("idempotency_key")
+    return record(svc, events, pause=cooperate, once=(key, request.get_data(cache=True)) if key else None)
 
 
 @bp.get("")

@@ -936,10 +936,24 @@ class EventsIn(BodySchema):
     events = PlainList(EventIn, required=True, validate=Length(1, MAX_EVENTS), pause=cooperate, pause_every=PAUSE_EVERY)
 
 
+class EventsHeaders(Schema):
+    idempotency_key = String(
+        data_key="Idempotency-Key",
+        validate=Regexp(r"^[!-~]{1,255}$", error="1 to 255 visible ASCII characters"),
+        metadata={"description": "a key of the client's for this batch (1 to 255 visible ASCII characters): the "
+                  "batch is stored once, and a retry with the same key within a day is answered as the first "
+                  "was (``replayed``), storing and counting nothing; the same key with another batch is 409"},
+    )  # fmt: skip
+
+
 class EventsStoredOut(Schema):
     accepted = Integer(metadata={"description": "events logged (all of the batch)"})
     credited = Integer(metadata={"description": "of them, credited to an experiment's counters"})
     experiments = List(String(), metadata={"description": "the experiments credited"})
+    replayed = Boolean(
+        metadata={"description": "true when an earlier request with this Idempotency-Key stored the batch: this is "
+                  "that request's answer, and nothing was stored again"}
+    )  # fmt: skip
 
 
 class EventsQuery(AuditQuery):

@@ -197,9 +197,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5000.0, help="events a second while recommendations run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--users", type=int, default=400, help="answers the events cite")
+    parser.add_argument("--redis-fsync", choices=("always", "everysec"), default="always",
+                        help="the embedded Redis's appendfsync (movierec up's: always)")  # fmt: skip
     args = parser.parse_args()
-    print(machine(f"{args.senders} sender thread(s) of {args.batch} events, one recommendation client"))
-    settings = Settings(key_prefix="bench-events", data_root=SMALL.parent)
+    print(machine(f"{args.senders} sender thread(s) of {args.batch} events, one recommendation client",
+                  f"appendfsync {args.redis_fsync}"))  # fmt: skip
+    settings = Settings(key_prefix="bench-events", data_root=SMALL.parent, redis_fsync=args.redis_fsync)
     with fresh_stack(settings, Path(tempfile.mkdtemp(prefix="bench-events-"))) as stack:
         api = stack.api_url
         seed, default = (model(api, train_on(api, SMALL.name, **options)) for options in ({"recipe": "seed"}, {}))

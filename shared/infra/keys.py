@@ -228,6 +228,12 @@ class Keys:
         """Stream: the events posted (impressions, clicks, plays, ratings), bounded in count and age."""
         return f"{self.prefix}:events"
 
+    def events_batch(self, digest: str) -> str:
+        """String: a batch of events posted with an ``Idempotency-Key`` (``digest``: of the key), kept a day: the
+        token of the request that stored it, the digest of its body and its summary, so a retry is answered as
+        the first was, and counted once."""
+        return f"{self.prefix}:events:batch:{digest}"
+
     @property
     def attribution_secret(self) -> str:
         """String: the key of the tenant's recommendation ids' tags (shared/ml/attribution.py), made once."""

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from shared.errors import Conflict
 from shared.ml.attribution import INTERLEAVED, BadId, Served, movie_hash, sign, verify
 from shared.ml.online import LEVEL, Ratio, difference, preference, ratio, team_draft, variant_of
 from shared.ml.pages import next_cursor
@@ -186,10 +187,10 @@ class _Checks:
         return found
 
 
-PAUSE_EVERY = 25
-"""Events handled between two calls of a ``pause`` (loading, checking, encoding: about 0.1 ms of work each): a
-request that lands on the API worker beside a batch waits that long, not for the batch. 100 let a
-recommendation pinned to that worker wait a millisecond at each of its own waits."""
+PAUSE_EVERY = 100
+"""Events handled between two calls of a ``pause`` (loading, checking, encoding: about half a millisecond of work
+each): a request that lands on the API worker beside a batch waits that long, not for the batch. Pausing every
+25 events took more CPU and did not lower a recommendation's p99 beside 5,000 events a second (BENCHMARKS.md)."""
 
 
 def attribute(
@@ -284,11 +285,23 @@ _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 """An event's log text (json.dumps with separators would build an encoder a call: a third of the time)."""
 
 
+class KeyReused(Conflict):
+    """An ``Idempotency-Key`` already stored a different batch (409)."""
+
+    code = "idempotency_key_reused"
+
+
 def record(
-    svc: Services, attributed: list[Attributed], *, now: float | None = None, pause: Callable[[], None] = lambda: None
-) -> dict[str, Any]:
+    svc: Services, attributed: list[Attributed], *, now: float | None = None, pause: Callable[[], None] = lambda: None,
+    once: tuple[str, bytes] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Log every event and add the credited ones to their experiments' counters (the records ``attribute`` read),
-    in one round trip; a summary. ``pause``: as ``attribute``'s, between slices of the events' encoding."""
+    in one round trip; a summary. ``pause``: as ``attribute``'s, between slices of the events' encoding.
+
+    ``once``: the batch's ``Idempotency-Key`` and its body. The first request with a key stores the batch and
+    keeps, for a day, its token, the body's digest and the summary under the key's digest; a later one with that
+    key stores nothing and answers that summary (``replayed``), or raises ``KeyReused`` for another body. The
+    check and the log are one Redis command, so two retries at once store the batch once."""
     now_s = now if now is not None else time.time()
     by_experiment: dict[int, list[dict[str, Any]]] = {}
     records: dict[int, Record] = {}
@@ -302,13 +315,25 @@ def record(
         if lo:
             pause()
         texts += [_COMPACT(a.event) for a in attributed[lo : lo + PAUSE_EVERY]]
+    summary = {"accepted": len(attributed), "credited": sum(len(e) for e in by_experiment.values()),
+               "experiments": sorted(records[n]["name"] for n in by_experiment)}  # fmt: skip
+    held_key = token = body_digest = None
+    if once is not None:
+        held_key = svc.events.once_key(once[0])
+        token, body_digest = os.urandom(16).hex(), hashlib.sha256(once[1]).hexdigest()[:32]
     pipe = svc.redis.pipeline(transaction=False)
-    svc.events.add(pipe, texts, now_ms=int(now_s * 1000))
+    svc.events.add(pipe, texts, now_ms=int(now_s * 1000),
+                   once=(held_key, f"{token}{body_digest}{json.dumps(summary)}") if held_key else None)  # fmt: skip
     for number, events in by_experiment.items():
-        svc.experiments.count(pipe, number, *increments(records[number], events, now=now_s))
-    pipe.execute()
-    return {"accepted": len(attributed), "credited": sum(len(e) for e in by_experiment.values()),
-            "experiments": sorted(records[n]["name"] for n in by_experiment)}  # fmt: skip
+        svc.experiments.count(pipe, number, *increments(records[number], events, now=now_s),
+                              once=(held_key, str(token)) if held_key else None)  # fmt: skip
+    held = pipe.execute()[0]
+    if not isinstance(held, bytes):  # this request stored the batch
+        return {**summary, "replayed": False}
+    text = held.decode()
+    if text[32:64] != body_digest:
+        raise KeyReused("this Idempotency-Key was sent with another batch of events within the last day")
+    return {**json.loads(text[64:]), "replayed": True}
 
 
 def increments(

@@ -143,6 +143,7 @@ class Services:
                 client,
                 key=Keys(prefix).events,
                 secret_key=Keys(prefix).attribution_secret,
+                batch_key=Keys(prefix).events_batch,
                 max_entries=settings.events_max_entries,
                 retention_s=settings.events_retention_s,
             ),

@@ -34,14 +34,24 @@ Record = dict[str, Any]
 
 _COUNT = """
 -- KEYS: the totals, per-user and per-bucket hashes; ARGV[1], ARGV[2]: how many field/increment pairs go to the
--- first and to the second; then the pairs, the third hash's last.
+-- first and to the second; then the pairs, the third hash's last. With KEYS[4], a batch's record under its
+-- Idempotency-Key, and ARGV[3] this request's token: nothing is counted unless the record is this request's
+-- (a retry finds the first request's there).
+local first = 3
+if #KEYS == 4 then
+    local held = redis.call('GET', KEYS[4])
+    if not held or string.sub(held, 1, #ARGV[3]) ~= ARGV[3] then
+        return 0
+    end
+    first = 4
+end
 local firsts, seconds = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 3, #ARGV, 2 do
-    local pair = (i - 1) / 2
+for i = first, #ARGV, 2 do
+    local pair = (i - first) / 2 + 1
     local key = KEYS[pair <= firsts and 1 or (pair <= firsts + seconds and 2 or 3)]
     redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
 end
-return (#ARGV - 2) / 2
+return (#ARGV - first + 1) / 2
 """
 
 
@@ -131,14 +141,16 @@ class ExperimentStore:
     # -- counters ------------------------------------------------------------------------------------------
     def count(
         self, pipe: redis.client.Pipeline, number: int, totals: Mapping[str, int], users: Mapping[str, int],
-        series: Mapping[str, int],
+        series: Mapping[str, int], *, once: tuple[str, str] | None = None,
     ) -> None:  # fmt: skip
-        """Queue the increments of an experiment's counters on ``pipe``: one command, however many counters."""
-        args: list[str | int] = [len(totals), len(users)]
+        """Queue the increments of an experiment's counters on ``pipe``: one command, however many counters.
+        ``once``: (key, token) of a batch sent with an ``Idempotency-Key`` (``EventLog.add``): counted only when
+        the record under ``key`` starts with ``token``, this request's."""
+        args: list[str | int] = [len(totals), len(users), *([once[1]] if once else [])]
         for increments in (totals, users, series):
             for field_name, by in increments.items():
                 args += (field_name, by)
-        self._count(keys=self._keys.experiment_counts(number), args=args, client=pipe)
+        self._count(keys=[*self._keys.experiment_counts(number), *([once[0]] if once else [])], args=args, client=pipe)
 
     def counts(self, number: int) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
         """An experiment's counters: totals, per user, per time bucket (field -> count)."""

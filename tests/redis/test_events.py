@@ -17,8 +17,8 @@ from shared.store.experiments import ExperimentStore
 
 def event_log(client: redis.Redis, prefix: str, *, max_entries: int = 1000, retention_s: int = 3600) -> EventLog:
     keys = Keys(prefix)
-    return EventLog(client, key=keys.events, secret_key=keys.attribution_secret, max_entries=max_entries,
-                    retention_s=retention_s)  # fmt: skip
+    return EventLog(client, key=keys.events, secret_key=keys.attribution_secret, batch_key=keys.events_batch,
+                    max_entries=max_entries, retention_s=retention_s)  # fmt: skip
 
 
 def test_a_batch_is_logged_in_one_call_newest_first(redis_client: redis.Redis, fresh_prefix: str) -> None:
@@ -47,6 +47,29 @@ def test_the_log_stays_about_its_size_and_drops_what_passed_its_retention(
     )  # an hour on: every earlier event is past 60 s
     pipe.execute()
     assert log.count() <= 100 and log.read(limit=10, before=None)[0] == []  # none past its retention is shown
+
+
+def test_a_batch_sent_with_an_idempotency_key_is_logged_and_counted_once(
+    redis_client: redis.Redis, fresh_prefix: str
+) -> None:
+    log, store = event_log(redis_client, fresh_prefix), ExperimentStore(redis_client, prefix=fresh_prefix)
+    key = log.once_key("client-batch-7")
+    assert key.startswith(Keys(fresh_prefix).events_batch("")) and key == log.once_key("client-batch-7")
+    now_ms = int(time.time() * 1000)
+    answers = []
+    for token in ("first", "retry"):  # the retry has a token of its own; the record keeps the first's
+        pipe = redis_client.pipeline(transaction=False)
+        log.add(pipe, [json.dumps({"type": "click"})] * 3, now_ms=now_ms, once=(key, f"{token}|summary"))
+        store.count(pipe, 1, {"0:clicks": 3}, {"7:0:c": 3}, {}, once=(key, token))
+        answers.append(pipe.execute())
+    assert answers == [[3, 2], [b"first|summary", 0]]  # stored (3 events, 2 counters), then the first's record
+    assert log.count() == 3 and store.counts(1)[:2] == ({"0:clicks": 3}, {"7:0:c": 3})
+    assert 0 < cast("int", redis_client.ttl(key)) <= 86_400
+    # Without a key, the same batch is a new one.
+    pipe = redis_client.pipeline(transaction=False)
+    log.add(pipe, [json.dumps({"type": "click"})], now_ms=now_ms)
+    store.count(pipe, 1, {"0:clicks": 1}, {}, {})
+    assert pipe.execute() == [1, 1] and log.count() == 4 and store.counts(1)[0] == {"0:clicks": 4}
 
 
 def test_the_secret_is_made_once_and_shared_by_every_process(redis_client: redis.Redis, fresh_prefix: str) -> None:

@@ -81,7 +81,7 @@ def test_every_answer_carries_an_id_and_events_citing_it_are_logged_with_their_p
         {"type": "click", "user_id": 2, "movie_id": queued["items"][4]["movie_id"],
          "recommendation_id": queued["recommendation_id"], "position": 5},
     ])  # fmt: skip
-    assert stored == {"accepted": 9, "credited": 0, "experiments": []}
+    assert stored == {"accepted": 9, "credited": 0, "experiments": [], "replayed": False}
     log = requests.get(f"{api_url}/v1/events", params={"limit": 9}, timeout=10).json()["events"]
     newest = log[0]
     assert newest["user_id"] == 2 and newest["position"] == 5
@@ -131,6 +131,35 @@ def test_a_bad_event_is_400_naming_it_and_nothing_of_its_batch_is_stored(api_url
     err = post_events(api_url, [{"type": "view", "user_id": 1, "movie_id": movie}], status=400)["error"]
     assert err["code"] == "validation_error"
     assert requests.get(f"{api_url}/v1/events", params={"limit": 1}, timeout=10).json()["events"] == before
+
+
+def test_a_batch_retried_with_its_idempotency_key_is_stored_and_counted_once(
+    api_url: str, versions: list[str], experiment: str
+) -> None:
+    body = {"name": experiment, "variants": [{"model": versions[0]}, {"model": versions[1]}], "seed": 3}
+    assert requests.post(f"{api_url}/v1/experiments", json=body, timeout=10).status_code == 201
+    answer = recommend(api_url, {"user_id": 4, "k": 5})
+    batch = {"events": [*shown(answer, 4), {**shown(answer, 4)[0], "type": "click"}]}
+
+    def post(key: str, payload: dict[str, Any]) -> requests.Response:
+        return requests.post(f"{api_url}/v1/events", json=payload, headers={"Idempotency-Key": key}, timeout=30)
+
+    first, retry = post("retry-me-1", batch), post("retry-me-1", batch)
+    assert first.status_code == retry.status_code == 200, (first.text, retry.text)
+    assert first.json() == {"accepted": 6, "credited": 6, "experiments": [experiment], "replayed": False}
+    assert retry.json() == {**first.json(), "replayed": True}
+    logged = requests.get(f"{api_url}/v1/events", params={"limit": 7}, timeout=10).json()["events"]
+    assert sum(e.get("recommendation_id") == answer["recommendation_id"] for e in logged) == 6  # logged once
+    variant = next(v for v in requests.get(f"{api_url}/v1/experiments/{experiment}", timeout=10).json()["variants"]
+                   if v["users"])  # fmt: skip
+    assert variant["impressions"] == 5 and variant["clicks"] == 1  # counted once
+    # The key with another batch is refused; a key that is not 1 to 255 visible ASCII characters is a 400.
+    reused = post("retry-me-1", {"events": batch["events"][:1]})
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused", reused.text
+    for bad in ("x" * 256, "two words"):
+        refused = post(bad, batch)
+        assert refused.status_code == 400 and "Idempotency-Key" in refused.text, refused.text
+    assert post("retry-me-2", batch).json()["replayed"] is False  # another key: another batch
 
 
 def test_an_ab_test_buckets_each_user_for_good_counts_their_events_and_promotes_its_winner(
