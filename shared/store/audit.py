@@ -26,7 +26,7 @@ import redis
 Entry = dict[str, Any]
 
 
-def _at(stream_id: str) -> str:
+def stream_time(stream_id: str) -> str:
     millis = int(stream_id.split("-", 1)[0])
     return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -35,7 +35,7 @@ MAX_ID_PART = (1 << 64) - 1
 """The largest part of a stream id (milliseconds, and the sequence within one)."""
 
 
-def _just_before(stream_id: str) -> str | None:
+def just_before(stream_id: str) -> str | None:
     """The greatest stream id below ``stream_id`` ("<ms>-<seq>", each part at most ``MAX_ID_PART``), None for
     0-0: an inclusive end for XREVRANGE, whose exclusive "(" form Redis refuses at 0-0."""
     ms, seq = (int(part) for part in stream_id.split("-", 1))
@@ -64,7 +64,7 @@ class AuditLog:
     def read(self, *, limit: int, before: str | None = None) -> tuple[list[Entry], str | None]:
         """Up to ``limit`` entries, newest first, older than the stream id ``before`` (all when None); and the
         cursor of the next page (None at the end)."""
-        high = _just_before(before) if before else "+"
+        high = just_before(before) if before else "+"
         if high is None:
             return [], None  # nothing is older than the first id there can be
         low = self._oldest(int(cast("tuple[int, int]", self._r.time())[0]) * 1000)  # none past its retention
@@ -72,7 +72,7 @@ class AuditLog:
         entries = []
         for raw_id, fields in rows[:limit]:
             stream_id = raw_id.decode()
-            entries.append({"id": stream_id, "at": _at(stream_id), **json.loads(fields[b"e"])})
+            entries.append({"id": stream_id, "at": stream_time(stream_id), **json.loads(fields[b"e"])})
         more = len(rows) > limit
         return entries, (entries[-1]["id"] if more and entries else None)
 

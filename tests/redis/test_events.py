@@ -31,22 +31,46 @@ def test_a_batch_is_logged_in_one_call_newest_first(redis_client: redis.Redis, f
     assert [e["n"] for e in log.read(limit=3, before=cursor)[0]] == [1, 0]
 
 
-def test_the_log_stays_about_its_size_and_drops_what_passed_its_retention(
+def test_the_log_keeps_whole_batches_about_its_size_pages_event_by_event_and_drops_what_passed_its_retention(
     redis_client: redis.Redis, fresh_prefix: str
 ) -> None:
     log = event_log(redis_client, fresh_prefix, max_entries=1000, retention_s=60)
     now_ms = int(time.time() * 1000)
-    for _ in range(20):
+    for b in range(10):
         pipe = redis_client.pipeline(transaction=False)
-        log.add(pipe, [json.dumps({"type": "impression"})] * 1000, now_ms=now_ms)
-        pipe.execute()
-    assert 1000 <= log.count() <= 1000 + 100  # whole stream nodes of 100 entries go (trimming with ~)
+        log.add(pipe, [json.dumps({"type": "impression", "b": b, "i": i}) for i in range(300)], now_ms=now_ms)
+        assert pipe.execute() == [300]
+    # The oldest batches go while the rest hold 1,000 events or more: 4 of 300 stay.
+    assert log.count() == 1200 and redis_client.xlen(Keys(fresh_prefix).events) == 4
+    seen, cursor = [], None
+    while True:  # pages of 500 end inside a batch, and the next begins where it stopped
+        page, cursor = log.read(limit=500, before=cursor)
+        seen += page
+        if cursor is None:
+            break
+    assert [(e["b"], e["i"]) for e in seen] == [(b, i) for b in range(9, 5, -1) for i in range(299, -1, -1)]
+    ids = [tuple(int(part) for part in e["id"].split("-")) for e in seen]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 1200 and seen[0]["at"].endswith("Z")
+    assert log.read(limit=10, before=seen[-1]["id"]) == ([], None) and log.read(limit=1, before="0-0") == ([], None)
     pipe = redis_client.pipeline(transaction=False)
-    log.add(
-        pipe, [json.dumps({"type": "click"})], now_ms=now_ms + 3_600_000
-    )  # an hour on: every earlier event is past 60 s
+    log.add(pipe, [json.dumps({"type": "click"})], now_ms=now_ms + 3_600_000)  # an hour on: the rest are past 60 s
     pipe.execute()
-    assert log.count() <= 100 and log.read(limit=10, before=None)[0] == []  # none past its retention is shown
+    assert log.count() == 1 and [e["type"] for e in log.read(limit=10)[0]] == ["click"]
+
+
+def test_a_log_made_before_batches_reads_and_grows_on(redis_client: redis.Redis, fresh_prefix: str) -> None:
+    log = event_log(redis_client, fresh_prefix)
+    for n in range(2):  # as session 21's log wrote them: an entry an event
+        redis_client.xadd(Keys(fresh_prefix).events, {"e": json.dumps({"type": "click", "n": n})})
+    pipe = redis_client.pipeline(transaction=False)
+    log.add(pipe, [json.dumps({"type": "click", "n": n}) for n in (2, 3)], now_ms=int(time.time() * 1000))
+    assert pipe.execute() == [2]
+    assert [e["n"] for e in log.read(limit=10)[0]] == [
+        3,
+        2,
+        1,
+        0,
+    ] and log.count() == 3  # about: the older entries are in no running count
 
 
 def test_a_batch_sent_with_an_idempotency_key_is_logged_and_counted_once(
