@@ -64,7 +64,7 @@ def test_the_replay_runs_both_experiments_end_to_end(synthetic: Path, tmp_path: 
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("MOVIEREC_")}
     # A fixed default recipe: auto's validation grid is bench.quality's to test, and would double this test's time.
     args = ["--data", str(synthetic), "--users", "30", "--check-every", "10", "--repeats", "1", "--k", "5",
-            "--default", "hybrid", "--power-draws", "50", "--json", str(out)]  # fmt: skip
+            "--default", "hybrid", "--power-draws", "20", "--json", str(out)]  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "bench.online", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=240, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -107,7 +107,7 @@ def test_the_replay_runs_both_experiments_end_to_end(synthetic: Path, tmp_path: 
         assert at is None or next(c["power"] for c in power["curve"] if c["users"] == at) >= 0.8
         assert power["projected"] is None or power["projected"] > 0
     assert "kind       run users" in done.stdout and "# wall time:" in done.stdout
-    assert "# power over 50 fixed-size experiments" in done.stdout
+    assert "# power over 20 fixed-size experiments" in done.stdout
 
 
 class Scripted:
