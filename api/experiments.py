@@ -3,7 +3,7 @@
 POST /v1/experiments ──> the variants' models checked servable ──> ExperimentStore.create: running
 POST /v1/recommendations (a user's) ──> its variant's model (api/recommendations.py, shared/logic/online.py)
 POST /v1/experiments/<name>/pause | resume | end ──> its state; a paused or ended one chooses no model
-POST /v1/experiments/<name>/promote ──> its winner's model activated (the one named, or the significant
+POST /v1/experiments/<name>/promote ──> its winner's model activated (the one named, or the always-valid
     winner), and the experiment ended
 GET /v1/experiments[/<name>] ──> each one's record and report (shared/logic/online.py ``report``)
 """
@@ -113,10 +113,11 @@ def _move(name: str, action: str) -> dict[str, Any]:
 @bp.post("/<name>/promote")
 @bp.input(PromoteQuery, location="query", arg_name="query", unknown=None)
 @bp.output(ExperimentOut)
-@bp.doc(responses={404: "unknown experiment or variant", 409: "no variant named, and none won significantly "
-                        "(yet): name one to promote it anyway; or its model can no longer serve"})  # fmt: skip
+@bp.doc(responses={404: "unknown experiment or variant", 409: "no variant named, and none won by the always-valid "
+                        "test (yet): name one to promote it anyway; or its model can no longer serve"})  # fmt: skip
 def promote_experiment(name: str, query: dict[str, Any]) -> dict[str, Any]:
-    """Activate a variant's model (the one named, else the significant winner) and end the experiment."""
+    """Activate a variant's model (the one named, else the winner by the always-valid test, which holds however
+    often the report was read) and end the experiment."""
     svc = services()
     record = svc.experiments.get(name)
     found = report(svc, record)
@@ -127,8 +128,9 @@ def promote_experiment(name: str, query: dict[str, Any]) -> dict[str, Any]:
     else:
         chosen = winner(found)
         if chosen is None:
-            raise Conflict(f"no variant of {name!r} has won significantly yet: name the one to promote "
-                           "(?variant=B) to activate it anyway, or wait for more users")  # fmt: skip
+            raise Conflict(f"no variant of {name!r} has won yet by the always-valid test (significant however often "
+                           "the report was read): name the one to promote (?variant=B) to activate it anyway, or "
+                           "wait for more users")  # fmt: skip
     svc.models.activate(chosen["model"])
     promoted = {"variant": chosen.get("name", chosen.get("variant")), "model": chosen["model"], "at": iso()}
     fields = {"promoted": promoted, **({} if record["state"] == ENDED else {"ended": iso()})}

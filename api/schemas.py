@@ -1028,7 +1028,9 @@ class PromoteQuery(Schema):
 
     variant = String(
         validate=Regexp(EXPERIMENT_NAME),
-        metadata={"description": "the variant whose model to activate; the significant winner when absent"},
+        metadata={
+            "description": "the variant whose model to activate; the winner by the always-valid test when absent"
+        },
     )
 
 

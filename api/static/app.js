@@ -732,7 +732,8 @@ function signed(value) {
 function versus(d) {
   if (!d) return "–";
   const verdict = !d.significant ? "a tie" : d.difference > 0 ? "significantly higher" : "significantly lower";
-  return `${signed(d.difference)} pp [${signed(d.low)}, ${signed(d.high)}] · ${pValue(d.p_value)} · ${verdict}`;
+  const anytime = `always valid ${pValue(d.always_valid_p)}`;
+  return `${signed(d.difference)} pp [${signed(d.low)}, ${signed(d.high)}] · ${pValue(d.p_value)} · ${verdict} · ${anytime}`;
 }
 
 function stateBadge(state) {
@@ -751,6 +752,10 @@ function verdictOf(report) {
     el("strong", { text: ahead.variant }), " ", el("code", { text: ahead.model }), ` ${verb}: `,
     ahead.significant ? el("span", { class: "badge succeeded", text: `significant at ${level}` })
       : el("span", { class: "muted", text: `not significant at ${level}, a tie so far` }),
+    " ",
+    el("span", { class: "muted", "data-always-valid": String(ahead.always_valid_significant),
+                 text: ahead.always_valid_significant ? "(and by the always-valid test: promote can name it)"
+                   : "(not yet by the always-valid test, which promote asks for)" }),
   );
 }
 
@@ -877,7 +882,7 @@ function interleavingFacts(report) {
     [`CTR@${report.k}`, rate(totals.ctr)], ["liked per impression", rate(totals.liked_rate)],
     [`users preferring ${a.name}`, x.wins_a], [`users preferring ${b.name}`, x.wins_b], ["ties", x.ties],
     [`preference for ${b.name}`, typeof x.preference === "number" ? x.preference.toFixed(3) : "–"],
-    ["sign test", `${pValue(x.p_value)} · ${x.significant ? "significant" : "a tie"}`],
+    ["sign test", `${pValue(x.p_value)} · ${x.significant ? "significant" : "a tie"} · always valid ${pValue(x.always_valid_p)}`],
     ["clicks credited", report.variants.map((v) => `${v.name}: ${(x.clicks || {})[v.name] || 0}`).join(", ")],
     ["preferred", verdictOf(report)],
   ];

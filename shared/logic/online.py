@@ -35,7 +35,16 @@ import numpy as np
 
 from shared.errors import Conflict
 from shared.ml.attribution import INTERLEAVED, BadId, Served, movie_hash, sign, verify
-from shared.ml.online import LEVEL, Ratio, difference, preference, ratio, team_draft, variant_of
+from shared.ml.online import (
+    LEVEL,
+    Preference,
+    Ratio,
+    difference,
+    preference,
+    ratio,
+    team_draft,
+    variant_of,
+)
 from shared.ml.pages import next_cursor
 from shared.store.experiments import ENDED, PAUSED, RUNNING, Record
 
@@ -398,7 +407,7 @@ def report(svc: Services, record: Record) -> dict[str, Any]:
         out["interleaving"] = {
             **pref.to_json(),
             "clicks": {variants[t]["name"]: int(credit[t].sum()) for t in (0, 1)},
-            "preferred": _preferred(variants, pref.preference, pref.significant),
+            "preferred": _preferred(variants, pref),
         }
     else:
         control = rows[0][2]
@@ -442,26 +451,28 @@ def aligned(by_user: dict[str, dict[str, np.ndarray]], a: str, b: str) -> tuple[
 
 def _leader(variants: list[dict[str, Any]], ctrs: list[Ratio]) -> dict[str, Any]:
     """The variant with the highest CTR@k, and whether its lead over the first variant is significant (for the
-    first itself: whether it beats every other significantly)."""
+    first itself: whether it beats every other significantly), by the fixed-sample test and the always-valid one."""
     best = max(range(len(ctrs)), key=lambda i: ctrs[i].value)
-    if best:
-        significant = difference(ctrs[0], ctrs[best]).significant
-    else:
-        significant = len(ctrs) > 1 and all(difference(ctrs[0], c).significant for c in ctrs[1:])
-    return {"variant": variants[best]["name"], "model": variants[best]["model"], "significant": bool(significant)}
+    against = [difference(ctrs[0], ctrs[best])] if best else [difference(ctrs[0], c) for c in ctrs[1:]]
+    return {"variant": variants[best]["name"], "model": variants[best]["model"],
+            "significant": bool(against) and all(d.significant for d in against),
+            "always_valid_significant": bool(against) and all(d.always_valid_significant for d in against)}  # fmt: skip
 
 
-def _preferred(variants: list[dict[str, Any]], pref: float, significant: bool) -> dict[str, Any] | None:
-    if pref == 0:
+def _preferred(variants: list[dict[str, Any]], pref: Preference) -> dict[str, Any] | None:
+    if pref.preference == 0:
         return None
-    chosen = variants[1] if pref > 0 else variants[0]
-    return {"variant": chosen["name"], "model": chosen["model"], "significant": bool(significant)}
+    chosen = variants[1] if pref.preference > 0 else variants[0]
+    return {"variant": chosen["name"], "model": chosen["model"], "significant": pref.significant,
+            "always_valid_significant": pref.always_valid_significant}  # fmt: skip
 
 
 def winner(report_: dict[str, Any]) -> dict[str, Any] | None:
-    """The variant an experiment's report says won significantly (its leader, or an interleaving's preferred)."""
+    """The variant an experiment's report says won (its leader, or an interleaving's preferred), by the always-valid
+    test: ``promote`` asks whenever someone looks, and a fixed-sample p-value read at every look calls a tie
+    significant far more often than it says (shared/ml/online.py)."""
     found = report_.get("interleaving", {}).get("preferred") if report_["kind"] == INTERLEAVE else report_["leader"]
-    return cast("dict[str, Any] | None", found) if found and found["significant"] else None
+    return cast("dict[str, Any] | None", found) if found and found["always_valid_significant"] else None
 
 
 def _series(series: dict[str, int], record: Record, keys: list[str]) -> dict[str, Any]:

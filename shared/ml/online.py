@@ -8,12 +8,14 @@ Pure numpy, scipy and the standard library; no Redis. Data flow:
     per user (unit) of one variant: num (clicks, plays, ...) and den (impressions, answers, ...), (n,) each
       └─ ratio ──> Ratio: sum(num) / sum(den) with its delta-method interval, clustered by user
            Ratio of variant a, Ratio of variant b
-             └─ difference(a, b) ──> Difference: b - a, its normal interval and two-sided p-value
+             └─ difference(a, b) ──> Difference: b - a, its normal interval and two-sided p-value, and the
+                  always-valid p-value of a mixture sequential probability ratio test (``mixture_p``)
 
     interleaving: two variants' rankings of one answer (item ids, best first)
       └─ team_draft(a, b, k=, rng=) ──> (items shown, the team of each: 0 = a, 1 = b); a click credits its team
            per user: clicks credited to team a, to team b, (n,) each
-             └─ preference ──> Preference: users preferring a, b, neither; a sign test of b's wins among all wins
+             └─ preference ──> Preference: users preferring a, b, neither; a sign test of b's wins among all wins,
+                  and its always-valid form (``sign_mixture_p``)
 
 Why the bucket is an HMAC keyed by the experiment's salt: each experiment splits the users independently of every
 other (one unkeyed hash would put the same users in the second variant of every experiment, and one experiment's
@@ -25,6 +27,13 @@ clicks everything contributes many correlated clicks, and the binomial standard 
 which counts impressions as independent, is then far too narrow; the delta method over per-user sums treats the
 user, the unit that was randomised, as the independent draw (Deng, Lu and Litz, "Applying the Delta Method in
 Metric Analytics", KDD 2018).
+
+Why two p-values: the fixed-sample p-value holds for one look at a number of users fixed in advance. A report
+read as users arrive, and acted on at its first significant look, calls a tie significant far more often than 1 -
+LEVEL (bench/online.py measures it). The always-valid p-value (Johari, Pekelis and Walsh, "Always Valid
+Inference", 2017; Robbins's mixture martingale) holds at every look, however many: by Ville's inequality a
+mixture likelihood ratio of 1 / alpha is crossed at any time with probability at most alpha under no difference,
+so ``promote`` without a named variant, an action taken whenever someone looks, asks for it.
 """
 
 from __future__ import annotations
@@ -206,6 +215,7 @@ class Difference:
     level: float  # e.g. 0.95
     units: int = 0  # the fewer of the two sides' units
     min_units: int = 0  # the fewest units a side needs for the difference to count (``MIN_UNITS``)
+    always_valid_p: float = 1.0  # ``mixture_p``: valid at every look, however many
 
     @property
     def significant(self) -> bool:
@@ -214,8 +224,43 @@ class Difference:
         any difference would read as certain)."""
         return self.p_value < 1 - self.level and self.units >= self.min_units
 
+    @property
+    def always_valid_significant(self) -> bool:
+        """always_valid_p < 1 - level, with ``min_units`` a side: significant however often the report was read."""
+        return self.always_valid_p < 1 - self.level and self.units >= self.min_units
+
     def to_json(self) -> dict[str, Any]:
-        return {**_rounded(asdict(self)), "significant": self.significant}
+        return {**_rounded(asdict(self)), "significant": self.significant,
+                "always_valid_significant": self.always_valid_significant}  # fmt: skip
+
+
+ANYTIME_TAU = 0.2
+"""The A/B mixture's spread (``mixture_p``): the effects it is most sensitive to, as a share of the two variants'
+mean rate (0.2: a 20 % relative lift). Chosen on replays of seed against the default (bench/online.py
+``--anytime-grid``), reported on ials against the default (BENCHMARKS.md)."""
+
+
+def mixture_p(diff: float, se: float, *, tau: float) -> float:
+    """The always-valid p-value of "no difference" after observing ``diff`` with standard error ``se``: 1 / the
+    normal-mixture likelihood ratio, Lambda = sqrt(V / (V + tau^2)) exp(diff^2 tau^2 / (2 V (V + tau^2))), V =
+    se^2 (the mixing distribution N(0, tau^2) over the true difference), capped at 1. With no spread at all (se
+    0), as ``difference``'s p-value: 0.0 for any difference, 1.0 for none; 1.0 when tau is 0."""
+    if se <= 0:
+        return 0.0 if diff != 0 else 1.0
+    if tau <= 0:
+        return 1.0
+    v, t2 = se * se, tau * tau
+    log_ratio = 0.5 * math.log(v / (v + t2)) + diff * diff * t2 / (2 * v * (v + t2))
+    return math.exp(-log_ratio) if log_ratio > 0 else 1.0
+
+
+def sign_mixture_p(wins_a: int, wins_b: int) -> float:
+    """The always-valid p-value of "each side wins a user with probability 1/2": 1 / the likelihood ratio of a
+    uniform mixture over that probability against 1/2, Lambda = 2^n wins_a! wins_b! / (n + 1)!, n = wins_a +
+    wins_b, capped at 1 (no parameter to choose: the uniform prior covers both directions)."""
+    n = wins_a + wins_b
+    log_ratio = n * math.log(2) + math.lgamma(wins_a + 1) + math.lgamma(wins_b + 1) - math.lgamma(n + 2)
+    return math.exp(-log_ratio) if log_ratio > 0 else 1.0
 
 
 MIN_UNITS = 20
@@ -223,10 +268,12 @@ MIN_UNITS = 20
 is a large-sample one, and below some tens of users it is far too narrow."""
 
 
-def difference(a: Ratio, b: Ratio, *, level: float = LEVEL, min_units: int = MIN_UNITS) -> Difference:
+def difference(
+    a: Ratio, b: Ratio, *, level: float = LEVEL, min_units: int = MIN_UNITS, tau: float = ANYTIME_TAU
+) -> Difference:  # fmt: skip
     """b - a of two Ratios over disjoint users (two variants'), with se = sqrt(a.se**2 + b.se**2), the normal
     interval at ``level`` and the two-sided p-value of no difference; significant only with ``min_units`` units
-    a side."""
+    a side; and the always-valid p-value (``mixture_p``, its spread ``tau`` times the two rates' mean)."""
     z = _z(level)
     diff = b.value - a.value
     se = math.hypot(a.se, b.se)
@@ -235,7 +282,8 @@ def difference(a: Ratio, b: Ratio, *, level: float = LEVEL, min_units: int = MIN
     p_value = float(2 * _stats().norm.sf(abs(diff) / se)) if se > 0 else float(diff == 0)
     return Difference(difference=diff, low=diff - z * se, high=diff + z * se, p_value=min(1.0, p_value),
                       relative=diff / a.value if a.value != 0 else None, level=level,
-                      units=min(a.units, b.units), min_units=min_units)  # fmt: skip
+                      units=min(a.units, b.units), min_units=min_units,
+                      always_valid_p=mixture_p(diff, se, tau=tau * (a.value + b.value) / 2))  # fmt: skip
 
 
 # -- interleaving outcomes -----------------------------------------------------------------------------------
@@ -250,14 +298,21 @@ class Preference:
     preference: float  # (wins_b - wins_a) / (wins_a + wins_b + ties), 0.0 when no unit; > 0 means b is preferred
     p_value: float  # two-sided exact binomial sign test of wins_b among wins_a + wins_b at 0.5; 1.0 when no wins
     level: float  # e.g. 0.95
+    always_valid_p: float = 1.0  # ``sign_mixture_p``: valid at every look, however many
 
     @property
     def significant(self) -> bool:
         """p_value < 1 - level."""
         return self.p_value < 1 - self.level
 
+    @property
+    def always_valid_significant(self) -> bool:
+        """always_valid_p < 1 - level: significant however often the report was read."""
+        return self.always_valid_p < 1 - self.level
+
     def to_json(self) -> dict[str, Any]:
-        return {**_rounded(asdict(self)), "significant": self.significant}
+        return {**_rounded(asdict(self)), "significant": self.significant,
+                "always_valid_significant": self.always_valid_significant}  # fmt: skip
 
 
 def preference(credit_a: np.ndarray, credit_b: np.ndarray, *, level: float = LEVEL) -> Preference:
@@ -273,4 +328,4 @@ def preference(credit_a: np.ndarray, credit_b: np.ndarray, *, level: float = LEV
     p_value = float(_stats().binomtest(wins_b, wins, 0.5).pvalue) if wins else 1.0
     return Preference(wins_a=wins_a, wins_b=wins_b, ties=ties,
                       preference=(wins_b - wins_a) / counted if counted else 0.0, p_value=min(1.0, p_value),
-                      level=level)  # fmt: skip
+                      level=level, always_valid_p=sign_mixture_p(wins_a, wins_b))  # fmt: skip

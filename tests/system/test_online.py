@@ -202,7 +202,12 @@ def test_an_ab_test_buckets_each_user_for_good_counts_their_events_and_promotes_
     assert b["impressions"] == 5 * new_users and b["clicks"] == 2 * new_users and a["clicks"] == 0
     assert b["ctr"]["value"] == pytest.approx(0.4) and a["ctr"]["value"] == 0
     assert b["vs_control"]["ctr"]["significant"] and b["vs_control"]["ctr"]["difference"] == pytest.approx(0.4)
-    assert report["leader"] == {"variant": "new", "model": versions[1], "significant": True}
+    assert report["leader"] == {
+        "variant": "new",
+        "model": versions[1],
+        "significant": True,
+        "always_valid_significant": True,
+    }
     assert report["series"]["points"][-1]["new"] == {"impressions": 5 * new_users, "clicks": 2 * new_users}
     metrics = requests.get(f"{api_url}/metrics", timeout=10).text
     labels = f'experiment="{experiment}",tenant="default",variant="new"'
@@ -262,7 +267,8 @@ def test_an_interleaving_drafts_both_models_answers_and_credits_each_click_to_it
     outcome = report["interleaving"]
     clicked = sum(e["type"] == "click" for e in events)
     assert clicked > 10 and outcome["wins_b"] == clicked and outcome["wins_a"] == 0 and outcome["significant"]
-    assert outcome["preferred"] == {"variant": "B", "model": versions[1], "significant": True}
+    assert outcome["preferred"] == {"variant": "B", "model": versions[1], "significant": True,
+                                    "always_valid_significant": True}  # fmt: skip
     assert report["totals"]["impressions"] == 10 * len(USERS) and report["totals"]["clicks"] == clicked
     assert report["series"]["points"][-1]["clicks"] == {"A": 0, "B": clicked}
 

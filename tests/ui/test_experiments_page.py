@@ -225,6 +225,13 @@ def test_an_interleaving_s_page_shows_its_wins_and_each_team_s_clicks_over_time(
     expect(facts.locator('[data-fact="ties"]')).to_have_text(str(outcome["ties"]))
     verdict = "significant" if outcome["significant"] else "a tie"
     expect(facts.locator('[data-fact="sign test"]')).to_contain_text(verdict)
+    always = outcome["always_valid_p"]
+    expect(facts.locator('[data-fact="sign test"]')).to_contain_text(
+        "always valid " + ("p < 0.001" if always < 0.001 else f"p = {always:.3f}")
+    )
+    if outcome.get("preferred"):
+        valid = str(outcome["preferred"]["always_valid_significant"]).lower()
+        expect(page.locator(f'.verdict [data-always-valid="{valid}"]').first).to_be_visible()
     assert numbers(facts.locator(f'[data-fact="CTR@{K}"]').inner_text()) == pytest.approx(
         as_shown(totals["ctr"]), abs=0.051
     )
@@ -295,7 +302,7 @@ def test_a_reader_is_offered_no_action_and_an_admin_pauses_resumes_and_sees_a_re
         active = requests.get(f"{api_url}/v1/models", timeout=10).json()["active"]
         admin.click("button[data-action=promote]:not([data-variant])")
         expect(status).to_have_class("error")
-        expect(status).to_contain_text(f"no variant of '{name}' has won significantly yet")
+        expect(status).to_contain_text(f"no variant of '{name}' has won yet by the always-valid test")
         assert report_of(api_url, name)["state"] == "running"
         assert requests.get(f"{api_url}/v1/models", timeout=10).json()["active"] == active
         expect(admin.locator("button[data-action=promote]:not([data-variant])")).to_be_enabled()

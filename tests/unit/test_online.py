@@ -19,8 +19,10 @@ from shared.ml.online import (
     Ratio,
     bucket,
     difference,
+    mixture_p,
     preference,
     ratio,
+    sign_mixture_p,
     team_draft,
     variant_of,
 )
@@ -329,8 +331,13 @@ def test_difference_hand_computed() -> None:
         "level": 0.95,
         "units": 100,
         "min_units": 20,
+        "always_valid_p": 0.52026,
         "significant": True,
+        "always_valid_significant": False,
     }
+    # Always valid: tau = 0.2 * (0.2 + 0.3) / 2 = 0.05, so V = tau^2 = 0.0025 and
+    # log Lambda = 0.5 log(1/2) + 0.01 * 0.0025 / (2 * 0.0025 * 0.005) = -0.346574 + 1 = 0.653426, p = 1 / Lambda
+    assert got.always_valid_p == pytest.approx(math.exp(-(1 - 0.5 * math.log(2))), rel=1e-12)
     # b behind a: the same p, the interval mirrored
     behind = difference(rate(0.3, 0.04), rate(0.2, 0.03))
     assert behind.p_value == pytest.approx(got.p_value, rel=1e-12)
@@ -393,7 +400,8 @@ def test_preference_hand_computed() -> None:
     # wins_a = 3, wins_b = 1, ties = 1; preference = (1 - 3) / 5 = -0.4 (a preferred)
     # sign test of 1 win of 4: P(X <= 1) + P(X >= 3) = (1 + 4 + 4 + 1) / 16 = 0.625
     got = preference(np.array([0, 2, 1, 0, 1, 3]), np.array([1, 1, 1, 0, 0, 0]))
-    assert got == Preference(wins_a=3, wins_b=1, ties=1, preference=-0.4, p_value=0.625, level=0.95)
+    assert got == Preference(wins_a=3, wins_b=1, ties=1, preference=-0.4, p_value=0.625, level=0.95,
+                             always_valid_p=1.0)  # fmt: skip
     assert not got.significant
     assert got.to_json() == {
         "wins_a": 3,
@@ -402,7 +410,9 @@ def test_preference_hand_computed() -> None:
         "preference": -0.4,
         "p_value": 0.625,
         "level": 0.95,
+        "always_valid_p": 1.0,  # Lambda = 2^4 3! 1! / 5! = 0.8 < 1
         "significant": False,
+        "always_valid_significant": False,
     }
 
 
@@ -435,3 +445,39 @@ def test_preference_refuses_bad_input() -> None:
         preference(np.array([-1]), np.array([0]))
     with pytest.raises(ValueError, match="level"):
         preference(np.zeros(1), np.zeros(1), level=95)
+
+
+# -- always-valid p-values -----------------------------------------------------------------------------------
+def test_the_sign_mixture_hand_computed() -> None:
+    # Lambda = 2^n a! b! / (n + 1)!: 9 wins of 10, 1024 * 9! / 11! = 1024 / 110 (p 0.107, though the fixed-sample
+    # test says 0.021); 10 of 10, 1024 / 11 (p 0.0107); none yet, Lambda = 1.
+    assert sign_mixture_p(1, 9) == pytest.approx(110 / 1024, rel=1e-12) == sign_mixture_p(9, 1)
+    assert sign_mixture_p(0, 10) == pytest.approx(11 / 1024, rel=1e-12)
+    assert sign_mixture_p(0, 0) == 1.0 and sign_mixture_p(5, 5) == 1.0
+
+
+def test_the_normal_mixture_edges() -> None:
+    assert mixture_p(0.1, 0.0, tau=0.05) == 0.0 and mixture_p(0.0, 0.0, tau=0.05) == 1.0  # as difference's p
+    assert mixture_p(0.1, 0.05, tau=0.0) == 1.0
+    assert mixture_p(0.0, 0.05, tau=0.05) == 1.0  # Lambda = sqrt(1/2) < 1
+    assert mixture_p(0.5, 0.05, tau=0.05) < 1e-6  # ten standard errors
+
+
+def test_the_always_valid_p_values_hold_however_often_they_are_read() -> None:
+    # 2,000 experiments with no difference, read after every unit up to 400: the always-valid tests call at most
+    # about 5 % of them significant at some read; the fixed-sample p read the same way calls far more.
+    rng = np.random.default_rng(3)
+    runs, n = 2000, 400
+    # The sign test: each deciding user a coin flip.
+    wins_b = np.cumsum(rng.integers(0, 2, size=(runs, n)), axis=1)
+    decided = np.arange(1, n + 1)
+    anytime = [any(sign_mixture_p(int(d - w), int(w)) < 0.05 for w, d in zip(row, decided, strict=True))
+               for row in wins_b]  # fmt: skip
+    assert np.mean(anytime) <= 0.06
+    # The normal mixture: a mean of unit-variance draws, read after each, se = 1 / sqrt(n).
+    draws = np.cumsum(rng.standard_normal((runs, n)), axis=1) / decided
+    se = 1 / np.sqrt(decided)
+    normal = [any(mixture_p(float(m), float(e), tau=0.2) < 0.05 for m, e in zip(row, se, strict=True))
+              for row in draws]  # fmt: skip
+    fixed = (np.abs(draws / se) > Z95).any(axis=1)
+    assert np.mean(normal) <= 0.06 and np.mean(fixed) > 0.2
