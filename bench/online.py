@@ -57,7 +57,7 @@ from scipy.stats import norm
 from shared.infra.settings import Settings
 from shared.logic.online import AB, INTERLEAVE, LIKED_AT, per_user
 from shared.ml.evaluate import Split, metrics, split_ratings
-from shared.ml.online import difference, preference, ratio
+from shared.ml.online import ANYTIME_TAU, difference, preference, ratio
 from shared.ml.protocol import DEFAULT_MIN_RATINGS, DEFAULT_TRAIN_FRACTION
 from shared.ml.recipes import DEFAULT_RECIPE
 from shared.ml.splits import TEST
@@ -375,6 +375,58 @@ def projected_users(o: Outcomes, *, level: float = 0.95, power: float = POWER) -
     return len(v) * ((za + zb) / (abs(b.value - a.value) / se)) ** 2
 
 
+PEEK_DRAWS = 200
+"""Experiments drawn for the peeking figures (each read every ``--check-every`` users up to the replay's size)."""
+TAU_GRID = (0.05, 0.1, 0.2, 0.5, 1.0)
+"""The A/B mixture spreads ``--tau-grid`` compares (shared/ml/online.py ``ANYTIME_TAU``)."""
+
+
+def _verdicts(o: Outcomes, rows: np.ndarray, *, tau: float) -> tuple[bool, bool, float]:
+    """(fixed-sample significant, always-valid significant, signed effect) of the experiment of ``rows``."""
+    if o.kind == INTERLEAVE:
+        p = preference(o.first[rows], o.second[rows])
+        return p.significant, p.always_valid_significant, p.preference
+    v = o.first[rows]
+    a, b = rows[v == 0], rows[v == 1]
+    d = difference(ratio(o.third[a], o.second[a]), ratio(o.third[b], o.second[b]), tau=tau)
+    return d.significant, d.always_valid_significant, d.difference
+
+
+def null_of(o: Outcomes, rng: np.random.Generator) -> Outcomes:
+    """The same users with no difference between the variants: an A/B test's users dealt to the variants at random
+    (both arms drawn from one mixture), an interleaving's two credits swapped for a random half of them."""
+    if o.kind == INTERLEAVE:
+        swap = rng.random(len(o.first)) < 0.5
+        return Outcomes(o.kind, np.where(swap, o.second, o.first), np.where(swap, o.first, o.second), o.third)
+    return Outcomes(o.kind, rng.permutation(o.first), o.second, o.third)
+
+
+def peeking(o: Outcomes, *, draws: int, check_every: int, seed: int, tau: float = ANYTIME_TAU) -> dict[str, Any]:
+    """Experiments read every ``check_every`` users and stopped at their first significant read, by each rule
+    (the fixed-sample p-value, the always-valid one): on the replay, the users at that read (median; None for a
+    run never significant within the replay's size) and how many runs called the wrong side; on a null copy
+    (``null_of``, redrawn per run), how many runs called a difference at all (their rate: the peeking's false
+    positives)."""
+    rng = np.random.default_rng(seed)
+    n = len(o.first)
+    checks = range(check_every, n + 1, check_every)
+    _, _, effect = _verdicts(o, np.arange(n), tau=tau)
+    out: dict[str, Any] = {"tau": tau}
+    for rule, at in (("fixed", 0), ("always_valid", 1)):
+        stops: list[int | None] = []
+        wrong = false = 0
+        for _ in range(draws):
+            order = rng.integers(0, n, n)
+            stop = next((m for m in checks if _verdicts(o, order[:m], tau=tau)[at]), None)
+            if stop is not None and np.sign(_verdicts(o, order[:stop], tau=tau)[2]) != np.sign(effect):
+                wrong += 1
+            stops.append(stop)
+            null, null_order = null_of(o, rng), rng.integers(0, n, n)
+            false += any(_verdicts(null, null_order[:m], tau=tau)[at] for m in checks)
+        out[rule] = {"users_to_stop": spread(stops), "wrong_side": wrong / draws, "false_positive": false / draws}
+    return out
+
+
 def power_text(power: dict[str, dict[str, Any]], *, draws: int) -> str:
     """The power curves as lines: per kind, its power at each size, the fewest users with ``POWER``; then how many
     times as many users the A/B test needed."""
@@ -393,6 +445,16 @@ def power_text(power: dict[str, dict[str, Any]], *, draws: int) -> str:
             f"# users an A/B test needs per user an interleaving needs at power {POWER:g}, {what}: "
             f"{_ratio_text(round(ab / il, 2) if ab and il else None)}"
         )
+    for kind, p in power.items():
+        for peek in p.get("peeking", ()):
+            tau = f", tau {peek['tau']:g}" if kind == AB else ""
+            for rule in ("fixed", "always_valid"):
+                r = peek[rule]
+                lines.append(
+                    f"# peeking, {KIND_LABEL[kind]}{tau}, {rule.replace('_', '-')} p: users to the first "
+                    f"significant read {_users_text(r['users_to_stop'])}; wrong side {r['wrong_side']:.1%}; "
+                    f"a tie called significant {r['false_positive']:.1%}"
+                )
     return "\n".join(lines)
 
 
@@ -477,6 +539,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clicks", choices=CLICK_MODELS, default="all", help="how a simulated user clicks")
     parser.add_argument("--json", type=Path, default=None, help="also write the runs here as JSON")
     parser.add_argument("--cpu-workers", type=int, default=2, help="CPU worker processes of the stack")
+    parser.add_argument(
+        "--peek-draws",
+        type=int,
+        default=PEEK_DRAWS,
+        help="experiments drawn for the peeking figures, each read every --check-every users (0: none)",
+    )
+    parser.add_argument(
+        "--tau-grid",
+        action="store_true",
+        help=f"the peeking figures of the A/B test at each mixture spread of {TAU_GRID}",
+    )
     parser.add_argument("--power-draws", type=int, default=POWER_DRAWS,
                         help="experiments drawn per size for the power curves (0: none)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -527,8 +600,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 random.Random(f"{args.seed}-{kind}-all").shuffle(order)
                 run_experiment(api, name, kind, variants=variants, users=order, held=held, seed=args.seed * 1000 + 999,
                                how=replace(how, check_every=len(order), stable=len(order) + 1))  # fmt: skip
-                power[kind] = power_curve(outcomes(stack.settings, api, name, order), draws=args.power_draws,
-                                          seed=args.seed)  # fmt: skip
+                replayed = outcomes(stack.settings, api, name, order)
+                power[kind] = power_curve(replayed, draws=args.power_draws, seed=args.seed)
+                taus = TAU_GRID if args.tau_grid and kind == AB else (ANYTIME_TAU,)
+                if args.peek_draws:
+                    power[kind]["peeking"] = [peeking(replayed, draws=args.peek_draws, check_every=how.check_every,
+                                                      seed=args.seed, tau=tau) for tau in taus]  # fmt: skip
     print("\n".join(table(runs, k=args.k)))
     found = summary(runs)
     for kind in (AB, INTERLEAVE):

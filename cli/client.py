@@ -1,5 +1,5 @@
 """A small HTTP client of the movierec API, used by ``movierec submit``, ``status``, ``recommend``, ``search``,
-``similar`` and ``demo``."""
+``similar``, ``events``, ``experiment`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -109,6 +109,29 @@ class Client:
         params = {"dataset": dataset} if dataset else {}
         listed: dict[str, Any] = self._request("GET", f"/v1/users/{user_id}/ratings", params=params)
         return listed
+
+    def post_events(self, events: list[dict[str, Any]], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """``POST /v1/events``: up to 1,000 events; with a key, a retry of the batch is stored once."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        stored: dict[str, Any] = self._request("POST", "/v1/events", json={"events": events}, headers=headers)
+        return stored
+
+    def experiments(self) -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = self._request("GET", "/v1/experiments")["experiments"]
+        return listed
+
+    def experiment(self, name: str, action: str | None = None, **query: Any) -> dict[str, Any]:
+        """An experiment's report, or ``action`` (pause, resume, end, promote) taken on it."""
+        if action is None:
+            found: dict[str, Any] = self._request("GET", f"/v1/experiments/{name}")
+            return found
+        done: dict[str, Any] = self._request("POST", f"/v1/experiments/{name}/{action}",
+                                             params={k: v for k, v in query.items() if v is not None})  # fmt: skip
+        return done
+
+    def start_experiment(self, **body: Any) -> dict[str, Any]:
+        started: dict[str, Any] = self._request("POST", "/v1/experiments", json=body)
+        return started
 
     def delete(self, what: str, name: str) -> dict[str, Any]:
         """Delete a dataset (``what="datasets"``) or a model version (``"models"``) and every key it owns."""

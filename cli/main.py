@@ -343,6 +343,102 @@ def _cmd_rate(args: argparse.Namespace) -> int:
     return 0
 
 
+EVENTS_PER_REQUEST = 1000
+"""The API's batch limit (api/schemas.py MAX_EVENTS)."""
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    """Post a JSON-lines file of events in batches, each with an Idempotency-Key made of the file's digest and the
+    batch's place: a run stopped by an error can be run again whole, and what was stored is not stored twice."""
+    import hashlib
+    import json
+
+    from cli.client import ApiError
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"movierec events: a file of one JSON event a line is expected ({exc})") from None
+    if not events:
+        raise SystemExit("movierec events: the file holds no event")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+    client, stored, credited, replayed = _client(args), 0, 0, 0
+    for n, lo in enumerate(range(0, len(events), args.batch)):
+        try:
+            answer = client.post_events(events[lo : lo + args.batch], idempotency_key=f"movierec-{digest}-{n}")
+        except ApiError as exc:
+            print(f"movierec: batch {n + 1} (events {lo + 1}-{min(lo + args.batch, len(events))}): {exc}; "
+                  f"{stored:,} of {len(events):,} stored before it. Run the same command again once fixed: what "
+                  "was stored is not stored twice", file=sys.stderr)  # fmt: skip
+            return 1
+        stored += answer["accepted"]
+        credited += answer["credited"]
+        replayed += answer["accepted"] if answer.get("replayed") else 0
+    again = f" ({replayed:,} of them by an earlier run, not stored again)" if replayed else ""
+    print(f"stored {stored:,} events{again}; {credited:,} credited to an experiment")
+    return 0
+
+
+def _experiment_lines(report: dict[str, Any]) -> list[str]:
+    """An experiment's report as the lines ``movierec experiment show`` prints."""
+    head = f"{report['name']}: {report['kind']}, {report['state']}, k {report['k']}"
+    lines = [head]
+    if report["kind"] == "interleave":
+        x = report["interleaving"]
+        a, b = (v["name"] for v in report["variants"])
+        lines.append(f"  users preferring {a} {x['wins_a']}, {b} {x['wins_b']}, ties {x['ties']}; preference "
+                     f"{x['preference']:+.3f}; sign test p {x['p_value']:.3g}, "
+                     f"always valid p {x['always_valid_p']:.3g}")  # fmt: skip
+        ahead = x.get("preferred")
+    else:
+        for v in report["variants"]:
+            versus = v.get("vs_control", {}).get("ctr")
+            diff = (f"; vs {v['vs_control']['variant']} {versus['difference']:+.4f} [{versus['low']:+.4f}, "
+                    f"{versus['high']:+.4f}] p {versus['p_value']:.3g}, always valid p {versus['always_valid_p']:.3g}"
+                    if versus else "")  # fmt: skip
+            lines.append(f"  {v['name']:<10} {v['model']}  share {v['share']:.2f}  users {v['users']:,}  impressions "
+                         f"{v['impressions']:,}  clicks {v['clicks']:,}  CTR@{report['k']} {v['ctr']['value']:.4f}"
+                         f"{diff}")  # fmt: skip
+        ahead = report.get("leader")
+    if ahead:
+        verdict = ("won (always valid: promote picks it)" if ahead["always_valid_significant"]
+                   else "leads, significant at a fixed sample only" if ahead["significant"]
+                   else "leads, a tie so far")  # fmt: skip
+        lines.append(f"  {ahead['variant']} ({ahead['model']}) {verdict}")
+    return lines
+
+
+@_api_errors
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.action == "list":
+        for e in client.experiments():
+            described = ", ".join(f"{v['name']}={v['model']}" for v in e["variants"])
+            print(f"{e['name']:<20} {e['kind']:<10} {e['state']:<8} {described}")
+        return 0
+    if not args.name:
+        print(f"movierec: experiment {args.action} needs a NAME", file=sys.stderr)
+        return 2
+    if args.action == "start":
+        if len(args.models) < 2:
+            print("movierec: experiment start NAME needs two or more models", file=sys.stderr)
+            return 2
+        shares = [float(x) for x in args.shares.split(",")] if args.shares else [1.0] * len(args.models)
+        if len(shares) != len(args.models):
+            print("movierec: --shares needs one share a model", file=sys.stderr)
+            return 2
+        variants = [{"model": m, "share": x} for m, x in zip(args.models, shares, strict=True)]
+        body: dict[str, Any] = {"name": args.name, "kind": args.kind, "k": args.k, "variants": variants}
+        if args.seed is not None:
+            body["seed"] = args.seed
+        client.start_experiment(**body)
+    elif args.action != "show":
+        client.experiment(args.name, args.action, variant=args.variant if args.action == "promote" else None)
+    print("\n".join(_experiment_lines(client.experiment(args.name))))
+    return 0
+
+
 RATINGS_PER_REQUEST = 10_000
 """The API's batch limit (shared.store.feedback.MAX_BATCH)."""
 
@@ -610,6 +706,27 @@ def _add_feedback_commands(sub: Any) -> None:
     p.add_argument("--dataset", help="a dataset id (default: the active model's)")
     p.add_argument("--api", default=api)
     p.set_defaults(func=_cmd_ratings)
+
+    p = sub.add_parser("events", help="post a JSON-lines file of events (impressions, clicks, plays, ratings)")
+    p.add_argument(
+        "file", help="one JSON event a line ({type, user_id, movie_id, recommendation_id?, ...}); - reads stdin"
+    )
+    p.add_argument("--batch", type=int, default=EVENTS_PER_REQUEST, choices=range(1, EVENTS_PER_REQUEST + 1),
+                   metavar=f"1..{EVENTS_PER_REQUEST}", help="events a request (default %(default)s)")  # fmt: skip
+    p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
+    p.set_defaults(func=_cmd_events)
+
+    p = sub.add_parser("experiment", help="start, watch, pause, resume, end or promote an A/B test or interleaving")
+    p.add_argument("action", choices=("list", "show", "start", "pause", "resume", "end", "promote"))
+    p.add_argument("name", nargs="?", help="the experiment's name (every action but list)")
+    p.add_argument("models", nargs="*", help="start: the variants' model versions, the control first")
+    p.add_argument("--kind", choices=("ab", "interleave"), default="ab", help="start: the kind (default ab)")
+    p.add_argument("--shares", help="start, ab: the variants' shares, comma-separated (default equal)")
+    p.add_argument("--k", type=int, default=10, help="start: CTR@k's k (default 10)")
+    p.add_argument("--seed", type=int, help="start: buckets and coin flips that repeat")
+    p.add_argument("--variant", help="promote: the variant to activate (default: the always-valid winner)")
+    p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
+    p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("delete", help="delete a dataset (with its models and feedback) or a model version")
     p.add_argument("what", choices=["dataset", "model"])

@@ -15,7 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.online import POWER_SIZES, Outcomes, events_of, hold_out, power_curve, projected_users
+from bench.online import (
+    POWER_SIZES,
+    Outcomes,
+    events_of,
+    hold_out,
+    null_of,
+    peeking,
+    power_curve,
+    projected_users,
+)
 from cli.synth import SynthSpec, write_synthetic
 from shared.logic.online import AB, INTERLEAVE
 from shared.ml.online import ratio
@@ -64,7 +73,7 @@ def test_the_replay_runs_both_experiments_end_to_end(synthetic: Path, tmp_path: 
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("MOVIEREC_")}
     # A fixed default recipe: auto's validation grid is bench.quality's to test, and would double this test's time.
     args = ["--data", str(synthetic), "--users", "30", "--check-every", "10", "--repeats", "1", "--k", "5",
-            "--default", "hybrid", "--power-draws", "20", "--json", str(out)]  # fmt: skip
+            "--default", "hybrid", "--power-draws", "20", "--peek-draws", "5", "--json", str(out)]  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "bench.online", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=240, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -106,6 +115,9 @@ def test_the_replay_runs_both_experiments_end_to_end(synthetic: Path, tmp_path: 
         at = power["users_at_power"]
         assert at is None or next(c["power"] for c in power["curve"] if c["users"] == at) >= 0.8
         assert power["projected"] is None or power["projected"] > 0
+        (peek,) = power["peeking"]
+        for rule in ("fixed", "always_valid"):
+            assert 0 <= peek[rule]["false_positive"] <= 1 and 0 <= peek[rule]["wrong_side"] <= 1
     assert "kind       run users" in done.stdout and "# wall time:" in done.stdout
     assert "# power over 20 fixed-size experiments" in done.stdout
 
@@ -159,3 +171,20 @@ def test_power_of_fixed_size_experiments() -> None:
     assert projected_users(ab) == pytest.approx(200 * ((1.959964 + 0.841621) / z) ** 2, rel=1e-5)
     # With 200 users and a z this large every drawn experiment of 100 finds it, in b's direction.
     assert z > 5 and power_curve(ab, draws=20, seed=0, sizes=(100,))["curve"][0]["power"] == 1.0
+
+
+def test_peeking_stops_at_the_first_significant_read_and_nulls_keep_each_users_outcomes() -> None:
+    # Every user prefers b: the sign test is significant from 6 deciding users, the always-valid one from 8
+    # (2^8 / 9 = 28.4 >= 20; 2^7 / 8 = 16 is not), so read every 5 users both stop at the second read, at 10.
+    users = 40
+    always_b = Outcomes(INTERLEAVE, np.zeros(users), np.ones(users), np.zeros(users))
+    found = peeking(always_b, draws=5, check_every=5, seed=0)
+    for rule in ("fixed", "always_valid"):
+        assert found[rule]["users_to_stop"]["median"] == 10 and found[rule]["wrong_side"] == 0
+    rng = np.random.default_rng(0)
+    swapped = null_of(always_b, rng)  # each user's two credits, in either order
+    assert sorted(zip(swapped.first, swapped.second, strict=True)) != [(0.0, 1.0)] * users
+    assert all({a, b} == {0.0, 1.0} for a, b in zip(swapped.first, swapped.second, strict=True))
+    ab = Outcomes(AB, np.repeat([0, 1], 20), np.arange(40.0), np.arange(40.0) / 2)
+    dealt = null_of(ab, rng)  # the same users, dealt to the variants at random
+    assert sorted(dealt.first) == sorted(ab.first) and (dealt.second == ab.second).all()

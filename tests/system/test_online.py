@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.helpers import two_versions, wait_job
+from tests.helpers import cli, two_versions, wait_job
 
 USERS = range(1, 61)
 
@@ -160,6 +162,38 @@ def test_a_batch_retried_with_its_idempotency_key_is_stored_and_counted_once(
         refused = post(bad, batch)
         assert refused.status_code == 400 and "Idempotency-Key" in refused.text, refused.text
     assert post("retry-me-2", batch).json()["replayed"] is False  # another key: another batch
+
+
+def test_the_cli_starts_an_experiment_posts_a_file_of_events_once_and_promotes(
+    api_url: str, versions: list[str], experiment: str, tmp_path: Path
+) -> None:
+    started = cli("experiment", "start", experiment, *versions, "--seed", "5", "--api", api_url)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith(f"{experiment}: ab, running, k 10") and versions[1] in started.stdout
+    lines = []
+    for user in range(1, 31):
+        answer = recommend(api_url, {"user_id": user, "k": 5})
+        lines += [json.dumps(e) for e in shown(answer, user)]
+        if answer["experiment"]["variant"] == "B":
+            lines.append(json.dumps({**shown(answer, user)[0], "type": "click"}))
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    first = cli("events", str(tmp_path / "events.jsonl"), "--batch", "40", "--api", api_url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == f"stored {len(lines)} events; {len(lines)} credited to an experiment"
+    again = cli("events", str(tmp_path / "events.jsonl"), "--batch", "40", "--api", api_url)  # a rerun: nothing new
+    assert f"({len(lines)} of them by an earlier run, not stored again)" in again.stdout, again.stdout
+    shown_ = cli("experiment", "show", experiment, "--api", api_url)
+    a, b = (v for v in requests.get(f"{api_url}/v1/experiments/{experiment}", timeout=10).json()["variants"])
+    assert a["impressions"] + b["impressions"] == 5 * 30 and b["clicks"] == b["users"] and a["clicks"] == 0
+    assert f"impressions {b['impressions']:,}" in shown_.stdout and "always valid p" in shown_.stdout
+    promoted = cli("experiment", "promote", experiment, "--variant", "B", "--api", api_url)
+    assert promoted.returncode == 0 and f"{experiment}: ab, ended" in promoted.stdout, promoted.stderr
+    assert requests.get(f"{api_url}/v1/models", timeout=10).json()["active"] == versions[1]
+    listed = cli("experiment", "list", "--api", api_url)
+    assert any(line.split()[:3] == [experiment, "ab", "ended"] for line in listed.stdout.splitlines())
+    (tmp_path / "bad.jsonl").write_text('{"type": "view", "user_id": 1, "movie_id": 1}\n')
+    bad = cli("events", str(tmp_path / "bad.jsonl"), "--api", api_url)
+    assert bad.returncode == 1 and "batch 1 (events 1-1): 400 validation_error" in bad.stderr, bad.stderr
 
 
 def test_an_ab_test_buckets_each_user_for_good_counts_their_events_and_promotes_its_winner(
