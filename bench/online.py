@@ -393,20 +393,22 @@ def _verdicts(o: Outcomes, rows: np.ndarray, *, tau: float) -> tuple[bool, bool,
 
 
 def null_of(o: Outcomes, rng: np.random.Generator) -> Outcomes:
-    """The same users with no difference between the variants: an A/B test's users dealt to the variants at random
-    (both arms drawn from one mixture), an interleaving's two credits swapped for a random half of them."""
+    """The same outcomes with no difference between the variants, drawn afresh for each unit: an A/B test's units
+    dealt to a variant by a coin each, an interleaving's two credits swapped by a coin each. (One shuffle of the
+    replay's own labels would leave a chance difference of about a standard error in it, which a test that reads
+    hundreds of units drawn from it would find.)"""
     if o.kind == INTERLEAVE:
         swap = rng.random(len(o.first)) < 0.5
         return Outcomes(o.kind, np.where(swap, o.second, o.first), np.where(swap, o.first, o.second), o.third)
-    return Outcomes(o.kind, rng.permutation(o.first), o.second, o.third)
+    return Outcomes(o.kind, rng.integers(0, 2, len(o.first)), o.second, o.third)
 
 
 def peeking(o: Outcomes, *, draws: int, check_every: int, seed: int, tau: float = ANYTIME_TAU) -> dict[str, Any]:
     """Experiments read every ``check_every`` users and stopped at their first significant read, by each rule
     (the fixed-sample p-value, the always-valid one): on the replay, the users at that read (median; None for a
-    run never significant within the replay's size) and how many runs called the wrong side; on a null copy
-    (``null_of``, redrawn per run), how many runs called a difference at all (their rate: the peeking's false
-    positives)."""
+    run never significant within the replay's size) and how many runs called the wrong side; on null copies of
+    drawn users (``null_of``, a coin per drawn user), how many runs called a difference at all (their rate: the
+    peeking's false positives)."""
     rng = np.random.default_rng(seed)
     n = len(o.first)
     checks = range(check_every, n + 1, check_every)
@@ -421,8 +423,9 @@ def peeking(o: Outcomes, *, draws: int, check_every: int, seed: int, tau: float 
             if stop is not None and np.sign(_verdicts(o, order[:stop], tau=tau)[2]) != np.sign(effect):
                 wrong += 1
             stops.append(stop)
-            null, null_order = null_of(o, rng), rng.integers(0, n, n)
-            false += any(_verdicts(null, null_order[:m], tau=tau)[at] for m in checks)
+            drawn = rng.integers(0, n, n)
+            null = null_of(Outcomes(o.kind, o.first[drawn], o.second[drawn], o.third[drawn]), rng)
+            false += any(_verdicts(null, np.arange(m), tau=tau)[at] for m in checks)
         out[rule] = {"users_to_stop": spread(stops), "wrong_side": wrong / draws, "false_positive": false / draws}
     return out
 

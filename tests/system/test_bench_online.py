@@ -186,5 +186,5 @@ def test_peeking_stops_at_the_first_significant_read_and_nulls_keep_each_users_o
     assert sorted(zip(swapped.first, swapped.second, strict=True)) != [(0.0, 1.0)] * users
     assert all({a, b} == {0.0, 1.0} for a, b in zip(swapped.first, swapped.second, strict=True))
     ab = Outcomes(AB, np.repeat([0, 1], 20), np.arange(40.0), np.arange(40.0) / 2)
-    dealt = null_of(ab, rng)  # the same users, dealt to the variants at random
-    assert sorted(dealt.first) == sorted(ab.first) and (dealt.second == ab.second).all()
+    dealt = null_of(ab, rng)  # the same users, each dealt to a variant by a coin
+    assert set(dealt.first) == {0, 1} and (dealt.second == ab.second).all() and (dealt.third == ab.third).all()
