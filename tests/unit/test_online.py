@@ -331,13 +331,15 @@ def test_difference_hand_computed() -> None:
         "level": 0.95,
         "units": 100,
         "min_units": 20,
-        "always_valid_p": 0.52026,
+        "always_valid_p": 0.480159,
         "significant": True,
         "always_valid_significant": False,
     }
-    # Always valid: tau = 0.2 * (0.2 + 0.3) / 2 = 0.05, so V = tau^2 = 0.0025 and
-    # log Lambda = 0.5 log(1/2) + 0.01 * 0.0025 / (2 * 0.0025 * 0.005) = -0.346574 + 1 = 0.653426, p = 1 / Lambda
-    assert got.always_valid_p == pytest.approx(math.exp(-(1 - 0.5 * math.log(2))), rel=1e-12)
+    # Always valid: tau = 0.5 * (0.2 + 0.3) / 2 = 0.125, V = 0.0025, tau^2 = 0.015625, and
+    # log Lambda = 0.5 log(0.0025 / 0.018125) + 0.01 * 0.015625 / (2 * 0.0025 * 0.018125) = -0.990501 + 1.724138
+    assert got.always_valid_p == pytest.approx(math.exp(-(0.5 * math.log(0.0025 / 0.018125) + 0.000625 / 0.0003625)),
+                                               rel=1e-12)  # fmt: skip
+    assert got.always_valid_p == pytest.approx(0.480159, abs=1e-6)
     # b behind a: the same p, the interval mirrored
     behind = difference(rate(0.3, 0.04), rate(0.2, 0.03))
     assert behind.p_value == pytest.approx(got.p_value, rel=1e-12)
