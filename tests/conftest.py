@@ -37,31 +37,6 @@ from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
 from tests.helpers import REPO, new_stack
 
-LONGEST_FIRST = (
-    "tests/system/test_evaluate.py",
-    "tests/system/test_demo.py",
-    "tests/system/test_chaos.py",
-    "tests/system/test_tenants.py",
-    "tests/system/test_sentinel.py",
-    "tests/fuzz/test_openapi_fuzz.py",
-    "tests/system/test_footprint.py",
-    "tests/system/test_pipeline.py",
-    "tests/system/test_tls.py",
-    "tests/ui/test_dashboard.py",
-)
-"""The files that take longest, longest first (the suite's printed durations, session 22: 250 s down to ~50 s).
-``make test`` hands whole files to its processes (``--dist=loadfile``) in the order collected, so a long file
-collected last is a long tail at the end with the other processes idle; started first, the short files fill in
-around it."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files of ``LONGEST_FIRST`` first, in its order; every other file after them as collected, and each
-    file's tests in their own order (the sort is stable)."""
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
-
-
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
 
 
