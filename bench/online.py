@@ -55,7 +55,7 @@ import redis
 from scipy.stats import norm
 
 from shared.infra.settings import Settings
-from shared.logic.online import AB, INTERLEAVE, LIKED_AT, per_user
+from shared.logic.online import AB, INTERLEAVE, LIKED_AT, aligned, per_user
 from shared.ml.evaluate import Split, metrics, split_ratings
 from shared.ml.online import ANYTIME_TAU, difference, preference, ratio
 from shared.ml.protocol import DEFAULT_MIN_RATINGS, DEFAULT_TRAIN_FRACTION
@@ -309,10 +309,8 @@ def outcomes(settings: Settings, api: str, name: str, users: Sequence[int]) -> O
     store = ExperimentStore(redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix)
     by_user = per_user(store.counts(int(record["number"]))[1])
     if record["kind"] == INTERLEAVE:
-        ca, cb = ({int(u): c for u, c in zip(by_user.get(t, {}).get("_users", ()), by_user.get(t, {}).get("", ()),
-                                             strict=True)} for t in ("t0", "t1"))  # fmt: skip
-        a = np.array([ca.get(u, 0.0) for u in users])
-        return Outcomes(INTERLEAVE, a, np.array([cb.get(u, 0.0) for u in users]), np.zeros_like(a))
+        a, b = aligned(by_user, "t0", "t1", users=users)
+        return Outcomes(INTERLEAVE, a, b, np.zeros_like(a))
     variant, shown, clicked = [], [], []
     for v in ("0", "1"):
         arrays = by_user[v]

@@ -713,7 +713,7 @@ def _add_feedback_commands(sub: Any) -> None:
     )
     p.add_argument("--batch", type=int, default=EVENTS_PER_REQUEST, choices=range(1, EVENTS_PER_REQUEST + 1),
                    metavar=f"1..{EVENTS_PER_REQUEST}", help="events a request (default %(default)s)")  # fmt: skip
-    p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
+    p.add_argument("--api", default=api)
     p.set_defaults(func=_cmd_events)
 
     p = sub.add_parser("experiment", help="start, watch, pause, resume, end or promote an A/B test or interleaving")
@@ -725,7 +725,7 @@ def _add_feedback_commands(sub: Any) -> None:
     p.add_argument("--k", type=int, default=10, help="start: CTR@k's k (default 10)")
     p.add_argument("--seed", type=int, help="start: buckets and coin flips that repeat")
     p.add_argument("--variant", help="promote: the variant to activate (default: the always-valid winner)")
-    p.add_argument("--api", default=os.environ.get("MOVIEREC_API", "http://127.0.0.1:8000"))
+    p.add_argument("--api", default=api)
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("delete", help="delete a dataset (with its models and feedback) or a model version")

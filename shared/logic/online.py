@@ -439,14 +439,16 @@ def per_user(users: dict[str, int]) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def aligned(by_user: dict[str, dict[str, np.ndarray]], a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
-    """Two teams' per-user credits over the union of their users (a user credited by one team only has 0 in the
-    other's)."""
+def aligned(
+    by_user: dict[str, dict[str, np.ndarray]], a: str, b: str, *, users: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Two teams' per-user credits over the union of their users, or over ``users`` when given (a user a team did
+    not credit has 0 for it)."""
     ua, ub = ({int(u): c for u, c in zip(by_user.get(t, {}).get("_users", ()), by_user.get(t, {}).get("", ()),
                                          strict=True)} for t in (a, b))  # fmt: skip
-    users = sorted(set(ua) | set(ub))
-    return (np.array([ua.get(u, 0) for u in users], dtype=np.float64),
-            np.array([ub.get(u, 0) for u in users], dtype=np.float64))  # fmt: skip
+    over = sorted(set(ua) | set(ub)) if users is None else users
+    return (np.array([ua.get(u, 0) for u in over], dtype=np.float64),
+            np.array([ub.get(u, 0) for u in over], dtype=np.float64))  # fmt: skip
 
 
 def _leader(variants: list[dict[str, Any]], ctrs: list[Ratio]) -> dict[str, Any]:
