@@ -324,15 +324,63 @@ def hidden_states(
 class SequenceNet:
     """The trained network in numpy (float32) for serving: no torch import. The arithmetic of
     ``hidden_states``, on one unpadded history at a time (no padding, so no key mask), and only the last
-    position through the last block."""
+    position through the last block.
+
+    An answer's whole forward is some 40 small products (up to 50 x h by h x h), so its cost is numpy's calls,
+    not their arithmetic: the weights are kept transposed and contiguous, a block's Q, K and V are one product
+    (K and V alone in the last block, whose one query row is its own), and the causal mask is added, not
+    assigned through a boolean index."""
 
     def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
         self.w = dict(weights)
         self.layers = _layers(self.w)
         self.max_len, self.hidden_dim = self.w["seq.pos"].shape
         self.scale = np.float32(self.hidden_dim**0.5)
-        self.inv_sqrt = np.float32(self.hidden_dim**-0.5)
-        self.future = np.triu(np.ones((self.max_len, self.max_len), dtype=bool), k=1)  # key j after query i
+        future = np.triu(np.ones((self.max_len, self.max_len), dtype=bool), k=1)  # key j after query i
+        self.mask = np.where(future, np.float32(-np.inf), np.float32(0.0)).astype(np.float32)
+        self.blocks = [self._block(f"seq.blocks.{k}.") for k in range(self.layers)]
+        self.norm_w = self.w["seq.norm.weight"] * np.float32(self.hidden_dim**0.5)
+        self.norm_b = self.w["seq.norm.bias"]
+
+    def _block(self, p: str) -> dict[str, np.ndarray]:
+        """One block's weights as the forward reads them, folded so that fewer numpy calls do the same sums:
+
+        - (in, out) matrices, Q K V side by side (K V alone for the last block's one query row);
+        - each LayerNorm's gain and shift, and the sqrt(h) of its standardisation, folded into the product after
+          it (``_standardise`` leaves them out);
+        - 1 / sqrt(h) of the attention's scores folded into Q;
+        - GELU's 1 / sqrt(2) folded into the FFN's first product and its 1 / 2 into the second, which leaves
+          u + u erf(u) (``_gelu_folded``)."""
+        h = self.hidden_dim
+        root_h, root_2 = np.float64(h) ** 0.5, np.float64(2.0) ** 0.5
+
+        def folded(norm: str, parts: list[tuple[str, float]]) -> tuple[np.ndarray, np.ndarray]:
+            # y = s(x) sqrt(h) g + b, then y W^T + c = s(x) (sqrt(h) g[:, None] W^T) + (b W^T + c), all times a
+            gain = self.w[norm + ".weight"].astype(np.float64)
+            shift = self.w[norm + ".bias"].astype(np.float64)
+            mats, biases = [], []
+            for name, a in parts:
+                wt = self.w[name + ".weight"].astype(np.float64).T  # (in, out)
+                mats.append(a * root_h * gain[:, None] * wt)
+                biases.append(a * (shift @ wt + self.w[name + ".bias"].astype(np.float64)))
+            return (np.ascontiguousarray(np.concatenate(mats, axis=1), dtype=np.float32),
+                    np.concatenate(biases).astype(np.float32))  # fmt: skip
+
+        inv_sqrt = 1.0 / root_h
+        qkv, qkv_b = folded(p + "ln1", [(p + "attn.q", inv_sqrt), (p + "attn.k", 1.0), (p + "attn.v", 1.0)])
+        ffn_in, ffn_in_b = folded(p + "ln2", [(p + "ffn.in", 1.0 / root_2)])
+
+        def plain(name: str, a: float = 1.0) -> np.ndarray:
+            return np.ascontiguousarray(self.w[name + ".weight"].astype(np.float64).T * a, dtype=np.float32)
+
+        return {
+            "qkv": qkv, "qkv_b": qkv_b,
+            "q": np.ascontiguousarray(qkv[:, :h]), "q_b": qkv_b[:h],
+            "kv": np.ascontiguousarray(qkv[:, h:]), "kv_b": qkv_b[h:],
+            "o": plain(p + "attn.o"), "o_b": self.w[p + "attn.o.bias"],
+            "in": ffn_in, "in_b": ffn_in_b,
+            "out": plain(p + "ffn.out", root_2 / 2.0), "out_b": self.w[p + "ffn.out.bias"],
+        }  # fmt: skip
 
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray]) -> SequenceNet | None:
@@ -346,21 +394,27 @@ class SequenceNet:
         model's movie vectors. An empty history gives zeros."""
         history = np.asarray(history, dtype=np.int64)[-self.max_len :]
         length = len(history)
+        h = self.hidden_dim
         if length == 0:
-            return np.zeros(self.hidden_dim, dtype=np.float32)
-        x = np.asarray(embeddings[history], dtype=np.float32) * self.scale + self.w["seq.pos"][self.max_len - length :]
-        for k in range(self.layers):
-            p = f"seq.blocks.{k}."
-            y = self._norm(x, p + "ln1")
-            rows = y[-1:] if k == self.layers - 1 else y  # the last block: only the last position is read
-            q, key, v = self._linear(rows, p + "attn.q"), self._linear(y, p + "attn.k"), self._linear(y, p + "attn.v")
-            scores = q @ key.T * self.inv_sqrt  # (rows, length)
-            scores[self.future[length - len(q) : length, :length]] = -np.inf
+            return np.zeros(h, dtype=np.float32)
+        x = embeddings[history].astype(np.float32, copy=False) * self.scale + self.w["seq.pos"][self.max_len - length :]
+        last = len(self.blocks) - 1
+        for k, b in enumerate(self.blocks):
+            y = _standardise(x)
+            if k == last:  # only the last position is read, and it sees every key: no mask
+                q = y[-1:] @ b["q"] + b["q_b"]
+                kv = y @ b["kv"] + b["kv_b"]
+                key, v = kv[:, :h], kv[:, h:]
+                x = x[-1:]
+                scores = q @ key.T
+            else:
+                qkv = y @ b["qkv"] + b["qkv_b"]
+                q, key, v = qkv[:, :h], qkv[:, h : 2 * h], qkv[:, 2 * h :]
+                scores = q @ key.T + self.mask[:length, :length]  # (length, length)
             scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-            x = x[-len(q) :] + self._linear(scores / scores.sum(axis=1, keepdims=True) @ v, p + "attn.o")
-            inner = _gelu(self._linear(self._norm(x, p + "ln2"), p + "ffn.in"))
-            x = x + self._linear(inner, p + "ffn.out")
-        return np.asarray(self._norm(x[-1:], "seq.norm")[0], dtype=np.float32)
+            x = x + (scores / scores.sum(axis=1, keepdims=True) @ v) @ b["o"] + b["o_b"]
+            x = x + _gelu_folded(_standardise(x) @ b["in"] + b["in_b"]) @ b["out"] + b["out_b"]
+        return np.asarray((_standardise(x) * self.norm_w + self.norm_b)[0], dtype=np.float32)
 
     def queries(
         self, embeddings: np.ndarray, indptr: np.ndarray, rows: np.ndarray, times: np.ndarray | None
@@ -375,22 +429,22 @@ class SequenceNet:
             out[i] = self.query(embeddings, user[order])
         return out
 
-    def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
-        return np.asarray(x @ self.w[name + ".weight"].T + self.w[name + ".bias"], dtype=np.float32)
 
-    def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
-        width = x.shape[-1]  # np.add.reduce / width is x.mean's arithmetic, without its Python-level overhead
-        centred = x - np.add.reduce(x, axis=-1, keepdims=True) / width
-        var = np.add.reduce(centred * centred, axis=-1, keepdims=True) / width  # biased, as torch's
-        scaled = centred / np.sqrt(var + np.float32(LN_EPS))
-        return np.asarray(scaled * self.w[name + ".weight"] + self.w[name + ".bias"], dtype=np.float32)
+def _standardise(x: np.ndarray) -> np.ndarray:
+    """LayerNorm's standardisation over the last axis divided by sqrt(width) (``SequenceNet`` folds that factor,
+    the gain and the shift into what follows): (x - mean) / sqrt(sum of squares + width ``LN_EPS``), the biased
+    variance as torch's."""
+    width = x.shape[-1]
+    centred = x - np.add.reduce(x, axis=-1, keepdims=True) / np.float32(width)
+    return centred / np.sqrt(np.add.reduce(centred * centred, axis=-1, keepdims=True) + np.float32(width * LN_EPS))
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
-    """GELU's exact (erf) form, as torch's default."""
+def _gelu_folded(u: np.ndarray) -> np.ndarray:
+    """sqrt(2) GELU(sqrt(2) u) = u (1 + erf(u)): GELU's exact (erf) form with its constants folded into the
+    products around it (``SequenceNet._block``)."""
     from scipy.special import erf
 
-    return np.asarray(np.float32(0.5) * x * (np.float32(1.0) + erf(x * np.float32(2**-0.5))), dtype=np.float32)
+    return np.asarray(u + u * erf(u), dtype=np.float32)
 
 
 def _layers(weights: Mapping[str, object]) -> int:
