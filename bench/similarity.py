@@ -49,19 +49,20 @@ def rated(data: Path, users: int) -> sp.csr_matrix:
     return x
 
 
-def revision(rev: str, out: Path) -> ModuleType:
-    """``shared/ml/baselines.py`` as it was at ``rev``, imported under another name (its imports resolve in this
-    tree)."""
-    source = subprocess.run(["git", "show", f"{rev}:shared/ml/baselines.py"], cwd=REPO, check=True,
+def revision(rev: str, out: Path, module: str = "shared/ml/baselines.py") -> ModuleType:
+    """``module`` (a path in the repository) as it was at ``rev``, imported under another name (its imports
+    resolve in this tree)."""
+    source = subprocess.run(["git", "show", f"{rev}:{module}"], cwd=REPO, check=True,
                             capture_output=True, text=True).stdout  # fmt: skip
-    path = out / f"baselines_{rev}.py"
+    name = f"{Path(module).stem}_{rev}"
+    path = out / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"baselines_{rev}", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loaded  # its dataclasses look their module up there
+    spec.loader.exec_module(loaded)
+    return loaded
 
 
 def same_bits(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:

@@ -83,7 +83,8 @@ def load_serving(artifacts: ArtifactStore, models: ModelStore, version: str) -> 
     indptr, indices = artifacts.get_array(part("desc_indptr")), artifacts.get_array(part("desc_indices"))
     profile = Profile.of(record.get("config", {}))
     ratings = load_ratings(artifacts, record["dataset"], timestamps=profile.timed)
-    index = load_index(artifacts, record).with_ties(np.bincount(ratings.movie_index, minlength=len(indptr) - 1))
+    ties = np.bincount(ratings.movie_index, minlength=len(indptr) - 1)
+    index = load_index(artifacts, record).with_ties(ties).with_scan()
     return ServingModel(
         version=version,
         record=record,

@@ -149,3 +149,32 @@ def test_tied_movies_come_in_tie_order_in_every_path() -> None:
     allowed = np.ones(40, dtype=bool)
     allowed[4] = False
     assert index._exact(vectors[0], 3, allowed)[0].tolist() == [2, 5, 0]
+
+
+class NoReadOut(Refusing):
+    """An hnswlib index whose vectors can no longer be read out (``get_items``): a scan must use its copy."""
+
+    def get_items(self, *_: object, **__: object) -> object:
+        raise AssertionError("the vectors were read out of hnswlib again")
+
+
+def test_a_query_leaving_out_much_of_the_graph_is_an_exact_scan_read_out_once(projected: np.ndarray) -> None:
+    """Half the movies left out: a beam past ``EXACT_SHARE`` of the graph, so the exact scan answers, the exact
+    ranking (cosine, equal scores by row); its vectors read out of hnswlib once, and a scan of every movie too."""
+    index = MovieIndex.build(projected, IndexParams())
+    rng = np.random.default_rng(11)
+    n = len(projected)
+    allowed = np.ones(n, dtype=bool)
+    allowed[rng.choice(n, size=n // 2, replace=False)] = False
+    query = projected[1] + rng.normal(scale=0.1, size=projected.shape[1]).astype(np.float32)
+    sims = cosine(projected, query)
+    for k in (1, 10, 40):
+        rows, scores = index.query(query, k, allowed=allowed)
+        expected = [r for r in np.lexsort((np.arange(n), -sims)).tolist() if allowed[r]][:k]
+        assert rows.tolist() == expected
+        np.testing.assert_allclose(scores, sims[rows], atol=1e-5)
+    index._index = NoReadOut(index._index)
+    again, _ = index.query(query, 10, allowed=allowed)
+    assert again.tolist() == index.query(query, 10, allowed=allowed)[0].tolist()
+    everything, _ = index._exact(query, 5, None)
+    assert everything.tolist() == np.lexsort((np.arange(n), -sims))[:5].tolist()
