@@ -1,5 +1,6 @@
 """A served model's index queries against another revision's ``shared/ml/index.py``, side by side: every user's
-query with what they rated left out, and queries filtered to a share of the catalogue.
+query with what they rated left out, and queries filtered to a share of the catalogue; and a sequence model's
+query (its network's forward) against that revision's ``shared/ml/sequence.py``.
 
     python -m bench.scan [--recipes sequence,hybrid,ials] [--baseline-rev REV] [--rounds 3] [--epochs N]
 
@@ -15,8 +16,12 @@ times, on one thread:
     filtered  200 queries (a random user's) with 1 %, 10 %, 50 % and 90 % of the movies allowed (a filter's
               mask), k = 10
 
+    forward   (``sequence`` only) each user's query vector from their last 50 ratings in time order, by this
+              tree's ``SequenceNet`` and the revision's, over the same weights
+
 Printed per recipe and kind: median, p99 and max milliseconds of each revision, and how many answers differ
-(the exact scan's are exact; the graph search's approximate).
+(the exact scan's are exact; the graph search's approximate); for the forward, the largest difference between
+the two revisions' vectors.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from shared.infra.settings import Settings
 from shared.logic.services import Services
 from shared.logic.serving import load_serving
 from shared.ml.recommend import ServingModel, UserRatings, user_query
+from shared.ml.sequence import time_order
 
 from .common import HTTP, fresh_stack, machine, train_on
 from .similarity import revision
@@ -70,6 +76,28 @@ def timed(index: Any, asked: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[
     return seconds, answers
 
 
+def forwards(model: ServingModel, before: ModuleType, rounds: int) -> None:
+    """Each user's sequence query by this tree's network and ``before``'s, alternating, ``rounds`` times."""
+    assert model.sequence is not None
+    nets = {"this tree": model.sequence, "baseline": before.SequenceNet(model.sequence.w)}
+    histories = []
+    for j in range(len(model.user_ids)):
+        ratings = model.stored_ratings(int(model.user_ids[j]))
+        histories.append(ratings.rows[time_order(ratings.rows, ratings.times)])
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    vectors: dict[str, list[np.ndarray]] = {}
+    for r in range(rounds):
+        for name in list(nets) if r % 2 == 0 else list(nets)[::-1]:
+            vectors[name] = []
+            for history in histories:
+                t = time.perf_counter()
+                vectors[name].append(nets[name].query(model.embeddings, history))
+                times[name].append(time.perf_counter() - t)
+    gap = max(float(np.abs(a - b).max()) for a, b in zip(vectors["this tree"], vectors["baseline"], strict=True))
+    cells = [f"{name} median {statistics.median(s) * 1e6:.0f} us" for name, s in times.items()]
+    print(f"{'sequence forward':28s} {' | '.join(cells)}; largest difference {gap:.1e}")
+
+
 def compare(label: str, ours: Any, theirs: Any, asked: list[tuple[np.ndarray, np.ndarray]], rounds: int) -> None:
     times: dict[str, list[float]] = {"this tree": [], "baseline": []}
     answers: dict[str, list[list[int]]] = {}
@@ -98,6 +126,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
         root = Path(tmp)
         before: ModuleType = revision(args.baseline_rev, root, "shared/ml/index.py")
+        network = revision(args.baseline_rev, root, "shared/ml/sequence.py")
         (root / "data").mkdir()
         shutil.copytree(SMALL, root / "data" / SMALL.name)
         settings = Settings(key_prefix="bench-scan", data_root=root / "data")
@@ -116,6 +145,8 @@ def main() -> int:
                 )
                 asked = queries(model)
                 print(f"# {recipe}: {len(model.embeddings)} movies, {ours.groups} vectors, {ours.params.space}")
+                if model.sequence is not None:
+                    forwards(model, network, args.rounds)
                 compare(f"{recipe} users", ours, theirs, asked, args.rounds)
                 for share in SHARES:
                     picked = rng.integers(len(asked), size=FILTERED)

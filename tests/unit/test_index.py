@@ -166,7 +166,7 @@ def test_a_query_leaving_out_much_of_the_graph_is_an_exact_scan_read_out_once(pr
     n = len(projected)
     allowed = np.ones(n, dtype=bool)
     allowed[rng.choice(n, size=n // 2, replace=False)] = False
-    query = projected[1] + rng.normal(scale=0.1, size=projected.shape[1]).astype(np.float32)
+    query = projected[1] + np.asarray(rng.normal(scale=0.1, size=projected.shape[1]), dtype=np.float32)
     sims = cosine(projected, query)
     for k in (1, 10, 40):
         rows, scores = index.query(query, k, allowed=allowed)
