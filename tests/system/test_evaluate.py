@@ -30,8 +30,8 @@ from tests.conftest import SMALL, delete_prefix
 from tests.helpers import REPO, wait_job
 
 SAMPLE = "eval-sample"
-USERS = 120
-"""The first users of ml-latest-small (by id), their ratings and the movies they rated: ~50 evaluated."""
+USERS = 80
+"""The first users of ml-latest-small (by id), their ratings and the movies they rated: ~35 evaluated."""
 BASELINES = ["random", "most-popular", "item-kNN", "EASE", "RP3beta", "iALS"]
 METRICS = ("recall", "ndcg", "hr", "coverage", "cold_recall", "cold_share")
 
