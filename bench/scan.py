@@ -3,6 +3,7 @@ query with what they rated left out, and queries filtered to a share of the cata
 query (its network's forward) against that revision's ``shared/ml/sequence.py``.
 
     python -m bench.scan [--recipes sequence,hybrid,ials] [--baseline-rev REV] [--rounds 3] [--epochs N]
+    python -m bench.scan --synthetic 58000x128
 
 A fresh ``movierec up`` stack trains each recipe on ml-latest-small (``--epochs`` overrides the sequence
 recipe's 20, for a quicker look) without activating it; this process then loads each model as an interactive
@@ -18,6 +19,13 @@ times, on one thread:
 
     forward   (``sequence`` only) each user's query vector from their last 50 ratings in time order, by this
               tree's ``SequenceNet`` and the revision's, over the same weights
+
+``--synthetic NxD`` instead checks the exact scan's threshold (``EXACT_SHARE`` of the movies) at another scale,
+with no stack: N clustered vectors of D floats (300 centres, unit noise at half their spread, 8,000 rows copied
+onto others as movies with the same descriptors are), an index built as a version's is, then queries (a mean
+of 30 rows) with 100 to 15,000 of the movies nearest them left out (drawn from the nearest twice as many, so
+the graph search must dig), each answered by the graph search alone and by the scan, 15 times: the median of
+each, and which one the threshold picks.
 
 Printed per recipe and kind: median, p99 and max milliseconds of each revision, and how many answers differ
 (the exact scan's are exact; the graph search's approximate); for the forward, the largest difference between
@@ -114,15 +122,51 @@ def compare(label: str, ours: Any, theirs: Any, asked: list[tuple[np.ndarray, np
     print(f"{label:28s} {' | '.join(cells)} ms; {differ} of {len(asked)} answers differ")
 
 
+def synthetic(shape: str) -> None:
+    """The graph search against the exact scan on generated vectors (``--synthetic``)."""
+    from shared.ml.index import EXACT_SHARE, IndexParams, MovieIndex
+
+    n, d = (int(x) for x in shape.lower().split("x"))
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((300, d)).astype(np.float32)
+    vectors = (centres[rng.integers(300, size=n)] + 0.5 * rng.standard_normal((n, d))).astype(np.float32)
+    vectors[rng.integers(n, size=n // 7)] = vectors[rng.integers(n, size=n // 7)]
+    index = MovieIndex.build(vectors, IndexParams()).with_ties(rng.integers(0, 1000, n)).with_scan()
+    print(f"# {n} movies, {index.groups} vectors of {d}; the threshold: {EXACT_SHARE * n:.0f} left out")
+    for left_out in [c for c in (100, 300, 500, 1000, 1800, 3000, 6000, 15000) if 2 * c <= n]:
+        graph, scan = [], []
+        for _ in range(15):
+            query = vectors[rng.integers(n, size=30)].mean(axis=0)
+            nearest = np.argsort(-(vectors @ query))[: 2 * left_out]
+            allowed = np.ones(n, dtype=bool)
+            allowed[rng.choice(nearest, left_out, replace=False)] = False
+            t = time.perf_counter()
+            index.search(query, 10, allowed=allowed)
+            graph.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            index.scan(query, 10, allowed=allowed)
+            scan.append(time.perf_counter() - t)
+        picked = "scan" if index.scan_beats_search(10 + left_out) else "graph"
+        print(
+            f"{left_out:6d} left out: graph {statistics.median(graph) * 1e3:6.2f} ms, "
+            f"scan {statistics.median(scan) * 1e3:6.2f} ms; the threshold picks the {picked}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", default="sequence,hybrid,ials")
     parser.add_argument("--baseline-rev", default="737c942")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="the sequence recipe's epochs (default: the recipe's)")
+    parser.add_argument("--synthetic", metavar="NxD", help="the scan's threshold on N generated vectors of D floats")
     args = parser.parse_args()
-    print(machine(f"baseline {args.baseline_rev}"))
     threadpool_limits(1)  # as an interactive worker's pool process
+    if args.synthetic:
+        print(machine("one thread"))
+        synthetic(args.synthetic)
+        return 0
+    print(machine(f"baseline {args.baseline_rev}"))
     with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
         root = Path(tmp)
         before: ModuleType = revision(args.baseline_rev, root, "shared/ml/index.py")

@@ -39,7 +39,7 @@ DEFAULT_EF = 100
 BUILD_SEED = 100
 EXACT_SHARE = 1 / 32
 """A query whose graph search would need a beam of this share of the catalogue's movies or more (a user's k plus
-the movies they rated, or a filter's left-out movies) is answered by an exact scan (``_exact``), whose cost
+the movies they rated, or a filter's left-out movies) is answered by an exact scan (``MovieIndex.scan``), whose cost
 grows with the movies (the scores of the allowed ones) where the search's grows with its beam. On
 ml-latest-small's sequence and hybrid models the scan took 0.04-0.17 ms at any filter, the search 1.4-3.3 ms with
 1-50 % of the movies allowed and 0.16 ms with 97 % (a beam of about 300); over every user's own query, 1/32 of
@@ -158,18 +158,30 @@ class MovieIndex:
     def query(self, vector: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k rows nearest ``vector`` (d,) among ``allowed`` (a boolean mask over rows), best first.
 
-        Fewer than k come back only when fewer than k rows are allowed. When exclusions and filters leave
-        the graph search short (hnswlib raises when it cannot reach enough vectors), the search widens, and
-        ends as an exact scan of the allowed rows, so a query never fails for being filtered.
+        Fewer than k come back only when fewer than k rows are allowed. A query that leaves out enough rows that
+        its beam would pass ``scan_beats_search``'s bound is answered by the exact ``scan``; the others by the graph
+        ``search``, which widens when exclusions and filters leave it short and ends as the scan, so a query never
+        fails for being filtered.
         """
+        reachable = self.n if allowed is None else int(allowed.sum())
+        k = min(k, reachable)
+        if k == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        want = min(self.groups, k if allowed is None else k + (self.n - reachable))
+        if self.scan_beats_search(want):
+            return self.scan(vector, k, allowed)
+        return self.search(vector, k, allowed=allowed)
+
+    def search(self, vector: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``query``'s answer by the graph alone: a beam of k plus the rows ``allowed`` leaves out (at least
+        ``ef``), four times wider while hnswlib cannot fill it or the allowed rows found fall short of k, and the
+        exact ``scan`` once the beam is the whole graph."""
         reachable = self.n if allowed is None else int(allowed.sum())
         k = min(k, reachable)
         if k == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)  # (1, d)
         want = min(self.groups, k if allowed is None else k + (self.n - reachable))
-        if self._scan_beats_search(want):
-            return self._exact(query[0], k, allowed)
         while True:
             try:
                 self._index.set_ef(max(self.params.ef, want))
@@ -184,7 +196,7 @@ class MovieIndex:
                 if len(rows) >= k:
                     return rows[:k], scores[:k].astype(np.float32)
             if want >= self.groups:
-                return self._exact(query[0], k, allowed)
+                return self.scan(query[0], k, allowed)
             want = min(self.groups, want * 4)
 
     def query_many(self, vectors: np.ndarray, k: int, *, excluded: RowSets, threads: int = 1) -> Found:
@@ -207,7 +219,7 @@ class MovieIndex:
         beams = np.maximum(self.params.ef, wants)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         searched: list[_Labels] = []
-        scanned = self._scan_beats_search(wants) & (ks > 0)  # answered by ``query``'s exact scan, as it does
+        scanned = self.scan_beats_search(wants) & (ks > 0)  # answered by ``query``'s exact scan, as it does
         refused: list[np.ndarray] = [np.flatnonzero(scanned)]
         order = np.argsort(beams, kind="stable")
         order = order[(ks[order] > 0) & ~scanned[order]]
@@ -276,7 +288,7 @@ class MovieIndex:
         sizes = self._starts[labels + 1] - starts  # (g,) movies per vector
         return self._members[concat_ranges(starts, sizes)].astype(np.int64), np.repeat(scores, sizes)
 
-    def _scan_beats_search(self, want: Any) -> Any:
+    def scan_beats_search(self, want: Any) -> Any:
         """Whether a query whose graph search needs ``want`` vectors (k plus the rows it leaves out; an int or an
         array of them) is answered sooner by an exact scan: its beam would pass the default ``ef`` and reach
         ``EXACT_SHARE`` of the movies."""
@@ -295,7 +307,10 @@ class MovieIndex:
         _ = self.distinct
         return self
 
-    def _exact(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def scan(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The exact answer: every allowed row scored (its vector's score), the k best by score, equal scores in
+        tie order."""
+        vector = np.asarray(vector, dtype=np.float32)
         distinct = self.distinct
         if self.params.space == "ip":  # the index's own scores: dot products
             per_group = distinct @ vector

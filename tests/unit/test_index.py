@@ -148,7 +148,7 @@ def test_tied_movies_come_in_tie_order_in_every_path() -> None:
     assert found.rows.tolist() == [2, 5, 0, int(found.rows[3])] and found.rows[3] not in (0, 2, 4, 5)
     allowed = np.ones(40, dtype=bool)
     allowed[4] = False
-    assert index._exact(vectors[0], 3, allowed)[0].tolist() == [2, 5, 0]
+    assert index.scan(vectors[0], 3, allowed)[0].tolist() == [2, 5, 0]
 
 
 class NoReadOut(Refusing):
@@ -176,5 +176,5 @@ def test_a_query_leaving_out_much_of_the_graph_is_an_exact_scan_read_out_once(pr
     index._index = NoReadOut(index._index)
     again, _ = index.query(query, 10, allowed=allowed)
     assert again.tolist() == index.query(query, 10, allowed=allowed)[0].tolist()
-    everything, _ = index._exact(query, 5, None)
+    everything, _ = index.scan(query, 5, None)
     assert everything.tolist() == np.lexsort((np.arange(n), -sims))[:5].tolist()
