@@ -163,25 +163,28 @@ class MovieIndex:
         ``search``, which widens when exclusions and filters leave it short and ends as the scan, so a query never
         fails for being filtered.
         """
-        reachable = self.n if allowed is None else int(allowed.sum())
-        k = min(k, reachable)
+        k, want = self._beam(k, allowed)
         if k == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        want = min(self.groups, k if allowed is None else k + (self.n - reachable))
         if self.scan_beats_search(want):
             return self.scan(vector, k, allowed)
         return self.search(vector, k, allowed=allowed)
+
+    def _beam(self, k: int, allowed: np.ndarray | None) -> tuple[int, int]:
+        """(k, or the allowed rows if fewer; the vectors a graph search must reach for them: k plus the rows left
+        out, at most every vector)."""
+        reachable = self.n if allowed is None else int(allowed.sum())
+        k = min(k, reachable)
+        return k, min(self.groups, k if allowed is None else k + (self.n - reachable))
 
     def search(self, vector: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``query``'s answer by the graph alone: a beam of k plus the rows ``allowed`` leaves out (at least
         ``ef``), four times wider while hnswlib cannot fill it or the allowed rows found fall short of k, and the
         exact ``scan`` once the beam is the whole graph."""
-        reachable = self.n if allowed is None else int(allowed.sum())
-        k = min(k, reachable)
+        k, want = self._beam(k, allowed)
         if k == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)  # (1, d)
-        want = min(self.groups, k if allowed is None else k + (self.n - reachable))
         while True:
             try:
                 self._index.set_ef(max(self.params.ef, want))
@@ -206,8 +209,8 @@ class MovieIndex:
         Each query keeps the beam ``query`` gives it (ef = max(ef, want), want = k + its exclusions): a graph
         search with beam ef and k <= ef is the same search whatever k, so the queries of one beam are searched
         in one ``knn_query`` (in ``threads`` threads when they are many) and each keeps its first ``want``
-        labels. A query whose labels, filtered, come short of k (or whose beam's call hnswlib refused) is
-        answered by ``query`` itself, which widens its search.
+        labels. A query whose labels, filtered, come short of k (or whose beam's call hnswlib refused), and one
+        whose beam ``scan_beats_search``, is answered by ``query`` itself, which widens its search or scans.
         """
         b = len(vectors)
         owner = np.repeat(np.arange(b), np.diff(excluded.indptr))
@@ -220,7 +223,7 @@ class MovieIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         searched: list[_Labels] = []
         scanned = self.scan_beats_search(wants) & (ks > 0)  # answered by ``query``'s exact scan, as it does
-        refused: list[np.ndarray] = [np.flatnonzero(scanned)]
+        alone: list[np.ndarray] = [np.flatnonzero(scanned)]  # answered one by one, by ``query``
         order = np.argsort(beams, kind="stable")
         order = order[(ks[order] > 0) & ~scanned[order]]
         for group in np.split(order, np.flatnonzero(np.diff(beams[order])) + 1) if len(order) else []:
@@ -231,12 +234,12 @@ class MovieIndex:
                     vectors[group], k=int(want.max()), num_threads=threads if len(group) >= MIN_THREADED else 1
                 )  # (g, max want) each
             except RuntimeError:  # hnswlib: fewer vectors reachable than asked for, for one query of the group
-                refused.append(group)
+                alone.append(group)
                 continue
             first = np.arange(labels.shape[1]) < want[:, None]  # (g, max want): each query's first ``want``
             searched.append(_Labels(np.repeat(group, want), labels[first], 1.0 - distances[first]))
         kept = self._allowed_rows(searched, banned)
-        return self._first_k(kept, ks=ks, vectors=vectors, excluded=excluded, refused=refused)
+        return self._first_k(kept, ks=ks, vectors=vectors, excluded=excluded, alone=alone)
 
     def _allowed_rows(self, searched: list[_Labels], banned: np.ndarray) -> _Labels:
         """The searched labels expanded to their rows (``_expand``), each query's banned rows dropped: rows in
@@ -254,9 +257,9 @@ class MovieIndex:
         return _Labels(queries[keep], rows[keep], scores[keep].astype(np.float32))
 
     def _first_k(
-        self, kept: _Labels, *, ks: np.ndarray, vectors: np.ndarray, excluded: RowSets, refused: list[np.ndarray]
+        self, kept: _Labels, *, ks: np.ndarray, vectors: np.ndarray, excluded: RowSets, alone: list[np.ndarray]
     ) -> Found:
-        """Each query's first ``ks`` kept rows; a query left short, or refused, answered by ``query``."""
+        """Each query's first ``ks`` kept rows; a query left short, or in ``alone``, answered by ``query``."""
         queries, rows, scores = kept
         begins, sizes = _runs(queries)
         place = np.arange(len(queries)) - np.repeat(begins, sizes)  # each row's place among its query's
@@ -267,7 +270,7 @@ class MovieIndex:
         begins, _ = _runs(queries)
         start[queries[begins]] = begins
         more_rows, more_scores, at = [rows], [scores], len(rows)
-        short = np.union1d(np.flatnonzero(found < ks), np.concatenate(refused) if refused else [])
+        short = np.union1d(np.flatnonzero(found < ks), np.concatenate(alone) if alone else [])
         for i in short.astype(np.int64).tolist():
             allowed = np.ones(self.n, dtype=bool)
             allowed[excluded.rows[excluded.indptr[i] : excluded.indptr[i + 1]]] = False
