@@ -3,9 +3,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-# pytest-xdist processes: each runs whole test files and has one session stack of its own (tests/conftest.py).
-# Three on two cores: the system tests wait on workers, failovers and timeouts (1.8 cores busy, 553 s against
-# about 625 s with two, session 16).
+# pytest-xdist processes: each runs whole test files and has one session stack of its own (tests/conftest.py),
+# the longest files first (tests/conftest.py LONGEST_FILES, with --no-loadscope-reorder). Three on two cores: the
+# system tests wait on workers, failovers and timeouts (1.8 cores busy, 553 s against about 625 s with two,
+# session 16); four took 653 s against 603 s with three, and their timing tests failed (session 24).
 TEST_WORKERS ?= 3
 # The real MovieLens sample beside the checkout, when there is one.
 DEMO_DATA ?= $(firstword $(wildcard ../shared/data/ml-latest-small))
@@ -47,7 +48,7 @@ lint: install
 	$(BIN)/mypy .
 
 test: lint system-packages
-	$(PY) -m pytest --numprocesses=$(TEST_WORKERS) --dist=loadfile
+	$(PY) -m pytest --numprocesses=$(TEST_WORKERS) --dist=loadfile --no-loadscope-reorder
 
 bench: install
 	$(PY) -m bench.ingest

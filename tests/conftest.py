@@ -11,7 +11,14 @@
 - ``make_stack``: a factory of stacks of a test's own (``make_stack(settings, embedded_redis=True)``), ready
   when it answers and stopped after the test.
 - ``app`` / ``client``: the Flask app on the same Redis, for tests that need no HTTP server of their own.
+- ``sample``: a sample of ml-latest-small under the data root (``tests.helpers.SAMPLE``), for the tests that
+  need real ratings but not their scale: a pipeline or an evaluation on it costs a fraction of the whole.
 - ``tiny_bert``: a tiny random BERT on disk (no Redis), for the encoder's tests.
+
+Scheduling: ``make test`` hands whole files to its xdist processes in collection order
+(``--no-loadscope-reorder``), and ``pytest_collection_modifyitems`` puts ``LONGEST_FILES`` first, longest
+first: each process starts on a long file and the short ones fill in at the end, so no process is left
+running a long file alone while the others have finished.
 
 Polling (``wait_job``, ``wait_jobs``, ``wait_until``) and ``new_stack`` are plain functions in tests/helpers.py.
 Layout: tests/unit needs neither Redis nor processes (its conftest refuses a test that asks for Redis);
@@ -35,9 +42,38 @@ import requests
 from cli.stack import EmbeddedRedis, Stack
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
-from tests.helpers import REPO, new_stack
+from tests.helpers import REPO, SAMPLE, new_stack, write_sample
 
 SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
+
+LONGEST_FILES = (
+    "tests/system/test_evaluate.py",
+    "tests/system/test_chaos.py",
+    "tests/system/test_demo.py",
+    "tests/system/test_footprint.py",
+    "tests/system/test_sentinel.py",
+    "tests/fuzz/test_openapi_fuzz.py",
+    "tests/system/test_recommend.py",
+    "tests/system/test_pipeline.py",
+    "tests/system/test_tls.py",
+    "tests/system/test_tenants.py",
+    "tests/system/test_cli.py",
+    "tests/system/test_generated_client.py",
+    "tests/unit/test_index.py",
+    "tests/system/test_embedded_redis.py",
+    "tests/system/test_upload_budget.py",
+    "tests/system/test_bench_online.py",
+    "tests/ui/test_dashboard.py",
+)
+"""The test files that took 25 s or more in the suite (session 24's run: 200 s the longest, 0.1 s the median),
+longest first. Only the order of a run depends on it: a file missing here runs after them, in collection order."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``LONGEST_FILES`` first, in their order; the others after, as collected (a stable sort: each file's own
+    tests keep their order)."""
+    rank = {name: n for n, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(Path(item.path).relative_to(REPO).as_posix(), len(rank)))
 
 
 def delete_prefix(client: redis.Redis, prefix: str) -> None:
@@ -72,6 +108,12 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data-root")
     shutil.copytree(SMALL, root / "ml-latest-small")
     return root
+
+
+@pytest.fixture(scope="session")
+def sample(data_root: Path) -> str:
+    """``SAMPLE`` written under the data root: what a test ingests when it needs real ratings, not their scale."""
+    return write_sample(data_root, SAMPLE)
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,11 @@
 pipeline (issue #15).
 
 The stack is the test's own (``movierec`` API under gunicorn, real CPU and GPU workers, the session's Redis under
-a prefix of its own), since the fuzzer deletes, activates and uploads at will. A pipeline on ml-latest-small
-(recipe ``hybrid``: the fuzzer needs a model, not ``auto``'s validation tuning) runs to the end first, so
-recommendations, similar movies, maps and results reach their found branches. The command line is the one a
-user would type, run from the repository so it reads ``schemathesis.toml``; keys are off, so the auth check is
-the one excluded. No ``--checks all``: a check named on the command line overrides
+a prefix of its own), since the fuzzer deletes, activates and uploads at will. A pipeline on a sample of
+ml-latest-small (the ``sample`` fixture; recipe ``hybrid``: the fuzzer needs a model, not ``auto``'s validation
+tuning) runs to the end first, so recommendations, similar movies, maps and results reach their found branches.
+The command line is the one a user would type, run from the repository so it reads ``schemathesis.toml``; keys
+are off, so the auth check is the one excluded. No ``--checks all``: a check named on the command line overrides
 every per-operation setting of schemathesis.toml (GET /v1/jobs/{job_id} after a DELETE, which cancels).
 
 The default suite sends a few cases per operation through the examples and the stateful phase (test_openapi_fuzz.py
@@ -47,13 +47,13 @@ def _schemathesis(api: str, *, examples: int, seed: int, phases: str) -> subproc
 
 
 @pytest.fixture
-def live(settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> Iterator[str]:
+def live(settings: Settings, redis_client: redis.Redis, tmp_path: Path, sample: str) -> Iterator[str]:
     """The API of a stack of the test's own on a key prefix of its own, with a finished pipeline; the prefix is
     deleted once the stack has stopped."""
     own = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-live-{uuid.uuid4().hex[:6]}"})
     try:
         with new_stack(own, tmp_path / "stack") as stack:
-            body = {"path": "ml-latest-small", "recipe": "hybrid", "epochs": 2}
+            body = {"path": sample, "recipe": "hybrid", "epochs": 2}
             r = requests.post(f"{stack.api_url}/v1/pipelines", json=body, timeout=10)
             assert r.status_code == 202, r.text
             assert wait_job(stack.api_url, r.json()["id"], timeout_s=600)["status"] == "succeeded"

@@ -26,28 +26,11 @@ from shared.ml import baselines, evaluate, splits
 from shared.ml.evaluate import EASE_MAX_BYTES
 from shared.ml.recipes import GRIDS, RECIPES, SERVE_GRIDS, grid_points
 from shared.store.datasets import load_ratings
-from tests.conftest import SMALL, delete_prefix
-from tests.helpers import REPO, wait_job
+from tests.conftest import delete_prefix
+from tests.helpers import REPO, SAMPLE, wait_job
 
-SAMPLE = "eval-sample"
-USERS = 80
-"""The first users of ml-latest-small (by id), their ratings and the movies they rated: ~35 evaluated."""
 BASELINES = ["random", "most-popular", "item-kNN", "EASE", "RP3beta", "iALS"]
 METRICS = ("recall", "ndcg", "hr", "coverage", "cold_recall", "cold_share")
-
-
-@pytest.fixture(scope="module")
-def sample(settings: Settings) -> str:
-    out = settings.data_root / SAMPLE
-    out.mkdir(exist_ok=True)
-    ratings = pd.read_csv(SMALL / "ratings.csv")
-    ratings = ratings[ratings.userId <= USERS]
-    movies = set(ratings.movieId.tolist())
-    ratings.to_csv(out / "ratings.csv", index=False)
-    for name in ("movies.csv", "tags.csv"):
-        frame = pd.read_csv(SMALL / name)
-        frame[frame.movieId.isin(movies)].to_csv(out / name, index=False)
-    return SAMPLE
 
 
 def post(api_url: str, body: dict[str, Any]) -> requests.Response:
@@ -244,20 +227,20 @@ def test_the_cli_prints_the_table(api_url: str, first: tuple[dict[str, Any], dic
     "body",
     [
         {},
-        {"path": SAMPLE, "dataset": "ds-x"},
-        {"path": SAMPLE, "colour": "blue"},
-        {"path": SAMPLE, "recipes": ["nope"]},
-        {"path": SAMPLE, "baselines": ["EASE", "EASE"]},
-        {"path": SAMPLE, "recipes": [], "baselines": []},
-        {"path": SAMPLE, "k": 0},
-        {"path": SAMPLE, "train_fraction": 1.0},
-        {"path": SAMPLE, "min_ratings": 0},
-        {"path": SAMPLE, "shard_users": 1},
-        {"path": SAMPLE, "seed": -1},
-        {"path": SAMPLE, "split": "random"},
-        {"path": SAMPLE, "new_user_share": 0.9},
-        {"path": SAMPLE, "tune": "yes please"},
-        {"path": SAMPLE, "max_evaluated": -1},
+        {"path": SAMPLE.name, "dataset": "ds-x"},
+        {"path": SAMPLE.name, "colour": "blue"},
+        {"path": SAMPLE.name, "recipes": ["nope"]},
+        {"path": SAMPLE.name, "baselines": ["EASE", "EASE"]},
+        {"path": SAMPLE.name, "recipes": [], "baselines": []},
+        {"path": SAMPLE.name, "k": 0},
+        {"path": SAMPLE.name, "train_fraction": 1.0},
+        {"path": SAMPLE.name, "min_ratings": 0},
+        {"path": SAMPLE.name, "shard_users": 1},
+        {"path": SAMPLE.name, "seed": -1},
+        {"path": SAMPLE.name, "split": "random"},
+        {"path": SAMPLE.name, "new_user_share": 0.9},
+        {"path": SAMPLE.name, "tune": "yes please"},
+        {"path": SAMPLE.name, "max_evaluated": -1},
     ],
 )
 def test_a_bad_body_is_a_400_in_json(api_url: str, body: dict[str, Any]) -> None:
@@ -303,8 +286,9 @@ def test_nobody_to_evaluate_fails_the_job_saying_why(
 
 
 def test_the_sample_is_what_the_module_says(sample: str, settings: Settings) -> None:
-    users = pd.read_csv(Path(settings.data_root) / sample / "ratings.csv").userId
-    assert users.max() == USERS and users.nunique() == USERS
+    ratings = pd.read_csv(Path(settings.data_root) / sample / "ratings.csv")
+    assert ratings.userId.max() == SAMPLE.users and ratings.userId.nunique() == SAMPLE.users
+    assert ratings.movieId.value_counts().min() == SAMPLE.min_raters
 
 
 def test_a_global_split_cuts_everyone_at_one_time(

@@ -16,7 +16,7 @@ from shared.infra.settings import Settings
 from shared.jobs.celery_app import make_celery
 from shared.jobs.submit import submit
 from shared.logic.services import Services
-from tests.helpers import wait_job, wait_jobs
+from tests.helpers import SAMPLE, wait_job, wait_jobs
 
 RESULT_TTL_S = 3
 KEY = "footprint-admin-key-" + "f" * 12
@@ -71,7 +71,7 @@ def settle(client: redis.Redis, prefix: str, baseline: dict[str, int] | None, *,
 
 
 def test_keys_and_memory_return_to_baseline_after_results_expire(
-    chaos_stack: Stack, chaos_settings: Settings, tenant: str
+    chaos_stack: Stack, chaos_settings: Settings, tenant: str, sample: str
 ) -> None:
     """Per tenant: its keyspace's keys and bytes come back (for tenant acme, nothing of its lands in the
     default tenant's keyspace either)."""
@@ -79,15 +79,16 @@ def test_keys_and_memory_return_to_baseline_after_results_expire(
     prefix, api, r = tenant_prefix(chaos_settings.key_prefix, tenant), chaos_stack.api_url, svc.redis
     auth = {"Authorization": f"Bearer {KEY}"} if tenant != "default" else {}
     # A named recipe: auto's choosing job reads its children's results, which a 3-second result TTL expires.
-    pipeline = submit(celery, svc.jobs, kind="pipeline", params={"path": "ml-latest-small", "recipe": "hybrid"})
+    pipeline = submit(celery, svc.jobs, kind="pipeline", params={"path": sample, "recipe": "hybrid"})
     done = wait_job(lambda: svc.jobs.get(pipeline.id), timeout_s=240)
     assert done is not None and done.status == "succeeded", done
     # Baseline: what stays (the dataset, the triplets, the model and its index, caches, Celery's bindings).
     baseline = settle(r, prefix, None, timeout_s=60)
 
     ids = []
-    for user in range(1, 101):
-        answer = requests.post(f"{api}/v1/recommendations?wait=0", json={"user_id": user, "k": 5}, headers=auth,
+    for n in range(100):  # the sample's users, some twice: each request is a job of its own
+        answer = requests.post(f"{api}/v1/recommendations?wait=0", json={"user_id": 1 + n % SAMPLE.users, "k": 5},
+                               headers=auth,
                                timeout=30)  # fmt: skip
         assert answer.status_code == 202, answer.text
         ids.append(answer.json()["id"])
