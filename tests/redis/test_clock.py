@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import types
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis
@@ -40,3 +40,32 @@ def test_the_offset_is_measured_again_after_its_resync(redis_client: redis.Redis
     clk = RedisClock(redis_client, resync_s=0.0)
     first = clk.now()
     assert clk.now() >= first - 0.05
+
+
+def test_the_offset_is_the_shortest_probe_s_and_bounded_by_half_its_round_trip(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loaded machine: the first round trip waits 80 ms for a core, the others do not. The offset is the
+    quick probe's, within half of its round trip of Redis TIME, and says so (``uncertainty_s``)."""
+    calls = []
+    real = redis_client.time
+
+    def slow_first() -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            answer = real()  # Redis answers at once ...
+            time.sleep(0.08)  # ... and this process gets a core 80 ms later
+            return answer
+        return real()
+
+    monkeypatch.setattr(redis_client, "time", slow_first)
+    clk = RedisClock(redis_client)
+    assert clk.uncertainty_s == float("inf")
+    seconds, micros = cast(tuple[int, int], real())
+    before = seconds + micros / 1e6
+    now = clk.now()
+    seconds, micros = cast(tuple[int, int], real())
+    after = seconds + micros / 1e6
+    assert len(calls) == clock.PROBES
+    assert clk.uncertainty_s < 0.04  # not the slow probe's 40 ms and more
+    assert before - clk.uncertainty_s - 0.005 <= now <= after + clk.uncertainty_s + 0.005
