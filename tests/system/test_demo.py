@@ -44,6 +44,14 @@ def test_demo_runs_the_embedded_stack_prints_figures_and_serves_the_dashboard(
         assert "movies kept" in out and "9,709" in out and "100,836" in out, out
         assert "test ROC AUC after training" in out
         assert re.search(r"recipe (hybrid|ials)\n  chosen: \S+.* scored the best validation objective", out), out
+        # The evaluation table: every baseline at its default and the recipes auto chose among, beside the seed's.
+        assert re.search(r"evaluation of ds-\w+ \(trained on ds-\w+\): 508 users evaluated; per-user temporal", out)
+        rows = re.findall(r"^(\S+)(?: \S+=\S+)* +(baseline|recipe) +\d", out, flags=re.MULTILINE)
+        table = dict(rows)
+        assert len(rows) == len(table) == 9, out
+        assert table == {"random": "baseline", "most-popular": "baseline", "item-kNN": "baseline",
+                         "EASE": "baseline", "RP3beta": "baseline", "iALS": "baseline", "seed": "recipe",
+                         "hybrid": "recipe", "ials": "recipe"}, out  # fmt: skip
         for title in (
             r"user 1 \((light-)?profile\):",  # a light user's answer when the chosen setting has a prior
             r"user 2 \((light-)?profile\):",
