@@ -42,9 +42,7 @@ import requests
 from cli.stack import EmbeddedRedis, Stack
 from shared.infra.redisconn import connect
 from shared.infra.settings import Settings
-from tests.helpers import REPO, SAMPLE, new_stack, write_sample
-
-SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
+from tests.helpers import REPO, SAMPLE, SMALL, new_stack, write_sample
 
 LONGEST_FILES = (
     "tests/system/test_evaluate.py",

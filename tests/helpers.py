@@ -33,6 +33,8 @@ from shared.infra.settings import Settings
 from shared.jobs.store import Job
 
 REPO = Path(__file__).resolve().parents[1]
+SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
+"""The real MovieLens sample beside the checkout (not committed)."""
 
 FINISHED = ("succeeded", "failed", "cancelled")
 """A job in one of these states never changes again."""
@@ -342,14 +344,13 @@ def write_sample(data_root: Path, sample: Sample) -> str:
     out = data_root / sample.name
     if (out / "ratings.csv").exists():
         return sample.name
-    source = REPO.parent / "shared" / "data" / "ml-latest-small"
-    ratings = pd.read_csv(source / "ratings.csv")
+    ratings = pd.read_csv(SMALL / "ratings.csv")
     ratings = ratings[ratings.userId <= sample.users]
     raters = ratings.movieId.value_counts()
     ratings = ratings[ratings.movieId.isin(raters.index[raters >= sample.min_raters])]
     out.mkdir(parents=True, exist_ok=True)
     for name in ("movies.csv", "tags.csv"):
-        frame = pd.read_csv(source / name)
+        frame = pd.read_csv(SMALL / name)
         frame[frame.movieId.isin(set(ratings.movieId))].to_csv(out / name, index=False)
     ratings.to_csv(out / "ratings.csv", index=False)  # last: a directory with ratings.csv is whole
     return sample.name

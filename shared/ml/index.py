@@ -168,7 +168,7 @@ class MovieIndex:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if self.scan_beats_search(want):
             return self.scan(vector, k, allowed)
-        return self.search(vector, k, allowed=allowed)
+        return self._search(vector, k, want, allowed)
 
     def _beam(self, k: int, allowed: np.ndarray | None) -> tuple[int, int]:
         """(k, or the allowed rows if fewer; the vectors a graph search must reach for them: k plus the rows left
@@ -184,6 +184,12 @@ class MovieIndex:
         k, want = self._beam(k, allowed)
         if k == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return self._search(vector, k, want, allowed)
+
+    def _search(
+        self, vector: np.ndarray, k: int, want: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``search`` from its ``_beam`` (k > 0), which ``query`` has already computed."""
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)  # (1, d)
         while True:
             try:

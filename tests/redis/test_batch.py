@@ -21,7 +21,8 @@ from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.services import Services
 from shared.ml.attribution import verify
 from shared.ml.batch import ROW
-from tests.conftest import SMALL, delete_prefix
+from tests.conftest import delete_prefix
+from tests.helpers import SMALL
 from tests.redis.test_janitor import clear, sent
 from workers.janitor import Janitor
 

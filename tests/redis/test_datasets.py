@@ -15,7 +15,7 @@ from shared.infra.settings import Settings
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.services import Services
 from shared.store.datasets import FORMAT_VERSION
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 @pytest.fixture

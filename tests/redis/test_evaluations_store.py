@@ -34,7 +34,7 @@ from shared.logic.services import Services
 from shared.ml import baselines, evaluate
 from shared.ml.protocol import Protocol, training_dataset_id
 from shared.store.datasets import load_ratings
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from shared.jobs.kinds import (
 from shared.jobs.sharded import PLAN_FIELD, ShardPlan
 from shared.logic.ingest import DatasetOptions, ingest
 from shared.logic.services import Services
-from tests.conftest import SMALL, delete_prefix
+from tests.conftest import delete_prefix
+from tests.helpers import SMALL
 from workers.janitor import MAX_RESENDS, Janitor
 
 

@@ -15,7 +15,7 @@ from shared.infra.keys import Keys, upload_artifact
 from shared.logic.uploads import ARCHIVE, drop_upload, unpack_upload
 from shared.store import artifacts as artifacts_module
 from shared.store.artifacts import ArtifactStore, CorruptArtifact
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ from cli.stack import free_port
 from shared.infra.defaults import DEFAULT_TAGS_PER_MOVIE
 from shared.infra.settings import Settings
 from shared.ml.movielens import read_catalogue, read_ratings
-from tests.conftest import SMALL
-from tests.helpers import REPO, embedded_env
+from tests.helpers import REPO, SMALL, embedded_env
 
 
 def test_demo_runs_the_embedded_stack_prints_figures_and_serves_the_dashboard(

@@ -100,10 +100,13 @@ def test_keys_and_memory_return_to_baseline_after_results_expire(
     ids.append(submit(celery, svc.jobs, kind="triplets", params=failing).id)
     cancelled = submit(celery, svc.jobs, kind="triplets", params=failing)
     requests.delete(f"{api}/v1/jobs/{cancelled.id}", headers=auth, timeout=30)
+
     # A record expires RESULT_TTL_S after its job finishes (never before): one that is gone has finished. On a
     # loaded machine the 104 submissions take longer than that, so the first ones can finish and expire before
     # the first look: waiting to see each one finished would wait for good.
-    unfinished = lambda: [i for i in ids if (job := svc.jobs.get(i)) is not None and not job.finished]  # noqa: E731
+    def unfinished() -> list[str]:
+        return [i for i in ids if (job := svc.jobs.get(i)) is not None and not job.finished]
+
     wait_until(lambda: not unfinished(), timeout_s=120, every_s=0.2,
                failure=lambda: f"{len(unfinished())} of {len(ids)} jobs unfinished")  # fmt: skip
     peak = footprint(r, prefix)

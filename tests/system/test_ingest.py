@@ -14,8 +14,7 @@ import pytest
 import requests
 
 from shared.infra.settings import Settings
-from tests.conftest import SMALL
-from tests.helpers import wait_job
+from tests.helpers import SMALL, wait_job
 
 
 def submit(api_url: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import SMALL
-from tests.helpers import two_versions, wait_job, wait_until
+from tests.helpers import SMALL, two_versions, wait_job, wait_until
 
 
 @pytest.fixture(scope="module")

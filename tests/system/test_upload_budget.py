@@ -25,8 +25,8 @@ from cli.stack import free_port
 from shared.infra.keys import Keys
 from shared.infra.settings import Settings
 from shared.store.inflight import InFlightBudget
-from tests.conftest import SMALL, delete_prefix
-from tests.helpers import answers, running, wait_until
+from tests.conftest import delete_prefix
+from tests.helpers import SMALL, answers, running, wait_until
 
 UPLOAD_LIMIT = 8 << 20
 IN_FLIGHT = 10 << 20

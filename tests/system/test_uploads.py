@@ -23,8 +23,8 @@ from cli.stack import Stack
 from shared.infra.keys import Keys, upload_artifacts
 from shared.infra.settings import Settings
 from shared.logic.ingest import DatasetOptions, dataset_id
-from tests.conftest import SMALL, delete_prefix
-from tests.helpers import REPO, wait_job
+from tests.conftest import delete_prefix
+from tests.helpers import REPO, SMALL, wait_job
 
 LIMIT = 8 << 20
 """ml-latest-small's files are 3.2 MB."""

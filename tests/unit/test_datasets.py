@@ -10,7 +10,7 @@ import pytest
 
 from shared.errors import PathNotAllowed
 from shared.logic.ingest import DatasetOptions, confine, dataset_id
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from shared.logic.descriptors import NO_CUT, NO_END, event_cuts, per_user_cuts
 from shared.ml.encoder import mean_by_rows
 from shared.ml.movielens import Catalogue, DescriptorParts, Descriptors, descriptors_from, read_catalogue
 from shared.store.datasets import DatasetRatings
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 def write(directory: Path, name: str, text: str) -> None:

@@ -12,7 +12,7 @@ from shared.ml.index import ChecksumMismatch, IndexParams, MovieIndex, RowSets
 from shared.ml.mining import build_incidence, mine_range
 from shared.ml.movielens import read_catalogue
 from shared.ml.training import train
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 @pytest.fixture(scope="module")

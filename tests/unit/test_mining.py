@@ -8,7 +8,7 @@ import pytest
 from cli.synth import SynthSpec, write_synthetic
 from shared.ml.mining import NOTEBOOK_POOL, build_incidence, draws, mine_range
 from shared.ml.movielens import Catalogue, read_catalogue
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 def reference(catalogue: Catalogue, seed: int) -> tuple[list[int], list[int], list[list[int]]]:

@@ -13,7 +13,7 @@ import pytest
 
 from shared.errors import DataError, PathNotAllowed
 from shared.ml.movielens import NO_GENRES, index_of, read_catalogue, read_ratings
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 def write(directory: Path, name: str, text: str) -> Path:

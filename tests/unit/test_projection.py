@@ -7,7 +7,7 @@ import pytest
 
 from shared.ml.movielens import NO_GENRES, read_movies
 from shared.ml.projection import GENRES, MAIN_GENRES, NO_MAIN_GENRE, main_genres, pca_2d
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 def test_points_on_a_line_are_one_axis() -> None:

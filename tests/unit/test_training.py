@@ -17,8 +17,7 @@ from shared.ml.mining import build_incidence, mine_range
 from shared.ml.movielens import read_catalogue
 from shared.ml.siamese import build_net, triplet_loss
 from shared.ml.training import train
-from tests.conftest import SMALL
-from tests.helpers import REPO
+from tests.helpers import REPO, SMALL
 
 CPU = torch.device("cpu")
 
