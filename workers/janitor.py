@@ -30,7 +30,9 @@ per interval for the whole deployment. A sweep
    before it, with an ETA once two sweeps have seen it move.
 
 The janitor is the only redelivery of a message whose worker died whole: the broker forgets a message once a
-worker has taken it (no kombu ack emulation, see shared/jobs/celery_app.py). Between a worker taking a message
+worker has taken it (no kombu ack emulation, see shared/jobs/celery_app.py). That includes a message Redis
+handed to a worker already dead: Redis frees a closed client at the end of its event loop's turn, so a push in
+the turn that read a killed worker's close still goes to its blocked BRPOP. Between a worker taking a message
 and its lease there are milliseconds; the second sighting a sweep interval later covers them.
 
 A sweep walks every tenant's jobs in turn (``Services.tenants``: each tenant's jobs live in its keyspace), and
