@@ -89,9 +89,13 @@ def _notes(table: dict[str, Any], slices: list[str], reference: str | None) -> l
                 lines.append(f"# {row['family']}: not tuned, skipped at every one of its {tuning['settings']} "
                              "settings on validation")  # fmt: skip
                 continue
+            cold = tuning.get("cold")
+            best = cold["best"] if cold else row["name"]
             lines.append(f"# {row['family']}: tuned over {tuning['settings']} settings on validation, chose "
-                         f"{row['name']} (validation objective {max(scored):.4f}: NDCG@{k} over its users and "
+                         f"{best} (validation objective {max(scored):.4f}: NDCG@{k} over its users and "
                          "new users)")  # fmt: skip
+            if cold:
+                lines.append(f"# {row['family']}: serves {cold['text']}")
     for note in table.get("notes", []):
         lines.append(f"# {note}")
     if table.get("best"):

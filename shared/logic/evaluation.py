@@ -14,7 +14,8 @@ short steps (``workers.evaluation.evaluation_step``), none of which waits for an
                       as new users): every setting of every grid, recipes and  │
                       baselines alike (a recipe's serve-time settings too),    │
                       scored on validation and its new-user slices; the best   │
-                      setting of each row is chosen there (``objective``)      │
+                      setting of each row is chosen there (``objective``), or  │
+                      a cold boost that ties it (``reach_cold``)               │
       train:<recipe>  per recipe, its chosen setting: child job ``pipeline`` ──┘
                       {"dataset": training dataset, "recipe", overrides, "seed", "activate": false,
                       "index": false}: scored from its vectors, never indexed; an ``ials`` recipe
@@ -57,6 +58,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from celery import Celery
 
 from shared.infra.settings import DEFAULT_TAGS_PER_MOVIE
@@ -430,16 +432,15 @@ def _scoring(params: dict[str, Any], state: EvaluationState) -> dict[str, Any]:
 
 
 def choose(table: dict[str, Any]) -> dict[str, Any]:
-    """From a grid-mode table: each row family's best setting on validation by ``objective`` (ties: the first in
-    grid order), the recipe to make the default (the best recipe), the baseline to measure against (the best
-    baseline but random), and every setting's validation figures."""
+    """From a grid-mode table: each row family's setting, the recipe to make the default (the best recipe by its
+    best setting), the baseline to measure against (the best baseline but random), every setting's validation
+    figures, and for a family served with a cold boost its best setting did not have, why (``cold``).
+
+    A family's setting is its best on validation by ``objective`` (ties: the first in grid order), or the setting
+    that reaches cold movies in its place (``reach_cold``)."""
     scored = [{**row, "objective": objective(row, table["users"])} for row in table["rows"]]
-    best: dict[str, dict[str, Any]] = {}
-    for row in scored:
-        if row["objective"] is not None and (
-            row["family"] not in best or row["objective"] > best[row["family"]]["objective"]
-        ):
-            best[row["family"]] = row
+    best = {family: scored[i] for family, i in best_of_families(scored).items()}
+    served = {family: reach_cold(row, scored) or row for family, row in best.items()}
     kinds = {row["family"]: row["kind"] for row in scored}
 
     def top(kind: str, *, but: tuple[str, ...] = ()) -> str | None:
@@ -447,12 +448,90 @@ def choose(table: dict[str, Any]) -> dict[str, Any]:
         return max(named, key=lambda f: best[f]["objective"]) if named else None  # ties: the first named
 
     return {
-        "chosen": {family: row["params"] for family, row in best.items()},
+        "chosen": {family: row["params"] for family, row in served.items()},
         "default": top("recipe"),
         "reference": top("baseline", but=("random",)),
         "grid": [{key: row.get(key) for key in GRID_KEYS} for row in scored],
         "users": table["users"],
+        "cold": {family: cold_reason(best[family], row) for family, row in served.items() if row is not best[family]},
     }
+
+
+def best_of_families(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Each family's row with the highest ``objective`` (ties: the first), by its position; None never wins."""
+    best: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        family, value = row["family"], row["objective"]
+        if value is not None and (family not in best or value > rows[best[family]]["objective"]):
+            best[family] = i
+    return best
+
+
+def reach_cold(best: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The setting to serve in place of a family's ``best`` so that new films reach someone, or None.
+
+    Only when ``best`` reaches no cold movie on validation (a cold-start recall of 0): then the smallest cold boost
+    of the same setting (the same model, served with a boost) that ties it there (``vs_best``, the paired interval
+    of its objective minus best's, holds 0: the grid job computes it, ``cold_intervals``) and reaches some. A boost
+    that costs no measurable objective and brings new films to users who like them is worth serving; one that
+    loses significantly is not, however many cold movies it finds. A best that already reaches cold movies is
+    kept: a higher cold-start recall among ties is not chased, since it is read on the few validation users who
+    liked a cold movie (9 on ml-latest-small's global split) and a larger boost fills more of every answer.
+    """
+    if float(best.get("cold_recall") or 0.0) > 0:
+        return None
+    ties = [
+        row for row in rows
+        if row["family"] == best["family"] and (vs := row.get("vs_best")) is not None and vs["best"] == best["name"]
+        and vs["high"] >= 0 and float(row.get("cold_recall") or 0.0) > 0
+    ]  # fmt: skip
+    return min(ties, key=lambda row: float(row["params"]["cold_boost"])) if ties else None  # ties: the first
+
+
+def cold_reason(best: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
+    """Why a family is served with ``served``'s cold boost rather than as ``best``: both settings, the paired
+    interval of the objective between them and their cold-start recall on validation; ``text`` in words."""
+    vs, was = served["vs_best"], float(best.get("cold_recall") or 0.0)
+    text = (f"{served['name']} in place of {best['name']}: it ties it on validation (objective "
+            f"{vs['difference']:+.4f}, 95 % CI [{vs['low']:+.4f}, {vs['high']:+.4f}]) and reaches cold movies "
+            f"(cold-start recall {float(served['cold_recall']):.4f} against {was:.4f})")  # fmt: skip
+    return {"best": best["name"], "served": served["name"], "vs_best": vs, "cold_recall": served["cold_recall"],
+            "best_cold_recall": best.get("cold_recall"), "text": text}  # fmt: skip
+
+
+def cold_intervals(rows: list[dict[str, Any]], scores: dict[str, list[RowScores | None]], *, users: int,
+                   seed: int) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """For a grid-mode table's ``rows`` (``build_table``'s, with their metrics): the paired bootstrap interval
+    of each row that differs from its family's best (``objective``) in its cold boost alone, its objective minus
+    the best's, by position, with the best's name (``reach_cold`` reads it).
+
+    The objective is the mean NDCG over every user of every segment, so the pairs are the per-user NDCG of all
+    segments laid end to end; a held-out user counted in three new-user slices is resampled as three users, which
+    narrows the interval (a boost is then kept out sooner, not let in sooner)."""
+    scored = [{**row, "objective": objective(row, users)} for row in rows]
+    best = best_of_families(scored)
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    which: list[tuple[int, int]] = []
+    for i, row in enumerate(scored):
+        b = best.get(row["family"])
+        if b is None or b == i or row["objective"] is None or not _cold_boost_alone(row["params"], rows[b]["params"]):
+            continue
+        pairs.append((_per_user_ndcg(scores, i), _per_user_ndcg(scores, b)))
+        which.append((i, b))
+    found = intervals.paired_bootstraps(pairs, seed=seed) if pairs else []
+    return {i: {**interval.to_json(), "best": rows[b]["name"]} for (i, b), interval in zip(which, found, strict=True)}
+
+
+def _cold_boost_alone(params: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Two settings that differ in their cold boost and nothing else."""
+    rest, others = ({k: v for k, v in p.items() if k != "cold_boost"} for p in (params, other))
+    return rest == others and params.get("cold_boost", 0.0) != other.get("cold_boost", 0.0)
+
+
+def _per_user_ndcg(scores: dict[str, list[RowScores | None]], i: int) -> np.ndarray:
+    """Row ``i``'s NDCG of every user of every segment, the segments in name order."""
+    parts = [scored[i] for _, scored in sorted(scores.items())]
+    return np.concatenate([p.ndcg for p in parts if p is not None]) if parts else np.zeros(0)
 
 
 def objective(row: dict[str, Any], users: int) -> float | None:
@@ -470,7 +549,7 @@ def objective(row: dict[str, Any], users: int) -> float | None:
     return total / weight if weight else None
 
 
-GRID_KEYS = ("name", "family", "params", "ndcg", "recall", "objective", "skipped")
+GRID_KEYS = ("name", "family", "params", "ndcg", "recall", "cold_recall", "objective", "vs_best", "skipped")
 """What validation keeps of each setting it scored."""
 
 NOTES = (
@@ -530,6 +609,9 @@ def build_table(
             out["tuning"] = _tuning(validation, row["family"])
         rows.append(out)
     scored = {str(s["name"]): int(s["users"]) for s in plan.get("segments", segments(split))}  # sampled or not
+    if params.get("grid"):  # the evidence ``choose`` needs to serve a cold boost in place of a best setting
+        for i, vs in cold_intervals(rows, scores, users=scored["all"], seed=seed).items():
+            rows[i]["vs_best"] = vs
     if int(plan.get("max_evaluated", 0)) and scored["all"] < int(split["evaluated"]):
         notes = [
             f"evaluated: a hashed sample of {scored['all']:,} of the {int(split['evaluated']):,} test users"
@@ -591,6 +673,7 @@ def _tuning(validation: dict[str, Any], family: str) -> dict[str, Any]:
         "grid": {g["name"]: g.get("objective", g["ndcg"]) for g in grid},
         "chosen": validation.get("chosen", {}).get(family),
         "settings": len(grid),
+        "cold": validation.get("cold", {}).get(family),  # why it serves a cold boost its best setting had not
     }
 
 

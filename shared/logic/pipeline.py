@@ -172,8 +172,9 @@ def pipeline_options(params: dict[str, Any], results: dict[str, Any]) -> dict[st
 
 
 def choice_of(table: dict[str, Any], job_id: str) -> dict[str, Any]:
-    """What ``auto`` chose, from its grid job's table: the recipe and setting with the best validation objective
-    (``evaluation.choose``), and why: every setting's objective, NDCG@10 and new users' NDCG."""
+    """What ``auto`` chose, from its grid job's table: the recipe with the best validation objective and its
+    setting (``evaluation.choose``: the best, or one that ties it and reaches cold movies), and why: every
+    setting's objective, NDCG@10 and new users' NDCG."""
     chosen = choose(table)
     if chosen["default"] is None:
         raise ValueError("no recipe could be scored on validation")
@@ -185,6 +186,8 @@ def choice_of(table: dict[str, Any], job_id: str) -> dict[str, Any]:
            f"{table['users']:,} validation users and the held-out new users at 1, 3 and 10 ratings)")  # fmt: skip
     if runner is not None:
         why += f", against {runner['objective']:.4f} for the best other recipe, {runner['name']}"
+    if recipe in chosen["cold"]:  # served with a cold boost that ties its best setting
+        why += f"; served as {chosen['cold'][recipe]['text']}"
     keep = ("name", "family", "params", "objective", "ndcg")
     return {"recipe": recipe, "setting": chosen["chosen"][recipe], "why": why, "job": job_id,
             "users": table["users"], "new_users": table.get("new_users", {}),

@@ -19,6 +19,7 @@ from shared.logic.evaluation import (
     _scoring,
     build_table,
     choose,
+    cold_intervals,
     factorised_by,
     fit_groups,
     parent,
@@ -28,7 +29,7 @@ from shared.logic.evaluation import (
 )
 from shared.logic.fits import setting_fit_id
 from shared.logic.scoring import RowScores, cell_stage, cut, plan_items, ratings_matrix
-from shared.ml import splits
+from shared.ml import intervals, splits
 from shared.ml.protocol import Protocol, training_dataset_id
 from shared.ml.recipes import SERVE_GRIDS
 from shared.store.datasets import DatasetRatings
@@ -196,7 +197,8 @@ def test_the_table_sums_seconds_names_skips_tuning_and_intervals() -> None:
     assert seed["seconds"] == 12.5 and hybrid["seconds"] == 9.0  # pipeline wall time + scoring over shards
     assert table["best"] == "hybrid" and table["reference"] == "EASE" and table["users"] == 4
     assert "vs_reference" not in ease and ease["tuning"] == {"grid": {"EASE lam=200": 0.2, "EASE lam=500": 0.1},
-                                                               "chosen": {"lam": 200}, "settings": 2}  # fmt: skip
+                                                               "chosen": {"lam": 200}, "settings": 2,
+                                                               "cold": None}  # fmt: skip
     lead = hybrid["vs_reference"]["all"]["ndcg"]
     assert lead["difference"] == pytest.approx(0.5) and lead["significant"]  # every user gains 0.5
     assert hybrid["new_users"]["new-1"]["ndcg"] == pytest.approx(0.55)
@@ -247,6 +249,62 @@ def test_validation_chooses_by_ndcg_over_every_user_and_every_new_user() -> None
     assert chose["reference"] == "EASE"  # 0.24 against most-popular's 0.19
     by_name = {g["name"]: g["objective"] for g in chose["grid"]}
     assert by_name["hybrid prior"] == pytest.approx(0.277) and by_name["EASE b"] is None
+
+
+def test_the_smallest_cold_boost_that_ties_a_best_setting_reaching_no_cold_movie_is_served_in_its_place() -> None:
+    def row(name: str, ndcg: float, cold: float, boost: float | None = None, *, high: float | None = None,
+            best: str = "hybrid 3") -> dict[str, object]:  # fmt: skip
+        params = {"prior": 3.0} if boost is None else {"prior": 3.0, "cold_boost": boost}
+        out = {"name": name, "family": "hybrid", "kind": "recipe", "params": params, "ndcg": ndcg, "recall": ndcg,
+               "cold_recall": cold, "skipped": None}  # fmt: skip
+        if high is not None:
+            out["vs_best"] = {"difference": -0.001, "low": -0.01, "high": high, "best": best}
+        return out
+
+    ease = {"name": "EASE", "family": "EASE", "kind": "baseline", "params": {}, "ndcg": 0.205, "recall": 0.2,
+            "cold_recall": 0.0, "skipped": None}  # fmt: skip
+    best = row("hybrid 3", 0.21, 0.0)
+    rows = [ease, best, row("hybrid 3 b0.3", 0.208, 0.05, 0.3, high=0.002),
+            row("hybrid 3 b0.1", 0.209, 0.02, 0.1, high=0.004),
+            row("hybrid 3 b0.5", 0.203, 0.09, 0.5, high=-0.001)]  # fmt: skip
+    chose = choose({"users": 100, "rows": rows})
+    # b0.5 finds the most cold movies but loses significantly; b0.1 and b0.3 tie: the smaller is served.
+    assert chose["chosen"]["hybrid"] == {"prior": 3.0, "cold_boost": 0.1} and chose["default"] == "hybrid"
+    why = chose["cold"]["hybrid"]
+    assert (why["best"], why["served"], why["cold_recall"]) == ("hybrid 3", "hybrid 3 b0.1", 0.02)
+    assert "ties it on validation" in why["text"] and "0.0200 against 0.0000" in why["text"]
+    assert "EASE" not in chose["cold"] and chose["reference"] == "EASE"
+
+    # The best: when it reaches cold movies itself, when the tie reaches none, when the interval is another's.
+    for others in ([row("hybrid 3", 0.21, 0.01), rows[3]],
+                   [best, row("hybrid 3 b0.1", 0.209, 0.0, 0.1, high=0.004)],
+                   [best, row("hybrid 3 b0.1", 0.209, 0.02, 0.1, high=0.004, best="hybrid 1")]):  # fmt: skip
+        kept = choose({"users": 100, "rows": [ease, *others]})
+        assert kept["chosen"]["hybrid"] == {"prior": 3.0} and kept["cold"] == {}
+
+
+def test_the_grid_table_pairs_each_cold_boost_with_its_family_s_best_over_every_user_of_every_segment() -> None:
+    plan_rows = [
+        {"name": "EASE", "kind": "baseline", "family": "EASE", "params": {}},
+        {"name": "h", "kind": "recipe", "family": "hybrid", "params": {"prior": 3.0}, "stage": "train:h"},
+        {"name": "h b", "kind": "recipe", "family": "hybrid", "params": {"prior": 3.0, "cold_boost": 0.1},
+         "stage": "train:h"},
+        {"name": "h1 b", "kind": "recipe", "family": "hybrid", "params": {"prior": 1.0, "cold_boost": 0.1},
+         "stage": "train:h"},
+    ]  # fmt: skip
+    scores = {"all": [scored([0.1, 0.2, 0.3]), scored([0.5, 0.6, 0.7]), scored([0.5, 0.5, 0.7]), scored([0.1] * 3)],
+              "new-1": [scored([0.2, 0.2]), scored([0.3, 0.4]), scored([0.3, 0.45]), scored([0.0, 0.0])]}  # fmt: skip
+    split = {"dataset": "t", "training_dataset": "t2", "evaluated": 3, "cold_users": 0, "new_user_slices": {"1": 2}}
+    state = EvaluationState(results={"split": split})
+    params = {"dataset": "t", "grid": True, "k": 5}
+    table = build_table(params, state, {"seed": 7, "rows": plan_rows}, scores, [])
+    by_name = {r["name"]: r for r in table["rows"]}
+    # only "h b" differs from hybrid's best ("h") in its cold boost alone; "h1 b" in its prior too
+    assert [n for n, r in by_name.items() if "vs_best" in r] == ["h b"]
+    expected = intervals.paired_bootstrap(np.array([0.5, 0.5, 0.7, 0.3, 0.45]), np.array([0.5, 0.6, 0.7, 0.3, 0.4]),
+                                          seed=7)  # fmt: skip
+    assert by_name["h b"]["vs_best"] == {**expected.to_json(), "best": "h"}
+    assert cold_intervals(table["rows"], scores, users=3, seed=7) == {2: by_name["h b"]["vs_best"]}
 
 
 def test_an_ials_pipeline_fits_the_ials_row_at_its_setting_and_only_that_one() -> None:
