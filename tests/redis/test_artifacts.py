@@ -82,3 +82,35 @@ def test_ttl(store: ArtifactStore, redis_client: redis.Redis, fresh_prefix: str)
     store.put_array("t", np.arange(600), ttl_s=100)
     assert 0 < redis_client.ttl(f"{fresh_prefix}:art:t") <= 100
     assert 0 < redis_client.ttl(f"{fresh_prefix}:art:t:1") <= 100
+
+
+class DeletedMidRead(redis.Redis):
+    """A client of the same Redis that has ``store`` delete artifact ``name`` just before the read of its first
+    chunk: a job dropping its parts while another job reads them."""
+
+    def __init__(self, store: ArtifactStore, name: str, **options: object) -> None:
+        super().__init__(**options)
+        self.store, self.name, self.fired = store, name, False
+
+    def get(self, name: str) -> object:  # type: ignore[override]
+        if name == f"{self.store._key(self.name)}:0" and not self.fired:
+            self.fired = True
+            self.store.delete(self.name)
+        return super().get(name)
+
+
+def test_an_artifact_deleted_while_being_read_is_not_found_and_a_missing_chunk_under_its_manifest_is_corrupt(
+    store: ArtifactStore, redis_client: redis.Redis, fresh_prefix: str
+) -> None:
+    store.put_array("gone", np.arange(600, dtype=np.int64))  # 5 chunks of 1 kB
+    client = DeletedMidRead(store, "gone", **redis_client.connection_pool.connection_kwargs)
+    with pytest.raises(NotFound, match="deleted while being read"):
+        ArtifactStore(client, prefix=fresh_prefix, chunk_bytes=1000).get_array("gone")
+    assert client.fired and not store.exists("gone")
+
+    store.put_array("torn", np.arange(600, dtype=np.int64))
+    redis_client.delete(f"{fresh_prefix}:art:torn:2")  # a chunk gone, its manifest still there
+    with pytest.raises(CorruptArtifact, match="missing a chunk"):
+        store.get_array("torn")
+    with pytest.raises(CorruptArtifact, match="missing a chunk"):
+        store.get_rows("torn", 0, 600)
