@@ -20,7 +20,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from shared.errors import DataError
+from shared.errors import DataError, NotFound
 from shared.infra.keys import upload_artifact, upload_artifacts
 from shared.logic.ingest import INPUT_FILES
 from shared.store.artifacts import STREAM_BUFFER_BYTES, ArtifactStore
@@ -63,10 +63,11 @@ def unpack_upload(
     into.mkdir(parents=True, exist_ok=True)
     stored = {name: into / name for name in files if name in UPLOAD_PARTS.values()}
     for name, path in stored.items():
-        if not artifacts.exists(upload_artifact(upload_id, name)):
-            raise DataError(name, "the uploaded file is gone (expired or deleted); upload it again")
-        with path.open("wb") as out:
-            artifacts.copy_to(upload_artifact(upload_id, name), out)
+        try:
+            with path.open("wb") as out:
+                artifacts.copy_to(upload_artifact(upload_id, name), out)
+        except NotFound:  # before the copy, or during it
+            raise DataError(name, "the uploaded file is gone (expired or deleted); upload it again") from None
     fix = stored.get(GENRES_FIX)
     if ARCHIVE in stored:
         archive = extract_movielens(

@@ -205,7 +205,7 @@ class ArtifactStore:
         key = self._key(name)
         parts = [cast("bytes | None", self._r.get(Keys.artifact_chunk(key, i))) for i in range(manifest.chunks)]
         if any(p is None for p in parts):
-            raise self._chunk_missing(name)
+            raise self._unreadable(name, "is missing a chunk")
         data = b"".join(p for p in parts if p is not None)
         if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
             raise CorruptArtifact(f"artifact {name!r} does not match its checksum")
@@ -233,7 +233,7 @@ class ArtifactStore:
         key, step = self._key(name), self._chunk_bytes
         first = cast("bytes | None", self._r.get(Keys.artifact_chunk(key, 0)))
         if first is None:
-            raise self._chunk_missing(name)
+            raise self._unreadable(name, "is missing a chunk")
         header = io.BytesIO(first)
         version = np.lib.format.read_magic(header)
         if version == (1, 0):
@@ -244,20 +244,20 @@ class ArtifactStore:
         chunks = range(start // step, (end - 1) // step + 1)
         parts = [first if i == 0 else cast("bytes | None", self._r.get(Keys.artifact_chunk(key, i))) for i in chunks]
         if any(p is None for p in parts):
-            raise self._chunk_missing(name)
+            raise self._unreadable(name, "is missing a chunk")
         data = b"".join(p for p in parts if p is not None)
         offset = start - chunks[0] * step
         return np.frombuffer(data[offset : offset + (hi - lo) * dtype.itemsize], dtype=dtype).copy()
 
-    def _chunk_missing(self, name: str) -> NotFound | CorruptArtifact:
-        """What a read that found a chunk of ``name`` missing raises. A read takes the manifest, then the chunks,
-        so a deletion (or the TTL) that falls between them takes the chunks from under it: the artifact is gone,
-        and its manifest with it (``delete`` takes both in one command; their TTLs are set in one transaction, so
-        they expire within a millisecond of each other). Only chunks missing under a manifest that is still there
-        are corruption."""
+    def _unreadable(self, name: str, problem: str) -> NotFound | CorruptArtifact:
+        """What a read of ``name`` that found its chunks short (``problem``) raises. A read takes the manifest,
+        then the chunks, so a deletion (or the TTL) that falls between them takes the chunks from under it: the
+        artifact is gone, and its manifest with it (``delete`` takes both in one command; their TTLs are set in
+        one transaction, so they expire within a millisecond of each other). Only chunks short under a manifest
+        that is still there are corruption."""
         if self.manifest(name) is None:
             return NotFound(f"artifact {name!r} does not exist (it was deleted while being read)")
-        return CorruptArtifact(f"artifact {name!r} is missing a chunk")
+        return CorruptArtifact(f"artifact {name!r} {problem}")
 
     def head(self, name: str, n: int) -> bytes:
         """The first ``n`` bytes of an artifact (fewer when it is shorter; empty when there is none), unchecked."""
@@ -282,7 +282,7 @@ class ArtifactStore:
                 out.write(piece)
                 size += len(piece)
         if size != manifest.size or digest.hexdigest() != manifest.sha256:
-            raise CorruptArtifact(f"artifact {name!r} does not match its checksum")
+            raise self._unreadable(name, "does not match its checksum")
         return manifest
 
     def delete_under(self, name_prefix: str) -> tuple[int, int]:

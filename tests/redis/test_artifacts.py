@@ -92,14 +92,21 @@ class DeletedMidRead(redis.Redis):
         super().__init__(**options)
         self.store, self.name, self.fired = store, name, False
 
-    def get(self, name: str) -> object:  # type: ignore[override]
-        if name == f"{self.store._key(self.name)}:0" and not self.fired:
+    def _reading(self, key: str) -> None:
+        if key == f"{self.store._key(self.name)}:0" and not self.fired:
             self.fired = True
             self.store.delete(self.name)
+
+    def get(self, name: str) -> object:  # type: ignore[override]
+        self._reading(name)
         return super().get(name)
 
+    def strlen(self, name: str) -> object:  # type: ignore[override]
+        self._reading(name)  # ``copy_to`` streams each chunk: its length, then its pieces
+        return super().strlen(name)
 
-def test_an_artifact_deleted_while_being_read_is_not_found_and_a_missing_chunk_under_its_manifest_is_corrupt(
+
+def test_an_artifact_deleted_while_being_read_is_not_found_and_a_chunk_missing_under_its_manifest_is_corrupt(
     store: ArtifactStore, redis_client: redis.Redis, fresh_prefix: str
 ) -> None:
     store.put_array("gone", np.arange(600, dtype=np.int64))  # 5 chunks of 1 kB
@@ -107,6 +114,10 @@ def test_an_artifact_deleted_while_being_read_is_not_found_and_a_missing_chunk_u
     with pytest.raises(NotFound, match="deleted while being read"):
         ArtifactStore(client, prefix=fresh_prefix, chunk_bytes=1000).get_array("gone")
     assert client.fired and not store.exists("gone")
+    store.put_bytes("streamed", b"z" * 2500)
+    client = DeletedMidRead(store, "streamed", **redis_client.connection_pool.connection_kwargs)
+    with pytest.raises(NotFound, match="deleted while being read"):
+        ArtifactStore(client, prefix=fresh_prefix, chunk_bytes=1000).copy_to("streamed", io.BytesIO())
 
     store.put_array("torn", np.arange(600, dtype=np.int64))
     redis_client.delete(f"{fresh_prefix}:art:torn:2")  # a chunk gone, its manifest still there
