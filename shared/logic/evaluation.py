@@ -485,7 +485,7 @@ def reach_cold(best: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, An
         if row["family"] == best["family"] and (vs := row.get("vs_best")) is not None and vs["best"] == best["name"]
         and vs["high"] >= 0 and float(row.get("cold_recall") or 0.0) > 0
     ]  # fmt: skip
-    return min(ties, key=lambda row: float(row["params"]["cold_boost"])) if ties else None  # ties: the first
+    return min(ties, key=lambda row: float(row["params"].get("cold_boost", 0.0))) if ties else None  # ties: the first
 
 
 def cold_reason(best: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
