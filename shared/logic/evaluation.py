@@ -492,8 +492,9 @@ def cold_reason(best: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
     """Why a family is served with ``served``'s cold boost rather than as ``best``: both settings, the paired
     interval of the objective between them and their cold-start recall on validation; ``text`` in words."""
     vs, was = served["vs_best"], float(best.get("cold_recall") or 0.0)
+    difference, low, high = intervals.signed(vs["difference"], vs["low"], vs["high"])
     text = (f"{served['name']} in place of {best['name']}: it ties it on validation (objective "
-            f"{vs['difference']:+.4f}, 95 % CI [{vs['low']:+.4f}, {vs['high']:+.4f}]) and reaches cold movies "
+            f"{difference}, 95 % CI [{low}, {high}]) and reaches cold movies "
             f"(cold-start recall {float(served['cold_recall']):.4f} against {was:.4f})")  # fmt: skip
     return {"best": best["name"], "served": served["name"], "vs_best": vs, "cold_recall": served["cold_recall"],
             "best_cold_recall": best.get("cold_recall"), "text": text}  # fmt: skip

@@ -142,6 +142,17 @@ def paired_bootstraps(
     return out
 
 
+def signed(difference: float, *others: float) -> list[str]:
+    """``difference`` and ``others`` (an interval's bounds) with their signs, at 4 decimals, or at as many more
+    as ``difference`` needs to show two significant digits when 4 would print it as 0 ("-0.000023, 95 % CI
+    [-0.000094, +0.000012]", not "-0.0000, 95 % CI [-0.0001, +0.0000]"): the same decimals for all, so they
+    read side by side."""
+    places = 4
+    if difference != 0 and round(difference, 4) == 0:
+        places = 1 - int(np.floor(np.log10(abs(difference))))
+    return [f"{x:+.{places}f}" for x in (difference, *others)]
+
+
 def verdict(name: str, baseline: str, interval: Interval, *, metric: str = "NDCG@10") -> str:
     """One line for a report: "hybrid leads EASE by +0.0077 NDCG@10 (95 % CI [-0.0021, +0.0173]): a tie, not a
     significant lead"; "a significant lead" when the interval lies above 0, "significantly behind" below it."""
@@ -151,7 +162,7 @@ def verdict(name: str, baseline: str, interval: Interval, *, metric: str = "NDCG
         outcome = "significantly behind"
     else:
         outcome = "a tie, not a significant lead"
+    difference, low, high = signed(interval.difference, interval.low, interval.high)
     return (
-        f"{name} leads {baseline} by {interval.difference:+.4f} {metric} "
-        f"({interval.level * 100:g} % CI [{interval.low:+.4f}, {interval.high:+.4f}]): {outcome}"
+        f"{name} leads {baseline} by {difference} {metric} ({interval.level * 100:g} % CI [{low}, {high}]): {outcome}"
     )

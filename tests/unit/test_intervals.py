@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from shared.ml import intervals
 from shared.ml.evaluate import Split, metrics
-from shared.ml.intervals import Interval, paired_bootstrap, paired_bootstraps, per_user, verdict
+from shared.ml.intervals import Interval, paired_bootstrap, paired_bootstraps, per_user, signed, verdict
 
 
 def relevant_csr(rows: list[list[int]], n: int) -> sp.csr_matrix:
@@ -201,6 +201,16 @@ def test_verdicts() -> None:
     behind = Interval(difference=-0.01234, low=-0.02, high=-0.00456, level=0.95, resamples=2000)
     assert verdict("hybrid", "EASE", behind) == (
         "hybrid leads EASE by -0.0123 NDCG@10 (95 % CI [-0.0200, -0.0046]): significantly behind"
+    )
+
+
+def test_a_difference_too_small_for_four_decimals_shows_two_significant_digits() -> None:
+    assert signed(0.0077, -0.0021, 0.0173) == ["+0.0077", "-0.0021", "+0.0173"]
+    assert signed(-0.0000234, -0.0000941, 0.0000123) == ["-0.000023", "-0.000094", "+0.000012"]
+    assert signed(0.0, -0.0001, 0.0001) == ["+0.0000", "-0.0001", "+0.0001"]  # exactly 0: nothing to show
+    tiny = Interval(difference=-0.0000234, low=-0.0000941, high=0.0000123, level=0.95, resamples=2000)
+    assert verdict("hybrid", "EASE", tiny) == (
+        "hybrid leads EASE by -0.000023 NDCG@10 (95 % CI [-0.000094, +0.000012]): a tie, not a significant lead"
     )
 
 
